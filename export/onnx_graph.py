@@ -1,0 +1,70 @@
+"""Export a SentenceClassifier to ONNX with dynamic batch and sequence axes, and check the saved graph."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from scorer.errors import ModelError
+from scorer.model import SentenceClassifier
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAMES = ("logits",)
+# Declared as data, so the export call and the check of the saved graph cannot drift apart.
+DYNAMIC_AXES = {
+    "input_ids": {0: "batch", 1: "sequence"},
+    "attention_mask": {0: "batch", 1: "sequence"},
+    "logits": {0: "batch"},
+}
+# Export at a shape that parity never uses (it checks batch 1, odd lengths and the max length).
+_EXPORT_BATCH, _EXPORT_LENGTH = 2, 16
+
+
+def export_onnx(model: SentenceClassifier, path: Path, opset: int) -> None:
+    """Write `model` as an fp32 ONNX graph: TorchScript exporter, so ORT's optimizer can fuse attention."""
+    model = model.eval().to("cpu")
+    vocab = model.encoder.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (_EXPORT_BATCH, _EXPORT_LENGTH), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, _EXPORT_LENGTH // 2 :] = 0
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (input_ids, attention_mask),
+            str(path),
+            dynamo=False,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=DYNAMIC_AXES,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    check_graph(path)
+
+
+def check_graph(path: Path) -> None:
+    """onnx.checker passes and every declared dynamic axis is symbolic in the saved graph."""
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{path}: the exported graph fails onnx.checker ({exc})") from exc
+    graph = onnx.load(str(path), load_external_data=False).graph
+    values = {value.name: value for value in [*graph.input, *graph.output]}
+    problems = []
+    for name, axes in DYNAMIC_AXES.items():
+        if name not in values:
+            problems.append(f"{name} is not a graph input or output")
+            continue
+        dims = values[name].type.tensor_type.shape.dim
+        problems.extend(
+            f"{name} axis {axis} is {dims[axis].dim_value}, not symbolic '{label}'"
+            for axis, label in axes.items()
+            if dims[axis].dim_param != label
+        )
+    if problems:
+        raise ModelError(f"{path}: {'; '.join(problems)}")

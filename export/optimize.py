@@ -1,0 +1,36 @@
+"""The optimised variants: fp16 with ORT's transformer fusions (for GPU), dynamic int8 (for CPU)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger("scorer")
+
+
+def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """Fuse attention, LayerNorm and GELU with ORT's BERT optimizer, then cast to fp16 (inputs/outputs kept)."""
+    from onnxruntime.transformers import optimizer
+
+    model = optimizer.optimize_model(
+        str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=True
+    )
+    fused = {name: count for name, count in model.get_fused_operator_statistics().items() if count}
+    model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(target))
+    log.info("fp16 variant: fused %s", ", ".join(f"{n}×{c}" for n, c in sorted(fused.items())) or "nothing")
+    return fused
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantisation of the plain export (the fused graph's custom ops cannot be quantised)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # quantize_dynamic logs a pre-processing hint on the root logger at WARNING; it does not apply here.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)

@@ -1,0 +1,114 @@
+"""Parity of every ONNX variant against the PyTorch model, at shapes unlike the export's, with a pass/fail gate."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scorer.config import ExportConfig
+from scorer.metrics import confusion_of
+from scorer.session import CUDA, available, create_session
+from scorer.tokens import Encoded
+
+_SINGLE_ROWS = 8
+_ODD_BATCH = 7
+_FULL_LENGTH_ROWS = 3
+
+
+@dataclass(frozen=True)
+class VariantParity:
+    """How one variant compares with PyTorch fp32 on the same padded batches."""
+
+    variant: str
+    provider: str
+    rows: int
+    max_abs_diff: float
+    agreement: float
+    accuracy: float | None
+    mcc: float | None
+    passed: bool
+    requirement: str
+
+
+@dataclass(frozen=True)
+class ParityBatch:
+    """Rows to run together, padded to `pad` (None: the longest row); `covering` batches hold each row once."""
+
+    rows: np.ndarray
+    pad: int | None
+    covering: bool
+
+
+def parity_batches(n: int, max_length: int) -> list[ParityBatch]:
+    """Batch 1 rows, every row in batches of 7 (odd lengths), and a few rows padded to the max length."""
+    batches = [ParityBatch(np.array([i]), None, False) for i in range(min(n, _SINGLE_ROWS))]
+    batches += [ParityBatch(np.arange(s, min(s + _ODD_BATCH, n)), None, True) for s in range(0, n, _ODD_BATCH)]
+    batches.append(ParityBatch(np.arange(min(n, _FULL_LENGTH_ROWS)), max_length, False))
+    return batches
+
+
+def run_parity(model: torch.nn.Module, variants: dict[str, Path], encoded: Encoded, targets: np.ndarray | None,
+               labels: list, config: ExportConfig, max_length: int) -> list[VariantParity]:
+    """Compare every variant with PyTorch on the same batches and judge each against the gate."""
+    batches = parity_batches(len(encoded), max_length)
+    reference = _torch_logits(model, encoded, batches)
+    results = []
+    for name, path in variants.items():
+        provider = "cuda" if name == "fp16" and CUDA in available() else "cpu"
+        session = create_session(path, provider)
+        logits = [session.run(None, _feed(encoded, b.rows, b.pad))[0] for b in batches]
+        results.append(_judge(name, provider, reference, logits, batches, targets, labels, config))
+    return results
+
+
+def _feed(encoded: Encoded, rows: np.ndarray, pad: int | None) -> dict[str, np.ndarray]:
+    input_ids, attention_mask = encoded.pad(rows, pad)
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@torch.no_grad()
+def _torch_logits(model: torch.nn.Module, encoded: Encoded, batches) -> list[np.ndarray]:
+    model.eval()
+    out = []
+    for batch in batches:
+        feed = _feed(encoded, batch.rows, batch.pad)
+        out.append(model(torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])).numpy())
+    return out
+
+
+def _judge(name, provider, reference, logits, batches, targets, labels, config: ExportConfig) -> VariantParity:
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(reference, logits, strict=True))
+    agree = np.concatenate([a.argmax(1) == b.argmax(1) for a, b in zip(reference, logits, strict=True)])
+    agreement = float(agree.mean())
+    accuracy = mcc = None
+    if targets is not None:
+        predicted = np.concatenate([out.argmax(1) for out, b in zip(logits, batches, strict=True) if b.covering])
+        confusion = confusion_of(labels, targets, predicted)
+        accuracy, mcc = confusion.accuracy(), confusion.mcc()
+    if name == "fp32":
+        passed = agreement == 1.0 and diff <= config.tolerance
+        requirement = f"labels agree 100% and max |Δlogit| ≤ {config.tolerance:g}"
+    else:
+        passed = agreement >= config.min_agreement
+        requirement = f"labels agree ≥ {config.min_agreement:.1%}"
+    return VariantParity(name, provider, int(agree.size), diff, agreement, accuracy, mcc, passed, requirement)
+
+
+def report(results: list[VariantParity], source: str) -> dict:
+    return {"source": source, "passed": all(r.passed for r in results), "variants": [asdict(r) for r in results]}
+
+
+def table(results: list[VariantParity]) -> str:
+    """The parity report as a fixed-width text table."""
+    head = f"{'variant':8} {'provider':9} {'rows':>6} {'max|Δlogit|':>12} {'agree':>8} {'accuracy':>9} {'MCC':>7}  gate"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        acc = f"{r.accuracy:.4f}" if r.accuracy is not None else "-"
+        mcc = f"{r.mcc:.4f}" if r.mcc is not None else "-"
+        verdict = "pass" if r.passed else f"FAIL ({r.requirement})"
+        lines.append(f"{r.variant:8} {r.provider:9} {r.rows:>6} {r.max_abs_diff:>12.3g} {r.agreement:>8.2%} "
+                     f"{acc:>9} {mcc:>7}  {verdict}")
+    return "\n".join(lines)

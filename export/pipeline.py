@@ -1,0 +1,153 @@
+"""`scorer export`: checkpoint → ONNX variants + tokenizer + parity report + manifest, in one atomic directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+from dataclasses import dataclass, replace
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from export import parity
+from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx
+from export.optimize import optimize_fp16, quantize_int8
+from scorer import atomic
+from scorer.config import ExportConfig, example_file, to_json
+from scorer.errors import InputError, ParityError
+from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
+from scorer.model import HeadConfig, SentenceClassifier
+from scorer.read import TableReader, normalise_labels
+from scorer.tokens import TOKENIZER_FILE, TextEncoder
+
+log = logging.getLogger("scorer")
+TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+_PACKAGES = ("scorer", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxruntime-gpu")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the export went and how its variants did against PyTorch."""
+
+    output: Path
+    parity: list[parity.VariantParity]
+    source: str
+
+    @property
+    def passed(self) -> bool:
+        return all(result.passed for result in self.parity)
+
+
+def export_model(config: ExportConfig) -> ExportResult:
+    """Export, optimise, check parity, write the manifest; raise ParityError (report kept) if the gate fails."""
+    atomic.check_writable(config.output, config.overwrite)
+    model = SentenceClassifier.load(config.checkpoint, attn_implementation="eager")
+    head = model.head_config
+    trained = _train_settings(config.checkpoint)
+    text_column = config.text_column or trained.get("text_column", "sentence")
+    label_column = config.label_column or trained.get("label_column", "label")
+    encoder = TextEncoder.from_dir(config.checkpoint, head.max_length)
+    texts, targets, source = _parity_data(config, head, text_column, label_column)
+    with atomic.atomic_dir(config.output, config.overwrite) as staging:
+        variants = _write_variants(model, staging, config)
+        for name in TOKENIZER_FILES:
+            if (config.checkpoint / name).is_file():
+                shutil.copy2(config.checkpoint / name, staging / name)
+        log.info("parity against PyTorch on %d rows of %s", len(texts), source)
+        results = parity.run_parity(model, variants, encoder.encode(texts), targets, head.labels, config,
+                                    head.max_length)
+        (staging / "parity.json").write_text(json.dumps(parity.report(results, source), indent=2) + "\n")
+        (staging / "export_config.json").write_text(to_json(replace(config, overwrite=False)))
+        _manifest(model, head, config, variants, results, text_column, label_column).save(staging)
+    result = ExportResult(config.output, results, source)
+    if not result.passed:
+        failed = ", ".join(r.variant for r in results if not r.passed)
+        raise ParityError(f"parity gate failed for {failed} (report kept in {config.output / 'parity.json'}):\n"
+                          + parity.table(results))
+    return result
+
+
+def _write_variants(model: SentenceClassifier, staging: Path, config: ExportConfig) -> dict[str, Path]:
+    variants = {"fp32": staging / VARIANT_FILES["fp32"]}
+    log.info("exporting %s to ONNX (opset %d)", config.checkpoint, config.opset)
+    export_onnx(model, variants["fp32"], config.opset)
+    encoder_config = model.encoder.config
+    if "fp16" in config.variants:
+        variants["fp16"] = staging / VARIANT_FILES["fp16"]
+        optimize_fp16(variants["fp32"], variants["fp16"], encoder_config.num_attention_heads,
+                      encoder_config.hidden_size)
+    if "int8" in config.variants:
+        variants["int8"] = staging / VARIANT_FILES["int8"]
+        quantize_int8(variants["fp32"], variants["int8"])
+    return variants
+
+
+def _train_settings(checkpoint: Path) -> dict:
+    path = checkpoint / "train_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _parity_data(config: ExportConfig, head: HeadConfig, text_column: str, label_column: str
+                 ) -> tuple[list[str], np.ndarray | None, str]:
+    """Texts (and label indices when every label is known) from --data, else the packaged examples."""
+    path = config.data or example_file("train.csv")
+    reader = TableReader(path)
+    reader.require(text_column, "--text-column")
+    table = reader.read_all().slice(0, config.max_rows)
+    texts = table.column(text_column).to_pylist()
+    for row, text in enumerate(texts, start=1):
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{path} row {row}: column '{text_column}' is empty or not text; fix or remove that row")
+    if not texts:
+        raise InputError(f"{path} has no data rows; parity needs sentences")
+    if label_column not in reader.columns:
+        return texts, None, str(path)
+    values = normalise_labels(table.column(label_column).to_pylist())
+    index = {str(label): i for i, label in enumerate(head.labels)}
+    unknown = sorted({str(v) for v in values if str(v) not in index})
+    if unknown and config.data is not None:
+        raise InputError(f"{path}: label(s) {', '.join(unknown)} in column '{label_column}' are not ones the "
+                         f"model knows ({', '.join(index)}); fix the file or pass --label-column")
+    if unknown:
+        return texts, None, str(path)
+    return texts, np.array([index[str(v)] for v in values], dtype=np.int64), str(path)
+
+
+def _manifest(model, head: HeadConfig, config: ExportConfig, variants: dict[str, Path],
+              results: list[parity.VariantParity], text_column: str, label_column: str) -> Manifest:
+    passed = {r.variant: r.passed for r in results}
+    staging = variants["fp32"].parent
+    return Manifest(
+        labels=head.labels,
+        positive_label=head.positive_label,
+        max_length=head.max_length,
+        pooling=head.pooling,
+        text_column=text_column,
+        label_column=label_column,
+        vocab_size=int(model.encoder.config.vocab_size),
+        opset=config.opset,
+        input_names=list(INPUT_NAMES),
+        output_names=list(OUTPUT_NAMES),
+        variants={
+            name: Variant(file=path.name, sha256=sha256_file(path), parity_passed=passed.get(name),
+                          device="gpu" if name == "fp16" else "cpu" if name == "int8" else "any")
+            for name, path in variants.items()
+        },
+        tokenizer_files={p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name in TOKENIZER_FILES},
+        versions=_versions(),
+        checkpoint=str(config.checkpoint.resolve()),
+        parity_passed=all(passed.values()),
+    )
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in _PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found

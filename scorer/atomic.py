@@ -1,0 +1,74 @@
+"""Atomic outputs: everything is written under a temporary name and renamed into place only when complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from scorer.errors import OutputError
+
+
+def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
+    """A hidden name beside `path`, unique to this process, on the same file system (so rename is atomic)."""
+    return path.parent / f".{path.name}.{tag}-{os.getpid()}"
+
+
+def check_writable(path: Path, overwrite: bool, option: str = "--output") -> None:
+    """Refuse an existing output (unless overwrite) or a directory we cannot create files in."""
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} already exists; pass --overwrite to replace it, or choose another {option}")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {parent} ({exc.strerror}); choose another {option}") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{parent} is not writable; choose another {option}")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `target` when the block succeeds, and vanishes if it fails."""
+    check_writable(target, overwrite)
+    staging = temporary_sibling(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace(staging, target)
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary file path that is renamed to `target` when the block succeeds, deleted if it fails."""
+    check_writable(target, overwrite)
+    staging = temporary_sibling(target)
+    try:
+        yield staging
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    replace(staging, target)
+
+
+def replace(staging: Path, target: Path) -> None:
+    """Move `staging` to `target`; an existing target (a directory too) is moved aside first, then removed."""
+    if target.is_dir() and not target.is_symlink():
+        old = temporary_sibling(target, "old")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+def write_text(target: Path, text: str) -> None:
+    """Write a small text file atomically, replacing any previous version."""
+    with atomic_file(target, overwrite=True) as staging:
+        staging.write_text(text)

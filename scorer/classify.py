@@ -1,0 +1,119 @@
+"""Classify texts with an exported model: verified manifest, checked provider, token-budget batches."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from scorer.errors import ModelError, ProviderError
+from scorer.manifest import Manifest, load_manifest, sha256_file
+from scorer.session import create_session, resolve_provider
+from scorer.tokens import TextEncoder, budget_batches
+
+log = logging.getLogger("scorer")
+
+OK, TRUNCATED, NULL, EMPTY, NOT_TEXT = "ok", "truncated", "null", "empty", "not_text"
+STATUSES = (OK, TRUNCATED, NULL, EMPTY, NOT_TEXT)
+# Tokens per batch (rows x padded length): large enough to fill a GPU, small enough for CPU caches.
+DEFAULT_MAX_TOKENS = {"cpu": 4096, "cuda": 32768, "tensorrt": 32768}
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Per-row results of one column of texts; rows that were not scored have index -1 and NaN scores."""
+
+    predicted: np.ndarray
+    probabilities: np.ndarray
+    logits: np.ndarray
+    status: np.ndarray
+
+    @property
+    def scored(self) -> np.ndarray:
+        return self.predicted >= 0
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def default_variant(provider: str, manifest: Manifest) -> str:
+    """fp16 on a GPU, int8 on a CPU, whenever that variant exists and passed parity; fp32 otherwise."""
+    preferred = "fp16" if provider in ("cuda", "tensorrt") else "int8"
+    entry = manifest.variants.get(preferred)
+    return preferred if entry is not None and entry.parity_passed is not False else "fp32"
+
+
+class OnnxClassifier:
+    """An export directory opened for scoring on one provider and one variant."""
+
+    def __init__(self, directory: Path, provider: str = "auto", variant: str | None = None,
+                 max_tokens: int | None = None, max_batch_rows: int = 1024, provider_options: dict | None = None
+                 ) -> None:
+        self.directory = Path(directory)
+        self.manifest = load_manifest(self.directory)
+        self.manifest.verify_tokenizer(self.directory)
+        self.encoder = TextEncoder.from_dir(self.directory, self.manifest.max_length)
+        if self.encoder.vocab_size > self.manifest.vocab_size:
+            raise ModelError(f"{self.directory}: tokenizer.json has {self.encoder.vocab_size} tokens but the "
+                                f"model only {self.manifest.vocab_size}; export again")
+        self.provider = resolve_provider(provider)
+        try:
+            self._start(variant, provider_options)
+        except ProviderError as exc:
+            if provider != "auto" or self.provider == "cpu":
+                raise
+            log.warning("CUDA is not usable here (%s); --provider auto continues on the CPU", exc)
+            self.provider = "cpu"
+            self._start(variant, None)
+        self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS[self.provider]
+        self.max_batch_rows = max_batch_rows
+        self.labels = self.manifest.labels
+        self.positive = self.labels.index(self.manifest.positive_label)
+        self._int32 = [i.type == "tensor(int32)" for i in self.session.get_inputs()]
+
+    def _start(self, variant: str | None, provider_options: dict | None) -> None:
+        self.variant = variant or default_variant(self.provider, self.manifest)
+        self.model_path = self.manifest.variant(self.variant, self.directory)
+        self.model_sha256 = sha256_file(self.model_path)
+        self.session = create_session(self.model_path, self.provider, provider_options)
+
+    def logits(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Logits of every text (all must be non-empty str) and which were truncated at max_length."""
+        encoded = self.encoder.encode(texts)
+        out = np.empty((len(texts), len(self.manifest.labels)), dtype=np.float32)
+        names = self.manifest.input_names
+        for rows in budget_batches(encoded.lengths, self.max_tokens, self.max_batch_rows):
+            arrays = encoded.pad(rows)
+            feed = {name: (a.astype(np.int32) if i32 else a) for name, a, i32 in zip(names, arrays, self._int32,
+                                                                                     strict=True)}
+            out[rows] = self.session.run(None, feed)[0]
+        return out, encoded.truncated
+
+    def classify(self, column: pa.Array | pa.ChunkedArray) -> Scored:
+        """Score a column of texts; null, empty and non-text values are kept, flagged and left unscored."""
+        n = len(column)
+        status = np.full(n, OK, dtype=object)
+        values = column.to_pylist()
+        is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        for row, value in enumerate(values):
+            if value is None:
+                status[row] = NULL
+            elif not is_text:
+                status[row] = NOT_TEXT
+            elif not value.strip():
+                status[row] = EMPTY
+        valid = np.flatnonzero(status == OK)
+        logits = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
+        if len(valid):
+            valid_logits, truncated = self.logits([values[i] for i in valid])
+            logits[valid] = valid_logits
+            status[valid[truncated]] = TRUNCATED
+        probabilities = softmax(logits)
+        predicted = np.full(n, -1, dtype=np.int64)
+        predicted[valid] = logits[valid].argmax(axis=1)
+        return Scored(predicted=predicted, probabilities=probabilities, logits=logits, status=status)

@@ -1,0 +1,170 @@
+"""The `scorer` command line: each command builds a config, calls one library function, prints a summary."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from scorer import __version__
+from scorer.config import ExportConfig, RunConfig, TrainConfig
+from scorer.errors import EXIT_CODES, ScorerError
+
+log = logging.getLogger("scorer")
+PATH = click.Path(exists=False, dir_okay=True, path_type=Path)
+
+
+def _setup_logging(quiet: bool, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def command(func: Callable) -> Callable:
+    """Shared --quiet/--debug options; ScorerError becomes one line on stderr and its exit code."""
+
+    @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors; no progress bars (for cron).")
+    @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+    @functools.wraps(func)
+    def wrapper(*args, quiet: bool, debug: bool, **kwargs):
+        _setup_logging(quiet, debug)
+        try:
+            return func(*args, progress=not quiet, **kwargs)
+        except ScorerError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug and report it)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def build(cls: type, **options):
+    """A config from the options the user gave; the dataclass defaults fill in the rest."""
+    return cls(**{key: value for key, value in options.items() if value is not None})
+
+
+HELP = """Fine-tune a BERT sentence classifier, export it to ONNX, and score big Parquet/CSV files.
+
+\b
+The main job, on the packaged all-MiniLM-L6-v2 and the packaged example sentences:
+  scorer train && scorer export && scorer run input.parquet
+
+\b
+Exit codes:
+""" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
+
+
+@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="scorer")
+def main() -> None:
+    pass
+
+
+@main.command()
+@click.option("--data", type=PATH, help="Labelled CSV/TSV/Parquet [default: the packaged examples].")
+@click.option("--val-data", type=PATH, help="Validation file [default: a seeded split of --data].")
+@click.option("--model", type=PATH, help="Local Hugging Face encoder directory [default: packaged MiniLM].")
+@click.option("--output", "-o", type=PATH, help="Checkpoint directory [default: scorer-artifacts/checkpoint].")
+@click.option("--text-column", help="Column with the sentences [default: sentence].")
+@click.option("--label-column", help="Column with the labels [default: label].")
+@click.option("--max-length", type=int, help="Tokens per sentence incl. [CLS]/[SEP], ≤ 512 [default: 64].")
+@click.option("--epochs", type=int, help="Training epochs.")
+@click.option("--batch-size", type=int, help="Sentences per step [default: 32].")
+@click.option("--learning-rate", "--lr", type=float, help="Peak AdamW learning rate.")
+@click.option("--warmup-ratio", type=float, help="Share of steps with a linear warm-up.")
+@click.option("--weight-decay", type=float, help="AdamW weight decay (not on biases/LayerNorm).")
+@click.option("--pooling", type=click.Choice(["mean", "cls"]), help="Sentence vector: mean of tokens or [CLS].")
+@click.option("--select", type=click.Choice(["mcc", "accuracy", "last"]), help="Which epoch to keep.")
+@click.option("--seed", type=int, help="Seed for the split, the batches and the initial head.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to train [default: auto].")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing checkpoint directory.")
+@command
+def train(progress: bool, **options) -> None:
+    """Fine-tune the encoder with a classification head and write a checkpoint directory."""
+    from scorer.train import train as run_training
+
+    result = run_training(build(TrainConfig, **options), progress=progress)
+    best = result.best
+    click.echo(f"trained {len(result.epochs)} epochs on {result.device}; kept epoch {result.best_epoch}: "
+               f"validation accuracy {best.val_accuracy:.4f}, MCC {best.val_mcc:.4f} -> {result.checkpoint}")
+
+
+@main.command("export")
+@click.option("--checkpoint", type=PATH, help="Directory from `scorer train` [default: scorer-artifacts/checkpoint].")
+@click.option("--output", "-o", type=PATH, help="Export directory [default: scorer-artifacts/onnx].")
+@click.option("--data", type=PATH, help="Sentences for the parity report [default: packaged examples].")
+@click.option("--text-column", help="Text column of --data [default: the training one].")
+@click.option("--label-column", help="Label column of --data [default: the training one].")
+@click.option("--variants", help="Comma-separated: fp32,fp16,int8 [default: all three].")
+@click.option("--opset", type=int, help="ONNX opset, ≥ 17 [default: 17].")
+@click.option("--tolerance", type=float, help="Largest fp32 |Δlogit| the gate allows [default: 1e-4].")
+@click.option("--min-agreement", type=float, help="Label agreement fp16/int8 must reach [default: 0.995].")
+@click.option("--max-rows", type=int, help="Rows of --data used for parity [default: 2000].")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing export directory.")
+@command
+def export_command(progress: bool, variants: str | None, **options) -> None:
+    """Export the checkpoint to ONNX (fp32, fp16, int8), check parity with PyTorch, write a manifest."""
+    from export import parity
+    from export.pipeline import export_model
+
+    if variants is not None:
+        options["variants"] = tuple(v.strip() for v in variants.split(",") if v.strip())
+    result = export_model(build(ExportConfig, **options))
+    click.echo(parity.table(result.parity))
+    click.echo(f"exported {', '.join(r.variant for r in result.parity)} to {result.output}; parity passed")
+
+
+@main.command("run")
+@click.argument("input", type=PATH)
+@click.option("--output", "-o", type=PATH, help="Output .parquet/.csv/.tsv [default: INPUT.scored.parquet].")
+@click.option("--model", type=PATH, help="Export directory [default: scorer-artifacts/onnx].")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help="[default: auto].")
+@click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]), help="[default: fp16 on GPU, int8 on CPU].")
+@click.option("--text-column", help="Column to score [default: the training text column].")
+@click.option("--label-column", help="True labels, for accuracy/MCC [default: the training one, if present].")
+@click.option("--max-tokens", type=int, help="Token budget per batch (rows × padded length).")
+@click.option("--window-rows", type=int, help="Rows read, sorted and written together [default: 16384].")
+@click.option("--check", type=int, help="Cross-check N sampled rows against the PyTorch checkpoint.")
+@click.option("--checkpoint", type=PATH, help="PyTorch checkpoint for --check [default: the exported one].")
+@click.option("--samples", type=int, help="Rows in the sample table (sentence, true, predicted label).")
+@click.option("--report", type=PATH, help="Write the evaluation as Markdown here, and as JSON beside it.")
+@click.option("--summary", type=PATH, help="JSON summary path [default: OUTPUT.summary.json].")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output file.")
+@command
+def run_command(progress: bool, input: Path, **options) -> None:
+    """Score INPUT (Parquet, CSV or TSV) with the exported model; every row is kept, in order."""
+    from scorer.evaluate import markdown
+    from scorer.score import score_file
+
+    summary = score_file(build(RunConfig, input=input, **options), progress=progress)
+    if summary.evaluation:
+        click.echo(markdown(summary.evaluation).rstrip())
+    click.echo(summary.line())
+
+
+@main.command()
+@click.option("--workdir", type=PATH, default=Path("scorer-demo"), show_default=True,
+              help="Where the demo writes its checkpoint, export and scores (replaced on each run).")
+@click.option("--epochs", type=int, help="Training epochs for the demo model.")
+@command
+def demo(progress: bool, workdir: Path, epochs: int | None) -> None:
+    """The whole main job on the packaged model and examples: train, export, run on a shipped file."""
+    from scorer.demo import run_demo
+
+    summary = run_demo(workdir, epochs=epochs, progress=progress)
+    click.echo(summary.line())

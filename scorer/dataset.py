@@ -1,0 +1,70 @@
+"""Training data: the labelled file, its label set, and a validation split (a file or a seeded fraction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scorer.config import TrainConfig
+from scorer.errors import InputError
+from scorer.read import read_labelled
+
+MAX_LABELS = 100
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Train and validation texts with label indices into `labels`."""
+
+    labels: list[int | str]
+    train_texts: list[str]
+    train_targets: np.ndarray
+    val_texts: list[str]
+    val_targets: np.ndarray
+    val_source: str
+
+
+def load_training_data(config: TrainConfig) -> TrainingData:
+    """Read --data (and --val-data), fix the label set from the training labels, split when needed."""
+    train = read_labelled(config.data, config.text_column, config.label_column)
+    labels = sorted(set(train.labels), key=lambda v: (str(type(v)), v))
+    if len(labels) < 2:
+        raise InputError(
+            f"{config.data}: column '{config.label_column}' has only the label {labels[0]!r}; "
+            "a classifier needs at least two"
+        )
+    if len(labels) > MAX_LABELS:
+        raise InputError(
+            f"{config.data}: column '{config.label_column}' has {len(labels)} distinct values; "
+            f"at most {MAX_LABELS} labels are supported; is --label-column right?"
+        )
+    index = {label: i for i, label in enumerate(labels)}
+    targets = np.array([index[label] for label in train.labels], dtype=np.int64)
+    if config.val_data is not None:
+        val = read_labelled(config.val_data, config.text_column, config.label_column)
+        unknown = sorted({str(v) for v in val.labels if v not in index})
+        if unknown:
+            raise InputError(
+                f"{config.val_data}: label(s) {', '.join(unknown)} in column '{config.label_column}' "
+                f"do not occur in {config.data}; the model only knows {', '.join(map(str, labels))}"
+            )
+        val_targets = np.array([index[label] for label in val.labels], dtype=np.int64)
+        return TrainingData(labels, train.texts, targets, val.texts, val_targets, str(config.val_data))
+    return _split(labels, train.texts, targets, config)
+
+
+def _split(labels: list, texts: list[str], targets: np.ndarray, config: TrainConfig) -> TrainingData:
+    if len(texts) < 4:
+        raise InputError(f"{config.data} has {len(texts)} rows; too few to split off a validation set")
+    order = np.random.default_rng(config.seed).permutation(len(texts))
+    n_val = max(1, round(len(texts) * config.val_fraction))
+    val_rows, train_rows = order[:n_val], order[n_val:]
+    return TrainingData(
+        labels=labels,
+        train_texts=[texts[i] for i in train_rows],
+        train_targets=targets[train_rows],
+        val_texts=[texts[i] for i in val_rows],
+        val_targets=targets[val_rows],
+        val_source=f"{config.val_fraction:.0%} of {config.data.name} (seed {config.seed})",
+    )

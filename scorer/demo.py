@@ -1,0 +1,29 @@
+"""`scorer demo`: train → export → run on the packaged model, examples and demo file, in one work directory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from scorer.config import RunConfig, TrainConfig, example_file
+from scorer.score import RunSummary, score_file
+
+log = logging.getLogger("scorer")
+
+
+def run_demo(workdir: Path, epochs: int | None = None, progress: bool = True) -> RunSummary:
+    """Run the three stages with their defaults, writing everything under `workdir` (replacing earlier runs)."""
+    from export.pipeline import export_model
+    from scorer.config import ExportConfig
+    from scorer.train import train
+
+    checkpoint, onnx_dir = workdir / "checkpoint", workdir / "onnx"
+    train_options = {"epochs": epochs} if epochs else {}
+    log.info("== 1/3 scorer train (packaged MiniLM, packaged example sentences) ==")
+    train(TrainConfig(output=checkpoint, overwrite=True, **train_options), progress=progress)
+    log.info("== 2/3 scorer export (fp32, fp16, int8; parity against PyTorch) ==")
+    export_model(ExportConfig(checkpoint=checkpoint, output=onnx_dir, overwrite=True))
+    log.info("== 3/3 scorer run (the shipped demo.csv, with a PyTorch cross-check of 20 rows) ==")
+    config = RunConfig(input=example_file("demo.csv"), output=workdir / "demo.scored.csv", model=onnx_dir,
+                       check=20, samples=10, report=workdir / "demo.report.md", overwrite=True)
+    return score_file(config, progress=progress)

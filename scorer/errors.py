@@ -1,0 +1,64 @@
+"""The error hierarchy: every expected failure is a ScorerError with a one-line message and an exit code."""
+
+from __future__ import annotations
+
+
+class ScorerError(Exception):
+    """A failure the user can act on; the message says what happened and what to do."""
+
+    exit_code = 1
+
+
+class ConfigError(ScorerError):
+    """An option value that cannot work (a max length above the model's limit, say)."""
+
+    exit_code = 2
+
+
+class InputError(ScorerError):
+    """Input data that is missing, unreadable, empty, or lacks a column or label the job needs."""
+
+    exit_code = 3
+
+
+class ModelError(ScorerError):
+    """A model or checkpoint directory with missing files, mismatched hashes or a mismatched tokenizer."""
+
+    exit_code = 4
+
+
+class OutputError(ScorerError):
+    """An output path that already exists (without --overwrite) or cannot be written."""
+
+    exit_code = 5
+
+
+class ProviderError(ScorerError):
+    """An execution provider (CUDA, TensorRT) that was asked for but is not usable here."""
+
+    exit_code = 6
+
+
+class ParityError(ScorerError):
+    """ONNX and PyTorch disagree beyond the tolerance: the export parity gate or `run --check`."""
+
+    exit_code = 7
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected internal error (rerun with --debug and report it)",
+    2: "bad option or configuration",
+    3: "bad input data",
+    4: "bad model directory",
+    5: "output exists or cannot be written",
+    6: "requested execution provider not usable",
+    7: "ONNX/PyTorch parity check failed",
+    130: "interrupted",
+}

@@ -1,0 +1,132 @@
+"""The training step loop and batched prediction, shared by training, validation, parity and `run --check`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional
+from tqdm import tqdm
+
+from scorer.config import TrainConfig
+from scorer.tokens import Encoded, budget_batches
+
+log = logging.getLogger("scorer")
+# Sort by length inside pools of this many batches: padding stays small, batch order stays random.
+_POOL_BATCHES = 50
+_NOTEBOOK_LOG_EVERY = 40
+
+
+def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of `batch_size` rows, each drawn from a length-sorted pool of random rows."""
+    order = rng.permutation(len(lengths))
+    pool = batch_size * _POOL_BATCHES
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), pool):
+        part = order[start : start + pool]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def autocast(device: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on CPU (CPU bf16 autocast is slower than fp32 on most CPUs)."""
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(encoded: Encoded, rows: np.ndarray, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    input_ids, attention_mask = encoded.pad(rows)
+    return (torch.from_numpy(input_ids).to(device, non_blocking=True),
+            torch.from_numpy(attention_mask).to(device, non_blocking=True))
+
+
+class Trainer:
+    """AdamW with a linear warm-up/decay schedule over length-bucketed batches; losses are read once per epoch."""
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, device: str, encoded: Encoded,
+                 targets: np.ndarray, progress: bool = True) -> None:
+        self.model, self.config, self.device = model, config, device
+        self.encoded, self.targets = encoded, targets
+        self.progress = progress
+        self.rng = np.random.default_rng(config.seed)
+        self.step_losses: list[float] = []
+        self.optimizer = torch.optim.AdamW(
+            _parameter_groups(model, config.weight_decay), lr=config.learning_rate, fused=device == "cuda"
+        )
+        steps = math.ceil(len(targets) / config.batch_size) * config.epochs
+        warmup = int(steps * config.warmup_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: _linear(step, warmup, steps))
+
+    def run_epoch(self, epoch: int) -> float:
+        """Train one epoch and return its mean training loss."""
+        self.model.train()
+        batches = bucketed_batches(self.encoded.lengths, self.config.batch_size, self.rng)
+        losses: list[torch.Tensor] = []
+        started = time.perf_counter()
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{self.config.epochs}", unit="batch",
+                   disable=None if self.progress else True, file=sys.stderr, leave=False)
+        with bar:
+            for step, rows in enumerate(batches, start=1):
+                losses.append(self._step(rows))
+                bar.update(1)
+                if bar.disable and self.progress and step % _NOTEBOOK_LOG_EVERY == 0:
+                    log.info("  Batch %5d  of  %5d.    Elapsed: %.0fs.", step, len(batches),
+                             time.perf_counter() - started)
+        epoch_losses = torch.stack(losses).float().cpu()
+        self.step_losses.extend(epoch_losses.tolist())
+        return float(epoch_losses.mean())
+
+    def _step(self, rows: np.ndarray) -> torch.Tensor:
+        input_ids, attention_mask = to_device(self.encoded, rows, self.device)
+        labels = torch.from_numpy(self.targets[rows]).to(self.device, non_blocking=True)
+        with autocast(self.device):
+            logits = self.model(input_ids, attention_mask)
+        loss = functional.cross_entropy(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
+
+def _linear(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: biases and LayerNorm weights are not decayed."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def logits_of(model: torch.nn.Module, encoded: Encoded, device: str, max_tokens: int = 8192) -> np.ndarray:
+    """Logits for every row (in input order), batched by token budget, in float32."""
+    model.eval()
+    out = np.zeros((len(encoded), model.classifier.out_features), dtype=np.float32)
+    for rows in budget_batches(encoded.lengths, max_tokens=max_tokens, max_rows=512):
+        input_ids, attention_mask = to_device(encoded, rows, device)
+        with autocast(device):
+            out[rows] = model(input_ids, attention_mask).float().cpu().numpy()
+    return out
+
+
+def predict(model: torch.nn.Module, encoded: Encoded, device: str, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy against `targets` and the predicted label index of every row."""
+    logits = torch.from_numpy(logits_of(model, encoded, device))
+    loss = functional.cross_entropy(logits, torch.from_numpy(targets)).item()
+    return loss, logits.argmax(dim=1).numpy()

@@ -1,0 +1,111 @@
+"""The export manifest: what `scorer export` produced, with hashes that `scorer run` checks before scoring."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from scorer.errors import ModelError
+
+MANIFEST = "manifest.json"
+FORMAT = "scorer-onnx/1"
+VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Variant:
+    """One ONNX file of the export and how it did against PyTorch."""
+
+    file: str
+    sha256: str
+    parity_passed: bool | None = None
+    device: str = "any"
+
+
+@dataclass
+class Manifest:
+    """Everything needed to score with an export, and to know it is the export that was checked."""
+
+    labels: list[int | str]
+    positive_label: int | str
+    max_length: int
+    pooling: str
+    text_column: str
+    label_column: str
+    vocab_size: int
+    opset: int
+    input_names: list[str]
+    output_names: list[str]
+    variants: dict[str, Variant]
+    tokenizer_files: dict[str, str]
+    versions: dict[str, str]
+    checkpoint: str
+    format: str = FORMAT
+    parity_passed: bool | None = None
+    extra: dict = field(default_factory=dict)
+
+    def save(self, directory: Path) -> None:
+        (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    def variant(self, name: str, directory: Path) -> Path:
+        """The verified path of a variant: present, unmodified, and not refused by the parity gate."""
+        if name not in self.variants:
+            raise ModelError(
+                f"{directory}: export has no {name} variant (it has {', '.join(self.variants)}); "
+                f"pass --variant with one of those or export again with it"
+            )
+        entry = self.variants[name]
+        if entry.parity_passed is False:
+            raise ModelError(
+                f"{directory}: the {name} variant failed its parity check (see parity.json); "
+                "choose another --variant or fix the export"
+            )
+        path = directory / entry.file
+        verify_file(path, entry.sha256, directory)
+        return path
+
+    def verify_tokenizer(self, directory: Path) -> None:
+        for name, digest in self.tokenizer_files.items():
+            verify_file(directory / name, digest, directory)
+
+
+def verify_file(path: Path, digest: str, directory: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"{directory}: {path.name} is missing; export again with `scorer export`")
+    if sha256_file(path) != digest:
+        raise ModelError(
+            f"{directory}: {path.name} does not match the sha256 in {MANIFEST} (changed after export); "
+            "export again with `scorer export`"
+        )
+
+
+def load_manifest(directory: Path) -> Manifest:
+    """Read and sanity-check manifest.json of an export directory (hashes are checked per file on use)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ModelError(f"{directory} does not exist; run `scorer export` first or pass --model")
+    if not path.is_file():
+        raise ModelError(f"{directory} has no {MANIFEST}; pass a directory written by `scorer export`")
+    try:
+        raw = json.loads(path.read_text())
+        raw["variants"] = {name: Variant(**entry) for name, entry in raw["variants"].items()}
+        manifest = Manifest(**raw)
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+        raise ModelError(f"{path} is not a valid scorer manifest ({exc}); export again") from exc
+    if manifest.format != FORMAT:
+        raise ModelError(f"{path} has format {manifest.format!r}; this scorer reads {FORMAT!r}")
+    fp32 = manifest.variants.get("fp32")
+    if fp32 is None or fp32.parity_passed is False:
+        raise ModelError(f"{directory}: the fp32 export failed its parity gate (see parity.json); export again")
+    return manifest

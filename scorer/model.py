@@ -1,0 +1,117 @@
+"""The classifier: a Hugging Face encoder, a pooling of its last hidden states, and a linear head."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from scorer.errors import ConfigError, ModelError, first_line
+
+HEAD_CONFIG = "scorer_head.json"
+HEAD_WEIGHTS = "scorer_head.safetensors"
+POOLINGS = ("mean", "cls")
+# Models whose position ids start after the padding index, so two positions are not usable for tokens.
+_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer"}
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """What the classification head needs beyond the encoder: labels, pooling and the trained length."""
+
+    labels: list[int | str]
+    pooling: str
+    max_length: int
+    dropout: float = 0.1
+
+    @property
+    def positive_label(self) -> int | str:
+        """The label whose probability is written as `score`: 1 (or True) if present, else the last label."""
+        for candidate in (1, "1", "true", "True", "yes", "positive"):
+            if candidate in self.labels:
+                return candidate
+        return self.labels[-1]
+
+
+class SentenceClassifier(nn.Module):
+    """Encoder + pooling + dropout + linear; forward(input_ids, attention_mask) returns logits."""
+
+    def __init__(self, encoder: nn.Module, head: HeadConfig) -> None:
+        super().__init__()
+        if head.pooling not in POOLINGS:
+            raise ConfigError(f"pooling '{head.pooling}' is not one of {', '.join(POOLINGS)}")
+        self.encoder = encoder
+        self.head_config = head
+        self.dropout = nn.Dropout(head.dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, len(head.labels))
+        nn.init.normal_(self.classifier.weight, std=encoder.config.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        if self.head_config.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.classifier(self.dropout(pooled))
+
+    def save(self, directory: Path) -> None:
+        """Write a Hugging Face encoder directory plus the head's weights and settings."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(directory, safe_serialization=True)
+        state = self.classifier.state_dict()
+        weights = {name: tensor.detach().float().cpu().contiguous() for name, tensor in state.items()}
+        save_file(weights, str(directory / HEAD_WEIGHTS))
+        (directory / HEAD_CONFIG).write_text(json.dumps(asdict(self.head_config), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path, attn_implementation: str | None = None) -> SentenceClassifier:
+        """Load a checkpoint written by `save` (always in float32, whatever dtype it was stored in)."""
+        directory = Path(directory)
+        missing = [name for name in (HEAD_CONFIG, HEAD_WEIGHTS, "config.json") if not (directory / name).is_file()]
+        if missing:
+            raise ModelError(
+                f"{directory} is not a scorer checkpoint (missing {', '.join(missing)}); "
+                "pass the directory that `scorer train` wrote"
+            )
+        head = HeadConfig(**json.loads((directory / HEAD_CONFIG).read_text()))
+        model = cls(load_encoder(directory, attn_implementation), head)
+        model.classifier.load_state_dict(load_file(str(directory / HEAD_WEIGHTS)))
+        return model.eval()
+
+
+def load_encoder(path: Path | str, attn_implementation: str | None = None) -> nn.Module:
+    """A pretrained encoder in float32 (transformers 5 would keep an fp16 checkpoint in fp16)."""
+    quiet_transformers()
+    from transformers import AutoModel
+
+    if not Path(path).is_dir():
+        raise ModelError(f"{path} is not a directory; pass a local Hugging Face model directory with --model")
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        return AutoModel.from_pretrained(str(path), dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot load a Hugging Face encoder ({first_line(exc)})") from exc
+
+
+def quiet_transformers() -> None:
+    """No hub access (every model is local) and no progress bars or info logs from transformers."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def position_limit(config: object) -> int:
+    """The longest token sequence the encoder's position embeddings allow (at most 512)."""
+    limit = int(getattr(config, "max_position_embeddings", 512))
+    if getattr(config, "model_type", "") in _OFFSET_POSITION_MODELS:
+        limit -= 2
+    return min(limit, 512)

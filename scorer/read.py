@@ -1,0 +1,226 @@
+"""Read Parquet, CSV and TSV files: whole (for training) or as a stream of fixed-size row windows (for scoring)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from scorer.errors import InputError
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
+_CSV_BLOCK = 1 << 22
+
+
+def detect_format(path: Path) -> str:
+    """The file format implied by the file name: parquet, csv or tsv."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(
+            f"{path}: unknown file type '{path.suffix}'; use a .parquet, .csv or .tsv file"
+        )
+    return fmt
+
+
+class TableReader:
+    """A Parquet/CSV/TSV file opened for streaming; CSV columns are read as text, exactly as written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.format = detect_format(self.path)
+        if not self.path.is_file():
+            what = "is a directory" if self.path.is_dir() else "does not exist"
+            raise InputError(f"{self.path} {what}; pass an existing .parquet, .csv or .tsv file")
+        if not os.access(self.path, os.R_OK):
+            raise InputError(f"{self.path} is not readable; check its permissions")
+        with self._errors():
+            if self.format == "parquet":
+                self._parquet = pq.ParquetFile(self.path)
+                self.columns = list(self._parquet.schema_arrow.names)
+                self.num_rows: int | None = self._parquet.metadata.num_rows
+            else:
+                self.columns = self._csv_header()
+                self.num_rows = None
+
+    def require(self, column: str, option: str) -> None:
+        """Raise a clear error when a needed column is missing."""
+        if column not in self.columns:
+            raise InputError(
+                f"column '{column}' not found in {self.path.name}; columns are "
+                f"{', '.join(self.columns) or '(none)'}; pass {option} with one of them"
+            )
+
+    def batches(self, rows: int, skip_rows: int = 0) -> Iterator[pa.Table]:
+        """Yield consecutive windows of exactly `rows` rows (the last may be shorter), after `skip_rows`."""
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+        with self._errors():
+            for batch in self._record_batches(skip_rows):
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                while pending_rows >= rows:
+                    table = pa.Table.from_batches(pending)
+                    yield table.slice(0, rows).combine_chunks()
+                    rest = table.slice(rows)
+                    pending, pending_rows = rest.to_batches(), rest.num_rows
+            if pending_rows:
+                yield pa.Table.from_batches(pending).combine_chunks()
+
+    def read_all(self) -> pa.Table:
+        """The whole file as one table (for training data, which fits in memory)."""
+        with self._errors():
+            if self.format == "parquet":
+                return self._parquet.read()
+            batches = list(self._record_batches(0))
+        if not batches:
+            return pa.table({name: pa.array([], pa.string()) for name in self.columns})
+        return pa.Table.from_batches(batches)
+
+    def _record_batches(self, skip_rows: int) -> Iterator[pa.RecordBatch]:
+        if self.format == "parquet":
+            yield from self._parquet_batches(skip_rows)
+            return
+        for batch in self._csv_batches():
+            if skip_rows >= batch.num_rows:
+                skip_rows -= batch.num_rows
+                continue
+            yield batch.slice(skip_rows)
+            skip_rows = 0
+
+    def _csv_batches(self) -> Iterator[pa.RecordBatch]:
+        reader = pacsv.open_csv(
+            self.path,
+            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
+            parse_options=self._parse_options(),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in self.columns},
+                strings_can_be_null=False,
+            ),
+        )
+        yield from reader
+
+    def _parquet_batches(self, skip_rows: int) -> Iterator[pa.RecordBatch]:
+        # Skip whole row groups without reading them, so that a resumed run does not reread finished work.
+        meta = self._parquet.metadata
+        start = 0
+        for group in range(meta.num_row_groups):
+            group_rows = meta.row_group(group).num_rows
+            if start + group_rows <= skip_rows:
+                start += group_rows
+                continue
+            table = self._parquet.read_row_group(group)
+            yield from table.slice(max(0, skip_rows - start)).to_batches()
+            start += group_rows
+
+    def _parse_options(self) -> pacsv.ParseOptions:
+        if self.format == "tsv":
+            return pacsv.ParseOptions(delimiter="\t", quote_char=False)
+        return pacsv.ParseOptions(newlines_in_values=True)
+
+    def _csv_header(self) -> list[str]:
+        with open(self.path, "rb") as handle:
+            first = handle.readline()
+        if not first.strip():
+            raise InputError(f"{self.path} is empty (no header line); nothing to read")
+        try:
+            line = first.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{self.path} line 1: header is not valid UTF-8; re-encode the file as UTF-8") from exc
+        delimiter = "\t" if self.format == "tsv" else ","
+        quoting = csv.QUOTE_NONE if self.format == "tsv" else csv.QUOTE_MINIMAL
+        names = next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter, quoting=quoting))
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise InputError(f"{self.path}: header repeats column(s) {', '.join(duplicates)}; rename them")
+        return names
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            raise InputError(self._describe(exc)) from exc
+
+    def _describe(self, exc: Exception) -> str:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if self.format == "parquet":
+            return f"{self.path}: not a readable Parquet file ({text}); check that the file is complete"
+        where = _locate_csv_problem(self.path, self.format, len(self.columns))
+        return f"{self.path}{where}: {text}; fix or remove that row"
+
+
+def _locate_csv_problem(path: Path, fmt: str, expected: int) -> str:
+    """Find the first line that is not UTF-8 or has the wrong number of fields (slow path, errors only)."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return f" line {number} (bytes are not UTF-8; re-encode the file as UTF-8)"
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(handle)
+        for row in rows:
+            if len(row) != expected and row:
+                return f" line {rows.line_num} (expected {expected} fields, found {len(row)})"
+    return ""
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Texts and their labels from one file, with the file they came from."""
+
+    texts: list[str]
+    labels: list[int | str]
+    source: Path
+
+
+def read_labelled(path: Path, text_column: str, label_column: str) -> LabelledData:
+    """Read a whole labelled file; every row needs a non-empty text and a label."""
+    reader = TableReader(path)
+    reader.require(text_column, "--text-column")
+    reader.require(label_column, "--label-column")
+    table = reader.read_all()
+    if table.num_rows == 0:
+        raise InputError(f"{path} has no data rows; a labelled file needs at least one")
+    texts = table.column(text_column).to_pylist()
+    labels = table.column(label_column).to_pylist()
+    for row, (text, label) in enumerate(zip(texts, labels, strict=True), start=1):
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(
+                f"{path} row {row}: column '{text_column}' is empty or not text; fix or remove that row"
+            )
+        if label is None or (isinstance(label, str) and not label.strip()):
+            raise InputError(f"{path} row {row}: column '{label_column}' has no label; fix or remove that row")
+    return LabelledData(texts=texts, labels=normalise_labels(labels), source=Path(path))
+
+
+def normalise_labels(values: list) -> list[int | str]:
+    """Labels as ints when every value is an integer (CSV gives text), else as stripped strings."""
+    out: list[int | str] = []
+    for value in values:
+        if isinstance(value, bool):
+            out.append(int(value))
+        elif isinstance(value, int):
+            out.append(value)
+        elif isinstance(value, float) and value.is_integer():
+            out.append(int(value))
+        else:
+            out.append(str(value).strip())
+    if all(isinstance(v, int) or (isinstance(v, str) and _is_int(v)) for v in out):
+        return [int(v) for v in out]
+    return [str(v) for v in out]
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True

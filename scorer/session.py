@@ -1,0 +1,80 @@
+"""ONNX Runtime sessions on the provider that was asked for, checked after creation, never a silent fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from scorer.errors import ProviderError, first_line
+
+log = logging.getLogger("scorer")
+
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+_NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
+_INSTALL = "install onnxruntime-gpu (pip install 'scorer[gpu]') on a machine with an NVIDIA GPU, or use --provider cpu"
+
+
+def onnxruntime():
+    """The onnxruntime module, or a clear error saying which extra installs it."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ProviderError(
+            "onnxruntime is not installed: pip install 'scorer[cpu]' (or 'scorer[gpu]' on a GPU machine)"
+        ) from exc
+    return ort
+
+
+def available() -> list[str]:
+    return list(onnxruntime().get_available_providers())
+
+
+def _preload_cuda() -> None:
+    # onnxruntime-gpu >= 1.21 can load the CUDA/cuDNN libraries that pip installed (nvidia-* wheels or torch's).
+    ort = onnxruntime()
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # preload is best effort: the session check below is the real test
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+
+
+def resolve_provider(requested: str) -> str:
+    """'auto' becomes cuda when this onnxruntime has the CUDA provider, else cpu; others are checked."""
+    names = available()
+    if requested == "auto":
+        return "cuda" if CUDA in names else "cpu"
+    if _NAMES[requested] not in names:
+        raise ProviderError(
+            f"--provider {requested}: this onnxruntime has no {_NAMES[requested]} (it has {', '.join(names)}); "
+            + _INSTALL
+        )
+    return requested
+
+
+def create_session(model: Path, provider: str, provider_options: dict | None = None, threads: int | None = None):
+    """A session on `provider` (cpu, cuda or tensorrt); raises when it silently landed on the CPU instead."""
+    ort = onnxruntime()
+    if provider in ("cuda", "tensorrt"):
+        _preload_cuda()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    chain = [(_NAMES[provider], provider_options or {})]
+    if provider == "tensorrt":
+        chain.append((CUDA, {}))
+    if provider != "cpu":
+        chain.append((CPU, {}))
+    try:
+        session = ort.InferenceSession(str(model), sess_options=options, providers=chain)
+    except Exception as exc:
+        raise ProviderError(f"{model}: ONNX Runtime could not start on {provider} ({first_line(exc)})") from exc
+    if session.get_providers()[0] != _NAMES[provider]:
+        raise ProviderError(
+            f"--provider {provider}: ONNX Runtime started the session on {session.get_providers()[0]} instead "
+            f"(no usable GPU, or CUDA/cuDNN libraries missing); {_INSTALL}"
+        )
+    return session

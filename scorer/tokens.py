@@ -1,0 +1,98 @@
+"""The one tokenisation path shared by train, export and run: texts to padded id arrays and token-budget batches."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from scorer.errors import ModelError
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of many texts, stored flat: row i is ids[offsets[i]:offsets[i + 1]]."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    truncated: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def pad(self, rows: np.ndarray | Sequence[int], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """input_ids and attention_mask (int64) for `rows`, padded with 0 to `length` or the longest row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        width = int(lengths.max()) if length is None else length
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        input_ids = np.zeros((len(rows), width), dtype=np.int64)
+        starts = self.offsets[rows]
+        # Gather each row's ids into the True cells of the mask, row by row in order, without a Python loop.
+        flat_index = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+        input_ids[mask] = self.ids[flat_index + np.arange(int(lengths.sum()))]
+        return input_ids, mask.astype(np.int64)
+
+
+class TextEncoder:
+    """A Hugging Face fast tokenizer with [CLS]/[SEP] added, truncation to max_length and no padding."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length)
+        self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+
+    @classmethod
+    def from_dir(cls, directory: Path, max_length: int) -> TextEncoder:
+        path = Path(directory) / TOKENIZER_FILE
+        if not path.is_file():
+            raise ModelError(f"{directory}: no {TOKENIZER_FILE}; export the model again with `scorer export`")
+        try:
+            return cls(Tokenizer.from_file(str(path)), max_length)
+        except Exception as exc:
+            raise ModelError(f"{path}: not a readable tokenizer ({exc}); export the model again") from exc
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        """Encode texts (all must be str); rows cut at max_length are flagged in `truncated`."""
+        encodings = self._encode(list(texts), add_special_tokens=True)
+        id_lists = [encoding.ids for encoding in encodings]
+        lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        offsets = np.zeros(len(id_lists) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int64, count=int(offsets[-1]))
+        truncated = np.zeros(len(id_lists), dtype=bool)
+        for row in np.flatnonzero(lengths >= self.max_length):
+            truncated[row] = bool(encodings[row].overflowing)
+        return Encoded(ids=ids, offsets=offsets, truncated=truncated)
+
+
+def budget_batches(lengths: np.ndarray, max_tokens: int, max_rows: int) -> list[np.ndarray]:
+    """Row indices sorted by length and cut so that rows x padded length stays within max_tokens."""
+    order = np.argsort(lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    total = len(order)
+    while start < total:
+        end = start + 1
+        # Rows are sorted ascending, so the padded width of order[start:end] is the length of its last row.
+        while end < total and end - start < max_rows and (end + 1 - start) * lengths[order[end]] <= max_tokens:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches

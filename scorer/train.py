@@ -1,0 +1,175 @@
+"""Fine-tune an encoder with a classification head: seeded, length-bucketed, keeping the best epoch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scorer import atomic, plot
+from scorer.config import TrainConfig, to_json
+from scorer.dataset import TrainingData, load_training_data
+from scorer.errors import ConfigError
+from scorer.loop import Trainer, predict
+from scorer.metrics import confusion_of
+from scorer.model import HeadConfig, SentenceClassifier, load_encoder, position_limit
+from scorer.tokens import TextEncoder
+
+log = logging.getLogger("scorer")
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One epoch's figures, as written to metrics.json."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_mcc: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced and where."""
+
+    checkpoint: Path
+    epochs: list[EpochResult]
+    best_epoch: int
+    device: str
+    train_rows: int
+    val_rows: int
+
+    @property
+    def best(self) -> EpochResult:
+        return self.epochs[self.best_epoch - 1]
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Run the whole training job described by `config` and write the checkpoint directory."""
+    atomic.check_writable(config.output, config.overwrite)
+    _seed_everything(config.seed)
+    device = _resolve_device(config.device)
+    data = load_training_data(config)
+    hf_tokenizer, encoder_model = _load_pretrained(config)
+    text_encoder = TextEncoder(_backend_copy(hf_tokenizer), config.max_length)
+    head = HeadConfig(labels=data.labels, pooling=config.pooling, max_length=config.max_length, dropout=config.dropout)
+    model = SentenceClassifier(encoder_model, head).to(device)
+    log.info(
+        "training on %s: %d train rows, %d validation rows (%s), labels %s, %d epochs",
+        device, len(data.train_texts), len(data.val_texts), data.val_source, data.labels, config.epochs,
+    )
+    train_set = text_encoder.encode(data.train_texts)
+    val_set = text_encoder.encode(data.val_texts)
+    trainer = Trainer(model, config, device, train_set, data.train_targets, progress=progress)
+    epochs: list[EpochResult] = []
+    best_state, best_epoch = None, 0
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        train_loss = trainer.run_epoch(epoch)
+        val_loss, predicted = predict(model, val_set, device, data.val_targets)
+        confusion = confusion_of(data.labels, data.val_targets, predicted)
+        result = EpochResult(epoch, train_loss, val_loss, confusion.accuracy(), confusion.mcc(),
+                             time.perf_counter() - started)
+        epochs.append(result)
+        _log_epoch(result, config.epochs)
+        if best_epoch == 0 or _better(result, epochs[best_epoch - 1], config.select):
+            best_epoch = epoch
+            best_state = {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    result = TrainResult(config.output, epochs, best_epoch, device, len(data.train_texts), len(data.val_texts))
+    _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses)
+    log.info("best epoch %d by %s: validation accuracy %.4f, MCC %.4f; checkpoint in %s",
+             best_epoch, config.select, result.best.val_accuracy, result.best.val_mcc, config.output)
+    return result
+
+
+def _better(candidate: EpochResult, best: EpochResult, select: str) -> bool:
+    if select == "last":
+        return True
+    key = "val_mcc" if select == "mcc" else "val_accuracy"
+    return getattr(candidate, key) > getattr(best, key)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _resolve_device(choice: str) -> str:
+    if choice == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if choice == "cuda":
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu")
+    return "cpu"
+
+
+def _load_pretrained(config: TrainConfig):
+    """The tokenizer and encoder named by --model, with the max length checked against the encoder."""
+    from transformers import AutoTokenizer
+
+    encoder = load_encoder(config.model)
+    limit = position_limit(encoder.config)
+    if config.max_length > limit:
+        raise ConfigError(f"--max-length {config.max_length} is above {config.model}'s position limit {limit}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(config.model), use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{config.model}: no usable fast tokenizer ({exc})") from exc
+    if len(tokenizer) > encoder.config.vocab_size:
+        raise ConfigError(
+            f"{config.model}: tokenizer has {len(tokenizer)} tokens but the encoder only "
+            f"{encoder.config.vocab_size}; the tokenizer does not belong to this model"
+        )
+    return tokenizer, encoder
+
+
+def _backend_copy(hf_tokenizer):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+
+
+def _log_epoch(result: EpochResult, total: int) -> None:
+    log.info("")
+    log.info("======== Epoch %d / %d ========", result.epoch, total)
+    log.info("  Average training loss: %.4f", result.train_loss)
+    log.info("  Validation loss: %.4f", result.val_loss)
+    log.info("  Validation accuracy: %.4f", result.val_accuracy)
+    log.info("  Validation MCC: %.4f", result.val_mcc)
+    log.info("  Epoch took: %s", _clock(result.seconds))
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingData, result: TrainResult,
+                      step_losses: list[float]) -> None:
+    with atomic.atomic_dir(config.output, config.overwrite) as staging:
+        model.to("cpu").save(staging)
+        hf_tokenizer.save_pretrained(str(staging))
+        (staging / "train_config.json").write_text(to_json(replace(config, overwrite=False)))
+        metrics = {
+            "best_epoch": result.best_epoch,
+            "selected_by": config.select,
+            "device": result.device,
+            "train_rows": result.train_rows,
+            "val_rows": result.val_rows,
+            "val_source": data.val_source,
+            "labels": data.labels,
+            "epochs": [asdict(epoch) for epoch in result.epochs],
+        }
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        plot.training_loss(step_losses, [e.train_loss for e in result.epochs], staging / "training_loss.png")

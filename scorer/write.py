@@ -1,0 +1,79 @@
+"""Stream scored windows to Parquet or CSV under a temporary name; rename into place only when complete."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from scorer import atomic
+from scorer.errors import InputError, OutputError
+
+OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
+METADATA_KEY = b"scorer"
+
+
+def output_format(path: Path) -> str:
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise OutputError(f"{path}: unknown output type '{path.suffix}'; name the output .parquet, .csv or .tsv")
+    return fmt
+
+
+def default_output(source: Path) -> Path:
+    """`<name>.scored.parquet` beside the input."""
+    return source.with_name(f"{source.stem}.scored.parquet")
+
+
+class OutputSink:
+    """Writes tables to a hidden temporary file; `commit` renames it to the final path, `abort` deletes it."""
+
+    def __init__(self, path: Path, overwrite: bool, metadata: dict | None = None) -> None:
+        self.path = Path(path)
+        self.format = output_format(self.path)
+        atomic.check_writable(self.path, overwrite)
+        self.staging = atomic.temporary_sibling(self.path)
+        self.metadata = metadata or {}
+        self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = self._open(table.schema)
+        try:
+            self._writer.write_table(table.cast(self._writer.schema) if self.format == "parquet" else table)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InputError(
+                f"{self.path}: a later part of the input changed column types ({exc}); "
+                "make the input's schema consistent"
+            ) from exc
+        self.rows += table.num_rows
+
+    def _open(self, schema: pa.Schema) -> pq.ParquetWriter | pacsv.CSVWriter:
+        try:
+            if self.format == "parquet":
+                meta = {**(schema.metadata or {}), METADATA_KEY: json.dumps(self.metadata).encode()}
+                return pq.ParquetWriter(self.staging, schema.with_metadata(meta), compression="zstd")
+            delimiter = "\t" if self.format == "tsv" else ","
+            return pacsv.CSVWriter(self.staging, schema, write_options=pacsv.WriteOptions(delimiter=delimiter))
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.staging} ({exc}); choose another --output") from exc
+
+    def commit(self, empty_schema: pa.Schema | None = None) -> None:
+        """Finish the file and move it to its final name."""
+        if self._writer is None and empty_schema is not None:
+            self._writer = self._open(empty_schema)
+        if self._writer is not None:
+            self._writer.close()
+        atomic.replace(self.staging, self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            # The file is deleted next, so a failure to close it changes nothing.
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        self.staging.unlink(missing_ok=True)

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny random-weight BERT built in code, trained and exported once per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scorer.config import packaged_model
+
+COLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+TINY_POSITIONS = 128
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests skip themselves without CUDA; CoLA tests skip themselves without the data."""
+    cuda = _cuda_available()
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs onnxruntime-gpu and a CUDA GPU"))
+        if "cola" in item.keywords and not (COLA / "train.tsv").is_file():
+            item.add_marker(pytest.mark.skip(reason=f"CoLA data not found at {COLA}"))
+
+
+def _cuda_available() -> bool:
+    try:
+        import onnxruntime
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and the packaged model's real WordPiece tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=TINY_POSITIONS)
+    BertModel(config).save_pretrained(directory)
+    for name in TOKENIZER_FILES:
+        shutil.copy(packaged_model() / name, directory / name)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_encoder, tmp_path_factory) -> Path:
+    """The tiny BERT fine-tuned for 2 epochs on the packaged examples."""
+    from scorer.config import TrainConfig
+    from scorer.train import train
+
+    output = tmp_path_factory.mktemp("tiny-trained") / "checkpoint"
+    train(TrainConfig(model=tiny_encoder, output=output, epochs=2, max_length=48, learning_rate=1e-3),
+          progress=False)
+    return output
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint exported with all three variants (the tiny model passes the gate)."""
+    from export.pipeline import export_model
+    from scorer.config import ExportConfig
+
+    output = tmp_path_factory.mktemp("tiny-export") / "onnx"
+    export_model(ExportConfig(checkpoint=tiny_checkpoint, output=output))
+    return output
+
+
+@pytest.fixture
+def export_copy(tiny_export, tmp_path) -> Path:
+    """A private copy of the tiny export for tests that damage it."""
+    return Path(shutil.copytree(tiny_export, tmp_path / "onnx"))

@@ -1,0 +1,103 @@
+"""`scorer export` on the tiny model: graph shape, variants, manifest, parity report and its gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from click.testing import CliRunner
+
+from export.parity import parity_batches
+from scorer.cli import main
+from scorer.manifest import load_manifest, sha256_file
+from scorer.model import SentenceClassifier
+from scorer.tokens import TextEncoder
+
+
+def test_export_writes_variants_tokenizer_report_and_manifest(tiny_export):
+    names = {p.name for p in tiny_export.iterdir()}
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "tokenizer.json", "manifest.json", "parity.json",
+            "export_config.json"} <= names
+    manifest = load_manifest(tiny_export)
+    assert manifest.labels == [0, 1] and manifest.positive_label == 1 and manifest.max_length == 48
+    assert manifest.input_names == ["input_ids", "attention_mask"] and manifest.opset >= 17
+    for variant in manifest.variants.values():
+        assert variant.sha256 == sha256_file(tiny_export / variant.file)
+    assert {"torch", "onnx", "onnxruntime", "transformers"} <= set(manifest.versions)
+    report = json.loads((tiny_export / "parity.json").read_text())
+    assert {v["variant"] for v in report["variants"]} == {"fp32", "fp16", "int8"}
+    fp32 = next(v for v in report["variants"] if v["variant"] == "fp32")
+    assert fp32["passed"] and fp32["agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
+    assert fp32["accuracy"] is not None  # the packaged examples carry labels
+
+
+def test_graph_has_symbolic_batch_and_sequence_axes(tiny_export):
+    graph = onnx.load(str(tiny_export / "model.onnx")).graph
+    onnx.checker.check_model(str(tiny_export / "model.onnx"))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input}
+    assert dims == {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
+    output = graph.output[0].type.tensor_type.shape.dim
+    assert output[0].dim_param == "batch" and output[1].dim_value == 2
+
+
+def test_every_variant_matches_pytorch_at_odd_shapes(tiny_checkpoint, tiny_export):
+    model = SentenceClassifier.load(tiny_checkpoint)
+    encoder = TextEncoder.from_dir(tiny_export, 48)
+    texts = ["a", "The cat sat on the mat while the dog barked at the moon outside.", "Hi there, you.",
+             "word " * 60, "Five words in this one."]
+    encoded = encoder.encode(texts)
+    with torch.no_grad():
+        for rows, pad in [([0], None), ([1, 2, 3, 4, 0], None), ([2, 4, 1], 48)]:
+            input_ids, mask = encoded.pad(np.array(rows), pad)
+            expected = model(torch.from_numpy(input_ids), torch.from_numpy(mask)).numpy()
+            for name, tolerance in [("model.onnx", 1e-4), ("model.fp16.onnx", 2e-2)]:
+                session = ort.InferenceSession(str(tiny_export / name), providers=["CPUExecutionProvider"])
+                got = session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+                assert np.abs(got - expected).max() < tolerance, name
+
+
+def test_parity_batches_include_batch_one_odd_sizes_and_max_length():
+    batches = parity_batches(20, 48)
+    assert any(len(b.rows) == 1 for b in batches)
+    assert any(len(b.rows) % 2 == 1 and len(b.rows) > 1 for b in batches)
+    assert any(b.pad == 48 for b in batches)
+    covering = np.concatenate([b.rows for b in batches if b.covering])
+    assert covering.tolist() == list(range(20))
+
+
+def test_failed_gate_exits_7_and_keeps_the_report(tiny_checkpoint, tmp_path):
+    out = tmp_path / "onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--output", str(out),
+                                       "--variants", "fp32", "--tolerance", "1e-12", "--quiet"])
+    assert result.exit_code == 7, result.output
+    assert "parity gate failed for fp32" in result.output
+    report = json.loads((out / "parity.json").read_text())
+    assert report["passed"] is False
+    run = CliRunner().invoke(main, ["run", str(tmp_path / "x.csv"), "--model", str(out)])
+    assert run.exit_code in (3, 4)
+
+
+def test_export_prints_the_parity_table(tiny_checkpoint, tmp_path):
+    data = tmp_path / "parity.csv"
+    data.write_text("sentence,label\n" + "".join(f"sentence {i} here,{i % 2}\n" for i in range(30)))
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--output",
+                                       str(tmp_path / "onnx"), "--variants", "fp32,fp16", "--data", str(data),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "variant" in result.output and "fp16" in result.output and "pass" in result.output
+    assert json.loads((tmp_path / "onnx" / "parity.json").read_text())["source"] == str(data)
+
+
+def test_export_refuses_a_missing_checkpoint_and_unknown_parity_labels(tiny_checkpoint, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", "--checkpoint", str(tmp_path / "none"), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 4 and "not a scorer checkpoint" in result.output
+    data = tmp_path / "parity.csv"
+    data.write_text("sentence,label\nfine,1\nodd,maybe\n")
+    result = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path / "o"),
+                                  "--data", str(data)])
+    assert result.exit_code == 3 and "maybe" in result.output
+    assert not (tmp_path / "o").exists()

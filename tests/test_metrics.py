@@ -1,0 +1,32 @@
+"""Accuracy, MCC and per-class figures against scikit-learn as the oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scorer.metrics import confusion_of
+
+metrics = pytest.importorskip("sklearn.metrics")
+
+
+@pytest.mark.parametrize("classes,seed", [(2, 0), (2, 1), (3, 2), (5, 3)])
+def test_matches_scikit_learn(classes, seed):
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, classes, 400)
+    predicted = np.where(rng.random(400) < 0.7, true, rng.integers(0, classes, 400))
+    confusion = confusion_of(list(range(classes)), true, predicted)
+    assert confusion.accuracy() == pytest.approx(metrics.accuracy_score(true, predicted))
+    assert confusion.mcc() == pytest.approx(metrics.matthews_corrcoef(true, predicted))
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(true, predicted, zero_division=0)
+    for i, row in enumerate(confusion.per_class()):
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (precision[i], recall[i], f1[i], support[i])
+        )
+    assert confusion.matrix.tolist() == metrics.confusion_matrix(true, predicted).tolist()
+
+
+def test_constant_prediction_has_mcc_zero():
+    confusion = confusion_of([0, 1], np.array([0, 1, 1, 1]), np.array([1, 1, 1, 1]))
+    assert confusion.mcc() == 0.0
+    assert confusion.accuracy() == 0.75

@@ -1,0 +1,93 @@
+"""Reading Parquet/CSV/TSV: exact windows, text kept as written, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scorer.errors import InputError
+from scorer.read import TableReader, read_labelled
+
+
+def write_parquet(path, table, row_group_size=None):
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def test_windows_are_exact_and_in_order_across_row_groups(tmp_path):
+    table = pa.table({"id": list(range(1000)), "sentence": [f"s{i}" for i in range(1000)]})
+    path = write_parquet(tmp_path / "in.parquet", table, row_group_size=96)
+    windows = list(TableReader(path).batches(250))
+    assert [w.num_rows for w in windows] == [250, 250, 250, 250]
+    assert pa.concat_tables(windows).column("id").to_pylist() == list(range(1000))
+    resumed = list(TableReader(path).batches(300, skip_rows=500))
+    assert [w.num_rows for w in resumed] == [300, 200]
+    assert resumed[0].column("id")[0].as_py() == 500
+
+
+def test_csv_columns_stay_text_exactly_as_written(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('id,sentence,label\n007,"quoted, with comma",1\n010,"two\nlines",0\n')
+    table = pa.concat_tables(TableReader(path).batches(10))
+    assert table.column("id").to_pylist() == ["007", "010"]
+    assert table.column("sentence").to_pylist() == ["quoted, with comma", "two\nlines"]
+
+
+def test_tsv_keeps_quotes_literally(tmp_path):
+    path = tmp_path / "in.tsv"
+    path.write_text('sentence\tlabel\nhe said "hi\t1\nok\t0\n')
+    data = read_labelled(path, "sentence", "label")
+    assert data.texts == ['he said "hi', "ok"]
+    assert data.labels == [1, 0]
+
+
+def test_missing_column_lists_the_columns(tmp_path):
+    path = write_parquet(tmp_path / "in.parquet", pa.table({"id": [1], "body": ["x"]}))
+    with pytest.raises(InputError, match=r"column 'sentence' not found in in.parquet; columns are id, body; "
+                                         r"pass --text-column"):
+        TableReader(path).require("sentence", "--text-column")
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"a,b\n1,2\n3,4,5\n", r"line 3 \(expected 2 fields, found 3\)"),
+        (b"a,b\n1,2\n\xff\xfe,4\n", r"line 3 \(bytes are not UTF-8"),
+        (b"", r"is empty"),
+    ],
+)
+def test_bad_csv_names_the_line(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        list(TableReader(path).batches(100))
+
+
+def test_corrupt_parquet_and_missing_files_are_input_errors(tmp_path):
+    corrupt = tmp_path / "bad.parquet"
+    corrupt.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(InputError, match="not a readable Parquet file"):
+        TableReader(corrupt)
+    with pytest.raises(InputError, match="does not exist"):
+        TableReader(tmp_path / "missing.csv")
+    with pytest.raises(InputError, match="unknown file type"):
+        TableReader(tmp_path / "data.json")
+
+
+def test_truncated_parquet_is_refused(tmp_path):
+    good = write_parquet(tmp_path / "good.parquet", pa.table({"sentence": ["a b c"] * 1000}))
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"cut\.parquet"):
+        list(TableReader(cut).batches(100))
+
+
+def test_labelled_rows_need_text_and_label(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("sentence,label\nfine,1\n,0\n")
+    with pytest.raises(InputError, match=r"train.csv row 2: column 'sentence' is empty"):
+        read_labelled(path, "sentence", "label")
+    path.write_text("sentence,label\nfine,1\nalso fine,\n")
+    with pytest.raises(InputError, match=r"row 2: column 'label' has no label"):
+        read_labelled(path, "sentence", "label")

@@ -1,0 +1,179 @@
+"""`scorer run` on the tiny export: every row kept in order, CSV = Parquet, evaluation, checks and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from scorer.cli import main
+
+TEXTS = [
+    "The children played in the garden until dinner.",
+    None,
+    "She have lived here for ten years.",
+    "",
+    "   ",
+    "word " * 80,
+    "Nobody expected the storm.",
+] * 11 + ["One more sentence so the count is odd."]  # 78 rows: not a multiple of any window or batch size
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["run", *map(str, args), "--quiet"])
+
+
+@pytest.fixture
+def parquet_input(tmp_path):
+    table = pa.table({"id": list(range(len(TEXTS))), "sentence": pa.array(TEXTS, pa.string())})
+    path = tmp_path / "input.parquet"
+    pq.write_table(table, path, row_group_size=10)
+    return path
+
+
+def test_every_row_kept_in_order_with_status_and_null_scores(tiny_export, parquet_input, tmp_path):
+    out = tmp_path / "out.parquet"
+    result = run(parquet_input, "--model", tiny_export, "--output", out, "--window-rows", "9", "--max-tokens", "64",
+                 "--variant", "fp32")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.num_rows == len(TEXTS)
+    assert table.column("id").to_pylist() == list(range(len(TEXTS)))
+    assert table.column("sentence").to_pylist() == TEXTS
+    assert table.column_names == ["id", "sentence", "label", "score", "status"]
+    status = table.column("status").to_pylist()
+    scores = table.column("score").to_pylist()
+    expected_status = {None: "null", "": "empty", "   ": "empty", "word " * 80: "truncated"}
+    for text, row_status, score, label in zip(TEXTS, status, scores, table.column("label").to_pylist(), strict=True):
+        assert row_status == expected_status.get(text, "ok")
+        if row_status in ("null", "empty"):
+            assert score is None and label is None
+        else:
+            assert 0.0 <= score <= 1.0 and label in (0, 1) and (score >= 0.5) == (label == 1)
+    summary = json.loads((tmp_path / "out.parquet.summary.json").read_text())
+    assert summary["rows"] == 78 and summary["status_counts"]["null"] == 11
+    assert summary["status_counts"]["empty"] == 22 and summary["status_counts"]["truncated"] == 11
+    assert summary["provider"] == "cpu" and len(summary["model_sha256"]) == 64
+
+
+def test_the_same_sentence_scores_the_same_in_any_window_or_batch(tiny_export, parquet_input, tmp_path):
+    run(parquet_input, "--model", tiny_export, "-o", tmp_path / "a.parquet", "--window-rows", "5", "--max-tokens", "32",
+        "--variant", "fp32")
+    run(parquet_input, "--model", tiny_export, "-o", tmp_path / "b.parquet", "--variant", "fp32")
+    a = pq.read_table(tmp_path / "a.parquet").column("score").to_numpy(zero_copy_only=False)
+    b = pq.read_table(tmp_path / "b.parquet").column("score").to_numpy(zero_copy_only=False)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_csv_and_parquet_inputs_give_identical_scores(tiny_export, tmp_path):
+    texts = [t for t in TEXTS if t is not None]
+    pq.write_table(pa.table({"sentence": texts}), tmp_path / "in.parquet")
+    pacsv.write_csv(pa.table({"sentence": texts}), tmp_path / "in.csv")
+    for name in ("in.parquet", "in.csv"):
+        assert run(tmp_path / name, "--model", tiny_export, "-o", tmp_path / f"{name}.out.csv").exit_code == 0
+    a = pacsv.read_csv(tmp_path / "in.parquet.out.csv")
+    b = pacsv.read_csv(tmp_path / "in.csv.out.csv")
+    assert a.column("score").to_pylist() == b.column("score").to_pylist()
+    assert a.column("status").to_pylist() == b.column("status").to_pylist()
+
+
+def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_path):
+    data = tmp_path / "dev.csv"
+    data.write_text("sentence,label\n" + "".join(f"sentence {i} is here,{i % 2}\n" for i in range(40)) + ",\n")
+    report = tmp_path / "eval.md"
+    result = run(data, "--model", tiny_export, "--samples", "5", "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "Matthews correlation" in result.output and "accuracy" in result.output
+    table = pacsv.read_csv(tmp_path / "dev.scored.parquet") if False else pq.read_table(tmp_path / "dev.scored.parquet")
+    assert table.column_names == ["sentence", "label", "pred_label", "pred_score", "pred_status"]
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluation["rows"] == 40 and evaluation["unlabelled_rows"] == 1
+    assert len(evaluation["samples"]) == 5 and sum(map(sum, evaluation["confusion_matrix"])) == 40
+    true = np.array([int(v) for v in table.column("label").to_pylist()[:40]])
+    predicted = np.array(table.column("pred_label").to_pylist()[:40])
+    assert evaluation["accuracy"] == pytest.approx((true == predicted).mean())
+    assert "| row | sentence | true label | predicted label |" in report.read_text()
+
+
+def test_check_against_pytorch_passes_and_is_in_the_summary(tiny_export, parquet_input, tmp_path):
+    for variant in ("fp32", "int8"):
+        out = tmp_path / f"{variant}.parquet"
+        result = run(parquet_input, "--model", tiny_export, "-o", out, "--check", "20", "--variant", variant)
+        assert result.exit_code == 0, result.output
+        check = json.loads(out.with_name(out.name + ".summary.json").read_text())["check"]
+        assert check["rows"] == 20 and check["passed"]
+        if variant == "fp32":
+            assert check["agreement"] == 1.0 and check["max_score_diff"] < 1e-4
+
+
+def test_unknown_labels_and_empty_input_leave_no_output(tiny_export, tmp_path):
+    data = tmp_path / "dev.csv"
+    data.write_text("sentence,label\nfine,1\nodd,maybe\n")
+    result = run(data, "--model", tiny_export)
+    assert result.exit_code == 3 and "row 2: label 'maybe'" in result.output
+    data.write_text("sentence,label\n")
+    result = run(data, "--model", tiny_export)
+    assert result.exit_code == 3 and "no data rows" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.csv"]
+
+
+def test_non_text_column_is_kept_unscored(tiny_export, tmp_path):
+    pq.write_table(pa.table({"sentence": [1, None, 3]}), tmp_path / "ints.parquet")
+    assert run(tmp_path / "ints.parquet", "--model", tiny_export).exit_code == 0
+    table = pq.read_table(tmp_path / "ints.scored.parquet")
+    assert table.column("status").to_pylist() == ["not_text", "null", "not_text"]
+    assert table.column("score").null_count == 3
+
+
+def test_output_rules(tiny_export, parquet_input, tmp_path):
+    out = tmp_path / "out.parquet"
+    assert run(parquet_input, "--model", tiny_export, "-o", out).exit_code == 0
+    again = run(parquet_input, "--model", tiny_export, "-o", out)
+    assert again.exit_code == 5 and "--overwrite" in again.output
+    assert run(parquet_input, "--model", tiny_export, "-o", out, "--overwrite").exit_code == 0
+    same = run(parquet_input, "--model", tiny_export, "-o", parquet_input)
+    assert same.exit_code == 5 and "is the input file" in same.output
+    missing = run(parquet_input, "--model", tiny_export, "--text-column", "body")
+    assert missing.exit_code == 3 and "columns are id, sentence" in missing.output
+
+
+def test_damaged_exports_are_refused(export_copy, parquet_input, tmp_path):
+    with open(export_copy / "model.int8.onnx", "ab") as handle:
+        handle.write(b"tampered")
+    result = run(parquet_input, "--model", export_copy, "--variant", "int8")
+    assert result.exit_code == 4 and "does not match the sha256" in result.output
+    (export_copy / "tokenizer.json").unlink()
+    result = run(parquet_input, "--model", export_copy)
+    assert result.exit_code == 4 and "tokenizer.json is missing" in result.output
+    result = run(parquet_input, "--model", tmp_path / "nowhere")
+    assert result.exit_code == 4 and "does not exist" in result.output
+    assert not list(tmp_path.glob("*.scored.parquet"))
+
+
+def test_cuda_without_a_gpu_is_refused(tiny_export, parquet_input):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA; the refusal is for CPU-only installs")
+    result = run(parquet_input, "--model", tiny_export, "--provider", "cuda")
+    assert result.exit_code == 6 and "no CUDAExecutionProvider" in result.output
+    assert not parquet_input.with_name("input.scored.parquet").exists()
+
+
+def test_scoring_never_imports_torch(tiny_export, parquet_input, tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from scorer.cli import main\n"
+        f"main(['run', {str(parquet_input)!r}, '--model', {str(tiny_export)!r}, '-o', {str(tmp_path / 'o.csv')!r},"
+        " '--quiet'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert pacsv.read_csv(tmp_path / "o.csv").num_rows == len(TEXTS)

@@ -1,0 +1,69 @@
+"""Tokenisation matches the transformers tokenizer; padding and token-budget batching keep every row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from scorer.config import packaged_model
+from scorer.tokens import TextEncoder, budget_batches
+
+SENTENCES = [
+    "The children played in the garden.",
+    "Colourless green ideas sleep furiously!",
+    "a",
+    "Ünïcödé text, with accents — and dashes.",
+    "word " * 100,
+]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder.from_dir(packaged_model(), max_length=32)
+
+
+def test_ids_match_transformers_with_cls_sep_and_truncation(encoder):
+    reference = AutoTokenizer.from_pretrained(str(packaged_model()))
+    expected = reference(SENTENCES, truncation=True, max_length=32)["input_ids"]
+    encoded = encoder.encode(SENTENCES)
+    for row, ids in enumerate(expected):
+        assert encoded.ids[encoded.offsets[row] : encoded.offsets[row + 1]].tolist() == ids
+        assert ids[0] == reference.cls_token_id and ids[-1] == reference.sep_token_id
+    assert encoded.truncated.tolist() == [False, False, False, False, True]
+    assert encoded.lengths[-1] == 32
+
+
+def test_a_sentence_exactly_at_max_length_is_not_flagged_truncated(encoder):
+    reference = AutoTokenizer.from_pretrained(str(packaged_model()))
+    text = "word " * 30  # 30 word pieces + [CLS] + [SEP] = 32
+    assert len(reference(text)["input_ids"]) == 32
+    encoded = encoder.encode([text])
+    assert encoded.lengths.tolist() == [32] and encoded.truncated.tolist() == [False]
+
+
+def test_pad_gathers_each_rows_ids_and_masks_the_rest(encoder):
+    encoded = encoder.encode(SENTENCES)
+    rows = np.array([4, 0, 2])
+    input_ids, mask = encoded.pad(rows, length=40)
+    assert input_ids.shape == mask.shape == (3, 40) and input_ids.dtype == np.int64
+    for out_row, row in enumerate(rows):
+        length = encoded.lengths[row]
+        expected = encoded.ids[encoded.offsets[row] : encoded.offsets[row + 1]]
+        assert input_ids[out_row, :length].tolist() == expected.tolist()
+        assert mask[out_row].tolist() == [1] * length + [0] * (40 - length)
+        assert not input_ids[out_row, length:].any()
+    natural, _ = encoded.pad(np.array([0, 2]))
+    assert natural.shape[1] == max(encoded.lengths[0], encoded.lengths[2])
+
+
+@pytest.mark.parametrize("max_tokens,max_rows", [(64, 1000), (1000, 7), (5, 3)])
+def test_budget_batches_cover_every_row_once_within_budget(max_tokens, max_rows):
+    lengths = np.random.default_rng(1).integers(2, 60, size=503)
+    batches = budget_batches(lengths, max_tokens, max_rows)
+    covered = np.concatenate(batches)
+    assert sorted(covered.tolist()) == list(range(503))
+    for batch in batches:
+        assert len(batch) <= max_rows
+        # A single row longer than the budget still gets a batch of its own.
+        assert len(batch) * lengths[batch].max() <= max_tokens or len(batch) == 1

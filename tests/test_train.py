@@ -1,0 +1,95 @@
+"""`scorer train` on a tiny random BERT: checkpoint contents, reproducibility, and refused inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+
+from scorer.cli import main
+from scorer.model import SentenceClassifier
+from tests.conftest import TINY_POSITIONS
+
+
+def train_args(encoder, output, *extra):
+    return ["train", "--model", str(encoder), "--output", str(output), "--epochs", "2", "--max-length", "32",
+            "--lr", "1e-3", "--quiet", *extra]
+
+
+def test_checkpoint_has_model_tokenizer_metrics_settings_and_plot(tiny_checkpoint):
+    names = {p.name for p in tiny_checkpoint.iterdir()}
+    assert {"config.json", "model.safetensors", "scorer_head.json", "scorer_head.safetensors", "tokenizer.json",
+            "metrics.json", "train_config.json", "training_loss.png"} <= names
+    metrics = json.loads((tiny_checkpoint / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert metrics["best_epoch"] in (1, 2) and metrics["selected_by"] == "mcc"
+    best = metrics["epochs"][metrics["best_epoch"] - 1]
+    assert best["val_mcc"] == max(e["val_mcc"] for e in metrics["epochs"])
+    assert (tiny_checkpoint / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    settings = json.loads((tiny_checkpoint / "train_config.json").read_text())
+    assert settings["max_length"] == 48 and settings["epochs"] == 2
+    model = SentenceClassifier.load(tiny_checkpoint)
+    assert model.head_config.labels == [0, 1]
+
+
+def test_same_seed_same_result(tiny_encoder, tmp_path):
+    runner = CliRunner()
+    for name in ("a", "b"):
+        result = runner.invoke(main, train_args(tiny_encoder, tmp_path / name, "--seed", "7"))
+        assert result.exit_code == 0, result.output
+    first, second = (json.loads((tmp_path / n / "metrics.json").read_text())["epochs"] for n in "ab")
+    for a, b in zip(first, second, strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["val_mcc"] == b["val_mcc"]
+
+
+def test_val_data_from_parquet_and_string_labels(tiny_encoder, tmp_path):
+    rows = {"text": [f"sentence number {i} is {'good' if i % 2 else 'bad'}" for i in range(40)],
+            "verdict": ["yes" if i % 2 else "no" for i in range(40)]}
+    pq.write_table(pa.table(rows), tmp_path / "train.parquet")
+    pq.write_table(pa.table(rows).slice(0, 10), tmp_path / "val.parquet")
+    result = CliRunner().invoke(main, train_args(
+        tiny_encoder, tmp_path / "ckpt", "--data", str(tmp_path / "train.parquet"), "--val-data",
+        str(tmp_path / "val.parquet"), "--text-column", "text", "--label-column", "verdict"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
+    assert metrics["labels"] == ["no", "yes"] and metrics["val_rows"] == 10
+
+
+def test_max_length_above_the_position_limit_is_refused(tiny_encoder, tmp_path):
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--max-length", "200"))
+    assert result.exit_code == 2
+    assert f"position limit {TINY_POSITIONS}" in result.output
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--max-length", "513"))
+    assert result.exit_code == 2 and "between 2 and 512" in result.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_bad_training_inputs_exit_3_with_one_line(tiny_encoder, tmp_path):
+    data = tmp_path / "train.csv"
+    data.write_text("sentence,label\n" + "".join(f"s {i},{i % 2}\n" for i in range(20)))
+    val = tmp_path / "val.csv"
+    val.write_text("sentence,label\nx,0\ny,7\n")
+    runner = CliRunner()
+    result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data), "--val-data", str(val)))
+    assert result.exit_code == 3
+    assert "label(s) 7 in column 'label' do not occur in" in result.output
+    result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data), "--text-column", "body"))
+    assert result.exit_code == 3 and "columns are sentence, label" in result.output
+    data.write_text("sentence,label\n" + "".join(f"s {i},1\n" for i in range(20)))
+    result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data)))
+    assert result.exit_code == 3 and "only the label 1" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()
+
+
+def test_existing_checkpoint_needs_overwrite(tiny_encoder, tmp_path):
+    (tmp_path / "c").mkdir()
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c"))
+    assert result.exit_code == 5 and "--overwrite" in result.output
+
+
+def test_missing_model_directory_is_a_model_error(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "c")])
+    assert result.exit_code == 4 and "is not a directory" in result.output
