@@ -1,4 +1,4 @@
-"""The optimised variants: fp16 with ORT's transformer fusions (for GPU), dynamic int8 (for CPU)."""
+"""The GPU variant: fp16 with ONNX Runtime's BERT fusions (attention, LayerNorm, GELU)."""
 
 from __future__ import annotations
 
@@ -20,17 +20,3 @@ def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int) 
     model.save_model_to_file(str(target))
     log.info("fp16 variant: fused %s", ", ".join(f"{n}×{c}" for n, c in sorted(fused.items())) or "nothing")
     return fused
-
-
-def quantize_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 quantisation of the plain export (the fused graph's custom ops cannot be quantised)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # quantize_dynamic logs a pre-processing hint on the root logger at WARNING; it does not apply here.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
-    finally:
-        root.setLevel(level)

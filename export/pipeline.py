@@ -6,7 +6,7 @@ import json
 import logging
 import platform
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -14,14 +14,15 @@ import numpy as np
 
 from export import parity
 from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx
-from export.optimize import optimize_fp16, quantize_int8
+from export.optimize import optimize_fp16
+from export.quantize import QuantizeReport, quantize_int8
 from scorer import atomic
 from scorer.config import ExportConfig, example_file, to_json
 from scorer.errors import InputError, ParityError
 from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
 from scorer.model import HeadConfig, SentenceClassifier
 from scorer.read import TableReader, normalise_labels
-from scorer.tokens import TOKENIZER_FILE, TextEncoder
+from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 
 log = logging.getLogger("scorer")
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -51,8 +52,11 @@ def export_model(config: ExportConfig) -> ExportResult:
     label_column = config.label_column or trained.get("label_column", "label")
     encoder = TextEncoder.from_dir(config.checkpoint, head.max_length)
     texts, targets, source = _parity_data(config, head, text_column, label_column)
+    calibration = None
+    if "int8" in config.variants:
+        calibration = encoder.encode(_calibration_texts(config, trained, text_column))
     with atomic.atomic_dir(config.output, config.overwrite) as staging:
-        variants = _write_variants(model, staging, config)
+        variants, quantization = _write_variants(model, staging, config, calibration)
         for name in TOKENIZER_FILES:
             if (config.checkpoint / name).is_file():
                 shutil.copy2(config.checkpoint / name, staging / name)
@@ -61,7 +65,10 @@ def export_model(config: ExportConfig) -> ExportResult:
                                     head.max_length)
         (staging / "parity.json").write_text(json.dumps(parity.report(results, source), indent=2) + "\n")
         (staging / "export_config.json").write_text(to_json(replace(config, overwrite=False)))
-        _manifest(model, head, config, variants, results, text_column, label_column).save(staging)
+        manifest = _manifest(model, head, config, variants, results, text_column, label_column)
+        if quantization is not None:
+            manifest.extra["int8"] = asdict(quantization)
+        manifest.save(staging)
     result = ExportResult(config.output, results, source)
     if not result.passed:
         failed = ", ".join(r.variant for r in results if not r.passed)
@@ -70,8 +77,10 @@ def export_model(config: ExportConfig) -> ExportResult:
     return result
 
 
-def _write_variants(model: SentenceClassifier, staging: Path, config: ExportConfig) -> dict[str, Path]:
+def _write_variants(model: SentenceClassifier, staging: Path, config: ExportConfig, calibration: Encoded | None
+                    ) -> tuple[dict[str, Path], QuantizeReport | None]:
     variants = {"fp32": staging / VARIANT_FILES["fp32"]}
+    quantization = None
     log.info("exporting %s to ONNX (opset %d)", config.checkpoint, config.opset)
     export_onnx(model, variants["fp32"], config.opset)
     encoder_config = model.encoder.config
@@ -81,13 +90,29 @@ def _write_variants(model: SentenceClassifier, staging: Path, config: ExportConf
                       encoder_config.hidden_size)
     if "int8" in config.variants:
         variants["int8"] = staging / VARIANT_FILES["int8"]
-        quantize_int8(variants["fp32"], variants["int8"])
-    return variants
+        quantization = quantize_int8(variants["fp32"], variants["int8"], calibration, config.int8_agreement)
+    return variants, quantization
 
 
 def _train_settings(checkpoint: Path) -> dict:
     path = checkpoint / "train_config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _calibration_texts(config: ExportConfig, trained: dict, text_column: str) -> list[str]:
+    """Sentences for int8 calibration: --calibration, else the training data, else the packaged examples."""
+    path = config.calibration
+    if path is None:
+        path = Path(trained["data"]) if trained.get("data") and Path(trained["data"]).is_file() else None
+    path = path or example_file("train.csv")
+    reader = TableReader(path)
+    reader.require(text_column, "--text-column")
+    texts = [t for t in reader.read_all().column(text_column).to_pylist() if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise InputError(f"{path} has no sentences in column '{text_column}' to calibrate int8 with")
+    rows = np.random.default_rng(0).permutation(len(texts))[: config.calibration_rows]
+    log.info("int8 calibration on %d sentences of %s", len(rows), path)
+    return [texts[i] for i in sorted(rows)]
 
 
 def _parity_data(config: ExportConfig, head: HeadConfig, text_column: str, label_column: str

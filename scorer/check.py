@@ -1,4 +1,4 @@
-"""`run --check N`: score a sample with the PyTorch checkpoint too, and compare with what ONNX said."""
+"""`run --check N`: score sampled rows with the PyTorch checkpoint too, and compare with what was written."""
 
 from __future__ import annotations
 
@@ -8,41 +8,45 @@ from pathlib import Path
 import numpy as np
 
 from scorer.classify import OnnxClassifier, softmax
+from scorer.errors import ModelError
 
 log = logging.getLogger("scorer")
 # Largest allowed |score difference| per variant: fp32 covers TF32 on GPUs, fp16 and int8 their rounding.
 TOLERANCE = {"fp32": 2e-3, "fp16": 2e-2, "int8": 5e-2}
 
 
-def cross_check(checkpoint: Path, classifier: OnnxClassifier, sample: list[tuple[str, np.ndarray]]) -> dict:
-    """Compare ONNX and PyTorch on the sampled texts: label agreement and max score difference."""
+def cross_check(checkpoint: Path, classifier: OnnxClassifier, texts: list[str], scores: np.ndarray,
+                predicted: list) -> dict:
+    """Label agreement and max |score difference| between the written output and PyTorch on the same texts."""
+    tolerance = TOLERANCE[classifier.variant]
+    result = {"rows": len(texts), "agreement": 1.0, "max_score_diff": 0.0, "tolerance": tolerance,
+              "checkpoint": str(checkpoint), "variant": classifier.variant}
+    if texts:
+        torch_scores, torch_labels, device = _pytorch_scores(checkpoint, classifier, texts)
+        result.update(
+            agreement=float(np.mean([a == b for a, b in zip(torch_labels, predicted, strict=True)])),
+            max_score_diff=float(np.abs(torch_scores - scores).max()),
+            torch_device=device,
+        )
+    result["passed"] = result["max_score_diff"] <= tolerance
+    log.info("check: %d rows, labels agree %.1f%%, max |Δscore| %.3g (tolerance %g)",
+             len(texts), 100 * result["agreement"], result["max_score_diff"], tolerance)
+    return result
+
+
+def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier, texts: list[str]) -> tuple[np.ndarray, list, str]:
     import torch
 
     from scorer.loop import logits_of
     from scorer.model import SentenceClassifier
 
-    if not sample:
-        return {"rows": 0, "agreement": 1.0, "max_score_diff": 0.0, "max_logit_diff": 0.0,
-                "tolerance": TOLERANCE[classifier.variant], "passed": True, "checkpoint": str(checkpoint)}
+    if not Path(checkpoint).is_dir():
+        raise ModelError(f"--check needs the PyTorch checkpoint, and {checkpoint} does not exist; "
+                         "pass --checkpoint DIR (the directory `scorer train` wrote)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = SentenceClassifier.load(checkpoint).to(device)
-    texts = [text for text, _ in sample]
-    onnx_logits = np.stack([logits for _, logits in sample])
-    torch_logits = logits_of(model, classifier.encoder.encode(texts), device)
-    onnx_probs, torch_probs = softmax(onnx_logits), softmax(torch_logits)
-    agreement = float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean())
-    score_diff = float(np.abs(onnx_probs - torch_probs).max())
-    tolerance = TOLERANCE[classifier.variant]
-    result = {
-        "rows": len(texts),
-        "agreement": agreement,
-        "max_score_diff": score_diff,
-        "max_logit_diff": float(np.abs(onnx_logits - torch_logits).max()),
-        "tolerance": tolerance,
-        "passed": score_diff <= tolerance,
-        "checkpoint": str(checkpoint),
-        "torch_device": device,
-    }
-    log.info("check: %d rows, labels agree %.1f%%, max |Δscore| %.3g (tolerance %g)",
-             len(texts), 100 * agreement, score_diff, tolerance)
-    return result
+    if model.head_config.labels != classifier.labels:
+        raise ModelError(f"{checkpoint} has labels {model.head_config.labels}, the export {classifier.labels}; "
+                         "pass the --checkpoint this model was exported from")
+    probabilities = softmax(logits_of(model, classifier.encoder.encode(texts), device))
+    return classifier.scores(probabilities), [classifier.labels[i] for i in probabilities.argmax(1)], device

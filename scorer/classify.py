@@ -94,6 +94,20 @@ class OnnxClassifier:
             out[rows] = self.session.run(None, feed)[0]
         return out, encoded.truncated
 
+    def scores(self, probabilities: np.ndarray) -> np.ndarray:
+        """The `score` of each row: the positive class's probability (two labels), else the top probability."""
+        if len(self.labels) == 2:
+            return probabilities[:, self.positive]
+        return probabilities.max(axis=1)
+
+    def result_arrays(self, scored: Scored) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """The label, score and status columns written for `scored` (nulls where a row was not scored)."""
+        label_type = pa.int64() if all(isinstance(v, int) for v in self.labels) else pa.string()
+        predicted = [self.labels[i] if i >= 0 else None for i in scored.predicted.tolist()]
+        score = self.scores(scored.probabilities).astype(np.float32)
+        return (pa.array(predicted, type=label_type), pa.array(score, mask=~scored.scored),
+                pa.array(scored.status.tolist(), type=pa.string()))
+
     def classify(self, column: pa.Array | pa.ChunkedArray) -> Scored:
         """Score a column of texts; null, empty and non-text values are kept, flagged and left unscored."""
         n = len(column)

@@ -88,6 +88,8 @@ def main() -> None:
 @click.option("--learning-rate", "--lr", type=float, help="Peak AdamW learning rate.")
 @click.option("--warmup-ratio", type=float, help="Share of steps with a linear warm-up.")
 @click.option("--weight-decay", type=float, help="AdamW weight decay (not on biases/LayerNorm).")
+@click.option("--layer-decay", type=float, help="Layer-wise learning-rate decay (1 = none).")
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="Loss weights per class.")
 @click.option("--pooling", type=click.Choice(["mean", "cls"]), help="Sentence vector: mean of tokens or [CLS].")
 @click.option("--select", type=click.Choice(["mcc", "accuracy", "last"]), help="Which epoch to keep.")
 @click.option("--seed", type=int, help="Seed for the split, the batches and the initial head.")
@@ -115,6 +117,8 @@ def train(progress: bool, **options) -> None:
 @click.option("--tolerance", type=float, help="Largest fp32 |Δlogit| the gate allows [default: 1e-4].")
 @click.option("--min-agreement", type=float, help="Label agreement fp16/int8 must reach [default: 0.995].")
 @click.option("--max-rows", type=int, help="Rows of --data used for parity [default: 2000].")
+@click.option("--calibration", type=PATH, help="Sentences for int8 calibration [default: the training data].")
+@click.option("--int8-agreement", type=float, help="Label agreement int8 must reach on them [default: 0.998].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing export directory.")
 @command
 def export_command(progress: bool, variants: str | None, **options) -> None:
@@ -130,24 +134,32 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 
 
 @main.command("run")
-@click.argument("input", type=PATH)
-@click.option("--output", "-o", type=PATH, help="Output .parquet/.csv/.tsv [default: INPUT.scored.parquet].")
+@click.argument("input")
+@click.option("--output", "-o", type=PATH, help="Output file, or directory for several inputs "
+              "[default: INPUT.scored.parquet].")
+@click.option("--format", "output_format", type=click.Choice(["parquet", "csv", "tsv"]),
+              help="Output format when --output is a directory [default: parquet].")
 @click.option("--model", type=PATH, help="Export directory [default: scorer-artifacts/onnx].")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help="[default: auto].")
 @click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]), help="[default: fp16 on GPU, int8 on CPU].")
 @click.option("--text-column", help="Column to score [default: the training text column].")
 @click.option("--label-column", help="True labels, for accuracy/MCC [default: the training one, if present].")
 @click.option("--max-tokens", type=int, help="Token budget per batch (rows × padded length).")
-@click.option("--window-rows", type=int, help="Rows read, sorted and written together [default: 16384].")
+@click.option("--window-rows", type=int, help="Rows read, sorted, scored and checkpointed together [default: 16384].")
 @click.option("--check", type=int, help="Cross-check N sampled rows against the PyTorch checkpoint.")
 @click.option("--checkpoint", type=PATH, help="PyTorch checkpoint for --check [default: the exported one].")
 @click.option("--samples", type=int, help="Rows in the sample table (sentence, true, predicted label).")
 @click.option("--report", type=PATH, help="Write the evaluation as Markdown here, and as JSON beside it.")
 @click.option("--summary", type=PATH, help="JSON summary path [default: OUTPUT.summary.json].")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output file.")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace outputs even when they are up to date.")
+@click.option("--fail-fast", is_flag=True, default=None, help="Stop at the first input that fails.")
 @command
-def run_command(progress: bool, input: Path, **options) -> None:
-    """Score INPUT (Parquet, CSV or TSV) with the exported model; every row is kept, in order."""
+def run_command(progress: bool, input: str, **options) -> None:
+    """Score INPUT (a Parquet/CSV/TSV file, a directory or a glob); every row is kept, in order.
+
+    Outputs are written under a temporary name and renamed when complete. A run that is stopped resumes
+    from its last finished window; outputs already scored by the same model from the same input are skipped.
+    """
     from scorer.evaluate import markdown
     from scorer.score import score_file
 
@@ -168,3 +180,7 @@ def demo(progress: bool, workdir: Path, epochs: int | None) -> None:
 
     summary = run_demo(workdir, epochs=epochs, progress=progress)
     click.echo(summary.line())
+
+
+if __name__ == "__main__":
+    main()

@@ -64,6 +64,8 @@ class TrainConfig:
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
+    layer_decay: float = 1.0
+    class_weight: str = "none"
     pooling: str = "mean"
     dropout: float = 0.1
     val_fraction: float = 0.1
@@ -79,6 +81,8 @@ class TrainConfig:
         _check(self.learning_rate > 0, f"--learning-rate must be positive, not {self.learning_rate}")
         _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}")
         _check(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), not {self.warmup_ratio}")
+        _check(0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], not {self.layer_decay}")
+        _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")
         _check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
         _check(0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), not {self.val_fraction}")
         _check_choice(self.pooling, ("mean", "cls"), "--pooling")
@@ -100,6 +104,9 @@ class ExportConfig:
     tolerance: float = 1e-4
     min_agreement: float = 0.995
     max_rows: int = 2000
+    calibration: Path | None = None
+    calibration_rows: int = 500
+    int8_agreement: float = 0.998
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -110,14 +117,17 @@ class ExportConfig:
         _check(self.tolerance > 0, f"--tolerance must be positive, not {self.tolerance}")
         _check(0 < self.min_agreement <= 1, f"--min-agreement must be in (0, 1], not {self.min_agreement}")
         _check(self.max_rows >= 1, f"--max-rows must be at least 1, not {self.max_rows}")
+        _check(self.calibration_rows >= 1, f"--calibration-rows must be at least 1, not {self.calibration_rows}")
+        _check(0 < self.int8_agreement <= 1, f"--int8-agreement must be in (0, 1], not {self.int8_agreement}")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything `scorer run` needs: input, output, model, provider, batching and checks."""
 
-    input: Path
+    input: str
     output: Path | None = None
+    output_format: str | None = None
     model: Path = ARTIFACTS / ONNX_DIR
     provider: str = "auto"
     variant: str | None = None
@@ -132,10 +142,13 @@ class RunConfig:
     summary: Path | None = None
     checkpoint: Path | None = None
     overwrite: bool = False
+    fail_fast: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check_choice(self.provider, PROVIDERS, "--provider")
+        if self.output_format is not None:
+            _check_choice(self.output_format, ("parquet", "csv", "tsv"), "--format")
         if self.variant is not None:
             _check_choice(self.variant, VARIANTS, "--variant")
         _check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be at least 1")
@@ -146,9 +159,9 @@ class RunConfig:
 
 
 def to_json(config: object) -> str:
-    """The settings as JSON, paths as strings."""
+    """The settings as JSON, paths as absolute strings (so they still resolve from another directory)."""
     values = {
-        key: (str(value) if isinstance(value, Path) else value)
+        key: (str(value.resolve()) if isinstance(value, Path) else value)
         for key, value in dataclasses.asdict(config).items()
     }
     return json.dumps(values, indent=2, default=str) + "\n"

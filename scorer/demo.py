@@ -24,6 +24,6 @@ def run_demo(workdir: Path, epochs: int | None = None, progress: bool = True) ->
     log.info("== 2/3 scorer export (fp32, fp16, int8; parity against PyTorch) ==")
     export_model(ExportConfig(checkpoint=checkpoint, output=onnx_dir, overwrite=True))
     log.info("== 3/3 scorer run (the shipped demo.csv, with a PyTorch cross-check of 20 rows) ==")
-    config = RunConfig(input=example_file("demo.csv"), output=workdir / "demo.scored.csv", model=onnx_dir,
+    config = RunConfig(input=str(example_file("demo.csv")), output=workdir / "demo.scored.csv", model=onnx_dir,
                        check=20, samples=10, report=workdir / "demo.report.md", overwrite=True)
     return score_file(config, progress=progress)

@@ -1,4 +1,4 @@
-"""Evaluation of labelled input while it streams: metrics, a sample table, and the Markdown/JSON report."""
+"""Evaluation of labelled input: label lookup, metrics, the sample table, and the Markdown/JSON report."""
 
 from __future__ import annotations
 
@@ -11,72 +11,41 @@ from scorer.errors import InputError
 from scorer.metrics import Confusion
 
 
-class Reservoir:
-    """A seeded uniform sample of up to `size` items from a stream of unknown length (Algorithm R)."""
+class LabelIndex:
+    """Maps label values as written in any file (1, "1", 1.0) to the model's label indices."""
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size = size
-        self.items: list = []
-        self.seen = 0
-        self._rng = np.random.default_rng(seed)
+    def __init__(self, labels: list) -> None:
+        self.labels = labels
+        self._index = {_key(label): i for i, label in enumerate(labels)}
 
-    def offer(self, item: object) -> None:
-        self.seen += 1
-        if len(self.items) < self.size:
-            self.items.append(item)
-            return
-        slot = int(self._rng.integers(0, self.seen))
-        if slot < self.size:
-            self.items[slot] = item
-
-
-class Evaluation:
-    """Accumulates a confusion matrix of true against predicted labels, window by window."""
-
-    def __init__(self, labels: list, column: str, source: Path, samples: int, seed: int) -> None:
-        self.column, self.source = column, source
-        self.confusion = Confusion(labels)
-        self._index = {str(label): i for i, label in enumerate(labels)}
-        self.unlabelled = 0
-        self.unscored = 0
-        self.samples = Reservoir(samples, seed)
-
-    def add(self, first_row: int, true_values: list, predicted: np.ndarray, texts: list) -> None:
-        """Add one window; rows are numbered from 1 in messages, counting data rows only."""
-        true_index = np.full(len(true_values), -1, dtype=np.int64)
-        for row, value in enumerate(true_values):
+    def indices(self, values: list, source: Path, column: str, first_row: int) -> np.ndarray:
+        """Index of each value, -1 where the value is missing; an unknown value is an InputError naming its row."""
+        out = np.full(len(values), -1, dtype=np.int64)
+        for row, value in enumerate(values):
             if value is None or (isinstance(value, str) and not value.strip()):
                 continue
-            key = _label_key(value)
-            if key not in self._index:
+            index = self._index.get(_key(value))
+            if index is None:
                 raise InputError(
-                    f"{self.source} row {first_row + row}: label {value!r} in column '{self.column}' is not one the "
-                    f"model knows ({', '.join(self._index)}); fix the row or pass --label-column for another column"
+                    f"{source} row {first_row + row}: label {value!r} in column '{column}' is not one the model "
+                    f"knows ({', '.join(self._index)}); fix the row or pass --label-column for another column"
                 )
-            true_index[row] = self._index[key]
-        has_label = true_index >= 0
-        self.unlabelled += int((~has_label).sum())
-        self.unscored += int((has_label & (predicted < 0)).sum())
-        usable = np.flatnonzero(has_label & (predicted >= 0))
-        self.confusion.add(true_index[usable], predicted[usable])
-        labels = self.confusion.labels
-        for row in usable:
-            self.samples.offer((first_row + int(row), texts[row], labels[true_index[row]], labels[predicted[row]]))
-
-    def to_dict(self) -> dict:
-        result = self.confusion.to_dict()
-        result.update(label_column=self.column, unlabelled_rows=self.unlabelled, unscored_labelled_rows=self.unscored)
-        result["samples"] = [
-            {"row": row, "sentence": text, "true_label": true, "predicted_label": pred}
-            for row, text, true, pred in sorted(self.samples.items)
-        ]
-        return result
+            out[row] = index
+        return out
 
 
-def _label_key(value: object) -> str:
+def _key(value: object) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
+
+
+def evaluation(confusion: Confusion, column: str, unlabelled: int, unscored: int, samples: list[dict]) -> dict:
+    """The evaluation as a JSON-ready dict: metrics, per-class figures, confusion matrix, sample table."""
+    result = confusion.to_dict()
+    result.update(label_column=column, unlabelled_rows=unlabelled, unscored_labelled_rows=unscored,
+                  samples=samples)
+    return result
 
 
 def markdown(evaluation: dict) -> str:

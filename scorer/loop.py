@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import sys
 import time
 
@@ -20,6 +21,7 @@ log = logging.getLogger("scorer")
 # Sort by length inside pools of this many batches: padding stays small, batch order stays random.
 _POOL_BATCHES = 50
 _NOTEBOOK_LOG_EVERY = 40
+_LAYER = re.compile(r"\.layers?\.(\d+)\.")
 
 
 def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -57,8 +59,10 @@ class Trainer:
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
         self.step_losses: list[float] = []
+        self.class_weights = _class_weights(targets, model.classifier.out_features, device, config.class_weight)
         self.optimizer = torch.optim.AdamW(
-            _parameter_groups(model, config.weight_decay), lr=config.learning_rate, fused=device == "cuda"
+            _parameter_groups(model, config.learning_rate, config.weight_decay, config.layer_decay),
+            lr=config.learning_rate, fused=True
         )
         steps = math.ceil(len(targets) / config.batch_size) * config.epochs
         warmup = int(steps * config.warmup_ratio)
@@ -88,7 +92,7 @@ class Trainer:
         labels = torch.from_numpy(self.targets[rows]).to(self.device, non_blocking=True)
         with autocast(self.device):
             logits = self.model(input_ids, attention_mask)
-        loss = functional.cross_entropy(logits.float(), labels)
+        loss = functional.cross_entropy(logits.float(), labels, weight=self.class_weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -97,20 +101,59 @@ class Trainer:
         return loss.detach()
 
 
+def _class_weights(targets: np.ndarray, classes: int, device: str, mode: str) -> torch.Tensor | None:
+    """'balanced': each class weighted by n / (classes x its count), as scikit-learn does."""
+    if mode == "none":
+        return None
+    counts = np.bincount(targets, minlength=classes).astype(np.float64)
+    weights = len(targets) / (classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
 def _linear(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: biases and LayerNorm weights are not decayed."""
-    decay, no_decay = [], []
+def _parameter_groups(model: torch.nn.Module, learning_rate: float, weight_decay: float, layer_decay: float
+                      ) -> list[dict]:
+    """Weight decay on matrices only (not biases or LayerNorm); layer-wise decayed learning rates.
+
+    With layer_decay d < 1, the head trains at the full rate, the top encoder layer at d times it, the one below
+    at d², and so on down to the embeddings, so the pretrained lower layers move least.
+    """
+    depth_of = _depth_function(model)
+    top = max(depth_of(name) for name, _ in model.named_parameters())
+    groups: dict[tuple[int, bool], dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        (no_decay if parameter.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        depth = depth_of(name)
+        decays = parameter.ndim >= 2 and "LayerNorm" not in name and "layer_norm" not in name
+        group = groups.setdefault((depth, decays), {
+            "params": [], "weight_decay": weight_decay if decays else 0.0,
+            "lr": learning_rate * layer_decay ** (top - depth),
+        })
+        group["params"].append(parameter)
+    return list(groups.values())
+
+
+def _depth_function(model: torch.nn.Module):
+    """Depth of a parameter: 0 for embeddings, i + 1 for encoder layer i, and above all layers for the rest."""
+    layers = [int(match.group(1)) for name, _ in model.named_parameters()
+              if (match := _LAYER.search(name)) and name.startswith("encoder.")]
+    head = max(layers, default=-1) + 2
+
+    def depth(name: str) -> int:
+        if not name.startswith("encoder."):
+            return head
+        if "embeddings" in name:
+            return 0
+        match = _LAYER.search(name)
+        return int(match.group(1)) + 1 if match else head - 1
+
+    return depth
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""`scorer run`: stream a file through the exported model and write every row back with its label and score."""
+"""`scorer run`: score every unit (input file → output file), resumably, and summarise the whole run."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ import json
 import logging
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 from tqdm import tqdm
 
-from scorer.classify import STATUSES, OnnxClassifier, Scored
+from scorer import __version__, atomic
+from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
-from scorer.errors import InputError, OutputError, ParityError
-from scorer.evaluate import Evaluation, Reservoir, write_report
+from scorer.errors import InputError, OutputError, ParityError, ScorerError
+from scorer.evaluate import LabelIndex, write_report
+from scorer.parts import OutputLock, PartStore, assemble, completion_record, fingerprint
 from scorer.read import TableReader
-from scorer.write import OutputSink, default_output
+from scorer.tally import Columns, scored_sample, tally
+from scorer.units import WorkUnit, plan_units
 
 log = logging.getLogger("scorer")
 RESULT_COLUMNS = ("label", "score", "status")
@@ -27,32 +27,61 @@ PREFIX = "pred_"
 
 
 @dataclass
-class RunSummary:
-    """What a run did, as printed and written to the JSON summary."""
+class UnitSummary:
+    """What happened to one input: scored, resumed, skipped (already done) or failed."""
 
     input: str
     output: str
+    state: str
+    rows: int = 0
+    rows_this_run: int = 0
+    resumed_from_row: int = 0
+    seconds: float = 0.0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    evaluation: dict | None = None
+    check: dict | None = None
+    error: str | None = None
+    exit_code: int = 0
+
+
+@dataclass
+class RunSummary:
+    """The whole run, as printed and written to the JSON summary."""
+
+    inputs: list[UnitSummary]
     rows: int
-    scored: int
+    rows_this_run: int
     status_counts: dict[str, int]
     seconds: float
     rows_per_second: float
     provider: str
     variant: str
     model_sha256: str
-    columns: dict[str, str]
-    evaluation: dict | None = None
-    check: dict | None = None
-    extra: dict = field(default_factory=dict)
+    summary_path: str = ""
+    scorer_version: str = __version__
+
+    @property
+    def failed(self) -> list[UnitSummary]:
+        return [unit for unit in self.inputs if unit.state == "failed"]
+
+    @property
+    def evaluation(self) -> dict | None:
+        return self.inputs[0].evaluation if len(self.inputs) == 1 else None
 
     def line(self) -> str:
+        states = {s: sum(u.state == s for u in self.inputs) for s in ("scored", "resumed", "skipped", "failed")}
+        files = ", ".join(f"{n} {s}" for s, n in states.items() if n)
         counts = ", ".join(f"{k} {v}" for k, v in self.status_counts.items() if v and k != "ok")
-        text = (f"{self.rows} rows ({self.scored} scored{'; ' + counts if counts else ''}) in {self.seconds:.1f}s, "
-                f"{self.rows_per_second:,.0f} rows/s on {self.provider} ({self.variant}) -> {self.output}")
-        if self.evaluation:
-            text += f"; accuracy {self.evaluation['accuracy']:.4f}, MCC {self.evaluation['mcc']:.4f}"
-        if self.check:
-            text += f"; check {self.check['agreement']:.1%} agree, max |Δscore| {self.check['max_score_diff']:.2g}"
+        text = (f"{self.rows} rows in {len(self.inputs)} file(s) ({files}){'; ' + counts if counts else ''}; "
+                f"{self.rows_this_run} scored now in {self.seconds:.1f}s, {self.rows_per_second:,.0f} rows/s on "
+                f"{self.provider} ({self.variant})")
+        if len(self.inputs) == 1:
+            text += f" -> {self.inputs[0].output}"
+            unit = self.inputs[0]
+            if unit.evaluation:
+                text += f"; accuracy {unit.evaluation['accuracy']:.4f}, MCC {unit.evaluation['mcc']:.4f}"
+            if unit.check:
+                text += f"; check {unit.check['agreement']:.1%} agree, max |Δscore| {unit.check['max_score_diff']:.2g}"
         return text
 
 
@@ -67,110 +96,149 @@ def result_columns(input_columns: list[str]) -> dict[str, str]:
 
 
 def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
-    """Score config.input into config.output (atomically); evaluate and cross-check when asked."""
-    reader = TableReader(config.input)
-    output = config.output or default_output(config.input)
-    if output.resolve() == reader.path.resolve():
-        raise OutputError(f"--output {output} is the input file; choose another output path")
+    """Score every unit of config.input; failures of single units are collected, then raised at the end."""
+    units = plan_units(config.input, config.output, config.output_format)
     classifier = OnnxClassifier(config.model, config.provider, config.variant, config.max_tokens,
                                 config.max_batch_rows)
-    manifest = classifier.manifest
-    text_column = config.text_column or manifest.text_column
-    reader.require(text_column, "--text-column")
-    label_column = _label_column(config, reader, manifest.label_column)
-    names = result_columns(reader.columns)
-    evaluation = (Evaluation(manifest.labels, label_column, reader.path, config.samples, config.seed)
-                  if label_column else None)
-    sample = Reservoir(config.check, config.seed)
-    counts: Counter[str] = Counter({status: 0 for status in STATUSES})
-    metadata = {"model_sha256": classifier.model_sha256, "variant": classifier.variant,
-                "input": str(reader.path), "text_column": text_column}
-    sink = OutputSink(output, config.overwrite, metadata)
-    log.info("scoring %s on %s (%s variant, %s)", reader.path, classifier.provider, classifier.variant,
-             classifier.model_path.name)
+    log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
+             classifier.provider, len(units))
     started = time.perf_counter()
-    try:
-        rows = _stream(reader, classifier, config.window_rows, text_column, label_column, names, sink,
-                       counts, evaluation, sample, progress)
-        if rows == 0:
-            raise InputError(f"{reader.path} has no data rows; nothing to score")
-        check = _check(config, classifier, sample) if config.check else None
-        if check is not None and not check["passed"]:
-            raise ParityError(
-                f"--check {config.check}: ONNX ({classifier.variant}) and PyTorch disagree beyond tolerance: "
-                f"max |Δscore| {check['max_score_diff']:.3g} > {check['tolerance']:g}, labels agree on "
-                f"{check['agreement']:.1%}; no output was written"
-            )
-        sink.commit()
-    except BaseException:
-        sink.abort()
-        raise
-    seconds = time.perf_counter() - started
-    summary = RunSummary(
-        input=str(reader.path), output=str(output), rows=rows, scored=rows - _unscored(counts),
-        status_counts=dict(counts), seconds=seconds, rows_per_second=rows / max(seconds, 1e-9),
-        provider=classifier.provider, variant=classifier.variant, model_sha256=classifier.model_sha256,
-        columns=names, evaluation=evaluation.to_dict() if evaluation else None, check=check,
-    )
-    _write_side_files(config, output, summary)
+    summaries, fatal = [], None
+    for unit in units:
+        try:
+            summaries.append(score_unit(unit, classifier, config, progress))
+        except ScorerError as exc:
+            summaries.append(UnitSummary(str(unit.source), str(unit.output), "failed", error=str(exc),
+                                         exit_code=exc.exit_code))
+            if len(units) == 1 or config.fail_fast:
+                fatal = exc
+                break
+            log.error("error: %s", exc)
+    summary = _summarise(summaries, classifier, time.perf_counter() - started)
+    if len(units) > 1 or config.summary or fatal is None:
+        _write_summary(config, units, summary)
+    if fatal is not None:
+        raise fatal
+    if summary.failed:
+        first = summary.failed[0]
+        error = ScorerError(f"{len(summary.failed)} of {len(units)} inputs failed (see {summary.summary_path}); "
+                            f"first: {first.error}")
+        error.exit_code = first.exit_code
+        raise error
     return summary
 
 
-def _label_column(config: RunConfig, reader: TableReader, manifest_column: str) -> str | None:
-    """--label-column must exist; otherwise the training label column is used when the input has it."""
+def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, progress: bool) -> UnitSummary:
+    """Score one input into one output: skip it when already done, resume it when partly done."""
+    reader = TableReader(unit.source)
+    if unit.output.resolve() == reader.path.resolve():
+        raise OutputError(f"--output {unit.output} is the input file; choose another output path")
+    columns = _columns(config, reader, classifier)
+    source = fingerprint(reader.path)
+    done = completion_record(unit.output)
+    if done and done.get("model_sha256") == classifier.model_sha256 and done.get("input") == source \
+            and not config.overwrite:
+        log.info("%s is up to date (same input, same model); skipped", unit.output)
+        return UnitSummary(str(unit.source), str(unit.output), "skipped", rows=done.get("rows", 0))
+    if unit.output.exists() and not config.overwrite:
+        why = "by another model or from another version of the input" if done else "not by scorer"
+        raise OutputError(f"{unit.output} already exists (written {why}); pass --overwrite to replace it")
+    atomic.check_writable(unit.output, overwrite=True)
+    identity = {"input": source, "model_sha256": classifier.model_sha256, "variant": classifier.variant,
+                "window_rows": config.window_rows, "columns": asdict(columns), "scorer": __version__}
+    store = PartStore(unit.output, identity)
+    with OutputLock(unit.output):
+        first = store.open()
+        started = time.perf_counter()
+        try:
+            _stream(reader, classifier, columns, store, first, config.window_rows, progress)
+            parts = store.parts()
+            if not parts:
+                raise InputError(f"{reader.path} has no data rows; nothing to score")
+            summary = _finish(unit, classifier, config, columns, store, parts, source, first)
+        except ScorerError:
+            # Bad input or a failed check: the parts could only reproduce the failure, so nothing is kept.
+            # Anything else (a kill, a full disk) keeps them, and the next run resumes from them.
+            store.discard()
+            raise
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier) -> Columns:
+    text = config.text_column or classifier.manifest.text_column
+    reader.require(text, "--text-column")
     if config.label_column:
         reader.require(config.label_column, "--label-column")
-        return config.label_column
-    return manifest_column if manifest_column in reader.columns else None
+        label = config.label_column
+    else:
+        label = classifier.manifest.label_column if classifier.manifest.label_column in reader.columns else None
+    names = result_columns(reader.columns)
+    return Columns(text=text, label=label, predicted=names["label"], score=names["score"], status=names["status"])
 
 
-def _stream(reader, classifier, window_rows, text_column, label_column, names, sink, counts, evaluation,
-            sample, progress) -> int:
-    rows = 0
-    with tqdm(total=reader.num_rows, unit="rows", disable=None if progress else True, file=sys.stderr,
-              desc="scoring", leave=False) as bar:
-        for window in reader.batches(window_rows):
-            texts = window.column(text_column)
-            scored = classifier.classify(texts)
-            sink.write(_with_results(window, scored, names, classifier))
-            counts.update(scored.status.tolist())
-            text_values = texts.to_pylist()
-            if evaluation is not None:
-                evaluation.add(rows + 1, window.column(label_column).to_pylist(), scored.predicted, text_values)
-            for row in np.flatnonzero(scored.scored):
-                sample.offer((text_values[row], scored.logits[row]))
-            rows += window.num_rows
+def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, store: PartStore, first: int,
+            window_rows: int, progress: bool) -> None:
+    labels = LabelIndex(classifier.labels) if columns.label else None
+    skip = first * window_rows
+    total = None if reader.num_rows is None else max(0, reader.num_rows - skip)
+    with tqdm(total=total, unit="rows", disable=None if progress else True, file=sys.stderr,
+              desc=reader.path.name, leave=False) as bar:
+        for index, window in enumerate(reader.batches(window_rows, skip_rows=skip), start=first):
+            if labels is not None:  # fail before scoring when the file has labels the model does not know
+                labels.indices(window.column(columns.label).to_pylist(), reader.path, columns.label,
+                               index * window_rows + 1)
+            scored = classifier.classify(window.column(columns.text))
+            predicted, score, status = classifier.result_arrays(scored)
+            table = window.append_column(columns.predicted, predicted).append_column(columns.score, score)
+            store.write(index, table.append_column(columns.status, status))
             bar.update(window.num_rows)
-    return rows
 
 
-def _with_results(window: pa.Table, scored: Scored, names: dict[str, str], classifier: OnnxClassifier) -> pa.Table:
-    labels = classifier.labels
-    label_type = pa.int64() if all(isinstance(v, int) for v in labels) else pa.string()
-    predicted = [labels[i] if i >= 0 else None for i in scored.predicted.tolist()]
-    score = scored.probabilities[:, classifier.positive] if len(labels) == 2 else scored.probabilities.max(axis=1)
-    mask = ~scored.scored
-    table = window.append_column(names["label"], pa.array(predicted, type=label_type))
-    table = table.append_column(names["score"], pa.array(score.astype(np.float32), mask=mask))
-    return table.append_column(names["status"], pa.array(scored.status.tolist(), type=pa.string()))
+def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, columns: Columns, store: PartStore,
+            parts: list[Path], source: dict, first: int) -> UnitSummary:
+    figures = tally(parts, columns, classifier.labels, unit.source, config.samples, config.seed)
+    check = None
+    if config.check:
+        from scorer.check import cross_check
+
+        texts, scores, predicted = scored_sample(parts, columns, config.check, config.seed)
+        checkpoint = config.checkpoint or Path(classifier.manifest.checkpoint)
+        check = cross_check(checkpoint, classifier, texts, scores, predicted)
+        if not check["passed"]:
+            raise ParityError(
+                f"--check {config.check}: ONNX ({classifier.variant}) and PyTorch disagree beyond tolerance on "
+                f"{unit.source}: max |Δscore| {check['max_score_diff']:.3g} > {check['tolerance']:g}, labels agree "
+                f"on {check['agreement']:.1%}; no output was written"
+            )
+    metadata = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
+                "rows": figures.rows, "columns": asdict(columns), "scorer": __version__}
+    assemble(parts, unit.output, metadata, overwrite=True)
+    store.discard()
+    resumed = first * config.window_rows
+    if figures.evaluation and config.report:
+        write_report(figures.evaluation, config.report)
+    return UnitSummary(str(unit.source), str(unit.output), "resumed" if resumed else "scored", rows=figures.rows,
+                       rows_this_run=figures.rows - resumed, resumed_from_row=resumed,
+                       status_counts=figures.status_counts, evaluation=figures.evaluation, check=check)
 
 
-def _unscored(counts: Counter[str]) -> int:
-    return sum(counts[status] for status in ("null", "empty", "not_text"))
+def _summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: float) -> RunSummary:
+    counts: dict[str, int] = {}
+    for unit in units:
+        for key, value in unit.status_counts.items():
+            counts[key] = counts.get(key, 0) + value
+    rows_now = sum(u.rows_this_run for u in units)
+    return RunSummary(inputs=units, rows=sum(u.rows for u in units), rows_this_run=rows_now, status_counts=counts,
+                      seconds=seconds, rows_per_second=rows_now / max(seconds, 1e-9), provider=classifier.provider,
+                      variant=classifier.variant, model_sha256=classifier.model_sha256)
 
 
-def _check(config: RunConfig, classifier: OnnxClassifier, sample: Reservoir) -> dict:
-    from scorer.check import cross_check
-
-    checkpoint = config.checkpoint or Path(classifier.manifest.checkpoint)
-    return cross_check(checkpoint, classifier, sample.items)
-
-
-def _write_side_files(config: RunConfig, output: Path, summary: RunSummary) -> None:
-    from scorer.atomic import write_text
-
-    if summary.evaluation and config.report:
-        write_report(summary.evaluation, config.report)
-    summary_path = config.summary or output.with_name(output.name + ".summary.json")
-    write_text(summary_path, json.dumps(asdict(summary), indent=2, default=str) + "\n")
-    summary.extra["summary_path"] = str(summary_path)
+def _write_summary(config: RunConfig, units: list[WorkUnit], summary: RunSummary) -> None:
+    path = config.summary
+    if path is None:
+        mirrored = config.output is not None and units[0].output.parent != config.output.parent
+        single = units[0].output
+        path = config.output / "scorer-summary.json" if mirrored else single.with_name(single.name + ".summary.json")
+    summary.summary_path = str(path)
+    atomic.write_text(path, json.dumps(asdict(summary), indent=2, default=str) + "\n")

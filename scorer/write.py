@@ -63,12 +63,15 @@ class OutputSink:
         except OSError as exc:
             raise OutputError(f"cannot write {self.staging} ({exc}); choose another --output") from exc
 
-    def commit(self, empty_schema: pa.Schema | None = None) -> None:
-        """Finish the file and move it to its final name."""
-        if self._writer is None and empty_schema is not None:
-            self._writer = self._open(empty_schema)
+    def close(self) -> None:
+        """Finish writing the temporary file (idempotent)."""
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
+
+    def commit(self) -> None:
+        """Finish the file and move it to its final name."""
+        self.close()
         atomic.replace(self.staging, self.path)
 
     def abort(self) -> None:

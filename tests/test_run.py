@@ -91,7 +91,7 @@ def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_pa
     result = run(data, "--model", tiny_export, "--samples", "5", "--report", report)
     assert result.exit_code == 0, result.output
     assert "Matthews correlation" in result.output and "accuracy" in result.output
-    table = pacsv.read_csv(tmp_path / "dev.scored.parquet") if False else pq.read_table(tmp_path / "dev.scored.parquet")
+    table = pq.read_table(tmp_path / "dev.scored.parquet")
     assert table.column_names == ["sentence", "label", "pred_label", "pred_score", "pred_status"]
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert evaluation["rows"] == 40 and evaluation["unlabelled_rows"] == 1
@@ -107,7 +107,7 @@ def test_check_against_pytorch_passes_and_is_in_the_summary(tiny_export, parquet
         out = tmp_path / f"{variant}.parquet"
         result = run(parquet_input, "--model", tiny_export, "-o", out, "--check", "20", "--variant", variant)
         assert result.exit_code == 0, result.output
-        check = json.loads(out.with_name(out.name + ".summary.json").read_text())["check"]
+        check = json.loads(out.with_name(out.name + ".summary.json").read_text())["inputs"][0]["check"]
         assert check["rows"] == 20 and check["passed"]
         if variant == "fp32":
             assert check["agreement"] == 1.0 and check["max_score_diff"] < 1e-4
@@ -136,8 +136,10 @@ def test_output_rules(tiny_export, parquet_input, tmp_path):
     out = tmp_path / "out.parquet"
     assert run(parquet_input, "--model", tiny_export, "-o", out).exit_code == 0
     again = run(parquet_input, "--model", tiny_export, "-o", out)
-    assert again.exit_code == 5 and "--overwrite" in again.output
-    assert run(parquet_input, "--model", tiny_export, "-o", out, "--overwrite").exit_code == 0
+    assert again.exit_code == 0 and "1 skipped" in again.output
+    other_model = run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32")
+    assert other_model.exit_code == 5 and "--overwrite" in other_model.output
+    assert run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--overwrite").exit_code == 0
     same = run(parquet_input, "--model", tiny_export, "-o", parquet_input)
     assert same.exit_code == 5 and "is the input file" in same.output
     missing = run(parquet_input, "--model", tiny_export, "--text-column", "body")

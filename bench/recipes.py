@@ -1,0 +1,94 @@
+"""Training recipes on CoLA: each recipe × seeds through `scorer train`, dev MCC per epoch, written as JSON.
+
+Usage: python bench/recipes.py --recipes baseline,lr1e-4 --seeds 1,2,3 [--out bench/out/recipes.json]
+Runs are appended to the JSON file as they finish and skipped when already there, so it can be resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from scorer.config import TrainConfig
+from scorer.train import train
+
+COLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"
+# Each recipe is a set of TrainConfig overrides on top of the current defaults.
+RECIPES: dict[str, dict] = {
+    "notebook-cls-2e-5": {"pooling": "cls", "learning_rate": 2e-5, "warmup_ratio": 0.0, "epochs": 4,
+                          "weight_decay": 0.0, "select": "last"},
+    "defaults": {},
+    "mean-1e-4-e8": {"pooling": "mean", "learning_rate": 1e-4, "epochs": 8},
+    "mean-2e-4-e8": {"pooling": "mean", "learning_rate": 2e-4, "epochs": 8},
+    "cls-1e-4-e8": {"pooling": "cls", "learning_rate": 1e-4, "epochs": 8},
+    "mean-5e-5-e8": {"pooling": "mean", "learning_rate": 5e-5, "epochs": 8},
+    "mean-5e-5-bs16-e6": {"learning_rate": 5e-5, "batch_size": 16, "epochs": 6},
+    "mean-1e-4-bs16-e6": {"learning_rate": 1e-4, "batch_size": 16, "epochs": 6},
+    "mean-1e-4-ld0.8-e6": {"learning_rate": 1e-4, "layer_decay": 0.8, "epochs": 6},
+    "mean-1e-4-balanced-e6": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6},
+}
+
+
+def run(recipe: str, seed: int) -> dict:
+    overrides = RECIPES[recipe]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(data=COLA / "train.tsv", val_data=COLA / "dev.tsv", output=Path(tmp) / "ckpt",
+                             seed=seed)
+        config = replace(config, **overrides)
+        started = time.perf_counter()
+        result = train(config, progress=False)
+        seconds = time.perf_counter() - started
+    return {
+        "recipe": recipe, "seed": seed, "overrides": overrides, "best_epoch": result.best_epoch,
+        "best_mcc": result.best.val_mcc, "best_accuracy": result.best.val_accuracy, "seconds": seconds,
+        "device": result.device, "mcc_per_epoch": [e.val_mcc for e in result.epochs],
+        "accuracy_per_epoch": [e.val_accuracy for e in result.epochs],
+    }
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    rows = []
+    for recipe in dict.fromkeys(r["recipe"] for r in runs):
+        mccs = [r["best_mcc"] for r in runs if r["recipe"] == recipe]
+        rows.append({"recipe": recipe, "seeds": len(mccs), "mean_mcc": statistics.mean(mccs),
+                     "min_mcc": min(mccs), "max_mcc": max(mccs),
+                     "stdev_mcc": statistics.stdev(mccs) if len(mccs) > 1 else 0.0})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/recipes.json"))
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    state = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
+    state["machine"] = {"platform": platform.platform(), "cpu_count": torch.get_num_threads(),
+                        "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    done = {(r["recipe"], r["seed"]) for r in state["runs"]}
+    for recipe in args.recipes.split(","):
+        for seed in map(int, args.seeds.split(",")):
+            if (recipe, seed) in done:
+                continue
+            state["runs"].append(run(recipe, seed))
+            state["summary"] = summarise(state["runs"])
+            args.out.write_text(json.dumps(state, indent=2) + "\n")
+            last = state["runs"][-1]
+            print(f"{recipe} seed {seed}: best MCC {last['best_mcc']:.4f} (epoch {last['best_epoch']}), "
+                  f"{last['seconds']:.0f}s, per epoch {[round(m, 3) for m in last['mcc_per_epoch']]}", flush=True)
+    for row in summarise(state["runs"]):
+        print(f"{row['recipe']:24} n={row['seeds']} mean {row['mean_mcc']:.4f} "
+              f"min {row['min_mcc']:.4f} max {row['max_mcc']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

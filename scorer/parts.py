@@ -1,0 +1,158 @@
+"""Resumable units: each finished window is a part file beside the output; the output is assembled at the end.
+
+A run killed at any moment leaves only whole parts (each is renamed into place when complete) and a state file
+that says which input, model and settings they belong to. The next run with the same state skips the rows those
+parts hold and carries on; with a different state it starts again. Assembly streams the parts into the output
+under a temporary name and renames it into place, then removes the parts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scorer import atomic
+from scorer.errors import OutputError
+from scorer.manifest import sha256_file
+from scorer.write import METADATA_KEY, OutputSink, output_format
+
+log = logging.getLogger("scorer")
+STATE = "state.json"
+
+
+def fingerprint(path: Path) -> dict:
+    """What identifies an input's content cheaply: resolved path, size and modification time."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def work_dir(output: Path) -> Path:
+    return output.parent / f".{output.name}.scorer-parts"
+
+
+class OutputLock:
+    """An exclusive lock on one output, so two runs (an overlapping cron job, say) never write it at once.
+
+    flock is released by the kernel when the holder dies, so a run killed with -9 leaves no stale lock.
+    """
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.path = output.parent / f".{output.name}.scorer-lock"
+        self._handle = None
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._handle.close()
+            raise OutputError(f"another scorer run is writing {self.output}; wait for it to finish") from exc
+        # Temporary outputs left by a run killed while assembling: we hold the lock, so none of them is live.
+        for stale in self.output.parent.glob(f".{self.output.name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+
+
+class PartStore:
+    """The finished windows of one unit, as part-NNNNNN.parquet files in a hidden directory beside the output."""
+
+    def __init__(self, output: Path, identity: dict) -> None:
+        self.output = output
+        self.identity = identity
+        self.directory = work_dir(output)
+
+    def open(self) -> int:
+        """Prepare the directory; return how many parts an earlier run of the same work already finished."""
+        state_path = self.directory / STATE
+        if self.directory.is_dir():
+            try:
+                state = json.loads(state_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                state = None
+            if state == self.identity:
+                done = self._contiguous_parts()
+                for stray in self.directory.glob(".*"):
+                    stray.unlink(missing_ok=True)
+                if done:
+                    log.info("resuming %s: %d finished windows found", self.output.name, done)
+                return done
+            log.info("discarding unfinished work for %s: it was for another input, model or settings",
+                     self.output.name)
+            shutil.rmtree(self.directory)
+        try:
+            self.directory.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {self.directory} ({exc.strerror}); choose another --output") from exc
+        atomic.write_text(state_path, json.dumps(self.identity, indent=2) + "\n")
+        return 0
+
+    def part(self, index: int) -> Path:
+        return self.directory / f"part-{index:06d}.parquet"
+
+    def write(self, index: int, table: pa.Table) -> None:
+        with atomic.atomic_file(self.part(index), overwrite=True) as staging:
+            pq.write_table(table, staging, compression="zstd")
+
+    def parts(self) -> list[Path]:
+        return [self.part(i) for i in range(self._contiguous_parts())]
+
+    def _contiguous_parts(self) -> int:
+        count = 0
+        while self.part(count).is_file():
+            count += 1
+        return count
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def sidecar(output: Path) -> Path:
+    """Completion record of a CSV/TSV output (Parquet outputs carry it in their footer)."""
+    return output.with_name(f".{output.name}.scorer.json")
+
+
+def completion_record(output: Path) -> dict | None:
+    """The metadata scorer wrote with a complete output, or None when the output is not one of ours."""
+    if not output.is_file():
+        return None
+    if output_format(output) == "parquet":
+        try:
+            metadata = pq.read_schema(output).metadata or {}
+        except (pa.ArrowInvalid, OSError):
+            return None
+        raw = metadata.get(METADATA_KEY)
+        return json.loads(raw) if raw else None
+    try:
+        record = json.loads(sidecar(output).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("output_sha256") == sha256_file(output) else None
+
+
+def assemble(parts: list[Path], output: Path, metadata: dict, overwrite: bool) -> None:
+    """Stream the parts, in order, into the output; it appears at its final name only when complete."""
+    sink = OutputSink(output, overwrite, metadata)
+    try:
+        for part in parts:
+            sink.write(pq.read_table(part))
+        if sink.format != "parquet":
+            sink.close()
+            record = {**metadata, "output_sha256": sha256_file(sink.staging)}
+            atomic.write_text(sidecar(output), json.dumps(record, indent=2) + "\n")
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise

@@ -1,0 +1,93 @@
+"""Figures of a finished unit, read back from its parts: status counts, evaluation, sampled rows.
+
+Reading the written parts (not counters kept while streaming) makes a resumed run report the same figures as an
+uninterrupted one, and makes the check and the sample table describe exactly what was written.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from scorer.classify import STATUSES
+from scorer.evaluate import LabelIndex, evaluation
+from scorer.metrics import confusion_of
+
+UNSCORED = ("null", "empty", "not_text")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Names of the columns a unit reads and writes."""
+
+    text: str
+    label: str | None
+    predicted: str
+    score: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Tally:
+    rows: int
+    status_counts: dict[str, int]
+    evaluation: dict | None
+
+
+def read_column(parts: list[Path], name: str) -> pa.ChunkedArray:
+    return pa.chunked_array([pq.read_table(part, columns=[name]).column(name) for part in parts])
+
+
+def tally(parts: list[Path], columns: Columns, labels: list, source: Path, samples: int, seed: int) -> Tally:
+    status = read_column(parts, columns.status)
+    counts = Counter({name: 0 for name in STATUSES})
+    counts.update({row["values"]: row["counts"] for row in pc.value_counts(status).to_pylist()})
+    result = None
+    if columns.label is not None:
+        index = LabelIndex(labels)
+        true = index.indices(read_column(parts, columns.label).to_pylist(), source, columns.label, 1)
+        predicted = index.indices(read_column(parts, columns.predicted).to_pylist(), source, columns.predicted, 1)
+        usable = np.flatnonzero((true >= 0) & (predicted >= 0))
+        confusion = confusion_of(labels, true[usable], predicted[usable])
+        chosen = _choose(usable, samples, seed)
+        texts = rows_of(parts, columns.text, chosen)
+        table = [{"row": int(r) + 1, "sentence": text, "true_label": labels[true[r]],
+                  "predicted_label": labels[predicted[r]]} for r, text in zip(chosen, texts, strict=True)]
+        result = evaluation(confusion, columns.label, int((true < 0).sum()),
+                            int(((true >= 0) & (predicted < 0)).sum()), table)
+    return Tally(rows=len(status), status_counts=dict(counts), evaluation=result)
+
+
+def scored_sample(parts: list[Path], columns: Columns, size: int, seed: int) -> tuple[list[str], np.ndarray, list]:
+    """Texts, scores and predicted labels of `size` scored rows chosen at random (seeded)."""
+    status = read_column(parts, columns.status).to_numpy(zero_copy_only=False)
+    scored = np.flatnonzero(~np.isin(status, UNSCORED))
+    chosen = _choose(scored, size, seed)
+    scores = np.array(rows_of(parts, columns.score, chosen), dtype=np.float64)
+    return rows_of(parts, columns.text, chosen), scores, rows_of(parts, columns.predicted, chosen)
+
+
+def _choose(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
+    if size <= 0 or len(rows) == 0:
+        return np.array([], dtype=np.int64)
+    picked = np.random.default_rng(seed).choice(rows, size=min(size, len(rows)), replace=False)
+    return np.sort(picked)
+
+
+def rows_of(parts: list[Path], column: str, rows: np.ndarray) -> list:
+    """Values of `column` at global row numbers `rows` (sorted), reading only the parts that hold them."""
+    out: list = []
+    start = 0
+    for part in parts:
+        count = pq.ParquetFile(part).metadata.num_rows
+        inside = rows[(rows >= start) & (rows < start + count)] - start
+        if len(inside):
+            out.extend(pq.read_table(part, columns=[column]).column(column).take(pa.array(inside)).to_pylist())
+        start += count
+    return out

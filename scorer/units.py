@@ -1,0 +1,89 @@
+"""Units of work: INPUT (a file, a directory or a glob) expanded into independent input → output pairs.
+
+A unit is one input file scored into one output file. Units share nothing but the model, so a scheduler
+(a process pool, Ray Data) can hand them to different workers; each one is resumable on its own.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from scorer.errors import InputError, OutputError
+from scorer.read import FORMATS
+from scorer.write import default_output
+
+_MAGIC = ("*", "?", "[")
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Score `source` into `output`."""
+
+    source: Path
+    output: Path
+
+
+def expand_inputs(spec: str) -> tuple[list[Path], Path | None]:
+    """The input files INPUT names, sorted, and the base directory they are relative to (None for one file)."""
+    if any(char in spec for char in _MAGIC):
+        base = _glob_base(spec)
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _is_data_file(Path(p)))
+        if not files:
+            raise InputError(f"no .parquet, .csv or .tsv file matches {spec}; check the pattern")
+        return files, base
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if _is_data_file(p) and not _hidden(p.relative_to(path)))
+        if not files:
+            raise InputError(f"{path} holds no .parquet, .csv or .tsv file; nothing to score")
+        return files, path
+    return [path], None
+
+
+def plan_units(spec: str, output: Path | None, output_format: str | None = None) -> list[WorkUnit]:
+    """One unit per input file; a directory or glob needs --output DIR and is mirrored under it."""
+    files, base = expand_inputs(spec)
+    if base is None:
+        source = files[0]
+        target = output if output is not None and not _is_dir_like(output) else None
+        if target is None:
+            target = default_output(source) if output is None else output / default_output(source).name
+        return [WorkUnit(source, _with_format(target, output_format) if output_format else target)]
+    if output is None:
+        raise OutputError(f"{spec} names {len(files)} files; pass --output DIR to mirror their scores under it")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"--output {output} is a file; several inputs need a directory")
+    suffix = "." + (output_format or "parquet")
+    return [WorkUnit(f, (output / f.relative_to(base)).with_suffix(suffix)) for f in files]
+
+
+def _with_format(path: Path, output_format: str) -> Path:
+    return path.with_suffix("." + output_format)
+
+
+def _is_dir_like(path: Path) -> bool:
+    return path.is_dir() or str(path).endswith(os.sep) or not path.suffix
+
+
+def _is_data_file(path: Path) -> bool:
+    name = path.name
+    return (path.is_file() and path.suffix.lower() in FORMATS and ".scored." not in name
+            and not name.startswith("."))
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _glob_base(pattern: str) -> Path:
+    """The longest leading directory of a glob pattern without wildcards."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if any(char in part for char in _MAGIC):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")

@@ -1,0 +1,45 @@
+"""The command line itself: every command has help, is in the README, and errors are one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scorer.cli import main
+from scorer.errors import EXIT_CODES
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_every_command_has_help_and_is_documented(command):
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+    assert f"scorer {command}" in README.read_text()
+
+
+def test_exit_codes_are_in_the_help_and_the_readme():
+    help_text = CliRunner().invoke(main, ["--help"]).output
+    readme = README.read_text()
+    for code, meaning in EXIT_CODES.items():
+        assert f"{code:>3}  {meaning}" in help_text
+        assert f"| {code} |" in readme
+
+
+def test_bad_option_values_are_config_errors(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--epochs", "0", "--output", str(tmp_path / "c")])
+    assert result.exit_code == 2 and result.output.strip() == "error: --epochs must be at least 1, not 0"
+    result = CliRunner().invoke(main, ["export", "--variants", "fp32,bf16", "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--variants must be one of fp32, fp16, int8, not 'bf16'" in result.output
+
+
+def test_help_is_fast_because_torch_is_not_imported():
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['torch'] = None; sys.modules['onnxruntime'] = None\n" \
+           "from scorer.cli import main\nmain(['--help'])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and "Usage: " in done.stdout, done.stderr

@@ -1,0 +1,204 @@
+"""Unattended runs: many files, skip what is done, resume after kill -9, refuse bad input cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from scorer.cli import main
+from scorer.manifest import sha256_file
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["run", *map(str, args), "--quiet"])
+
+
+def sentences(n: int, offset: int = 0) -> list[str]:
+    return [f"Sentence number {offset + i} says the cat sat on mat {i % 7}." for i in range(n)]
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def inbox(tmp_path) -> Path:
+    root = tmp_path / "inbox"
+    (root / "2026-11-25").mkdir(parents=True)
+    pq.write_table(pa.table({"sentence": sentences(30)}), root / "2026-11-25" / "a.parquet")
+    pacsv.write_csv(pa.table({"id": list(range(12)), "sentence": sentences(12, 100)}), root / "b.csv")
+    (root / "notes.txt").write_text("not data")
+    return root
+
+
+def test_directory_is_mirrored_and_a_rerun_skips_finished_outputs(tiny_export, inbox, tmp_path):
+    out = tmp_path / "out"
+    result = run(inbox, "--model", tiny_export, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert files_under(out) == ["2026-11-25/a.parquet", "b.parquet", "scorer-summary.json"]
+    assert pq.read_table(out / "b.parquet").column("id").to_pylist() == [str(i) for i in range(12)]
+    summary = json.loads((out / "scorer-summary.json").read_text())
+    assert summary["rows"] == 42 and [u["state"] for u in summary["inputs"]] == ["scored", "scored"]
+    before = (out / "b.parquet").stat().st_mtime_ns
+    (out / "2026-11-25" / "a.parquet").unlink()
+    again = run(inbox, "--model", tiny_export, "--output", out)
+    assert again.exit_code == 0, again.output
+    states = [u["state"] for u in json.loads((out / "scorer-summary.json").read_text())["inputs"]]
+    assert states == ["scored", "skipped"]
+    assert (out / "b.parquet").stat().st_mtime_ns == before
+    forced = run(inbox, "--model", tiny_export, "--output", out, "--overwrite")
+    assert forced.exit_code == 0 and (out / "b.parquet").stat().st_mtime_ns != before
+
+
+def test_glob_input_with_csv_outputs(tiny_export, inbox, tmp_path):
+    out = tmp_path / "out"
+    result = run(f"{inbox}/**/*.parquet", "--model", tiny_export, "--output", out, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert files_under(out) == ["2026-11-25/.a.csv.scorer.json", "2026-11-25/a.csv", "scorer-summary.json"]
+    assert run(f"{inbox}/**/*.parquet", "--model", tiny_export, "--output", out, "--format", "csv").exit_code == 0
+    states = [u["state"] for u in json.loads((out / "scorer-summary.json").read_text())["inputs"]]
+    assert states == ["skipped"]
+
+
+def test_changed_input_is_not_silently_skipped(tiny_export, tmp_path):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": sentences(10)}), source)
+    assert run(source, "--model", tiny_export).exit_code == 0
+    pq.write_table(pa.table({"sentence": sentences(11)}), source)
+    result = run(source, "--model", tiny_export)
+    assert result.exit_code == 5 and "another version of the input" in result.output
+
+
+def test_one_bad_file_fails_the_run_but_not_the_others(tiny_export, inbox, tmp_path):
+    (inbox / "c.parquet").write_bytes(b"PAR1 broken")
+    out = tmp_path / "out"
+    result = run(inbox, "--model", tiny_export, "--output", out)
+    assert result.exit_code == 3
+    assert "1 of 3 inputs failed" in result.output and "c.parquet" in result.output
+    assert files_under(out) == ["2026-11-25/a.parquet", "b.parquet", "scorer-summary.json"]
+    summary = json.loads((out / "scorer-summary.json").read_text())
+    assert [u["state"] for u in summary["inputs"]] == ["scored", "scored", "failed"]
+    assert summary["inputs"][2]["exit_code"] == 3
+    fast = run(inbox, "--model", tiny_export, "--output", tmp_path / "fast", "--fail-fast", "--overwrite")
+    assert fast.exit_code == 3
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "scorer.cli", "run", *args, "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
+    """kill -9 in the middle of a run; the rerun finishes from the last finished window, no gaps, no repeats."""
+    source = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"id": list(range(60_000)), "sentence": [s * 3 for s in sentences(60_000)]}), source)
+    common = ["--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32"]
+    reference = tmp_path / "reference.parquet"
+    assert subprocess.run([sys.executable, "-m", "scorer.cli", "run", str(source), "-o", str(reference), *common,
+                           "--quiet"]).returncode == 0
+    output = tmp_path / "resumed.parquet"
+    parts = tmp_path / ".resumed.parquet.scorer-parts"
+    process = _start([str(source), "-o", str(output), *common])
+    deadline = time.time() + 120
+    while len(list(parts.glob("part-*.parquet"))) < 5 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run finished before it could be killed; make the input bigger"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(list(parts.glob("part-*.parquet")))
+    assert not output.exists() and 5 <= finished < 60
+    done = subprocess.run([sys.executable, "-m", "scorer.cli", "run", str(source), "-o", str(output), *common,
+                           "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
+    assert summary["state"] == "resumed" and summary["resumed_from_row"] >= 5000
+    assert summary["rows"] == 60_000 and summary["rows_this_run"] == 60_000 - summary["resumed_from_row"]
+    assert pq.read_table(output).equals(pq.read_table(reference))
+    assert sha256_file(output) == sha256_file(reference)
+    assert not parts.exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tiny_export, tmp_path):
+    from scorer.errors import OutputError
+    from scorer.parts import OutputLock
+
+    output = tmp_path / "out.parquet"
+    with OutputLock(output), pytest.raises(OutputError, match="another scorer run is writing"), OutputLock(output):
+        pass
+    with OutputLock(output):  # released: can be taken again
+        pass
+
+
+@pytest.mark.parametrize(
+    "setup,code,message",
+    [
+        (lambda d: None, 3, "does not exist"),
+        (lambda d: (d / "in.parquet").write_bytes(b"PAR1 garbage"), 3, "not a readable Parquet file"),
+        (lambda d: (d / "in.csv").write_bytes(b"sentence\nfine\n\xff\xfe bad\n"), 3, "line 3 (bytes are not UTF-8"),
+        (lambda d: (d / "in.csv").write_text("sentence,x\nfine,1\nragged,1,2\n"), 3, "line 3 (expected 2 fields"),
+        (lambda d: (d / "in.csv").write_text("text\nfine\n"), 3, "column 'sentence' not found in in.csv; columns are"),
+        (lambda d: (d / "in.csv").write_text("sentence,label\nfine,1\nodd,7\n"), 3, "row 2: label '7'"),
+        (lambda d: (d / "in.csv").write_text(""), 3, "is empty"),
+        (lambda d: (d / "in.csv").write_text("sentence\n"), 3, "no data rows"),
+        (lambda d: pq.write_table(pa.table({"sentence": pa.array([], pa.string())}), d / "in.parquet"), 3,
+         "no data rows"),
+    ],
+)
+def test_bad_inputs_get_one_line_an_exit_code_and_leave_nothing(tiny_export, tmp_path, setup, code, message):
+    setup(tmp_path)
+    name = next((p.name for p in tmp_path.iterdir()), "in.parquet")
+    before = files_under(tmp_path)
+    result = run(tmp_path / name, "--model", tiny_export)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert files_under(tmp_path) == before
+
+
+def test_model_problems_exit_4(export_copy, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("sentence\nfine\n")
+    (export_copy / "manifest.json").rename(tmp_path / "manifest.json")
+    result = run(source, "--model", export_copy)
+    assert result.exit_code == 4 and "has no manifest.json" in result.output
+    (tmp_path / "manifest.json").rename(export_copy / "manifest.json")
+    # A tokenizer from another model (more tokens than the embedding has), even with its hash updated.
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(export_copy / "tokenizer.json"))
+    tokenizer.add_tokens([f"extra{i}" for i in range(10)])
+    tokenizer.save(str(export_copy / "tokenizer.json"))
+    manifest = json.loads((export_copy / "manifest.json").read_text())
+    manifest["tokenizer_files"]["tokenizer.json"] = sha256_file(export_copy / "tokenizer.json")
+    (export_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = run(source, "--model", export_copy)
+    assert result.exit_code == 4 and "tokenizer.json has 30532 tokens but the model only 30522" in result.output
+    assert not list(tmp_path.glob("in.scored*")) and not list(tmp_path.glob(".in.*"))
+
+
+def test_unwritable_output_exits_5(tiny_export, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("sentence\nfine\n")
+    (tmp_path / "file").write_text("a file, not a directory")
+    result = run(source, "--model", tiny_export, "-o", tmp_path / "file" / "out.parquet")
+    assert result.exit_code == 5 and "cannot create" in result.output
+
+
+def test_quiet_success_prints_only_the_summary_line(tiny_export, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("sentence\nfine\n")
+    done = subprocess.run([sys.executable, "-m", "scorer.cli", "run", str(source), "--model", str(tiny_export),
+                           "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.count("\n") == 1 and "1 rows in 1 file(s)" in done.stdout

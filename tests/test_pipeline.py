@@ -1,0 +1,72 @@
+"""The main job end to end: `scorer train`, `scorer export`, `scorer run` with no options in an empty directory,
+and the same pipeline on the real CoLA data (skipped when ../shared/data/cola is absent)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from scorer.cli import main
+from scorer.read import TableReader, read_labelled
+from tests.conftest import COLA
+
+
+@pytest.mark.slow
+def test_three_commands_with_no_options_in_an_empty_directory(tmp_path, monkeypatch):
+    """The packaged MiniLM and packaged examples; artefacts land under ./scorer-artifacts."""
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(pa.table({"id": [1, 2, 3], "sentence": ["The dog barked at the mailman.", None,
+                                                          "Dog the mailman at barked."]}), "input.parquet")
+    runner = CliRunner()
+    for args in (["train", "--quiet"], ["export", "--quiet"], ["run", "input.parquet", "--quiet"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, (args, result.output)
+    assert (tmp_path / "scorer-artifacts" / "checkpoint" / "training_loss.png").is_file()
+    manifest = json.loads((tmp_path / "scorer-artifacts" / "onnx" / "manifest.json").read_text())
+    assert manifest["parity_passed"] is True
+    table = pq.read_table("input.scored.parquet")
+    assert table.column("id").to_pylist() == [1, 2, 3]
+    assert table.column("status").to_pylist() == ["ok", "null", "ok"]
+    assert sorted(os.listdir(tmp_path)) == ["input.parquet", "input.scored.parquet",
+                                            "input.scored.parquet.summary.json", "scorer-artifacts"]
+
+
+@pytest.mark.cola
+def test_cola_files_read_as_documented():
+    train = read_labelled(COLA / "train.tsv", "sentence", "label")
+    dev = read_labelled(COLA / "dev.tsv", "sentence", "label")
+    assert (len(train.texts), sum(train.labels)) == (8551, 6023)
+    assert (len(dev.texts), sum(dev.labels)) == (527, 365)
+    assert TableReader(COLA / "dev.tsv").columns == ["sentence", "label"]
+
+
+@pytest.mark.cola
+def test_cola_pipeline_on_a_tiny_model(tiny_encoder, tmp_path):
+    """Train on 1,000 CoLA sentences, export with parity on dev, score a Parquet copy of dev with --check."""
+    subset = tmp_path / "train.tsv"
+    subset.write_text("".join((COLA / "train.tsv").read_text().splitlines(keepends=True)[:1001]))
+    dev = pa.concat_tables(TableReader(COLA / "dev.tsv").batches(1000))
+    pq.write_table(dev, tmp_path / "dev.parquet")
+    runner = CliRunner()
+    steps = [
+        ["train", "--model", tiny_encoder, "--data", subset, "--val-data", COLA / "dev.tsv", "--epochs", "1",
+         "--lr", "1e-3", "--output", tmp_path / "ckpt"],
+        ["export", "--checkpoint", tmp_path / "ckpt", "--data", COLA / "dev.tsv", "--output", tmp_path / "onnx"],
+        ["run", tmp_path / "dev.parquet", "--model", tmp_path / "onnx", "--check", "50", "--variant", "fp32",
+         "--report", tmp_path / "dev.md"],
+    ]
+    for args in steps:
+        result = runner.invoke(main, [*map(str, args), "--quiet"])
+        assert result.exit_code == 0, (args[0], result.output)
+    table = pq.read_table(tmp_path / "dev.scored.parquet")
+    assert table.num_rows == 527 and table.column("sentence").to_pylist() == dev.column("sentence").to_pylist()
+    summary = json.loads((tmp_path / "dev.scored.parquet.summary.json").read_text())
+    assert summary["inputs"][0]["check"]["passed"] and summary["inputs"][0]["check"]["rows"] == 50
+    assert summary["inputs"][0]["evaluation"]["rows"] == 527
+    parity = json.loads((tmp_path / "onnx" / "parity.json").read_text())
+    assert parity["source"].endswith("dev.tsv") and parity["variants"][0]["rows"] >= 527
