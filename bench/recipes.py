@@ -34,6 +34,9 @@ RECIPES: dict[str, dict] = {
     "mean-1e-4-bs16-e6": {"learning_rate": 1e-4, "batch_size": 16, "epochs": 6},
     "mean-1e-4-ld0.8-e6": {"learning_rate": 1e-4, "layer_decay": 0.8, "epochs": 6},
     "mean-1e-4-balanced-e6": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6},
+    "mean-1e-4-reinit1-e6": {"learning_rate": 1e-4, "reinit_layers": 1, "epochs": 6},
+    "mean-1e-4-reinit2-e6": {"learning_rate": 1e-4, "reinit_layers": 2, "epochs": 6},
+    "mean-3e-5-e10": {"learning_rate": 3e-5, "epochs": 10},
 }
 
 

@@ -17,8 +17,8 @@ from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx
 from export.optimize import optimize_fp16
 from export.quantize import QuantizeReport, quantize_int8
 from scorer import atomic
-from scorer.config import ExportConfig, example_file, to_json
-from scorer.errors import InputError, ParityError
+from scorer.config import ExportConfig, RunConfig, example_file, to_json
+from scorer.errors import InputError, ParityError, ProviderError
 from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
 from scorer.model import HeadConfig, SentenceClassifier
 from scorer.read import TableReader, normalise_labels
@@ -70,11 +70,24 @@ def export_model(config: ExportConfig) -> ExportResult:
             manifest.extra["int8"] = asdict(quantization)
         manifest.save(staging)
     result = ExportResult(config.output, results, source)
+    if config.tensorrt:
+        _build_tensorrt(config.output, head.max_length)
     if not result.passed:
         failed = ", ".join(r.variant for r in results if not r.passed)
         raise ParityError(f"parity gate failed for {failed} (report kept in {config.output / 'parity.json'}):\n"
                           + parity.table(results))
     return result
+
+
+def _build_tensorrt(output: Path, max_length: int) -> None:
+    """Build the TensorRT engine beside the committed export (its cache is keyed by the model's final path)."""
+    from export import tensorrt
+
+    if not tensorrt.available():
+        raise ProviderError("--tensorrt: ONNX Runtime's TensorRT provider or the TensorRT 10 libraries "
+                            "(libnvinfer.so.10) are not available here; see README, 'TensorRT'")
+    tensorrt.build_engine(output / VARIANT_FILES["fp32"], output / tensorrt.CACHE_DIR, max_length,
+                          RunConfig.max_batch_rows)
 
 
 def _write_variants(model: SentenceClassifier, staging: Path, config: ExportConfig, calibration: Encoded | None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scorer.errors import ModelError, ProviderError
 from scorer.manifest import Manifest, load_manifest, sha256_file
@@ -18,13 +19,18 @@ log = logging.getLogger("scorer")
 
 OK, TRUNCATED, NULL, EMPTY, NOT_TEXT = "ok", "truncated", "null", "empty", "not_text"
 STATUSES = (OK, TRUNCATED, NULL, EMPTY, NOT_TEXT)
+_CODE = {name: code for code, name in enumerate(STATUSES)}
+_STATUS_NAMES = pa.array(STATUSES, type=pa.string())
 # Tokens per batch (rows x padded length): large enough to fill a GPU, small enough for CPU caches.
 DEFAULT_MAX_TOKENS = {"cpu": 4096, "cuda": 32768, "tensorrt": 32768}
 
 
 @dataclass(frozen=True)
 class Scored:
-    """Per-row results of one column of texts; rows that were not scored have index -1 and NaN scores."""
+    """Per-row results of one column of texts; rows that were not scored have index -1 and NaN scores.
+
+    `status` holds indices into STATUSES.
+    """
 
     predicted: np.ndarray
     probabilities: np.ndarray
@@ -42,8 +48,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def default_variant(provider: str, manifest: Manifest) -> str:
-    """fp16 on a GPU, int8 on a CPU, whenever that variant exists and passed parity; fp32 otherwise."""
-    preferred = "fp16" if provider in ("cuda", "tensorrt") else "int8"
+    """fp16 on CUDA, int8 on a CPU, when that variant exists and passed parity; fp32 otherwise.
+
+    TensorRT takes the plain fp32 graph and builds its own fp16 engine (it cannot run ORT's fused ops).
+    """
+    if provider == "tensorrt":
+        return "fp32"
+    preferred = "fp16" if provider == "cuda" else "int8"
     entry = manifest.variants.get(preferred)
     return preferred if entry is not None and entry.parity_passed is not False else "fp32"
 
@@ -62,6 +73,11 @@ class OnnxClassifier:
             raise ModelError(f"{self.directory}: tokenizer.json has {self.encoder.vocab_size} tokens but the "
                                 f"model only {self.manifest.vocab_size}; export again")
         self.provider = resolve_provider(provider)
+        if self.provider == "tensorrt" and provider_options is None:
+            from export import tensorrt
+
+            provider_options = tensorrt.provider_options(self.directory / tensorrt.CACHE_DIR,
+                                                         self.manifest.max_length, max_batch_rows)
         try:
             self._start(variant, provider_options)
         except ProviderError as exc:
@@ -103,30 +119,29 @@ class OnnxClassifier:
     def result_arrays(self, scored: Scored) -> tuple[pa.Array, pa.Array, pa.Array]:
         """The label, score and status columns written for `scored` (nulls where a row was not scored)."""
         label_type = pa.int64() if all(isinstance(v, int) for v in self.labels) else pa.string()
-        predicted = [self.labels[i] if i >= 0 else None for i in scored.predicted.tolist()]
+        indices = pa.array(scored.predicted, mask=~scored.scored)
+        predicted = pa.array(self.labels, type=label_type).take(indices)
         score = self.scores(scored.probabilities).astype(np.float32)
-        return (pa.array(predicted, type=label_type), pa.array(score, mask=~scored.scored),
-                pa.array(scored.status.tolist(), type=pa.string()))
+        return predicted, pa.array(score, mask=~scored.scored), _STATUS_NAMES.take(pa.array(scored.status))
 
     def classify(self, column: pa.Array | pa.ChunkedArray) -> Scored:
         """Score a column of texts; null, empty and non-text values are kept, flagged and left unscored."""
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
         n = len(column)
-        status = np.full(n, OK, dtype=object)
-        values = column.to_pylist()
-        is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-        for row, value in enumerate(values):
-            if value is None:
-                status[row] = NULL
-            elif not is_text:
-                status[row] = NOT_TEXT
-            elif not value.strip():
-                status[row] = EMPTY
-        valid = np.flatnonzero(status == OK)
+        status = np.full(n, _CODE[OK], dtype=np.int8)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
+            status[pc.fill_null(blank, False).to_numpy(zero_copy_only=False)] = _CODE[EMPTY]
+        else:
+            status[:] = _CODE[NOT_TEXT]
+        status[column.is_null().to_numpy(zero_copy_only=False)] = _CODE[NULL]
+        valid = np.flatnonzero(status == _CODE[OK])
         logits = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
         if len(valid):
-            valid_logits, truncated = self.logits([values[i] for i in valid])
+            valid_logits, truncated = self.logits(column.take(pa.array(valid)).to_pylist())
             logits[valid] = valid_logits
-            status[valid[truncated]] = TRUNCATED
+            status[valid[truncated]] = _CODE[TRUNCATED]
         probabilities = softmax(logits)
         predicted = np.full(n, -1, dtype=np.int64)
         predicted[valid] = logits[valid].argmax(axis=1)

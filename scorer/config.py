@@ -65,6 +65,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     layer_decay: float = 1.0
+    reinit_layers: int = 0
     class_weight: str = "none"
     pooling: str = "mean"
     dropout: float = 0.1
@@ -82,6 +83,7 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}")
         _check(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), not {self.warmup_ratio}")
         _check(0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], not {self.layer_decay}")
+        _check(self.reinit_layers >= 0, f"--reinit-layers must be 0 or more, not {self.reinit_layers}")
         _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")
         _check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
         _check(0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), not {self.val_fraction}")
@@ -107,6 +109,7 @@ class ExportConfig:
     calibration: Path | None = None
     calibration_rows: int = 500
     int8_agreement: float = 0.998
+    tensorrt: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:

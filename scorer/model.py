@@ -109,6 +109,30 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def reinitialize_top_layers(encoder: nn.Module, count: int) -> None:
+    """Give the top `count` transformer layers fresh random weights (the model's own init distribution).
+
+    The top layers of a sentence-embedding model are specialised for its contrastive objective; starting them
+    afresh can suit another task better (Zhang et al., 2021, "Revisiting few-sample BERT fine-tuning").
+    """
+    if count <= 0:
+        return
+    layers = next((m for name, m in encoder.named_modules() if name.endswith(("layer", "layers"))
+                   and isinstance(m, nn.ModuleList)), None)
+    if layers is None or count > len(layers):
+        raise ConfigError(f"--reinit-layers {count}: the encoder has {0 if layers is None else len(layers)} layers")
+    std = getattr(encoder.config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for module in layers[len(layers) - count :].modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+
+
 def position_limit(config: object) -> int:
     """The longest token sequence the encoder's position embeddings allow (at most 512)."""
     limit = int(getattr(config, "max_position_embeddings", 512))

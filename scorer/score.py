@@ -162,6 +162,9 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
             store.discard()
             raise
     summary.seconds = time.perf_counter() - started
+    log.info("%s -> %s: %d rows (%d scored now%s) in %.1fs", unit.source, unit.output, summary.rows,
+             summary.rows_this_run, f", resumed at row {summary.resumed_from_row}" if summary.resumed_from_row else "",
+             summary.seconds)
     return summary
 
 

@@ -85,14 +85,19 @@ class TextEncoder:
 def budget_batches(lengths: np.ndarray, max_tokens: int, max_rows: int) -> list[np.ndarray]:
     """Row indices sorted by length and cut so that rows x padded length stays within max_tokens."""
     order = np.argsort(lengths, kind="stable")
+    widths = np.asarray(lengths)[order].tolist()
     batches: list[np.ndarray] = []
-    start = 0
-    total = len(order)
+    start, total = 0, len(order)
     while start < total:
-        end = start + 1
-        # Rows are sorted ascending, so the padded width of order[start:end] is the length of its last row.
-        while end < total and end - start < max_rows and (end + 1 - start) * lengths[order[end]] <= max_tokens:
-            end += 1
-        batches.append(order[start:end])
-        start = end
+        # Rows are sorted ascending, so order[start:end] pads to widths[end - 1]; (end - start) * widths[end - 1]
+        # grows with end, so the longest batch within budget is found by bisection. It has at least one row.
+        low, high = start + 1, min(total, start + max_rows)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if (middle - start) * widths[middle - 1] <= max_tokens:
+                low = middle
+            else:
+                high = middle - 1
+        batches.append(order[start:low])
+        start = low
     return batches

@@ -18,7 +18,7 @@ from scorer.dataset import TrainingData, load_training_data
 from scorer.errors import ConfigError
 from scorer.loop import Trainer, predict
 from scorer.metrics import confusion_of
-from scorer.model import HeadConfig, SentenceClassifier, load_encoder, position_limit
+from scorer.model import HeadConfig, SentenceClassifier, load_encoder, position_limit, reinitialize_top_layers
 from scorer.tokens import TextEncoder
 
 log = logging.getLogger("scorer")
@@ -60,6 +60,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     data = load_training_data(config)
     hf_tokenizer, encoder_model = _load_pretrained(config)
     text_encoder = TextEncoder(_backend_copy(hf_tokenizer), config.max_length)
+    reinitialize_top_layers(encoder_model, config.reinit_layers)
     head = HeadConfig(labels=data.labels, pooling=config.pooling, max_length=config.max_length, dropout=config.dropout)
     model = SentenceClassifier(encoder_model, head).to(device)
     log.info(

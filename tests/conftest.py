@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,9 +18,12 @@ TINY_POSITIONS = 128
 def pytest_collection_modifyitems(config, items):
     """GPU tests skip themselves without CUDA; CoLA tests skip themselves without the data."""
     cuda = _cuda_available()
+    tensorrt = cuda and _tensorrt_available()
     for item in items:
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs onnxruntime-gpu and a CUDA GPU"))
+        if "tensorrt" in item.keywords and not tensorrt:
+            item.add_marker(pytest.mark.skip(reason="needs the TensorRT execution provider and TensorRT 10 libraries"))
         if "cola" in item.keywords and not (COLA / "train.tsv").is_file():
             item.add_marker(pytest.mark.skip(reason=f"CoLA data not found at {COLA}"))
 
@@ -31,6 +35,12 @@ def _cuda_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def _tensorrt_available() -> bool:
+    from export import tensorrt
+
+    return tensorrt.available()
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +55,14 @@ def tiny_encoder(tmp_path_factory) -> Path:
                         intermediate_size=64, max_position_embeddings=TINY_POSITIONS)
     BertModel(config).save_pretrained(directory)
     for name in TOKENIZER_FILES:
-        shutil.copy(packaged_model() / name, directory / name)
+        shutil.copy(tokenizer_source() / name, directory / name)
     return directory
+
+
+def tokenizer_source() -> Path:
+    """The packaged MiniLM's WordPiece files; SCORER_TOKENIZER_DIR where that package is not installed (GPU box)."""
+    override = os.environ.get("SCORER_TOKENIZER_DIR")
+    return Path(override) if override else packaged_model()
 
 
 @pytest.fixture(scope="session")

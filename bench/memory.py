@@ -1,0 +1,100 @@
+"""Peak memory of `scorer run` against input size: it should be set by the window, not by the file.
+
+    python bench/memory.py --rows 100000,300000,1000000 [--export DIR] [--out bench/out/memory.json]
+
+Writes Parquet files of CoLA-like sentences (../shared/data/cola, or generated text when it is absent), scores
+each in a fresh process (`scorer run --provider cpu --variant fp32`), and records the child's peak RSS
+(getrusage ru_maxrss). Without --export it builds a tiny random-weight BERT export, since memory is a property
+of the pipeline, not of the model's size (the model's own memory is constant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+COLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cola" / "train.tsv"
+
+
+def sentences() -> list[str]:
+    if COLA.is_file():
+        return [line.split("\t")[0] for line in COLA.read_text().splitlines()[1:]]
+    words = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "tree", "quickly", "big", "red"]
+    rng = np.random.default_rng(0)
+    return [" ".join(rng.choice(words, rng.integers(4, 20))) for _ in range(5000)]
+
+
+def tiny_export(directory: Path) -> Path:
+    """A 2-layer random BERT trained for one epoch on the packaged examples, then exported."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from export.pipeline import export_model
+    from scorer.config import ExportConfig, TrainConfig, packaged_model
+    from scorer.train import train
+
+    torch.manual_seed(0)
+    encoder = directory / "encoder"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(encoder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(packaged_model() / name, encoder / name)
+    train(TrainConfig(model=encoder, output=directory / "checkpoint", epochs=1), progress=False)
+    export_model(ExportConfig(checkpoint=directory / "checkpoint", output=directory / "onnx", variants=("fp32",)))
+    return directory / "onnx"
+
+
+def measure(source: Path, export: Path, output: Path) -> dict:
+    """Run `scorer run` in a child process and read that child's own peak RSS from wait4."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "scorer.cli", "run", str(source), "--model", str(export),
+                              "-o", str(output), "--provider", "cpu", "--variant", "fp32", "--quiet", "--overwrite"])
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise SystemExit(f"scorer run failed with exit code {child.returncode}")
+    return {"seconds": time.perf_counter() - started, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="100000,300000,1000000")
+    parser.add_argument("--export", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("bench/out/memory.json"))
+    args = parser.parse_args()
+    pool = sentences()
+    results = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
+                           "date": time.strftime("%Y-%m-%d")}, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        export = args.export or tiny_export(tmp_path)
+        for rows in sorted(int(r) for r in args.rows.split(",")):
+            rng = np.random.default_rng(rows)
+            source = tmp_path / f"input-{rows}.parquet"
+            pq.write_table(pa.table({"id": np.arange(rows), "sentence": [pool[i] for i in
+                                                                          rng.integers(0, len(pool), rows)]}),
+                           source, row_group_size=50_000)
+            figures = measure(source, export, tmp_path / f"out-{rows}.parquet")
+            figures.update(rows=rows, input_mib=source.stat().st_size / 2**20,
+                           output_rows=pq.ParquetFile(tmp_path / f"out-{rows}.parquet").metadata.num_rows)
+            results["runs"].append(figures)
+            print(f"{rows:>9,} rows: peak RSS {figures['peak_rss_mib']:.0f} MiB, {figures['seconds']:.1f}s, "
+                  f"input {figures['input_mib']:.1f} MiB", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

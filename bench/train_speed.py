@@ -1,0 +1,79 @@
+"""Training speed: seconds per epoch of `scorer train` on CoLA (90% split = 7,696 sentences, batch 32).
+
+    python bench/train_speed.py --device cuda --models bert-base,minilm --epochs 4
+    python bench/train_speed.py --device cpu --models minilm --epochs 1
+
+"bert-base" is a randomly initialised bert-base-shaped encoder (speed does not depend on the weights) with the
+packaged WordPiece tokenizer; "minilm" is the packaged all-MiniLM-L6-v2. Writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from scorer.config import TrainConfig
+from scorer.train import train
+
+COLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def tokenizer_dir() -> Path:
+    """The packaged MiniLM's tokenizer, or SCORER_TOKENIZER_DIR where that package is not installed."""
+    if os.environ.get("SCORER_TOKENIZER_DIR"):
+        return Path(os.environ["SCORER_TOKENIZER_DIR"])
+    from scorer.config import packaged_model
+
+    return packaged_model()
+
+
+def random_bert_base(directory: Path) -> Path:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig()).save_pretrained(directory)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir() / name).is_file():
+            shutil.copy(tokenizer_dir() / name, directory / name)
+    return directory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    parser.add_argument("--models", default="bert-base,minilm")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("bench/out/train-speed.json"))
+    args = parser.parse_args()
+    results = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "device": args.device,
+                           "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+                           "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            model = random_bert_base(Path(tmp) / "bert-base") if name == "bert-base" else tokenizer_dir()
+            config = TrainConfig(data=COLA / "train.tsv", model=model, output=Path(tmp) / f"ckpt-{name}",
+                                 epochs=args.epochs, batch_size=32, device=args.device, seed=1)
+            started = time.perf_counter()
+            result = train(config, progress=False)
+            total = time.perf_counter() - started
+            epochs = [e.seconds for e in result.epochs]
+            results["runs"].append({"model": name, "train_rows": result.train_rows, "epochs": args.epochs,
+                                    "epoch_seconds": epochs, "total_seconds": total,
+                                    "best_val_mcc": result.best.val_mcc})
+            print(f"{name}: {result.train_rows} rows, epochs {[round(s, 2) for s in epochs]} s, "
+                  f"total {total:.1f}s (with loading and saving)", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""GPU paths: CUDA scoring, GPU training, TensorRT. Each test skips itself where its hardware is missing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from scorer.cli import main
+
+TEXTS = ["The cat sat on the mat.", "Cat the mat on sat.", "A much longer sentence about nothing at all " * 3,
+         "Short one."] * 50
+
+
+def run(*args):
+    result = CliRunner().invoke(main, ["run", *map(str, args), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def scores(path):
+    return pq.read_table(path).column("score").to_numpy(zero_copy_only=False)
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": TEXTS}), path)
+    return path
+
+
+@pytest.mark.gpu
+def test_cuda_scores_match_cpu_and_auto_picks_cuda(tiny_export, source, tmp_path):
+    run(source, "--model", tiny_export, "--provider", "cpu", "--variant", "fp32", "-o", tmp_path / "cpu.parquet")
+    for variant, tolerance in (("fp32", 5e-3), ("fp16", 2e-2)):
+        out = tmp_path / f"cuda-{variant}.parquet"
+        run(source, "--model", tiny_export, "--provider", "cuda", "--variant", variant, "-o", out, "--check", "50")
+        np.testing.assert_allclose(scores(out), scores(tmp_path / "cpu.parquet"), atol=tolerance)
+        summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+        assert summary["provider"] == "cuda" and summary["inputs"][0]["check"]["passed"]
+    run(source, "--model", tiny_export, "-o", tmp_path / "auto.parquet")
+    assert json.loads((tmp_path / "auto.parquet.summary.json").read_text())["provider"] == "cuda"
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_with_bf16(tiny_encoder, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--model", str(tiny_encoder), "--output", str(tmp_path / "c"),
+                                       "--epochs", "1", "--device", "cuda", "--max-length", "32", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["device"] == "cuda"
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_engine_is_built_once_and_matches_cpu(tiny_checkpoint, source, tmp_path):
+    export = tmp_path / "onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--output", str(export),
+                                       "--tensorrt", "--quiet"])
+    assert result.exit_code == 0, result.output
+    engines = sorted((export / "tensorrt-cache").iterdir())
+    assert engines
+    run(source, "--model", export, "--provider", "cpu", "--variant", "fp32", "-o", tmp_path / "cpu.parquet")
+    run(source, "--model", export, "--provider", "tensorrt", "-o", tmp_path / "trt.parquet")
+    np.testing.assert_allclose(scores(tmp_path / "trt.parquet"), scores(tmp_path / "cpu.parquet"), atol=2e-2)
+    assert sorted((export / "tensorrt-cache").iterdir()) == engines
