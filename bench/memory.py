@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,13 +22,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-COLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cola" / "train.tsv"
+from common import COLA, machine, random_bert
 
 
 def sentences() -> list[str]:
-    if COLA.is_file():
-        return [line.split("\t")[0] for line in COLA.read_text().splitlines()[1:]]
+    if (COLA / "train.tsv").is_file():
+        return [line.split("\t")[0] for line in (COLA / "train.tsv").read_text().splitlines()[1:]]
     words = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "tree", "quickly", "big", "red"]
     rng = np.random.default_rng(0)
     return [" ".join(rng.choice(words, rng.integers(4, 20))) for _ in range(5000)]
@@ -38,19 +35,12 @@ def sentences() -> list[str]:
 
 def tiny_export(directory: Path) -> Path:
     """A 2-layer random BERT trained for one epoch on the packaged examples, then exported."""
-    import torch
-    from transformers import BertConfig, BertModel
-
     from export.pipeline import export_model
-    from scorer.config import ExportConfig, TrainConfig, packaged_model
+    from scorer.config import ExportConfig, TrainConfig
     from scorer.train import train
 
-    torch.manual_seed(0)
-    encoder = directory / "encoder"
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(encoder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(packaged_model() / name, encoder / name)
+    encoder = random_bert(directory / "encoder", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64)
     train(TrainConfig(model=encoder, output=directory / "checkpoint", epochs=1), progress=False)
     export_model(ExportConfig(checkpoint=directory / "checkpoint", output=directory / "onnx", variants=("fp32",)))
     return directory / "onnx"
@@ -75,8 +65,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/memory.json"))
     args = parser.parse_args()
     pool = sentences()
-    results = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                           "date": time.strftime("%Y-%m-%d")}, "runs": []}
+    results = {"machine": machine(), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         export = args.export or tiny_export(tmp_path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -16,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import COLA, machine
 
 from scorer.config import TrainConfig
 from scorer.train import train
 
-COLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"
 # Each recipe is a set of TrainConfig overrides on top of the current defaults.
 RECIPES: dict[str, dict] = {
     "notebook-cls-2e-5": {"pooling": "cls", "learning_rate": 2e-5, "warmup_ratio": 0.0, "epochs": 4,
@@ -75,8 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     state = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
-    state["machine"] = {"platform": platform.platform(), "cpu_count": torch.get_num_threads(),
-                        "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    state["machine"] = machine("cuda" if torch.cuda.is_available() else "cpu")
     done = {(r["recipe"], r["seed"]) for r in state["runs"]}
     for recipe in args.recipes.split(","):
         for seed in map(int, args.seeds.split(",")):
@@ -88,9 +86,21 @@ def main() -> None:
             last = state["runs"][-1]
             print(f"{recipe} seed {seed}: best MCC {last['best_mcc']:.4f} (epoch {last['best_epoch']}), "
                   f"{last['seconds']:.0f}s, per epoch {[round(m, 3) for m in last['mcc_per_epoch']]}", flush=True)
-    for row in summarise(state["runs"]):
-        print(f"{row['recipe']:24} n={row['seeds']} mean {row['mean_mcc']:.4f} "
-              f"min {row['min_mcc']:.4f} max {row['max_mcc']:.4f}")
+    print(markdown(state["runs"]))
+
+
+def markdown(runs: list[dict]) -> str:
+    """The recipe table for bench/RESULTS.md and the README: every recipe, its settings and its seeds."""
+    lines = ["| recipe | settings (over the defaults of the day) | seeds | dev MCC mean | min | max | best epochs |"
+             " s/run |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in summarise(runs):
+        mine = [r for r in runs if r["recipe"] == row["recipe"]]
+        settings = ", ".join(f"{k}={v}" for k, v in mine[0]["overrides"].items()) or "-"
+        epochs = ",".join(str(r["best_epoch"]) for r in mine)
+        seconds = statistics.mean(r["seconds"] for r in mine)
+        lines.append(f"| {row['recipe']} | {settings} | {row['seeds']} | {row['mean_mcc']:.3f} | "
+                     f"{row['min_mcc']:.3f} | {row['max_mcc']:.3f} | {epochs} | {seconds:.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

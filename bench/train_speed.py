@@ -11,40 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from common import COLA, machine, random_bert, tokenizer_dir
 
 from scorer.config import TrainConfig
 from scorer.train import train
-
-COLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-
-
-def tokenizer_dir() -> Path:
-    """The packaged MiniLM's tokenizer, or SCORER_TOKENIZER_DIR where that package is not installed."""
-    if os.environ.get("SCORER_TOKENIZER_DIR"):
-        return Path(os.environ["SCORER_TOKENIZER_DIR"])
-    from scorer.config import packaged_model
-
-    return packaged_model()
-
-
-def random_bert_base(directory: Path) -> Path:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    BertModel(BertConfig()).save_pretrained(directory)
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir() / name).is_file():
-            shutil.copy(tokenizer_dir() / name, directory / name)
-    return directory
 
 
 def main() -> None:
@@ -54,12 +28,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("bench/out/train-speed.json"))
     args = parser.parse_args()
-    results = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "device": args.device,
-                           "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-                           "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}, "runs": []}
+    results = {"machine": machine(args.device), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            model = random_bert_base(Path(tmp) / "bert-base") if name == "bert-base" else tokenizer_dir()
+            model = random_bert(Path(tmp) / "bert-base") if name == "bert-base" else tokenizer_dir()
             config = TrainConfig(data=COLA / "train.tsv", model=model, output=Path(tmp) / f"ckpt-{name}",
                                  epochs=args.epochs, batch_size=32, device=args.device, seed=1)
             started = time.perf_counter()

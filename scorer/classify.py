@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from scorer.errors import ModelError, ProviderError
 from scorer.manifest import Manifest, load_manifest, sha256_file
 from scorer.session import create_session, resolve_provider
-from scorer.tokens import TextEncoder, budget_batches
+from scorer.tokens import Encoded, TextEncoder, budget_batches
 
 log = logging.getLogger("scorer")
 
@@ -23,6 +23,15 @@ _CODE = {name: code for code, name in enumerate(STATUSES)}
 _STATUS_NAMES = pa.array(STATUSES, type=pa.string())
 # Tokens per batch (rows x padded length): large enough to fill a GPU, small enough for CPU caches.
 DEFAULT_MAX_TOKENS = {"cpu": 4096, "cuda": 32768, "tensorrt": 32768}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A column ready for the model: statuses (indices into STATUSES), rows to score, their token ids."""
+
+    status: np.ndarray
+    valid: np.ndarray
+    encoded: Encoded
 
 
 @dataclass(frozen=True)
@@ -101,14 +110,18 @@ class OnnxClassifier:
     def logits(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Logits of every text (all must be non-empty str) and which were truncated at max_length."""
         encoded = self.encoder.encode(texts)
-        out = np.empty((len(texts), len(self.manifest.labels)), dtype=np.float32)
+        return self.run(encoded), encoded.truncated
+
+    def run(self, encoded: Encoded) -> np.ndarray:
+        """Logits of every encoded row, in token-budget batches of length-sorted rows."""
+        out = np.empty((len(encoded), len(self.manifest.labels)), dtype=np.float32)
         names = self.manifest.input_names
         for rows in budget_batches(encoded.lengths, self.max_tokens, self.max_batch_rows):
             arrays = encoded.pad(rows)
             feed = {name: (a.astype(np.int32) if i32 else a) for name, a, i32 in zip(names, arrays, self._int32,
                                                                                      strict=True)}
             out[rows] = self.session.run(None, feed)[0]
-        return out, encoded.truncated
+        return out
 
     def scores(self, probabilities: np.ndarray) -> np.ndarray:
         """The `score` of each row: the positive class's probability (two labels), else the top probability."""
@@ -124,12 +137,11 @@ class OnnxClassifier:
         score = self.scores(scored.probabilities).astype(np.float32)
         return predicted, pa.array(score, mask=~scored.scored), _STATUS_NAMES.take(pa.array(scored.status))
 
-    def classify(self, column: pa.Array | pa.ChunkedArray) -> Scored:
-        """Score a column of texts; null, empty and non-text values are kept, flagged and left unscored."""
+    def prepare(self, column: pa.Array | pa.ChunkedArray) -> Prepared:
+        """The CPU half of classify: find the rows to score and tokenise them (thread-safe, GIL mostly free)."""
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
-        n = len(column)
-        status = np.full(n, _CODE[OK], dtype=np.int8)
+        status = np.full(len(column), _CODE[OK], dtype=np.int8)
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
             status[pc.fill_null(blank, False).to_numpy(zero_copy_only=False)] = _CODE[EMPTY]
@@ -137,12 +149,20 @@ class OnnxClassifier:
             status[:] = _CODE[NOT_TEXT]
         status[column.is_null().to_numpy(zero_copy_only=False)] = _CODE[NULL]
         valid = np.flatnonzero(status == _CODE[OK])
+        encoded = self.encoder.encode(column.take(pa.array(valid)).to_pylist())
+        status[valid[encoded.truncated]] = _CODE[TRUNCATED]
+        return Prepared(status=status, valid=valid, encoded=encoded)
+
+    def infer(self, prepared: Prepared) -> Scored:
+        """The model half of classify: logits, probabilities and predicted labels for every row."""
+        n = len(prepared.status)
         logits = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
-        if len(valid):
-            valid_logits, truncated = self.logits(column.take(pa.array(valid)).to_pylist())
-            logits[valid] = valid_logits
-            status[valid[truncated]] = _CODE[TRUNCATED]
-        probabilities = softmax(logits)
+        if len(prepared.valid):
+            logits[prepared.valid] = self.run(prepared.encoded)
         predicted = np.full(n, -1, dtype=np.int64)
-        predicted[valid] = logits[valid].argmax(axis=1)
-        return Scored(predicted=predicted, probabilities=probabilities, logits=logits, status=status)
+        predicted[prepared.valid] = logits[prepared.valid].argmax(axis=1)
+        return Scored(predicted=predicted, probabilities=softmax(logits), logits=logits, status=prepared.status)
+
+    def classify(self, column: pa.Array | pa.ChunkedArray) -> Scored:
+        """Score a column of texts; null, empty and non-text values are kept, flagged and left unscored."""
+        return self.infer(self.prepare(column))

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -182,20 +183,40 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
 
 def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, store: PartStore, first: int,
             window_rows: int, progress: bool) -> None:
+    """Read → tokenise → infer → write, with the next window read and tokenised, and the previous one written,
+    on their own threads while the model runs (tokenizers, pyarrow and ONNX Runtime release the GIL)."""
     labels = LabelIndex(classifier.labels) if columns.label else None
     skip = first * window_rows
+    windows = enumerate(reader.batches(window_rows, skip_rows=skip))
+
+    def read_and_prepare():
+        number, window = next(windows, (None, None))
+        if window is None:
+            return None
+        if labels is not None:  # fail before scoring when the file has labels the model does not know
+            labels.indices(window.column(columns.label).to_pylist(), reader.path, columns.label,
+                           skip + number * window_rows + 1)
+        return window, classifier.prepare(window.column(columns.text))
+
     total = None if reader.num_rows is None else max(0, reader.num_rows - skip)
     with tqdm(total=total, unit="rows", disable=None if progress else True, file=sys.stderr,
-              desc=reader.path.name, leave=False) as bar:
-        for index, window in enumerate(reader.batches(window_rows, skip_rows=skip), start=first):
-            if labels is not None:  # fail before scoring when the file has labels the model does not know
-                labels.indices(window.column(columns.label).to_pylist(), reader.path, columns.label,
-                               index * window_rows + 1)
-            scored = classifier.classify(window.column(columns.text))
-            predicted, score, status = classifier.result_arrays(scored)
+              desc=reader.path.name, leave=False) as bar, \
+            ThreadPoolExecutor(1, "scorer-read") as reading, ThreadPoolExecutor(1, "scorer-write") as writing:
+        ahead = reading.submit(read_and_prepare)
+        writes: list[Future] = []
+        index = first
+        while (item := ahead.result()) is not None:
+            ahead = reading.submit(read_and_prepare)
+            window, prepared = item
+            predicted, score, status = classifier.result_arrays(classifier.infer(prepared))
             table = window.append_column(columns.predicted, predicted).append_column(columns.score, score)
-            store.write(index, table.append_column(columns.status, status))
+            writes.append(writing.submit(store.write, index, table.append_column(columns.status, status)))
+            while len(writes) > 1:  # at most one part in flight: memory stays bounded by two windows
+                writes.pop(0).result()
+            index += 1
             bar.update(window.num_rows)
+        for write in writes:
+            write.result()
 
 
 def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, columns: Columns, store: PartStore,

@@ -1,0 +1,62 @@
+"""What the bench scripts share: where CoLA and the tokenizer are, machine facts, small model builders."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+# ../shared/data/cola beside the repository; SCORER_COLA_DIR where it travels elsewhere (the GPU test machine).
+COLA = Path(os.environ.get("SCORER_COLA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"))
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def tokenizer_dir() -> Path:
+    """The packaged MiniLM (tokenizer and weights), or SCORER_TOKENIZER_DIR where that package is missing."""
+    if os.environ.get("SCORER_TOKENIZER_DIR"):
+        return Path(os.environ["SCORER_TOKENIZER_DIR"])
+    from scorer.config import packaged_model
+
+    return packaged_model()
+
+
+def random_bert(directory: Path, **shape: int) -> Path:
+    """A randomly initialised BERT encoder (bert-base shape unless `shape` says otherwise) with our tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from scorer.model import quiet_transformers
+
+    quiet_transformers()
+    torch.manual_seed(0)
+    BertModel(BertConfig(**shape)).save_pretrained(directory)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir() / name).is_file():
+            shutil.copy(tokenizer_dir() / name, directory / name)
+    return directory
+
+
+def machine(device: str = "cpu") -> dict:
+    """Machine, versions and date, printed with every result."""
+    import onnxruntime
+    import torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "processor": _cpu_name(),
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "providers": onnxruntime.get_available_providers(),
+            "device": device, "date": time.strftime("%Y-%m-%d")}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
