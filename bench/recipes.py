@@ -36,6 +36,8 @@ RECIPES: dict[str, dict] = {
     "mean-1e-4-reinit1-e6": {"learning_rate": 1e-4, "reinit_layers": 1, "epochs": 6},
     "mean-1e-4-reinit2-e6": {"learning_rate": 1e-4, "reinit_layers": 2, "epochs": 6},
     "mean-3e-5-e10": {"learning_rate": 3e-5, "epochs": 10},
+    "mean-1e-4-keep4-e6": {"learning_rate": 1e-4, "keep_layers": 4, "epochs": 6},
+    "mean-1e-4-keep5-e6": {"learning_rate": 1e-4, "keep_layers": 5, "epochs": 6},
 }
 
 
@@ -80,7 +82,11 @@ def main() -> None:
         for seed in map(int, args.seeds.split(",")):
             if (recipe, seed) in done:
                 continue
-            state["runs"].append(run(recipe, seed))
+            result = run(recipe, seed)
+            # Re-read before writing: another process may have added runs to the same file meanwhile.
+            if args.out.exists():
+                state["runs"] = json.loads(args.out.read_text())["runs"]
+            state["runs"].append(result)
             state["summary"] = summarise(state["runs"])
             args.out.write_text(json.dumps(state, indent=2) + "\n")
             last = state["runs"][-1]

@@ -90,6 +90,7 @@ def main() -> None:
 @click.option("--weight-decay", type=float, help="AdamW weight decay (not on biases/LayerNorm).")
 @click.option("--layer-decay", type=float, help="Layer-wise learning-rate decay (1 = none).")
 @click.option("--reinit-layers", type=int, help="Re-initialise the top N encoder layers before training.")
+@click.option("--keep-layers", type=int, help="Keep only the lowest N encoder layers (0: all).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="Loss weights per class.")
 @click.option("--pooling", type=click.Choice(["mean", "cls"]), help="Sentence vector: mean of tokens or [CLS].")
 @click.option("--select", type=click.Choice(["mcc", "accuracy", "last"]), help="Which epoch to keep.")
@@ -132,7 +133,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
         options["variants"] = tuple(v.strip() for v in variants.split(",") if v.strip())
     result = export_model(build(ExportConfig, **options))
     click.echo(parity.table(result.parity))
-    click.echo(f"exported {', '.join(r.variant for r in result.parity)} to {result.output}; parity passed")
+    click.echo(f"exported {', '.join(r.variant for r in parity.gated(result.parity))} to {result.output}; "
+               "parity passed")
 
 
 @main.command("run")

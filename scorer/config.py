@@ -66,6 +66,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     layer_decay: float = 1.0
     reinit_layers: int = 0
+    keep_layers: int = 0
     class_weight: str = "none"
     pooling: str = "mean"
     dropout: float = 0.1
@@ -84,6 +85,7 @@ class TrainConfig:
         _check(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), not {self.warmup_ratio}")
         _check(0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], not {self.layer_decay}")
         _check(self.reinit_layers >= 0, f"--reinit-layers must be 0 or more, not {self.reinit_layers}")
+        _check(self.keep_layers >= 0, f"--keep-layers must be 0 (all) or more, not {self.keep_layers}")
         _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")
         _check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
         _check(0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), not {self.val_fraction}")
@@ -105,6 +107,7 @@ class ExportConfig:
     opset: int = 17
     tolerance: float = 1e-4
     min_agreement: float = 0.995
+    max_accuracy_drop: float = 0.005
     max_rows: int = 2000
     calibration: Path | None = None
     calibration_rows: int = 500
@@ -119,6 +122,7 @@ class ExportConfig:
             _check_choice(variant, VARIANTS, "--variants")
         _check(self.tolerance > 0, f"--tolerance must be positive, not {self.tolerance}")
         _check(0 < self.min_agreement <= 1, f"--min-agreement must be in (0, 1], not {self.min_agreement}")
+        _check(0 <= self.max_accuracy_drop <= 1, f"--max-accuracy-drop must be in [0, 1], not {self.max_accuracy_drop}")
         _check(self.max_rows >= 1, f"--max-rows must be at least 1, not {self.max_rows}")
         _check(self.calibration_rows >= 1, f"--calibration-rows must be at least 1, not {self.calibration_rows}")
         _check(0 < self.int8_agreement <= 1, f"--int8-agreement must be in (0, 1], not {self.int8_agreement}")

@@ -109,6 +109,25 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of transformer layers (encoder.layer in BERT/RoBERTa, transformer.layer in DistilBERT)."""
+    for name, module in encoder.named_modules():
+        if name.endswith(("layer", "layers")) and isinstance(module, nn.ModuleList):
+            return module
+    raise ConfigError(f"cannot find the transformer layers of {type(encoder).__name__}")
+
+
+def keep_bottom_layers(encoder: nn.Module, count: int) -> None:
+    """Drop all but the lowest `count` layers (0 keeps them all); the saved config records the new depth."""
+    layers = transformer_layers(encoder)
+    if count <= 0 or count == len(layers):
+        return
+    if count > len(layers):
+        raise ConfigError(f"--keep-layers {count}: the encoder has only {len(layers)} layers")
+    del layers[count:]
+    encoder.config.num_hidden_layers = count
+
+
 def reinitialize_top_layers(encoder: nn.Module, count: int) -> None:
     """Give the top `count` transformer layers fresh random weights (the model's own init distribution).
 
@@ -117,10 +136,9 @@ def reinitialize_top_layers(encoder: nn.Module, count: int) -> None:
     """
     if count <= 0:
         return
-    layers = next((m for name, m in encoder.named_modules() if name.endswith(("layer", "layers"))
-                   and isinstance(m, nn.ModuleList)), None)
-    if layers is None or count > len(layers):
-        raise ConfigError(f"--reinit-layers {count}: the encoder has {0 if layers is None else len(layers)} layers")
+    layers = transformer_layers(encoder)
+    if count > len(layers):
+        raise ConfigError(f"--reinit-layers {count}: the encoder has only {len(layers)} layers")
     std = getattr(encoder.config, "initializer_range", 0.02)
     with torch.no_grad():
         for module in layers[len(layers) - count :].modules():

@@ -15,10 +15,17 @@ import torch
 from scorer import atomic, plot
 from scorer.config import TrainConfig, to_json
 from scorer.dataset import TrainingData, load_training_data
-from scorer.errors import ConfigError
+from scorer.errors import ConfigError, ProviderError
 from scorer.loop import Trainer, predict
 from scorer.metrics import confusion_of
-from scorer.model import HeadConfig, SentenceClassifier, load_encoder, position_limit, reinitialize_top_layers
+from scorer.model import (
+    HeadConfig,
+    SentenceClassifier,
+    keep_bottom_layers,
+    load_encoder,
+    position_limit,
+    reinitialize_top_layers,
+)
 from scorer.tokens import TextEncoder
 
 log = logging.getLogger("scorer")
@@ -60,6 +67,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     data = load_training_data(config)
     hf_tokenizer, encoder_model = _load_pretrained(config)
     text_encoder = TextEncoder(_backend_copy(hf_tokenizer), config.max_length)
+    keep_bottom_layers(encoder_model, config.keep_layers)
     reinitialize_top_layers(encoder_model, config.reinit_layers)
     head = HeadConfig(labels=data.labels, pooling=config.pooling, max_length=config.max_length, dropout=config.dropout)
     model = SentenceClassifier(encoder_model, head).to(device)
@@ -111,7 +119,7 @@ def _resolve_device(choice: str) -> str:
     if torch.cuda.is_available():
         return "cuda"
     if choice == "cuda":
-        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu")
+        raise ProviderError("--device cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu")
     return "cpu"
 
 

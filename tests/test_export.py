@@ -28,7 +28,7 @@ def test_export_writes_variants_tokenizer_report_and_manifest(tiny_export):
         assert variant.sha256 == sha256_file(tiny_export / variant.file)
     assert {"torch", "onnx", "onnxruntime", "transformers"} <= set(manifest.versions)
     report = json.loads((tiny_export / "parity.json").read_text())
-    assert {v["variant"] for v in report["variants"]} == {"fp32", "fp16", "int8"}
+    assert {v["variant"] for v in report["variants"]} == {"pytorch", "fp32", "fp16", "int8"}
     fp32 = next(v for v in report["variants"] if v["variant"] == "fp32")
     assert fp32["passed"] and fp32["agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
     assert fp32["accuracy"] is not None  # the packaged examples carry labels
@@ -101,3 +101,27 @@ def test_export_refuses_a_missing_checkpoint_and_unknown_parity_labels(tiny_chec
                                   "--data", str(data)])
     assert result.exit_code == 3 and "maybe" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_gate_judges_agreement_and_accuracy_against_pytorch():
+    from export.parity import _judge
+    from scorer.config import ExportConfig
+
+    n = 1000
+    targets = np.arange(n) % 2
+    reference = np.stack([targets == 0, targets == 1], axis=1).astype(np.float32)  # PyTorch: all right
+    batches = parity_batches(n, 8)
+    by_batch = [reference[b.rows] for b in batches]
+    config = ExportConfig()
+    torch_row = _judge("pytorch", "cpu", by_batch, by_batch, batches, targets, [0, 1], config, None)
+    assert torch_row.accuracy == 1.0
+    flipped = reference.copy()
+    flipped[-4:] = reference[-4:, ::-1]  # 4 of 1000 rows flip: agreement 99.6%, accuracy drops 0.4 points
+    ok = _judge("int8", "cpu", by_batch, [flipped[b.rows] for b in batches], batches, targets, [0, 1], config,
+                torch_row)
+    assert ok.passed and ok.agreement < 1.0
+    flipped[-8:] = reference[-8:, ::-1]  # 8 rows: agreement 99.2% (allowed below) but accuracy 0.8 points lower
+    lenient = ExportConfig(min_agreement=0.99)
+    bad = _judge("int8", "cpu", by_batch, [flipped[b.rows] for b in batches], batches, targets, [0, 1], lenient,
+                 torch_row)
+    assert bad.agreement >= 0.99 and not bad.passed and "accuracy within 0.5 points" in bad.requirement

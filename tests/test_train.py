@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
@@ -93,3 +94,12 @@ def test_existing_checkpoint_needs_overwrite(tiny_encoder, tmp_path):
 def test_missing_model_directory_is_a_model_error(tmp_path):
     result = CliRunner().invoke(main, ["train", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "c")])
     assert result.exit_code == 4 and "is not a directory" in result.output
+
+
+def test_cuda_device_without_a_gpu_exits_6(tiny_encoder, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--device", "cuda"))
+    assert result.exit_code == 6 and "no CUDA GPU" in result.output
