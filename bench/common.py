@@ -38,6 +38,14 @@ def random_bert(directory: Path, **shape: int) -> Path:
     return directory
 
 
+def write_json(path: Path, data: dict) -> None:
+    """Write a result file (creating bench/out/ or wherever it goes)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def machine(device: str = "cpu") -> dict:
     """Machine, versions and date, printed with every result."""
     import onnxruntime

@@ -11,8 +11,6 @@ of the pipeline, not of the model's size (the model's own memory is constant).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import COLA, machine, random_bert
+from common import COLA, machine, random_bert, write_json
 
 
 def sentences() -> list[str]:
@@ -47,15 +45,33 @@ def tiny_export(directory: Path) -> Path:
 
 
 def measure(source: Path, export: Path, output: Path) -> dict:
-    """Run `scorer run` in a child process and read that child's own peak RSS from wait4."""
+    """Run `scorer run` in a child process; sample its RSS, and its high-water mark (VmHWM), every 0.2 s.
+
+    getrusage's ru_maxrss would count the parent's pages the child held between fork and exec, so /proc is read.
+    """
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "scorer.cli", "run", str(source), "--model", str(export),
                               "-o", str(output), "--provider", "cpu", "--variant", "fp32", "--quiet", "--overwrite"])
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    peak, series = 0, []
+    while child.poll() is None:
+        status = _proc_status(child.pid)
+        if "VmHWM" in status:
+            peak = max(peak, status["VmHWM"])
+            series.append((round(time.perf_counter() - started, 1), status["VmRSS"] // 1024))
+        time.sleep(0.2)
     if child.returncode:
         raise SystemExit(f"scorer run failed with exit code {child.returncode}")
-    return {"seconds": time.perf_counter() - started, "peak_rss_mib": usage.ru_maxrss / 1024}
+    return {"seconds": time.perf_counter() - started, "peak_rss_mib": peak / 1024,
+            "rss_mib_over_time": series[:: max(1, len(series) // 50)]}
+
+
+def _proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process in KiB (empty once it has gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {line.split(":")[0]: int(line.split()[1]) for line in lines if line.startswith(("VmRSS", "VmHWM"))}
 
 
 def main() -> None:
@@ -81,8 +97,7 @@ def main() -> None:
             results["runs"].append(figures)
             print(f"{rows:>9,} rows: peak RSS {figures['peak_rss_mib']:.0f} MiB, {figures['seconds']:.1f}s, "
                   f"input {figures['input_mib']:.1f} MiB", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

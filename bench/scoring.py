@@ -13,7 +13,6 @@ Parquet file (scorer run), tokenisation included. Writes JSON to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import tempfile
@@ -25,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from common import COLA, TOKENIZER_FILES, machine, random_bert
+from common import COLA, TOKENIZER_FILES, machine, random_bert, write_json
 
 from scorer.config import RunConfig
 from scorer.model import SentenceClassifier
@@ -166,8 +165,7 @@ def main() -> None:
         if args.random:
             args.checkpoint, args.export = random_checkpoint(Path(tmp) / "random", args.random, 128)
         results = measure_all(args, Path(tmp))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
 
 
 def measure_all(args: argparse.Namespace, tmp: Path) -> dict:

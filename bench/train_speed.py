@@ -10,12 +10,11 @@ packaged WordPiece tokenizer; "minilm" is the packaged all-MiniLM-L6-v2. Writes 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
-from common import COLA, machine, random_bert, tokenizer_dir
+from common import COLA, machine, random_bert, tokenizer_dir, write_json
 
 from scorer.config import TrainConfig
 from scorer.train import train
@@ -43,8 +42,7 @@ def main() -> None:
                                     "best_val_mcc": result.best.val_mcc})
             print(f"{name}: {result.train_rows} rows, epochs {[round(s, 2) for s in epochs]} s, "
                   f"total {total:.1f}s (with loading and saving)", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ def _write_variants(model: SentenceClassifier, staging: Path, config: ExportConf
                       encoder_config.hidden_size)
     if "int8" in config.variants:
         variants["int8"] = staging / VARIANT_FILES["int8"]
-        quantization = quantize_int8(variants["fp32"], variants["int8"], calibration, config.int8_agreement)
+        quantization = quantize_int8(variants["fp32"], variants["int8"], calibration, config.int8_agreement,
+                                     model.head_config.max_length)
     return variants, quantization
 
 

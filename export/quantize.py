@@ -1,26 +1,34 @@
-"""Dynamic int8 for CPUs, accuracy-aware: MatMuls that flip labels on calibration sentences stay in fp32.
+"""Dynamic int8 for CPUs, accuracy-aware: smoothed, and the MatMuls that would flip labels stay in fp32.
 
-Dynamic int8 of every weight MatMul flipped 2-5% of CoLA dev labels for a fine-tuned MiniLM (bench/RESULTS.md),
-far from the 99.5% agreement the parity gate asks. So the quantiser measures on calibration sentences (training
-data, never the parity data), ranks MatMuls by how much quantising each alone moves the logits, and keeps the
-most sensitive ones in fp32: the fewest that bring label agreement with fp32 to the target.
+Plain dynamic int8 of every weight MatMul flipped 2-5% of CoLA dev labels for a fine-tuned MiniLM (bench/RESULTS.md),
+far from the 99.5% agreement the parity gate asks. So the quantiser, on calibration sentences (training data,
+never the parity data):
+1. smooths activation outliers into the weights (SmoothQuant, explicit per-channel scales);
+2. if label agreement with fp32 is still below the target, measures how far quantising each group of MatMuls
+   (query, key, value, attention output, intermediate, output, across layers) alone moves the logits, and keeps
+   the worst groups in fp32, one at a time, until the target is reached.
+Dynamic int8 scales activations per batch, so a row's result depends on its batch: agreement is checked under
+three batchings (as `scorer run` cuts them, single rows, odd batches padded to the max length); the worst counts.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from scorer.session import create_session
 from scorer.tokens import Encoded, budget_batches
 
 log = logging.getLogger("scorer")
+SMOOTHING_ALPHA = 0.7
 
 
 @dataclass(frozen=True)
@@ -34,11 +42,11 @@ class QuantizeReport:
     calibration_max_abs_diff: float = 0.0
 
 
-def weight_matmuls(model_path: Path) -> list[str]:
-    """Names of the MatMul nodes whose second input is a weight (activation × activation MatMuls stay fp32)."""
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    weights = {init.name for init in graph.initializer}
-    return [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+def weight_matmuls(model: onnx.ModelProto) -> dict[str, tuple[str, np.ndarray]]:
+    """MatMul nodes whose second input is a weight: name → (activation input, weight). Others stay fp32."""
+    weights = {init.name: init for init in model.graph.initializer}
+    return {node.name: (node.input[0], numpy_helper.to_array(weights[node.input[1]]))
+            for node in model.graph.node if node.op_type == "MatMul" and node.input[1] in weights}
 
 
 def quantize(source: Path, target: Path, exclude: list[str]) -> None:
@@ -57,12 +65,18 @@ def quantize(source: Path, target: Path, exclude: list[str]) -> None:
         root.setLevel(level)
 
 
-def logits_of(model_path: Path, encoded: Encoded, batch_rows: int = 256) -> np.ndarray:
-    """Logits of every row, in batches of up to `batch_rows` length-sorted rows."""
-    session = create_session(model_path, "cpu")
+def _batchings(encoded: Encoded, max_length: int) -> list[list[tuple[np.ndarray, int | None]]]:
+    """Three ways to cut the rows into batches: token budget (as scored), single rows, odd batches at max length."""
+    budget = [(rows, None) for rows in budget_batches(encoded.lengths, max_tokens=4096, max_rows=256)]
+    single = [(np.array([row]), None) for row in range(len(encoded))]
+    padded = [(np.arange(s, min(s + 7, len(encoded))), max_length) for s in range(0, len(encoded), 7)]
+    return [budget, single, padded]
+
+
+def logits_of(session, encoded: Encoded, batches: list[tuple[np.ndarray, int | None]]) -> np.ndarray:
     out = None
-    for rows in budget_batches(encoded.lengths, max_tokens=4096 if batch_rows > 1 else 1, max_rows=batch_rows):
-        input_ids, attention_mask = encoded.pad(rows)
+    for rows, pad in batches:
+        input_ids, attention_mask = encoded.pad(rows, pad)
         logits = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
         if out is None:
             out = np.empty((len(encoded), logits.shape[1]), dtype=np.float32)
@@ -70,55 +84,111 @@ def logits_of(model_path: Path, encoded: Encoded, batch_rows: int = 256) -> np.n
     return out
 
 
-def quantize_int8(source: Path, target: Path, calibration: Encoded, min_agreement: float) -> QuantizeReport:
-    """Quantise `source` to `target`, keeping in fp32 the fewest MatMuls needed to reach `min_agreement`."""
-    nodes = weight_matmuls(source)
-    reference = logits_of(source, calibration)
+def activation_ranges(model: onnx.ModelProto, inputs: list[str], encoded: Encoded) -> dict[str, np.ndarray]:
+    """Per-channel max |x| of each named tensor over the calibration rows, from one fp32 pass."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for name in inputs:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = create_session(probe.SerializeToString(), "cpu")
+    ranges: dict[str, np.ndarray] = {}
+    for rows in budget_batches(encoded.lengths, max_tokens=4096, max_rows=256):
+        input_ids, attention_mask = encoded.pad(rows)
+        values = session.run(inputs, {"input_ids": input_ids, "attention_mask": attention_mask})
+        for name, value in zip(inputs, values, strict=True):
+            peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+            ranges[name] = np.maximum(ranges[name], peak) if name in ranges else peak
+    return ranges
+
+
+def smooth(model: onnx.ModelProto, encoded: Encoded, alpha: float = SMOOTHING_ALPHA) -> onnx.ModelProto:
+    """SmoothQuant (Xiao et al., 2022) with an explicit scale: x·W = (x / s)·(s W) per input channel.
+
+    BERT's activations have a few outlier channels that set the per-tensor int8 scale and crush the rest;
+    dividing them down (and scaling the weight rows up) balances the two. The scale is a Mul before each
+    MatMul, not folded into a LayerNorm, because in a post-LN BERT that output also feeds the residual path.
+    """
+    smoothed = onnx.ModelProto()
+    smoothed.CopyFrom(model)
+    matmuls = weight_matmuls(smoothed)
+    ranges = activation_ranges(smoothed, sorted({a for a, _ in matmuls.values()}), encoded)
+    weights = {init.name: init for init in smoothed.graph.initializer}
+    nodes = []
+    for node in smoothed.graph.node:
+        if node.name in matmuls:
+            activation, weight = matmuls[node.name]
+            scale = (np.maximum(ranges[activation], 1e-5) ** alpha
+                     / np.maximum(np.abs(weight).max(axis=1), 1e-5) ** (1 - alpha)).astype(np.float32)
+            weights[node.input[1]].CopyFrom(numpy_helper.from_array(weight * scale[:, None], node.input[1]))
+            inverse, scaled = f"{node.name}/smooth_scale", f"{node.name}/smoothed_input"
+            smoothed.graph.initializer.append(numpy_helper.from_array(1.0 / scale, inverse))
+            nodes.append(onnx.helper.make_node("Mul", [activation, inverse], [scaled], name=f"{node.name}/smooth"))
+            node.input[0] = scaled
+        nodes.append(node)
+    del smoothed.graph.node[:]
+    smoothed.graph.node.extend(nodes)
+    return smoothed
+
+
+def groups_of(names: list[str]) -> dict[str, list[str]]:
+    """MatMuls grouped by their role, the layer number taken out of the name (query, value, output dense...)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(re.sub(r"\d+", "#", name), []).append(name)
+    return groups
+
+
+def quantize_int8(source: Path, target: Path, calibration: Encoded, min_agreement: float,
+                  max_length: int) -> QuantizeReport:
+    """Quantise `source` to `target`, smoothed, keeping in fp32 the fewest MatMul groups that reach the target."""
+    batchings = _batchings(calibration, max_length)
+    reference = logits_of(create_session(source, "cpu"), calibration, batchings[0])
     with tempfile.TemporaryDirectory() as tmp:
-        trial = Path(tmp) / "trial.onnx"
+        smoothed, trial = Path(tmp) / "smoothed.onnx", Path(tmp) / "trial.onnx"
+        original = onnx.load(str(source))
+        onnx.save(smooth(original, calibration), str(smoothed))
+        groups = groups_of(list(weight_matmuls(original)))
+        # The quantiser turns a Gemm (the classification head) into "<name>_MatMul" and would quantise it: it is
+        # tiny, so nothing is gained, and its error lands on the logits directly. It stays fp32.
+        head = [f"{node.name}_MatMul" for node in original.graph.node if node.op_type == "Gemm"]
 
-        def error_without(exclude: list[str]) -> tuple[float, float]:
-            # Dynamic int8 scales activations per batch, so a row's result depends on its batch: judge the
-            # extremes, length-sorted batches as `scorer run` makes them and single rows, and take the worse.
-            quantize(source, trial, exclude)
-            agreement, diff = 1.0, 0.0
-            for batch_rows in (256, 1):
-                logits = logits_of(trial, calibration, batch_rows)
-                agreement = min(agreement, float((logits.argmax(1) == reference.argmax(1)).mean()))
+        def agreement_keeping(kept: list[str], batches=batchings) -> tuple[float, float]:
+            quantize(smoothed, trial, kept + head)
+            session = create_session(trial, "cpu")
+            worst, diff = 1.0, 0.0
+            for cut in batches:
+                logits = logits_of(session, calibration, cut)
+                worst = min(worst, float((logits.argmax(1) == reference.argmax(1)).mean()))
                 diff = max(diff, float(np.abs(logits - reference).max()))
-            return agreement, diff
+            return worst, diff
 
-        def error_of_only(only: str) -> float:
-            quantize(source, trial, [n for n in nodes if n != only])
-            return float(np.square(logits_of(trial, calibration) - reference).mean())
-
-        agreement, diff = error_without([])
+        every = [name for names in groups.values() for name in names]
+        agreement, diff = agreement_keeping([])
         kept: list[str] = []
         if agreement < min_agreement:
-            ranked = _rank_by_sensitivity(nodes, error_of_only)
-            kept, agreement, diff = _fewest_to_keep(ranked, error_without, min_agreement)
-    quantize(source, target, kept)
-    log.info("int8 variant: %d of %d weight MatMuls quantised; calibration agreement %.2f%% on %d rows",
-             len(nodes) - len(kept), len(nodes), 100 * agreement, len(calibration))
-    return QuantizeReport(len(nodes) - len(kept), kept, len(calibration), agreement, diff)
-
-
-def _rank_by_sensitivity(nodes: list[str], error_of_only: Callable[[str], float]) -> list[str]:
-    """Nodes ordered from the one whose quantisation alone moves the logits most."""
-    errors = {node: error_of_only(node) for node in nodes}
-    return sorted(nodes, key=errors.__getitem__, reverse=True)
-
-
-def _fewest_to_keep(ranked: list[str], error_without, min_agreement: float) -> tuple[list[str], float, float]:
-    """Binary search for the shortest prefix of `ranked` to keep in fp32 that reaches `min_agreement`."""
-    low, high = 1, len(ranked)
-    best = (ranked, 1.0, 0.0)
-    while low <= high:
-        middle = (low + high) // 2
-        agreement, diff = error_without(ranked[:middle])
-        if agreement >= min_agreement:
-            best = (ranked[:middle], agreement, diff)
-            high = middle - 1
+            # How far quantising each group alone moves the logits: the worst groups stay fp32 first.
+            alone = {g: agreement_keeping([n for n in every if n not in names], batchings[:1])[1]
+                     for g, names in groups.items()}
+            ranked = [n for g in sorted(groups, key=alone.__getitem__, reverse=True) for n in groups[g]]
+            kept, agreement, diff = _fewest_groups_to_keep(ranked, groups, agreement_keeping, min_agreement)
+        if len(kept) == len(every):  # nothing could be quantised: the plain fp32 graph, without smoothing scales
+            shutil.copyfile(source, target)
         else:
-            low = middle + 1
-    return best
+            quantize(smoothed, target, kept + head)
+    log.info("int8 variant: %d of %d weight MatMuls quantised (smoothed); calibration agreement %.2f%% on %d rows",
+             len(every) - len(kept), len(every), 100 * agreement, len(calibration))
+    return QuantizeReport(len(every) - len(kept), kept, len(calibration), agreement, diff)
+
+
+def _fewest_groups_to_keep(ranked: list[str], groups: dict[str, list[str]], agreement_keeping,
+                           min_agreement: float) -> tuple[list[str], float, float]:
+    """Keep whole groups in fp32, most sensitive first, until the agreement reaches `min_agreement`."""
+    kept: list[str] = []
+    for name in ranked:
+        if name in kept:
+            continue
+        kept += next(members for members in groups.values() if name in members)
+        agreement, diff = agreement_keeping(kept)
+        if agreement >= min_agreement:
+            return kept, agreement, diff
+    return kept, 1.0, 0.0  # everything kept in fp32 agrees by construction

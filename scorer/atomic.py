@@ -21,6 +21,9 @@ def check_writable(path: Path, overwrite: bool, option: str = "--output") -> Non
     if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists; pass --overwrite to replace it, or choose another {option}")
     parent = path.parent
+    blocking = next((p for p in [parent, *parent.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise OutputError(f"{blocking} is a file, not a directory; choose another {option}")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

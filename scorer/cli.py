@@ -91,6 +91,7 @@ def main() -> None:
 @click.option("--layer-decay", type=float, help="Layer-wise learning-rate decay (1 = none).")
 @click.option("--reinit-layers", type=int, help="Re-initialise the top N encoder layers before training.")
 @click.option("--keep-layers", type=int, help="Keep only the lowest N encoder layers (0: all).")
+@click.option("--ema-epochs", type=float, help="Keep a moving average of the weights over ~N epochs (0: off).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="Loss weights per class.")
 @click.option("--pooling", type=click.Choice(["mean", "cls"]), help="Sentence vector: mean of tokens or [CLS].")
 @click.option("--select", type=click.Choice(["mcc", "accuracy", "last"]), help="Which epoch to keep.")
@@ -120,7 +121,7 @@ def train(progress: bool, **options) -> None:
 @click.option("--min-agreement", type=float, help="Label agreement fp16/int8 must reach [default: 0.995].")
 @click.option("--max-rows", type=int, help="Rows of --data used for parity [default: 2000].")
 @click.option("--calibration", type=PATH, help="Sentences for int8 calibration [default: the training data].")
-@click.option("--int8-agreement", type=float, help="Label agreement int8 must reach on them [default: 0.998].")
+@click.option("--int8-agreement", type=float, help="Label agreement int8 must reach on them [default: 1.0].")
 @click.option("--tensorrt", is_flag=True, default=None, help="Also build and cache a TensorRT fp16 engine.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing export directory.")
 @command

@@ -59,15 +59,16 @@ class TrainConfig:
     text_column: str = "sentence"
     label_column: str = "label"
     max_length: int = 64
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 32
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     layer_decay: float = 1.0
     reinit_layers: int = 0
     keep_layers: int = 0
-    class_weight: str = "none"
+    ema_epochs: float = 0.0
+    class_weight: str = "balanced"
     pooling: str = "mean"
     dropout: float = 0.1
     val_fraction: float = 0.1
@@ -85,6 +86,7 @@ class TrainConfig:
         _check(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), not {self.warmup_ratio}")
         _check(0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], not {self.layer_decay}")
         _check(self.reinit_layers >= 0, f"--reinit-layers must be 0 or more, not {self.reinit_layers}")
+        _check(self.ema_epochs >= 0, f"--ema-epochs must be 0 (off) or more, not {self.ema_epochs}")
         _check(self.keep_layers >= 0, f"--keep-layers must be 0 (all) or more, not {self.keep_layers}")
         _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")
         _check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
@@ -111,7 +113,7 @@ class ExportConfig:
     max_rows: int = 2000
     calibration: Path | None = None
     calibration_rows: int = 500
-    int8_agreement: float = 0.998
+    int8_agreement: float = 1.0
     tensorrt: bool = False
     overwrite: bool = False
 

@@ -50,7 +50,10 @@ def to_device(encoded: Encoded, rows: np.ndarray, device: str) -> tuple[torch.Te
 
 
 class Trainer:
-    """AdamW with a linear warm-up/decay schedule over length-bucketed batches; losses are read once per epoch."""
+    """AdamW with a linear warm-up/decay schedule over length-bucketed batches; losses are read once per epoch.
+
+    With ema_epochs > 0, an exponential moving average of the weights is what gets validated and kept.
+    """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, device: str, encoded: Encoded,
                  targets: np.ndarray, progress: bool = True) -> None:
@@ -67,6 +70,18 @@ class Trainer:
         steps = math.ceil(len(targets) / config.batch_size) * config.epochs
         warmup = int(steps * config.warmup_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: _linear(step, warmup, steps))
+        self.average = None
+        if config.ema_epochs:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # A moving average over about ema_epochs epochs, whatever the data size (0.998 for CoLA's 268 steps).
+            decay = 1.0 - 1.0 / max(1.0, config.ema_epochs * steps / config.epochs)
+            self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights to validate and keep: the moving average when --ema is on, else the model itself."""
+        return self.average.module if self.average is not None else self.model
 
     def run_epoch(self, epoch: int) -> float:
         """Train one epoch and return its mean training loss."""
@@ -98,6 +113,8 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update_parameters(self.model)
         return loss.detach()
 
 

@@ -54,8 +54,10 @@ def resolve_provider(requested: str) -> str:
     return requested
 
 
-def create_session(model: Path, provider: str, provider_options: dict | None = None, threads: int | None = None):
-    """A session on `provider` (cpu, cuda or tensorrt); raises when it silently landed on the CPU instead."""
+def create_session(model: Path | bytes, provider: str, provider_options: dict | None = None,
+                   threads: int | None = None):
+    """A session on `provider` (cpu, cuda or tensorrt) for a model file (or serialised model); raises when it
+    silently landed on the CPU instead."""
     ort = onnxruntime()
     if provider in ("cuda", "tensorrt"):
         _preload_cuda()
@@ -69,9 +71,11 @@ def create_session(model: Path, provider: str, provider_options: dict | None = N
     if provider != "cpu":
         chain.append((CPU, {}))
     try:
-        session = ort.InferenceSession(str(model), sess_options=options, providers=chain)
+        session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=options,
+                                       providers=chain)
     except Exception as exc:
-        raise ProviderError(f"{model}: ONNX Runtime could not start on {provider} ({first_line(exc)})") from exc
+        name = "the model" if isinstance(model, bytes) else model
+        raise ProviderError(f"{name}: ONNX Runtime could not start on {provider} ({first_line(exc)})") from exc
     if session.get_providers()[0] != _NAMES[provider]:
         raise ProviderError(
             f"--provider {provider}: ONNX Runtime started the session on {session.get_providers()[0]} instead "

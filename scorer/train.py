@@ -83,7 +83,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         train_loss = trainer.run_epoch(epoch)
-        val_loss, predicted = predict(model, val_set, device, data.val_targets)
+        val_loss, predicted = predict(trainer.evaluated, val_set, device, data.val_targets)
         confusion = confusion_of(data.labels, data.val_targets, predicted)
         result = EpochResult(epoch, train_loss, val_loss, confusion.accuracy(), confusion.mcc(),
                              time.perf_counter() - started)
@@ -91,7 +91,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         _log_epoch(result, config.epochs)
         if best_epoch == 0 or _better(result, epochs[best_epoch - 1], config.select):
             best_epoch = epoch
-            best_state = {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
+            best_state = {key: value.detach().to("cpu", copy=True)
+                          for key, value in trainer.evaluated.state_dict().items()}
     model.load_state_dict(best_state)
     result = TrainResult(config.output, epochs, best_epoch, device, len(data.train_texts), len(data.val_texts))
     _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses)

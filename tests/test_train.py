@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
-import pytest
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main

@@ -1,0 +1,87 @@
+"""Speed and faithfulness of dynamic int8 variants on CPU: which MatMul groups can be int8 at what cost.
+
+    python bench/int8_tradeoff.py --export bench/out/cola/onnx [--rows 3000] [--out bench/out/int8-tradeoff.json]
+
+For a trained export: model-only sentences/s on CoLA-like sentences (pre-tokenised, token-budget batches) and the
+worst label agreement with fp32 on CoLA dev under the three batchings the quantiser checks, for fp32, int8 of
+every weight MatMul (with and without smoothing) and int8 keeping the most sensitive groups in fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from common import COLA, machine, write_json
+from scoring import workload
+
+from export.quantize import _batchings, groups_of, logits_of, quantize, smooth, weight_matmuls
+from scorer.read import read_labelled
+from scorer.session import create_session
+from scorer.tokens import Encoded, TextEncoder, budget_batches
+
+
+def speed(path: Path, encoded: Encoded) -> float:
+    session = create_session(path, "cpu")
+    batches = budget_batches(encoded.lengths, 4096, 1024)
+    for rows in batches[:3]:
+        input_ids, mask = encoded.pad(rows)
+        session.run(None, {"input_ids": input_ids, "attention_mask": mask})
+    started = time.perf_counter()
+    for rows in batches:
+        input_ids, mask = encoded.pad(rows)
+        session.run(None, {"input_ids": input_ids, "attention_mask": mask})
+    return len(encoded) / (time.perf_counter() - started)
+
+
+def worst_agreement(reference: Path, path: Path, encoded: Encoded, max_length: int) -> float:
+    fp32, candidate = create_session(reference, "cpu"), create_session(path, "cpu")
+    return min(float((logits_of(fp32, encoded, b).argmax(1) == logits_of(candidate, encoded, b).argmax(1)).mean())
+               for b in _batchings(encoded, max_length))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export", type=Path, required=True)
+    parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--out", type=Path, default=Path("bench/out/int8-tradeoff.json"))
+    args = parser.parse_args()
+    source = args.export / "model.onnx"
+    max_length = json.loads((args.export / "manifest.json").read_text())["max_length"]
+    encoder = TextEncoder.from_dir(args.export, max_length)
+    speed_set = encoder.encode(workload("cola", args.rows))
+    train = read_labelled(COLA / "train.tsv", "sentence", "label").texts
+    calibration = encoder.encode([train[i] for i in sorted(np.random.default_rng(0).permutation(len(train))[:500])])
+    dev = encoder.encode(read_labelled(COLA / "dev.tsv", "sentence", "label").texts)
+    original = onnx.load(str(source))
+    groups = groups_of(list(weight_matmuls(original)))
+    head = [f"{node.name}_MatMul" for node in original.graph.node if node.op_type == "Gemm"]
+    ffn_out, ffn_in = (next(g for g in groups if g.endswith(suffix))
+                       for suffix in ("#/output/dense/MatMul", "#/intermediate/dense/MatMul"))
+    results = {"machine": machine(), "rows": args.rows, "variants": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        smoothed, trial = Path(tmp) / "smoothed.onnx", Path(tmp) / "trial.onnx"
+        onnx.save(smooth(original, calibration), str(smoothed))
+        cases = [("fp32", None, None), ("int8 every MatMul, no smoothing", source, []),
+                 ("int8 every MatMul, smoothed", smoothed, []),
+                 ("int8 smoothed, FFN output in fp32", smoothed, groups[ffn_out]),
+                 ("int8 smoothed, whole FFN in fp32", smoothed, groups[ffn_out] + groups[ffn_in])]
+        for name, base, kept in cases:
+            path = source if base is None else trial
+            if base is not None:
+                quantize(base, trial, kept + head)
+            row = {"variant": name, "sentences_per_s": speed(path, speed_set),
+                   "dev_worst_agreement": worst_agreement(source, path, dev, max_length)}
+            results["variants"].append(row)
+            print(f"{name:36} {row['sentences_per_s']:7.0f} sent/s  dev agreement {row['dev_worst_agreement']:.2%}",
+                  flush=True)
+    write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
