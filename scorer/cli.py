@@ -93,7 +93,8 @@ def main() -> None:
 @click.option("--keep-layers", type=int, help="Keep only the lowest N encoder layers (0: all).")
 @click.option("--ema-epochs", type=float, help="Keep a moving average of the weights over ~N epochs (0: off).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="Loss weights per class.")
-@click.option("--pooling", type=click.Choice(["mean", "cls"]), help="Sentence vector: mean of tokens or [CLS].")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "mix"]),
+              help="Sentence vector: mean of last-layer tokens, [CLS], or mean of a learned mix of all layers.")
 @click.option("--select", type=click.Choice(["mcc", "accuracy", "last"]), help="Which epoch to keep.")
 @click.option("--seed", type=int, help="Seed for the split, the batches and the initial head.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to train [default: auto].")

@@ -91,7 +91,7 @@ class TrainConfig:
         _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")
         _check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
         _check(0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), not {self.val_fraction}")
-        _check_choice(self.pooling, ("mean", "cls"), "--pooling")
+        _check_choice(self.pooling, ("mean", "cls", "mix"), "--pooling")
         _check_choice(self.select, SELECTIONS, "--select")
         _check_choice(self.device, DEVICES, "--device")
 

@@ -1,4 +1,4 @@
-"""The classifier: a Hugging Face encoder, a pooling of its last hidden states, and a linear head."""
+"""The classifier: a Hugging Face encoder, a pooling of its hidden states, and a linear head."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from scorer.errors import ConfigError, ModelError, first_line
 
 HEAD_CONFIG = "scorer_head.json"
 HEAD_WEIGHTS = "scorer_head.safetensors"
-POOLINGS = ("mean", "cls")
+# mean: mean of the last layer's token states; cls: the last layer's [CLS] state; mix: mean of a learned
+# softmax-weighted sum of every layer's token states (embeddings included), as in ELMo's scalar mix.
+POOLINGS = ("mean", "cls", "mix")
 # Models whose position ids start after the padding index, so two positions are not usable for tokens.
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
@@ -49,12 +51,23 @@ class SentenceClassifier(nn.Module):
         self.head_config = head
         self.dropout = nn.Dropout(head.dropout)
         self.classifier = nn.Linear(encoder.config.hidden_size, len(head.labels))
+        if head.pooling == "mix":
+            self.classifier.register_parameter(
+                "layer_weights", nn.Parameter(torch.zeros(encoder.config.num_hidden_layers + 1))
+            )
         nn.init.normal_(self.classifier.weight, std=encoder.config.initializer_range)
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        if self.head_config.pooling == "cls":
+        pooling = self.head_config.pooling
+        outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                               output_hidden_states=pooling == "mix")
+        if pooling == "mix":
+            weights = torch.softmax(self.classifier.layer_weights, dim=0)
+            hidden = sum(w * h for w, h in zip(weights, outputs.hidden_states, strict=True))
+        else:
+            hidden = outputs[0]
+        if pooling == "cls":
             pooled = hidden[:, 0]
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

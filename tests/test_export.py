@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -125,3 +126,23 @@ def test_gate_judges_agreement_and_accuracy_against_pytorch():
     bad = _judge("int8", "cpu", by_batch, [flipped[b.rows] for b in batches], batches, targets, [0, 1], lenient,
                  torch_row)
     assert bad.agreement >= 0.99 and not bad.passed and "accuracy within 0.5 points" in bad.requirement
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mix"])
+def test_every_pooling_survives_export(tiny_encoder, tmp_path, pooling):
+    from export.pipeline import export_model
+    from scorer.config import ExportConfig, TrainConfig
+    from scorer.train import train
+
+    checkpoint = tmp_path / "checkpoint"
+    train(TrainConfig(model=tiny_encoder, output=checkpoint, epochs=1, max_length=48, learning_rate=1e-3,
+                      pooling=pooling), progress=False)
+    model = SentenceClassifier.load(checkpoint)
+    assert model.head_config.pooling == pooling
+    if pooling == "mix":  # the layer weights were trained, saved and loaded with the head
+        assert model.classifier.layer_weights.shape == (3,)
+        assert model.classifier.layer_weights.abs().max() > 0
+    export_model(ExportConfig(checkpoint=checkpoint, output=tmp_path / "onnx"))
+    report = json.loads((tmp_path / "onnx" / "parity.json").read_text())
+    fp32 = next(v for v in report["variants"] if v["variant"] == "fp32")
+    assert report["passed"] and fp32["agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
