@@ -109,7 +109,8 @@ def markdown(runs: list[dict]) -> str:
     """The recipe table for bench/RESULTS.md and the README: every recipe, its settings and its seeds."""
     lines = ["| recipe | changes from BASE | seeds | dev MCC mean | min | max | best epochs |"
              " s/run |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in summarise(runs):
+    # Recipes run with several seeds first, then the single-seed screening runs; best mean first in each.
+    for row in sorted(summarise(runs), key=lambda r: (-r["seeds"], -r["mean_mcc"])):
         mine = [r for r in runs if r["recipe"] == row["recipe"]]
         settings = ", ".join(f"{k}={v}" for k, v in mine[0]["overrides"].items()) or "-"
         epochs = ",".join(str(r["best_epoch"]) for r in mine)
