@@ -25,7 +25,7 @@ from scorer.train import train
 # defaults become; each recipe lists what it changes.
 BASE = {"pooling": "mean", "learning_rate": 5e-5, "warmup_ratio": 0.1, "weight_decay": 0.01, "batch_size": 32,
         "epochs": 4, "class_weight": "none", "ema_epochs": 0.0, "layer_decay": 1.0, "reinit_layers": 0,
-        "keep_layers": 0, "dropout": 0.1, "select": "mcc", "max_length": 64}
+        "keep_layers": 0, "dropout": 0.1, "select": "mcc", "max_length": 64, "precision": "fp32"}
 RECIPES: dict[str, dict] = {
     "notebook-cls-2e-5": {"pooling": "cls", "learning_rate": 2e-5, "warmup_ratio": 0.0, "epochs": 4,
                           "weight_decay": 0.0, "select": "last"},
@@ -47,6 +47,8 @@ RECIPES: dict[str, dict] = {
     "mean-2e-4-balanced-e4": {"learning_rate": 2e-4, "class_weight": "balanced", "epochs": 4},
     "mean-1e-4-balanced-ema-e6": {"learning_rate": 1e-4, "class_weight": "balanced", "ema_epochs": 2.0, "epochs": 6},
     "mean-1e-4-balanced-ema-e10": {"learning_rate": 1e-4, "class_weight": "balanced", "ema_epochs": 2.0, "epochs": 10},
+    "mean-1e-4-balanced-e6-bf16": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
+                                   "precision": "bf16"},
     "mix-1e-4-balanced-e6": {"pooling": "mix", "learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6},
 }
 
@@ -63,7 +65,7 @@ def run(recipe: str, seed: int) -> dict:
     return {
         "recipe": recipe, "seed": seed, "overrides": overrides, "best_epoch": result.best_epoch,
         "best_mcc": result.best.val_mcc, "best_accuracy": result.best.val_accuracy, "seconds": seconds,
-        "device": result.device, "mcc_per_epoch": [e.val_mcc for e in result.epochs],
+        "device": result.device, "precision": result.precision, "mcc_per_epoch": [e.val_mcc for e in result.epochs],
         "accuracy_per_epoch": [e.val_accuracy for e in result.epochs],
     }
 

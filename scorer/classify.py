@@ -56,16 +56,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+# int8 must have been at least this much faster than fp32 at export to be the CPU default.
+MIN_INT8_SPEEDUP = 1.05
+
+
 def default_variant(provider: str, manifest: Manifest) -> str:
     """fp16 on CUDA, int8 on a CPU, when that variant exists and passed parity; fp32 otherwise.
 
+    int8 is the CPU default only when export measured it faster than fp32 (partly quantised graphs may not be).
     TensorRT takes the plain fp32 graph and builds its own fp16 engine (it cannot run ORT's fused ops).
     """
     if provider == "tensorrt":
         return "fp32"
     preferred = "fp16" if provider == "cuda" else "int8"
     entry = manifest.variants.get(preferred)
-    return preferred if entry is not None and entry.parity_passed is not False else "fp32"
+    if entry is None or entry.parity_passed is False:
+        return "fp32"
+    if preferred == "int8" and manifest.extra.get("int8", {}).get("speedup", MIN_INT8_SPEEDUP) < MIN_INT8_SPEEDUP:
+        return "fp32"
+    return preferred
 
 
 class OnnxClassifier:

@@ -98,6 +98,8 @@ def main() -> None:
 @click.option("--select", type=click.Choice(["mcc", "accuracy", "last"]), help="Which epoch to keep.")
 @click.option("--seed", type=int, help="Seed for the split, the batches and the initial head.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to train [default: auto].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="bf16 autocast for training steps; auto: on CUDA and bf16-capable CPUs [default: auto].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing checkpoint directory.")
 @command
 def train(progress: bool, **options) -> None:
@@ -106,7 +108,8 @@ def train(progress: bool, **options) -> None:
 
     result = run_training(build(TrainConfig, **options), progress=progress)
     best = result.best
-    click.echo(f"trained {len(result.epochs)} epochs on {result.device}; kept epoch {result.best_epoch}: "
+    click.echo(f"trained {len(result.epochs)} epochs on {result.device} ({result.precision}); "
+               f"kept epoch {result.best_epoch}: "
                f"validation accuracy {best.val_accuracy:.4f}, MCC {best.val_mcc:.4f} -> {result.checkpoint}")
 
 

@@ -15,6 +15,7 @@ CHECKPOINT_DIR = "checkpoint"
 ONNX_DIR = "onnx"
 MAX_LENGTH_LIMIT = 512
 DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "fp32", "bf16")
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 VARIANTS = ("fp32", "fp16", "int8")
 SELECTIONS = ("mcc", "accuracy", "last")
@@ -75,6 +76,7 @@ class TrainConfig:
     select: str = "mcc"
     seed: int = 42
     device: str = "auto"
+    precision: str = "auto"
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -94,6 +96,7 @@ class TrainConfig:
         _check_choice(self.pooling, ("mean", "cls", "mix"), "--pooling")
         _check_choice(self.select, SELECTIONS, "--select")
         _check_choice(self.device, DEVICES, "--device")
+        _check_choice(self.precision, PRECISIONS, "--precision")
 
 
 @dataclass(frozen=True)

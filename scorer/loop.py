@@ -36,10 +36,10 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def autocast(device: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing on CPU (CPU bf16 autocast is slower than fp32 on most CPUs)."""
-    if device == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the training steps when precision is bf16 (the weights and optimizer stay fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -55,9 +55,9 @@ class Trainer:
     With ema_epochs > 0, an exponential moving average of the weights is what gets validated and kept.
     """
 
-    def __init__(self, model: torch.nn.Module, config: TrainConfig, device: str, encoded: Encoded,
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, device: str, precision: str, encoded: Encoded,
                  targets: np.ndarray, progress: bool = True) -> None:
-        self.model, self.config, self.device = model, config, device
+        self.model, self.config, self.device, self.precision = model, config, device, precision
         self.encoded, self.targets = encoded, targets
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
@@ -105,7 +105,7 @@ class Trainer:
     def _step(self, rows: np.ndarray) -> torch.Tensor:
         input_ids, attention_mask = to_device(self.encoded, rows, self.device)
         labels = torch.from_numpy(self.targets[rows]).to(self.device, non_blocking=True)
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             logits = self.model(input_ids, attention_mask)
         loss = functional.cross_entropy(logits.float(), labels, weight=self.class_weights)
         self.optimizer.zero_grad(set_to_none=True)
@@ -175,13 +175,15 @@ def _depth_function(model: torch.nn.Module):
 
 @torch.no_grad()
 def logits_of(model: torch.nn.Module, encoded: Encoded, device: str, max_tokens: int = 8192) -> np.ndarray:
-    """Logits for every row (in input order), batched by token budget, in float32."""
+    """Logits for every row (in input order), batched by token budget, in float32.
+
+    Never autocast: validation, parity and `run --check` judge the fp32 model that export reproduces.
+    """
     model.eval()
     out = np.zeros((len(encoded), model.classifier.out_features), dtype=np.float32)
     for rows in budget_batches(encoded.lengths, max_tokens=max_tokens, max_rows=512):
         input_ids, attention_mask = to_device(encoded, rows, device)
-        with autocast(device):
-            out[rows] = model(input_ids, attention_mask).float().cpu().numpy()
+        out[rows] = model(input_ids, attention_mask).float().cpu().numpy()
     return out
 
 

@@ -51,6 +51,7 @@ class TrainResult:
     epochs: list[EpochResult]
     best_epoch: int
     device: str
+    precision: str
     train_rows: int
     val_rows: int
 
@@ -64,6 +65,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     atomic.check_writable(config.output, config.overwrite)
     _seed_everything(config.seed)
     device = _resolve_device(config.device)
+    precision = _resolve_precision(config.precision, device)
     data = load_training_data(config)
     hf_tokenizer, encoder_model = _load_pretrained(config)
     text_encoder = TextEncoder(_backend_copy(hf_tokenizer), config.max_length)
@@ -72,12 +74,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     head = HeadConfig(labels=data.labels, pooling=config.pooling, max_length=config.max_length, dropout=config.dropout)
     model = SentenceClassifier(encoder_model, head).to(device)
     log.info(
-        "training on %s: %d train rows, %d validation rows (%s), labels %s, %d epochs",
-        device, len(data.train_texts), len(data.val_texts), data.val_source, data.labels, config.epochs,
+        "training on %s (%s): %d train rows, %d validation rows (%s), labels %s, %d epochs",
+        device, precision, len(data.train_texts), len(data.val_texts), data.val_source, data.labels, config.epochs,
     )
     train_set = text_encoder.encode(data.train_texts)
     val_set = text_encoder.encode(data.val_texts)
-    trainer = Trainer(model, config, device, train_set, data.train_targets, progress=progress)
+    trainer = Trainer(model, config, device, precision, train_set, data.train_targets, progress=progress)
     epochs: list[EpochResult] = []
     best_state, best_epoch = None, 0
     for epoch in range(1, config.epochs + 1):
@@ -94,7 +96,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             best_state = {key: value.detach().to("cpu", copy=True)
                           for key, value in trainer.evaluated.state_dict().items()}
     model.load_state_dict(best_state)
-    result = TrainResult(config.output, epochs, best_epoch, device, len(data.train_texts), len(data.val_texts))
+    result = TrainResult(config.output, epochs, best_epoch, device, precision, len(data.train_texts),
+                         len(data.val_texts))
     _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses)
     log.info("best epoch %d by %s: validation accuracy %.4f, MCC %.4f; checkpoint in %s",
              best_epoch, config.select, result.best.val_accuracy, result.best.val_mcc, config.output)
@@ -122,6 +125,21 @@ def _resolve_device(choice: str) -> str:
     if choice == "cuda":
         raise ProviderError("--device cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu")
     return "cpu"
+
+
+def _resolve_precision(choice: str, device: str) -> str:
+    """auto: bf16 autocast on CUDA and on CPUs with native bf16 matrix units (AMX or AVX512-BF16), else fp32."""
+    if choice != "auto":
+        return choice
+    return "bf16" if device == "cuda" or _cpu_has_bf16() else "fp32"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
 
 
 def _load_pretrained(config: TrainConfig):
@@ -175,6 +193,7 @@ def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingDa
             "best_epoch": result.best_epoch,
             "selected_by": config.select,
             "device": result.device,
+            "precision": result.precision,
             "train_rows": result.train_rows,
             "val_rows": result.val_rows,
             "val_source": data.val_source,

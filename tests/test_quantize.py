@@ -7,6 +7,8 @@ import onnx
 import pytest
 
 from export.quantize import _batchings, groups_of, logits_of, quantize_int8, smooth, weight_matmuls
+from scorer.classify import default_variant
+from scorer.manifest import load_manifest
 from scorer.session import create_session
 from scorer.tokens import TextEncoder
 
@@ -47,3 +49,12 @@ def test_int8_meets_its_calibration_target_under_every_batching(tiny_export, tmp
     assert integer_ops == report.quantized
     if target == 0.5:  # a loose target quantises every weight MatMul: the int8 path itself is exercised
         assert report.quantized == len(weight_matmuls(onnx.load(str(tiny_export / "model.onnx")))) > 0
+        assert report.speedup > 0  # measured against fp32, not assumed
+
+
+@pytest.mark.parametrize(("speedup", "expected"), [(2.0, "int8"), (1.0, "fp32"), (None, "int8")])
+def test_cpu_default_is_int8_only_when_export_measured_it_faster(tiny_export, speedup, expected):
+    manifest = load_manifest(tiny_export)
+    manifest.extra["int8"] = {} if speedup is None else {"speedup": speedup}  # None: a manifest from before
+    assert default_variant("cpu", manifest) == expected
+    assert default_variant("cuda", manifest) == "fp16"

@@ -134,8 +134,8 @@ def test_non_text_column_is_kept_unscored(tiny_export, tmp_path):
 
 def test_output_rules(tiny_export, parquet_input, tmp_path):
     out = tmp_path / "out.parquet"
-    assert run(parquet_input, "--model", tiny_export, "-o", out).exit_code == 0
-    again = run(parquet_input, "--model", tiny_export, "-o", out)
+    assert run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "int8").exit_code == 0
+    again = run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "int8")
     assert again.exit_code == 0 and "1 skipped" in again.output
     other_model = run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32")
     assert other_model.exit_code == 5 and "--overwrite" in other_model.output

@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from click.testing import CliRunner
 
 from scorer.cli import main
@@ -103,3 +104,26 @@ def test_cuda_device_without_a_gpu_exits_6(tiny_encoder, tmp_path):
         pytest.skip("this machine has CUDA")
     result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--device", "cuda"))
     assert result.exit_code == 6 and "no CUDA GPU" in result.output
+
+
+def test_bf16_autocast_changes_the_steps_not_the_saved_fp32_weights(tiny_encoder, tmp_path):
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        output = tmp_path / precision
+        result = CliRunner().invoke(main, train_args(tiny_encoder, output, "--precision", precision, "--seed", "3"))
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((output / "metrics.json").read_text())
+        assert metrics["precision"] == precision
+        assert all(p.dtype == torch.float32 for p in SentenceClassifier.load(output).parameters())
+        losses[precision] = [e["train_loss"] for e in metrics["epochs"]]
+    # Same seed, same batches: bf16 rounding makes the losses differ, but only a little.
+    assert losses["fp32"] != losses["bf16"]
+    assert losses["fp32"] == pytest.approx(losses["bf16"], rel=0.05)
+
+
+def test_auto_precision_is_bf16_on_cuda_and_follows_the_cpu_otherwise():
+    from scorer.train import _cpu_has_bf16, _resolve_precision
+
+    assert _resolve_precision("auto", "cuda") == "bf16"
+    assert _resolve_precision("auto", "cpu") == ("bf16" if _cpu_has_bf16() else "fp32")
+    assert _resolve_precision("fp32", "cuda") == "fp32"
