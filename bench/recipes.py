@@ -49,6 +49,8 @@ RECIPES: dict[str, dict] = {
     "mean-1e-4-balanced-ema-e10": {"learning_rate": 1e-4, "class_weight": "balanced", "ema_epochs": 2.0, "epochs": 10},
     "mean-1e-4-balanced-e6-bf16": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
                                    "precision": "bf16"},
+    "mean-5e-5-balanced-e10-bf16": {"learning_rate": 5e-5, "class_weight": "balanced", "epochs": 10,
+                                    "precision": "bf16"},
     "mix-1e-4-balanced-e6": {"pooling": "mix", "learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6},
 }
 
