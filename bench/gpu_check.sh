@@ -28,6 +28,6 @@ step scoring-long128 80 python3 bench/scoring.py --device cuda --random bert-bas
   --rows 20000 --baseline-rows 4000 --variants fp16 --out "$out/scoring-long128.json"
 step gpu-memory-1m 70 python3 bench/scoring.py --device cuda --random bert-base --workloads cola --rows 1000000 \
   --baseline-rows 1000 --variants fp16 --out "$out/gpu-memory-1m.json"
-step train-speed 100 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 4 \
+step train-speed 120 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 4 \
   --out "$out/train-speed.json"
 ls -la "$out"
