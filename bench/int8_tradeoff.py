@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import onnx
 from common import COLA, machine, write_json
 from scoring import workload
 
-from export.quantize import _batchings, groups_of, logits_of, quantize, smooth, weight_matmuls
+from export.quantize import _batchings, groups_of, logits_of, pass_seconds, quantize, smooth, weight_matmuls
 from scorer.read import read_labelled
 from scorer.session import create_session
 from scorer.tokens import Encoded, TextEncoder, budget_batches
@@ -32,18 +31,9 @@ REPEATS = 5
 
 def speed(path: Path, encoded: Encoded) -> float:
     session = create_session(path, "cpu")
-    batches = budget_batches(encoded.lengths, 4096, 1024)
-    for rows in batches[:3]:
-        input_ids, mask = encoded.pad(rows)
-        session.run(None, {"input_ids": input_ids, "attention_mask": mask})
-    seconds = []
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        for rows in batches:
-            input_ids, mask = encoded.pad(rows)
-            session.run(None, {"input_ids": input_ids, "attention_mask": mask})
-        seconds.append(time.perf_counter() - started)
-    return len(encoded) / min(seconds)
+    batches = [(rows, None) for rows in budget_batches(encoded.lengths, 4096, 1024)]
+    logits_of(session, encoded, batches[:3])  # warm-up
+    return len(encoded) / min(pass_seconds(session, encoded, batches) for _ in range(REPEATS))
 
 
 def worst_agreement(reference: Path, path: Path, encoded: Encoded, max_length: int) -> float:

@@ -44,7 +44,7 @@ def notebook_epoch(model_dir: Path, rows: int, device: str) -> float:
     for batch in batches:
         output = model(input_ids=encoded["input_ids"][batch].to(device),
                        attention_mask=encoded["attention_mask"][batch].to(device), labels=labels[batch].to(device))
-        total_loss += output.loss.item()
+        total_loss += output.loss.item()  # the notebook reads the loss every step: a host sync per step
         output.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -174,8 +174,8 @@ def quantize_int8(source: Path, target: Path, calibration: Encoded, min_agreemen
             # How far quantising each group alone moves the logits: the worst groups stay fp32 first.
             alone = {g: agreement_keeping([n for n in every if n not in names], batchings[:1])[1]
                      for g, names in groups.items()}
-            ranked = [n for g in sorted(groups, key=alone.__getitem__, reverse=True) for n in groups[g]]
-            kept, agreement, diff = _fewest_groups_to_keep(ranked, groups, agreement_keeping, min_agreement)
+            ranked = [groups[g] for g in sorted(groups, key=alone.__getitem__, reverse=True)]
+            kept, agreement, diff = _fewest_groups_to_keep(ranked, agreement_keeping, min_agreement)
         if len(kept) == len(every):  # nothing could be quantised: the plain fp32 graph, without smoothing scales
             shutil.copyfile(source, target)
             speedup = 1.0
@@ -191,25 +191,28 @@ def measure_speedup(reference: Path, candidate: Path, encoded: Encoded,
                     batches: list[tuple[np.ndarray, int | None]]) -> float:
     """fp32 seconds / int8 seconds over `batches`, best of SPEED_PASSES interleaved passes each."""
     sessions = [create_session(reference, "cpu"), create_session(candidate, "cpu")]
-    best = [float("inf"), float("inf")]
     for session in sessions:  # warm-up
         logits_of(session, encoded, batches[:2])
+    best = [float("inf"), float("inf")]
     for _ in range(SPEED_PASSES):
         for i, session in enumerate(sessions):
-            started = time.perf_counter()
-            logits_of(session, encoded, batches)
-            best[i] = min(best[i], time.perf_counter() - started)
+            best[i] = min(best[i], pass_seconds(session, encoded, batches))
     return best[0] / best[1]
 
 
-def _fewest_groups_to_keep(ranked: list[str], groups: dict[str, list[str]], agreement_keeping,
+def pass_seconds(session, encoded: Encoded, batches: list[tuple[np.ndarray, int | None]]) -> float:
+    """Wall seconds for one pass of `session` over `batches`."""
+    started = time.perf_counter()
+    logits_of(session, encoded, batches)
+    return time.perf_counter() - started
+
+
+def _fewest_groups_to_keep(ranked: list[list[str]], agreement_keeping,
                            min_agreement: float) -> tuple[list[str], float, float]:
     """Keep whole groups in fp32, most sensitive first, until the agreement reaches `min_agreement`."""
     kept: list[str] = []
-    for name in ranked:
-        if name in kept:
-            continue
-        kept += next(members for members in groups.values() if name in members)
+    for members in ranked:
+        kept += members
         agreement, diff = agreement_keeping(kept)
         if agreement >= min_agreement:
             return kept, agreement, diff
