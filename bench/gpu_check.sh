@@ -22,11 +22,11 @@ step() {
 step env 30 python3 -c "import torch, onnxruntime as o; o.preload_dlls(); print(torch.cuda.get_device_name(), \
 torch.__version__, o.__version__, o.get_available_providers())"
 step pytest-gpu 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
-step scoring-cola 130 python3 bench/scoring.py --device cuda --random bert-base --workloads cola --rows 200000 \
-  --baseline-rows 20000 --variants fp16,fp32 --out "$out/scoring-cola.json"
-step scoring-long128 80 python3 bench/scoring.py --device cuda --random bert-base --workloads long128 \
-  --rows 20000 --baseline-rows 4000 --variants fp16 --out "$out/scoring-long128.json"
-step gpu-memory-1m 70 python3 bench/scoring.py --device cuda --random bert-base --workloads cola --rows 1000000 \
+step scoring-cola 150 python3 bench/scoring.py --device cuda --random bert-base --random-dir /tmp/random-bert --workloads cola --rows 200000 \
+  --baseline-rows 20000 --variants fp16,fp16:plain,fp32 --out "$out/scoring-cola.json"
+step scoring-long128 80 python3 bench/scoring.py --device cuda --random bert-base --random-dir /tmp/random-bert --workloads long128 \
+  --rows 20000 --baseline-rows 4000 --variants fp16,fp16:plain --out "$out/scoring-long128.json"
+step gpu-memory-1m 70 python3 bench/scoring.py --device cuda --random bert-base --random-dir /tmp/random-bert --workloads cola --rows 1000000 \
   --baseline-rows 1000 --variants fp16 --out "$out/gpu-memory-1m.json"
 step train-speed 120 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 4 \
   --out "$out/train-speed.json"

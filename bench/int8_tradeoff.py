@@ -20,7 +20,8 @@ import onnx
 from common import COLA, machine, write_json
 from scoring import workload
 
-from export.quantize import _batchings, groups_of, logits_of, pass_seconds, quantize, smooth, weight_matmuls
+from export.quantize import _batchings, groups_of, quantize, smooth, weight_matmuls
+from export.timing import logits_of, pass_seconds
 from scorer.read import read_labelled
 from scorer.session import create_session
 from scorer.tokens import Encoded, TextEncoder, budget_batches

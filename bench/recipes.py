@@ -25,7 +25,7 @@ from scorer.train import train
 # defaults become; each recipe lists what it changes.
 BASE = {"pooling": "mean", "learning_rate": 5e-5, "warmup_ratio": 0.1, "weight_decay": 0.01, "batch_size": 32,
         "epochs": 4, "class_weight": "none", "ema_epochs": 0.0, "layer_decay": 1.0, "reinit_layers": 0,
-        "keep_layers": 0, "dropout": 0.1, "select": "mcc", "max_length": 64, "precision": "fp32"}
+        "keep_layers": 0, "rdrop": 0.0, "dropout": 0.1, "select": "mcc", "max_length": 64, "precision": "fp32"}
 RECIPES: dict[str, dict] = {
     "notebook-cls-2e-5": {"pooling": "cls", "learning_rate": 2e-5, "warmup_ratio": 0.0, "epochs": 4,
                           "weight_decay": 0.0, "select": "last"},
@@ -51,6 +51,10 @@ RECIPES: dict[str, dict] = {
                                    "precision": "bf16"},
     "mean-5e-5-balanced-e10-bf16": {"learning_rate": 5e-5, "class_weight": "balanced", "epochs": 10,
                                     "precision": "bf16"},
+    "mean-1e-4-balanced-e6-bf16-rdrop1": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
+                                          "precision": "bf16", "rdrop": 1.0},
+    "mean-1e-4-balanced-e6-bf16-rdrop0.3": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
+                                            "precision": "bf16", "rdrop": 0.3},
     "mix-1e-4-balanced-e6": {"pooling": "mix", "learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6},
 }
 

@@ -27,6 +27,7 @@ import torch
 from common import COLA, TOKENIZER_FILES, machine, random_bert, write_json
 
 from scorer.config import RunConfig
+from scorer.manifest import load_manifest
 from scorer.model import SentenceClassifier
 from scorer.read import read_labelled
 from scorer.score import score_file
@@ -85,13 +86,17 @@ def timed(function, *args) -> tuple[object, float]:
     return result, time.perf_counter() - started
 
 
-def scorer_run(texts: list[str], export: Path, provider: str, variant: str, tmp: Path, memory: list | None = None
+def scorer_run(texts: list[str], export: Path, provider: str, spec: str, tmp: Path, memory: list | None = None
                ) -> tuple[np.ndarray, float]:
-    """`scorer run` end to end: Parquet in, Parquet out, tokenisation included (summary.seconds)."""
+    """`scorer run` end to end: Parquet in, Parquet out, tokenisation included (summary.seconds).
+
+    `spec` is a variant, optionally with ":plain" (IO binding off) or ":bound" (on); else scorer's default.
+    """
+    variant, _, mode = spec.partition(":")
     source = tmp / "input.parquet"
     pq.write_table(pa.table({"sentence": texts}), source)
     config = RunConfig(input=str(source), output=tmp / f"out-{variant}.parquet", model=export, provider=provider,
-                       variant=variant, overwrite=True)
+                       variant=variant, overwrite=True, io_binding={"plain": False, "bound": True}.get(mode))
     with GpuMemory(memory if provider == "cuda" else None):
         summary = score_file(config, progress=False)
     labels = pq.read_table(config.output, columns=["label"]).column("label").to_numpy()
@@ -135,6 +140,8 @@ def random_checkpoint(directory: Path, shape: str, max_length: int) -> tuple[Pat
     if shape != "bert-base":
         raise SystemExit(f"unknown --random shape {shape}")
     checkpoint, export = directory / "checkpoint", directory / "onnx"
+    if (export / "manifest.json").is_file():
+        return checkpoint, export
     encoder = random_bert(directory / "encoder")
     SentenceClassifier(load_encoder(encoder), HeadConfig([0, 1], "mean", max_length)).save(checkpoint)
     for name in TOKENIZER_FILES:
@@ -153,17 +160,19 @@ def main() -> None:
     parser.add_argument("--export", type=Path, default=Path("scorer-artifacts/onnx"))
     parser.add_argument("--checkpoint", type=Path, default=Path("scorer-artifacts/checkpoint"))
     parser.add_argument("--random", choices=["bert-base"], help="Use random weights of this shape instead.")
+    parser.add_argument("--random-dir", type=Path, help="Keep the random model here and reuse it if it is there.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--baseline-rows", type=int, default=20000, help="Rows the PyTorch baselines score.")
     parser.add_argument("--workloads", default="cola,long128")
-    parser.add_argument("--variants", default="int8,fp32")
+    parser.add_argument("--variants", default="int8,fp32",
+                        help="Variants to run, each optionally VARIANT:plain or VARIANT:bound (IO binding off/on).")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="Dense fp16 peak, for %% of limit.")
     parser.add_argument("--out", type=Path, default=Path("bench/out/scoring-cpu.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.random:
-            args.checkpoint, args.export = random_checkpoint(Path(tmp) / "random", args.random, 128)
+            args.checkpoint, args.export = random_checkpoint(args.random_dir or Path(tmp) / "random", args.random, 128)
         results = measure_all(args, Path(tmp))
     write_json(args.out, results)
 
@@ -175,7 +184,7 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
     best_batch, best_dtype = (256, torch.bfloat16) if args.device == "cuda" else (64, None)
     best_name = f"pytorch-sorted-b{best_batch}" + ("-bf16" if best_dtype else "")
     results = {"machine": machine(args.device), "rows": args.rows, "random_weights": args.random,
-               "workloads": {}}
+               "export": load_manifest(args.export).extra, "workloads": {}}
     for name in args.workloads.split(","):
         texts = workload(name, args.rows)
         subset = texts[: args.baseline_rows]

@@ -1,22 +1,92 @@
-"""The GPU variant: fp16 with ONNX Runtime's BERT fusions (attention, LayerNorm, GELU)."""
+"""The GPU variant: fp16 with ONNX Runtime's BERT fusions, attention fused or not, chosen by measurement on CUDA.
+
+ORT's fused Attention was the slowest fp16 graph with plain `session.run` and the fastest on long texts with IO
+binding (../shared/device/README.md); which one wins depends on the card, the lengths and the run mode. So when
+export runs where CUDA works, it builds both graphs, times each with IO binding (as `scorer run` runs on CUDA) on
+the calibration sentences, and keeps the faster; elsewhere it keeps the fused one and says it was not measured.
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from export.timing import best_seconds
+from scorer.errors import ProviderError
+from scorer.session import CUDA, available, batch_runner, create_session
+from scorer.tokens import Encoded, budget_batches
+
 log = logging.getLogger("scorer")
+ATTENTION = ("auto", "fused", "unfused")
+_CUDA_MAX_TOKENS = 32768  # scorer run's CUDA token budget
+_PASSES, _REPEATS = 3, 20  # best of 3 passes; each pass runs the calibration batches 20 times
 
 
-def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """Fuse attention, LayerNorm and GELU with ORT's BERT optimizer, then cast to fp16 (inputs/outputs kept)."""
+@dataclass(frozen=True)
+class Fp16Report:
+    """Which attention the fp16 graph has, what the optimizer fused, and the CUDA timings behind the choice."""
+
+    attention: str
+    fused: dict[str, int]
+    seconds: dict[str, float] | None = None  # per attention choice; None where CUDA was not there to measure
+    measured_on: str | None = None
+
+
+def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, fuse_attention: bool = True
+                  ) -> dict[str, int]:
+    """Fuse LayerNorm, GELU (and attention) with ORT's BERT optimizer, then cast to fp16 (inputs/outputs kept)."""
     from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
 
-    model = optimizer.optimize_model(
-        str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=True
-    )
+    options = FusionOptions("bert")
+    options.enable_attention = fuse_attention
+    model = optimizer.optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                                     opt_level=0, use_gpu=True, optimization_options=options)
     fused = {name: count for name, count in model.get_fused_operator_statistics().items() if count}
     model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(target))
-    log.info("fp16 variant: fused %s", ", ".join(f"{n}×{c}" for n, c in sorted(fused.items())) or "nothing")
     return fused
+
+
+def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str,
+               encoded: Encoded | None) -> Fp16Report:
+    """Write the fp16 variant to `target` with the attention asked for, or (auto) the faster one on CUDA."""
+    why = "as asked"
+    if attention == "auto" and (encoded is None or not _cuda_works(source)):
+        attention, why = "fused", "not measured: no working CUDA here"
+    if attention != "auto":
+        fused = optimize_fp16(source, target, num_heads, hidden_size, attention == "fused")
+        log.info("fp16 variant: attention %s (%s); fused %s", attention, why,
+                 ", ".join(f"{n}×{c}" for n, c in sorted(fused.items())) or "nothing")
+        return Fp16Report(attention, fused)
+    return choose_attention(source, target, num_heads, hidden_size, encoded, "cuda")
+
+
+def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: int, encoded: Encoded,
+                     provider: str) -> Fp16Report:
+    """Build both fp16 graphs, time each on `provider` with IO binding, and keep the faster one as `target`."""
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        paths = {choice: Path(tmp) / f"{choice}.onnx" for choice in ("fused", "unfused")}
+        fused = {choice: optimize_fp16(source, path, num_heads, hidden_size, choice == "fused")
+                 for choice, path in paths.items()}
+        runners = [batch_runner(create_session(path, provider), provider, True) for path in paths.values()]
+        batches = [(rows, None) for rows in budget_batches(encoded.lengths, _CUDA_MAX_TOKENS, 1024)] * _REPEATS
+        seconds = dict(zip(paths, best_seconds(runners, encoded, batches, _PASSES), strict=True))
+        best = min(seconds, key=seconds.__getitem__)
+        paths[best].replace(target)
+    log.info("fp16 variant: attention %s (%s, IO binding: fused %.3fs, unfused %.3fs per pass)", best, provider,
+             seconds["fused"], seconds["unfused"])
+    return Fp16Report(best, fused[best], seconds, provider)
+
+
+def _cuda_works(model: Path) -> bool:
+    if CUDA not in available():
+        return False
+    try:
+        create_session(model, "cuda")
+    except ProviderError as exc:
+        log.warning("CUDA is listed but does not start (%s); fp16 attention is not measured", exc)
+        return False
+    return True

@@ -14,7 +14,7 @@ import numpy as np
 
 from export import parity
 from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx
-from export.optimize import optimize_fp16
+from export.optimize import Fp16Report, build_fp16
 from export.quantize import QuantizeReport, quantize_int8
 from scorer import atomic
 from scorer.config import ExportConfig, RunConfig, example_file, to_json
@@ -53,10 +53,10 @@ def export_model(config: ExportConfig) -> ExportResult:
     encoder = TextEncoder.from_dir(config.checkpoint, head.max_length)
     texts, targets, source = _parity_data(config, head, text_column, label_column)
     calibration = None
-    if "int8" in config.variants:
+    if "int8" in config.variants or "fp16" in config.variants:
         calibration = encoder.encode(_calibration_texts(config, trained, text_column))
     with atomic.atomic_dir(config.output, config.overwrite) as staging:
-        variants, quantization = _write_variants(model, staging, config, calibration)
+        variants, reports = _write_variants(model, staging, config, calibration)
         for name in TOKENIZER_FILES:
             if (config.checkpoint / name).is_file():
                 shutil.copy2(config.checkpoint / name, staging / name)
@@ -66,8 +66,7 @@ def export_model(config: ExportConfig) -> ExportResult:
         (staging / "parity.json").write_text(json.dumps(parity.report(results, source), indent=2) + "\n")
         (staging / "export_config.json").write_text(to_json(replace(config, overwrite=False)))
         manifest = _manifest(model, head, config, variants, results, text_column, label_column)
-        if quantization is not None:
-            manifest.extra["int8"] = asdict(quantization)
+        manifest.extra.update({name: asdict(report) for name, report in reports.items()})
         manifest.save(staging)
     result = ExportResult(config.output, results, source)
     if config.tensorrt:
@@ -91,21 +90,22 @@ def _build_tensorrt(output: Path, max_length: int) -> None:
 
 
 def _write_variants(model: SentenceClassifier, staging: Path, config: ExportConfig, calibration: Encoded | None
-                    ) -> tuple[dict[str, Path], QuantizeReport | None]:
+                    ) -> tuple[dict[str, Path], dict[str, Fp16Report | QuantizeReport]]:
+    """The fp32 graph, then the fp16 and int8 variants built from it, with what each build measured."""
     variants = {"fp32": staging / VARIANT_FILES["fp32"]}
-    quantization = None
+    reports: dict[str, Fp16Report | QuantizeReport] = {}
     log.info("exporting %s to ONNX (opset %d)", config.checkpoint, config.opset)
     export_onnx(model, variants["fp32"], config.opset)
     encoder_config = model.encoder.config
     if "fp16" in config.variants:
         variants["fp16"] = staging / VARIANT_FILES["fp16"]
-        optimize_fp16(variants["fp32"], variants["fp16"], encoder_config.num_attention_heads,
-                      encoder_config.hidden_size)
+        reports["fp16"] = build_fp16(variants["fp32"], variants["fp16"], encoder_config.num_attention_heads,
+                                     encoder_config.hidden_size, config.fp16_attention, calibration)
     if "int8" in config.variants:
         variants["int8"] = staging / VARIANT_FILES["int8"]
-        quantization = quantize_int8(variants["fp32"], variants["int8"], calibration, config.int8_agreement,
-                                     model.head_config.max_length)
-    return variants, quantization
+        reports["int8"] = quantize_int8(variants["fp32"], variants["int8"], calibration, config.int8_agreement,
+                                        model.head_config.max_length)
+    return variants, reports
 
 
 def _train_settings(checkpoint: Path) -> dict:

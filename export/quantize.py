@@ -19,7 +19,6 @@ import logging
 import re
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from export.timing import Batches, best_seconds, logits_of
 from scorer.session import create_session
 from scorer.tokens import Encoded, budget_batches
 
@@ -70,23 +70,12 @@ def quantize(source: Path, target: Path, exclude: list[str]) -> None:
         root.setLevel(level)
 
 
-def _batchings(encoded: Encoded, max_length: int) -> list[list[tuple[np.ndarray, int | None]]]:
+def _batchings(encoded: Encoded, max_length: int) -> list[Batches]:
     """Three ways to cut the rows into batches: token budget (as scored), single rows, odd batches at max length."""
     budget = [(rows, None) for rows in budget_batches(encoded.lengths, max_tokens=4096, max_rows=256)]
     single = [(np.array([row]), None) for row in range(len(encoded))]
     padded = [(np.arange(s, min(s + 7, len(encoded))), max_length) for s in range(0, len(encoded), 7)]
     return [budget, single, padded]
-
-
-def logits_of(session, encoded: Encoded, batches: list[tuple[np.ndarray, int | None]]) -> np.ndarray:
-    out = None
-    for rows, pad in batches:
-        input_ids, attention_mask = encoded.pad(rows, pad)
-        logits = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
-        if out is None:
-            out = np.empty((len(encoded), logits.shape[1]), dtype=np.float32)
-        out[rows] = logits
-    return out
 
 
 def activation_ranges(model: onnx.ModelProto, inputs: list[str], encoded: Encoded) -> dict[str, np.ndarray]:
@@ -187,24 +176,11 @@ def quantize_int8(source: Path, target: Path, calibration: Encoded, min_agreemen
     return QuantizeReport(len(every) - len(kept), kept, len(calibration), agreement, diff, speedup)
 
 
-def measure_speedup(reference: Path, candidate: Path, encoded: Encoded,
-                    batches: list[tuple[np.ndarray, int | None]]) -> float:
+def measure_speedup(reference: Path, candidate: Path, encoded: Encoded, batches: Batches) -> float:
     """fp32 seconds / int8 seconds over `batches`, best of SPEED_PASSES interleaved passes each."""
-    sessions = [create_session(reference, "cpu"), create_session(candidate, "cpu")]
-    for session in sessions:  # warm-up
-        logits_of(session, encoded, batches[:2])
-    best = [float("inf"), float("inf")]
-    for _ in range(SPEED_PASSES):
-        for i, session in enumerate(sessions):
-            best[i] = min(best[i], pass_seconds(session, encoded, batches))
-    return best[0] / best[1]
-
-
-def pass_seconds(session, encoded: Encoded, batches: list[tuple[np.ndarray, int | None]]) -> float:
-    """Wall seconds for one pass of `session` over `batches`."""
-    started = time.perf_counter()
-    logits_of(session, encoded, batches)
-    return time.perf_counter() - started
+    fp32, int8 = best_seconds([create_session(reference, "cpu"), create_session(candidate, "cpu")], encoded, batches,
+                              SPEED_PASSES)
+    return fp32 / int8
 
 
 def _fewest_groups_to_keep(ranked: list[list[str]], agreement_keeping,

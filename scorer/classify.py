@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from scorer.errors import ModelError, ProviderError
 from scorer.manifest import Manifest, load_manifest, sha256_file
-from scorer.session import create_session, resolve_provider
+from scorer.session import batch_runner, create_session, resolve_provider
 from scorer.tokens import Encoded, TextEncoder, budget_batches
 
 log = logging.getLogger("scorer")
@@ -81,8 +81,8 @@ class OnnxClassifier:
     """An export directory opened for scoring on one provider and one variant."""
 
     def __init__(self, directory: Path, provider: str = "auto", variant: str | None = None,
-                 max_tokens: int | None = None, max_batch_rows: int = 1024, provider_options: dict | None = None
-                 ) -> None:
+                 max_tokens: int | None = None, max_batch_rows: int = 1024, provider_options: dict | None = None,
+                 io_binding: bool | None = None) -> None:
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         self.manifest.verify_tokenizer(self.directory)
@@ -109,6 +109,8 @@ class OnnxClassifier:
         self.labels = self.manifest.labels
         self.positive = self.labels.index(self.manifest.positive_label)
         self._int32 = [i.type == "tensor(int32)" for i in self.session.get_inputs()]
+        self.io_binding = self.provider != "cpu" if io_binding is None else io_binding
+        self._run_batch = batch_runner(self.session, self.provider, self.io_binding)
 
     def _start(self, variant: str | None, provider_options: dict | None) -> None:
         self.variant = variant or default_variant(self.provider, self.manifest)
@@ -129,7 +131,7 @@ class OnnxClassifier:
             arrays = encoded.pad(rows)
             feed = {name: (a.astype(np.int32) if i32 else a) for name, a, i32 in zip(names, arrays, self._int32,
                                                                                      strict=True)}
-            out[rows] = self.session.run(None, feed)[0]
+            out[rows] = self._run_batch(feed)
         return out
 
     def scores(self, probabilities: np.ndarray) -> np.ndarray:

@@ -92,6 +92,8 @@ def main() -> None:
 @click.option("--reinit-layers", type=int, help="Re-initialise the top N encoder layers before training.")
 @click.option("--keep-layers", type=int, help="Keep only the lowest N encoder layers (0: all).")
 @click.option("--ema-epochs", type=float, help="Keep a moving average of the weights over ~N epochs (0: off).")
+@click.option("--rdrop", type=float,
+              help="R-Drop: weight of the symmetric KL between two dropout passes of each batch (0: off).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="Loss weights per class.")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "mix"]),
               help="Sentence vector: mean of last-layer tokens, [CLS], or mean of a learned mix of all layers.")
@@ -126,6 +128,8 @@ def train(progress: bool, **options) -> None:
 @click.option("--max-rows", type=int, help="Rows of --data used for parity [default: 2000].")
 @click.option("--calibration", type=PATH, help="Sentences for int8 calibration [default: the training data].")
 @click.option("--int8-agreement", type=float, help="Label agreement int8 must reach on them [default: 1.0].")
+@click.option("--fp16-attention", type=click.Choice(["auto", "fused", "unfused"]),
+              help="ORT's fused Attention in the fp16 graph; auto: the faster on CUDA, measured here [default: auto].")
 @click.option("--tensorrt", is_flag=True, default=None, help="Also build and cache a TensorRT fp16 engine.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing export directory.")
 @command
@@ -154,6 +158,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 @click.option("--text-column", help="Column to score [default: the training text column].")
 @click.option("--label-column", help="True labels, for accuracy/MCC [default: the training one, if present].")
 @click.option("--max-tokens", type=int, help="Token budget per batch (rows × padded length).")
+@click.option("--io-binding/--no-io-binding", default=None,
+              help="Bind inputs/outputs to the device (ORT IO binding) [default: on for GPU providers].")
 @click.option("--window-rows", type=int, help="Rows read, sorted, scored and checkpointed together [default: 16384].")
 @click.option("--check", type=int, help="Cross-check N sampled rows against the PyTorch checkpoint.")
 @click.option("--checkpoint", type=PATH, help="PyTorch checkpoint for --check [default: the exported one].")

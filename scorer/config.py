@@ -69,6 +69,7 @@ class TrainConfig:
     reinit_layers: int = 0
     keep_layers: int = 0
     ema_epochs: float = 0.0
+    rdrop: float = 0.0
     class_weight: str = "balanced"
     pooling: str = "mean"
     dropout: float = 0.1
@@ -89,6 +90,7 @@ class TrainConfig:
         _check(0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], not {self.layer_decay}")
         _check(self.reinit_layers >= 0, f"--reinit-layers must be 0 or more, not {self.reinit_layers}")
         _check(self.ema_epochs >= 0, f"--ema-epochs must be 0 (off) or more, not {self.ema_epochs}")
+        _check(self.rdrop >= 0, f"--rdrop must be 0 (off) or more, not {self.rdrop}")
         _check(self.keep_layers >= 0, f"--keep-layers must be 0 (all) or more, not {self.keep_layers}")
         _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")
         _check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
@@ -117,6 +119,7 @@ class ExportConfig:
     calibration: Path | None = None
     calibration_rows: int = 500
     int8_agreement: float = 1.0
+    fp16_attention: str = "auto"
     tensorrt: bool = False
     overwrite: bool = False
 
@@ -131,6 +134,7 @@ class ExportConfig:
         _check(self.max_rows >= 1, f"--max-rows must be at least 1, not {self.max_rows}")
         _check(self.calibration_rows >= 1, f"--calibration-rows must be at least 1, not {self.calibration_rows}")
         _check(0 < self.int8_agreement <= 1, f"--int8-agreement must be in (0, 1], not {self.int8_agreement}")
+        _check_choice(self.fp16_attention, ("auto", "fused", "unfused"), "--fp16-attention")
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,7 @@ class RunConfig:
     label_column: str | None = None
     max_tokens: int | None = None
     max_batch_rows: int = 1024
+    io_binding: bool | None = None
     window_rows: int = 16384
     check: int = 0
     samples: int = 0

@@ -105,9 +105,7 @@ class Trainer:
     def _step(self, rows: np.ndarray) -> torch.Tensor:
         input_ids, attention_mask = to_device(self.encoded, rows, self.device)
         labels = torch.from_numpy(self.targets[rows]).to(self.device, non_blocking=True)
-        with autocast(self.device, self.precision):
-            logits = self.model(input_ids, attention_mask)
-        loss = functional.cross_entropy(logits.float(), labels, weight=self.class_weights)
+        loss = self._loss(input_ids, attention_mask, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -116,6 +114,20 @@ class Trainer:
         if self.average is not None:
             self.average.update_parameters(self.model)
         return loss.detach()
+
+
+    def _loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy; with --rdrop, of two dropout passes (one doubled batch) plus their symmetric KL."""
+        passes = 2 if self.config.rdrop else 1
+        with autocast(self.device, self.precision):
+            logits = self.model(input_ids.repeat(passes, 1), attention_mask.repeat(passes, 1)).float()
+        loss = functional.cross_entropy(logits, labels.repeat(passes), weight=self.class_weights)
+        if passes == 2:
+            first, second = functional.log_softmax(logits, dim=1).chunk(2)
+            kl = functional.kl_div(first, second, log_target=True, reduction="batchmean") \
+                + functional.kl_div(second, first, log_target=True, reduction="batchmean")
+            loss = loss + self.config.rdrop * kl / 2
+        return loss
 
 
 def _class_weights(targets: np.ndarray, classes: int, device: str, mode: str) -> torch.Tensor | None:

@@ -58,6 +58,7 @@ class RunSummary:
     provider: str
     variant: str
     model_sha256: str
+    io_binding: bool = False
     summary_path: str = ""
     scorer_version: str = __version__
 
@@ -100,7 +101,7 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     """Score every unit of config.input; failures of single units are collected, then raised at the end."""
     units = plan_units(config.input, config.output, config.output_format)
     classifier = OnnxClassifier(config.model, config.provider, config.variant, config.max_tokens,
-                                config.max_batch_rows)
+                                config.max_batch_rows, io_binding=config.io_binding)
     log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
              classifier.provider, len(units))
     started = time.perf_counter()
@@ -255,6 +256,7 @@ def _summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: fl
     rows_now = sum(u.rows_this_run for u in units)
     return RunSummary(inputs=units, rows=sum(u.rows for u in units), rows_this_run=rows_now, status_counts=counts,
                       seconds=seconds, rows_per_second=rows_now / max(seconds, 1e-9), provider=classifier.provider,
+                      io_binding=classifier.io_binding,
                       variant=classifier.variant, model_sha256=classifier.model_sha256)
 
 

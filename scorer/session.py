@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from scorer.errors import ProviderError, first_line
 
@@ -82,3 +85,26 @@ def create_session(model: Path | bytes, provider: str, provider_options: dict | 
             f"(no usable GPU, or CUDA/cuDNN libraries missing); {_INSTALL}"
         )
     return session
+
+
+def batch_runner(session, provider: str, io_binding: bool) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """A function from one batch's inputs to its first output (the logits), as a float32 array on the host.
+
+    Plain: `session.run`. IO binding: the inputs are copied to the provider's device when bound and the output is
+    allocated there, then copied back once; on CUDA this keeps ONNX Runtime from synchronising on host copies
+    inside the run (measured fastest for fused fp16 attention, ../shared/device/README.md).
+    """
+    output = session.get_outputs()[0].name
+    if not io_binding:
+        return lambda feed: session.run([output], feed)[0]
+    device = "cpu" if provider == "cpu" else "cuda"
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        binding = session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        binding.bind_output(output, device)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    return run

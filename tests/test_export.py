@@ -81,15 +81,47 @@ def test_failed_gate_exits_7_and_keeps_the_report(tiny_checkpoint, tmp_path):
     assert run.exit_code in (3, 4)
 
 
-def test_export_prints_the_parity_table(tiny_checkpoint, tmp_path):
+def operators(path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_export_prints_the_parity_table_and_unfused_fp16_attention_on_request(tiny_checkpoint, tmp_path):
     data = tmp_path / "parity.csv"
     data.write_text("sentence,label\n" + "".join(f"sentence {i} here,{i % 2}\n" for i in range(30)))
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--output",
                                        str(tmp_path / "onnx"), "--variants", "fp32,fp16", "--data", str(data),
-                                       "--quiet"])
+                                       "--fp16-attention", "unfused", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "variant" in result.output and "fp16" in result.output and "pass" in result.output
-    assert json.loads((tmp_path / "onnx" / "parity.json").read_text())["source"] == str(data)
+    report = json.loads((tmp_path / "onnx" / "parity.json").read_text())
+    assert report["source"] == str(data) and report["passed"]
+    ops = operators(tmp_path / "onnx" / "model.fp16.onnx")
+    assert "Attention" not in ops and {"SkipLayerNormalization", "MatMul", "Softmax"} <= ops
+    fp16 = load_manifest(tmp_path / "onnx").extra["fp16"]
+    assert fp16["attention"] == "unfused" and fp16["seconds"] is None
+
+
+def test_fp16_attention_is_chosen_by_cuda_timing_or_fused_without_cuda(tiny_export):
+    fp16 = load_manifest(tiny_export).extra["fp16"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        seconds = fp16["seconds"]
+        assert set(seconds) == {"fused", "unfused"} and fp16["attention"] == min(seconds, key=seconds.get)
+    else:
+        assert fp16["attention"] == "fused" and fp16["seconds"] is None and fp16["measured_on"] is None
+    assert ("Attention" in operators(tiny_export / "model.fp16.onnx")) == (fp16["attention"] == "fused")
+    assert fp16["fused"]["SkipLayerNormalization"] >= 1
+
+
+def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path):
+    from export.optimize import choose_attention
+
+    encoded = TextEncoder.from_dir(tiny_export, 48).encode(["The cat sat.", "A longer sentence than that."] * 40)
+    target = tmp_path / "model.fp16.onnx"
+    report = choose_attention(tiny_export / "model.onnx", target, 2, 32, encoded, "cpu")  # the CUDA path, on a CPU
+    assert set(report.seconds) == {"fused", "unfused"} and all(s > 0 for s in report.seconds.values())
+    assert report.attention == min(report.seconds, key=report.seconds.get) and report.measured_on == "cpu"
+    assert ("Attention" in operators(target)) == (report.attention == "fused")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.onnx"]  # the other graph is gone
 
 
 def test_export_refuses_a_missing_checkpoint_and_unknown_parity_labels(tiny_checkpoint, tmp_path):

@@ -37,13 +37,26 @@ def source(tmp_path):
 def test_cuda_scores_match_cpu_and_auto_picks_cuda(tiny_export, source, tmp_path):
     run(source, "--model", tiny_export, "--provider", "cpu", "--variant", "fp32", "-o", tmp_path / "cpu.parquet")
     for variant, tolerance in (("fp32", 5e-3), ("fp16", 2e-2)):
-        out = tmp_path / f"cuda-{variant}.parquet"
-        run(source, "--model", tiny_export, "--provider", "cuda", "--variant", variant, "-o", out, "--check", "50")
-        np.testing.assert_allclose(scores(out), scores(tmp_path / "cpu.parquet"), atol=tolerance)
-        summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
-        assert summary["provider"] == "cuda" and summary["inputs"][0]["check"]["passed"]
+        for binding in ("--io-binding", "--no-io-binding"):
+            out = tmp_path / f"cuda-{variant}{binding}.parquet"
+            run(source, "--model", tiny_export, "--provider", "cuda", "--variant", variant, "-o", out, "--check", "50",
+                binding)
+            np.testing.assert_allclose(scores(out), scores(tmp_path / "cpu.parquet"), atol=tolerance)
+            summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+            assert summary["provider"] == "cuda" and summary["inputs"][0]["check"]["passed"]
+            assert summary["io_binding"] == (binding == "--io-binding")
     run(source, "--model", tiny_export, "-o", tmp_path / "auto.parquet")
-    assert json.loads((tmp_path / "auto.parquet.summary.json").read_text())["provider"] == "cuda"
+    summary = json.loads((tmp_path / "auto.parquet.summary.json").read_text())
+    assert summary["provider"] == "cuda" and summary["io_binding"] and summary["variant"] == "fp16"
+
+
+@pytest.mark.gpu
+def test_export_on_cuda_times_both_fp16_attentions_and_keeps_the_faster(tiny_export):
+    from scorer.manifest import load_manifest
+
+    fp16 = load_manifest(tiny_export).extra["fp16"]
+    assert fp16["measured_on"] == "cuda" and set(fp16["seconds"]) == {"fused", "unfused"}
+    assert fp16["attention"] == min(fp16["seconds"], key=fp16["seconds"].get)
 
 
 @pytest.mark.gpu

@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from export.quantize import _batchings, groups_of, logits_of, quantize_int8, smooth, weight_matmuls
+from export.quantize import _batchings, groups_of, quantize_int8, smooth, weight_matmuls
+from export.timing import logits_of
 from scorer.classify import default_variant
 from scorer.manifest import load_manifest
 from scorer.session import create_session

@@ -72,6 +72,17 @@ def test_the_same_sentence_scores_the_same_in_any_window_or_batch(tiny_export, p
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_io_binding_gives_the_same_scores_as_plain_runs(tiny_export, parquet_input, tmp_path):
+    for flag in ("--io-binding", "--no-io-binding"):
+        run(parquet_input, "--model", tiny_export, "-o", tmp_path / f"{flag}.parquet", "--variant", "fp32", flag)
+        summary = json.loads((tmp_path / f"{flag}.parquet.summary.json").read_text())
+        assert summary["io_binding"] == (flag == "--io-binding")
+    bound, plain = (pq.read_table(tmp_path / f"{f}.parquet").column("score").to_numpy(zero_copy_only=False)
+                    for f in ("--io-binding", "--no-io-binding"))
+    assert np.isfinite(bound).sum() > 0
+    np.testing.assert_array_equal(bound, plain)
+
+
 def test_csv_and_parquet_inputs_give_identical_scores(tiny_export, tmp_path):
     texts = [t for t in TEXTS if t is not None]
     pq.write_table(pa.table({"sentence": texts}), tmp_path / "in.parquet")

@@ -127,3 +127,29 @@ def test_auto_precision_is_bf16_on_cuda_and_follows_the_cpu_otherwise():
     assert _resolve_precision("auto", "cuda") == "bf16"
     assert _resolve_precision("auto", "cpu") == ("bf16" if _cpu_has_bf16() else "fp32")
     assert _resolve_precision("fp32", "cuda") == "fp32"
+
+
+def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes(tiny_encoder):
+    import numpy as np
+
+    from scorer.config import TrainConfig
+    from scorer.loop import Trainer
+    from scorer.model import HeadConfig, load_encoder
+    from scorer.tokens import TextEncoder
+
+    model = SentenceClassifier(load_encoder(tiny_encoder), HeadConfig([0, 1], "mean", 32))
+    encoded = TextEncoder.from_dir(tiny_encoder, 32).encode(["a b c", "the cat sat on it", "no"] * 4)
+    targets = np.array([0, 1, 1] * 4)
+    inputs = [torch.from_numpy(a) for a in encoded.pad(np.arange(len(targets)))] + [torch.from_numpy(targets)]
+
+    def loss(alpha: float, seed: int = 0) -> float:
+        trainer = Trainer(model, TrainConfig(model=tiny_encoder, rdrop=alpha), "cpu", "fp32", encoded, targets)
+        torch.manual_seed(seed)
+        return trainer._loss(*inputs).item()
+
+    model.eval()  # no dropout: both passes are the same, the KL term is zero, R-Drop is plain cross-entropy
+    assert loss(1.0) == pytest.approx(loss(0.0), rel=1e-6)
+    model.train()  # dropout: same seed, same masks; the loss grows linearly in alpha by half the symmetric KL
+    one, two, three = loss(1.0), loss(2.0), loss(3.0)
+    assert two - one > 1e-6
+    assert three - two == pytest.approx(two - one, rel=1e-4)
