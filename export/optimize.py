@@ -13,6 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+
 from export.timing import best_seconds
 from scorer.errors import ProviderError
 from scorer.session import CUDA, available, batch_runner, create_session
@@ -36,7 +38,7 @@ class Fp16Report:
 
 def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, fuse_attention: bool = True
                   ) -> dict[str, int]:
-    """Fuse LayerNorm, GELU (and attention) with ORT's BERT optimizer, then cast to fp16 (inputs/outputs kept)."""
+    """Fuse LayerNorm, GELU (and attention) with ORT's BERT optimizer; int32 id inputs, fp16 inside, fp32 logits."""
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
@@ -45,9 +47,38 @@ def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, 
     model = optimizer.optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
                                      opt_level=0, use_gpu=True, optimization_options=options)
     fused = {name: count for name, count in model.get_fused_operator_statistics().items() if count}
+    int32_inputs(model.model)
     model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(target))
     return fused
+
+
+def int32_inputs(model: onnx.ModelProto) -> None:
+    """Make the int64 graph inputs int32, which the fused embedding and attention ops take directly.
+
+    A Cast of an input to int32 becomes the input itself; any other consumer reads it through one Cast back to
+    int64, placed first so the node order stays topological. (ORT's change_graph_inputs_to_int32 drops the mask's
+    Cast to float in graphs without fused attention.)
+    """
+    graph = model.graph
+    for value in graph.input:
+        if value.type.tensor_type.elem_type != onnx.TensorProto.INT64:
+            continue
+        value.type.tensor_type.elem_type = onnx.TensorProto.INT32
+        name, wide = value.name, f"{value.name}_int64"
+        consumers = [node for node in graph.node if name in node.input]
+        to_int32 = [n for n in consumers if n.op_type == "Cast"
+                    and any(a.name == "to" and a.i == onnx.TensorProto.INT32 for a in n.attribute)]
+        for cast in to_int32:
+            for node in graph.node:
+                node.input[:] = [name if i == cast.output[0] else i for i in node.input]
+            graph.node.remove(cast)
+        others = [n for n in consumers if n not in to_int32]
+        for node in others:
+            node.input[:] = [wide if i == name else i for i in node.input]
+        if others:
+            graph.node.insert(0, onnx.helper.make_node("Cast", [name], [wide], to=onnx.TensorProto.INT64,
+                                                       name=f"{name}_to_int64"))
 
 
 def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str,

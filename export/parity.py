@@ -10,7 +10,7 @@ import torch
 
 from scorer.config import ExportConfig
 from scorer.metrics import confusion_of
-from scorer.session import CUDA, available, create_session
+from scorer.session import CUDA, available, batch_runner, create_session
 from scorer.tokens import Encoded
 
 _SINGLE_ROWS = 8
@@ -59,8 +59,8 @@ def run_parity(model: torch.nn.Module, variants: dict[str, Path], encoded: Encod
     results = [torch_row]
     for name, path in variants.items():
         provider = "cuda" if name == "fp16" and CUDA in available() else "cpu"
-        session = create_session(path, provider)
-        logits = [session.run(None, _feed(encoded, b.rows, b.pad))[0] for b in batches]
+        run = batch_runner(create_session(path, provider), provider, io_binding=False)
+        logits = [run(_feed(encoded, b.rows, b.pad)) for b in batches]
         results.append(_judge(name, provider, reference, logits, batches, targets, labels, config, torch_row))
     return results
 

@@ -108,7 +108,6 @@ class OnnxClassifier:
         self.max_batch_rows = max_batch_rows
         self.labels = self.manifest.labels
         self.positive = self.labels.index(self.manifest.positive_label)
-        self._int32 = [i.type == "tensor(int32)" for i in self.session.get_inputs()]
         self.io_binding = self.provider != "cpu" if io_binding is None else io_binding
         self._run_batch = batch_runner(self.session, self.provider, self.io_binding)
 
@@ -128,10 +127,7 @@ class OnnxClassifier:
         out = np.empty((len(encoded), len(self.manifest.labels)), dtype=np.float32)
         names = self.manifest.input_names
         for rows in budget_batches(encoded.lengths, self.max_tokens, self.max_batch_rows):
-            arrays = encoded.pad(rows)
-            feed = {name: (a.astype(np.int32) if i32 else a) for name, a, i32 in zip(names, arrays, self._int32,
-                                                                                     strict=True)}
-            out[rows] = self._run_batch(feed)
+            out[rows] = self._run_batch(dict(zip(names, encoded.pad(rows), strict=True)))
         return out
 
     def scores(self, probabilities: np.ndarray) -> np.ndarray:

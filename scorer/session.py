@@ -95,14 +95,16 @@ def batch_runner(session, provider: str, io_binding: bool) -> Callable[[dict[str
     inside the run (measured fastest for fused fp16 attention, ../shared/device/README.md).
     """
     output = session.get_outputs()[0].name
+    # Ids arrive as int64; a graph with int32 inputs (the fp16 variant) gets them cast here, once per batch.
+    dtypes = {i.name: np.int32 if i.type == "tensor(int32)" else np.int64 for i in session.get_inputs()}
     if not io_binding:
-        return lambda feed: session.run([output], feed)[0]
+        return lambda feed: session.run([output], {k: np.asarray(v, dtypes[k]) for k, v in feed.items()})[0]
     device = "cpu" if provider == "cpu" else "cuda"
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
         binding = session.io_binding()
         for name, array in feed.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            binding.bind_cpu_input(name, np.ascontiguousarray(array, dtypes[name]))
         binding.bind_output(output, device)
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
