@@ -16,13 +16,12 @@ from pathlib import Path
 import onnx
 
 from export.timing import best_seconds
+from scorer.classify import DEFAULT_MAX_TOKENS
 from scorer.errors import ProviderError
 from scorer.session import CUDA, available, batch_runner, create_session
 from scorer.tokens import Encoded, budget_batches
 
 log = logging.getLogger("scorer")
-ATTENTION = ("auto", "fused", "unfused")
-_CUDA_MAX_TOKENS = 32768  # scorer run's CUDA token budget
 _PASSES, _REPEATS = 3, 20  # best of 3 passes; each pass runs the calibration batches 20 times
 
 
@@ -103,7 +102,8 @@ def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: in
         fused = {choice: optimize_fp16(source, path, num_heads, hidden_size, choice == "fused")
                  for choice, path in paths.items()}
         runners = [batch_runner(create_session(path, provider), provider, True) for path in paths.values()]
-        batches = [(rows, None) for rows in budget_batches(encoded.lengths, _CUDA_MAX_TOKENS, 1024)] * _REPEATS
+        cuts = budget_batches(encoded.lengths, DEFAULT_MAX_TOKENS["cuda"], 1024)
+        batches = [(rows, None) for rows in cuts] * _REPEATS
         seconds = dict(zip(paths, best_seconds(runners, encoded, batches, _PASSES), strict=True))
         best = min(seconds, key=seconds.__getitem__)
         paths[best].replace(target)
