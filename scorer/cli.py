@@ -92,6 +92,9 @@ def main() -> None:
 @click.option("--reinit-layers", type=int, help="Re-initialise the top N encoder layers before training.")
 @click.option("--keep-layers", type=int, help="Keep only the lowest N encoder layers (0: all).")
 @click.option("--ema-epochs", type=float, help="Keep a moving average of the weights over ~N epochs (0: off).")
+@click.option("--mlm-epochs", type=int,
+              help="Masked-LM epochs on the training sentences before fine-tuning (task-adaptive pretraining).")
+@click.option("--mlm-lr", type=float, help="Peak learning rate of the masked-LM epochs [default: 1e-4].")
 @click.option("--rdrop", type=float,
               help="R-Drop: weight of the symmetric KL between two dropout passes of each batch (0: off).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="Loss weights per class.")

@@ -70,6 +70,8 @@ class TrainConfig:
     keep_layers: int = 0
     ema_epochs: float = 0.0
     rdrop: float = 0.0
+    mlm_epochs: int = 0
+    mlm_lr: float = 1e-4
     class_weight: str = "balanced"
     pooling: str = "mean"
     dropout: float = 0.1
@@ -90,6 +92,8 @@ class TrainConfig:
         _check(0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], not {self.layer_decay}")
         _check(self.reinit_layers >= 0, f"--reinit-layers must be 0 or more, not {self.reinit_layers}")
         _check(self.ema_epochs >= 0, f"--ema-epochs must be 0 (off) or more, not {self.ema_epochs}")
+        _check(self.mlm_epochs >= 0, f"--mlm-epochs must be 0 (off) or more, not {self.mlm_epochs}")
+        _check(self.mlm_lr > 0, f"--mlm-lr must be positive, not {self.mlm_lr}")
         _check(self.rdrop >= 0, f"--rdrop must be 0 (off) or more, not {self.rdrop}")
         _check(self.keep_layers >= 0, f"--keep-layers must be 0 (all) or more, not {self.keep_layers}")
         _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")

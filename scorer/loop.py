@@ -69,7 +69,8 @@ class Trainer:
         )
         steps = math.ceil(len(targets) / config.batch_size) * config.epochs
         warmup = int(steps * config.warmup_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: _linear(step, warmup, steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda step: linear_schedule(step, warmup, steps))
         self.average = None
         if config.ema_epochs:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -139,7 +140,8 @@ def _class_weights(targets: np.ndarray, classes: int, device: str, mode: str) ->
     return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
-def _linear(step: int, warmup: int, total: int) -> float:
+def linear_schedule(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor at `step`: linear warm-up over `warmup` steps, then linear decay to 0 at `total`."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))

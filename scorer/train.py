@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from scorer import atomic, plot
+from scorer.adapt import masked_lm
 from scorer.config import TrainConfig, to_json
 from scorer.dataset import TrainingData, load_training_data
 from scorer.errors import ConfigError, ProviderError
@@ -69,6 +70,14 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     data = load_training_data(config)
     hf_tokenizer, encoder_model = _load_pretrained(config)
     text_encoder = TextEncoder(_backend_copy(hf_tokenizer), config.max_length)
+    train_set = text_encoder.encode(data.train_texts)
+    val_set = text_encoder.encode(data.val_texts)
+    mlm_losses: list[float] = []
+    if config.mlm_epochs:
+        log.info("masked-LM training of the encoder on the %d training sentences, %d epochs",
+                 len(data.train_texts), config.mlm_epochs)
+        encoder_model, mlm_losses = masked_lm(config.model, train_set, hf_tokenizer, config.mlm_epochs,
+                                              config.mlm_lr, config.batch_size, device, precision, config.seed)
     keep_bottom_layers(encoder_model, config.keep_layers)
     reinitialize_top_layers(encoder_model, config.reinit_layers)
     head = HeadConfig(labels=data.labels, pooling=config.pooling, max_length=config.max_length, dropout=config.dropout)
@@ -77,8 +86,6 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         "training on %s (%s): %d train rows, %d validation rows (%s), labels %s, %d epochs",
         device, precision, len(data.train_texts), len(data.val_texts), data.val_source, data.labels, config.epochs,
     )
-    train_set = text_encoder.encode(data.train_texts)
-    val_set = text_encoder.encode(data.val_texts)
     trainer = Trainer(model, config, device, precision, train_set, data.train_targets, progress=progress)
     epochs: list[EpochResult] = []
     best_state, best_epoch = None, 0
@@ -98,7 +105,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     model.load_state_dict(best_state)
     result = TrainResult(config.output, epochs, best_epoch, device, precision, len(data.train_texts),
                          len(data.val_texts))
-    _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses)
+    _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses, mlm_losses)
     log.info("best epoch %d by %s: validation accuracy %.4f, MCC %.4f; checkpoint in %s",
              best_epoch, config.select, result.best.val_accuracy, result.best.val_mcc, config.output)
     return result
@@ -184,7 +191,7 @@ def _clock(seconds: float) -> str:
 
 
 def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingData, result: TrainResult,
-                      step_losses: list[float]) -> None:
+                      step_losses: list[float], mlm_losses: list[float]) -> None:
     with atomic.atomic_dir(config.output, config.overwrite) as staging:
         model.to("cpu").save(staging)
         hf_tokenizer.save_pretrained(str(staging))
@@ -198,6 +205,7 @@ def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingDa
             "val_rows": result.val_rows,
             "val_source": data.val_source,
             "labels": data.labels,
+            "mlm_losses": mlm_losses,
             "epochs": [asdict(epoch) for epoch in result.epochs],
         }
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -153,3 +153,37 @@ def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes(tiny_encoder):
     one, two, three = loss(1.0), loss(2.0), loss(3.0)
     assert two - one > 1e-6
     assert three - two == pytest.approx(two - one, rel=1e-4)
+
+
+def test_masked_lm_epochs_adapt_the_encoder_before_fine_tuning(tiny_encoder, tmp_path):
+    output = tmp_path / "adapted"
+    result = CliRunner().invoke(main, train_args(tiny_encoder, output, "--mlm-epochs", "3", "--mlm-lr", "3e-3",
+                                                 "--epochs", "1"))
+    assert result.exit_code == 0, result.output
+    losses = json.loads((output / "metrics.json").read_text())["mlm_losses"]
+    assert len(losses) == 3 and losses[-1] < losses[0] - 0.1  # it learned to fill in masked tokens
+    assert json.loads((output / "train_config.json").read_text())["mlm_epochs"] == 3
+    plain = tmp_path / "plain"  # same seed and fine-tuning, no masked-LM stage: a different encoder comes out
+    assert CliRunner().invoke(main, train_args(tiny_encoder, plain, "--epochs", "1")).exit_code == 0
+    word = "embeddings.word_embeddings.weight"
+    adapted, fine_tuned = (SentenceClassifier.load(p).encoder.state_dict()[word] for p in (output, plain))
+    assert not torch.allclose(adapted, fine_tuned, atol=1e-4)
+    assert json.loads((plain / "metrics.json").read_text())["mlm_losses"] == []
+
+
+def test_masking_leaves_special_and_padding_tokens_and_follows_80_10_10():
+    from scorer.adapt import MASK_RATE, _mask
+
+    torch.manual_seed(0)
+    input_ids = torch.randint(1000, 30000, (400, 50))
+    input_ids[:, 0], input_ids[:, 40] = 101, 102
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[:, 41:] = 0
+    special = torch.tensor([0, 101, 102, 103])
+    masked, chosen, targets = _mask(input_ids, attention_mask, special, 103, 30522, torch.Generator().manual_seed(1))
+    assert not chosen[:, 0].any() and not chosen[:, 40:].any()
+    assert torch.equal(targets, input_ids[chosen]) and torch.equal(masked[~chosen], input_ids[~chosen])
+    assert abs(chosen[:, 1:40].float().mean().item() - MASK_RATE) < 0.01
+    became_mask = (masked[chosen] == 103).float().mean().item()
+    kept = (masked[chosen] == input_ids[chosen]).float().mean().item()
+    assert abs(became_mask - 0.8) < 0.03 and abs(kept - 0.1) < 0.03
