@@ -7,6 +7,8 @@ worn away token-level syntax that an MLM objective asks for again.
 Writes the adapted encoder to a temporary directory, fine-tunes it once per seed with a recipe of
 bench/recipes.py (on top of its BASE), and appends each run to bench/out/recipes.json as recipe
 "<recipe>+tapt<N>-lr<LR>". The masked-LM stage runs once, with --mlm-seed, for all fine-tuning seeds.
+This is the experiment that chose the feature; the product path is `scorer train --mlm-epochs N`
+(scorer/adapt.py: the same masking and loss, length-bucketed batches, one masked-LM stage per training run).
 """
 
 from __future__ import annotations
