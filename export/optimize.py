@@ -81,10 +81,10 @@ def int32_inputs(model: onnx.ModelProto) -> None:
 
 
 def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str,
-               encoded: Encoded | None) -> Fp16Report:
+               encoded: Encoded) -> Fp16Report:
     """Write the fp16 variant to `target` with the attention asked for, or (auto) the faster one on CUDA."""
     why = "as asked"
-    if attention == "auto" and (encoded is None or not _cuda_works(source)):
+    if attention == "auto" and not _cuda_works(source):
         attention, why = "fused", "not measured: no working CUDA here"
     if attention != "auto":
         fused = optimize_fp16(source, target, num_heads, hidden_size, attention == "fused")

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional
 
 from scorer.errors import ConfigError
-from scorer.loop import autocast, bucketed_batches, linear_schedule, to_device
+from scorer.loop import apply_gradients, autocast, bucketed_batches, linear_scheduler, to_device
 from scorer.model import quiet_transformers
 from scorer.tokens import Encoded
 
@@ -48,7 +48,7 @@ def masked_lm(model_dir, encoded: Encoded, tokenizer, epochs: int, learning_rate
     generator = torch.Generator(device).manual_seed(seed)
     steps = math.ceil(len(encoded) / batch_size) * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: linear_schedule(step, steps // 10, steps))
+    scheduler = linear_scheduler(optimizer, steps // 10, steps)
     losses = []
     for epoch in range(1, epochs + 1):
         started, epoch_losses = time.perf_counter(), []
@@ -62,11 +62,7 @@ def masked_lm(model_dir, encoded: Encoded, tokenizer, epochs: int, learning_rate
                 hidden = encoder(input_ids=masked, attention_mask=attention_mask).last_hidden_state
                 logits = head(hidden[chosen])  # the vocabulary projection only where a token was masked
             loss = functional.cross_entropy(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            apply_gradients(loss, optimizer, scheduler, model)
             epoch_losses.append(loss.detach())
         losses.append(float(torch.stack(epoch_losses).float().mean()))
         log.info("masked-LM epoch %d / %d: loss %.4f (%.0fs)", epoch, epochs, losses[-1], time.perf_counter() - started)

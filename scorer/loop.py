@@ -69,8 +69,7 @@ class Trainer:
         )
         steps = math.ceil(len(targets) / config.batch_size) * config.epochs
         warmup = int(steps * config.warmup_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lambda step: linear_schedule(step, warmup, steps))
+        self.scheduler = linear_scheduler(self.optimizer, warmup, steps)
         self.average = None
         if config.ema_epochs:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -107,11 +106,7 @@ class Trainer:
         input_ids, attention_mask = to_device(self.encoded, rows, self.device)
         labels = torch.from_numpy(self.targets[rows]).to(self.device, non_blocking=True)
         loss = self._loss(input_ids, attention_mask, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.scheduler.step()
+        apply_gradients(loss, self.optimizer, self.scheduler, self.model)
         if self.average is not None:
             self.average.update_parameters(self.model)
         return loss.detach()
@@ -140,8 +135,21 @@ def _class_weights(targets: np.ndarray, classes: int, device: str, mode: str) ->
     return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
-def linear_schedule(step: int, warmup: int, total: int) -> float:
-    """The learning-rate factor at `step`: linear warm-up over `warmup` steps, then linear decay to 0 at `total`."""
+def linear_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup` steps, then linear decay to 0 at `total`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _linear(step, warmup, total))
+
+
+def apply_gradients(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler, model: torch.nn.Module) -> None:
+    """One update: gradients of `loss`, clipped to norm 1, an optimizer step and a scheduler step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+
+
+def _linear(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
