@@ -7,8 +7,9 @@ worn away token-level syntax that an MLM objective asks for again.
 Writes the adapted encoder to a temporary directory, fine-tunes it once per seed with a recipe of
 bench/recipes.py (on top of its BASE), and appends each run to bench/out/recipes.json as recipe
 "<recipe>+tapt<N>-lr<LR>". The masked-LM stage runs once, with --mlm-seed, for all fine-tuning seeds.
-This is the experiment that chose the feature; the product path is `scorer train --mlm-epochs N`
-(scorer/adapt.py: the same masking and loss, length-bucketed batches, one masked-LM stage per training run).
+The masked-LM stage is scorer/adapt.py's, as `scorer train --mlm-epochs N` runs it (there once per training run).
+The three-seed figures in bench/RESULTS.md came from this script's earlier, self-contained copy of that stage
+(commit ced35a4: random-order batches, no gradient clipping); the seed-42 pipeline run used scorer/adapt.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from common import COLA
 from recipes import BASE, RECIPES, summarise
@@ -31,56 +31,23 @@ from scorer.tokens import TextEncoder
 from scorer.train import train
 
 
-def masked_lm(directory: Path, epochs: int, seed: int, learning_rate: float) -> Path:
-    """MLM on CoLA train sentences (15% masking, 80/10/10), then save the encoder without the MLM head.
+def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: float) -> Path:
+    """`scorer train --mlm-epochs`'s masked-LM stage on CoLA's training sentences, saved as an encoder directory."""
+    from transformers import AutoTokenizer
 
-    The package has no MLM head (sentence-transformers dropped it), so a new one is trained with the encoder. The
-    vocabulary projection runs on the masked positions only; steps run under bf16 autocast where the CPU has it.
-    """
-    from transformers import BertForMaskedLM
-
-    from scorer.loop import autocast
+    from scorer.adapt import masked_lm
     from scorer.train import _resolve_precision
 
+    source = packaged_model()
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    encoded = TextEncoder.from_dir(source, 64).encode(read_labelled(COLA / "train.tsv", "sentence", "label").texts)
     torch.manual_seed(seed)
-    model = BertForMaskedLM.from_pretrained(str(packaged_model()), dtype=torch.float32)
-    encoder = TextEncoder.from_dir(packaged_model(), 64)
-    encoded = encoder.encode(read_labelled(COLA / "train.tsv", "sentence", "label").texts)
-    steps = epochs * -(-len(encoded) // 32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / (steps // 10 + 1), max(0.0, (steps - step) / (steps - steps // 10))))
-    precision = _resolve_precision("auto", "cpu")
-    rng = np.random.default_rng(seed)
-    vocab = model.config.vocab_size
-    model.train()
-    for epoch in range(epochs):
-        order = rng.permutation(len(encoded))
-        losses = []
-        started = time.perf_counter()
-        for start in range(0, len(order), 32):
-            input_ids, mask = (torch.from_numpy(a) for a in encoded.pad(order[start : start + 32]))
-            special = (input_ids == 101) | (input_ids == 102) | (mask == 0)
-            chosen = (torch.rand(input_ids.shape) < 0.15) & ~special
-            targets = input_ids[chosen]
-            roll = torch.rand(input_ids.shape)
-            input_ids = input_ids.masked_fill(chosen & (roll < 0.8), 103)
-            random_tokens = chosen & (roll >= 0.8) & (roll < 0.9)
-            input_ids[random_tokens] = torch.randint(1000, vocab, (int(random_tokens.sum()),))
-            with autocast("cpu", precision):
-                hidden = model.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                logits = model.cls(hidden[chosen])
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.detach())
-        print(f"MLM epoch {epoch + 1}: loss {torch.stack(losses).mean():.3f} ({time.perf_counter() - started:.0f}s)",
-              flush=True)
-    model.bert.save_pretrained(directory)
+    encoder, losses = masked_lm(source, encoded, tokenizer, epochs, learning_rate, 32, "cpu",
+                                _resolve_precision("auto", "cpu"), seed)
+    print(f"masked-LM losses per epoch: {[round(loss, 3) for loss in losses]}", flush=True)
+    encoder.save_pretrained(directory)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        (directory / name).write_bytes((packaged_model() / name).read_bytes())
+        (directory / name).write_bytes((source / name).read_bytes())
     return directory
 
 
@@ -97,7 +64,7 @@ def main() -> None:
     overrides = {**RECIPES[args.recipe], "mlm_epochs": args.mlm_epochs, "mlm_lr": args.mlm_lr}
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        encoder = masked_lm(Path(tmp) / "adapted", args.mlm_epochs, args.mlm_seed, args.mlm_lr)
+        encoder = adapted_encoder(Path(tmp) / "adapted", args.mlm_epochs, args.mlm_seed, args.mlm_lr)
         mlm_seconds = time.perf_counter() - started
         for seed in map(int, args.seeds.split(",")):
             config = TrainConfig(data=COLA / "train.tsv", val_data=COLA / "dev.tsv", model=encoder,
