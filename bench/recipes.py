@@ -53,8 +53,6 @@ RECIPES: dict[str, dict] = {
                                     "precision": "bf16"},
     "mean-1e-4-balanced-e6-bf16-rdrop1": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
                                           "precision": "bf16", "rdrop": 1.0},
-    "mean-1e-4-balanced-e6-bf16-rdrop0.3": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
-                                            "precision": "bf16", "rdrop": 0.3},
     "mix-1e-4-balanced-e6": {"pooling": "mix", "learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6},
 }
 
