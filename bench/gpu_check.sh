@@ -1,33 +1,47 @@
 #!/usr/bin/env bash
 # Every GPU measurement in one go, on the GPU test machine (Python 3.12, torch, no registry), after
 # bench/gpu_prepare.sh and the four earlier `run` calls that left the wheel parts in /tmp/keep (see that script).
-# Each step has its own time limit and log under $OUT; one failing step does not stop the others.
+# Steps run in order of importance, each with its own time limit; one failing step does not stop the others.
+# Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 set -uo pipefail
 out=${OUT:-bench/out/gpu}
 mkdir -p "$out"
+log="$out/gpu-check.log"
+export PYTHONUNBUFFERED=1
 cat /tmp/keep/ortpart.* > /tmp/keep/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/keep/*.whl
 export PYTHONPATH=$PWD:$PWD/bench:/tmp/site
 export SCORER_TOKENIZER_DIR=$PWD/.devcarry/minilm SCORER_COLA_DIR=$PWD/.devcarry/cola
+random="--device cuda --random bert-base --random-dir /tmp/random-bert"
 
 step() {
   local name=$1 limit=$2
   shift 2
-  echo "== $name (limit ${limit}s)"
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1
-  echo "exit $?" >> "$out/$name.log"
-  tail -n 12 "$out/$name.log"
+  local started=$SECONDS
+  echo "== $name (limit ${limit}s)" | tee -a "$log"
+  timeout "$limit" "$@" >> "$log" 2>&1
+  echo "== $name: exit $? after $((SECONDS - started))s" | tee -a "$log"
 }
 
-step env 30 python3 -c "import torch, onnxruntime as o; o.preload_dlls(); print(torch.cuda.get_device_name(), \
-torch.__version__, o.__version__, o.get_available_providers())"
-step pytest-gpu 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
-step scoring-cola 150 python3 bench/scoring.py --device cuda --random bert-base --random-dir /tmp/random-bert --workloads cola --rows 200000 \
-  --baseline-rows 20000 --variants fp16,fp16:plain,fp32 --out "$out/scoring-cola.json"
-step scoring-long128 80 python3 bench/scoring.py --device cuda --random bert-base --random-dir /tmp/random-bert --workloads long128 \
-  --rows 20000 --baseline-rows 4000 --variants fp16,fp16:plain --out "$out/scoring-long128.json"
-step gpu-memory-1m 70 python3 bench/scoring.py --device cuda --random bert-base --random-dir /tmp/random-bert --workloads cola --rows 1000000 \
-  --baseline-rows 1000 --variants fp16 --out "$out/gpu-memory-1m.json"
-step train-speed 120 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 4 \
+step env 40 python3 -c "import torch, onnxruntime as o; o.preload_dlls(); print(torch.cuda.get_device_name(), \
+torch.__version__, o.__version__, o.get_available_providers()); import subprocess; \
+print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)"
+# The whole of `scorer run` on CoLA sentences: baselines, default fp16 (IO binding), the knobs one by one, fp32;
+# then each stage alone (tokenising, the model) to find the bottleneck.
+step scoring-cola 170 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 20000 \
+  --variants fp16,fp16:plain,fp16:tokenize_threads=1,fp16:tokenize_threads=4,fp16:infer_threads=2,fp16:max_batch_rows=4096,\
+fp16:max_batch_rows=4096:max_tokens=65536,fp16:max_batch_rows=4096:infer_threads=2:tokenize_threads=4,fp32 \
+  --stages fp16 --out "$out/scoring-cola.json"
+step scoring-long128 120 python3 bench/scoring.py $random --workloads long128 --rows 20000 --baseline-rows 4000 \
+  --variants fp16,fp16:plain,fp16:infer_threads=2,fp16:max_tokens=65536,fp16:max_tokens=16384 --stages fp16 --out "$out/scoring-long128.json"
+# The product's own command line, which must start CUDA without torch imported (scoring never imports it).
+step cli-cuda 40 python3 -c "import sys; from scorer.cli import main; \
+main(['run', '.devcarry/cola/dev.tsv', '--model', '/tmp/random-bert/onnx-cola', '--provider', 'cuda', \
+'--variant', 'fp16', '-o', '/tmp/dev.scored.parquet', '--quiet'], standalone_mode=False); \
+print('torch imported by scorer run:', 'torch' in sys.modules)"
+step train-speed 130 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 4 \
   --out "$out/train-speed.json"
-ls -la "$out"
+step gpu-memory-1m 80 python3 bench/scoring.py $random --workloads cola --rows 1000000 --baseline-rows 1000 \
+  --variants fp16 --out "$out/gpu-memory-1m.json"
+step pytest-gpu 100 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+python3 bench/gpu_summary.py "$out" | tee -a "$log"

@@ -31,10 +31,13 @@ from scorer.manifest import load_manifest
 from scorer.model import SentenceClassifier
 from scorer.read import read_labelled
 from scorer.score import score_file
-from scorer.tokens import TextEncoder
+from scorer.tokens import TextEncoder, budget_batches
 
 # bert-base: about 175 MFLOP per token forward (2 x 85M weights in the encoder layers, attention excluded).
 FLOP_PER_TOKEN = {"bert-base": 175e6}
+# Random-weight shapes: bert-base for the GPU figures; tiny to try this script's whole path quickly on a CPU.
+RANDOM_SHAPES = {"bert-base": {}, "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                           "intermediate_size": 128}}
 
 
 def workload(name: str, rows: int, seed: int = 0) -> list[str]:
@@ -86,21 +89,57 @@ def timed(function, *args) -> tuple[object, float]:
     return result, time.perf_counter() - started
 
 
+def run_config(spec: str, source: Path, output: Path, export: Path, provider: str) -> RunConfig:
+    """The RunConfig of a variant spec: VARIANT, then optionally ":plain" or ":bound" (IO binding off/on) and
+    ":FIELD=N" for integer RunConfig fields (max_batch_rows, max_tokens, tokenize_threads, window_rows)."""
+    variant, *options = spec.split(":")
+    settings: dict = {}
+    for option in options:
+        if option in ("plain", "bound"):
+            settings["io_binding"] = option == "bound"
+        else:
+            key, _, value = option.partition("=")
+            settings[key] = int(value)
+    return RunConfig(input=str(source), output=output, model=export, provider=provider, variant=variant,
+                     overwrite=True, **settings)
+
+
 def scorer_run(texts: list[str], export: Path, provider: str, spec: str, tmp: Path, memory: list | None = None
                ) -> tuple[np.ndarray, float]:
-    """`scorer run` end to end: Parquet in, Parquet out, tokenisation included (summary.seconds).
-
-    `spec` is a variant, optionally with ":plain" (IO binding off) or ":bound" (on); else scorer's default.
-    """
-    variant, _, mode = spec.partition(":")
+    """`scorer run` end to end: Parquet in, Parquet out, tokenisation included (summary.seconds)."""
     source = tmp / "input.parquet"
     pq.write_table(pa.table({"sentence": texts}), source)
-    config = RunConfig(input=str(source), output=tmp / f"out-{variant}.parquet", model=export, provider=provider,
-                       variant=variant, overwrite=True, io_binding={"plain": False, "bound": True}.get(mode))
+    config = run_config(spec, source, tmp / "out.parquet", export, provider)
     with GpuMemory(memory if provider == "cuda" else None):
         summary = score_file(config, progress=False)
     labels = pq.read_table(config.output, columns=["label"]).column("label").to_numpy()
     return labels, summary.seconds
+
+
+def stages(texts: list[str], export: Path, provider: str, spec: str) -> dict:
+    """Each stage of `scorer run` alone, in sentences/s, to find the bottleneck: reading plus tokenising
+    (one thread, as one tokenize thread does it), and the model (token-budget batches of the tokenised windows,
+    padding and host copies included)."""
+    from scorer.classify import OnnxClassifier
+
+    config = run_config(spec, Path("unused"), None, export, provider)
+    classifier = OnnxClassifier(export, provider, config.variant, config.max_tokens, config.max_batch_rows,
+                                io_binding=config.io_binding, infer_threads=config.infer_threads)
+    column = pa.array(texts)
+    windows = [column.slice(start, config.window_rows) for start in range(0, len(texts), config.window_rows)]
+    classifier.infer(classifier.prepare(windows[0]))  # warm-up: first shapes, arena
+    started = time.perf_counter()
+    prepared = [classifier.prepare(window) for window in windows]
+    tokenise = time.perf_counter() - started
+    if provider == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for item in prepared:
+        classifier.infer(item)
+    model = time.perf_counter() - started
+    return {"spec": spec, "tokenise_sentences_per_s": len(texts) / tokenise, "model_sentences_per_s":
+            len(texts) / model, "batches": sum(len(budget_batches(p.encoded.lengths, classifier.max_tokens,
+                                                                  classifier.max_batch_rows)) for p in prepared)}
 
 
 class GpuMemory:
@@ -130,74 +169,87 @@ class GpuMemory:
             self._thread.join()
 
 
-def random_checkpoint(directory: Path, shape: str, max_length: int) -> tuple[Path, Path]:
-    """A randomly initialised bert-base-shaped classifier, saved and exported (fp32 + fp16): speed only."""
+def random_checkpoint(directory: Path, shape: str, max_length: int, workload: str, texts: list[str]
+                      ) -> tuple[Path, Path]:
+    """A randomly initialised bert-base-shaped classifier, saved and exported (fp32 + fp16): speed only.
+
+    One checkpoint; one export per workload, calibrated on that workload's texts, so that export's timing of the
+    fused and unfused fp16 attention (both recorded in the manifest) chooses for texts like the ones scored, as
+    a user's export does with its training data.
+    """
     from export.pipeline import export_model
     from scorer.config import ExportConfig
     from scorer.errors import ParityError
     from scorer.model import HeadConfig, load_encoder
 
-    if shape != "bert-base":
-        raise SystemExit(f"unknown --random shape {shape}")
-    checkpoint, export = directory / "checkpoint", directory / "onnx"
+    checkpoint, export = directory / "checkpoint", directory / f"onnx-{workload}"
     if (export / "manifest.json").is_file():
         return checkpoint, export
-    encoder = random_bert(directory / "encoder")
-    SentenceClassifier(load_encoder(encoder), HeadConfig([0, 1], "mean", max_length)).save(checkpoint)
-    for name in TOKENIZER_FILES:
-        shutil.copy(encoder / name, checkpoint / name)
+    if not (checkpoint / "scorer_head.json").is_file():
+        encoder = random_bert(directory / "encoder", **RANDOM_SHAPES[shape])
+        SentenceClassifier(load_encoder(encoder), HeadConfig([0, 1], "mean", max_length)).save(checkpoint)
+        for name in TOKENIZER_FILES:
+            shutil.copy(encoder / name, checkpoint / name)
+    calibration = directory / f"calibration-{workload}.parquet"
+    pq.write_table(pa.table({"sentence": texts[:2000]}), calibration)
     try:  # random weights put every logit near a tie, so only the fp32 gate means anything here
         export_model(ExportConfig(checkpoint=checkpoint, output=export, variants=("fp32", "fp16"),
-                                  min_agreement=1e-9))
+                                  calibration=calibration, min_agreement=1e-9))
     except ParityError as exc:
         print(f"parity (random weights): {exc}")
     return checkpoint, export
-
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, default=Path("scorer-artifacts/onnx"))
     parser.add_argument("--checkpoint", type=Path, default=Path("scorer-artifacts/checkpoint"))
-    parser.add_argument("--random", choices=["bert-base"], help="Use random weights of this shape instead.")
+    parser.add_argument("--random", choices=sorted(RANDOM_SHAPES), help="Use random weights of this shape instead.")
     parser.add_argument("--random-dir", type=Path, help="Keep the random model here and reuse it if it is there.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--baseline-rows", type=int, default=20000, help="Rows the PyTorch baselines score.")
     parser.add_argument("--workloads", default="cola,long128")
     parser.add_argument("--variants", default="int8,fp32",
-                        help="Variants to run, each optionally VARIANT:plain or VARIANT:bound (IO binding off/on).")
+                        help="Variant specs to run: VARIANT[:plain|:bound][:FIELD=N...] (IO binding off/on, RunConfig "
+                        "integers such as max_batch_rows=4096 or tokenize_threads=1).")
+    parser.add_argument("--stages", metavar="SPEC", help="Also time tokenising and the model alone for this spec.")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="Dense fp16 peak, for %% of limit.")
     parser.add_argument("--out", type=Path, default=Path("bench/out/scoring-cpu.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        if args.random:
-            args.checkpoint, args.export = random_checkpoint(args.random_dir or Path(tmp) / "random", args.random, 128)
+        args.random_dir = args.random_dir or Path(tmp) / "random"
         results = measure_all(args, Path(tmp))
     write_json(args.out, results)
 
 
 def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
-    model = SentenceClassifier.load(args.checkpoint).to(args.device).eval()
-    encoder = TextEncoder.from_dir(args.export, model.head_config.max_length)
     provider = "cuda" if args.device == "cuda" else "cpu"
     best_batch, best_dtype = (256, torch.bfloat16) if args.device == "cuda" else (64, None)
     best_name = f"pytorch-sorted-b{best_batch}" + ("-bf16" if best_dtype else "")
-    results = {"machine": machine(args.device), "rows": args.rows, "random_weights": args.random,
-               "export": load_manifest(args.export).extra, "workloads": {}}
+    results = {"machine": machine(args.device), "rows": args.rows, "random_weights": args.random, "workloads": {}}
     for name in args.workloads.split(","):
         texts = workload(name, args.rows)
+        checkpoint, export = args.checkpoint, args.export
+        if args.random:
+            checkpoint, export = random_checkpoint(args.random_dir, args.random, 128, name, texts)
+        model = SentenceClassifier.load(checkpoint).to(args.device).eval()
+        encoder = TextEncoder.from_dir(export, model.head_config.max_length)
         subset = texts[: args.baseline_rows]
-        reference, seconds = timed(notebook_way, model, subset, args.checkpoint, args.device)
+        reference, seconds = timed(notebook_way, model, subset, checkpoint, args.device)
         rates = {"pytorch-notebook": len(subset) / seconds}
         _, seconds = timed(best_pytorch, model, subset, encoder, args.device, best_batch, best_dtype)
         rates[best_name] = len(subset) / seconds
         agreement, memory = {}, {}
         for variant in args.variants.split(","):
             memory[variant] = []
-            labels, seconds = scorer_run(texts, args.export, provider, variant, tmp, memory[variant])
+            labels, seconds = scorer_run(texts, export, provider, variant, tmp, memory[variant])
             rates[f"scorer-run-{variant}"] = len(texts) / seconds
             agreement[f"scorer-run-{variant}"] = float((labels[: len(subset)] == reference).mean())
+        profile = stages(texts, export, provider, args.stages) if args.stages else None
+        if profile:
+            print(f"{name:8} stages ({args.stages}): tokenise {profile['tokenise_sentences_per_s']:,.0f}/s, model "
+                  f"{profile['model_sentences_per_s']:,.0f}/s in {profile['batches']} batches", flush=True)
         tokens_per_row = encoder.encode(texts).lengths.mean()
         rows = {key: {"sentences_per_s": rate, "real_tokens_per_s": rate * tokens_per_row,
                       "x_notebook": rate / rates["pytorch-notebook"], "x_best_pytorch": rate / rates[best_name],
@@ -207,7 +259,8 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
                 row["percent_of_physical_limit"] = 100 * row["real_tokens_per_s"] * FLOP_PER_TOKEN["bert-base"] \
                     / (args.peak_tflops * 1e12)
         results["workloads"][name] = {"texts": len(texts), "baseline_texts": len(subset),
-                                      "mean_tokens": float(tokens_per_row), "results": rows,
+                                      "mean_tokens": float(tokens_per_row), "results": rows, "stages": profile,
+                                      "export": load_manifest(export).extra,
                                       "gpu_memory_used_mib": {k: v for k, v in memory.items() if v}}
         for key, row in rows.items():
             print(f"{name:8} {key:24} {row['sentences_per_s']:>9,.0f} sent/s {row['real_tokens_per_s']:>11,.0f} tok/s"

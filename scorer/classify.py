@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,7 @@ class OnnxClassifier:
 
     def __init__(self, directory: Path, provider: str = "auto", variant: str | None = None,
                  max_tokens: int | None = None, max_batch_rows: int = 1024, provider_options: dict | None = None,
-                 io_binding: bool | None = None) -> None:
+                 io_binding: bool | None = None, infer_threads: int = 1) -> None:
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         self.manifest.verify_tokenizer(self.directory)
@@ -110,6 +111,8 @@ class OnnxClassifier:
         self.positive = self.labels.index(self.manifest.positive_label)
         self.io_binding = self.provider != "cpu" if io_binding is None else io_binding
         self._run_batch = batch_runner(self.session, self.provider, self.io_binding)
+        # With several threads, one batch is padded and copied while another runs (ORT's run is thread-safe).
+        self._pool = ThreadPoolExecutor(infer_threads, "scorer-infer") if infer_threads > 1 else None
 
     def _start(self, variant: str | None, provider_options: dict | None) -> None:
         self.variant = variant or default_variant(self.provider, self.manifest)
@@ -126,8 +129,14 @@ class OnnxClassifier:
         """Logits of every encoded row, in token-budget batches of length-sorted rows."""
         out = np.empty((len(encoded), len(self.manifest.labels)), dtype=np.float32)
         names = self.manifest.input_names
-        for rows in budget_batches(encoded.lengths, self.max_tokens, self.max_batch_rows):
-            out[rows] = self._run_batch(dict(zip(names, encoded.pad(rows), strict=True)))
+        batches = budget_batches(encoded.lengths, self.max_tokens, self.max_batch_rows)
+
+        def logits(rows: np.ndarray) -> np.ndarray:
+            return self._run_batch(dict(zip(names, encoded.pad(rows), strict=True)))
+
+        results = self._pool.map(logits, batches) if self._pool else map(logits, batches)
+        for rows, batch_logits in zip(batches, results, strict=True):
+            out[rows] = batch_logits
         return out
 
     def scores(self, probabilities: np.ndarray) -> np.ndarray:

@@ -157,6 +157,8 @@ class RunConfig:
     max_batch_rows: int = 1024
     io_binding: bool | None = None
     window_rows: int = 16384
+    tokenize_threads: int = 2
+    infer_threads: int = 1
     check: int = 0
     samples: int = 0
     report: Path | None = None
@@ -175,6 +177,8 @@ class RunConfig:
         _check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be at least 1")
         _check(self.max_batch_rows >= 1, f"--max-batch-rows must be at least 1, not {self.max_batch_rows}")
         _check(self.window_rows >= 1, f"--window-rows must be at least 1, not {self.window_rows}")
+        _check(self.infer_threads >= 1, f"--infer-threads must be at least 1, not {self.infer_threads}")
+        _check(self.tokenize_threads >= 1, f"--tokenize-threads must be at least 1, not {self.tokenize_threads}")
         _check(self.check >= 0, f"--check must be 0 or more, not {self.check}")
         _check(self.samples >= 0, f"--samples must be 0 or more, not {self.samples}")
 

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,7 +102,8 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     """Score every unit of config.input; failures of single units are collected, then raised at the end."""
     units = plan_units(config.input, config.output, config.output_format)
     classifier = OnnxClassifier(config.model, config.provider, config.variant, config.max_tokens,
-                                config.max_batch_rows, io_binding=config.io_binding)
+                                config.max_batch_rows, io_binding=config.io_binding,
+                                infer_threads=config.infer_threads)
     log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
              classifier.provider, len(units))
     started = time.perf_counter()
@@ -153,7 +155,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
         first = store.open()
         started = time.perf_counter()
         try:
-            _stream(reader, classifier, columns, store, first, config.window_rows, progress)
+            _stream(reader, classifier, columns, store, first, config, progress)
             parts = store.parts()
             if not parts:
                 raise InputError(f"{reader.path} has no data rows; nothing to score")
@@ -183,36 +185,41 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
 
 
 def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, store: PartStore, first: int,
-            window_rows: int, progress: bool) -> None:
-    """Read → tokenise → infer → write, with the next window read and tokenised, and the previous one written,
-    on their own threads while the model runs (tokenizers, pyarrow and ONNX Runtime release the GIL)."""
+            config: RunConfig, progress: bool) -> None:
+    """Read → tokenise → infer → write. While the model runs, the next windows are read (one thread, in order)
+    and tokenised (config.tokenize_threads at once, so one window's Rust tokenisation, which frees the GIL,
+    overlaps another's conversion to arrays), and the previous window is written."""
     labels = LabelIndex(classifier.labels) if columns.label else None
-    skip = first * window_rows
-    windows = enumerate(reader.batches(window_rows, skip_rows=skip))
+    skip = first * config.window_rows
+    windows = enumerate(reader.batches(config.window_rows, skip_rows=skip))
 
-    def read_and_prepare():
+    def read():
         number, window = next(windows, (None, None))
-        if window is None:
-            return None
-        if labels is not None:  # fail before scoring when the file has labels the model does not know
+        if window is not None and labels is not None:  # fail before scoring on labels the model does not know
             labels.indices(window.column(columns.label).to_pylist(), reader.path, columns.label,
-                           skip + number * window_rows + 1)
-        return window, classifier.prepare(window.column(columns.text))
+                           skip + number * config.window_rows + 1)
+        return window
+
+    def prepare(reading: Future):
+        window = reading.result()
+        return None if window is None else (window, classifier.prepare(window.column(columns.text)))
 
     total = None if reader.num_rows is None else max(0, reader.num_rows - skip)
     with tqdm(total=total, unit="rows", disable=None if progress else True, file=sys.stderr,
               desc=reader.path.name, leave=False) as bar, \
-            ThreadPoolExecutor(1, "scorer-read") as reading, ThreadPoolExecutor(1, "scorer-write") as writing:
-        ahead = reading.submit(read_and_prepare)
+            ThreadPoolExecutor(1, "scorer-read") as reading, \
+            ThreadPoolExecutor(config.tokenize_threads, "scorer-tokenize") as tokenizing, \
+            ThreadPoolExecutor(1, "scorer-write") as writing:
+        ahead = deque(tokenizing.submit(prepare, reading.submit(read)) for _ in range(config.tokenize_threads))
         writes: list[Future] = []
         index = first
-        while (item := ahead.result()) is not None:
-            ahead = reading.submit(read_and_prepare)
+        while (item := ahead.popleft().result()) is not None:
+            ahead.append(tokenizing.submit(prepare, reading.submit(read)))
             window, prepared = item
             predicted, score, status = classifier.result_arrays(classifier.infer(prepared))
             table = window.append_column(columns.predicted, predicted).append_column(columns.score, score)
             writes.append(writing.submit(store.write, index, table.append_column(columns.status, status)))
-            while len(writes) > 1:  # at most one part in flight: memory stays bounded by two windows
+            while len(writes) > 1:  # at most one part in flight: memory stays bounded
                 writes.pop(0).result()
             index += 1
             bar.update(window.num_rows)

@@ -41,7 +41,9 @@ class Tally:
 
 
 def read_column(parts: list[Path], name: str) -> pa.ChunkedArray:
-    return pa.chunked_array([pq.read_table(part, columns=[name]).column(name) for part in parts])
+    # concat_tables joins the parts' chunks without copying; pa.chunked_array of ChunkedArrays would convert
+    # them element by element through Python (0.1 s per 200k rows).
+    return pa.concat_tables([pq.read_table(part, columns=[name]) for part in parts]).column(name)
 
 
 def tally(parts: list[Path], columns: Columns, labels: list, source: Path, samples: int, seed: int) -> Tally:

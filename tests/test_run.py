@@ -83,6 +83,22 @@ def test_io_binding_gives_the_same_scores_as_plain_runs(tiny_export, parquet_inp
     np.testing.assert_array_equal(bound, plain)
 
 
+def test_tokenize_and_infer_threads_keep_every_row_in_order(tiny_export, parquet_input, tmp_path):
+    # Small windows and batches, so that several windows are tokenised and several batches run at once.
+    outputs = []
+    for threads in ("1", "3"):
+        out = tmp_path / f"threads-{threads}.parquet"
+        run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--window-rows", "3",
+            "--max-tokens", "40", "--tokenize-threads", threads, "--infer-threads", threads)
+        outputs.append(pq.read_table(out))
+    single, threaded = outputs
+    assert single.num_rows == pq.read_metadata(parquet_input).num_rows
+    assert threaded.column("sentence").equals(pq.read_table(parquet_input).column("sentence"))
+    assert threaded.select(["label", "status"]).equals(single.select(["label", "status"]))
+    np.testing.assert_array_equal(threaded.column("score").to_numpy(zero_copy_only=False),
+                                  single.column("score").to_numpy(zero_copy_only=False))
+
+
 def test_csv_and_parquet_inputs_give_identical_scores(tiny_export, tmp_path):
     texts = [t for t in TEXTS if t is not None]
     pq.write_table(pa.table({"sentence": texts}), tmp_path / "in.parquet")

@@ -1,0 +1,42 @@
+"""The figures of one bench/gpu_check.sh run, as a short table (the device tool returns only the output's tail).
+
+    python bench/gpu_summary.py bench/results/gpu
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(directory: Path) -> None:
+    for name in ("scoring-cola", "scoring-long128", "gpu-memory-1m"):
+        path = directory / f"{name}.json"
+        if not path.is_file():
+            print(f"{name}: no result")
+            continue
+        data = json.loads(path.read_text())
+        for workload, result in data["workloads"].items():
+            fp16 = result["export"].get("fp16", {})
+            print(f"{name} {workload}: {result['texts']} texts, {result['mean_tokens']:.1f} tokens; fp16 attention "
+                  f"{fp16.get('attention')} (seconds {fp16.get('seconds')}); stages {result.get('stages')}")
+            for key, row in result["results"].items():
+                print(f"  {key:58} {row['sentences_per_s']:>9,.0f}/s {row['real_tokens_per_s']:>11,.0f} tok/s "
+                      f"{row.get('percent_of_physical_limit', 0):5.1f}% of limit, labels agree "
+                      f"{row['label_agreement_with_pytorch_fp32']}")
+            for key, samples in result["gpu_memory_used_mib"].items():
+                used = [mib for _, mib in samples]
+                print(f"  GPU memory {key}: {len(used)} samples, first {used[0]} MiB, max {max(used)} MiB, "
+                      f"last {used[-1]} MiB")
+    path = directory / "train-speed.json"
+    if path.is_file():
+        for run in json.loads(path.read_text())["runs"]:
+            print(f"train {run['model']} ({run['precision']}): epochs {[round(s, 2) for s in run['epoch_seconds']]} s, "
+                  f"total {run['total_seconds']:.1f}s, notebook {run['notebook_epoch_seconds']:.1f}s/epoch")
+    else:
+        print("train-speed: no result")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
