@@ -3,6 +3,7 @@
 # bench/gpu_prepare.sh and the four earlier `run` calls that left the wheel parts in /tmp/keep (see that script).
 # Steps run in order of importance, each with its own time limit; one failing step does not stop the others.
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
+# With step names as arguments (bash bench/gpu_check.sh env model-stage), only those steps run.
 set -uo pipefail
 out=${OUT:-bench/out/gpu}
 mkdir -p "$out"
@@ -14,9 +15,11 @@ export PYTHONPATH=$PWD:$PWD/bench:/tmp/site
 export SCORER_TOKENIZER_DIR=$PWD/.devcarry/minilm SCORER_COLA_DIR=$PWD/.devcarry/cola
 random="--device cuda --random bert-base --random-dir /tmp/random-bert"
 
+only=" $* "
 step() {
   local name=$1 limit=$2
   shift 2
+  if [ "$only" != "  " ] && [[ "$only" != *" $name "* ]]; then return; fi
   local started=$SECONDS
   echo "== $name (limit ${limit}s)" | tee -a "$log"
   timeout "$limit" "$@" >> "$log" 2>&1
@@ -39,9 +42,16 @@ step cli-cuda 40 python3 -c "import sys; from scorer.cli import main; \
 main(['run', '.devcarry/cola/dev.tsv', '--model', '/tmp/random-bert/onnx-cola', '--provider', 'cuda', \
 '--variant', 'fp16', '-o', '/tmp/dev.scored.parquet', '--quiet'], standalone_mode=False); \
 print('torch imported by scorer run:', 'torch' in sys.modules)"
-step train-speed 130 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 4 \
-  --out "$out/train-speed.json"
+step train-speed 130 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 \
+  --precisions bf16,fp32 --out "$out/train-speed.json"
 step gpu-memory-1m 80 python3 bench/scoring.py $random --workloads cola --rows 1000000 --baseline-rows 1000 \
   --variants fp16 --out "$out/gpu-memory-1m.json"
+# The model stage alone under each session and batching setting, and the graph's fixed-shape ceiling.
+step model-stage 130 python3 bench/model_stage.py $random --rows 100000 --out "$out/model-stage.json"
+# End to end with the settings that won in model-stage and in the first GPU run (bench/RESULTS.md).
+step scoring-cola-knobs 60 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 2000 \
+  --variants fp16:max_batch_rows=4096:infer_threads=2:tokenize_threads=4,\
+fp16:max_batch_rows=8192:max_tokens=65536:infer_threads=2:tokenize_threads=4,\
+fp16:max_batch_rows=4096:infer_threads=3:tokenize_threads=4 --out "$out/scoring-cola-knobs.json"
 step pytest-gpu 100 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 python3 bench/gpu_summary.py "$out" | tee -a "$log"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def main(directory: Path) -> None:
-    for name in ("scoring-cola", "scoring-long128", "gpu-memory-1m"):
+    for name in ("scoring-cola", "scoring-long128", "gpu-memory-1m", "scoring-cola-knobs"):
         path = directory / f"{name}.json"
         if not path.is_file():
             print(f"{name}: no result")
@@ -29,6 +29,12 @@ def main(directory: Path) -> None:
                 used = [mib for _, mib in samples]
                 print(f"  GPU memory {key}: {len(used)} samples, first {used[0]} MiB, max {max(used)} MiB, "
                       f"last {used[-1]} MiB")
+    path = directory / "model-stage.json"
+    if path.is_file():
+        stage = json.loads(path.read_text())
+        print(f"model stage ({stage['attention_chosen']} attention chosen):")
+        for name, row in {**stage["settings"], **stage["fixed_shape"]}.items():
+            print(f"  {name:28} {row}")
     path = directory / "train-speed.json"
     if path.is_file():
         for run in json.loads(path.read_text())["runs"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -187,3 +188,20 @@ def test_masking_leaves_special_and_padding_tokens_and_follows_80_10_10():
     became_mask = (masked[chosen] == 103).float().mean().item()
     kept = (masked[chosen] == input_ids[chosen]).float().mean().item()
     assert abs(became_mask - 0.8) < 0.03 and abs(kept - 0.1) < 0.03
+
+
+def test_device_rows_cut_the_same_batches_as_host_padding(tiny_encoder):
+    from scorer.loop import DeviceRows, bucketed_batches
+    from scorer.tokens import TextEncoder
+
+    texts = ["a b c", "the cat sat on the mat and then it slept", "no", "", "one two three four five six"] * 7
+    encoded = TextEncoder.from_dir(tiny_encoder, 8).encode(texts)  # some rows cut at 8 tokens, one of only 2
+    targets = np.arange(len(texts)) % 2
+    batches = bucketed_batches(encoded.lengths, 4, np.random.default_rng(0))
+    seen = 0
+    for rows, (ids, mask, labels) in zip(batches, DeviceRows(encoded, targets, "cpu").batches(batches), strict=True):
+        host_ids, host_mask = encoded.pad(rows)
+        assert torch.equal(ids, torch.from_numpy(host_ids)) and torch.equal(mask, torch.from_numpy(host_mask))
+        assert torch.equal(labels, torch.from_numpy(targets[rows]))
+        seen += len(rows)
+    assert seen == len(texts)

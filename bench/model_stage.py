@@ -1,0 +1,150 @@
+"""The model stage of `scorer run` alone, under each session and batching setting: where does GPU time go?
+
+    python bench/model_stage.py --device cuda --random bert-base --random-dir /tmp/random-bert --out stage.json
+
+On pre-tokenised CoLA-like sentences (as scorer tokenises them, in windows), times the token-budget batches
+through an ONNX Runtime session for each setting in SETTINGS (rows per batch, token budget, IO binding, padded
+width rounded up, intra-op threads and spinning, fused or unfused fp16 attention), then one fixed shape run
+repeatedly, with and without a captured CUDA graph: the graph's ceiling, launches included or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import machine, write_json
+from scoring import random_checkpoint, workload
+
+from scorer.manifest import VARIANT_FILES
+from scorer.session import CPU, CUDA, batch_runner, onnxruntime
+from scorer.tokens import TextEncoder, budget_batches
+
+# name: (graph, max_rows, max_tokens, io_binding, round width up to, intra-op threads (None: scorer's, one per
+# core), spinning)
+SETTINGS = {
+    "scorer default": ("chosen", 1024, 32768, True, 1, None, True),
+    "rows 4096": ("chosen", 4096, 32768, True, 1, None, True),
+    "rows 4096 plain": ("chosen", 4096, 32768, False, 1, None, True),
+    "rows 8192 budget 64k": ("chosen", 8192, 65536, True, 1, None, True),
+    "rows 4096 width x8": ("chosen", 4096, 32768, True, 8, None, True),
+    "rows 4096 1 thread": ("chosen", 4096, 32768, True, 1, 1, True),
+    "rows 4096 no spinning": ("chosen", 4096, 32768, True, 1, None, False),
+    "rows 4096 other attention": ("other", 4096, 32768, True, 1, None, True),
+}
+
+
+def session(path: Path, provider: str, threads: int | None, spinning: bool, options: dict | None = None):
+    ort = onnxruntime()
+    settings = ort.SessionOptions()
+    settings.log_severity_level = 3
+    settings.intra_op_num_threads = threads or os.cpu_count() or 1
+    settings.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    chain = [(CUDA, options or {}), (CPU, {})] if provider == "cuda" else [(CPU, {})]
+    return ort.InferenceSession(str(path), sess_options=settings, providers=chain)
+
+
+def stage_rate(runner, windows: list, max_rows: int, max_tokens: int, multiple: int) -> tuple[float, int]:
+    """Sentences/s of every window's batches through `runner` (after one warm-up window), and the batch count."""
+
+    def one_pass(items):
+        count = 0
+        for encoded in items:
+            for rows in budget_batches(encoded.lengths, max_tokens, max_rows):
+                width = -(-int(encoded.lengths[rows].max()) // multiple) * multiple
+                ids, mask = encoded.pad(rows, width)
+                runner({"input_ids": ids, "attention_mask": mask})
+                count += 1
+        return count
+
+    one_pass(windows[:2])
+    started = time.perf_counter()
+    batches = one_pass(windows)
+    return sum(len(w) for w in windows) / (time.perf_counter() - started), batches
+
+
+def fixed_shape(path: Path, provider: str, rows: int, width: int, graph: bool, repeats: int = 30) -> float:
+    """Median seconds of one run at a fixed shape, inputs and output bound on the device (CUDA graph or not)."""
+    ort = onnxruntime()
+    sess = session(path, provider, None, True, {"enable_cuda_graph": "1"} if graph else None)
+    device = "cuda" if provider == "cuda" else "cpu"
+    types = {i.name: np.int32 if i.type == "tensor(int32)" else np.int64 for i in sess.get_inputs()}
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(1000, 20000, (rows, width)), "attention_mask": np.ones((rows, width))}
+    binding = sess.io_binding()
+    for name, array in feeds.items():
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, types[name]), device, 0)
+        binding.bind_ortvalue_input(name, value)
+    output = sess.get_outputs()[0].name
+    logits = ort.OrtValue.ortvalue_from_shape_and_type([rows, 2], np.float32, device, 0)
+    binding.bind_ortvalue_output(output, logits)
+    times = []
+    for _ in range(repeats + 3):
+        started = time.perf_counter()
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[3:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    parser.add_argument("--random", default="bert-base", help="Random-weight shape (bench/scoring.py).")
+    parser.add_argument("--random-dir", type=Path)
+    parser.add_argument("--rows", type=int, default=200000)
+    parser.add_argument("--window-rows", type=int, default=16384)
+    parser.add_argument("--out", type=Path, default=Path("bench/out/model-stage.json"))
+    args = parser.parse_args()
+    provider = "cuda" if args.device == "cuda" else "cpu"
+    texts = workload("cola", args.rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = args.random_dir or Path(tmp)
+        _, export = random_checkpoint(directory, args.random, 128, "cola", texts)
+        graphs = other_attention(export, directory)
+        encoder = TextEncoder.from_dir(export, 128)
+        windows = [encoder.encode(texts[s : s + args.window_rows]) for s in range(0, len(texts), args.window_rows)]
+        tokens = sum(int(w.lengths.sum()) for w in windows)
+        results = {"machine": machine(args.device), "rows": len(texts), "mean_tokens": tokens / len(texts),
+                   "attention_chosen": graphs["chosen_attention"], "settings": {}, "fixed_shape": {}}
+        for name, (graph, max_rows, max_tokens, binding, multiple, threads, spinning) in SETTINGS.items():
+            runner = batch_runner(session(graphs[graph], provider, threads, spinning), provider, binding)
+            rate, batches = stage_rate(runner, windows, max_rows, max_tokens, multiple)
+            results["settings"][name] = {"sentences_per_s": rate, "real_tokens_per_s": rate * tokens / len(texts),
+                                         "batches": batches}
+            print(f"{name:28} {rate:>9,.0f} sentences/s in {batches} batches", flush=True)
+        for rows, width in ((1024, 16), (4096, 16), (256, 128)):
+            for graph in (False, True):
+                key = f"{rows}x{width}" + (" cuda graph" if graph else "")
+                try:
+                    seconds = fixed_shape(graphs["chosen"], provider, rows, width, graph)
+                except Exception as exc:  # a CUDA graph capture can fail on some graphs: record why
+                    results["fixed_shape"][key] = {"error": str(exc).splitlines()[0][:300]}
+                    print(f"{key:28} failed: {results['fixed_shape'][key]['error']}", flush=True)
+                    continue
+                results["fixed_shape"][key] = {"ms": seconds * 1e3, "tokens_per_s": rows * width / seconds}
+                print(f"{key:28} {seconds * 1e3:8.2f} ms  {rows * width / seconds:>12,.0f} tokens/s", flush=True)
+    write_json(args.out, results)
+
+
+def other_attention(export: Path, directory: Path) -> dict:
+    """The export's fp16 graph and one with the other attention choice (fused vs unfused), built like export's."""
+    from export.optimize import optimize_fp16
+
+    chosen = json.loads((export / "manifest.json").read_text())["extra"]["fp16"]["attention"]
+    shape = json.loads((directory / "checkpoint" / "config.json").read_text())
+    other = directory / "fp16-other.onnx"
+    if not other.is_file():
+        optimize_fp16(export / VARIANT_FILES["fp32"], other, shape["num_attention_heads"], shape["hidden_size"],
+                      chosen != "fused")
+    return {"chosen": export / VARIANT_FILES["fp16"], "other": other, "chosen_attention": chosen}
+
+
+if __name__ == "__main__":
+    main()
