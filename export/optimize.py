@@ -17,6 +17,7 @@ import onnx
 
 from export.timing import best_seconds
 from scorer.classify import DEFAULT_MAX_TOKENS
+from scorer.config import RunConfig
 from scorer.errors import ProviderError
 from scorer.session import CUDA, available, batch_runner, create_session
 from scorer.tokens import Encoded, budget_batches
@@ -46,6 +47,8 @@ def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, 
     model = optimizer.optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
                                      opt_level=0, use_gpu=True, optimization_options=options)
     fused = {name: count for name, count in model.get_fused_operator_statistics().items() if count}
+    if fuse_attention and not fused.get("Attention"):
+        log.warning("ONNX Runtime's optimizer fused no Attention in %s (onnxruntime 1.30 did not; 1.31 does)", source)
     int32_inputs(model.model)
     model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(target))
@@ -90,24 +93,25 @@ def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, att
         fused = optimize_fp16(source, target, num_heads, hidden_size, attention == "fused")
         log.info("fp16 variant: attention %s (%s); fused %s", attention, why,
                  ", ".join(f"{n}×{c}" for n, c in sorted(fused.items())) or "nothing")
-        return Fp16Report(attention, fused)
+        return Fp16Report("fused" if fused.get("Attention") else "unfused", fused)
     return choose_attention(source, target, num_heads, hidden_size, encoded, "cuda")
 
 
 def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: int, encoded: Encoded,
                      provider: str) -> Fp16Report:
-    """Build both fp16 graphs, time each on `provider` with IO binding, and keep the faster one as `target`."""
+    """Build both fp16 graphs, time each on `provider` as `scorer run` runs them, and keep the faster as `target`."""
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         paths = {choice: Path(tmp) / f"{choice}.onnx" for choice in ("fused", "unfused")}
         fused = {choice: optimize_fp16(source, path, num_heads, hidden_size, choice == "fused")
                  for choice, path in paths.items()}
-        runners = [batch_runner(create_session(path, provider), provider, True) for path in paths.values()]
-        cuts = budget_batches(encoded.lengths, DEFAULT_MAX_TOKENS["cuda"], 1024)
+        runners = [batch_runner(create_session(path, provider), provider, RunConfig.io_binding)
+                   for path in paths.values()]
+        cuts = budget_batches(encoded.lengths, DEFAULT_MAX_TOKENS["cuda"], RunConfig.max_batch_rows)
         batches = [(rows, None) for rows in cuts] * _REPEATS
         seconds = dict(zip(paths, best_seconds(runners, encoded, batches, _PASSES), strict=True))
         best = min(seconds, key=seconds.__getitem__)
         paths[best].replace(target)
-    log.info("fp16 variant: attention %s (%s, IO binding: fused %.3fs, unfused %.3fs per pass)", best, provider,
+    log.info("fp16 variant: attention %s (%s: fused %.3fs, unfused %.3fs per pass)", best, provider,
              seconds["fused"], seconds["unfused"])
     return Fp16Report(best, fused[best], seconds, provider)
 

@@ -82,8 +82,8 @@ class OnnxClassifier:
     """An export directory opened for scoring on one provider and one variant."""
 
     def __init__(self, directory: Path, provider: str = "auto", variant: str | None = None,
-                 max_tokens: int | None = None, max_batch_rows: int = 1024, provider_options: dict | None = None,
-                 io_binding: bool | None = None, infer_threads: int = 1) -> None:
+                 max_tokens: int | None = None, max_batch_rows: int = 4096, provider_options: dict | None = None,
+                 io_binding: bool = False, infer_threads: int = 1) -> None:
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         self.manifest.verify_tokenizer(self.directory)
@@ -109,7 +109,7 @@ class OnnxClassifier:
         self.max_batch_rows = max_batch_rows
         self.labels = self.manifest.labels
         self.positive = self.labels.index(self.manifest.positive_label)
-        self.io_binding = self.provider != "cpu" if io_binding is None else io_binding
+        self.io_binding = io_binding
         self._run_batch = batch_runner(self.session, self.provider, self.io_binding)
         # With several threads, one batch is padded and copied while another runs (ORT's run is thread-safe).
         self._pool = ThreadPoolExecutor(infer_threads, "scorer-infer") if infer_threads > 1 else None

@@ -161,8 +161,9 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 @click.option("--text-column", help="Column to score [default: the training text column].")
 @click.option("--label-column", help="True labels, for accuracy/MCC [default: the training one, if present].")
 @click.option("--max-tokens", type=int, help="Token budget per batch (rows × padded length).")
+@click.option("--max-batch-rows", type=int, help="Most rows in one batch [default: 4096].")
 @click.option("--io-binding/--no-io-binding", default=None,
-              help="Bind inputs/outputs to the device (ORT IO binding) [default: on for GPU providers].")
+              help="Bind inputs/outputs to the device (ORT IO binding) [default: off, measured slower].")
 @click.option("--window-rows", type=int, help="Rows read, sorted, scored and checkpointed together [default: 16384].")
 @click.option("--tokenize-threads", type=int, help="Windows tokenised at once, ahead of the model [default: 2].")
 @click.option("--infer-threads", type=int, help="Batches in flight on the model at once [default: 1].")

@@ -154,8 +154,8 @@ class RunConfig:
     text_column: str | None = None
     label_column: str | None = None
     max_tokens: int | None = None
-    max_batch_rows: int = 1024
-    io_binding: bool | None = None
+    max_batch_rows: int = 4096
+    io_binding: bool = False
     window_rows: int = 16384
     tokenize_threads: int = 2
     infer_threads: int = 1

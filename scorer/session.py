@@ -67,7 +67,9 @@ def create_session(model: Path | bytes, provider: str, provider_options: dict | 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    # On a GPU the graph's CPU work is a few shape ops: one thread, so that no pool of spinning threads competes
+    # with tokenisation for the cores (H100: model stage 99k sentences/s with 1 thread, 92k with 16).
+    options.intra_op_num_threads = threads or ((os.cpu_count() or 1) if provider == "cpu" else 1)
     chain = [(_NAMES[provider], provider_options or {})]
     if provider == "tensorrt":
         chain.append((CUDA, {}))

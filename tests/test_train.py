@@ -122,10 +122,11 @@ def test_bf16_autocast_changes_the_steps_not_the_saved_fp32_weights(tiny_encoder
     assert losses["fp32"] == pytest.approx(losses["bf16"], rel=0.05)
 
 
-def test_auto_precision_is_bf16_on_cuda_and_follows_the_cpu_otherwise():
+def test_auto_precision_is_fp32_on_cuda_and_follows_the_cpu_otherwise():
     from scorer.train import _cpu_has_bf16, _resolve_precision
 
-    assert _resolve_precision("auto", "cuda") == "bf16"
+    assert _resolve_precision("auto", "cuda") == "fp32"
+    assert _resolve_precision("bf16", "cuda") == "bf16"
     assert _resolve_precision("auto", "cpu") == ("bf16" if _cpu_has_bf16() else "fp32")
     assert _resolve_precision("fp32", "cuda") == "fp32"
 
