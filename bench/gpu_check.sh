@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU measurement in one go, on the GPU test machine (Python 3.12, torch, no registry), after
 # bench/gpu_prepare.sh and the four earlier `run` calls that left the wheel parts in /tmp/keep (see that script).
-# Steps run in order of importance, each with its own time limit; one failing step does not stop the others.
+# Steps run in the order of this file (most important first), each with its own time limit; one failing step does
+# not stop the others. All of them take about 8 minutes on an H100 (the first two runs, bench/RESULTS.md §7).
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
-# With step names as arguments (bash bench/gpu_check.sh env model-stage), only those steps run.
+# With step names as arguments (bash bench/gpu_check.sh env model-stage), only those steps run, still in file order.
 set -uo pipefail
 out=${OUT:-bench/out/gpu}
 mkdir -p "$out"
@@ -29,29 +30,27 @@ step() {
 step env 40 python3 -c "import torch, onnxruntime as o; o.preload_dlls(); print(torch.cuda.get_device_name(), \
 torch.__version__, o.__version__, o.get_available_providers()); import subprocess; \
 print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)"
-# The whole of `scorer run` on CoLA sentences: baselines, default fp16 (IO binding), the knobs one by one, fp32;
+# The whole of `scorer run` on CoLA sentences: the baselines, scorer's defaults, then one knob at a time, fp32;
 # then each stage alone (tokenising, the model) to find the bottleneck.
-step scoring-cola 170 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 20000 \
-  --variants fp16,fp16:plain,fp16:tokenize_threads=1,fp16:tokenize_threads=4,fp16:infer_threads=2,fp16:max_batch_rows=4096,\
-fp16:max_batch_rows=4096:max_tokens=65536,fp16:max_batch_rows=4096:infer_threads=2:tokenize_threads=4,fp32 \
+step scoring-cola 150 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 20000 \
+  --variants fp16,fp16:bound,fp16:infer_threads=2,fp16:max_batch_rows=8192:max_tokens=65536,fp32 \
   --stages fp16 --out "$out/scoring-cola.json"
-step scoring-long128 120 python3 bench/scoring.py $random --workloads long128 --rows 20000 --baseline-rows 4000 \
-  --variants fp16,fp16:plain,fp16:infer_threads=2,fp16:max_tokens=65536,fp16:max_tokens=16384 --stages fp16 --out "$out/scoring-long128.json"
+# The same with the tokenizer's thread pool held to 12 of the 16 cores, so that the inference thread always has one.
+step scoring-cola-rayon12 40 env RAYON_NUM_THREADS=12 python3 bench/scoring.py $random --workloads cola \
+  --rows 200000 --baseline-rows 1000 --variants fp16,fp16:infer_threads=2 --out "$out/scoring-cola-rayon12.json"
+step scoring-long128 100 python3 bench/scoring.py $random --workloads long128 --rows 20000 --baseline-rows 4000 \
+  --variants fp16,fp16:bound,fp16:infer_threads=2,fp16:max_tokens=65536 --stages fp16 \
+  --out "$out/scoring-long128.json"
 # The product's own command line, which must start CUDA without torch imported (scoring never imports it).
 step cli-cuda 40 python3 -c "import sys; from scorer.cli import main; \
 main(['run', '.devcarry/cola/dev.tsv', '--model', '/tmp/random-bert/onnx-cola', '--provider', 'cuda', \
 '--variant', 'fp16', '-o', '/tmp/dev.scored.parquet', '--quiet'], standalone_mode=False); \
 print('torch imported by scorer run:', 'torch' in sys.modules)"
-step train-speed 130 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 \
-  --precisions bf16,fp32 --out "$out/train-speed.json"
-step gpu-memory-1m 80 python3 bench/scoring.py $random --workloads cola --rows 1000000 --baseline-rows 1000 \
-  --variants fp16 --out "$out/gpu-memory-1m.json"
 # The model stage alone under each session and batching setting, and the graph's fixed-shape ceiling.
-step model-stage 130 python3 bench/model_stage.py $random --rows 100000 --out "$out/model-stage.json"
-# End to end with the settings that won in model-stage and in the first GPU run (bench/RESULTS.md).
-step scoring-cola-knobs 60 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 2000 \
-  --variants fp16:max_batch_rows=4096:infer_threads=2:tokenize_threads=4,\
-fp16:max_batch_rows=8192:max_tokens=65536:infer_threads=2:tokenize_threads=4,\
-fp16:max_batch_rows=4096:infer_threads=3:tokenize_threads=4 --out "$out/scoring-cola-knobs.json"
-step pytest-gpu 100 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+step model-stage 110 python3 bench/model_stage.py $random --rows 100000 --out "$out/model-stage.json"
+step train-speed 110 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 \
+  --out "$out/train-speed.json"
+step gpu-memory-1m 70 python3 bench/scoring.py $random --workloads cola --rows 1000000 --baseline-rows 1000 \
+  --variants fp16 --out "$out/gpu-memory-1m.json"
+step pytest-gpu 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 python3 bench/gpu_summary.py "$out" | tee -a "$log"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def main(directory: Path) -> None:
-    for name in ("scoring-cola", "scoring-long128", "gpu-memory-1m", "scoring-cola-knobs"):
+    for name in ("scoring-cola", "scoring-cola-rayon12", "scoring-long128", "gpu-memory-1m"):
         path = directory / f"{name}.json"
         if not path.is_file():
             print(f"{name}: no result")
