@@ -120,6 +120,12 @@ class OnnxClassifier:
         self.model_sha256 = sha256_file(self.model_path)
         self.session = create_session(self.model_path, self.provider, provider_options)
 
+    def close(self) -> None:
+        """Stop the inference threads (with --infer-threads above 1); the session itself stays usable."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     def logits(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Logits of every text (all must be non-empty str) and which were truncated at max_length."""
         encoded = self.encoder.encode(texts)

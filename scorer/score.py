@@ -108,16 +108,19 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
              classifier.provider, len(units))
     started = time.perf_counter()
     summaries, fatal = [], None
-    for unit in units:
-        try:
-            summaries.append(score_unit(unit, classifier, config, progress))
-        except ScorerError as exc:
-            summaries.append(UnitSummary(str(unit.source), str(unit.output), "failed", error=str(exc),
-                                         exit_code=exc.exit_code))
-            if len(units) == 1 or config.fail_fast:
-                fatal = exc
-                break
-            log.error("error: %s", exc)
+    try:
+        for unit in units:
+            try:
+                summaries.append(score_unit(unit, classifier, config, progress))
+            except ScorerError as exc:
+                summaries.append(UnitSummary(str(unit.source), str(unit.output), "failed", error=str(exc),
+                                             exit_code=exc.exit_code))
+                if len(units) == 1 or config.fail_fast:
+                    fatal = exc
+                    break
+                log.error("error: %s", exc)
+    finally:
+        classifier.close()
     summary = _summarise(summaries, classifier, time.perf_counter() - started)
     if len(units) > 1 or config.summary or fatal is None:
         _write_summary(config, units, summary)
