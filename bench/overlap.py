@@ -1,0 +1,85 @@
+"""Does `scorer run` keep the model busy while it tokenises? A CPU-only check of the pipeline's overlap.
+
+    python bench/overlap.py --rows 100000 --model-speed 1.2
+
+On a GPU the model uses almost no CPU, so end to end should run at the slower of two stages: tokenising and the
+model. Here the model is a stand-in that takes no CPU and holds no GIL: for each batch it sleeps as long as a
+model `--model-speed` times faster than this machine's tokenising would take for that many tokens, and returns
+zero logits. Everything else is scorer's own code: the Parquet reader, the tokenize threads, padding, the part
+writer and the final assembly. The script times tokenising alone, the stand-in alone and `scorer run` end to end
+(with 1, 2 and 4 tokenize threads), and writes JSON: the end-to-end rate over the slower stage is the overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from common import machine, write_json
+from scoring import random_checkpoint, workload
+
+import scorer.classify
+from scorer.config import RunConfig
+from scorer.score import score_file
+
+
+def stand_in(seconds_per_token: float):
+    """A batch runner that sleeps (GIL released, no CPU) rows x width x seconds_per_token and returns zeros."""
+
+    def make(session, provider, io_binding):
+        def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+            ids = next(iter(feed.values()))
+            time.sleep(ids.size * seconds_per_token)
+            return np.zeros((len(ids), 2), dtype=np.float32)
+
+        return run
+
+    return make
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100000)
+    parser.add_argument("--model-speed", type=float, default=1.2, help="Stand-in model speed / tokenising speed.")
+    parser.add_argument("--random-dir", type=Path, help="Keep the tiny random export here and reuse it.")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/overlap.json"))
+    args = parser.parse_args()
+    texts = workload("cola", args.rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, export = random_checkpoint(args.random_dir or Path(tmp), "tiny", 128, "cola", texts)
+        source = Path(tmp) / "input.parquet"
+        pq.write_table(pa.table({"sentence": texts}), source)
+        classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32")
+        column = pa.array(texts)
+        window = RunConfig.window_rows
+        started = time.perf_counter()
+        prepared = [classifier.prepare(column.slice(s, window)) for s in range(0, len(texts), window)]
+        tokenise = len(texts) / (time.perf_counter() - started)
+        tokens = sum(int(p.encoded.lengths.sum()) for p in prepared)
+        scorer.classify.batch_runner = stand_in(1 / (tokenise * args.model_speed * tokens / len(texts)))
+        classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32")
+        started = time.perf_counter()
+        for item in prepared:
+            classifier.infer(item)
+        model = len(texts) / (time.perf_counter() - started)
+        results = {"machine": machine(), "rows": len(texts), "model_speed": args.model_speed,
+                   "tokenise_sentences_per_s": tokenise, "stand_in_model_sentences_per_s": model, "end_to_end": {}}
+        print(f"tokenise alone {tokenise:,.0f}/s, stand-in model alone {model:,.0f}/s", flush=True)
+        for threads in (1, 2, 4):
+            config = RunConfig(input=str(source), output=Path(tmp) / "out.parquet", model=export, provider="cpu",
+                               variant="fp32", overwrite=True, tokenize_threads=threads)
+            rate = len(texts) / score_file(config, progress=False).seconds
+            results["end_to_end"][f"tokenize_threads={threads}"] = {
+                "sentences_per_s": rate, "over_slower_stage": rate / min(tokenise, model)}
+            print(f"end to end, {threads} tokenize threads: {rate:,.0f}/s = {rate / min(tokenise, model):.0%} "
+                  "of the slower stage", flush=True)
+    write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
