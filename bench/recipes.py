@@ -54,6 +54,8 @@ RECIPES: dict[str, dict] = {
     "mean-1e-4-balanced-e6-bf16-rdrop1": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
                                           "precision": "bf16", "rdrop": 1.0},
     "mix-1e-4-balanced-e6": {"pooling": "mix", "learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6},
+    "mean-1e-4-balanced-e6-bf16-drop0.3": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
+                                           "precision": "bf16", "dropout": 0.3},
 }
 
 
