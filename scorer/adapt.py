@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional
 
 from scorer.errors import ConfigError
-from scorer.loop import apply_gradients, autocast, bucketed_batches, linear_scheduler, to_device
+from scorer.loop import DeviceRows, apply_gradients, autocast, bucketed_batches, linear_scheduler
 from scorer.model import quiet_transformers
 from scorer.tokens import Encoded
 
@@ -49,11 +49,11 @@ def masked_lm(model_dir, encoded: Encoded, tokenizer, epochs: int, learning_rate
     steps = math.ceil(len(encoded) / batch_size) * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, fused=True)
     scheduler = linear_scheduler(optimizer, steps // 10, steps)
+    data = DeviceRows(encoded, device)
     losses = []
     for epoch in range(1, epochs + 1):
         started, epoch_losses = time.perf_counter(), []
-        for rows in bucketed_batches(encoded.lengths, batch_size, rng):
-            input_ids, attention_mask = to_device(encoded, rows, device)
+        for input_ids, attention_mask, _ in data.batches(bucketed_batches(encoded.lengths, batch_size, rng)):
             masked, chosen, targets = _mask(input_ids, attention_mask, special, tokenizer.mask_token_id,
                                             model.config.vocab_size, generator)
             if not len(targets):  # a batch of very short sentences can draw no token to mask

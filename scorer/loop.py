@@ -53,16 +53,17 @@ class DeviceRows:
     """A tokenised set on the training device, cut into padded batches there: one host-to-device copy per epoch
     instead of three per step (a copy from pageable host memory waits for the GPU to finish the step before)."""
 
-    def __init__(self, encoded: Encoded, targets: np.ndarray, device: str) -> None:
+    def __init__(self, encoded: Encoded, device: str, targets: np.ndarray | None = None) -> None:
         self.device = device
         self.lengths = encoded.lengths
         self._ids = torch.from_numpy(encoded.ids).to(device)
         self._starts = torch.from_numpy(encoded.offsets[:-1].copy()).to(device)
         self._lengths = torch.from_numpy(self.lengths).to(device)
-        self._targets = torch.from_numpy(targets).to(device)
+        self._targets = None if targets is None else torch.from_numpy(targets).to(device)
 
     def batches(self, batches: list[np.ndarray]):
-        """(input_ids, attention_mask, labels) of each batch in turn: the same tensors Encoded.pad gives."""
+        """(input_ids, attention_mask, labels) of each batch in turn: the same tensors Encoded.pad gives (labels
+        None without targets)."""
         order = torch.from_numpy(np.concatenate(batches)).to(self.device)
         start = 0
         for rows in batches:
@@ -71,7 +72,7 @@ class DeviceRows:
             positions = torch.arange(int(self.lengths[rows].max()), device=self.device)
             mask = positions < self._lengths[index, None]
             gather = (self._starts[index, None] + positions).clamp_(max=len(self._ids) - 1)
-            yield self._ids[gather] * mask, mask.long(), self._targets[index]
+            yield self._ids[gather] * mask, mask.long(), None if self._targets is None else self._targets[index]
 
 
 class Trainer:
@@ -83,8 +84,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, config: TrainConfig, device: str, precision: str, encoded: Encoded,
                  targets: np.ndarray, progress: bool = True) -> None:
         self.model, self.config, self.device, self.precision = model, config, device, precision
-        self.encoded, self.targets = encoded, targets
-        self.data = DeviceRows(encoded, targets, device)
+        self.data = DeviceRows(encoded, device, targets)
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
         self.step_losses: list[float] = []
@@ -112,7 +112,7 @@ class Trainer:
     def run_epoch(self, epoch: int) -> float:
         """Train one epoch and return its mean training loss."""
         self.model.train()
-        batches = bucketed_batches(self.encoded.lengths, self.config.batch_size, self.rng)
+        batches = bucketed_batches(self.data.lengths, self.config.batch_size, self.rng)
         losses: list[torch.Tensor] = []
         started = time.perf_counter()
         bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{self.config.epochs}", unit="batch",

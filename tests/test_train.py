@@ -200,7 +200,7 @@ def test_device_rows_cut_the_same_batches_as_host_padding(tiny_encoder):
     targets = np.arange(len(texts)) % 2
     batches = bucketed_batches(encoded.lengths, 4, np.random.default_rng(0))
     seen = 0
-    for rows, (ids, mask, labels) in zip(batches, DeviceRows(encoded, targets, "cpu").batches(batches), strict=True):
+    for rows, (ids, mask, labels) in zip(batches, DeviceRows(encoded, "cpu", targets).batches(batches), strict=True):
         host_ids, host_mask = encoded.pad(rows)
         assert torch.equal(ids, torch.from_numpy(host_ids)) and torch.equal(mask, torch.from_numpy(host_mask))
         assert torch.equal(labels, torch.from_numpy(targets[rows]))
