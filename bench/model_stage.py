@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -23,7 +22,7 @@ from common import machine, write_json
 from scoring import random_checkpoint, workload
 
 from scorer.manifest import VARIANT_FILES
-from scorer.session import CPU, CUDA, batch_runner, onnxruntime
+from scorer.session import CPU, CUDA, batch_runner, default_threads, onnxruntime
 from scorer.tokens import TextEncoder, budget_batches
 
 # name: (graph, max_rows, max_tokens, io_binding, round width up to, intra-op threads (None: scorer's choice, one
@@ -44,8 +43,8 @@ def session(path: Path, provider: str, threads: int | None, spinning: bool, opti
     ort = onnxruntime()
     settings = ort.SessionOptions()
     settings.log_severity_level = 3
-    cores = os.cpu_count() or 1
-    settings.intra_op_num_threads = threads or (cores if threads == 0 or provider == "cpu" else 1)
+    # None: scorer's own choice for this provider; 0: one per core (what scorer does on a CPU).
+    settings.intra_op_num_threads = threads or default_threads(provider if threads is None else "cpu")
     settings.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     chain = [(CUDA, options or {}), (CPU, {})] if provider == "cuda" else [(CPU, {})]
     return ort.InferenceSession(str(path), sess_options=settings, providers=chain)
