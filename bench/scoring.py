@@ -104,11 +104,9 @@ def run_config(spec: str, source: Path, output: Path, export: Path, provider: st
                      overwrite=True, **settings)
 
 
-def scorer_run(texts: list[str], export: Path, provider: str, spec: str, tmp: Path, memory: list | None = None
+def scorer_run(source: Path, export: Path, provider: str, spec: str, tmp: Path, memory: list | None = None
                ) -> tuple[np.ndarray, float]:
     """`scorer run` end to end: Parquet in, Parquet out, tokenisation included (summary.seconds)."""
-    source = tmp / "input.parquet"
-    pq.write_table(pa.table({"sentence": texts}), source)
     config = run_config(spec, source, tmp / "out.parquet", export, provider)
     with GpuMemory(memory if provider == "cuda" else None):
         summary = score_file(config, progress=False)
@@ -117,9 +115,9 @@ def scorer_run(texts: list[str], export: Path, provider: str, spec: str, tmp: Pa
 
 
 def stages(texts: list[str], export: Path, provider: str, spec: str) -> dict:
-    """Each stage of `scorer run` alone, in sentences/s, to find the bottleneck: reading plus tokenising
-    (one thread, as one tokenize thread does it), and the model (token-budget batches of the tokenised windows,
-    padding and host copies included)."""
+    """Each stage of `scorer run` alone, in sentences/s, to find the bottleneck: tokenising windows of an
+    in-memory Arrow column (one thread, as one tokenize thread does it; no file is read), and the model
+    (token-budget batches of the tokenised windows, padding and host copies included)."""
     from scorer.classify import OnnxClassifier
 
     config = run_config(spec, Path("unused"), None, export, provider)
@@ -241,9 +239,11 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
         _, seconds = timed(best_pytorch, model, subset, encoder, args.device, best_batch, best_dtype)
         rates[best_name] = len(subset) / seconds
         agreement, memory = {}, {}
+        source = tmp / f"input-{name}.parquet"
+        pq.write_table(pa.table({"sentence": texts}), source)
         for variant in args.variants.split(","):
             memory[variant] = []
-            labels, seconds = scorer_run(texts, export, provider, variant, tmp, memory[variant])
+            labels, seconds = scorer_run(source, export, provider, variant, tmp, memory[variant])
             rates[f"scorer-run-{variant}"] = len(texts) / seconds
             agreement[f"scorer-run-{variant}"] = float((labels[: len(subset)] == reference).mean())
         profile = stages(texts, export, provider, args.stages) if args.stages else None
