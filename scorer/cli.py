@@ -104,7 +104,7 @@ def main() -> None:
 @click.option("--seed", type=int, help="Seed for the split, the batches and the initial head.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to train [default: auto].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
-              help="bf16 autocast for training steps; auto: on CUDA and bf16-capable CPUs [default: auto].")
+              help="bf16 autocast for training steps; auto: on bf16-capable CPUs, fp32 on CUDA [default: auto].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing checkpoint directory.")
 @command
 def train(progress: bool, **options) -> None:
