@@ -1,15 +1,17 @@
-"""Experiment: does masked-LM training on CoLA's training sentences (task-adaptive pretraining) before
-fine-tuning lift dev MCC of the packaged all-MiniLM-L6-v2? Its contrastive sentence-embedding training may have
-worn away token-level syntax that an MLM objective asks for again.
+"""Experiment: does self-supervised training on CoLA's training sentences before fine-tuning lift dev MCC of the
+packaged all-MiniLM-L6-v2? Its contrastive sentence-embedding training may have worn away token-level syntax that
+masked-LM training (task-adaptive pretraining) or replaced-token detection (ELECTRA's objective) asks for again.
 
     python bench/tapt_probe.py --mlm-epochs 20 --mlm-lr 1e-4 --seeds 1,2,3 [--recipe mean-1e-4-balanced-e6-bf16]
+    python bench/tapt_probe.py --mlm-epochs 0 --rtd-epochs 10 --seeds 1,2,3
 
 Writes the adapted encoder to a temporary directory, fine-tunes it once per seed with a recipe of
 bench/recipes.py (on top of its BASE), and appends each run to bench/out/recipes.json as recipe
-"<recipe>+tapt<N>-lr<LR>". The masked-LM stage runs once, with --mlm-seed, for all fine-tuning seeds.
-The masked-LM stage is scorer/adapt.py's, as `scorer train --mlm-epochs N` runs it (there once per training run).
-The three-seed figures in bench/RESULTS.md came from this script's earlier, self-contained copy of that stage
-(commit ced35a4: random-order batches, no gradient clipping); the seed-42 pipeline run used scorer/adapt.py.
+"<recipe>+tapt<N>-lr<LR>" and/or "+rtd<N>-lr<LR>". The stages run once, with --mlm-seed, for all fine-tuning
+seeds. They are scorer/adapt.py's, as `scorer train --mlm-epochs N --rtd-epochs M` runs them (there once per
+training run, seeded by --seed). The three-seed tapt20 figures in bench/RESULTS.md came from this script's
+earlier, self-contained copy of the masked-LM stage (commit ced35a4: random-order batches, no gradient
+clipping); the seed-42 pipeline run used scorer/adapt.py.
 """
 
 from __future__ import annotations
@@ -31,20 +33,29 @@ from scorer.tokens import TextEncoder
 from scorer.train import train
 
 
-def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: float) -> Path:
-    """`scorer train --mlm-epochs`'s masked-LM stage on CoLA's training sentences, saved as an encoder directory."""
-    from transformers import AutoTokenizer
+def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: float, rtd_epochs: int = 0,
+                    rtd_lr: float = 1e-4) -> Path:
+    """`scorer train --mlm-epochs`'s masked-LM stage on CoLA's training sentences, then as many epochs of
+    replaced-token detection, saved as an encoder directory."""
+    from transformers import AutoModel, AutoTokenizer
 
-    from scorer.adapt import masked_lm
+    from scorer.adapt import masked_lm, replaced_token_detection
     from scorer.train import _resolve_precision
 
     source = packaged_model()
+    precision = _resolve_precision("auto", "cpu")
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     encoded = TextEncoder.from_dir(source, 64).encode(read_labelled(COLA / "train.tsv", "sentence", "label").texts)
     torch.manual_seed(seed)
-    encoder, losses = masked_lm(source, encoded, tokenizer, epochs, learning_rate, 32, "cpu",
-                                _resolve_precision("auto", "cpu"), seed)
-    print(f"masked-LM losses per epoch: {[round(loss, 3) for loss in losses]}", flush=True)
+    if epochs:
+        encoder, losses = masked_lm(source, encoded, tokenizer, epochs, learning_rate, 32, "cpu", precision, seed)
+        print(f"masked-LM losses per epoch: {[round(loss, 3) for loss in losses]}", flush=True)
+    else:
+        encoder = AutoModel.from_pretrained(str(source), dtype=torch.float32)
+    if rtd_epochs:
+        encoder, losses = replaced_token_detection(encoder, encoded, tokenizer.all_special_ids, rtd_epochs, rtd_lr,
+                                                   32, "cpu", precision, seed)
+        print(f"replaced-token losses per epoch: {[round(loss, 3) for loss in losses]}", flush=True)
     encoder.save_pretrained(directory)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         (directory / name).write_bytes((source / name).read_bytes())
@@ -55,16 +66,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mlm-epochs", type=int, default=3)
     parser.add_argument("--mlm-lr", type=float, default=5e-5)
+    parser.add_argument("--rtd-epochs", type=int, default=0,
+                        help="Epochs of replaced-token detection after the masked-LM ones (scorer/adapt.py).")
+    parser.add_argument("--rtd-lr", type=float, default=1e-4)
     parser.add_argument("--mlm-seed", type=int, default=0, help="Seed of the masked-LM stage (shared by --seeds).")
     parser.add_argument("--seeds", default="1", help="Fine-tuning seeds, all from the same adapted encoder.")
     parser.add_argument("--recipe", default="mean-1e-4-balanced-e6-bf16")
     parser.add_argument("--out", type=Path, default=Path("bench/out/recipes.json"))
     args = parser.parse_args()
-    name = f"{args.recipe}+tapt{args.mlm_epochs}-lr{args.mlm_lr:g}"
-    overrides = {**RECIPES[args.recipe], "mlm_epochs": args.mlm_epochs, "mlm_lr": args.mlm_lr}
+    name = args.recipe
+    overrides = dict(RECIPES[args.recipe])
+    if args.mlm_epochs:
+        name += f"+tapt{args.mlm_epochs}-lr{args.mlm_lr:g}"
+        overrides.update(mlm_epochs=args.mlm_epochs, mlm_lr=args.mlm_lr)
+    if args.rtd_epochs:
+        name += f"+rtd{args.rtd_epochs}-lr{args.rtd_lr:g}"
+        overrides.update(rtd_epochs=args.rtd_epochs, rtd_lr=args.rtd_lr)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        encoder = adapted_encoder(Path(tmp) / "adapted", args.mlm_epochs, args.mlm_seed, args.mlm_lr)
+        encoder = adapted_encoder(Path(tmp) / "adapted", args.mlm_epochs, args.mlm_seed, args.mlm_lr,
+                                  args.rtd_epochs, args.rtd_lr)
         mlm_seconds = time.perf_counter() - started
         for seed in map(int, args.seeds.split(",")):
             config = TrainConfig(data=COLA / "train.tsv", val_data=COLA / "dev.tsv", model=encoder,

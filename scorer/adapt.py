@@ -25,6 +25,7 @@ from scorer.tokens import Encoded
 
 log = logging.getLogger("scorer")
 MASK_RATE = 0.15  # of the ordinary tokens; of those 80% become [MASK], 10% a random token, 10% stay
+CORRUPT_RATE = 0.15  # of the ordinary tokens, for replaced-token detection
 _HEADS = ("cls", "lm_head")  # the MLM head's attribute in BERT-like and RoBERTa-like masked-LM models
 
 
@@ -67,6 +68,69 @@ def masked_lm(model_dir, encoded: Encoded, tokenizer, epochs: int, learning_rate
         losses.append(float(torch.stack(epoch_losses).float().mean()))
         log.info("masked-LM epoch %d / %d: loss %.4f (%.0fs)", epoch, epochs, losses[-1], time.perf_counter() - started)
     return encoder.eval(), losses
+
+
+def replaced_token_detection(encoder: nn.Module, encoded: Encoded, special_ids: list[int], epochs: int,
+                             learning_rate: float, batch_size: int, device: str, precision: str,
+                             seed: int) -> tuple[nn.Module, list[float]]:
+    """`encoder` after `epochs` of replaced-token detection (ELECTRA's objective) on `encoded`, and the loss per
+    epoch. The replacements come without a generator model: CORRUPT_RATE of the ordinary tokens either swap places
+    with their right neighbour or become a token drawn from the training sentences' own token frequencies, so
+    most are words that occur in such sentences but not there; a small head says, per token, which changed."""
+    encoder.to(device).train()
+    width = encoder.config.hidden_size
+    head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)).to(device)
+    special = torch.tensor(sorted(set(special_ids)), device=device)
+    counts = np.bincount(encoded.ids, minlength=int(encoded.ids.max()) + 1).astype(np.float64)
+    counts[[token for token in special_ids if token < len(counts)]] = 0
+    frequencies = torch.from_numpy(counts / counts.sum()).float().to(device)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device).manual_seed(seed)
+    steps = math.ceil(len(encoded) / batch_size) * epochs
+    parameters = [*encoder.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01, fused=True)
+    scheduler = linear_scheduler(optimizer, steps // 10, steps)
+    data = DeviceRows(encoded, device)
+    both = nn.ModuleList([encoder, head])
+    losses = []
+    for epoch in range(1, epochs + 1):
+        started, epoch_losses = time.perf_counter(), []
+        for input_ids, attention_mask, _ in data.batches(bucketed_batches(encoded.lengths, batch_size, rng)):
+            corrupted, ordinary = _corrupt(input_ids, attention_mask, special, frequencies, generator)
+            with autocast(device, precision):
+                hidden = encoder(input_ids=corrupted, attention_mask=attention_mask).last_hidden_state
+                logits = head(hidden[ordinary]).squeeze(-1)
+            changed = (corrupted != input_ids)[ordinary].float()
+            loss = functional.binary_cross_entropy_with_logits(logits.float(), changed)
+            apply_gradients(loss, optimizer, scheduler, both)
+            epoch_losses.append(loss.detach())
+        losses.append(float(torch.stack(epoch_losses).float().mean()))
+        log.info("replaced-token epoch %d / %d: loss %.4f (%.0fs)", epoch, epochs, losses[-1],
+                 time.perf_counter() - started)
+    return encoder.eval(), losses
+
+
+def _corrupt(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor, frequencies: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs with CORRUPT_RATE of ordinary tokens swapped with their right neighbour (half of them, where that
+    neighbour is ordinary too) or replaced by a frequency-drawn token; and the mask of ordinary tokens."""
+    ordinary = attention_mask.bool() & ~torch.isin(input_ids, special)
+    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    chosen = ordinary & (draw < CORRUPT_RATE)
+    swap = chosen & (draw < CORRUPT_RATE / 2)
+    swap[:, :-1] &= ordinary[:, 1:]
+    swap[:, -1] = False
+    swap[:, 1:] &= ~swap[:, :-1]  # a token swapped with its left neighbour starts no swap of its own
+    replace = chosen & ~swap
+    replace[:, 1:] &= ~swap[:, :-1]
+    corrupted = input_ids.clone()
+    left, right = swap.nonzero(as_tuple=True)
+    corrupted[left, right] = input_ids[left, right + 1]
+    corrupted[left, right + 1] = input_ids[left, right]
+    count = int(replace.sum())
+    if count:
+        corrupted[replace] = torch.multinomial(frequencies, count, replacement=True, generator=generator)
+    return corrupted, ordinary
 
 
 def _mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor, mask_id: int, vocab: int,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from scorer import atomic, plot
-from scorer.adapt import masked_lm
+from scorer.adapt import masked_lm, replaced_token_detection
 from scorer.config import TrainConfig, to_json
 from scorer.dataset import TrainingData, load_training_data
 from scorer.errors import ConfigError, ProviderError
@@ -72,12 +72,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     text_encoder = TextEncoder(_backend_copy(hf_tokenizer), config.max_length)
     train_set = text_encoder.encode(data.train_texts)
     val_set = text_encoder.encode(data.val_texts)
-    mlm_losses: list[float] = []
-    if config.mlm_epochs:
-        log.info("masked-LM training of the encoder on the %d training sentences, %d epochs",
-                 len(data.train_texts), config.mlm_epochs)
-        encoder_model, mlm_losses = masked_lm(config.model, train_set, hf_tokenizer, config.mlm_epochs,
-                                              config.mlm_lr, config.batch_size, device, precision, config.seed)
+    encoder_model, adapt_losses = _adapt(encoder_model, config, hf_tokenizer, train_set, device, precision)
     keep_bottom_layers(encoder_model, config.keep_layers)
     reinitialize_top_layers(encoder_model, config.reinit_layers)
     head = HeadConfig(labels=data.labels, pooling=config.pooling, max_length=config.max_length, dropout=config.dropout)
@@ -105,7 +100,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     model.load_state_dict(best_state)
     result = TrainResult(config.output, epochs, best_epoch, device, precision, len(data.train_texts),
                          len(data.val_texts))
-    _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses, mlm_losses)
+    _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses, adapt_losses)
     log.info("best epoch %d by %s: validation accuracy %.4f, MCC %.4f; checkpoint in %s",
              best_epoch, config.select, result.best.val_accuracy, result.best.val_mcc, config.output)
     return result
@@ -189,13 +184,32 @@ def _log_epoch(result: EpochResult, total: int) -> None:
     log.info("  Epoch took: %s", _clock(result.seconds))
 
 
+def _adapt(encoder_model, config: TrainConfig, hf_tokenizer, train_set, device: str, precision: str):
+    """The encoder after the optional self-supervised stages on the training sentences: masked-LM epochs, then
+    replaced-token-detection epochs; and each stage's loss per epoch (empty lists for a stage that is off)."""
+    losses: dict[str, list[float]] = {"mlm_losses": [], "rtd_losses": []}
+    if config.mlm_epochs:
+        log.info("masked-LM training of the encoder on the %d training sentences, %d epochs", len(train_set),
+                 config.mlm_epochs)
+        encoder_model, losses["mlm_losses"] = masked_lm(config.model, train_set, hf_tokenizer, config.mlm_epochs,
+                                                        config.mlm_lr, config.batch_size, device, precision,
+                                                        config.seed)
+    if config.rtd_epochs:
+        log.info("replaced-token detection on the %d training sentences, %d epochs", len(train_set),
+                 config.rtd_epochs)
+        encoder_model, losses["rtd_losses"] = replaced_token_detection(
+            encoder_model, train_set, hf_tokenizer.all_special_ids, config.rtd_epochs, config.rtd_lr,
+            config.batch_size, device, precision, config.seed)
+    return encoder_model, losses
+
+
 def _clock(seconds: float) -> str:
     whole = round(seconds)
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingData, result: TrainResult,
-                      step_losses: list[float], mlm_losses: list[float]) -> None:
+                      step_losses: list[float], adapt_losses: dict[str, list[float]]) -> None:
     with atomic.atomic_dir(config.output, config.overwrite) as staging:
         model.to("cpu").save(staging)
         hf_tokenizer.save_pretrained(str(staging))
@@ -209,7 +223,7 @@ def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingDa
             "val_rows": result.val_rows,
             "val_source": data.val_source,
             "labels": data.labels,
-            "mlm_losses": mlm_losses,
+            **adapt_losses,
             "epochs": [asdict(epoch) for epoch in result.epochs],
         }
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

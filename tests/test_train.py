@@ -173,6 +173,60 @@ def test_masked_lm_epochs_adapt_the_encoder_before_fine_tuning(tiny_encoder, tmp
     assert json.loads((plain / "metrics.json").read_text())["mlm_losses"] == []
 
 
+def test_replaced_token_epochs_run_before_fine_tuning_and_are_recorded(tiny_encoder, tmp_path):
+    output = tmp_path / "adapted"
+    result = CliRunner().invoke(main, train_args(tiny_encoder, output, "--rtd-epochs", "2", "--epochs", "1"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert len(metrics["rtd_losses"]) == 2 and all(0 < loss < 1 for loss in metrics["rtd_losses"])
+    assert metrics["mlm_losses"] == [] and json.loads((output / "train_config.json").read_text())["rtd_epochs"] == 2
+
+
+def test_replaced_token_detection_learns_which_tokens_changed(tiny_encoder):
+    from transformers import AutoModel
+
+    from scorer.adapt import replaced_token_detection
+    from scorer.tokens import TextEncoder
+
+    # One sentence over and over: a swapped or replaced word stands where that word never stands, so a tiny
+    # encoder can learn to find it. About a fifth of the tokens change: a constant guess scores about 0.5.
+    encoded = TextEncoder.from_dir(tiny_encoder, 32).encode(["one two three four five six seven eight nine ten"] * 128)
+    torch.manual_seed(0)
+    encoder = AutoModel.from_pretrained(str(tiny_encoder))
+    before = encoder.embeddings.word_embeddings.weight.detach().clone()
+    encoder, losses = replaced_token_detection(encoder, encoded, [0, 100, 101, 102, 103], 6, 1e-2, 32, "cpu",
+                                               "fp32", 0)
+    assert losses[-1] < 0.25 < losses[0]
+    assert not torch.allclose(before, encoder.embeddings.word_embeddings.weight)
+    assert not encoder.training
+
+
+def test_corruption_swaps_or_replaces_ordinary_tokens_only():
+    from scorer.adapt import CORRUPT_RATE, _corrupt
+
+    torch.manual_seed(0)
+    input_ids = torch.randint(1000, 30000, (400, 50))
+    input_ids[:, 0], input_ids[:, 40] = 101, 102
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[:, 41:] = 0
+    frequencies = torch.zeros(30522)
+    frequencies[7] = 1.0  # every replacement is token 7, which the inputs never hold
+    corrupted, ordinary = _corrupt(input_ids, attention_mask, torch.tensor([0, 101, 102, 103]), frequencies,
+                                   torch.Generator().manual_seed(1))
+    assert torch.equal(ordinary, attention_mask.bool() & (input_ids != 101) & (input_ids != 102))
+    assert torch.equal(corrupted[~ordinary], input_ids[~ordinary])  # [CLS], [SEP] and padding stay
+    changed = corrupted != input_ids
+    replaced = corrupted == 7
+    swapped = changed & ~replaced
+    assert swapped.any() and replaced.any()
+    rows, columns = swapped.nonzero(as_tuple=True)  # a swapped token came from a neighbour, which got its own
+    from_left = corrupted[rows, columns] == input_ids[rows, columns - 1]
+    from_right = corrupted[rows, (columns + 1).clamp(max=49)] == input_ids[rows, columns]
+    assert (from_left | from_right).all()
+    rate = changed[ordinary].float().mean().item()
+    assert CORRUPT_RATE < rate < 1.5 * CORRUPT_RATE  # a swap changes two tokens
+
+
 def test_masking_leaves_special_and_padding_tokens_and_follows_80_10_10():
     from scorer.adapt import MASK_RATE, _mask
 
