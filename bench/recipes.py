@@ -25,7 +25,8 @@ from scorer.train import train
 # defaults become; each recipe lists what it changes.
 BASE = {"pooling": "mean", "learning_rate": 5e-5, "warmup_ratio": 0.1, "weight_decay": 0.01, "batch_size": 32,
         "epochs": 4, "class_weight": "none", "ema_epochs": 0.0, "layer_decay": 1.0, "reinit_layers": 0,
-        "keep_layers": 0, "rdrop": 0.0, "dropout": 0.1, "select": "mcc", "max_length": 64, "precision": "fp32"}
+        "keep_layers": 0, "rdrop": 0.0, "dropout": 0.1, "select": "mcc", "max_length": 64, "precision": "fp32",
+        "mlm_epochs": 0, "rtd_epochs": 0}
 RECIPES: dict[str, dict] = {
     "notebook-cls-2e-5": {"pooling": "cls", "learning_rate": 2e-5, "warmup_ratio": 0.0, "epochs": 4,
                           "weight_decay": 0.0, "select": "last"},
@@ -49,6 +50,8 @@ RECIPES: dict[str, dict] = {
     "mean-1e-4-balanced-ema-e10": {"learning_rate": 1e-4, "class_weight": "balanced", "ema_epochs": 2.0, "epochs": 10},
     "mean-1e-4-balanced-e6-bf16": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
                                    "precision": "bf16"},
+    "mean-1e-4-balanced-e6-bf16-rtd10": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
+                                         "precision": "bf16", "rtd_epochs": 10},
     "mean-5e-5-balanced-e10-bf16": {"learning_rate": 5e-5, "class_weight": "balanced", "epochs": 10,
                                     "precision": "bf16"},
     "mean-1e-4-balanced-e6-bf16-rdrop1": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,

@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--rtd-epochs", type=int, default=0,
                         help="Epochs of replaced-token detection after the masked-LM ones (scorer/adapt.py).")
     parser.add_argument("--rtd-lr", type=float, default=1e-4)
+    parser.add_argument("--tag", default="", help="Appended to the recipe name, to tell versions of a stage apart.")
     parser.add_argument("--mlm-seed", type=int, default=0, help="Seed of the masked-LM stage (shared by --seeds).")
     parser.add_argument("--seeds", default="1", help="Fine-tuning seeds, all from the same adapted encoder.")
     parser.add_argument("--recipe", default="mean-1e-4-balanced-e6-bf16")
@@ -82,6 +83,7 @@ def main() -> None:
     if args.rtd_epochs:
         name += f"+rtd{args.rtd_epochs}-lr{args.rtd_lr:g}"
         overrides.update(rtd_epochs=args.rtd_epochs, rtd_lr=args.rtd_lr)
+    name += args.tag
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         encoder = adapted_encoder(Path(tmp) / "adapted", args.mlm_epochs, args.mlm_seed, args.mlm_lr,

@@ -25,7 +25,8 @@ from scorer.tokens import Encoded
 
 log = logging.getLogger("scorer")
 MASK_RATE = 0.15  # of the ordinary tokens; of those 80% become [MASK], 10% a random token, 10% stay
-CORRUPT_RATE = 0.15  # of the ordinary tokens, for replaced-token detection
+# Replaced-token detection's corruptions, as shares of the ordinary tokens (see _corrupt).
+SWAP_RATE, REPLACE_RATE, DELETE_RATE, INSERT_RATE = 0.075, 0.075, 0.05, 0.05
 _HEADS = ("cls", "lm_head")  # the MLM head's attribute in BERT-like and RoBERTa-like masked-LM models
 
 
@@ -74,9 +75,8 @@ def replaced_token_detection(encoder: nn.Module, encoded: Encoded, special_ids: 
                              learning_rate: float, batch_size: int, device: str, precision: str,
                              seed: int) -> tuple[nn.Module, list[float]]:
     """`encoder` after `epochs` of replaced-token detection (ELECTRA's objective) on `encoded`, and the loss per
-    epoch. The replacements come without a generator model: CORRUPT_RATE of the ordinary tokens either swap places
-    with their right neighbour or become a token drawn from the training sentences' own token frequencies, so
-    most are words that occur in such sentences but not there; a small head says, per token, which changed."""
+    epoch. The corruptions come without a generator model (see `_corrupt`); a small head on every token's last
+    hidden state says which tokens changed, or follow a deleted one. Only the encoder is kept."""
     encoder.to(device).train()
     width = encoder.config.hidden_size
     head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)).to(device)
@@ -96,12 +96,11 @@ def replaced_token_detection(encoder: nn.Module, encoded: Encoded, special_ids: 
     for epoch in range(1, epochs + 1):
         started, epoch_losses = time.perf_counter(), []
         for input_ids, attention_mask, _ in data.batches(bucketed_batches(encoded.lengths, batch_size, rng)):
-            corrupted, ordinary = _corrupt(input_ids, attention_mask, special, frequencies, generator)
+            corrupted, mask, ordinary, changed = _corrupt(input_ids, attention_mask, special, frequencies, generator)
             with autocast(device, precision):
-                hidden = encoder(input_ids=corrupted, attention_mask=attention_mask).last_hidden_state
+                hidden = encoder(input_ids=corrupted, attention_mask=mask).last_hidden_state
                 logits = head(hidden[ordinary]).squeeze(-1)
-            changed = (corrupted != input_ids)[ordinary].float()
-            loss = functional.binary_cross_entropy_with_logits(logits.float(), changed)
+            loss = functional.binary_cross_entropy_with_logits(logits.float(), changed[ordinary].float())
             apply_gradients(loss, optimizer, scheduler, both)
             epoch_losses.append(loss.detach())
         losses.append(float(torch.stack(epoch_losses).float().mean()))
@@ -111,26 +110,59 @@ def replaced_token_detection(encoder: nn.Module, encoded: Encoded, special_ids: 
 
 
 def _corrupt(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor, frequencies: torch.Tensor,
-             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inputs with CORRUPT_RATE of ordinary tokens swapped with their right neighbour (half of them, where that
-    neighbour is ordinary too) or replaced by a frequency-drawn token; and the mask of ordinary tokens."""
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ungrammatical-looking copies of a batch: SWAP_RATE of the ordinary tokens swap places with their right
+    neighbour, REPLACE_RATE become a token drawn by the training sentences' token frequencies (mostly function
+    words), and of the tokens left alone DELETE_RATE are dropped and INSERT_RATE get a drawn token inserted before
+    them. Returns the new ids, their attention mask, the mask of ordinary tokens, and the labels: tokens that
+    differ from the input at their place, inserted tokens, and each token that follows a deleted one."""
     ordinary = attention_mask.bool() & ~torch.isin(input_ids, special)
     draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
-    chosen = ordinary & (draw < CORRUPT_RATE)
-    swap = chosen & (draw < CORRUPT_RATE / 2)
+    swap = ordinary & (draw < SWAP_RATE)
     swap[:, :-1] &= ordinary[:, 1:]
     swap[:, -1] = False
-    swap[:, 1:] &= ~swap[:, :-1]  # a token swapped with its left neighbour starts no swap of its own
-    replace = chosen & ~swap
+    swap[:, 1:] &= ~swap[:, :-1].clone()  # a token swapped with its left neighbour starts no swap of its own
+    replace = ordinary & (draw >= SWAP_RATE) & (draw < SWAP_RATE + REPLACE_RATE)
     replace[:, 1:] &= ~swap[:, :-1]
     corrupted = input_ids.clone()
     left, right = swap.nonzero(as_tuple=True)
     corrupted[left, right] = input_ids[left, right + 1]
     corrupted[left, right + 1] = input_ids[left, right]
-    count = int(replace.sum())
-    if count:
-        corrupted[replace] = torch.multinomial(frequencies, count, replacement=True, generator=generator)
-    return corrupted, ordinary
+    corrupted[replace] = _draw(frequencies, int(replace.sum()), generator)
+    changed = corrupted != input_ids
+    left_alone = ordinary & ~changed
+    delete = left_alone & (draw >= 1 - DELETE_RATE)
+    insert = left_alone & (draw >= 1 - DELETE_RATE - INSERT_RATE) & ~delete
+    return _insert_delete(corrupted, attention_mask, changed, delete, insert, special, frequencies, generator)
+
+
+def _insert_delete(input_ids: torch.Tensor, attention_mask: torch.Tensor, changed: torch.Tensor, delete: torch.Tensor,
+                   insert: torch.Tensor, special: torch.Tensor, frequencies: torch.Tensor,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows with the `delete` tokens dropped and a drawn token inserted before each `insert` token, re-padded."""
+    # Each kept token moves left by the deletions before it and right by the insertions up to and including it.
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    moved = positions - (torch.cumsum(delete.long(), 1) - delete.long()) + torch.cumsum(insert.long(), 1)
+    lengths = attention_mask.sum(1) - delete.sum(1) + insert.sum(1)
+    mask = (torch.arange(int(lengths.max()), device=input_ids.device)[None, :] < lengths[:, None]).long()
+    ids = torch.zeros_like(mask, dtype=input_ids.dtype)
+    labels = torch.zeros_like(mask, dtype=torch.bool)
+    rows, columns = (attention_mask.bool() & ~delete).nonzero(as_tuple=True)
+    ids[rows, moved[rows, columns]] = input_ids[rows, columns]
+    labels[rows, moved[rows, columns]] = changed[rows, columns]
+    rows, columns = insert.nonzero(as_tuple=True)
+    ids[rows, moved[rows, columns] - 1] = _draw(frequencies, len(rows), generator)
+    labels[rows, moved[rows, columns] - 1] = True
+    rows, columns = delete.nonzero(as_tuple=True)  # the next kept token lands where the deleted one would have
+    labels[rows, moved[rows, columns]] = True
+    ordinary = mask.bool() & ~torch.isin(ids, special)
+    return ids, mask, ordinary, labels & ordinary  # a deletion just before [SEP] labels nothing
+
+
+def _draw(frequencies: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    if not count:
+        return torch.zeros(0, dtype=torch.long, device=frequencies.device)
+    return torch.multinomial(frequencies, count, replacement=True, generator=generator)
 
 
 def _mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor, mask_id: int, vocab: int,

@@ -96,7 +96,8 @@ def main() -> None:
               help="Masked-LM epochs on the training sentences before fine-tuning (task-adaptive pretraining).")
 @click.option("--mlm-lr", type=float, help="Peak learning rate of the masked-LM epochs [default: 1e-4].")
 @click.option("--rtd-epochs", type=int,
-              help="Replaced-token-detection epochs on the training sentences before fine-tuning (after --mlm-epochs).")
+              help="Replaced-token-detection epochs on the training sentences before fine-tuning, after any "
+                   "--mlm-epochs (0: off) [default: 10].")
 @click.option("--rtd-lr", type=float, help="Peak learning rate of the replaced-token epochs [default: 1e-4].")
 @click.option("--rdrop", type=float,
               help="R-Drop: weight of the symmetric KL between two dropout passes of each batch (0: off).")

@@ -72,7 +72,7 @@ class TrainConfig:
     rdrop: float = 0.0
     mlm_epochs: int = 0
     mlm_lr: float = 1e-4
-    rtd_epochs: int = 0
+    rtd_epochs: int = 10
     rtd_lr: float = 1e-4
     class_weight: str = "balanced"
     pooling: str = "mean"

@@ -188,43 +188,91 @@ def test_replaced_token_detection_learns_which_tokens_changed(tiny_encoder):
     from scorer.adapt import replaced_token_detection
     from scorer.tokens import TextEncoder
 
-    # One sentence over and over: a swapped or replaced word stands where that word never stands, so a tiny
-    # encoder can learn to find it. About a fifth of the tokens change: a constant guess scores about 0.5.
+    # One sentence over and over: a changed word stands where that word never stands, so a tiny encoder can learn
+    # to find it. About 30% of the tokens are labelled: a constant guess scores about 0.6.
     encoded = TextEncoder.from_dir(tiny_encoder, 32).encode(["one two three four five six seven eight nine ten"] * 128)
     torch.manual_seed(0)
     encoder = AutoModel.from_pretrained(str(tiny_encoder))
     before = encoder.embeddings.word_embeddings.weight.detach().clone()
-    encoder, losses = replaced_token_detection(encoder, encoded, [0, 100, 101, 102, 103], 6, 1e-2, 32, "cpu",
+    encoder, losses = replaced_token_detection(encoder, encoded, [0, 100, 101, 102, 103], 12, 1e-2, 32, "cpu",
                                                "fp32", 0)
-    assert losses[-1] < 0.25 < losses[0]
+    assert losses[-1] < 0.45 and losses[0] > 0.55
     assert not torch.allclose(before, encoder.embeddings.word_embeddings.weight)
     assert not encoder.training
 
 
-def test_corruption_swaps_or_replaces_ordinary_tokens_only():
-    from scorer.adapt import CORRUPT_RATE, _corrupt
+def _corrupted_rows(monkeypatch, **rates):
+    """_corrupt on 400 rows of distinct tokens (5-40 long, padded to 41), with the given rates and the rest 0;
+    every drawn token is 7, which the inputs never hold. Yields (input row, output row, output labels)."""
+    from scorer import adapt
 
+    for name in ("SWAP_RATE", "REPLACE_RATE", "DELETE_RATE", "INSERT_RATE"):
+        monkeypatch.setattr(adapt, name, rates.get(name.lower(), 0.0))
     torch.manual_seed(0)
-    input_ids = torch.randint(1000, 30000, (400, 50))
-    input_ids[:, 0], input_ids[:, 40] = 101, 102
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[:, 41:] = 0
+    length = torch.randint(5, 40, (400,))
+    attention_mask = (torch.arange(41)[None, :] <= length[:, None]).long()
+    input_ids = torch.stack([torch.randperm(29000)[:41] + 1000 for _ in range(400)])
+    input_ids[:, 0], input_ids[torch.arange(400), length] = 101, 102
+    input_ids[attention_mask == 0] = 0
     frequencies = torch.zeros(30522)
-    frequencies[7] = 1.0  # every replacement is token 7, which the inputs never hold
-    corrupted, ordinary = _corrupt(input_ids, attention_mask, torch.tensor([0, 101, 102, 103]), frequencies,
-                                   torch.Generator().manual_seed(1))
-    assert torch.equal(ordinary, attention_mask.bool() & (input_ids != 101) & (input_ids != 102))
-    assert torch.equal(corrupted[~ordinary], input_ids[~ordinary])  # [CLS], [SEP] and padding stay
-    changed = corrupted != input_ids
-    replaced = corrupted == 7
-    swapped = changed & ~replaced
-    assert swapped.any() and replaced.any()
-    rows, columns = swapped.nonzero(as_tuple=True)  # a swapped token came from a neighbour, which got its own
-    from_left = corrupted[rows, columns] == input_ids[rows, columns - 1]
-    from_right = corrupted[rows, (columns + 1).clamp(max=49)] == input_ids[rows, columns]
-    assert (from_left | from_right).all()
-    rate = changed[ordinary].float().mean().item()
-    assert CORRUPT_RATE < rate < 1.5 * CORRUPT_RATE  # a swap changes two tokens
+    frequencies[7] = 1.0
+    corrupted, mask, ordinary, changed = adapt._corrupt(input_ids, attention_mask, torch.tensor([0, 101, 102, 103]),
+                                                        frequencies, torch.Generator().manual_seed(1))
+    assert torch.equal(ordinary, mask.bool() & (corrupted != 101) & (corrupted != 102))
+    assert corrupted[mask == 0].eq(0).all() and not changed[~ordinary].any()
+    for row in range(400):
+        keep = mask[row].bool()
+        before = input_ids[row][attention_mask[row].bool()].tolist()
+        after, labels = corrupted[row][keep].tolist(), changed[row][keep].tolist()
+        assert (after[0], after[-1]) == (101, 102)
+        yield before, after, labels
+
+
+def test_corruption_swaps_neighbours_and_labels_both(monkeypatch):
+    swaps = 0
+    for before, after, labels in _corrupted_rows(monkeypatch, swap_rate=0.2):
+        assert len(after) == len(before) and labels == [a != b for a, b in zip(after, before, strict=True)]
+        for place in (p for p, label in enumerate(labels) if label):
+            other = place + 1 if after[place] == before[place + 1] else place - 1
+            assert after[place] == before[other] and after[other] == before[place]
+            swaps += 1
+    assert swaps > 1000
+
+
+def test_corruption_replaces_tokens_with_drawn_ones(monkeypatch):
+    for before, after, labels in _corrupted_rows(monkeypatch, replace_rate=0.2):
+        assert labels == [token == 7 for token in after]
+        assert [b for a, b in zip(after, before, strict=True) if a != 7] == [a for a in after if a != 7]
+
+
+def test_corruption_deletes_tokens_and_labels_the_one_after(monkeypatch):
+    deleted = 0
+    for before, after, labels in _corrupted_rows(monkeypatch, delete_rate=0.2):
+        assert set(after) <= set(before) and sorted(after, key=before.index) == after  # a subsequence
+        expected = [0 < place < len(after) - 1 and before.index(token) != before.index(after[place - 1]) + 1
+                    for place, token in enumerate(after)]  # never [CLS] or [SEP]
+        assert labels == expected
+        deleted += len(before) - len(after)
+    assert deleted > 500
+
+
+def test_corruption_inserts_drawn_tokens_and_labels_them(monkeypatch):
+    inserted = 0
+    for before, after, labels in _corrupted_rows(monkeypatch, insert_rate=0.2):
+        assert [token for token in after if token != 7] == before and labels == [token == 7 for token in after]
+        inserted += len(after) - len(before)
+    assert inserted > 500
+
+
+def test_corruption_rates_together_change_about_their_sum(monkeypatch):
+    from scorer import adapt
+
+    rates = {name: getattr(adapt, name.upper()) for name in ("swap_rate", "replace_rate", "delete_rate",
+                                                              "insert_rate")}
+    changed = ordinary = 0
+    for _, after, labels in _corrupted_rows(monkeypatch, **rates):
+        changed, ordinary = changed + sum(labels), ordinary + len(after) - 2
+    assert 0.8 * sum(rates.values()) < changed / ordinary < 1.4 * sum(rates.values())  # a swap changes two
 
 
 def test_masking_leaves_special_and_padding_tokens_and_follows_80_10_10():
