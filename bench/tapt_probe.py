@@ -35,27 +35,21 @@ from scorer.train import train
 
 def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: float, rtd_epochs: int = 0,
                     rtd_lr: float = 1e-4) -> Path:
-    """`scorer train --mlm-epochs`'s masked-LM stage on CoLA's training sentences, then as many epochs of
-    replaced-token detection, saved as an encoder directory."""
+    """`scorer train`'s self-supervised stages as it runs them (masked-LM epochs, then replaced-token detection),
+    once, on CoLA's training sentences, saved as an encoder directory."""
     from transformers import AutoModel, AutoTokenizer
 
-    from scorer.adapt import masked_lm, replaced_token_detection
-    from scorer.train import _resolve_precision
+    from scorer.train import _adapt, _resolve_precision
 
     source = packaged_model()
-    precision = _resolve_precision("auto", "cpu")
+    config = TrainConfig(data=COLA / "train.tsv", model=source, output=directory, mlm_epochs=epochs,
+                         mlm_lr=learning_rate, rtd_epochs=rtd_epochs, rtd_lr=rtd_lr, batch_size=32, seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(str(source))
-    encoded = TextEncoder.from_dir(source, 64).encode(read_labelled(COLA / "train.tsv", "sentence", "label").texts)
+    encoded = TextEncoder.from_dir(source, 64).encode(read_labelled(config.data, "sentence", "label").texts)
     torch.manual_seed(seed)
-    if epochs:
-        encoder, losses = masked_lm(source, encoded, tokenizer, epochs, learning_rate, 32, "cpu", precision, seed)
-        print(f"masked-LM losses per epoch: {[round(loss, 3) for loss in losses]}", flush=True)
-    else:
-        encoder = AutoModel.from_pretrained(str(source), dtype=torch.float32)
-    if rtd_epochs:
-        encoder, losses = replaced_token_detection(encoder, encoded, tokenizer.all_special_ids, rtd_epochs, rtd_lr,
-                                                   32, "cpu", precision, seed)
-        print(f"replaced-token losses per epoch: {[round(loss, 3) for loss in losses]}", flush=True)
+    encoder = AutoModel.from_pretrained(str(source), dtype=torch.float32)
+    encoder, losses = _adapt(encoder, config, tokenizer, encoded, "cpu", _resolve_precision("auto", "cpu"))
+    print(f"losses per epoch: {losses}", flush=True)
     encoder.save_pretrained(directory)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         (directory / name).write_bytes((source / name).read_bytes())

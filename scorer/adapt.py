@@ -1,10 +1,13 @@
-"""Task-adaptive pretraining: masked-LM training of the encoder on the training sentences, before fine-tuning.
+"""Self-supervised stages on the training sentences before fine-tuning (task-adaptive pretraining).
 
 The packaged all-MiniLM-L6-v2 was trained to embed sentences, which wore away much of the token-level syntax a
-grammaticality task needs (bench/RESULTS.md, layer probe). Masked-LM training on the task's own training
-sentences (Gururangan et al., 2020, "Don't stop pretraining") asks for that syntax again. The encoder keeps its
-weights; the MLM head comes from the checkpoint when it has one, else it starts fresh (the packaged model has
-none). Only the training split is used, never the validation rows.
+grammaticality task needs (bench/RESULTS.md, layer probe). Two objectives ask for that syntax again on the task's
+own training sentences (Gururangan et al., 2020, "Don't stop pretraining"), never the validation rows:
+- masked-LM (`masked_lm`): BERT's objective; the MLM head comes from the checkpoint when it has one, else it
+  starts fresh (the packaged model has none);
+- replaced-token detection (`replaced_token_detection`): ELECTRA's discriminator objective on corruptions made
+  without a generator model (`_corrupt`); scorer train's default.
+Both share one training loop (`_epochs`); only the encoder is kept.
 """
 
 from __future__ import annotations
@@ -46,28 +49,18 @@ def masked_lm(model_dir, encoded: Encoded, tokenizer, epochs: int, learning_rate
     encoder = getattr(model, model.base_model_prefix)
     model.to(device).train()
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=device)
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator(device).manual_seed(seed)
-    steps = math.ceil(len(encoded) / batch_size) * epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, fused=True)
-    scheduler = linear_scheduler(optimizer, steps // 10, steps)
-    data = DeviceRows(encoded, device)
-    losses = []
-    for epoch in range(1, epochs + 1):
-        started, epoch_losses = time.perf_counter(), []
-        for input_ids, attention_mask, _ in data.batches(bucketed_batches(encoded.lengths, batch_size, rng)):
-            masked, chosen, targets = _mask(input_ids, attention_mask, special, tokenizer.mask_token_id,
-                                            model.config.vocab_size, generator)
-            if not len(targets):  # a batch of very short sentences can draw no token to mask
-                continue
-            with autocast(device, precision):
-                hidden = encoder(input_ids=masked, attention_mask=attention_mask).last_hidden_state
-                logits = head(hidden[chosen])  # the vocabulary projection only where a token was masked
-            loss = functional.cross_entropy(logits.float(), targets)
-            apply_gradients(loss, optimizer, scheduler, model)
-            epoch_losses.append(loss.detach())
-        losses.append(float(torch.stack(epoch_losses).float().mean()))
-        log.info("masked-LM epoch %d / %d: loss %.4f (%.0fs)", epoch, epochs, losses[-1], time.perf_counter() - started)
+
+    def step(input_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator):
+        masked, chosen, targets = _mask(input_ids, attention_mask, special, tokenizer.mask_token_id,
+                                        model.config.vocab_size, generator)
+        if not len(targets):  # a batch of very short sentences can draw no token to mask
+            return None
+        with autocast(device, precision):
+            hidden = encoder(input_ids=masked, attention_mask=attention_mask).last_hidden_state
+            logits = head(hidden[chosen])  # the vocabulary projection only where a token was masked
+        return functional.cross_entropy(logits.float(), targets)
+
+    losses = _epochs("masked-LM", model, step, encoded, epochs, learning_rate, batch_size, device, seed)
     return encoder.eval(), losses
 
 
@@ -84,29 +77,42 @@ def replaced_token_detection(encoder: nn.Module, encoded: Encoded, special_ids: 
     counts = np.bincount(encoded.ids, minlength=int(encoded.ids.max()) + 1).astype(np.float64)
     counts[[token for token in special_ids if token < len(counts)]] = 0
     frequencies = torch.from_numpy(counts / counts.sum()).float().to(device)
+
+    def step(input_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator):
+        corrupted, mask, ordinary, changed = _corrupt(input_ids, attention_mask, special, frequencies, generator)
+        with autocast(device, precision):
+            hidden = encoder(input_ids=corrupted, attention_mask=mask).last_hidden_state
+            logits = head(hidden[ordinary]).squeeze(-1)
+        return functional.binary_cross_entropy_with_logits(logits.float(), changed[ordinary].float())
+
+    losses = _epochs("replaced-token", nn.ModuleList([encoder, head]), step, encoded, epochs, learning_rate,
+                     batch_size, device, seed)
+    return encoder.eval(), losses
+
+
+def _epochs(name: str, model: nn.Module, step, encoded: Encoded, epochs: int, learning_rate: float, batch_size: int,
+            device: str, seed: int) -> list[float]:
+    """The loop both stages share: AdamW (weight decay 0.01) with 10% linear warm-up and linear decay over `epochs`
+    of length-bucketed batches of `encoded`. `step(input_ids, attention_mask, generator)` gives a batch's loss, or
+    None to skip the batch. Returns the mean loss per epoch (read once per epoch: no host sync per step)."""
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device).manual_seed(seed)
     steps = math.ceil(len(encoded) / batch_size) * epochs
-    parameters = [*encoder.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, fused=True)
     scheduler = linear_scheduler(optimizer, steps // 10, steps)
     data = DeviceRows(encoded, device)
-    both = nn.ModuleList([encoder, head])
     losses = []
     for epoch in range(1, epochs + 1):
         started, epoch_losses = time.perf_counter(), []
         for input_ids, attention_mask, _ in data.batches(bucketed_batches(encoded.lengths, batch_size, rng)):
-            corrupted, mask, ordinary, changed = _corrupt(input_ids, attention_mask, special, frequencies, generator)
-            with autocast(device, precision):
-                hidden = encoder(input_ids=corrupted, attention_mask=mask).last_hidden_state
-                logits = head(hidden[ordinary]).squeeze(-1)
-            loss = functional.binary_cross_entropy_with_logits(logits.float(), changed[ordinary].float())
-            apply_gradients(loss, optimizer, scheduler, both)
+            loss = step(input_ids, attention_mask, generator)
+            if loss is None:
+                continue
+            apply_gradients(loss, optimizer, scheduler, model)
             epoch_losses.append(loss.detach())
         losses.append(float(torch.stack(epoch_losses).float().mean()))
-        log.info("replaced-token epoch %d / %d: loss %.4f (%.0fs)", epoch, epochs, losses[-1],
-                 time.perf_counter() - started)
-    return encoder.eval(), losses
+        log.info("%s epoch %d / %d: loss %.4f (%.0fs)", name, epoch, epochs, losses[-1], time.perf_counter() - started)
+    return losses
 
 
 def _corrupt(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor, frequencies: torch.Tensor,
@@ -116,7 +122,7 @@ def _corrupt(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: tor
     words), and of the tokens left alone DELETE_RATE are dropped and INSERT_RATE get a drawn token inserted before
     them. Returns the new ids, their attention mask, the mask of ordinary tokens, and the labels: tokens that
     differ from the input at their place, inserted tokens, and each token that follows a deleted one."""
-    ordinary = attention_mask.bool() & ~torch.isin(input_ids, special)
+    ordinary = _ordinary(input_ids, attention_mask, special)
     draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
     swap = ordinary & (draw < SWAP_RATE)
     swap[:, :-1] &= ordinary[:, 1:]
@@ -155,8 +161,13 @@ def _insert_delete(input_ids: torch.Tensor, attention_mask: torch.Tensor, change
     labels[rows, moved[rows, columns] - 1] = True
     rows, columns = delete.nonzero(as_tuple=True)  # the next kept token lands where the deleted one would have
     labels[rows, moved[rows, columns]] = True
-    ordinary = mask.bool() & ~torch.isin(ids, special)
+    ordinary = _ordinary(ids, mask, special)
     return ids, mask, ordinary, labels & ordinary  # a deletion just before [SEP] labels nothing
+
+
+def _ordinary(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
+    """Where a row holds a real token that is not a special one ([CLS], [SEP], padding...)."""
+    return attention_mask.bool() & ~torch.isin(input_ids, special)
 
 
 def _draw(frequencies: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -168,7 +179,7 @@ def _draw(frequencies: torch.Tensor, count: int, generator: torch.Generator) -> 
 def _mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor, mask_id: int, vocab: int,
           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BERT's masking: the inputs with MASK_RATE of ordinary tokens replaced, which were chosen, their targets."""
-    ordinary = attention_mask.bool() & ~torch.isin(input_ids, special)
+    ordinary = _ordinary(input_ids, attention_mask, special)
     draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
     chosen = ordinary & (draw < MASK_RATE)
     roll = draw / MASK_RATE  # uniform in [0, 1) again where chosen
