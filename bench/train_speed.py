@@ -62,6 +62,8 @@ def main() -> None:
                         help="replaced-token epochs before fine-tuning (scorer's default is 10; the targets time the "
                              "fine-tuning epochs, so 0 here unless asked)")
     parser.add_argument("--precisions", default="auto", help="comma-separated scorer --precision values to time")
+    parser.add_argument("--compile", default="off", choices=["off", "on", "both"],
+                        help="time `scorer train --compile` (on), the eager steps (off), or both, one after the other")
     parser.add_argument("--out", type=Path, default=Path("bench/out/train-speed.json"))
     args = parser.parse_args()
     results = {"machine": machine(args.device), "runs": []}
@@ -69,10 +71,12 @@ def main() -> None:
         for name in args.models.split(","):
             model = random_bert(Path(tmp) / "bert-base") if name == "bert-base" else tokenizer_dir()
             baseline = None
-            for precision in args.precisions.split(","):
+            compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+            for precision, compiled in ((p, c) for p in args.precisions.split(",") for c in compiles):
                 config = TrainConfig(data=COLA / "train.tsv", model=model, output=Path(tmp) / f"ckpt-{name}",
                                      epochs=args.epochs, batch_size=32, device=args.device, seed=1,
-                                     precision=precision, rtd_epochs=args.rtd_epochs, overwrite=True)
+                                     precision=precision, rtd_epochs=args.rtd_epochs, compile=compiled,
+                                     overwrite=True)
                 started = time.perf_counter()
                 result = train(config, progress=False)
                 total = time.perf_counter() - started
@@ -81,11 +85,12 @@ def main() -> None:
                     baseline = notebook_epoch(model, result.train_rows, result.device)
                 results["runs"].append({"model": name, "train_rows": result.train_rows, "epochs": args.epochs,
                                         "rtd_epochs": args.rtd_epochs,
-                                        "precision": result.precision, "epoch_seconds": epochs,
+                                        "precision": result.precision, "compiled": compiled,
+                                        "epoch_seconds": epochs,
                                         "total_seconds": total, "notebook_epoch_seconds": baseline,
                                         "speedup_vs_notebook": baseline / min(epochs),
                                         "best_val_mcc": result.best.val_mcc})
-                print(f"{name} ({result.precision}): {result.train_rows} rows, scorer epochs "
+                print(f"{name} ({result.precision}{', compiled' if compiled else ''}): {result.train_rows} rows, scorer epochs "
                       f"{[round(s, 2) for s in epochs]} s, total {total:.1f}s (with loading and saving); notebook "
                       f"way {baseline:.1f}s per epoch ({baseline / min(epochs):.1f}x slower)", flush=True)
     write_json(args.out, results)

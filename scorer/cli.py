@@ -104,11 +104,15 @@ def main() -> None:
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="Loss weights per class.")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "mix"]),
               help="Sentence vector: mean of last-layer tokens, [CLS], or mean of a learned mix of all layers.")
+@click.option("--dropout", type=float, help="Dropout before the classification head [default: 0.1].")
 @click.option("--select", type=click.Choice(["mcc", "accuracy", "last"]), help="Which epoch to keep.")
 @click.option("--seed", type=int, help="Seed for the split, the batches and the initial head.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to train [default: auto].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
               help="bf16 autocast for training steps; auto: on bf16-capable CPUs, fp32 on CUDA [default: auto].")
+@click.option("--compile", is_flag=True, default=None,
+              help="torch.compile the fine-tuning steps (fewer, fused kernels; the first steps spend a minute "
+                   "compiling) [default: off].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing checkpoint directory.")
 @command
 def train(progress: bool, **options) -> None:

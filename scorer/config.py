@@ -82,6 +82,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:

@@ -84,6 +84,10 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, config: TrainConfig, device: str, precision: str, encoded: Encoded,
                  targets: np.ndarray, progress: bool = True) -> None:
         self.model, self.config, self.device, self.precision = model, config, device, precision
+        # The training steps may run a compiled view of the model; it shares the parameters, so validation,
+        # the moving average and the checkpoint use `model` itself. Dynamic shapes: one graph for every
+        # batch length, not one compile per length bucket.
+        self.forward = torch.compile(model, dynamic=True) if config.compile else model
         self.data = DeviceRows(encoded, device, targets)
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
@@ -140,7 +144,7 @@ class Trainer:
         """Cross-entropy; with --rdrop, of two dropout passes (one doubled batch) plus their symmetric KL."""
         passes = 2 if self.config.rdrop else 1
         with autocast(self.device, self.precision):
-            logits = self.model(input_ids.repeat(passes, 1), attention_mask.repeat(passes, 1)).float()
+            logits = self.forward(input_ids.repeat(passes, 1), attention_mask.repeat(passes, 1)).float()
         loss = functional.cross_entropy(logits, labels.repeat(passes), weight=self.class_weights)
         if passes == 2:
             first, second = functional.log_softmax(logits, dim=1).chunk(2)

@@ -122,6 +122,42 @@ def test_bf16_autocast_changes_the_steps_not_the_saved_fp32_weights(tiny_encoder
     assert losses["fp32"] == pytest.approx(losses["bf16"], rel=0.05)
 
 
+def test_compiled_steps_train_the_same_model_as_eager_steps(tmp_path):
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from tests.conftest import TOKENIZER_FILES, tokenizer_source
+
+    # No dropout anywhere (encoder and head), so a compiled step must compute what an eager one does.
+    encoder = tmp_path / "no-dropout-bert"
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=TINY_POSITIONS, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0)).save_pretrained(encoder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_source() / name, encoder / name)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    runs = {}
+    for mode, extra in (("eager", ()), ("compiled", ("--compile",))):
+        output = tmp_path / mode
+        result = CliRunner().invoke(main, train_args(encoder, output, "--dropout", "0", "--rtd-epochs", "0",
+                                                     "--precision", "fp32", "--seed", "5", *extra))
+        assert result.exit_code == 0, result.output
+        assert json.loads((output / "train_config.json").read_text())["compile"] == (mode == "compiled")
+        assert (counters["stats"]["unique_graphs"] > 0) == (mode == "compiled")  # dynamo compiled only then
+        runs[mode] = (json.loads((output / "metrics.json").read_text()), SentenceClassifier.load(output).state_dict())
+    (eager, eager_weights), (compiled, compiled_weights) = runs["eager"], runs["compiled"]
+    assert [e["train_loss"] for e in compiled["epochs"]] == pytest.approx([e["train_loss"] for e in eager["epochs"]],
+                                                                           rel=1e-4)
+    # The checkpoint is the plain model's (no compiled wrapper's names) and holds the same trained weights.
+    assert compiled_weights.keys() == eager_weights.keys()
+    for name, weight in eager_weights.items():
+        assert torch.allclose(compiled_weights[name], weight, atol=1e-4), name
+
+
 def test_auto_precision_is_fp32_on_cuda_and_follows_the_cpu_otherwise():
     from scorer.train import _cpu_has_bf16, _resolve_precision
 
