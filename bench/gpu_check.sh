@@ -39,14 +39,15 @@ step default-seeds 260 python3 bench/default_seeds.py --seeds 1,2,3 --parallel -
 # The whole of `scorer run` on CoLA sentences with its defaults (plain runs, <=4,096-row batches, one ORT intra-op
 # thread), the baselines beside it, then one knob at a time; then each stage alone to find the bottleneck.
 step scoring-cola 150 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
-  --variants fp16,fp16:bound,fp16:infer_threads=2,fp16:max_batch_rows=8192:max_tokens=65536 \
+  --variants fp16,fp16:piece_chars=131072,fp16:infer_threads=2,fp16:max_batch_rows=8192:max_tokens=65536 \
   --stages fp16 --out "$out/scoring-cola.json"
 step pytest-gpu 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 # Training steps, eager and with `scorer train --compile` (torch.compile, dynamic shapes), bert-base and MiniLM.
 step train-speed 240 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 --compile both \
   --out "$out/train-speed.json"
-step scoring-long128 100 python3 bench/scoring.py $random --workloads long128 --rows 20000 --baseline-rows 2000 \
-  --variants fp16,fp16:max_tokens=65536 --stages fp16 --out "$out/scoring-long128.json"
+# Long texts: today's pieces of 1M characters against one piece per window (the way before 2026-11-26), 4 windows.
+step scoring-long128 120 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
+  --variants fp16,fp16:piece_chars=1073741824,fp16:max_tokens=65536 --stages fp16 --out "$out/scoring-long128.json"
 # The product's own command line, which must start CUDA without torch imported (scoring never imports it).
 step cli-cuda 40 python3 -c "import sys; from scorer.cli import main; \
 main(['run', '.devcarry/cola/dev.tsv', '--model', '/tmp/random-bert/onnx-cola', '--provider', 'cuda', \

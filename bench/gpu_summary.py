@@ -48,7 +48,8 @@ def main(directory: Path) -> None:
     path = directory / "train-speed.json"
     if path.is_file():
         for run in json.loads(path.read_text())["runs"]:
-            print(f"train {run['model']} ({run['precision']}{', compiled' if run.get('compiled') else ''}): epochs {[round(s, 2) for s in run['epoch_seconds']]} s, "
+            mode = f"{run['precision']}{', compiled' if run.get('compiled') else ''}"
+            print(f"train {run['model']} ({mode}): epochs {[round(s, 2) for s in run['epoch_seconds']]} s, "
                   f"total {run['total_seconds']:.1f}s, notebook {run['notebook_epoch_seconds']:.1f}s/epoch")
     else:
         print("train-speed: no result")

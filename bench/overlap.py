@@ -1,6 +1,6 @@
 """Does `scorer run` keep the model busy while it tokenises? A CPU-only check of the pipeline's overlap.
 
-    python bench/overlap.py --rows 100000 --model-speed 1.2
+    python bench/overlap.py --rows 100000 --model-speed 1.2 [--workload long128]
 
 On a GPU the model uses almost no CPU, so end to end should run at the slower of two stages: tokenising and the
 model. Here the model is a stand-in that takes no CPU and holds no GIL: for each batch it sleeps as long as a
@@ -46,12 +46,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100000)
     parser.add_argument("--model-speed", type=float, default=1.2, help="Stand-in model speed / tokenising speed.")
+    parser.add_argument("--workload", choices=["cola", "long128"], default="cola",
+                        help="CoLA sentences, or texts of 100 words (see bench/scoring.py)")
     parser.add_argument("--random-dir", type=Path, help="Keep the tiny random export here and reuse it.")
     parser.add_argument("--out", type=Path, default=Path("bench/out/overlap.json"))
     args = parser.parse_args()
-    texts = workload("cola", args.rows)
+    texts = workload(args.workload, args.rows)
     with tempfile.TemporaryDirectory() as tmp:
-        _, export = random_checkpoint(args.random_dir or Path(tmp), "tiny", 128, "cola", texts)
+        _, export = random_checkpoint(args.random_dir or Path(tmp), "tiny", 128, args.workload, texts)
         source = Path(tmp) / "input.parquet"
         pq.write_table(pa.table({"sentence": texts}), source)
         classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32")
@@ -67,7 +69,7 @@ def main() -> None:
         for item in prepared:
             classifier.infer(item)
         model = len(texts) / (time.perf_counter() - started)
-        results = {"machine": machine(), "rows": len(texts), "model_speed": args.model_speed,
+        results = {"machine": machine(), "workload": args.workload, "rows": len(texts), "model_speed": args.model_speed,
                    "tokenise_sentences_per_s": tokenise, "stand_in_model_sentences_per_s": model, "end_to_end": {}}
         print(f"tokenise alone {tokenise:,.0f}/s, stand-in model alone {model:,.0f}/s", flush=True)
         for threads in (1, 2, 4):

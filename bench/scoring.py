@@ -91,7 +91,8 @@ def timed(function, *args) -> tuple[object, float]:
 
 def run_config(spec: str, source: Path, output: Path, export: Path, provider: str) -> RunConfig:
     """The RunConfig of a variant spec: VARIANT, then optionally ":plain" or ":bound" (IO binding off/on) and
-    ":FIELD=N" for integer RunConfig fields (max_batch_rows, max_tokens, tokenize_threads, window_rows)."""
+    ":FIELD=N" for integer RunConfig fields (max_batch_rows, max_tokens, tokenize_threads, window_rows,
+    piece_chars)."""
     variant, *options = spec.split(":")
     settings: dict = {}
     for option in options:

@@ -90,7 +90,8 @@ def main() -> None:
                                         "total_seconds": total, "notebook_epoch_seconds": baseline,
                                         "speedup_vs_notebook": baseline / min(epochs),
                                         "best_val_mcc": result.best.val_mcc})
-                print(f"{name} ({result.precision}{', compiled' if compiled else ''}): {result.train_rows} rows, scorer epochs "
+                mode = f"{result.precision}{', compiled' if compiled else ''}"
+                print(f"{name} ({mode}): {result.train_rows} rows, scorer epochs "
                       f"{[round(s, 2) for s in epochs]} s, total {total:.1f}s (with loading and saving); notebook "
                       f"way {baseline:.1f}s per epoch ({baseline / min(epochs):.1f}x slower)", flush=True)
     write_json(args.out, results)

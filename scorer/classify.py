@@ -51,6 +51,14 @@ class Scored:
     def scored(self) -> np.ndarray:
         return self.predicted >= 0
 
+    @classmethod
+    def concat(cls, parts: list[Scored]) -> Scored:
+        """The results of consecutive pieces of one column, as one."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(part, name) for part in parts])
+                     for name in ("predicted", "probabilities", "logits", "status")))
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))

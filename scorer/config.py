@@ -162,6 +162,10 @@ class RunConfig:
     max_batch_rows: int = 4096
     io_binding: bool = False
     window_rows: int = 16384
+    # Each window is tokenised in pieces of about this many characters, so that the model starts on a window's
+    # first piece while the rest is tokenised: one piece per window of CoLA-like sentences, about nine of texts
+    # of 100 words.
+    piece_chars: int = 1 << 20
     tokenize_threads: int = 2
     infer_threads: int = 1
     check: int = 0
@@ -182,6 +186,7 @@ class RunConfig:
         _check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be at least 1")
         _check(self.max_batch_rows >= 1, f"--max-batch-rows must be at least 1, not {self.max_batch_rows}")
         _check(self.window_rows >= 1, f"--window-rows must be at least 1, not {self.window_rows}")
+        _check(self.piece_chars >= 1, f"piece_chars must be at least 1, not {self.piece_chars}")
         _check(self.infer_threads >= 1, f"--infer-threads must be at least 1, not {self.infer_threads}")
         _check(self.tokenize_threads >= 1, f"--tokenize-threads must be at least 1, not {self.tokenize_threads}")
         _check(self.check >= 0, f"--check must be 0 or more, not {self.check}")

@@ -11,10 +11,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from scorer import __version__, atomic
-from scorer.classify import OnnxClassifier
+from scorer.classify import OnnxClassifier, Scored
 from scorer.config import RunConfig
 from scorer.errors import InputError, OutputError, ParityError, ScorerError
 from scorer.evaluate import LabelIndex, write_report
@@ -189,9 +192,10 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
 
 def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, store: PartStore, first: int,
             config: RunConfig, progress: bool) -> None:
-    """Read → tokenise → infer → write. While the model runs, the next windows are read (one thread, in order)
-    and tokenised (config.tokenize_threads at once, so one window's Rust tokenisation, which frees the GIL,
-    overlaps another's conversion to arrays), and the previous window is written."""
+    """Read → tokenise → infer → write. Windows are read in order on one thread; each window's text is cut into
+    pieces (`pieces`), tokenised on config.tokenize_threads threads (Rust tokenisation frees the GIL) with up to
+    that many windows queued ahead of the model; the model takes each piece as soon as it is ready, so a window of
+    long texts starts on the GPU before all of it is tokenised; the previous window is written meanwhile."""
     labels = LabelIndex(classifier.labels) if columns.label else None
     skip = first * config.window_rows
     windows = enumerate(reader.batches(config.window_rows, skip_rows=skip))
@@ -203,9 +207,13 @@ def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, s
                            skip + number * config.window_rows + 1)
         return window
 
-    def prepare(reading: Future):
-        window = reading.result()
-        return None if window is None else (window, classifier.prepare(window.column(columns.text)))
+    def read_and_queue():
+        """The next window, read, with its pieces queued for tokenising; None after the last window."""
+        window = read()
+        if window is None:
+            return None
+        text = window.column(columns.text)
+        return window, [tokenizing.submit(classifier.prepare, piece) for piece in pieces(text, config.piece_chars)]
 
     total = None if reader.num_rows is None else max(0, reader.num_rows - skip)
     with tqdm(total=total, unit="rows", disable=None if progress else True, file=sys.stderr,
@@ -213,13 +221,15 @@ def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, s
             ThreadPoolExecutor(1, "scorer-read") as reading, \
             ThreadPoolExecutor(config.tokenize_threads, "scorer-tokenize") as tokenizing, \
             ThreadPoolExecutor(1, "scorer-write") as writing:
-        ahead = deque(tokenizing.submit(prepare, reading.submit(read)) for _ in range(config.tokenize_threads))
+        # Windows are read (and their pieces queued) on one thread, in order, config.tokenize_threads ahead.
+        ahead = deque(reading.submit(read_and_queue) for _ in range(config.tokenize_threads))
         writes: list[Future] = []
         index = first
         while (item := ahead.popleft().result()) is not None:
-            ahead.append(tokenizing.submit(prepare, reading.submit(read)))
+            ahead.append(reading.submit(read_and_queue))
             window, prepared = item
-            predicted, score, status = classifier.result_arrays(classifier.infer(prepared))
+            scored = Scored.concat([classifier.infer(piece.result()) for piece in prepared])
+            predicted, score, status = classifier.result_arrays(scored)
             table = window.append_column(columns.predicted, predicted).append_column(columns.score, score)
             writes.append(writing.submit(store.write, index, table.append_column(columns.status, status)))
             while len(writes) > 1:  # at most one part in flight: memory stays bounded
@@ -228,6 +238,22 @@ def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, s
             bar.update(window.num_rows)
         for write in writes:
             write.result()
+
+
+def pieces(column: pa.ChunkedArray | pa.Array, chars: int) -> list[pa.Array]:
+    """`column` cut into consecutive slices, each ending at the row that brings it to `chars` characters."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) or len(column) == 0:
+        return [column]
+    ends = np.cumsum(pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False))
+    cut, start = [], 0
+    while start < len(column):
+        before = int(ends[start - 1]) if start else 0
+        stop = min(int(np.searchsorted(ends, before + chars, side="left")) + 1, len(column))
+        cut.append(column.slice(start, stop - start))
+        start = stop
+    return cut
 
 
 def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, columns: Columns, store: PartStore,

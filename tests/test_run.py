@@ -206,3 +206,35 @@ def test_scoring_never_imports_torch(tiny_export, parquet_input, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert pacsv.read_csv(tmp_path / "o.csv").num_rows == len(TEXTS)
+
+
+def test_pieces_cover_every_row_once_in_order_within_the_character_budget():
+    from scorer.score import pieces
+
+    texts = ["ab", None, "", "é" * 25, "word " * 10, "x", None, "the end"] * 5
+    column = pa.chunked_array([texts[:13], texts[13:]], pa.string())
+    cut = pieces(column, 30)
+    assert pa.concat_arrays(cut).equals(column.combine_chunks()) and all(len(piece) >= 1 for piece in cut)
+    lengths = [sum(len(t or "") for t in piece.to_pylist()) for piece in cut]
+    # A piece ends once it holds the budget: it may go over it only by its last row.
+    assert all(total - len(piece.to_pylist()[-1] or "") < 30 for piece, total in zip(cut, lengths, strict=True))
+    assert len(cut) >= sum(lengths) // 60
+    assert len(pieces(column, 10**9)) == 1 and len(pieces(pa.array([1, 2, 3]), 1)) == 1
+    assert len(pieces(pa.array([], pa.string()), 5)) == 1
+
+
+def test_windows_cut_into_many_pieces_score_every_row_as_one_piece_does(tiny_export, parquet_input, tmp_path):
+    from scorer.config import RunConfig
+    from scorer.score import score_file
+
+    tables = []
+    for chars in (1 << 20, 40):  # one piece per window, or a piece every few rows
+        config = RunConfig(input=str(parquet_input), output=tmp_path / f"{chars}.parquet", model=tiny_export,
+                           provider="cpu", variant="fp32", window_rows=16, piece_chars=chars)
+        score_file(config, progress=False)
+        tables.append(pq.read_table(config.output))
+    whole, cut = tables
+    assert cut.num_rows == len(TEXTS) and cut.column("id").to_pylist() == list(range(len(TEXTS)))
+    assert cut.select(["label", "status"]).equals(whole.select(["label", "status"]))
+    np.testing.assert_allclose(cut.column("score").to_numpy(zero_copy_only=False),
+                               whole.column("score").to_numpy(zero_copy_only=False), atol=1e-5)
