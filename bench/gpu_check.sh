@@ -2,10 +2,11 @@
 # Every GPU measurement in one go, on the GPU test machine (Python 3.12, torch, no registry), after
 # bench/gpu_prepare.sh and the five earlier `run` calls that left the wheel parts and the first half of the MiniLM
 # weights in /tmp/keep (see that script). Steps run in the order of this file (most important first), each with
-# its own time limit; one failing step does not stop the others. All of them take about 9-10 minutes on an H100 or H200
-# (run 3's steps took 440 s; train-speed with --compile both is new and estimated at 3-4 minutes).
+# its own time limit; one failing step does not stop the others. The default steps take about 8 minutes on an H100
+# or H200 (run 3's took 440 s with default-seeds; train-speed with --compile both is new, estimated at 3-4 minutes).
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
-# With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order.
+# With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
+# the steps at the end run only when named.
 set -uo pipefail
 out=${OUT:-bench/out/gpu}
 mkdir -p "$out"
@@ -33,9 +34,6 @@ step() {
 step env 40 python3 -c "import torch, onnxruntime as o; o.preload_dlls(); print(torch.cuda.get_device_name(), \
 torch.__version__, o.__version__, o.get_available_providers()); import subprocess; \
 print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)"
-# Issue 5's target on the GPU: `scorer train` with its defaults (packaged MiniLM as it ships, fp32 on CUDA), CoLA
-# train/dev, seeds 1-3 at once (each run leaves the GPU mostly idle; the wall time per run is the shared one).
-step default-seeds 260 python3 bench/default_seeds.py --seeds 1,2,3 --parallel --out "$out/default-seeds.json"
 # The whole of `scorer run` on CoLA sentences with its defaults (plain runs, <=4,096-row batches, one ORT intra-op
 # thread), the baselines beside it, then one knob at a time; then each stage alone to find the bottleneck.
 step scoring-cola 150 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
@@ -57,6 +55,10 @@ step gpu-memory-1m 70 python3 bench/scoring.py $random --workloads cola --rows 1
   --variants fp16 --out "$out/gpu-memory-1m.json"
 # Measured in earlier runs (bench/RESULTS.md section 7); run only when named.
 if [ "$only" != "  " ]; then
+  # Issue 5's target on the GPU: `scorer train` with its defaults (packaged MiniLM as it ships, fp32 on CUDA),
+  # CoLA train/dev, seeds 1-3 at once (each run leaves the GPU mostly idle). 137 s in run 3; name it again after
+  # any change to the training defaults.
+  step default-seeds 260 python3 bench/default_seeds.py --seeds 1,2,3 --parallel --out "$out/default-seeds.json"
   step model-stage 110 python3 bench/model_stage.py $random --rows 100000 --out "$out/model-stage.json"
   # The tokenizer's thread pool held to 12 of the 16 cores (run 3: no change beyond noise).
   step scoring-cola-rayon12 50 env RAYON_NUM_THREADS=12 python3 bench/scoring.py $random --workloads cola \
