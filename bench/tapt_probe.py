@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import COLA
+from common import COLA, TOKENIZER_FILES
 from recipes import BASE, RECIPES, summarise
 
 from scorer.config import TrainConfig, packaged_model
@@ -51,7 +51,7 @@ def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: floa
     encoder, losses = _adapt(encoder, config, tokenizer, encoded, "cpu", _resolve_precision("auto", "cpu"))
     print(f"losses per epoch: {losses}", flush=True)
     encoder.save_pretrained(directory)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+    for name in TOKENIZER_FILES:
         (directory / name).write_bytes((source / name).read_bytes())
     return directory
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +56,12 @@ class Scored:
         """The results of consecutive pieces of one column, as one."""
         if len(parts) == 1:
             return parts[0]
-        return cls(*(np.concatenate([getattr(part, name) for part in parts])
-                     for name in ("predicted", "probabilities", "logits", "status")))
+        return cls(*(np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls)))
+
+
+def is_text(column: pa.Array) -> bool:
+    """Whether `column` holds strings (the only values scorer tokenises)."""
+    return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -172,7 +176,7 @@ class OnnxClassifier:
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         status = np.full(len(column), _CODE[OK], dtype=np.int8)
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        if is_text(column):
             blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
             status[pc.fill_null(blank, False).to_numpy(zero_copy_only=False)] = _CODE[EMPTY]
         else:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from scorer import __version__, atomic
-from scorer.classify import OnnxClassifier, Scored
+from scorer.classify import OnnxClassifier, Scored, is_text
 from scorer.config import RunConfig
 from scorer.errors import InputError, OutputError, ParityError, ScorerError
 from scorer.evaluate import LabelIndex, write_report
@@ -244,7 +244,7 @@ def pieces(column: pa.ChunkedArray | pa.Array, chars: int) -> list[pa.Array]:
     """`column` cut into consecutive slices, each ending at the row that brings it to `chars` characters."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) or len(column) == 0:
+    if not is_text(column) or len(column) == 0:
         return [column]
     ends = np.cumsum(pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False))
     cut, start = [], 0

@@ -43,20 +43,25 @@ def _tensorrt_available() -> bool:
     return tensorrt.available()
 
 
-@pytest.fixture(scope="session")
-def tiny_encoder(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide BERT with random weights and the packaged model's real WordPiece tokenizer."""
+def build_tiny_encoder(directory: Path, **config) -> Path:
+    """A 2-layer, 32-wide BERT with random weights (seed 0; BertConfig fields in `config` override) and the
+    packaged model's real WordPiece tokenizer, saved in `directory`."""
     import torch
     from transformers import BertConfig, BertModel
 
-    directory = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=TINY_POSITIONS)
-    BertModel(config).save_pretrained(directory)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=TINY_POSITIONS, **config)
+              ).save_pretrained(directory)
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_source() / name, directory / name)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """The tiny random BERT of `build_tiny_encoder`, built once per test session."""
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def tokenizer_source() -> Path:

@@ -123,22 +123,13 @@ def test_bf16_autocast_changes_the_steps_not_the_saved_fp32_weights(tiny_encoder
 
 
 def test_compiled_steps_train_the_same_model_as_eager_steps(tmp_path):
-    import shutil
-
-    from transformers import BertConfig, BertModel
-
-    from tests.conftest import TOKENIZER_FILES, tokenizer_source
-
-    # No dropout anywhere (encoder and head), so a compiled step must compute what an eager one does.
-    encoder = tmp_path / "no-dropout-bert"
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=TINY_POSITIONS, hidden_dropout_prob=0.0,
-                         attention_probs_dropout_prob=0.0)).save_pretrained(encoder)
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_source() / name, encoder / name)
     from torch._dynamo.utils import counters
 
+    from tests.conftest import build_tiny_encoder
+
+    # No dropout anywhere (encoder and head), so a compiled step must compute what an eager one does.
+    encoder = build_tiny_encoder(tmp_path / "no-dropout-bert", hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0)
     counters.clear()
     runs = {}
     for mode, extra in (("eager", ()), ("compiled", ("--compile",))):
