@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from scorer.errors import ModelError, ProviderError
 from scorer.manifest import Manifest, load_manifest, sha256_file
 from scorer.session import batch_runner, create_session, resolve_provider
-from scorer.tokens import Encoded, TextEncoder, budget_batches
+from scorer.tokens import Encoded, TextEncoder, budget_batches, is_text
 
 log = logging.getLogger("scorer")
 
@@ -57,11 +57,6 @@ class Scored:
         if len(parts) == 1:
             return parts[0]
         return cls(*(np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls)))
-
-
-def is_text(column: pa.Array) -> bool:
-    """Whether `column` holds strings (the only values scorer tokenises)."""
-    return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -183,7 +178,8 @@ class OnnxClassifier:
             status[:] = _CODE[NOT_TEXT]
         status[column.is_null().to_numpy(zero_copy_only=False)] = _CODE[NULL]
         valid = np.flatnonzero(status == _CODE[OK])
-        encoded = self.encoder.encode(column.take(pa.array(valid)).to_pylist())
+        texts = column if len(valid) == len(column) else column.take(pa.array(valid, pa.int64()))
+        encoded = self.encoder.encode(texts if is_text(texts) else [])
         status[valid[encoded.truncated]] = _CODE[TRUNCATED]
         return Prepared(status=status, valid=valid, encoded=encoded)
 

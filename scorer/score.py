@@ -17,13 +17,14 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from scorer import __version__, atomic
-from scorer.classify import OnnxClassifier, Scored, is_text
+from scorer.classify import OnnxClassifier, Scored
 from scorer.config import RunConfig
 from scorer.errors import InputError, OutputError, ParityError, ScorerError
 from scorer.evaluate import LabelIndex, write_report
 from scorer.parts import OutputLock, PartStore, assemble, completion_record, fingerprint
 from scorer.read import TableReader
 from scorer.tally import Columns, scored_sample, tally
+from scorer.tokens import is_text
 from scorer.units import WorkUnit, plan_units
 
 log = logging.getLogger("scorer")

@@ -8,11 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from tokenizers import Tokenizer
 
 from scorer.errors import ModelError
+from scorer.words import WordCache
 
 TOKENIZER_FILE = "tokenizer.json"
+
+
+def is_text(column: pa.Array) -> bool:
+    """Whether `column` holds strings (the only values scorer tokenises)."""
+    return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
 
 
 @dataclass(frozen=True)
@@ -45,14 +52,19 @@ class Encoded:
 
 
 class TextEncoder:
-    """A Hugging Face fast tokenizer with [CLS]/[SEP] added, truncation to max_length and no padding."""
+    """A Hugging Face fast tokenizer with [CLS]/[SEP] added, truncation to max_length and no padding.
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+    Where the tokenizer qualifies (BERT's does), texts go through scorer.words.WordCache, which gives the same ids
+    an order of magnitude faster; `word_cache=False` always uses the tokenizer itself.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, word_cache: bool = True) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length)
         self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        self.words = WordCache.for_tokenizer(tokenizer) if word_cache else None
 
     @classmethod
     def from_dir(cls, directory: Path, max_length: int) -> TextEncoder:
@@ -68,8 +80,17 @@ class TextEncoder:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, texts: Sequence[str]) -> Encoded:
+    def encode(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> Encoded:
         """Encode texts (all must be str); rows cut at max_length are flagged in `truncated`."""
+        if self.words is not None:
+            if isinstance(texts, pa.ChunkedArray):
+                texts = texts.combine_chunks()
+            column = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.large_string())
+            if column.null_count or not is_text(column):
+                raise TypeError("TextEncoder.encode takes strings only")
+            return Encoded(*self.words.encode(column, self.max_length))
+        if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+            texts = texts.to_pylist()
         encodings = self._encode(list(texts), add_special_tokens=True)
         id_lists = [encoding.ids for encoding in encodings]
         lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
