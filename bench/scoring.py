@@ -92,7 +92,7 @@ def timed(function, *args) -> tuple[object, float]:
 def run_config(spec: str, source: Path, output: Path, export: Path, provider: str) -> RunConfig:
     """The RunConfig of a variant spec: VARIANT, then optionally ":plain" or ":bound" (IO binding off/on) and
     ":FIELD=N" for integer RunConfig fields (max_batch_rows, max_tokens, tokenize_threads, window_rows,
-    piece_chars)."""
+    piece_chars; word_cache=0 tokenises with the tokenizer alone)."""
     variant, *options = spec.split(":")
     settings: dict = {}
     for option in options:
@@ -100,7 +100,7 @@ def run_config(spec: str, source: Path, output: Path, export: Path, provider: st
             settings["io_binding"] = option == "bound"
         else:
             key, _, value = option.partition("=")
-            settings[key] = int(value)
+            settings[key] = bool(int(value)) if key == "word_cache" else int(value)
     return RunConfig(input=str(source), output=output, model=export, provider=provider, variant=variant,
                      overwrite=True, **settings)
 
@@ -123,7 +123,8 @@ def stages(texts: list[str], export: Path, provider: str, spec: str) -> dict:
 
     config = run_config(spec, Path("unused"), None, export, provider)
     classifier = OnnxClassifier(export, provider, config.variant, config.max_tokens, config.max_batch_rows,
-                                io_binding=config.io_binding, infer_threads=config.infer_threads)
+                                io_binding=config.io_binding, infer_threads=config.infer_threads,
+                                word_cache=config.word_cache)
     column = pa.array(texts)
     windows = [column.slice(start, config.window_rows) for start in range(0, len(texts), config.window_rows)]
     classifier.infer(classifier.prepare(windows[0]))  # warm-up: first shapes, arena
@@ -212,7 +213,8 @@ def main() -> None:
     parser.add_argument("--variants", default="int8,fp32",
                         help="Variant specs to run: VARIANT[:plain|:bound][:FIELD=N...] (IO binding off/on, RunConfig "
                         "integers such as max_batch_rows=4096 or tokenize_threads=1).")
-    parser.add_argument("--stages", metavar="SPEC", help="Also time tokenising and the model alone for this spec.")
+    parser.add_argument("--stages", metavar="SPECS", help="Also time tokenising and the model alone for these specs "
+                        "(comma-separated).")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="Dense fp16 peak, for %% of limit.")
     parser.add_argument("--out", type=Path, default=Path("bench/out/scoring-cpu.json"))
     args = parser.parse_args()
@@ -247,10 +249,10 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
             labels, seconds = scorer_run(source, export, provider, variant, tmp, memory[variant])
             rates[f"scorer-run-{variant}"] = len(texts) / seconds
             agreement[f"scorer-run-{variant}"] = float((labels[: len(subset)] == reference).mean())
-        profile = stages(texts, export, provider, args.stages) if args.stages else None
-        if profile:
-            print(f"{name:8} stages ({args.stages}): tokenise {profile['tokenise_sentences_per_s']:,.0f}/s, model "
-                  f"{profile['model_sentences_per_s']:,.0f}/s in {profile['batches']} batches", flush=True)
+        profile = [stages(texts, export, provider, spec) for spec in args.stages.split(",")] if args.stages else []
+        for stage in profile:
+            print(f"{name:8} stages ({stage['spec']}): tokenise {stage['tokenise_sentences_per_s']:,.0f}/s, model "
+                  f"{stage['model_sentences_per_s']:,.0f}/s in {stage['batches']} batches", flush=True)
         tokens_per_row = encoder.encode(texts).lengths.mean()
         rows = {key: {"sentences_per_s": rate, "real_tokens_per_s": rate * tokens_per_row,
                       "x_notebook": rate / rates["pytorch-notebook"], "x_best_pytorch": rate / rates[best_name],

@@ -90,11 +90,11 @@ class OnnxClassifier:
 
     def __init__(self, directory: Path, provider: str = "auto", variant: str | None = None,
                  max_tokens: int | None = None, max_batch_rows: int = 4096, provider_options: dict | None = None,
-                 io_binding: bool = False, infer_threads: int = 1) -> None:
+                 io_binding: bool = False, infer_threads: int = 1, word_cache: bool = True) -> None:
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         self.manifest.verify_tokenizer(self.directory)
-        self.encoder = TextEncoder.from_dir(self.directory, self.manifest.max_length)
+        self.encoder = TextEncoder.from_dir(self.directory, self.manifest.max_length, word_cache)
         if self.encoder.vocab_size > self.manifest.vocab_size:
             raise ModelError(f"{self.directory}: tokenizer.json has {self.encoder.vocab_size} tokens but the "
                                 f"model only {self.manifest.vocab_size}; export again")

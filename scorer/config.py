@@ -168,6 +168,9 @@ class RunConfig:
     piece_chars: int = 1 << 20
     tokenize_threads: int = 2
     infer_threads: int = 1
+    # Tokenise through scorer.words.WordCache where the tokenizer qualifies (same ids, measured faster); False
+    # is the tokenizer alone, for benchmarks that compare the two.
+    word_cache: bool = True
     check: int = 0
     samples: int = 0
     report: Path | None = None

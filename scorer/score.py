@@ -107,7 +107,7 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     units = plan_units(config.input, config.output, config.output_format)
     classifier = OnnxClassifier(config.model, config.provider, config.variant, config.max_tokens,
                                 config.max_batch_rows, io_binding=config.io_binding,
-                                infer_threads=config.infer_threads)
+                                infer_threads=config.infer_threads, word_cache=config.word_cache)
     log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
              classifier.provider, len(units))
     started = time.perf_counter()

@@ -67,12 +67,12 @@ class TextEncoder:
         self.words = WordCache.for_tokenizer(tokenizer) if word_cache else None
 
     @classmethod
-    def from_dir(cls, directory: Path, max_length: int) -> TextEncoder:
+    def from_dir(cls, directory: Path, max_length: int, word_cache: bool = True) -> TextEncoder:
         path = Path(directory) / TOKENIZER_FILE
         if not path.is_file():
             raise ModelError(f"{directory}: no {TOKENIZER_FILE}; export the model again with `scorer export`")
         try:
-            return cls(Tokenizer.from_file(str(path)), max_length)
+            return cls(Tokenizer.from_file(str(path)), max_length, word_cache)
         except Exception as exc:
             raise ModelError(f"{path}: not a readable tokenizer ({exc}); export the model again") from exc
 
@@ -82,14 +82,17 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> Encoded:
         """Encode texts (all must be str); rows cut at max_length are flagged in `truncated`."""
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
         if self.words is not None:
-            if isinstance(texts, pa.ChunkedArray):
-                texts = texts.combine_chunks()
             column = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.large_string())
             if column.null_count or not is_text(column):
                 raise TypeError("TextEncoder.encode takes strings only")
-            return Encoded(*self.words.encode(column, self.max_length))
-        if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+            found = self.words.encode(column, self.max_length)
+            if found is not None:
+                return Encoded(*found)
+            texts = column
+        if isinstance(texts, pa.Array):
             texts = texts.to_pylist()
         encodings = self._encode(list(texts), add_special_tokens=True)
         id_lists = [encoding.ids for encoding in encodings]

@@ -38,6 +38,11 @@ def tokenizer(**changes) -> Tokenizer:
     return tok
 
 
+def cached(encoder: TextEncoder, texts: list[str]) -> Encoded:
+    """`texts` through the word cache even where most chunks are new (TextEncoder would ask the tokenizer)."""
+    return Encoded(*encoder.words.encode(pa.array(texts), encoder.max_length, always=True))
+
+
 def assert_same(fast: Encoded, slow: Encoded) -> None:
     assert fast.offsets.tolist() == slow.offsets.tolist()
     assert fast.ids.tolist() == slow.ids.tolist()
@@ -59,9 +64,25 @@ def test_cached_ids_equal_the_tokenizers_own_on_fuzzed_text(variant, max_length)
     fast = TextEncoder(tokenizer(**VARIANTS[variant]), max_length)
     slow = TextEncoder(tokenizer(**VARIANTS[variant]), max_length, word_cache=False)
     assert fast.words is not None and slow.words is None
-    assert_same(fast.encode(texts), slow.encode(texts))
-    # Second pass: every chunk now comes from the cache; an Arrow column gives the same as a list.
-    assert_same(fast.encode(pa.array(texts)), slow.encode(texts))
+    expected = slow.encode(texts)
+    assert_same(cached(fast, texts), expected)
+    # Second pass: every chunk now comes from the cache, which TextEncoder uses for a list or an Arrow column.
+    assert fast.words.encode(pa.array(texts), max_length) is not None
+    assert_same(fast.encode(texts), expected)
+    assert_same(fast.encode(pa.chunked_array([texts[:700], texts[700:]])), expected)
+
+
+def test_texts_of_mostly_new_words_go_to_the_tokenizer_itself():
+    rng = np.random.default_rng(3)
+    letters = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    hashes = [" ".join("".join(rng.choice(letters, 12)) for _ in range(8)) for _ in range(500)]
+    fast, slow = TextEncoder(tokenizer(), 32), TextEncoder(tokenizer(), 32, word_cache=False)
+    known = fast.words._words
+    assert fast.words.encode(pa.array(hashes), 32) is None
+    assert fast.words._words == known  # nothing was cached for them
+    assert_same(fast.encode(hashes), slow.encode(hashes))
+    words_only = [" ".join(["the", "cat", "sat", "on", "a", "mat"][: 1 + i % 6]) for i in range(500)]
+    assert fast.words.encode(pa.array(words_only), 32) is not None
 
 
 @pytest.mark.parametrize("change", [
@@ -86,7 +107,7 @@ def test_cache_starting_afresh_when_full_changes_nothing(monkeypatch):
     texts = fuzzed(400, seed=7)
     fast, slow = TextEncoder(tokenizer(), 24), TextEncoder(tokenizer(), 24, word_cache=False)
     for start in range(0, 400, 50):
-        assert_same(fast.encode(texts[start : start + 50]), slow.encode(texts[start : start + 50]))
+        assert_same(cached(fast, texts[start : start + 50]), slow.encode(texts[start : start + 50]))
     distinct = {chunk for text in texts for chunk in text.split(" ")}
     assert fast.words._words < len(distinct)  # it did start afresh
 
@@ -95,7 +116,7 @@ def test_threads_sharing_one_cache_get_the_tokenizers_ids():
     fast, slow = TextEncoder(tokenizer(), 64), TextEncoder(tokenizer(), 64, word_cache=False)
     batches = [fuzzed(300, seed) for seed in range(12)]
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(fast.encode, batches))
+        results = list(pool.map(lambda texts: cached(fast, texts), batches))
     for texts, result in zip(batches, results, strict=True):
         assert_same(result, slow.encode(texts))
 
@@ -114,4 +135,5 @@ def test_cola_train_and_dev_encode_identically():
     texts = [text for name in ("train.tsv", "dev.tsv")
              for text in read_labelled(COLA / name, "sentence", "label").texts]
     fast, slow = TextEncoder(tokenizer(), 64), TextEncoder(tokenizer(), 64, word_cache=False)
+    assert fast.words.encode(pa.array(texts), 64) is not None
     assert_same(fast.encode(texts), slow.encode(texts))
