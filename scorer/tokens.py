@@ -40,15 +40,16 @@ class Encoded:
     def pad(self, rows: np.ndarray | Sequence[int], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """input_ids and attention_mask (int64) for `rows`, padded with 0 to `length` or the longest row."""
         rows = np.asarray(rows, dtype=np.int64)
-        lengths = self.lengths[rows]
-        width = int(lengths.max()) if length is None else length
-        mask = np.arange(width)[None, :] < lengths[:, None]
-        input_ids = np.zeros((len(rows), width), dtype=np.int64)
         starts = self.offsets[rows]
-        # Gather each row's ids into the True cells of the mask, row by row in order, without a Python loop.
-        flat_index = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-        input_ids[mask] = self.ids[flat_index + np.arange(int(lengths.sum()))]
-        return input_ids, mask.astype(np.int64)
+        lengths = self.offsets[rows + 1] - starts
+        width = int(lengths.max(initial=0)) if length is None else length
+        columns = np.arange(width)
+        mask = columns[None, :] < lengths[:, None]
+        if not self.ids.size:
+            return np.zeros(mask.shape, np.int64), mask.astype(np.int64)
+        # Each cell reads its row's id at that position (clipped at the end of ids), then padding is zeroed.
+        index = np.minimum(starts[:, None] + columns[None, :], self.ids.size - 1)
+        return np.where(mask, self.ids[index], 0), mask.astype(np.int64)
 
 
 class TextEncoder:
