@@ -2,8 +2,8 @@
 # Every GPU measurement in one go, on the GPU test machine (Python 3.12, torch, no registry), after
 # bench/gpu_prepare.sh and the five earlier `run` calls that left the wheel parts and the first half of the MiniLM
 # weights in /tmp/keep (see that script). Steps run in the order of this file (most important first), each with
-# its own time limit; one failing step does not stop the others. The default steps take about 8 minutes on an H100
-# or H200 (run 3's took 440 s with default-seeds; train-speed with --compile both is new, estimated at 3-4 minutes).
+# its own time limit; one failing step does not stop the others. The default steps take about 9-10 minutes on an
+# H100 or H200 (estimated from run 3's step times; train-speed with --compile both, last, has never been timed).
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
 # the steps at the end run only when named.
@@ -36,16 +36,20 @@ torch.__version__, o.__version__, o.get_available_providers()); import subproces
 print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)"
 # The whole of `scorer run` on CoLA sentences with its defaults (plain runs, <=4,096-row batches, one ORT intra-op
 # thread), the baselines beside it, then one knob at a time; then each stage alone to find the bottleneck.
-step scoring-cola 150 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
-  --variants fp16,fp16:piece_chars=131072,fp16:infer_threads=2,fp16:max_batch_rows=8192:max_tokens=65536 \
-  --stages fp16 --out "$out/scoring-cola.json"
+# word_cache=0 is the way before 2026-11-27 (every text through the Hugging Face tokenizer).
+step scoring-cola 180 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
+  --variants fp16,fp16:word_cache=0,fp16:infer_threads=2,fp16:infer_threads=2:tokenize_threads=4,\
+fp16:max_batch_rows=8192:max_tokens=65536 \
+  --stages fp16,fp16:word_cache=0 --out "$out/scoring-cola.json"
+# Tokenising alone on 16 cores: the tokenizer against the word cache, 1, 4 and 8 threads (about 30 s).
+step tokenize-speed 60 python3 bench/tokenize_speed.py --rows 100000 --threads 1,4,8 --workloads cola,long128 \
+  --out "$out/tokenize-speed.json"
 step pytest-gpu 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
-# Training steps, eager and with `scorer train --compile` (torch.compile, dynamic shapes), bert-base and MiniLM.
-step train-speed 240 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 --compile both \
-  --out "$out/train-speed.json"
-# Long texts: today's pieces of 1M characters against one piece per window (the way before 2026-11-26), 4 windows.
-step scoring-long128 120 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
-  --variants fp16,fp16:piece_chars=1073741824,fp16:max_tokens=65536 --stages fp16 --out "$out/scoring-long128.json"
+# Long texts: with the word cache, without it (the way before 2026-11-27), and one piece per window (before
+# 2026-11-26); 60k rows = 4 windows.
+step scoring-long128 150 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
+  --variants fp16,fp16:word_cache=0,fp16:piece_chars=1073741824,fp16:infer_threads=2,fp16:max_tokens=65536 \
+  --stages fp16,fp16:word_cache=0 --out "$out/scoring-long128.json"
 # The product's own command line, which must start CUDA without torch imported (scoring never imports it).
 step cli-cuda 40 python3 -c "import sys; from scorer.cli import main; \
 main(['run', '.devcarry/cola/dev.tsv', '--model', '/tmp/random-bert/onnx-cola', '--provider', 'cuda', \
@@ -53,6 +57,10 @@ main(['run', '.devcarry/cola/dev.tsv', '--model', '/tmp/random-bert/onnx-cola', 
 print('torch imported by scorer run:', 'torch' in sys.modules)"
 step gpu-memory-1m 70 python3 bench/scoring.py $random --workloads cola --rows 1000000 --baseline-rows 1000 \
   --variants fp16 --out "$out/gpu-memory-1m.json"
+# Last of the default steps: the one most likely to be cut off by the 10-minute limit of one call.
+# Training steps, eager and with `scorer train --compile` (torch.compile, dynamic shapes), bert-base and MiniLM.
+step train-speed 240 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 --compile both \
+  --out "$out/train-speed.json"
 # Measured in earlier runs (bench/RESULTS.md section 7); run only when named.
 if [ "$only" != "  " ]; then
   # Issue 5's target on the GPU: `scorer train` with its defaults (packaged MiniLM as it ships, fp32 on CUDA),

@@ -39,6 +39,12 @@ def main(directory: Path) -> None:
                 used = [mib for _, mib in samples]
                 print(f"  GPU memory {key}: {len(used)} samples, first {used[0]} MiB, max {max(used)} MiB, "
                       f"last {used[-1]} MiB")
+    path = directory / "tokenize-speed.json"
+    if path.is_file():
+        for workload, result in json.loads(path.read_text())["workloads"].items():
+            for key, row in result["results"].items():
+                print(f"tokenize {workload} {key:22} {row['sentences_per_s']:>11,.0f}/s {row['tokens_per_s']:>12,.0f} "
+                      f"tok/s x{row['x_tokenizer']:.2f}")
     path = directory / "model-stage.json"
     if path.is_file():
         stage = json.loads(path.read_text())
