@@ -1,6 +1,7 @@
 """Does `scorer run` keep the model busy while it tokenises? A CPU-only check of the pipeline's overlap.
 
     python bench/overlap.py --rows 100000 --model-speed 1.2 [--workload long128]
+    python bench/overlap.py --rows 200000 --model-speed inf     # a model that takes no time: the pipeline's ceiling
 
 On a GPU the model uses almost no CPU, so end to end should run at the slower of two stages: tokenising and the
 model. Here the model is a stand-in that takes no CPU and holds no GIL: for each batch it sleeps as long as a
@@ -45,7 +46,8 @@ def stand_in(seconds_per_token: float):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100000)
-    parser.add_argument("--model-speed", type=float, default=1.2, help="Stand-in model speed / tokenising speed.")
+    parser.add_argument("--model-speed", type=float, default=1.2,
+                        help="Stand-in model speed / tokenising speed ('inf': the stand-in takes no time).")
     parser.add_argument("--workload", choices=["cola", "long128"], default="cola",
                         help="CoLA sentences, or texts of 100 words (see bench/scoring.py)")
     parser.add_argument("--random-dir", type=Path, help="Keep the tiny random export here and reuse it.")
@@ -69,8 +71,9 @@ def main() -> None:
         for item in prepared:
             classifier.infer(item)
         model = len(texts) / (time.perf_counter() - started)
-        results = {"machine": machine(), "workload": args.workload, "rows": len(texts), "model_speed": args.model_speed,
-                   "tokenise_sentences_per_s": tokenise, "stand_in_model_sentences_per_s": model, "end_to_end": {}}
+        results = {"machine": machine(), "workload": args.workload, "rows": len(texts),
+                   "model_speed": str(args.model_speed), "tokenise_sentences_per_s": tokenise,
+                   "stand_in_model_sentences_per_s": model, "end_to_end": {}}
         print(f"tokenise alone {tokenise:,.0f}/s, stand-in model alone {model:,.0f}/s", flush=True)
         for threads in (1, 2, 4):
             config = RunConfig(input=str(source), output=Path(tmp) / "out.parquet", model=export, provider="cpu",
