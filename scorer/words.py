@@ -32,8 +32,8 @@ PROBES = [
     "zero\u200bwidth \x00nul \ufffd repl \x1fctl", "[CLS] [SEP][MASK] ##ing", "x" * 150 + " " + "yz" * 60,
     "emoji 🙂🙃 ok", "Σίσυφος ΣΊΣΥΦΟΣ", "ﬁ ligature ＦＵＬＬ width",
 ]
-MAX_WORDS = 1 << 19  # the cache starts afresh past this many distinct chunks or MAX_IDS ids (memory stays bounded)
-MAX_IDS = 1 << 23
+MAX_WORDS = 1 << 18  # the cache starts afresh past this many distinct chunks or MAX_IDS ids (memory stays bounded)
+MAX_IDS = 1 << 22
 # Above this share of chunk occurrences being new words, a call goes to the tokenizer itself (measured: texts of
 # random unique strings tokenise at 0.65x the tokenizer's speed through the cache, first-seen CoLA at 3.4x).
 NEW_SHARE = 0.5
