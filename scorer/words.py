@@ -149,7 +149,7 @@ class WordCache:
         row_first = ends[row_ends - per_row]
         row_tokens = ends[row_ends] - row_first
         # Truncation keeps each row's first (max_length - special tokens) ids, as the tokenizer does.
-        budget = max_length - len(self.prefix) - len(self.suffix)
+        budget = max(max_length - len(self.prefix) - len(self.suffix), 0)
         kept = np.minimum(row_tokens, budget)
         position = np.arange(len(tokens)) - np.repeat(row_first, row_tokens)
         tokens = tokens[position < np.repeat(kept, row_tokens)]
