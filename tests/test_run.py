@@ -83,6 +83,25 @@ def test_io_binding_gives_the_same_scores_as_plain_runs(tiny_export, parquet_inp
     np.testing.assert_array_equal(bound, plain)
 
 
+def test_the_word_cache_scores_exactly_as_the_tokenizer_alone(tiny_export, parquet_input, tmp_path):
+    from scorer.config import RunConfig
+    from scorer.score import score_file
+    from scorer.tokens import TextEncoder
+
+    assert TextEncoder.from_dir(tiny_export, 32).words is not None  # the export's tokenizer qualifies
+    tables = []
+    for cached in (True, False):
+        out = tmp_path / f"cached-{cached}.parquet"
+        score_file(RunConfig(input=str(parquet_input), output=out, model=tiny_export, variant="fp32",
+                             window_rows=20, word_cache=cached), progress=False)
+        tables.append(pq.read_table(out))
+    cached, plain = tables
+    assert cached.select(["label", "status"]).equals(plain.select(["label", "status"]))
+    assert "truncated" in cached.column("status").to_pylist()
+    np.testing.assert_array_equal(cached.column("score").to_numpy(zero_copy_only=False),
+                                  plain.column("score").to_numpy(zero_copy_only=False))
+
+
 def test_tokenize_and_infer_threads_keep_every_row_in_order(tiny_export, parquet_input, tmp_path):
     # Small windows and batches, so that several windows are tokenised and several batches run at once.
     outputs = []
