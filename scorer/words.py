@@ -61,8 +61,9 @@ def _specials(tokenizer: Tokenizer) -> tuple[list[int], list[int]] | None:
 class WordCache:
     """Token ids of every space-separated chunk seen so far, stored flat; thread-safe."""
 
-    def __init__(self, tokenizer: Tokenizer, prefix: list[int], suffix: list[int]) -> None:
-        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
+    def __init__(self, spec: str, prefix: list[int], suffix: list[int]) -> None:
+        """`spec`: the tokenizer's JSON (Tokenizer.to_str()); the cache tokenises with its own copy of it."""
+        self.tokenizer = Tokenizer.from_str(spec)
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self._encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
@@ -73,7 +74,8 @@ class WordCache:
     @classmethod
     def for_tokenizer(cls, tokenizer: Tokenizer) -> WordCache | None:
         """A cache for `tokenizer` when chunk-by-chunk tokenisation is exactly what it does; None otherwise."""
-        spec = json.loads(tokenizer.to_str())
+        text = tokenizer.to_str()
+        spec = json.loads(text)
         spaced = any(" " in token["content"] for token in spec.get("added_tokens") or [])
         splits = _types(spec.get("pre_tokenizer"))
         per_character = set(_types(spec.get("normalizer"))) <= PER_CHARACTER
@@ -82,8 +84,8 @@ class WordCache:
         specials = _specials(tokenizer)
         if specials is None:
             return None
-        cache = cls(tokenizer, *specials)
-        reference = Tokenizer.from_str(tokenizer.to_str())
+        cache = cls(text, *specials)
+        reference = Tokenizer.from_str(text)
         reference.no_padding()
         for max_length in (8, 512):
             reference.enable_truncation(max_length)

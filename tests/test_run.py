@@ -83,19 +83,22 @@ def test_io_binding_gives_the_same_scores_as_plain_runs(tiny_export, parquet_inp
     np.testing.assert_array_equal(bound, plain)
 
 
-def test_the_word_cache_scores_exactly_as_the_tokenizer_alone(tiny_export, parquet_input, tmp_path):
+def scored_with(export, source, output, **settings) -> pa.Table:
+    """The output table of `scorer run` (the library call) on the CPU in fp32 with these RunConfig settings."""
     from scorer.config import RunConfig
     from scorer.score import score_file
+
+    score_file(RunConfig(input=str(source), output=output, model=export, provider="cpu", variant="fp32", **settings),
+               progress=False)
+    return pq.read_table(output)
+
+
+def test_the_word_cache_scores_exactly_as_the_tokenizer_alone(tiny_export, parquet_input, tmp_path):
     from scorer.tokens import TextEncoder
 
     assert TextEncoder.from_dir(tiny_export, 32).words is not None  # the export's tokenizer qualifies
-    tables = []
-    for cached in (True, False):
-        out = tmp_path / f"cached-{cached}.parquet"
-        score_file(RunConfig(input=str(parquet_input), output=out, model=tiny_export, variant="fp32",
-                             window_rows=20, word_cache=cached), progress=False)
-        tables.append(pq.read_table(out))
-    cached, plain = tables
+    cached, plain = (scored_with(tiny_export, parquet_input, tmp_path / f"cached-{cached}.parquet", window_rows=20,
+                                 word_cache=cached) for cached in (True, False))
     assert cached.select(["label", "status"]).equals(plain.select(["label", "status"]))
     assert "truncated" in cached.column("status").to_pylist()
     np.testing.assert_array_equal(cached.column("score").to_numpy(zero_copy_only=False),
@@ -243,16 +246,9 @@ def test_pieces_cover_every_row_once_in_order_within_the_character_budget():
 
 
 def test_windows_cut_into_many_pieces_score_every_row_as_one_piece_does(tiny_export, parquet_input, tmp_path):
-    from scorer.config import RunConfig
-    from scorer.score import score_file
-
-    tables = []
-    for chars in (1 << 20, 40):  # one piece per window, or a piece every few rows
-        config = RunConfig(input=str(parquet_input), output=tmp_path / f"{chars}.parquet", model=tiny_export,
-                           provider="cpu", variant="fp32", window_rows=16, piece_chars=chars)
-        score_file(config, progress=False)
-        tables.append(pq.read_table(config.output))
-    whole, cut = tables
+    # One piece per window, or a piece every few rows.
+    whole, cut = (scored_with(tiny_export, parquet_input, tmp_path / f"{chars}.parquet", window_rows=16,
+                              piece_chars=chars) for chars in (1 << 20, 40))
     assert cut.num_rows == len(TEXTS) and cut.column("id").to_pylist() == list(range(len(TEXTS)))
     assert cut.select(["label", "status"]).equals(whole.select(["label", "status"]))
     np.testing.assert_allclose(cut.column("score").to_numpy(zero_copy_only=False),
