@@ -34,7 +34,7 @@ from scorer.train import train
 
 
 def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: float, rtd_epochs: int = 0,
-                    rtd_lr: float = 1e-4) -> Path:
+                    rtd_lr: float = 1e-4, rtd_draw: str = "frequency") -> Path:
     """`scorer train`'s self-supervised stages as it runs them (masked-LM epochs, then replaced-token detection),
     once, on CoLA's training sentences, saved as an encoder directory."""
     from transformers import AutoModel, AutoTokenizer
@@ -43,7 +43,8 @@ def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: floa
 
     source = packaged_model()
     config = TrainConfig(data=COLA / "train.tsv", model=source, output=directory, mlm_epochs=epochs,
-                         mlm_lr=learning_rate, rtd_epochs=rtd_epochs, rtd_lr=rtd_lr, batch_size=32, seed=seed)
+                         mlm_lr=learning_rate, rtd_epochs=rtd_epochs, rtd_lr=rtd_lr, rtd_draw=rtd_draw,
+                         batch_size=32, seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     encoded = TextEncoder.from_dir(source, 64).encode(read_labelled(config.data, "sentence", "label").texts)
     torch.manual_seed(seed)
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--rtd-epochs", type=int, default=0,
                         help="Epochs of replaced-token detection after the masked-LM ones (scorer/adapt.py).")
     parser.add_argument("--rtd-lr", type=float, default=1e-4)
+    parser.add_argument("--rtd-draw", choices=("frequency", "context"), default="frequency")
     parser.add_argument("--tag", default="", help="Appended to the recipe name, to tell versions of a stage apart.")
     parser.add_argument("--mlm-seed", type=int, default=0, help="Seed of the masked-LM stage (shared by --seeds).")
     parser.add_argument("--seeds", default="1", help="Fine-tuning seeds, all from the same adapted encoder.")
@@ -75,13 +77,13 @@ def main() -> None:
         name += f"+tapt{args.mlm_epochs}-lr{args.mlm_lr:g}"
         overrides.update(mlm_epochs=args.mlm_epochs, mlm_lr=args.mlm_lr)
     if args.rtd_epochs:
-        name += f"+rtd{args.rtd_epochs}-lr{args.rtd_lr:g}"
-        overrides.update(rtd_epochs=args.rtd_epochs, rtd_lr=args.rtd_lr)
+        name += f"+rtd{args.rtd_epochs}-lr{args.rtd_lr:g}" + ("-context" if args.rtd_draw == "context" else "")
+        overrides.update(rtd_epochs=args.rtd_epochs, rtd_lr=args.rtd_lr, rtd_draw=args.rtd_draw)
     name += args.tag
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         encoder = adapted_encoder(Path(tmp) / "adapted", args.mlm_epochs, args.mlm_seed, args.mlm_lr,
-                                  args.rtd_epochs, args.rtd_lr)
+                                  args.rtd_epochs, args.rtd_lr, args.rtd_draw)
         mlm_seconds = time.perf_counter() - started
         for seed in map(int, args.seeds.split(",")):
             config = TrainConfig(data=COLA / "train.tsv", val_data=COLA / "dev.tsv", model=encoder,

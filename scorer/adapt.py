@@ -65,21 +65,20 @@ def masked_lm(model_dir, encoded: Encoded, tokenizer, epochs: int, learning_rate
 
 
 def replaced_token_detection(encoder: nn.Module, encoded: Encoded, special_ids: list[int], epochs: int,
-                             learning_rate: float, batch_size: int, device: str, precision: str,
-                             seed: int) -> tuple[nn.Module, list[float]]:
+                             learning_rate: float, batch_size: int, device: str, precision: str, seed: int,
+                             draw: str = "frequency") -> tuple[nn.Module, list[float]]:
     """`encoder` after `epochs` of replaced-token detection (ELECTRA's objective) on `encoded`, and the loss per
-    epoch. The corruptions come without a generator model (see `_corrupt`); a small head on every token's last
-    hidden state says which tokens changed, or follow a deleted one. Only the encoder is kept."""
+    epoch. The corruptions come without a generator model (see `_corrupt`; `draw` says where replaced and inserted
+    tokens come from, see `Draws`); a small head on every token's last hidden state says which tokens changed, or
+    follow a deleted one. Only the encoder is kept."""
     encoder.to(device).train()
     width = encoder.config.hidden_size
     head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)).to(device)
     special = torch.tensor(sorted(set(special_ids)), device=device)
-    counts = np.bincount(encoded.ids, minlength=int(encoded.ids.max()) + 1).astype(np.float64)
-    counts[[token for token in special_ids if token < len(counts)]] = 0
-    frequencies = torch.from_numpy(counts / counts.sum()).float().to(device)
+    draws = Draws.from_encoded(encoded, special_ids, device, context=draw == "context")
 
     def step(input_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator):
-        corrupted, mask, ordinary, changed = _corrupt(input_ids, attention_mask, special, frequencies, generator)
+        corrupted, mask, ordinary, changed = _corrupt(input_ids, attention_mask, special, draws, generator)
         with autocast(device, precision):
             hidden = encoder(input_ids=corrupted, attention_mask=mask).last_hidden_state
             logits = head(hidden[ordinary]).squeeze(-1)
@@ -88,6 +87,51 @@ def replaced_token_detection(encoder: nn.Module, encoded: Encoded, special_ids: 
     losses = _epochs("replaced-token", nn.ModuleList([encoder, head]), step, encoded, epochs, learning_rate,
                      batch_size, device, seed)
     return encoder.eval(), losses
+
+
+class Draws:
+    """Where replaced and inserted tokens come from. By frequency: drawn by the training sentences' token
+    frequencies, whatever stands around them (mostly function words). In context (`followers` given): drawn among
+    the tokens that follow the new token's left neighbour (as it stood before the batch's replacements) somewhere
+    in the training sentences, by how often they do, so that the change reads right from the left and the detector
+    has to weigh the words after it too; a neighbour that no ordinary token ever follows falls back to frequency.
+    `followers` is (starts, sizes, tokens): the tokens that follow token t are tokens[starts[t]:starts[t] +
+    sizes[t]], with repeats."""
+
+    def __init__(self, frequencies: torch.Tensor,
+                 followers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+        self.frequencies, self.followers = frequencies, followers
+
+    @classmethod
+    def from_encoded(cls, encoded: Encoded, special_ids: list[int], device: str, context: bool) -> Draws:
+        counts = np.bincount(encoded.ids, minlength=int(encoded.ids.max()) + 1).astype(np.float64)
+        counts[[token for token in special_ids if token < len(counts)]] = 0
+        frequencies = torch.from_numpy(counts / counts.sum()).float().to(device)
+        if not context:
+            return cls(frequencies)
+        left, right = encoded.ids[:-1], encoded.ids[1:]
+        pairs = ~np.isin(right, special_ids)
+        pairs[encoded.offsets[1:-1] - 1] = False  # no pair across two sentences
+        order = np.argsort(left[pairs], kind="stable")
+        lefts, tokens = left[pairs][order], right[pairs][order]
+        vocabulary = np.arange(len(counts))
+        starts = np.searchsorted(lefts, vocabulary)
+        sizes = np.searchsorted(lefts, vocabulary, side="right") - starts
+        followers = tuple(torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device) for a in (starts, sizes, tokens))
+        return cls(frequencies, followers)
+
+    def draw(self, previous: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A token for each place whose left neighbour is `previous` (1-D)."""
+        drawn = _draw(self.frequencies, len(previous), generator)
+        if self.followers is None or not len(previous):
+            return drawn
+        starts, sizes, tokens = self.followers
+        known = previous < len(starts)
+        previous = torch.where(known, previous, 0)
+        size = torch.where(known, sizes[previous], 0)
+        pick = torch.rand(len(previous), generator=generator, device=previous.device) * size
+        index = (starts[previous] + pick.long().clamp(max=torch.clamp(size - 1, min=0))).clamp(max=len(tokens) - 1)
+        return torch.where(size > 0, tokens[index], drawn)
 
 
 def _epochs(name: str, model: nn.Module, step, encoded: Encoded, epochs: int, learning_rate: float, batch_size: int,
@@ -115,13 +159,13 @@ def _epochs(name: str, model: nn.Module, step, encoded: Encoded, epochs: int, le
     return losses
 
 
-def _corrupt(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor, frequencies: torch.Tensor,
+def _corrupt(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor, draws: Draws,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ungrammatical-looking copies of a batch: SWAP_RATE of the ordinary tokens swap places with their right
-    neighbour, REPLACE_RATE become a token drawn by the training sentences' token frequencies (mostly function
-    words), and of the tokens left alone DELETE_RATE are dropped and INSERT_RATE get a drawn token inserted before
-    them. Returns the new ids, their attention mask, the mask of ordinary tokens, and the labels: tokens that
-    differ from the input at their place, inserted tokens, and each token that follows a deleted one."""
+    neighbour, REPLACE_RATE become a drawn token (`Draws`), and of the tokens left alone DELETE_RATE are dropped
+    and INSERT_RATE get a drawn token inserted before them. Returns the new ids, their attention mask, the mask of
+    ordinary tokens, and the labels: tokens that differ from the input at their place, inserted tokens, and each
+    token that follows a deleted one."""
     ordinary = _ordinary(input_ids, attention_mask, special)
     draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
     swap = ordinary & (draw < SWAP_RATE)
@@ -134,16 +178,17 @@ def _corrupt(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: tor
     left, right = swap.nonzero(as_tuple=True)
     corrupted[left, right] = input_ids[left, right + 1]
     corrupted[left, right + 1] = input_ids[left, right]
-    corrupted[replace] = _draw(frequencies, int(replace.sum()), generator)
+    rows, columns = replace.nonzero(as_tuple=True)
+    corrupted[rows, columns] = draws.draw(corrupted[rows, (columns - 1).clamp(min=0)], generator)
     changed = corrupted != input_ids
     left_alone = ordinary & ~changed
     delete = left_alone & (draw >= 1 - DELETE_RATE)
     insert = left_alone & (draw >= 1 - DELETE_RATE - INSERT_RATE) & ~delete
-    return _insert_delete(corrupted, attention_mask, changed, delete, insert, special, frequencies, generator)
+    return _insert_delete(corrupted, attention_mask, changed, delete, insert, special, draws, generator)
 
 
 def _insert_delete(input_ids: torch.Tensor, attention_mask: torch.Tensor, changed: torch.Tensor, delete: torch.Tensor,
-                   insert: torch.Tensor, special: torch.Tensor, frequencies: torch.Tensor,
+                   insert: torch.Tensor, special: torch.Tensor, draws: Draws,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows with the `delete` tokens dropped and a drawn token inserted before each `insert` token, re-padded."""
     # Each kept token moves left by the deletions before it and right by the insertions up to and including it.
@@ -157,7 +202,8 @@ def _insert_delete(input_ids: torch.Tensor, attention_mask: torch.Tensor, change
     ids[rows, moved[rows, columns]] = input_ids[rows, columns]
     labels[rows, moved[rows, columns]] = changed[rows, columns]
     rows, columns = insert.nonzero(as_tuple=True)
-    ids[rows, moved[rows, columns] - 1] = _draw(frequencies, len(rows), generator)
+    # The new token's left neighbour is a kept token, already in place (an inserted token never follows another).
+    ids[rows, moved[rows, columns] - 1] = draws.draw(ids[rows, (moved[rows, columns] - 2).clamp(min=0)], generator)
     labels[rows, moved[rows, columns] - 1] = True
     rows, columns = delete.nonzero(as_tuple=True)  # the next kept token lands where the deleted one would have
     labels[rows, moved[rows, columns]] = True

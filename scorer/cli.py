@@ -99,6 +99,9 @@ def main() -> None:
               help="Replaced-token-detection epochs on the training sentences before fine-tuning, after any "
                    "--mlm-epochs (0: off) [default: 10].")
 @click.option("--rtd-lr", type=float, help="Peak learning rate of the replaced-token epochs [default: 1e-4].")
+@click.option("--rtd-draw", type=click.Choice(["frequency", "context"]),
+              help="Replaced and inserted tokens of the replaced-token epochs: drawn by the training text's token "
+                   "frequencies, or among the tokens that follow their left neighbour there [default: frequency].")
 @click.option("--rdrop", type=float,
               help="R-Drop: weight of the symmetric KL between two dropout passes of each batch (0: off).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="Loss weights per class.")

@@ -74,6 +74,7 @@ class TrainConfig:
     mlm_lr: float = 1e-4
     rtd_epochs: int = 10
     rtd_lr: float = 1e-4
+    rtd_draw: str = "frequency"
     class_weight: str = "balanced"
     pooling: str = "mean"
     dropout: float = 0.1
@@ -99,6 +100,7 @@ class TrainConfig:
         _check(self.mlm_lr > 0, f"--mlm-lr must be positive, not {self.mlm_lr}")
         _check(self.rtd_epochs >= 0, f"--rtd-epochs must be 0 (off) or more, not {self.rtd_epochs}")
         _check(self.rtd_lr > 0, f"--rtd-lr must be positive, not {self.rtd_lr}")
+        _check_choice(self.rtd_draw, ("frequency", "context"), "--rtd-draw")
         _check(self.rdrop >= 0, f"--rdrop must be 0 (off) or more, not {self.rdrop}")
         _check(self.keep_layers >= 0, f"--keep-layers must be 0 (all) or more, not {self.keep_layers}")
         _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")

@@ -199,7 +199,7 @@ def _adapt(encoder_model, config: TrainConfig, hf_tokenizer, train_set, device: 
                  config.rtd_epochs)
         encoder_model, losses["rtd_losses"] = replaced_token_detection(
             encoder_model, train_set, hf_tokenizer.all_special_ids, config.rtd_epochs, config.rtd_lr,
-            config.batch_size, device, precision, config.seed)
+            config.batch_size, device, precision, config.seed, config.rtd_draw)
     return encoder_model, losses
 
 

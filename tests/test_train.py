@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -200,13 +201,16 @@ def test_masked_lm_epochs_adapt_the_encoder_before_fine_tuning(tiny_encoder, tmp
     assert json.loads((plain / "metrics.json").read_text())["mlm_losses"] == []
 
 
-def test_replaced_token_epochs_run_before_fine_tuning_and_are_recorded(tiny_encoder, tmp_path):
+@pytest.mark.parametrize("draw", ["frequency", "context"])
+def test_replaced_token_epochs_run_before_fine_tuning_and_are_recorded(tiny_encoder, tmp_path, draw):
     output = tmp_path / "adapted"
-    result = CliRunner().invoke(main, train_args(tiny_encoder, output, "--rtd-epochs", "2", "--epochs", "1"))
+    result = CliRunner().invoke(main, train_args(tiny_encoder, output, "--rtd-epochs", "2", "--epochs", "1",
+                                                 "--rtd-draw", draw))
     assert result.exit_code == 0, result.output
     metrics = json.loads((output / "metrics.json").read_text())
     assert len(metrics["rtd_losses"]) == 2 and all(0 < loss < 1 for loss in metrics["rtd_losses"])
-    assert metrics["mlm_losses"] == [] and json.loads((output / "train_config.json").read_text())["rtd_epochs"] == 2
+    config = json.loads((output / "train_config.json").read_text())
+    assert metrics["mlm_losses"] == [] and (config["rtd_epochs"], config["rtd_draw"]) == (2, draw)
 
 
 def test_replaced_token_detection_learns_which_tokens_changed(tiny_encoder):
@@ -244,7 +248,7 @@ def _corrupted_rows(monkeypatch, **rates):
     frequencies = torch.zeros(30522)
     frequencies[7] = 1.0
     corrupted, mask, ordinary, changed = adapt._corrupt(input_ids, attention_mask, torch.tensor([0, 101, 102, 103]),
-                                                        frequencies, torch.Generator().manual_seed(1))
+                                                        adapt.Draws(frequencies), torch.Generator().manual_seed(1))
     assert torch.equal(ordinary, mask.bool() & (corrupted != 101) & (corrupted != 102))
     assert corrupted[mask == 0].eq(0).all() and not changed[~ordinary].any()
     for row in range(400):
@@ -300,6 +304,62 @@ def test_corruption_rates_together_change_about_their_sum(monkeypatch):
     for _, after, labels in _corrupted_rows(monkeypatch, **rates):
         changed, ordinary = changed + sum(labels), ordinary + len(after) - 2
     assert 0.8 * sum(rates.values()) < changed / ordinary < 1.4 * sum(rates.values())  # a swap changes two
+
+
+def _flat(rows: list[list[int]]):
+    from scorer.tokens import Encoded
+
+    offsets = np.cumsum([0] + [len(row) for row in rows])
+    return Encoded(np.concatenate([np.asarray(row, np.int64) for row in rows]), offsets, np.zeros(len(rows), bool))
+
+
+def test_context_draws_follow_the_left_neighbour_as_often_as_in_the_text():
+    from scorer.adapt import Draws
+
+    # 5 is followed by 6 twice and by 8 once; 7 and 8 only by [SEP]; 9 ends a sentence without [SEP] and the next
+    # sentence's first word must not count as its follower.
+    rows = [[101, 5, 6, 7, 102], [101, 5, 8, 102], [101, 5, 6, 102], [101, 9], [4, 6, 102]]
+    draws = Draws.from_encoded(_flat(rows), [0, 101, 102], "cpu", context=True)
+    generator = torch.Generator().manual_seed(0)
+
+    def drawn(previous: int) -> list[int]:
+        return draws.draw(torch.full((3000,), previous), generator).tolist()
+
+    after_5 = drawn(5)
+    assert set(after_5) == {6, 8} and abs(after_5.count(6) / 3000 - 2 / 3) < 0.03
+    assert set(drawn(6)) == {7} and set(drawn(4)) == {6} and set(drawn(101)) == {5, 9}
+    by_frequency = {4, 5, 6, 7, 8, 9}  # no follower, or a token the text never holds: the frequency draw
+    for previous in (7, 9, 30000):
+        assert set(drawn(previous)) == by_frequency
+    assert draws.draw(torch.zeros(0, dtype=torch.long), generator).shape == (0,)
+
+
+@pytest.mark.parametrize("rate", ["replace_rate", "insert_rate"])
+def test_context_corruption_puts_tokens_where_the_text_has_them_after_their_left_neighbour(monkeypatch, rate):
+    from scorer import adapt
+
+    monkeypatch.setattr(adapt, "SWAP_RATE", 0.0)
+    monkeypatch.setattr(adapt, "DELETE_RATE", 0.0)
+    monkeypatch.setattr(adapt, "REPLACE_RATE", 0.2 if rate == "replace_rate" else 0.0)
+    monkeypatch.setattr(adapt, "INSERT_RATE", 0.2 if rate == "insert_rate" else 0.0)
+    rng = np.random.default_rng(0)  # 300 sentences of 3-30 words over a 40-word vocabulary
+    rows = [[101, *rng.integers(1000, 1040, rng.integers(3, 30)).tolist(), 102] for _ in range(300)]
+    pairs = {pair for row in rows for pair in itertools.pairwise(row)}
+    encoded = _flat(rows)
+    draws = adapt.Draws.from_encoded(encoded, [0, 101, 102], "cpu", context=True)
+    input_ids, attention_mask = (torch.from_numpy(a) for a in encoded.pad(np.arange(len(rows))))
+    corrupted, mask, _, changed = adapt._corrupt(input_ids, attention_mask, torch.tensor([0, 101, 102]), draws,
+                                                 torch.Generator().manual_seed(1))
+    new = 0
+    for row in range(len(rows)):
+        after, labels = corrupted[row][mask[row].bool()].tolist(), changed[row][mask[row].bool()].tolist()
+        assert len(after) == len(rows[row]) if rate == "replace_rate" else len(after) >= len(rows[row])
+        # A replaced token follows its left neighbour as that stood before the replacements (which may change it too)
+        left = rows[row] if rate == "replace_rate" else after
+        for place in (p for p, label in enumerate(labels) if label):
+            assert (left[place - 1], after[place]) in pairs
+            new += 1
+    assert new > 400
 
 
 def test_masking_leaves_special_and_padding_tokens_and_follows_80_10_10():
