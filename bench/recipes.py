@@ -59,6 +59,12 @@ RECIPES: dict[str, dict] = {
                                     "precision": "bf16"},
     "mean-1e-4-balanced-e6-bf16-rdrop1": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
                                           "precision": "bf16", "rdrop": 1.0},
+    # Max pooling after the replaced-token stage: that stage teaches the encoder to mark odd tokens, and a maximum
+    # over the tokens keeps one odd token's mark where a mean would dilute it.
+    "max-1e-4-balanced-e6-bf16": {"pooling": "max", "learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
+                                  "precision": "bf16"},
+    "meanmax-1e-4-balanced-e6-bf16": {"pooling": "mean-max", "learning_rate": 1e-4, "class_weight": "balanced",
+                                      "epochs": 6, "precision": "bf16"},
     "mix-1e-4-balanced-e6": {"pooling": "mix", "learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6},
     "mean-1e-4-balanced-e6-bf16-drop0.3": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
                                            "precision": "bf16", "dropout": 0.3},

@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="1", help="Fine-tuning seeds, all from the same adapted encoder.")
     parser.add_argument("--recipe", default="mean-1e-4-balanced-e6-bf16")
     parser.add_argument("--out", type=Path, default=Path("bench/out/recipes.json"))
+    parser.add_argument("--stage-dir", type=Path,
+                        help="Keep the adapted encoder here, or reuse it when this directory already holds one "
+                             "(made by the same stage options: its name should say which).")
     args = parser.parse_args()
     name = args.recipe
     overrides = dict(RECIPES[args.recipe])
@@ -82,9 +85,16 @@ def main() -> None:
     name += args.tag
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        encoder = adapted_encoder(Path(tmp) / "adapted", args.mlm_epochs, args.mlm_seed, args.mlm_lr,
-                                  args.rtd_epochs, args.rtd_lr, args.rtd_draw)
-        mlm_seconds = time.perf_counter() - started
+        stage = args.stage_dir or Path(tmp) / "adapted"
+        if (stage / "config.json").exists():
+            encoder, stage_seconds = stage, json.loads((stage / "stage.json").read_text())["seconds"]
+            print(f"reusing the adapted encoder in {stage} ({stage_seconds:.0f} s to make)", flush=True)
+        else:
+            stage.mkdir(parents=True, exist_ok=True)
+            encoder = adapted_encoder(stage, args.mlm_epochs, args.mlm_seed, args.mlm_lr, args.rtd_epochs,
+                                      args.rtd_lr, args.rtd_draw)
+            stage_seconds = time.perf_counter() - started
+            (stage / "stage.json").write_text(json.dumps({"seconds": stage_seconds, "args": vars(args)}, default=str))
         for seed in map(int, args.seeds.split(",")):
             config = TrainConfig(data=COLA / "train.tsv", val_data=COLA / "dev.tsv", model=encoder,
                                  output=Path(tmp) / f"ckpt{seed}", seed=seed)
@@ -93,7 +103,7 @@ def main() -> None:
             result = train(config, progress=False)
             run = {"recipe": name, "seed": seed, "overrides": overrides, "best_epoch": result.best_epoch,
                    "best_mcc": result.best.val_mcc, "best_accuracy": result.best.val_accuracy,
-                   "seconds": time.perf_counter() - started + mlm_seconds, "device": result.device,
+                   "seconds": time.perf_counter() - started + stage_seconds, "device": result.device,
                    "precision": result.precision, "mcc_per_epoch": [e.val_mcc for e in result.epochs],
                    "accuracy_per_epoch": [e.val_accuracy for e in result.epochs]}
             state = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}

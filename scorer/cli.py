@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from scorer import __version__
-from scorer.config import ExportConfig, RunConfig, TrainConfig
+from scorer.config import POOLINGS, ExportConfig, RunConfig, TrainConfig
 from scorer.errors import EXIT_CODES, ScorerError
 
 log = logging.getLogger("scorer")
@@ -105,8 +105,9 @@ def main() -> None:
 @click.option("--rdrop", type=float,
               help="R-Drop: weight of the symmetric KL between two dropout passes of each batch (0: off).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="Loss weights per class.")
-@click.option("--pooling", type=click.Choice(["mean", "cls", "mix"]),
-              help="Sentence vector: mean of last-layer tokens, [CLS], or mean of a learned mix of all layers.")
+@click.option("--pooling", type=click.Choice(POOLINGS),
+              help="Sentence vector: mean of last-layer tokens, [CLS], mean of a learned mix of all layers, the "
+                   "largest value of each feature over the tokens, or mean and max side by side.")
 @click.option("--dropout", type=float, help="Dropout before the classification head [default: 0.1].")
 @click.option("--select", type=click.Choice(["mcc", "accuracy", "last"]), help="Which epoch to keep.")
 @click.option("--seed", type=int, help="Seed for the split, the batches and the initial head.")

@@ -10,6 +10,12 @@ from pathlib import Path
 
 from scorer.errors import ConfigError
 
+# How scorer.model.SentenceClassifier makes one vector of a sentence. mean: mean of the last layer's token states;
+# cls: the last layer's [CLS] state; mix: mean of a learned softmax-weighted sum of every layer's token states
+# (embeddings included), as in ELMo's scalar mix; max: the largest value of each feature over the tokens (one odd
+# token can decide); mean-max: both, side by side.
+POOLINGS = ("mean", "cls", "mix", "max", "mean-max")
+
 ARTIFACTS = Path("scorer-artifacts")
 CHECKPOINT_DIR = "checkpoint"
 ONNX_DIR = "onnx"
@@ -106,7 +112,7 @@ class TrainConfig:
         _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")
         _check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
         _check(0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), not {self.val_fraction}")
-        _check_choice(self.pooling, ("mean", "cls", "mix"), "--pooling")
+        _check_choice(self.pooling, POOLINGS, "--pooling")
         _check_choice(self.select, SELECTIONS, "--select")
         _check_choice(self.device, DEVICES, "--device")
         _check_choice(self.precision, PRECISIONS, "--precision")

@@ -11,13 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from scorer.config import POOLINGS
 from scorer.errors import ConfigError, ModelError, first_line
 
 HEAD_CONFIG = "scorer_head.json"
 HEAD_WEIGHTS = "scorer_head.safetensors"
-# mean: mean of the last layer's token states; cls: the last layer's [CLS] state; mix: mean of a learned
-# softmax-weighted sum of every layer's token states (embeddings included), as in ELMo's scalar mix.
-POOLINGS = ("mean", "cls", "mix")
+_PADDING_FLOOR = -1e4  # below any hidden state, and an fp16 number: what max pooling sees at padding
 # Models whose position ids start after the padding index, so two positions are not usable for tokens.
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
@@ -50,7 +49,8 @@ class SentenceClassifier(nn.Module):
         self.encoder = encoder
         self.head_config = head
         self.dropout = nn.Dropout(head.dropout)
-        self.classifier = nn.Linear(encoder.config.hidden_size, len(head.labels))
+        width = encoder.config.hidden_size * (2 if head.pooling == "mean-max" else 1)
+        self.classifier = nn.Linear(width, len(head.labels))
         if head.pooling == "mix":
             self.classifier.register_parameter(
                 "layer_weights", nn.Parameter(torch.zeros(encoder.config.num_hidden_layers + 1))
@@ -68,11 +68,14 @@ class SentenceClassifier(nn.Module):
         else:
             hidden = outputs[0]
         if pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return self.classifier(self.dropout(pooled))
+            return self.classifier(self.dropout(hidden[:, 0]))
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = []
+        if pooling in ("mean", "mix", "mean-max"):
+            pooled.append((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0))
+        if pooling in ("max", "mean-max"):
+            pooled.append(hidden.masked_fill(mask == 0, _PADDING_FLOOR).amax(dim=1))
+        return self.classifier(self.dropout(torch.cat(pooled, dim=-1) if len(pooled) > 1 else pooled[0]))
 
     def save(self, directory: Path) -> None:
         """Write a Hugging Face encoder directory plus the head's weights and settings."""

@@ -163,7 +163,7 @@ def test_gate_judges_agreement_and_accuracy_against_pytorch():
     assert bad.agreement >= 0.99 and not bad.passed and "accuracy within 0.5 points" in bad.requirement
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mix"])
+@pytest.mark.parametrize("pooling", ["cls", "mix", "max", "mean-max"])
 def test_every_pooling_survives_export(tiny_encoder, tmp_path, pooling):
     from export.pipeline import export_model
     from scorer.config import ExportConfig, TrainConfig

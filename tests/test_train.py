@@ -395,3 +395,18 @@ def test_device_rows_cut_the_same_batches_as_host_padding(tiny_encoder):
         assert torch.equal(labels, torch.from_numpy(targets[rows]))
         seen += len(rows)
     assert seen == len(texts)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "mix", "max", "mean-max"])
+def test_every_pooling_ignores_padding(tiny_encoder, pooling):
+    from scorer.model import HeadConfig, load_encoder
+    from scorer.tokens import TextEncoder
+
+    torch.manual_seed(0)
+    model = SentenceClassifier(load_encoder(tiny_encoder), HeadConfig([0, 1], pooling, 32)).eval()
+    encoded = TextEncoder.from_dir(tiny_encoder, 32).encode(["a short one", "a much longer sentence " * 4])
+    alone = model(*(torch.from_numpy(a) for a in encoded.pad([0])))
+    padded = model(*(torch.from_numpy(a) for a in encoded.pad([0, 1])))[:1]
+    assert encoded.lengths[1] > encoded.lengths[0] + 5
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
+    assert model.classifier.in_features == model.encoder.config.hidden_size * (2 if pooling == "mean-max" else 1)
