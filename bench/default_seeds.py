@@ -75,12 +75,17 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--parallel", action="store_true", help="start every seed at once")
     parser.add_argument("--out", type=Path, default=Path("bench/out/default-seeds.json"))
+    parser.add_argument("--keep", type=Path, help="keep checkpoints and logs here (default: a temporary directory)")
     parser.add_argument("extra", nargs="*", help="`scorer train` options after --, e.g. -- --device cpu")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = run_seeds(seeds, args.parallel, args.extra, Path(tmp))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        runs = run_seeds(seeds, args.parallel, args.extra, args.keep)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = run_seeds(seeds, args.parallel, args.extra, Path(tmp))
     import torch
 
     result = {"machine": machine("cuda" if torch.cuda.is_available() else "cpu"), "parallel": args.parallel,
