@@ -36,7 +36,7 @@ def command(seed: int, output: Path, extra: list[str]) -> list[str]:
 
 def run_seeds(seeds: list[int], parallel: bool, extra: list[str], workdir: Path) -> list[dict]:
     """Start the runs (all at once, or one after another) and collect what each checkpoint's metrics say."""
-    pending = []
+    pending, ended = [], {}
     for seed in seeds:
         output = workdir / f"seed-{seed}"
         log = open(workdir / f"seed-{seed}.log", "w")  # noqa: SIM115 - closed when the run ends
@@ -45,10 +45,16 @@ def run_seeds(seeds: list[int], parallel: bool, extra: list[str], workdir: Path)
         pending.append((seed, output, log, started, process))
         if not parallel:
             process.wait()
+            ended[seed] = time.perf_counter()
+    while len(ended) < len(pending):  # each run's own end, whatever order the runs end in
+        for seed, _, _, _, process in pending:
+            if seed not in ended and process.poll() is not None:
+                ended[seed] = time.perf_counter()
+        time.sleep(0.5)
     runs = []
     for seed, output, log, started, process in pending:
         code = process.wait()
-        seconds = time.perf_counter() - started
+        seconds = ended[seed] - started
         log.close()
         if code != 0:
             tail = (workdir / f"seed-{seed}.log").read_text()[-2000:]

@@ -59,6 +59,9 @@ RECIPES: dict[str, dict] = {
                                     "precision": "bf16"},
     "mean-1e-4-balanced-e6-bf16-rdrop1": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
                                           "precision": "bf16", "rdrop": 1.0},
+    # The default with mean and max pooling side by side, as `scorer train --pooling mean-max` runs it.
+    "meanmax-1e-4-balanced-e6-bf16-rtd10": {"pooling": "mean-max", "learning_rate": 1e-4, "class_weight": "balanced",
+                                            "epochs": 6, "precision": "bf16", "rtd_epochs": 10},
     # Max pooling after the replaced-token stage: that stage teaches the encoder to mark odd tokens, and a maximum
     # over the tokens keeps one odd token's mark where a mean would dilute it.
     "max-1e-4-balanced-e6-bf16": {"pooling": "max", "learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
