@@ -11,16 +11,17 @@ from pathlib import Path
 
 
 def main(directory: Path) -> None:
-    path = directory / "default-seeds.json"
-    if path.is_file():
+    for name in ("default-seeds", "default-seeds-meanmax"):
+        path = directory / f"{name}.json"
+        if not path.is_file():
+            print(f"{name}: no result")
+            continue
         seeds = json.loads(path.read_text())
         for run in seeds["runs"]:
-            print(f"scorer train defaults, seed {run['seed']} ({run['device']} {run['precision']}): dev MCC "
-                  f"{run['best_mcc']:.4f} at epoch {run['best_epoch']}, {run['seconds']:.0f}s, "
-                  f"epochs {[round(s, 1) for s in run['epoch_seconds']]} s")
+            print(f"{name}{''.join(' ' + o for o in seeds['extra_options'])}, seed {run['seed']} ({run['device']} "
+                  f"{run['precision']}): dev MCC {run['best_mcc']:.4f} at epoch {run['best_epoch']}, "
+                  f"{run['seconds']:.0f}s, epochs {[round(s, 1) for s in run['epoch_seconds']]} s")
         print(f"  {seeds['summary']}, {seeds['wall_seconds']:.0f}s in all")
-    else:
-        print("default-seeds: no result")
     for name in ("scoring-cola", "scoring-cola-rayon12", "scoring-long128", "gpu-memory-1m"):
         path = directory / f"{name}.json"
         if not path.is_file():
