@@ -27,7 +27,7 @@ import torch
 from common import COLA, TOKENIZER_FILES
 from recipes import BASE, RECIPES, summarise
 
-from scorer.config import TrainConfig, packaged_model
+from scorer.config import RTD_DRAWS, TrainConfig, packaged_model
 from scorer.read import read_labelled
 from scorer.tokens import TextEncoder
 from scorer.train import train
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--rtd-epochs", type=int, default=0,
                         help="Epochs of replaced-token detection after the masked-LM ones (scorer/adapt.py).")
     parser.add_argument("--rtd-lr", type=float, default=1e-4)
-    parser.add_argument("--rtd-draw", choices=("frequency", "context"), default="frequency")
+    parser.add_argument("--rtd-draw", choices=RTD_DRAWS, default="frequency")
     parser.add_argument("--tag", default="", help="Appended to the recipe name, to tell versions of a stage apart.")
     parser.add_argument("--mlm-seed", type=int, default=0, help="Seed of the masked-LM stage (shared by --seeds).")
     parser.add_argument("--seeds", default="1", help="Fine-tuning seeds, all from the same adapted encoder.")

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from scorer import __version__
-from scorer.config import POOLINGS, ExportConfig, RunConfig, TrainConfig
+from scorer.config import POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
 from scorer.errors import EXIT_CODES, ScorerError
 
 log = logging.getLogger("scorer")
@@ -99,7 +99,7 @@ def main() -> None:
               help="Replaced-token-detection epochs on the training sentences before fine-tuning, after any "
                    "--mlm-epochs (0: off) [default: 10].")
 @click.option("--rtd-lr", type=float, help="Peak learning rate of the replaced-token epochs [default: 1e-4].")
-@click.option("--rtd-draw", type=click.Choice(["frequency", "context"]),
+@click.option("--rtd-draw", type=click.Choice(RTD_DRAWS),
               help="Replaced and inserted tokens of the replaced-token epochs: drawn by the training text's token "
                    "frequencies, or among the tokens that follow their left neighbour there [default: frequency].")
 @click.option("--rdrop", type=float,

@@ -15,6 +15,8 @@ from scorer.errors import ConfigError
 # (embeddings included), as in ELMo's scalar mix; max: the largest value of each feature over the tokens (one odd
 # token can decide); mean-max: both, side by side.
 POOLINGS = ("mean", "cls", "mix", "max", "mean-max")
+# Where the replaced-token epochs draw replaced and inserted tokens from (scorer.adapt.Draws).
+RTD_DRAWS = ("frequency", "context")
 
 ARTIFACTS = Path("scorer-artifacts")
 CHECKPOINT_DIR = "checkpoint"
@@ -106,7 +108,7 @@ class TrainConfig:
         _check(self.mlm_lr > 0, f"--mlm-lr must be positive, not {self.mlm_lr}")
         _check(self.rtd_epochs >= 0, f"--rtd-epochs must be 0 (off) or more, not {self.rtd_epochs}")
         _check(self.rtd_lr > 0, f"--rtd-lr must be positive, not {self.rtd_lr}")
-        _check_choice(self.rtd_draw, ("frequency", "context"), "--rtd-draw")
+        _check_choice(self.rtd_draw, RTD_DRAWS, "--rtd-draw")
         _check(self.rdrop >= 0, f"--rdrop must be 0 (off) or more, not {self.rdrop}")
         _check(self.keep_layers >= 0, f"--keep-layers must be 0 (all) or more, not {self.keep_layers}")
         _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")
