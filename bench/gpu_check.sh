@@ -70,6 +70,10 @@ if [ "$only" != "  " ]; then
   # The same with mean and max pooling side by side (CPU: 0.457 against the default's 0.465; probe 0.465 vs 0.437).
   step default-seeds-meanmax 260 python3 bench/default_seeds.py --seeds 1,2,3 --parallel \
     --out "$out/default-seeds-meanmax.json" -- --pooling mean-max
+  # The same with replaced-token detection kept on as a second loss while fine-tuning (bench/RESULTS.md §1; CPU:
+  # 0.438 against the default's 0.465); each step runs the encoder twice, so it gets more time.
+  step default-seeds-aux 360 python3 bench/default_seeds.py --seeds 1,2,3 --parallel \
+    --out "$out/default-seeds-aux.json" -- --rtd-aux 0.5
   step model-stage 110 python3 bench/model_stage.py $random --rows 100000 --out "$out/model-stage.json"
   # The tokenizer's thread pool held to 12 of the 16 cores (run 3: no change beyond noise).
   step scoring-cola-rayon12 50 env RAYON_NUM_THREADS=12 python3 bench/scoring.py $random --workloads cola \

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def main(directory: Path) -> None:
-    for name in ("default-seeds", "default-seeds-meanmax"):
+    for name in ("default-seeds", "default-seeds-meanmax", "default-seeds-aux"):
         path = directory / f"{name}.json"
         if not path.is_file():
             print(f"{name}: no result")

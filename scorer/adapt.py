@@ -67,26 +67,46 @@ def masked_lm(model_dir, encoded: Encoded, tokenizer, epochs: int, learning_rate
 def replaced_token_detection(encoder: nn.Module, encoded: Encoded, special_ids: list[int], epochs: int,
                              learning_rate: float, batch_size: int, device: str, precision: str, seed: int,
                              draw: str = "frequency") -> tuple[nn.Module, list[float]]:
-    """`encoder` after `epochs` of replaced-token detection (ELECTRA's objective) on `encoded`, and the loss per
-    epoch. The corruptions come without a generator model (see `_corrupt`; `draw` says where replaced and inserted
-    tokens come from, see `Draws`); a small head on every token's last hidden state says which tokens changed, or
-    follow a deleted one. Only the encoder is kept."""
+    """`encoder` after `epochs` of replaced-token detection (`ReplacedTokens`) on `encoded`, and the loss per
+    epoch. Only the encoder is kept."""
     encoder.to(device).train()
-    width = encoder.config.hidden_size
-    head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)).to(device)
-    special = torch.tensor(sorted(set(special_ids)), device=device)
-    draws = Draws.from_encoded(encoded, special_ids, device, context=draw == "context")
+    objective = ReplacedTokens.build(encoder, encoded, special_ids, device, draw)
 
     def step(input_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator):
-        corrupted, mask, ordinary, changed = _corrupt(input_ids, attention_mask, special, draws, generator)
-        with autocast(device, precision):
-            hidden = encoder(input_ids=corrupted, attention_mask=mask).last_hidden_state
-            logits = head(hidden[ordinary]).squeeze(-1)
-        return functional.binary_cross_entropy_with_logits(logits.float(), changed[ordinary].float())
+        return objective.loss(encoder, input_ids, attention_mask, generator, precision)
 
-    losses = _epochs("replaced-token", nn.ModuleList([encoder, head]), step, encoded, epochs, learning_rate,
+    losses = _epochs("replaced-token", nn.ModuleList([encoder, objective]), step, encoded, epochs, learning_rate,
                      batch_size, device, seed)
     return encoder.eval(), losses
+
+
+class ReplacedTokens(nn.Module):
+    """ELECTRA's discriminator objective, without a generator model: a batch is corrupted (`_corrupt`; `draws` say
+    where replaced and inserted tokens come from), and a small head on every token's last hidden state says which
+    tokens changed, or follow a deleted one. The replaced-token stage trains on it alone; `scorer train
+    --rtd-aux W` adds W times it to the classification loss of every fine-tuning step."""
+
+    def __init__(self, width: int, special: torch.Tensor, draws: Draws) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
+        self.special, self.draws = special, draws
+
+    @classmethod
+    def build(cls, encoder: nn.Module, encoded: Encoded, special_ids: list[int], device: str,
+              draw: str = "frequency") -> ReplacedTokens:
+        """A fresh head for `encoder`, drawing from the token frequencies (or bigrams) of `encoded`."""
+        special = torch.tensor(sorted(set(special_ids)), device=device)
+        draws = Draws.from_encoded(encoded, special_ids, device, context=draw == "context")
+        return cls(encoder.config.hidden_size, special, draws).to(device)
+
+    def loss(self, encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             generator: torch.Generator, precision: str) -> torch.Tensor:
+        """Binary cross-entropy of the head's changed-or-not over the ordinary tokens of a corrupted copy."""
+        corrupted, mask, ordinary, changed = _corrupt(input_ids, attention_mask, self.special, self.draws, generator)
+        with autocast(input_ids.device.type, precision):
+            hidden = encoder(input_ids=corrupted, attention_mask=mask).last_hidden_state
+            logits = self.head(hidden[ordinary]).squeeze(-1)
+        return functional.binary_cross_entropy_with_logits(logits.float(), changed[ordinary].float())
 
 
 class Draws:

@@ -102,6 +102,9 @@ def main() -> None:
 @click.option("--rtd-draw", type=click.Choice(RTD_DRAWS),
               help="Replaced and inserted tokens of the replaced-token epochs: drawn by the training text's token "
                    "frequencies, or among the tokens that follow their left neighbour there [default: frequency].")
+@click.option("--rtd-aux", type=float,
+              help="Weight of replaced-token detection as a second loss in every fine-tuning step, with a fresh "
+                   "detector head (0: off) [default: 0].")
 @click.option("--rdrop", type=float,
               help="R-Drop: weight of the symmetric KL between two dropout passes of each batch (0: off).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="Loss weights per class.")

@@ -83,6 +83,7 @@ class TrainConfig:
     rtd_epochs: int = 10
     rtd_lr: float = 1e-4
     rtd_draw: str = "frequency"
+    rtd_aux: float = 0.0
     class_weight: str = "balanced"
     pooling: str = "mean"
     dropout: float = 0.1
@@ -109,6 +110,7 @@ class TrainConfig:
         _check(self.rtd_epochs >= 0, f"--rtd-epochs must be 0 (off) or more, not {self.rtd_epochs}")
         _check(self.rtd_lr > 0, f"--rtd-lr must be positive, not {self.rtd_lr}")
         _check_choice(self.rtd_draw, RTD_DRAWS, "--rtd-draw")
+        _check(self.rtd_aux >= 0, f"--rtd-aux must be 0 (off) or more, not {self.rtd_aux}")
         _check(self.rdrop >= 0, f"--rdrop must be 0 (off) or more, not {self.rdrop}")
         _check(self.keep_layers >= 0, f"--keep-layers must be 0 (all) or more, not {self.keep_layers}")
         _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")

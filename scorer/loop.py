@@ -82,7 +82,7 @@ class Trainer:
     """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, device: str, precision: str, encoded: Encoded,
-                 targets: np.ndarray, progress: bool = True) -> None:
+                 targets: np.ndarray, progress: bool = True, auxiliary: torch.nn.Module | None = None) -> None:
         self.model, self.config, self.device, self.precision = model, config, device, precision
         # The training steps may run a compiled view of the model; it shares the parameters, so validation,
         # the moving average and the checkpoint use `model` itself. Dynamic shapes: one graph for every
@@ -93,10 +93,15 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.step_losses: list[float] = []
         self.class_weights = _class_weights(targets, model.classifier.out_features, device, config.class_weight)
-        self.optimizer = torch.optim.AdamW(
-            _parameter_groups(model, config.learning_rate, config.weight_decay, config.layer_decay),
-            lr=config.learning_rate, fused=True
-        )
+        groups = _parameter_groups(model, config.learning_rate, config.weight_decay, config.layer_decay)
+        # With --rtd-aux, `auxiliary` (scorer.adapt.ReplacedTokens) adds its loss to every step; its head trains
+        # at the full rate, and gradients are clipped over the classifier and that head together.
+        self.auxiliary = auxiliary
+        self.trained = model if auxiliary is None else torch.nn.ModuleList([model, auxiliary])
+        if auxiliary is not None:
+            groups += _parameter_groups(auxiliary, config.learning_rate, config.weight_decay, 1.0)
+            self.generator = torch.Generator(device).manual_seed(config.seed)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
         steps = math.ceil(len(targets) / config.batch_size) * config.epochs
         warmup = int(steps * config.warmup_ratio)
         self.scheduler = linear_scheduler(self.optimizer, warmup, steps)
@@ -114,7 +119,7 @@ class Trainer:
         return self.average.module if self.average is not None else self.model
 
     def run_epoch(self, epoch: int) -> float:
-        """Train one epoch and return its mean training loss."""
+        """Train one epoch and return its mean training loss (the classification loss, without --rtd-aux's)."""
         self.model.train()
         batches = bucketed_batches(self.data.lengths, self.config.batch_size, self.rng)
         losses: list[torch.Tensor] = []
@@ -134,7 +139,11 @@ class Trainer:
 
     def _step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = self._loss(input_ids, attention_mask, labels)
-        apply_gradients(loss, self.optimizer, self.scheduler, self.model)
+        total = loss
+        if self.auxiliary is not None:
+            total = loss + self.config.rtd_aux * self.auxiliary.loss(self.model.encoder, input_ids, attention_mask,
+                                                                     self.generator, self.precision)
+        apply_gradients(total, self.optimizer, self.scheduler, self.trained)
         if self.average is not None:
             self.average.update_parameters(self.model)
         return loss.detach()

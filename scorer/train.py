@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from scorer import atomic, plot
-from scorer.adapt import masked_lm, replaced_token_detection
+from scorer.adapt import ReplacedTokens, masked_lm, replaced_token_detection
 from scorer.config import TrainConfig, to_json
 from scorer.dataset import TrainingData, load_training_data
 from scorer.errors import ConfigError, ProviderError
@@ -81,7 +81,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         "training on %s (%s): %d train rows, %d validation rows (%s), labels %s, %d epochs",
         device, precision, len(data.train_texts), len(data.val_texts), data.val_source, data.labels, config.epochs,
     )
-    trainer = Trainer(model, config, device, precision, train_set, data.train_targets, progress=progress)
+    auxiliary = (ReplacedTokens.build(model.encoder, train_set, hf_tokenizer.all_special_ids, device, config.rtd_draw)
+                 if config.rtd_aux else None)
+    trainer = Trainer(model, config, device, precision, train_set, data.train_targets, progress=progress,
+                      auxiliary=auxiliary)
     epochs: list[EpochResult] = []
     best_state, best_epoch = None, 0
     for epoch in range(1, config.epochs + 1):

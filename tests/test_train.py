@@ -185,6 +185,52 @@ def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes(tiny_encoder):
     assert three - two == pytest.approx(two - one, rel=1e-4)
 
 
+def test_rtd_aux_trains_a_replaced_token_detector_beside_the_classifier(tiny_encoder):
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from scorer.adapt import ReplacedTokens
+    from scorer.config import TrainConfig
+    from scorer.loop import Trainer
+    from scorer.model import HeadConfig, load_encoder
+    from scorer.tokens import TextEncoder
+
+    torch.manual_seed(0)
+    model = SentenceClassifier(load_encoder(tiny_encoder), HeadConfig([0, 1], "mean", 32))
+    texts = ["the cat sat on the mat", "a dog ran to the park today", "she reads the old book", "it is late"] * 4
+    encoded = TextEncoder.from_dir(tiny_encoder, 32).encode(texts)
+    targets = np.array([1, 1, 0, 0] * 4)
+    inputs = [torch.from_numpy(a) for a in encoded.pad(np.arange(len(targets)))] + [torch.from_numpy(targets)]
+    special = AutoTokenizer.from_pretrained(str(tiny_encoder)).all_special_ids
+    auxiliary = ReplacedTokens.build(model.encoder, encoded, special, "cpu")
+    config = TrainConfig(model=tiny_encoder, rtd_aux=1.0, learning_rate=3e-3, warmup_ratio=0.0, epochs=40)
+    trainer = Trainer(model, config, "cpu", "fp32", encoded, targets, auxiliary=auxiliary)
+
+    def detection_loss() -> float:  # the same corruptions each time, no dropout
+        model.eval()
+        with torch.no_grad():
+            return auxiliary.loss(model.encoder, *inputs[:2], torch.Generator().manual_seed(7), "fp32").item()
+
+    head_before = auxiliary.head[0].weight.detach().clone()
+    before = detection_loss()
+    model.train()
+    step_losses = [trainer._step(*inputs).item() for _ in range(30)]
+    assert detection_loss() < before - 0.05  # the detector head and the encoder learned to spot the changes
+    assert not torch.allclose(auxiliary.head[0].weight, head_before)
+    assert step_losses[-1] < step_losses[0]  # what a step reports is the classification loss, and it fell too
+    assert trainer.optimizer.param_groups[-1]["params"][-1] is auxiliary.head[2].bias
+
+
+def test_rtd_aux_is_a_train_option_recorded_in_the_checkpoint(tiny_encoder, tmp_path):
+    output = tmp_path / "aux"
+    result = CliRunner().invoke(main, train_args(tiny_encoder, output, "--rtd-aux", "0.5", "--epochs", "1"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((output / "train_config.json").read_text())["rtd_aux"] == 0.5
+    assert SentenceClassifier.load(output).classifier.out_features == 2  # the detector head is not kept
+    refused = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "no", "--rtd-aux", "-1"))
+    assert refused.exit_code != 0 and "--rtd-aux must be 0 (off) or more" in refused.output
+
+
 def test_masked_lm_epochs_adapt_the_encoder_before_fine_tuning(tiny_encoder, tmp_path):
     output = tmp_path / "adapted"
     result = CliRunner().invoke(main, train_args(tiny_encoder, output, "--mlm-epochs", "3", "--mlm-lr", "3e-3",
