@@ -59,15 +59,19 @@ def run_seeds(seeds: list[int], parallel: bool, extra: list[str], workdir: Path)
         if code != 0:
             tail = (workdir / f"seed-{seed}.log").read_text()[-2000:]
             raise SystemExit(f"scorer train --seed {seed} exited {code}:\n{tail}")
-        metrics = json.loads((output / "metrics.json").read_text())
-        best = next(e for e in metrics["epochs"] if e["epoch"] == metrics["best_epoch"])
-        runs.append({"seed": seed, "seconds": seconds, "device": metrics["device"],
-                     "precision": metrics.get("precision"), "best_epoch": metrics["best_epoch"],
-                     "best_mcc": best["val_mcc"], "best_accuracy": best["val_accuracy"],
-                     "mcc_per_epoch": [e["val_mcc"] for e in metrics["epochs"]],
-                     "epoch_seconds": [e["seconds"] for e in metrics["epochs"]],
-                     "rtd_losses": metrics.get("rtd_losses"), "mlm_losses": metrics.get("mlm_losses")})
+        runs.append(record(seed, seconds, output))
     return runs
+
+
+def record(seed: int, seconds: float, output: Path) -> dict:
+    """One run as the result file holds it, from its checkpoint's metrics.json."""
+    metrics = json.loads((output / "metrics.json").read_text())
+    best = next(e for e in metrics["epochs"] if e["epoch"] == metrics["best_epoch"])
+    return {"seed": seed, "seconds": seconds, "device": metrics["device"], "precision": metrics.get("precision"),
+            "best_epoch": metrics["best_epoch"], "best_mcc": best["val_mcc"], "best_accuracy": best["val_accuracy"],
+            "mcc_per_epoch": [e["val_mcc"] for e in metrics["epochs"]],
+            "epoch_seconds": [e["seconds"] for e in metrics["epochs"]],
+            "rtd_losses": metrics.get("rtd_losses"), "mlm_losses": metrics.get("mlm_losses")}
 
 
 def summary(runs: list[dict]) -> dict:
