@@ -97,10 +97,11 @@ def main() -> None:
             print(f"seed {seed}: dev MCC {run['best_mcc']:.4f} (epoch {run['best_epoch']}), {run['seconds']:.0f}s"
                   f"{' (stage reused)' if run['stage_reused'] else ''}, per epoch "
                   f"{[round(m, 4) for m in run['mcc_per_epoch']]}", flush=True)
-    result = {"machine": machine("cuda" if torch.cuda.is_available() else "cpu"), "extra_options": args.extra,
-              "stages_reused": True, "wall_seconds": time.perf_counter() - started, "runs": runs,
-              "summary": summary(runs)}
-    write_json(args.out, result)
+            # Written after every seed, so that a stopped comparison keeps the seeds it finished.
+            result = {"machine": machine("cuda" if torch.cuda.is_available() else "cpu"),
+                      "extra_options": args.extra, "wall_seconds": time.perf_counter() - started, "runs": runs,
+                      "summary": summary(runs)}
+            write_json(args.out, result)
     s = result["summary"]
     print(f"mean {s['mean_mcc']:.4f}, min {s['min_mcc']:.4f}: target {'met' if s['target_met'] else 'NOT met'}")
 
