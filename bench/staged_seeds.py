@@ -29,6 +29,7 @@ from common import COLA, machine, write_json
 from default_seeds import record, summary
 
 import scorer.train
+from scorer import atomic
 from scorer.cli import main as cli
 
 STAGE_FIELDS = ("model", "data", "max_length", "batch_size", "precision", "device", "seed", "mlm_epochs", "mlm_lr",
@@ -59,11 +60,10 @@ class StageCache:
         started = time.perf_counter()
         encoder_model, losses = self.real(encoder_model, config, hf_tokenizer, train_set, device, precision)
         seconds = time.perf_counter() - started
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {key: value.detach().to("cpu", copy=True) for key, value in encoder_model.state_dict().items()}
-        torch.save({"encoder": state, "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                    "python_rng": random.getstate(), "losses": losses, "seconds": seconds}, folder / "stage.pt.tmp")
-        (folder / "stage.pt.tmp").rename(folder / "stage.pt")
+        weights = {name: value.detach().to("cpu", copy=True) for name, value in encoder_model.state_dict().items()}
+        with atomic.atomic_file(folder / "stage.pt", overwrite=True) as staging:
+            torch.save({"encoder": weights, "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                        "python_rng": random.getstate(), "losses": losses, "seconds": seconds}, staging)
         (folder / "stage.json").write_text(json.dumps(key, indent=2) + "\n")
         self.events.append({"stage": str(folder), "reused": False, "seconds": seconds})
         return encoder_model, losses
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="`scorer train` options after --, e.g. -- --lr 5e-5")
     args = parser.parse_args()
     cache = StageCache(args.stages)
-    started = time.perf_counter()
+    facts, started = machine("cuda" if torch.cuda.is_available() else "cpu"), time.perf_counter()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for index, seed in enumerate(map(int, args.seeds.split(","))):
@@ -98,9 +98,8 @@ def main() -> None:
                   f"{' (stage reused)' if run['stage_reused'] else ''}, per epoch "
                   f"{[round(m, 4) for m in run['mcc_per_epoch']]}", flush=True)
             # Written after every seed, so that a stopped comparison keeps the seeds it finished.
-            result = {"machine": machine("cuda" if torch.cuda.is_available() else "cpu"),
-                      "extra_options": args.extra, "wall_seconds": time.perf_counter() - started, "runs": runs,
-                      "summary": summary(runs)}
+            result = {"machine": facts, "extra_options": args.extra, "wall_seconds": time.perf_counter() - started,
+                      "runs": runs, "summary": summary(runs)}
             write_json(args.out, result)
     s = result["summary"]
     print(f"mean {s['mean_mcc']:.4f}, min {s['min_mcc']:.4f}: target {'met' if s['target_met'] else 'NOT met'}")
