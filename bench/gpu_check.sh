@@ -2,11 +2,11 @@
 # Every GPU measurement in one go, on the GPU test machine (Python 3.12, torch, no registry), after
 # bench/gpu_prepare.sh and the five earlier `run` calls that left the wheel parts and the first half of the MiniLM
 # weights in /tmp/keep (see that script). Steps run in the order of this file (most important first), each with
-# its own time limit; one failing step does not stop the others. The default steps take about 9-10 minutes on an
-# H100 or H200 (estimated from run 3's step times; train-speed with --compile both, last, has never been timed).
+# its own time limit; one failing step does not stop the others. Run 4 (2026-11-27) ran
+#   bash bench/gpu_check.sh env scoring-cola scoring-long128 default-seeds pytest-gpu train-speed
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
-# the steps at the end run only when named.
+# default-seeds and the steps at the end run only when named. Named together, pytest-gpu runs beside default-seeds.
 set -uo pipefail
 out=${OUT:-bench/out/gpu}
 mkdir -p "$out"
@@ -21,13 +21,15 @@ export SCORER_TOKENIZER_DIR=$PWD/.devcarry/minilm SCORER_COLA_DIR=$PWD/.devcarry
 random="--device cuda --random bert-base --random-dir /tmp/random-bert"
 
 only=" $* "
+named() { [[ "$only" == *" $1 "* ]]; }
 step() {
   local name=$1 limit=$2
   shift 2
-  if [ "$only" != "  " ] && [[ "$only" != *" $name "* ]]; then return; fi
+  if [ "$only" != "  " ] && ! named "$name"; then return; fi
+  if [ "$only" == "  " ] && [[ " default-seeds " == *" $name "* ]]; then return; fi
   local started=$SECONDS
   echo "== $name (limit ${limit}s)" | tee -a "$log"
-  timeout "$limit" "$@" >> "$log" 2>&1
+  timeout "$limit" "$@" >> "${steplog:-$log}" 2>&1
   echo "== $name: exit $? after $((SECONDS - started))s" | tee -a "$log"
 }
 
@@ -35,21 +37,29 @@ step env 40 python3 -c "import torch, onnxruntime as o; o.preload_dlls(); print(
 torch.__version__, o.__version__, o.get_available_providers()); import subprocess; \
 print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)"
 # The whole of `scorer run` on CoLA sentences with its defaults (plain runs, <=4,096-row batches, one ORT intra-op
-# thread), the baselines beside it, then one knob at a time; then each stage alone to find the bottleneck.
-# word_cache=0 is the way before 2026-11-27 (every text through the Hugging Face tokenizer).
-step scoring-cola 180 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
-  --variants fp16,fp16:word_cache=0,fp16:infer_threads=2,fp16:infer_threads=2:tokenize_threads=4,\
-fp16:max_batch_rows=8192:max_tokens=65536 \
-  --stages fp16,fp16:word_cache=0 --out "$out/scoring-cola.json"
+# thread, the word cache), the baselines beside it, the way before the word cache (word_cache=0: every text through
+# the Hugging Face tokenizer) and two infer threads; then each stage alone (tokenising with the word cache; the model).
+step scoring-cola 150 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
+  --variants fp16,fp16:word_cache=0,fp16:infer_threads=2 --stages fp16 --out "$out/scoring-cola.json"
+# Long texts: with the word cache, without it, and a 64k-token budget; 60k rows = 4 windows.
+step scoring-long128 120 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
+  --variants fp16,fp16:word_cache=0,fp16:max_tokens=65536 --stages fp16 --out "$out/scoring-long128.json"
+# Issue 5's target on the GPU: `scorer train` with its defaults (packaged MiniLM as it ships, fp32 on CUDA), CoLA
+# train/dev, seeds 1-3 at once (each run leaves the GPU mostly idle; 137 s in run 3). The GPU tests (correctness,
+# not speed: CUDA scores against CPU scores, export on CUDA, CUDA-graph training against eager) run beside it, with
+# their own log.
+named default-seeds && { steplog="$out/pytest-gpu.log" step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider \
+  tests/test_gpu.py & }
+step default-seeds 220 python3 bench/default_seeds.py --seeds 1,2,3 --parallel --out "$out/default-seeds.json"
+wait
+named default-seeds || step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+# Training speed, one epoch of CoLA at batch 32: eager steps against `scorer train --cuda-graphs` (torch.compile,
+# mode reduce-overhead: one CUDA graph per batch shape), bert-base shape and MiniLM; the compile is in epoch 1.
+step train-speed 270 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 \
+  --modes eager,graphs --out "$out/train-speed.json"
 # Tokenising alone on 16 cores: the tokenizer against the word cache, 1 and 8 threads (about 40 s).
 step tokenize-speed 70 python3 bench/tokenize_speed.py --rows 100000 --threads 1,8 --repeat 2 \
   --workloads cola,long128 --out "$out/tokenize-speed.json"
-step pytest-gpu 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
-# Long texts: with the word cache, without it (the way before 2026-11-27), and one piece per window (before
-# 2026-11-26); 60k rows = 4 windows.
-step scoring-long128 150 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
-  --variants fp16,fp16:word_cache=0,fp16:piece_chars=1073741824,fp16:infer_threads=2,fp16:max_tokens=65536 \
-  --stages fp16,fp16:word_cache=0 --out "$out/scoring-long128.json"
 # The product's own command line, which must start CUDA without torch imported (scoring never imports it).
 step cli-cuda 40 python3 -c "import sys; from scorer.cli import main; \
 main(['run', '.devcarry/cola/dev.tsv', '--model', '/tmp/random-bert/onnx-cola', '--provider', 'cuda', \
@@ -57,21 +67,15 @@ main(['run', '.devcarry/cola/dev.tsv', '--model', '/tmp/random-bert/onnx-cola', 
 print('torch imported by scorer run:', 'torch' in sys.modules)"
 step gpu-memory-1m 70 python3 bench/scoring.py $random --workloads cola --rows 1000000 --baseline-rows 1000 \
   --variants fp16 --out "$out/gpu-memory-1m.json"
-# Last of the default steps: the one most likely to be cut off by the 10-minute limit of one call.
-# Training steps, eager and with `scorer train --compile` (torch.compile, dynamic shapes), bert-base and MiniLM.
-step train-speed 240 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 --compile both \
-  --out "$out/train-speed.json"
-# Measured in earlier runs (bench/RESULTS.md section 7); run only when named.
+# Measured in earlier runs (bench/RESULTS.md section 7); each runs only when named.
 if [ "$only" != "  " ]; then
-  # Issue 5's target on the GPU: `scorer train` with its defaults (packaged MiniLM as it ships, fp32 on CUDA),
-  # CoLA train/dev, seeds 1-3 at once (each run leaves the GPU mostly idle). 137 s in run 3; name it again after
-  # any change to the training defaults.
-  step default-seeds 260 python3 bench/default_seeds.py --seeds 1,2,3 --parallel --out "$out/default-seeds.json"
-  # The same with mean and max pooling side by side (CPU: 0.457 against the default's 0.465; probe 0.465 vs 0.437).
+  # `scorer train --compile` without CUDA graphs (fused kernels, still one launch each).
+  step train-speed-compile 200 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 \
+    --modes compile --out "$out/train-speed-compile.json"
+  # Default seeds with mean and max pooling side by side (CPU: 0.457 against the default's 0.465).
   step default-seeds-meanmax 260 python3 bench/default_seeds.py --seeds 1,2,3 --parallel \
     --out "$out/default-seeds-meanmax.json" -- --pooling mean-max
-  # The same with replaced-token detection kept on as a second loss while fine-tuning (bench/RESULTS.md §1; CPU:
-  # 0.438 against the default's 0.465); each step runs the encoder twice, so it gets more time.
+  # Default seeds with replaced-token detection kept on as a second loss while fine-tuning (CPU: 0.438).
   step default-seeds-aux 360 python3 bench/default_seeds.py --seeds 1,2,3 --parallel \
     --out "$out/default-seeds-aux.json" -- --rtd-aux 0.5
   step model-stage 110 python3 bench/model_stage.py $random --rows 100000 --out "$out/model-stage.json"

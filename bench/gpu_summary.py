@@ -55,7 +55,7 @@ def main(directory: Path) -> None:
     path = directory / "train-speed.json"
     if path.is_file():
         for run in json.loads(path.read_text())["runs"]:
-            mode = f"{run['precision']}{', compiled' if run.get('compiled') else ''}"
+            mode = f"{run['precision']}, {run.get('mode', 'compiled' if run.get('compiled') else 'eager')}"
             print(f"train {run['model']} ({mode}): epochs {[round(s, 2) for s in run['epoch_seconds']]} s, "
                   f"total {run['total_seconds']:.1f}s, notebook {run['notebook_epoch_seconds']:.1f}s/epoch")
     else:

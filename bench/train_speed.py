@@ -2,6 +2,7 @@
 
     python bench/train_speed.py --device cuda --models bert-base,minilm --epochs 4
     python bench/train_speed.py --device cpu --models minilm --epochs 1 --precisions fp32,bf16
+    python bench/train_speed.py --device cuda --modes eager,compile,graphs   # torch.compile, then CUDA graphs
 
 "bert-base" is a randomly initialised bert-base-shaped encoder (speed does not depend on the weights) with the
 packaged WordPiece tokenizer; "minilm" is the packaged all-MiniLM-L6-v2. Beside each model's `scorer train`
@@ -23,6 +24,8 @@ from common import COLA, machine, random_bert, tokenizer_dir, write_json
 from scorer.config import TrainConfig
 from scorer.read import read_labelled
 from scorer.train import train
+
+MODES = {"eager": {}, "compile": {"compile": True}, "graphs": {"cuda_graphs": True}}
 
 
 def notebook_epoch(model_dir: Path, rows: int, device: str) -> float:
@@ -62,8 +65,9 @@ def main() -> None:
                         help="replaced-token epochs before fine-tuning (scorer's default is 10; the targets time the "
                              "fine-tuning epochs, so 0 here unless asked)")
     parser.add_argument("--precisions", default="auto", help="comma-separated scorer --precision values to time")
-    parser.add_argument("--compile", default="off", choices=["off", "on", "both"],
-                        help="time `scorer train --compile` (on), the eager steps (off), or both, one after the other")
+    parser.add_argument("--modes", default="eager",
+                        help="comma-separated, timed one after the other: eager (the default steps), compile "
+                             "(`scorer train --compile`), graphs (`scorer train --cuda-graphs`, CUDA only)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/train-speed.json"))
     args = parser.parse_args()
     results = {"machine": machine(args.device), "runs": []}
@@ -71,12 +75,12 @@ def main() -> None:
         for name in args.models.split(","):
             model = random_bert(Path(tmp) / "bert-base") if name == "bert-base" else tokenizer_dir()
             baseline = None
-            compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-            for precision, compiled in ((p, c) for p in args.precisions.split(",") for c in compiles):
+            for precision, mode in ((p, m) for p in args.precisions.split(",") for m in args.modes.split(",")):
+                if mode not in MODES:
+                    parser.error(f"--modes: {mode!r} is not one of {', '.join(MODES)}")
                 config = TrainConfig(data=COLA / "train.tsv", model=model, output=Path(tmp) / f"ckpt-{name}",
                                      epochs=args.epochs, batch_size=32, device=args.device, seed=1,
-                                     precision=precision, rtd_epochs=args.rtd_epochs, compile=compiled,
-                                     overwrite=True)
+                                     precision=precision, rtd_epochs=args.rtd_epochs, overwrite=True, **MODES[mode])
                 started = time.perf_counter()
                 result = train(config, progress=False)
                 total = time.perf_counter() - started
@@ -85,16 +89,15 @@ def main() -> None:
                     baseline = notebook_epoch(model, result.train_rows, result.device)
                 results["runs"].append({"model": name, "train_rows": result.train_rows, "epochs": args.epochs,
                                         "rtd_epochs": args.rtd_epochs,
-                                        "precision": result.precision, "compiled": compiled,
+                                        "precision": result.precision, "mode": mode,
                                         "epoch_seconds": epochs,
                                         "total_seconds": total, "notebook_epoch_seconds": baseline,
                                         "speedup_vs_notebook": baseline / min(epochs),
                                         "best_val_mcc": result.best.val_mcc})
-                mode = f"{result.precision}{', compiled' if compiled else ''}"
-                print(f"{name} ({mode}): {result.train_rows} rows, scorer epochs "
+                print(f"{name} ({result.precision}, {mode}): {result.train_rows} rows, scorer epochs "
                       f"{[round(s, 2) for s in epochs]} s, total {total:.1f}s (with loading and saving); notebook "
                       f"way {baseline:.1f}s per epoch ({baseline / min(epochs):.1f}x slower)", flush=True)
-    write_json(args.out, results)
+                write_json(args.out, results)  # after every run: a step cut off by its time limit keeps the rest
 
 
 if __name__ == "__main__":

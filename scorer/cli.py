@@ -120,6 +120,10 @@ def main() -> None:
 @click.option("--compile", is_flag=True, default=None,
               help="torch.compile the fine-tuning steps (fewer, fused kernels; the first steps spend a minute "
                    "compiling) [default: off].")
+@click.option("--cuda-graphs", is_flag=True, default=None,
+              help="On CUDA: compile the fine-tuning steps and replay them as CUDA graphs, one per batch shape "
+                   "(batch widths rounded up to a multiple of 8), so the GPU is not left waiting on Python between "
+                   "kernels [default: off].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing checkpoint directory.")
 @command
 def train(progress: bool, **options) -> None:

@@ -93,6 +93,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    cuda_graphs: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -120,6 +121,8 @@ class TrainConfig:
         _check_choice(self.select, SELECTIONS, "--select")
         _check_choice(self.device, DEVICES, "--device")
         _check_choice(self.precision, PRECISIONS, "--precision")
+        _check(not (self.cuda_graphs and self.device == "cpu"),
+               "--cuda-graphs needs a CUDA device: drop it or use --device cuda/auto on a machine with a GPU")
 
 
 @dataclass(frozen=True)

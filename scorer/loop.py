@@ -61,15 +61,18 @@ class DeviceRows:
         self._lengths = torch.from_numpy(self.lengths).to(device)
         self._targets = None if targets is None else torch.from_numpy(targets).to(device)
 
-    def batches(self, batches: list[np.ndarray]):
+    def batches(self, batches: list[np.ndarray], multiple: int = 1, cap: int = 0):
         """(input_ids, attention_mask, labels) of each batch in turn: the same tensors Encoded.pad gives (labels
-        None without targets)."""
+        None without targets). With multiple > 1, each batch's width is rounded up to a multiple of it (never past
+        `cap`, nor below the longest row): more padding, fewer distinct shapes (one CUDA graph each)."""
         order = torch.from_numpy(np.concatenate(batches)).to(self.device)
         start = 0
         for rows in batches:
             index = order[start : start + len(rows)]
             start += len(rows)
-            positions = torch.arange(int(self.lengths[rows].max()), device=self.device)
+            width = int(self.lengths[rows].max())
+            width = max(width, min(-(-width // multiple) * multiple, cap or width))
+            positions = torch.arange(width, device=self.device)
             mask = positions < self._lengths[index, None]
             gather = (self._starts[index, None] + positions).clamp_(max=len(self._ids) - 1)
             yield self._ids[gather] * mask, mask.long(), None if self._targets is None else self._targets[index]
@@ -87,7 +90,13 @@ class Trainer:
         # The training steps may run a compiled view of the model; it shares the parameters, so validation,
         # the moving average and the checkpoint use `model` itself. Dynamic shapes: one graph for every
         # batch length, not one compile per length bucket.
-        self.forward = torch.compile(model, dynamic=True) if config.compile else model
+        # With --cuda-graphs, compiled steps are also captured as CUDA graphs (one per batch shape, widths rounded
+        # to a multiple of 8 to keep the shapes few) and replayed: one launch instead of a thousand kernels a step.
+        self.graphs = config.cuda_graphs
+        if self.graphs:
+            self.forward = torch.compile(model, dynamic=True, mode="reduce-overhead")
+        else:
+            self.forward = torch.compile(model, dynamic=True) if config.compile else model
         self.data = DeviceRows(encoded, device, targets)
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
@@ -127,7 +136,10 @@ class Trainer:
         bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{self.config.epochs}", unit="batch",
                    disable=None if self.progress else True, file=sys.stderr, leave=False)
         with bar:
-            for step, batch in enumerate(self.data.batches(batches), start=1):
+            shapes = {"multiple": 8, "cap": self.config.max_length} if self.graphs else {}
+            for step, batch in enumerate(self.data.batches(batches, **shapes), start=1):
+                if self.graphs:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are spent
                 losses.append(self._step(*batch))
                 bar.update(1)
                 if bar.disable and self.progress and step % _NOTEBOOK_LOG_EVERY == 0:

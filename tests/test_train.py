@@ -443,6 +443,35 @@ def test_device_rows_cut_the_same_batches_as_host_padding(tiny_encoder):
     assert seen == len(texts)
 
 
+def test_device_rows_round_widths_up_for_cuda_graphs_and_pad_with_zeros(tiny_encoder):
+    from scorer.loop import DeviceRows, bucketed_batches
+    from scorer.tokens import TextEncoder
+
+    texts = ["a b c", "the cat sat on the mat and then it slept", "no", "one two three four five six seven"] * 5
+    encoded = TextEncoder.from_dir(tiny_encoder, 12).encode(texts)
+    batches = bucketed_batches(encoded.lengths, 3, np.random.default_rng(1))
+    widths = set()
+    for rows, (ids, mask, _) in zip(batches, DeviceRows(encoded, "cpu").batches(batches, multiple=8, cap=12),
+                                    strict=True):
+        host_ids, host_mask = encoded.pad(rows)
+        longest = host_ids.shape[1]
+        assert ids.shape[1] == (8 if longest <= 8 else 12)  # rounded up to 8, or to the cap (12), never cut
+        assert torch.equal(ids[:, :longest], torch.from_numpy(host_ids))
+        assert torch.equal(mask[:, :longest], torch.from_numpy(host_mask))
+        assert not ids[:, longest:].any() and not mask[:, longest:].any()
+        widths.add(ids.shape[1])
+    assert widths == {8, 12}
+
+
+def test_cuda_graphs_are_refused_without_a_gpu(tiny_encoder, tmp_path):
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--cuda-graphs", "--device", "cpu"))
+    assert result.exit_code != 0 and "--cuda-graphs needs a CUDA device" in result.output
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "d", "--cuda-graphs"))
+        assert result.exit_code != 0 and "--cuda-graphs needs a CUDA device" in result.output
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("pooling", ["mean", "cls", "mix", "max", "mean-max"])
 def test_every_pooling_ignores_padding(tiny_encoder, pooling):
     from scorer.model import HeadConfig, load_encoder
