@@ -37,10 +37,11 @@ step env 40 python3 -c "import torch, onnxruntime as o; o.preload_dlls(); print(
 torch.__version__, o.__version__, o.get_available_providers()); import subprocess; \
 print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)"
 # The whole of `scorer run` on CoLA sentences with its defaults (plain runs, <=4,096-row batches, one ORT intra-op
-# thread, the word cache), the baselines beside it, the way before the word cache (word_cache=0: every text through
-# the Hugging Face tokenizer) and two infer threads; then each stage alone (tokenising with the word cache; the model).
+# thread, the word cache, two batches in flight), the baselines beside it, the way before the word cache
+# (word_cache=0: every text through the Hugging Face tokenizer) and one batch in flight (the default before run 4);
+# then each stage alone (tokenising with the word cache; the model).
 step scoring-cola 150 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
-  --variants fp16,fp16:word_cache=0,fp16:infer_threads=2 --stages fp16 --out "$out/scoring-cola.json"
+  --variants fp16,fp16:word_cache=0,fp16:infer_threads=1 --stages fp16 --out "$out/scoring-cola.json"
 # Long texts: with the word cache, without it, and a 64k-token budget; 60k rows = 4 windows.
 step scoring-long128 120 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
   --variants fp16,fp16:word_cache=0,fp16:max_tokens=65536 --stages fp16 --out "$out/scoring-long128.json"
@@ -81,6 +82,6 @@ if [ "$only" != "  " ]; then
   step model-stage 110 python3 bench/model_stage.py $random --rows 100000 --out "$out/model-stage.json"
   # The tokenizer's thread pool held to 12 of the 16 cores (run 3: no change beyond noise).
   step scoring-cola-rayon12 50 env RAYON_NUM_THREADS=12 python3 bench/scoring.py $random --workloads cola \
-    --rows 200000 --baseline-rows 1000 --variants fp16,fp16:infer_threads=2 --out "$out/scoring-cola-rayon12.json"
+    --rows 200000 --baseline-rows 1000 --variants fp16,fp16:infer_threads=1 --out "$out/scoring-cola-rayon12.json"
 fi
 python3 bench/gpu_summary.py "$out" | tee -a "$log"

@@ -185,7 +185,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
               help="Bind inputs/outputs to the device (ORT IO binding) [default: off, measured slower].")
 @click.option("--window-rows", type=int, help="Rows read, sorted, scored and checkpointed together [default: 16384].")
 @click.option("--tokenize-threads", type=int, help="Windows tokenised at once, ahead of the model [default: 2].")
-@click.option("--infer-threads", type=int, help="Batches in flight on the model at once [default: 1].")
+@click.option("--infer-threads", type=int,
+              help="Batches in flight on the model at once [default: 2 on CUDA, 1 elsewhere].")
 @click.option("--check", type=int, help="Cross-check N sampled rows against the PyTorch checkpoint.")
 @click.option("--checkpoint", type=PATH, help="PyTorch checkpoint for --check [default: the exported one].")
 @click.option("--samples", type=int, help="Rows in the sample table (sentence, true, predicted label).")

@@ -64,6 +64,7 @@ class RunSummary:
     variant: str
     model_sha256: str
     io_binding: bool = False
+    infer_threads: int = 1
     summary_path: str = ""
     scorer_version: str = __version__
 
@@ -293,7 +294,7 @@ def _summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: fl
     rows_now = sum(u.rows_this_run for u in units)
     return RunSummary(inputs=units, rows=sum(u.rows for u in units), rows_this_run=rows_now, status_counts=counts,
                       seconds=seconds, rows_per_second=rows_now / max(seconds, 1e-9), provider=classifier.provider,
-                      io_binding=classifier.io_binding,
+                      io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
                       variant=classifier.variant, model_sha256=classifier.model_sha256)
 
 

@@ -48,6 +48,7 @@ def test_cuda_scores_match_cpu_and_auto_picks_cuda(tiny_export, source, tmp_path
     run(source, "--model", tiny_export, "-o", tmp_path / "auto.parquet")
     summary = json.loads((tmp_path / "auto.parquet.summary.json").read_text())
     assert summary["provider"] == "cuda" and not summary["io_binding"] and summary["variant"] == "fp16"
+    assert summary["infer_threads"] == 2  # the CUDA default
 
 
 @pytest.mark.gpu

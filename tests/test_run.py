@@ -77,6 +77,7 @@ def test_io_binding_gives_the_same_scores_as_plain_runs(tiny_export, parquet_inp
         run(parquet_input, "--model", tiny_export, "-o", tmp_path / f"{flag}.parquet", "--variant", "fp32", flag)
         summary = json.loads((tmp_path / f"{flag}.parquet.summary.json").read_text())
         assert summary["io_binding"] == (flag == "--io-binding")
+        assert summary["infer_threads"] == 1  # the CPU default
     bound, plain = (pq.read_table(tmp_path / f"{f}.parquet").column("score").to_numpy(zero_copy_only=False)
                     for f in ("--io-binding", "--no-io-binding"))
     assert np.isfinite(bound).sum() > 0
@@ -114,6 +115,8 @@ def test_tokenize_and_infer_threads_keep_every_row_in_order(tiny_export, parquet
             "--max-tokens", "40", "--tokenize-threads", threads, "--infer-threads", threads)
         outputs.append(pq.read_table(out))
     single, threaded = outputs
+    summaries = [json.loads((tmp_path / f"threads-{t}.parquet.summary.json").read_text()) for t in ("1", "3")]
+    assert [s["infer_threads"] for s in summaries] == [1, 3]
     assert single.num_rows == pq.read_metadata(parquet_input).num_rows
     assert threaded.column("sentence").equals(pq.read_table(parquet_input).column("sentence"))
     assert threaded.select(["label", "status"]).equals(single.select(["label", "status"]))
