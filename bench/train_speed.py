@@ -3,6 +3,7 @@
     python bench/train_speed.py --device cuda --models bert-base,minilm --epochs 4
     python bench/train_speed.py --device cpu --models minilm --epochs 1 --precisions fp32,bf16
     python bench/train_speed.py --device cuda --modes eager,compile,graphs   # torch.compile, then CUDA graphs
+    python bench/train_speed.py --device cuda --precisions fp32 --modes eager,graphs,bf16:graphs
 
 "bert-base" is a randomly initialised bert-base-shaped encoder (speed does not depend on the weights) with the
 packaged WordPiece tokenizer; "minilm" is the packaged all-MiniLM-L6-v2. Beside each model's `scorer train`
@@ -26,6 +27,15 @@ from scorer.read import read_labelled
 from scorer.train import train
 
 MODES = {"eager": {}, "compile": {"compile": True}, "graphs": {"cuda_graphs": True}}
+
+
+def runs(precisions: str, modes: str) -> list[tuple[str, str]]:
+    """(precision, mode) pairs in order: each mode at every --precisions value, or at its own PRECISION: prefix."""
+    pairs = []
+    for entry in modes.split(","):
+        precision, _, mode = entry.rpartition(":")
+        pairs += [(precision, mode)] if precision else [(p, mode) for p in precisions.split(",")]
+    return pairs
 
 
 def notebook_epoch(model_dir: Path, rows: int, device: str) -> float:
@@ -67,7 +77,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="auto", help="comma-separated scorer --precision values to time")
     parser.add_argument("--modes", default="eager",
                         help="comma-separated, timed one after the other: eager (the default steps), compile "
-                             "(`scorer train --compile`), graphs (`scorer train --cuda-graphs`, CUDA only)")
+                             "(`scorer train --compile`), graphs (`scorer train --cuda-graphs`, CUDA only); "
+                             "PRECISION:MODE (bf16:graphs) times that mode at that precision only")
     parser.add_argument("--out", type=Path, default=Path("bench/out/train-speed.json"))
     args = parser.parse_args()
     results = {"machine": machine(args.device), "runs": []}
@@ -75,7 +86,7 @@ def main() -> None:
         for name in args.models.split(","):
             model = random_bert(Path(tmp) / "bert-base") if name == "bert-base" else tokenizer_dir()
             baseline = None
-            for precision, mode in ((p, m) for p in args.precisions.split(",") for m in args.modes.split(",")):
+            for precision, mode in runs(args.precisions, args.modes):
                 if mode not in MODES:
                     parser.error(f"--modes: {mode!r} is not one of {', '.join(MODES)}")
                 config = TrainConfig(data=COLA / "train.tsv", model=model, output=Path(tmp) / f"ckpt-{name}",

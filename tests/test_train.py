@@ -443,6 +443,25 @@ def test_device_rows_cut_the_same_batches_as_host_padding(tiny_encoder):
     assert seen == len(texts)
 
 
+def test_parameters_sharing_a_rate_and_decay_share_one_optimizer_group(tiny_encoder):
+    from scorer.loop import _parameter_groups
+    from scorer.model import HeadConfig, load_encoder
+
+    model = SentenceClassifier(load_encoder(tiny_encoder), HeadConfig([0, 1], "mean", 32))
+    names = {id(p): n for n, p in model.named_parameters()}
+    flat = _parameter_groups(model, 1e-4, 0.01, 1.0)
+    assert len(flat) == 2 and {g["lr"] for g in flat} == {1e-4}  # two groups: fewer fused-optimizer launches
+    layered = _parameter_groups(model, 1e-4, 0.01, 0.5)
+    # Embeddings, 2 layers, the head: four rates, each with and without decay.
+    assert sorted({g["lr"] for g in layered}) == pytest.approx([1e-4 * 0.5 ** k for k in (3, 2, 1, 0)])
+    for groups in (flat, layered):
+        params = [names[id(p)] for g in groups for p in g["params"]]
+        assert sorted(params) == sorted(names.values())  # every parameter once
+        for group in groups:
+            decayed = {names[id(p)].endswith("weight") and "LayerNorm" not in names[id(p)] for p in group["params"]}
+            assert decayed == {group["weight_decay"] > 0}  # matrices decay; biases and LayerNorm do not
+
+
 def test_device_rows_round_widths_up_for_cuda_graphs_and_pad_with_zeros(tiny_encoder):
     from scorer.loop import DeviceRows, bucketed_batches
     from scorer.tokens import TextEncoder
