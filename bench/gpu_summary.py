@@ -11,11 +11,8 @@ from pathlib import Path
 
 
 def main(directory: Path) -> None:
-    for name in ("default-seeds", "default-seeds-meanmax", "default-seeds-aux"):
-        path = directory / f"{name}.json"
-        if not path.is_file():
-            print(f"{name}: no result")
-            continue
+    for path in sorted(directory.glob("*-seeds*.json")):  # default-seeds, default-seeds-meanmax, recipe-seeds, ...
+        name = path.stem
         seeds = json.loads(path.read_text())
         for run in seeds["runs"]:
             print(f"{name}{''.join(' ' + o for o in seeds['extra_options'])}, seed {run['seed']} ({run['device']} "
