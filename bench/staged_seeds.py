@@ -32,6 +32,7 @@ import scorer.train
 from scorer import atomic
 from scorer.cli import main as cli
 
+OUT = Path(__file__).resolve().parent / "out"
 STAGE_FIELDS = ("model", "data", "max_length", "batch_size", "precision", "device", "seed", "mlm_epochs", "mlm_lr",
                 "rtd_epochs", "rtd_lr", "rtd_draw")
 
@@ -83,8 +84,9 @@ def run_seed(seed: int, output: Path, extra: list[str], cache: StageCache) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--out", type=Path, default=Path("bench/out/staged-seeds.json"))
-    parser.add_argument("--stages", type=Path, default=Path("bench/out/stages"), help="where the stages are kept")
+    parser.add_argument("--out", type=Path, default=OUT / "staged-seeds.json")
+    parser.add_argument("--stages", type=Path, default=OUT / "stages",
+                        help="where the stages are kept [default: bench/out/stages, wherever this runs from]")
     parser.add_argument("extra", nargs="*", help="`scorer train` options after --, e.g. -- --lr 5e-5")
     args = parser.parse_args()
     cache = StageCache(args.stages)
