@@ -4,6 +4,8 @@
 # weights in /tmp/keep (see that script). Steps run in the order of this file (most important first), each with
 # its own time limit; one failing step does not stop the others. Run 4 (2026-11-27) ran
 #   bash bench/gpu_check.sh env scoring-cola scoring-long128 default-seeds pytest-gpu train-speed
+# Next, with everything since run 4 (captured graphs, merged optimizer groups, two infer threads, a recipe):
+#   RECIPE="--weight-decay 0.1" bash bench/gpu_check.sh env pytest-gpu train-speed scoring-cola recipe-seeds
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
 # default-seeds and the steps at the end run only when named. Named together, pytest-gpu runs beside default-seeds.
@@ -54,12 +56,12 @@ named default-seeds && { steplog="$out/pytest-gpu.log" step pytest-gpu 150 pytho
 step default-seeds 220 python3 bench/default_seeds.py --seeds 1,2,3 --parallel --out "$out/default-seeds.json"
 wait
 named default-seeds || step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
-# Training speed, one epoch of CoLA at batch 32: eager steps against `scorer train --cuda-graphs` (torch.compile,
-# mode reduce-overhead: one CUDA graph per batch shape), bert-base shape and MiniLM; the compile is in epoch 1 (run 4:
-# 65 s bert-base, 25 s MiniLM, 182 s for eager and graphs). graphs twice: the second finds torch's compile caches
-# warm, as a nightly job's next run on the same machine would; then bf16 under graphs.
+# Training speed, one epoch of CoLA at batch 32, bert-base shape and MiniLM: eager steps; `--cuda-graphs captured`
+# (the eager kernels captured per batch shape, no compile) in fp32 and bf16; `--cuda-graphs compiled` (torch.compile,
+# mode reduce-overhead; the compile is in epoch 1: run 4, 65 s bert-base, 25 s MiniLM) twice, the second finding
+# torch's compile caches warm, as a nightly job's next run on the same machine would.
 step train-speed 360 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 \
-  --precisions fp32 --modes eager,graphs,graphs,bf16:graphs --out "$out/train-speed.json"
+  --precisions fp32 --modes eager,captured,bf16:captured,graphs,graphs --out "$out/train-speed.json"
 # Tokenising alone on 16 cores: the tokenizer against the word cache, 1 and 8 threads (about 40 s).
 step tokenize-speed 70 python3 bench/tokenize_speed.py --rows 100000 --threads 1,8 --repeat 2 \
   --workloads cola,long128 --out "$out/tokenize-speed.json"

@@ -26,7 +26,8 @@ from scorer.config import TrainConfig
 from scorer.read import read_labelled
 from scorer.train import train
 
-MODES = {"eager": {}, "compile": {"compile": True}, "graphs": {"cuda_graphs": True}}
+MODES = {"eager": {}, "compile": {"compile": True}, "graphs": {"cuda_graphs": "compiled"},
+         "captured": {"cuda_graphs": "captured"}}
 
 
 def runs(precisions: str, modes: str) -> list[tuple[str, str]]:
@@ -77,7 +78,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="auto", help="comma-separated scorer --precision values to time")
     parser.add_argument("--modes", default="eager",
                         help="comma-separated, timed one after the other: eager (the default steps), compile "
-                             "(`scorer train --compile`), graphs (`scorer train --cuda-graphs`, CUDA only); "
+                             "(`scorer train --compile`), graphs (`--cuda-graphs compiled`), captured (`--cuda-graphs "
+                             "captured`; both CUDA only); "
                              "PRECISION:MODE (bf16:graphs) times that mode at that precision only")
     parser.add_argument("--out", type=Path, default=Path("bench/out/train-speed.json"))
     args = parser.parse_args()

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from scorer import __version__
-from scorer.config import POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
+from scorer.config import CUDA_GRAPHS, POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
 from scorer.errors import EXIT_CODES, ScorerError
 
 log = logging.getLogger("scorer")
@@ -120,10 +120,10 @@ def main() -> None:
 @click.option("--compile", is_flag=True, default=None,
               help="torch.compile the fine-tuning steps (fewer, fused kernels; the first steps spend a minute "
                    "compiling) [default: off].")
-@click.option("--cuda-graphs", is_flag=True, default=None,
-              help="On CUDA: compile the fine-tuning steps and replay them as CUDA graphs, one per batch shape "
-                   "(batch widths rounded up to a multiple of 8), so the GPU is not left waiting on Python between "
-                   "kernels [default: off].")
+@click.option("--cuda-graphs", type=click.Choice(CUDA_GRAPHS),
+              help="On CUDA: replay the fine-tuning steps as CUDA graphs, one per batch shape (widths rounded up to a "
+                   "multiple of 8), so the GPU does not wait on Python between kernels; compiled: torch.compile "
+                   "first (a minute or so), captured: the eager kernels, no compile [default: off].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing checkpoint directory.")
 @command
 def train(progress: bool, **options) -> None:

@@ -24,6 +24,7 @@ ONNX_DIR = "onnx"
 MAX_LENGTH_LIMIT = 512
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16")
+CUDA_GRAPHS = ("off", "compiled", "captured")  # the ways of scorer.graphs
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 VARIANTS = ("fp32", "fp16", "int8")
 SELECTIONS = ("mcc", "accuracy", "last")
@@ -93,7 +94,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
-    cuda_graphs: bool = False
+    cuda_graphs: str = "off"
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -121,7 +122,8 @@ class TrainConfig:
         _check_choice(self.select, SELECTIONS, "--select")
         _check_choice(self.device, DEVICES, "--device")
         _check_choice(self.precision, PRECISIONS, "--precision")
-        _check(not (self.cuda_graphs and self.device == "cpu"),
+        _check_choice(self.cuda_graphs, CUDA_GRAPHS, "--cuda-graphs")
+        _check(self.cuda_graphs == "off" or self.device != "cpu",
                "--cuda-graphs needs a CUDA device: drop it or use --device cuda/auto on a machine with a GPU")
 
 

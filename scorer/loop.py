@@ -14,6 +14,7 @@ import torch
 from torch.nn import functional
 from tqdm import tqdm
 
+from scorer import graphs
 from scorer.config import TrainConfig
 from scorer.tokens import Encoded, budget_batches
 
@@ -36,10 +37,10 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: str, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast for the training steps when precision is bf16 (the weights and optimizer stay fp32)."""
     if precision == "bf16":
-        return torch.autocast(device, dtype=torch.bfloat16)
+        return torch.autocast(device, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 
@@ -87,16 +88,8 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, config: TrainConfig, device: str, precision: str, encoded: Encoded,
                  targets: np.ndarray, progress: bool = True, auxiliary: torch.nn.Module | None = None) -> None:
         self.model, self.config, self.device, self.precision = model, config, device, precision
-        # The training steps may run a compiled view of the model; it shares the parameters, so validation,
-        # the moving average and the checkpoint use `model` itself. Dynamic shapes: one graph for every
-        # batch length, not one compile per length bucket.
-        # With --cuda-graphs, compiled steps are also captured as CUDA graphs (one per batch shape, widths rounded
-        # to a multiple of 8 to keep the shapes few) and replayed: one launch instead of a thousand kernels a step.
-        self.graphs = config.cuda_graphs
-        if self.graphs:
-            self.forward = torch.compile(model, dynamic=True, mode="reduce-overhead")
-        else:
-            self.forward = torch.compile(model, dynamic=True) if config.compile else model
+        # The training steps may run a compiled or graph-captured view of the model (scorer.graphs).
+        self.forward = graphs.training_forward(model, config.cuda_graphs, config.compile)
         self.data = DeviceRows(encoded, device, targets)
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
@@ -136,10 +129,10 @@ class Trainer:
         bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{self.config.epochs}", unit="batch",
                    disable=None if self.progress else True, file=sys.stderr, leave=False)
         with bar:
-            shapes = {"multiple": 8, "cap": self.config.max_length} if self.graphs else {}
+            mode = self.config.cuda_graphs
+            shapes = {} if mode == "off" else {"multiple": graphs.WIDTH_MULTIPLE, "cap": self.config.max_length}
             for step, batch in enumerate(self.data.batches(batches, **shapes), start=1):
-                if self.graphs:
-                    torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are spent
+                graphs.begin_step(mode)
                 losses.append(self._step(*batch))
                 bar.update(1)
                 if bar.disable and self.progress and step % _NOTEBOOK_LOG_EVERY == 0:
@@ -164,7 +157,8 @@ class Trainer:
     def _loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy; with --rdrop, of two dropout passes (one doubled batch) plus their symmetric KL."""
         passes = 2 if self.config.rdrop else 1
-        with autocast(self.device, self.precision):
+        # Graph capture cannot use autocast's weight-cast cache; eager steps keep it.
+        with autocast(self.device, self.precision, cache=self.config.cuda_graphs != "captured"):
             logits = self.forward(input_ids.repeat(passes, 1), attention_mask.repeat(passes, 1)).float()
         loss = functional.cross_entropy(logits, labels.repeat(passes), weight=self.class_weights)
         if passes == 2:

@@ -66,7 +66,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     atomic.check_writable(config.output, config.overwrite)
     _seed_everything(config.seed)
     device = _resolve_device(config.device)
-    if config.cuda_graphs and device != "cuda":
+    if config.cuda_graphs != "off" and device != "cuda":
         raise ConfigError("--cuda-graphs needs a CUDA device, and this machine has none: drop --cuda-graphs")
     precision = _resolve_precision(config.precision, device)
     data = load_training_data(config)

@@ -69,7 +69,8 @@ def test_training_on_cuda_with_bf16(tiny_encoder, tmp_path):
 
 
 @pytest.mark.gpu
-def test_cuda_graph_steps_train_the_same_model_as_eager_steps_on_cuda(tmp_path):
+@pytest.mark.parametrize("graphs", ["compiled", "captured"])
+def test_cuda_graph_steps_train_the_same_model_as_eager_steps_on_cuda(tmp_path, graphs):
     from scorer.model import SentenceClassifier
     from tests.conftest import build_tiny_encoder
 
@@ -78,14 +79,14 @@ def test_cuda_graph_steps_train_the_same_model_as_eager_steps_on_cuda(tmp_path):
     encoder = build_tiny_encoder(tmp_path / "no-dropout-bert", hidden_dropout_prob=0.0,
                                  attention_probs_dropout_prob=0.0)
     runs = {}
-    for mode, extra in (("eager", ()), ("graphs", ("--cuda-graphs",))):
+    for mode, extra in (("eager", ()), ("graphs", ("--cuda-graphs", graphs))):
         output = tmp_path / mode
         result = CliRunner().invoke(main, ["train", "--model", str(encoder), "--output", str(output), "--epochs", "3",
                                            "--max-length", "32", "--lr", "1e-3", "--dropout", "0", "--rtd-epochs",
                                            "0", "--precision", "fp32", "--device", "cuda", "--seed", "5", "--quiet",
                                            *extra])
         assert result.exit_code == 0, result.output
-        assert json.loads((output / "train_config.json").read_text())["cuda_graphs"] == (mode == "graphs")
+        assert json.loads((output / "train_config.json").read_text())["cuda_graphs"] == (graphs if extra else "off")
         runs[mode] = (json.loads((output / "metrics.json").read_text()), SentenceClassifier.load(output).state_dict())
     (eager, eager_weights), (graphs, graph_weights) = runs["eager"], runs["graphs"]
     assert [e["train_loss"] for e in graphs["epochs"]] == pytest.approx([e["train_loss"] for e in eager["epochs"]],

@@ -483,11 +483,13 @@ def test_device_rows_round_widths_up_for_cuda_graphs_and_pad_with_zeros(tiny_enc
 
 
 def test_cuda_graphs_are_refused_without_a_gpu(tiny_encoder, tmp_path):
-    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--cuda-graphs", "--device", "cpu"))
-    assert result.exit_code != 0 and "--cuda-graphs needs a CUDA device" in result.output
-    if not torch.cuda.is_available():
-        result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "d", "--cuda-graphs"))
+    for mode in ("compiled", "captured"):
+        result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--cuda-graphs", mode, "--device",
+                                                     "cpu"))
         assert result.exit_code != 0 and "--cuda-graphs needs a CUDA device" in result.output
+        if not torch.cuda.is_available():
+            result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "d", "--cuda-graphs", mode))
+            assert result.exit_code != 0 and "--cuda-graphs needs a CUDA device" in result.output
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 

@@ -1,0 +1,67 @@
+"""CUDA graphs for the fine-tuning steps (`scorer train --cuda-graphs MODE`).
+
+At batch 32 a GPU training step is about a thousand small kernel launches, and the GPU waits on Python between
+them; a CUDA graph replays all of a step's forward (or backward) kernels with one launch. A graph has fixed
+shapes, so there is one per batch shape, and the training batches' widths are rounded up to a multiple of
+WIDTH_MULTIPLE to keep the shapes few. Two ways to get the graphs:
+
+- compiled: `torch.compile(mode="reduce-overhead")`: inductor fuses the kernels, then captures them. Measured on an
+  H200 (bench/RESULTS.md 7.10): a bert-base-shaped CoLA epoch in 3.35 s against 7.3-8.0 s eager, after about a
+  minute of compiling in the first epoch (MiniLM: 25 s).
+- captured: `torch.cuda.make_graphed_callables` on the eager model, one capture per shape: no compile, a few eager
+  warm-up passes per new shape instead; each shape's graph keeps its own gradient buffers (one set of gradients
+  per shape in GPU memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+WIDTH_MULTIPLE = 8  # modes: scorer.config.CUDA_GRAPHS
+
+
+def training_forward(model: torch.nn.Module, mode: str, compile_model: bool) -> Callable:
+    """What the training steps call instead of `model(input_ids, attention_mask)`; it shares the model's
+    parameters, so validation, the moving average and the checkpoint keep using `model` itself."""
+    if mode == "compiled":
+        return torch.compile(model, dynamic=True, mode="reduce-overhead")
+    if mode == "captured":
+        return CapturedSteps(model)
+    # Dynamic shapes: one compiled graph for every batch length, not one compile per length bucket.
+    return torch.compile(model, dynamic=True) if compile_model else model
+
+
+def begin_step(mode: str) -> None:
+    """Before each step: with compiled graphs, tell torch that the last step's graph outputs are spent."""
+    if mode == "compiled":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+class CapturedSteps:
+    """The model's training forward and backward captured as CUDA graphs, one pair per input shape, on first use."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.graphed: dict[tuple[int, ...], Callable] = {}
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        step = self.graphed.get(tuple(input_ids.shape))
+        if step is None:
+            # A fresh wrapper per shape: make_graphed_callables replaces the forward of the module it is given.
+            # The sample tensors become the graph's static inputs, so they are copies no one else holds.
+            # Unused inputs are allowed: the encoder's pooler gets no gradient under mean pooling, as in eager steps.
+            step = torch.cuda.make_graphed_callables(_Forward(self.model), (input_ids.clone(), attention_mask.clone()),
+                                                     allow_unused_input=True)
+            self.graphed[tuple(input_ids.shape)] = step
+        return step(input_ids, attention_mask)
+
+
+class _Forward(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask)
