@@ -1,4 +1,4 @@
-"""CUDA graphs for the fine-tuning steps (`scorer train --cuda-graphs MODE`).
+"""CUDA graphs for the fine-tuning steps (`scorer train --cuda-graphs MODE`, MODE in scorer.config.CUDA_GRAPHS).
 
 At batch 32 a GPU training step is about a thousand small kernel launches, and the GPU waits on Python between
 them; a CUDA graph replays all of a step's forward (or backward) kernels with one launch. A graph has fixed
@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-WIDTH_MULTIPLE = 8  # modes: scorer.config.CUDA_GRAPHS
+WIDTH_MULTIPLE = 8
 
 
 def training_forward(model: torch.nn.Module, mode: str, compile_model: bool) -> Callable:
@@ -47,14 +47,15 @@ class CapturedSteps:
         self.graphed: dict[tuple[int, ...], Callable] = {}
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        step = self.graphed.get(tuple(input_ids.shape))
+        shape = tuple(input_ids.shape)
+        step = self.graphed.get(shape)
         if step is None:
             # A fresh wrapper per shape: make_graphed_callables replaces the forward of the module it is given.
             # The sample tensors become the graph's static inputs, so they are copies no one else holds.
             # Unused inputs are allowed: the encoder's pooler gets no gradient under mean pooling, as in eager steps.
             step = torch.cuda.make_graphed_callables(_Forward(self.model), (input_ids.clone(), attention_mask.clone()),
                                                      allow_unused_input=True)
-            self.graphed[tuple(input_ids.shape)] = step
+            self.graphed[shape] = step
         return step(input_ids, attention_mask)
 
 

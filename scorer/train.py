@@ -67,7 +67,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     _seed_everything(config.seed)
     device = _resolve_device(config.device)
     if config.cuda_graphs != "off" and device != "cuda":
-        raise ConfigError("--cuda-graphs needs a CUDA device, and this machine has none: drop --cuda-graphs")
+        raise ConfigError(f"--cuda-graphs needs a CUDA device, and this run is on {device}: drop --cuda-graphs, or "
+                          "use --device cuda/auto on a machine with a GPU")
     precision = _resolve_precision(config.precision, device)
     data = load_training_data(config)
     hf_tokenizer, encoder_model = _load_pretrained(config)

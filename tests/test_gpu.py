@@ -88,8 +88,8 @@ def test_cuda_graph_steps_train_the_same_model_as_eager_steps_on_cuda(tmp_path, 
         assert result.exit_code == 0, result.output
         assert json.loads((output / "train_config.json").read_text())["cuda_graphs"] == (graphs if extra else "off")
         runs[mode] = (json.loads((output / "metrics.json").read_text()), SentenceClassifier.load(output).state_dict())
-    (eager, eager_weights), (graphs, graph_weights) = runs["eager"], runs["graphs"]
-    assert [e["train_loss"] for e in graphs["epochs"]] == pytest.approx([e["train_loss"] for e in eager["epochs"]],
+    (eager, eager_weights), (graphed, graph_weights) = runs["eager"], runs["graphs"]
+    assert [e["train_loss"] for e in graphed["epochs"]] == pytest.approx([e["train_loss"] for e in eager["epochs"]],
                                                                          rel=1e-3)
     for name, weight in eager_weights.items():
         assert np.allclose(graph_weights[name].numpy(), weight.numpy(), atol=1e-3), name
