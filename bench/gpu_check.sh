@@ -4,11 +4,12 @@
 # weights in /tmp/keep (see that script). Steps run in the order of this file (most important first), each with
 # its own time limit; one failing step does not stop the others. Run 4 (2026-11-27) ran
 #   bash bench/gpu_check.sh env scoring-cola scoring-long128 default-seeds pytest-gpu train-speed
-# Next, with everything since run 4 (captured graphs, merged optimizer groups, two infer threads, a recipe):
-#   RECIPE="--weight-decay 0.1" bash bench/gpu_check.sh env pytest-gpu train-speed scoring-cola recipe-seeds
+# Run 5 (2026-11-27), in two calls on one warm machine:
+#   bash bench/gpu_check.sh env train-speed
+#   RECIPES="--weight-decay 0.1;--epochs 8" bash bench/gpu_check.sh pytest-gpu recipe-seeds
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
-# default-seeds and the steps at the end run only when named. Named together, pytest-gpu runs beside default-seeds.
+# default-seeds, recipe-seeds and the steps at the end run only when named; pytest-gpu runs beside the seeds steps.
 set -uo pipefail
 out=${OUT:-bench/out/gpu}
 mkdir -p "$out"
@@ -47,20 +48,31 @@ step scoring-cola 150 python3 bench/scoring.py $random --workloads cola --rows 2
 step scoring-long128 120 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
   --variants fp16,fp16:word_cache=0,fp16:max_tokens=65536 --stages fp16 --out "$out/scoring-long128.json"
 # Issue 5's target on the GPU: `scorer train` with its defaults (packaged MiniLM as it ships, fp32 on CUDA), CoLA
-# train/dev, seeds 1-3 at once (each run leaves the GPU mostly idle; 137 s in run 3). The GPU tests (correctness,
-# not speed: CUDA scores against CPU scores, export on CUDA, CUDA-graph training against eager) run beside it, with
-# their own log.
-named default-seeds && { steplog="$out/pytest-gpu.log" step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider \
+# train/dev, seeds 1-3 at once (each run leaves the GPU mostly idle; 120-137 s in runs 3 and 4). Training on the GPU
+# repeats itself to four decimals (runs 3 and 4), so one run per recipe is its GPU figure. recipe-seeds: the same
+# with other options, RECIPES="--weight-decay 0.1;--epochs 8" (recipes split at ';', all at once, each seeds 1-3).
+# The GPU tests (correctness, not speed: CUDA scores against CPU scores, export on CUDA, CUDA-graph training against
+# eager) run beside them, with their own log. These steps run only when named.
+seeds_named() { named default-seeds || named recipe-seeds; }
+seeds_named && { steplog="$out/pytest-gpu.log" step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider \
   tests/test_gpu.py & }
-named default-seeds && step default-seeds 220 python3 bench/default_seeds.py --seeds 1,2,3 --parallel --out "$out/default-seeds.json"
+named default-seeds && step default-seeds 220 python3 bench/default_seeds.py --seeds 1,2,3 --parallel \
+  --out "$out/default-seeds.json" &
+if named recipe-seeds; then
+  IFS=';' read -ra recipes <<< "${RECIPES:-}"
+  for i in "${!recipes[@]}"; do
+    # shellcheck disable=SC2086 # each recipe is a list of options
+    steplog="$out/recipe-seeds-$((i + 1)).log" step recipe-seeds 300 python3 bench/default_seeds.py --seeds 1,2,3 \
+      --parallel --out "$out/recipe-seeds-$((i + 1)).json" -- ${recipes[$i]} &
+  done
+fi
 wait
-named default-seeds || step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
-# Training speed, one epoch of CoLA at batch 32, bert-base shape and MiniLM: eager steps; `--cuda-graphs captured`
-# (the eager kernels captured per batch shape, no compile) in fp32 and bf16; `--cuda-graphs compiled` (torch.compile,
-# mode reduce-overhead; the compile is in epoch 1: run 4, 65 s bert-base, 25 s MiniLM) twice, the second finding
-# torch's compile caches warm, as a nightly job's next run on the same machine would.
-step train-speed 360 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 \
-  --precisions fp32 --modes eager,captured,bf16:captured,graphs,graphs --out "$out/train-speed.json"
+seeds_named || step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+# Training speed, CoLA at batch 32, four epochs (the MiniLM target's count), MiniLM then bert-base shape: eager steps;
+# `--cuda-graphs captured` (the eager kernels captured per batch shape, no compile) in fp32 and bf16; `--cuda-graphs
+# compiled` (torch.compile, mode reduce-overhead; the compile is in epoch 1: run 4, 25 s MiniLM, 65 s bert-base).
+step train-speed 330 python3 bench/train_speed.py --device cuda --models minilm,bert-base --epochs 4 \
+  --precisions fp32 --modes eager,captured,bf16:captured,graphs --out "$out/train-speed.json"
 # Tokenising alone on 16 cores: the tokenizer against the word cache, 1 and 8 threads (about 40 s).
 step tokenize-speed 70 python3 bench/tokenize_speed.py --rows 100000 --threads 1,8 --repeat 2 \
   --workloads cola,long128 --out "$out/tokenize-speed.json"
@@ -76,10 +88,6 @@ if [ "$only" != "  " ]; then
   # `scorer train --compile` without CUDA graphs (fused kernels, still one launch each).
   step train-speed-compile 200 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 \
     --modes compile --out "$out/train-speed-compile.json"
-  # Any recipe against issue 5's target: RECIPE="--weight-decay 0.1" bash bench/gpu_check.sh recipe-seeds. Training
-  # on the GPU repeats itself to four decimals (runs 3 and 4), so one run per recipe is its GPU figure.
-  step recipe-seeds 260 python3 bench/default_seeds.py --seeds 1,2,3 --parallel --out "$out/recipe-seeds.json" \
-    -- ${RECIPE:-}
   # Default seeds with mean and max pooling side by side (CPU: 0.457 against the default's 0.465; run 4: 0.433).
   step default-seeds-meanmax 260 python3 bench/default_seeds.py --seeds 1,2,3 --parallel \
     --out "$out/default-seeds-meanmax.json" -- --pooling mean-max
