@@ -4,9 +4,13 @@
 # weights in /tmp/keep (see that script). Steps run in the order of this file (most important first), each with
 # its own time limit; one failing step does not stop the others. Run 4 (2026-11-27) ran
 #   bash bench/gpu_check.sh env scoring-cola scoring-long128 default-seeds pytest-gpu train-speed
-# Run 5 (2026-11-27), in two calls on one warm machine:
+# Run 5 (2026-11-27; bench/RESULTS.md 7.11) ran, in calls on one warm machine:
 #   bash bench/gpu_check.sh env train-speed
 #   RECIPES="--weight-decay 0.1;--epochs 8" bash bench/gpu_check.sh pytest-gpu recipe-seeds
+#   RECIPES="--weight-decay 0.1 --cuda-graphs captured" bash bench/gpu_check.sh recipe-seeds
+# Next: the model stage of `scorer run`, now the limit of issue 3's scoring targets (120k CoLA sentences/s in run
+# 4; the anchor's 153k used one intra-op thread per core), with two batches in flight as scorer now runs it:
+#   bash bench/gpu_check.sh env model-stage scoring-cola scoring-long128
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
 # default-seeds, recipe-seeds and the steps at the end run only when named; pytest-gpu runs beside the seeds steps.

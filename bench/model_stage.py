@@ -4,8 +4,8 @@
 
 On pre-tokenised CoLA-like sentences (as scorer tokenises them, in windows), times the token-budget batches
 through an ONNX Runtime session for each setting in SETTINGS (rows per batch, token budget, IO binding, padded
-width rounded up, intra-op threads and spinning, fused or unfused fp16 attention), then one fixed shape run
-repeatedly, with and without a captured CUDA graph: the graph's ceiling, launches included or not.
+width rounded up, intra-op threads and spinning, fused or unfused fp16 attention, batches in flight), then one
+fixed shape run repeatedly, with and without a captured CUDA graph: the graph's ceiling, launches included or not.
 """
 
 from __future__ import annotations
@@ -15,27 +15,32 @@ import json
 import statistics
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from common import machine, write_json
 from scoring import random_checkpoint, workload
 
+from scorer.classify import DEFAULT_INFER_THREADS
 from scorer.manifest import VARIANT_FILES
 from scorer.session import CPU, CUDA, batch_runner, default_threads, onnxruntime
 from scorer.tokens import TextEncoder, budget_batches
 
 # name: (graph, max_rows, max_tokens, io_binding, round width up to, intra-op threads (None: scorer's choice, one
-# on a GPU and one per core on a CPU; 0: one per core), spinning)
+# on a GPU and one per core on a CPU; 0: one per core), spinning, batches in flight (threads calling the session))
 SETTINGS = {
-    "scorer default": ("chosen", 4096, 32768, False, 1, None, True),
-    "first GPU run's default": ("chosen", 1024, 32768, True, 1, 0, True),
-    "IO binding": ("chosen", 4096, 32768, True, 1, None, True),
-    "a thread per core": ("chosen", 4096, 32768, False, 1, 0, True),
-    "a thread per core, no spinning": ("chosen", 4096, 32768, False, 1, 0, False),
-    "rows 8192 budget 64k": ("chosen", 8192, 65536, False, 1, None, True),
-    "widths rounded up to x8": ("chosen", 4096, 32768, False, 8, None, True),
-    "other attention": ("other", 4096, 32768, False, 1, None, True),
+    "scorer default": ("chosen", 4096, 32768, False, 1, None, True, None),
+    "one batch in flight": ("chosen", 4096, 32768, False, 1, None, True, 1),
+    "first GPU run's default": ("chosen", 1024, 32768, True, 1, 0, True, 1),
+    "IO binding": ("chosen", 4096, 32768, True, 1, None, True, None),
+    "a thread per core": ("chosen", 4096, 32768, False, 1, 0, True, None),
+    "a thread per core, no spinning": ("chosen", 4096, 32768, False, 1, 0, False, None),
+    "rows 8192 budget 64k": ("chosen", 8192, 65536, False, 1, None, True, None),
+    "widths rounded up to x8": ("chosen", 4096, 32768, False, 8, None, True, None),
+    "other attention": ("other", 4096, 32768, False, 1, None, True, None),
+    "three batches in flight": ("chosen", 4096, 32768, False, 1, None, True, 3),
 }
 
 
@@ -50,17 +55,30 @@ def session(path: Path, provider: str, threads: int | None, spinning: bool, opti
     return ort.InferenceSession(str(path), sess_options=settings, providers=chain)
 
 
-def stage_rate(runner, windows: list, max_rows: int, max_tokens: int, multiple: int) -> tuple[float, int]:
-    """Sentences/s of every window's batches through `runner` (after one warm-up window), and the batch count."""
+def stage_rate(runner, windows: list, max_rows: int, max_tokens: int, multiple: int, in_flight: int
+               ) -> tuple[float, int]:
+    """Sentences/s of every window's batches through `runner` (after one warm-up window), and the batch count; with
+    `in_flight` threads calling it at once, as `scorer run --infer-threads` does."""
 
-    def one_pass(items):
-        count = 0
+    def padded(items):
         for encoded in items:
             for rows in budget_batches(encoded.lengths, max_tokens, max_rows):
                 width = -(-int(encoded.lengths[rows].max()) // multiple) * multiple
                 ids, mask = encoded.pad(rows, width)
-                runner({"input_ids": ids, "attention_mask": mask})
+                yield {"input_ids": ids, "attention_mask": mask}
+
+    def one_pass(items):
+        if in_flight == 1:
+            return sum(1 for feeds in padded(items) if runner(feeds) is not None)
+        count, pending = 0, deque()
+        with ThreadPoolExecutor(in_flight) as pool:
+            for feeds in padded(items):  # at most `in_flight` batches submitted and not yet done
+                if len(pending) == in_flight:
+                    pending.popleft().result()
+                pending.append(pool.submit(runner, feeds))
                 count += 1
+            for future in pending:
+                future.result()
         return count
 
     one_pass(windows[:2])
@@ -113,11 +131,12 @@ def main() -> None:
         tokens = sum(int(w.lengths.sum()) for w in windows)
         results = {"machine": machine(args.device), "rows": len(texts), "mean_tokens": tokens / len(texts),
                    "attention_chosen": graphs["chosen_attention"], "settings": {}, "fixed_shape": {}}
-        for name, (graph, max_rows, max_tokens, binding, multiple, threads, spinning) in SETTINGS.items():
+        for name, (graph, max_rows, max_tokens, binding, multiple, threads, spinning, flight) in SETTINGS.items():
             runner = batch_runner(session(graphs[graph], provider, threads, spinning), provider, binding)
-            rate, batches = stage_rate(runner, windows, max_rows, max_tokens, multiple)
+            in_flight = flight or DEFAULT_INFER_THREADS[provider]
+            rate, batches = stage_rate(runner, windows, max_rows, max_tokens, multiple, in_flight)
             results["settings"][name] = {"sentences_per_s": rate, "real_tokens_per_s": rate * tokens / len(texts),
-                                         "batches": batches}
+                                         "batches": batches, "in_flight": in_flight}
             print(f"{name:28} {rate:>9,.0f} sentences/s in {batches} batches", flush=True)
         for rows, width in ((1024, 16), (4096, 16), (256, 128)):
             for graph in (False, True):
