@@ -104,7 +104,7 @@ def _write_variants(model: SentenceClassifier, staging: Path, config: ExportConf
     if "int8" in config.variants:
         variants["int8"] = staging / VARIANT_FILES["int8"]
         reports["int8"] = quantize_int8(variants["fp32"], variants["int8"], calibration, config.int8_agreement,
-                                        model.head_config.max_length)
+                                        model.head_config.max_length, config.int8_tolerance)
     return variants, reports
 
 

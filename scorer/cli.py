@@ -150,6 +150,9 @@ def train(progress: bool, **options) -> None:
 @click.option("--max-rows", type=int, help="Rows of --data used for parity [default: 2000].")
 @click.option("--calibration", type=PATH, help="Sentences for int8 calibration [default: the training data].")
 @click.option("--int8-agreement", type=float, help="Label agreement int8 must reach on them [default: 1.0].")
+@click.option("--int8-tolerance", type=float,
+              help="How far int8 may move the gap between a row's two highest logits, on 99% of them "
+                   "[default: 0.1].")
 @click.option("--fp16-attention", type=click.Choice(["auto", "fused", "unfused"]),
               help="ORT's fused Attention in the fp16 graph; auto: the faster on CUDA, measured here [default: auto].")
 @click.option("--tensorrt", is_flag=True, default=None, help="Also build and cache a TensorRT fp16 engine.")

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from export.quantize import _batchings, groups_of, quantize_int8, smooth, weight_matmuls
+from export.quantize import _batchings, gap_shift, groups_of, quantize_int8, smooth, weight_matmuls
 from export.timing import logits_of
 from scorer.classify import default_variant
 from scorer.manifest import load_manifest
@@ -35,22 +35,43 @@ def test_groups_put_the_same_role_of_every_layer_together():
     assert len(groups) == 2 and all(len(members) == 3 for members in groups.values())
 
 
-@pytest.mark.parametrize("target", [1.0, 0.5])
-def test_int8_meets_its_calibration_target_under_every_batching(tiny_export, tmp_path, target):
+def test_gap_shift_is_how_far_the_top_two_logits_moved_apart():
+    reference = np.array([[0.0, 1.0], [2.0, 0.0]])
+    assert np.allclose(gap_shift(reference, np.array([[0.0, 0.5], [2.0, 1.0]])), [0.5, 1.0])
+    three = np.array([[0.0, 3.0, 1.0]])  # top class 1, runner-up class 2: gap 2
+    assert np.allclose(gap_shift(three, np.array([[5.0, 3.0, 2.5]])), [1.5])  # class 0 does not enter the gap
+
+
+@pytest.mark.parametrize(("target", "tolerance"), [(1.0, 0.1), (0.5, float("inf"))])
+def test_int8_meets_its_calibration_targets_under_every_batching(tiny_export, tmp_path, target, tolerance):
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(SENTENCES)
-    report = quantize_int8(tiny_export / "model.onnx", tmp_path / "int8.onnx", encoded, target, 48)
+    # min_speedup 0: on the tiny model int8 need not be faster; the accuracy search itself is what is tested here
+    report = quantize_int8(tiny_export / "model.onnx", tmp_path / "int8.onnx", encoded, target, 48, tolerance, 0)
     assert report.calibration_agreement >= target and report.calibration_rows == len(SENTENCES)
+    assert report.calibration_gap_p99 <= tolerance
     reference = create_session(tiny_export / "model.onnx", "cpu")
     quantized = create_session(tmp_path / "int8.onnx", "cpu")
     for batches in _batchings(encoded, 48):
-        expected = logits_of(reference, encoded, batches).argmax(1)
-        assert (logits_of(quantized, encoded, batches).argmax(1) == expected).mean() >= target
+        expected = logits_of(reference, encoded, batches)
+        logits = logits_of(quantized, encoded, batches)
+        assert (logits.argmax(1) == expected.argmax(1)).mean() >= target
+        assert np.quantile(gap_shift(expected, logits), 0.99) <= tolerance
     graph = onnx.load(str(tmp_path / "int8.onnx")).graph
     integer_ops = sum(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in graph.node)
     assert integer_ops == report.quantized
     if target == 0.5:  # a loose target quantises every weight MatMul: the int8 path itself is exercised
         assert report.quantized == len(weight_matmuls(onnx.load(str(tiny_export / "model.onnx")))) > 0
         assert report.speedup > 0  # measured against fp32, not assumed
+
+
+@pytest.mark.parametrize(("tolerance", "min_speedup"), [(1e-9, 0), (float("inf"), 1e9)])
+def test_int8_is_the_fp32_graph_when_it_is_not_close_enough_or_not_faster(tiny_export, tmp_path, tolerance,
+                                                                         min_speedup):
+    encoded = TextEncoder.from_dir(tiny_export, 48).encode(SENTENCES)
+    report = quantize_int8(tiny_export / "model.onnx", tmp_path / "int8.onnx", encoded, 0.5, 48, tolerance,
+                           min_speedup)
+    assert report.quantized == 0 and report.speedup == 1.0
+    assert (tmp_path / "int8.onnx").read_bytes() == (tiny_export / "model.onnx").read_bytes()
 
 
 @pytest.mark.parametrize(("speedup", "expected"), [(2.0, "int8"), (1.0, "fp32"), (None, "int8")])
