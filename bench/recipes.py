@@ -52,6 +52,9 @@ RECIPES: dict[str, dict] = {
                                    "precision": "bf16"},
     "mean-1e-4-balanced-e6-bf16-rtd10": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
                                          "precision": "bf16", "rtd_epochs": 10},
+    # scorer's default since 2026-11-27 (bf16 steps, as `--precision auto` picks on a CPU with bf16 units).
+    "mean-1e-4-balanced-e6-bf16-rtd10-wd0.1": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 6,
+                                               "precision": "bf16", "rtd_epochs": 10, "weight_decay": 0.1},
     # The default's fine-tuning stretched to 10 epochs (its best epoch was often the last of 6).
     "mean-1e-4-balanced-e10-bf16": {"learning_rate": 1e-4, "class_weight": "balanced", "epochs": 10,
                                     "precision": "bf16"},
