@@ -11,6 +11,10 @@ WIDTH_MULTIPLE to keep the shapes few. Two ways to get the graphs:
 - captured: `torch.cuda.make_graphed_callables` on the eager model, one capture per shape: no compile, a few eager
   warm-up passes per new shape instead; each shape's graph keeps its own gradient buffers (one set of gradients
   per shape in GPU memory).
+  The gradients a replay hands back live in the graph's own buffers, and the next replay of that shape overwrites
+  them (pytorch/pytorch#181723): safe here because every step applies its gradients (clip, optimizer step) before
+  the next replay and sets them to None before each backward; accumulating gradients over several batches would
+  need them copied first.
 """
 
 from __future__ import annotations
