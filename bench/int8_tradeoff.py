@@ -22,7 +22,16 @@ import onnx
 from common import COLA, machine, write_json
 from scoring import workload
 
-from export.quantize import GAP_QUANTILE, _batchings, gap_shift, groups_of, quantize, smooth, weight_matmuls
+from export.quantize import (
+    GAP_QUANTILE,
+    _batchings,
+    gap_shift,
+    groups_of,
+    quantize,
+    sensitivity_order,
+    smooth,
+    weight_matmuls,
+)
 from export.timing import logits_of, pass_seconds
 from scorer.read import read_labelled
 from scorer.session import create_session
@@ -77,14 +86,9 @@ def main() -> None:
                  ("int8 smoothed, FFN output in fp32", smoothed, groups[ffn_out]),
                  ("int8 smoothed, whole FFN in fp32", smoothed, groups[ffn_out] + groups[ffn_in])]
         # The quantiser's order: how far quantising each group alone moves the calibration logits, worst first.
-        every = [name for names in groups.values() for name in names]
-        reference = logits_of(create_session(source, "cpu"), calibration, _batchings(calibration, max_length)[0])
-        alone = {}
-        for group, names in groups.items():
-            quantize(smoothed, trial, [n for n in every if n not in names] + head)
-            logits = logits_of(create_session(trial, "cpu"), calibration, _batchings(calibration, max_length)[0])
-            alone[group] = float(np.abs(logits - reference).max())
-        ranked = sorted(groups, key=alone.__getitem__, reverse=True)
+        batches = _batchings(calibration, max_length)[0]
+        reference = logits_of(create_session(source, "cpu"), calibration, batches)
+        ranked = sensitivity_order(smoothed, trial, groups, head, calibration, reference, batches)
         cases += [(f"int8 smoothed, {k} most sensitive group(s) in fp32", smoothed,
                    [n for g in ranked[:k] for n in groups[g]]) for k in range(1, len(ranked))]
         for name, base, kept in cases:

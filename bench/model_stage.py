@@ -15,8 +15,8 @@ import json
 import statistics
 import tempfile
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -60,31 +60,23 @@ def stage_rate(runner, windows: list, max_rows: int, max_tokens: int, multiple: 
     """Sentences/s of every window's batches through `runner` (after one warm-up window), and the batch count; with
     `in_flight` threads calling it at once, as `scorer run --infer-threads` does."""
 
-    def padded(items):
-        for encoded in items:
-            for rows in budget_batches(encoded.lengths, max_tokens, max_rows):
+    def one_pass(items, pool):
+        count = 0
+        for encoded in items:  # as scorer.classify runs a window: each batch padded and run by a worker
+            def run(rows, encoded=encoded):
                 width = -(-int(encoded.lengths[rows].max()) // multiple) * multiple
                 ids, mask = encoded.pad(rows, width)
-                yield {"input_ids": ids, "attention_mask": mask}
+                return runner({"input_ids": ids, "attention_mask": mask})
 
-    def one_pass(items):
-        if in_flight == 1:
-            return sum(1 for feeds in padded(items) if runner(feeds) is not None)
-        count, pending = 0, deque()
-        with ThreadPoolExecutor(in_flight) as pool:
-            for feeds in padded(items):  # at most `in_flight` batches submitted and not yet done
-                if len(pending) == in_flight:
-                    pending.popleft().result()
-                pending.append(pool.submit(runner, feeds))
-                count += 1
-            for future in pending:
-                future.result()
+            batches = budget_batches(encoded.lengths, max_tokens, max_rows)
+            count += sum(1 for _ in (pool.map(run, batches) if pool else map(run, batches)))
         return count
 
-    one_pass(windows[:2])
-    started = time.perf_counter()
-    batches = one_pass(windows)
-    return sum(len(w) for w in windows) / (time.perf_counter() - started), batches
+    with ThreadPoolExecutor(in_flight) if in_flight > 1 else nullcontext() as pool:
+        one_pass(windows[:2], pool)
+        started = time.perf_counter()
+        batches = one_pass(windows, pool)
+        return sum(len(w) for w in windows) / (time.perf_counter() - started), batches
 
 
 def fixed_shape(path: Path, provider: str, rows: int, width: int, graph: bool, repeats: int = 30) -> float:

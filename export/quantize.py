@@ -64,6 +64,9 @@ class Closeness:
     gap_p99: float
 
 
+EXACT = Closeness(1.0, 0.0, 0.0)  # the fp32 graph itself
+
+
 def gap_shift(reference: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """Per row: how far `logits` moved the gap between the reference's highest and second-highest logit; a label
     flips only where this exceeds the reference's gap."""
@@ -159,7 +162,7 @@ def groups_of(names: list[str]) -> dict[str, list[str]]:
 
 
 def quantize_int8(source: Path, target: Path, calibration: Encoded, min_agreement: float, max_length: int,
-                  gap_tolerance: float = 0.1, min_speedup: float = MIN_SPEEDUP) -> QuantizeReport:
+                  gap_tolerance: float, min_speedup: float = MIN_SPEEDUP) -> QuantizeReport:
     """Quantise `source` to `target`, smoothed, keeping in fp32 the fewest MatMul groups that reach the targets:
     label agreement ≥ `min_agreement` and the top-two gap moved by at most `gap_tolerance` on 99% of the rows. If
     the result is not `min_speedup` times as fast as fp32, `target` is the fp32 graph."""
@@ -192,11 +195,8 @@ def quantize_int8(source: Path, target: Path, calibration: Encoded, min_agreemen
         close = closeness_keeping([])
         kept: list[str] = []
         if not good(close):
-            # How far quantising each group alone moves the logits: the worst groups stay fp32 first.
-            alone = {g: closeness_keeping([n for n in every if n not in names], batchings[:1]).max_abs_diff
-                     for g, names in groups.items()}
-            ranked = [groups[g] for g in sorted(groups, key=alone.__getitem__, reverse=True)]
-            kept, close = _fewest_groups_to_keep(ranked, closeness_keeping, good)
+            order = sensitivity_order(smoothed, trial, groups, head, calibration, reference, batchings[0])
+            kept, close = _fewest_groups_to_keep([groups[g] for g in order], closeness_keeping, good)
         speedup = 1.0
         if len(kept) < len(every):
             quantize(smoothed, target, kept + head)
@@ -204,10 +204,9 @@ def quantize_int8(source: Path, target: Path, calibration: Encoded, min_agreemen
             if speedup < min_speedup:  # int8 exists to be faster; a graph that is not only costs accuracy
                 log.info("int8 variant: with %d of %d weight MatMuls quantised it ran at only %.2fx the speed of "
                          "fp32 (needs %.2fx): keeping fp32", len(every) - len(kept), len(every), speedup, min_speedup)
-                kept, close, speedup = every, Closeness(1.0, 0.0, 0.0), 1.0
-        if len(kept) == len(every):  # nothing quantised: the plain fp32 graph, without smoothing scales
-            shutil.copyfile(source, target)
-    if len(kept) == len(every):
+                kept, close, speedup = every, EXACT, 1.0
+    if len(kept) == len(every):  # nothing quantised: the plain fp32 graph, without smoothing scales
+        shutil.copyfile(source, target)
         log.info("int8 variant: the fp32 graph (no int8 graph met the calibration targets and ran faster)")
     else:
         log.info("int8 variant: %d of %d weight MatMuls quantised (smoothed); calibration agreement %.2f%% on %d "
@@ -216,6 +215,17 @@ def quantize_int8(source: Path, target: Path, calibration: Encoded, min_agreemen
     return QuantizeReport(len(every) - len(kept), kept, len(calibration), close.agreement, close.max_abs_diff,
                           close.gap_p99, speedup)
 
+
+def sensitivity_order(smoothed: Path, trial: Path, groups: dict[str, list[str]], keep: list[str],
+                      calibration: Encoded, reference: np.ndarray, batches: Batches) -> list[str]:
+    """The groups by how far quantising each alone (`keep` always stays fp32) moves the logits off `reference`
+    over `batches`, the worst first: the order in which the quantiser keeps them in fp32."""
+    every = [name for names in groups.values() for name in names]
+    moved = {}
+    for group, names in groups.items():
+        quantize(smoothed, trial, [n for n in every if n not in names] + keep)
+        moved[group] = float(np.abs(logits_of(create_session(trial, "cpu"), calibration, batches) - reference).max())
+    return sorted(groups, key=moved.__getitem__, reverse=True)
 
 
 def measure_speedup(reference: Path, candidate: Path, encoded: Encoded, batches: Batches) -> float:
@@ -233,4 +243,4 @@ def _fewest_groups_to_keep(ranked: list[list[str]], closeness_keeping, good) -> 
         close = closeness_keeping(kept)
         if good(close):
             return kept, close
-    return kept, Closeness(1.0, 0.0, 0.0)  # everything kept in fp32 agrees by construction
+    return kept, EXACT  # everything kept in fp32 agrees by construction
