@@ -33,9 +33,10 @@ from export.quantize import (
     weight_matmuls,
 )
 from export.timing import logits_of, pass_seconds
+from scorer.batches import budget_batches
 from scorer.read import read_labelled
 from scorer.session import create_session
-from scorer.tokens import Encoded, TextEncoder, budget_batches
+from scorer.tokens import Encoded, TextEncoder
 
 # Best of REPEATS passes (as timeit does): this shared machine's noise only ever slows a pass down.
 REPEATS = 5

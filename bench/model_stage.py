@@ -3,8 +3,9 @@
     python bench/model_stage.py --device cuda --random bert-base --random-dir /tmp/random-bert --out stage.json
 
 On pre-tokenised CoLA-like sentences (as scorer tokenises them, in windows), times the token-budget batches
-through an ONNX Runtime session for each setting in SETTINGS (rows per batch, token budget, IO binding, padded
-width rounded up, intra-op threads and spinning, fused or unfused fp16 attention, batches in flight), then one
+through an ONNX Runtime session for each setting in SETTINGS (window size and batch overhead, i.e. padding, as
+scorer.batches batches a window; rows per batch, token budget, IO binding, padded width rounded up, intra-op threads
+and spinning, fused or unfused fp16 attention, batches in flight), then one
 fixed shape run repeatedly, with and without a captured CUDA graph: the graph's ceiling, launches included or not.
 """
 
@@ -17,30 +18,52 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from common import machine, write_json
 from scoring import random_checkpoint, workload
 
-from scorer.classify import DEFAULT_INFER_THREADS
+from scorer.batches import BatchTally, WindowBatcher
+from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_INFER_THREADS, DEFAULT_WINDOW_ROWS
 from scorer.manifest import VARIANT_FILES
 from scorer.session import CPU, CUDA, batch_runner, default_threads, onnxruntime
-from scorer.tokens import TextEncoder, budget_batches
+from scorer.tokens import Encoded, TextEncoder
 
-# name: (graph, max_rows, max_tokens, io_binding, round width up to, intra-op threads (None: scorer's choice, one
-# on a GPU and one per core on a CPU; 0: one per core), spinning, batches in flight (threads calling the session))
+
+@dataclass(frozen=True)
+class Setting:
+    """One way to run the model stage. None: scorer's own choice for the provider (intra-op threads: one on a GPU,
+    one per core on a CPU; 0 is one per core anyway). Width multiple: padded widths rounded up to it."""
+
+    graph: str = "chosen"
+    max_rows: int = 4096
+    max_tokens: int = 32768
+    io_binding: bool = False
+    multiple: int = 1
+    threads: int | None = None
+    spinning: bool = True
+    in_flight: int | None = None
+    window_rows: int | None = None
+    overhead: int | None = None
+
+
 SETTINGS = {
-    "scorer default": ("chosen", 4096, 32768, False, 1, None, True, None),
-    "one batch in flight": ("chosen", 4096, 32768, False, 1, None, True, 1),
-    "first GPU run's default": ("chosen", 1024, 32768, True, 1, 0, True, 1),
-    "IO binding": ("chosen", 4096, 32768, True, 1, None, True, None),
-    "a thread per core": ("chosen", 4096, 32768, False, 1, 0, True, None),
-    "a thread per core, no spinning": ("chosen", 4096, 32768, False, 1, 0, False, None),
-    "rows 8192 budget 64k": ("chosen", 8192, 65536, False, 1, None, True, None),
-    "widths rounded up to x8": ("chosen", 4096, 32768, False, 8, None, True, None),
-    "other attention": ("other", 4096, 32768, False, 1, None, True, None),
-    "three batches in flight": ("chosen", 4096, 32768, False, 1, None, True, 3),
+    "scorer default": Setting(),
+    "run 4's batching (16k windows, budget cuts only)": Setting(window_rows=16384, overhead=10**9),
+    "16k windows": Setting(window_rows=16384),
+    "131k windows": Setting(window_rows=131072),
+    "overhead 1024": Setting(overhead=1024),
+    "overhead 4096": Setting(overhead=4096),
+    "one batch in flight": Setting(in_flight=1),
+    "three batches in flight": Setting(in_flight=3),
+    "IO binding": Setting(io_binding=True),
+    "a thread per core": Setting(threads=0),
+    "a thread per core, no spinning": Setting(threads=0, spinning=False),
+    "rows 8192 budget 64k": Setting(max_rows=8192, max_tokens=65536),
+    "widths rounded up to x8": Setting(multiple=8),
+    "other attention": Setting(graph="other"),
 }
 
 
@@ -55,28 +78,32 @@ def session(path: Path, provider: str, threads: int | None, spinning: bool, opti
     return ort.InferenceSession(str(path), sess_options=settings, providers=chain)
 
 
-def stage_rate(runner, windows: list, max_rows: int, max_tokens: int, multiple: int, in_flight: int
-               ) -> tuple[float, int]:
-    """Sentences/s of every window's batches through `runner` (after one warm-up window), and the batch count; with
+def stage_rate(runner, windows: list[Encoded], setting: Setting, overhead: int, in_flight: int
+               ) -> tuple[float, BatchTally]:
+    """Sentences/s of every window's batches through `runner` (after one warm-up window), and what they cost; with
     `in_flight` threads calling it at once, as `scorer run --infer-threads` does."""
 
     def one_pass(items, pool):
-        count = 0
+        tally = BatchTally()
         for encoded in items:  # as scorer.classify runs a window: each batch padded and run by a worker
-            def run(rows, encoded=encoded):
-                width = -(-int(encoded.lengths[rows].max()) // multiple) * multiple
-                ids, mask = encoded.pad(rows, width)
+            def run(batch, encoded=encoded):
+                width = -(-batch.width // setting.multiple) * setting.multiple
+                ids, mask = encoded.pad(batch.parts[0][1], width)
                 return runner({"input_ids": ids, "attention_mask": mask})
 
-            batches = budget_batches(encoded.lengths, max_tokens, max_rows)
-            count += sum(1 for _ in (pool.map(run, batches) if pool else map(run, batches)))
-        return count
+            batcher = WindowBatcher(setting.max_tokens, setting.max_rows, overhead)
+            batches = batcher.add(encoded.lengths) + batcher.flush()
+            for batch in batches:
+                tally.add(batch)
+            for _ in pool.map(run, batches) if pool else map(run, batches):
+                pass
+        return tally
 
     with ThreadPoolExecutor(in_flight) if in_flight > 1 else nullcontext() as pool:
-        one_pass(windows[:2], pool)
+        one_pass(windows[:1], pool)
         started = time.perf_counter()
-        batches = one_pass(windows, pool)
-        return sum(len(w) for w in windows) / (time.perf_counter() - started), batches
+        tally = one_pass(windows, pool)
+        return tally.rows / (time.perf_counter() - started), tally
 
 
 def fixed_shape(path: Path, provider: str, rows: int, width: int, graph: bool, repeats: int = 30) -> float:
@@ -109,7 +136,6 @@ def main() -> None:
     parser.add_argument("--random", default="bert-base", help="Random-weight shape (bench/scoring.py).")
     parser.add_argument("--random-dir", type=Path)
     parser.add_argument("--rows", type=int, default=200000)
-    parser.add_argument("--window-rows", type=int, default=16384)
     parser.add_argument("--out", type=Path, default=Path("bench/out/model-stage.json"))
     args = parser.parse_args()
     provider = "cuda" if args.device == "cuda" else "cpu"
@@ -119,17 +145,24 @@ def main() -> None:
         _, export = random_checkpoint(directory, args.random, 128, "cola", texts)
         graphs = other_attention(export, directory)
         encoder = TextEncoder.from_dir(export, 128)
-        windows = [encoder.encode(texts[s : s + args.window_rows]) for s in range(0, len(texts), args.window_rows)]
-        tokens = sum(int(w.lengths.sum()) for w in windows)
-        results = {"machine": machine(args.device), "rows": len(texts), "mean_tokens": tokens / len(texts),
-                   "attention_chosen": graphs["chosen_attention"], "settings": {}, "fixed_shape": {}}
-        for name, (graph, max_rows, max_tokens, binding, multiple, threads, spinning, flight) in SETTINGS.items():
-            runner = batch_runner(session(graphs[graph], provider, threads, spinning), provider, binding)
-            in_flight = flight or DEFAULT_INFER_THREADS[provider]
-            rate, batches = stage_rate(runner, windows, max_rows, max_tokens, multiple, in_flight)
-            results["settings"][name] = {"sentences_per_s": rate, "real_tokens_per_s": rate * tokens / len(texts),
-                                         "batches": batches, "in_flight": in_flight}
-            print(f"{name:28} {rate:>9,.0f} sentences/s in {batches} batches", flush=True)
+        encoded: dict[int, list[Encoded]] = {}  # windows of each size, tokenised once
+        results = {"machine": machine(args.device), "rows": len(texts), "attention_chosen": graphs["chosen_attention"],
+                   "settings": {}, "fixed_shape": {}}
+        for name, setting in SETTINGS.items():
+            rows = setting.window_rows or DEFAULT_WINDOW_ROWS[provider]
+            if rows not in encoded:
+                encoded[rows] = [encoder.encode(texts[s : s + rows]) for s in range(0, len(texts), rows)]
+            runner = batch_runner(session(graphs[setting.graph], provider, setting.threads, setting.spinning),
+                                  provider, setting.io_binding)
+            in_flight = setting.in_flight or DEFAULT_INFER_THREADS[provider]
+            overhead = DEFAULT_BATCH_OVERHEAD[provider] if setting.overhead is None else setting.overhead
+            rate, tally = stage_rate(runner, encoded[rows], setting, overhead, in_flight)
+            results["settings"][name] = {"sentences_per_s": rate, "real_tokens_per_s": rate * tally.tokens / tally.rows,
+                                         "batches": tally.batches, "padded_over_real_tokens": tally.padded_tokens
+                                         / tally.tokens, "in_flight": in_flight, "window_rows": rows,
+                                         "overhead": overhead}
+            print(f"{name:50} {rate:>9,.0f} sentences/s in {tally.batches} batches, padded/real "
+                  f"{tally.padded_tokens / tally.tokens:.3f}", flush=True)
         for rows, width in ((1024, 16), (4096, 16), (256, 128)):
             for graph in (False, True):
                 key = f"{rows}x{width}" + (" cuda graph" if graph else "")

@@ -60,7 +60,7 @@ def main() -> None:
         pq.write_table(pa.table({"sentence": texts}), source)
         classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32")
         column = pa.array(texts)
-        window = RunConfig.window_rows
+        window = scorer.classify.DEFAULT_WINDOW_ROWS["cpu"]
         started = time.perf_counter()
         prepared = [classifier.prepare(column.slice(s, window)) for s in range(0, len(texts), window)]
         tokenise = len(texts) / (time.perf_counter() - started)
@@ -69,7 +69,7 @@ def main() -> None:
         classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32")
         started = time.perf_counter()
         for item in prepared:
-            classifier.infer(item)
+            classifier.infer([item])
         model = len(texts) / (time.perf_counter() - started)
         results = {"machine": machine(), "workload": args.workload, "rows": len(texts),
                    "model_speed": str(args.model_speed), "tokenise_sentences_per_s": tokenise,

@@ -26,12 +26,13 @@ import pyarrow.parquet as pq
 import torch
 from common import COLA, TOKENIZER_FILES, machine, random_bert, write_json
 
+from scorer.batches import BatchTally
 from scorer.config import RunConfig
 from scorer.manifest import load_manifest
 from scorer.model import SentenceClassifier
 from scorer.read import read_labelled
 from scorer.score import score_file
-from scorer.tokens import TextEncoder, budget_batches
+from scorer.tokens import TextEncoder
 
 # bert-base: about 175 MFLOP per token forward (2 x 85M weights in the encoder layers, attention excluded).
 FLOP_PER_TOKEN = {"bert-base": 175e6}
@@ -92,7 +93,8 @@ def timed(function, *args) -> tuple[object, float]:
 def run_config(spec: str, source: Path, output: Path, export: Path, provider: str) -> RunConfig:
     """The RunConfig of a variant spec: VARIANT, then optionally ":plain" or ":bound" (IO binding off/on) and
     ":FIELD=N" for integer RunConfig fields (max_batch_rows, max_tokens, tokenize_threads, window_rows,
-    piece_chars; word_cache=0 tokenises with the tokenizer alone)."""
+    piece_chars, batch_overhead; word_cache=0 tokenises with the tokenizer alone). Before scorer.batches:
+    "fp16:window_rows=16384:batch_overhead=1000000000" (batches cut by the budget alone, one sort per 16,384 rows)."""
     variant, *options = spec.split(":")
     settings: dict = {}
     for option in options:
@@ -106,40 +108,44 @@ def run_config(spec: str, source: Path, output: Path, export: Path, provider: st
 
 
 def scorer_run(source: Path, export: Path, provider: str, spec: str, tmp: Path, memory: list | None = None
-               ) -> tuple[np.ndarray, float]:
-    """`scorer run` end to end: Parquet in, Parquet out, tokenisation included (summary.seconds)."""
+               ) -> tuple[np.ndarray, float, dict]:
+    """`scorer run` end to end: Parquet in, Parquet out, tokenisation included (summary.seconds); the labels,
+    the seconds and the summary's batching figures."""
     config = run_config(spec, source, tmp / "out.parquet", export, provider)
     with GpuMemory(memory if provider == "cuda" else None):
         summary = score_file(config, progress=False)
     labels = pq.read_table(config.output, columns=["label"]).column("label").to_numpy()
-    return labels, summary.seconds
+    return labels, summary.seconds, summary.batching
 
 
 def stages(texts: list[str], export: Path, provider: str, spec: str) -> dict:
-    """Each stage of `scorer run` alone, in sentences/s, to find the bottleneck: tokenising windows of an
-    in-memory Arrow column (one thread, as one tokenize thread does it; no file is read), and the model
-    (token-budget batches of the tokenised windows, padding and host copies included)."""
-    from scorer.classify import OnnxClassifier
+    """Each stage of `scorer run` alone, in sentences/s, to find the bottleneck: tokenising the pieces of each
+    window of an in-memory Arrow column (one thread, as one tokenize thread does it; no file is read), and the
+    model (each window's batches, padding and host copies included), with the batches' padding."""
+    from scorer.classify import DEFAULT_WINDOW_ROWS, OnnxClassifier
+    from scorer.score import pieces
 
     config = run_config(spec, Path("unused"), None, export, provider)
     classifier = OnnxClassifier(export, provider, config.variant, config.max_tokens, config.max_batch_rows,
                                 io_binding=config.io_binding, infer_threads=config.infer_threads,
-                                word_cache=config.word_cache)
-    column = pa.array(texts)
-    windows = [column.slice(start, config.window_rows) for start in range(0, len(texts), config.window_rows)]
-    classifier.infer(classifier.prepare(windows[0]))  # warm-up: first shapes, arena
+                                word_cache=config.word_cache, batch_overhead=config.batch_overhead)
+    column, rows = pa.array(texts), config.window_rows or DEFAULT_WINDOW_ROWS[classifier.provider]
+    windows = [pieces(column.slice(start, rows), config.piece_chars) for start in range(0, len(texts), rows)]
+    classifier.infer([classifier.prepare(piece) for piece in windows[0]])  # warm-up: first shapes, arena
     started = time.perf_counter()
-    prepared = [classifier.prepare(window) for window in windows]
+    prepared = [[classifier.prepare(piece) for piece in window] for window in windows]
     tokenise = time.perf_counter() - started
     if provider == "cuda":
         torch.cuda.synchronize()
+    classifier.tally = BatchTally()
     started = time.perf_counter()
-    for item in prepared:
-        classifier.infer(item)
+    for window in prepared:
+        classifier.infer(window)
     model = time.perf_counter() - started
+    tally = classifier.tally
     return {"spec": spec, "tokenise_sentences_per_s": len(texts) / tokenise, "model_sentences_per_s":
-            len(texts) / model, "batches": sum(len(budget_batches(p.encoded.lengths, classifier.max_tokens,
-                                                                  classifier.max_batch_rows)) for p in prepared)}
+            len(texts) / model, "window_rows": rows, "batches": tally.batches,
+            "padded_over_real_tokens": tally.padded_tokens / max(tally.tokens, 1)}
 
 
 class GpuMemory:
@@ -241,22 +247,27 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
         rates = {"pytorch-notebook": len(subset) / seconds}
         _, seconds = timed(best_pytorch, model, subset, encoder, args.device, best_batch, best_dtype)
         rates[best_name] = len(subset) / seconds
-        agreement, memory = {}, {}
+        agreement, memory, batching = {}, {}, {}
         source = tmp / f"input-{name}.parquet"
         pq.write_table(pa.table({"sentence": texts}), source)
         for variant in args.variants.split(","):
             memory[variant] = []
-            labels, seconds = scorer_run(source, export, provider, variant, tmp, memory[variant])
+            labels, seconds, batching[f"scorer-run-{variant}"] = scorer_run(source, export, provider, variant, tmp,
+                                                                            memory[variant])
             rates[f"scorer-run-{variant}"] = len(texts) / seconds
             agreement[f"scorer-run-{variant}"] = float((labels[: len(subset)] == reference).mean())
         profile = [stages(texts, export, provider, spec) for spec in args.stages.split(",")] if args.stages else []
         for stage in profile:
             print(f"{name:8} stages ({stage['spec']}): tokenise {stage['tokenise_sentences_per_s']:,.0f}/s, model "
-                  f"{stage['model_sentences_per_s']:,.0f}/s in {stage['batches']} batches", flush=True)
+                  f"{stage['model_sentences_per_s']:,.0f}/s in {stage['batches']} batches, padded/real tokens "
+                  f"{stage['padded_over_real_tokens']:.3f}", flush=True)
         tokens_per_row = encoder.encode(texts).lengths.mean()
         rows = {key: {"sentences_per_s": rate, "real_tokens_per_s": rate * tokens_per_row,
                       "x_notebook": rate / rates["pytorch-notebook"], "x_best_pytorch": rate / rates[best_name],
                       "label_agreement_with_pytorch_fp32": agreement.get(key)} for key, rate in rates.items()}
+        for key, figures in batching.items():
+            rows[key]["batching"] = figures
+            rows[key]["padded_over_real_tokens"] = figures["padded_tokens"] / max(figures["tokens"], 1)
         if args.device == "cuda" and args.random == "bert-base":
             for row in rows.values():
                 row["percent_of_physical_limit"] = 100 * row["real_tokens_per_s"] * FLOP_PER_TOKEN["bert-base"] \
@@ -268,12 +279,10 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
         for key, row in rows.items():
             print(f"{name:8} {key:24} {row['sentences_per_s']:>9,.0f} sent/s {row['real_tokens_per_s']:>11,.0f} tok/s"
                   f"  x{row['x_notebook']:.1f} notebook  x{row['x_best_pytorch']:.2f} best-pytorch"
-                  + (f"  agree {row['label_agreement_with_pytorch_fp32']:.2%}" if key in agreement else ""),
+                  + (f"  agree {row['label_agreement_with_pytorch_fp32']:.2%}" if key in agreement else "")
+                  + (f"  padded/real {row['padded_over_real_tokens']:.3f}" if key in batching else ""),
                   flush=True)
     return results
-
-
-
 
 
 if __name__ == "__main__":

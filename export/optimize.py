@@ -18,11 +18,12 @@ import numpy as np
 import onnx
 
 from export.timing import best_seconds
+from scorer.batches import budget_batches
 from scorer.classify import DEFAULT_MAX_TOKENS
 from scorer.config import RunConfig
 from scorer.errors import ProviderError
 from scorer.session import CUDA, available, batch_runner, create_session
-from scorer.tokens import Encoded, budget_batches
+from scorer.tokens import Encoded
 
 log = logging.getLogger("scorer")
 # Best of 3 passes; each pass runs 8 full batches' worth of tokens (the calibration rows repeated): 500 short

@@ -32,8 +32,9 @@ import onnx
 from onnx import numpy_helper
 
 from export.timing import Batches, best_seconds, logits_of
+from scorer.batches import budget_batches
 from scorer.session import create_session
-from scorer.tokens import Encoded, budget_batches
+from scorer.tokens import Encoded
 
 log = logging.getLogger("scorer")
 SMOOTHING_ALPHA = 0.7

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scorer.batches import Batch, BatchTally, WindowBatcher
 from scorer.errors import ModelError, ProviderError
 from scorer.manifest import Manifest, load_manifest, sha256_file
 from scorer.session import batch_runner, create_session, resolve_provider
-from scorer.tokens import Encoded, TextEncoder, budget_batches, is_text
+from scorer.tokens import Encoded, TextEncoder, is_text
 
 log = logging.getLogger("scorer")
 
@@ -24,6 +26,13 @@ _CODE = {name: code for code, name in enumerate(STATUSES)}
 _STATUS_NAMES = pa.array(STATUSES, type=pa.string())
 # Tokens per batch (rows x padded length): large enough to fill a GPU, small enough for CPU caches.
 DEFAULT_MAX_TOKENS = {"cpu": 4096, "cuda": 32768, "tensorrt": 32768}
+# What one more batch costs, in tokens' worth of work (scorer.batches): on this project's 2-core CPU box a run of
+# the packaged MiniLM costs about 10 tokens more than its tokens (1.7 ms against 0.18 ms a token); on an H200 the
+# anchor's budgets (137k sentences/s at 8k tokens, 153k at 32k) put it near 1,300, an H100 run with IO binding
+# near 5,500 (bench/RESULTS.md 7.12). Padding costs the same on both, so the GPU value sits between the two.
+DEFAULT_BATCH_OVERHEAD = {"cpu": 16, "cuda": 2048, "tensorrt": 2048}
+# Rows sorted and batched together (RunConfig.window_rows): see its comment.
+DEFAULT_WINDOW_ROWS = {"cpu": 16384, "cuda": 65536, "tensorrt": 65536}
 # Batches in flight at once: on CUDA one is padded and copied while another runs (H200, runs 3 and 4: +8% end to
 # end both times); on a CPU the session already uses every core. TensorRT is unmeasured, so it keeps one.
 DEFAULT_INFER_THREADS = {"cpu": 1, "cuda": 2, "tensorrt": 1}
@@ -93,7 +102,8 @@ class OnnxClassifier:
 
     def __init__(self, directory: Path, provider: str = "auto", variant: str | None = None,
                  max_tokens: int | None = None, max_batch_rows: int = 4096, provider_options: dict | None = None,
-                 io_binding: bool = False, infer_threads: int | None = None, word_cache: bool = True) -> None:
+                 io_binding: bool = False, infer_threads: int | None = None, word_cache: bool = True,
+                 batch_overhead: int | None = None) -> None:
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         self.manifest.verify_tokenizer(self.directory)
@@ -117,6 +127,8 @@ class OnnxClassifier:
             self._start(variant, None)
         self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS[self.provider]
         self.max_batch_rows = max_batch_rows
+        self.batch_overhead = DEFAULT_BATCH_OVERHEAD[self.provider] if batch_overhead is None else batch_overhead
+        self.tally = BatchTally()
         self.labels = self.manifest.labels
         self.positive = self.labels.index(self.manifest.positive_label)
         self.io_binding = io_binding
@@ -144,17 +156,41 @@ class OnnxClassifier:
 
     def run(self, encoded: Encoded) -> np.ndarray:
         """Logits of every encoded row, in token-budget batches of length-sorted rows."""
-        out = np.empty((len(encoded), len(self.manifest.labels)), dtype=np.float32)
-        names = self.manifest.input_names
-        batches = budget_batches(encoded.lengths, self.max_tokens, self.max_batch_rows)
+        return self.run_pieces([encoded])[0]
 
-        def logits(rows: np.ndarray) -> np.ndarray:
-            return self._run_batch(dict(zip(names, encoded.pad(rows), strict=True)))
+    def run_pieces(self, pieces: Iterable[Encoded]) -> list[np.ndarray]:
+        """Logits of the rows of each piece (one window, tokenised in pieces), batched across pieces.
 
-        results = self._pool.map(logits, batches) if self._pool else map(logits, batches)
-        for rows, batch_logits in zip(batches, results, strict=True):
-            out[rows] = batch_logits
-        return out
+        Each piece is taken as soon as the iterable yields it: its full batches go to the model at once (on the
+        inference threads), so the model works while later pieces are tokenised; the rest wait for the last piece.
+        """
+        batcher = WindowBatcher(self.max_tokens, self.max_batch_rows, self.batch_overhead)
+        encoded: list[Encoded] = []
+        outputs: list[np.ndarray] = []
+        running: list[tuple[Batch, Future | np.ndarray]] = []
+
+        def start(batches: list[Batch]) -> None:
+            for batch in batches:
+                self.tally.add(batch)
+                run = self._pool.submit(self._logits, encoded, batch) if self._pool else self._logits(encoded, batch)
+                running.append((batch, run))
+
+        for piece in pieces:
+            encoded.append(piece)
+            outputs.append(np.empty((len(piece), len(self.labels)), dtype=np.float32))
+            start(batcher.add(piece.lengths))
+        start(batcher.flush())
+        for batch, run in running:
+            logits, offset = (run.result() if isinstance(run, Future) else run), 0
+            for piece, rows in batch.parts:
+                outputs[piece][rows] = logits[offset : offset + len(rows)]
+                offset += len(rows)
+        return outputs
+
+    def _logits(self, encoded: list[Encoded], batch: Batch) -> np.ndarray:
+        padded = [encoded[piece].pad(rows, batch.width) for piece, rows in batch.parts]
+        arrays = padded[0] if len(padded) == 1 else [np.concatenate(column) for column in zip(*padded, strict=True)]
+        return self._run_batch(dict(zip(self.manifest.input_names, arrays, strict=True)))
 
     def scores(self, probabilities: np.ndarray) -> np.ndarray:
         """The `score` of each row: the positive class's probability (two labels), else the top probability."""
@@ -187,16 +223,27 @@ class OnnxClassifier:
         status[valid[encoded.truncated]] = _CODE[TRUNCATED]
         return Prepared(status=status, valid=valid, encoded=encoded)
 
-    def infer(self, prepared: Prepared) -> Scored:
-        """The model half of classify: logits, probabilities and predicted labels for every row."""
+    def infer(self, pieces: Iterable[Prepared]) -> Scored:
+        """The model half of classify, for the pieces of one window (taken as they come): logits, probabilities
+        and predicted labels for every row, in the pieces' order."""
+        taken: list[Prepared] = []
+
+        def encoded():
+            for prepared in pieces:
+                taken.append(prepared)
+                yield prepared.encoded
+
+        logits = self.run_pieces(encoded())
+        return Scored.concat([self._scored(p, rows) for p, rows in zip(taken, logits, strict=True)])
+
+    def _scored(self, prepared: Prepared, valid_logits: np.ndarray) -> Scored:
         n = len(prepared.status)
         logits = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
-        if len(prepared.valid):
-            logits[prepared.valid] = self.run(prepared.encoded)
+        logits[prepared.valid] = valid_logits
         predicted = np.full(n, -1, dtype=np.int64)
-        predicted[prepared.valid] = logits[prepared.valid].argmax(axis=1)
+        predicted[prepared.valid] = valid_logits.argmax(axis=1)
         return Scored(predicted=predicted, probabilities=softmax(logits), logits=logits, status=prepared.status)
 
     def classify(self, column: pa.Array | pa.ChunkedArray) -> Scored:
         """Score a column of texts; null, empty and non-text values are kept, flagged and left unscored."""
-        return self.infer(self.prepare(column))
+        return self.infer([self.prepare(column)])

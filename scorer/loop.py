@@ -15,8 +15,9 @@ from torch.nn import functional
 from tqdm import tqdm
 
 from scorer import graphs
+from scorer.batches import budget_batches
 from scorer.config import TrainConfig
-from scorer.tokens import Encoded, budget_batches
+from scorer.tokens import Encoded
 
 log = logging.getLogger("scorer")
 # Sort by length inside pools of this many batches: padding stays small, batch order stays random.

@@ -8,7 +8,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from scorer import __version__, atomic
-from scorer.classify import OnnxClassifier, Scored
+from scorer.classify import DEFAULT_WINDOW_ROWS, OnnxClassifier
 from scorer.config import RunConfig
 from scorer.errors import InputError, OutputError, ParityError, ScorerError
 from scorer.evaluate import LabelIndex, write_report
@@ -65,6 +65,8 @@ class RunSummary:
     model_sha256: str
     io_binding: bool = False
     infer_threads: int = 1
+    # Batches run, with their real and padded token counts (scorer.batches), and the window size used.
+    batching: dict = field(default_factory=dict)
     summary_path: str = ""
     scorer_version: str = __version__
 
@@ -108,7 +110,9 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     units = plan_units(config.input, config.output, config.output_format)
     classifier = OnnxClassifier(config.model, config.provider, config.variant, config.max_tokens,
                                 config.max_batch_rows, io_binding=config.io_binding,
-                                infer_threads=config.infer_threads, word_cache=config.word_cache)
+                                infer_threads=config.infer_threads, word_cache=config.word_cache,
+                                batch_overhead=config.batch_overhead)
+    config = replace(config, window_rows=config.window_rows or DEFAULT_WINDOW_ROWS[classifier.provider])
     log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
              classifier.provider, len(units))
     started = time.perf_counter()
@@ -126,7 +130,7 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
                 log.error("error: %s", exc)
     finally:
         classifier.close()
-    summary = _summarise(summaries, classifier, time.perf_counter() - started)
+    summary = _summarise(summaries, classifier, time.perf_counter() - started, config.window_rows)
     if len(units) > 1 or config.summary or fatal is None:
         _write_summary(config, units, summary)
     if fatal is not None:
@@ -230,7 +234,7 @@ def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, s
         while (item := ahead.popleft().result()) is not None:
             ahead.append(reading.submit(read_and_queue))
             window, prepared = item
-            scored = Scored.concat([classifier.infer(piece.result()) for piece in prepared])
+            scored = classifier.infer(piece.result() for piece in prepared)
             predicted, score, status = classifier.result_arrays(scored)
             table = window.append_column(columns.predicted, predicted).append_column(columns.score, score)
             writes.append(writing.submit(store.write, index, table.append_column(columns.status, status)))
@@ -286,7 +290,8 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
                        status_counts=figures.status_counts, evaluation=figures.evaluation, check=check)
 
 
-def _summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: float) -> RunSummary:
+def _summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: float, window_rows: int
+               ) -> RunSummary:
     counts: dict[str, int] = {}
     for unit in units:
         for key, value in unit.status_counts.items():
@@ -295,7 +300,8 @@ def _summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: fl
     return RunSummary(inputs=units, rows=sum(u.rows for u in units), rows_this_run=rows_now, status_counts=counts,
                       seconds=seconds, rows_per_second=rows_now / max(seconds, 1e-9), provider=classifier.provider,
                       io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
-                      variant=classifier.variant, model_sha256=classifier.model_sha256)
+                      variant=classifier.variant, model_sha256=classifier.model_sha256,
+                      batching={**asdict(classifier.tally), "window_rows": window_rows})
 
 
 def _write_summary(config: RunConfig, units: list[WorkUnit], summary: RunSummary) -> None:

@@ -1,4 +1,4 @@
-"""The one tokenisation path shared by train, export and run: texts to padded id arrays and token-budget batches."""
+"""The one tokenisation path shared by train, export and run: texts to token ids, and padded id arrays."""
 
 from __future__ import annotations
 
@@ -105,24 +105,3 @@ class TextEncoder:
         for row in np.flatnonzero(lengths >= self.max_length):
             truncated[row] = bool(encodings[row].overflowing)
         return Encoded(ids=ids, offsets=offsets, truncated=truncated)
-
-
-def budget_batches(lengths: np.ndarray, max_tokens: int, max_rows: int) -> list[np.ndarray]:
-    """Row indices sorted by length and cut so that rows x padded length stays within max_tokens."""
-    order = np.argsort(lengths, kind="stable")
-    widths = np.asarray(lengths)[order].tolist()
-    batches: list[np.ndarray] = []
-    start, total = 0, len(order)
-    while start < total:
-        # Rows are sorted ascending, so order[start:end] pads to widths[end - 1]; (end - start) * widths[end - 1]
-        # grows with end, so the longest batch within budget is found by bisection. It has at least one row.
-        low, high = start + 1, min(total, start + max_rows)
-        while low < high:
-            middle = (low + high + 1) // 2
-            if (middle - start) * widths[middle - 1] <= max_tokens:
-                low = middle
-            else:
-                high = middle - 1
-        batches.append(order[start:low])
-        start = low
-    return batches

@@ -1,4 +1,4 @@
-"""Tokenisation matches the transformers tokenizer; padding and token-budget batching keep every row."""
+"""Tokenisation matches the transformers tokenizer; padding keeps every row's ids."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from scorer.config import packaged_model
-from scorer.tokens import TextEncoder, budget_batches
+from scorer.tokens import TextEncoder
 
 SENTENCES = [
     "The children played in the garden.",
@@ -55,15 +55,3 @@ def test_pad_gathers_each_rows_ids_and_masks_the_rest(encoder):
         assert not input_ids[out_row, length:].any()
     natural, _ = encoded.pad(np.array([0, 2]))
     assert natural.shape[1] == max(encoded.lengths[0], encoded.lengths[2])
-
-
-@pytest.mark.parametrize("max_tokens,max_rows", [(64, 1000), (1000, 7), (5, 3)])
-def test_budget_batches_cover_every_row_once_within_budget(max_tokens, max_rows):
-    lengths = np.random.default_rng(1).integers(2, 60, size=503)
-    batches = budget_batches(lengths, max_tokens, max_rows)
-    covered = np.concatenate(batches)
-    assert sorted(covered.tolist()) == list(range(503))
-    for batch in batches:
-        assert len(batch) <= max_rows
-        # A single row longer than the budget still gets a batch of its own.
-        assert len(batch) * lengths[batch].max() <= max_tokens or len(batch) == 1
