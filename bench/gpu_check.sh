@@ -8,9 +8,10 @@
 #   bash bench/gpu_check.sh env train-speed
 #   RECIPES="--weight-decay 0.1;--epochs 8" bash bench/gpu_check.sh pytest-gpu recipe-seeds
 #   RECIPES="--weight-decay 0.1 --cuda-graphs captured" bash bench/gpu_check.sh recipe-seeds
-# Next: the model stage of `scorer run`, now the limit of issue 3's scoring targets (120k CoLA sentences/s in run
-# 4; the anchor's 153k used one intra-op thread per core), with two batches in flight as scorer now runs it:
-#   bash bench/gpu_check.sh env model-stage scoring-cola scoring-long128
+# Next: the batching of scorer.batches (after run 5: a batch ends where padding costs more than a run, a window's
+# pieces batched together, 65,536-row windows on a GPU; CoLA padding 16% -> 2.9%) end to end against run 4's way,
+# and the model stage (120k CoLA sentences/s in run 4, the limit of issue 3's scoring targets) under each setting:
+#   bash bench/gpu_check.sh env scoring-cola scoring-long128 model-stage
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
 # default-seeds, recipe-seeds and the steps at the end run only when named; pytest-gpu runs beside the seeds steps.
@@ -43,14 +44,20 @@ step env 40 python3 -c "import torch, onnxruntime as o; o.preload_dlls(); print(
 torch.__version__, o.__version__, o.get_available_providers()); import subprocess; \
 print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)"
 # The whole of `scorer run` on CoLA sentences with its defaults (plain runs, <=4,096-row batches, one ORT intra-op
-# thread, the word cache, two batches in flight), the baselines beside it, the way before the word cache
-# (word_cache=0: every text through the Hugging Face tokenizer) and one batch in flight (the default before run 4);
-# then each stage alone (tokenising with the word cache; the model).
+# thread, the word cache, two batches in flight, 65,536-row windows, scorer.batches' padding rule), the baselines
+# beside it, run 4's batching (16,384-row windows cut by the budget alone: 16% padding) and one batch in flight; then
+# each stage alone (tokenising with the word cache; the model), both ways of batching.
+old_batching="window_rows=16384:batch_overhead=1000000000"
 step scoring-cola 150 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
-  --variants fp16,fp16:word_cache=0,fp16:infer_threads=1 --stages fp16 --out "$out/scoring-cola.json"
-# Long texts: with the word cache, without it, and a 64k-token budget; 60k rows = 4 windows.
+  --variants fp16,fp16:$old_batching,fp16:infer_threads=1 --stages fp16,fp16:$old_batching \
+  --out "$out/scoring-cola.json"
+# Long texts: the defaults, run 4's batching, and IO binding (the anchor's fastest way on long texts with the fused
+# attention that export picks for them); 60k rows.
 step scoring-long128 120 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
-  --variants fp16,fp16:word_cache=0,fp16:max_tokens=65536 --stages fp16 --out "$out/scoring-long128.json"
+  --variants fp16,fp16:$old_batching,fp16:bound --stages fp16,fp16:bound --out "$out/scoring-long128.json"
+# The model stage alone under each setting of bench/model_stage.py (window size and padding rule, batches in
+# flight, IO binding, threads, attention), then fixed shapes with and without a CUDA graph (about 90 s).
+step model-stage 150 python3 bench/model_stage.py $random --rows 200000 --out "$out/model-stage.json"
 # Issue 5's target on the GPU: `scorer train` with its defaults (packaged MiniLM as it ships, fp32 on CUDA), CoLA
 # train/dev, seeds 1-3 at once (each run leaves the GPU mostly idle; 120-137 s in runs 3 and 4). Training on the GPU
 # repeats itself to four decimals (runs 3 and 4), so one run per recipe is its GPU figure. recipe-seeds: the same
@@ -98,7 +105,6 @@ if [ "$only" != "  " ]; then
   # Default seeds with replaced-token detection kept on as a second loss while fine-tuning (CPU: 0.438).
   step default-seeds-aux 360 python3 bench/default_seeds.py --seeds 1,2,3 --parallel \
     --out "$out/default-seeds-aux.json" -- --rtd-aux 0.5
-  step model-stage 110 python3 bench/model_stage.py $random --rows 100000 --out "$out/model-stage.json"
   # The tokenizer's thread pool held to 12 of the 16 cores (run 3: no change beyond noise).
   step scoring-cola-rayon12 50 env RAYON_NUM_THREADS=12 python3 bench/scoring.py $random --workloads cola \
     --rows 200000 --baseline-rows 1000 --variants fp16,fp16:infer_threads=1 --out "$out/scoring-cola-rayon12.json"

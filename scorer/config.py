@@ -180,8 +180,8 @@ class RunConfig:
     max_batch_rows: int = 4096
     io_binding: bool = False
     # Rows read, sorted, batched, scored and written together; None: 65,536 on a GPU (a wider sort leaves short
-    # texts less padding: 17% more tokens than real ones on CoLA-like text at 16,384, 4% at 65,536), 16,384 on a
-    # CPU (where small batches pad little anyway and a window is tens of seconds of work).
+    # texts less padding: on CoLA-like text 12% more tokens than real ones at 16,384, 2.9% at 65,536;
+    # bench/padding.py), 16,384 on a CPU (small batches pad little anyway; a window is tens of seconds of work).
     window_rows: int | None = None
     # Tokens' worth of work one more batch costs (scorer.batches); None: the provider's (classify.py).
     batch_overhead: int | None = None
