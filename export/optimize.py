@@ -1,9 +1,12 @@
 """The GPU variant: fp16 with ONNX Runtime's BERT fusions, attention fused or not, chosen by measurement on CUDA.
 
 ORT's fused Attention was the slowest fp16 graph with plain `session.run` and the fastest on long texts with IO
-binding (../shared/device/README.md); which one wins depends on the card, the lengths and the run mode. So when
-export runs where CUDA works, it builds both graphs, times each with IO binding (as `scorer run` runs on CUDA) on
-the calibration sentences, and keeps the faster; elsewhere it keeps the fused one and says it was not measured.
+binding (H200 anchor, ../shared/device/README.md), while on an H100 IO binding slowed the fused graph on short
+sentences by a quarter (bench/RESULTS.md 7.2): which wins depends on the card, the lengths and the run mode. So
+when export runs where CUDA works, it builds both graphs, times each with plain runs and with IO binding on the
+calibration sentences, batched as `scorer run` batches them, and keeps the faster graph and records the faster run
+mode, which `scorer run` then uses on CUDA unless told otherwise; elsewhere it keeps the fused graph and says it
+was not measured.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import onnx
 
 from export.timing import best_seconds
 from scorer.batches import budget_batches
-from scorer.classify import DEFAULT_MAX_TOKENS
+from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
 from scorer.config import RunConfig
 from scorer.errors import ProviderError
 from scorer.session import CUDA, available, batch_runner, create_session
@@ -37,8 +40,10 @@ class Fp16Report:
 
     attention: str
     fused: dict[str, int]
-    seconds: dict[str, float] | None = None  # per attention choice; None where CUDA was not there to measure
+    # Per attention choice and run mode ("fused", "fused io_binding", ...); None where CUDA was not there to measure.
+    seconds: dict[str, float] | None = None
     measured_on: str | None = None
+    io_binding: bool | None = None  # whether the faster run mode was IO binding; None: not measured
 
 
 def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, fuse_attention: bool = True
@@ -104,22 +109,27 @@ def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, att
 
 def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: int, encoded: Encoded,
                      provider: str) -> Fp16Report:
-    """Build both fp16 graphs, time each on `provider` as `scorer run` runs them, and keep the faster as `target`."""
+    """Build both fp16 graphs, time each on `provider` as `scorer run` runs them, plain and with IO binding, and
+    keep the faster graph as `target` (with the faster mode in the report)."""
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         paths = {choice: Path(tmp) / f"{choice}.onnx" for choice in ("fused", "unfused")}
         fused = {choice: optimize_fp16(source, path, num_heads, hidden_size, choice == "fused")
                  for choice, path in paths.items()}
-        runners = [batch_runner(create_session(path, provider), provider, RunConfig.io_binding)
-                   for path in paths.values()]
+        sessions = {choice: create_session(path, provider) for choice, path in paths.items()}
+        runners = {choice + (" io_binding" if bound else ""): batch_runner(session, provider, bound)
+                   for choice, session in sessions.items() for bound in (False, True)}
         budget = DEFAULT_MAX_TOKENS["cuda"]
         rows = np.resize(np.arange(len(encoded)), math.ceil(_FULL_BATCHES * budget / encoded.lengths.mean()))
-        batches = [(rows[cut], None) for cut in budget_batches(encoded.lengths[rows], budget, RunConfig.max_batch_rows)]
-        seconds = dict(zip(paths, best_seconds(runners, encoded, batches, _PASSES), strict=True))
+        batches = [(rows[cut], None) for cut in budget_batches(encoded.lengths[rows], budget, RunConfig.max_batch_rows,
+                                                                DEFAULT_BATCH_OVERHEAD["cuda"])]
+        seconds = dict(zip(runners, best_seconds(list(runners.values()), encoded, batches, _PASSES), strict=True))
         best = min(seconds, key=seconds.__getitem__)
-        paths[best].replace(target)
-    log.info("fp16 variant: attention %s (%s: fused %.3fs, unfused %.3fs per pass)", best, provider,
-             seconds["fused"], seconds["unfused"])
-    return Fp16Report(best, fused[best], seconds, provider)
+        attention = best.split()[0]
+        paths[attention].replace(target)
+    log.info("fp16 variant: attention %s, %s runs (%s: %s per pass)", attention,
+             "IO-bound" if best.endswith("io_binding") else "plain", provider,
+             ", ".join(f"{name} {value:.3f}s" for name, value in seconds.items()))
+    return Fp16Report(attention, fused[attention], seconds, provider, best.endswith("io_binding"))
 
 
 def _cuda_works(model: Path) -> bool:

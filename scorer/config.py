@@ -178,7 +178,7 @@ class RunConfig:
     label_column: str | None = None
     max_tokens: int | None = None
     max_batch_rows: int = 4096
-    io_binding: bool = False
+    io_binding: bool | None = None  # None: what export measured faster for the fp16 graph on CUDA, else off
     # Rows read, sorted, batched, scored and written together; None: 65,536 on a GPU (a wider sort leaves short
     # texts less padding: on CoLA-like text 12% more tokens than real ones at 16,384, 2.9% at 65,536;
     # bench/padding.py), 16,384 on a CPU (small batches pad little anyway; a window is tens of seconds of work).

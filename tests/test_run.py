@@ -84,6 +84,22 @@ def test_io_binding_gives_the_same_scores_as_plain_runs(tiny_export, parquet_inp
     np.testing.assert_array_equal(bound, plain)
 
 
+def test_io_binding_follows_what_export_measured_for_fp16_on_cuda_only(tiny_export):
+    from dataclasses import replace
+
+    from scorer.classify import default_io_binding
+    from scorer.manifest import load_manifest
+
+    manifest = load_manifest(tiny_export)
+    measured = replace(manifest, extra={**manifest.extra, "fp16": {"measured_on": "cuda", "io_binding": True}})
+    assert default_io_binding("cuda", "fp16", measured)
+    assert not default_io_binding("cpu", "fp16", measured) and not default_io_binding("cuda", "fp32", measured)
+    plain = replace(manifest, extra={**manifest.extra, "fp16": {"measured_on": "cuda", "io_binding": False}})
+    unmeasured = replace(manifest, extra={**manifest.extra, "fp16": {"measured_on": None, "io_binding": None}})
+    assert not default_io_binding("cuda", "fp16", plain) and not default_io_binding("cuda", "fp16", unmeasured)
+    assert not default_io_binding("cuda", "fp16", replace(manifest, extra={}))  # exports from before the choice
+
+
 def scored_with(export, source, output, **settings) -> pa.Table:
     """The output table of `scorer run` (the library call) on the CPU in fp32 with these RunConfig settings."""
     from scorer.config import RunConfig
