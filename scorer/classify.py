@@ -34,7 +34,8 @@ DEFAULT_BATCH_OVERHEAD = {"cpu": 16, "cuda": 2048, "tensorrt": 2048}
 # Rows sorted and batched together (RunConfig.window_rows): see its comment.
 DEFAULT_WINDOW_ROWS = {"cpu": 16384, "cuda": 65536, "tensorrt": 65536}
 # Batches in flight at once: on CUDA one is padded and copied while another runs (H200, runs 3 and 4: +8% end to
-# end both times); on a CPU the session already uses every core. TensorRT is unmeasured, so it keeps one.
+# end both times, though measured after the one-batch run, which as the first run in its process also paid one-off
+# costs: bench/RESULTS.md 7.12); on a CPU the session already uses every core. TensorRT is unmeasured: one.
 DEFAULT_INFER_THREADS = {"cpu": 1, "cuda": 2, "tensorrt": 1}
 
 
