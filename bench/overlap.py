@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,12 +31,15 @@ from scorer.score import score_file
 
 
 def stand_in(seconds_per_token: float):
-    """A batch runner that sleeps (GIL released, no CPU) rows x width x seconds_per_token and returns zeros."""
+    """A batch runner that sleeps (GIL released, no CPU) rows x width x seconds_per_token and returns zeros; one
+    batch at a time, like one GPU: with several batches in flight, the others wait (having been padded)."""
+    device = threading.Lock()
 
     def make(session, provider, io_binding):
         def run(feed: dict[str, np.ndarray]) -> np.ndarray:
             ids = next(iter(feed.values()))
-            time.sleep(ids.size * seconds_per_token)
+            with device:
+                time.sleep(ids.size * seconds_per_token)
             return np.zeros((len(ids), 2), dtype=np.float32)
 
         return run
@@ -51,6 +55,10 @@ def main() -> None:
     parser.add_argument("--workload", choices=["cola", "long128"], default="cola",
                         help="CoLA sentences, or texts of 100 words (see bench/scoring.py)")
     parser.add_argument("--random-dir", type=Path, help="Keep the tiny random export here and reuse it.")
+    parser.add_argument("--infer-threads", type=int, default=1,
+                        help="Batches in flight on the stand-in (2: as scorer runs on CUDA).")
+    parser.add_argument("--window-rows", type=int, default=scorer.classify.DEFAULT_WINDOW_ROWS["cpu"],
+                        help="Rows a window (65536: as scorer runs on CUDA).")
     parser.add_argument("--out", type=Path, default=Path("bench/out/overlap.json"))
     args = parser.parse_args()
     texts = workload(args.workload, args.rows)
@@ -60,13 +68,13 @@ def main() -> None:
         pq.write_table(pa.table({"sentence": texts}), source)
         classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32")
         column = pa.array(texts)
-        window = scorer.classify.DEFAULT_WINDOW_ROWS["cpu"]
+        window = args.window_rows
         started = time.perf_counter()
         prepared = [classifier.prepare(column.slice(s, window)) for s in range(0, len(texts), window)]
         tokenise = len(texts) / (time.perf_counter() - started)
         tokens = sum(int(p.encoded.lengths.sum()) for p in prepared)
         scorer.classify.batch_runner = stand_in(1 / (tokenise * args.model_speed * tokens / len(texts)))
-        classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32")
+        classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32", infer_threads=args.infer_threads)
         started = time.perf_counter()
         for item in prepared:
             classifier.infer([item])
@@ -77,7 +85,8 @@ def main() -> None:
         print(f"tokenise alone {tokenise:,.0f}/s, stand-in model alone {model:,.0f}/s", flush=True)
         for threads in (1, 2, 4):
             config = RunConfig(input=str(source), output=Path(tmp) / "out.parquet", model=export, provider="cpu",
-                               variant="fp32", overwrite=True, tokenize_threads=threads)
+                               variant="fp32", overwrite=True, tokenize_threads=threads,
+                               infer_threads=args.infer_threads, window_rows=window)
             rate = len(texts) / score_file(config, progress=False).seconds
             results["end_to_end"][f"tokenize_threads={threads}"] = {
                 "sentences_per_s": rate, "over_slower_stage": rate / min(tokenise, model)}
