@@ -1,9 +1,10 @@
-"""Resumable units: each finished window is a part file beside the output; the output is assembled at the end.
+"""Resumable units: each finished window is a part file beside the output, which grows beside them.
 
 A run killed at any moment leaves only whole parts (each is renamed into place when complete) and a state file
 that says which input, model and settings they belong to. The next run with the same state skips the rows those
-parts hold and carries on; with a different state it starts again. Assembly streams the parts into the output
-under a temporary name and renames it into place, then removes the parts.
+parts hold and carries on; with a different state it starts again. The output itself is written window by window
+under a temporary name (scorer.write.OutputSink; a resumed run first copies the parts it keeps into it), renamed
+into place when complete, and then the parts are removed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import pyarrow.parquet as pq
 
 from scorer import atomic
 from scorer.errors import OutputError
-from scorer.manifest import sha256_file
-from scorer.write import METADATA_KEY, OutputSink, output_format
 
 log = logging.getLogger("scorer")
 STATE = "state.json"
@@ -55,7 +54,8 @@ class OutputLock:
         except BlockingIOError as exc:
             self._handle.close()
             raise OutputError(f"another scorer run is writing {self.output}; wait for it to finish") from exc
-        # Temporary outputs left by a run killed while assembling: we hold the lock, so none of them is live.
+        # Temporary outputs left by a killed run (an output grows while it is scored): we hold the lock, so none
+        # of them is live.
         for stale in self.output.parent.glob(f".{self.output.name}.tmp-*"):
             stale.unlink(missing_ok=True)
         return self
@@ -117,42 +117,3 @@ class PartStore:
 
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def sidecar(output: Path) -> Path:
-    """Completion record of a CSV/TSV output (Parquet outputs carry it in their footer)."""
-    return output.with_name(f".{output.name}.scorer.json")
-
-
-def completion_record(output: Path) -> dict | None:
-    """The metadata scorer wrote with a complete output, or None when the output is not one of ours."""
-    if not output.is_file():
-        return None
-    if output_format(output) == "parquet":
-        try:
-            metadata = pq.read_schema(output).metadata or {}
-        except (pa.ArrowInvalid, OSError):
-            return None
-        raw = metadata.get(METADATA_KEY)
-        return json.loads(raw) if raw else None
-    try:
-        record = json.loads(sidecar(output).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return record if record.get("output_sha256") == sha256_file(output) else None
-
-
-def assemble(parts: list[Path], output: Path, metadata: dict, overwrite: bool) -> None:
-    """Stream the parts, in order, into the output; it appears at its final name only when complete."""
-    sink = OutputSink(output, overwrite, metadata)
-    try:
-        for part in parts:
-            sink.write(pq.read_table(part))
-        if sink.format != "parquet":
-            sink.close()
-            record = {**metadata, "output_sha256": sha256_file(sink.staging)}
-            atomic.write_text(sidecar(output), json.dumps(record, indent=2) + "\n")
-        sink.commit()
-    except BaseException:
-        sink.abort()
-        raise

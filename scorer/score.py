@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from scorer import __version__, atomic
@@ -21,11 +22,12 @@ from scorer.classify import DEFAULT_WINDOW_ROWS, OnnxClassifier
 from scorer.config import RunConfig
 from scorer.errors import InputError, OutputError, ParityError, ScorerError
 from scorer.evaluate import LabelIndex, write_report
-from scorer.parts import OutputLock, PartStore, assemble, completion_record, fingerprint
+from scorer.parts import OutputLock, PartStore, fingerprint
 from scorer.read import TableReader
 from scorer.tally import Columns, scored_sample, tally
 from scorer.tokens import is_text
 from scorer.units import WorkUnit, plan_units
+from scorer.write import OutputSink, completion_record
 
 log = logging.getLogger("scorer")
 RESULT_COLUMNS = ("label", "score", "status")
@@ -163,19 +165,26 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
     identity = {"input": source, "model_sha256": classifier.model_sha256, "variant": classifier.variant,
                 "window_rows": config.window_rows, "columns": asdict(columns), "scorer": __version__}
     store = PartStore(unit.output, identity)
+    record = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
+              "columns": asdict(columns), "scorer": __version__}
     with OutputLock(unit.output):
         first = store.open()
+        sink = OutputSink(unit.output, overwrite=True, metadata=record)
         started = time.perf_counter()
         try:
-            _stream(reader, classifier, columns, store, first, config, progress)
+            _stream(reader, classifier, columns, store, sink, first, config, progress)
             parts = store.parts()
             if not parts:
                 raise InputError(f"{reader.path} has no data rows; nothing to score")
-            summary = _finish(unit, classifier, config, columns, store, parts, source, first)
+            summary = _finish(unit, classifier, config, columns, store, sink, parts, first)
         except ScorerError:
             # Bad input or a failed check: the parts could only reproduce the failure, so nothing is kept.
             # Anything else (a kill, a full disk) keeps them, and the next run resumes from them.
+            sink.abort()
             store.discard()
+            raise
+        except BaseException:
+            sink.abort()
             raise
     summary.seconds = time.perf_counter() - started
     log.info("%s -> %s: %d rows (%d scored now%s) in %.1fs", unit.source, unit.output, summary.rows,
@@ -196,12 +205,13 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
     return Columns(text=text, label=label, predicted=names["label"], score=names["score"], status=names["status"])
 
 
-def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, store: PartStore, first: int,
-            config: RunConfig, progress: bool) -> None:
+def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, store: PartStore, sink: OutputSink,
+            first: int, config: RunConfig, progress: bool) -> None:
     """Read → tokenise → infer → write. Windows are read in order on one thread; each window's text is cut into
     pieces (`pieces`), tokenised on config.tokenize_threads threads (Rust tokenisation frees the GIL) with up to
     that many windows queued ahead of the model; the model takes each piece as soon as it is ready, so a window of
-    long texts starts on the GPU before all of it is tokenised; the previous window is written meanwhile."""
+    long texts starts on the GPU before all of it is tokenised; the previous window is written meanwhile, as a part
+    (for resuming) and into the output (so that no assembly is left for the end)."""
     labels = LabelIndex(classifier.labels) if columns.label else None
     skip = first * config.window_rows
     windows = enumerate(reader.batches(config.window_rows, skip_rows=skip))
@@ -229,7 +239,13 @@ def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, s
             ThreadPoolExecutor(1, "scorer-write") as writing:
         # Windows are read (and their pieces queued) on one thread, in order, config.tokenize_threads ahead.
         ahead = deque(reading.submit(read_and_queue) for _ in range(config.tokenize_threads))
-        writes: list[Future] = []
+        # A resumed run's output starts with the windows that its parts already hold.
+        writes: list[Future] = [writing.submit(_replay, store, sink, first)]
+
+        def save(index: int, table: pa.Table) -> None:
+            store.write(index, table)
+            sink.write(table)
+
         index = first
         while (item := ahead.popleft().result()) is not None:
             ahead.append(reading.submit(read_and_queue))
@@ -237,13 +253,18 @@ def _stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, s
             scored = classifier.infer(piece.result() for piece in prepared)
             predicted, score, status = classifier.result_arrays(scored)
             table = window.append_column(columns.predicted, predicted).append_column(columns.score, score)
-            writes.append(writing.submit(store.write, index, table.append_column(columns.status, status)))
+            writes.append(writing.submit(save, index, table.append_column(columns.status, status)))
             while len(writes) > 1:  # at most one part in flight: memory stays bounded
                 writes.pop(0).result()
             index += 1
             bar.update(window.num_rows)
         for write in writes:
             write.result()
+
+
+def _replay(store: PartStore, sink: OutputSink, count: int) -> None:
+    for index in range(count):
+        sink.write(pq.read_table(store.part(index)))
 
 
 def pieces(column: pa.ChunkedArray | pa.Array, chars: int) -> list[pa.Array]:
@@ -263,7 +284,7 @@ def pieces(column: pa.ChunkedArray | pa.Array, chars: int) -> list[pa.Array]:
 
 
 def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, columns: Columns, store: PartStore,
-            parts: list[Path], source: dict, first: int) -> UnitSummary:
+            sink: OutputSink, parts: list[Path], first: int) -> UnitSummary:
     figures = tally(parts, columns, classifier.labels, unit.source, config.samples, config.seed)
     check = None
     if config.check:
@@ -278,9 +299,7 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
                 f"{unit.source}: max |Δscore| {check['max_score_diff']:.3g} > {check['tolerance']:g}, labels agree "
                 f"on {check['agreement']:.1%}; no output was written"
             )
-    metadata = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
-                "rows": figures.rows, "columns": asdict(columns), "scorer": __version__}
-    assemble(parts, unit.output, metadata, overwrite=True)
+    sink.finish()
     store.discard()
     resumed = first * config.window_rows
     if figures.evaluation and config.report:

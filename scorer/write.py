@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from scorer import atomic
 from scorer.errors import InputError, OutputError
+from scorer.manifest import sha256_file
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 METADATA_KEY = b"scorer"
@@ -29,8 +30,34 @@ def default_output(source: Path) -> Path:
     return source.with_name(f"{source.stem}.scored.parquet")
 
 
+def sidecar(output: Path) -> Path:
+    """Completion record of a CSV/TSV output (Parquet outputs carry it in their footer)."""
+    return output.with_name(f".{output.name}.scorer.json")
+
+
+def completion_record(output: Path) -> dict | None:
+    """The metadata scorer wrote with a complete output (with its row count), or None when the output is not one of
+    ours. A Parquet output is complete once it has its final name (it is renamed into place when finished)."""
+    if not output.is_file():
+        return None
+    if output_format(output) == "parquet":
+        try:
+            footer = pq.read_metadata(output)
+        except (pa.ArrowInvalid, OSError):
+            return None
+        raw = (footer.metadata or {}).get(METADATA_KEY)
+        return {"rows": footer.num_rows, **json.loads(raw)} if raw else None
+    try:
+        record = json.loads(sidecar(output).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("output_sha256") == sha256_file(output) else None
+
+
 class OutputSink:
-    """Writes tables to a hidden temporary file; `commit` renames it to the final path, `abort` deletes it."""
+    """Writes tables to a hidden temporary file; `finish` completes it and renames it to the final path, `abort`
+    deletes it. `metadata` (what scored the output, from which input) goes into a Parquet output's footer or, with
+    the row count and a checksum, into a CSV/TSV output's sidecar record."""
 
     def __init__(self, path: Path, overwrite: bool, metadata: dict | None = None) -> None:
         self.path = Path(path)
@@ -69,9 +96,12 @@ class OutputSink:
             self._writer.close()
             self._writer = None
 
-    def commit(self) -> None:
-        """Finish the file and move it to its final name."""
+    def finish(self) -> None:
+        """Complete the file (a CSV/TSV output's record beside it) and move it to its final name."""
         self.close()
+        if self.format != "parquet":
+            record = {**self.metadata, "rows": self.rows, "output_sha256": sha256_file(self.staging)}
+            atomic.write_text(sidecar(self.path), json.dumps(record, indent=2) + "\n")
         atomic.replace(self.staging, self.path)
 
     def abort(self) -> None:

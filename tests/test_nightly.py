@@ -127,6 +127,8 @@ def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
     assert pq.read_table(output).equals(pq.read_table(reference))
     assert sha256_file(output) == sha256_file(reference)
     assert not parts.exists()
+    # The killed run's half-written output (it grows window by window under a temporary name) is gone too.
+    assert not list(tmp_path.glob(".resumed.parquet.tmp-*"))
 
 
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tiny_export, tmp_path):
