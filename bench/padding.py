@@ -22,7 +22,7 @@ from scoring import workload
 from scorer.batches import BatchTally, WindowBatcher
 from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
 from scorer.config import RunConfig
-from scorer.score import pieces
+from scorer.stream import pieces
 from scorer.tokens import TextEncoder
 
 RUN_COSTS = (16, 1300, 5500)

@@ -123,7 +123,7 @@ def stages(texts: list[str], export: Path, provider: str, spec: str) -> dict:
     window of an in-memory Arrow column (one thread, as one tokenize thread does it; no file is read), and the
     model (each window's batches, padding and host copies included), with the batches' padding."""
     from scorer.classify import DEFAULT_WINDOW_ROWS, OnnxClassifier
-    from scorer.score import pieces
+    from scorer.stream import pieces
 
     config = run_config(spec, Path("unused"), None, export, provider)
     classifier = OnnxClassifier(export, provider, config.variant, config.max_tokens, config.max_batch_rows,

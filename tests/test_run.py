@@ -251,7 +251,7 @@ def test_scoring_never_imports_torch(tiny_export, parquet_input, tmp_path):
 
 
 def test_pieces_cover_every_row_once_in_order_within_the_character_budget():
-    from scorer.score import pieces
+    from scorer.stream import pieces
 
     texts = ["ab", None, "", "é" * 25, "word " * 10, "x", None, "the end"] * 5
     column = pa.chunked_array([texts[:13], texts[13:]], pa.string())

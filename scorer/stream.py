@@ -1,0 +1,100 @@
+"""One input's scoring pipeline: read → tokenise → infer → write, each stage on its own threads, in windows."""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from scorer.classify import OnnxClassifier
+from scorer.config import RunConfig
+from scorer.evaluate import LabelIndex
+from scorer.parts import PartStore
+from scorer.read import TableReader
+from scorer.tally import Columns
+from scorer.tokens import is_text
+from scorer.write import OutputSink
+
+
+def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, store: PartStore, sink: OutputSink,
+           first: int, config: RunConfig, progress: bool) -> None:
+    """Read → tokenise → infer → write. Windows are read in order on one thread; each window's text is cut into
+    pieces (`pieces`), tokenised on config.tokenize_threads threads (Rust tokenisation frees the GIL) with up to
+    that many windows queued ahead of the model; the model takes each piece as soon as it is ready, so a window of
+    long texts starts on the GPU before all of it is tokenised; the previous window is written meanwhile, as a part
+    (for resuming) and into the output (so that no assembly is left for the end)."""
+    labels = LabelIndex(classifier.labels) if columns.label else None
+    skip = first * config.window_rows
+    windows = enumerate(reader.batches(config.window_rows, skip_rows=skip))
+
+    def read():
+        number, window = next(windows, (None, None))
+        if window is not None and labels is not None:  # fail before scoring on labels the model does not know
+            labels.indices(window.column(columns.label).to_pylist(), reader.path, columns.label,
+                           skip + number * config.window_rows + 1)
+        return window
+
+    def read_and_queue():
+        """The next window, read, with its pieces queued for tokenising; None after the last window."""
+        window = read()
+        if window is None:
+            return None
+        text = window.column(columns.text)
+        return window, [tokenizing.submit(classifier.prepare, piece) for piece in pieces(text, config.piece_chars)]
+
+    total = None if reader.num_rows is None else max(0, reader.num_rows - skip)
+    with tqdm(total=total, unit="rows", disable=None if progress else True, file=sys.stderr,
+              desc=reader.path.name, leave=False) as bar, \
+            ThreadPoolExecutor(1, "scorer-read") as reading, \
+            ThreadPoolExecutor(config.tokenize_threads, "scorer-tokenize") as tokenizing, \
+            ThreadPoolExecutor(1, "scorer-write") as writing:
+        # Windows are read (and their pieces queued) on one thread, in order, config.tokenize_threads ahead.
+        ahead = deque(reading.submit(read_and_queue) for _ in range(config.tokenize_threads))
+        # A resumed run's output starts with the windows that its parts already hold.
+        writes: list[Future] = [writing.submit(_replay, store, sink, first)]
+
+        def save(index: int, table: pa.Table) -> None:
+            store.write(index, table)
+            sink.write(table)
+
+        index = first
+        while (item := ahead.popleft().result()) is not None:
+            ahead.append(reading.submit(read_and_queue))
+            window, prepared = item
+            scored = classifier.infer(piece.result() for piece in prepared)
+            predicted, score, status = classifier.result_arrays(scored)
+            table = window.append_column(columns.predicted, predicted).append_column(columns.score, score)
+            writes.append(writing.submit(save, index, table.append_column(columns.status, status)))
+            while len(writes) > 1:  # at most one part in flight: memory stays bounded
+                writes.pop(0).result()
+            index += 1
+            bar.update(window.num_rows)
+        for write in writes:
+            write.result()
+
+
+def _replay(store: PartStore, sink: OutputSink, count: int) -> None:
+    for index in range(count):
+        sink.write(pq.read_table(store.part(index)))
+
+
+def pieces(column: pa.ChunkedArray | pa.Array, chars: int) -> list[pa.Array]:
+    """`column` cut into consecutive slices, each ending at the row that brings it to `chars` characters."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not is_text(column) or len(column) == 0:
+        return [column]
+    ends = np.cumsum(pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False))
+    cut, start = [], 0
+    while start < len(column):
+        before = int(ends[start - 1]) if start else 0
+        stop = min(int(np.searchsorted(ends, before + chars, side="left")) + 1, len(column))
+        cut.append(column.slice(start, stop - start))
+        start = stop
+    return cut
