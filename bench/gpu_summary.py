@@ -28,11 +28,12 @@ def main(directory: Path) -> None:
         for workload, result in data["workloads"].items():
             fp16 = result["export"].get("fp16", {})
             print(f"{name} {workload}: {result['texts']} texts, {result['mean_tokens']:.1f} tokens; fp16 attention "
-                  f"{fp16.get('attention')} (seconds {fp16.get('seconds')}); stages {result.get('stages')}")
+                  f"{fp16.get('attention')}, IO binding {fp16.get('io_binding')} (seconds {fp16.get('seconds')}); "
+                  f"stages {result.get('stages')}")
             for key, row in result["results"].items():
                 print(f"  {key:58} {row['sentences_per_s']:>9,.0f}/s {row['real_tokens_per_s']:>11,.0f} tok/s "
                       f"{row.get('percent_of_physical_limit', 0):5.1f}% of limit, labels agree "
-                      f"{row['label_agreement_with_pytorch_fp32']}")
+                      f"{row['label_agreement_with_pytorch_fp32']}, padded/real {row.get('padded_over_real_tokens')}")
             for key, samples in result["gpu_memory_used_mib"].items():
                 used = [mib for _, mib in samples]
                 print(f"  GPU memory {key}: {len(used)} samples, first {used[0]} MiB, max {max(used)} MiB, "
@@ -48,7 +49,7 @@ def main(directory: Path) -> None:
         stage = json.loads(path.read_text())
         print(f"model stage ({stage['attention_chosen']} attention chosen):")
         for name, row in {**stage["settings"], **stage["fixed_shape"]}.items():
-            print(f"  {name:28} {row}")
+            print(f"  {name:50} {row}")
     path = directory / "train-speed.json"
     if path.is_file():
         for run in json.loads(path.read_text())["runs"]:
