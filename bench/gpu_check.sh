@@ -8,10 +8,12 @@
 #   bash bench/gpu_check.sh env train-speed
 #   RECIPES="--weight-decay 0.1;--epochs 8" bash bench/gpu_check.sh pytest-gpu recipe-seeds
 #   RECIPES="--weight-decay 0.1 --cuda-graphs captured" bash bench/gpu_check.sh recipe-seeds
-# Next: the batching of scorer.batches (after run 5: a batch ends where padding costs more than a run, a window's
-# pieces batched together, 65,536-row windows on a GPU; CoLA padding 16% -> 2.9%) end to end against run 4's way,
-# and the model stage (120k CoLA sentences/s in run 4, the limit of issue 3's scoring targets) under each setting:
-#   bash bench/gpu_check.sh env scoring-cola scoring-long128 model-stage
+# Next (bench/RESULTS.md 7.12): the batching of scorer.batches (a batch ends where padding costs more than a run, a
+# window's pieces batched together, 65,536-row windows on a GPU; CoLA padding 16% -> 2.9%) end to end against run
+# 4's way; export's choice among three fp16 attentions, each plain and IO-bound; the output written as it goes; and
+# the model stage (120k CoLA sentences/s in run 4, the limit of issue 3's scoring targets) under each setting, then
+# the GPU tests (about 500 s in all, estimated from run 4's step times):
+#   bash bench/gpu_check.sh env scoring-cola scoring-long128 model-stage pytest-gpu
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
 # default-seeds, recipe-seeds and the steps at the end run only when named; pytest-gpu runs beside the seeds steps.

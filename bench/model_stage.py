@@ -5,7 +5,7 @@
 On pre-tokenised CoLA-like sentences (as scorer tokenises them, in windows), times the token-budget batches
 through an ONNX Runtime session for each setting in SETTINGS (window size and batch overhead, i.e. padding, as
 scorer.batches batches a window; rows per batch, token budget, IO binding, padded width rounded up, intra-op threads
-and spinning, fused or unfused fp16 attention, batches in flight), then one
+and spinning, each fp16 attention (fused, MultiHeadAttention, unfused), batches in flight), then one
 fixed shape run repeatedly, with and without a captured CUDA graph: the graph's ceiling, launches included or not.
 """
 
@@ -27,6 +27,7 @@ from scoring import random_checkpoint, workload
 
 from scorer.batches import BatchTally, WindowBatcher
 from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_INFER_THREADS, DEFAULT_WINDOW_ROWS, default_io_binding
+from scorer.config import FP16_ATTENTIONS
 from scorer.manifest import VARIANT_FILES, load_manifest
 from scorer.session import CPU, CUDA, batch_runner, default_threads, onnxruntime
 from scorer.tokens import Encoded, TextEncoder
@@ -64,7 +65,9 @@ SETTINGS = {
     "a thread per core, no spinning": Setting(threads=0, spinning=False),
     "rows 8192 budget 64k": Setting(max_rows=8192, max_tokens=65536),
     "widths rounded up to x8": Setting(multiple=8),
-    "other attention": Setting(graph="other"),
+    "fused attention": Setting(graph="fused"),
+    "MultiHeadAttention": Setting(graph="mha"),
+    "unfused attention": Setting(graph="unfused"),
 }
 
 
@@ -144,7 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.random_dir or Path(tmp)
         _, export = random_checkpoint(directory, args.random, 128, "cola", texts)
-        graphs = other_attention(export, directory)
+        graphs = fp16_graphs(export, directory)
         encoder, manifest = TextEncoder.from_dir(export, 128), load_manifest(export)
         encoded: dict[int, list[Encoded]] = {}  # windows of each size, tokenised once
         results = {"machine": machine(args.device), "rows": len(texts), "attention_chosen": graphs["chosen_attention"],
@@ -180,17 +183,20 @@ def main() -> None:
     write_json(args.out, results)
 
 
-def other_attention(export: Path, directory: Path) -> dict:
-    """The export's fp16 graph and one with the other attention choice (fused vs unfused), built like export's."""
+def fp16_graphs(export: Path, directory: Path) -> dict:
+    """The export's fp16 graph ("chosen") and one with each attention (fused, mha, unfused), built as export builds
+    them; the export's own file for the attention it chose."""
     from export.optimize import optimize_fp16
 
     chosen = json.loads((export / "manifest.json").read_text())["extra"]["fp16"]["attention"]
     shape = json.loads((directory / "checkpoint" / "config.json").read_text())
-    other = directory / "fp16-other.onnx"
-    if not other.is_file():
-        optimize_fp16(export / VARIANT_FILES["fp32"], other, shape["num_attention_heads"], shape["hidden_size"],
-                      chosen != "fused")
-    return {"chosen": export / VARIANT_FILES["fp16"], "other": other, "chosen_attention": chosen}
+    graphs = {"chosen": export / VARIANT_FILES["fp16"], "chosen_attention": chosen}
+    for attention in FP16_ATTENTIONS:
+        graphs[attention] = graphs["chosen"] if attention == chosen else directory / f"fp16-{attention}.onnx"
+        if not graphs[attention].is_file():
+            optimize_fp16(export / VARIANT_FILES["fp32"], graphs[attention], shape["num_attention_heads"],
+                          shape["hidden_size"], attention)
+    return graphs
 
 
 if __name__ == "__main__":

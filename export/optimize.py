@@ -2,9 +2,10 @@
 
 ORT's fused Attention was the slowest fp16 graph with plain `session.run` and the fastest on long texts with IO
 binding (H200 anchor, ../shared/device/README.md), while on an H100 IO binding slowed the fused graph on short
-sentences by a quarter (bench/RESULTS.md 7.2): which wins depends on the card, the lengths and the run mode. So
-when export runs where CUDA works, it builds both graphs, times each with plain runs and with IO binding on the
-calibration sentences, batched as `scorer run` batches them, and keeps the faster graph and records the faster run
+sentences by a quarter (bench/RESULTS.md 7.2): which wins depends on the card, the lengths and the run mode. ORT's
+MultiHeadAttention op (flash or memory-efficient attention kernels on CUDA) is a third candidate. So when export
+runs where CUDA works, it builds the three graphs, times each with plain runs and with IO binding on the
+calibration sentences, batched as `scorer run` batches them, and keeps the fastest graph and records its faster run
 mode, which `scorer run` then uses on CUDA unless told otherwise; elsewhere it keeps the fused graph and says it
 was not measured.
 """
@@ -23,7 +24,7 @@ import onnx
 from export.timing import best_seconds
 from scorer.batches import budget_batches
 from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
-from scorer.config import RunConfig
+from scorer.config import FP16_ATTENTIONS, RunConfig
 from scorer.errors import ProviderError
 from scorer.session import CUDA, available, batch_runner, create_session
 from scorer.tokens import Encoded
@@ -46,23 +47,31 @@ class Fp16Report:
     io_binding: bool | None = None  # whether the faster run mode was IO binding; None: not measured
 
 
-def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, fuse_attention: bool = True
+def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str = "fused"
                   ) -> dict[str, int]:
-    """Fuse LayerNorm, GELU (and attention) with ORT's BERT optimizer; int32 id inputs, fp16 inside, fp32 logits."""
+    """Fuse LayerNorm, GELU and (unless `attention` is unfused) attention, as ORT's Attention op ("fused") or its
+    MultiHeadAttention op ("mha"), with ORT's BERT optimizer; int32 id inputs, fp16 inside, fp32 logits."""
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     options = FusionOptions("bert")
-    options.enable_attention = fuse_attention
+    options.enable_attention = attention != "unfused"
+    options.use_multi_head_attention = attention == "mha"
     model = optimizer.optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
                                      opt_level=0, use_gpu=True, optimization_options=options)
     fused = {name: count for name, count in model.get_fused_operator_statistics().items() if count}
-    if fuse_attention and not fused.get("Attention"):
-        log.warning("ONNX Runtime's optimizer fused no Attention in %s (onnxruntime 1.30 did not; 1.31 does)", source)
+    if attention_of(fused) != attention:
+        log.warning("ONNX Runtime's optimizer did not fuse %s attention in %s (onnxruntime 1.30 fused none; 1.31 "
+                    "does): the graph has %s attention", attention, source, attention_of(fused))
     int32_inputs(model.model)
     model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(target))
     return fused
+
+
+def attention_of(fused: dict[str, int]) -> str:
+    """Which attention a graph has, from the optimizer's counts of fused operators."""
+    return "fused" if fused.get("Attention") else "mha" if fused.get("MultiHeadAttention") else "unfused"
 
 
 def int32_inputs(model: onnx.ModelProto) -> None:
@@ -100,21 +109,20 @@ def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, att
     if attention == "auto" and not _cuda_works(source):
         attention, why = "fused", "not measured: no working CUDA here"
     if attention != "auto":
-        fused = optimize_fp16(source, target, num_heads, hidden_size, attention == "fused")
+        fused = optimize_fp16(source, target, num_heads, hidden_size, attention)
         log.info("fp16 variant: attention %s (%s); fused %s", attention, why,
                  ", ".join(f"{n}×{c}" for n, c in sorted(fused.items())) or "nothing")
-        return Fp16Report("fused" if fused.get("Attention") else "unfused", fused)
+        return Fp16Report(attention_of(fused), fused)
     return choose_attention(source, target, num_heads, hidden_size, encoded, "cuda")
 
 
 def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: int, encoded: Encoded,
                      provider: str) -> Fp16Report:
-    """Build both fp16 graphs, time each on `provider` as `scorer run` runs them, plain and with IO binding, and
-    keep the faster graph as `target` (with the faster mode in the report)."""
+    """Build the fp16 graph with each attention, time each on `provider` as `scorer run` runs them, plain and with
+    IO binding, and keep the fastest graph as `target` (with the faster mode in the report)."""
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        paths = {choice: Path(tmp) / f"{choice}.onnx" for choice in ("fused", "unfused")}
-        fused = {choice: optimize_fp16(source, path, num_heads, hidden_size, choice == "fused")
-                 for choice, path in paths.items()}
+        paths = {choice: Path(tmp) / f"{choice}.onnx" for choice in FP16_ATTENTIONS}
+        fused = {choice: optimize_fp16(source, path, num_heads, hidden_size, choice) for choice, path in paths.items()}
         sessions = {choice: create_session(path, provider) for choice, path in paths.items()}
         runners = {choice + (" io_binding" if bound else ""): batch_runner(session, provider, bound)
                    for choice, session in sessions.items() for bound in (False, True)}

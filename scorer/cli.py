@@ -153,8 +153,9 @@ def train(progress: bool, **options) -> None:
 @click.option("--int8-tolerance", type=float,
               help="How far int8 may move the gap between a row's two highest logits, on 99% of them "
                    "[default: 0.1].")
-@click.option("--fp16-attention", type=click.Choice(["auto", "fused", "unfused"]),
-              help="ORT's fused Attention in the fp16 graph; auto: the faster on CUDA, measured here [default: auto].")
+@click.option("--fp16-attention", type=click.Choice(["auto", "fused", "mha", "unfused"]),
+              help="The fp16 graph's attention: ORT's Attention op (fused), its MultiHeadAttention op (mha) or plain "
+                   "MatMul/Softmax (unfused); auto: the fastest on CUDA, measured here [default: auto].")
 @click.option("--tensorrt", is_flag=True, default=None, help="Also build and cache a TensorRT fp16 engine.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing export directory.")
 @command

@@ -58,6 +58,11 @@ def _check_max_length(value: int) -> None:
     )
 
 
+# The fp16 graph's attention: ORT's fused Attention op, its MultiHeadAttention op (flash or memory-efficient kernels
+# on CUDA), or the exported MatMul/Softmax nodes (export.optimize).
+FP16_ATTENTIONS = ("fused", "mha", "unfused")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything `scorer train` needs; the defaults are the recipe recorded in bench/RESULTS.md."""
@@ -145,7 +150,7 @@ class ExportConfig:
     int8_agreement: float = 1.0
     # How far int8 may move the gap between a calibration row's two highest logits, on 99% of the rows.
     int8_tolerance: float = 0.1
-    fp16_attention: str = "auto"
+    fp16_attention: str = "auto"  # auto, or one of FP16_ATTENTIONS
     tensorrt: bool = False
     overwrite: bool = False
 
@@ -161,7 +166,7 @@ class ExportConfig:
         _check(self.calibration_rows >= 1, f"--calibration-rows must be at least 1, not {self.calibration_rows}")
         _check(0 < self.int8_agreement <= 1, f"--int8-agreement must be in (0, 1], not {self.int8_agreement}")
         _check(self.int8_tolerance > 0, f"--int8-tolerance must be positive, not {self.int8_tolerance}")
-        _check_choice(self.fp16_attention, ("auto", "fused", "unfused"), "--fp16-attention")
+        _check_choice(self.fp16_attention, ("auto", *FP16_ATTENTIONS), "--fp16-attention")
 
 
 @dataclass(frozen=True)

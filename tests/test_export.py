@@ -103,7 +103,7 @@ def test_export_prints_the_parity_table_and_unfused_fp16_attention_on_request(ti
 
 
 # Each fp16 graph timed plainly and with IO binding (export.optimize.choose_attention).
-MODES = ("fused", "fused io_binding", "unfused", "unfused io_binding")
+MODES = ("fused", "fused io_binding", "mha", "mha io_binding", "unfused", "unfused io_binding")
 
 
 def test_fp16_attention_is_chosen_by_cuda_timing_or_fused_without_cuda(tiny_export):
@@ -130,7 +130,28 @@ def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path)
     assert report.attention == fastest.split()[0] and report.io_binding == fastest.endswith("io_binding")
     assert report.measured_on == "cpu"
     assert ("Attention" in operators(target)) == (report.attention == "fused")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.onnx"]  # the other graph is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.onnx"]  # the other graphs are gone
+
+
+@pytest.mark.parametrize("attention", ["fused", "mha", "unfused"])
+def test_each_fp16_attention_scores_as_the_fp32_graph_does_padding_included(tiny_export, tmp_path, attention):
+    from export.optimize import attention_of, optimize_fp16
+
+    target = tmp_path / f"{attention}.onnx"
+    assert attention_of(optimize_fp16(tiny_export / "model.onnx", target, 2, 32, attention)) == attention
+    ops = operators(target)
+    assert ("Attention" in ops) == (attention == "fused") and ("MultiHeadAttention" in ops) == (attention == "mha")
+    encoded = TextEncoder.from_dir(tiny_export, 48).encode(
+        ["Yes.", "The cat sat on the mat.", "Colourless green ideas sleep furiously in the old stone house."] * 3)
+    ids, mask = encoded.pad(np.arange(len(encoded)))  # padded to the longest: short rows are mostly padding
+    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                for path in (tiny_export / "model.onnx", target)]
+    fp32, fp16 = (session.run(None, {"input_ids": ids.astype(dtype), "attention_mask": mask.astype(dtype)})[0]
+                  for session, dtype in zip(sessions, (np.int64, np.int32), strict=True))
+    np.testing.assert_allclose(fp16, fp32, atol=2e-2)
+    alone = sessions[1].run(None, {"input_ids": ids[:1, :encoded.lengths[0]].astype(np.int32),
+                                   "attention_mask": mask[:1, :encoded.lengths[0]].astype(np.int32)})[0]
+    np.testing.assert_allclose(alone[0], fp16[0], atol=2e-3)  # padding changes nothing
 
 
 def test_export_refuses_a_missing_checkpoint_and_unknown_parity_labels(tiny_checkpoint, tmp_path):
