@@ -33,7 +33,9 @@ def main(directory: Path) -> None:
             for key, row in result["results"].items():
                 print(f"  {key:58} {row['sentences_per_s']:>9,.0f}/s {row['real_tokens_per_s']:>11,.0f} tok/s "
                       f"{row.get('percent_of_physical_limit', 0):5.1f}% of limit, labels agree "
-                      f"{row['label_agreement_with_pytorch_fp32']}, padded/real {row.get('padded_over_real_tokens')}")
+                      f"{row['label_agreement_with_pytorch_fp32']}, padded/real {row.get('padded_over_real_tokens')}"
+                      + (f", model busy {row['batching'].get('model_busy_share')}, waits {row['batching'].get('waits')}"
+                         if "batching" in row else ""))
             for key, samples in result["gpu_memory_used_mib"].items():
                 used = [mib for _, mib in samples]
                 print(f"  GPU memory {key}: {len(used)} samples, first {used[0]} MiB, max {max(used)} MiB, "

@@ -110,12 +110,14 @@ def run_config(spec: str, source: Path, output: Path, export: Path, provider: st
 def scorer_run(source: Path, export: Path, provider: str, spec: str, tmp: Path, memory: list | None = None
                ) -> tuple[np.ndarray, float, dict]:
     """`scorer run` end to end: Parquet in, Parquet out, tokenisation included (summary.seconds); the labels,
-    the seconds and the summary's batching figures."""
+    the seconds, and the summary's batching figures with the share of the run the model was busy and what the
+    thread feeding it waited for."""
     config = run_config(spec, source, tmp / "out.parquet", export, provider)
     with GpuMemory(memory if provider == "cuda" else None):
         summary = score_file(config, progress=False)
     labels = pq.read_table(config.output, columns=["label"]).column("label").to_numpy()
-    return labels, summary.seconds, summary.batching
+    return labels, summary.seconds, {**summary.batching, "waits": summary.waits,
+                                     "model_busy_share": summary.batching["model_seconds"] / summary.seconds}
 
 
 def stages(texts: list[str], export: Path, provider: str, spec: str) -> dict:
@@ -285,7 +287,10 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
             print(f"{name:8} {key:24} {row['sentences_per_s']:>9,.0f} sent/s {row['real_tokens_per_s']:>11,.0f} tok/s"
                   f"  x{row['x_notebook']:.1f} notebook  x{row['x_best_pytorch']:.2f} best-pytorch"
                   + (f"  agree {row['label_agreement_with_pytorch_fp32']:.2%}" if key in agreement else "")
-                  + (f"  padded/real {row['padded_over_real_tokens']:.3f}" if key in batching else ""),
+                  + (f"  padded/real {row['padded_over_real_tokens']:.3f}, model busy "
+                     f"{row['batching']['model_busy_share']:.0%}, waits "
+                     + ", ".join(f"{k} {v:.2f}s" for k, v in row["batching"]["waits"].items())
+                     if key in batching else ""),
                   flush=True)
     return results
 

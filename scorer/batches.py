@@ -67,12 +67,14 @@ class Batch:
 
 @dataclass
 class BatchTally:
-    """What the batches cost so far: how many, their real tokens and their padded ones (rows x width)."""
+    """What the batches cost so far: how many, their real tokens and their padded ones (rows x width), and the wall
+    seconds during which at least one of them was on the model (`model_seconds`; batches in flight overlap)."""
 
     batches: int = 0
     rows: int = 0
     tokens: int = 0
     padded_tokens: int = 0
+    model_seconds: float = 0.0
 
     def add(self, batch: Batch) -> None:
         self.batches += 1

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -137,6 +140,7 @@ class OnnxClassifier:
         self.max_batch_rows = max_batch_rows
         self.batch_overhead = DEFAULT_BATCH_OVERHEAD[self.provider] if batch_overhead is None else batch_overhead
         self.tally = BatchTally()
+        self._on_model, self._on_model_since, self._on_model_lock = 0, 0.0, threading.Lock()
         self.labels = self.manifest.labels
         self.positive = self.labels.index(self.manifest.positive_label)
         self.io_binding = default_io_binding(self.provider, self.variant, self.manifest) if io_binding is None \
@@ -199,7 +203,23 @@ class OnnxClassifier:
     def _logits(self, encoded: list[Encoded], batch: Batch) -> np.ndarray:
         padded = [encoded[piece].pad(rows, batch.width) for piece, rows in batch.parts]
         arrays = padded[0] if len(padded) == 1 else [np.concatenate(column) for column in zip(*padded, strict=True)]
-        return self._run_batch(dict(zip(self.manifest.input_names, arrays, strict=True)))
+        with self._model_busy():
+            return self._run_batch(dict(zip(self.manifest.input_names, arrays, strict=True)))
+
+    @contextmanager
+    def _model_busy(self):
+        """Count the time during which at least one batch is on the model into tally.model_seconds."""
+        with self._on_model_lock:
+            if not self._on_model:
+                self._on_model_since = time.perf_counter()
+            self._on_model += 1
+        try:
+            yield
+        finally:
+            with self._on_model_lock:
+                self._on_model -= 1
+                if not self._on_model:
+                    self.tally.model_seconds += time.perf_counter() - self._on_model_since
 
     def scores(self, probabilities: np.ndarray) -> np.ndarray:
         """The `score` of each row: the positive class's probability (two labels), else the top probability."""

@@ -41,6 +41,8 @@ class UnitSummary:
     check: dict | None = None
     error: str | None = None
     exit_code: int = 0
+    # Seconds the thread that feeds the model waited for reading, tokenising and writing (scorer.stream).
+    waits: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,8 +60,11 @@ class RunSummary:
     model_sha256: str
     io_binding: bool = False
     infer_threads: int = 1
-    # Batches run, with their real and padded token counts (scorer.batches), and the window size used.
+    # Batches run, with their real and padded token counts and the seconds the model was busy (scorer.batches),
+    # and the window size used.
     batching: dict = field(default_factory=dict)
+    # Seconds the thread that feeds the model waited for reading, tokenising and writing, over all inputs.
+    waits: dict[str, float] = field(default_factory=dict)
     summary_path: str = ""
     scorer_version: str = __version__
 
@@ -163,7 +168,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
         sink = OutputSink(unit.output, overwrite=True, metadata=record)
         started = time.perf_counter()
         try:
-            stream(reader, classifier, columns, store, sink, first, config, progress)
+            waits = stream(reader, classifier, columns, store, sink, first, config, progress)
             parts = store.parts()
             if not parts:
                 raise InputError(f"{reader.path} has no data rows; nothing to score")
@@ -177,7 +182,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
         except BaseException:
             sink.abort()
             raise
-    summary.seconds = time.perf_counter() - started
+    summary.seconds, summary.waits = time.perf_counter() - started, waits
     log.info("%s -> %s: %d rows (%d scored now%s) in %.1fs", unit.source, unit.output, summary.rows,
              summary.rows_this_run, f", resumed at row {summary.resumed_from_row}" if summary.resumed_from_row else "",
              summary.seconds)
@@ -225,15 +230,18 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
 def _summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: float, window_rows: int
                ) -> RunSummary:
     counts: dict[str, int] = {}
+    waits: dict[str, float] = {}
     for unit in units:
         for key, value in unit.status_counts.items():
             counts[key] = counts.get(key, 0) + value
+        for stage, waited in unit.waits.items():
+            waits[stage] = waits.get(stage, 0.0) + waited
     rows_now = sum(u.rows_this_run for u in units)
     return RunSummary(inputs=units, rows=sum(u.rows for u in units), rows_this_run=rows_now, status_counts=counts,
                       seconds=seconds, rows_per_second=rows_now / max(seconds, 1e-9), provider=classifier.provider,
                       io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
                       variant=classifier.variant, model_sha256=classifier.model_sha256,
-                      batching={**asdict(classifier.tally), "window_rows": window_rows})
+                      batching={**asdict(classifier.tally), "window_rows": window_rows}, waits=waits)
 
 
 def _write_summary(config: RunConfig, units: list[WorkUnit], summary: RunSummary) -> None:

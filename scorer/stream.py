@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -23,12 +24,24 @@ from scorer.write import OutputSink
 
 
 def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, store: PartStore, sink: OutputSink,
-           first: int, config: RunConfig, progress: bool) -> None:
+           first: int, config: RunConfig, progress: bool) -> dict[str, float]:
     """Read → tokenise → infer → write. Windows are read in order on one thread; each window's text is cut into
     pieces (`pieces`), tokenised on config.tokenize_threads threads (Rust tokenisation frees the GIL) with up to
     that many windows queued ahead of the model; the model takes each piece as soon as it is ready, so a window of
     long texts starts on the GPU before all of it is tokenised; the previous window is written meanwhile, as a part
-    (for resuming) and into the output (so that no assembly is left for the end)."""
+    (for resuming) and into the output (so that no assembly is left for the end).
+
+    Returns the seconds the main thread (which feeds the model) spent waiting for each other stage: where a run
+    loses time when the model is not the slowest stage."""
+    waits = dict.fromkeys(("reading", "tokenising", "writing"), 0.0)
+
+    def wait(stage: str, future: Future):
+        started = time.perf_counter()
+        try:
+            return future.result()
+        finally:
+            waits[stage] += time.perf_counter() - started
+
     labels = LabelIndex(classifier.labels) if columns.label else None
     skip = first * config.window_rows
     windows = enumerate(reader.batches(config.window_rows, skip_rows=skip))
@@ -64,19 +77,20 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
             sink.write(table)
 
         index = first
-        while (item := ahead.popleft().result()) is not None:
+        while (item := wait("reading", ahead.popleft())) is not None:
             ahead.append(reading.submit(read_and_queue))
             window, prepared = item
-            scored = classifier.infer(piece.result() for piece in prepared)
+            scored = classifier.infer(wait("tokenising", piece) for piece in prepared)
             predicted, score, status = classifier.result_arrays(scored)
             table = window.append_column(columns.predicted, predicted).append_column(columns.score, score)
             writes.append(writing.submit(save, index, table.append_column(columns.status, status)))
             while len(writes) > 1:  # at most one part in flight: memory stays bounded
-                writes.pop(0).result()
+                wait("writing", writes.pop(0))
             index += 1
             bar.update(window.num_rows)
         for write in writes:
-            write.result()
+            wait("writing", write)
+    return waits
 
 
 def _replay(store: PartStore, sink: OutputSink, count: int) -> None:

@@ -100,6 +100,20 @@ def test_io_binding_follows_what_export_measured_for_fp16_on_cuda_only(tiny_expo
     assert not default_io_binding("cuda", "fp16", replace(manifest, extra={}))  # exports from before the choice
 
 
+def test_summary_says_how_the_batches_padded_how_busy_the_model_was_and_what_feeding_it_waited_for(
+        tiny_export, parquet_input, tmp_path):
+    out = tmp_path / "out.parquet"
+    run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--window-rows", "7")
+    summary = json.loads((tmp_path / "out.parquet.summary.json").read_text())
+    batching, scored = summary["batching"], summary["status_counts"]
+    assert batching["window_rows"] == 7 and batching["rows"] == scored["ok"] + scored.get("truncated", 0)
+    assert batching["padded_tokens"] >= batching["tokens"] > 0 and batching["batches"] >= 2
+    assert 0 < batching["model_seconds"] <= summary["seconds"]
+    assert set(summary["waits"]) == {"reading", "tokenising", "writing"}
+    assert all(0 <= waited <= summary["seconds"] for waited in summary["waits"].values())
+    assert summary["waits"] == summary["inputs"][0]["waits"]
+
+
 def scored_with(export, source, output, **settings) -> pa.Table:
     """The output table of `scorer run` (the library call) on the CPU in fp32 with these RunConfig settings."""
     from scorer.config import RunConfig
