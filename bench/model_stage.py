@@ -110,6 +110,19 @@ def stage_rate(runner, windows: list[Encoded], setting: Setting, overhead: int, 
         return tally.rows / (time.perf_counter() - started), tally
 
 
+def measure(setting: Setting, graphs: dict, manifest, windows: list[Encoded], provider: str) -> dict:
+    """One setting's model stage: sentences/s, tokens/s, batches and padding, and what it ran with."""
+    binding = default_io_binding(provider, "fp16", manifest) if setting.io_binding is None else setting.io_binding
+    runner = batch_runner(session(graphs[setting.graph], provider, setting.threads, setting.spinning), provider,
+                          binding)
+    in_flight = setting.in_flight or DEFAULT_INFER_THREADS[provider]
+    overhead = DEFAULT_BATCH_OVERHEAD[provider] if setting.overhead is None else setting.overhead
+    rate, tally = stage_rate(runner, windows, setting, overhead, in_flight)
+    return {"sentences_per_s": rate, "real_tokens_per_s": rate * tally.tokens / tally.rows, "batches": tally.batches,
+            "padded_over_real_tokens": tally.padded_tokens / tally.tokens, "in_flight": in_flight,
+            "overhead": overhead, "io_binding": binding}
+
+
 def fixed_shape(path: Path, provider: str, rows: int, width: int, graph: bool, repeats: int = 30) -> float:
     """Median seconds of one run at a fixed shape, inputs and output bound on the device (CUDA graph or not)."""
     ort = onnxruntime()
@@ -156,19 +169,16 @@ def main() -> None:
             rows = setting.window_rows or DEFAULT_WINDOW_ROWS[provider]
             if rows not in encoded:
                 encoded[rows] = [encoder.encode(texts[s : s + rows]) for s in range(0, len(texts), rows)]
-            binding = default_io_binding(provider, "fp16", manifest) if setting.io_binding is None \
-                else setting.io_binding
-            runner = batch_runner(session(graphs[setting.graph], provider, setting.threads, setting.spinning),
-                                  provider, binding)
-            in_flight = setting.in_flight or DEFAULT_INFER_THREADS[provider]
-            overhead = DEFAULT_BATCH_OVERHEAD[provider] if setting.overhead is None else setting.overhead
-            rate, tally = stage_rate(runner, encoded[rows], setting, overhead, in_flight)
-            results["settings"][name] = {"sentences_per_s": rate, "real_tokens_per_s": rate * tally.tokens / tally.rows,
-                                         "batches": tally.batches, "padded_over_real_tokens": tally.padded_tokens
-                                         / tally.tokens, "in_flight": in_flight, "window_rows": rows,
-                                         "overhead": overhead, "io_binding": binding}
-            print(f"{name:50} {rate:>9,.0f} sentences/s in {tally.batches} batches, padded/real "
-                  f"{tally.padded_tokens / tally.tokens:.3f}", flush=True)
+            try:
+                results["settings"][name] = {**measure(setting, graphs, manifest, encoded[rows], provider),
+                                             "window_rows": rows}
+            except Exception as exc:  # one setting that cannot run here (a graph's kernel, say) must not stop the rest
+                results["settings"][name] = {"error": str(exc).splitlines()[0][:300]}
+                print(f"{name:50} failed: {results['settings'][name]['error']}", flush=True)
+                continue
+            row = results["settings"][name]
+            print(f"{name:50} {row['sentences_per_s']:>9,.0f} sentences/s in {row['batches']} batches, padded/real "
+                  f"{row['padded_over_real_tokens']:.3f}", flush=True)
         for rows, width in ((1024, 16), (4096, 16), (256, 128)):
             for graph in (False, True):
                 key = f"{rows}x{width}" + (" cuda graph" if graph else "")

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.timing import best_seconds
+from export.timing import best_seconds, logits_of
 from scorer.batches import budget_batches
 from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
 from scorer.config import FP16_ATTENTIONS, RunConfig
-from scorer.errors import ProviderError
+from scorer.errors import ModelError, ProviderError, first_line
 from scorer.session import CUDA, available, batch_runner, create_session
 from scorer.tokens import Encoded
 
@@ -45,6 +45,7 @@ class Fp16Report:
     seconds: dict[str, float] | None = None
     measured_on: str | None = None
     io_binding: bool | None = None  # whether the faster run mode was IO binding; None: not measured
+    failed: dict[str, str] | None = None  # attentions whose graph did not run where it was measured, and why
 
 
 def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str = "fused"
@@ -119,17 +120,32 @@ def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, att
 def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: int, encoded: Encoded,
                      provider: str) -> Fp16Report:
     """Build the fp16 graph with each attention, time each on `provider` as `scorer run` runs them, plain and with
-    IO binding, and keep the fastest graph as `target` (with the faster mode in the report)."""
+    IO binding, and keep the fastest graph as `target` (with the faster mode in the report). A graph that ONNX
+    Runtime cannot start or run there is left out, and the report says why."""
+    budget = DEFAULT_MAX_TOKENS["cuda"]
+    rows = np.resize(np.arange(len(encoded)), math.ceil(_FULL_BATCHES * budget / encoded.lengths.mean()))
+    batches = [(rows[cut], None) for cut in budget_batches(encoded.lengths[rows], budget, RunConfig.max_batch_rows,
+                                                            DEFAULT_BATCH_OVERHEAD["cuda"])]
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        paths = {choice: Path(tmp) / f"{choice}.onnx" for choice in FP16_ATTENTIONS}
-        fused = {choice: optimize_fp16(source, path, num_heads, hidden_size, choice) for choice, path in paths.items()}
-        sessions = {choice: create_session(path, provider) for choice, path in paths.items()}
-        runners = {choice + (" io_binding" if bound else ""): batch_runner(session, provider, bound)
-                   for choice, session in sessions.items() for bound in (False, True)}
-        budget = DEFAULT_MAX_TOKENS["cuda"]
-        rows = np.resize(np.arange(len(encoded)), math.ceil(_FULL_BATCHES * budget / encoded.lengths.mean()))
-        batches = [(rows[cut], None) for cut in budget_batches(encoded.lengths[rows], budget, RunConfig.max_batch_rows,
-                                                                DEFAULT_BATCH_OVERHEAD["cuda"])]
+        paths, fused, runners, failed = {}, {}, {}, {}
+        for choice in FP16_ATTENTIONS:
+            paths[choice] = Path(tmp) / f"{choice}.onnx"
+            try:
+                fused[choice] = optimize_fp16(source, paths[choice], num_heads, hidden_size, choice)
+                session = create_session(paths[choice], provider)
+                modes = {choice + (" io_binding" if bound else ""): batch_runner(session, provider, bound)
+                         for bound in (False, True)}
+                for run in modes.values():  # one batch each way: does it run here at all?
+                    logits_of(run, encoded, batches[:1])
+            except Exception as exc:  # any failure of one candidate drops it (ORT raises many exception types)
+                failed[choice] = first_line(exc)
+                log.warning("fp16 variant: the %s attention graph does not run on %s (%s); left out", choice,
+                            provider, failed[choice])
+                continue
+            runners.update(modes)
+        if not runners:
+            raise ModelError(f"no fp16 graph runs on {provider} ({'; '.join(f'{c}: {e}' for c, e in failed.items())})"
+                             "; export with --variants fp32,int8")
         seconds = dict(zip(runners, best_seconds(list(runners.values()), encoded, batches, _PASSES), strict=True))
         best = min(seconds, key=seconds.__getitem__)
         attention = best.split()[0]
@@ -137,7 +153,7 @@ def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: in
     log.info("fp16 variant: attention %s, %s runs (%s: %s per pass)", attention,
              "IO-bound" if best.endswith("io_binding") else "plain", provider,
              ", ".join(f"{name} {value:.3f}s" for name, value in seconds.items()))
-    return Fp16Report(attention, fused[attention], seconds, provider, best.endswith("io_binding"))
+    return Fp16Report(attention, fused[attention], seconds, provider, best.endswith("io_binding"), failed or None)
 
 
 def _cuda_works(model: Path) -> bool:
