@@ -131,6 +131,36 @@ def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
     assert not list(tmp_path.glob(".resumed.parquet.tmp-*"))
 
 
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_a_run_that_crashed_resumes_into_the_same_output_in_either_format(tiny_export, tmp_path, monkeypatch, suffix):
+    """A crash (not bad input) after two windows keeps their parts; the rerun copies them into its new output
+    first and scores the rest, giving the uninterrupted run's file."""
+    from scorer.classify import OnnxClassifier
+
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": list(range(50)), "sentence": sentences(50)}), source)
+    common = ["--model", tiny_export, "--window-rows", "10", "--variant", "fp32"]
+    assert run(source, "-o", tmp_path / f"reference.{suffix}", *common).exit_code == 0
+    real, calls = OnnxClassifier.result_arrays, []
+
+    def crash_on_the_third_window(self, scored):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("stand-in for a crash that is not the input's fault")
+        return real(self, scored)
+
+    monkeypatch.setattr(OnnxClassifier, "result_arrays", crash_on_the_third_window)
+    output = tmp_path / f"out.{suffix}"
+    assert run(source, "-o", output, *common).exit_code != 0
+    assert not output.exists() and len(list(tmp_path.glob(f".out.{suffix}.scorer-parts/part-*"))) == 2
+    monkeypatch.setattr(OnnxClassifier, "result_arrays", real)
+    assert run(source, "-o", output, *common).exit_code == 0
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
+    assert summary["state"] == "resumed" and summary["resumed_from_row"] == 20 and summary["rows"] == 50
+    assert output.read_bytes() == (tmp_path / f"reference.{suffix}").read_bytes()
+    assert not list(tmp_path.glob(f".out.{suffix}.scorer-parts")) and not list(tmp_path.glob(f".out.{suffix}.tmp-*"))
+
+
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tiny_export, tmp_path):
     from scorer.errors import OutputError
     from scorer.parts import OutputLock
