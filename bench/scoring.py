@@ -257,12 +257,12 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
         # untimed run on a few rows first keeps that off the first variant.
         pq.write_table(pa.table({"sentence": texts[:2000]}), warm_up)
         scorer_run(warm_up, export, provider, args.variants.split(",")[0], tmp)
-        for variant in args.variants.split(","):
-            memory[variant] = []
-            labels, seconds, batching[f"scorer-run-{variant}"] = scorer_run(source, export, provider, variant, tmp,
-                                                                            memory[variant])
-            rates[f"scorer-run-{variant}"] = len(texts) / seconds
-            agreement[f"scorer-run-{variant}"] = float((labels[: len(subset)] == reference).mean())
+        for number, variant in enumerate(args.variants.split(",")):
+            key = f"scorer-run-{variant}" + (f" (run {number + 1})" if f"scorer-run-{variant}" in rates else "")
+            memory[key] = []
+            labels, seconds, batching[key] = scorer_run(source, export, provider, variant, tmp, memory[key])
+            rates[key] = len(texts) / seconds
+            agreement[key] = float((labels[: len(subset)] == reference).mean())
         profile = [stages(texts, export, provider, spec) for spec in args.stages.split(",")] if args.stages else []
         for stage in profile:
             print(f"{name:8} stages ({stage['spec']}): tokenise {stage['tokenise_sentences_per_s']:,.0f}/s, model "
