@@ -26,7 +26,7 @@ from common import machine, write_json
 from scoring import random_checkpoint, workload
 
 from scorer.batches import BatchTally, WindowBatcher
-from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_INFER_THREADS, DEFAULT_WINDOW_ROWS, default_io_binding
+from scorer.classify import DEFAULT_INFER_THREADS, DEFAULT_WINDOW_ROWS, default_batch_overhead, default_io_binding
 from scorer.config import FP16_ATTENTIONS
 from scorer.manifest import VARIANT_FILES, load_manifest
 from scorer.session import CPU, CUDA, batch_runner, default_threads, onnxruntime
@@ -116,7 +116,7 @@ def measure(setting: Setting, graphs: dict, manifest, windows: list[Encoded], pr
     runner = batch_runner(session(graphs[setting.graph], provider, setting.threads, setting.spinning), provider,
                           binding)
     in_flight = setting.in_flight or DEFAULT_INFER_THREADS[provider]
-    overhead = DEFAULT_BATCH_OVERHEAD[provider] if setting.overhead is None else setting.overhead
+    overhead = default_batch_overhead(provider, "fp16", manifest) if setting.overhead is None else setting.overhead
     rate, tally = stage_rate(runner, windows, setting, overhead, in_flight)
     return {"sentences_per_s": rate, "real_tokens_per_s": rate * tally.tokens / tally.rows, "batches": tally.batches,
             "padded_over_real_tokens": tally.padded_tokens / tally.tokens, "in_flight": in_flight,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.timing import best_seconds, logits_of
+from export.timing import best_seconds, logits_of, run_cost
 from scorer.batches import budget_batches
 from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
 from scorer.config import FP16_ATTENTIONS, RunConfig
@@ -46,6 +46,9 @@ class Fp16Report:
     measured_on: str | None = None
     io_binding: bool | None = None  # whether the faster run mode was IO binding; None: not measured
     failed: dict[str, str] | None = None  # attentions whose graph did not run where it was measured, and why
+    # What one more run of the kept graph costs there, in tokens' worth of work (export.timing.run_cost); `scorer
+    # run` batches by it on that provider. None: not measured.
+    batch_overhead: int | None = None
 
 
 def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str = "fused"
@@ -149,11 +152,13 @@ def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: in
         seconds = dict(zip(runners, best_seconds(list(runners.values()), encoded, batches, _PASSES), strict=True))
         best = min(seconds, key=seconds.__getitem__)
         attention = best.split()[0]
+        per_run = run_cost(runners[best], encoded, rows, budget, RunConfig.max_batch_rows, _PASSES)
         paths[attention].replace(target)
-    log.info("fp16 variant: attention %s, %s runs (%s: %s per pass)", attention,
-             "IO-bound" if best.endswith("io_binding") else "plain", provider,
-             ", ".join(f"{name} {value:.3f}s" for name, value in seconds.items()))
-    return Fp16Report(attention, fused[attention], seconds, provider, best.endswith("io_binding"), failed or None)
+    log.info("fp16 variant: attention %s, %s runs, a run costs %s tokens' worth (%s: %s per pass)", attention,
+             "IO-bound" if best.endswith("io_binding") else "plain", "?" if per_run is None else f"{per_run:,.0f}",
+             provider, ", ".join(f"{name} {value:.3f}s" for name, value in seconds.items()))
+    return Fp16Report(attention, fused[attention], seconds, provider, best.endswith("io_binding"), failed or None,
+                      None if per_run is None else round(per_run))
 
 
 def _cuda_works(model: Path) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from scorer.batches import budget_batches
 from scorer.session import batch_runner
 from scorer.tokens import Encoded
 
@@ -53,3 +54,26 @@ def best_seconds(runners: list, encoded: Encoded, batches: Batches, passes: int)
         for i, run in enumerate(runners):
             best[i] = min(best[i], pass_seconds(run, encoded, batches))
     return best
+
+
+def run_cost(runner: Runner, encoded: Encoded, rows: np.ndarray, budget: int, max_rows: int, passes: int
+             ) -> float | None:
+    """What one more run of the model costs, in tokens' worth of work (scorer.batches' per-run cost).
+
+    The same rows are timed cut into batches of `budget` tokens and of an eighth of that, and the two passes fitted
+    to seconds = runs x a + padded tokens x b; the cost is a / b, within [0, budget]. None when the fit is
+    meaningless (timing noise larger than the difference)."""
+    figures = []
+    for cut_budget in (budget, max(budget // 8, 1)):
+        batches = [(rows[cut], None) for cut in budget_batches(encoded.lengths[rows], cut_budget, max_rows)]
+        padded = sum(len(chosen) * int(encoded.lengths[chosen].max()) for chosen, _ in batches)
+        figures.append((len(batches), padded, best_seconds([runner], encoded, batches, passes)[0]))
+    (runs_1, tokens_1, seconds_1), (runs_2, tokens_2, seconds_2) = figures
+    determinant = runs_1 * tokens_2 - runs_2 * tokens_1
+    if determinant == 0:
+        return None
+    per_run = (seconds_1 * tokens_2 - seconds_2 * tokens_1) / determinant
+    per_token = (runs_1 * seconds_2 - runs_2 * seconds_1) / determinant
+    if per_token <= 0:
+        return None
+    return min(max(per_run / per_token, 0.0), float(budget))

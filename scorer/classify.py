@@ -29,10 +29,10 @@ _CODE = {name: code for code, name in enumerate(STATUSES)}
 _STATUS_NAMES = pa.array(STATUSES, type=pa.string())
 # Tokens per batch (rows x padded length): large enough to fill a GPU, small enough for CPU caches.
 DEFAULT_MAX_TOKENS = {"cpu": 4096, "cuda": 32768, "tensorrt": 32768}
-# What one more batch costs, in tokens' worth of work (scorer.batches): on this project's 2-core CPU box a run of
-# the packaged MiniLM costs about 10 tokens more than its tokens (1.7 ms against 0.18 ms a token); on an H200 the
-# anchor's budgets (137k sentences/s at 8k tokens, 153k at 32k) put it near 1,300, an H100 run with IO binding
-# near 5,500 (bench/RESULTS.md 7.12). Padding costs the same on both, so the GPU value sits between the two.
+# What one more batch costs, in tokens' worth of work (scorer.batches), where export did not measure it for the
+# graph (it does for fp16 on CUDA): on this project's 2-core CPU box a run of the packaged MiniLM costs about 10
+# tokens more than its tokens (1.7 ms against 0.18 ms a token); on an H200 the anchor's budgets (137k sentences/s
+# at 8k tokens, 153k at 32k) put it near 1,300, an H100 run with IO binding near 5,500 (bench/RESULTS.md 7.12).
 DEFAULT_BATCH_OVERHEAD = {"cpu": 16, "cuda": 2048, "tensorrt": 2048}
 # Rows sorted and batched together (RunConfig.window_rows): see its comment.
 DEFAULT_WINDOW_ROWS = {"cpu": 16384, "cuda": 65536, "tensorrt": 65536}
@@ -101,11 +101,21 @@ def default_variant(provider: str, manifest: Manifest) -> str:
     return preferred
 
 
-def default_io_binding(provider: str, variant: str, manifest: Manifest) -> bool:
-    """IO binding where export timed it faster for this graph on this provider: the fp16 graph on CUDA, whose run
-    mode export measured beside its attention (export.optimize); plain runs everywhere else."""
+def _measured(provider: str, variant: str, manifest: Manifest) -> dict:
+    """What export measured for this graph on this provider: the fp16 graph on CUDA (export.optimize), else {}."""
     fp16 = manifest.extra.get("fp16") or {}
-    return variant == "fp16" and provider == "cuda" == fp16.get("measured_on") and bool(fp16.get("io_binding"))
+    return fp16 if variant == "fp16" and provider == "cuda" == fp16.get("measured_on") else {}
+
+
+def default_io_binding(provider: str, variant: str, manifest: Manifest) -> bool:
+    """IO binding where export timed it faster for this graph on this provider; plain runs everywhere else."""
+    return bool(_measured(provider, variant, manifest).get("io_binding"))
+
+
+def default_batch_overhead(provider: str, variant: str, manifest: Manifest) -> int:
+    """The per-run cost that export measured for this graph on this provider, else the provider's default."""
+    measured = _measured(provider, variant, manifest).get("batch_overhead")
+    return DEFAULT_BATCH_OVERHEAD[provider] if measured is None else int(measured)
 
 
 class OnnxClassifier:
@@ -138,7 +148,8 @@ class OnnxClassifier:
             self._start(variant, None)
         self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS[self.provider]
         self.max_batch_rows = max_batch_rows
-        self.batch_overhead = DEFAULT_BATCH_OVERHEAD[self.provider] if batch_overhead is None else batch_overhead
+        self.batch_overhead = default_batch_overhead(self.provider, self.variant, self.manifest) \
+            if batch_overhead is None else batch_overhead
         self.tally = BatchTally()
         self._on_model, self._on_model_since, self._on_model_lock = 0, 0.0, threading.Lock()
         self.labels = self.manifest.labels

@@ -128,7 +128,7 @@ def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path)
     assert set(report.seconds) == set(MODES) and all(s > 0 for s in report.seconds.values())
     fastest = min(report.seconds, key=report.seconds.get)
     assert report.attention == fastest.split()[0] and report.io_binding == fastest.endswith("io_binding")
-    assert report.measured_on == "cpu"
+    assert report.measured_on == "cpu" and (report.batch_overhead is None or 0 <= report.batch_overhead <= 32768)
     assert ("Attention" in operators(target)) == (report.attention == "fused")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.onnx"]  # the other graphs are gone
 
@@ -150,6 +150,26 @@ def test_an_attention_graph_that_does_not_run_is_left_out_and_said(tiny_export, 
     assert set(report.failed) == {"mha"} and report.failed["mha"]
     assert set(report.seconds) == {"fused", "fused io_binding", "unfused", "unfused io_binding"}
     assert report.attention in ("fused", "unfused") and (tmp_path / "fp16.onnx").is_file()
+
+
+def test_the_cost_of_a_run_is_fitted_from_passes_at_two_batch_sizes(tiny_export):
+    import time
+
+    from export.timing import run_cost
+
+    encoded = TextEncoder.from_dir(tiny_export, 48).encode(["word " * (i % 9 + 2) for i in range(400)])
+    rows = np.arange(len(encoded))
+
+    def stand_in(per_run: float, per_token: float):  # a model whose costs are known: 2 ms a run, 1 us a token
+        def run(feed):
+            time.sleep(per_run + feed["input_ids"].size * per_token)
+            return np.zeros((len(feed["input_ids"]), 2), np.float32)
+        return run
+
+    fitted = run_cost(stand_in(2e-3, 1e-6), encoded, rows, budget=4096, max_rows=4096, passes=2)
+    assert fitted is not None and 1000 <= fitted <= 3000  # 2 ms / 1 us = 2,000 tokens (sleep's own cost: a little)
+    assert run_cost(stand_in(0.0, 1e-6), encoded, rows, 4096, 4096, 2) < 1000  # nothing but tokens: near 0
+    assert run_cost(stand_in(5e-3, 0.0), encoded, rows, 4096, 4096, 2) in (None, 4096.0)  # nothing but runs
 
 
 @pytest.mark.parametrize("attention", ["fused", "mha", "unfused"])

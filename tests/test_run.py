@@ -84,15 +84,18 @@ def test_io_binding_gives_the_same_scores_as_plain_runs(tiny_export, parquet_inp
     np.testing.assert_array_equal(bound, plain)
 
 
-def test_io_binding_follows_what_export_measured_for_fp16_on_cuda_only(tiny_export):
+def test_io_binding_and_run_cost_follow_what_export_measured_for_fp16_on_cuda_only(tiny_export):
     from dataclasses import replace
 
-    from scorer.classify import default_io_binding
+    from scorer.classify import DEFAULT_BATCH_OVERHEAD, default_batch_overhead, default_io_binding
     from scorer.manifest import load_manifest
 
     manifest = load_manifest(tiny_export)
-    measured = replace(manifest, extra={**manifest.extra, "fp16": {"measured_on": "cuda", "io_binding": True}})
-    assert default_io_binding("cuda", "fp16", measured)
+    measured = replace(manifest, extra={**manifest.extra, "fp16": {"measured_on": "cuda", "io_binding": True,
+                                                                   "batch_overhead": 7000}})
+    assert default_io_binding("cuda", "fp16", measured) and default_batch_overhead("cuda", "fp16", measured) == 7000
+    assert default_batch_overhead("cuda", "fp32", measured) == DEFAULT_BATCH_OVERHEAD["cuda"]
+    assert default_batch_overhead("cpu", "fp16", measured) == DEFAULT_BATCH_OVERHEAD["cpu"]
     assert not default_io_binding("cpu", "fp16", measured) and not default_io_binding("cuda", "fp32", measured)
     plain = replace(manifest, extra={**manifest.extra, "fp16": {"measured_on": "cuda", "io_binding": False}})
     unmeasured = replace(manifest, extra={**manifest.extra, "fp16": {"measured_on": None, "io_binding": None}})
