@@ -68,6 +68,12 @@ def run_cost(runner: Runner, encoded: Encoded, rows: np.ndarray, budget: int, ma
         batches = [(rows[cut], None) for cut in budget_batches(encoded.lengths[rows], cut_budget, max_rows)]
         padded = sum(len(chosen) * int(encoded.lengths[chosen].max()) for chosen, _ in batches)
         figures.append((len(batches), padded, best_seconds([runner], encoded, batches, passes)[0]))
+    return fitted_run_cost(figures, budget)
+
+
+def fitted_run_cost(figures: list[tuple[int, int, float]], budget: int) -> float | None:
+    """a / b from two passes' (runs, padded tokens, seconds) under seconds = runs x a + tokens x b, within
+    [0, budget]; None when the two passes cannot tell a from b or the fit gives tokens no cost."""
     (runs_1, tokens_1, seconds_1), (runs_2, tokens_2, seconds_2) = figures
     determinant = runs_1 * tokens_2 - runs_2 * tokens_1
     if determinant == 0:
