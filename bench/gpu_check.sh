@@ -12,10 +12,11 @@
 # window's pieces batched together, 65,536-row windows on a GPU; CoLA padding 16% -> 2.9%) end to end against run
 # 4's way; export's choice among three fp16 attentions, each plain and IO-bound; the output written as it goes; and
 # the model stage (120k CoLA sentences/s in run 4, the limit of issue 3's scoring targets) under each setting, then
-# the GPU tests; about 450 s in all by run 4's step times, so in two calls on the warm machine (the second reuses the
-# random export in /tmp/random-bert) to keep each under the 600 s a call may run:
+# the GPU tests and GPU memory over 1M rows with the new batching; about 500 s in all by run 4's step times, so in
+# two calls on the warm machine (the second reuses the random export in /tmp/random-bert) to keep each under the
+# 600 s a call may run:
 #   bash bench/gpu_check.sh env scoring-cola scoring-long128
-#   bash bench/gpu_check.sh model-stage pytest-gpu
+#   bash bench/gpu_check.sh model-stage pytest-gpu gpu-memory-1m
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
 # default-seeds, recipe-seeds and the steps at the end run only when named; pytest-gpu runs beside the seeds steps.
