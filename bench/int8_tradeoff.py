@@ -23,14 +23,14 @@ from common import COLA, machine, write_json
 from scoring import workload
 
 from export.quantize import (
-    GAP_QUANTILE,
     _batchings,
-    gap_shift,
+    closeness,
     groups_of,
     quantize,
     sensitivity_order,
     smooth,
     weight_matmuls,
+    worst,
 )
 from export.timing import logits_of, pass_seconds
 from scorer.batches import budget_batches
@@ -49,15 +49,13 @@ def speed(path: Path, encoded: Encoded) -> float:
     return len(encoded) / min(pass_seconds(session, encoded, batches) for _ in range(REPEATS))
 
 
-def closeness(reference: Path, path: Path, encoded: Encoded, max_length: int) -> tuple[float, float]:
-    """Worst label agreement with fp32 and worst 99th-percentile top-two gap shift, over the quantiser's batchings."""
+def worst_closeness(reference: Path, path: Path, encoded: Encoded, max_length: int) -> tuple[float, float]:
+    """Worst label agreement with fp32 and worst 99th-percentile top-two gap shift, over the quantiser's batchings
+    (each against fp32 under the same batching)."""
     fp32, candidate = create_session(reference, "cpu"), create_session(path, "cpu")
-    agreement, gap = 1.0, 0.0
-    for batches in _batchings(encoded, max_length):
-        expected, logits = logits_of(fp32, encoded, batches), logits_of(candidate, encoded, batches)
-        agreement = min(agreement, float((expected.argmax(1) == logits.argmax(1)).mean()))
-        gap = max(gap, float(np.quantile(gap_shift(expected, logits), GAP_QUANTILE)))
-    return agreement, gap
+    found = worst(closeness(logits_of(fp32, encoded, batches), logits_of(candidate, encoded, batches))
+                  for batches in _batchings(encoded, max_length))
+    return found.agreement, found.gap_p99
 
 
 def main() -> None:
@@ -98,8 +96,9 @@ def main() -> None:
                 quantize(base, trial, kept + head)
             row = {"variant": name, "kept_fp32": sorted({re.sub(r"\d+", "#", n) for n in kept or []}),
                    "sentences_per_s": speed(path, speed_set)}
-            row["calibration_agreement"], row["calibration_gap_p99"] = closeness(source, path, calibration, max_length)
-            row["dev_worst_agreement"], row["dev_gap_p99"] = closeness(source, path, dev, max_length)
+            row["calibration_agreement"], row["calibration_gap_p99"] = worst_closeness(source, path, calibration,
+                                                                                       max_length)
+            row["dev_worst_agreement"], row["dev_gap_p99"] = worst_closeness(source, path, dev, max_length)
             results["variants"].append(row)
             print(f"{name:48} {row['sentences_per_s']:7.0f} sent/s  calibration {row['calibration_agreement']:.2%} "
                   f"gap {row['calibration_gap_p99']:.3f}  dev {row['dev_worst_agreement']:.2%} gap "

@@ -68,6 +68,19 @@ class Closeness:
 EXACT = Closeness(1.0, 0.0, 0.0)  # the fp32 graph itself
 
 
+def closeness(expected: np.ndarray, logits: np.ndarray) -> Closeness:
+    """How close `logits` came to the fp32 `expected` logits on one batching."""
+    return Closeness(float((logits.argmax(1) == expected.argmax(1)).mean()), float(np.abs(logits - expected).max()),
+                     float(np.quantile(gap_shift(expected, logits), GAP_QUANTILE)))
+
+
+def worst(closenesses) -> Closeness:
+    """The worst of each figure over several batchings."""
+    found = list(closenesses)
+    return Closeness(min(c.agreement for c in found), max(c.max_abs_diff for c in found),
+                     max(c.gap_p99 for c in found))
+
+
 def gap_shift(reference: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """Per row: how far `logits` moved the gap between the reference's highest and second-highest logit; a label
     flips only where this exceeds the reference's gap."""
@@ -178,16 +191,10 @@ def quantize_int8(source: Path, target: Path, calibration: Encoded, min_agreemen
         # tiny, so nothing is gained, and its error lands on the logits directly. It stays fp32.
         head = [f"{node.name}_MatMul" for node in original.graph.node if node.op_type == "Gemm"]
 
-        def closeness_keeping(kept: list[str], batches=batchings) -> Closeness:
+        def closeness_keeping(kept: list[str]) -> Closeness:
             quantize(smoothed, trial, kept + head)
             session = create_session(trial, "cpu")
-            worst, diff, gap = 1.0, 0.0, 0.0
-            for cut in batches:
-                logits = logits_of(session, calibration, cut)
-                worst = min(worst, float((logits.argmax(1) == reference.argmax(1)).mean()))
-                diff = max(diff, float(np.abs(logits - reference).max()))
-                gap = max(gap, float(np.quantile(gap_shift(reference, logits), GAP_QUANTILE)))
-            return Closeness(worst, diff, gap)
+            return worst(closeness(reference, logits_of(session, calibration, cut)) for cut in batchings)
 
         def good(close: Closeness) -> bool:
             return close.agreement >= min_agreement and close.gap_p99 <= gap_tolerance

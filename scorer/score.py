@@ -158,11 +158,10 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
         why = "by another model or from another version of the input" if done else "not by scorer"
         raise OutputError(f"{unit.output} already exists (written {why}); pass --overwrite to replace it")
     atomic.check_writable(unit.output, overwrite=True)
-    identity = {"input": source, "model_sha256": classifier.model_sha256, "variant": classifier.variant,
-                "window_rows": config.window_rows, "columns": asdict(columns), "scorer": __version__}
-    store = PartStore(unit.output, identity)
+    # What the output records of its making; the parts also depend on the window size.
     record = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
               "columns": asdict(columns), "scorer": __version__}
+    store = PartStore(unit.output, {**record, "window_rows": config.window_rows})
     with OutputLock(unit.output):
         first = store.open()
         sink = OutputSink(unit.output, overwrite=True, metadata=record)
@@ -173,14 +172,12 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
             if not parts:
                 raise InputError(f"{reader.path} has no data rows; nothing to score")
             summary = _finish(unit, classifier, config, columns, store, sink, parts, first)
-        except ScorerError:
+        except BaseException as exc:
+            sink.abort()
             # Bad input or a failed check: the parts could only reproduce the failure, so nothing is kept.
             # Anything else (a kill, a full disk) keeps them, and the next run resumes from them.
-            sink.abort()
-            store.discard()
-            raise
-        except BaseException:
-            sink.abort()
+            if isinstance(exc, ScorerError):
+                store.discard()
             raise
     summary.seconds, summary.waits = time.perf_counter() - started, waits
     log.info("%s -> %s: %d rows (%d scored now%s) in %.1fs", unit.source, unit.output, summary.rows,
