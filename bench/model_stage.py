@@ -119,7 +119,7 @@ def measure(setting: Setting, graphs: dict, manifest, windows: list[Encoded], pr
     overhead = default_batch_overhead(provider, "fp16", manifest) if setting.overhead is None else setting.overhead
     rate, tally = stage_rate(runner, windows, setting, overhead, in_flight)
     return {"sentences_per_s": rate, "real_tokens_per_s": rate * tally.tokens / tally.rows, "batches": tally.batches,
-            "padded_over_real_tokens": tally.padded_tokens / tally.tokens, "in_flight": in_flight,
+            "padded_over_real_tokens": tally.padded_over_real, "in_flight": in_flight,
             "overhead": overhead, "io_binding": binding}
 
 

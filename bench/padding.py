@@ -69,7 +69,7 @@ def main() -> None:
                                        for start in range(0, len(column), window)]
                 figures = tally(encoded[window], DEFAULT_MAX_TOKENS[provider], overhead)
                 row = {"window_rows": window, "overhead": overhead, "batches": figures.batches,
-                       "padded_over_real": figures.padded_tokens / figures.tokens,
+                       "padded_over_real": figures.padded_over_real,
                        "cost": {str(c): (figures.padded_tokens + c * figures.batches) / figures.tokens
                                 for c in RUN_COSTS}}
                 results["workloads"].setdefault(name, {}).setdefault(provider, {})[setting] = row

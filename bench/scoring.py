@@ -124,14 +124,11 @@ def stages(texts: list[str], export: Path, provider: str, spec: str) -> dict:
     """Each stage of `scorer run` alone, in sentences/s, to find the bottleneck: tokenising the pieces of each
     window of an in-memory Arrow column (one thread, as one tokenize thread does it; no file is read), and the
     model (each window's batches, padding and host copies included), with the batches' padding."""
-    from scorer.classify import DEFAULT_WINDOW_ROWS, OnnxClassifier
+    from scorer.score import open_classifier
     from scorer.stream import pieces
 
-    config = run_config(spec, Path("unused"), None, export, provider)
-    classifier = OnnxClassifier(export, provider, config.variant, config.max_tokens, config.max_batch_rows,
-                                io_binding=config.io_binding, infer_threads=config.infer_threads,
-                                word_cache=config.word_cache, batch_overhead=config.batch_overhead)
-    column, rows = pa.array(texts), config.window_rows or DEFAULT_WINDOW_ROWS[classifier.provider]
+    classifier, config = open_classifier(run_config(spec, Path("unused"), None, export, provider))
+    column, rows = pa.array(texts), config.window_rows
     windows = [pieces(column.slice(start, rows), config.piece_chars) for start in range(0, len(texts), rows)]
     classifier.infer([classifier.prepare(piece) for piece in windows[0]])  # warm-up: first shapes, arena
     started = time.perf_counter()
@@ -147,7 +144,7 @@ def stages(texts: list[str], export: Path, provider: str, spec: str) -> dict:
     tally = classifier.tally
     return {"spec": spec, "tokenise_sentences_per_s": len(texts) / tokenise, "model_sentences_per_s":
             len(texts) / model, "window_rows": rows, "batches": tally.batches,
-            "padded_over_real_tokens": tally.padded_tokens / max(tally.tokens, 1)}
+            "padded_over_real_tokens": tally.padded_over_real}
 
 
 class GpuMemory:
@@ -252,9 +249,9 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
         agreement, memory, batching = {}, {}, {}
         source, warm_up = tmp / f"input-{name}.parquet", tmp / f"warm-up-{name}.parquet"
         pq.write_table(pa.table({"sentence": texts}), source)
-        # The first `scorer run` in a process pays one-off costs (first calls into pyarrow's and numpy's kernels,
-        # thread start-up): a 3,000-row CPU run of the tiny model did 10.7k sentences/s first and 16-18k after. An
-        # untimed run on a few rows first keeps that off the first variant.
+        # The first `scorer run` in a process pays one-off costs (mostly ONNX Runtime's first runs, then first calls
+        # into pyarrow and numpy): a 3,000-row CPU run of the tiny model did 10.7k sentences/s first and 16-18k
+        # after. An untimed run on a few rows first keeps that off the first variant.
         pq.write_table(pa.table({"sentence": texts[:2000]}), warm_up)
         scorer_run(warm_up, export, provider, args.variants.split(",")[0], tmp)
         for number, variant in enumerate(args.variants.split(",")):

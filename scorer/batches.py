@@ -76,6 +76,10 @@ class BatchTally:
     padded_tokens: int = 0
     model_seconds: float = 0.0
 
+    @property
+    def padded_over_real(self) -> float:
+        return self.padded_tokens / max(self.tokens, 1)
+
     def add(self, batch: Batch) -> None:
         self.batches += 1
         self.rows += len(batch)

@@ -103,14 +103,19 @@ def result_columns(input_columns: list[str]) -> dict[str, str]:
     return names
 
 
-def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
-    """Score every unit of config.input; failures of single units are collected, then raised at the end."""
-    units = plan_units(config.input, config.output, config.output_format)
+def open_classifier(config: RunConfig) -> tuple[OnnxClassifier, RunConfig]:
+    """The classifier that `config` asks for, and `config` with the window size of the provider it landed on."""
     classifier = OnnxClassifier(config.model, config.provider, config.variant, config.max_tokens,
                                 config.max_batch_rows, io_binding=config.io_binding,
                                 infer_threads=config.infer_threads, word_cache=config.word_cache,
                                 batch_overhead=config.batch_overhead)
-    config = replace(config, window_rows=config.window_rows or DEFAULT_WINDOW_ROWS[classifier.provider])
+    return classifier, replace(config, window_rows=config.window_rows or DEFAULT_WINDOW_ROWS[classifier.provider])
+
+
+def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
+    """Score every unit of config.input; failures of single units are collected, then raised at the end."""
+    units = plan_units(config.input, config.output, config.output_format)
+    classifier, config = open_classifier(config)
     log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
              classifier.provider, len(units))
     started = time.perf_counter()
