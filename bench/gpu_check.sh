@@ -16,7 +16,10 @@
 # two calls on the warm machine (the second reuses the random export in /tmp/random-bert) to keep each under the
 # 600 s a call may run:
 #   bash bench/gpu_check.sh env scoring-cola scoring-long128
-#   bash bench/gpu_check.sh model-stage pytest-gpu gpu-memory-1m
+#   bash bench/gpu_check.sh model-stage ort-options pytest-gpu gpu-memory-1m
+# Export now also tries the fused graphs with cuDNN's flash attention asked for (sdpa_kernel 8; bench/RESULTS.md
+# 7.13), so the scoring steps' exports run 10 timed candidates instead of 6, and model-stage times each attention
+# with and without cuDNN's kernels.
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
 # default-seeds, recipe-seeds and the steps at the end run only when named; pytest-gpu runs beside the seeds steps.
@@ -54,17 +57,20 @@ print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)"
 # plain runs and IO binding forced (the default is the mode that export timed faster, recorded in the JSON's
 # export.fp16.io_binding); then each stage alone (tokenising with the word cache; the model), both ways of batching.
 old_batching="window_rows=16384:batch_overhead=1000000000"
-step scoring-cola 180 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
+step scoring-cola 240 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
   --variants fp16,fp16:$old_batching,fp16:infer_threads=1,fp16:plain,fp16:bound --stages fp16,fp16:$old_batching \
   --out "$out/scoring-cola.json"
 # Long texts: the same comparisons (the anchor's fastest way on long texts was the fused attention with IO
 # binding); 60k rows.
-step scoring-long128 150 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
+step scoring-long128 210 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
   --variants fp16,fp16:$old_batching,fp16:plain,fp16:bound --stages fp16,fp16:plain,fp16:bound \
   --out "$out/scoring-long128.json"
 # The model stage alone under each setting of bench/model_stage.py (window size and padding rule, batches in
 # flight, IO binding, threads, attention), then fixed shapes with and without a CUDA graph (about 90 s).
 step model-stage 200 python3 bench/model_stage.py $random --rows 200000 --out "$out/model-stage.json"
+# ONNX Runtime's graph optimisation levels (disabled, basic, extended, all) for the fp16 graph as scorer runs it
+# (export's kernel choice and run mode), on 100k CoLA sentences (about 40 s).
+step ort-options 90 python3 bench/ort_options.py $random --rows 100000 --out "$out/ort-options.json"
 # Issue 5's target on the GPU: `scorer train` with its defaults (packaged MiniLM as it ships, fp32 on CUDA), CoLA
 # train/dev, seeds 1-3 at once (each run leaves the GPU mostly idle; 120-137 s in runs 3 and 4). Training on the GPU
 # repeats itself to four decimals (runs 3 and 4), so one run per recipe is its GPU figure. recipe-seeds: the same

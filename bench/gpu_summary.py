@@ -28,7 +28,8 @@ def main(directory: Path) -> None:
         for workload, result in data["workloads"].items():
             fp16 = result["export"].get("fp16", {})
             print(f"{name} {workload}: {result['texts']} texts, {result['mean_tokens']:.1f} tokens; fp16 attention "
-                  f"{fp16.get('attention')}, IO binding {fp16.get('io_binding')} (seconds {fp16.get('seconds')}); "
+                  f"{fp16.get('attention')}, IO binding {fp16.get('io_binding')}, CUDA options "
+                  f"{fp16.get('cuda_options')} (seconds {fp16.get('seconds')}; left out {fp16.get('failed')}); "
                   f"stages {result.get('stages')}")
             for key, row in result["results"].items():
                 print(f"  {key:58} {row['sentences_per_s']:>9,.0f}/s {row['real_tokens_per_s']:>11,.0f} tok/s "
@@ -52,6 +53,13 @@ def main(directory: Path) -> None:
         print(f"model stage ({stage['attention_chosen']} attention chosen):")
         for name, row in {**stage["settings"], **stage["fixed_shape"]}.items():
             print(f"  {name:50} {row}")
+    path = directory / "ort-options.json"
+    if path.is_file():
+        for variant, result in json.loads(path.read_text())["variants"].items():
+            for level, row in result["levels"].items():
+                print(f"ort level {variant} {level:9} {row['sentences_per_s']:>10,.0f}/s start "
+                      f"{row['session_start_s']:.2f}s max|diff| {row['max_abs_diff_vs_all']:.2e} labels "
+                      f"{row['labels_agree_with_all']:.4f}")
     path = directory / "train-speed.json"
     if path.is_file():
         for run in json.loads(path.read_text())["runs"]:

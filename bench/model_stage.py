@@ -5,8 +5,9 @@
 On pre-tokenised CoLA-like sentences (as scorer tokenises them, in windows), times the token-budget batches
 through an ONNX Runtime session for each setting in SETTINGS (window size and batch overhead, i.e. padding, as
 scorer.batches batches a window; rows per batch, token budget, IO binding, padded width rounded up, intra-op threads
-and spinning, each fp16 attention (fused, MultiHeadAttention, unfused), batches in flight), then one
-fixed shape run repeatedly, with and without a captured CUDA graph: the graph's ceiling, launches included or not.
+and spinning, each fp16 attention (fused, MultiHeadAttention, unfused) with ORT's attention kernels and with cuDNN's,
+batches in flight), then one fixed shape run repeatedly, with and without a captured CUDA graph: the graph's ceiling,
+launches included or not.
 """
 
 from __future__ import annotations
@@ -25,8 +26,15 @@ import numpy as np
 from common import machine, write_json
 from scoring import random_checkpoint, workload
 
+from export.optimize import KERNELS
 from scorer.batches import BatchTally, WindowBatcher
-from scorer.classify import DEFAULT_INFER_THREADS, DEFAULT_WINDOW_ROWS, default_batch_overhead, default_io_binding
+from scorer.classify import (
+    DEFAULT_INFER_THREADS,
+    DEFAULT_WINDOW_ROWS,
+    default_batch_overhead,
+    default_io_binding,
+    default_provider_options,
+)
 from scorer.config import FP16_ATTENTIONS
 from scorer.manifest import VARIANT_FILES, load_manifest
 from scorer.session import CPU, CUDA, batch_runner, default_threads, onnxruntime
@@ -48,6 +56,7 @@ class Setting:
     in_flight: int | None = None
     window_rows: int | None = None
     overhead: int | None = None
+    kernels: str | None = None  # export.optimize.KERNELS; None: what export chose for its graph (on CUDA)
 
 
 SETTINGS = {
@@ -65,9 +74,11 @@ SETTINGS = {
     "a thread per core, no spinning": Setting(threads=0, spinning=False),
     "rows 8192 budget 64k": Setting(max_rows=8192, max_tokens=65536),
     "widths rounded up to x8": Setting(multiple=8),
-    "fused attention": Setting(graph="fused"),
-    "MultiHeadAttention": Setting(graph="mha"),
-    "unfused attention": Setting(graph="unfused"),
+    "fused attention": Setting(graph="fused", kernels="default"),
+    "fused attention, cuDNN kernels": Setting(graph="fused", kernels="cudnn"),
+    "MultiHeadAttention": Setting(graph="mha", kernels="default"),
+    "MultiHeadAttention, cuDNN kernels": Setting(graph="mha", kernels="cudnn"),
+    "unfused attention": Setting(graph="unfused", kernels="default"),
 }
 
 
@@ -113,20 +124,27 @@ def stage_rate(runner, windows: list[Encoded], setting: Setting, overhead: int, 
 def measure(setting: Setting, graphs: dict, manifest, windows: list[Encoded], provider: str) -> dict:
     """One setting's model stage: sentences/s, tokens/s, batches and padding, and what it ran with."""
     binding = default_io_binding(provider, "fp16", manifest) if setting.io_binding is None else setting.io_binding
-    runner = batch_runner(session(graphs[setting.graph], provider, setting.threads, setting.spinning), provider,
-                          binding)
+    options = chosen_options(provider, manifest) if setting.kernels is None else KERNELS[setting.kernels]
+    runner = batch_runner(session(graphs[setting.graph], provider, setting.threads, setting.spinning, options),
+                          provider, binding)
     in_flight = setting.in_flight or DEFAULT_INFER_THREADS[provider]
     overhead = default_batch_overhead(provider, "fp16", manifest) if setting.overhead is None else setting.overhead
     rate, tally = stage_rate(runner, windows, setting, overhead, in_flight)
     return {"sentences_per_s": rate, "real_tokens_per_s": rate * tally.tokens / tally.rows, "batches": tally.batches,
             "padded_over_real_tokens": tally.padded_over_real, "in_flight": in_flight,
-            "overhead": overhead, "io_binding": binding}
+            "overhead": overhead, "io_binding": binding, "cuda_options": options}
 
 
-def fixed_shape(path: Path, provider: str, rows: int, width: int, graph: bool, repeats: int = 30) -> float:
+def chosen_options(provider: str, manifest) -> dict:
+    """The CUDA options scorer runs the export's fp16 graph with (export's kernel choice); none on a CPU."""
+    return (default_provider_options(provider, "fp16", manifest) or {}) if provider == "cuda" else {}
+
+
+def fixed_shape(path: Path, provider: str, rows: int, width: int, graph: bool, options: dict, repeats: int = 30
+                ) -> float:
     """Median seconds of one run at a fixed shape, inputs and output bound on the device (CUDA graph or not)."""
     ort = onnxruntime()
-    sess = session(path, provider, None, True, {"enable_cuda_graph": "1"} if graph else None)
+    sess = session(path, provider, None, True, {**options, "enable_cuda_graph": "1"} if graph else options)
     device = "cuda" if provider == "cuda" else "cpu"
     types = {i.name: np.int32 if i.type == "tensor(int32)" else np.int64 for i in sess.get_inputs()}
     rng = np.random.default_rng(0)
@@ -183,7 +201,8 @@ def main() -> None:
             for graph in (False, True):
                 key = f"{rows}x{width}" + (" cuda graph" if graph else "")
                 try:
-                    seconds = fixed_shape(graphs["chosen"], provider, rows, width, graph)
+                    seconds = fixed_shape(graphs["chosen"], provider, rows, width, graph,
+                                          chosen_options(provider, manifest))
                 except Exception as exc:  # a CUDA graph capture can fail on some graphs: record why
                     results["fixed_shape"][key] = {"error": str(exc).splitlines()[0][:300]}
                     print(f"{key:28} failed: {results['fixed_shape'][key]['error']}", flush=True)

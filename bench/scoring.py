@@ -179,7 +179,7 @@ def random_checkpoint(directory: Path, shape: str, max_length: int, workload: st
     """A randomly initialised bert-base-shaped classifier, saved and exported (fp32 + fp16): speed only.
 
     One checkpoint; one export per workload, calibrated on that workload's texts, so that export's timing of the
-    fused and unfused fp16 attention (both recorded in the manifest) chooses for texts like the ones scored, as
+    fp16 attentions and kernel settings (all recorded in the manifest) chooses for texts like the ones scored, as
     a user's export does with its training data.
     """
     from export.pipeline import export_model

@@ -1,13 +1,16 @@
-"""The GPU variant: fp16 with ONNX Runtime's BERT fusions, attention fused or not, chosen by measurement on CUDA.
+"""The GPU variant: fp16 with ONNX Runtime's BERT fusions, its attention chosen by measurement on CUDA.
 
 ORT's fused Attention was the slowest fp16 graph with plain `session.run` and the fastest on long texts with IO
 binding (H200 anchor, ../shared/device/README.md), while on an H100 IO binding slowed the fused graph on short
-sentences by a quarter (bench/RESULTS.md 7.2): which wins depends on the card, the lengths and the run mode. ORT's
-MultiHeadAttention op (flash or memory-efficient attention kernels on CUDA) is a third candidate. So when export
-runs where CUDA works, it builds the three graphs, times each with plain runs and with IO binding on the
-calibration sentences, batched as `scorer run` batches them, and keeps the fastest graph and records its faster run
-mode, which `scorer run` then uses on CUDA unless told otherwise; elsewhere it keeps the fused graph and says it
-was not measured.
+sentences by a quarter (bench/RESULTS.md 7.2): which wins depends on the card, the lengths and the run mode.
+The fused attention ops take the padding mask as sequence lengths (the mask's row sums, valid because scorer pads on
+the right). With those, ORT's CUDA kernels use TensorRT's fused attention up to compute capability 8.9; on 9.0 (H100,
+H200) they fall back to unfused attention math unless cuDNN's flash attention (SDPA) is used, which the CUDA
+provider's `sdpa_kernel` option asks for (and newer ORT releases prefer there by themselves). So where CUDA works,
+export builds the graph with each attention of FP16_ATTENTIONS, runs the fused ones also with cuDNN's attention
+asked for, checks each against the fp32 graph on a batch with padding, times each plainly and with IO binding on the
+calibration sentences batched as `scorer run` batches them, and keeps the fastest graph with its run mode and kernel
+setting, which `scorer run` then uses on CUDA; elsewhere it keeps the fused graph and says it was not measured.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ log = logging.getLogger("scorer")
 # Best of 3 passes; each pass runs 8 full batches' worth of tokens (the calibration rows repeated): 500 short
 # sentences alone make one small batch, where launch overheads, not the attention, decide.
 _PASSES, _FULL_BATCHES = 3, 8
+# CUDA provider options per attention-kernel setting: ORT's choice, or cuDNN's flash attention asked for (the
+# `sdpa_kernel` bit mask of ORT's AttentionBackend: 8 is CUDNN_FLASH_ATTENTION; the unfused math stays the fallback).
+KERNELS = {"default": {}, "cudnn": {"sdpa_kernel": "8"}}
+# The check rows (calibration rows in their own order, so of mixed lengths, padded to the longest) may differ from the
+# fp32 graph's logits by this much: fp16 moved bert-base's by up to 9e-3 on an H200 (../shared/device/README.md);
+# a kernel that ignored the padding moves them by far more.
+_CHECK_ROWS, FP16_CHECK_TOLERANCE = 64, 0.05
 
 
 @dataclass(frozen=True)
@@ -41,26 +51,32 @@ class Fp16Report:
 
     attention: str
     fused: dict[str, int]
-    # Per attention choice and run mode ("fused", "fused io_binding", ...); None where CUDA was not there to measure.
+    # Per candidate ("fused", "fused io_binding", "mha cudnn", ...); None where CUDA was not there to measure.
     seconds: dict[str, float] | None = None
     measured_on: str | None = None
     io_binding: bool | None = None  # whether the faster run mode was IO binding; None: not measured
-    failed: dict[str, str] | None = None  # attentions whose graph did not run where it was measured, and why
+    failed: dict[str, str] | None = None  # candidates that did not run, or ran wrong, where measured, and why
     # What one more run of the kept graph costs there, in tokens' worth of work (export.timing.run_cost); `scorer
     # run` batches by it on that provider. None: not measured.
     batch_overhead: int | None = None
+    # The provider options of the kept kernel setting (KERNELS), which `scorer run` passes to CUDA with this graph.
+    cuda_options: dict[str, str] | None = None
 
 
 def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str = "fused"
                   ) -> dict[str, int]:
     """Fuse LayerNorm, GELU and (unless `attention` is unfused) attention, as ORT's Attention op ("fused") or its
-    MultiHeadAttention op ("mha"), with ORT's BERT optimizer; int32 id inputs, fp16 inside, fp32 logits."""
+    MultiHeadAttention op ("mha") taking the mask as sequence lengths, with ORT's BERT optimizer; int32 id inputs,
+    fp16 inside, fp32 logits."""
     from onnxruntime.transformers import optimizer
-    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
 
     options = FusionOptions("bert")
     options.enable_attention = attention != "unfused"
     options.use_multi_head_attention = attention == "mha"
+    # EmbedLayerNormalization turns the mask into each row's count of ones (the optimizer's BERT default, said here
+    # because the CUDA kernels depend on it: with the 0/1 mask itself, only the unfused math takes it).
+    options.attention_mask_format = AttentionMaskFormat.MaskIndexEnd
     model = optimizer.optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
                                      opt_level=0, use_gpu=True, optimization_options=options)
     fused = {name: count for name, count in model.get_fused_operator_statistics().items() if count}
@@ -122,45 +138,72 @@ def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, att
 
 def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: int, encoded: Encoded,
                      provider: str) -> Fp16Report:
-    """Build the fp16 graph with each attention, time each on `provider` as `scorer run` runs them, plain and with
-    IO binding, and keep the fastest graph as `target` (with the faster mode in the report). A graph that ONNX
-    Runtime cannot start or run there is left out, and the report says why."""
+    """Build the fp16 graph with each attention, check each kernel setting against the fp32 graph, time each on
+    `provider` as `scorer run` runs them, plain and with IO binding, and keep the fastest graph as `target` (with
+    its run mode and kernel setting in the report). A candidate that ONNX Runtime cannot start or run there, or
+    that scores the check rows differently, is left out, and the report says why."""
     budget = DEFAULT_MAX_TOKENS["cuda"]
     rows = np.resize(np.arange(len(encoded)), math.ceil(_FULL_BATCHES * budget / encoded.lengths.mean()))
     batches = [(rows[cut], None) for cut in budget_batches(encoded.lengths[rows], budget, RunConfig.max_batch_rows,
                                                             DEFAULT_BATCH_OVERHEAD["cuda"])]
+    check = [(np.arange(min(len(encoded), _CHECK_ROWS)), None)]  # mixed lengths: padding in every short row
+    expected = logits_of(create_session(source, "cpu"), encoded, check)[check[0][0]]
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         paths, fused, runners, failed = {}, {}, {}, {}
-        for choice in FP16_ATTENTIONS:
-            paths[choice] = Path(tmp) / f"{choice}.onnx"
+        for attention in FP16_ATTENTIONS:
+            paths[attention] = Path(tmp) / f"{attention}.onnx"
             try:
-                fused[choice] = optimize_fp16(source, paths[choice], num_heads, hidden_size, choice)
-                if attention_of(fused[choice]) != choice:  # not the graph it is named for: nothing new to time
-                    raise ModelError(f"the optimizer fused {attention_of(fused[choice])} attention instead")
-                session = create_session(paths[choice], provider)
-                modes = {choice + (" io_binding" if bound else ""): batch_runner(session, provider, bound)
-                         for bound in (False, True)}
-                for run in modes.values():  # one batch each way: does it run here at all?
-                    logits_of(run, encoded, batches[:1])
+                fused[attention] = optimize_fp16(source, paths[attention], num_heads, hidden_size, attention)
+                if attention_of(fused[attention]) != attention:  # not the graph it is named for
+                    raise ModelError(f"the optimizer fused {attention_of(fused[attention])} attention instead")
             except Exception as exc:  # any failure of one candidate drops it (ORT raises many exception types)
-                failed[choice] = first_line(exc)
-                log.warning("fp16 variant: the %s attention graph does not run on %s (%s); left out", choice,
-                            provider, failed[choice])
+                failed[attention] = first_line(exc)
+                log.warning("fp16 variant: no %s attention graph (%s); left out", attention, failed[attention])
                 continue
-            runners.update(modes)
+            for kernels in kernel_settings(attention, provider):
+                name = attention + ("" if kernels == "default" else f" {kernels}")
+                try:
+                    runners.update(_checked_runners(paths[attention], provider, name, kernels, encoded, check,
+                                                    expected))
+                except Exception as exc:
+                    failed[name] = first_line(exc)
+                    log.warning("fp16 variant: %s left out on %s (%s)", name, provider, failed[name])
         if not runners:
             raise ModelError(f"no fp16 graph runs on {provider} ({'; '.join(f'{c}: {e}' for c, e in failed.items())})"
                              "; export with --variants fp32,int8")
         seconds = dict(zip(runners, best_seconds(list(runners.values()), encoded, batches, _PASSES), strict=True))
         best = min(seconds, key=seconds.__getitem__)
-        attention = best.split()[0]
+        attention, *setting = best.split()
+        kernels = next((word for word in setting if word in KERNELS), "default")
         per_run = run_cost(runners[best], encoded, rows, budget, RunConfig.max_batch_rows, _PASSES)
+        runners.clear()  # the sessions let go of the graph files before the temporary directory goes
         paths[attention].replace(target)
-    log.info("fp16 variant: attention %s, %s runs, a run costs %s tokens' worth (%s: %s per pass)", attention,
-             "IO-bound" if best.endswith("io_binding") else "plain", "?" if per_run is None else f"{per_run:,.0f}",
-             provider, ", ".join(f"{name} {value:.3f}s" for name, value in seconds.items()))
+    log.info("fp16 variant: attention %s, %s kernels, %s runs, a run costs %s tokens' worth (%s: %s per pass)",
+             attention, kernels, "IO-bound" if best.endswith("io_binding") else "plain",
+             "?" if per_run is None else f"{per_run:,.0f}", provider,
+             ", ".join(f"{name} {value:.3f}s" for name, value in seconds.items()))
     return Fp16Report(attention, fused[attention], seconds, provider, best.endswith("io_binding"), failed or None,
-                      None if per_run is None else round(per_run))
+                      None if per_run is None else round(per_run), KERNELS[kernels])
+
+
+def kernel_settings(attention: str, provider: str) -> list[str]:
+    """The KERNELS to try a graph with: ORT's own choice, and on CUDA cuDNN's attention for the fused ops."""
+    return ["default", "cudnn"] if provider == "cuda" and attention != "unfused" else ["default"]
+
+
+def _checked_runners(path: Path, provider: str, name: str, kernels: str, encoded: Encoded, check, expected
+                     ) -> dict:
+    """A plain and an IO-bound runner of the graph at `path` with `kernels`, once each has scored the check rows
+    within FP16_CHECK_TOLERANCE of the fp32 graph's `expected` logits; raises where either does not."""
+    session = create_session(path, provider, KERNELS[kernels])
+    runners = {name + (" io_binding" if bound else ""): batch_runner(session, provider, bound)
+               for bound in (False, True)}
+    for run in runners.values():
+        worst = float(np.abs(logits_of(run, encoded, check)[check[0][0]] - expected).max())
+        if not worst <= FP16_CHECK_TOLERANCE:  # NaN fails too
+            raise ModelError(f"its logits differ from the fp32 graph's by {worst:.3g} on rows with padding "
+                             f"(at most {FP16_CHECK_TOLERANCE} allowed)")
+    return runners
 
 
 def _cuda_works(model: Path) -> bool:

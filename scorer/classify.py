@@ -112,6 +112,11 @@ def default_io_binding(provider: str, variant: str, manifest: Manifest) -> bool:
     return bool(_measured(provider, variant, manifest).get("io_binding"))
 
 
+def default_provider_options(provider: str, variant: str, manifest: Manifest) -> dict | None:
+    """The CUDA options that export measured this graph fastest with (its attention kernels), else None."""
+    return _measured(provider, variant, manifest).get("cuda_options") or None
+
+
 def default_batch_overhead(provider: str, variant: str, manifest: Manifest) -> int:
     """The per-run cost that export measured for this graph on this provider, else the provider's default."""
     measured = _measured(provider, variant, manifest).get("batch_overhead")
@@ -165,6 +170,9 @@ class OnnxClassifier:
         self.variant = variant or default_variant(self.provider, self.manifest)
         self.model_path = self.manifest.variant(self.variant, self.directory)
         self.model_sha256 = sha256_file(self.model_path)
+        if provider_options is None:
+            provider_options = default_provider_options(self.provider, self.variant, self.manifest)
+        self.provider_options = provider_options or {}
         self.session = create_session(self.model_path, self.provider, provider_options)
 
     def close(self) -> None:

@@ -60,6 +60,7 @@ class RunSummary:
     model_sha256: str
     io_binding: bool = False
     infer_threads: int = 1
+    provider_options: dict = field(default_factory=dict)  # as given to ONNX Runtime (CUDA: export's kernel choice)
     # Batches run, with their real and padded token counts and the seconds the model was busy (scorer.batches),
     # and the window size used.
     batching: dict = field(default_factory=dict)
@@ -242,6 +243,7 @@ def _summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: fl
     return RunSummary(inputs=units, rows=sum(u.rows for u in units), rows_this_run=rows_now, status_counts=counts,
                       seconds=seconds, rows_per_second=rows_now / max(seconds, 1e-9), provider=classifier.provider,
                       io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
+                      provider_options=classifier.provider_options,
                       variant=classifier.variant, model_sha256=classifier.model_sha256,
                       batching={**asdict(classifier.tally), "window_rows": window_rows}, waits=waits)
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 import pytest
 import torch
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 from export.parity import parity_batches
 from scorer.cli import main
+from scorer.config import FP16_ATTENTIONS
 from scorer.manifest import load_manifest, sha256_file
 from scorer.model import SentenceClassifier
 from scorer.tokens import TextEncoder
@@ -102,17 +104,19 @@ def test_export_prints_the_parity_table_and_unfused_fp16_attention_on_request(ti
     assert fp16["attention"] == "unfused" and fp16["seconds"] is None
 
 
-# Each fp16 graph timed plainly and with IO binding (export.optimize.choose_attention).
-MODES = ("fused", "fused io_binding", "mha", "mha io_binding", "unfused", "unfused io_binding")
+# Each fp16 graph timed plainly and with IO binding (export.optimize.choose_attention); on CUDA the fused ones also
+# with cuDNN's attention kernels asked for.
+MODES = tuple(f"{attention}{mode}" for attention in FP16_ATTENTIONS for mode in ("", " io_binding"))
 
 
 def test_fp16_attention_is_chosen_by_cuda_timing_or_fused_without_cuda(tiny_export):
     fp16 = load_manifest(tiny_export).extra["fp16"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
         seconds = fp16["seconds"]
-        assert set(seconds) == set(MODES) and fp16["attention"] == min(seconds, key=seconds.get).split()[0]
+        assert set(MODES) <= set(seconds) and fp16["attention"] == min(seconds, key=seconds.get).split()[0]
     else:
         assert fp16["attention"] == "fused" and fp16["seconds"] is None and fp16["measured_on"] is None
+        assert fp16["cuda_options"] is None
     assert ("Attention" in operators(tiny_export / "model.fp16.onnx")) == (fp16["attention"] == "fused")
     assert fp16["fused"]["SkipLayerNormalization"] >= 1
     inputs = onnx.load(str(tiny_export / "model.fp16.onnx")).graph.input
@@ -129,30 +133,40 @@ def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path)
     fastest = min(report.seconds, key=report.seconds.get)
     assert report.attention == fastest.split()[0] and report.io_binding == fastest.endswith("io_binding")
     assert report.measured_on == "cpu" and (report.batch_overhead is None or 0 <= report.batch_overhead <= 32768)
+    assert report.cuda_options == {} and report.failed is None  # cuDNN's kernels are tried on CUDA only
     assert ("Attention" in operators(target)) == (report.attention == "fused")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.onnx"]  # the other graphs are gone
 
 
-@pytest.mark.parametrize("fault", ["unloadable", "not fused"])
-def test_an_attention_graph_that_does_not_run_is_left_out_and_said(tiny_export, tmp_path, monkeypatch, fault):
+@pytest.mark.parametrize("fault", ["unloadable", "not fused", "wrong logits"])
+def test_an_attention_graph_that_does_not_run_or_runs_wrong_is_left_out_and_said(tiny_export, tmp_path, monkeypatch,
+                                                                                   fault):
     import export.optimize as optimize
 
     real = optimize.optimize_fp16
 
     def mha_broken(source, target, num_heads, hidden_size, attention="fused"):
-        if attention == "mha" and fault == "not fused":  # an optimizer that cannot fuse it builds another graph
+        if attention == "mha" and fault == "not fused":  # an optimizer that cannot fuse it builds another
             return real(source, target, num_heads, hidden_size, "fused")
         fused = real(source, target, num_heads, hidden_size, attention)
-        if attention == "mha":  # a graph this ONNX Runtime cannot load: what a missing kernel would look like
+        if attention == "mha" and fault == "unloadable":  # what a missing kernel would look like
             target.write_bytes(target.read_bytes()[:1000])
+        if attention == "mha" and fault == "wrong logits":  # a kernel that computes something else
+            model = onnx.load(str(target))
+            head = next(i for i in model.graph.initializer if tuple(i.dims) == (2,))  # the classifier's bias
+            bias = onnx.numpy_helper.to_array(head)
+            head.CopyFrom(onnx.numpy_helper.from_array((bias + 0.1).astype(bias.dtype), head.name))
+            onnx.save(model, str(target))
         return fused
 
     monkeypatch.setattr(optimize, "optimize_fp16", mha_broken)
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(["The cat sat.", "A longer sentence than that."] * 40)
     report = optimize.choose_attention(tiny_export / "model.onnx", tmp_path / "fp16.onnx", 2, 32, encoded, "cpu")
     assert set(report.failed) == {"mha"} and report.failed["mha"]
-    assert set(report.seconds) == {"fused", "fused io_binding", "unfused", "unfused io_binding"}
-    assert report.attention in ("fused", "unfused") and (tmp_path / "fp16.onnx").is_file()
+    if fault == "wrong logits":
+        assert "differ from the fp32 graph's by 0.1" in report.failed["mha"]
+    assert set(report.seconds) == set(MODES) - {"mha", "mha io_binding"}
+    assert report.attention != "mha" and (tmp_path / "fp16.onnx").is_file()
 
 
 def test_the_cost_of_a_run_is_fitted_from_two_passes():
@@ -188,14 +202,21 @@ def test_the_cost_of_a_run_is_measured_on_a_model_of_known_costs(tiny_export):
     assert fitted is not None and 1000 <= fitted <= 3000
 
 
-@pytest.mark.parametrize("attention", ["fused", "mha", "unfused"])
+@pytest.mark.parametrize("attention", FP16_ATTENTIONS)
 def test_each_fp16_attention_scores_as_the_fp32_graph_does_padding_included(tiny_export, tmp_path, attention):
     from export.optimize import attention_of, optimize_fp16
 
     target = tmp_path / f"{attention}.onnx"
     assert attention_of(optimize_fp16(tiny_export / "model.onnx", target, 2, 32, attention)) == attention
-    ops = operators(target)
+    graph = onnx.load(str(target)).graph
+    ops = {node.op_type for node in graph.node}
     assert ("Attention" in ops) == (attention == "fused") and ("MultiHeadAttention" in ops) == (attention == "mha")
+    # The fused ops take the mask as sequence lengths (what CUDA's fused kernels need): EmbedLayerNormalization's
+    # mask index, not the 0/1 mask itself.
+    masks = {node.input[3 if node.op_type == "Attention" else 4] for node in graph.node
+             if node.op_type in ("Attention", "MultiHeadAttention")}
+    assert masks == (set() if attention == "unfused" else
+                     {next(n.output[1] for n in graph.node if n.op_type == "EmbedLayerNormalization")})
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(
         ["Yes.", "The cat sat on the mat.", "Colourless green ideas sleep furiously in the old stone house."] * 3)
     ids, mask = encoded.pad(np.arange(len(encoded)))  # padded to the longest: short rows are mostly padding

@@ -76,7 +76,7 @@ def test_io_binding_gives_the_same_scores_as_plain_runs(tiny_export, parquet_inp
     for flag in ("--io-binding", "--no-io-binding"):
         run(parquet_input, "--model", tiny_export, "-o", tmp_path / f"{flag}.parquet", "--variant", "fp32", flag)
         summary = json.loads((tmp_path / f"{flag}.parquet.summary.json").read_text())
-        assert summary["io_binding"] == (flag == "--io-binding")
+        assert summary["io_binding"] == (flag == "--io-binding") and summary["provider_options"] == {}
         assert summary["infer_threads"] == 1  # the CPU default
     bound, plain = (pq.read_table(tmp_path / f"{f}.parquet").column("score").to_numpy(zero_copy_only=False)
                     for f in ("--io-binding", "--no-io-binding"))
@@ -84,16 +84,26 @@ def test_io_binding_gives_the_same_scores_as_plain_runs(tiny_export, parquet_inp
     np.testing.assert_array_equal(bound, plain)
 
 
-def test_io_binding_and_run_cost_follow_what_export_measured_for_fp16_on_cuda_only(tiny_export):
+def test_io_binding_run_cost_and_kernels_follow_what_export_measured_for_fp16_on_cuda_only(tiny_export):
     from dataclasses import replace
 
-    from scorer.classify import DEFAULT_BATCH_OVERHEAD, default_batch_overhead, default_io_binding
+    from scorer.classify import (
+        DEFAULT_BATCH_OVERHEAD,
+        default_batch_overhead,
+        default_io_binding,
+        default_provider_options,
+    )
     from scorer.manifest import load_manifest
 
     manifest = load_manifest(tiny_export)
+    cudnn = {"sdpa_kernel": "8"}
     measured = replace(manifest, extra={**manifest.extra, "fp16": {"measured_on": "cuda", "io_binding": True,
-                                                                   "batch_overhead": 7000}})
+                                                                   "batch_overhead": 7000, "cuda_options": cudnn}})
     assert default_io_binding("cuda", "fp16", measured) and default_batch_overhead("cuda", "fp16", measured) == 7000
+    assert default_provider_options("cuda", "fp16", measured) == cudnn
+    assert default_provider_options("cuda", "fp32", measured) is None
+    assert default_provider_options("cpu", "fp16", measured) is None
+    assert default_provider_options("cuda", "fp16", manifest) is None  # nothing measured: ORT's own kernels
     assert default_batch_overhead("cuda", "fp32", measured) == DEFAULT_BATCH_OVERHEAD["cuda"]
     assert default_batch_overhead("cpu", "fp16", measured) == DEFAULT_BATCH_OVERHEAD["cpu"]
     assert not default_io_binding("cpu", "fp16", measured) and not default_io_binding("cuda", "fp32", measured)
