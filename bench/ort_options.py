@@ -46,8 +46,8 @@ def session(path: Path, provider: str, level: str, options: dict):
     settings = ort.SessionOptions()
     settings.log_severity_level = 3
     settings.intra_op_num_threads = default_threads(provider)
-    settings.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_{level.upper()}"
-                                                if level == "disabled" else f"ORT_ENABLE_{level.upper()}")
+    settings.graph_optimization_level = getattr(ort.GraphOptimizationLevel, "ORT_DISABLE_ALL" if level == "disabled"
+                                                else f"ORT_ENABLE_{level.upper()}")
     chain = [(CUDA, options), (CPU, {})] if provider == "cuda" else [(CPU, {})]
     return ort.InferenceSession(str(path), sess_options=settings, providers=chain)
 
