@@ -19,7 +19,8 @@
 #   bash bench/gpu_check.sh model-stage ort-options pytest-gpu gpu-memory-1m
 # Export now also tries the fused graphs with cuDNN's flash attention asked for (sdpa_kernel 8; bench/RESULTS.md
 # 7.13), so the scoring steps' exports run 10 timed candidates instead of 6, and model-stage times each attention
-# with and without cuDNN's kernels.
+# with and without cuDNN's kernels, and fixed shapes with the inputs copied in from host arrays each run (what pinned
+# host buffers could save at most).
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
 # default-seeds, recipe-seeds and the steps at the end run only when named; pytest-gpu runs beside the seeds steps.
@@ -66,7 +67,8 @@ step scoring-long128 210 python3 bench/scoring.py $random --workloads long128 --
   --variants fp16,fp16:$old_batching,fp16:plain,fp16:bound --stages fp16,fp16:plain,fp16:bound \
   --out "$out/scoring-long128.json"
 # The model stage alone under each setting of bench/model_stage.py (window size and padding rule, batches in
-# flight, IO binding, threads, attention), then fixed shapes with and without a CUDA graph (about 90 s).
+# flight, IO binding, threads, attention and its kernels), then fixed shapes with and without a CUDA graph and with
+# host inputs (about 100 s).
 step model-stage 200 python3 bench/model_stage.py $random --rows 200000 --out "$out/model-stage.json"
 # ONNX Runtime's graph optimisation levels (disabled, basic, extended, all) for the fp16 graph as scorer runs it
 # (export's kernel choice and run mode), on 100k CoLA sentences (about 40 s).
