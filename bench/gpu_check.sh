@@ -17,10 +17,11 @@
 # 600 s a call may run:
 #   bash bench/gpu_check.sh env scoring-cola scoring-long128
 #   bash bench/gpu_check.sh model-stage ort-options pytest-gpu gpu-memory-1m
-# Export now also tries the fused graphs with cuDNN's flash attention asked for (sdpa_kernel 8; bench/RESULTS.md
-# 7.13), so the scoring steps' exports run 10 timed candidates instead of 6, and model-stage times each attention
-# with and without cuDNN's kernels, and fixed shapes with the inputs copied in from host arrays each run (what pinned
-# host buffers could save at most).
+# Export now also tries the fused graphs with cuDNN's flash attention asked for (sdpa_kernel 8) and with the mask as
+# row lengths and starts (ORT's memory-efficient attention; bench/RESULTS.md 7.13), so the scoring steps' exports
+# check and time 7 candidates (14 timings) instead of 3, and model-stage times each attention with each kernel
+# setting, and fixed shapes with the inputs copied in from host arrays each run (what pinned host buffers could save
+# at most).
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
 # default-seeds, recipe-seeds and the steps at the end run only when named; pytest-gpu runs beside the seeds steps.

@@ -26,7 +26,7 @@ import numpy as np
 from common import machine, write_json
 from scoring import random_checkpoint, workload
 
-from export.optimize import KERNELS
+from export.fp16_choice import KERNELS
 from scorer.batches import BatchTally, WindowBatcher
 from scorer.classify import (
     DEFAULT_INFER_THREADS,
@@ -56,7 +56,7 @@ class Setting:
     in_flight: int | None = None
     window_rows: int | None = None
     overhead: int | None = None
-    kernels: str | None = None  # export.optimize.KERNELS; None: what export chose for its graph (on CUDA)
+    kernels: str | None = None  # export.fp16_choice.KERNELS; None: what export chose for its graph (on CUDA)
 
 
 SETTINGS = {
@@ -76,8 +76,10 @@ SETTINGS = {
     "widths rounded up to x8": Setting(multiple=8),
     "fused attention": Setting(graph="fused", kernels="default"),
     "fused attention, cuDNN kernels": Setting(graph="fused", kernels="cudnn"),
+    "fused attention, memory-efficient kernels": Setting(graph="fused", kernels="efficient"),
     "MultiHeadAttention": Setting(graph="mha", kernels="default"),
     "MultiHeadAttention, cuDNN kernels": Setting(graph="mha", kernels="cudnn"),
+    "MultiHeadAttention, memory-efficient kernels": Setting(graph="mha", kernels="efficient"),
     "unfused attention": Setting(graph="unfused", kernels="default"),
 }
 
@@ -124,9 +126,10 @@ def stage_rate(runner, windows: list[Encoded], setting: Setting, overhead: int, 
 def measure(setting: Setting, graphs: dict, manifest, windows: list[Encoded], provider: str) -> dict:
     """One setting's model stage: sentences/s, tokens/s, batches and padding, and what it ran with."""
     binding = default_io_binding(provider, "fp16", manifest) if setting.io_binding is None else setting.io_binding
-    options = chosen_options(provider, manifest) if setting.kernels is None else KERNELS[setting.kernels]
-    runner = batch_runner(session(graphs[setting.graph], provider, setting.threads, setting.spinning, options),
-                          provider, binding)
+    kernels = KERNELS.get(setting.kernels)
+    options = chosen_options(provider, manifest) if kernels is None else kernels.cuda_options
+    graph = graphs[setting.graph + (" efficient" if kernels and kernels.row_starts else "")]
+    runner = batch_runner(session(graph, provider, setting.threads, setting.spinning, options), provider, binding)
     in_flight = setting.in_flight or DEFAULT_INFER_THREADS[provider]
     overhead = default_batch_overhead(provider, "fp16", manifest) if setting.overhead is None else setting.overhead
     rate, tally = stage_rate(runner, windows, setting, overhead, in_flight)
@@ -220,17 +223,22 @@ def main() -> None:
 
 def fp16_graphs(export: Path, directory: Path) -> dict:
     """The export's fp16 graph ("chosen") and one with each attention (fused, mha, unfused), built as export builds
-    them; the export's own file for the attention it chose."""
-    from export.optimize import optimize_fp16
+    them, the fused ones also with the row-starts mask ("fused efficient"); the export's own file for the attention
+    it chose."""
+    from export.optimize import optimize_fp16, with_row_starts
 
-    chosen = json.loads((export / "manifest.json").read_text())["extra"]["fp16"]["attention"]
+    fp16 = json.loads((export / "manifest.json").read_text())["extra"]["fp16"]
+    chosen = fp16["attention"] if not KERNELS[fp16.get("kernels") or "default"].row_starts else None
     shape = json.loads((directory / "checkpoint" / "config.json").read_text())
-    graphs = {"chosen": export / VARIANT_FILES["fp16"], "chosen_attention": chosen}
+    graphs = {"chosen": export / VARIANT_FILES["fp16"], "chosen_attention": fp16["attention"]}
     for attention in FP16_ATTENTIONS:
         graphs[attention] = graphs["chosen"] if attention == chosen else directory / f"fp16-{attention}.onnx"
         if not graphs[attention].is_file():
             optimize_fp16(export / VARIANT_FILES["fp32"], graphs[attention], shape["num_attention_heads"],
                           shape["hidden_size"], attention)
+        if attention != "unfused":
+            graphs[f"{attention} efficient"] = directory / f"fp16-{attention}-efficient.onnx"
+            with_row_starts(graphs[attention], graphs[f"{attention} efficient"])
     return graphs
 
 

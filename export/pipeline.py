@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from export import parity
+from export.fp16_choice import Fp16Report, build_fp16
 from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx
-from export.optimize import Fp16Report, build_fp16
 from export.quantize import QuantizeReport, quantize_int8
 from scorer import atomic
 from scorer.config import ExportConfig, RunConfig, example_file, to_json

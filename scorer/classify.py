@@ -102,7 +102,7 @@ def default_variant(provider: str, manifest: Manifest) -> str:
 
 
 def _measured(provider: str, variant: str, manifest: Manifest) -> dict:
-    """What export measured for this graph on this provider: the fp16 graph on CUDA (export.optimize), else {}."""
+    """What export measured for this graph on this provider: the fp16 graph on CUDA (export.fp16_choice), else {}."""
     fp16 = manifest.extra.get("fp16") or {}
     return fp16 if variant == "fp16" and provider == "cuda" == fp16.get("measured_on") else {}
 

@@ -58,8 +58,8 @@ def _check_max_length(value: int) -> None:
     )
 
 
-# The fp16 graph's attention: ORT's fused Attention op, its MultiHeadAttention op (flash or memory-efficient kernels
-# on CUDA), or the exported MatMul/Softmax nodes (export.optimize).
+# The fp16 graph's attention: ORT's fused Attention op, its MultiHeadAttention op, or the exported MatMul/Softmax
+# nodes (export.optimize; which CUDA kernels the fused ones reach is chosen with them: export.fp16_choice).
 FP16_ATTENTIONS = ("fused", "mha", "unfused")
 
 

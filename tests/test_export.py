@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from export.fp16_choice import kernel_settings
 from export.parity import parity_batches
 from scorer.cli import main
 from scorer.config import FP16_ATTENTIONS
@@ -104,9 +105,10 @@ def test_export_prints_the_parity_table_and_unfused_fp16_attention_on_request(ti
     assert fp16["attention"] == "unfused" and fp16["seconds"] is None
 
 
-# Each fp16 graph timed plainly and with IO binding (export.optimize.choose_attention); on CUDA the fused ones also
-# with cuDNN's attention kernels asked for.
-MODES = tuple(f"{attention}{mode}" for attention in FP16_ATTENTIONS for mode in ("", " io_binding"))
+# Each fp16 graph timed plainly and with IO binding (export.fp16_choice.choose_attention), the fused ones also with
+# the mask as row lengths and starts ("efficient"; on CUDA also with cuDNN's attention asked for).
+MODES = tuple(f"{attention}{'' if kernels == 'default' else ' ' + kernels}{mode}" for attention in FP16_ATTENTIONS
+              for kernels in kernel_settings(attention, "cpu") for mode in ("", " io_binding"))
 
 
 def test_fp16_attention_is_chosen_by_cuda_timing_or_fused_without_cuda(tiny_export):
@@ -124,7 +126,7 @@ def test_fp16_attention_is_chosen_by_cuda_timing_or_fused_without_cuda(tiny_expo
 
 
 def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path):
-    from export.optimize import choose_attention
+    from export.fp16_choice import choose_attention
 
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(["The cat sat.", "A longer sentence than that."] * 40)
     target = tmp_path / "model.fp16.onnx"
@@ -134,16 +136,18 @@ def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path)
     assert report.attention == fastest.split()[0] and report.io_binding == fastest.endswith("io_binding")
     assert report.measured_on == "cpu" and (report.batch_overhead is None or 0 <= report.batch_overhead <= 32768)
     assert report.cuda_options == {} and report.failed is None  # cuDNN's kernels are tried on CUDA only
+    assert report.kernels == ("efficient" if " efficient" in fastest else "default")
     assert ("Attention" in operators(target)) == (report.attention == "fused")
+    assert ("Range" in operators(target)) == (report.kernels == "efficient")  # the row starts are computed in-graph
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.onnx"]  # the other graphs are gone
 
 
 @pytest.mark.parametrize("fault", ["unloadable", "not fused", "wrong logits"])
 def test_an_attention_graph_that_does_not_run_or_runs_wrong_is_left_out_and_said(tiny_export, tmp_path, monkeypatch,
                                                                                    fault):
-    import export.optimize as optimize
+    import export.fp16_choice as choice
 
-    real = optimize.optimize_fp16
+    real = choice.optimize_fp16
 
     def mha_broken(source, target, num_heads, hidden_size, attention="fused"):
         if attention == "mha" and fault == "not fused":  # an optimizer that cannot fuse it builds another
@@ -159,13 +163,15 @@ def test_an_attention_graph_that_does_not_run_or_runs_wrong_is_left_out_and_said
             onnx.save(model, str(target))
         return fused
 
-    monkeypatch.setattr(optimize, "optimize_fp16", mha_broken)
+    monkeypatch.setattr(choice, "optimize_fp16", mha_broken)
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(["The cat sat.", "A longer sentence than that."] * 40)
-    report = optimize.choose_attention(tiny_export / "model.onnx", tmp_path / "fp16.onnx", 2, 32, encoded, "cpu")
-    assert set(report.failed) == {"mha"} and report.failed["mha"]
+    report = choice.choose_attention(tiny_export / "model.onnx", tmp_path / "fp16.onnx", 2, 32, encoded, "cpu")
+    # the graph not built: nothing of it is tried; a graph that does not load or computes wrong: each kernel setting
+    mha = {"mha"} if fault == "not fused" else {"mha", "mha efficient"}
+    assert set(report.failed) == mha and all(report.failed.values())
     if fault == "wrong logits":
-        assert "differ from the fp32 graph's by 0.1" in report.failed["mha"]
-    assert set(report.seconds) == set(MODES) - {"mha", "mha io_binding"}
+        assert all("differ from the fp32 graph's by 0.1" in why for why in report.failed.values())
+    assert set(report.seconds) == {mode for mode in MODES if not mode.startswith("mha")}
     assert report.attention != "mha" and (tmp_path / "fp16.onnx").is_file()
 
 
@@ -228,6 +234,68 @@ def test_each_fp16_attention_scores_as_the_fp32_graph_does_padding_included(tiny
     alone = sessions[1].run(None, {"input_ids": ids[:1, :encoded.lengths[0]].astype(np.int32),
                                    "attention_mask": mask[:1, :encoded.lengths[0]].astype(np.int32)})[0]
     np.testing.assert_allclose(alone[0], fp16[0], atol=2e-3)  # padding changes nothing
+
+
+@pytest.mark.parametrize("attention", ["fused", "mha"])
+def test_the_row_starts_mask_holds_each_rows_length_and_offset_and_scores_alike(tiny_export, tmp_path, attention):
+    from export.optimize import optimize_fp16, with_row_starts
+
+    lengths_graph, starts_graph = tmp_path / "lengths.onnx", tmp_path / "starts.onnx"
+    optimize_fp16(tiny_export / "model.onnx", lengths_graph, 2, 32, attention)
+    with_row_starts(lengths_graph, starts_graph)
+    model = onnx.load(str(starts_graph))
+    readers = [node for node in model.graph.node if "row_starts_mask" in node.input]
+    assert readers and {node.op_type for node in readers} == {"Attention" if attention == "fused" else
+                                                              "MultiHeadAttention"}
+    model.graph.output.append(onnx.helper.make_tensor_value_info("row_starts_mask", onnx.TensorProto.INT32, None))
+    encoded = TextEncoder.from_dir(tiny_export, 48).encode(
+        ["Yes.", "The cat sat on the mat.", "Colourless green ideas sleep furiously in the old stone house."] * 3)
+    ids, mask = encoded.pad(np.arange(len(encoded)))
+    feed = {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)}
+    logits, row_mask = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feed)
+    starts = np.arange(len(ids) + 1) * ids.shape[1]  # where each padded row begins, and the end
+    np.testing.assert_array_equal(row_mask, np.concatenate([encoded.lengths, starts, starts]))
+    lengths_only = ort.InferenceSession(str(lengths_graph), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(logits, lengths_only, atol=1e-6)  # ORT's CPU kernels read both forms alike
+
+
+def test_onnx_runtime_reads_the_row_starts_mask_as_the_lengths():
+    """What makes the row-starts graphs' CPU check meaningful: one Attention op with a padded batch scores the same
+    with the 3B+2 mask as with the lengths, and far from unmasked (the tiny model barely notices padding)."""
+    rng = np.random.default_rng(0)
+    rows, width, hidden = 3, 6, 8
+    weights = [onnx.numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+               for name, shape in (("w", (hidden, 3 * hidden)), ("b", (3 * hidden,)))]
+
+    def attention(mask: np.ndarray | None) -> np.ndarray:
+        inputs = [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [rows, width, hidden])]
+        if mask is not None:
+            inputs.append(onnx.helper.make_tensor_value_info("m", onnx.TensorProto.INT32, list(mask.shape)))
+        node = onnx.helper.make_node("Attention", ["x", "w", "b"] + (["m"] if mask is not None else []), ["y"],
+                                     domain="com.microsoft", num_heads=2)
+        graph = onnx.helper.make_graph([node], "attention", inputs, [onnx.helper.make_tensor_value_info(
+            "y", onnx.TensorProto.FLOAT, [rows, width, hidden])], weights)
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                             onnx.helper.make_opsetid("com.microsoft", 1)])
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x} | ({} if mask is None else {"m": mask}))[0]
+
+    x = rng.normal(size=(rows, width, hidden)).astype(np.float32)
+    lengths, starts = np.array([2, 6, 4], np.int32), np.arange(rows + 1, dtype=np.int32) * width
+    by_lengths = attention(lengths)
+    np.testing.assert_allclose(attention(np.concatenate([lengths, starts, starts])), by_lengths, atol=1e-6)
+    assert np.abs(attention(None) - by_lengths).max() > 1
+
+
+def test_the_row_starts_mask_needs_a_fused_attention(tiny_export, tmp_path):
+    from export.optimize import optimize_fp16, with_row_starts
+    from scorer.errors import ModelError
+
+    optimize_fp16(tiny_export / "model.onnx", tmp_path / "unfused.onnx", 2, 32, "unfused")
+    with pytest.raises(ModelError, match="no fused attention op"):
+        with_row_starts(tmp_path / "unfused.onnx", tmp_path / "starts.onnx")
+    assert not (tmp_path / "starts.onnx").exists()
 
 
 def test_export_refuses_a_missing_checkpoint_and_unknown_parity_labels(tiny_checkpoint, tmp_path):

@@ -57,16 +57,19 @@ def test_cuda_scores_match_cpu_and_auto_picks_cuda(tiny_export, source, tmp_path
 
 @pytest.mark.gpu
 def test_export_on_cuda_times_every_fp16_attention_both_ways_and_keeps_the_fastest(tiny_export):
-    from export.optimize import KERNELS
+    from export.fp16_choice import KERNELS
 
     fp16 = load_manifest(tiny_export).extra["fp16"]
-    # fused and mha with ORT's kernels and with cuDNN's, unfused; each plain and IO-bound; less what did not run
-    candidates = {"fused", "fused cudnn", "mha", "mha cudnn", "unfused"} - set(fp16["failed"] or ())
+    # fused and mha with ORT's kernels, cuDNN's and memory-efficient attention's, unfused; each plain and IO-bound;
+    # less what did not run
+    candidates = {f"{attention}{kernels}" for attention in ("fused", "mha") for kernels in ("", " cudnn", " efficient")}
+    candidates = (candidates | {"unfused"}) - set(fp16["failed"] or ())
     assert fp16["measured_on"] == "cuda" and {"fused", "unfused"} <= candidates
     assert set(fp16["seconds"]) == {name + mode for name in candidates for mode in ("", " io_binding")}
     fastest = min(fp16["seconds"], key=fp16["seconds"].get)
     assert fp16["attention"] == fastest.split()[0] and fp16["io_binding"] == fastest.endswith("io_binding")
-    assert fp16["cuda_options"] == KERNELS["cudnn" if " cudnn" in fastest else "default"]
+    assert fp16["cuda_options"] == KERNELS[fp16["kernels"]].cuda_options
+    assert fp16["kernels"] == next((k for k in ("cudnn", "efficient") if f" {k}" in fastest), "default")
 
 
 @pytest.mark.gpu

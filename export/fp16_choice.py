@@ -1,0 +1,194 @@
+"""The fp16 variant's attention and kernels, chosen by measurement on CUDA.
+
+ORT's fused Attention was the slowest fp16 graph with plain `session.run` and the fastest on long texts with IO
+binding (H200 anchor, ../shared/device/README.md), while on an H100 IO binding slowed the fused graph on short
+sentences by a quarter (bench/RESULTS.md 7.2): which wins depends on the card, the lengths and the run mode. Which
+CUDA kernel a fused attention op runs depends on the mask's form and the provider's options (KERNELS): with row
+lengths, TensorRT's fused attention up to compute capability 8.9, and on 9.0 (H100, H200) unfused math unless cuDNN's
+flash attention is asked for (`sdpa_kernel`; newer ORT releases prefer it there by themselves); with row lengths and
+starts, cutlass memory-efficient attention. So where CUDA works, export builds each graph of FP16_ATTENTIONS, with
+each kernel setting for the fused ones, checks each against the fp32 graph on a batch with padding, times each
+plainly and with IO binding on the calibration sentences batched as `scorer run` batches them, and keeps the fastest
+graph with its run mode and CUDA options, which `scorer run` then uses on CUDA; elsewhere it keeps the fused graph
+and says it was not measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.optimize import attention_of, optimize_fp16, with_row_starts
+from export.timing import best_seconds, logits_of, run_cost
+from scorer.batches import budget_batches
+from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
+from scorer.config import FP16_ATTENTIONS, RunConfig
+from scorer.errors import ModelError, ProviderError, first_line
+from scorer.session import CUDA, available, batch_runner, create_session
+from scorer.tokens import Encoded
+
+log = logging.getLogger("scorer")
+# Best of 3 passes; each pass runs 8 full batches' worth of tokens (the calibration rows repeated): 500 short
+# sentences alone make one small batch, where launch overheads, not the attention, decide.
+_PASSES, _FULL_BATCHES = 3, 8
+# The check rows (calibration rows in their own order, so of mixed lengths, padded to the longest) may differ from the
+# fp32 graph's logits by this much: fp16 moved bert-base's by up to 9e-3 on an H200 (../shared/device/README.md);
+# a kernel that ignored the padding moves them by far more.
+_CHECK_ROWS, FP16_CHECK_TOLERANCE = 64, 0.05
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """How a fused attention op reaches its CUDA kernels: the mask's form in the graph and the provider's options."""
+
+    row_starts: bool  # the mask as lengths and row starts (export.optimize.with_row_starts), else lengths alone
+    cuda_options: dict[str, str]
+
+
+# ORT's own choice; cuDNN's flash attention asked for (the `sdpa_kernel` bit mask of ORT's AttentionBackend: 8 is
+# CUDNN_FLASH_ATTENTION; the unfused math stays the fallback); the mask form that memory-efficient attention takes.
+KERNELS = {"default": Kernels(False, {}), "cudnn": Kernels(False, {"sdpa_kernel": "8"}),
+           "efficient": Kernels(True, {})}
+
+
+@dataclass(frozen=True)
+class Fp16Report:
+    """Which attention the fp16 graph has, what the optimizer fused, and the CUDA timings behind the choice."""
+
+    attention: str
+    fused: dict[str, int]
+    # Per candidate ("fused", "fused io_binding", "mha cudnn", ...); None where CUDA was not there to measure.
+    seconds: dict[str, float] | None = None
+    measured_on: str | None = None
+    io_binding: bool | None = None  # whether the faster run mode was IO binding; None: not measured
+    failed: dict[str, str] | None = None  # candidates that did not run, or ran wrong, where measured, and why
+    # What one more run of the kept graph costs there, in tokens' worth of work (export.timing.run_cost); `scorer
+    # run` batches by it on that provider. None: not measured.
+    batch_overhead: int | None = None
+    # The provider options of the kept kernel setting, which `scorer run` passes to CUDA with this graph, and the
+    # setting's name (KERNELS); None: not measured.
+    cuda_options: dict[str, str] | None = None
+    kernels: str | None = None
+
+
+def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str,
+               encoded: Encoded) -> Fp16Report:
+    """Write the fp16 variant to `target` with the attention asked for, or (auto) the faster one on CUDA."""
+    why = "as asked"
+    if attention == "auto" and not _cuda_works(source):
+        attention, why = "fused", "not measured: no working CUDA here"
+    if attention != "auto":
+        fused = optimize_fp16(source, target, num_heads, hidden_size, attention)
+        log.info("fp16 variant: attention %s (%s); fused %s", attention, why,
+                 ", ".join(f"{n}×{c}" for n, c in sorted(fused.items())) or "nothing")
+        return Fp16Report(attention_of(fused), fused)
+    return choose_attention(source, target, num_heads, hidden_size, encoded, "cuda")
+
+
+def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: int, encoded: Encoded,
+                     provider: str) -> Fp16Report:
+    """Build the fp16 graph with each attention and kernel setting, check each against the fp32 graph, time each on
+    `provider` as `scorer run` runs them, plain and with IO binding, and keep the fastest graph as `target` (with
+    its run mode and CUDA options in the report). A candidate that ONNX Runtime cannot start or run there, or that
+    scores the check rows differently, is left out, and the report says why."""
+    budget = DEFAULT_MAX_TOKENS["cuda"]
+    rows = np.resize(np.arange(len(encoded)), math.ceil(_FULL_BATCHES * budget / encoded.lengths.mean()))
+    batches = [(rows[cut], None) for cut in budget_batches(encoded.lengths[rows], budget, RunConfig.max_batch_rows,
+                                                            DEFAULT_BATCH_OVERHEAD["cuda"])]
+    check = [(np.arange(min(len(encoded), _CHECK_ROWS)), None)]  # mixed lengths: padding in every short row
+    expected = logits_of(create_session(source, "cpu"), encoded, check)[check[0][0]]
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        candidates = _Candidates(source, Path(tmp), num_heads, hidden_size, provider, encoded, check, expected)
+        for attention in FP16_ATTENTIONS:
+            candidates.add(attention)
+        runners, failed = candidates.runners, candidates.failed
+        if not runners:
+            raise ModelError(f"no fp16 graph runs on {provider} ({'; '.join(f'{c}: {e}' for c, e in failed.items())})"
+                             "; export with --variants fp32,int8")
+        seconds = dict(zip(runners, best_seconds(list(runners.values()), encoded, batches, _PASSES), strict=True))
+        best = min(seconds, key=seconds.__getitem__)
+        name = best.removesuffix(" io_binding")
+        attention, kernels = [*name.split(), "default"][:2]
+        per_run = run_cost(runners[best], encoded, rows, budget, RunConfig.max_batch_rows, _PASSES)
+        runners.clear()  # the sessions let go of the graph files before the temporary directory goes
+        candidates.paths[name].replace(target)
+    log.info("fp16 variant: attention %s, %s kernels, %s runs, a run costs %s tokens' worth (%s: %s per pass)",
+             attention, kernels, "IO-bound" if best.endswith("io_binding") else "plain",
+             "?" if per_run is None else f"{per_run:,.0f}", provider,
+             ", ".join(f"{key} {value:.3f}s" for key, value in seconds.items()))
+    return Fp16Report(attention, candidates.fused[attention], seconds, provider, best.endswith("io_binding"),
+                      failed or None, None if per_run is None else round(per_run), KERNELS[kernels].cuda_options,
+                      kernels)
+
+
+def kernel_settings(attention: str, provider: str) -> list[str]:
+    """The KERNELS to try a graph with: ORT's own choice; for the fused ops also the row-starts mask, and on CUDA
+    cuDNN's attention (on a CPU the row-starts graph only proves that it computes the same logits)."""
+    if attention == "unfused":
+        return ["default"]
+    return ["default", "cudnn", "efficient"] if provider == "cuda" else ["default", "efficient"]
+
+
+class _Candidates:
+    """The graphs and runners that choose_attention times, built one attention at a time; what failed, and why."""
+
+    def __init__(self, source: Path, directory: Path, num_heads: int, hidden_size: int, provider: str,
+                 encoded: Encoded, check, expected: np.ndarray) -> None:
+        self.source, self.directory, self.shape, self.provider = source, directory, (num_heads, hidden_size), provider
+        self.encoded, self.check, self.expected = encoded, check, expected
+        self.paths: dict[str, Path] = {}  # candidate name ("mha efficient") -> its graph
+        self.fused: dict[str, dict[str, int]] = {}
+        self.runners: dict = {}
+        self.failed: dict[str, str] = {}
+
+    def add(self, attention: str) -> None:
+        """Build `attention`'s graph and check and add a plain and an IO-bound runner for each kernel setting."""
+        graph = self.directory / f"{attention}.onnx"
+        try:
+            self.fused[attention] = optimize_fp16(self.source, graph, *self.shape, attention)
+            if attention_of(self.fused[attention]) != attention:  # not the graph it is named for
+                raise ModelError(f"the optimizer fused {attention_of(self.fused[attention])} attention instead")
+        except Exception as exc:  # any failure of one candidate drops it (ORT raises many exception types)
+            self.failed[attention] = first_line(exc)
+            log.warning("fp16 variant: no %s attention graph (%s); left out", attention, self.failed[attention])
+            return
+        for kernels in kernel_settings(attention, self.provider):
+            name = attention + ("" if kernels == "default" else f" {kernels}")
+            try:
+                self.paths[name] = graph
+                if KERNELS[kernels].row_starts:
+                    self.paths[name] = self.directory / f"{attention}-{kernels}.onnx"
+                    with_row_starts(graph, self.paths[name])
+                self.runners.update(self._checked_runners(name, kernels))
+            except Exception as exc:
+                self.failed[name] = first_line(exc)
+                log.warning("fp16 variant: %s left out on %s (%s)", name, self.provider, self.failed[name])
+
+    def _checked_runners(self, name: str, kernels: str) -> dict:
+        """A plain and an IO-bound runner of candidate `name`, once each has scored the check rows within
+        FP16_CHECK_TOLERANCE of the fp32 graph's logits; raises where either does not."""
+        session = create_session(self.paths[name], self.provider, KERNELS[kernels].cuda_options)
+        runners = {name + (" io_binding" if bound else ""): batch_runner(session, self.provider, bound)
+                   for bound in (False, True)}
+        for run in runners.values():
+            worst = float(np.abs(logits_of(run, self.encoded, self.check)[self.check[0][0]] - self.expected).max())
+            if not worst <= FP16_CHECK_TOLERANCE:  # NaN fails too
+                raise ModelError(f"its logits differ from the fp32 graph's by {worst:.3g} on rows with padding "
+                                 f"(at most {FP16_CHECK_TOLERANCE} allowed)")
+        return runners
+
+
+def _cuda_works(model: Path) -> bool:
+    if CUDA not in available():
+        return False
+    try:
+        create_session(model, "cuda")
+    except ProviderError as exc:
+        log.warning("CUDA is listed but does not start (%s); fp16 attention is not measured", exc)
+        return False
+    return True
