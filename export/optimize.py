@@ -89,7 +89,7 @@ def with_row_starts(source: Path, target: Path) -> None:
     embed = next((node for node in graph.node if node.op_type == "EmbedLayerNormalization"), None)
     if not attention or embed is None or len(embed.output) < 2:
         raise ModelError(f"{source}: no fused attention op takes its mask from EmbedLayerNormalization")
-    lengths, ids = embed.output[1], graph.input[0].name
+    lengths, ids = embed.output[1], embed.input[0]  # the ids give the padded batch's shape
     graph.initializer.extend([helper.make_tensor("row_starts_0", TensorProto.INT64, [], [0]),
                               helper.make_tensor("row_starts_1", TensorProto.INT64, [], [1])])
     nodes = [helper.make_node("Shape", [ids], ["row_starts_shape"]),
