@@ -28,8 +28,8 @@ def main(directory: Path) -> None:
         for workload, result in data["workloads"].items():
             fp16 = result["export"].get("fp16", {})
             print(f"{name} {workload}: {result['texts']} texts, {result['mean_tokens']:.1f} tokens; fp16 attention "
-                  f"{fp16.get('attention')}, IO binding {fp16.get('io_binding')}, CUDA options "
-                  f"{fp16.get('cuda_options')} (seconds {fp16.get('seconds')}; left out {fp16.get('failed')}); "
+                  f"{fp16.get('attention')}, kernels {fp16.get('kernels')} {fp16.get('cuda_options')}, IO binding "
+                  f"{fp16.get('io_binding')} (seconds {fp16.get('seconds')}; left out {fp16.get('failed')}); "
                   f"stages {result.get('stages')}")
             for key, row in result["results"].items():
                 print(f"  {key:58} {row['sentences_per_s']:>9,.0f}/s {row['real_tokens_per_s']:>11,.0f} tok/s "
