@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,8 @@ _PASSES, _FULL_BATCHES = 3, 8
 # fp32 graph's logits by this much: fp16 moved bert-base's by up to 9e-3 on an H200 (../shared/device/README.md);
 # a kernel that ignored the padding moves them by far more.
 _CHECK_ROWS, FP16_CHECK_TOLERANCE = 64, 0.05
+# How long a kernel setting's trial in a child process may take (export.fp16_probe): a session start and two runs.
+_TRIAL_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,9 @@ class _Candidates:
                 if KERNELS[kernels].row_starts:
                     self.paths[name] = self.directory / f"{attention}-{kernels}.onnx"
                     with_row_starts(graph, self.paths[name])
+                if kernels != "default" and self.provider != "cpu":  # kernels no earlier GPU run has run
+                    trial_in_child(self.paths[name], self.provider, kernels,
+                                   *self.encoded.pad(self.check[0][0], self.check[0][1]), self.expected)
                 self.runners.update(self._checked_runners(name, kernels))
             except Exception as exc:
                 self.failed[name] = first_line(exc)
@@ -176,11 +183,34 @@ class _Candidates:
         runners = {name + (" io_binding" if bound else ""): batch_runner(session, self.provider, bound)
                    for bound in (False, True)}
         for run in runners.values():
-            worst = float(np.abs(logits_of(run, self.encoded, self.check)[self.check[0][0]] - self.expected).max())
-            if not worst <= FP16_CHECK_TOLERANCE:  # NaN fails too
-                raise ModelError(f"its logits differ from the fp32 graph's by {worst:.3g} on rows with padding "
-                                 f"(at most {FP16_CHECK_TOLERANCE} allowed)")
+            check_logits(logits_of(run, self.encoded, self.check)[self.check[0][0]], self.expected)
         return runners
+
+
+def trial_in_child(graph: Path, provider: str, kernels: str, input_ids: np.ndarray, attention_mask: np.ndarray,
+                   expected: np.ndarray) -> None:
+    """Check a candidate graph with `kernels` in a process of its own first (export.fp16_probe): a kernel that
+    crashes, or makes an illegal memory access, which poisons the CUDA context for the rest of the process, then
+    costs only itself. Raises with what the child said where it failed."""
+    with tempfile.TemporaryDirectory(dir=graph.parent) as tmp:
+        check = Path(tmp) / "check.npz"
+        np.savez(check, input_ids=input_ids, attention_mask=attention_mask, expected=expected)
+        command = [sys.executable, "-m", "export.fp16_probe", str(graph), provider, kernels, str(check)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=_TRIAL_SECONDS)
+        except subprocess.TimeoutExpired as exc:
+            raise ModelError(f"its trial in a child process took over {_TRIAL_SECONDS} s") from exc
+    if done.returncode != 0:
+        said = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise ModelError(f"its trial in a child process failed ({said})")
+
+
+def check_logits(logits: np.ndarray, expected: np.ndarray) -> None:
+    """Raise unless `logits` are within FP16_CHECK_TOLERANCE of the fp32 graph's `expected` (NaN fails too)."""
+    worst = float(np.abs(logits - expected).max())
+    if not worst <= FP16_CHECK_TOLERANCE:
+        raise ModelError(f"its logits differ from the fp32 graph's by {worst:.3g} on rows with padding "
+                         f"(at most {FP16_CHECK_TOLERANCE} allowed)")
 
 
 def _cuda_works(model: Path) -> bool:

@@ -175,6 +175,26 @@ def test_an_attention_graph_that_does_not_run_or_runs_wrong_is_left_out_and_said
     assert report.attention != "mha" and (tmp_path / "fp16.onnx").is_file()
 
 
+def test_a_kernel_trial_in_a_child_process_passes_a_sound_graph_and_reports_why_others_fail(tiny_export, tmp_path):
+    from export.fp16_choice import trial_in_child
+    from export.optimize import optimize_fp16
+    from scorer.errors import ModelError
+
+    graph = tmp_path / "fused.onnx"
+    optimize_fp16(tiny_export / "model.onnx", graph, 2, 32, "fused")
+    encoded = TextEncoder.from_dir(tiny_export, 48).encode(["Yes.", "The cat sat on the mat, said the man."] * 4)
+    ids, mask = encoded.pad(np.arange(len(encoded)))
+    expected = ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids, "attention_mask": mask})[0]
+    trial_in_child(graph, "cpu", "efficient", ids, mask, expected)  # what export runs first on CUDA, here on a CPU
+    with pytest.raises(ModelError, match=r"child process failed \(its logits differ .* by 0\.5"):
+        trial_in_child(graph, "cpu", "default", ids, mask, expected + 0.5)
+    graph.write_bytes(graph.read_bytes()[:1000])  # a graph that cannot load: the child says so, the parent lives on
+    with pytest.raises(ModelError, match=r"child process failed .*could not start"):
+        trial_in_child(graph, "cpu", "default", ids, mask, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.onnx"]  # the check rows' file is gone
+
+
 def test_the_cost_of_a_run_is_fitted_from_two_passes():
     from export.timing import fitted_run_cost
 
