@@ -8,20 +8,20 @@
 #   bash bench/gpu_check.sh env train-speed
 #   RECIPES="--weight-decay 0.1;--epochs 8" bash bench/gpu_check.sh pytest-gpu recipe-seeds
 #   RECIPES="--weight-decay 0.1 --cuda-graphs captured" bash bench/gpu_check.sh recipe-seeds
-# Next (bench/RESULTS.md 7.12): the batching of scorer.batches (a batch ends where padding costs more than a run, a
-# window's pieces batched together, 65,536-row windows on a GPU; CoLA padding 16% -> 2.9%) end to end against run
-# 4's way; export's choice among three fp16 attentions, each plain and IO-bound; the output written as it goes; and
-# the model stage (120k CoLA sentences/s in run 4, the limit of issue 3's scoring targets) under each setting, then
-# the GPU tests and GPU memory over 1M rows with the new batching; about 500 s in all by run 4's step times, so in
-# two calls on the warm machine (the second reuses the random export in /tmp/random-bert) to keep each under the
-# 600 s a call may run:
-#   bash bench/gpu_check.sh env scoring-cola scoring-long128
-#   bash bench/gpu_check.sh model-stage ort-options pytest-gpu gpu-memory-1m
-# Export now also tries the fused graphs with cuDNN's flash attention asked for (sdpa_kernel 8) and with the mask as
-# row lengths and starts (ORT's memory-efficient attention; bench/RESULTS.md 7.13), so the scoring steps' exports
-# check and time 7 candidates (14 timings) instead of 3, and model-stage times each attention with each kernel
-# setting, and fixed shapes with the inputs copied in from host arrays each run (what pinned host buffers could save
-# at most).
+# Next (bench/RESULTS.md 7.12 and 7.13): the batching of scorer.batches (a batch ends where padding costs more than a
+# run, a window's pieces batched together, 65,536-row windows on a GPU; CoLA padding 16% -> 2.9%) end to end against
+# run 4's way; export's choice among 7 fp16 candidates (fused and mha each with ORT's kernels, with cuDNN's attention
+# asked for and with the row-starts mask for memory-efficient attention; unfused), each checked (new kernels first in
+# a child process) and timed plain and IO-bound; the output written as it goes; the model stage (120k CoLA
+# sentences/s in run 4, the limit of issue 3's scoring targets) under each setting, each attention and kernel setting,
+# and fixed shapes with the inputs copied in from host arrays each run (what pinned host buffers could save at most);
+# ORT's optimisation levels; then the GPU tests and GPU memory over 1M rows with the new batching. In two calls on
+# the warm machine (the second reuses the random exports in /tmp/random-bert), each under the 600 s a call may run:
+#   bash bench/gpu_check.sh env scoring-cola scoring-long128          (about 320 s: run 4's 190 s + 3 exports' extra)
+#   bash bench/gpu_check.sh model-stage ort-options pytest-gpu gpu-memory-1m      (about 350 s)
+# With the start and the five transfers that is close to the 900 s a session may use: the second call's steps run in
+# that order, most important first, so if the session's time runs out, only the last ones are lost (give the second
+# call a timeout_s of what `status` says is left).
 # Everything lands in $OUT: one log (gpu-check.log) and one JSON per measurement (at most 8 files come back).
 # With step names as arguments (bash bench/gpu_check.sh env default-seeds), only those steps run, in file order;
 # default-seeds, recipe-seeds and the steps at the end run only when named; pytest-gpu runs beside the seeds steps.
@@ -64,13 +64,13 @@ step scoring-cola 240 python3 bench/scoring.py $random --workloads cola --rows 2
   --out "$out/scoring-cola.json"
 # Long texts: the same comparisons (the anchor's fastest way on long texts was the fused attention with IO
 # binding); 60k rows.
-step scoring-long128 210 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
+step scoring-long128 240 python3 bench/scoring.py $random --workloads long128 --rows 60000 --baseline-rows 2000 \
   --variants fp16,fp16:$old_batching,fp16:plain,fp16:bound --stages fp16,fp16:plain,fp16:bound \
   --out "$out/scoring-long128.json"
 # The model stage alone under each setting of bench/model_stage.py (window size and padding rule, batches in
 # flight, IO binding, threads, attention and its kernels), then fixed shapes with and without a CUDA graph and with
 # host inputs (about 100 s).
-step model-stage 200 python3 bench/model_stage.py $random --rows 200000 --out "$out/model-stage.json"
+step model-stage 240 python3 bench/model_stage.py $random --rows 200000 --out "$out/model-stage.json"
 # ONNX Runtime's graph optimisation levels (disabled, basic, extended, all) for the fp16 graph as scorer runs it
 # (export's kernel choice and run mode), on 100k CoLA sentences (about 40 s).
 step ort-options 90 python3 bench/ort_options.py $random --rows 100000 --out "$out/ort-options.json"
