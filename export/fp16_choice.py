@@ -79,6 +79,15 @@ class Fp16Report:
     cuda_options: dict[str, str] | None = None
     kernels: str | None = None
 
+    def summary(self) -> str:
+        """One line for the user: the graph kept, and how (or whether) it was chosen."""
+        if self.measured_on is None:
+            return f"fp16 graph: {self.attention} attention (not timed: CUDA was not available to export)"
+        left_out = f"; left out: {', '.join(self.failed)}" if self.failed else ""
+        return (f"fp16 graph: {self.attention} attention, {self.kernels} kernels, "
+                f"{'IO-bound' if self.io_binding else 'plain'} runs: the fastest of {len(self.seconds or ())} ways "
+                f"timed on {self.measured_on}{left_out}")
+
 
 def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str,
                encoded: Encoded) -> Fp16Report:

@@ -36,6 +36,7 @@ class ExportResult:
     output: Path
     parity: list[parity.VariantParity]
     source: str
+    fp16: Fp16Report | None = None  # how the fp16 graph was built, where it was
 
     @property
     def passed(self) -> bool:
@@ -68,7 +69,7 @@ def export_model(config: ExportConfig) -> ExportResult:
         manifest = _manifest(model, head, config, variants, results, text_column, label_column)
         manifest.extra.update({name: asdict(report) for name, report in reports.items()})
         manifest.save(staging)
-    result = ExportResult(config.output, results, source)
+    result = ExportResult(config.output, results, source, reports.get("fp16"))
     if config.tensorrt:
         _build_tensorrt(config.output, head.max_length)
     if not result.passed:

@@ -97,6 +97,7 @@ def test_export_prints_the_parity_table_and_unfused_fp16_attention_on_request(ti
                                        "--fp16-attention", "unfused", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "variant" in result.output and "fp16" in result.output and "pass" in result.output
+    assert "fp16 graph: unfused attention" in result.output  # what export built, and whether it timed the choice
     report = json.loads((tmp_path / "onnx" / "parity.json").read_text())
     assert report["source"] == str(data) and report["passed"]
     ops = operators(tmp_path / "onnx" / "model.fp16.onnx")
@@ -136,6 +137,8 @@ def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path)
     assert report.attention == fastest.split()[0] and report.io_binding == fastest.endswith("io_binding")
     assert report.measured_on == "cpu" and (report.batch_overhead is None or 0 <= report.batch_overhead <= 32768)
     assert report.cuda_options == {} and report.failed is None  # cuDNN's kernels are tried on CUDA only
+    assert report.summary().startswith(f"fp16 graph: {report.attention} attention, {report.kernels} kernels, ")
+    assert "the fastest of 10 ways timed on cpu" in report.summary()
     assert report.kernels == ("efficient" if " efficient" in fastest else "default")
     assert ("Attention" in operators(target)) == (report.attention == "fused")
     assert ("Range" in operators(target)) == (report.kernels == "efficient")  # the row starts are computed in-graph
