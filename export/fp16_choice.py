@@ -116,7 +116,8 @@ def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: in
     check = [(np.arange(min(len(encoded), _CHECK_ROWS)), None)]  # mixed lengths: padding in every short row
     expected = logits_of(create_session(source, "cpu"), encoded, check)[check[0][0]]
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        candidates = _Candidates(source, Path(tmp), num_heads, hidden_size, provider, encoded, check, expected)
+        candidates = _Candidates(source, Path(tmp), num_heads, hidden_size, provider, encoded, check, expected,
+                                 batches)
         for attention in FP16_ATTENTIONS:
             candidates.add(attention)
         runners, failed = candidates.runners, candidates.failed
@@ -151,9 +152,9 @@ class _Candidates:
     """The graphs and runners that choose_attention times, built one attention at a time; what failed, and why."""
 
     def __init__(self, source: Path, directory: Path, num_heads: int, hidden_size: int, provider: str,
-                 encoded: Encoded, check, expected: np.ndarray) -> None:
+                 encoded: Encoded, check, expected: np.ndarray, batches) -> None:
         self.source, self.directory, self.shape, self.provider = source, directory, (num_heads, hidden_size), provider
-        self.encoded, self.check, self.expected = encoded, check, expected
+        self.encoded, self.check, self.expected, self.batches = encoded, check, expected, batches
         self.paths: dict[str, Path] = {}  # candidate name ("mha efficient") -> its graph
         self.fused: dict[str, dict[str, int]] = {}
         self.runners: dict = {}
@@ -178,8 +179,8 @@ class _Candidates:
                     self.paths[name] = self.directory / f"{attention}-{kernels}.onnx"
                     with_row_starts(graph, self.paths[name])
                 if kernels != "default" and self.provider != "cpu":  # kernels no earlier GPU run has run
-                    trial_in_child(self.paths[name], self.provider, kernels,
-                                   *self.encoded.pad(self.check[0][0], self.check[0][1]), self.expected)
+                    trial_in_child(self.paths[name], self.provider, kernels, self.encoded.pad(*self.check[0]),
+                                   self.expected, [self.encoded.pad(*batch) for batch in self.batches])
                 self.runners.update(self._checked_runners(name, kernels))
             except Exception as exc:
                 self.failed[name] = first_line(exc)
@@ -196,15 +197,18 @@ class _Candidates:
         return runners
 
 
-def trial_in_child(graph: Path, provider: str, kernels: str, input_ids: np.ndarray, attention_mask: np.ndarray,
-                   expected: np.ndarray) -> None:
-    """Check a candidate graph with `kernels` in a process of its own first (export.fp16_probe): a kernel that
-    crashes, or makes an illegal memory access, which poisons the CUDA context for the rest of the process, then
-    costs only itself. Raises with what the child said where it failed."""
+def trial_in_child(graph: Path, provider: str, kernels: str, check: tuple[np.ndarray, np.ndarray],
+                   expected: np.ndarray, batches: list[tuple[np.ndarray, np.ndarray]] = ()) -> None:
+    """Check a candidate graph with `kernels` in a process of its own first (export.fp16_probe): the `check`
+    batch's logits against the fp32 graph's `expected`, then each of `batches` (the shapes export will time) for
+    finite logits. A kernel that crashes, or makes an illegal memory access, which poisons the CUDA context for the
+    rest of the process, then costs only itself. Raises with what the child said where it failed."""
     with tempfile.TemporaryDirectory(dir=graph.parent) as tmp:
-        check = Path(tmp) / "check.npz"
-        np.savez(check, input_ids=input_ids, attention_mask=attention_mask, expected=expected)
-        command = [sys.executable, "-m", "export.fp16_probe", str(graph), provider, kernels, str(check)]
+        data = Path(tmp) / "check.npz"
+        shapes = {f"{key}_{i}": array for i, (ids, mask) in enumerate(batches)
+                  for key, array in (("ids", ids), ("mask", mask))}
+        np.savez(data, input_ids=check[0], attention_mask=check[1], expected=expected, **shapes)
+        command = [sys.executable, "-m", "export.fp16_probe", str(graph), provider, kernels, str(data)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=_TRIAL_SECONDS)
         except subprocess.TimeoutExpired as exc:

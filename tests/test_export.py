@@ -189,13 +189,44 @@ def test_a_kernel_trial_in_a_child_process_passes_a_sound_graph_and_reports_why_
     ids, mask = encoded.pad(np.arange(len(encoded)))
     expected = ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"input_ids": ids, "attention_mask": mask})[0]
-    trial_in_child(graph, "cpu", "efficient", ids, mask, expected)  # what export runs first on CUDA, here on a CPU
+    shapes = [encoded.pad(np.arange(2)), encoded.pad(np.arange(len(encoded)), 40)]  # the batches export will time
+    trial_in_child(graph, "cpu", "efficient", (ids, mask), expected, shapes)  # what export runs first on CUDA
     with pytest.raises(ModelError, match=r"child process failed \(its logits differ .* by 0\.5"):
-        trial_in_child(graph, "cpu", "default", ids, mask, expected + 0.5)
+        trial_in_child(graph, "cpu", "default", (ids, mask), expected + 0.5, shapes)
+    beyond = (np.full_like(shapes[1][0], 10**6), shapes[1][1])  # a batch the graph cannot run: ids beyond the vocab
+    with pytest.raises(ModelError, match=r"child process failed .*EmbedLayerNormalization.*out of range"):
+        trial_in_child(graph, "cpu", "default", (ids, mask), expected, [shapes[0], beyond])
+    _nan_at_width(graph, 40)  # right on the check rows, NaN on 40-token batches: what fp16 overflow would look like
+    with pytest.raises(ModelError, match=r"child process failed .*non-finite logits on a batch of 8 rows x 40 tokens"):
+        trial_in_child(graph, "cpu", "default", (ids, mask), expected, shapes)
     graph.write_bytes(graph.read_bytes()[:1000])  # a graph that cannot load: the child says so, the parent lives on
     with pytest.raises(ModelError, match=r"child process failed .*could not start"):
-        trial_in_child(graph, "cpu", "default", ids, mask, expected)
+        trial_in_child(graph, "cpu", "default", (ids, mask), expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.onnx"]  # the check rows' file is gone
+
+
+def _nan_at_width(path, width: int) -> None:
+    """Rewrite the graph at `path` so that its logits are multiplied by 1 + 0 / (padded width - `width`): unchanged,
+    except NaN for batches exactly `width` tokens wide."""
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    out = graph.output[0].name
+    last = next(node for node in graph.node if out in node.output)
+    last.output[:] = [f"{out}_raw" if name == out else name for name in last.output]
+    graph.initializer.extend([helper.make_tensor("w_one", TensorProto.INT64, [], [1]),
+                              helper.make_tensor("w_at", TensorProto.FLOAT, [], [float(width)]),
+                              helper.make_tensor("w_zero", TensorProto.FLOAT, [], [0.0]),
+                              helper.make_tensor("w_unit", TensorProto.FLOAT, [], [1.0])])
+    graph.node.extend([helper.make_node("Shape", [graph.input[0].name], ["w_shape"]),
+                       helper.make_node("Gather", ["w_shape", "w_one"], ["w_width"], axis=0),
+                       helper.make_node("Cast", ["w_width"], ["w_float"], to=TensorProto.FLOAT),
+                       helper.make_node("Sub", ["w_float", "w_at"], ["w_gap"]),
+                       helper.make_node("Div", ["w_zero", "w_gap"], ["w_nan"]),
+                       helper.make_node("Add", ["w_unit", "w_nan"], ["w_factor"]),
+                       helper.make_node("Mul", [f"{out}_raw", "w_factor"], [out])])
+    onnx.save(model, str(path))
 
 
 def test_the_cost_of_a_run_is_fitted_from_two_passes():
