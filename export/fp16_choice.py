@@ -39,9 +39,10 @@ log = logging.getLogger("scorer")
 # sentences alone make one small batch, where launch overheads, not the attention, decide.
 _PASSES, _FULL_BATCHES = 3, 8
 # The check rows (calibration rows in their own order, so of mixed lengths, padded to the longest) may differ from the
-# fp32 graph's logits by this much: fp16 moved bert-base's by up to 9e-3 on an H200 (../shared/device/README.md);
-# a kernel that ignored the padding moves them by far more.
-_CHECK_ROWS, FP16_CHECK_TOLERANCE = 64, 0.05
+# fp32 graph's logits by 0.05 or 2% of the largest logit, whichever is more: fp16 moved random bert-base's (up to 0.66)
+# by up to 9e-3 on an H200 (../shared/device/README.md) and 7e-4 on the CPU box, the trained CoLA MiniLM's (up to 3.4)
+# by 8.5e-3 over 2,000 rows there; a graph that ignored the padding moved random bert-base's by 0.27 (RESULTS 7.13).
+_CHECK_ROWS, FP16_CHECK_TOLERANCE, FP16_CHECK_RELATIVE = 64, 0.05, 0.02
 # How long a kernel setting's trial in a child process may take (export.fp16_probe): a session start and two runs.
 _TRIAL_SECONDS = 300
 
@@ -187,8 +188,8 @@ class _Candidates:
                 log.warning("fp16 variant: %s left out on %s (%s)", name, self.provider, self.failed[name])
 
     def _checked_runners(self, name: str, kernels: str) -> dict:
-        """A plain and an IO-bound runner of candidate `name`, once each has scored the check rows within
-        FP16_CHECK_TOLERANCE of the fp32 graph's logits; raises where either does not."""
+        """A plain and an IO-bound runner of candidate `name`, once each has scored the check rows as close to the
+        fp32 graph's logits as fp16 allows (check_logits); raises where either does not."""
         session = create_session(self.paths[name], self.provider, KERNELS[kernels].cuda_options)
         runners = {name + (" io_binding" if bound else ""): batch_runner(session, self.provider, bound)
                    for bound in (False, True)}
@@ -219,11 +220,12 @@ def trial_in_child(graph: Path, provider: str, kernels: str, check: tuple[np.nda
 
 
 def check_logits(logits: np.ndarray, expected: np.ndarray) -> None:
-    """Raise unless `logits` are within FP16_CHECK_TOLERANCE of the fp32 graph's `expected` (NaN fails too)."""
+    """Raise unless `logits` are as close to the fp32 graph's `expected` as fp16 allows (NaN fails too)."""
     worst = float(np.abs(logits - expected).max())
-    if not worst <= FP16_CHECK_TOLERANCE:
+    allowed = max(FP16_CHECK_TOLERANCE, FP16_CHECK_RELATIVE * float(np.abs(expected).max()))
+    if not worst <= allowed:
         raise ModelError(f"its logits differ from the fp32 graph's by {worst:.3g} on rows with padding "
-                         f"(at most {FP16_CHECK_TOLERANCE} allowed)")
+                         f"(at most {allowed:.3g} allowed)")
 
 
 def _cuda_works(model: Path) -> bool:

@@ -205,6 +205,18 @@ def test_a_kernel_trial_in_a_child_process_passes_a_sound_graph_and_reports_why_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.onnx"]  # the check rows' file is gone
 
 
+def test_the_fp16_check_allows_fp16_noise_at_every_logit_scale_and_nothing_more():
+    from export.fp16_choice import check_logits
+    from scorer.errors import ModelError
+
+    small, large = np.array([[0.5, -0.2]], np.float32), np.array([[10.0, -4.0]], np.float32)
+    check_logits(small + 0.04, small)  # 0.05 at least
+    check_logits(large + 0.15, large)  # or 2% of the largest logit
+    for logits, expected in ((small + 0.06, small), (large + 0.25, large), (small * np.nan, small)):
+        with pytest.raises(ModelError, match="differ from the fp32 graph's"):
+            check_logits(logits, expected)
+
+
 def _nan_at_width(path, width: int) -> None:
     """Rewrite the graph at `path` so that its logits are multiplied by 1 + 0 / (padded width - `width`): unchanged,
     except NaN for batches exactly `width` tokens wide."""
