@@ -68,3 +68,22 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def bench_session(path: Path, provider: str, options: dict | None = None, threads: int | None = None,
+                  spinning: bool = True, level: str = "all"):
+    """An ONNX Runtime session as scorer.session.create_session makes it, with the knobs the benches turn: intra-op
+    threads (None: scorer's own choice for the provider; 0: one per core), spinning, and the graph optimisation
+    level (disabled, basic, extended or all)."""
+    from scorer.session import CPU, CUDA, default_threads, onnxruntime
+
+    ort = onnxruntime()
+    settings = ort.SessionOptions()
+    settings.log_severity_level = 3
+    settings.intra_op_num_threads = threads or default_threads(provider if threads is None else "cpu")
+    settings.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    settings.graph_optimization_level = getattr(ort.GraphOptimizationLevel, "ORT_DISABLE_ALL" if level == "disabled"
+                                                else f"ORT_ENABLE_{level.upper()}")
+    chain = [(CUDA, options or {}), (CPU, {})] if provider == "cuda" else [(CPU, {})]
+    return ort.InferenceSession(str(path), sess_options=settings, providers=chain)
+

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import machine, write_json
+from common import bench_session, machine, write_json
 from scoring import random_checkpoint, workload
 
 from export.fp16_choice import KERNELS
@@ -37,7 +37,7 @@ from scorer.classify import (
 )
 from scorer.config import FP16_ATTENTIONS
 from scorer.manifest import VARIANT_FILES, load_manifest
-from scorer.session import CPU, CUDA, batch_runner, default_threads, onnxruntime
+from scorer.session import batch_runner, onnxruntime
 from scorer.tokens import Encoded, TextEncoder
 
 
@@ -84,17 +84,6 @@ SETTINGS = {
 }
 
 
-def session(path: Path, provider: str, threads: int | None, spinning: bool, options: dict | None = None):
-    ort = onnxruntime()
-    settings = ort.SessionOptions()
-    settings.log_severity_level = 3
-    # None: scorer's own choice for this provider; 0: one per core (what scorer does on a CPU).
-    settings.intra_op_num_threads = threads or default_threads(provider if threads is None else "cpu")
-    settings.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    chain = [(CUDA, options or {}), (CPU, {})] if provider == "cuda" else [(CPU, {})]
-    return ort.InferenceSession(str(path), sess_options=settings, providers=chain)
-
-
 def stage_rate(runner, windows: list[Encoded], setting: Setting, overhead: int, in_flight: int
                ) -> tuple[float, BatchTally]:
     """Sentences/s of every window's batches through `runner` (after one warm-up window), and what they cost; with
@@ -129,7 +118,8 @@ def measure(setting: Setting, graphs: dict, manifest, windows: list[Encoded], pr
     kernels = KERNELS.get(setting.kernels)
     options = chosen_options(provider, manifest) if kernels is None else kernels.cuda_options
     graph = graphs[setting.graph + (" efficient" if kernels and kernels.row_starts else "")]
-    runner = batch_runner(session(graph, provider, setting.threads, setting.spinning, options), provider, binding)
+    runner = batch_runner(bench_session(graph, provider, options, setting.threads, setting.spinning), provider,
+                          binding)
     in_flight = setting.in_flight or DEFAULT_INFER_THREADS[provider]
     overhead = default_batch_overhead(provider, "fp16", manifest) if setting.overhead is None else setting.overhead
     rate, tally = stage_rate(runner, windows, setting, overhead, in_flight)
@@ -139,8 +129,9 @@ def measure(setting: Setting, graphs: dict, manifest, windows: list[Encoded], pr
 
 
 def chosen_options(provider: str, manifest) -> dict:
-    """The CUDA options scorer runs the export's fp16 graph with (export's kernel choice); none on a CPU."""
-    return (default_provider_options(provider, "fp16", manifest) or {}) if provider == "cuda" else {}
+    """The provider options scorer runs the export's fp16 graph with (on CUDA, export's kernel choice; none on a
+    CPU)."""
+    return default_provider_options(provider, "fp16", manifest) or {}
 
 
 def fixed_shape(path: Path, provider: str, rows: int, width: int, graph: bool, options: dict,
@@ -148,7 +139,7 @@ def fixed_shape(path: Path, provider: str, rows: int, width: int, graph: bool, o
     """Median seconds of one run at a fixed shape, output bound on the device (CUDA graph or not); the inputs
     already there, or (`host_inputs`) bound from host arrays each run, so copied in as `scorer run` copies them."""
     ort = onnxruntime()
-    sess = session(path, provider, None, True, {**options, "enable_cuda_graph": "1"} if graph else options)
+    sess = bench_session(path, provider, {**options, "enable_cuda_graph": "1"} if graph else options)
     device = "cuda" if provider == "cuda" else "cpu"
     types = {i.name: np.int32 if i.type == "tensor(int32)" else np.int64 for i in sess.get_inputs()}
     rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import machine, write_json
+from common import bench_session, machine, write_json
 from scoring import random_checkpoint, workload
 
 from export.timing import best_seconds, logits_of
@@ -34,22 +34,10 @@ from scorer.classify import (
 )
 from scorer.config import RunConfig
 from scorer.manifest import load_manifest
-from scorer.session import CPU, CUDA, batch_runner, default_threads, onnxruntime
+from scorer.session import batch_runner
 from scorer.tokens import TextEncoder
 
 LEVELS = ("disabled", "basic", "extended", "all")
-
-
-def session(path: Path, provider: str, level: str, options: dict):
-    """A session at one optimisation level, otherwise as scorer.session.create_session makes it."""
-    ort = onnxruntime()
-    settings = ort.SessionOptions()
-    settings.log_severity_level = 3
-    settings.intra_op_num_threads = default_threads(provider)
-    settings.graph_optimization_level = getattr(ort.GraphOptimizationLevel, "ORT_DISABLE_ALL" if level == "disabled"
-                                                else f"ORT_ENABLE_{level.upper()}")
-    chain = [(CUDA, options), (CPU, {})] if provider == "cuda" else [(CPU, {})]
-    return ort.InferenceSession(str(path), sess_options=settings, providers=chain)
 
 
 def main() -> None:
@@ -82,7 +70,8 @@ def main() -> None:
             runners, started = {}, {}
             for level in LEVELS:
                 begun = time.perf_counter()
-                runners[level] = batch_runner(session(path, provider, level, options), provider, binding)
+                runners[level] = batch_runner(bench_session(path, provider, options, level=level), provider,
+                                              binding)
                 started[level] = time.perf_counter() - begun
             seconds = dict(zip(LEVELS, best_seconds(list(runners.values()), encoded, batches, args.passes),
                                strict=True))

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,8 @@ class Fp16Report:
     def summary(self) -> str:
         """One line for the user: the graph kept, and how (or whether) it was chosen."""
         if self.measured_on is None:
-            return f"fp16 graph: {self.attention} attention (not timed: CUDA was not available to export)"
+            return (f"fp16 graph: {self.attention} attention (not timed: asked for with --fp16-attention, or no "
+                    "working CUDA at export)")
         left_out = f"; left out: {', '.join(self.failed)}" if self.failed else ""
         return (f"fp16 graph: {self.attention} attention, {self.kernels} kernels, "
                 f"{'IO-bound' if self.io_binding else 'plain'} runs: the fastest of {len(self.seconds or ())} ways "
@@ -180,12 +182,16 @@ class _Candidates:
                     self.paths[name] = self.directory / f"{attention}-{kernels}.onnx"
                     with_row_starts(graph, self.paths[name])
                 if kernels != "default" and self.provider != "cpu":  # kernels no earlier GPU run has run
-                    trial_in_child(self.paths[name], self.provider, kernels, self.encoded.pad(*self.check[0]),
-                                   self.expected, [self.encoded.pad(*batch) for batch in self.batches])
+                    trial_in_child(self.paths[name], self.provider, kernels, *self._trial_inputs)
                 self.runners.update(self._checked_runners(name, kernels))
             except Exception as exc:
                 self.failed[name] = first_line(exc)
                 log.warning("fp16 variant: %s left out on %s (%s)", name, self.provider, self.failed[name])
+
+    @cached_property
+    def _trial_inputs(self) -> tuple:
+        """The check rows padded, their expected logits, and the timing batches padded: what each trial runs."""
+        return self.encoded.pad(*self.check[0]), self.expected, [self.encoded.pad(*batch) for batch in self.batches]
 
     def _checked_runners(self, name: str, kernels: str) -> dict:
         """A plain and an IO-bound runner of candidate `name`, once each has scored the check rows as close to the
