@@ -10,14 +10,15 @@
 #   RECIPES="--weight-decay 0.1 --cuda-graphs captured" bash bench/gpu_check.sh recipe-seeds
 # Next (bench/RESULTS.md 7.12 and 7.13): the batching of scorer.batches (a batch ends where padding costs more than a
 # run, a window's pieces batched together, 65,536-row windows on a GPU; CoLA padding 16% -> 2.9%) end to end against
-# run 4's way; export's choice among 7 fp16 candidates (fused and mha each with ORT's kernels, with cuDNN's attention
-# asked for and with the row-starts mask for memory-efficient attention; unfused), each checked (new kernels first in
-# a child process) and timed plain and IO-bound; the output written as it goes; the model stage (120k CoLA
+# run 4's way; export's choice among 9 fp16 candidates (fused and mha each with ORT's kernels, with cuDNN's attention
+# asked for, with the row-starts mask for memory-efficient attention, and with the padding removed, ORT's packing
+# mode; unfused), each checked (new kernels first in a child process) and timed plain and IO-bound; the output
+# written as it goes; the model stage (120k CoLA
 # sentences/s in run 4, the limit of issue 3's scoring targets) under each setting, each attention and kernel setting,
 # and fixed shapes with the inputs copied in from host arrays each run (what pinned host buffers could save at most);
 # ORT's optimisation levels; then the GPU tests and GPU memory over 1M rows with the new batching. In two calls on
 # the warm machine (the second reuses the random exports in /tmp/random-bert), each under the 600 s a call may run:
-#   bash bench/gpu_check.sh env scoring-cola scoring-long128          (about 320 s: run 4's 190 s + 3 exports' extra)
+#   bash bench/gpu_check.sh env scoring-cola scoring-long128          (about 350 s: run 4's 190 s + 3 exports' extra)
 #   bash bench/gpu_check.sh model-stage ort-options pytest-gpu gpu-memory-1m      (about 350 s)
 # With the start and the five transfers that is close to the 900 s a session may use: the second call's steps run in
 # that order, most important first, so if the session's time runs out, only the last ones are lost (give the second
@@ -59,7 +60,7 @@ print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)"
 # plain runs and IO binding forced (the default is the mode that export timed faster, recorded in the JSON's
 # export.fp16.io_binding); then each stage alone (tokenising with the word cache; the model), both ways of batching.
 old_batching="window_rows=16384:batch_overhead=1000000000"
-step scoring-cola 240 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
+step scoring-cola 270 python3 bench/scoring.py $random --workloads cola --rows 200000 --baseline-rows 10000 \
   --variants fp16,fp16:$old_batching,fp16:infer_threads=1,fp16:plain,fp16:bound --stages fp16,fp16:$old_batching \
   --out "$out/scoring-cola.json"
 # Long texts: the same comparisons (the anchor's fastest way on long texts was the fused attention with IO

@@ -5,7 +5,7 @@
 On pre-tokenised CoLA-like sentences (as scorer tokenises them, in windows), times the token-budget batches
 through an ONNX Runtime session for each setting in SETTINGS (window size and batch overhead, i.e. padding, as
 scorer.batches batches a window; rows per batch, token budget, IO binding, padded width rounded up, intra-op threads
-and spinning, each fp16 attention (fused, MultiHeadAttention, unfused) with ORT's attention kernels and with cuDNN's,
+and spinning, each fp16 attention (fused, MultiHeadAttention, unfused) with each kernel setting of export.fp16_choice,
 batches in flight), then one fixed shape run repeatedly, with and without a captured CUDA graph: the graph's ceiling,
 launches included or not.
 """
@@ -81,6 +81,9 @@ SETTINGS = {
     "MultiHeadAttention, cuDNN kernels": Setting(graph="mha", kernels="cudnn"),
     "MultiHeadAttention, memory-efficient kernels": Setting(graph="mha", kernels="efficient"),
     "unfused attention": Setting(graph="unfused", kernels="default"),
+    # last: kernels that export only tried in a child process, so a crash here cannot spoil the settings before
+    "fused attention, padding removed": Setting(graph="fused", kernels="packed"),
+    "MultiHeadAttention, padding removed": Setting(graph="mha", kernels="packed"),
 }
 
 
@@ -117,7 +120,7 @@ def measure(setting: Setting, graphs: dict, manifest, windows: list[Encoded], pr
     binding = default_io_binding(provider, "fp16", manifest) if setting.io_binding is None else setting.io_binding
     kernels = KERNELS.get(setting.kernels)
     options = chosen_options(provider, manifest) if kernels is None else kernels.cuda_options
-    graph = graphs[setting.graph + (" efficient" if kernels and kernels.row_starts else "")]
+    graph = graphs[setting.graph + (f" {setting.kernels}" if kernels and kernels.rewrite else "")]
     runner = batch_runner(bench_session(graph, provider, options, setting.threads, setting.spinning), provider,
                           binding)
     in_flight = setting.in_flight or DEFAULT_INFER_THREADS[provider]
@@ -214,12 +217,12 @@ def main() -> None:
 
 def fp16_graphs(export: Path, directory: Path) -> dict:
     """The export's fp16 graph ("chosen") and one with each attention (fused, mha, unfused), built as export builds
-    them, the fused ones also with the row-starts mask ("fused efficient"); the export's own file for the attention
-    it chose."""
-    from export.optimize import optimize_fp16, with_row_starts
+    them, the fused ones also rewritten for each KERNELS setting that rewrites the graph ("fused efficient", "mha
+    packed"); the export's own file for the attention it chose."""
+    from export.optimize import optimize_fp16
 
     fp16 = json.loads((export / "manifest.json").read_text())["extra"]["fp16"]
-    chosen = fp16["attention"] if not KERNELS[fp16.get("kernels") or "default"].row_starts else None
+    chosen = fp16["attention"] if not KERNELS[fp16.get("kernels") or "default"].rewrite else None
     shape = json.loads((directory / "checkpoint" / "config.json").read_text())
     graphs = {"chosen": export / VARIANT_FILES["fp16"], "chosen_attention": fp16["attention"]}
     for attention in FP16_ATTENTIONS:
@@ -227,9 +230,10 @@ def fp16_graphs(export: Path, directory: Path) -> dict:
         if not graphs[attention].is_file():
             optimize_fp16(export / VARIANT_FILES["fp32"], graphs[attention], shape["num_attention_heads"],
                           shape["hidden_size"], attention)
-        if attention != "unfused":
-            graphs[f"{attention} efficient"] = directory / f"fp16-{attention}-efficient.onnx"
-            with_row_starts(graphs[attention], graphs[f"{attention} efficient"])
+        for name, kernels in KERNELS.items():
+            if attention != "unfused" and kernels.rewrite:
+                graphs[f"{attention} {name}"] = directory / f"fp16-{attention}-{name}.onnx"
+                kernels.rewrite(graphs[attention], graphs[f"{attention} {name}"])
     return graphs
 
 

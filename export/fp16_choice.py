@@ -6,7 +6,8 @@ sentences by a quarter (bench/RESULTS.md 7.2): which wins depends on the card, t
 CUDA kernel a fused attention op runs depends on the mask's form and the provider's options (KERNELS): with row
 lengths, TensorRT's fused attention up to compute capability 8.9, and on 9.0 (H100, H200) unfused math unless cuDNN's
 flash attention is asked for (`sdpa_kernel`; newer ORT releases prefer it there by themselves); with row lengths and
-starts, cutlass memory-efficient attention. So where CUDA works, export builds each graph of FP16_ATTENTIONS, with
+starts, cutlass memory-efficient attention; in ORT's packing mode (padding removed, CUDA only), memory-efficient
+attention over the packed rows. So where CUDA works, export builds each graph of FP16_ATTENTIONS, with
 each kernel setting for the fused ones, checks each against the fp32 graph on a batch with padding, times each
 plainly and with IO binding on the calibration sentences batched as `scorer run` batches them, and keeps the fastest
 graph with its run mode and CUDA options, which `scorer run` then uses on CUDA; elsewhere it keeps the fused graph
@@ -20,13 +21,14 @@ import math
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from export.optimize import attention_of, optimize_fp16, with_row_starts
+from export.optimize import attention_of, optimize_fp16, packed, with_row_starts
 from export.timing import best_seconds, logits_of, run_cost
 from scorer.batches import budget_batches
 from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
@@ -50,16 +52,18 @@ _TRIAL_SECONDS = 300
 
 @dataclass(frozen=True)
 class Kernels:
-    """How a fused attention op reaches its CUDA kernels: the mask's form in the graph and the provider's options."""
+    """How a fused attention op reaches its CUDA kernels: the graph's form (the fused graph as built, the mask as
+    lengths, or rewritten by `rewrite(source, target)`) and the provider's options."""
 
-    row_starts: bool  # the mask as lengths and row starts (export.optimize.with_row_starts), else lengths alone
+    rewrite: Callable[[Path, Path], None] | None
     cuda_options: dict[str, str]
 
 
 # ORT's own choice; cuDNN's flash attention asked for (the `sdpa_kernel` bit mask of ORT's AttentionBackend: 8 is
-# CUDNN_FLASH_ATTENTION; the unfused math stays the fallback); the mask form that memory-efficient attention takes.
-KERNELS = {"default": Kernels(False, {}), "cudnn": Kernels(False, {"sdpa_kernel": "8"}),
-           "efficient": Kernels(True, {})}
+# CUDNN_FLASH_ATTENTION; the unfused math stays the fallback); the mask form that memory-efficient attention takes;
+# padding removed (ORT's packing mode: its packed attention ops run memory-efficient attention on 8.0 and newer).
+KERNELS = {"default": Kernels(None, {}), "cudnn": Kernels(None, {"sdpa_kernel": "8"}),
+           "efficient": Kernels(with_row_starts, {}), "packed": Kernels(packed, {})}
 
 
 @dataclass(frozen=True)
@@ -145,10 +149,11 @@ def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: in
 
 def kernel_settings(attention: str, provider: str) -> list[str]:
     """The KERNELS to try a graph with: ORT's own choice; for the fused ops also the row-starts mask, and on CUDA
-    cuDNN's attention (on a CPU the row-starts graph only proves that it computes the same logits)."""
+    cuDNN's attention and the packed graph, which has no CPU kernels (on a CPU the row-starts graph only proves that
+    it computes the same logits)."""
     if attention == "unfused":
         return ["default"]
-    return ["default", "cudnn", "efficient"] if provider == "cuda" else ["default", "efficient"]
+    return ["default", "cudnn", "efficient", "packed"] if provider == "cuda" else ["default", "efficient"]
 
 
 class _Candidates:
@@ -178,9 +183,9 @@ class _Candidates:
             name = attention + ("" if kernels == "default" else f" {kernels}")
             try:
                 self.paths[name] = graph
-                if KERNELS[kernels].row_starts:
+                if KERNELS[kernels].rewrite:
                     self.paths[name] = self.directory / f"{attention}-{kernels}.onnx"
-                    with_row_starts(graph, self.paths[name])
+                    KERNELS[kernels].rewrite(graph, self.paths[name])
                 if kernels != "default" and self.provider != "cpu":  # kernels no earlier GPU run has run
                     trial_in_child(self.paths[name], self.provider, kernels, *self._trial_inputs)
                 self.runners.update(self._checked_runners(name, kernels))

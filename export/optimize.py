@@ -4,8 +4,9 @@ ORT's transformer optimizer fuses LayerNorm, GELU, the embeddings and (unless as
 `Attention` op ("fused") or its `MultiHeadAttention` op ("mha"); "unfused" keeps the exported MatMul/Softmax nodes.
 The fused ops take the padding mask as each row's length (valid because scorer pads on the right), which is what
 CUDA's fused attention kernels need; `with_row_starts` adds each row's start as well (the 3B+2 form), the one form
-in which ORT's memory-efficient (cutlass) kernels take a padded batch. Which graph and kernels are fastest is
-measured where the graph will run (export.fp16_choice).
+in which ORT's memory-efficient (cutlass) kernels take a padded batch; `packed` removes the padding between the
+embeddings and the last layer (ORT's packing mode, CUDA only). Which graph and kernels are fastest is measured where
+the graph will run (export.fp16_choice).
 """
 
 from __future__ import annotations
@@ -106,3 +107,22 @@ def with_row_starts(source: Path, target: Path) -> None:
     for node in attention:
         node.input[:] = ["row_starts_mask" if name == lengths else name for name in node.input]
     onnx.save(model, str(target))
+
+
+def packed(source: Path, target: Path) -> None:
+    """Copy the fused fp16 graph at `source` to `target` in ORT's packing mode: `RemovePadding` after the embeddings
+    packs the batch's real tokens into one (tokens, hidden) matrix, the attention ops become `PackedAttention` or
+    `PackedMultiHeadAttention` (each row's tokens found by cumulative lengths), and `RestorePadding` after the last
+    layer norm pads them back for the classifier head. Every matrix product between runs on real tokens only. ORT
+    has these ops on CUDA only."""
+    from onnxruntime.transformers.convert_to_packing_mode import PackingMode
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(source)))
+    if not any(model.get_nodes_by_op_type(op) for op in ("Attention", "MultiHeadAttention")):
+        raise ModelError(f"{source}: ONNX Runtime's packing mode needs a fused attention op")
+    # ORT's symbolic shape inference is left out: it is slow on bert-base and ORT infers the shapes at load anyway.
+    PackingMode(model).convert(use_symbolic_shape_infer=False)
+    if not model.get_nodes_by_op_type("RemovePadding"):  # the converter logs why and returns where it cannot convert
+        raise ModelError(f"{source}: ONNX Runtime's packing mode could not convert its attention")
+    model.save_model_to_file(str(target))

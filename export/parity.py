@@ -51,15 +51,18 @@ def parity_batches(n: int, max_length: int) -> list[ParityBatch]:
 
 
 def run_parity(model: torch.nn.Module, variants: dict[str, Path], encoded: Encoded, targets: np.ndarray | None,
-               labels: list, config: ExportConfig, max_length: int) -> list[VariantParity]:
-    """Compare every variant with PyTorch on the same batches and judge each against the gate."""
+               labels: list, config: ExportConfig, max_length: int, cuda_options: dict | None = None
+               ) -> list[VariantParity]:
+    """Compare every variant with PyTorch on the same batches and judge each against the gate; the fp16 graph on
+    CUDA where it works, with the `cuda_options` (its attention kernels) that `scorer run` will use there."""
     batches = parity_batches(len(encoded), max_length)
     reference = _torch_logits(model, encoded, batches)
     torch_row = _judge("pytorch", "torch-cpu", reference, reference, batches, targets, labels, config, None)
     results = [torch_row]
     for name, path in variants.items():
         provider = "cuda" if name == "fp16" and CUDA in available() else "cpu"
-        run = batch_runner(create_session(path, provider), provider, io_binding=False)
+        options = cuda_options if provider == "cuda" else None
+        run = batch_runner(create_session(path, provider, options), provider, io_binding=False)
         logits = [run(_feed(encoded, b.rows, b.pad)) for b in batches]
         results.append(_judge(name, provider, reference, logits, batches, targets, labels, config, torch_row))
     return results

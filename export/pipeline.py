@@ -62,8 +62,9 @@ def export_model(config: ExportConfig) -> ExportResult:
             if (config.checkpoint / name).is_file():
                 shutil.copy2(config.checkpoint / name, staging / name)
         log.info("parity against PyTorch on %d rows of %s", len(texts), source)
+        fp16_options = reports["fp16"].cuda_options if "fp16" in reports else None
         results = parity.run_parity(model, variants, encoder.encode(texts), targets, head.labels, config,
-                                    head.max_length)
+                                    head.max_length, fp16_options)
         (staging / "parity.json").write_text(json.dumps(parity.report(results, source), indent=2) + "\n")
         (staging / "export_config.json").write_text(to_json(replace(config, overwrite=False)))
         manifest = _manifest(model, head, config, variants, results, text_column, label_column)

@@ -170,6 +170,11 @@ class OnnxClassifier:
         self.variant = variant or default_variant(self.provider, self.manifest)
         self.model_path = self.manifest.variant(self.variant, self.directory)
         self.model_sha256 = sha256_file(self.model_path)
+        fp16 = self.manifest.extra.get("fp16") or {}
+        if self.variant == "fp16" and self.provider == "cpu" and fp16.get("kernels") == "packed":
+            raise ProviderError(f"{self.model_path}: this fp16 graph removes padding with ONNX Runtime ops that only "
+                                f"CUDA has (export chose it on {fp16.get('measured_on')}); score it with --provider "
+                                "cuda, or with --variant fp32 or int8 on a CPU")
         if provider_options is None:
             provider_options = default_provider_options(self.provider, self.variant, self.manifest)
         self.provider_options = provider_options or {}

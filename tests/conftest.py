@@ -58,6 +58,20 @@ def build_tiny_encoder(directory: Path, **config) -> Path:
     return directory
 
 
+def rewritten_fp16(export: Path, directory: Path, attention: str, kernels: str) -> tuple[Path, Path]:
+    """A tiny export's fp16 graph with `attention` (the mask as row lengths), and that graph as export rewrites it
+    for the kernel setting `kernels` (export.fp16_choice.KERNELS; the same file where no rewrite applies)."""
+    from export.fp16_choice import KERNELS
+    from export.optimize import optimize_fp16
+
+    lengths_graph, rewritten = directory / "lengths.onnx", directory / f"{kernels}.onnx"
+    optimize_fp16(export / "model.onnx", lengths_graph, 2, 32, attention)
+    if not KERNELS[kernels].rewrite:
+        return lengths_graph, lengths_graph
+    KERNELS[kernels].rewrite(lengths_graph, rewritten)
+    return lengths_graph, rewritten
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
     """The tiny random BERT of `build_tiny_encoder`, built once per test session."""

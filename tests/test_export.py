@@ -19,6 +19,7 @@ from scorer.config import FP16_ATTENTIONS
 from scorer.manifest import load_manifest, sha256_file
 from scorer.model import SentenceClassifier
 from scorer.tokens import TextEncoder
+from tests.conftest import rewritten_fp16
 
 
 def test_export_writes_variants_tokenizer_report_and_manifest(tiny_export):
@@ -304,11 +305,7 @@ def test_each_fp16_attention_scores_as_the_fp32_graph_does_padding_included(tiny
 
 @pytest.mark.parametrize("attention", ["fused", "mha"])
 def test_the_row_starts_mask_holds_each_rows_length_and_offset_and_scores_alike(tiny_export, tmp_path, attention):
-    from export.optimize import optimize_fp16, with_row_starts
-
-    lengths_graph, starts_graph = tmp_path / "lengths.onnx", tmp_path / "starts.onnx"
-    optimize_fp16(tiny_export / "model.onnx", lengths_graph, 2, 32, attention)
-    with_row_starts(lengths_graph, starts_graph)
+    lengths_graph, starts_graph = rewritten_fp16(tiny_export, tmp_path, attention, "efficient")
     model = onnx.load(str(starts_graph))
     readers = [node for node in model.graph.node if "row_starts_mask" in node.input]
     assert readers and {node.op_type for node in readers} == {"Attention" if attention == "fused" else
@@ -354,14 +351,78 @@ def test_onnx_runtime_reads_the_row_starts_mask_as_the_lengths():
     assert np.abs(attention(None) - by_lengths).max() > 1
 
 
-def test_the_row_starts_mask_needs_a_fused_attention(tiny_export, tmp_path):
-    from export.optimize import optimize_fp16, with_row_starts
+@pytest.mark.parametrize(("kernels", "message"), [("efficient", "no fused attention op"),
+                                                  ("packed", "packing mode needs a fused attention op")])
+def test_the_graph_rewrites_need_a_fused_attention(tiny_export, tmp_path, kernels, message):
     from scorer.errors import ModelError
 
-    optimize_fp16(tiny_export / "model.onnx", tmp_path / "unfused.onnx", 2, 32, "unfused")
-    with pytest.raises(ModelError, match="no fused attention op"):
-        with_row_starts(tmp_path / "unfused.onnx", tmp_path / "starts.onnx")
-    assert not (tmp_path / "starts.onnx").exists()
+    with pytest.raises(ModelError, match=message):
+        rewritten_fp16(tiny_export, tmp_path, "unfused", kernels)
+    assert not (tmp_path / f"{kernels}.onnx").exists()
+
+
+@pytest.mark.parametrize("attention", ["fused", "mha"])
+def test_the_packed_graph_runs_every_layer_on_the_real_tokens_only(tiny_export, tmp_path, attention):
+    lengths_graph, packed_graph = rewritten_fp16(tiny_export, tmp_path, attention, "packed")
+    model = onnx.load(str(packed_graph))
+    onnx.checker.check_model(model)
+    nodes = model.graph.node
+    (embed,), (remove,), (restore,) = ([n for n in nodes if n.op_type == op] for op in
+                                       ("EmbedLayerNormalization", "RemovePadding", "RestorePadding"))
+    assert list(remove.input) == list(embed.output[:2])  # the embeddings, packed by each row's length
+    between, frontier = [], {remove.output[0]}
+    for node in nodes:  # topological order: every node that reads the packed tokens, up to RestorePadding
+        if node is not restore and frontier & set(node.input):
+            between.append(node.op_type)
+            frontier |= set(node.output)
+    fused_op = "PackedAttention" if attention == "fused" else "PackedMultiHeadAttention"
+    # attention is the only op that mixes tokens, and finds each row's tokens by their offsets; the rest is per token
+    assert between.count(fused_op) == 2 and set(between) <= {fused_op, "MatMul", "SkipLayerNormalization", "BiasGelu"}
+    assert {n.op_type for n in nodes if remove.output[2] in n.input} == {fused_op}  # the cumulative lengths
+    assert not {"Attention", "MultiHeadAttention"} & {n.op_type for n in nodes}
+    # the classifier head reads the last layer's output padded back, as before
+    before = onnx.load(str(lengths_graph)).graph.node
+    head = [n.name for n in before if restore.output[0] in n.input]
+    assert head and head == [n.name for n in nodes if restore.output[0] in n.input]
+    with pytest.raises(Exception, match="RemovePadding"):  # CUDA only: what export's CPU candidates leave out
+        ort.InferenceSession(str(packed_graph), providers=["CPUExecutionProvider"])
+
+
+def test_scoring_a_packed_fp16_graph_on_a_cpu_says_to_use_cuda_and_writes_nothing(export_copy, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # what an export whose CUDA timing chose the packed graph holds
+    fp16 = export_copy / "model.fp16.onnx"
+    rewritten_fp16(export_copy, tmp_path, "fused", "packed")[1].replace(fp16)
+    manifest = load_manifest(export_copy)
+    manifest.variants["fp16"].sha256 = sha256_file(fp16)
+    manifest.extra["fp16"].update(kernels="packed", measured_on="cuda", attention="fused")
+    manifest.save(export_copy)
+    source, output = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pq.write_table(pa.table({"sentence": ["The cat sat.", "Sat cat the."]}), source)
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(export_copy), "--provider", "cpu",
+                                       "--variant", "fp16", "-o", str(output)])
+    assert result.exit_code == 6, result.output
+    assert "only CUDA has" in result.output and "--provider cuda, or with --variant fp32 or int8" in result.output
+    assert not output.exists()
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(export_copy), "--provider", "cpu",
+                                       "-o", str(output), "--quiet"])
+    assert result.exit_code == 0, result.output  # the CPU's own variants are untouched
+
+
+def test_a_kernel_setting_the_provider_cannot_run_is_left_out_and_said(tiny_export, tmp_path, monkeypatch):
+    import export.fp16_choice as choice
+
+    # the CPU has no kernels for the packed graph's ops: as on a CUDA build without them, export carries on
+    monkeypatch.setattr(choice, "kernel_settings",
+                        lambda attention, provider: ["default"] + (["packed"] if attention != "unfused" else []))
+    encoded = TextEncoder.from_dir(tiny_export, 48).encode(["The cat sat.", "A longer sentence than that."] * 40)
+    report = choice.choose_attention(tiny_export / "model.onnx", tmp_path / "fp16.onnx", 2, 32, encoded, "cpu")
+    assert set(report.failed) == {"fused packed", "mha packed"}
+    assert all("RemovePadding" in why for why in report.failed.values())
+    assert set(report.seconds) == {f"{a}{mode}" for a in FP16_ATTENTIONS for mode in ("", " io_binding")}
+    assert report.kernels == "default" and "RemovePadding" not in operators(tmp_path / "fp16.onnx")
 
 
 def test_export_refuses_a_missing_checkpoint_and_unknown_parity_labels(tiny_checkpoint, tmp_path):

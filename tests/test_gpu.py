@@ -60,16 +60,43 @@ def test_export_on_cuda_times_every_fp16_attention_both_ways_and_keeps_the_faste
     from export.fp16_choice import KERNELS
 
     fp16 = load_manifest(tiny_export).extra["fp16"]
-    # fused and mha with ORT's kernels, cuDNN's and memory-efficient attention's, unfused; each plain and IO-bound;
-    # less what did not run
-    candidates = {f"{attention}{kernels}" for attention in ("fused", "mha") for kernels in ("", " cudnn", " efficient")}
+    # fused and mha with ORT's kernels, cuDNN's, memory-efficient attention's and with the padding removed; unfused;
+    # each plain and IO-bound; less what did not run
+    candidates = {f"{attention}{kernels}" for attention in ("fused", "mha")
+                  for kernels in ("", " cudnn", " efficient", " packed")}
     candidates = (candidates | {"unfused"}) - set(fp16["failed"] or ())
     assert fp16["measured_on"] == "cuda" and {"fused", "unfused"} <= candidates
     assert set(fp16["seconds"]) == {name + mode for name in candidates for mode in ("", " io_binding")}
     fastest = min(fp16["seconds"], key=fp16["seconds"].get)
     assert fp16["attention"] == fastest.split()[0] and fp16["io_binding"] == fastest.endswith("io_binding")
     assert fp16["cuda_options"] == KERNELS[fp16["kernels"]].cuda_options
-    assert fp16["kernels"] == next((k for k in ("cudnn", "efficient") if f" {k}" in fastest), "default")
+    assert fp16["kernels"] == next((k for k in ("cudnn", "efficient", "packed") if f" {k}" in fastest), "default")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernels", ["default", "cudnn", "efficient", "packed"])
+@pytest.mark.parametrize("attention", ["fused", "mha"])
+def test_each_fp16_kernel_setting_scores_padded_rows_as_the_fp32_graph_on_cuda(tiny_export, tmp_path, attention,
+                                                                              kernels):
+    import onnxruntime as ort
+
+    from export.fp16_choice import KERNELS
+    from scorer.session import create_session
+    from scorer.tokens import TextEncoder
+    from tests.conftest import rewritten_fp16
+
+    graph = rewritten_fp16(tiny_export, tmp_path, attention, kernels)[1]
+    encoded = TextEncoder.from_dir(tiny_export, 48).encode(["Yes.", *TEXTS[:7]])
+    ids, mask = encoded.pad(np.arange(len(encoded)), 48)  # every row padded, the first by 45 tokens
+    fp32 = ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids, "attention_mask": mask})[0]
+    ids, mask = ids.astype(np.int32), mask.astype(np.int32)  # the fp16 graph's inputs
+    session = create_session(graph, "cuda", KERNELS[kernels].cuda_options)
+    logits = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    np.testing.assert_allclose(logits, fp32, atol=2e-2)
+    width = int(encoded.lengths[1])
+    alone = session.run(None, {"input_ids": ids[1:2, :width], "attention_mask": mask[1:2, :width]})[0]
+    np.testing.assert_allclose(alone[0], logits[1], atol=2e-3)  # padding changes nothing
 
 
 @pytest.mark.gpu
