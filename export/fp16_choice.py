@@ -22,13 +22,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from export.optimize import attention_of, optimize_fp16, packed, with_row_starts
+from export.optimize import attention_of, optimize_each, optimize_fp16, packed, with_row_starts
 from export.timing import best_seconds, logits_of, run_cost
 from scorer.batches import budget_batches
 from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
@@ -48,6 +49,8 @@ _PASSES, _FULL_BATCHES = 3, 8
 _CHECK_ROWS, FP16_CHECK_TOLERANCE, FP16_CHECK_RELATIVE = 64, 0.05, 0.02
 # How long a kernel setting's trial in a child process may take (export.fp16_probe): a session start and two runs.
 _TRIAL_SECONDS = 300
+# How many trials run at once: each holds a CUDA context and a session (a few GB for bert-base at 32k-token batches).
+_TRIALS_AT_ONCE = 3
 
 
 @dataclass(frozen=True)
@@ -123,10 +126,11 @@ def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: in
     check = [(np.arange(min(len(encoded), _CHECK_ROWS)), None)]  # mixed lengths: padding in every short row
     expected = logits_of(create_session(source, "cpu"), encoded, check)[check[0][0]]
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        candidates = _Candidates(source, Path(tmp), num_heads, hidden_size, provider, encoded, check, expected,
-                                 batches)
+        candidates = _Candidates(Path(tmp), provider, encoded, check, expected, batches)
+        built = optimize_each(source, Path(tmp), num_heads, hidden_size, list(FP16_ATTENTIONS))
         for attention in FP16_ATTENTIONS:
-            candidates.add(attention)
+            candidates.add(attention, built[attention])
+        candidates.start()
         runners, failed = candidates.runners, candidates.failed
         if not runners:
             raise ModelError(f"no fp16 graph runs on {provider} ({'; '.join(f'{c}: {e}' for c, e in failed.items())})"
@@ -157,24 +161,28 @@ def kernel_settings(attention: str, provider: str) -> list[str]:
 
 
 class _Candidates:
-    """The graphs and runners that choose_attention times, built one attention at a time; what failed, and why."""
+    """The graphs and runners that choose_attention times, added one attention at a time; what failed, and why."""
 
-    def __init__(self, source: Path, directory: Path, num_heads: int, hidden_size: int, provider: str,
-                 encoded: Encoded, check, expected: np.ndarray, batches) -> None:
-        self.source, self.directory, self.shape, self.provider = source, directory, (num_heads, hidden_size), provider
+    def __init__(self, directory: Path, provider: str, encoded: Encoded, check, expected: np.ndarray, batches
+                 ) -> None:
+        self.directory, self.provider = directory, provider
         self.encoded, self.check, self.expected, self.batches = encoded, check, expected, batches
         self.paths: dict[str, Path] = {}  # candidate name ("mha efficient") -> its graph
+        self.kernels: dict[str, str] = {}  # candidate name -> its kernel setting, for each graph that was built
         self.fused: dict[str, dict[str, int]] = {}
         self.runners: dict = {}
         self.failed: dict[str, str] = {}
 
-    def add(self, attention: str) -> None:
-        """Build `attention`'s graph and check and add a plain and an IO-bound runner for each kernel setting."""
+    def add(self, attention: str, fused: dict[str, int] | Exception) -> None:
+        """Add `attention`'s graph (what the optimizer `fused` in it, or why it was not built) as a candidate for
+        each kernel setting, rewritten where the setting needs it."""
         graph = self.directory / f"{attention}.onnx"
         try:
-            self.fused[attention] = optimize_fp16(self.source, graph, *self.shape, attention)
-            if attention_of(self.fused[attention]) != attention:  # not the graph it is named for
-                raise ModelError(f"the optimizer fused {attention_of(self.fused[attention])} attention instead")
+            if isinstance(fused, Exception):
+                raise fused
+            self.fused[attention] = fused
+            if attention_of(fused) != attention:  # not the graph it is named for
+                raise ModelError(f"the optimizer fused {attention_of(fused)} attention instead")
         except Exception as exc:  # any failure of one candidate drops it (ORT raises many exception types)
             self.failed[attention] = first_line(exc)
             log.warning("fp16 variant: no %s attention graph (%s); left out", attention, self.failed[attention])
@@ -186,12 +194,27 @@ class _Candidates:
                 if KERNELS[kernels].rewrite:
                     self.paths[name] = self.directory / f"{attention}-{kernels}.onnx"
                     KERNELS[kernels].rewrite(graph, self.paths[name])
-                if kernels != "default" and self.provider != "cpu":  # kernels no earlier GPU run has run
-                    trial_in_child(self.paths[name], self.provider, kernels, *self._trial_inputs)
+                self.kernels[name] = kernels
+            except Exception as exc:
+                self._leave_out(name, exc)
+
+    def start(self) -> None:
+        """A plain and an IO-bound runner of every candidate added, each checked; first, off the CPU, a trial in a
+        child process of each candidate whose kernels no earlier GPU run has run."""
+        trials = {name: (self.paths[name], kernels) for name, kernels in self.kernels.items()
+                  if kernels != "default" and self.provider != "cpu"}
+        failed = trials_in_children(trials, self.provider, *self._trial_inputs) if trials else {}
+        for name, kernels in self.kernels.items():
+            try:
+                if name in failed:
+                    raise ModelError(failed[name])
                 self.runners.update(self._checked_runners(name, kernels))
             except Exception as exc:
-                self.failed[name] = first_line(exc)
-                log.warning("fp16 variant: %s left out on %s (%s)", name, self.provider, self.failed[name])
+                self._leave_out(name, exc)
+
+    def _leave_out(self, name: str, exc: Exception) -> None:
+        self.failed[name] = first_line(exc)
+        log.warning("fp16 variant: %s left out on %s (%s)", name, self.provider, self.failed[name])
 
     @cached_property
     def _trial_inputs(self) -> tuple:
@@ -207,6 +230,26 @@ class _Candidates:
         for run in runners.values():
             check_logits(logits_of(run, self.encoded, self.check)[self.check[0][0]], self.expected)
         return runners
+
+
+def trials_in_children(trials: dict[str, tuple[Path, str]], provider: str, check: tuple[np.ndarray, np.ndarray],
+                       expected: np.ndarray, batches: list[tuple[np.ndarray, np.ndarray]] = ()) -> dict[str, str]:
+    """trial_in_child for each candidate (name -> its graph and kernel setting), _TRIALS_AT_ONCE at a time (each
+    child starts CUDA and a session: seconds apiece); which failed, and why. A trial that failed beside others is
+    run once more alone, in case the others held GPU memory it needed."""
+    def outcome(name: str) -> str | None:
+        try:
+            graph, kernels = trials[name]
+            trial_in_child(graph, provider, kernels, check, expected, batches)
+        except ModelError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(_TRIALS_AT_ONCE) as pool:
+        failed = {name: why for name, why in zip(trials, pool.map(outcome, trials), strict=True) if why}
+    if len(trials) > 1:
+        failed = {name: why for name in failed if (why := outcome(name))}
+    return failed
 
 
 def trial_in_child(graph: Path, provider: str, kernels: str, check: tuple[np.ndarray, np.ndarray],

@@ -12,6 +12,10 @@ the graph will run (export.fp16_choice).
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import onnx
@@ -20,6 +24,11 @@ from onnx import TensorProto, helper
 from scorer.errors import ModelError
 
 log = logging.getLogger("scorer")
+# ORT's optimizer keeps one core busy for 17-35 s on a bert-base graph (it copies the whole model, weights and all,
+# for each of its shape inferences), at a peak of about 18 times the source's size in memory (7.5 GB for bert-base's
+# 415 MB): graphs from a source this large are built at once, a process each, where there is a core and the memory
+# for each (bench/RESULTS.md 7.14: on 2 cores, three processes were no reliably faster than one).
+_PARALLEL_BYTES, _MEMORY_PER_SOURCE_BYTE, _MIN_CORES = 64 << 20, 20, 4
 
 
 def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str = "fused"
@@ -46,6 +55,41 @@ def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, 
     model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(target))
     return fused
+
+
+def optimize_each(source: Path, directory: Path, num_heads: int, hidden_size: int, attentions: list[str],
+                  workers: int | None = None) -> dict[str, dict[str, int] | Exception]:
+    """optimize_fp16 with each attention, to `directory`/{attention}.onnx: what the optimizer fused in each, or the
+    exception that stopped it. In `workers` processes at once (default: build_workers); a graph whose process died
+    is built here again."""
+    if workers is None:
+        workers = build_workers(source.stat().st_size, len(attentions))
+    jobs = {attention: (source, directory / f"{attention}.onnx", num_heads, hidden_size, attention)
+            for attention in attentions}
+    results: dict[str, dict[str, int] | Exception] = {}
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {attention: pool.submit(optimize_fp16, *job) for attention, job in jobs.items()}
+            results = {attention: future.exception() or future.result() for attention, future in futures.items()}
+    for attention, job in jobs.items():
+        if attention not in results or isinstance(results[attention], BrokenProcessPool):
+            try:
+                results[attention] = optimize_fp16(*job)
+            except Exception as exc:  # any failure of one graph is that graph's (ORT raises many exception types)
+                results[attention] = exc
+    return results
+
+
+def build_workers(source_bytes: int, graphs: int) -> int:
+    """How many processes build `graphs` fp16 graphs from a source of `source_bytes` at once (1: here, in turn)."""
+    cores = os.cpu_count() or 1
+    if source_bytes <= _PARALLEL_BYTES or cores < _MIN_CORES:
+        return 1
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on Linux: no parallel builds
+        return 1
+    return max(1, min(graphs, cores, available // (_MEMORY_PER_SOURCE_BYTE * source_bytes)))
 
 
 def attention_of(fused: dict[str, int]) -> str:

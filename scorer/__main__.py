@@ -2,4 +2,5 @@
 
 from scorer.cli import main
 
-main()
+if __name__ == "__main__":  # not again in a process that multiprocessing spawns
+    main()

@@ -150,8 +150,9 @@ def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path)
 def test_an_attention_graph_that_does_not_run_or_runs_wrong_is_left_out_and_said(tiny_export, tmp_path, monkeypatch,
                                                                                    fault):
     import export.fp16_choice as choice
+    import export.optimize
 
-    real = choice.optimize_fp16
+    real = export.optimize.optimize_fp16
 
     def mha_broken(source, target, num_heads, hidden_size, attention="fused"):
         if attention == "mha" and fault == "not fused":  # an optimizer that cannot fuse it builds another
@@ -167,7 +168,7 @@ def test_an_attention_graph_that_does_not_run_or_runs_wrong_is_left_out_and_said
             onnx.save(model, str(target))
         return fused
 
-    monkeypatch.setattr(choice, "optimize_fp16", mha_broken)
+    monkeypatch.setattr(export.optimize, "optimize_fp16", mha_broken)  # the tiny graphs are built in this process
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(["The cat sat.", "A longer sentence than that."] * 40)
     report = choice.choose_attention(tiny_export / "model.onnx", tmp_path / "fp16.onnx", 2, 32, encoded, "cpu")
     # the graph not built: nothing of it is tried; a graph that does not load or computes wrong: each kernel setting
@@ -179,18 +180,25 @@ def test_an_attention_graph_that_does_not_run_or_runs_wrong_is_left_out_and_said
     assert report.attention != "mha" and (tmp_path / "fp16.onnx").is_file()
 
 
+def _trial_inputs(export, graph):
+    """The fused fp16 graph of `export` at `graph`, check rows of mixed lengths, the fp32 graph's logits for them,
+    and two batches to time (one 40 tokens wide)."""
+    from export.optimize import optimize_fp16
+
+    optimize_fp16(export / "model.onnx", graph, 2, 32, "fused")
+    encoded = TextEncoder.from_dir(export, 48).encode(["Yes.", "The cat sat on the mat, said the man."] * 4)
+    ids, mask = encoded.pad(np.arange(len(encoded)))
+    expected = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids, "attention_mask": mask})[0]
+    return (ids, mask), expected, [encoded.pad(np.arange(2)), encoded.pad(np.arange(len(encoded)), 40)]
+
+
 def test_a_kernel_trial_in_a_child_process_passes_a_sound_graph_and_reports_why_others_fail(tiny_export, tmp_path):
     from export.fp16_choice import trial_in_child
-    from export.optimize import optimize_fp16
     from scorer.errors import ModelError
 
     graph = tmp_path / "fused.onnx"
-    optimize_fp16(tiny_export / "model.onnx", graph, 2, 32, "fused")
-    encoded = TextEncoder.from_dir(tiny_export, 48).encode(["Yes.", "The cat sat on the mat, said the man."] * 4)
-    ids, mask = encoded.pad(np.arange(len(encoded)))
-    expected = ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"input_ids": ids, "attention_mask": mask})[0]
-    shapes = [encoded.pad(np.arange(2)), encoded.pad(np.arange(len(encoded)), 40)]  # the batches export will time
+    (ids, mask), expected, shapes = _trial_inputs(tiny_export, graph)  # shapes: the batches export will time
     trial_in_child(graph, "cpu", "efficient", (ids, mask), expected, shapes)  # what export runs first on CUDA
     with pytest.raises(ModelError, match=r"child process failed \(its logits differ .* by 0\.5"):
         trial_in_child(graph, "cpu", "default", (ids, mask), expected + 0.5, shapes)
@@ -204,6 +212,24 @@ def test_a_kernel_trial_in_a_child_process_passes_a_sound_graph_and_reports_why_
     with pytest.raises(ModelError, match=r"child process failed .*could not start"):
         trial_in_child(graph, "cpu", "default", (ids, mask), expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.onnx"]  # the check rows' file is gone
+
+
+def test_kernel_trials_run_side_by_side_and_each_failure_is_its_own(tiny_export, tmp_path):
+    import shutil
+
+    from export.fp16_choice import trials_in_children
+
+    sound = tmp_path / "sound.onnx"
+    check, expected, shapes = _trial_inputs(tiny_export, sound)
+    nan, broken = shutil.copy(sound, tmp_path / "nan.onnx"), tmp_path / "broken.onnx"
+    _nan_at_width(nan, 40)
+    broken.write_bytes(sound.read_bytes()[:1000])
+    trials = {"sound": (sound, "efficient"), "nan": (nan, "default"), "broken": (broken, "default"),
+              "sound again": (sound, "default")}
+    failed = trials_in_children(trials, "cpu", check, expected, shapes)  # four trials, three at a time
+    assert set(failed) == {"nan", "broken"}
+    assert "non-finite logits on a batch of 8 rows x 40 tokens" in failed["nan"]
+    assert "could not start" in failed["broken"]
 
 
 def test_the_fp16_check_allows_fp16_noise_at_every_logit_scale_and_nothing_more():
@@ -301,6 +327,34 @@ def test_each_fp16_attention_scores_as_the_fp32_graph_does_padding_included(tiny
     alone = sessions[1].run(None, {"input_ids": ids[:1, :encoded.lengths[0]].astype(np.int32),
                                    "attention_mask": mask[:1, :encoded.lengths[0]].astype(np.int32)})[0]
     np.testing.assert_allclose(alone[0], fp16[0], atol=2e-3)  # padding changes nothing
+
+
+def test_the_fp16_graphs_built_in_processes_of_their_own_are_the_graphs_built_here(tiny_export, tmp_path):
+    from export.optimize import optimize_each
+
+    here, apart = tmp_path / "here", tmp_path / "apart"
+    here.mkdir(), apart.mkdir()
+    serial = optimize_each(tiny_export / "model.onnx", here, 2, 32, list(FP16_ATTENTIONS))  # tiny: in this process
+    parallel = optimize_each(tiny_export / "model.onnx", apart, 2, 32, list(FP16_ATTENTIONS), workers=3)
+    assert serial == parallel and serial["fused"]["Attention"] == 2
+    for attention in FP16_ATTENTIONS:
+        assert (apart / f"{attention}.onnx").read_bytes() == (here / f"{attention}.onnx").read_bytes()
+    failed = optimize_each(tmp_path / "missing.onnx", apart, 2, 32, ["fused", "mha"], workers=2)
+    assert set(failed) == {"fused", "mha"} and all("missing.onnx" in str(why) for why in failed.values())
+
+
+def test_fp16_graphs_are_built_in_parallel_only_when_large_with_a_core_and_memory_for_each(monkeypatch):
+    import export.optimize as optimize
+
+    gib = 1 << 30
+    monkeypatch.setattr(optimize.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(optimize.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 128 * gib // 4096))
+    assert optimize.build_workers(415 << 20, 3) == 3  # bert-base on the GPU machine: 16 cores, 128 GiB
+    assert optimize.build_workers(1 << 20, 3) == 1  # a small model: a process costs more than it saves
+    monkeypatch.setattr(optimize.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 18 * gib // 4096))
+    assert optimize.build_workers(415 << 20, 3) == 2  # memory for two at about 8 GB each
+    monkeypatch.setattr(optimize.os, "cpu_count", lambda: 2)
+    assert optimize.build_workers(415 << 20, 3) == 1  # these 2-core machines: no reliable gain measured
 
 
 @pytest.mark.parametrize("attention", ["fused", "mha"])
