@@ -219,17 +219,21 @@ def fp16_graphs(export: Path, directory: Path) -> dict:
     """The export's fp16 graph ("chosen") and one with each attention (fused, mha, unfused), built as export builds
     them, the fused ones also rewritten for each KERNELS setting that rewrites the graph ("fused efficient", "mha
     packed"); the export's own file for the attention it chose."""
-    from export.optimize import optimize_fp16
+    from export.optimize import optimize_each
 
     fp16 = json.loads((export / "manifest.json").read_text())["extra"]["fp16"]
     chosen = fp16["attention"] if not KERNELS[fp16.get("kernels") or "default"].rewrite else None
     shape = json.loads((directory / "checkpoint" / "config.json").read_text())
     graphs = {"chosen": export / VARIANT_FILES["fp16"], "chosen_attention": fp16["attention"]}
+    built = directory / "fp16"  # each attention's graph as fp16/{attention}.onnx, kept for the next run
+    built.mkdir(exist_ok=True)
+    missing = [a for a in FP16_ATTENTIONS if a != chosen and not (built / f"{a}.onnx").is_file()]
+    failed = {a: why for a, why in optimize_each(export / VARIANT_FILES["fp32"], built, shape["num_attention_heads"],
+                                                 shape["hidden_size"], missing).items() if isinstance(why, Exception)}
+    if failed:
+        raise RuntimeError(f"could not build the fp16 graphs: {failed}")
     for attention in FP16_ATTENTIONS:
-        graphs[attention] = graphs["chosen"] if attention == chosen else directory / f"fp16-{attention}.onnx"
-        if not graphs[attention].is_file():
-            optimize_fp16(export / VARIANT_FILES["fp32"], graphs[attention], shape["num_attention_heads"],
-                          shape["hidden_size"], attention)
+        graphs[attention] = graphs["chosen"] if attention == chosen else built / f"{attention}.onnx"
         for name, kernels in KERNELS.items():
             if attention != "unfused" and kernels.rewrite:
                 graphs[f"{attention} {name}"] = directory / f"fp16-{attention}-{name}.onnx"
