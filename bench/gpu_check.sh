@@ -8,12 +8,12 @@
 #   bash bench/gpu_check.sh env train-speed
 #   RECIPES="--weight-decay 0.1;--epochs 8" bash bench/gpu_check.sh pytest-gpu recipe-seeds
 #   RECIPES="--weight-decay 0.1 --cuda-graphs captured" bash bench/gpu_check.sh recipe-seeds
-# Next (bench/RESULTS.md 7.12 and 7.13): the batching of scorer.batches (a batch ends where padding costs more than a
-# run, a window's pieces batched together, 65,536-row windows on a GPU; CoLA padding 16% -> 2.9%) end to end against
-# run 4's way; export's choice among 9 fp16 candidates (fused and mha each with ORT's kernels, with cuDNN's attention
-# asked for, with the row-starts mask for memory-efficient attention, and with the padding removed, ORT's packing
-# mode; unfused), each checked (new kernels first in a child process) and timed plain and IO-bound; the output
-# written as it goes; the model stage (120k CoLA
+# Next (bench/RESULTS.md 7.12, 7.13 and 7.14): the batching of scorer.batches (a batch ends where padding costs more
+# than a run, a window's pieces batched together, 65,536-row windows on a GPU; CoLA padding 16% -> 2.9%) end to end
+# against run 4's way; export's choice among 9 fp16 candidates (fused and mha each with ORT's kernels, with cuDNN's
+# attention asked for, with the row-starts mask for memory-efficient attention, and with the padding removed, ORT's
+# packing mode; unfused; the graphs built in parallel processes, new kernels tried three at a time in child
+# processes), each checked and timed plain and IO-bound; the output written as it goes; the model stage (120k CoLA
 # sentences/s in run 4, the limit of issue 3's scoring targets) under each setting, each attention and kernel setting,
 # and fixed shapes with the inputs copied in from host arrays each run (what pinned host buffers could save at most);
 # ORT's optimisation levels; then the GPU tests and GPU memory over 1M rows with the new batching. In two calls on

@@ -74,32 +74,6 @@ def test_export_on_cuda_times_every_fp16_attention_both_ways_and_keeps_the_faste
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernels", ["default", "cudnn", "efficient", "packed"])
-@pytest.mark.parametrize("attention", ["fused", "mha"])
-def test_each_fp16_kernel_setting_scores_padded_rows_as_the_fp32_graph_on_cuda(tiny_export, tmp_path, attention,
-                                                                              kernels):
-    import onnxruntime as ort
-
-    from export.fp16_choice import KERNELS
-    from scorer.session import create_session
-    from scorer.tokens import TextEncoder
-    from tests.conftest import rewritten_fp16
-
-    graph = rewritten_fp16(tiny_export, tmp_path, attention, kernels)[1]
-    encoded = TextEncoder.from_dir(tiny_export, 48).encode(["Yes.", *TEXTS[:7]])
-    ids, mask = encoded.pad(np.arange(len(encoded)), 48)  # every row padded, the first by 45 tokens
-    fp32 = ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"input_ids": ids, "attention_mask": mask})[0]
-    ids, mask = ids.astype(np.int32), mask.astype(np.int32)  # the fp16 graph's inputs
-    session = create_session(graph, "cuda", KERNELS[kernels].cuda_options)
-    logits = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-    np.testing.assert_allclose(logits, fp32, atol=2e-2)
-    width = int(encoded.lengths[1])
-    alone = session.run(None, {"input_ids": ids[1:2, :width], "attention_mask": mask[1:2, :width]})[0]
-    np.testing.assert_allclose(alone[0], logits[1], atol=2e-3)  # padding changes nothing
-
-
-@pytest.mark.gpu
 def test_training_on_cuda_with_bf16(tiny_encoder, tmp_path):
     result = CliRunner().invoke(main, ["train", "--model", str(tiny_encoder), "--output", str(tmp_path / "c"),
                                        "--epochs", "1", "--device", "cuda", "--max-length", "32", "--quiet"])
@@ -146,3 +120,31 @@ def test_tensorrt_engine_is_built_once_and_matches_cpu(tiny_checkpoint, source, 
     run(source, "--model", export, "--provider", "tensorrt", "-o", tmp_path / "trt.parquet")
     np.testing.assert_allclose(scores(tmp_path / "trt.parquet"), scores(tmp_path / "cpu.parquet"), atol=2e-2)
     assert sorted((export / "tensorrt-cache").iterdir()) == engines
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernels", ["default", "cudnn", "efficient", "packed"])
+@pytest.mark.parametrize("attention", ["fused", "mha"])
+def test_each_fp16_kernel_setting_scores_padded_rows_as_the_fp32_graph_on_cuda(tiny_export, tmp_path, attention,
+                                                                              kernels):
+    """Last in this file: a kernel that reads out of bounds would leave CUDA unusable for the tests after it (export
+    itself tries these kernels in child processes first)."""
+    import onnxruntime as ort
+
+    from export.fp16_choice import KERNELS
+    from scorer.session import create_session
+    from scorer.tokens import TextEncoder
+    from tests.conftest import rewritten_fp16
+
+    graph = rewritten_fp16(tiny_export, tmp_path, attention, kernels)[1]
+    encoded = TextEncoder.from_dir(tiny_export, 48).encode(["Yes.", *TEXTS[:7]])
+    ids, mask = encoded.pad(np.arange(len(encoded)), 48)  # every row padded, the first by 45 tokens
+    fp32 = ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids, "attention_mask": mask})[0]
+    ids, mask = ids.astype(np.int32), mask.astype(np.int32)  # the fp16 graph's inputs
+    session = create_session(graph, "cuda", KERNELS[kernels].cuda_options)
+    logits = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    np.testing.assert_allclose(logits, fp32, atol=2e-2)
+    width = int(encoded.lengths[1])
+    alone = session.run(None, {"input_ids": ids[1:2, :width], "attention_mask": mask[1:2, :width]})[0]
+    np.testing.assert_allclose(alone[0], logits[1], atol=2e-3)  # padding changes nothing
