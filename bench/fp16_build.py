@@ -5,7 +5,7 @@
 Builds every fp16 attention graph (fused, MultiHeadAttention, unfused) from a random bert-base-shaped export's fp32
 graph with export.optimize.optimize_each, with one worker and with one process per attention, alternately, and
 checks that both ways write the same files. The rewrites for the kernel settings (row starts, packed) are timed too,
-and the trials that export runs in child processes before it loads new kernels (export.fp16_choice
+and the trials that export runs in child processes before it loads new kernels (export.fp16_probe
 .trials_in_children; here on the CPU, the check rows only), one at a time and three at once.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 from common import machine, write_json
 from scoring import random_checkpoint, workload
 
-import export.fp16_choice as choice
+import export.fp16_probe as probe
 from export.fp16_choice import KERNELS
 from export.optimize import optimize_each
 from export.timing import logits_of
@@ -71,9 +71,9 @@ def main() -> None:
             trials = {f"{a} {k}": (Path(tmp) / (f"w1/{a}.onnx" if k == "default" else f"{a}-{k}.onnx"), k)
                       for a in {"fused", "mha"} & set(attentions) for k in ("default", "efficient")}
             for at_once in (1, 3):
-                choice._TRIALS_AT_ONCE = at_once
+                probe._TRIALS_AT_ONCE = at_once
                 started = time.perf_counter()
-                failed = choice.trials_in_children(trials, "cpu", check[0], check[1])
+                failed = probe.trials_in_children(trials, "cpu", check[0], check[1])
                 seconds[f"{len(trials)} trials, {at_once} at once"] = time.perf_counter() - started
                 assert not failed, failed
             results["runs"].append({"seconds": seconds, "identical_graphs": same})

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import logging
 import math
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from export.fp16_probe import trials_in_children
 from export.optimize import attention_of, optimize_each, optimize_fp16, packed, with_row_starts
 from export.timing import best_seconds, logits_of, run_cost
 from scorer.batches import budget_batches
@@ -47,10 +45,6 @@ _PASSES, _FULL_BATCHES = 3, 8
 # by up to 9e-3 on an H200 (../shared/device/README.md) and 7e-4 on the CPU box, the trained CoLA MiniLM's (up to 3.4)
 # by 8.5e-3 over 2,000 rows there; a graph that ignored the padding moved random bert-base's by 0.27 (RESULTS 7.13).
 _CHECK_ROWS, FP16_CHECK_TOLERANCE, FP16_CHECK_RELATIVE = 64, 0.05, 0.02
-# How long a kernel setting's trial in a child process may take (export.fp16_probe): a session start and two runs.
-_TRIAL_SECONDS = 300
-# How many trials run at once: each holds a CUDA context and a session (a few GB for bert-base at 32k-token batches).
-_TRIALS_AT_ONCE = 3
 
 
 @dataclass(frozen=True)
@@ -230,47 +224,6 @@ class _Candidates:
         for run in runners.values():
             check_logits(logits_of(run, self.encoded, self.check)[self.check[0][0]], self.expected)
         return runners
-
-
-def trials_in_children(trials: dict[str, tuple[Path, str]], provider: str, check: tuple[np.ndarray, np.ndarray],
-                       expected: np.ndarray, batches: list[tuple[np.ndarray, np.ndarray]] = ()) -> dict[str, str]:
-    """trial_in_child for each candidate (name -> its graph and kernel setting), _TRIALS_AT_ONCE at a time (each
-    child starts CUDA and a session: seconds apiece); which failed, and why. A trial that failed beside others is
-    run once more alone, in case the others held GPU memory it needed."""
-    def outcome(name: str) -> str | None:
-        try:
-            graph, kernels = trials[name]
-            trial_in_child(graph, provider, kernels, check, expected, batches)
-        except ModelError as exc:
-            return str(exc)
-        return None
-
-    with ThreadPoolExecutor(_TRIALS_AT_ONCE) as pool:
-        failed = {name: why for name, why in zip(trials, pool.map(outcome, trials), strict=True) if why}
-    if len(trials) > 1:
-        failed = {name: why for name in failed if (why := outcome(name))}
-    return failed
-
-
-def trial_in_child(graph: Path, provider: str, kernels: str, check: tuple[np.ndarray, np.ndarray],
-                   expected: np.ndarray, batches: list[tuple[np.ndarray, np.ndarray]] = ()) -> None:
-    """Check a candidate graph with `kernels` in a process of its own first (export.fp16_probe): the `check`
-    batch's logits against the fp32 graph's `expected`, then each of `batches` (the shapes export will time) for
-    finite logits. A kernel that crashes, or makes an illegal memory access, which poisons the CUDA context for the
-    rest of the process, then costs only itself. Raises with what the child said where it failed."""
-    with tempfile.TemporaryDirectory(dir=graph.parent) as tmp:
-        data = Path(tmp) / "check.npz"
-        shapes = {f"{key}_{i}": array for i, (ids, mask) in enumerate(batches)
-                  for key, array in (("ids", ids), ("mask", mask))}
-        np.savez(data, input_ids=check[0], attention_mask=check[1], expected=expected, **shapes)
-        command = [sys.executable, "-m", "export.fp16_probe", str(graph), provider, kernels, str(data)]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=_TRIAL_SECONDS)
-        except subprocess.TimeoutExpired as exc:
-            raise ModelError(f"its trial in a child process took over {_TRIAL_SECONDS} s") from exc
-    if done.returncode != 0:
-        said = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise ModelError(f"its trial in a child process failed ({said})")
 
 
 def check_logits(logits: np.ndarray, expected: np.ndarray) -> None:

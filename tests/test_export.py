@@ -194,7 +194,7 @@ def _trial_inputs(export, graph):
 
 
 def test_a_kernel_trial_in_a_child_process_passes_a_sound_graph_and_reports_why_others_fail(tiny_export, tmp_path):
-    from export.fp16_choice import trial_in_child
+    from export.fp16_probe import trial_in_child
     from scorer.errors import ModelError
 
     graph = tmp_path / "fused.onnx"
@@ -217,7 +217,7 @@ def test_a_kernel_trial_in_a_child_process_passes_a_sound_graph_and_reports_why_
 def test_kernel_trials_run_side_by_side_and_each_failure_is_its_own(tiny_export, tmp_path):
     import shutil
 
-    from export.fp16_choice import trials_in_children
+    from export.fp16_probe import trials_in_children
 
     sound = tmp_path / "sound.onnx"
     check, expected, shapes = _trial_inputs(tiny_export, sound)
