@@ -154,6 +154,12 @@ def kernel_settings(attention: str, provider: str) -> list[str]:
     return ["default", "cudnn", "efficient", "packed"] if provider == "cuda" else ["default", "efficient"]
 
 
+def needs_trial(kernels: str, provider: str) -> bool:
+    """Whether a candidate is tried in a child process before export loads it: kernels that no earlier GPU run has
+    run, off the CPU (ORT's CPU kernels are the ones every test runs)."""
+    return kernels != "default" and provider != "cpu"
+
+
 class _Candidates:
     """The graphs and runners that choose_attention times, added one attention at a time; what failed, and why."""
 
@@ -196,7 +202,7 @@ class _Candidates:
         """A plain and an IO-bound runner of every candidate added, each checked; first, off the CPU, a trial in a
         child process of each candidate whose kernels no earlier GPU run has run."""
         trials = {name: (self.paths[name], kernels) for name, kernels in self.kernels.items()
-                  if kernels != "default" and self.provider != "cpu"}
+                  if needs_trial(kernels, self.provider)}
         failed = trials_in_children(trials, self.provider, *self._trial_inputs) if trials else {}
         for name, kernels in self.kernels.items():
             try:

@@ -468,15 +468,18 @@ def test_scoring_a_packed_fp16_graph_on_a_cpu_says_to_use_cuda_and_writes_nothin
 def test_a_kernel_setting_the_provider_cannot_run_is_left_out_and_said(tiny_export, tmp_path, monkeypatch):
     import export.fp16_choice as choice
 
-    # the CPU has no kernels for the packed graph's ops: as on a CUDA build without them, export carries on
-    monkeypatch.setattr(choice, "kernel_settings",
-                        lambda attention, provider: ["default"] + (["packed"] if attention != "unfused" else []))
+    # the CPU has no kernels for the packed graph's ops: as on a CUDA build without them, export carries on; and the
+    # new kernels go through their trials in child processes first, as on CUDA
+    monkeypatch.setattr(choice, "kernel_settings", lambda attention, provider: ["default"] + (
+        ["efficient", "packed"] if attention != "unfused" else []))
+    monkeypatch.setattr(choice, "needs_trial", lambda kernels, provider: kernels != "default")
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(["The cat sat.", "A longer sentence than that."] * 40)
     report = choice.choose_attention(tiny_export / "model.onnx", tmp_path / "fp16.onnx", 2, 32, encoded, "cpu")
     assert set(report.failed) == {"fused packed", "mha packed"}
-    assert all("RemovePadding" in why for why in report.failed.values())
-    assert set(report.seconds) == {f"{a}{mode}" for a in FP16_ATTENTIONS for mode in ("", " io_binding")}
-    assert report.kernels == "default" and "RemovePadding" not in operators(tmp_path / "fp16.onnx")
+    assert all("trial in a child process failed" in why and "RemovePadding" in why for why in report.failed.values())
+    assert set(report.seconds) == {f"{a}{kernels}{mode}" for a in FP16_ATTENTIONS for mode in ("", " io_binding")
+                                   for kernels in ("", " efficient") if a != "unfused" or not kernels}
+    assert report.kernels in ("default", "efficient") and "RemovePadding" not in operators(tmp_path / "fp16.onnx")
 
 
 def test_export_refuses_a_missing_checkpoint_and_unknown_parity_labels(tiny_checkpoint, tmp_path):
