@@ -27,7 +27,7 @@ log = logging.getLogger("scorer")
 # ORT's optimizer keeps one core busy for 17-35 s on a bert-base graph (it copies the whole model, weights and all,
 # for each of its shape inferences), at a peak of about 18 times the source's size in memory (7.5 GB for bert-base's
 # 415 MB): graphs from a source this large are built at once, a process each, where there is a core and the memory
-# for each (bench/RESULTS.md 7.14: on 2 cores, three processes were no reliably faster than one).
+# for each (bench/RESULTS.md 7.14: on 2 cores, three processes were not reliably faster than one).
 _PARALLEL_BYTES, _MEMORY_PER_SOURCE_BYTE, _MIN_CORES = 64 << 20, 20, 4
 
 
@@ -60,17 +60,20 @@ def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, 
 def optimize_each(source: Path, directory: Path, num_heads: int, hidden_size: int, attentions: list[str],
                   workers: int | None = None) -> dict[str, dict[str, int] | Exception]:
     """optimize_fp16 with each attention, to `directory`/{attention}.onnx: what the optimizer fused in each, or the
-    exception that stopped it. In `workers` processes at once (default: build_workers); a graph whose process died
-    is built here again."""
+    exception that stopped it. In `workers` processes at once (default: build_workers); a graph whose process died,
+    or all of them where no process could start, is built here instead."""
     if workers is None:
         workers = build_workers(source.stat().st_size, len(attentions))
     jobs = {attention: (source, directory / f"{attention}.onnx", num_heads, hidden_size, attention)
             for attention in attentions}
     results: dict[str, dict[str, int] | Exception] = {}
     if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {attention: pool.submit(optimize_fp16, *job) for attention, job in jobs.items()}
-            results = {attention: future.exception() or future.result() for attention, future in futures.items()}
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {attention: pool.submit(optimize_fp16, *job) for attention, job in jobs.items()}
+                results = {attention: future.exception() or future.result() for attention, future in futures.items()}
+        except OSError as exc:  # no processes to be had here (limits, no /dev/shm): build them here instead
+            log.warning("fp16 graphs: no worker processes (%s); building them one after another", exc)
     for attention, job in jobs.items():
         if attention not in results or isinstance(results[attention], BrokenProcessPool):
             try:
