@@ -30,7 +30,7 @@ def main(directory: Path) -> None:
             print(f"{name} {workload}: {result['texts']} texts, {result['mean_tokens']:.1f} tokens; fp16 attention "
                   f"{fp16.get('attention')}, kernels {fp16.get('kernels')} {fp16.get('cuda_options')}, IO binding "
                   f"{fp16.get('io_binding')} (seconds {fp16.get('seconds')}; left out {fp16.get('failed')}); "
-                  f"stages {result.get('stages')}")
+                  f"export took {result.get('export_seconds')} s; stages {result.get('stages')}")
             for key, row in result["results"].items():
                 print(f"  {key:58} {row['sentences_per_s']:>9,.0f}/s {row['real_tokens_per_s']:>11,.0f} tok/s "
                       f"{row.get('percent_of_physical_limit', 0):5.1f}% of limit, labels agree "

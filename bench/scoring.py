@@ -236,9 +236,14 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
     results = {"machine": machine(args.device), "rows": args.rows, "random_weights": args.random, "workloads": {}}
     for name in args.workloads.split(","):
         texts = workload(name, args.rows)
-        checkpoint, export = args.checkpoint, args.export
+        checkpoint, export, export_seconds = args.checkpoint, args.export, None
         if args.random:
+            started = time.perf_counter()
+            fresh = not (args.random_dir / f"onnx-{name}" / "manifest.json").is_file()
             checkpoint, export = random_checkpoint(args.random_dir, args.random, 128, name, texts)
+            if fresh:  # what export itself took here (with the random checkpoint, the first time)
+                export_seconds = time.perf_counter() - started
+                print(f"{name:8} export (random {args.random}, fp32 + fp16): {export_seconds:.0f} s", flush=True)
         model = SentenceClassifier.load(checkpoint).to(args.device).eval()
         encoder = TextEncoder.from_dir(export, model.head_config.max_length)
         subset = texts[: args.baseline_rows]
@@ -278,7 +283,7 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
                     / (args.peak_tflops * 1e12)
         results["workloads"][name] = {"texts": len(texts), "baseline_texts": len(subset),
                                       "mean_tokens": float(tokens_per_row), "results": rows, "stages": profile,
-                                      "export": load_manifest(export).extra,
+                                      "export": load_manifest(export).extra, "export_seconds": export_seconds,
                                       "gpu_memory_used_mib": {k: v for k, v in memory.items() if v}}
         for key, row in rows.items():
             print(f"{name:8} {key:24} {row['sentences_per_s']:>9,.0f} sent/s {row['real_tokens_per_s']:>11,.0f} tok/s"
