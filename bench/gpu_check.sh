@@ -19,7 +19,7 @@
 # ORT's optimisation levels; then the GPU tests and GPU memory over 1M rows with the new batching. In two calls on
 # the warm machine (the second reuses the random exports in /tmp/random-bert), each under the 600 s a call may run:
 #   bash bench/gpu_check.sh env scoring-cola scoring-long128          (about 350 s: run 4's 190 s + 3 exports' extra)
-#   bash bench/gpu_check.sh model-stage ort-options pytest-gpu gpu-memory-1m      (about 350 s)
+#   bash bench/gpu_check.sh model-stage op-probe ort-options pytest-gpu gpu-memory-1m      (about 380 s)
 # With the start and the five transfers that is close to the 900 s a session may use: the second call's steps run in
 # that order, most important first, so if the session's time runs out, only the last ones are lost (give the second
 # call a timeout_s of what `status` says is left).
@@ -72,6 +72,11 @@ step scoring-long128 240 python3 bench/scoring.py $random --workloads long128 --
 # flight, IO binding, threads, attention and its kernels), then fixed shapes with and without a CUDA graph and with
 # host inputs (about 100 s).
 step model-stage 240 python3 bench/model_stage.py $random --rows 200000 --out "$out/model-stage.json"
+# Where the graph's time goes: each op of a fused bert-base layer alone (Attention, the MatMuls beside torch.matmul,
+# BiasGelu, SkipLayerNormalization) at a CoLA-like and a long-text batch shape, against the whole chosen graph at the
+# same shapes (about 30 s).
+step op-probe 60 python3 bench/op_probe.py --device cuda --shapes 2048x16,256x128 \
+  --graph /tmp/random-bert/onnx-cola/model.fp16.onnx --out "$out/op-probe.json"
 # ONNX Runtime's graph optimisation levels (disabled, basic, extended, all) for the fp16 graph as scorer runs it
 # (export's kernel choice and run mode), on 100k CoLA sentences (about 40 s).
 step ort-options 90 python3 bench/ort_options.py $random --rows 100000 --out "$out/ort-options.json"

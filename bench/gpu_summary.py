@@ -53,6 +53,16 @@ def main(directory: Path) -> None:
         print(f"model stage ({stage['attention_chosen']} attention chosen):")
         for name, row in {**stage["settings"], **stage["fixed_shape"]}.items():
             print(f"  {name:50} {row}")
+    path = directory / "op-probe.json"
+    if path.is_file():
+        for shape in json.loads(path.read_text())["shapes"]:
+            for name, row in shape["ops"].items():
+                print(f"op {shape['rows']}x{shape['width']} {name:38} {row['ms']:8.3f} ms {row['tflop_per_s']:6.1f} "
+                      f"TFLOP/s {row['gb_per_s']:7.1f} GB/s" + (f", torch.matmul {row['torch_ms']:.3f} ms"
+                                                                  if "torch_ms" in row else ""))
+            whole = shape.get("whole_graph") or {}
+            print(f"op {shape['rows']}x{shape['width']} 12 layers {shape['layers_ms']:.2f} ms; whole graph "
+                  f"{whole.get('ms')} ms, {whole.get('tokens_per_s')} tokens/s, ops' share {whole.get('ops_share')}")
     path = directory / "ort-options.json"
     if path.is_file():
         for variant, result in json.loads(path.read_text())["variants"].items():
