@@ -70,11 +70,11 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def bench_session(path: Path, provider: str, options: dict | None = None, threads: int | None = None,
+def bench_session(path: Path | bytes, provider: str, options: dict | None = None, threads: int | None = None,
                   spinning: bool = True, level: str = "all"):
-    """An ONNX Runtime session as scorer.session.create_session makes it, with the knobs the benches turn: intra-op
-    threads (None: scorer's own choice for the provider; 0: one per core), spinning, and the graph optimisation
-    level (disabled, basic, extended or all)."""
+    """An ONNX Runtime session as scorer.session.create_session makes it, for a graph file or a serialised graph,
+    with the knobs the benches turn: intra-op threads (None: scorer's own choice for the provider; 0: one per core),
+    spinning, and the graph optimisation level (disabled, basic, extended or all)."""
     from scorer.session import CPU, CUDA, default_threads, onnxruntime
 
     ort = onnxruntime()
@@ -85,5 +85,35 @@ def bench_session(path: Path, provider: str, options: dict | None = None, thread
     settings.graph_optimization_level = getattr(ort.GraphOptimizationLevel, "ORT_DISABLE_ALL" if level == "disabled"
                                                 else f"ORT_ENABLE_{level.upper()}")
     chain = [(CUDA, options or {}), (CPU, {})] if provider == "cuda" else [(CPU, {})]
-    return ort.InferenceSession(str(path), sess_options=settings, providers=chain)
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), sess_options=settings,
+                                providers=chain)
+
+
+def bound_median(session, feeds: dict, device: str, repeats: int, output=None, host_inputs: bool = False) -> float:
+    """Median seconds of one IO-bound run of `session` (after 3 untimed): `feeds` put on `device` once, or
+    (`host_inputs`) bound from the host arrays on every run, so copied in as `scorer run` copies them; the first
+    output bound to the OrtValue `output`, or allocated on the device."""
+    import statistics
+
+    from scorer.session import onnxruntime
+
+    ort = onnxruntime()
+    binding = session.io_binding()
+    for name, array in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, device, 0))
+    name = session.get_outputs()[0].name
+    if output is None:
+        binding.bind_output(name, device)
+    else:
+        binding.bind_ortvalue_output(name, output)
+    times = []
+    for _ in range(repeats + 3):
+        started = time.perf_counter()
+        if host_inputs:
+            for key, array in feeds.items():
+                binding.bind_cpu_input(key, array)
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[3:])
 

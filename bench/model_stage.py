@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import bench_session, machine, write_json
+from common import bench_session, bound_median, machine, write_json
 from scoring import random_checkpoint, workload
 
 from export.fp16_choice import KERNELS
@@ -148,22 +147,9 @@ def fixed_shape(path: Path, provider: str, rows: int, width: int, graph: bool, o
     rng = np.random.default_rng(0)
     feeds = {name: np.ascontiguousarray(array, types[name]) for name, array in
              (("input_ids", rng.integers(1000, 20000, (rows, width))), ("attention_mask", np.ones((rows, width))))}
-    binding = sess.io_binding()
-    for name, array in feeds.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, device, 0))
-    output = sess.get_outputs()[0].name
+    # a CUDA graph replays into the same output buffer, so it is allocated once here
     logits = ort.OrtValue.ortvalue_from_shape_and_type([rows, 2], np.float32, device, 0)
-    binding.bind_ortvalue_output(output, logits)
-    times = []
-    for _ in range(repeats + 3):
-        started = time.perf_counter()
-        if host_inputs:
-            for name, array in feeds.items():
-                binding.bind_cpu_input(name, array)
-        sess.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[3:])
+    return bound_median(sess, feeds, device, repeats, logits, host_inputs)
 
 
 def main() -> None:
@@ -219,21 +205,21 @@ def fp16_graphs(export: Path, directory: Path) -> dict:
     """The export's fp16 graph ("chosen") and one with each attention (fused, mha, unfused), built as export builds
     them, the fused ones also rewritten for each KERNELS setting that rewrites the graph ("fused efficient", "mha
     packed"); the export's own file for the attention it chose."""
-    from export.optimize import optimize_each
+    from export.optimize import graph_file, optimize_each
 
     fp16 = json.loads((export / "manifest.json").read_text())["extra"]["fp16"]
     chosen = fp16["attention"] if not KERNELS[fp16.get("kernels") or "default"].rewrite else None
     shape = json.loads((directory / "checkpoint" / "config.json").read_text())
     graphs = {"chosen": export / VARIANT_FILES["fp16"], "chosen_attention": fp16["attention"]}
-    built = directory / "fp16"  # each attention's graph as fp16/{attention}.onnx, kept for the next run
+    built = directory / "fp16"  # each attention's graph, kept for the next run
     built.mkdir(exist_ok=True)
-    missing = [a for a in FP16_ATTENTIONS if a != chosen and not (built / f"{a}.onnx").is_file()]
+    missing = [a for a in FP16_ATTENTIONS if a != chosen and not graph_file(built, a).is_file()]
     failed = {a: why for a, why in optimize_each(export / VARIANT_FILES["fp32"], built, shape["num_attention_heads"],
                                                  shape["hidden_size"], missing).items() if isinstance(why, Exception)}
     if failed:
         raise RuntimeError(f"could not build the fp16 graphs: {failed}")
     for attention in FP16_ATTENTIONS:
-        graphs[attention] = graphs["chosen"] if attention == chosen else built / f"{attention}.onnx"
+        graphs[attention] = graphs["chosen"] if attention == chosen else graph_file(built, attention)
         for name, kernels in KERNELS.items():
             if attention != "unfused" and kernels.rewrite:
                 graphs[f"{attention} {name}"] = directory / f"fp16-{attention}-{name}.onnx"

@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import machine, write_json
+from common import bench_session, bound_median, machine, write_json
+from model_stage import chosen_options, fixed_shape
 from onnx import TensorProto, helper, numpy_helper
 
+from scorer.manifest import load_manifest
 from scorer.session import onnxruntime
 
 HIDDEN, INTERMEDIATE, HEADS, LAYERS = 768, 3072, 12, 12
@@ -71,27 +73,6 @@ PER_LAYER = {"Attention (with its QKV projection)": 1, "attention output MatMul"
              "feed-forward in MatMul": 1, "BiasGelu": 1, "feed-forward out MatMul": 1}
 
 
-def ort_median(model: bytes | str, feeds: dict[str, np.ndarray], provider: str, repeat: int) -> float:
-    """Median seconds of one run with inputs and output on the device."""
-    ort = onnxruntime()
-    settings = ort.SessionOptions()
-    settings.log_severity_level = 3
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(model, sess_options=settings, providers=providers)
-    device = "cuda" if provider == "cuda" else "cpu"
-    binding = session.io_binding()
-    for name, array in feeds.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, device, 0))
-    binding.bind_output(session.get_outputs()[0].name, device)
-    times = []
-    for _ in range(repeat + 3):
-        started = time.perf_counter()
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[3:])
-
-
 def torch_matmul_median(tokens: int, k: int, n: int, device: str, repeat: int) -> float:
     import torch
 
@@ -116,7 +97,7 @@ def probe(rows: int, width: int, device: str, repeat: int, graph: Path | None) -
     for name, (model, shapes, flop, moved) in op_graphs(rows, width).items():
         feeds = {key: (np.full(shape, width, np.int32) if key == "mask_index" else
                        rng.standard_normal(shape).astype(np.float16)) for key, shape in shapes.items()}
-        seconds = ort_median(model, feeds, device, repeat)
+        seconds = bound_median(bench_session(model, device), feeds, device, repeat)
         row = {"ms": seconds * 1e3, "tflop_per_s": flop / seconds / 1e12, "gb_per_s": moved / seconds / 1e9}
         if name.endswith("MatMul"):
             k, n = shapes["x"][1], {"attention output MatMul": HIDDEN, "feed-forward in MatMul": INTERMEDIATE,
@@ -132,8 +113,9 @@ def probe(rows: int, width: int, device: str, repeat: int, graph: Path | None) -
     print(f"{rows}x{width} {LAYERS} layers of these ops: {result['layers_ms']:.2f} ms, "
           f"{result['layers_tokens_per_s']:,.0f} tokens/s", flush=True)
     if graph:
-        ids = rng.integers(1000, 20000, (rows, width)).astype(np.int32)
-        seconds = ort_median(str(graph), {"input_ids": ids, "attention_mask": np.ones_like(ids)}, device, repeat)
+        # as bench/model_stage.py times it, with the CUDA options export chose for it
+        seconds = fixed_shape(graph, device, rows, width, False, chosen_options(device, load_manifest(graph.parent)),
+                              repeats=repeat)
         result["whole_graph"] = {"path": str(graph), "ms": seconds * 1e3, "tokens_per_s": tokens / seconds,
                                  "ops_share": LAYERS * layer_seconds / seconds}
         print(f"{rows}x{width} the whole graph: {seconds * 1e3:.2f} ms, {tokens / seconds:,.0f} tokens/s; the "

@@ -174,6 +174,11 @@ class GpuMemory:
             self._thread.join()
 
 
+def random_export(directory: Path, workload: str) -> Path:
+    """Where random_checkpoint exports the random model for `workload`."""
+    return directory / f"onnx-{workload}"
+
+
 def random_checkpoint(directory: Path, shape: str, max_length: int, workload: str, texts: list[str]
                       ) -> tuple[Path, Path]:
     """A randomly initialised bert-base-shaped classifier, saved and exported (fp32 + fp16): speed only.
@@ -187,7 +192,7 @@ def random_checkpoint(directory: Path, shape: str, max_length: int, workload: st
     from scorer.errors import ParityError
     from scorer.model import HeadConfig, load_encoder
 
-    checkpoint, export = directory / "checkpoint", directory / f"onnx-{workload}"
+    checkpoint, export = directory / "checkpoint", random_export(directory, workload)
     if (export / "manifest.json").is_file():
         return checkpoint, export
     if not (checkpoint / "scorer_head.json").is_file():
@@ -239,7 +244,7 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
         checkpoint, export, export_seconds = args.checkpoint, args.export, None
         if args.random:
             started = time.perf_counter()
-            fresh = not (args.random_dir / f"onnx-{name}" / "manifest.json").is_file()
+            fresh = not (random_export(args.random_dir, name) / "manifest.json").is_file()
             checkpoint, export = random_checkpoint(args.random_dir, args.random, 128, name, texts)
             if fresh:  # what export itself took here (with the random checkpoint, the first time)
                 export_seconds = time.perf_counter() - started

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from export.fp16_probe import trials_in_children
-from export.optimize import attention_of, optimize_each, optimize_fp16, packed, with_row_starts
+from export.optimize import attention_of, graph_file, optimize_each, optimize_fp16, packed, with_row_starts
 from export.timing import best_seconds, logits_of, run_cost
 from scorer.batches import budget_batches
 from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
@@ -132,10 +132,10 @@ def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: in
         seconds = dict(zip(runners, best_seconds(list(runners.values()), encoded, batches, _PASSES), strict=True))
         best = min(seconds, key=seconds.__getitem__)
         name = best.removesuffix(" io_binding")
-        attention, kernels = [*name.split(), "default"][:2]
+        (attention, *_), (graph, kernels) = name.split(), candidates.graphs[name]
         per_run = run_cost(runners[best], encoded, rows, budget, RunConfig.max_batch_rows, _PASSES)
         runners.clear()  # the sessions let go of the graph files before the temporary directory goes
-        candidates.paths[name].replace(target)
+        graph.replace(target)
     log.info("fp16 variant: attention %s, %s kernels, %s runs, a run costs %s tokens' worth (%s: %s per pass)",
              attention, kernels, "IO-bound" if best.endswith("io_binding") else "plain",
              "?" if per_run is None else f"{per_run:,.0f}", provider,
@@ -167,8 +167,8 @@ class _Candidates:
                  ) -> None:
         self.directory, self.provider = directory, provider
         self.encoded, self.check, self.expected, self.batches = encoded, check, expected, batches
-        self.paths: dict[str, Path] = {}  # candidate name ("mha efficient") -> its graph
-        self.kernels: dict[str, str] = {}  # candidate name -> its kernel setting, for each graph that was built
+        # candidate name ("mha efficient") -> its graph and kernel setting, for each graph that was built
+        self.graphs: dict[str, tuple[Path, str]] = {}
         self.fused: dict[str, dict[str, int]] = {}
         self.runners: dict = {}
         self.failed: dict[str, str] = {}
@@ -176,7 +176,7 @@ class _Candidates:
     def add(self, attention: str, fused: dict[str, int] | Exception) -> None:
         """Add `attention`'s graph (what the optimizer `fused` in it, or why it was not built) as a candidate for
         each kernel setting, rewritten where the setting needs it."""
-        graph = self.directory / f"{attention}.onnx"
+        graph = graph_file(self.directory, attention)
         try:
             if isinstance(fused, Exception):
                 raise fused
@@ -190,25 +190,24 @@ class _Candidates:
         for kernels in kernel_settings(attention, self.provider):
             name = attention + ("" if kernels == "default" else f" {kernels}")
             try:
-                self.paths[name] = graph
+                path = graph
                 if KERNELS[kernels].rewrite:
-                    self.paths[name] = self.directory / f"{attention}-{kernels}.onnx"
-                    KERNELS[kernels].rewrite(graph, self.paths[name])
-                self.kernels[name] = kernels
+                    path = self.directory / f"{attention}-{kernels}.onnx"
+                    KERNELS[kernels].rewrite(graph, path)
+                self.graphs[name] = path, kernels
             except Exception as exc:
                 self._leave_out(name, exc)
 
     def start(self) -> None:
         """A plain and an IO-bound runner of every candidate added, each checked; first, off the CPU, a trial in a
         child process of each candidate whose kernels no earlier GPU run has run."""
-        trials = {name: (self.paths[name], kernels) for name, kernels in self.kernels.items()
-                  if needs_trial(kernels, self.provider)}
+        trials = {name: graph for name, graph in self.graphs.items() if needs_trial(graph[1], self.provider)}
         failed = trials_in_children(trials, self.provider, *self._trial_inputs) if trials else {}
-        for name, kernels in self.kernels.items():
+        for name in self.graphs:
             try:
                 if name in failed:
                     raise ModelError(failed[name])
-                self.runners.update(self._checked_runners(name, kernels))
+                self.runners.update(self._checked_runners(name))
             except Exception as exc:
                 self._leave_out(name, exc)
 
@@ -221,10 +220,11 @@ class _Candidates:
         """The check rows padded, their expected logits, and the timing batches padded: what each trial runs."""
         return self.encoded.pad(*self.check[0]), self.expected, [self.encoded.pad(*batch) for batch in self.batches]
 
-    def _checked_runners(self, name: str, kernels: str) -> dict:
+    def _checked_runners(self, name: str) -> dict:
         """A plain and an IO-bound runner of candidate `name`, once each has scored the check rows as close to the
         fp32 graph's logits as fp16 allows (check_logits); raises where either does not."""
-        session = create_session(self.paths[name], self.provider, KERNELS[kernels].cuda_options)
+        graph, kernels = self.graphs[name]
+        session = create_session(graph, self.provider, KERNELS[kernels].cuda_options)
         runners = {name + (" io_binding" if bound else ""): batch_runner(session, self.provider, bound)
                    for bound in (False, True)}
         for run in runners.values():

@@ -59,12 +59,12 @@ def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, 
 
 def optimize_each(source: Path, directory: Path, num_heads: int, hidden_size: int, attentions: list[str],
                   workers: int | None = None) -> dict[str, dict[str, int] | Exception]:
-    """optimize_fp16 with each attention, to `directory`/{attention}.onnx: what the optimizer fused in each, or the
+    """optimize_fp16 with each attention, to graph_file(directory, attention): what the optimizer fused in each, or the
     exception that stopped it. In `workers` processes at once (default: build_workers); a graph whose process died,
     or all of them where no process could start, is built here instead."""
     if workers is None:
         workers = build_workers(source.stat().st_size, len(attentions))
-    jobs = {attention: (source, directory / f"{attention}.onnx", num_heads, hidden_size, attention)
+    jobs = {attention: (source, graph_file(directory, attention), num_heads, hidden_size, attention)
             for attention in attentions}
     results: dict[str, dict[str, int] | Exception] = {}
     if workers > 1:
@@ -81,6 +81,11 @@ def optimize_each(source: Path, directory: Path, num_heads: int, hidden_size: in
             except Exception as exc:  # any failure of one graph is that graph's (ORT raises many exception types)
                 results[attention] = exc
     return results
+
+
+def graph_file(directory: Path, attention: str) -> Path:
+    """Where optimize_each writes the fp16 graph with `attention`."""
+    return directory / f"{attention}.onnx"
 
 
 def build_workers(source_bytes: int, graphs: int) -> int:
