@@ -29,7 +29,8 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
 def command(func: Callable) -> Callable:
     """Shared --quiet/--debug options; ScorerError becomes one line on stderr and its exit code."""
 
-    @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors; no progress bars (for cron).")
+    @click.option("--quiet", "-q", is_flag=True,
+                  help="Only warnings, errors and the result (one line for run); no progress bars (for cron).")
     @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
     @functools.wraps(func)
     def wrapper(*args, quiet: bool, debug: bool, **kwargs):
@@ -213,7 +214,7 @@ def run_command(progress: bool, input: str, **options) -> None:
     from scorer.score import score_file
 
     summary = score_file(build(RunConfig, input=input, **options), progress=progress)
-    if summary.evaluation:
+    if summary.evaluation and progress:  # --quiet: the one summary line only (it carries accuracy and MCC)
         click.echo(markdown(summary.evaluation).rstrip())
     click.echo(summary.line())
 

@@ -185,7 +185,9 @@ def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_pa
     report = tmp_path / "eval.md"
     result = run(data, "--model", tiny_export, "--samples", "5", "--report", report)
     assert result.exit_code == 0, result.output
-    assert "Matthews correlation" in result.output and "accuracy" in result.output
+    assert result.output.count("\n") == 1 and "accuracy" in result.output and "MCC" in result.output  # --quiet
+    loud = CliRunner().invoke(main, ["run", str(data), "--model", str(tiny_export), "--overwrite"])
+    assert loud.exit_code == 0 and "Matthews correlation" in loud.output and "| true \\ predicted |" in loud.output
     table = pq.read_table(tmp_path / "dev.scored.parquet")
     assert table.column_names == ["sentence", "label", "pred_label", "pred_score", "pred_status"]
     evaluation = json.loads((tmp_path / "eval.json").read_text())
