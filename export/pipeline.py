@@ -120,7 +120,8 @@ def _calibration_texts(config: ExportConfig, trained: dict, text_column: str) ->
     path = config.calibration
     if path is None:
         path = Path(trained["data"]) if trained.get("data") and Path(trained["data"]).is_file() else None
-    path = path or example_file("train.csv")
+    if path is None:
+        path, text_column, _ = _packaged_examples()
     reader = TableReader(path)
     reader.require(text_column, "--text-column")
     texts = [t for t in reader.read_all().column(text_column).to_pylist() if isinstance(t, str) and t.strip()]
@@ -134,7 +135,9 @@ def _calibration_texts(config: ExportConfig, trained: dict, text_column: str) ->
 def _parity_data(config: ExportConfig, head: HeadConfig, text_column: str, label_column: str
                  ) -> tuple[list[str], np.ndarray | None, str]:
     """Texts (and label indices when every label is known) from --data, else the packaged examples."""
-    path = config.data or example_file("train.csv")
+    path = config.data
+    if path is None:
+        path, text_column, label_column = _packaged_examples()
     reader = TableReader(path)
     reader.require(text_column, "--text-column")
     table = reader.read_all().slice(0, config.max_rows)
@@ -155,6 +158,11 @@ def _parity_data(config: ExportConfig, head: HeadConfig, text_column: str, label
     if unknown:
         return texts, None, str(path)
     return texts, np.array([index[str(v)] for v in values], dtype=np.int64), str(path)
+
+
+def _packaged_examples() -> tuple[Path, str, str]:
+    """The packaged example sentences and their own columns, whatever columns the checkpoint was trained on."""
+    return example_file("train.csv"), "sentence", "label"
 
 
 def _manifest(model, head: HeadConfig, config: ExportConfig, variants: dict[str, Path],

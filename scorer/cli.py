@@ -148,6 +148,9 @@ def train(progress: bool, **options) -> None:
 @click.option("--opset", type=int, help="ONNX opset, ≥ 17 [default: 17].")
 @click.option("--tolerance", type=float, help="Largest fp32 |Δlogit| the gate allows [default: 1e-4].")
 @click.option("--min-agreement", type=float, help="Label agreement fp16/int8 must reach [default: 0.995].")
+@click.option("--tie-margin", type=float,
+              help="Rows whose top two PyTorch logits are this close are near-ties; a flip there does not count "
+                   "against agreement [default: 0.05].")
 @click.option("--max-rows", type=int, help="Rows of --data used for parity [default: 2000].")
 @click.option("--calibration", type=PATH, help="Sentences for int8 calibration [default: the training data].")
 @click.option("--int8-agreement", type=float, help="Label agreement int8 must reach on them [default: 1.0].")

@@ -144,6 +144,9 @@ class ExportConfig:
     tolerance: float = 1e-4
     min_agreement: float = 0.995
     max_accuracy_drop: float = 0.005
+    # Rows whose top two PyTorch logits are this close are near-ties: a label flip there is rounding, and does not
+    # count against a variant's agreement (fp16 moves bert-base's logits by up to about 1e-2).
+    tie_margin: float = 0.05
     max_rows: int = 2000
     calibration: Path | None = None
     calibration_rows: int = 500
@@ -161,6 +164,7 @@ class ExportConfig:
             _check_choice(variant, VARIANTS, "--variants")
         _check(self.tolerance > 0, f"--tolerance must be positive, not {self.tolerance}")
         _check(0 < self.min_agreement <= 1, f"--min-agreement must be in (0, 1], not {self.min_agreement}")
+        _check(self.tie_margin >= 0, f"--tie-margin must not be negative, not {self.tie_margin}")
         _check(0 <= self.max_accuracy_drop <= 1, f"--max-accuracy-drop must be in [0, 1], not {self.max_accuracy_drop}")
         _check(self.max_rows >= 1, f"--max-rows must be at least 1, not {self.max_rows}")
         _check(self.calibration_rows >= 1, f"--calibration-rows must be at least 1, not {self.calibration_rows}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -215,8 +217,6 @@ def test_a_kernel_trial_in_a_child_process_passes_a_sound_graph_and_reports_why_
 
 
 def test_kernel_trials_run_side_by_side_and_each_failure_is_its_own(tiny_export, tmp_path):
-    import shutil
-
     from export.fp16_probe import trials_in_children
 
     sound = tmp_path / "sound.onnx"
@@ -518,6 +518,35 @@ def test_gate_judges_agreement_and_accuracy_against_pytorch():
     assert bad.agreement >= 0.99 and not bad.passed and "accuracy within 0.5 points" in bad.requirement
 
 
+def test_gate_forgives_flips_only_at_near_ties():
+    from export.parity import _judge, table
+    from scorer.config import ExportConfig
+
+    n = 200
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(n, 2)).astype(np.float32)
+    reference[:10, 1] = reference[:10, 0] + 4e-5  # ten rows PyTorch can hardly decide
+    reference[10:, 1] = reference[10:, 0] + np.where(np.arange(10, n) % 2, 1.0, -1.0)  # the rest: margin 1
+    batches = parity_batches(n, 8)
+    by_batch = [reference[b.rows] for b in batches]
+    config = ExportConfig()
+    torch_row = _judge("pytorch", "cpu", by_batch, by_batch, batches, None, [0, 1], config, None)
+    tied = reference.copy()
+    tied[:10, 1] -= 8e-5  # rounding within fp32's tolerance flips every near-tie: 90% of the rows agree
+    for name in ("fp32", "fp16"):
+        ok = _judge(name, "cpu", by_batch, [tied[b.rows] for b in batches], batches, None, [0, 1], config, torch_row)
+        assert ok.passed and ok.agreement < 0.96 and ok.near_tie_flips > 0, ok
+        assert "flipped at near-ties" in table([ok])
+    strict = ExportConfig(tie_margin=0)
+    assert not _judge("fp16", "cpu", by_batch, [tied[b.rows] for b in batches], batches, None, [0, 1], strict,
+                      torch_row).passed
+    decisive = reference.copy()
+    decisive[10:14] = decisive[10:14, ::-1]  # four decided rows flip: 97.9% of the decided rows agree
+    bad = _judge("fp16", "cpu", by_batch, [decisive[b.rows] for b in batches], batches, None, [0, 1], config,
+                 torch_row)
+    assert not bad.passed and bad.near_tie_flips == 0 and "over 0.05 apart" in bad.requirement
+
+
 @pytest.mark.parametrize("pooling", ["cls", "mix", "max", "mean-max"])
 def test_every_pooling_survives_export(tiny_encoder, tmp_path, pooling):
     from export.pipeline import export_model
@@ -536,3 +565,18 @@ def test_every_pooling_survives_export(tiny_encoder, tmp_path, pooling):
     report = json.loads((tmp_path / "onnx" / "parity.json").read_text())
     fp32 = next(v for v in report["variants"] if v["variant"] == "fp32")
     assert report["passed"] and fp32["agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
+
+
+def test_export_without_data_reads_the_packaged_examples_by_their_own_columns(tiny_checkpoint, tmp_path):
+    """A checkpoint trained on other columns (and data no longer there) still exports with the defaults."""
+    from export.pipeline import export_model
+    from scorer.config import ExportConfig
+
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
+    settings = json.loads((checkpoint / "train_config.json").read_text())
+    settings.update(text_column="body", label_column="verdict", data=str(tmp_path / "gone.csv"))
+    (checkpoint / "train_config.json").write_text(json.dumps(settings))
+    result = export_model(ExportConfig(checkpoint=checkpoint, output=tmp_path / "onnx", variants=("fp32", "int8")))
+    assert result.passed and result.source.endswith("train.csv")
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["text_column"] == "body"  # what `scorer run` reads by default is still the trained column
