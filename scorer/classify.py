@@ -19,7 +19,7 @@ from scorer.batches import Batch, BatchTally, WindowBatcher
 from scorer.errors import ModelError, ProviderError
 from scorer.manifest import Manifest, load_manifest, sha256_file
 from scorer.session import batch_runner, create_session, resolve_provider
-from scorer.tokens import Encoded, TextEncoder, is_text
+from scorer.tokens import Encoded, TextEncoder, is_text, plain_text
 
 log = logging.getLogger("scorer")
 
@@ -261,6 +261,7 @@ class OnnxClassifier:
 
     def prepare(self, column: pa.Array | pa.ChunkedArray) -> Prepared:
         """The CPU half of classify: find the rows to score and tokenise them (thread-safe, GIL mostly free)."""
+        column = plain_text(column)
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         status = np.full(len(column), _CODE[OK], dtype=np.int8)

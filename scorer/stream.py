@@ -19,7 +19,7 @@ from scorer.evaluate import LabelIndex
 from scorer.parts import PartStore
 from scorer.read import TableReader
 from scorer.tally import Columns
-from scorer.tokens import is_text
+from scorer.tokens import is_text, plain_text
 from scorer.write import OutputSink
 
 
@@ -100,6 +100,7 @@ def _replay(store: PartStore, sink: OutputSink, count: int) -> None:
 
 def pieces(column: pa.ChunkedArray | pa.Array, chars: int) -> list[pa.Array]:
     """`column` cut into consecutive slices, each ending at the row that brings it to `chars` characters."""
+    column = plain_text(column)
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if not is_text(column) or len(column) == 0:

@@ -22,6 +22,16 @@ def is_text(column: pa.Array) -> bool:
     return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
 
 
+def plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """`column` with strings stored another way (dictionary-encoded, as pandas categoricals and Spark write them;
+    Arrow's string views) turned into plain strings; anything else as it is."""
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return column if kind == column.type else column.cast(kind)
+    is_view = getattr(pa.types, "is_string_view", None)  # pyarrow 16 and newer
+    return column.cast(pa.large_string()) if is_view is not None and is_view(kind) else column
+
+
 @dataclass(frozen=True)
 class Encoded:
     """Token ids of many texts, stored flat: row i is ids[offsets[i]:offsets[i + 1]]."""

@@ -229,6 +229,27 @@ def test_non_text_column_is_kept_unscored(tiny_export, tmp_path):
     assert table.column("score").null_count == 3
 
 
+def test_dictionary_encoded_and_view_strings_are_text(tiny_export, tmp_path):
+    """pandas categoricals and Spark write text dictionary-encoded; it is scored like plain strings, kept as it was."""
+    texts = ["the cat sat.", None, "a dog ran far.", "the cat sat.", "  "]
+    pq.write_table(pa.table({"sentence": texts}), tmp_path / "plain.parquet")
+    pq.write_table(pa.table({"sentence": pa.array(texts).dictionary_encode()}), tmp_path / "dict.parquet")
+    inputs = ["plain.parquet", "dict.parquet"]
+    if hasattr(pa, "string_view"):
+        pq.write_table(pa.table({"sentence": pa.array(texts, pa.string_view())}), tmp_path / "view.parquet")
+        inputs.append("view.parquet")
+    tables = []
+    for name in inputs:
+        assert run(tmp_path / name, "--model", tiny_export, "--window-rows", "2").exit_code == 0
+        tables.append(pq.read_table(tmp_path / name.replace(".parquet", ".scored.parquet")))
+    assert tables[0].column("status").to_pylist() == ["ok", "null", "ok", "ok", "empty"]
+    assert pa.types.is_dictionary(tables[1].schema.field("sentence").type)
+    for table in tables[1:]:
+        assert table.column("sentence").to_pylist() == texts
+        for name in ("status", "score", "label"):
+            assert table.column(name).to_pylist() == tables[0].column(name).to_pylist()
+
+
 def test_output_rules(tiny_export, parquet_input, tmp_path):
     out = tmp_path / "out.parquet"
     assert run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "int8").exit_code == 0
