@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +30,23 @@ def check_writable(path: Path, overwrite: bool, option: str = "--output") -> Non
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {parent} ({exc.strerror}); choose another {option}") from exc
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{parent} is not writable; choose another {option}")
+    # Create a file rather than ask os.access: root passes access() on read-only and virtual file systems.
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".scorer-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{parent} is not writable ({exc.strerror}); choose another {option}") from exc
+
+
+# What a full or read-only disk, a quota or a file-size limit raise while an output is written.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def out_of_room(exc: BaseException, output: Path, then: str = "then run again") -> OutputError | None:
+    """The one-line error for an OSError that says the output cannot grow; None for any other exception."""
+    if not isinstance(exc, OSError) or exc.errno not in _NO_ROOM:
+        return None
+    return OutputError(f"cannot write {output} ({exc.strerror}); free space or choose another --output, {then}")
 
 
 @contextlib.contextmanager
@@ -41,8 +58,11 @@ def atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
     staging.mkdir(parents=True)
     try:
         yield staging
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        no_room = out_of_room(exc, target)
+        if no_room is not None:
+            raise no_room from exc
         raise
     replace(staging, target)
 

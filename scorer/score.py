@@ -184,6 +184,9 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
             # Anything else (a kill, a full disk) keeps them, and the next run resumes from them.
             if isinstance(exc, ScorerError):
                 store.discard()
+            no_room = atomic.out_of_room(exc, unit.output, "then run again: it resumes from its last finished window")
+            if no_room is not None:
+                raise no_room from exc
             raise
     summary.seconds, summary.waits = time.perf_counter() - started, waits
     log.info("%s -> %s: %d rows (%d scored now%s) in %.1fs", unit.source, unit.output, summary.rows,

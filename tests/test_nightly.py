@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -159,6 +160,51 @@ def test_a_run_that_crashed_resumes_into_the_same_output_in_either_format(tiny_e
     assert summary["state"] == "resumed" and summary["resumed_from_row"] == 20 and summary["rows"] == 50
     assert output.read_bytes() == (tmp_path / f"reference.{suffix}").read_bytes()
     assert not list(tmp_path.glob(f".out.{suffix}.scorer-parts")) and not list(tmp_path.glob(f".out.{suffix}.tmp-*"))
+
+
+def _file_size_limit(limit: int):
+    def apply():  # in the child: writes past `limit` bytes fail with EFBIG, as on a full disk, instead of a signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_disk_that_fills_up_stops_the_run_with_exit_5_and_the_rerun_resumes(tiny_export, tmp_path):
+    """A real write failure (a file-size limit on the process): one line, exit 5, no output at the final path,
+    the finished windows kept; the rerun with room resumes and gives the uninterrupted run's file."""
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": list(range(6000)), "sentence": sentences(6000)}), source)
+    common = ["--model", str(tiny_export), "--window-rows", "500", "--variant", "fp32", "--quiet"]
+    reference, output = tmp_path / "reference.parquet", tmp_path / "out.parquet"
+    assert run(source, "-o", reference, *common).exit_code == 0
+    assert reference.stat().st_size > 60_000, "make the input bigger: the limit must stop the run halfway"
+    command = [sys.executable, "-m", "scorer.cli", "run", str(source), "-o", str(output), *common]
+    full = subprocess.run(command, capture_output=True, text=True, preexec_fn=_file_size_limit(60_000))
+    assert full.returncode == 5 and full.stdout == "", full.stderr
+    assert full.stderr.startswith(f"error: cannot write {output} (") and full.stderr.count("\n") == 1
+    assert "resumes from its last finished window" in full.stderr
+    assert not output.exists() and list(tmp_path.glob(".out.parquet.scorer-parts/part-*"))
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
+    assert summary["state"] == "resumed" and summary["resumed_from_row"] > 0
+    assert output.read_bytes() == reference.read_bytes()
+
+
+def test_an_export_that_runs_out_of_room_exits_5_and_leaves_nothing(tiny_checkpoint, tmp_path):
+    output = tmp_path / "onnx"
+    command = [sys.executable, "-m", "scorer.cli", "export", "--checkpoint", str(tiny_checkpoint), "--output",
+               str(output), "--variants", "fp32", "--quiet"]
+    full = subprocess.run(command, capture_output=True, text=True, preexec_fn=_file_size_limit(20_000))
+    assert full.returncode == 5 and full.stderr.startswith(f"error: cannot write {output} ("), full.stderr
+    assert full.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_an_output_directory_that_cannot_be_written_is_refused_before_any_work(tiny_export, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("sentence\nfine\n")
+    result = run(source, "--model", tiny_export, "-o", "/proc/out.parquet")  # root may write anywhere but here
+    assert result.exit_code == 5 and "/proc is not writable" in result.output and result.output.count("\n") == 1
 
 
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tiny_export, tmp_path):
