@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -16,17 +18,42 @@ import pyarrow.parquet as pq
 from scorer.errors import InputError
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
+# CSV and TSV may come compressed (nightly feeds often do); they are decompressed as they are read.
+COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
 _CSV_BLOCK = 1 << 22
+
+
+def data_suffix(path: Path) -> str | None:
+    """The end of a data file's name that gives its format (.parquet, .csv, .csv.gz, ...); None for other files."""
+    name = path.name.lower()
+    for suffix, fmt in FORMATS.items():
+        endings = [suffix] if fmt == "parquet" else [suffix, *(suffix + c for c in COMPRESSIONS)]
+        found = next((e for e in endings if name.endswith(e) and len(name) > len(e)), None)
+        if found:
+            return found
+    return None
+
+
+def data_stem(path: Path) -> str:
+    """A data file's name without its format and compression suffixes."""
+    suffix = data_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.stem
 
 
 def detect_format(path: Path) -> str:
     """The file format implied by the file name: parquet, csv or tsv."""
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise InputError(
-            f"{path}: unknown file type '{path.suffix}'; use a .parquet, .csv or .tsv file"
-        )
-    return fmt
+    suffix = data_suffix(path)
+    if suffix is None:
+        raise InputError(f"{path}: unknown file type '{path.suffix}'; use a .parquet, .csv or .tsv file "
+                         f"(CSV and TSV may be compressed: {', '.join(COMPRESSIONS)})")
+    return FORMATS["." + suffix.split(".")[1]]
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed if its name says it is compressed."""
+    if path.suffix.lower() in COMPRESSIONS:
+        return io.BufferedReader(pa.input_stream(str(path), compression="detect"))
+    return open(path, "rb")
 
 
 class TableReader:
@@ -40,6 +67,7 @@ class TableReader:
             raise InputError(f"{self.path} {what}; pass an existing .parquet, .csv or .tsv file")
         if not os.access(self.path, os.R_OK):
             raise InputError(f"{self.path} is not readable; check its permissions")
+        self.columns: list[str] = []
         with self._errors():
             if self.format == "parquet":
                 self._parquet = pq.ParquetFile(self.path)
@@ -125,7 +153,7 @@ class TableReader:
         return pacsv.ParseOptions(newlines_in_values=True)
 
     def _csv_header(self) -> list[str]:
-        with open(self.path, "rb") as handle:
+        with _open_binary(self.path) as handle:
             first = handle.readline()
         if not first.strip():
             raise InputError(f"{self.path} is empty (no header line); nothing to read")
@@ -153,22 +181,28 @@ class TableReader:
         if self.format == "parquet":
             return f"{self.path}: not a readable Parquet file ({text}); check that the file is complete"
         where = _locate_csv_problem(self.path, self.format, len(self.columns))
+        if where is None:
+            return f"{self.path}: cannot be decompressed ({text}); check that the file was copied whole"
         return f"{self.path}{where}: {text}; fix or remove that row"
 
 
-def _locate_csv_problem(path: Path, fmt: str, expected: int) -> str:
-    """Find the first line that is not UTF-8 or has the wrong number of fields (slow path, errors only)."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return f" line {number} (bytes are not UTF-8; re-encode the file as UTF-8)"
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(handle)
-        for row in rows:
-            if len(row) != expected and row:
-                return f" line {rows.line_num} (expected {expected} fields, found {len(row)})"
+def _locate_csv_problem(path: Path, fmt: str, expected: int) -> str | None:
+    """Find the first line that is not UTF-8 or has the wrong number of fields (slow path, errors only); None
+    when the file cannot be decompressed."""
+    try:
+        with _open_binary(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return f" line {number} (bytes are not UTF-8; re-encode the file as UTF-8)"
+        with io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="") as handle:
+            rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(handle)
+            for row in rows:
+                if len(row) != expected and row:
+                    return f" line {rows.line_num} (expected {expected} fields, found {len(row)})"
+    except (OSError, EOFError, pa.ArrowException):
+        return None
     return ""
 
 

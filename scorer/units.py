@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scorer.errors import InputError, OutputError
-from scorer.read import FORMATS
+from scorer.read import data_stem, data_suffix
 from scorer.write import default_output
 
 _MAGIC = ("*", "?", "[")
@@ -57,7 +57,7 @@ def plan_units(spec: str, output: Path | None, output_format: str | None = None)
     if output.exists() and not output.is_dir():
         raise OutputError(f"--output {output} is a file; several inputs need a directory")
     suffix = "." + (output_format or "parquet")
-    return [WorkUnit(f, (output / f.relative_to(base)).with_suffix(suffix)) for f in files]
+    return [WorkUnit(f, output / f.relative_to(base).parent / (data_stem(f) + suffix)) for f in files]
 
 
 def _with_format(path: Path, output_format: str) -> Path:
@@ -70,7 +70,7 @@ def _is_dir_like(path: Path) -> bool:
 
 def _is_data_file(path: Path) -> bool:
     name = path.name
-    return (path.is_file() and path.suffix.lower() in FORMATS and ".scored." not in name
+    return (path.is_file() and data_suffix(path) is not None and ".scored." not in name
             and not name.startswith("."))
 
 

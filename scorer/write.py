@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from scorer import atomic
 from scorer.errors import InputError, OutputError
 from scorer.manifest import sha256_file
+from scorer.read import data_stem
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 METADATA_KEY = b"scorer"
@@ -27,7 +28,7 @@ def output_format(path: Path) -> str:
 
 def default_output(source: Path) -> Path:
     """`<name>.scored.parquet` beside the input."""
-    return source.with_name(f"{source.stem}.scored.parquet")
+    return source.with_name(f"{data_stem(source)}.scored.parquet")
 
 
 def sidecar(output: Path) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 import os
 import resource
@@ -27,6 +29,10 @@ def run(*args):
 
 def sentences(n: int, offset: int = 0) -> list[str]:
     return [f"Sentence number {offset + i} says the cat sat on mat {i % 7}." for i in range(n)]
+
+
+def _many_lines() -> bytes:
+    return ("sentence\n" + "".join(f"{s} {i * 7919 % 1000}\n" for i, s in enumerate(sentences(5000)))).encode()
 
 
 def files_under(path: Path) -> list[str]:
@@ -231,6 +237,12 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tin
         (lambda d: (d / "in.csv").write_text("sentence\n"), 3, "no data rows"),
         (lambda d: pq.write_table(pa.table({"sentence": pa.array([], pa.string())}), d / "in.parquet"), 3,
          "no data rows"),
+        (lambda d: (d / "in.csv.gz").write_bytes(gzip.compress(_many_lines())[:-2000]), 3,
+         "in.csv.gz: cannot be decompressed (Truncated compressed stream); check that the file was copied whole"),
+        (lambda d: (d / "in.csv.gz").write_bytes(b"sentence\nnot gzip\n"), 3, "in.csv.gz: cannot be decompressed"),
+        (lambda d: (d / "in.tsv.bz2").write_bytes(bz2.compress(b"sentence\nfine\n\xff bad\n")), 3,
+         "line 3 (bytes are not UTF-8"),
+        (lambda d: (d / "in.csv.xz").write_bytes(b""), 3, "unknown file type '.xz'"),
     ],
 )
 def test_bad_inputs_get_one_line_an_exit_code_and_leave_nothing(tiny_export, tmp_path, setup, code, message):
@@ -242,6 +254,28 @@ def test_bad_inputs_get_one_line_an_exit_code_and_leave_nothing(tiny_export, tmp
     assert message in result.output
     assert result.output.count("\n") == 1 and "Traceback" not in result.output
     assert files_under(tmp_path) == before
+
+
+def test_compressed_csv_and_tsv_are_read_as_they_are_decompressed(tiny_export, tmp_path):
+    """A nightly feed's .csv.gz, .tsv.bz2, .csv.zst: the same rows and scores as the plain file; outputs named
+    without the compression suffix, in a directory and alone."""
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(_many_lines())
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.csv.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    (inbox / "b.tsv.bz2").write_bytes(bz2.compress(plain.read_bytes()))
+    with pa.output_stream(str(inbox / "c.csv.zst"), compression="zstd") as stream:
+        stream.write(plain.read_bytes())
+    common = ["--model", tiny_export, "--window-rows", "2000", "--variant", "fp32"]
+    assert run(plain, *common).exit_code == 0
+    reference = pq.read_table(tmp_path / "plain.scored.parquet")
+    assert run(inbox, "--output", tmp_path / "out", *common).exit_code == 0
+    assert files_under(tmp_path / "out") == ["a.parquet", "b.parquet", "c.parquet", "scorer-summary.json"]
+    for name in ("a", "b", "c"):
+        assert pq.read_table(tmp_path / "out" / f"{name}.parquet").equals(reference)
+    assert run(inbox / "a.csv.gz", *common).exit_code == 0
+    assert pq.read_table(inbox / "a.scored.parquet").equals(reference)
 
 
 def test_model_problems_exit_4(export_copy, tmp_path):
