@@ -186,7 +186,9 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
               help="Output format when --output is a directory [default: parquet].")
 @click.option("--model", type=PATH, help="Export directory [default: scorer-artifacts/onnx].")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help="[default: auto].")
-@click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]), help="[default: fp16 on GPU, int8 on CPU].")
+@click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="[default: fp16 on CUDA; on a CPU int8 where export measured it 1.05× as fast as fp32, else "
+                   "fp32; fp32 for TensorRT].")
 @click.option("--text-column", help="Column to score [default: the training text column].")
 @click.option("--label-column", help="True labels, for accuracy/MCC [default: the training one, if present].")
 @click.option("--max-tokens", type=int, help="Token budget per batch (rows × padded length).")
