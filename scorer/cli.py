@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 
 from scorer import __version__
 from scorer.config import CUDA_GRAPHS, POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
-from scorer.errors import EXIT_CODES, ScorerError
+from scorer.errors import EXIT_CODES, ScorerError, Terminated
 
 log = logging.getLogger("scorer")
 PATH = click.Path(exists=False, dir_okay=True, path_type=Path)
@@ -36,12 +39,16 @@ def command(func: Callable) -> Callable:
     def wrapper(*args, quiet: bool, debug: bool, **kwargs):
         _setup_logging(quiet, debug)
         try:
-            return func(*args, progress=not quiet, **kwargs)
+            with _sigterm_unwinds():
+                return func(*args, progress=not quiet, **kwargs)
         except ScorerError as exc:
             if debug:
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except Terminated:
+            click.echo("terminated", err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -52,6 +59,23 @@ def command(func: Callable) -> Callable:
             sys.exit(1)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into an exception, so the run stops its threads and removes its temporary files."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build(cls: type, **options):

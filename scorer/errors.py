@@ -60,5 +60,10 @@ EXIT_CODES = {
     5: "output exists or cannot be written",
     6: "requested execution provider not usable",
     7: "ONNX/PyTorch parity check failed",
-    130: "interrupted",
+    130: "interrupted (Ctrl-C)",
+    143: "terminated (SIGTERM, as a scheduler's timeout sends): cleaned up like Ctrl-C, finished windows kept",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a terminated run unwinds and cleans up as an interrupted one."""

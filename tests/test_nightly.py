@@ -138,6 +138,32 @@ def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
     assert not list(tmp_path.glob(".resumed.parquet.tmp-*"))
 
 
+@pytest.mark.parametrize("sig,code,said", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code, said):
+    """SIGTERM (a scheduler's timeout) and Ctrl-C: the run stops its threads, removes its temporary output and
+    lock, says so in one line, keeps its finished windows, and the rerun resumes to the uninterrupted file."""
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(40_000)]}), source)
+    common = ["--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32"]
+    reference, output = tmp_path / "reference.parquet", tmp_path / "out.parquet"
+    assert run(source, "-o", reference, *common).exit_code == 0
+    parts = tmp_path / ".out.parquet.scorer-parts"
+    process = _start([str(source), "-o", str(output), *common])
+    deadline = time.time() + 120
+    while len(list(parts.glob("part-*.parquet"))) < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run finished before the signal; make the input bigger"
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code and stderr.decode() == f"{said}\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == [parts.name]
+    assert not output.exists() and list(parts.glob("part-*.parquet"))
+    assert run(source, "-o", output, *common).exit_code == 0
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
+    assert summary["state"] == "resumed" and summary["resumed_from_row"] >= 3000
+    assert output.read_bytes() == reference.read_bytes()
+
+
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
 def test_a_run_that_crashed_resumes_into_the_same_output_in_either_format(tiny_export, tmp_path, monkeypatch, suffix):
     """A crash (not bad input) after two windows keeps their parts; the rerun copies them into its new output
