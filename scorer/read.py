@@ -77,6 +77,11 @@ class TableReader:
                 self.columns = self._csv_header()
                 self.num_rows = None
 
+    @property
+    def schema(self) -> pa.Schema | None:
+        """The Parquet file's column types; None for CSV/TSV, whose columns are all read as text."""
+        return self._parquet.schema_arrow if self.format == "parquet" else None
+
     def require(self, column: str, option: str) -> None:
         """Raise a clear error when a needed column is missing."""
         if column not in self.columns:

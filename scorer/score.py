@@ -18,7 +18,7 @@ from scorer.read import TableReader
 from scorer.stream import stream
 from scorer.tally import Columns, scored_sample, tally
 from scorer.units import WorkUnit, plan_units
-from scorer.write import OutputSink, completion_record
+from scorer.write import OutputSink, check_text_format, completion_record
 
 log = logging.getLogger("scorer")
 RESULT_COLUMNS = ("label", "score", "status")
@@ -154,6 +154,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
     if unit.output.resolve() == reader.path.resolve():
         raise OutputError(f"--output {unit.output} is the input file; choose another output path")
     columns = _columns(config, reader, classifier)
+    check_text_format(unit.output, reader.schema, reader.path)
     source = fingerprint(reader.path)
     done = completion_record(unit.output)
     if done and done.get("model_sha256") == classifier.model_sha256 and done.get("input") == source \

@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from scorer import atomic
-from scorer.errors import InputError, OutputError
+from scorer.errors import ConfigError, InputError, OutputError
 from scorer.manifest import sha256_file
 from scorer.read import data_stem
 
@@ -24,6 +24,16 @@ def output_format(path: Path) -> str:
     if fmt is None:
         raise OutputError(f"{path}: unknown output type '{path.suffix}'; name the output .parquet, .csv or .tsv")
     return fmt
+
+
+def check_text_format(output: Path, schema: pa.Schema | None, source: Path) -> None:
+    """Refuse a CSV/TSV output for input columns that have no one-cell text form (lists, structs, maps)."""
+    if schema is None or output_format(output) == "parquet":
+        return
+    nested = [f"'{f.name}' ({f.type})" for f in schema if pa.types.is_nested(f.type)]
+    if nested:
+        raise ConfigError(f"{source}: column(s) {', '.join(nested)} cannot be written to {output.name}, a "
+                          "CSV/TSV file; write Parquet instead (an --output ending in .parquet, or --format parquet)")
 
 
 def default_output(source: Path) -> Path:

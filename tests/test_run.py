@@ -250,6 +250,19 @@ def test_dictionary_encoded_and_view_strings_are_text(tiny_export, tmp_path):
             assert table.column(name).to_pylist() == tables[0].column(name).to_pylist()
 
 
+def test_nested_columns_are_refused_for_csv_output_before_any_work_and_kept_in_parquet(tiny_export, tmp_path):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": ["a cat sat.", "a dog ran."], "tags": [[1, 2], [3]],
+                             "meta": [{"x": 1}, {"x": 2}]}), source)
+    result = run(source, "--model", tiny_export, "-o", tmp_path / "out.csv")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "'tags' (list<element: int64>), 'meta' (struct<x: int64>) cannot be written to out.csv" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+    assert run(source, "--model", tiny_export, "-o", tmp_path / "out.parquet").exit_code == 0
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("tags").to_pylist() == [[1, 2], [3]] and table.column("status").to_pylist() == ["ok", "ok"]
+
+
 def test_output_rules(tiny_export, parquet_input, tmp_path):
     out = tmp_path / "out.parquet"
     assert run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "int8").exit_code == 0
