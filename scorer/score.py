@@ -94,13 +94,14 @@ class RunSummary:
         return text
 
 
-def result_columns(input_columns: list[str]) -> dict[str, str]:
+def result_columns(input_columns: list[str], source: Path) -> dict[str, str]:
     """label/score/status, or pred_label/pred_score/pred_status when the input already has one of those names."""
     clash = any(name in input_columns for name in RESULT_COLUMNS)
     names = {name: (PREFIX + name if clash else name) for name in RESULT_COLUMNS}
     taken = [name for name in names.values() if name in input_columns]
     if taken:
-        raise InputError(f"the input already has column(s) {', '.join(taken)}; rename them before scoring")
+        raise InputError(f"{source} already has column(s) {', '.join(taken)}, the names scorer writes its results "
+                         "under; rename them before scoring")
     return names
 
 
@@ -204,7 +205,7 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
         label = config.label_column
     else:
         label = classifier.manifest.label_column if classifier.manifest.label_column in reader.columns else None
-    names = result_columns(reader.columns)
+    names = result_columns(reader.columns, reader.path)
     return Columns(text=text, label=label, predicted=names["label"], score=names["score"], status=names["status"])
 
 

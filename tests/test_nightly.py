@@ -260,6 +260,8 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tin
         (lambda d: (d / "in.csv").write_text("text\nfine\n"), 3, "column 'sentence' not found in in.csv; columns are"),
         (lambda d: (d / "in.csv").write_text("sentence,label\nfine,1\nodd,7\n"), 3, "row 2: label '7'"),
         (lambda d: (d / "in.csv").write_text(""), 3, "is empty"),
+        (lambda d: (d / "in.csv").write_text("sentence,score,pred_score\nfine,1,2\n"), 3,
+         "in.csv already has column(s) pred_score, the names scorer writes its results under; rename them"),
         (lambda d: (d / "in.csv").write_text("sentence\n"), 3, "no data rows"),
         (lambda d: pq.write_table(pa.table({"sentence": pa.array([], pa.string())}), d / "in.parquet"), 3,
          "no data rows"),
