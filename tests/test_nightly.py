@@ -106,6 +106,16 @@ def _start(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _midway(args: list[str], parts: Path, count: int) -> subprocess.Popen:
+    """A run started in a subprocess, still running once it has finished `count` windows."""
+    process = _start(args)
+    deadline = time.time() + 120
+    while len(list(parts.glob("part-*.parquet"))) < count and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run finished before it could be stopped; make the input bigger"
+    return process
+
+
 def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
     """kill -9 in the middle of a run; the rerun finishes from the last finished window, no gaps, no repeats."""
     source = tmp_path / "big.parquet"
@@ -116,11 +126,7 @@ def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
                            "--quiet"]).returncode == 0
     output = tmp_path / "resumed.parquet"
     parts = tmp_path / ".resumed.parquet.scorer-parts"
-    process = _start([str(source), "-o", str(output), *common])
-    deadline = time.time() + 120
-    while len(list(parts.glob("part-*.parquet"))) < 5 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.01)
-    assert process.poll() is None, "the run finished before it could be killed; make the input bigger"
+    process = _midway([str(source), "-o", str(output), *common], parts, 5)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     finished = len(list(parts.glob("part-*.parquet")))
@@ -148,11 +154,7 @@ def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code
     reference, output = tmp_path / "reference.parquet", tmp_path / "out.parquet"
     assert run(source, "-o", reference, *common).exit_code == 0
     parts = tmp_path / ".out.parquet.scorer-parts"
-    process = _start([str(source), "-o", str(output), *common])
-    deadline = time.time() + 120
-    while len(list(parts.glob("part-*.parquet"))) < 3 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.01)
-    assert process.poll() is None, "the run finished before the signal; make the input bigger"
+    process = _midway([str(source), "-o", str(output), *common], parts, 3)
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code and stderr.decode() == f"{said}\n"
