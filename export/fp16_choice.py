@@ -81,12 +81,12 @@ class Fp16Report:
     # setting's name (KERNELS); None: not measured.
     cuda_options: dict[str, str] | None = None
     kernels: str | None = None
+    not_timed: str | None = None  # why the graph was built without timing: asked for, or no working CUDA
 
     def summary(self) -> str:
         """One line for the user: the graph kept, and how (or whether) it was chosen."""
         if self.measured_on is None:
-            return (f"fp16 graph: {self.attention} attention (not timed: asked for with --fp16-attention, or no "
-                    "working CUDA at export)")
+            return f"fp16 graph: {self.attention} attention (not timed: {self.not_timed})"
         left_out = f"; left out: {', '.join(self.failed)}" if self.failed else ""
         return (f"fp16 graph: {self.attention} attention, {self.kernels} kernels, "
                 f"{'IO-bound' if self.io_binding else 'plain'} runs: the fastest of {len(self.seconds or ())} ways "
@@ -96,14 +96,14 @@ class Fp16Report:
 def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str,
                encoded: Encoded) -> Fp16Report:
     """Write the fp16 variant to `target` with the attention asked for, or (auto) the faster one on CUDA."""
-    why = "as asked"
+    why = "asked for with --fp16-attention"
     if attention == "auto" and not _cuda_works(source):
-        attention, why = "fused", "not measured: no working CUDA here"
+        attention, why = "fused", "no working CUDA here to time the candidates on"
     if attention != "auto":
         fused = optimize_fp16(source, target, num_heads, hidden_size, attention)
         log.info("fp16 variant: attention %s (%s); fused %s", attention, why,
                  ", ".join(f"{n}×{c}" for n, c in sorted(fused.items())) or "nothing")
-        return Fp16Report(attention_of(fused), fused)
+        return Fp16Report(attention_of(fused), fused, not_timed=why)
     return choose_attention(source, target, num_heads, hidden_size, encoded, "cuda")
 
 
