@@ -1,11 +1,13 @@
 """Peak memory of `scorer run` against input size: it should be set by the window, not by the file.
 
-    python bench/memory.py --rows 100000,300000,1000000 [--export DIR] [--out bench/out/memory.json]
+    python bench/memory.py --rows 100000,300000,1000000 [--row-group-rows N] [--texts cola|long] [--export DIR]
+                           [--out FILE]
 
 Writes Parquet files of CoLA-like sentences (../shared/data/cola, or generated text when it is absent), scores
-each in a fresh process (`scorer run --provider cpu --variant fp32`), and records the child's peak RSS
-(getrusage ru_maxrss). Without --export it builds a tiny random-weight BERT export, since memory is a property
-of the pipeline, not of the model's size (the model's own memory is constant).
+each in a fresh process (`scorer run --provider cpu --variant fp32`), and records the child's peak RSS (/proc
+VmHWM). `--row-group-rows 0` writes each file as one row group, as pandas and pyarrow do up to 1M rows. Without
+--export it builds a tiny random-weight BERT export, since memory is a property of the pipeline, not of the model's
+size (the model's own memory is constant).
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from common import COLA, machine, random_bert, write_json
+
+
+def long_texts() -> list[str]:
+    """5,000 texts of 20-60 words (about 200 characters): rows five times CoLA's size."""
+    words = ["the", "cat", "dog", "ran", "sat", "on", "a", "mat", "with", "big", "small", "red", "blue", "over",
+             "under", "quickly", "slowly", "house", "tree", "river"]
+    rng = np.random.default_rng(0)
+    return [" ".join(rng.choice(words, rng.integers(20, 61))) for _ in range(5000)]
 
 
 def sentences() -> list[str]:
@@ -77,11 +87,14 @@ def _proc_status(pid: int) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="100000,300000,1000000")
+    parser.add_argument("--row-group-rows", type=int, default=50_000, help="0: the whole file in one row group")
+    parser.add_argument("--texts", choices=["cola", "long"], default="cola", help="long: 20-60 words a row")
     parser.add_argument("--export", type=Path)
     parser.add_argument("--out", type=Path, default=Path("bench/out/memory.json"))
     args = parser.parse_args()
-    pool = sentences()
-    results = {"machine": machine(), "runs": []}
+    pool = long_texts() if args.texts == "long" else sentences()
+    results = {"machine": machine(), "row_group_rows": args.row_group_rows or "whole file", "texts": args.texts,
+               "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         export = args.export or tiny_export(tmp_path)
@@ -90,7 +103,7 @@ def main() -> None:
             source = tmp_path / f"input-{rows}.parquet"
             pq.write_table(pa.table({"id": np.arange(rows), "sentence": [pool[i] for i in
                                                                           rng.integers(0, len(pool), rows)]}),
-                           source, row_group_size=50_000)
+                           source, row_group_size=args.row_group_rows or rows)
             figures = measure(source, export, tmp_path / f"out-{rows}.parquet")
             figures.update(rows=rows, input_mib=source.stat().st_size / 2**20,
                            output_rows=pq.ParquetFile(tmp_path / f"out-{rows}.parquet").metadata.num_rows)

@@ -21,6 +21,7 @@ FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"
 # CSV and TSV may come compressed (nightly feeds often do); they are decompressed as they are read.
 COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
 _CSV_BLOCK = 1 << 22
+_PARQUET_BATCH = 1 << 14
 
 
 def data_suffix(path: Path) -> str | None:
@@ -70,7 +71,8 @@ class TableReader:
         self.columns: list[str] = []
         with self._errors():
             if self.format == "parquet":
-                self._parquet = pq.ParquetFile(self.path)
+                # No pre-buffering: it reads a whole row group ahead, which alone can be a gigabyte of text.
+                self._parquet = pq.ParquetFile(self.path, pre_buffer=False)
                 self.columns = list(self._parquet.schema_arrow.names)
                 self.num_rows: int | None = self._parquet.metadata.num_rows
             else:
@@ -140,17 +142,21 @@ class TableReader:
         yield from reader
 
     def _parquet_batches(self, skip_rows: int) -> Iterator[pa.RecordBatch]:
-        # Skip whole row groups without reading them, so that a resumed run does not reread finished work.
+        # Skip whole row groups without reading them, so that a resumed run does not reread finished work; read the
+        # rest in batches, not whole row groups (pandas and pyarrow write up to 1M rows in one group by default).
         meta = self._parquet.metadata
-        start = 0
-        for group in range(meta.num_row_groups):
-            group_rows = meta.row_group(group).num_rows
-            if start + group_rows <= skip_rows:
-                start += group_rows
+        first = 0
+        while first < meta.num_row_groups and meta.row_group(first).num_rows <= skip_rows:
+            skip_rows -= meta.row_group(first).num_rows
+            first += 1
+        if first == meta.num_row_groups:
+            return
+        for batch in self._parquet.iter_batches(_PARQUET_BATCH, row_groups=range(first, meta.num_row_groups)):
+            if skip_rows >= batch.num_rows:
+                skip_rows -= batch.num_rows
                 continue
-            table = self._parquet.read_row_group(group)
-            yield from table.slice(max(0, skip_rows - start)).to_batches()
-            start += group_rows
+            yield batch.slice(skip_rows)
+            skip_rows = 0
 
     def _parse_options(self) -> pacsv.ParseOptions:
         if self.format == "tsv":

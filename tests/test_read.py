@@ -26,6 +26,20 @@ def test_windows_are_exact_and_in_order_across_row_groups(tmp_path):
     assert resumed[0].column("id")[0].as_py() == 500
 
 
+@pytest.mark.parametrize("row_group_size", [None, 96, 40_000])
+def test_resuming_at_any_row_reads_exactly_the_rest_in_big_and_small_row_groups(tmp_path, row_group_size):
+    """A row group bigger than the reader's batches (pandas writes up to 1M rows in one) is read a batch at a time;
+    resuming skips whole groups unread and starts inside the first one that is not finished."""
+    n = 50_000
+    table = pa.table({"id": list(range(n)), "sentence": [f"s{i}" for i in range(n)]})
+    path = write_parquet(tmp_path / "in.parquet", table, row_group_size=row_group_size)
+    for skip in (0, 1, 95, 96, 16_383, 16_384, 40_001, n - 1, n):
+        windows = list(TableReader(path).batches(7_000, skip_rows=skip))
+        assert all(w.num_rows == 7_000 for w in windows[:-1])
+        ids = pa.concat_tables(windows).column("id").to_pylist() if windows else []
+        assert ids == list(range(skip, n)), skip
+
+
 def test_csv_columns_stay_text_exactly_as_written(tmp_path):
     path = tmp_path / "in.csv"
     path.write_text('id,sentence,label\n007,"quoted, with comma",1\n010,"two\nlines",0\n')
