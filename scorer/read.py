@@ -78,6 +78,9 @@ class TableReader:
             else:
                 self.columns = self._csv_header()
                 self.num_rows = None
+        duplicates = sorted({name for name in self.columns if self.columns.count(name) > 1})
+        if duplicates:
+            raise InputError(f"{self.path}: column name(s) {', '.join(duplicates)} appear more than once; rename them")
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -174,11 +177,7 @@ class TableReader:
             raise InputError(f"{self.path} line 1: header is not valid UTF-8; re-encode the file as UTF-8") from exc
         delimiter = "\t" if self.format == "tsv" else ","
         quoting = csv.QUOTE_NONE if self.format == "tsv" else csv.QUOTE_MINIMAL
-        names = next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter, quoting=quoting))
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise InputError(f"{self.path}: header repeats column(s) {', '.join(duplicates)}; rename them")
-        return names
+        return next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter, quoting=quoting))
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
