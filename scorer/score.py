@@ -11,7 +11,7 @@ from pathlib import Path
 from scorer import __version__, atomic
 from scorer.classify import DEFAULT_WINDOW_ROWS, OnnxClassifier
 from scorer.config import RunConfig
-from scorer.errors import InputError, OutputError, ParityError, ScorerError
+from scorer.errors import InputError, OutputError, ParityError, ScorerError, Terminated
 from scorer.evaluate import write_report
 from scorer.parts import OutputLock, PartStore, fingerprint
 from scorer.read import TableReader
@@ -27,7 +27,8 @@ PREFIX = "pred_"
 
 @dataclass
 class UnitSummary:
-    """What happened to one input: scored, resumed, skipped (already done) or failed."""
+    """What happened to one input: scored, resumed, skipped (already done), failed, or interrupted / terminated
+    (Ctrl-C, SIGTERM: its finished windows are kept for the rerun)."""
 
     input: str
     output: str
@@ -121,7 +122,8 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
              classifier.provider, len(units))
     started = time.perf_counter()
-    summaries, fatal = [], None
+    summaries: list[UnitSummary] = []
+    fatal: BaseException | None = None
     try:
         for unit in units:
             try:
@@ -133,6 +135,12 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
                     fatal = exc
                     break
                 log.error("error: %s", exc)
+            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the summary says where the run stopped
+                stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
+                summaries.append(UnitSummary(str(unit.source), str(unit.output), stopped, error=stopped,
+                                             exit_code=143 if stopped == "terminated" else 130))
+                fatal = exc
+                break
     finally:
         classifier.close()
     summary = _summarise(summaries, classifier, time.perf_counter() - started, config.window_rows)

@@ -154,10 +154,13 @@ def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code
     reference, output = tmp_path / "reference.parquet", tmp_path / "out.parquet"
     assert run(source, "-o", reference, *common).exit_code == 0
     parts = tmp_path / ".out.parquet.scorer-parts"
-    process = _midway([str(source), "-o", str(output), *common], parts, 3)
+    process = _midway([str(source), "-o", str(output), "--summary", str(tmp_path / "last-run.json"), *common],
+                      parts, 3)
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code and stderr.decode() == f"{said}\n"
+    stopped = json.loads((tmp_path / "last-run.json").read_text())["inputs"][0]
+    assert stopped["state"] == said and stopped["exit_code"] == code and stopped["output"] == str(output)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == [parts.name]
     assert not output.exists() and list(parts.glob("part-*.parquet"))
     assert run(source, "-o", output, *common).exit_code == 0
