@@ -28,7 +28,7 @@ class WorkUnit:
 
 def expand_inputs(spec: str) -> tuple[list[Path], Path | None]:
     """The input files INPUT names, sorted, and the base directory they are relative to (None for one file)."""
-    if any(char in spec for char in _MAGIC):
+    if any(char in spec for char in _MAGIC) and not Path(spec).exists():  # a file may be named "day[1].csv"
         base = _glob_base(spec)
         files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _is_data_file(Path(p)))
         if not files:

@@ -68,6 +68,13 @@ def test_directory_is_mirrored_and_a_rerun_skips_finished_outputs(tiny_export, i
     assert forced.exit_code == 0 and (out / "b.parquet").stat().st_mtime_ns != before
 
 
+def test_a_file_whose_name_looks_like_a_glob_is_read_as_named(tiny_export, tmp_path):
+    (tmp_path / "day[1].csv").write_text("sentence\nfine\n")
+    (tmp_path / "day1.csv").write_text("sentence\nother\nrows\n")  # what the name matches as a pattern
+    assert run(tmp_path / "day[1].csv", "--model", tiny_export).exit_code == 0
+    assert pq.read_table(tmp_path / "day[1].scored.parquet").column("sentence").to_pylist() == ["fine"]
+
+
 def test_glob_input_with_csv_outputs(tiny_export, inbox, tmp_path):
     out = tmp_path / "out"
     result = run(f"{inbox}/**/*.parquet", "--model", tiny_export, "--output", out, "--format", "csv")
