@@ -20,6 +20,14 @@ def test_every_command_has_help_and_is_documented(command):
     assert f"scorer {command}" in README.read_text()
 
 
+def test_every_option_is_in_the_readme():
+    readme = README.read_text()
+    missing = [f"{name} {option}" for name, command in main.commands.items() for param in command.params
+               for option in (*param.opts, *param.secondary_opts)
+               if option.startswith("--") and option != "--help" and option not in readme]
+    assert not missing, f"options not in the README: {', '.join(missing)}"
+
+
 def test_exit_codes_are_in_the_help_and_the_readme():
     help_text = CliRunner().invoke(main, ["--help"]).output
     readme = README.read_text()
