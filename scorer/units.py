@@ -57,7 +57,19 @@ def plan_units(spec: str, output: Path | None, output_format: str | None = None)
     if output.exists() and not output.is_dir():
         raise OutputError(f"--output {output} is a file; several inputs need a directory")
     suffix = "." + (output_format or "parquet")
-    return [WorkUnit(f, output / f.relative_to(base).parent / (data_stem(f) + suffix)) for f in files]
+    units = [WorkUnit(f, output / f.relative_to(base).parent / (data_stem(f) + suffix)) for f in files]
+    _refuse_shared_outputs(units)
+    return units
+
+
+def _refuse_shared_outputs(units: list[WorkUnit]) -> None:
+    """Two inputs that differ only in format (a.csv, a.parquet) would be scored into one output, one over the other."""
+    seen: dict[Path, Path] = {}
+    for unit in units:
+        if unit.output in seen:
+            raise OutputError(f"{seen[unit.output]} and {unit.source} would both be scored into {unit.output}; "
+                              "move or rename one of them")
+        seen[unit.output] = unit.source
 
 
 def _with_format(path: Path, output_format: str) -> Path:

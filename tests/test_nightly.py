@@ -68,6 +68,18 @@ def test_directory_is_mirrored_and_a_rerun_skips_finished_outputs(tiny_export, i
     assert forced.exit_code == 0 and (out / "b.parquet").stat().st_mtime_ns != before
 
 
+def test_two_inputs_that_would_share_an_output_are_refused_before_any_work(tiny_export, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.csv").write_text("sentence\nfrom csv\n")
+    (inbox / "a.csv.gz").write_bytes(gzip.compress(b"sentence\nfrom gzip\n"))
+    result = run(inbox, "--model", tiny_export, "--output", tmp_path / "out", "--overwrite")
+    assert result.exit_code == 5 and result.output.count("\n") == 1, result.output
+    assert f"{inbox / 'a.csv'} and {inbox / 'a.csv.gz'} would both be scored into {tmp_path / 'out' / 'a.parquet'}" \
+        in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_whose_name_looks_like_a_glob_is_read_as_named(tiny_export, tmp_path):
     (tmp_path / "day[1].csv").write_text("sentence\nfine\n")
     (tmp_path / "day1.csv").write_text("sentence\nother\nrows\n")  # what the name matches as a pattern
