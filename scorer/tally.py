@@ -6,6 +6,7 @@ uninterrupted one, and makes the check and the sample table describe exactly wha
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from scorer.classify import STATUSES
 from scorer.evaluate import LabelIndex, evaluation
 from scorer.metrics import confusion_of
 
+log = logging.getLogger("scorer")
 UNSCORED = ("null", "empty", "not_text")
 
 
@@ -56,6 +58,9 @@ def tally(parts: list[Path], columns: Columns, labels: list, source: Path, sampl
         true = index.indices(read_column(parts, columns.label).to_pylist(), source, columns.label, 1)
         predicted = index.indices(read_column(parts, columns.predicted).to_pylist(), source, columns.predicted, 1)
         usable = np.flatnonzero((true >= 0) & (predicted >= 0))
+        if not usable.size:  # accuracy would be 0/0: NaN in the summary, which strict JSON readers refuse
+            log.warning("%s: no row has both a label and a score; nothing to evaluate", source)
+            return Tally(rows=len(status), status_counts=dict(counts), evaluation=None)
         confusion = confusion_of(labels, true[usable], predicted[usable])
         chosen = _choose(usable, samples, seed)
         texts = rows_of(parts, columns.text, chosen)

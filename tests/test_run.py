@@ -199,6 +199,15 @@ def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_pa
     assert "| row | sentence | true label | predicted label |" in report.read_text()
 
 
+def test_labelled_input_without_a_scorable_row_has_no_evaluation(tiny_export, tmp_path):
+    data = tmp_path / "dev.csv"
+    data.write_text("sentence,label\n,1\n  ,0\n")
+    result = run(data, "--model", tiny_export, "--summary", tmp_path / "summary.json")
+    assert result.exit_code == 0 and "accuracy" not in result.output, result.output
+    text = (tmp_path / "summary.json").read_text()
+    assert "NaN" not in text and json.loads(text)["inputs"][0]["evaluation"] is None
+
+
 def test_check_against_pytorch_passes_and_is_in_the_summary(tiny_export, parquet_input, tmp_path):
     for variant in ("fp32", "int8"):
         out = tmp_path / f"{variant}.parquet"
