@@ -15,7 +15,7 @@ import click
 
 from scorer import __version__
 from scorer.config import CUDA_GRAPHS, POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
-from scorer.errors import EXIT_CODES, ScorerError, Terminated
+from scorer.errors import EXIT_CODES, ScorerError, Terminated, stopped
 
 log = logging.getLogger("scorer")
 PATH = click.Path(exists=False, dir_okay=True, path_type=Path)
@@ -46,12 +46,10 @@ def command(func: Callable) -> Callable:
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except Terminated:
-            click.echo("terminated", err=True)
-            sys.exit(143)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+            said, code = stopped(exc)
+            click.echo(said, err=True)
+            sys.exit(code)
         except Exception as exc:
             if debug:
                 raise

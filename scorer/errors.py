@@ -67,3 +67,8 @@ EXIT_CODES = {
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that a terminated run unwinds and cleans up as an interrupted one."""
+
+
+def stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What a run stopped by Ctrl-C or SIGTERM says, and its exit code."""
+    return ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)

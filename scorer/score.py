@@ -11,7 +11,7 @@ from pathlib import Path
 from scorer import __version__, atomic
 from scorer.classify import DEFAULT_WINDOW_ROWS, OnnxClassifier
 from scorer.config import RunConfig
-from scorer.errors import InputError, OutputError, ParityError, ScorerError, Terminated
+from scorer.errors import InputError, OutputError, ParityError, ScorerError, stopped
 from scorer.evaluate import write_report
 from scorer.parts import OutputLock, PartStore, fingerprint
 from scorer.read import TableReader
@@ -136,9 +136,8 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
                     break
                 log.error("error: %s", exc)
             except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the summary says where the run stopped
-                stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
-                summaries.append(UnitSummary(str(unit.source), str(unit.output), stopped, error=stopped,
-                                             exit_code=143 if stopped == "terminated" else 130))
+                said, code = stopped(exc)
+                summaries.append(UnitSummary(str(unit.source), str(unit.output), said, error=said, exit_code=code))
                 fatal = exc
                 break
     finally:

@@ -13,14 +13,13 @@ import pyarrow.parquet as pq
 from scorer import atomic
 from scorer.errors import ConfigError, InputError, OutputError
 from scorer.manifest import sha256_file
-from scorer.read import data_stem
+from scorer.read import FORMATS, data_stem
 
-OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 METADATA_KEY = b"scorer"
 
 
 def output_format(path: Path) -> str:
-    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise OutputError(f"{path}: unknown output type '{path.suffix}'; name the output .parquet, .csv or .tsv")
     return fmt

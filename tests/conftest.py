@@ -53,6 +53,11 @@ def build_tiny_encoder(directory: Path, **config) -> Path:
     BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=TINY_POSITIONS, **config)
               ).save_pretrained(directory)
+    return with_tokenizer(directory)
+
+
+def with_tokenizer(directory: Path) -> Path:
+    """`directory` with the packaged model's WordPiece tokenizer files copied in."""
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_source() / name, directory / name)
     return directory

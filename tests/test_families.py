@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
-from tests.conftest import TOKENIZER_FILES, tokenizer_source
+from tests.conftest import with_tokenizer
 
 SHAPE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -32,9 +31,7 @@ def _encoder(family: str, directory: Path) -> Path:
     else:
         config = transformers.ElectraConfig(vocab_size=30522, embedding_size=16, max_position_embeddings=128, **SHAPE)
     transformers.AutoModel.from_config(config).save_pretrained(directory)
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_source() / name, directory / name)
-    return directory
+    return with_tokenizer(directory)
 
 
 @pytest.mark.parametrize("family", ["distilbert", "roberta", "electra"])
