@@ -97,7 +97,8 @@ def _judge(name, provider, reference, logits, batches, targets, labels, config: 
     accuracy = mcc = None
     if targets is not None:
         predicted = np.concatenate([out.argmax(1) for out, b in zip(logits, batches, strict=True) if b.covering])
-        confusion = confusion_of(labels, targets, predicted)
+        labelled = targets >= 0  # rows without a label count for agreement, not for accuracy
+        confusion = confusion_of(labels, targets[labelled], predicted[labelled])
         accuracy, mcc = confusion.accuracy(), confusion.mcc()
     if torch_row is None:
         passed, requirement = True, "the reference"

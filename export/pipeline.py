@@ -19,9 +19,10 @@ from export.quantize import QuantizeReport, quantize_int8
 from scorer import atomic
 from scorer.config import ExportConfig, RunConfig, example_file, to_json
 from scorer.errors import InputError, ParityError, ProviderError
+from scorer.labels import LabelIndex
 from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
 from scorer.model import HeadConfig, SentenceClassifier
-from scorer.read import TableReader, normalise_labels
+from scorer.read import TableReader
 from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 
 log = logging.getLogger("scorer")
@@ -134,7 +135,8 @@ def _calibration_texts(config: ExportConfig, trained: dict, text_column: str) ->
 
 def _parity_data(config: ExportConfig, head: HeadConfig, text_column: str, label_column: str
                  ) -> tuple[list[str], np.ndarray | None, str]:
-    """Texts (and label indices when every label is known) from --data, else the packaged examples."""
+    """Texts and label indices (-1 where a row has no label; None without labels) from --data, else the packaged
+    examples."""
     path = config.data
     if path is None:
         path, text_column, label_column = _packaged_examples()
@@ -149,15 +151,13 @@ def _parity_data(config: ExportConfig, head: HeadConfig, text_column: str, label
         raise InputError(f"{path} has no data rows; parity needs sentences")
     if label_column not in reader.columns:
         return texts, None, str(path)
-    values = normalise_labels(table.column(label_column).to_pylist())
-    index = {str(label): i for i, label in enumerate(head.labels)}
-    unknown = sorted({str(v) for v in values if str(v) not in index})
-    if unknown and config.data is not None:
-        raise InputError(f"{path}: label(s) {', '.join(unknown)} in column '{label_column}' are not ones the "
-                         f"model knows ({', '.join(index)}); fix the file or pass --label-column")
-    if unknown:
-        return texts, None, str(path)
-    return texts, np.array([index[str(v)] for v in values], dtype=np.int64), str(path)
+    try:
+        targets = LabelIndex(head.labels).indices(table.column(label_column).to_pylist(), path, label_column, 1)
+    except InputError:
+        if config.data is not None:
+            raise
+        return texts, None, str(path)  # the packaged examples' labels are not this model's: parity without accuracy
+    return texts, (targets if (targets >= 0).any() else None), str(path)
 
 
 def _packaged_examples() -> tuple[Path, str, str]:

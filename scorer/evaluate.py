@@ -1,43 +1,11 @@
-"""Evaluation of labelled input: label lookup, metrics, the sample table, and the Markdown/JSON report."""
+"""Evaluation of labelled input: metrics, the sample table, and the Markdown/JSON report."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
-
-from scorer.errors import InputError
 from scorer.metrics import Confusion
-
-
-class LabelIndex:
-    """Maps label values as written in any file (1, "1", 1.0) to the model's label indices."""
-
-    def __init__(self, labels: list) -> None:
-        self.labels = labels
-        self._index = {_key(label): i for i, label in enumerate(labels)}
-
-    def indices(self, values: list, source: Path, column: str, first_row: int) -> np.ndarray:
-        """Index of each value, -1 where the value is missing; an unknown value is an InputError naming its row."""
-        out = np.full(len(values), -1, dtype=np.int64)
-        for row, value in enumerate(values):
-            if value is None or (isinstance(value, str) and not value.strip()):
-                continue
-            index = self._index.get(_key(value))
-            if index is None:
-                raise InputError(
-                    f"{source} row {first_row + row}: label {value!r} in column '{column}' is not one the model "
-                    f"knows ({', '.join(self._index)}); fix the row or pass --label-column for another column"
-                )
-            out[row] = index
-        return out
-
-
-def _key(value: object) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
 
 
 def evaluation(confusion: Confusion, column: str, unlabelled: int, unscored: int, samples: list[dict]) -> dict:

@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from scorer.errors import InputError
+from scorer.labels import label_value, normalise_labels
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 # CSV and TSV may come compressed (nightly feeds often do); they are decompressed as they are read.
@@ -240,31 +241,6 @@ def read_labelled(path: Path, text_column: str, label_column: str) -> LabelledDa
             raise InputError(
                 f"{path} row {row}: column '{text_column}' is empty or not text; fix or remove that row"
             )
-        if label is None or (isinstance(label, str) and not label.strip()):
+        if label_value(label) is None:
             raise InputError(f"{path} row {row}: column '{label_column}' has no label; fix or remove that row")
     return LabelledData(texts=texts, labels=normalise_labels(labels), source=Path(path))
-
-
-def normalise_labels(values: list) -> list[int | str]:
-    """Labels as ints when every value is an integer (CSV gives text), else as stripped strings."""
-    out: list[int | str] = []
-    for value in values:
-        if isinstance(value, bool):
-            out.append(int(value))
-        elif isinstance(value, int):
-            out.append(value)
-        elif isinstance(value, float) and value.is_integer():
-            out.append(int(value))
-        else:
-            out.append(str(value).strip())
-    if all(isinstance(v, int) or (isinstance(v, str) and _is_int(v)) for v in out):
-        return [int(v) for v in out]
-    return [str(v) for v in out]
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
-from scorer.evaluate import LabelIndex
+from scorer.labels import LabelIndex
 from scorer.parts import PartStore
 from scorer.read import TableReader
 from scorer.tally import Columns

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scorer.classify import STATUSES
-from scorer.evaluate import LabelIndex, evaluation
+from scorer.evaluate import evaluation
+from scorer.labels import LabelIndex
 from scorer.metrics import confusion_of
 
 log = logging.getLogger("scorer")

@@ -1,0 +1,73 @@
+"""Class labels as files write them: one reading of a label value for training, export and evaluation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from scorer.errors import InputError
+
+
+def label_value(value: object) -> int | str | None:
+    """A label as an int where it is a whole number however written (1, 1.0, "1", " 1.0 ", True), else the stripped
+    text; None where it is missing (null, NaN, blank), as pandas and CSV files write a missing label."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return int(value) if value.is_integer() else str(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    return _whole_number(text) if _whole_number(text) is not None else text
+
+
+def _whole_number(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if math.isfinite(number) and number.is_integer() else None
+
+
+def normalise_labels(values: list) -> list[int | str]:
+    """Present labels as ints when every one is a whole number, else all as text (so "1" and "yes" are one kind)."""
+    out = [label_value(v) for v in values]
+    if all(isinstance(v, int) for v in out):
+        return out
+    return [str(v) for v in out]
+
+
+class LabelIndex:
+    """Maps label values as written in any file (1, "1", 1.0) to the model's label indices."""
+
+    def __init__(self, labels: list) -> None:
+        self.labels = labels
+        self._index = {str(label_value(label)): i for i, label in enumerate(labels)}
+
+    def indices(self, values: list, source: Path | str, column: str, first_row: int) -> np.ndarray:
+        """Index of each value, -1 where the label is missing; an unknown value is an InputError naming its row."""
+        out = np.full(len(values), -1, dtype=np.int64)
+        for row, value in enumerate(values):
+            key = label_value(value)
+            if key is None:
+                continue
+            index = self._index.get(str(key))
+            if index is None:
+                raise InputError(
+                    f"{source} row {first_row + row}: label {value!r} in column '{column}' is not one the model "
+                    f"knows ({', '.join(self._index)}); fix the row or pass --label-column for another column"
+                )
+            out[row] = index
+        return out

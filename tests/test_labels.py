@@ -1,0 +1,92 @@
+"""Labels however a file writes them (1, "1", 1.0, "1.0", True; NaN or blank for none) mean one thing in train,
+export and evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from scorer.cli import main
+from scorer.errors import InputError
+from scorer.labels import LabelIndex, label_value, normalise_labels
+from scorer.read import read_labelled
+
+
+@pytest.mark.parametrize("value,expected", [
+    (1, 1), (True, 1), (0.0, 0), ("1", 1), (" 1.0 ", 1), ("-2", -2), ("1e1", 10), (0.5, "0.5"), ("yes ", "yes"),
+    ("nan", "nan"), (None, None), (math.nan, None), ("", None), ("  ", None),
+])
+def test_a_label_is_a_whole_number_however_written_text_otherwise_and_nan_or_blank_is_none(value, expected):
+    assert label_value(value) == expected
+
+
+def test_labels_are_all_numbers_or_all_text():
+    assert normalise_labels(["0", 1.0, True, " 0.0"]) == [0, 1, 1, 0]
+    assert normalise_labels(["1", "yes", 2.0]) == ["1", "yes", "2"]
+
+
+def test_the_index_finds_a_label_however_written_and_skips_missing_ones():
+    index = LabelIndex([0, 1])
+    assert index.indices([1, "0", "1.0", 0.0, None, math.nan, " "], "f.csv", "label", 1).tolist() == [
+        1, 0, 1, 0, -1, -1, -1]
+    with pytest.raises(InputError, match=r"f.csv row 3: label '2' in column 'label' is not one the model knows"):
+        index.indices(["1", "0", "2"], "f.csv", "label", 1)
+    assert LabelIndex(["1", "yes"]).indices([1, "yes"], "f.csv", "label", 1).tolist() == [0, 1]
+
+
+def test_a_nan_label_in_training_data_is_a_missing_label_not_a_class(tmp_path):
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"sentence": ["a", "b", "c"], "label": [1.0, math.nan, 0.0]}), path)
+    with pytest.raises(InputError, match=r"train.parquet row 2: column 'label' has no label"):
+        read_labelled(path, "sentence", "label")
+
+
+def test_csv_labels_written_as_decimals_train_the_classes_parquet_integers_evaluate(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("sentence,label\na,1.0\nb,0.0\nc,1\n")
+    assert read_labelled(path, "sentence", "label").labels == [1, 0, 1]
+
+
+def test_run_evaluates_decimal_and_nan_labels_against_an_integer_labelled_model(tiny_export, tmp_path):
+    """pandas writes an unlabelled row's label as NaN in a float column; those rows are unlabelled, not errors."""
+    texts = [f"sentence number {i} is here" for i in range(30)]
+    labels = [math.nan if i % 5 == 0 else float(i % 2) for i in range(30)]
+    data = tmp_path / "dev.parquet"
+    pq.write_table(pa.table({"sentence": texts, "label": labels}), data)
+    csv = tmp_path / "dev_text.csv"
+    csv.write_text("sentence,label\n" + "".join(f"{t},{'' if math.isnan(v) else f'{v:.1f}'}\n"
+                                                for t, v in zip(texts, labels, strict=True)))
+    for path in (data, csv):
+        result = CliRunner().invoke(main, ["run", str(path), "--model", str(tiny_export), "-q"])
+        assert result.exit_code == 0, result.output
+        evaluation = json.loads(path.with_name(f"{path.stem}.scored.parquet.summary.json").read_text()
+                                )["inputs"][0]["evaluation"]
+        assert evaluation["rows"] == 24 and evaluation["unlabelled_rows"] == 6
+        scored = pq.read_table(path.with_name(f"{path.stem}.scored.parquet"))
+        true = np.array([v for v in labels if not math.isnan(v)], dtype=int)
+        predicted = np.array([p for p, v in zip(scored.column("pred_label").to_pylist(), labels, strict=True)
+                              if not math.isnan(v)])
+        assert evaluation["accuracy"] == pytest.approx((true == predicted).mean())
+
+
+def test_export_parity_counts_accuracy_on_the_labelled_rows_only(tiny_checkpoint, tmp_path):
+    data = tmp_path / "parity.parquet"
+    texts = [f"a sentence with {i} words in it" for i in range(40)]
+    pq.write_table(pa.table({"sentence": texts, "label": [math.nan if i % 4 == 0 else float(i % 2)
+                                                          for i in range(40)]}), data)
+    out = tmp_path / "onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(out), "--data",
+                                       str(data), "--variants", "fp32", "-q"])
+    assert result.exit_code == 0, result.output
+    parity = json.loads((out / "parity.json").read_text())
+    fp32 = next(v for v in parity["variants"] if v["variant"] == "fp32")
+    result = CliRunner().invoke(main, ["run", str(data), "--model", str(out), "--variant", "fp32", "-q"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "parity.scored.parquet.summary.json").read_text())["inputs"][0]["evaluation"]
+    assert run["rows"] == 30 and fp32["accuracy"] == pytest.approx(run["accuracy"])
