@@ -53,8 +53,8 @@ def _check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
 
 def _check_max_length(value: int) -> None:
     _check(
-        1 < value <= MAX_LENGTH_LIMIT,
-        f"--max-length must be between 2 and {MAX_LENGTH_LIMIT}, not {value}",
+        2 < value <= MAX_LENGTH_LIMIT,  # [CLS], a token of the sentence, [SEP]
+        f"--max-length must be between 3 and {MAX_LENGTH_LIMIT}, not {value}",
     )
 
 

@@ -47,6 +47,11 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def coverage(self, unknown_id: int | None, special_ids: list[int]) -> tuple[int, int]:
+        """Tokens of the texts themselves (no [CLS]/[SEP]/padding) the vocabulary knows, and those it does not."""
+        unknown = 0 if unknown_id is None else int((self.ids == unknown_id).sum())
+        return int((~np.isin(self.ids, special_ids)).sum()), unknown
+
     def pad(self, rows: np.ndarray | Sequence[int], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """input_ids and attention_mask (int64) for `rows`, padded with 0 to `length` or the longest row."""
         rows = np.asarray(rows, dtype=np.int64)

@@ -16,7 +16,7 @@ from scorer import atomic, plot
 from scorer.adapt import ReplacedTokens, masked_lm, replaced_token_detection
 from scorer.config import TrainConfig, to_json
 from scorer.dataset import TrainingData, load_training_data
-from scorer.errors import ConfigError, ProviderError
+from scorer.errors import ConfigError, InputError, ProviderError
 from scorer.loop import Trainer, predict
 from scorer.metrics import confusion_of
 from scorer.model import (
@@ -30,6 +30,7 @@ from scorer.model import (
 from scorer.tokens import TextEncoder
 
 log = logging.getLogger("scorer")
+_UNKNOWN_WARNING = 0.05  # share of [UNK] training tokens that says the vocabulary does not fit the text
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     hf_tokenizer, encoder_model = _load_pretrained(config)
     text_encoder = TextEncoder(_backend_copy(hf_tokenizer), config.max_length)
     train_set = text_encoder.encode(data.train_texts)
+    _check_coverage(train_set, hf_tokenizer, data, config)
     val_set = text_encoder.encode(data.val_texts)
     encoder_model, adapt_losses = _adapt(encoder_model, config, hf_tokenizer, train_set, device, precision)
     keep_bottom_layers(encoder_model, config.keep_layers)
@@ -172,6 +174,17 @@ def _load_pretrained(config: TrainConfig):
             f"{encoder.config.vocab_size}; the tokenizer does not belong to this model"
         )
     return tokenizer, encoder
+
+
+def _check_coverage(train_set, hf_tokenizer, data: TrainingData, config: TrainConfig) -> None:
+    """Refuse text the encoder's vocabulary cannot read at all; warn where much of it is [UNK]."""
+    known, unknown = train_set.coverage(hf_tokenizer.unk_token_id, hf_tokenizer.all_special_ids)
+    if not known:
+        raise InputError(f"{config.data}: no sentence has a token that the vocabulary of {config.model} knows "
+                         f"({unknown} [UNK]); is --model right for this text?")
+    if unknown > _UNKNOWN_WARNING * (known + unknown):
+        log.warning("%.0f%% of the training tokens are [UNK]: the vocabulary of %s reads this text poorly; is "
+                    "--model right for it?", 100 * unknown / (known + unknown), config.model)
 
 
 def _backend_copy(hf_tokenizer):

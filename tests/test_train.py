@@ -66,7 +66,7 @@ def test_max_length_above_the_position_limit_is_refused(tiny_encoder, tmp_path):
     assert result.exit_code == 2
     assert f"position limit {TINY_POSITIONS}" in result.output
     result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--max-length", "513"))
-    assert result.exit_code == 2 and "between 2 and 512" in result.output
+    assert result.exit_code == 2 and "between 3 and 512" in result.output
     assert not (tmp_path / "c").exists()
 
 
@@ -86,6 +86,18 @@ def test_bad_training_inputs_exit_3_with_one_line(tiny_encoder, tmp_path):
     assert result.exit_code == 3 and "only the label 1" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_text_the_vocabulary_cannot_read_is_refused_and_text_it_reads_poorly_warned(tiny_encoder, tmp_path):
+    """Uncased English WordPiece reads 'ⴰⵣⵓⵍ' (Tifinagh) as [UNK] only: nothing would be learnt from such text."""
+    data = tmp_path / "train.csv"
+    data.write_text("sentence,label\n" + "".join(f"ⴰⵣⵓⵍ ⵜⴰⵏⵎⵉⵔⵜ,{i % 2}\n" for i in range(20)))
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data)))
+    assert result.exit_code == 3 and "train.csv: no sentence has a token that the vocabulary" in result.output
+    assert "(36 [UNK])" in result.output and not (tmp_path / "c").exists()  # 18 rows after the validation split
+    data.write_text("sentence,label\n" + "".join(f"the ⴰⵣⵓⵍ cat ⵜⴰⵏⵎⵉⵔⵜ,{i % 2}\n" for i in range(20)))
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data)))
+    assert result.exit_code == 0 and "50% of the training tokens are [UNK]" in result.output
 
 
 def test_existing_checkpoint_needs_overwrite(tiny_encoder, tmp_path):
