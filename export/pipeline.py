@@ -47,6 +47,8 @@ class ExportResult:
 def export_model(config: ExportConfig) -> ExportResult:
     """Export, optimise, check parity, write the manifest; raise ParityError (report kept) if the gate fails."""
     atomic.check_writable(config.output, config.overwrite)
+    atomic.check_keeps(config.output, {"--checkpoint": config.checkpoint, "--data": config.data,
+                                       "--calibration": config.calibration})
     model = SentenceClassifier.load(config.checkpoint, attn_implementation="eager")
     head = model.head_config
     trained = _train_settings(config.checkpoint)

@@ -38,6 +38,15 @@ def check_writable(path: Path, overwrite: bool, option: str = "--output") -> Non
         raise OutputError(f"{parent} is not writable ({exc.strerror}); choose another {option}") from exc
 
 
+def check_keeps(output: Path, inputs: dict[str, Path | None], option: str = "--output") -> None:
+    """Refuse an output directory whose replacement would delete an input: the same path, or a directory above it."""
+    target = output.resolve()
+    for name, path in inputs.items():
+        if path is not None and (Path(path).resolve() == target or target in Path(path).resolve().parents):
+            raise OutputError(f"{option} {output} holds {name} {path}, which replacing it would delete; choose "
+                              f"another {option}")
+
+
 # What a full or read-only disk, a quota or a file-size limit raise while an output is written.
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 

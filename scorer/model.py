@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -17,6 +19,8 @@ from scorer.errors import ConfigError, ModelError, first_line
 HEAD_CONFIG = "scorer_head.json"
 HEAD_WEIGHTS = "scorer_head.safetensors"
 _PADDING_FLOOR = -1e4  # below any hidden state, and an fp16 number: what max pooling sees at padding
+# A cut-off or foreign weights file: safetensors' header errors, torch's size mismatches, a damaged pickle.
+_DAMAGED_WEIGHTS = (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError)
 # Models whose position ids start after the padding index, so two positions are not usable for tokens.
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
@@ -96,9 +100,17 @@ class SentenceClassifier(nn.Module):
                 f"{directory} is not a scorer checkpoint (missing {', '.join(missing)}); "
                 "pass the directory that `scorer train` wrote"
             )
-        head = HeadConfig(**json.loads((directory / HEAD_CONFIG).read_text()))
+        try:
+            head = HeadConfig(**json.loads((directory / HEAD_CONFIG).read_text()))
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"{directory / HEAD_CONFIG} is damaged ({first_line(exc)}); train again or restore "
+                             "the checkpoint") from exc
         model = cls(load_encoder(directory, attn_implementation), head)
-        model.classifier.load_state_dict(load_file(str(directory / HEAD_WEIGHTS)))
+        try:
+            model.classifier.load_state_dict(load_file(str(directory / HEAD_WEIGHTS)))
+        except _DAMAGED_WEIGHTS as exc:
+            raise ModelError(f"{directory / HEAD_WEIGHTS} is damaged or not this head's ({first_line(exc)}); "
+                             "train again or restore the checkpoint") from exc
         return model.eval()
 
 
@@ -112,7 +124,7 @@ def load_encoder(path: Path | str, attn_implementation: str | None = None) -> nn
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         return AutoModel.from_pretrained(str(path), dtype=torch.float32, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, *_DAMAGED_WEIGHTS) as exc:
         raise ModelError(f"{path}: cannot load a Hugging Face encoder ({first_line(exc)})") from exc
 
 

@@ -17,7 +17,7 @@ from scorer.parts import OutputLock, PartStore, fingerprint
 from scorer.read import TableReader
 from scorer.stream import stream
 from scorer.tally import Columns, scored_sample, tally
-from scorer.units import WorkUnit, plan_units
+from scorer.units import WorkUnit, plan_units, refuse_overwriting
 from scorer.write import OutputSink, check_text_format, completion_record
 
 log = logging.getLogger("scorer")
@@ -118,6 +118,9 @@ def open_classifier(config: RunConfig) -> tuple[OnnxClassifier, RunConfig]:
 def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     """Score every unit of config.input; failures of single units are collected, then raised at the end."""
     units = plan_units(config.input, config.output, config.output_format)
+    report_json = config.report.with_suffix(".json") if config.report else None
+    refuse_overwriting(units, {"--report": config.report, "--report's JSON": report_json, "--summary": config.summary},
+                       {"--model": config.model, "--checkpoint": config.checkpoint})
     classifier, config = open_classifier(config)
     log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
              classifier.provider, len(units))

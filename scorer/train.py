@@ -16,7 +16,7 @@ from scorer import atomic, plot
 from scorer.adapt import ReplacedTokens, masked_lm, replaced_token_detection
 from scorer.config import TrainConfig, to_json
 from scorer.dataset import TrainingData, load_training_data
-from scorer.errors import ConfigError, InputError, ProviderError
+from scorer.errors import ConfigError, InputError, ModelError, ProviderError, first_line
 from scorer.loop import Trainer, predict
 from scorer.metrics import confusion_of
 from scorer.model import (
@@ -65,6 +65,7 @@ class TrainResult:
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Run the whole training job described by `config` and write the checkpoint directory."""
     atomic.check_writable(config.output, config.overwrite)
+    atomic.check_keeps(config.output, {"--model": config.model, "--data": config.data, "--val-data": config.val_data})
     _seed_everything(config.seed)
     device = _resolve_device(config.device)
     if config.cuda_graphs != "off" and device != "cuda":
@@ -167,9 +168,12 @@ def _load_pretrained(config: TrainConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(config.model), use_fast=True)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{config.model}: no usable fast tokenizer ({exc})") from exc
+        raise ModelError(f"{config.model}: no usable fast tokenizer ({first_line(exc)})") from exc
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # transformers 5 builds an empty one without files
+        raise ModelError(f"{config.model}: no tokenizer files (tokenizer.json, or vocab.txt for WordPiece); copy the "
+                          "tokenizer the encoder was pretrained with into that directory")
     if len(tokenizer) > encoder.config.vocab_size:
-        raise ConfigError(
+        raise ModelError(
             f"{config.model}: tokenizer has {len(tokenizer)} tokens but the encoder only "
             f"{encoder.config.vocab_size}; the tokenizer does not belong to this model"
         )

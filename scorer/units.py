@@ -72,6 +72,23 @@ def _refuse_shared_outputs(units: list[WorkUnit]) -> None:
         seen[unit.output] = unit.source
 
 
+def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], kept: dict[str, Path | None]) -> None:
+    """Refuse a file the run writes beside its outputs (--summary, --report) at the path of one of its inputs or
+    outputs, of another such file, or of a file in a directory it reads (the export, the checkpoint)."""
+    taken = {u.source.resolve(): f"the input {u.source}" for u in units}
+    taken.update({u.output.resolve(): f"the output {u.output}" for u in units})
+    for option, path in written.items():
+        if path is None:
+            continue
+        target = path.resolve()
+        what = taken.get(target) or next((f"a file of {name} {directory}" for name, directory in kept.items()
+                                          if directory is not None and target.is_file()
+                                          and Path(directory).resolve() in target.parents), None)
+        if what is not None:
+            raise OutputError(f"{option} {path} would replace {what}; choose another path for it")
+        taken[target] = f"{option} {path}"
+
+
 def _with_format(path: Path, output_format: str) -> Path:
     return path.with_suffix("." + output_format)
 

@@ -494,6 +494,28 @@ def test_export_refuses_a_missing_checkpoint_and_unknown_parity_labels(tiny_chec
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("name,damage,message", [
+    ("model.safetensors", b"", "cannot load a Hugging Face encoder"),
+    ("scorer_head.safetensors", b"", "scorer_head.safetensors is damaged or not this head's"),
+    ("scorer_head.json", b'{"labels": [0, 1], "pool', "scorer_head.json is damaged"),
+])
+def test_a_damaged_checkpoint_is_a_model_error_and_no_export(tiny_checkpoint, tmp_path, name, damage, message):
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
+    path = checkpoint / name
+    path.write_bytes(damage or path.read_bytes()[:100])
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 4 and message in result.output and not (tmp_path / "o").exists()
+
+
+def test_an_export_directory_that_holds_the_checkpoint_is_refused_even_with_overwrite(tiny_checkpoint, tmp_path):
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "work" / "checkpoint"))
+    for output in (checkpoint, checkpoint.parent):
+        result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(output),
+                                           "--overwrite", "-q"])
+        assert result.exit_code == 5 and f"holds --checkpoint {checkpoint}" in result.output
+    assert sorted(p.name for p in checkpoint.iterdir()) == sorted(p.name for p in tiny_checkpoint.iterdir())
+
+
 def test_gate_judges_agreement_and_accuracy_against_pytorch():
     from export.parity import _judge
     from scorer.config import ExportConfig

@@ -287,6 +287,20 @@ def test_output_rules(tiny_export, parquet_input, tmp_path):
     assert missing.exit_code == 3 and "columns are id, sentence" in missing.output
 
 
+def test_summary_and_report_never_replace_an_input_an_output_or_a_model_file(tiny_export, parquet_input, tmp_path):
+    out = tmp_path / "out.parquet"
+    before = {p: p.read_bytes() for p in [parquet_input, *tiny_export.iterdir()]}
+    for option, path, what in (("--summary", parquet_input, "the input"), ("--report", parquet_input, "the input"),
+                               ("--summary", out, "the output"), ("--summary", tiny_export / "manifest.json",
+                                                                  "a file of --model"),
+                               ("--summary", tmp_path / "r.json", "--report's JSON")):
+        report = ["--report", tmp_path / "r.md"] if option == "--summary" else []
+        result = run(parquet_input, "--model", tiny_export, "-o", out, option, path, *report)
+        assert result.exit_code == 5 and f"{option} {path} would replace {what}" in result.output
+    assert {p: p.read_bytes() for p in before} == before and not out.exists()
+    assert run(parquet_input, "--model", tiny_export, "-o", out, "--summary", tmp_path / "s.json").exit_code == 0
+
+
 def test_damaged_exports_are_refused(export_copy, parquet_input, tmp_path):
     with open(export_copy / "model.int8.onnx", "ab") as handle:
         handle.write(b"tampered")

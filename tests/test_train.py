@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,8 +15,9 @@ import torch
 from click.testing import CliRunner
 
 from scorer.cli import main
+from scorer.config import example_file
 from scorer.model import SentenceClassifier
-from tests.conftest import TINY_POSITIONS
+from tests.conftest import TINY_POSITIONS, TOKENIZER_FILES
 
 
 def train_args(encoder, output, *extra):
@@ -109,6 +112,36 @@ def test_existing_checkpoint_needs_overwrite(tiny_encoder, tmp_path):
 def test_missing_model_directory_is_a_model_error(tmp_path):
     result = CliRunner().invoke(main, ["train", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "c")])
     assert result.exit_code == 4 and "is not a directory" in result.output
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("cut weights", "cannot load a Hugging Face encoder (Error while deserializing header"),
+    ("no tokenizer", "no tokenizer files (tokenizer.json, or vocab.txt for WordPiece)"),
+])
+def test_a_damaged_model_directory_is_a_model_error(tiny_encoder, tmp_path, damage, message):
+    model = Path(shutil.copytree(tiny_encoder, tmp_path / "model"))
+    if damage == "cut weights":
+        weights = model / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        for name in TOKENIZER_FILES:
+            (model / name).unlink()
+    result = CliRunner().invoke(main, train_args(model, tmp_path / "c"))
+    assert result.exit_code == 4 and message in result.output and not (tmp_path / "c").exists()
+
+
+def test_an_output_that_holds_the_model_or_data_is_refused_even_with_overwrite(tiny_encoder, tmp_path):
+    """--overwrite replaces the whole output directory: one holding the model or the data would lose them."""
+    work = tmp_path / "work"
+    model = Path(shutil.copytree(tiny_encoder, work / "model"))
+    data = Path(shutil.copy(example_file("train.csv"), work / "train.csv"))
+    for output, named in ((model, f"holds --model {model}"), (work, f"holds --model {model}")):
+        result = CliRunner().invoke(main, train_args(model, output, "--overwrite"))
+        assert result.exit_code == 5 and named in result.output
+    result = CliRunner().invoke(main, train_args(tiny_encoder, work, "--data", str(data), "--overwrite"))
+    assert result.exit_code == 5 and f"holds --data {data}" in result.output
+    assert sorted(p.name for p in work.iterdir()) == ["model", "train.csv"]
+    assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in tiny_encoder.iterdir())
 
 
 def test_cuda_device_without_a_gpu_exits_6(tiny_encoder, tmp_path):
