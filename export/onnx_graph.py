@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from scorer.errors import ModelError
+from scorer.errors import ConfigError, ModelError
 from scorer.model import SentenceClassifier
 
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -31,6 +31,9 @@ def export_onnx(model: SentenceClassifier, path: Path, opset: int) -> None:
     input_ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (_EXPORT_BATCH, _EXPORT_LENGTH), generator=generator)
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, _EXPORT_LENGTH // 2 :] = 0
+    newest = getattr(torch.onnx._constants, "ONNX_MAX_OPSET", None)  # what this torch's exporter can write
+    if newest is not None and opset > newest:
+        raise ConfigError(f"--opset {opset} is newer than torch {torch.__version__} can export (at most {newest})")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(

@@ -144,17 +144,21 @@ def _parity_data(config: ExportConfig, head: HeadConfig, text_column: str, label
         path, text_column, label_column = _packaged_examples()
     reader = TableReader(path)
     reader.require(text_column, "--text-column")
-    table = reader.read_all().slice(0, config.max_rows)
+    table = reader.read_all()
     texts = table.column(text_column).to_pylist()
-    for row, text in enumerate(texts, start=1):
-        if not isinstance(text, str) or not text.strip():
-            raise InputError(f"{path} row {row}: column '{text_column}' is empty or not text; fix or remove that row")
-    if not texts:
-        raise InputError(f"{path} has no data rows; parity needs sentences")
+    rows = [i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()][: config.max_rows]
+    if not rows:
+        raise InputError(f"{path} has no row with text in column '{text_column}'; parity needs sentences")
+    if rows[-1] + 1 > len(rows):  # what `scorer run` scores as empty or not_text has no parity to check
+        log.info("parity: %d row(s) of %s without text left out", rows[-1] + 1 - len(rows), path)
+    texts = [texts[i] for i in rows]
     if label_column not in reader.columns:
+        if config.label_column is not None and config.data is not None:
+            reader.require(label_column, "--label-column")  # named by the user: its absence is an error
         return texts, None, str(path)
+    index, values = LabelIndex(head.labels), table.column(label_column).to_pylist()
     try:
-        targets = LabelIndex(head.labels).indices(table.column(label_column).to_pylist(), path, label_column, 1)
+        targets = np.array([index.indices([values[i]], path, label_column, i + 1)[0] for i in rows], dtype=np.int64)
     except InputError:
         if config.data is not None:
             raise

@@ -167,7 +167,7 @@ def train(progress: bool, **options) -> None:
 @click.option("--text-column", help="Text column of --data [default: the training one].")
 @click.option("--label-column", help="Label column of --data [default: the training one].")
 @click.option("--variants", help="Comma-separated: fp32,fp16,int8 [default: all three].")
-@click.option("--opset", type=int, help="ONNX opset, ≥ 17 [default: 17].")
+@click.option("--opset", type=int, help="ONNX opset, 17 to the newest the installed torch exports [default: 17].")
 @click.option("--tolerance", type=float, help="Largest fp32 |Δlogit| the gate allows [default: 1e-4].")
 @click.option("--min-agreement", type=float, help="Label agreement fp16/int8 must reach [default: 0.995].")
 @click.option("--tie-margin", type=float,

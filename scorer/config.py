@@ -159,9 +159,9 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         _check(self.opset >= 17, f"--opset must be 17 or newer, not {self.opset}")
-        _check("fp32" in self.variants, "the fp32 variant is always exported; keep it in --variants")
         for variant in self.variants:
             _check_choice(variant, VARIANTS, "--variants")
+        _check("fp32" in self.variants, "the fp32 variant is always exported; keep it in --variants")
         _check(self.tolerance > 0, f"--tolerance must be positive, not {self.tolerance}")
         _check(0 < self.min_agreement <= 1, f"--min-agreement must be in (0, 1], not {self.min_agreement}")
         _check(self.tie_margin >= 0, f"--tie-margin must not be negative, not {self.tie_margin}")

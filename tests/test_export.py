@@ -516,6 +516,35 @@ def test_an_export_directory_that_holds_the_checkpoint_is_refused_even_with_over
     assert sorted(p.name for p in checkpoint.iterdir()) == sorted(p.name for p in tiny_checkpoint.iterdir())
 
 
+def test_export_options_and_parity_data_it_cannot_use_are_refused_before_any_output(tiny_checkpoint, tmp_path):
+    data = tmp_path / "parity.csv"
+    data.write_text("sentence,label\nfine,1\n")
+    for extra, code, message in (
+        (["--variants", "fp64"], 2, "--variants must be one of fp32, fp16, int8, not 'fp64'"),
+        (["--opset", "99"], 2, "--opset 99 is newer than torch"),
+        (["--data", str(data), "--label-column", "gold"], 3, "column 'gold' not found in parity.csv"),
+    ):
+        result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "o"),
+                                           "-q", *extra])
+        assert result.exit_code == code and message in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parity.csv"]
+
+
+def test_parity_leaves_out_rows_without_text_and_keeps_the_labels_of_the_others(tiny_checkpoint, tmp_path):
+    data = tmp_path / "parity.csv"
+    data.write_text("sentence,label\n" + "".join(f"sentence {i} is here,{i % 2}\n" if i % 3 else f",{i % 2}\n"
+                                                   for i in range(30)))
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(out), "--data",
+                                       str(data), "--variants", "fp32"])
+    assert result.exit_code == 0 and "10 row(s) of" in result.output and "on 20 rows" in result.output
+    fp32 = next(v for v in json.loads((out / "parity.json").read_text())["variants"] if v["variant"] == "fp32")
+    scored = CliRunner().invoke(main, ["run", str(data), "--model", str(out), "--variant", "fp32", "-q"])
+    assert scored.exit_code == 0, scored.output
+    run = json.loads((tmp_path / "parity.scored.parquet.summary.json").read_text())["inputs"][0]["evaluation"]
+    assert run["rows"] == 20 and fp32["accuracy"] == pytest.approx(run["accuracy"])
+
+
 def test_gate_judges_agreement_and_accuracy_against_pytorch():
     from export.parity import _judge
     from scorer.config import ExportConfig
