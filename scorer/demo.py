@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 
 from scorer.config import RunConfig, TrainConfig, example_file
+from scorer.errors import OutputError
 from scorer.score import RunSummary, score_file
 
 log = logging.getLogger("scorer")
+_MARK = ".scorer-demo"  # says that the demo made the work directory, so its next run may replace what is in it
 
 
 def run_demo(workdir: Path, epochs: int | None = None, progress: bool = True) -> RunSummary:
@@ -17,6 +19,7 @@ def run_demo(workdir: Path, epochs: int | None = None, progress: bool = True) ->
     from scorer.config import ExportConfig
     from scorer.train import train
 
+    _claim(workdir)
     checkpoint, onnx_dir = workdir / "checkpoint", workdir / "onnx"
     train_options = {"epochs": epochs} if epochs else {}
     log.info("== 1/3 scorer train (packaged MiniLM, packaged example sentences) ==")
@@ -27,3 +30,15 @@ def run_demo(workdir: Path, epochs: int | None = None, progress: bool = True) ->
     config = RunConfig(input=str(example_file("demo.csv")), output=workdir / "demo.scored.csv", model=onnx_dir,
                        check=20, samples=10, report=workdir / "demo.report.md", overwrite=True)
     return score_file(config, progress=progress)
+
+
+def _claim(workdir: Path) -> None:
+    """Refuse a work directory with files the demo did not write (a real checkpoint, say), then mark it as the
+    demo's own."""
+    if workdir.exists() and not workdir.is_dir():
+        raise OutputError(f"--workdir {workdir} is a file; choose a new or empty directory")
+    if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / _MARK).is_file():
+        raise OutputError(f"--workdir {workdir} holds files the demo did not write, and the demo replaces its "
+                          "checkpoint and onnx directories; choose a new or empty directory")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / _MARK).write_text("made by `scorer demo`, which replaces what it wrote here on each run\n")

@@ -36,6 +36,19 @@ def test_three_commands_with_no_options_in_an_empty_directory(tmp_path, monkeypa
                                             "input.scored.parquet.summary.json", "scorer-artifacts"]
 
 
+def test_demo_refuses_a_work_directory_with_files_it_did_not_write(tmp_path):
+    """The demo replaces its work directory's checkpoint and onnx: a real checkpoint there must not be lost."""
+    work = tmp_path / "runs"
+    (work / "checkpoint").mkdir(parents=True)
+    (work / "checkpoint" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "file").write_text("x")
+    for workdir, message in ((work, "holds files the demo did not write"), (tmp_path / "file", "is a file")):
+        result = CliRunner().invoke(main, ["demo", "--workdir", str(workdir), "--quiet"])
+        assert result.exit_code == 5 and message in result.output
+    assert (work / "checkpoint" / "model.safetensors").read_bytes() == b"weights"
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoint"]
+
+
 @pytest.mark.cola
 def test_cola_files_read_as_documented():
     train = read_labelled(COLA / "train.tsv", "sentence", "label")
