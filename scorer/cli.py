@@ -248,7 +248,8 @@ def run_command(progress: bool, input: str, **options) -> None:
 
 @main.command()
 @click.option("--workdir", type=PATH, default=Path("scorer-demo"), show_default=True,
-              help="Where the demo writes its checkpoint, export and scores (replaced on each run; a directory with other files is refused).")
+              help="Where the demo writes its checkpoint, export and scores (replaced on each run; a directory "
+                   "with other files is refused).")
 @click.option("--epochs", type=int, help="Training epochs for the demo model.")
 @command
 def demo(progress: bool, workdir: Path, epochs: int | None) -> None:

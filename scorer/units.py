@@ -56,6 +56,10 @@ def plan_units(spec: str, output: Path | None, output_format: str | None = None)
         raise OutputError(f"{spec} names {len(files)} files; pass --output DIR to mirror their scores under it")
     if output.exists() and not output.is_dir():
         raise OutputError(f"--output {output} is a file; several inputs need a directory")
+    # An --output inside the input directory holds last night's scores: they are outputs, not new inputs.
+    files = [f for f in files if output.resolve() not in f.resolve().parents]
+    if not files:
+        raise InputError(f"{spec} names no file outside --output {output}; nothing to score")
     suffix = "." + (output_format or "parquet")
     units = [WorkUnit(f, output / f.relative_to(base).parent / (data_stem(f) + suffix)) for f in files]
     _refuse_shared_outputs(units)

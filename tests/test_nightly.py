@@ -68,6 +68,19 @@ def test_directory_is_mirrored_and_a_rerun_skips_finished_outputs(tiny_export, i
     assert forced.exit_code == 0 and (out / "b.parquet").stat().st_mtime_ns != before
 
 
+@pytest.mark.parametrize("as_glob", [False, True])
+def test_an_output_directory_inside_the_input_directory_is_not_read_as_new_input(tiny_export, inbox, as_glob):
+    """`scorer run inbox -o inbox/scored` every night: last night's scores must not become tonight's inputs."""
+    spec = f"{inbox}/**/*.parquet" if as_glob else inbox
+    out = inbox / "scored"
+    for night in range(2):
+        result = run(spec, "--model", tiny_export, "--output", out)
+        assert result.exit_code == 0, (night, result.output)
+        inputs = [u["input"] for u in json.loads((out / "scorer-summary.json").read_text())["inputs"]]
+        assert all(not Path(i).is_relative_to(out) for i in inputs) and len(inputs) == (1 if as_glob else 2)
+    assert not (out / "scored").exists()
+
+
 def test_two_inputs_that_would_share_an_output_are_refused_before_any_work(tiny_export, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
