@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from scorer.config import TrainConfig
 from scorer.errors import InputError
+from scorer.labels import label_value
 from scorer.read import read_labelled
 
+log = logging.getLogger("scorer")
 MAX_LABELS = 100
+_OVERLAP_WARNING = 0.1  # share of validation sentences that are also training sentences worth a warning
 
 
 @dataclass(frozen=True)
@@ -39,19 +43,30 @@ def load_training_data(config: TrainConfig) -> TrainingData:
             f"{config.data}: column '{config.label_column}' has {len(labels)} distinct values; "
             f"at most {MAX_LABELS} labels are supported; is --label-column right?"
         )
-    index = {label: i for i, label in enumerate(labels)}
-    targets = np.array([index[label] for label in train.labels], dtype=np.int64)
+    index = {str(label_value(label)): i for i, label in enumerate(labels)}
+    targets = np.array([index[str(label_value(label))] for label in train.labels], dtype=np.int64)
     if config.val_data is not None:
         val = read_labelled(config.val_data, config.text_column, config.label_column)
-        unknown = sorted({str(v) for v in val.labels if v not in index})
+        unknown = sorted({str(v) for v in val.labels if str(label_value(v)) not in index})
         if unknown:
             raise InputError(
                 f"{config.val_data}: label(s) {', '.join(unknown)} in column '{config.label_column}' "
                 f"do not occur in {config.data}; the model only knows {', '.join(map(str, labels))}"
             )
-        val_targets = np.array([index[label] for label in val.labels], dtype=np.int64)
+        _warn_overlap(train.texts, val.texts, config)
+        val_targets = np.array([index[str(label_value(label))] for label in val.labels], dtype=np.int64)
         return TrainingData(labels, train.texts, targets, val.texts, val_targets, str(config.val_data))
     return _split(labels, train.texts, targets, config)
+
+
+def _warn_overlap(train_texts: list[str], val_texts: list[str], config: TrainConfig) -> None:
+    """Say when many validation sentences are training sentences too: then validation measures recall, and the
+    epoch it selects is the one that memorised best."""
+    seen = set(train_texts)
+    shared = sum(text in seen for text in val_texts)
+    if shared > _OVERLAP_WARNING * len(val_texts):
+        log.warning("%d of %d validation sentences in %s also occur in %s: validation partly measures memory, "
+                    "not new sentences", shared, len(val_texts), config.val_data, config.data)
 
 
 def _split(labels: list, texts: list[str], targets: np.ndarray, config: TrainConfig) -> TrainingData:

@@ -60,6 +60,7 @@ def test_val_data_from_parquet_and_string_labels(tiny_encoder, tmp_path):
         tiny_encoder, tmp_path / "ckpt", "--data", str(tmp_path / "train.parquet"), "--val-data",
         str(tmp_path / "val.parquet"), "--text-column", "text", "--label-column", "verdict"))
     assert result.exit_code == 0, result.output
+    assert "10 of 10 validation sentences in" in result.output  # the validation rows are training rows too
     metrics = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
     assert metrics["labels"] == ["no", "yes"] and metrics["val_rows"] == 10
 
@@ -82,6 +83,9 @@ def test_bad_training_inputs_exit_3_with_one_line(tiny_encoder, tmp_path):
     result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data), "--val-data", str(val)))
     assert result.exit_code == 3
     assert "label(s) 7 in column 'label' do not occur in" in result.output
+    val.write_text("sentence,label\nx,0.0\ny,maybe\n")  # text labels: 0.0 is still the label 0
+    result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data), "--val-data", str(val)))
+    assert result.exit_code == 3 and "label(s) maybe in column 'label' do not occur in" in result.output
     result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data), "--text-column", "body"))
     assert result.exit_code == 3 and "columns are sentence, label" in result.output
     data.write_text("sentence,label\n" + "".join(f"s {i},1\n" for i in range(20)))
