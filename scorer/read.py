@@ -23,6 +23,7 @@ FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"
 COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
 _CSV_BLOCK = 1 << 22
 _PARQUET_BATCH = 1 << 14
+_SEPARATORS = {"csv": ",", "tsv": "\t"}
 
 
 def data_suffix(path: Path) -> str | None:
@@ -91,6 +92,13 @@ class TableReader:
     def require(self, column: str, option: str) -> None:
         """Raise a clear error when a needed column is missing."""
         if column not in self.columns:
+            own = _SEPARATORS.get(self.format)
+            separator = next((sep for sep in (";", "\t", ",", "|") if sep != own and len(self.columns) == 1
+                              and sep in self.columns[0]), None)
+            if own is not None and separator is not None:
+                raise InputError(f"{self.path.name} has one column, '{self.columns[0]}': its fields are separated by "
+                                 f"{separator!r}, not {_SEPARATORS[self.format]!r}; write it as .csv with commas or "
+                                 ".tsv with tabs")
             raise InputError(
                 f"column '{column}' not found in {self.path.name}; columns are "
                 f"{', '.join(self.columns) or '(none)'}; pass {option} with one of them"

@@ -63,6 +63,27 @@ def test_missing_column_lists_the_columns(tmp_path):
         TableReader(path).require("sentence", "--text-column")
 
 
+@pytest.mark.parametrize("name,content,said", [
+    ("semi.csv", "sentence;label\nhi;1\n", "';', not ','"),
+    ("tabs.csv", "sentence\tlabel\nhi\t1\n", "'\\t', not ','"),
+    ("commas.tsv", "sentence,label\nhi,1\n", "',', not '\\t'"),
+])
+def test_a_file_with_another_separator_is_named_as_such(tmp_path, name, content, said):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InputError) as error:
+        TableReader(path).require("sentence", "--text-column")
+    assert f"{name} has one column" in str(error.value) and f"its fields are separated by {said}" in str(error.value)
+    with pytest.raises(InputError, match="column 'body' not found in"):  # one column without a separator in it
+        TableReader(_one_column(tmp_path)).require("body", "--text-column")
+
+
+def _one_column(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("sentence\nhi\n")
+    return path
+
+
 @pytest.mark.parametrize(
     "content,message",
     [
