@@ -73,6 +73,10 @@ def atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
         if no_room is not None:
             raise no_room from exc
         raise
+    if target.exists() and not overwrite:  # written by another run while this one worked: keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"{target} was written by another run while this one worked; pass --overwrite to replace "
+                          "it, or choose another --output")
     replace(staging, target)
 
 
