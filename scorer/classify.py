@@ -261,7 +261,7 @@ class OnnxClassifier:
 
     def prepare(self, column: pa.Array | pa.ChunkedArray) -> Prepared:
         """The CPU half of classify: find the rows to score and tokenise them (thread-safe, GIL mostly free)."""
-        column = plain_text(column)
+        given, column = column, plain_text(column)
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         status = np.full(len(column), _CODE[OK], dtype=np.int8)
@@ -271,6 +271,9 @@ class OnnxClassifier:
         else:
             status[:] = _CODE[NOT_TEXT]
         status[column.is_null().to_numpy(zero_copy_only=False)] = _CODE[NULL]
+        if given.type != column.type:  # bytes that are not UTF-8 became nulls in plain_text
+            undecodable = pc.and_(given.is_valid(), column.is_null())
+            status[undecodable.to_numpy(zero_copy_only=False)] = _CODE[NOT_TEXT]
         valid = np.flatnonzero(status == _CODE[OK])
         texts = column if len(valid) == len(column) else column.take(pa.array(valid, pa.int64()))
         encoded = self.encoder.encode(texts if is_text(texts) else [])

@@ -8,6 +8,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import pyarrow as pa
+
 from scorer import __version__, atomic
 from scorer.classify import DEFAULT_WINDOW_ROWS, OnnxClassifier
 from scorer.config import RunConfig
@@ -17,6 +19,7 @@ from scorer.parts import OutputLock, PartStore, fingerprint
 from scorer.read import TableReader
 from scorer.stream import stream
 from scorer.tally import Columns, scored_sample, tally
+from scorer.tokens import is_text, plain_text
 from scorer.units import WorkUnit, plan_units, refuse_overwriting
 from scorer.write import OutputSink, check_text_format, completion_record
 
@@ -210,6 +213,10 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
 def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier) -> Columns:
     text = config.text_column or classifier.manifest.text_column
     reader.require(text, "--text-column")
+    kind = reader.schema.field(text).type if reader.schema is not None else None
+    if kind is not None and not is_text(plain_text(pa.nulls(0, kind))):
+        log.warning("%s: column '%s' holds %s, not text: its rows are scored as not_text; is --text-column right?",
+                    reader.path, text, kind)
     if config.label_column:
         reader.require(config.label_column, "--label-column")
         label = config.label_column

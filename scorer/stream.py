@@ -99,13 +99,15 @@ def _replay(store: PartStore, sink: OutputSink, count: int) -> None:
 
 
 def pieces(column: pa.ChunkedArray | pa.Array, chars: int) -> list[pa.Array]:
-    """`column` cut into consecutive slices, each ending at the row that brings it to `chars` characters."""
-    column = plain_text(column)
+    """`column` cut into consecutive slices, each ending at the row that brings it to `chars` characters. The slices
+    keep the column's own type (each is read as text when it is tokenised: a row of bytes that are not UTF-8 must
+    still be seen to be one)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    if not is_text(column) or len(column) == 0:
+    text = plain_text(column)
+    if not is_text(text) or len(column) == 0:
         return [column]
-    ends = np.cumsum(pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False))
+    ends = np.cumsum(pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))
     cut, start = [], 0
     while start < len(column):
         before = int(ends[start - 1]) if start else 0

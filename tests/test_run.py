@@ -232,13 +232,14 @@ def test_unknown_labels_and_empty_input_leave_no_output(tiny_export, tmp_path):
 
 def test_non_text_column_is_kept_unscored(tiny_export, tmp_path):
     pq.write_table(pa.table({"sentence": [1, None, 3]}), tmp_path / "ints.parquet")
-    assert run(tmp_path / "ints.parquet", "--model", tiny_export).exit_code == 0
+    result = run(tmp_path / "ints.parquet", "--model", tiny_export)
+    assert result.exit_code == 0 and "column 'sentence' holds int64, not text" in result.output
     table = pq.read_table(tmp_path / "ints.scored.parquet")
     assert table.column("status").to_pylist() == ["not_text", "null", "not_text"]
     assert table.column("score").null_count == 3
 
 
-def test_dictionary_encoded_and_view_strings_are_text(tiny_export, tmp_path):
+def test_dictionary_encoded_view_and_binary_utf8_strings_are_text(tiny_export, tmp_path):
     """pandas categoricals and Spark write text dictionary-encoded; it is scored like plain strings, kept as it was."""
     texts = ["the cat sat.", None, "a dog ran far.", "the cat sat.", "  "]
     pq.write_table(pa.table({"sentence": texts}), tmp_path / "plain.parquet")
@@ -247,16 +248,29 @@ def test_dictionary_encoded_and_view_strings_are_text(tiny_export, tmp_path):
     if hasattr(pa, "string_view"):
         pq.write_table(pa.table({"sentence": pa.array(texts, pa.string_view())}), tmp_path / "view.parquet")
         inputs.append("view.parquet")
+    utf8 = [None if t is None else t.encode() for t in texts]  # strings without the UTF-8 annotation (Hive)
+    pq.write_table(pa.table({"sentence": pa.array(utf8, pa.binary())}), tmp_path / "bytes.parquet")
+    pq.write_table(pa.table({"sentence": pa.array(utf8, pa.binary()).dictionary_encode()}), tmp_path / "db.parquet")
+    inputs += ["bytes.parquet", "db.parquet"]
     tables = []
     for name in inputs:
         assert run(tmp_path / name, "--model", tiny_export, "--window-rows", "2").exit_code == 0
         tables.append(pq.read_table(tmp_path / name.replace(".parquet", ".scored.parquet")))
     assert tables[0].column("status").to_pylist() == ["ok", "null", "ok", "ok", "empty"]
     assert pa.types.is_dictionary(tables[1].schema.field("sentence").type)
-    for table in tables[1:]:
-        assert table.column("sentence").to_pylist() == texts
-        for name in ("status", "score", "label"):
-            assert table.column(name).to_pylist() == tables[0].column(name).to_pylist()
+    for name, table in zip(inputs[1:], tables[1:], strict=True):
+        assert table.column("sentence").to_pylist() == (utf8 if name in ("bytes.parquet", "db.parquet") else texts)
+        for column in ("status", "score", "label"):
+            assert table.column(column).to_pylist() == tables[0].column(column).to_pylist()
+
+
+def test_a_row_of_bytes_that_are_not_utf8_is_not_text_and_the_others_are_scored(tiny_export, tmp_path):
+    rows = [b"the cat sat.", b"caf\xe9 au lait", None, b"a dog ran far."]  # row 2: Latin-1, not UTF-8
+    pq.write_table(pa.table({"sentence": pa.array(rows, pa.binary())}), tmp_path / "bytes.parquet")
+    assert run(tmp_path / "bytes.parquet", "--model", tiny_export, "--window-rows", "3").exit_code == 0
+    table = pq.read_table(tmp_path / "bytes.scored.parquet")
+    assert table.column("status").to_pylist() == ["ok", "not_text", "null", "ok"]
+    assert table.column("sentence").to_pylist() == rows
 
 
 def test_nested_columns_are_refused_for_csv_output_before_any_work_and_kept_in_parquet(tiny_export, tmp_path):
