@@ -22,7 +22,7 @@ from scorer.errors import InputError, ParityError, ProviderError
 from scorer.labels import LabelIndex
 from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
 from scorer.model import HeadConfig, SentenceClassifier
-from scorer.read import TableReader
+from scorer.read import TableReader, plain_text
 from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 
 log = logging.getLogger("scorer")
@@ -145,7 +145,7 @@ def _parity_data(config: ExportConfig, head: HeadConfig, text_column: str, label
     reader = TableReader(path)
     reader.require(text_column, "--text-column")
     table = reader.read_all()
-    texts = table.column(text_column).to_pylist()
+    texts = plain_text(table.column(text_column)).to_pylist()
     rows = [i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()][: config.max_rows]
     if not rows:
         raise InputError(f"{path} has no row with text in column '{text_column}'; parity needs sentences")

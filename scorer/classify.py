@@ -18,8 +18,9 @@ import pyarrow.compute as pc
 from scorer.batches import Batch, BatchTally, WindowBatcher
 from scorer.errors import ModelError, ProviderError
 from scorer.manifest import Manifest, load_manifest, sha256_file
+from scorer.read import plain_text
 from scorer.session import batch_runner, create_session, resolve_provider
-from scorer.tokens import Encoded, TextEncoder, is_text, plain_text
+from scorer.tokens import Encoded, TextEncoder, is_text
 
 log = logging.getLogger("scorer")
 

@@ -225,6 +225,28 @@ def _locate_csv_problem(path: Path, fmt: str, expected: int) -> str | None:
     return ""
 
 
+def plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """`column` with strings stored another way (dictionary-encoded, as pandas categoricals and Spark write them;
+    Arrow's string views; UTF-8 bytes in a binary column) turned into plain strings; anything else as it is."""
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return column if kind == column.type else column.cast(kind)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):  # strings without the UTF-8 annotation (Hive)
+        try:
+            return column.cast(pa.large_string() if pa.types.is_large_binary(kind) else pa.string())
+        except pa.ArrowInvalid:  # some rows are not UTF-8: those become nulls here, which `prepare` calls not_text
+            return pa.array([_utf8(value) for value in column.to_pylist()], pa.large_string())
+    is_view = getattr(pa.types, "is_string_view", None)  # pyarrow 16 and newer
+    return column.cast(pa.large_string()) if is_view is not None and is_view(kind) else column
+
+
+def _utf8(value: bytes | None) -> str | None:
+    try:
+        return None if value is None else value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 @dataclass(frozen=True)
 class LabelledData:
     """Texts and their labels from one file, with the file they came from."""
@@ -242,7 +264,7 @@ def read_labelled(path: Path, text_column: str, label_column: str) -> LabelledDa
     table = reader.read_all()
     if table.num_rows == 0:
         raise InputError(f"{path} has no data rows; a labelled file needs at least one")
-    texts = table.column(text_column).to_pylist()
+    texts = plain_text(table.column(text_column)).to_pylist()
     labels = table.column(label_column).to_pylist()
     for row, (text, label) in enumerate(zip(texts, labels, strict=True), start=1):
         if not isinstance(text, str) or not text.strip():

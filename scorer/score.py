@@ -16,10 +16,10 @@ from scorer.config import RunConfig
 from scorer.errors import InputError, OutputError, ParityError, ScorerError, stopped
 from scorer.evaluate import write_report
 from scorer.parts import OutputLock, PartStore, fingerprint
-from scorer.read import TableReader
+from scorer.read import TableReader, plain_text
 from scorer.stream import stream
 from scorer.tally import Columns, scored_sample, tally
-from scorer.tokens import is_text, plain_text
+from scorer.tokens import is_text
 from scorer.units import WorkUnit, plan_units, refuse_overwriting
 from scorer.write import OutputSink, check_text_format, completion_record
 

@@ -17,9 +17,9 @@ from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
 from scorer.labels import LabelIndex
 from scorer.parts import PartStore
-from scorer.read import TableReader
+from scorer.read import TableReader, plain_text
 from scorer.tally import Columns
-from scorer.tokens import is_text, plain_text
+from scorer.tokens import is_text
 from scorer.write import OutputSink
 
 

@@ -22,28 +22,6 @@ def is_text(column: pa.Array) -> bool:
     return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
 
 
-def plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """`column` with strings stored another way (dictionary-encoded, as pandas categoricals and Spark write them;
-    Arrow's string views; UTF-8 bytes in a binary column) turned into plain strings; anything else as it is."""
-    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return column if kind == column.type else column.cast(kind)
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):  # strings without the UTF-8 annotation (Hive)
-        try:
-            return column.cast(pa.large_string() if pa.types.is_large_binary(kind) else pa.string())
-        except pa.ArrowInvalid:  # some rows are not UTF-8: those become nulls here, which `prepare` calls not_text
-            return pa.array([_utf8(value) for value in column.to_pylist()], pa.large_string())
-    is_view = getattr(pa.types, "is_string_view", None)  # pyarrow 16 and newer
-    return column.cast(pa.large_string()) if is_view is not None and is_view(kind) else column
-
-
-def _utf8(value: bytes | None) -> str | None:
-    try:
-        return None if value is None else value.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 @dataclass(frozen=True)
 class Encoded:
     """Token ids of many texts, stored flat: row i is ids[offsets[i]:offsets[i + 1]]."""

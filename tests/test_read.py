@@ -126,3 +126,13 @@ def test_labelled_rows_need_text_and_label(tmp_path):
     path.write_text("sentence,label\nfine,1\nalso fine,\n")
     with pytest.raises(InputError, match=r"row 2: column 'label' has no label"):
         read_labelled(path, "sentence", "label")
+
+
+def test_labelled_text_in_utf8_bytes_or_a_dictionary_is_text_and_other_bytes_name_their_row(tmp_path):
+    path = write_parquet(tmp_path / "train.parquet", pa.table({
+        "sentence": pa.array([b"one", b"two"], pa.binary()).dictionary_encode(), "label": [0, 1]}))
+    assert read_labelled(path, "sentence", "label").texts == ["one", "two"]
+    path = write_parquet(tmp_path / "train.parquet", pa.table({
+        "sentence": pa.array([b"one", b"caf\xe9"], pa.binary()), "label": [0, 1]}))
+    with pytest.raises(InputError, match=r"train.parquet row 2: column 'sentence' is empty or not text"):
+        read_labelled(path, "sentence", "label")
