@@ -189,6 +189,9 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
         started = time.perf_counter()
         try:
             waits = stream(reader, classifier, columns, store, sink, first, config, progress)
+            if fingerprint(reader.path) != source:  # a feed still being written, or replaced mid-run
+                raise InputError(f"{reader.path} changed while it was scored (still being written?); no output was "
+                                 "written; run again once the file is complete")
             parts = store.parts()
             if not parts:
                 raise InputError(f"{reader.path} has no data rows; nothing to score")

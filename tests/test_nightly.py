@@ -176,6 +176,22 @@ def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
     assert not list(tmp_path.glob(".resumed.parquet.tmp-*"))
 
 
+def test_an_input_that_changes_while_it_is_scored_gives_no_output_and_the_rerun_scores_it_whole(tiny_export, tmp_path):
+    """A nightly feed still being written: what was read is not what the file holds, so nothing is kept."""
+    source = tmp_path / "feed.csv"
+    source.write_text("sentence\n" + "".join(f"{s}\n" for s in sentences(40_000)))
+    output = tmp_path / "feed.parquet"
+    common = ["--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32"]
+    process = _midway([str(source), "-o", str(output), *common], tmp_path / ".feed.parquet.scorer-parts", 2)
+    with source.open("a") as feed:
+        feed.write("".join(f"{s}\n" for s in sentences(10, offset=40_000)))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3 and "feed.csv changed while it was scored" in stderr.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feed.csv"]
+    assert run(source, "-o", output, *common).exit_code == 0
+    assert pq.read_table(output).num_rows == 40_010
+
+
 @pytest.mark.parametrize("sig,code,said", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code, said):
     """SIGTERM (a scheduler's timeout) and Ctrl-C: the run stops its threads, removes its temporary output and
