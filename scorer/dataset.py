@@ -72,14 +72,19 @@ def _warn_overlap(train_texts: list[str], val_texts: list[str], config: TrainCon
 def _split(labels: list, texts: list[str], targets: np.ndarray, config: TrainConfig) -> TrainingData:
     if len(texts) < 4:
         raise InputError(f"{config.data} has {len(texts)} rows; too few to split off a validation set")
-    order = np.random.default_rng(config.seed).permutation(len(texts))
-    n_val = max(1, round(len(texts) * config.val_fraction))
-    val_rows, train_rows = order[:n_val], order[n_val:]
+    # Stratified: each label gives its share of rows (at least one where it has two), so a rare class is validated.
+    rng = np.random.default_rng(config.seed)
+    chosen = [rng.permutation(rows)[: max(1, round(len(rows) * config.val_fraction))]
+              for rows in (np.flatnonzero(targets == label) for label in range(len(labels))) if len(rows) >= 2]
+    if not chosen:
+        raise InputError(f"{config.data}: no label has two rows, so none can be validated; pass --val-data")
+    val_rows = np.sort(np.concatenate(chosen))
+    train_rows = np.setdiff1d(np.arange(len(texts)), val_rows)
     return TrainingData(
         labels=labels,
         train_texts=[texts[i] for i in train_rows],
         train_targets=targets[train_rows],
         val_texts=[texts[i] for i in val_rows],
         val_targets=targets[val_rows],
-        val_source=f"{config.val_fraction:.0%} of {config.data.name} (seed {config.seed})",
+        val_source=f"{config.val_fraction:.0%} of each label of {config.data.name} (seed {config.seed})",
     )

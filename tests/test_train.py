@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from scorer.cli import main
 from scorer.config import example_file
+from scorer.errors import InputError
 from scorer.model import SentenceClassifier
 from tests.conftest import TINY_POSITIONS, TOKENIZER_FILES
 
@@ -63,6 +64,22 @@ def test_val_data_from_parquet_and_string_labels(tiny_encoder, tmp_path):
     assert "10 of 10 validation sentences in" in result.output  # the validation rows are training rows too
     metrics = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
     assert metrics["labels"] == ["no", "yes"] and metrics["val_rows"] == 10
+
+
+def test_the_validation_split_takes_each_labels_share_so_a_rare_label_is_validated(tmp_path):
+    from scorer.config import TrainConfig
+    from scorer.dataset import load_training_data
+
+    data = tmp_path / "train.csv"
+    data.write_text("sentence,label\n" + "".join(f"sentence {i},{int(i % 40 == 0)}\n" for i in range(400)))
+    split = load_training_data(TrainConfig(data=data, seed=3))
+    assert np.bincount(split.val_targets).tolist() == [39, 1] and np.bincount(split.train_targets).tolist() == [351, 9]
+    assert sorted(split.train_texts + split.val_texts) == sorted(f"sentence {i}" for i in range(400))
+    again, other = (load_training_data(TrainConfig(data=data, seed=seed)) for seed in (3, 4))
+    assert again.val_texts == split.val_texts and other.val_texts != split.val_texts
+    data.write_text("sentence,label\na,0\nb,1\nc,2\nd,3\n")
+    with pytest.raises(InputError, match="no label has two rows"):
+        load_training_data(TrainConfig(data=data))
 
 
 def test_max_length_above_the_position_limit_is_refused(tiny_encoder, tmp_path):
