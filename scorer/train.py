@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -96,6 +97,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         train_loss = trainer.run_epoch(epoch)
+        _check_finite(train_loss, f"epoch {epoch}'s loss", "--lr", config.learning_rate)
         val_loss, predicted = predict(trainer.evaluated, val_set, device, data.val_targets)
         confusion = confusion_of(data.labels, data.val_targets, predicted)
         result = EpochResult(epoch, train_loss, val_loss, confusion.accuracy(), confusion.mcc(),
@@ -113,6 +115,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     log.info("best epoch %d by %s: validation accuracy %.4f, MCC %.4f; checkpoint in %s",
              best_epoch, config.select, result.best.val_accuracy, result.best.val_mcc, config.output)
     return result
+
+
+def _check_finite(loss: float, what: str, option: str, rate: float) -> None:
+    """Stop a run whose loss has diverged: its weights are NaN or infinite, and so would every score be."""
+    if not math.isfinite(loss):
+        raise ConfigError(f"training diverged: {what} is {loss}; nothing was written; lower {option} (now {rate:g})")
 
 
 def _better(candidate: EpochResult, best: EpochResult, select: str) -> bool:
@@ -223,6 +231,9 @@ def _adapt(encoder_model, config: TrainConfig, hf_tokenizer, train_set, device: 
         encoder_model, losses["rtd_losses"] = replaced_token_detection(
             encoder_model, train_set, hf_tokenizer.all_special_ids, config.rtd_epochs, config.rtd_lr,
             config.batch_size, device, precision, config.seed, config.rtd_draw)
+    for stage, what, option, rate in (("mlm_losses", "the masked-LM epochs' loss", "--mlm-lr", config.mlm_lr),
+                                      ("rtd_losses", "the replaced-token epochs' loss", "--rtd-lr", config.rtd_lr)):
+        _check_finite(losses[stage][-1] if losses[stage] else 0.0, what, option, rate)
     return encoder_model, losses
 
 

@@ -124,6 +124,18 @@ def test_text_the_vocabulary_cannot_read_is_refused_and_text_it_reads_poorly_war
     assert result.exit_code == 0 and "50% of the training tokens are [UNK]" in result.output
 
 
+@pytest.mark.parametrize("extra,said", [
+    (["--lr", "1e6", "--rtd-epochs", "0"], "epoch 1's loss is nan; nothing was written; lower --lr (now 1e+06)"),
+    (["--rtd-epochs", "1", "--rtd-lr", "1e6"], "the replaced-token epochs' loss is nan; nothing was written; lower "
+                                               "--rtd-lr"),
+])
+def test_a_diverged_training_exits_2_and_writes_no_checkpoint(tiny_encoder, tmp_path, extra, said):
+    """A NaN loss made NaN weights, a checkpoint that scores nothing, and metrics.json with NaN in it."""
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", *extra))
+    assert result.exit_code == 2 and f"training diverged: {said}" in result.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_existing_checkpoint_needs_overwrite(tiny_encoder, tmp_path):
     (tmp_path / "c").mkdir()
     result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c"))
