@@ -104,6 +104,16 @@ def replace(staging: Path, target: Path) -> None:
         os.replace(staging, target)
 
 
+def sync(path: Path) -> None:
+    """Flush a file (or a directory's entries) to the disk, so that a crash of the machine after a rename cannot
+    leave an empty file under the final name."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_text(target: Path, text: str) -> None:
     """Write a small text file atomically, replacing any previous version."""
     with atomic_file(target, overwrite=True) as staging:

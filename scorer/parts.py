@@ -83,7 +83,7 @@ class PartStore:
             except (OSError, json.JSONDecodeError):
                 state = None
             if state == self.identity:
-                done = self._contiguous_parts()
+                done = self._readable_parts()
                 for stray in self.directory.glob(".*"):
                     stray.unlink(missing_ok=True)
                 if done:
@@ -113,6 +113,20 @@ class PartStore:
         count = 0
         while self.part(count).is_file():
             count += 1
+        return count
+
+    def _readable_parts(self) -> int:
+        """How many parts from the first are whole Parquet files; the rest are removed. A part is renamed into place
+        only when written, but a crash of the machine can still leave one empty or cut (its data never synced)."""
+        count = self._contiguous_parts()
+        for index in range(count):
+            try:
+                pq.read_metadata(self.part(index))
+            except (OSError, pa.ArrowException):
+                log.info("part %d of %s is damaged; resuming before it", index, self.output.name)
+                for later in range(index, count):
+                    self.part(later).unlink(missing_ok=True)
+                return index
         return count
 
     def discard(self) -> None:

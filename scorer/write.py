@@ -112,7 +112,9 @@ class OutputSink:
         if self.format != "parquet":
             record = {**self.metadata, "rows": self.rows, "output_sha256": sha256_file(self.staging)}
             atomic.write_text(sidecar(self.path), json.dumps(record, indent=2) + "\n")
+        atomic.sync(self.staging)
         atomic.replace(self.staging, self.path)
+        atomic.sync(self.path.parent)
 
     def abort(self) -> None:
         if self._writer is not None:
