@@ -13,7 +13,7 @@ import pyarrow as pa
 from scorer import __version__, atomic
 from scorer.classify import DEFAULT_WINDOW_ROWS, OnnxClassifier
 from scorer.config import RunConfig
-from scorer.errors import InputError, OutputError, ParityError, ScorerError, stopped
+from scorer.errors import ConfigError, InputError, OutputError, ParityError, ScorerError, stopped
 from scorer.evaluate import write_report
 from scorer.parts import OutputLock, PartStore, fingerprint
 from scorer.read import TableReader, plain_text
@@ -121,6 +121,9 @@ def open_classifier(config: RunConfig) -> tuple[OnnxClassifier, RunConfig]:
 def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     """Score every unit of config.input; failures of single units are collected, then raised at the end."""
     units = plan_units(config.input, config.output, config.output_format)
+    if config.report and len(units) > 1:
+        raise ConfigError(f"--report evaluates one input, and {config.input} names {len(units)}; each input's "
+                          "evaluation is in the JSON summary (--summary), or run them one at a time")
     report_json = config.report.with_suffix(".json") if config.report else None
     refuse_overwriting(units, {"--report": config.report, "--report's JSON": report_json, "--summary": config.summary},
                        {"--model": config.model, "--checkpoint": config.checkpoint})
@@ -225,6 +228,9 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
         label = config.label_column
     else:
         label = classifier.manifest.label_column if classifier.manifest.label_column in reader.columns else None
+    if label is None and config.report:
+        raise InputError(f"--report needs labels, and {reader.path} has no column "
+                         f"'{classifier.manifest.label_column}'; pass --label-column, or drop --report")
     names = result_columns(reader.columns, reader.path)
     return Columns(text=text, label=label, predicted=names["label"], score=names["score"], status=names["status"])
 

@@ -199,6 +199,21 @@ def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_pa
     assert "| row | sentence | true label | predicted label |" in report.read_text()
 
 
+def test_a_report_that_cannot_be_written_as_asked_is_refused_before_any_work(tiny_export, parquet_input, tmp_path):
+    """--report on unlabelled input wrote nothing and exited 0; on several inputs each report replaced the last."""
+    report = tmp_path / "eval.md"
+    result = run(parquet_input, "--model", tiny_export, "--report", report)
+    assert result.exit_code == 3 and "--report needs labels, and" in result.output and "has no column 'label'" \
+        in result.output
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("a.csv", "b.csv"):
+        (inbox / name).write_text("sentence,label\nfine,1\nodd,0\n")
+    result = run(inbox, "--model", tiny_export, "-o", tmp_path / "out", "--report", report)
+    assert result.exit_code == 2 and "--report evaluates one input" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inbox", "input.parquet"]
+
+
 def test_labelled_input_without_a_scorable_row_has_no_evaluation(tiny_export, tmp_path):
     data = tmp_path / "dev.csv"
     data.write_text("sentence,label\n,1\n  ,0\n")
