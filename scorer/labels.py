@@ -26,7 +26,8 @@ def label_value(value: object) -> int | str | None:
     text = str(value).strip()
     if not text:
         return None
-    return _whole_number(text) if _whole_number(text) is not None else text
+    number = _whole_number(text)
+    return text if number is None else number
 
 
 def _whole_number(text: str) -> int | None:

@@ -97,7 +97,7 @@ class TableReader:
                               and sep in self.columns[0]), None)
             if own is not None and separator is not None:
                 raise InputError(f"{self.path.name} has one column, '{self.columns[0]}': its fields are separated by "
-                                 f"{separator!r}, not {_SEPARATORS[self.format]!r}; write it as .csv with commas or "
+                                 f"{separator!r}, not {own!r}; write it as .csv with commas or "
                                  ".tsv with tabs")
             raise InputError(
                 f"column '{column}' not found in {self.path.name}; columns are "

@@ -121,12 +121,7 @@ def open_classifier(config: RunConfig) -> tuple[OnnxClassifier, RunConfig]:
 def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     """Score every unit of config.input; failures of single units are collected, then raised at the end."""
     units = plan_units(config.input, config.output, config.output_format)
-    if config.report and len(units) > 1:
-        raise ConfigError(f"--report evaluates one input, and {config.input} names {len(units)}; each input's "
-                          "evaluation is in the JSON summary (--summary), or run them one at a time")
-    report_json = config.report.with_suffix(".json") if config.report else None
-    refuse_overwriting(units, {"--report": config.report, "--report's JSON": report_json, "--summary": config.summary},
-                       {"--model": config.model, "--checkpoint": config.checkpoint})
+    _refuse_before_work(config, units)
     classifier, config = open_classifier(config)
     log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
              classifier.provider, len(units))
@@ -163,6 +158,16 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
         error.exit_code = first.exit_code
         raise error
     return summary
+
+
+def _refuse_before_work(config: RunConfig, units: list[WorkUnit]) -> None:
+    """What the run is asked to write that it cannot write as asked, or not without replacing what it reads."""
+    if config.report and len(units) > 1:
+        raise ConfigError(f"--report evaluates one input, and {config.input} names {len(units)}; each input's "
+                          "evaluation is in the JSON summary (--summary), or run them one at a time")
+    report_json = config.report.with_suffix(".json") if config.report else None
+    refuse_overwriting(units, {"--report": config.report, "--report's JSON": report_json, "--summary": config.summary},
+                       {"--model": config.model, "--checkpoint": config.checkpoint})
 
 
 def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, progress: bool) -> UnitSummary:
