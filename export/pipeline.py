@@ -127,7 +127,8 @@ def _calibration_texts(config: ExportConfig, trained: dict, text_column: str) ->
         path, text_column, _ = _packaged_examples()
     reader = TableReader(path)
     reader.require(text_column, "--text-column")
-    texts = [t for t in reader.read_all().column(text_column).to_pylist() if isinstance(t, str) and t.strip()]
+    column = plain_text(reader.read_all().column(text_column))
+    texts = [t for t in column.to_pylist() if isinstance(t, str) and t.strip()]
     if not texts:
         raise InputError(f"{path} has no sentences in column '{text_column}' to calibrate int8 with")
     rows = np.random.default_rng(0).permutation(len(texts))[: config.calibration_rows]
