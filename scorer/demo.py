@@ -7,7 +7,8 @@ from pathlib import Path
 
 from scorer.config import RunConfig, TrainConfig, example_file
 from scorer.errors import OutputError
-from scorer.score import RunSummary, score_file
+from scorer.score import score_file
+from scorer.summary import RunSummary
 
 log = logging.getLogger("scorer")
 _MARK = ".scorer-demo"  # says that the demo made the work directory, so its next run may replace what is in it

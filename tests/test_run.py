@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
+from datetime import datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -125,6 +127,10 @@ def test_summary_says_how_the_batches_padded_how_busy_the_model_was_and_what_fee
     assert set(summary["waits"]) == {"reading", "tokenising", "writing"}
     assert all(0 <= waited <= summary["seconds"] for waited in summary["waits"].values())
     assert summary["waits"] == summary["inputs"][0]["waits"]
+    began, ended = (datetime.fromisoformat(summary[key]) for key in ("started_at", "finished_at"))
+    assert began.utcoffset() == timedelta(0)
+    assert timedelta(0) <= ended - began <= timedelta(seconds=summary["seconds"] + 1)
+    assert summary["host"] == platform.node()
 
 
 def scored_with(export, source, output, **settings) -> pa.Table:

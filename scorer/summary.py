@@ -1,0 +1,121 @@
+"""The JSON summary of a run: what happened to each input, and the whole run's figures."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from scorer import __version__, atomic
+from scorer.classify import OnnxClassifier
+from scorer.config import RunConfig
+from scorer.units import WorkUnit
+
+
+@dataclass
+class UnitSummary:
+    """What happened to one input: scored, resumed, skipped (already done), failed, or interrupted / terminated
+    (Ctrl-C, SIGTERM: its finished windows are kept for the rerun)."""
+
+    input: str
+    output: str
+    state: str
+    rows: int = 0
+    rows_this_run: int = 0
+    resumed_from_row: int = 0
+    seconds: float = 0.0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    evaluation: dict | None = None
+    check: dict | None = None
+    error: str | None = None
+    exit_code: int = 0
+    # Seconds the thread that feeds the model waited for reading, tokenising and writing (scorer.stream).
+    waits: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    """The whole run, as printed and written to the JSON summary."""
+
+    inputs: list[UnitSummary]
+    rows: int
+    rows_this_run: int
+    status_counts: dict[str, int]
+    seconds: float
+    rows_per_second: float
+    provider: str
+    variant: str
+    model_sha256: str
+    io_binding: bool = False
+    infer_threads: int = 1
+    provider_options: dict = field(default_factory=dict)  # as given to ONNX Runtime (CUDA: export's kernel choice)
+    # Batches run, with their real and padded token counts and the seconds the model was busy (scorer.batches),
+    # and the window size used.
+    batching: dict = field(default_factory=dict)
+    # Seconds the thread that feeds the model waited for reading, tokenising and writing, over all inputs.
+    waits: dict[str, float] = field(default_factory=dict)
+    summary_path: str = ""
+    scorer_version: str = __version__
+    started_at: str = ""  # UTC, ISO 8601, as a nightly job's log wants to match it
+    finished_at: str = ""
+    host: str = field(default_factory=platform.node)
+
+    @property
+    def failed(self) -> list[UnitSummary]:
+        return [unit for unit in self.inputs if unit.state == "failed"]
+
+    @property
+    def evaluation(self) -> dict | None:
+        return self.inputs[0].evaluation if len(self.inputs) == 1 else None
+
+    def line(self) -> str:
+        states = {s: sum(u.state == s for u in self.inputs) for s in ("scored", "resumed", "skipped", "failed")}
+        files = ", ".join(f"{n} {s}" for s, n in states.items() if n)
+        counts = ", ".join(f"{k} {v}" for k, v in self.status_counts.items() if v and k != "ok")
+        text = (f"{self.rows} rows in {len(self.inputs)} file(s) ({files}){'; ' + counts if counts else ''}; "
+                f"{self.rows_this_run} scored now in {self.seconds:.1f}s, {self.rows_per_second:,.0f} rows/s on "
+                f"{self.provider} ({self.variant})")
+        if len(self.inputs) == 1:
+            text += f" -> {self.inputs[0].output}"
+            unit = self.inputs[0]
+            if unit.evaluation:
+                text += f"; accuracy {unit.evaluation['accuracy']:.4f}, MCC {unit.evaluation['mcc']:.4f}"
+            if unit.check:
+                text += f"; check {unit.check['agreement']:.1%} agree, max |Δscore| {unit.check['max_score_diff']:.2g}"
+        return text
+
+
+def now() -> str:
+    """The time in UTC, ISO 8601, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: float, window_rows: int
+               ) -> RunSummary:
+    """The run's summary from its units' and the classifier's figures."""
+    counts: dict[str, int] = {}
+    waits: dict[str, float] = {}
+    for unit in units:
+        for key, value in unit.status_counts.items():
+            counts[key] = counts.get(key, 0) + value
+        for stage, waited in unit.waits.items():
+            waits[stage] = waits.get(stage, 0.0) + waited
+    rows_now = sum(u.rows_this_run for u in units)
+    return RunSummary(inputs=units, rows=sum(u.rows for u in units), rows_this_run=rows_now, status_counts=counts,
+                      seconds=seconds, rows_per_second=rows_now / max(seconds, 1e-9), provider=classifier.provider,
+                      io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
+                      provider_options=classifier.provider_options,
+                      variant=classifier.variant, model_sha256=classifier.model_sha256,
+                      batching={**asdict(classifier.tally), "window_rows": window_rows}, waits=waits)
+
+
+def write_summary(config: RunConfig, units: list[WorkUnit], summary: RunSummary) -> None:
+    """Write the summary as JSON: at --summary, else beside the one output or in the --output directory."""
+    path = config.summary
+    if path is None:
+        mirrored = config.output is not None and units[0].output.parent != config.output.parent
+        single = units[0].output
+        path = config.output / "scorer-summary.json" if mirrored else single.with_name(single.name + ".summary.json")
+    summary.summary_path = str(path)
+    atomic.write_text(path, json.dumps(asdict(summary), indent=2, default=str) + "\n")
