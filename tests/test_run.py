@@ -349,6 +349,11 @@ def test_damaged_exports_are_refused(export_copy, parquet_input, tmp_path):
     assert not list(tmp_path.glob("*.scored.parquet"))
 
 
+def test_a_training_checkpoint_passed_as_the_model_says_to_export_it_first(tiny_checkpoint, parquet_input):
+    result = run(parquet_input, "--model", tiny_checkpoint)
+    assert result.exit_code == 4 and "is a training checkpoint, not an export; export it first" in result.output
+
+
 def test_cuda_without_a_gpu_is_refused(tiny_export, parquet_input):
     import onnxruntime
 
