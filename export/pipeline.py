@@ -49,6 +49,8 @@ def export_model(config: ExportConfig) -> ExportResult:
     atomic.check_writable(config.output, config.overwrite)
     atomic.check_keeps(config.output, {"--checkpoint": config.checkpoint, "--data": config.data,
                                        "--calibration": config.calibration})
+    if config.tensorrt:
+        _check_tensorrt()
     model = SentenceClassifier.load(config.checkpoint, attn_implementation="eager")
     head = model.head_config
     trained = _train_settings(config.checkpoint)
@@ -83,13 +85,19 @@ def export_model(config: ExportConfig) -> ExportResult:
     return result
 
 
-def _build_tensorrt(output: Path, max_length: int) -> None:
-    """Build the TensorRT engine beside the committed export (its cache is keyed by the model's final path)."""
+def _check_tensorrt() -> None:
+    """Refuse --tensorrt before any work where the engine cannot be built."""
     from export import tensorrt
 
     if not tensorrt.available():
         raise ProviderError("--tensorrt: ONNX Runtime's TensorRT provider or the TensorRT 10 libraries "
                             "(libnvinfer.so.10) are not available here; see README, 'TensorRT'")
+
+
+def _build_tensorrt(output: Path, max_length: int) -> None:
+    """Build the TensorRT engine beside the committed export (its cache is keyed by the model's final path)."""
+    from export import tensorrt
+
     tensorrt.build_engine(output / VARIANT_FILES["fp32"], output / tensorrt.CACHE_DIR, max_length,
                           RunConfig.max_batch_rows)
 

@@ -530,6 +530,17 @@ def test_export_options_and_parity_data_it_cannot_use_are_refused_before_any_out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parity.csv"]
 
 
+def test_tensorrt_asked_for_where_it_is_missing_is_refused_before_any_output(tiny_checkpoint, tmp_path):
+    from export import tensorrt
+
+    if tensorrt.available():
+        pytest.skip("TensorRT is here (tests/test_gpu.py builds the engine)")
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "o"),
+                                       "--tensorrt", "-q"])
+    assert result.exit_code == 6 and "--tensorrt: ONNX Runtime's TensorRT provider" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_parity_leaves_out_rows_without_text_and_keeps_the_labels_of_the_others(tiny_checkpoint, tmp_path):
     data = tmp_path / "parity.csv"
     data.write_text("sentence,label\n" + "".join(f"sentence {i} is here,{i % 2}\n" if i % 3 else f",{i % 2}\n"
