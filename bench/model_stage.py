@@ -27,14 +27,14 @@ from scoring import random_checkpoint, workload
 
 from export.fp16_choice import KERNELS
 from scorer.batches import BatchTally, WindowBatcher
-from scorer.classify import (
+from scorer.config import FP16_ATTENTIONS
+from scorer.defaults import (
     DEFAULT_INFER_THREADS,
     DEFAULT_WINDOW_ROWS,
     default_batch_overhead,
     default_io_binding,
     default_provider_options,
 )
-from scorer.config import FP16_ATTENTIONS
 from scorer.manifest import VARIANT_FILES, load_manifest
 from scorer.session import batch_runner, onnxruntime
 from scorer.tokens import Encoded, TextEncoder

@@ -25,14 +25,14 @@ from scoring import random_checkpoint, workload
 
 from export.timing import best_seconds, logits_of
 from scorer.batches import budget_batches
-from scorer.classify import (
+from scorer.config import RunConfig
+from scorer.defaults import (
     DEFAULT_BATCH_OVERHEAD,
     DEFAULT_MAX_TOKENS,
     default_batch_overhead,
     default_io_binding,
     default_provider_options,
 )
-from scorer.config import RunConfig
 from scorer.manifest import load_manifest
 from scorer.session import batch_runner
 from scorer.tokens import TextEncoder

@@ -26,6 +26,7 @@ from common import machine, write_json
 from scoring import random_checkpoint, workload
 
 import scorer.classify
+import scorer.defaults
 from scorer.config import RunConfig
 from scorer.score import score_file
 
@@ -57,7 +58,7 @@ def main() -> None:
     parser.add_argument("--random-dir", type=Path, help="Keep the tiny random export here and reuse it.")
     parser.add_argument("--infer-threads", type=int, default=1,
                         help="Batches in flight on the stand-in (2: as scorer runs on CUDA).")
-    parser.add_argument("--window-rows", type=int, default=scorer.classify.DEFAULT_WINDOW_ROWS["cpu"],
+    parser.add_argument("--window-rows", type=int, default=scorer.defaults.DEFAULT_WINDOW_ROWS["cpu"],
                         help="Rows a window (65536: as scorer runs on CUDA).")
     parser.add_argument("--out", type=Path, default=Path("bench/out/overlap.json"))
     args = parser.parse_args()

@@ -20,8 +20,8 @@ from common import machine, tokenizer_dir, write_json
 from scoring import workload
 
 from scorer.batches import BatchTally, WindowBatcher
-from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
 from scorer.config import RunConfig
+from scorer.defaults import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
 from scorer.stream import pieces
 from scorer.tokens import TextEncoder
 

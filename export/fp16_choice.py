@@ -30,8 +30,8 @@ from export.fp16_probe import trials_in_children
 from export.optimize import attention_of, graph_file, optimize_each, optimize_fp16, packed, with_row_starts
 from export.timing import best_seconds, logits_of, run_cost
 from scorer.batches import budget_batches
-from scorer.classify import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
 from scorer.config import FP16_ATTENTIONS, RunConfig
+from scorer.defaults import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
 from scorer.errors import ModelError, ProviderError, first_line
 from scorer.session import CUDA, available, batch_runner, create_session
 from scorer.tokens import Encoded

@@ -10,8 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from scorer import __version__, atomic
-from scorer.classify import DEFAULT_WINDOW_ROWS, OnnxClassifier
+from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
+from scorer.defaults import DEFAULT_WINDOW_ROWS
 from scorer.errors import ConfigError, InputError, OutputError, ParityError, ScorerError, stopped
 from scorer.evaluate import write_report
 from scorer.parts import OutputLock, PartStore, fingerprint

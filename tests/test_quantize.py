@@ -8,7 +8,7 @@ import pytest
 
 from export.quantize import _batchings, gap_shift, groups_of, quantize_int8, smooth, weight_matmuls
 from export.timing import logits_of
-from scorer.classify import default_variant
+from scorer.defaults import default_variant
 from scorer.manifest import load_manifest
 from scorer.session import create_session
 from scorer.tokens import TextEncoder

@@ -89,7 +89,7 @@ def test_io_binding_gives_the_same_scores_as_plain_runs(tiny_export, parquet_inp
 def test_io_binding_run_cost_and_kernels_follow_what_export_measured_for_fp16_on_cuda_only(tiny_export):
     from dataclasses import replace
 
-    from scorer.classify import (
+    from scorer.defaults import (
         DEFAULT_BATCH_OVERHEAD,
         default_batch_overhead,
         default_io_binding,
