@@ -77,7 +77,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     hf_tokenizer, encoder_model = _load_pretrained(config)
     text_encoder = TextEncoder(_backend_copy(hf_tokenizer), config.max_length)
     train_set = text_encoder.encode(data.train_texts)
-    _check_coverage(train_set, hf_tokenizer, data, config)
+    _check_coverage(train_set, hf_tokenizer, config)
     val_set = text_encoder.encode(data.val_texts)
     encoder_model, adapt_losses = _adapt(encoder_model, config, hf_tokenizer, train_set, device, precision)
     keep_bottom_layers(encoder_model, config.keep_layers)
@@ -188,7 +188,7 @@ def _load_pretrained(config: TrainConfig):
     return tokenizer, encoder
 
 
-def _check_coverage(train_set, hf_tokenizer, data: TrainingData, config: TrainConfig) -> None:
+def _check_coverage(train_set, hf_tokenizer, config: TrainConfig) -> None:
     """Refuse text the encoder's vocabulary cannot read at all; warn where much of it is [UNK]."""
     known, unknown = train_set.coverage(hf_tokenizer.unk_token_id, hf_tokenizer.all_special_ids)
     if not known:
