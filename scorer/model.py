@@ -96,6 +96,9 @@ class SentenceClassifier(nn.Module):
         directory = Path(directory)
         missing = [name for name in (HEAD_CONFIG, HEAD_WEIGHTS, "config.json") if not (directory / name).is_file()]
         if missing:
+            if missing == [HEAD_CONFIG, HEAD_WEIGHTS]:  # an encoder without a head: the step before training
+                raise ModelError(f"{directory} is a pretrained encoder, not a scorer checkpoint; train it first "
+                                 f"(scorer train --model {directory}) and pass the checkpoint directory")
             raise ModelError(
                 f"{directory} is not a scorer checkpoint (missing {', '.join(missing)}); "
                 "pass the directory that `scorer train` wrote"
@@ -121,6 +124,9 @@ def load_encoder(path: Path | str, attn_implementation: str | None = None) -> nn
 
     if not Path(path).is_dir():
         raise ModelError(f"{path} is not a directory; pass a local Hugging Face model directory with --model")
+    if (Path(path) / "manifest.json").is_file() and not (Path(path) / "config.json").is_file():
+        raise ModelError(f"{path} is a `scorer export` directory (ONNX graphs); pass a Hugging Face encoder or a "
+                         "training checkpoint with --model")
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         return AutoModel.from_pretrained(str(path), dtype=torch.float32, **kwargs)

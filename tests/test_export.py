@@ -530,6 +530,16 @@ def test_export_options_and_parity_data_it_cannot_use_are_refused_before_any_out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parity.csv"]
 
 
+def test_each_command_given_the_directory_of_another_step_says_which_step_it_needs(tiny_encoder, tiny_export,
+                                                                                  tmp_path):
+    """export --checkpoint <pretrained encoder>, train --model <export>: the slips between the three steps."""
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_encoder), "-o", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 4 and "is a pretrained encoder, not a scorer checkpoint; train it first" in result.output
+    result = CliRunner().invoke(main, ["train", "--model", str(tiny_export), "-o", str(tmp_path / "c"), "-q"])
+    assert result.exit_code == 4 and "is a `scorer export` directory (ONNX graphs)" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tensorrt_asked_for_where_it_is_missing_is_refused_before_any_output(tiny_checkpoint, tmp_path):
     from export import tensorrt
 
