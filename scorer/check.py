@@ -19,15 +19,17 @@ def cross_check(checkpoint: Path, classifier: OnnxClassifier, texts: list[str], 
                 predicted: list) -> dict:
     """Label agreement and max |score difference| between the written output and PyTorch on the same texts."""
     tolerance = TOLERANCE[classifier.variant]
-    result = {"rows": len(texts), "agreement": 1.0, "max_score_diff": 0.0, "tolerance": tolerance,
-              "checkpoint": str(checkpoint), "variant": classifier.variant}
-    if texts:
-        torch_scores, torch_labels, device = _pytorch_scores(checkpoint, classifier, texts)
-        result.update(
-            agreement=float(np.mean([a == b for a, b in zip(torch_labels, predicted, strict=True)])),
-            max_score_diff=float(np.abs(torch_scores - scores).max()),
-            torch_device=device,
-        )
+    result = {"rows": len(texts), "agreement": None, "max_score_diff": None, "tolerance": tolerance,
+              "checkpoint": str(checkpoint), "variant": classifier.variant, "passed": None}
+    if not texts:  # no row had text to score: nothing was checked, which is neither a pass nor a failure
+        log.warning("check: no scored row to check")
+        return result
+    torch_scores, torch_labels, device = _pytorch_scores(checkpoint, classifier, texts)
+    result.update(
+        agreement=float(np.mean([a == b for a, b in zip(torch_labels, predicted, strict=True)])),
+        max_score_diff=float(np.abs(torch_scores - scores).max()),
+        torch_device=device,
+    )
     result["passed"] = result["max_score_diff"] <= tolerance
     log.info("check: %d rows, labels agree %.1f%%, max |Δscore| %.3g (tolerance %g)",
              len(texts), 100 * result["agreement"], result["max_score_diff"], tolerance)

@@ -182,7 +182,7 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
         texts, scores, predicted = scored_sample(parts, columns, config.check, config.seed)
         checkpoint = config.checkpoint or Path(classifier.manifest.checkpoint)
         check = cross_check(checkpoint, classifier, texts, scores, predicted)
-        if not check["passed"]:
+        if check["passed"] is False:
             raise ParityError(
                 f"--check {config.check}: ONNX ({classifier.variant}) and PyTorch disagree beyond tolerance on "
                 f"{unit.source}: max |Δscore| {check['max_score_diff']:.3g} > {check['tolerance']:g}, labels agree "

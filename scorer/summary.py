@@ -82,7 +82,8 @@ class RunSummary:
             if unit.evaluation:
                 text += f"; accuracy {unit.evaluation['accuracy']:.4f}, MCC {unit.evaluation['mcc']:.4f}"
             if unit.check:
-                text += f"; check {unit.check['agreement']:.1%} agree, max |Δscore| {unit.check['max_score_diff']:.2g}"
+                text += "; check: no scored row" if unit.check["passed"] is None else (
+                    f"; check {unit.check['agreement']:.1%} agree, max |Δscore| {unit.check['max_score_diff']:.2g}")
         return text
 
 

@@ -240,6 +240,15 @@ def test_check_against_pytorch_passes_and_is_in_the_summary(tiny_export, parquet
             assert check["agreement"] == 1.0 and check["max_score_diff"] < 1e-4
 
 
+def test_a_check_with_no_scored_row_says_it_checked_nothing_rather_than_passed(tiny_export, tmp_path):
+    blank = tmp_path / "blank.csv"
+    blank.write_text('sentence\n" "\n""\n')
+    result = run(blank, "--model", tiny_export, "--check", "5")
+    assert result.exit_code == 0 and "check: no scored row" in result.output and "agree" not in result.output
+    check = json.loads((tmp_path / "blank.scored.parquet.summary.json").read_text())["inputs"][0]["check"]
+    assert check["rows"] == 0 and check["passed"] is None and check["agreement"] is None
+
+
 def test_unknown_labels_and_empty_input_leave_no_output(tiny_export, tmp_path):
     data = tmp_path / "dev.csv"
     data.write_text("sentence,label\nfine,1\nodd,maybe\n")
