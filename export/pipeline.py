@@ -167,7 +167,7 @@ def _parity_data(config: ExportConfig, head: HeadConfig, text_column: str, label
         return texts, None, str(path)
     index, values = LabelIndex(head.labels), table.column(label_column).to_pylist()
     try:
-        targets = np.array([index.indices([values[i]], path, label_column, i + 1)[0] for i in rows], dtype=np.int64)
+        targets = np.array([index.index(values[i], path, label_column, i + 1) for i in rows], dtype=np.int64)
     except InputError:
         if config.data is not None:
             raise

@@ -9,7 +9,7 @@ import numpy as np
 
 from scorer.config import TrainConfig
 from scorer.errors import InputError
-from scorer.labels import label_value
+from scorer.labels import LabelIndex
 from scorer.read import read_labelled
 
 log = logging.getLogger("scorer")
@@ -43,18 +43,18 @@ def load_training_data(config: TrainConfig) -> TrainingData:
             f"{config.data}: column '{config.label_column}' has {len(labels)} distinct values; "
             f"at most {MAX_LABELS} labels are supported; is --label-column right?"
         )
-    index = {str(label_value(label)): i for i, label in enumerate(labels)}
-    targets = np.array([index[str(label_value(label))] for label in train.labels], dtype=np.int64)
+    index = LabelIndex(labels)
+    targets = index.indices(train.labels, config.data, config.label_column, 1)
     if config.val_data is not None:
         val = read_labelled(config.val_data, config.text_column, config.label_column)
-        unknown = sorted({str(v) for v in val.labels if str(label_value(v)) not in index})
+        unknown = index.unknown(val.labels)
         if unknown:
             raise InputError(
                 f"{config.val_data}: label(s) {', '.join(unknown)} in column '{config.label_column}' "
                 f"do not occur in {config.data}; the model only knows {', '.join(map(str, labels))}"
             )
         _warn_overlap(train.texts, val.texts, config)
-        val_targets = np.array([index[str(label_value(label))] for label in val.labels], dtype=np.int64)
+        val_targets = index.indices(val.labels, config.val_data, config.label_column, 1)
         return TrainingData(labels, train.texts, targets, val.texts, val_targets, str(config.val_data))
     return _split(labels, train.texts, targets, config)
 

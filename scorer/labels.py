@@ -57,18 +57,26 @@ class LabelIndex:
         self.labels = labels
         self._index = {str(label_value(label)): i for i, label in enumerate(labels)}
 
+    def index(self, value: object, source: Path | str, column: str, row: int) -> int:
+        """The model's index of `value`, -1 where the label is missing; an unknown value is an InputError naming
+        its row."""
+        key = label_value(value)
+        if key is None:
+            return -1
+        index = self._index.get(str(key))
+        if index is None:
+            raise InputError(
+                f"{source} row {row}: label {value!r} in column '{column}' is not one the model "
+                f"knows ({', '.join(self._index)}); fix the row or pass --label-column for another column"
+            )
+        return index
+
     def indices(self, values: list, source: Path | str, column: str, first_row: int) -> np.ndarray:
-        """Index of each value, -1 where the label is missing; an unknown value is an InputError naming its row."""
-        out = np.full(len(values), -1, dtype=np.int64)
-        for row, value in enumerate(values):
-            key = label_value(value)
-            if key is None:
-                continue
-            index = self._index.get(str(key))
-            if index is None:
-                raise InputError(
-                    f"{source} row {first_row + row}: label {value!r} in column '{column}' is not one the model "
-                    f"knows ({', '.join(self._index)}); fix the row or pass --label-column for another column"
-                )
-            out[row] = index
-        return out
+        """`index` of each value, rows numbered from `first_row`."""
+        return np.array([self.index(value, source, column, first_row + row) for row, value in enumerate(values)],
+                        dtype=np.int64)
+
+    def unknown(self, values: list) -> list[str]:
+        """The distinct present values that are not the model's labels, as text, sorted."""
+        return sorted({str(value) for value in values
+                       if label_value(value) is not None and str(label_value(value)) not in self._index})
