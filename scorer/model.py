@@ -15,6 +15,7 @@ from torch import nn
 
 from scorer.config import POOLINGS
 from scorer.errors import ConfigError, ModelError, first_line
+from scorer.manifest import MANIFEST
 
 HEAD_CONFIG = "scorer_head.json"
 HEAD_WEIGHTS = "scorer_head.safetensors"
@@ -124,7 +125,7 @@ def load_encoder(path: Path | str, attn_implementation: str | None = None) -> nn
 
     if not Path(path).is_dir():
         raise ModelError(f"{path} is not a directory; pass a local Hugging Face model directory with --model")
-    if (Path(path) / "manifest.json").is_file() and not (Path(path) / "config.json").is_file():
+    if (Path(path) / MANIFEST).is_file() and not (Path(path) / "config.json").is_file():
         raise ModelError(f"{path} is a `scorer export` directory (ONNX graphs); pass a Hugging Face encoder or a "
                          "training checkpoint with --model")
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}

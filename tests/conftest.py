@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -75,6 +76,25 @@ def rewritten_fp16(export: Path, directory: Path, attention: str, kernels: str) 
         return lengths_graph, lengths_graph
     KERNELS[kernels].rewrite(lengths_graph, rewritten)
     return lengths_graph, rewritten
+
+
+def fp32_parity_and_run_evaluation(checkpoint: Path, data: Path, out: Path) -> tuple[str, dict, dict]:
+    """Export `checkpoint` (fp32 only) with parity on `data`, then score `data` with that export: what export
+    printed, its parity report's fp32 row and the run's evaluation, so a test can hold export's accuracy to what
+    `run` measures."""
+    from click.testing import CliRunner
+
+    from scorer.cli import main
+    from scorer.write import default_output
+
+    exported = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(out), "--data",
+                                         str(data), "--variants", "fp32"])
+    assert exported.exit_code == 0, exported.output
+    fp32 = next(v for v in json.loads((out / "parity.json").read_text())["variants"] if v["variant"] == "fp32")
+    scored = CliRunner().invoke(main, ["run", str(data), "--model", str(out), "--variant", "fp32", "-q"])
+    assert scored.exit_code == 0, scored.output
+    summary = default_output(data).with_name(default_output(data).name + ".summary.json")
+    return exported.output, fp32, json.loads(summary.read_text())["inputs"][0]["evaluation"]
 
 
 @pytest.fixture(scope="session")

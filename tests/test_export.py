@@ -21,7 +21,7 @@ from scorer.config import FP16_ATTENTIONS
 from scorer.manifest import load_manifest, sha256_file
 from scorer.model import SentenceClassifier
 from scorer.tokens import TextEncoder
-from tests.conftest import rewritten_fp16
+from tests.conftest import fp32_parity_and_run_evaluation, rewritten_fp16
 
 
 def test_export_writes_variants_tokenizer_report_and_manifest(tiny_export):
@@ -555,14 +555,8 @@ def test_parity_leaves_out_rows_without_text_and_keeps_the_labels_of_the_others(
     data = tmp_path / "parity.csv"
     data.write_text("sentence,label\n" + "".join(f"sentence {i} is here,{i % 2}\n" if i % 3 else f",{i % 2}\n"
                                                    for i in range(30)))
-    out = tmp_path / "o"
-    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(out), "--data",
-                                       str(data), "--variants", "fp32"])
-    assert result.exit_code == 0 and "10 row(s) of" in result.output and "on 20 rows" in result.output
-    fp32 = next(v for v in json.loads((out / "parity.json").read_text())["variants"] if v["variant"] == "fp32")
-    scored = CliRunner().invoke(main, ["run", str(data), "--model", str(out), "--variant", "fp32", "-q"])
-    assert scored.exit_code == 0, scored.output
-    run = json.loads((tmp_path / "parity.scored.parquet.summary.json").read_text())["inputs"][0]["evaluation"]
+    printed, fp32, run = fp32_parity_and_run_evaluation(tiny_checkpoint, data, tmp_path / "o")
+    assert "10 row(s) of" in printed and "on 20 rows" in printed
     assert run["rows"] == 20 and fp32["accuracy"] == pytest.approx(run["accuracy"])
 
 

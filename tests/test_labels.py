@@ -16,6 +16,7 @@ from scorer.cli import main
 from scorer.errors import InputError
 from scorer.labels import LabelIndex, label_value, normalise_labels
 from scorer.read import read_labelled
+from tests.conftest import fp32_parity_and_run_evaluation
 
 
 @pytest.mark.parametrize("value,expected", [
@@ -80,13 +81,5 @@ def test_export_parity_counts_accuracy_on_the_labelled_rows_only(tiny_checkpoint
     texts = [f"a sentence with {i} words in it" for i in range(40)]
     pq.write_table(pa.table({"sentence": texts, "label": [math.nan if i % 4 == 0 else float(i % 2)
                                                           for i in range(40)]}), data)
-    out = tmp_path / "onnx"
-    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(out), "--data",
-                                       str(data), "--variants", "fp32", "-q"])
-    assert result.exit_code == 0, result.output
-    parity = json.loads((out / "parity.json").read_text())
-    fp32 = next(v for v in parity["variants"] if v["variant"] == "fp32")
-    result = CliRunner().invoke(main, ["run", str(data), "--model", str(out), "--variant", "fp32", "-q"])
-    assert result.exit_code == 0, result.output
-    run = json.loads((tmp_path / "parity.scored.parquet.summary.json").read_text())["inputs"][0]["evaluation"]
+    _, fp32, run = fp32_parity_and_run_evaluation(tiny_checkpoint, data, tmp_path / "onnx")
     assert run["rows"] == 30 and fp32["accuracy"] == pytest.approx(run["accuracy"])
