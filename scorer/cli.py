@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import signal
@@ -15,6 +16,7 @@ import click
 
 from scorer import __version__
 from scorer.config import CUDA_GRAPHS, POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
+from scorer.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
 from scorer.errors import EXIT_CODES, ScorerError, Terminated, stopped
 
 log = logging.getLogger("scorer")
@@ -76,6 +78,18 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def shown(cls: type, field: str) -> str:
+    """'[default: V]' read from the config dataclass, so that the help cannot drift from the defaults."""
+    value = next(f.default for f in dataclasses.fields(cls) if f.name == field)
+    return f"[default: {value:g}]" if isinstance(value, float) else f"[default: {value}]"
+
+
+def shown_by_provider(table: dict[str, int]) -> str:
+    """'[default: …]' of a per-provider default of scorer.defaults."""
+    tensorrt = "" if table["tensorrt"] == table["cuda"] else f", {table['tensorrt']} with TensorRT"
+    return f"[default: {table['cuda']} on CUDA, {table['cpu']} on a CPU{tensorrt}]"
+
+
 def build(cls: type, **options):
     """A config from the options the user gave; the dataclass defaults fill in the rest."""
     return cls(**{key: value for key, value in options.items() if value is not None})
@@ -102,51 +116,72 @@ def main() -> None:
 @click.option("--data", type=PATH, help="Labelled CSV/TSV/Parquet [default: the packaged examples].")
 @click.option("--val-data", type=PATH, help="Validation file [default: a seeded split of --data].")
 @click.option("--model", type=PATH, help="Local Hugging Face encoder directory [default: packaged MiniLM].")
-@click.option("--output", "-o", type=PATH, help="Checkpoint directory [default: scorer-artifacts/checkpoint].")
-@click.option("--text-column", help="Column with the sentences [default: sentence].")
-@click.option("--label-column", help="Column with the labels [default: label].")
-@click.option("--max-length", type=int, help="Tokens per sentence incl. [CLS]/[SEP], ≤ 512 [default: 64].")
-@click.option("--epochs", type=int, help="Training epochs.")
-@click.option("--batch-size", type=int, help="Sentences per step [default: 32].")
-@click.option("--learning-rate", "--lr", type=float, help="Peak AdamW learning rate.")
-@click.option("--warmup-ratio", type=float, help="Share of steps with a linear warm-up.")
-@click.option("--weight-decay", type=float, help="AdamW weight decay (not on biases/LayerNorm).")
-@click.option("--layer-decay", type=float, help="Layer-wise learning-rate decay (1 = none).")
-@click.option("--reinit-layers", type=int, help="Re-initialise the top N encoder layers before training.")
-@click.option("--keep-layers", type=int, help="Keep only the lowest N encoder layers (0: all).")
-@click.option("--ema-epochs", type=float, help="Keep a moving average of the weights over ~N epochs (0: off).")
+@click.option("--output", "-o", type=PATH, help=f"Checkpoint directory {shown(TrainConfig, 'output')}.")
+@click.option("--text-column", help=f"Column with the sentences {shown(TrainConfig, 'text_column')}.")
+@click.option("--label-column", help=f"Column with the labels {shown(TrainConfig, 'label_column')}.")
+@click.option("--max-length", type=int,
+              help=f"Tokens per sentence incl. [CLS]/[SEP], ≤ 512 {shown(TrainConfig, 'max_length')}.")
+@click.option("--epochs", type=int, help=f"Fine-tuning epochs {shown(TrainConfig, 'epochs')}.")
+@click.option("--batch-size", type=int, help=f"Sentences per step {shown(TrainConfig, 'batch_size')}.")
+@click.option("--learning-rate", "--lr", type=float,
+              help=f"Peak AdamW learning rate {shown(TrainConfig, 'learning_rate')}.")
+@click.option("--warmup-ratio", type=float,
+              help=f"Share of steps with a linear warm-up {shown(TrainConfig, 'warmup_ratio')}.")
+@click.option("--weight-decay", type=float,
+              help=f"AdamW weight decay (not on biases/LayerNorm) {shown(TrainConfig, 'weight_decay')}.")
+@click.option("--layer-decay", type=float,
+              help=f"Layer-wise learning-rate decay (1: none) {shown(TrainConfig, 'layer_decay')}.")
+@click.option("--reinit-layers", type=int,
+              help=f"Re-initialise the top N encoder layers before training {shown(TrainConfig, 'reinit_layers')}.")
+@click.option("--keep-layers", type=int,
+              help=f"Keep only the lowest N encoder layers (0: all) {shown(TrainConfig, 'keep_layers')}.")
+@click.option("--ema-epochs", type=float,
+              help=f"Keep a moving average of the weights over ~N epochs (0: off) {shown(TrainConfig, 'ema_epochs')}.")
 @click.option("--mlm-epochs", type=int,
-              help="Masked-LM epochs on the training sentences before fine-tuning (task-adaptive pretraining).")
-@click.option("--mlm-lr", type=float, help="Peak learning rate of the masked-LM epochs [default: 1e-4].")
+              help="Masked-LM epochs on the training sentences before fine-tuning (task-adaptive pretraining; 0: off) "
+                   f"{shown(TrainConfig, 'mlm_epochs')}.")
+@click.option("--mlm-lr", type=float,
+              help=f"Peak learning rate of the masked-LM epochs {shown(TrainConfig, 'mlm_lr')}.")
 @click.option("--rtd-epochs", type=int,
               help="Replaced-token-detection epochs on the training sentences before fine-tuning, after any "
-                   "--mlm-epochs (0: off) [default: 10].")
-@click.option("--rtd-lr", type=float, help="Peak learning rate of the replaced-token epochs [default: 1e-4].")
+                   f"--mlm-epochs (0: off) {shown(TrainConfig, 'rtd_epochs')}.")
+@click.option("--rtd-lr", type=float,
+              help=f"Peak learning rate of the replaced-token epochs {shown(TrainConfig, 'rtd_lr')}.")
 @click.option("--rtd-draw", type=click.Choice(RTD_DRAWS),
               help="Replaced and inserted tokens of the replaced-token epochs: drawn by the training text's token "
-                   "frequencies, or among the tokens that follow their left neighbour there [default: frequency].")
+                   "frequencies, or among the tokens that follow their left neighbour there "
+                   f"{shown(TrainConfig, 'rtd_draw')}.")
 @click.option("--rtd-aux", type=float,
               help="Weight of replaced-token detection as a second loss in every fine-tuning step, with a fresh "
-                   "detector head (0: off) [default: 0].")
+                   f"detector head (0: off) {shown(TrainConfig, 'rtd_aux')}.")
 @click.option("--rdrop", type=float,
-              help="R-Drop: weight of the symmetric KL between two dropout passes of each batch (0: off).")
-@click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="Loss weights per class.")
+              help="R-Drop: weight of the symmetric KL between two dropout passes of each batch (0: off) "
+                   f"{shown(TrainConfig, 'rdrop')}.")
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]),
+              help=f"Loss weights per class {shown(TrainConfig, 'class_weight')}.")
 @click.option("--pooling", type=click.Choice(POOLINGS),
               help="Sentence vector: mean of last-layer tokens, [CLS], mean of a learned mix of all layers, the "
-                   "largest value of each feature over the tokens, or mean and max side by side.")
-@click.option("--dropout", type=float, help="Dropout before the classification head [default: 0.1].")
-@click.option("--select", type=click.Choice(["mcc", "accuracy", "last"]), help="Which epoch to keep.")
-@click.option("--seed", type=int, help="Seed for the split, the batches and the initial head.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to train [default: auto].")
+                   "largest value of each feature over the tokens, or mean and max side by side "
+                   f"{shown(TrainConfig, 'pooling')}.")
+@click.option("--dropout", type=float, help=f"Dropout before the classification head {shown(TrainConfig, 'dropout')}.")
+@click.option("--select", type=click.Choice(["mcc", "accuracy", "last"]),
+              help="Which epoch to keep: best validation MCC, best accuracy, or the last "
+                   f"{shown(TrainConfig, 'select')}.")
+@click.option("--seed", type=int,
+              help=f"Seed for the split, the batches and the initial head {shown(TrainConfig, 'seed')}.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]),
+              help=f"Where to train {shown(TrainConfig, 'device')}.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
-              help="bf16 autocast for training steps; auto: on bf16-capable CPUs, fp32 on CUDA [default: auto].")
+              help="bf16 autocast for training steps; auto: on bf16-capable CPUs, fp32 on CUDA "
+                   f"{shown(TrainConfig, 'precision')}.")
 @click.option("--compile", is_flag=True, default=None,
               help="torch.compile the fine-tuning steps (fewer, fused kernels; the first steps spend a minute "
                    "compiling) [default: off].")
 @click.option("--cuda-graphs", type=click.Choice(CUDA_GRAPHS),
               help="On CUDA: replay the fine-tuning steps as CUDA graphs, one per batch shape (widths rounded up to a "
                    "multiple of 8), so the GPU does not wait on Python between kernels; compiled: torch.compile "
-                   "first (a minute or so), captured: the eager kernels, no compile [default: off].")
+                   "first (a minute or so), captured: the eager kernels, no compile "
+                   f"{shown(TrainConfig, 'cuda_graphs')}.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing checkpoint directory.")
 @command
 def train(progress: bool, **options) -> None:
@@ -161,27 +196,32 @@ def train(progress: bool, **options) -> None:
 
 
 @main.command("export")
-@click.option("--checkpoint", type=PATH, help="Directory from `scorer train` [default: scorer-artifacts/checkpoint].")
-@click.option("--output", "-o", type=PATH, help="Export directory [default: scorer-artifacts/onnx].")
+@click.option("--checkpoint", type=PATH, help=f"Directory from `scorer train` {shown(ExportConfig, 'checkpoint')}.")
+@click.option("--output", "-o", type=PATH, help=f"Export directory {shown(ExportConfig, 'output')}.")
 @click.option("--data", type=PATH, help="Sentences for the parity report [default: packaged examples].")
 @click.option("--text-column", help="Text column of --data [default: the training one].")
 @click.option("--label-column", help="Label column of --data [default: the training one].")
 @click.option("--variants", help="Comma-separated: fp32,fp16,int8 [default: all three].")
-@click.option("--opset", type=int, help="ONNX opset, 17 to the newest the installed torch exports [default: 17].")
-@click.option("--tolerance", type=float, help="Largest fp32 |Δlogit| the gate allows [default: 1e-4].")
-@click.option("--min-agreement", type=float, help="Label agreement fp16/int8 must reach [default: 0.995].")
+@click.option("--opset", type=int,
+              help=f"ONNX opset, 17 to the newest the installed torch exports {shown(ExportConfig, 'opset')}.")
+@click.option("--tolerance", type=float,
+              help=f"Largest fp32 |Δlogit| the gate allows {shown(ExportConfig, 'tolerance')}.")
+@click.option("--min-agreement", type=float,
+              help=f"Label agreement fp16/int8 must reach {shown(ExportConfig, 'min_agreement')}.")
 @click.option("--tie-margin", type=float,
               help="Rows whose top two PyTorch logits are this close are near-ties; a flip there does not count "
-                   "against agreement [default: 0.05].")
-@click.option("--max-rows", type=int, help="Rows of --data used for parity [default: 2000].")
+                   f"against agreement {shown(ExportConfig, 'tie_margin')}.")
+@click.option("--max-rows", type=int, help=f"Rows of --data used for parity {shown(ExportConfig, 'max_rows')}.")
 @click.option("--calibration", type=PATH, help="Sentences for int8 calibration [default: the training data].")
-@click.option("--int8-agreement", type=float, help="Label agreement int8 must reach on them [default: 1.0].")
+@click.option("--int8-agreement", type=float,
+              help=f"Label agreement int8 must reach on them {shown(ExportConfig, 'int8_agreement')}.")
 @click.option("--int8-tolerance", type=float,
               help="How far int8 may move the gap between a row's two highest logits, on 99% of them "
-                   "[default: 0.1].")
+                   f"{shown(ExportConfig, 'int8_tolerance')}.")
 @click.option("--fp16-attention", type=click.Choice(["auto", "fused", "mha", "unfused"]),
               help="The fp16 graph's attention: ORT's Attention op (fused), its MultiHeadAttention op (mha) or plain "
-                   "MatMul/Softmax (unfused); auto: the fastest on CUDA, measured here [default: auto].")
+                   "MatMul/Softmax (unfused); auto: the fastest on CUDA, measured here "
+                   f"{shown(ExportConfig, 'fp16_attention')}.")
 @click.option("--tensorrt", is_flag=True, default=None, help="Also build and cache a TensorRT fp16 engine.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing export directory.")
 @command
@@ -206,26 +246,31 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
               "[default: INPUT.scored.parquet].")
 @click.option("--format", "output_format", type=click.Choice(["parquet", "csv", "tsv"]),
               help="Output format when --output is a directory [default: parquet].")
-@click.option("--model", type=PATH, help="Export directory [default: scorer-artifacts/onnx].")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help="[default: auto].")
+@click.option("--model", type=PATH, help=f"Export directory {shown(RunConfig, 'model')}.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+              help=f"Where the model runs; auto: CUDA where ONNX Runtime can {shown(RunConfig, 'provider')}.")
 @click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]),
-              help="[default: fp16 on CUDA; on a CPU int8 where export measured it 1.05× as fast as fp32, else "
-                   "fp32; fp32 for TensorRT].")
+              help="The ONNX graph to run [default: fp16 on CUDA; on a CPU int8 where export measured it 1.05× as "
+                   "fast as fp32, else fp32; fp32 for TensorRT].")
 @click.option("--text-column", help="Column to score [default: the training text column].")
 @click.option("--label-column", help="True labels, for accuracy/MCC [default: the training one, if present].")
-@click.option("--max-tokens", type=int, help="Token budget per batch (rows × padded length).")
-@click.option("--max-batch-rows", type=int, help="Most rows in one batch [default: 4096].")
+@click.option("--max-tokens", type=int,
+              help=f"Token budget per batch (rows × padded length) {shown_by_provider(DEFAULT_MAX_TOKENS)}.")
+@click.option("--max-batch-rows", type=int, help=f"Most rows in one batch {shown(RunConfig, 'max_batch_rows')}.")
 @click.option("--io-binding/--no-io-binding", default=None,
               help="Bind inputs/outputs to the device (ORT IO binding) [default: what export measured faster for "
               "fp16 on CUDA; off elsewhere].")
 @click.option("--window-rows", type=int,
-              help="Rows read, sorted, scored and checkpointed together [default: 65536 on a GPU, 16384 on a CPU].")
-@click.option("--tokenize-threads", type=int, help="Windows tokenised at once, ahead of the model [default: 2].")
+              help=f"Rows read, sorted, scored and checkpointed together {shown_by_provider(DEFAULT_WINDOW_ROWS)}.")
+@click.option("--tokenize-threads", type=int,
+              help=f"Windows tokenised at once, ahead of the model {shown(RunConfig, 'tokenize_threads')}.")
 @click.option("--infer-threads", type=int,
-              help="Batches in flight on the model at once [default: 2 on CUDA, 1 elsewhere].")
-@click.option("--check", type=int, help="Cross-check N sampled rows against the PyTorch checkpoint.")
+              help=f"Batches in flight on the model at once {shown_by_provider(DEFAULT_INFER_THREADS)}.")
+@click.option("--check", type=int,
+              help=f"Cross-check N sampled rows against the PyTorch checkpoint (0: off) {shown(RunConfig, 'check')}.")
 @click.option("--checkpoint", type=PATH, help="PyTorch checkpoint for --check [default: the exported one].")
-@click.option("--samples", type=int, help="Rows in the sample table (sentence, true, predicted label).")
+@click.option("--samples", type=int,
+              help=f"Rows in the sample table (sentence, true, predicted label) {shown(RunConfig, 'samples')}.")
 @click.option("--report", type=PATH, help="Write the evaluation as Markdown here, and as JSON beside it.")
 @click.option("--summary", type=PATH, help="JSON summary path [default: OUTPUT.summary.json].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace outputs even when they are up to date.")

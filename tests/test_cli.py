@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
+from scorer.config import ExportConfig, RunConfig, TrainConfig
+from scorer.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
 from scorer.errors import EXIT_CODES
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -26,6 +29,26 @@ def test_every_option_is_in_the_readme():
                for option in (*param.opts, *param.secondary_opts)
                if option.startswith("--") and option != "--help" and option not in readme]
     assert not missing, f"options not in the README: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize(("command", "config"), [("train", TrainConfig), ("export", ExportConfig), ("run", RunConfig)])
+def test_every_default_in_the_help_is_the_config_default(command, config):
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    by_provider = {"max_tokens": DEFAULT_MAX_TOKENS, "window_rows": DEFAULT_WINDOW_ROWS,
+                   "infer_threads": DEFAULT_INFER_THREADS}
+    checked = 0
+    for param in main.commands[command].params:
+        value = defaults.get(param.name, dataclasses.MISSING)
+        if param.name in by_provider:
+            table = by_provider[param.name]
+            assert f"{table['cuda']} on CUDA, {table['cpu']} on a CPU" in param.help, param.name
+        elif value is dataclasses.MISSING or value is None or isinstance(value, (bool, tuple)):
+            continue  # no option, a factory (the packaged model), "decided at run time", a flag, a list
+        else:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            assert f"[default: {shown}]" in " ".join(param.help.split()), (param.name, param.help)
+        checked += 1
+    assert checked >= {"train": 25, "export": 10, "run": 8}[command]
 
 
 def test_exit_codes_are_in_the_help_and_the_readme():
