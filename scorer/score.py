@@ -105,8 +105,6 @@ def _refuse_before_work(config: RunConfig, units: list[WorkUnit]) -> None:
 def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, progress: bool) -> UnitSummary:
     """Score one input into one output: skip it when already done, resume it when partly done."""
     reader = TableReader(unit.source)
-    if unit.output.resolve() == reader.path.resolve():
-        raise OutputError(f"--output {unit.output} is the input file; choose another output path")
     columns = _columns(config, reader, classifier)
     check_text_format(unit.output, reader.schema, reader.path)
     source = fingerprint(reader.path)

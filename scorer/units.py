@@ -77,9 +77,13 @@ def _refuse_shared_outputs(units: list[WorkUnit]) -> None:
 
 
 def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], kept: dict[str, Path | None]) -> None:
-    """Refuse a file the run writes beside its outputs (--summary, --report) at the path of one of its inputs or
-    outputs, of another such file, or of a file in a directory it reads (the export, the checkpoint)."""
+    """Refuse an output at the path of an input, and a file the run writes beside its outputs (--summary, --report)
+    at the path of one of its inputs or outputs, of another such file, or of a file in a directory it reads (the
+    export, the checkpoint)."""
     taken = {u.source.resolve(): f"the input {u.source}" for u in units}
+    for unit in units:
+        if unit.output.resolve() in taken:
+            raise OutputError(f"--output {unit.output} is the input file; choose another output path")
     taken.update({u.output.resolve(): f"the output {u.output}" for u in units})
     for option, path in written.items():
         if path is None:
