@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -13,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from scorer.classify import OnnxClassifier
+from scorer.classify import OnnxClassifier, Scored
 from scorer.config import RunConfig
 from scorer.labels import LabelIndex
 from scorer.parts import PartStore
@@ -33,33 +34,21 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
 
     Returns the seconds the main thread (which feeds the model) spent waiting for each other stage: where a run
     loses time when the model is not the slowest stage."""
-    waits = dict.fromkeys(("reading", "tokenising", "writing"), 0.0)
-
-    def wait(stage: str, future: Future):
-        started = time.perf_counter()
-        try:
-            return future.result()
-        finally:
-            waits[stage] += time.perf_counter() - started
-
-    labels = LabelIndex(classifier.labels) if columns.label else None
+    waits = _Waits()
     skip = first * config.window_rows
-    windows = enumerate(reader.batches(config.window_rows, skip_rows=skip))
-
-    def read():
-        number, window = next(windows, (None, None))
-        if window is not None and labels is not None:  # fail before scoring on labels the model does not know
-            labels.indices(window.column(columns.label).to_pylist(), reader.path, columns.label,
-                           skip + number * config.window_rows + 1)
-        return window
+    windows = _windows(reader, classifier, columns, config, skip)
 
     def read_and_queue():
         """The next window, read, with its pieces queued for tokenising; None after the last window."""
-        window = read()
+        window = next(windows, None)
         if window is None:
             return None
         text = window.column(columns.text)
         return window, [tokenizing.submit(classifier.prepare, piece) for piece in pieces(text, config.piece_chars)]
+
+    def save(index: int, table: pa.Table) -> None:
+        store.write(index, table)
+        sink.write(table)
 
     total = None if reader.num_rows is None else max(0, reader.num_rows - skip)
     with tqdm(total=total, unit="rows", disable=None if progress else True, file=sys.stderr,
@@ -71,26 +60,52 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
         ahead = deque(reading.submit(read_and_queue) for _ in range(config.tokenize_threads))
         # A resumed run's output starts with the windows that its parts already hold.
         writes: list[Future] = [writing.submit(_replay, store, sink, first)]
-
-        def save(index: int, table: pa.Table) -> None:
-            store.write(index, table)
-            sink.write(table)
-
         index = first
-        while (item := wait("reading", ahead.popleft())) is not None:
+        while (item := waits("reading", ahead.popleft())) is not None:
             ahead.append(reading.submit(read_and_queue))
             window, prepared = item
-            scored = classifier.infer(wait("tokenising", piece) for piece in prepared)
-            predicted, score, status = classifier.result_arrays(scored)
-            table = window.append_column(columns.predicted, predicted).append_column(columns.score, score)
-            writes.append(writing.submit(save, index, table.append_column(columns.status, status)))
+            scored = classifier.infer(waits("tokenising", piece) for piece in prepared)
+            writes.append(writing.submit(save, index, _with_results(window, classifier, columns, scored)))
             while len(writes) > 1:  # at most one part in flight: memory stays bounded
-                wait("writing", writes.pop(0))
+                waits("writing", writes.pop(0))
             index += 1
             bar.update(window.num_rows)
         for write in writes:
-            wait("writing", write)
-    return waits
+            waits("writing", write)
+    return dict(waits)
+
+
+class _Waits(dict):
+    """Seconds the thread that feeds the model waited on each other stage's futures."""
+
+    def __init__(self) -> None:
+        super().__init__(reading=0.0, tokenising=0.0, writing=0.0)
+
+    def __call__(self, stage: str, future: Future):
+        started = time.perf_counter()
+        try:
+            return future.result()
+        finally:
+            self[stage] += time.perf_counter() - started
+
+
+def _windows(reader: TableReader, classifier: OnnxClassifier, columns: Columns, config: RunConfig,
+             skip: int) -> Iterator[pa.RecordBatch]:
+    """The input's windows from row `skip` on, each refused before it is scored when it holds a label the model
+    does not know (the error names the row)."""
+    labels = LabelIndex(classifier.labels) if columns.label else None
+    for number, window in enumerate(reader.batches(config.window_rows, skip_rows=skip)):
+        if labels is not None:
+            labels.indices(window.column(columns.label).to_pylist(), reader.path, columns.label,
+                           skip + number * config.window_rows + 1)
+        yield window
+
+
+def _with_results(window: pa.RecordBatch, classifier: OnnxClassifier, columns: Columns, scored: Scored) -> pa.Table:
+    """The window with its predicted label, score and status columns."""
+    predicted, score, status = classifier.result_arrays(scored)
+    return (window.append_column(columns.predicted, predicted).append_column(columns.score, score)
+            .append_column(columns.status, status))
 
 
 def _replay(store: PartStore, sink: OutputSink, count: int) -> None:
