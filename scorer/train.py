@@ -28,7 +28,7 @@ from scorer.model import (
     position_limit,
     reinitialize_top_layers,
 )
-from scorer.tokens import TextEncoder
+from scorer.tokens import Encoded, TextEncoder
 
 log = logging.getLogger("scorer")
 _UNKNOWN_WARNING = 0.05  # share of [UNK] training tokens that says the vocabulary does not fit the text
@@ -92,8 +92,22 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
                  if config.rtd_aux else None)
     trainer = Trainer(model, config, device, precision, train_set, data.train_targets, progress=progress,
                       auxiliary=auxiliary)
+    epochs, best_epoch, best_state = _fine_tune(trainer, val_set, data, config, device)
+    model.load_state_dict(best_state)
+    result = TrainResult(config.output, epochs, best_epoch, device, precision, len(data.train_texts),
+                         len(data.val_texts))
+    _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses, adapt_losses)
+    log.info("best epoch %d by %s: validation accuracy %.4f, MCC %.4f; checkpoint in %s",
+             best_epoch, config.select, result.best.val_accuracy, result.best.val_mcc, config.output)
+    return result
+
+
+def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: TrainConfig,
+               device: str) -> tuple[list[EpochResult], int, dict[str, torch.Tensor]]:
+    """The fine-tuning epochs, each validated and logged: every epoch's result, the epoch kept by config.select
+    and its weights (on the CPU)."""
     epochs: list[EpochResult] = []
-    best_state, best_epoch = None, 0
+    best_state, best_epoch = {}, 0
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         train_loss = trainer.run_epoch(epoch)
@@ -108,13 +122,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             best_epoch = epoch
             best_state = {key: value.detach().to("cpu", copy=True)
                           for key, value in trainer.evaluated.state_dict().items()}
-    model.load_state_dict(best_state)
-    result = TrainResult(config.output, epochs, best_epoch, device, precision, len(data.train_texts),
-                         len(data.val_texts))
-    _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses, adapt_losses)
-    log.info("best epoch %d by %s: validation accuracy %.4f, MCC %.4f; checkpoint in %s",
-             best_epoch, config.select, result.best.val_accuracy, result.best.val_mcc, config.output)
-    return result
+    return epochs, best_epoch, best_state
 
 
 def _check_finite(loss: float, what: str, option: str, rate: float) -> None:
