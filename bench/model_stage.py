@@ -158,8 +158,11 @@ def main() -> None:
     parser.add_argument("--random", default="bert-base", help="Random-weight shape (bench/scoring.py).")
     parser.add_argument("--random-dir", type=Path)
     parser.add_argument("--rows", type=int, default=200000)
+    parser.add_argument("--fixed-shapes", default="1024x16,4096x16,256x128",
+                        help="Batch shapes, rows x width, at which the chosen graph is timed alone.")
     parser.add_argument("--out", type=Path, default=Path("bench/out/model-stage.json"))
     args = parser.parse_args()
+    shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.fixed_shapes.split(",")]
     provider = "cuda" if args.device == "cuda" else "cpu"
     texts = workload("cola", args.rows)
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,7 +189,7 @@ def main() -> None:
                   f"{row['padded_over_real_tokens']:.3f}", flush=True)
         # The graph's ceiling at fixed shapes; with a captured CUDA graph (launches); with the inputs copied in from
         # pageable host arrays each run (the most that pinned host buffers could save).
-        for rows, width in ((1024, 16), (4096, 16), (256, 128)):
+        for rows, width in shapes:
             for graph, host in ((False, False), (True, False), (False, True)):
                 key = f"{rows}x{width}" + (" cuda graph" if graph else "") + (" host inputs" if host else "")
                 try:

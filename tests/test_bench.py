@@ -1,0 +1,105 @@
+"""The benchmarks a GPU session runs (bench/gpu_check.sh) still run: each here on the CPU, with the tiny random model
+and a few hundred rows. Not timed (speed is measured by the scripts themselves, on the machine that matters): a GPU
+session has 15 minutes of device time, and a script broken by a change elsewhere would waste them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.cola  # the benchmarks' workloads are CoLA's sentences
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory) -> Path:
+    """One random tiny model and export for every script (built by the first, reused by the rest)."""
+    return tmp_path_factory.mktemp("bench")
+
+
+def bench(script: str, *args: str | Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")])}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def scoring(bench_dir) -> dict:
+    out = bench_dir / "out" / "scoring-cola.json"
+    bench("scoring.py", "--device", "cpu", "--random", "tiny", "--random-dir", bench_dir / "random",
+          "--workloads", "cola", "--rows", "400", "--baseline-rows", "40",
+          "--variants", "fp32,fp32:plain,fp32:infer_threads=1,fp32:window_rows=128:batch_overhead=1000000000",
+          "--stages", "fp32", "--out", out)
+    return json.loads(out.read_text())
+
+
+def test_scoring_runs_the_baselines_and_scorer_on_the_same_sentences(scoring):
+    cola = scoring["workloads"]["cola"]
+    assert cola["texts"] == 400 and cola["baseline_texts"] == 40
+    results = cola["results"]
+    assert {"pytorch-notebook", "pytorch-sorted-b64"} <= set(results)
+    runs = [name for name in results if name.startswith("scorer-run-")]
+    assert len(runs) == 4
+    for name in runs:  # the random model's labels are PyTorch fp32's, through the whole of `scorer run`
+        assert results[name]["label_agreement_with_pytorch_fp32"] >= 0.995, name
+        assert results[name]["sentences_per_s"] > 0
+    stage = cola["stages"][0]
+    assert stage["tokenise_sentences_per_s"] > 0 and stage["model_sentences_per_s"] > 0
+    assert stage["padded_over_real_tokens"] >= 1
+
+
+def test_model_stage_measures_every_setting_that_can_run_on_a_cpu(scoring, bench_dir):
+    out = bench_dir / "out" / "model-stage.json"
+    bench("model_stage.py", "--device", "cpu", "--random", "tiny", "--random-dir", bench_dir / "random",
+          "--rows", "300", "--fixed-shapes", "8x16", "--out", out)
+    stage = json.loads(out.read_text())
+    failed = {name for name, row in stage["settings"].items() if "error" in row}
+    # ORT's packing ops (RemovePadding, PackedAttention) exist on CUDA only; everything else runs here
+    assert failed == {name for name in stage["settings"] if "padding removed" in name} and len(failed) == 2
+    assert all(row["sentences_per_s"] > 0 for name, row in stage["settings"].items() if name not in failed)
+    assert set(stage["fixed_shape"]) == {"8x16", "8x16 cuda graph", "8x16 host inputs"}
+
+
+def test_ort_options_compares_every_level_against_all(scoring, bench_dir):
+    out = bench_dir / "out" / "ort-options.json"
+    bench("ort_options.py", "--random", "tiny", "--random-dir", bench_dir / "random", "--device", "cpu",
+          "--variants", "fp32,fp16", "--rows", "300", "--out", out)
+    levels = {variant: row["levels"] for variant, row in json.loads(out.read_text())["variants"].items()}
+    for variant, by_level in levels.items():
+        assert set(by_level) == {"disabled", "basic", "extended", "all"}, variant
+        assert all(level["labels_agree_with_all"] >= 0.995 for level in by_level.values()), variant
+
+
+def test_op_probe_times_each_op_of_a_layer_and_the_whole_graph(scoring, bench_dir):
+    out = bench_dir / "out" / "op-probe.json"
+    bench("op_probe.py", "--device", "cpu", "--shapes", "4x16", "--repeat", "1",
+          "--graph", bench_dir / "random" / "onnx-cola" / "model.fp16.onnx", "--out", out)
+    shape = json.loads(out.read_text())["shapes"][0]
+    assert (shape["rows"], shape["width"]) == (4, 16)
+    assert {"Attention (with its QKV projection)", "BiasGelu", "SkipLayerNormalization"} <= set(shape["ops"])
+    assert all(op["ms"] > 0 for op in shape["ops"].values())
+
+
+def test_gpu_summary_reads_what_the_scripts_wrote(scoring, bench_dir):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_summary.py"), str(bench_dir / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "scorer-run-fp32" in done.stdout and "fused attention" in done.stdout
+
+
+def test_tokenize_speed_times_both_ways_on_both_workloads(bench_dir):
+    out = bench_dir / "out" / "tokenize-speed.json"
+    # the script itself exits non-zero where the word cache's ids differ from the tokenizer's
+    bench("tokenize_speed.py", "--rows", "300", "--threads", "1,2", "--repeat", "1", "--workloads", "cola,long128",
+          "--out", out)
+    workloads = json.loads(out.read_text())["workloads"]
+    for name in ("cola", "long128"):
+        assert {f"{way}-T{threads}" for way in ("tokenizer", "word-cache-cold", "word-cache-warm")
+                for threads in (1, 2)} == set(workloads[name]["results"]), name
