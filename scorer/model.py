@@ -95,6 +95,8 @@ class SentenceClassifier(nn.Module):
     def load(cls, directory: Path, attn_implementation: str | None = None) -> SentenceClassifier:
         """Load a checkpoint written by `save` (always in float32, whatever dtype it was stored in)."""
         directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelError(f"{directory} does not exist; run `scorer train` first or pass --checkpoint")
         missing = [name for name in (HEAD_CONFIG, HEAD_WEIGHTS, "config.json") if not (directory / name).is_file()]
         if missing:
             if missing == [HEAD_CONFIG, HEAD_WEIGHTS]:  # an encoder without a head: the step before training

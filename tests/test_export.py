@@ -485,6 +485,9 @@ def test_a_kernel_setting_the_provider_cannot_run_is_left_out_and_said(tiny_expo
 def test_export_refuses_a_missing_checkpoint_and_unknown_parity_labels(tiny_checkpoint, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["export", "--checkpoint", str(tmp_path / "none"), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 4 and "none does not exist; run `scorer train` first" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(main, ["export", "--checkpoint", str(tmp_path / "empty"), "--output", str(tmp_path / "o")])
     assert result.exit_code == 4 and "not a scorer checkpoint" in result.output
     data = tmp_path / "parity.csv"
     data.write_text("sentence,label\nfine,1\nodd,maybe\n")
