@@ -5,6 +5,7 @@
 # tokenizer, and the CoLA files (never committed). Then, in six back-to-back `run` calls:
 #   p0..p3:    carry [".devwheels/pN"], command: mkdir -p /tmp/keep && cp .devwheels/pN/* /tmp/keep/
 #   .devmodel: carry [".devmodel"], command: mkdir -p /tmp/keep && cp .devmodel/* /tmp/keep/
+#              (only for the steps that train the packaged MiniLM; a scoring-only session skips this call)
 #   p4:        carry [".devwheels/p4", ".devcarry"], command: mkdir -p /tmp/keep && cp .devwheels/p4/* /tmp/keep/ &&
 #              bash bench/gpu_check.sh
 set -euo pipefail
