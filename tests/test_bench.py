@@ -22,11 +22,13 @@ def bench_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bench")
 
 
-def bench(script: str, *args: str | Path) -> None:
+def bench(script: str, *args: str | Path) -> str:
+    """Run bench/`script` as bench/gpu_check.sh does (the repository and bench/ on the path); its output."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")])}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +89,8 @@ def test_op_probe_times_each_op_of_a_layer_and_the_whole_graph(scoring, bench_di
 
 
 def test_gpu_summary_reads_what_the_scripts_wrote(scoring, bench_dir):
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_summary.py"), str(bench_dir / "out")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")])})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "scorer-run-fp32" in done.stdout and "fused attention" in done.stdout
+    summary = bench("gpu_summary.py", bench_dir / "out")
+    assert "scorer-run-fp32" in summary and "fused attention" in summary
 
 
 def test_tokenize_speed_times_both_ways_on_both_workloads(bench_dir):
