@@ -1,11 +1,12 @@
 """Peak memory of `scorer run` against input size: it should be set by the window, not by the file.
 
     python bench/memory.py --rows 100000,300000,1000000 [--row-group-rows N] [--texts cola|long] [--export DIR]
-                           [--out FILE]
+                           [--huge-cell-mib M] [--out FILE]
 
 Writes Parquet files of CoLA-like sentences (../shared/data/cola, or generated text when it is absent), scores
 each in a fresh process (`scorer run --provider cpu --variant fp32`), and records the child's peak RSS (/proc
-VmHWM). `--row-group-rows 0` writes each file as one row group, as pandas and pyarrow do up to 1M rows. Without
+VmHWM). `--row-group-rows 0` writes each file as one row group, as pandas and pyarrow do up to 1M rows;
+`--huge-cell-mib M` puts one text of M MiB (the same words, run together) in the middle of each file. Without
 --export it builds a tiny random-weight BERT export, since memory is a property of the pipeline, not of the model's
 size (the model's own memory is constant).
 """
@@ -39,6 +40,15 @@ def sentences() -> list[str]:
     words = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "tree", "quickly", "big", "red"]
     rng = np.random.default_rng(0)
     return [" ".join(rng.choice(words, rng.integers(4, 20))) for _ in range(5000)]
+
+
+def huge_text(pool: list[str], mib: float) -> str:
+    """One text of about `mib` MiB: the pool's texts, in a seeded order, run together with spaces."""
+    rng, parts, size = np.random.default_rng(1), [], 0
+    while size < mib * 2**20:
+        parts.append(pool[int(rng.integers(len(pool)))])
+        size += len(parts[-1]) + 1
+    return " ".join(parts)
 
 
 def tiny_export(directory: Path) -> Path:
@@ -89,21 +99,24 @@ def main() -> None:
     parser.add_argument("--rows", default="100000,300000,1000000")
     parser.add_argument("--row-group-rows", type=int, default=50_000, help="0: the whole file in one row group")
     parser.add_argument("--texts", choices=["cola", "long"], default="cola", help="long: 20-60 words a row")
+    parser.add_argument("--huge-cell-mib", type=float, default=0, help="one text of this many MiB in each file")
     parser.add_argument("--export", type=Path)
     parser.add_argument("--out", type=Path, default=Path("bench/out/memory.json"))
     args = parser.parse_args()
     pool = long_texts() if args.texts == "long" else sentences()
     results = {"machine": machine(), "row_group_rows": args.row_group_rows or "whole file", "texts": args.texts,
-               "runs": []}
+               "huge_cell_mib": args.huge_cell_mib, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         export = args.export or tiny_export(tmp_path)
         for rows in sorted(int(r) for r in args.rows.split(",")):
             rng = np.random.default_rng(rows)
             source = tmp_path / f"input-{rows}.parquet"
-            pq.write_table(pa.table({"id": np.arange(rows), "sentence": [pool[i] for i in
-                                                                          rng.integers(0, len(pool), rows)]}),
-                           source, row_group_size=args.row_group_rows or rows)
+            texts = [pool[i] for i in rng.integers(0, len(pool), rows)]
+            if args.huge_cell_mib:
+                texts[rows // 2] = huge_text(pool, args.huge_cell_mib)
+            pq.write_table(pa.table({"id": np.arange(rows), "sentence": texts}), source,
+                           row_group_size=args.row_group_rows or rows)
             figures = measure(source, export, tmp_path / f"out-{rows}.parquet")
             figures.update(rows=rows, input_mib=source.stat().st_size / 2**20,
                            output_rows=pq.ParquetFile(tmp_path / f"out-{rows}.parquet").metadata.num_rows)

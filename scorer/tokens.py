@@ -9,12 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tokenizers import Tokenizer
 
 from scorer.errors import ModelError
 from scorer.words import WordCache
 
 TOKENIZER_FILE = "tokenizer.json"
+# Where the word cache qualifies (ids of a text = ids of its space-separated chunks, one after another), a row longer
+# than this many characters per token kept (and at least CUT_MIN_CHARS) is cut at its last space before that point
+# before it is tokenised: what max_length keeps of it is the same, and a 20 MB cell no longer costs hundreds of MB
+# of token arrays. A cut row must still come out truncated (more tokens than max_length keeps); one that does not (a
+# row of mostly characters that give no token) is tokenised whole.
+CUT_CHARS_PER_TOKEN = 40
+CUT_MIN_CHARS = 4096
 
 
 def is_text(column: pa.Array) -> bool:
@@ -90,14 +98,42 @@ class TextEncoder:
         """Encode texts (all must be str); rows cut at max_length are flagged in `truncated`."""
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
-        if self.words is not None:
-            column = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.large_string())
-            if column.null_count or not is_text(column):
-                raise TypeError("TextEncoder.encode takes strings only")
-            found = self.words.encode(column, self.max_length)
-            if found is not None:
-                return Encoded(*found)
-            texts = column
+        if self.words is None:
+            return self._tokenize(texts)
+        column = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.large_string())
+        if column.null_count or not is_text(column):
+            raise TypeError("TextEncoder.encode takes strings only")
+        shorter, cut = self._cut_long_rows(column)
+        encoded = self._encode_words(shorter)
+        if cut.size and not encoded.truncated[cut].all():  # a cut row kept too few tokens: tokenise the rows whole
+            encoded = self._encode_words(column)
+        return encoded
+
+    def _encode_words(self, column: pa.Array) -> Encoded:
+        """Through the word cache, or the tokenizer itself where most chunks are new."""
+        found = self.words.encode(column, self.max_length)
+        return Encoded(*found) if found is not None else self._tokenize(column)
+
+    def _cut_long_rows(self, column: pa.Array) -> tuple[pa.Array, np.ndarray]:
+        """`column` with every row longer than the cut limit cut at its last space before it (CUT_CHARS_PER_TOKEN),
+        and the rows that were cut."""
+        limit = max(CUT_MIN_CHARS, CUT_CHARS_PER_TOKEN * self.max_length)
+        long = np.flatnonzero(pc.greater(pc.utf8_length(column), limit).to_numpy(zero_copy_only=False))
+        cuts = {}
+        heads = pc.utf8_slice_codeunits(column.take(pa.array(long)), 0, limit).to_pylist() if long.size else []
+        for row, head in zip(long.tolist(), heads, strict=True):  # only each long row's start becomes a str
+            space = head.rfind(" ")
+            if space > 0:
+                cuts[row] = head[:space]
+        if not cuts:
+            return column, np.zeros(0, np.int64)
+        mask = np.zeros(len(column), bool)
+        mask[list(cuts)] = True
+        return pc.replace_with_mask(column, pa.array(mask), pa.array(list(cuts.values()), column.type)), \
+            np.fromiter(cuts, np.int64, count=len(cuts))
+
+    def _tokenize(self, texts: Sequence[str] | pa.Array) -> Encoded:
+        """The tokenizer itself, with truncation."""
         if isinstance(texts, pa.Array):
             texts = texts.to_pylist()
         encodings = self._encode(list(texts), add_special_tokens=True)

@@ -55,3 +55,26 @@ def test_pad_gathers_each_rows_ids_and_masks_the_rest(encoder):
         assert not input_ids[out_row, length:].any()
     natural, _ = encoded.pad(np.array([0, 2]))
     assert natural.shape[1] == max(encoded.lengths[0], encoded.lengths[2])
+
+
+def test_rows_far_longer_than_max_length_are_cut_before_tokenising_and_give_the_same_ids(encoder):
+    import pyarrow as pa
+
+    from scorer.tokens import CUT_MIN_CHARS
+
+    whole = TextEncoder.from_dir(packaged_model(), max_length=32, word_cache=False)  # the tokenizer, uncut
+    rng = np.random.default_rng(3)
+    words = np.array(["grammar", "is", "hard,", "isn't", "it?", "Ünïcödé", "中文", "", "x" * 150, "well-known"])
+    texts = [
+        " ".join(rng.choice(words, 6000)),  # natural-ish text far past the limit: cut at a space
+        ("\u200b" * 9 + " ") * (CUT_MIN_CHARS // 8) + "then words at last",  # no token before the limit: whole
+        "y" * (CUT_MIN_CHARS * 3),  # no space before the limit: not cut
+        "short one",
+        " " * (CUT_MIN_CHARS + 5) + "late",  # only spaces before the limit
+    ]
+    shorter, cut = encoder._cut_long_rows(pa.array(texts, pa.large_string()))
+    assert cut.tolist() == [0, 1, 4] and len(shorter[0].as_py()) <= CUT_MIN_CHARS
+    assert shorter[3].as_py() == "short one" and shorter[2].as_py() == texts[2]
+    fast, slow = encoder.encode(texts), whole.encode(texts)
+    assert fast.offsets.tolist() == slow.offsets.tolist() and fast.ids.tolist() == slow.ids.tolist()
+    assert fast.truncated.tolist() == slow.truncated.tolist() == [True, False, False, False, False]
