@@ -6,7 +6,8 @@
 Writes Parquet files of CoLA-like sentences (../shared/data/cola, or generated text when it is absent), scores
 each in a fresh process (`scorer run --provider cpu --variant fp32`), and records the child's peak RSS (/proc
 VmHWM). `--row-group-rows 0` writes each file as one row group, as pandas and pyarrow do up to 1M rows;
-`--huge-cell-mib M` puts one text of M MiB (the same words, run together) in the middle of each file. Without
+`--huge-cell-mib M` puts one text of M MiB (the same words run together, or with `--huge-cell-kind base64` an
+embedded file's base64, without a space) in the middle of each file. Without
 --export it builds a tiny random-weight BERT export, since memory is a property of the pipeline, not of the model's
 size (the model's own memory is constant).
 """
@@ -14,6 +15,7 @@ size (the model's own memory is constant).
 from __future__ import annotations
 
 import argparse
+import base64
 import subprocess
 import sys
 import tempfile
@@ -42,9 +44,12 @@ def sentences() -> list[str]:
     return [" ".join(rng.choice(words, rng.integers(4, 20))) for _ in range(5000)]
 
 
-def huge_text(pool: list[str], mib: float) -> str:
-    """One text of about `mib` MiB: the pool's texts, in a seeded order, run together with spaces."""
+def huge_text(pool: list[str], mib: float, kind: str = "words") -> str:
+    """One text of about `mib` MiB: the pool's texts, in a seeded order, run together with spaces; or base64 of
+    seeded random bytes (an embedded file), which has no space at all."""
     rng, parts, size = np.random.default_rng(1), [], 0
+    if kind == "base64":
+        return base64.b64encode(rng.bytes(int(mib * 2**20 * 3 / 4))).decode()
     while size < mib * 2**20:
         parts.append(pool[int(rng.integers(len(pool)))])
         size += len(parts[-1]) + 1
@@ -100,12 +105,14 @@ def main() -> None:
     parser.add_argument("--row-group-rows", type=int, default=50_000, help="0: the whole file in one row group")
     parser.add_argument("--texts", choices=["cola", "long"], default="cola", help="long: 20-60 words a row")
     parser.add_argument("--huge-cell-mib", type=float, default=0, help="one text of this many MiB in each file")
+    parser.add_argument("--huge-cell-kind", choices=["words", "base64"], default="words",
+                        help="the huge text: sentences run together, or base64 of random bytes (no space at all)")
     parser.add_argument("--export", type=Path)
     parser.add_argument("--out", type=Path, default=Path("bench/out/memory.json"))
     args = parser.parse_args()
     pool = long_texts() if args.texts == "long" else sentences()
     results = {"machine": machine(), "row_group_rows": args.row_group_rows or "whole file", "texts": args.texts,
-               "huge_cell_mib": args.huge_cell_mib, "runs": []}
+               "huge_cell_mib": args.huge_cell_mib, "huge_cell_kind": args.huge_cell_kind, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         export = args.export or tiny_export(tmp_path)
@@ -114,7 +121,7 @@ def main() -> None:
             source = tmp_path / f"input-{rows}.parquet"
             texts = [pool[i] for i in rng.integers(0, len(pool), rows)]
             if args.huge_cell_mib:
-                texts[rows // 2] = huge_text(pool, args.huge_cell_mib)
+                texts[rows // 2] = huge_text(pool, args.huge_cell_mib, args.huge_cell_kind)
             pq.write_table(pa.table({"id": np.arange(rows), "sentence": texts}), source,
                            row_group_size=args.row_group_rows or rows)
             figures = measure(source, export, tmp_path / f"out-{rows}.parquet")

@@ -18,9 +18,10 @@ from scorer.words import WordCache
 TOKENIZER_FILE = "tokenizer.json"
 # Where the word cache qualifies (ids of a text = ids of its space-separated chunks, one after another), a row longer
 # than this many characters per token kept (and at least CUT_MIN_CHARS) is cut at its last space before that point
-# before it is tokenised: what max_length keeps of it is the same, and a 20 MB cell no longer costs hundreds of MB
-# of token arrays. A cut row must still come out truncated (more tokens than max_length keeps); one that does not (a
-# row of mostly characters that give no token) is tokenised whole.
+# (without one: before its last word there, TextEncoder._within_words) before it is tokenised: what max_length keeps
+# of it is the same, and a 20 MB cell no longer costs hundreds of MB of token arrays. A cut row must still come out
+# truncated (more tokens than max_length keeps); one that does not (a row of mostly characters that give no token)
+# is tokenised whole.
 CUT_CHARS_PER_TOKEN = 40
 CUT_MIN_CHARS = 4096
 
@@ -79,6 +80,10 @@ class TextEncoder:
         tokenizer.enable_truncation(max_length)
         self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
         self.words = WordCache.for_tokenizer(tokenizer) if word_cache else None
+        added = tokenizer.get_added_tokens_decoder().values()
+        # Added tokens ([SEP] written in a text) the within-words cut can step around; None: some are matched after
+        # normalisation or only as whole words, which a cut could change, so rows are cut at spaces only.
+        self._added = None if any(t.normalized or t.single_word for t in added) else [t.content for t in added]
 
     @classmethod
     def from_dir(cls, directory: Path, max_length: int, word_cache: bool = True) -> TextEncoder:
@@ -123,14 +128,29 @@ class TextEncoder:
         heads = pc.utf8_slice_codeunits(column.take(pa.array(long)), 0, limit).to_pylist() if long.size else []
         for row, head in zip(long.tolist(), heads, strict=True):  # only each long row's start becomes a str
             space = head.rfind(" ")
-            if space > 0:
-                cuts[row] = head[:space]
+            cut = head[:space] if space > 0 else self._within_words(head)
+            if cut is not None:
+                cuts[row] = cut
         if not cuts:
             return column, np.zeros(0, np.int64)
         mask = np.zeros(len(column), bool)
         mask[list(cuts)] = True
         return pc.replace_with_mask(column, pa.array(mask), pa.array(list(cuts.values()), column.type)), \
             np.fromiter(cuts, np.int64, count=len(cuts))
+
+    def _within_words(self, head: str) -> str | None:
+        """`head`, a long row's start with no space in it (CJK text, a base64 blob), cut where the words before its
+        last one already give more tokens than max_length keeps: those words are tokenised as in the whole row,
+        whatever follows. None where they do not (one giant word), or where added tokens could change at a cut."""
+        if self._added is None:
+            return None
+        end = len(head)
+        while end and any(head[:end].endswith(token[:k]) for token in self._added for k in range(1, len(token))):
+            end -= 1  # never cut inside an added token written in the text
+        word_ids = self.words.tokenizer.encode(head[:end], add_special_tokens=False).word_ids
+        before = sum(1 for word in word_ids if word != word_ids[-1]) if word_ids else 0
+        budget = self.max_length - len(self.words.prefix) - len(self.words.suffix)
+        return head[:end] if before > budget else None
 
     def _tokenize(self, texts: Sequence[str] | pa.Array) -> Encoded:
         """The tokenizer itself, with truncation."""

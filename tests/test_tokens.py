@@ -78,3 +78,25 @@ def test_rows_far_longer_than_max_length_are_cut_before_tokenising_and_give_the_
     fast, slow = encoder.encode(texts), whole.encode(texts)
     assert fast.offsets.tolist() == slow.offsets.tolist() and fast.ids.tolist() == slow.ids.tolist()
     assert fast.truncated.tolist() == slow.truncated.tolist() == [True, False, False, False, False]
+
+
+def test_long_rows_without_a_space_are_cut_between_words_and_never_inside_an_added_token(encoder):
+    import pyarrow as pa
+
+    from scorer.tokens import CUT_MIN_CHARS
+
+    whole = TextEncoder.from_dir(packaged_model(), max_length=32, word_cache=False)
+    rng = np.random.default_rng(5)
+    blob = "".join(rng.choice(list("abcXYZ019+/="), CUT_MIN_CHARS * 3))  # base64-like: words split at + / =
+    cjk = "".join(rng.choice(list("中文字符日本語的是不了人我在有他这为之大来以个"), CUT_MIN_CHARS * 2))
+    before_sep = "a," * ((CUT_MIN_CHARS - 3) // 2) + "b" * ((CUT_MIN_CHARS - 3) % 2)
+    straddling = before_sep + "[SEP]" + "c," * 3000  # the limit falls inside [SEP]
+    assert straddling[CUT_MIN_CHARS - 3 : CUT_MIN_CHARS + 2] == "[SEP]"
+    texts = [blob, cjk, straddling, "z" * (CUT_MIN_CHARS * 2)]
+    shorter, cut = encoder._cut_long_rows(pa.array(texts, pa.large_string()))
+    assert cut.tolist() == [0, 1, 2]  # the last is one word: nothing to cut between
+    assert all(len(shorter[row].as_py()) <= CUT_MIN_CHARS for row in cut)
+    assert shorter[2].as_py() == before_sep  # stepped back out of [SEP]
+    fast, slow = encoder.encode(texts), whole.encode(texts)
+    assert fast.offsets.tolist() == slow.offsets.tolist() and fast.ids.tolist() == slow.ids.tolist()
+    assert fast.truncated.tolist() == slow.truncated.tolist() == [True, True, True, False]
