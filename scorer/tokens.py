@@ -17,11 +17,10 @@ from scorer.words import WordCache
 
 TOKENIZER_FILE = "tokenizer.json"
 # Where the word cache qualifies (ids of a text = ids of its space-separated chunks, one after another), a row longer
-# than this many characters per token kept (and at least CUT_MIN_CHARS) is cut at its last space before that point
-# (without one: before its last word there, TextEncoder._within_words) before it is tokenised: what max_length keeps
-# of it is the same, and a 20 MB cell no longer costs hundreds of MB of token arrays. A cut row must still come out
-# truncated (more tokens than max_length keeps); one that does not (a row of mostly characters that give no token)
-# is tokenised whole.
+# than this many characters per token kept (and at least CUT_MIN_CHARS) is cut before its last word within that
+# many characters (TextEncoder._cut) before it is tokenised: what max_length keeps of it is the same, and a 20 MB cell
+# no longer costs hundreds of MB (or, as base64, gigabytes) in the tokenizer and token arrays. A cut row must still
+# come out truncated (more tokens than max_length keeps); one that does not is tokenised whole.
 CUT_CHARS_PER_TOKEN = 40
 CUT_MIN_CHARS = 4096
 
@@ -120,15 +119,14 @@ class TextEncoder:
         return Encoded(*found) if found is not None else self._tokenize(column)
 
     def _cut_long_rows(self, column: pa.Array) -> tuple[pa.Array, np.ndarray]:
-        """`column` with every row longer than the cut limit cut at its last space before it (CUT_CHARS_PER_TOKEN),
-        and the rows that were cut."""
+        """`column` with every row longer than the cut limit (CUT_CHARS_PER_TOKEN) cut within it (`_cut`), and the
+        rows that were cut."""
         limit = max(CUT_MIN_CHARS, CUT_CHARS_PER_TOKEN * self.max_length)
         long = np.flatnonzero(pc.greater(pc.utf8_length(column), limit).to_numpy(zero_copy_only=False))
         cuts = {}
         heads = pc.utf8_slice_codeunits(column.take(pa.array(long)), 0, limit).to_pylist() if long.size else []
         for row, head in zip(long.tolist(), heads, strict=True):  # only each long row's start becomes a str
-            space = head.rfind(" ")
-            cut = head[:space] if space > 0 else self._within_words(head)
+            cut = self._cut(head)
             if cut is not None:
                 cuts[row] = cut
         if not cuts:
@@ -138,12 +136,15 @@ class TextEncoder:
         return pc.replace_with_mask(column, pa.array(mask), pa.array(list(cuts.values()), column.type)), \
             np.fromiter(cuts, np.int64, count=len(cuts))
 
-    def _within_words(self, head: str) -> str | None:
-        """`head`, a long row's start with no space in it (CJK text, a base64 blob), cut where the words before its
-        last one already give more tokens than max_length keeps: those words are tokenised as in the whole row,
-        whatever follows. None where they do not (one giant word), or where added tokens could change at a cut."""
+    def _cut(self, head: str) -> str | None:
+        """`head`, a long row's first characters, cut before its last word, when the words before it already give
+        more tokens than max_length keeps: they are tokenised as in the whole row, whatever follows (spaces or not:
+        CJK text, a base64 blob). Never inside an added token written in the text. None where they do not (one giant
+        word). Where added tokens match after normalisation or as whole words only: at the last space (the word
+        cache's own rule; the caller checks that the cut row still comes out truncated)."""
         if self._added is None:
-            return None
+            space = head.rfind(" ")
+            return head[:space] if space > 0 else None
         end = len(head)
         while end and any(head[:end].endswith(token[:k]) for token in self._added for k in range(1, len(token))):
             end -= 1  # never cut inside an added token written in the text
