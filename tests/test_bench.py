@@ -102,3 +102,34 @@ def test_tokenize_speed_times_both_ways_on_both_workloads(bench_dir):
     for name in ("cola", "long128"):
         assert {f"{way}-T{threads}" for way in ("tokenizer", "word-cache-cold", "word-cache-warm")
                 for threads in (1, 2)} == set(workloads[name]["results"]), name
+
+
+def test_overlap_times_the_pipeline_around_a_stand_in_model(bench_dir):
+    out = bench_dir / "out" / "overlap.json"
+    bench("overlap.py", "--rows", "600", "--model-speed", "1", "--infer-threads", "2", "--window-rows", "256",
+          "--max-tokens", "32768", "--batch-overhead", "2048", "--random-dir", bench_dir / "random", "--out", out)
+    overlap = json.loads(out.read_text())
+    assert set(overlap["end_to_end"]) == {f"tokenize_threads={n}" for n in (1, 2, 4)}
+    for run in overlap["end_to_end"].values():
+        idle = run["stand_in"]
+        assert run["sentences_per_s"] > 0 and idle["busy_s"] > 0 and idle["batches"] >= 3  # three windows at least
+        assert min(idle["before_first_batch_s"], idle["between_batches_s"], idle["after_last_batch_s"]) >= 0
+
+
+def test_padding_counts_each_way_of_batching_without_a_model(bench_dir):
+    out = bench_dir / "out" / "padding.json"
+    bench("padding.py", "--rows", "cola=3000,long128=300", "--out", out)
+    workloads = json.loads(out.read_text())["workloads"]
+    for workload in ("cola", "long128"):
+        for provider in ("cuda", "cpu"):
+            ways = workloads[workload][provider]
+            assert "default" in ways and "budget alone" in ways
+            assert all(way["batches"] >= 1 and way["padded_over_real"] >= 1 for way in ways.values())
+
+
+def test_memory_keeps_every_row_of_a_file_with_a_huge_base64_cell(scoring, bench_dir):
+    out = bench_dir / "out" / "memory.json"
+    bench("memory.py", "--rows", "500", "--huge-cell-mib", "0.2", "--huge-cell-kind", "base64",
+          "--export", bench_dir / "random" / "onnx-cola", "--out", out)
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["rows"] == run["output_rows"] == 500 and run["peak_rss_mib"] > 0
