@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,16 @@ class Scored:
         if len(parts) == 1:
             return parts[0]
         return cls(*(np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls)))
+
+
+@dataclass
+class Started:
+    """One window's batches on the model (OnnxClassifier.start): its pieces' ids, each batch with its future (or its
+    logits, where batches run on the calling thread), and the logits arrays `collect` fills."""
+
+    encoded: list[Encoded] = field(default_factory=list)
+    running: list[tuple[Batch, Future | np.ndarray]] = field(default_factory=list)
+    outputs: list[np.ndarray] = field(default_factory=list)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -146,34 +156,48 @@ class OnnxClassifier:
         """Logits of every encoded row, in token-budget batches of length-sorted rows."""
         return self.run_pieces([encoded])[0]
 
+    @property
+    def in_background(self) -> bool:
+        """Whether batches run on inference threads, so that `start` returns before they are done."""
+        return self._pool is not None
+
     def run_pieces(self, pieces: Iterable[Encoded]) -> list[np.ndarray]:
-        """Logits of the rows of each piece (one window, tokenised in pieces), batched across pieces.
+        """Logits of the rows of each piece (one window, tokenised in pieces), batched across pieces."""
+        return self.collect(self.start(pieces))
+
+    def start(self, pieces: Iterable[Encoded]) -> Started:
+        """Send one window's batches to the model, batched across its pieces; `collect` gathers their logits.
 
         Each piece is taken as soon as the iterable yields it: its full batches go to the model at once (on the
         inference threads), so the model works while later pieces are tokenised; the rest wait for the last piece.
+        With batches in flight on threads, this returns once they are all queued: the next window's can be queued
+        behind them before this one's results are gathered, so the model does not wait between windows.
         """
         batcher = WindowBatcher(self.max_tokens, self.max_batch_rows, self.batch_overhead)
-        encoded: list[Encoded] = []
-        outputs: list[np.ndarray] = []
-        running: list[tuple[Batch, Future | np.ndarray]] = []
+        started = Started()
 
         def start(batches: list[Batch]) -> None:
             for batch in batches:
                 self.tally.add(batch)
-                run = self._pool.submit(self._logits, encoded, batch) if self._pool else self._logits(encoded, batch)
-                running.append((batch, run))
+                pool, encoded = self._pool, started.encoded
+                started.running.append((batch, pool.submit(self._logits, encoded, batch) if pool
+                                        else self._logits(encoded, batch)))
 
         for piece in pieces:
-            encoded.append(piece)
-            outputs.append(np.empty((len(piece), len(self.labels)), dtype=np.float32))
+            started.encoded.append(piece)
+            started.outputs.append(np.empty((len(piece), len(self.labels)), dtype=np.float32))
             start(batcher.add(piece.lengths))
         start(batcher.flush())
-        for batch, run in running:
+        return started
+
+    def collect(self, started: Started) -> list[np.ndarray]:
+        """The logits of every row of each piece of a `start`ed window, waiting for its batches."""
+        for batch, run in started.running:
             logits, offset = (run.result() if isinstance(run, Future) else run), 0
             for piece, rows in batch.parts:
-                outputs[piece][rows] = logits[offset : offset + len(rows)]
+                started.outputs[piece][rows] = logits[offset : offset + len(rows)]
                 offset += len(rows)
-        return outputs
+        return started.outputs
 
     def _logits(self, encoded: list[Encoded], batch: Batch) -> np.ndarray:
         padded = [encoded[piece].pad(rows, batch.width) for piece, rows in batch.parts]
@@ -234,6 +258,10 @@ class OnnxClassifier:
     def infer(self, pieces: Iterable[Prepared]) -> Scored:
         """The model half of classify, for the pieces of one window (taken as they come): logits, probabilities
         and predicted labels for every row, in the pieces' order."""
+        return self.finish(self.begin(pieces))
+
+    def begin(self, pieces: Iterable[Prepared]) -> tuple[list[Prepared], Started]:
+        """`infer`'s first half: the window's batches sent to the model (`start`); `finish` gathers them."""
         taken: list[Prepared] = []
 
         def encoded():
@@ -241,7 +269,12 @@ class OnnxClassifier:
                 taken.append(prepared)
                 yield prepared.encoded
 
-        logits = self.run_pieces(encoded())
+        return taken, self.start(encoded())
+
+    def finish(self, begun: tuple[list[Prepared], Started]) -> Scored:
+        """`infer`'s second half: every row's results, once the window's batches are done."""
+        taken, started = begun
+        logits = self.collect(started)
         return Scored.concat([self._scored(p, rows) for p, rows in zip(taken, logits, strict=True)])
 
     def _scored(self, prepared: Prepared, valid_logits: np.ndarray) -> Scored:

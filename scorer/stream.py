@@ -60,16 +60,30 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
         ahead = deque(reading.submit(read_and_queue) for _ in range(config.tokenize_threads))
         # A resumed run's output starts with the windows that its parts already hold.
         writes: list[Future] = [writing.submit(_replay, store, sink, first)]
-        index = first
-        while (item := waits("reading", ahead.popleft())) is not None:
-            ahead.append(reading.submit(read_and_queue))
-            window, prepared = item
-            scored = classifier.infer(waits("tokenising", piece) for piece in prepared)
+        def finish(index: int, window: pa.RecordBatch, begun) -> None:
+            scored = classifier.finish(begun)
             writes.append(writing.submit(save, index, _with_results(window, classifier, columns, scored)))
             while len(writes) > 1:  # at most one part in flight: memory stays bounded
                 waits("writing", writes.pop(0))
-            index += 1
             bar.update(window.num_rows)
+
+        # With batches in flight on inference threads (CUDA), each window's batches are queued on the model before
+        # the previous window's results are gathered and written, so the model does not wait between windows.
+        # Where batches run on this thread, a window is done when begun: it is finished at once, so that its write
+        # overlaps the next window's batches.
+        previous, index = None, first
+        while (item := waits("reading", ahead.popleft())) is not None:
+            ahead.append(reading.submit(read_and_queue))
+            window, prepared = item
+            begun = classifier.begin(waits("tokenising", piece) for piece in prepared)
+            if previous is not None:
+                finish(*previous)
+            previous, index = (index, window, begun), index + 1
+            if not classifier.in_background:
+                finish(*previous)
+                previous = None
+        if previous is not None:
+            finish(*previous)
         for write in writes:
             waits("writing", write)
     return dict(waits)

@@ -194,13 +194,17 @@ def test_an_input_that_changes_while_it_is_scored_gives_no_output_and_the_rerun_
     assert pq.read_table(output).num_rows == 40_010
 
 
-@pytest.mark.parametrize("sig,code,said", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
-def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code, said):
+@pytest.mark.parametrize("sig,code,said,infer_threads", [(signal.SIGTERM, 143, "terminated", "1"),
+                                                         (signal.SIGINT, 130, "interrupted", "1"),
+                                                         (signal.SIGTERM, 143, "terminated", "2")])
+def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code, said, infer_threads):
     """SIGTERM (a scheduler's timeout) and Ctrl-C: the run stops its threads, removes its temporary output and
-    lock, says so in one line, keeps its finished windows, and the rerun resumes to the uninterrupted file."""
+    lock, says so in one line, keeps its finished windows, and the rerun resumes to the uninterrupted file. With
+    batches in flight on threads (as on CUDA), the next window's batches are queued before a window is written."""
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(40_000)]}), source)
-    common = ["--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32"]
+    common = ["--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32", "--infer-threads",
+              infer_threads]
     reference, output = tmp_path / "reference.parquet", tmp_path / "out.parquet"
     assert run(source, "-o", reference, *common).exit_code == 0
     parts = tmp_path / ".out.parquet.scorer-parts"
