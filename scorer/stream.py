@@ -60,6 +60,7 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
         ahead = deque(reading.submit(read_and_queue) for _ in range(config.tokenize_threads))
         # A resumed run's output starts with the windows that its parts already hold.
         writes: list[Future] = [writing.submit(_replay, store, sink, first)]
+
         def finish(index: int, window: pa.RecordBatch, begun) -> None:
             scored = classifier.finish(begun)
             writes.append(writing.submit(save, index, _with_results(window, classifier, columns, scored)))
@@ -67,23 +68,19 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
                 waits("writing", writes.pop(0))
             bar.update(window.num_rows)
 
-        # With batches in flight on inference threads (CUDA), each window's batches are queued on the model before
-        # the previous window's results are gathered and written, so the model does not wait between windows.
-        # Where batches run on this thread, a window is done when begun: it is finished at once, so that its write
-        # overlaps the next window's batches.
-        previous, index = None, first
+        # With batches in flight on inference threads (CUDA), a window's batches are queued on the model before the
+        # previous window's results are gathered and written, so the model does not wait between windows. Where
+        # batches run on this thread, a window is done when begun, and finished at once.
+        begun, depth, index = deque(), 1 if classifier.in_background else 0, first
         while (item := waits("reading", ahead.popleft())) is not None:
             ahead.append(reading.submit(read_and_queue))
             window, prepared = item
-            begun = classifier.begin(waits("tokenising", piece) for piece in prepared)
-            if previous is not None:
-                finish(*previous)
-            previous, index = (index, window, begun), index + 1
-            if not classifier.in_background:
-                finish(*previous)
-                previous = None
-        if previous is not None:
-            finish(*previous)
+            begun.append((index, window, classifier.begin(waits("tokenising", piece) for piece in prepared)))
+            index += 1
+            while len(begun) > depth:
+                finish(*begun.popleft())
+        while begun:
+            finish(*begun.popleft())
         for write in writes:
             waits("writing", write)
     return dict(waits)
