@@ -176,7 +176,7 @@ class OnnxClassifier:
         batcher = WindowBatcher(self.max_tokens, self.max_batch_rows, self.batch_overhead)
         started = Started()
 
-        def start(batches: list[Batch]) -> None:
+        def submit(batches: list[Batch]) -> None:
             for batch in batches:
                 self.tally.add(batch)
                 pool, encoded = self._pool, started.encoded
@@ -186,8 +186,8 @@ class OnnxClassifier:
         for piece in pieces:
             started.encoded.append(piece)
             started.outputs.append(np.empty((len(piece), len(self.labels)), dtype=np.float32))
-            start(batcher.add(piece.lengths))
-        start(batcher.flush())
+            submit(batcher.add(piece.lengths))
+        submit(batcher.flush())
         return started
 
     def collect(self, started: Started) -> list[np.ndarray]:

@@ -137,11 +137,12 @@ class TextEncoder:
             np.fromiter(cuts, np.int64, count=len(cuts))
 
     def _cut(self, head: str) -> str | None:
-        """`head`, a long row's first characters, cut before its last word, when the words before it already give
-        more tokens than max_length keeps: they are tokenised as in the whole row, whatever follows (spaces or not:
-        CJK text, a base64 blob). Never inside an added token written in the text. None where they do not (one giant
-        word). Where added tokens match after normalisation or as whole words only: at the last space (the word
-        cache's own rule; the caller checks that the cut row still comes out truncated)."""
+        """`head`, a long row's first characters, kept whole (or up to an added token written across its end), when
+        the words before its last, possibly cut, word already give more tokens than max_length keeps: those words are
+        tokenised as in the whole row, whatever follows (spaces or not: CJK text, a base64 blob), and the cut word's
+        tokens fall past what is kept. None where they do not (one giant word). Where added tokens match after
+        normalisation or as whole words only: cut at the last space (the word cache's own rule; the caller checks
+        that the cut row still comes out truncated)."""
         if self._added is None:
             space = head.rfind(" ")
             return head[:space] if space > 0 else None
@@ -150,8 +151,7 @@ class TextEncoder:
             end -= 1  # never cut inside an added token written in the text
         word_ids = self.words.tokenizer.encode(head[:end], add_special_tokens=False).word_ids
         before = sum(1 for word in word_ids if word != word_ids[-1]) if word_ids else 0
-        budget = self.max_length - len(self.words.prefix) - len(self.words.suffix)
-        return head[:end] if before > budget else None
+        return head[:end] if before > self.words.budget(self.max_length) else None
 
     def _tokenize(self, texts: Sequence[str] | pa.Array) -> Encoded:
         """The tokenizer itself, with truncation."""

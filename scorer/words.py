@@ -131,6 +131,10 @@ class WordCache:
                     index[i] = self._index[words[i]] = self._add(encoding.ids)
             return self._starts[index], self._lengths[index], self._ids
 
+    def budget(self, max_length: int) -> int:
+        """How many of a text's own tokens truncation to max_length keeps (the special tokens take the rest)."""
+        return max(max_length - len(self.prefix) - len(self.suffix), 0)
+
     def encode(self, texts: pa.Array, max_length: int, always: bool = False) -> tuple[np.ndarray, ...] | None:
         """ids, offsets and truncated flags of `texts` (no nulls), as the tokenizer with truncation would give;
         None, unless `always`, when most chunks are new (ids, hashes): then the tokenizer itself is faster."""
@@ -151,7 +155,7 @@ class WordCache:
         row_first = ends[row_ends - per_row]
         row_tokens = ends[row_ends] - row_first
         # Truncation keeps each row's first (max_length - special tokens) ids, as the tokenizer does.
-        budget = max(max_length - len(self.prefix) - len(self.suffix), 0)
+        budget = self.budget(max_length)
         kept = np.minimum(row_tokens, budget)
         position = np.arange(len(tokens)) - np.repeat(row_first, row_tokens)
         tokens = tokens[position < np.repeat(kept, row_tokens)]
