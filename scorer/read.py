@@ -126,9 +126,13 @@ class TableReader:
             if self.format == "parquet":
                 return self._parquet.read()
             batches = list(self._record_batches(0))
-        if not batches:
-            return pa.table({name: pa.array([], pa.string()) for name in self.columns})
-        return pa.Table.from_batches(batches)
+        return pa.Table.from_batches(batches) if batches else self.empty()
+
+    def empty(self) -> pa.Table:
+        """A table of the file's columns and no rows."""
+        if self.format == "parquet":
+            return self._parquet.schema_arrow.empty_table()
+        return pa.table({name: pa.array([], pa.string()) for name in self.columns})
 
     def _record_batches(self, skip_rows: int) -> Iterator[pa.RecordBatch]:
         if self.format == "parquet":

@@ -131,8 +131,6 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
                 raise InputError(f"{reader.path} changed while it was scored (still being written?); no output was "
                                  "written; run again once the file is complete")
             parts = store.parts()
-            if not parts:
-                raise InputError(f"{reader.path} has no data rows; nothing to score")
             summary = _finish(unit, classifier, config, columns, store, sink, parts, first)
         except BaseException as exc:
             sink.abort()
@@ -145,7 +143,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
                 raise no_room from exc
             raise
     summary.seconds, summary.waits = time.perf_counter() - started, waits
-    log.info("%s -> %s: %d rows (%d scored now%s) in %.1fs", unit.source, unit.output, summary.rows,
+    log.info("%s -> %s: %d rows (%d written now%s) in %.1fs", unit.source, unit.output, summary.rows,
              summary.rows_this_run, f", resumed at row {summary.resumed_from_row}" if summary.resumed_from_row else "",
              summary.seconds)
     return summary
@@ -173,6 +171,8 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
 def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, columns: Columns, store: PartStore,
             sink: OutputSink, parts: list[Path], first: int) -> UnitSummary:
     figures = tally(parts, columns, classifier.labels, unit.source, config.samples, config.seed)
+    if not figures.rows:
+        log.warning("%s has no data rows; its output has the columns and no rows", unit.source)
     check = None
     if config.check:
         from scorer.check import cross_check

@@ -103,13 +103,17 @@ class _Waits(dict):
 def _windows(reader: TableReader, classifier: OnnxClassifier, columns: Columns, config: RunConfig,
              skip: int) -> Iterator[pa.RecordBatch]:
     """The input's windows from row `skip` on, each refused before it is scored when it holds a label the model
-    does not know (the error names the row)."""
+    does not know (the error names the row). An input without rows is one window without rows: its output is the
+    input's columns and the result columns, without rows, as a nightly job's empty day should give."""
     labels = LabelIndex(classifier.labels) if columns.label else None
+    number = -1
     for number, window in enumerate(reader.batches(config.window_rows, skip_rows=skip)):
         if labels is not None:
             labels.indices(window.column(columns.label).to_pylist(), reader.path, columns.label,
                            skip + number * config.window_rows + 1)
         yield window
+    if number < 0 and skip == 0:
+        yield reader.empty()
 
 
 def _with_results(window: pa.RecordBatch, classifier: OnnxClassifier, columns: Columns, scored: Scored) -> pa.Table:

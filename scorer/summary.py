@@ -8,9 +8,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from scorer import __version__, atomic
-from scorer.classify import OnnxClassifier
+from scorer.classify import EMPTY, NOT_TEXT, NULL, TRUNCATED, OnnxClassifier
 from scorer.config import RunConfig
 from scorer.units import WorkUnit
+
+# How the one-line summary names each row status but "ok" (the unscored ones keep their row, without a score).
+ROW_KINDS = {TRUNCATED: "truncated", NULL: "unscored (null text)", EMPTY: "unscored (empty text)",
+             NOT_TEXT: "unscored (not text)"}
 
 
 @dataclass
@@ -72,9 +76,9 @@ class RunSummary:
     def line(self) -> str:
         states = {s: sum(u.state == s for u in self.inputs) for s in ("scored", "resumed", "skipped", "failed")}
         files = ", ".join(f"{n} {s}" for s, n in states.items() if n)
-        counts = ", ".join(f"{k} {v}" for k, v in self.status_counts.items() if v and k != "ok")
+        counts = ", ".join(f"{v} {ROW_KINDS[k]}" for k, v in self.status_counts.items() if v and k in ROW_KINDS)
         text = (f"{self.rows} rows in {len(self.inputs)} file(s) ({files}){'; ' + counts if counts else ''}; "
-                f"{self.rows_this_run} scored now in {self.seconds:.1f}s, {self.rows_per_second:,.0f} rows/s on "
+                f"{self.rows_this_run} written now in {self.seconds:.1f}s, {self.rows_per_second:,.0f} rows/s on "
                 f"{self.provider} ({self.variant})")
         if len(self.inputs) == 1:
             text += f" -> {self.inputs[0].output}"

@@ -325,9 +325,6 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tin
                                   d / "in.parquet"), 3, "column name(s) sentence appear more than once"),
         (lambda d: (d / "in.csv").write_text("sentence,score,pred_score\nfine,1,2\n"), 3,
          "in.csv already has column(s) pred_score, the names scorer writes its results under; rename them"),
-        (lambda d: (d / "in.csv").write_text("sentence\n"), 3, "no data rows"),
-        (lambda d: pq.write_table(pa.table({"sentence": pa.array([], pa.string())}), d / "in.parquet"), 3,
-         "no data rows"),
         (lambda d: (d / "in.csv.gz").write_bytes(gzip.compress(_many_lines())[:-2000]), 3,
          "in.csv.gz: cannot be decompressed (Truncated compressed stream); check that the file was copied whole"),
         (lambda d: (d / "in.csv.gz").write_bytes(b"sentence\nnot gzip\n"), 3, "in.csv.gz: cannot be decompressed"),
@@ -345,6 +342,32 @@ def test_bad_inputs_get_one_line_an_exit_code_and_leave_nothing(tiny_export, tmp
     assert message in result.output
     assert result.output.count("\n") == 1 and "Traceback" not in result.output
     assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["in.parquet", "in.csv", "in.tsv.gz"])
+def test_an_input_without_rows_gives_an_output_without_rows(tiny_export, tmp_path, name):
+    """A nightly feed's empty day (a header, or a Parquet schema, and no rows) is not an error: its output exists,
+    with the input's columns and the result columns, and the run says so in a warning."""
+    source = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.table({"id": pa.array([], pa.int32()), "sentence": pa.array([], pa.string()),
+                                 "label": pa.array([], pa.int64())}), source)
+    else:
+        text = "id\tsentence\tlabel\n" if ".tsv" in name else "id,sentence,label\n"
+        source.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    result = run(source, "--model", tiny_export, "--check", "5", "--output", tmp_path / "out.parquet")
+    assert result.exit_code == 0, result.output
+    assert f"{source} has no data rows; its output has the columns and no rows" in result.output
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.num_rows == 0 and table.column_names == ["id", "sentence", "label", "pred_label", "pred_score",
+                                                          "pred_status"]
+    assert table.schema.field("id").type == (pa.int32() if name.endswith(".parquet") else pa.string())
+    summary = json.loads((tmp_path / "out.parquet.summary.json").read_text())
+    assert summary["rows"] == 0 and summary["inputs"][0]["state"] == "scored"
+    assert summary["inputs"][0]["evaluation"] is None
+    assert summary["inputs"][0]["check"]["rows"] == 0
+    again = run(source, "--model", tiny_export, "--output", tmp_path / "out.parquet")
+    assert again.exit_code == 0 and "(1 skipped)" in again.output
 
 
 def test_compressed_csv_and_tsv_are_read_as_they_are_decompressed(tiny_export, tmp_path):
