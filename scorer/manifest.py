@@ -93,6 +93,8 @@ def load_manifest(directory: Path) -> Manifest:
     """Read and sanity-check manifest.json of an export directory (hashes are checked per file on use)."""
     directory = Path(directory)
     path = directory / MANIFEST
+    if directory.is_file():
+        raise ModelError(_file_not_directory(directory))
     if not directory.is_dir():
         raise ModelError(f"{directory} does not exist; run `scorer export` first or pass --model")
     if not path.is_file():
@@ -112,3 +114,14 @@ def load_manifest(directory: Path) -> Manifest:
     if fp32 is None or fp32.parity_passed is False:
         raise ModelError(f"{directory}: the fp32 export failed its parity gate (see parity.json); export again")
     return manifest
+
+
+def _file_not_directory(path: Path) -> str:
+    """What to pass instead of one file of an export (its model.fp16.onnx, say)."""
+    try:
+        variants = json.loads((path.parent / MANIFEST).read_text())["variants"]
+        name = next(name for name, entry in variants.items() if entry["file"] == path.name)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return f"{path} is a file; pass the directory written by `scorer export` as --model"
+    return f"{path} is a file of an export; pass its directory as --model and --variant {name} for that file"
+

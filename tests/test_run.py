@@ -361,6 +361,14 @@ def test_a_training_checkpoint_passed_as_the_model_says_to_export_it_first(tiny_
     assert result.exit_code == 4 and "is a training checkpoint, not an export; export it first" in result.output
 
 
+def test_a_file_of_the_export_passed_as_the_model_names_its_directory_and_variant(tiny_export, parquet_input):
+    result = run(parquet_input, "--model", tiny_export / "model.fp16.onnx")
+    assert result.exit_code == 4
+    assert "is a file of an export; pass its directory as --model and --variant fp16 for that file" in result.output
+    result = run(parquet_input, "--model", tiny_export / "parity.json")
+    assert result.exit_code == 4 and "is a file; pass the directory written by `scorer export`" in result.output
+
+
 def test_cuda_without_a_gpu_is_refused(tiny_export, parquet_input):
     import onnxruntime
 
