@@ -190,8 +190,8 @@ def train(progress: bool, **options) -> None:
 
     result = run_training(build(TrainConfig, **options), progress=progress)
     best = result.best
-    click.echo(f"trained {len(result.epochs)} epochs on {result.device} ({result.precision}); "
-               f"kept epoch {result.best_epoch}: "
+    epochs = f"{len(result.epochs)} epoch{'s' if len(result.epochs) != 1 else ''}"
+    click.echo(f"trained {epochs} on {result.device} ({result.precision}); kept epoch {result.best_epoch}: "
                f"validation accuracy {best.val_accuracy:.4f}, MCC {best.val_mcc:.4f} -> {result.checkpoint}")
 
 

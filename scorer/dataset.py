@@ -71,7 +71,8 @@ def _warn_overlap(train_texts: list[str], val_texts: list[str], config: TrainCon
 
 def _split(labels: list, texts: list[str], targets: np.ndarray, config: TrainConfig) -> TrainingData:
     if len(texts) < 4:
-        raise InputError(f"{config.data} has {len(texts)} rows; too few to split off a validation set")
+        raise InputError(f"{config.data} has {len(texts)} rows; too few to split off a validation set; pass "
+                         "--val-data, or give at least 4 rows")
     # Stratified: each label gives its share of rows (at least one where it has two), so a rare class is validated.
     rng = np.random.default_rng(config.seed)
     chosen = [rng.permutation(rows)[: max(1, round(len(rows) * config.val_fraction))]
