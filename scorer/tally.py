@@ -60,7 +60,8 @@ def tally(parts: list[Path], columns: Columns, labels: list, source: Path, sampl
         predicted = index.indices(read_column(parts, columns.predicted).to_pylist(), source, columns.predicted, 1)
         usable = np.flatnonzero((true >= 0) & (predicted >= 0))
         if not usable.size:  # accuracy would be 0/0: NaN in the summary, which strict JSON readers refuse
-            log.warning("%s: no row has both a label and a score; nothing to evaluate", source)
+            if len(status):  # (a file without rows is warned of once, as such)
+                log.warning("%s: no row has both a label and a score; nothing to evaluate", source)
             return Tally(rows=len(status), status_counts=dict(counts), evaluation=None)
         confusion = confusion_of(labels, true[usable], predicted[usable])
         chosen = _choose(usable, samples, seed)

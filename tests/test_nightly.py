@@ -358,6 +358,7 @@ def test_an_input_without_rows_gives_an_output_without_rows(tiny_export, tmp_pat
     result = run(source, "--model", tiny_export, "--check", "5", "--output", tmp_path / "out.parquet")
     assert result.exit_code == 0, result.output
     assert f"{source} has no data rows; its output has the columns and no rows" in result.output
+    assert "nothing to evaluate" not in result.output  # said once, as above
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.num_rows == 0 and table.column_names == ["id", "sentence", "label", "pred_label", "pred_score",
                                                           "pred_status"]
