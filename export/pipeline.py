@@ -10,19 +10,16 @@ from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 from export import parity
 from export.fp16_choice import Fp16Report, build_fp16
 from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx
 from export.quantize import QuantizeReport, quantize_int8
+from export.rows import calibration_texts, parity_rows, recorded_data
 from scorer import atomic
-from scorer.config import ExportConfig, RunConfig, example_file, to_json
-from scorer.errors import InputError, ParityError, ProviderError
-from scorer.labels import LabelIndex
+from scorer.config import ExportConfig, RunConfig, to_json
+from scorer.errors import ParityError, ProviderError
 from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
 from scorer.model import HeadConfig, SentenceClassifier
-from scorer.read import TableReader, plain_text
 from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 
 log = logging.getLogger("scorer")
@@ -57,25 +54,26 @@ def export_model(config: ExportConfig) -> ExportResult:
     text_column = config.text_column or trained.get("text_column", "sentence")
     label_column = config.label_column or trained.get("label_column", "label")
     encoder = TextEncoder.from_dir(config.checkpoint, head.max_length)
-    texts, targets, source = _parity_data(config, head, text_column, label_column)
+    recorded = recorded_data(trained, head) if config.data is None or config.calibration is None else None
+    checked = parity_rows(config, head, recorded, text_column, label_column)
     calibration = None
     if "int8" in config.variants or "fp16" in config.variants:
-        calibration = encoder.encode(_calibration_texts(config, trained, text_column))
+        calibration = encoder.encode(calibration_texts(config, trained, recorded, text_column))
     with atomic.atomic_dir(config.output, config.overwrite) as staging:
         variants, reports = _write_variants(model, staging, config, calibration)
         for name in TOKENIZER_FILES:
             if (config.checkpoint / name).is_file():
                 shutil.copy2(config.checkpoint / name, staging / name)
-        log.info("parity against PyTorch on %d rows of %s", len(texts), source)
+        log.info("parity against PyTorch on %d rows of %s", len(checked.texts), checked.source)
         fp16_options = reports["fp16"].cuda_options if "fp16" in reports else None
-        results = parity.run_parity(model, variants, encoder.encode(texts), targets, head.labels, config,
-                                    head.max_length, fp16_options)
-        (staging / "parity.json").write_text(json.dumps(parity.report(results, source), indent=2) + "\n")
+        results = parity.run_parity(model, variants, encoder.encode(checked.texts), checked.targets, head.labels,
+                                    config, head.max_length, fp16_options)
+        (staging / "parity.json").write_text(json.dumps(parity.report(results, checked.source), indent=2) + "\n")
         (staging / "export_config.json").write_text(to_json(replace(config, overwrite=False)))
         manifest = _manifest(model, head, config, variants, results, text_column, label_column)
         manifest.extra.update({name: asdict(report) for name, report in reports.items()})
         manifest.save(staging)
-    result = ExportResult(config.output, results, source, reports.get("fp16"))
+    result = ExportResult(config.output, results, checked.source, reports.get("fp16"))
     if config.tensorrt:
         _build_tensorrt(config.output, head.max_length)
     if not result.passed:
@@ -124,60 +122,6 @@ def _write_variants(model: SentenceClassifier, staging: Path, config: ExportConf
 def _train_settings(checkpoint: Path) -> dict:
     path = checkpoint / "train_config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _calibration_texts(config: ExportConfig, trained: dict, text_column: str) -> list[str]:
-    """Sentences for int8 calibration: --calibration, else the training data, else the packaged examples."""
-    path = config.calibration
-    if path is None:
-        path = Path(trained["data"]) if trained.get("data") and Path(trained["data"]).is_file() else None
-    if path is None:
-        path, text_column, _ = _packaged_examples()
-    reader = TableReader(path)
-    reader.require(text_column, "--text-column")
-    column = plain_text(reader.read_all().column(text_column))
-    texts = [t for t in column.to_pylist() if isinstance(t, str) and t.strip()]
-    if not texts:
-        raise InputError(f"{path} has no sentences in column '{text_column}' to calibrate int8 with")
-    rows = np.random.default_rng(0).permutation(len(texts))[: config.calibration_rows]
-    log.info("int8 calibration on %d sentences of %s", len(rows), path)
-    return [texts[i] for i in sorted(rows)]
-
-
-def _parity_data(config: ExportConfig, head: HeadConfig, text_column: str, label_column: str
-                 ) -> tuple[list[str], np.ndarray | None, str]:
-    """Texts and label indices (-1 where a row has no label; None without labels) from --data, else the packaged
-    examples."""
-    path = config.data
-    if path is None:
-        path, text_column, label_column = _packaged_examples()
-    reader = TableReader(path)
-    reader.require(text_column, "--text-column")
-    table = reader.read_all()
-    texts = plain_text(table.column(text_column)).to_pylist()
-    rows = [i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()][: config.max_rows]
-    if not rows:
-        raise InputError(f"{path} has no row with text in column '{text_column}'; parity needs sentences")
-    if rows[-1] + 1 > len(rows):  # what `scorer run` scores as empty or not_text has no parity to check
-        log.info("parity: %d row(s) of %s without text left out", rows[-1] + 1 - len(rows), path)
-    texts = [texts[i] for i in rows]
-    if label_column not in reader.columns:
-        if config.label_column is not None and config.data is not None:
-            reader.require(label_column, "--label-column")  # named by the user: its absence is an error
-        return texts, None, str(path)
-    index, values = LabelIndex(head.labels), table.column(label_column).to_pylist()
-    try:
-        targets = np.array([index.index(values[i], path, label_column, i + 1) for i in rows], dtype=np.int64)
-    except InputError:
-        if config.data is not None:
-            raise
-        return texts, None, str(path)  # the packaged examples' labels are not this model's: parity without accuracy
-    return texts, (targets if (targets >= 0).any() else None), str(path)
-
-
-def _packaged_examples() -> tuple[Path, str, str]:
-    """The packaged example sentences and their own columns, whatever columns the checkpoint was trained on."""
-    return example_file("train.csv"), "sentence", "label"
 
 
 def _manifest(model, head: HeadConfig, config: ExportConfig, variants: dict[str, Path],

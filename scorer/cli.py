@@ -198,7 +198,8 @@ def train(progress: bool, **options) -> None:
 @main.command("export")
 @click.option("--checkpoint", type=PATH, help=f"Directory from `scorer train` {shown(ExportConfig, 'checkpoint')}.")
 @click.option("--output", "-o", type=PATH, help=f"Export directory {shown(ExportConfig, 'output')}.")
-@click.option("--data", type=PATH, help="Sentences for the parity report [default: packaged examples].")
+@click.option("--data", type=PATH, help="Sentences for the parity report [default: the checkpoint's validation rows, "
+              "where 200 or more; else the packaged examples].")
 @click.option("--text-column", help="Text column of --data [default: the training one].")
 @click.option("--label-column", help="Label column of --data [default: the training one].")
 @click.option("--variants", help="Comma-separated: fp32,fp16,int8 [default: all three].")
@@ -212,7 +213,8 @@ def train(progress: bool, **options) -> None:
               help="Rows whose top two PyTorch logits are this close are near-ties; a flip there does not count "
                    f"against agreement {shown(ExportConfig, 'tie_margin')}.")
 @click.option("--max-rows", type=int, help=f"Rows of --data used for parity {shown(ExportConfig, 'max_rows')}.")
-@click.option("--calibration", type=PATH, help="Sentences for int8 calibration [default: the training data].")
+@click.option("--calibration", type=PATH,
+              help="Sentences for int8 calibration [default: the checkpoint's training rows].")
 @click.option("--int8-agreement", type=float,
               help=f"Label agreement int8 must reach on them {shown(ExportConfig, 'int8_agreement')}.")
 @click.option("--int8-tolerance", type=float,

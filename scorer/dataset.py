@@ -87,5 +87,5 @@ def _split(labels: list, texts: list[str], targets: np.ndarray, config: TrainCon
         train_targets=targets[train_rows],
         val_texts=[texts[i] for i in val_rows],
         val_targets=targets[val_rows],
-        val_source=f"{config.val_fraction:.0%} of each label of {config.data.name} (seed {config.seed})",
+        val_source=f"{config.val_fraction:.0%} of each label of {config.data.name}, seed {config.seed}",
     )

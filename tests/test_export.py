@@ -649,3 +649,59 @@ def test_export_without_data_reads_the_packaged_examples_by_their_own_columns(ti
     assert result.passed and result.source.endswith("train.csv")
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
     assert manifest["text_column"] == "body"  # what `scorer run` reads by default is still the trained column
+
+
+def _labelled_csv(path: Path, rows: int, verb: str = "saw") -> Path:
+    words = ["the cat", "a dog", "my aunt", "our team", "the river"]
+    path.write_text("sentence,label\n" + "".join(f"{words[i % 5]} {verb} sentence number {i},{i % 2}\n"
+                                                 for i in range(rows)))
+    return path
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_export_without_data_checks_parity_on_the_checkpoints_validation_rows(tiny_checkpoint, tmp_path, split):
+    """Trained with a held-out split (or a --val-data file) of at least MIN_HELD_OUT rows: parity runs on those rows
+    with their labels, and int8 calibrates on training rows only, none of them a parity row."""
+    from export.pipeline import export_model
+    from export.rows import MIN_HELD_OUT, calibration_texts, parity_rows, recorded_data
+    from scorer.config import ExportConfig
+    from scorer.model import HeadConfig
+
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
+    settings = json.loads((checkpoint / "train_config.json").read_text())
+    data = _labelled_csv(tmp_path / "data.csv", 2_200)
+    val = _labelled_csv(tmp_path / "val.csv", 250, verb="read") if not split else None
+    settings.update(data=str(data), val_data=str(val) if val else None, seed=7)
+    (checkpoint / "train_config.json").write_text(json.dumps(settings))
+
+    config = ExportConfig(checkpoint=checkpoint, output=tmp_path / "onnx", variants=("fp32", "int8"))
+    head = HeadConfig(**json.loads((checkpoint / "scorer_head.json").read_text()))
+    recorded = recorded_data(settings, head)
+    checked = parity_rows(config, head, recorded, "sentence", "label")
+    expected = ("10% of each label of data.csv, seed 7" if split else str(val)) + " (the checkpoint's validation data)"
+    assert checked.source == expected and len(checked.texts) == (220 if split else 250) >= MIN_HELD_OUT
+    assert checked.targets is not None and set(checked.targets.tolist()) == {0, 1}
+    calibration = calibration_texts(config, settings, recorded, "sentence")
+    assert len(calibration) == config.calibration_rows and not set(calibration) & set(checked.texts)
+
+    result = export_model(config)
+    report = json.loads((tmp_path / "onnx" / "parity.json").read_text())
+    assert result.passed and result.source == expected and report["source"] == expected
+    fp32 = next(v for v in report["variants"] if v["variant"] == "fp32")
+    assert fp32["rows"] >= len(checked.texts) and fp32["accuracy"] is not None
+
+
+def test_export_without_data_keeps_the_packaged_examples_for_a_small_or_changed_validation_set(tiny_checkpoint,
+                                                                                              tmp_path):
+    from export.rows import parity_rows, recorded_data
+    from scorer.config import ExportConfig
+    from scorer.model import HeadConfig
+
+    head = HeadConfig(**json.loads((tiny_checkpoint / "scorer_head.json").read_text()))
+    config = ExportConfig(checkpoint=tiny_checkpoint)
+    small = {"data": str(_labelled_csv(tmp_path / "small.csv", 300)), "seed": 1}
+    assert parity_rows(config, head, recorded_data(small, head), "sentence", "label").source.endswith("train.csv")
+    relabelled = tmp_path / "relabelled.csv"
+    relabelled.write_text(_labelled_csv(tmp_path / "x.csv", 3_000).read_text().replace(",1\n", ",yes\n"))
+    assert recorded_data({"data": str(relabelled)}, head) is None  # its labels are no longer the model's
+    assert recorded_data({"data": str(tmp_path / "x.csv"), "val_data": str(tmp_path / "gone.csv")}, head) is None

@@ -1,0 +1,114 @@
+"""The rows export checks and calibrates on: --data and --calibration where given, else the checkpoint's own
+validation and training rows (as `scorer train` read them), else the packaged examples."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scorer.config import ExportConfig, TrainConfig, example_file
+from scorer.dataset import TrainingData, load_training_data
+from scorer.errors import InputError, ScorerError
+from scorer.labels import LabelIndex
+from scorer.model import HeadConfig
+from scorer.read import TableReader, plain_text
+
+log = logging.getLogger("scorer")
+# Fewer validation rows than this make a noisy gate (one flipped label is 0.5% of 200): the packaged examples then.
+MIN_HELD_OUT = 200
+
+
+@dataclass(frozen=True)
+class ParityRows:
+    """Texts, label indices (-1 where a row has no label; None without labels) and where they came from."""
+
+    texts: list[str]
+    targets: np.ndarray | None
+    source: str
+
+
+def recorded_data(trained: dict, head: HeadConfig) -> TrainingData | None:
+    """The checkpoint's training and validation rows, split as `scorer train` split them, where its files are still
+    there and still hold the model's labels; else None (said why, where a file is there but reads otherwise)."""
+    data, val = trained.get("data"), trained.get("val_data")
+    if not data or not Path(data).is_file() or (val and not Path(val).is_file()):
+        return None
+    try:
+        loaded = load_training_data(TrainConfig(
+            data=Path(data), val_data=Path(val) if val else None, text_column=trained.get("text_column", "sentence"),
+            label_column=trained.get("label_column", "label"), seed=trained.get("seed", 42),
+            val_fraction=trained.get("val_fraction", 0.1)))
+    except ScorerError as exc:
+        log.warning("the checkpoint's training data no longer reads as it did (%s); not used by export", exc)
+        return None
+    if loaded.labels != head.labels:
+        log.warning("%s now holds the labels %s, and the model knows %s; not used by export", data,
+                    loaded.labels, head.labels)
+        return None
+    return loaded
+
+
+def parity_rows(config: ExportConfig, head: HeadConfig, recorded: TrainingData | None, text_column: str,
+                label_column: str) -> ParityRows:
+    """--data; else the checkpoint's validation rows where there are MIN_HELD_OUT of them; else the packaged
+    examples (read by their own columns, their labels used only where they are the model's)."""
+    if config.data is None and recorded is not None and len(recorded.val_texts) >= MIN_HELD_OUT:
+        chosen = slice(0, config.max_rows)
+        return ParityRows(recorded.val_texts[chosen], recorded.val_targets[chosen],
+                          f"{recorded.val_source} (the checkpoint's validation data)")
+    path = config.data
+    if path is None:
+        path, text_column, label_column = packaged_examples()
+    reader = TableReader(path)
+    reader.require(text_column, "--text-column")
+    table = reader.read_all()
+    texts = plain_text(table.column(text_column)).to_pylist()
+    rows = [i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()][: config.max_rows]
+    if not rows:
+        raise InputError(f"{path} has no row with text in column '{text_column}'; parity needs sentences")
+    if rows[-1] + 1 > len(rows):  # what `scorer run` scores as empty or not_text has no parity to check
+        log.info("parity: %d row(s) of %s without text left out", rows[-1] + 1 - len(rows), path)
+    texts = [texts[i] for i in rows]
+    if label_column not in reader.columns:
+        if config.label_column is not None and config.data is not None:
+            reader.require(label_column, "--label-column")  # named by the user: its absence is an error
+        return ParityRows(texts, None, str(path))
+    index, values = LabelIndex(head.labels), table.column(label_column).to_pylist()
+    try:
+        targets = np.array([index.index(values[i], path, label_column, i + 1) for i in rows], dtype=np.int64)
+    except InputError:
+        if config.data is not None:
+            raise
+        return ParityRows(texts, None, str(path))  # the packaged examples' labels are not this model's
+    return ParityRows(texts, targets if (targets >= 0).any() else None, str(path))
+
+
+def calibration_texts(config: ExportConfig, trained: dict, recorded: TrainingData | None,
+                      text_column: str) -> list[str]:
+    """Sentences for int8 calibration, never the parity rows: --calibration; else the checkpoint's training rows
+    (its split-off validation rows left out); else its training file; else the packaged examples."""
+    path = config.calibration
+    if path is None and recorded is not None:
+        texts, path = recorded.train_texts, Path(trained["data"])
+    else:
+        if path is None:
+            path = Path(trained["data"]) if trained.get("data") and Path(trained["data"]).is_file() else None
+        if path is None:
+            path, text_column, _ = packaged_examples()
+        reader = TableReader(path)
+        reader.require(text_column, "--text-column")
+        column = plain_text(reader.read_all().column(text_column))
+        texts = [t for t in column.to_pylist() if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise InputError(f"{path} has no sentences in column '{text_column}' to calibrate int8 with")
+    rows = np.random.default_rng(0).permutation(len(texts))[: config.calibration_rows]
+    log.info("int8 calibration on %d sentences of %s", len(rows), path)
+    return [texts[i] for i in sorted(rows)]
+
+
+def packaged_examples() -> tuple[Path, str, str]:
+    """The packaged example sentences and their own columns, whatever columns the checkpoint was trained on."""
+    return example_file("train.csv"), "sentence", "label"
