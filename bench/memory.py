@@ -6,8 +6,8 @@
 Writes Parquet files of CoLA-like sentences (../shared/data/cola, or generated text when it is absent), scores
 each in a fresh process (`scorer run --provider cpu --variant fp32`), and records the child's peak RSS (/proc
 VmHWM). `--row-group-rows 0` writes each file as one row group, as pandas and pyarrow do up to 1M rows;
-`--huge-cell-mib M` puts one text of M MiB (the same words run together, or with `--huge-cell-kind base64` an
-embedded file's base64, without a space) in the middle of each file. Without
+`--huge-cell-mib M` puts one text of M MiB (the same words run together; with `--huge-cell-kind base64` an
+embedded file's base64, without a space; `hex`, its hex digits: one giant word) in the middle of each file. Without
 --export it builds a tiny random-weight BERT export, since memory is a property of the pipeline, not of the model's
 size (the model's own memory is constant).
 """
@@ -46,10 +46,12 @@ def sentences() -> list[str]:
 
 def huge_text(pool: list[str], mib: float, kind: str = "words") -> str:
     """One text of about `mib` MiB: the pool's texts, in a seeded order, run together with spaces; or base64 of
-    seeded random bytes (an embedded file), which has no space at all."""
+    seeded random bytes (an embedded file), which has no space at all; or their hex digits, one giant word."""
     rng, parts, size = np.random.default_rng(1), [], 0
     if kind == "base64":
         return base64.b64encode(rng.bytes(int(mib * 2**20 * 3 / 4))).decode()
+    if kind == "hex":
+        return rng.bytes(int(mib * 2**20 / 2)).hex()
     while size < mib * 2**20:
         parts.append(pool[int(rng.integers(len(pool)))])
         size += len(parts[-1]) + 1
@@ -105,8 +107,9 @@ def main() -> None:
     parser.add_argument("--row-group-rows", type=int, default=50_000, help="0: the whole file in one row group")
     parser.add_argument("--texts", choices=["cola", "long"], default="cola", help="long: 20-60 words a row")
     parser.add_argument("--huge-cell-mib", type=float, default=0, help="one text of this many MiB in each file")
-    parser.add_argument("--huge-cell-kind", choices=["words", "base64"], default="words",
-                        help="the huge text: sentences run together, or base64 of random bytes (no space at all)")
+    parser.add_argument("--huge-cell-kind", choices=["words", "base64", "hex"], default="words",
+                        help="the huge text: sentences run together, or base64 of random bytes (no space at all), "
+                             "or their hex digits (one word)")
     parser.add_argument("--export", type=Path)
     parser.add_argument("--out", type=Path, default=Path("bench/out/memory.json"))
     args = parser.parse_args()
