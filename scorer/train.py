@@ -269,4 +269,5 @@ def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingDa
             "epochs": [asdict(epoch) for epoch in result.epochs],
         }
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        plot.training_loss(step_losses, [e.train_loss for e in result.epochs], staging / "training_loss.png")
+        plot.training_loss(step_losses, [e.train_loss for e in result.epochs], [e.val_loss for e in result.epochs],
+                           result.best_epoch, staging / "training_loss.png")
