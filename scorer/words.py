@@ -39,15 +39,15 @@ MAX_IDS = 1 << 22
 NEW_SHARE = 0.5
 
 
-def _types(node: dict | None) -> list[str]:
+def kinds(node: dict | None) -> list[str]:
     if not node:
         return []
     if node.get("type") == "Sequence":
-        return [kind for child in node.get("normalizers") or node.get("pretokenizers") or [] for kind in _types(child)]
+        return [kind for child in node.get("normalizers") or node.get("pretokenizers") or [] for kind in kinds(child)]
     return [node.get("type", "")]
 
 
-def _specials(tokenizer: Tokenizer) -> tuple[list[int], list[int]] | None:
+def fixed_specials(tokenizer: Tokenizer) -> tuple[list[int], list[int]] | None:
     """The ids the post-processor puts before and after a single text, if it only adds fixed ids around it."""
     plain = tokenizer.encode("a b", add_special_tokens=False).ids
     full = tokenizer.encode("a b", add_special_tokens=True).ids
@@ -77,11 +77,11 @@ class WordCache:
         text = tokenizer.to_str()
         spec = json.loads(text)
         spaced = any(" " in token["content"] for token in spec.get("added_tokens") or [])
-        splits = _types(spec.get("pre_tokenizer"))
-        per_character = set(_types(spec.get("normalizer"))) <= PER_CHARACTER
+        splits = kinds(spec.get("pre_tokenizer"))
+        per_character = set(kinds(spec.get("normalizer"))) <= PER_CHARACTER
         if spaced or not splits or not set(splits) <= SPLITTING or not per_character:
             return None
-        specials = _specials(tokenizer)
+        specials = fixed_specials(tokenizer)
         if specials is None:
             return None
         cache = cls(text, *specials)

@@ -133,3 +133,13 @@ def test_memory_keeps_every_row_of_a_file_with_a_huge_base64_cell(scoring, bench
           "--export", bench_dir / "random" / "onnx-cola", "--out", out)
     run = json.loads(out.read_text())["runs"][0]
     assert run["rows"] == run["output_rows"] == 500 and run["peak_rss_mib"] > 0
+
+
+def test_long_rows_gives_the_tokenizers_own_ids_for_each_tokenizer_and_huge_cell(bench_dir):
+    out = bench_dir / "out" / "long-rows.json"
+    bench("long_rows.py", "--rows", "300", "--cell-mib", "0.05", "--out", out)  # it fails where ids differ
+    results = json.loads(out.read_text())["results"]
+    assert {(r["tokenizer"], r["cell"]) for r in results} == {(t, c) for t in ("wordpiece", "bytelevel", "metaspace")
+                                                              for c in ("words", "base64", "hex")}
+    assert all(r["scorer"]["ids"] == r["tokenizer_alone"]["ids"] and r["scorer"]["cut"] for r in results)
+    assert [r["scorer"]["word_cache"] for r in results if r["cell"] == "words"] == [True, False, False]

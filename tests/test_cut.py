@@ -1,0 +1,170 @@
+"""Long rows cut before tokenising give the tokenizer's own ids for what max_length keeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from scorer.config import packaged_model
+from scorer.cut import CUT_MIN_CHARS, unknown_run
+from scorer.tokens import TextEncoder
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder.from_dir(packaged_model(), max_length=32)
+
+
+@pytest.mark.parametrize("added", [None, "normalized"])
+def test_rows_far_longer_than_max_length_are_cut_before_tokenising_and_give_the_same_ids(added):
+    from tokenizers import AddedToken, Tokenizer
+
+    from scorer.tokens import TOKENIZER_FILE
+
+    def encoder(word_cache: bool) -> TextEncoder:
+        tokenizer = Tokenizer.from_file(str(packaged_model() / TOKENIZER_FILE))
+        if added:  # an added token matched after normalisation: rows are cut at their last space only
+            tokenizer.add_tokens([AddedToken("grammarian", normalized=True)])
+        return TextEncoder(tokenizer, max_length=32, word_cache=word_cache)
+
+    fast_encoder, words_off = encoder(True), encoder(False)
+    rng = np.random.default_rng(3)
+    words = np.array(["grammar", "is", "hard,", "isn't", "it?", "Ünïcödé", "中文", "", "x" * 150, "well-known"])
+    texts = [
+        " ".join(rng.choice(words, 6000)),  # natural-ish text far past the limit: cut
+        ("\u200b" * 9 + " ") * (CUT_MIN_CHARS // 8) + "then words at last",  # no token before the limit
+        "y" * (CUT_MIN_CHARS * 3),  # no space before the limit and one word: not cut
+        "short one",
+        " " * (CUT_MIN_CHARS + 5) + "late",  # only spaces before the limit
+    ]
+    _, shorter, cut = fast_encoder.cutter.cut_long_rows(pa.array(texts, pa.large_string()))
+    # The space-only rule cuts rows 1 and 4 too, which then come out untruncated: encode tokenises them whole.
+    assert cut.tolist() == ([0, 1, 4] if added else [0]) and len(shorter[0].as_py()) <= CUT_MIN_CHARS
+    # One giant word: [UNK] at any length past 100 characters, so cut to 101 (not where an added token could begin
+    # with a letter: "grammarian" might be matched inside it).
+    assert shorter[3].as_py() == "short one" and shorter[2].as_py() == (texts[2] if added else "y" * 101)
+    # Against the tokenizer itself, nothing cut; without the word cache, rows are cut by the general rule.
+    slow = fast_encoder._tokenize(texts)
+    for fast in (fast_encoder.encode(texts), words_off.encode(texts)):
+        assert fast.offsets.tolist() == slow.offsets.tolist() and fast.ids.tolist() == slow.ids.tolist()
+        assert fast.truncated.tolist() == slow.truncated.tolist() == [True, False, False, False, False]
+
+
+def test_long_rows_without_a_space_are_cut_between_words_and_never_inside_an_added_token(encoder):
+
+    rng = np.random.default_rng(5)
+    blob = "".join(rng.choice(list("abcXYZ019+/="), CUT_MIN_CHARS * 3))  # base64-like: words split at + / =
+    cjk = "".join(rng.choice(list("中文字符日本語的是不了人我在有他这为之大来以个"), CUT_MIN_CHARS * 2))
+    before_sep = "a," * ((CUT_MIN_CHARS - 3) // 2) + "b" * ((CUT_MIN_CHARS - 3) % 2)
+    straddling = before_sep + "[SEP]" + "c," * 3000  # the limit falls inside [SEP]
+    assert straddling[CUT_MIN_CHARS - 3 : CUT_MIN_CHARS + 2] == "[SEP]"
+    texts = [blob, cjk, straddling, "z" * (CUT_MIN_CHARS * 2), "an early space, then " + blob]
+    _, shorter, cut = encoder.cutter.cut_long_rows(pa.array(texts, pa.large_string()))
+    assert cut.tolist() == [0, 1, 2, 4]  # the fourth is one word: [UNK] however long, so it is cut to 101 letters
+    assert shorter[3].as_py() == "z" * 101
+    assert all(len(shorter[row].as_py()) <= CUT_MIN_CHARS for row in cut)
+    assert shorter[2].as_py() == before_sep  # stepped back out of [SEP]
+    fast, slow = encoder.encode(texts), encoder._tokenize(texts)  # slow: the tokenizer itself, nothing cut
+    assert fast.offsets.tolist() == slow.offsets.tolist() and fast.ids.tolist() == slow.ids.tolist()
+    assert fast.truncated.tolist() == slow.truncated.tolist() == [True, True, True, False, True]
+
+
+@pytest.mark.parametrize("longest", [100, 50])
+def test_runs_of_letters_and_digits_past_a_words_limit_are_shortened_and_give_the_same_ids(longest):
+    """A WordPiece word longer than max_input_chars_per_word is one [UNK]: in a long row, runs of ASCII letters and
+    digits are cut to one more character than that, wherever they stand, with the ids of the whole row."""
+    from tokenizers import Tokenizer
+
+    from scorer.tokens import TOKENIZER_FILE
+
+    def encoder(word_cache: bool) -> TextEncoder:
+        tokenizer = Tokenizer.from_file(str(packaged_model() / TOKENIZER_FILE))
+        tokenizer.model.max_input_chars_per_word = longest
+        return TextEncoder(tokenizer, max_length=32, word_cache=word_cache)
+
+    fast_encoder = encoder(True)
+    texts = [
+        "prefix words " + "a1B2" * 5000 + " then the words after it",  # the words after it are kept
+        "é" + "a" * 10_000 + ", more",  # the run ends a word that began with a letter outside ASCII
+        "[SEP]" + "a" * 5000 + "[SEP] tail",  # added tokens on both sides
+        "a" * longest + " " + "b" * (longest + 1) + " " + "c" * (longest + 2) + " " + "d" * 5000 + " end",
+        (" " + "q" * 300) * 100 + " last",  # many runs: cut to 101 each, then the row is cut as any other
+        "1234567890" * 1000,
+        "short, " + "z" * 200,  # under the limit: left as it is
+    ]
+    column, _, _ = fast_encoder.cutter.cut_long_rows(pa.array(texts, pa.large_string()))
+    assert column[0].as_py() == "prefix words " + ("a1B2" * 100)[: longest + 1] + " then the words after it"
+    assert column[3].as_py().split() == ["a" * longest, "b" * (longest + 1), "c" * (longest + 1),
+                                         "d" * (longest + 1), "end"]
+    assert column[6].as_py() == texts[6] and max(len(t) for t in column.to_pylist()) < CUT_MIN_CHARS * 4
+    fast, slow = fast_encoder.encode(texts), fast_encoder._tokenize(texts)  # slow: the tokenizer itself
+    assert fast.offsets.tolist() == slow.offsets.tolist() and fast.ids.tolist() == slow.ids.tolist()
+    assert fast.truncated.tolist() == slow.truncated.tolist()
+
+
+def test_runs_are_left_whole_where_an_added_token_could_be_matched_inside_them():
+    from tokenizers import Tokenizer
+
+    from scorer.tokens import TOKENIZER_FILE
+
+    tokenizer = Tokenizer.from_file(str(packaged_model() / TOKENIZER_FILE))
+    assert unknown_run(tokenizer) == 101
+    tokenizer.add_tokens(["zzz]"])  # begins with a letter: a run's last letters could be its start
+    assert unknown_run(tokenizer) is None
+
+
+def _trained(kind: str):
+    """A small byte-level BPE (RoBERTa's kind of tokenizer) or SentencePiece-style BPE (Metaspace, NFKC), trained
+    here on written sentences: tokenizers without the word cache."""
+    from tokenizers import ByteLevelBPETokenizer, SentencePieceBPETokenizer, Tokenizer, processors
+
+    words = ["the", "grammar", "is", "hard,", "isn't", "it?", "Ünïcödé", "中文", "well-known", "42", "cats"]
+    rng = np.random.default_rng(0)
+    sentences = [" ".join(rng.choice(words, rng.integers(3, 15))) for _ in range(2000)]
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    trainer = ByteLevelBPETokenizer() if kind == "bytelevel" else SentencePieceBPETokenizer()
+    trainer.train_from_iterator(sentences, vocab_size=300, special_tokens=specials)
+    tokenizer = Tokenizer.from_str(trainer._tokenizer.to_str())
+    ids = {token: tokenizer.token_to_id(token) for token in ("<s>", "</s>")}
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
+    return tokenizer
+
+
+@pytest.mark.parametrize("kind,cut_rows", [("bytelevel", [0, 1, 3]), ("metaspace", [0, 4])])
+def test_tokenizers_without_the_word_cache_have_long_rows_cut_with_the_same_ids(kind, cut_rows):
+    """RoBERTa-style byte-level BPE and SentencePiece-style tokenizers split words locally too: their long rows are
+    cut where words before the limit give enough tokens (byte-level BPE splits letters from digits and punctuation,
+    Metaspace only at spaces, each of which is a word of its own), and what max_length keeps is what the tokenizer
+    gives for the whole row."""
+    encoder = TextEncoder(_trained(kind), max_length=32)
+    assert encoder.words is None and encoder.cutter is not None
+    rng = np.random.default_rng(7)
+    words = np.array(["grammar", "is", "hard,", "isn't", "it?", "Ünïcödé", "中文", "", "x" * 150, "well-known", "</s>"])
+    before_end = "a," * ((CUT_MIN_CHARS - 3) // 2) + "b" * ((CUT_MIN_CHARS - 3) % 2)
+    texts = [
+        " ".join(rng.choice(words, 6000)),
+        "".join(rng.choice(list("abcXYZ019+/="), CUT_MIN_CHARS * 3)),  # base64-like, no space
+        "".join(rng.choice(list("中文字符日本語的是不了人我在有他这为之大来以个"), CUT_MIN_CHARS * 2)),
+        before_end + "</s>" + "c," * 3000,  # the limit falls inside </s>
+        " " * (CUT_MIN_CHARS + 5) + "late words",  # only spaces before the limit: not cut
+        "short one",
+    ]
+    _, shorter, cut = encoder.cutter.cut_long_rows(pa.array(texts, pa.large_string()))
+    assert cut.tolist() == cut_rows and all(len(shorter[row].as_py()) <= CUT_MIN_CHARS for row in cut)
+    if kind == "bytelevel":
+        assert shorter[3].as_py() == before_end  # stepped back out of </s>
+    fast, whole = encoder.encode(texts), encoder._tokenize(texts)
+    assert fast.offsets.tolist() == whole.offsets.tolist() and fast.ids.tolist() == whole.ids.tolist()
+    assert fast.truncated.tolist() == whole.truncated.tolist() == [True, True, True, True, True, False]
+
+
+def test_no_cut_where_a_tokenizer_may_not_split_words_locally():
+    from tokenizers import AddedToken, pre_tokenizers
+
+    tokenizer = _trained("bytelevel")
+    tokenizer.add_tokens([AddedToken("grammar", normalized=True)])  # matched after normalisation
+    assert TextEncoder(tokenizer, max_length=32).cutter is None
+    tokenizer = _trained("bytelevel")
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("ab", "merged_with_next")  # a split rule not known to be local
+    assert TextEncoder(tokenizer, max_length=32).cutter is None
