@@ -62,7 +62,8 @@ class TextEncoder:
     """A Hugging Face fast tokenizer with [CLS]/[SEP] added, truncation to max_length and no padding.
 
     Where the tokenizer qualifies (BERT's does), texts go through scorer.words.WordCache, which gives the same ids
-    an order of magnitude faster; `word_cache=False` always uses the tokenizer itself.
+    an order of magnitude faster; `word_cache=False` always uses the tokenizer itself. Either way, rows far longer
+    than max_length are first cut where that keeps the ids (scorer.cut).
     """
 
     def __init__(self, tokenizer: Tokenizer, max_length: int, word_cache: bool = True) -> None:
