@@ -31,6 +31,7 @@ from scoring import random_checkpoint, workload
 
 import scorer.classify
 import scorer.defaults
+import scorer.score
 from scorer.config import RunConfig
 from scorer.score import score_file
 
@@ -55,13 +56,25 @@ def stand_in(seconds_per_token: float, busy: list[tuple[float, float]]):
     return make
 
 
-def idle(busy: list[tuple[float, float]], started: float, unit_seconds: float, ended: float) -> dict:
+def timed_stream(starts: list[float]):
+    """scorer.score's `stream`, noting when each input's pipeline starts (its unit time starts just before)."""
+    original = scorer.score.stream
+
+    def stream(*args, **kwargs):
+        starts.append(time.perf_counter())
+        return original(*args, **kwargs)
+
+    return stream
+
+
+def idle(busy: list[tuple[float, float]], started: float, unit_start: float, unit_seconds: float) -> dict:
     """Where the stand-in sat idle during one `scorer run`: before its first batch (from the start of the input's
-    scoring, model loading excluded), between batches, and after its last one."""
-    unit_start = ended - unit_seconds  # score_file's unit time ends just before it returns
+    pipeline, model loading excluded), between batches, and after its last one (to the end of the input's unit
+    time: the last window's write, the tally, the output's fsync and rename)."""
     return {"before_first_batch_s": busy[0][0] - unit_start, "loading_s": unit_start - started,
             "between_batches_s": sum(b[0] - a[1] for a, b in itertools.pairwise(busy)), "batches": len(busy),
-            "after_last_batch_s": ended - busy[-1][1], "busy_s": sum(end - start for start, end in busy)}
+            "after_last_batch_s": unit_start + unit_seconds - busy[-1][1],
+            "busy_s": sum(end - start for start, end in busy)}
 
 
 def main() -> None:
@@ -97,6 +110,8 @@ def main() -> None:
         tokens = sum(int(p.encoded.lengths.sum()) for p in prepared)
         busy: list[tuple[float, float]] = []
         scorer.classify.batch_runner = stand_in(1 / (tokenise * args.model_speed * tokens / len(texts)), busy)
+        unit_starts: list[float] = []
+        scorer.score.stream = timed_stream(unit_starts)
         classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32", infer_threads=args.infer_threads,
                                                     max_tokens=args.max_tokens, batch_overhead=args.batch_overhead)
         started = time.perf_counter()
@@ -117,7 +132,7 @@ def main() -> None:
             busy.clear()
             started = time.perf_counter()
             seconds = score_file(config, progress=False).seconds
-            spent = idle(busy, started, seconds, time.perf_counter())
+            spent = idle(busy, started, unit_starts[-1], seconds)
             rate = len(texts) / seconds
             results["end_to_end"][f"tokenize_threads={threads}"] = {
                 "sentences_per_s": rate, "over_slower_stage": rate / min(tokenise, model), "stand_in": spent}
