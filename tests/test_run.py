@@ -130,7 +130,7 @@ def test_summary_says_how_the_batches_padded_how_busy_the_model_was_and_what_fee
     assert summary["waits"] == summary["inputs"][0]["waits"]
     began, ended = (datetime.fromisoformat(summary[key]) for key in ("started_at", "finished_at"))
     assert began.utcoffset() == timedelta(0)
-    assert timedelta(0) <= ended - began <= timedelta(seconds=summary["seconds"] + 1)
+    assert timedelta(0) <= ended - began <= timedelta(seconds=summary["seconds"] + 2)  # both cut to the second
     assert summary["host"] == platform.node()
 
 
