@@ -124,4 +124,3 @@ class TextEncoder:
         for row in np.flatnonzero(lengths >= self.max_length):
             truncated[row] = bool(encodings[row].overflowing)
         return Encoded(ids=ids, offsets=offsets, truncated=truncated)
-

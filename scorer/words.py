@@ -40,6 +40,7 @@ NEW_SHARE = 0.5
 
 
 def kinds(node: dict | None) -> list[str]:
+    """The types in a tokenizer.json normaliser or pre-tokeniser entry, a Sequence's members in order."""
     if not node:
         return []
     if node.get("type") == "Sequence":
