@@ -114,8 +114,8 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
         log.info("%s is up to date (same input, same model); skipped", unit.output)
         return UnitSummary(str(unit.source), str(unit.output), "skipped", rows=done.get("rows", 0))
     if unit.output.exists() and not config.overwrite:
-        why = "by another model or from another version of the input" if done else "not by scorer"
-        raise OutputError(f"{unit.output} already exists (written {why}); pass --overwrite to replace it")
+        raise OutputError(f"{unit.output} already exists (written {_written_how(done, classifier, source)}); pass "
+                          "--overwrite to replace it")
     atomic.check_writable(unit.output, overwrite=True)
     # What the output records of its making; the parts also depend on the window size.
     record = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
@@ -147,6 +147,22 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
              summary.rows_this_run, f", resumed at row {summary.resumed_from_row}" if summary.resumed_from_row else "",
              summary.seconds)
     return summary
+
+
+def _written_how(done: dict | None, classifier: OnnxClassifier, source: dict) -> str:
+    """How an existing output differs from what this run would write."""
+    if not done:
+        return "not by scorer"
+    variant, same_input = done.get("variant"), done.get("input") == source
+    how = []
+    if done.get("model_sha256") != classifier.model_sha256:
+        how.append(f"by the {variant} variant, and this run uses {classifier.variant}" if variant != classifier.variant
+                   else "by another model")
+    if not same_input:
+        how.append("from another version of the input")
+    elif variant != classifier.variant:
+        how[-1] += f": --variant {variant} keeps it"
+    return ", ".join(how)
 
 
 def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier) -> Columns:

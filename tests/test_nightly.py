@@ -116,7 +116,29 @@ def test_changed_input_is_not_silently_skipped(tiny_export, tmp_path):
     assert run(source, "--model", tiny_export).exit_code == 0
     pq.write_table(pa.table({"sentence": sentences(11)}), source)
     result = run(source, "--model", tiny_export)
-    assert result.exit_code == 5 and "another version of the input" in result.output
+    assert result.exit_code == 5 and "(written from another version of the input)" in result.output
+    result = run(source, "--model", tiny_export, "--variant", "fp16")  # and by another variant, as it says
+    # (the CPU default, int8 or fp32, depends on what export measured)
+    assert result.exit_code == 5
+    assert "variant, and this run uses fp16, from another version of the input)" in result.output
+
+
+def test_an_output_of_another_model_or_not_of_scorer_is_refused_saying_so(tiny_export, tmp_path):
+    source, output = tmp_path / "in.parquet", tmp_path / "in.scored.parquet"
+    pq.write_table(pa.table({"sentence": sentences(10)}), source)
+    assert run(source, "--model", tiny_export, "--variant", "fp32").exit_code == 0
+    table = pq.read_table(output)
+    record = json.loads(table.schema.metadata[b"scorer"])
+    record["model_sha256"] = "0" * 64  # as another fp32 graph would have written it
+    pq.write_table(table.replace_schema_metadata({b"scorer": json.dumps(record).encode()}), output)
+    result = run(source, "--model", tiny_export, "--variant", "fp32")
+    assert result.exit_code == 5 and "(written by another model)" in result.output
+    result = run(source, "--model", tiny_export, "--variant", "fp16")
+    assert result.exit_code == 5 and "(written by the fp32 variant, and this run uses fp16: --variant fp32 keeps it)" \
+        in result.output
+    pq.write_table(pa.table({"x": [1]}), output)
+    result = run(source, "--model", tiny_export, "--variant", "fp32")
+    assert result.exit_code == 5 and "(written not by scorer)" in result.output
 
 
 def test_one_bad_file_fails_the_run_but_not_the_others(tiny_export, inbox, tmp_path):
