@@ -177,9 +177,9 @@ class OnnxClassifier:
         started = Started()
 
         def submit(batches: list[Batch]) -> None:
+            pool, encoded = self._pool, started.encoded
             for batch in batches:
                 self.tally.add(batch)
-                pool, encoded = self._pool, started.encoded
                 started.running.append((batch, pool.submit(self._logits, encoded, batch) if pool
                                         else self._logits(encoded, batch)))
 

@@ -52,13 +52,14 @@ class RowCutter:
         contents = None if any(t.normalized or t.single_word for t in added) else [t.content for t in added]
         if words is not None:
             return cls(words.tokenizer, words.budget(max_length), max_length, contents, unknown_run(tokenizer))
-        spec = json.loads(tokenizer.to_str())
+        text = tokenizer.to_str()
+        spec = json.loads(text)
         specials = fixed_specials(tokenizer)
         splits = kinds(spec.get("pre_tokenizer"))
         if contents is None or specials is None or not splits or not set(splits) <= LOCAL_SPLITS \
                 or not set(kinds(spec.get("normalizer"))) <= PER_CHARACTER:
             return None
-        copy = Tokenizer.from_str(tokenizer.to_str())
+        copy = Tokenizer.from_str(text)
         copy.no_truncation()
         copy.no_padding()
         budget = max(max_length - len(specials[0]) - len(specials[1]), 0)

@@ -124,4 +124,3 @@ def _file_not_directory(path: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError, StopIteration):
         return f"{path} is a file; pass the directory written by `scorer export` as --model"
     return f"{path} is a file of an export; pass its directory as --model and --variant {name} for that file"
-

@@ -94,14 +94,14 @@ class TextEncoder:
         max_length are cut first where that keeps the ids (scorer.cut)."""
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
-        if self.words is None and self.cutter is None:
+        if self.cutter is None:  # (there is always one where the word cache is)
             return self._tokenize(texts)
         column = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.large_string())
         if column.null_count or not is_text(column):
             raise TypeError("TextEncoder.encode takes strings only")
-        column, shorter, cut = self.cutter.cut_long_rows(column) if self.cutter else (column, column, None)
+        column, shorter, cut = self.cutter.cut_long_rows(column)
         encoded = self._encode_words(shorter)
-        if cut is not None and cut.size and not encoded.truncated[cut].all():
+        if cut.size and not encoded.truncated[cut].all():
             encoded = self._encode_words(column)  # a cut row kept too few tokens: tokenise the rows whole
         return encoded
 
