@@ -33,6 +33,8 @@ class VariantParity:
     mcc: float | None
     passed: bool
     requirement: str
+    # Row results with a NaN or infinite logit (an fp16 or int8 graph overflowing): never agreeing, and failing.
+    non_finite: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,12 @@ def _torch_logits(model: torch.nn.Module, encoded: Encoded, batches) -> list[np.
 
 def _judge(name, provider, reference, logits, batches, targets, labels, config: ExportConfig,
            torch_row: VariantParity | None) -> VariantParity:
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(reference, logits, strict=True))
-    agree = np.concatenate([a.argmax(1) == b.argmax(1) for a, b in zip(reference, logits, strict=True)])
+    finite = [np.isfinite(b).all(axis=1) for b in logits]
+    diff = max((float(np.abs(a - b)[f].max(initial=0.0)) for a, b, f in zip(reference, logits, finite, strict=True)),
+               default=0.0)
+    agree = np.concatenate([(a.argmax(1) == b.argmax(1)) & f for a, b, f in zip(reference, logits, finite,
+                                                                                   strict=True)])
+    non_finite = int(sum((~f).sum() for f in finite))
     agreement = float(agree.mean())
     decisive = np.concatenate([_margins(a) > config.tie_margin for a in reference])
     decisive_agreement = float(agree[decisive].mean()) if decisive.any() else 1.0
@@ -111,8 +117,10 @@ def _judge(name, provider, reference, logits, batches, targets, labels, config: 
         if accuracy is not None:
             passed = passed and abs(accuracy - torch_row.accuracy) <= config.max_accuracy_drop
             requirement += f" and accuracy within {100 * config.max_accuracy_drop:g} points of PyTorch"
+    if non_finite and torch_row is not None:
+        passed, requirement = False, f"finite logits on every row ({non_finite} NaN or infinite)"
     return VariantParity(name, provider, int(agree.size), diff, agreement, near_tie_flips, accuracy, mcc, passed,
-                         requirement)
+                         requirement, non_finite)
 
 
 def _margins(logits: np.ndarray) -> np.ndarray:

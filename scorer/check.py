@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer.classify import OnnxClassifier, softmax
+from scorer.classify import OnnxClassifier
 from scorer.errors import ModelError
+from scorer.results import softmax
 
 log = logging.getLogger("scorer")
 # Largest allowed |score difference| per variant: fp32 covers TF32 on GPUs, fp16 and int8 their rounding.

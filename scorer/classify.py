@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,47 +27,12 @@ from scorer.defaults import (
 from scorer.errors import ModelError, ProviderError
 from scorer.manifest import load_manifest, sha256_file
 from scorer.read import plain_text
+from scorer.rescue import Rescue
+from scorer.results import CODE, EMPTY, NOT_TEXT, NULL, OK, STATUS_NAMES, TRUNCATED, Prepared, Scored, scored
 from scorer.session import batch_runner, create_session, resolve_provider
 from scorer.tokens import Encoded, TextEncoder, is_text
 
 log = logging.getLogger("scorer")
-
-OK, TRUNCATED, NULL, EMPTY, NOT_TEXT = "ok", "truncated", "null", "empty", "not_text"
-STATUSES = (OK, TRUNCATED, NULL, EMPTY, NOT_TEXT)
-_CODE = {name: code for code, name in enumerate(STATUSES)}
-_STATUS_NAMES = pa.array(STATUSES, type=pa.string())
-@dataclass(frozen=True)
-class Prepared:
-    """A column ready for the model: statuses (indices into STATUSES), rows to score, their token ids."""
-
-    status: np.ndarray
-    valid: np.ndarray
-    encoded: Encoded
-
-
-@dataclass(frozen=True)
-class Scored:
-    """Per-row results of one column of texts; rows that were not scored have index -1 and NaN scores.
-
-    `status` holds indices into STATUSES.
-    """
-
-    predicted: np.ndarray
-    probabilities: np.ndarray
-    logits: np.ndarray
-    status: np.ndarray
-
-    @property
-    def scored(self) -> np.ndarray:
-        return self.predicted >= 0
-
-    @classmethod
-    def concat(cls, parts: list[Scored]) -> Scored:
-        """The results of consecutive pieces of one column, as one."""
-        if len(parts) == 1:
-            return parts[0]
-        return cls(*(np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls)))
-
 
 @dataclass
 class Started:
@@ -77,11 +42,6 @@ class Started:
     encoded: list[Encoded] = field(default_factory=list)
     running: list[tuple[Batch, Future | np.ndarray]] = field(default_factory=list)
     outputs: list[np.ndarray] = field(default_factory=list)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 class OnnxClassifier:
@@ -126,6 +86,8 @@ class OnnxClassifier:
         # With several threads, one batch is padded and copied while another runs (ORT's run is thread-safe).
         self.infer_threads = infer_threads or DEFAULT_INFER_THREADS[self.provider]
         self._pool = ThreadPoolExecutor(self.infer_threads, "scorer-infer") if self.infer_threads > 1 else None
+        self.rescue = Rescue(self.directory, self.manifest, self.provider, self.variant, self.manifest.input_names,
+                             self.max_tokens)
 
     def _start(self, variant: str | None, provider_options: dict | None) -> None:
         self.variant = variant or default_variant(self.provider, self.manifest)
@@ -232,27 +194,27 @@ class OnnxClassifier:
         indices = pa.array(scored.predicted, mask=~scored.scored)
         predicted = pa.array(self.labels, type=label_type).take(indices)
         score = self.scores(scored.probabilities).astype(np.float32)
-        return predicted, pa.array(score, mask=~scored.scored), _STATUS_NAMES.take(pa.array(scored.status))
+        return predicted, pa.array(score, mask=~scored.scored), STATUS_NAMES.take(pa.array(scored.status))
 
     def prepare(self, column: pa.Array | pa.ChunkedArray) -> Prepared:
         """The CPU half of classify: find the rows to score and tokenise them (thread-safe, GIL mostly free)."""
         given, column = column, plain_text(column)
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
-        status = np.full(len(column), _CODE[OK], dtype=np.int8)
+        status = np.full(len(column), CODE[OK], dtype=np.int8)
         if is_text(column):
             blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
-            status[pc.fill_null(blank, False).to_numpy(zero_copy_only=False)] = _CODE[EMPTY]
+            status[pc.fill_null(blank, False).to_numpy(zero_copy_only=False)] = CODE[EMPTY]
         else:
-            status[:] = _CODE[NOT_TEXT]
-        status[column.is_null().to_numpy(zero_copy_only=False)] = _CODE[NULL]
+            status[:] = CODE[NOT_TEXT]
+        status[column.is_null().to_numpy(zero_copy_only=False)] = CODE[NULL]
         if given.type != column.type:  # bytes that are not UTF-8 became nulls in plain_text
             undecodable = pc.and_(given.is_valid(), column.is_null())
-            status[undecodable.to_numpy(zero_copy_only=False)] = _CODE[NOT_TEXT]
-        valid = np.flatnonzero(status == _CODE[OK])
+            status[undecodable.to_numpy(zero_copy_only=False)] = CODE[NOT_TEXT]
+        valid = np.flatnonzero(status == CODE[OK])
         texts = column if len(valid) == len(column) else column.take(pa.array(valid, pa.int64()))
         encoded = self.encoder.encode(texts if is_text(texts) else [])
-        status[valid[encoded.truncated]] = _CODE[TRUNCATED]
+        status[valid[encoded.truncated]] = CODE[TRUNCATED]
         return Prepared(status=status, valid=valid, encoded=encoded)
 
     def infer(self, pieces: Iterable[Prepared]) -> Scored:
@@ -275,15 +237,7 @@ class OnnxClassifier:
         """`infer`'s second half: every row's results, once the window's batches are done."""
         taken, started = begun
         logits = self.collect(started)
-        return Scored.concat([self._scored(p, rows) for p, rows in zip(taken, logits, strict=True)])
-
-    def _scored(self, prepared: Prepared, valid_logits: np.ndarray) -> Scored:
-        n = len(prepared.status)
-        logits = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
-        logits[prepared.valid] = valid_logits
-        predicted = np.full(n, -1, dtype=np.int64)
-        predicted[prepared.valid] = valid_logits.argmax(axis=1)
-        return Scored(predicted=predicted, probabilities=softmax(logits), logits=logits, status=prepared.status)
+        return Scored.concat([scored(p, rows, self.rescue) for p, rows in zip(taken, logits, strict=True)])
 
     def classify(self, column: pa.Array | pa.ChunkedArray) -> Scored:
         """Score a column of texts; null, empty and non-text values are kept, flagged and left unscored."""

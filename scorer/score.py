@@ -17,6 +17,7 @@ from scorer.errors import ConfigError, InputError, OutputError, ParityError, Sco
 from scorer.evaluate import write_report
 from scorer.parts import OutputLock, PartStore, fingerprint
 from scorer.read import TableReader, plain_text
+from scorer.results import NON_FINITE
 from scorer.stream import stream
 from scorer.summary import RunSummary, UnitSummary, now, summarise, write_summary
 from scorer.tally import Columns, scored_sample, tally
@@ -124,7 +125,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
     with OutputLock(unit.output):
         first = store.open()
         sink = OutputSink(unit.output, overwrite=True, metadata=record)
-        started = time.perf_counter()
+        started, rescued = time.perf_counter(), classifier.rescue.rows
         try:
             waits = stream(reader, classifier, columns, store, sink, first, config, progress)
             if fingerprint(reader.path) != source:  # a feed still being written, or replaced mid-run
@@ -143,10 +144,24 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
                 raise no_room from exc
             raise
     summary.seconds, summary.waits = time.perf_counter() - started, waits
+    summary.rescued_rows = classifier.rescue.rows - rescued
+    _warn_non_finite(summary, classifier)
     log.info("%s -> %s: %d rows (%d written now%s) in %.1fs", unit.source, unit.output, summary.rows,
              summary.rows_this_run, f", resumed at row {summary.resumed_from_row}" if summary.resumed_from_row else "",
              summary.seconds)
     return summary
+
+
+def _warn_non_finite(summary: UnitSummary, classifier: OnnxClassifier) -> None:
+    """Say which rows the model could not score as it runs: scored by the fp32 graph instead, or not at all."""
+    if summary.rescued_rows:
+        log.warning("%s: %d row(s) got NaN or infinite logits from the %s graph on %s and were scored by the fp32 "
+                    "graph instead", summary.input, summary.rescued_rows, classifier.variant, classifier.provider)
+    lost = summary.status_counts.get(NON_FINITE, 0)
+    if lost:
+        log.warning("%s: %d row(s) got NaN or infinite logits%s; they are kept without a score (status %s): the "
+                    "model cannot score them", summary.input, lost,
+                    " from the fp32 graph too" if classifier.rescue.possible else "", NON_FINITE)
 
 
 def _written_how(done: dict | None, classifier: OnnxClassifier, source: dict) -> str:

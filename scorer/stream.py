@@ -14,11 +14,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from scorer.classify import OnnxClassifier, Scored
+from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
 from scorer.labels import LabelIndex
 from scorer.parts import PartStore
 from scorer.read import TableReader, plain_text
+from scorer.results import Scored
 from scorer.tally import Columns
 from scorer.tokens import is_text
 from scorer.write import OutputSink

@@ -8,13 +8,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from scorer import __version__, atomic
-from scorer.classify import EMPTY, NOT_TEXT, NULL, TRUNCATED, OnnxClassifier
+from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
+from scorer.results import EMPTY, NON_FINITE, NOT_TEXT, NULL, TRUNCATED
 from scorer.units import WorkUnit
 
 # How the one-line summary names each row status but "ok" (the unscored ones keep their row, without a score).
 ROW_KINDS = {TRUNCATED: "truncated", NULL: "unscored (null text)", EMPTY: "unscored (empty text)",
-             NOT_TEXT: "unscored (not text)"}
+             NOT_TEXT: "unscored (not text)", NON_FINITE: "unscored (non-finite logits)"}
 
 
 @dataclass
@@ -36,6 +37,8 @@ class UnitSummary:
     exit_code: int = 0
     # Seconds the thread that feeds the model waited for reading, tokenising and writing (scorer.stream).
     waits: dict[str, float] = field(default_factory=dict)
+    # Rows written now whose logits were not finite in the run's variant and were scored by the fp32 graph.
+    rescued_rows: int = 0
 
 
 @dataclass
@@ -48,6 +51,7 @@ class RunSummary:
     status_counts: dict[str, int]
     seconds: float
     rows_per_second: float
+    rescued_rows: int
     provider: str
     variant: str
     model_sha256: str
@@ -76,7 +80,10 @@ class RunSummary:
     def line(self) -> str:
         states = {s: sum(u.state == s for u in self.inputs) for s in ("scored", "resumed", "skipped", "failed")}
         files = ", ".join(f"{n} {s}" for s, n in states.items() if n)
-        counts = ", ".join(f"{v} {ROW_KINDS[k]}" for k, v in self.status_counts.items() if v and k in ROW_KINDS)
+        kinds = [f"{v} {ROW_KINDS[k]}" for k, v in self.status_counts.items() if v and k in ROW_KINDS]
+        if self.rescued_rows:
+            kinds.append(f"{self.rescued_rows} scored by the fp32 graph (non-finite in {self.variant})")
+        counts = ", ".join(kinds)
         text = (f"{self.rows} rows in {len(self.inputs)} file(s) ({files}){'; ' + counts if counts else ''}; "
                 f"{self.rows_this_run} written now in {self.seconds:.1f}s, {self.rows_per_second:,.0f} rows/s on "
                 f"{self.provider} ({self.variant})")
@@ -108,7 +115,8 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
             waits[stage] = waits.get(stage, 0.0) + waited
     rows_now = sum(u.rows_this_run for u in units)
     return RunSummary(inputs=units, rows=sum(u.rows for u in units), rows_this_run=rows_now, status_counts=counts,
-                      seconds=seconds, rows_per_second=rows_now / max(seconds, 1e-9), provider=classifier.provider,
+                      seconds=seconds, rows_per_second=rows_now / max(seconds, 1e-9),
+                      rescued_rows=sum(u.rescued_rows for u in units), provider=classifier.provider,
                       io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
                       provider_options=classifier.provider_options,
                       variant=classifier.variant, model_sha256=classifier.model_sha256,

@@ -16,13 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from scorer.classify import STATUSES
 from scorer.evaluate import evaluation
 from scorer.labels import LabelIndex
 from scorer.metrics import confusion_of
+from scorer.results import STATUSES, UNSCORED
 
 log = logging.getLogger("scorer")
-UNSCORED = ("null", "empty", "not_text")
 
 
 @dataclass(frozen=True)

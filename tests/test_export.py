@@ -587,6 +587,31 @@ def test_gate_judges_agreement_and_accuracy_against_pytorch():
     assert bad.agreement >= 0.99 and not bad.passed and "accuracy within 0.5 points" in bad.requirement
 
 
+def test_gate_fails_a_variant_with_non_finite_logits_even_where_their_argmax_would_agree():
+    import json
+
+    from export.parity import _judge, report, table
+    from scorer.config import ExportConfig
+
+    n = 400
+    targets = np.zeros(n, dtype=np.int64)  # every row label 0: a NaN row's argmax (0) "agrees"
+    reference = np.stack([np.ones(n), np.zeros(n)], axis=1).astype(np.float32)
+    batches = parity_batches(n, 8)
+    by_batch = [reference[b.rows] for b in batches]
+    config = ExportConfig()
+    torch_row = _judge("pytorch", "cpu", by_batch, by_batch, batches, targets, [0, 1], config, None)
+    broken = reference.copy()
+    broken[5] = np.nan  # one row in 400 (0.25%): within --min-agreement were it counted as agreeing
+    broken[7] = [np.inf, -np.inf]
+    for name in ("fp16", "int8", "fp32"):
+        row = _judge(name, "cpu", by_batch, [broken[b.rows] for b in batches], batches, targets, [0, 1], config,
+                     torch_row)
+        assert not row.passed and row.non_finite >= 2 and "finite logits on every row" in row.requirement, row
+        assert row.max_abs_diff == 0.0 and row.agreement < 1.0  # the finite rows agree exactly
+        assert "FAIL (finite logits on every row" in table([row])
+        json.loads(json.dumps(report([row], "x")), parse_constant=lambda c: pytest.fail(f"{c} in parity.json"))
+
+
 def test_gate_forgives_flips_only_at_near_ties():
     from export.parity import _judge, table
     from scorer.config import ExportConfig

@@ -56,6 +56,21 @@ def test_cuda_scores_match_cpu_and_auto_picks_cuda(tiny_export, source, tmp_path
 
 
 @pytest.mark.gpu
+def test_rows_the_fp16_graph_gives_nan_are_scored_by_the_fp32_graph_on_cuda(export_copy, source, tmp_path):
+    from tests.conftest import poison
+
+    run(source, "--model", export_copy, "--provider", "cuda", "--variant", "fp32", "-o", tmp_path / "fp32.parquet")
+    poison(export_copy, "fp16", "mat")  # "The cat sat on the mat." and "Cat the mat on sat."
+    result = run(source, "--model", export_copy, "--provider", "cuda", "--variant", "fp16", "-o",
+                 tmp_path / "o.parquet")
+    assert "100 row(s) got NaN or infinite logits from the fp16 graph on cuda" in result.output
+    out, fp32 = pq.read_table(tmp_path / "o.parquet").to_pydict(), pq.read_table(tmp_path / "fp32.parquet").to_pydict()
+    hit = [i for i, text in enumerate(TEXTS) if " mat" in text]
+    assert [out["label"][i] for i in hit] == [fp32["label"][i] for i in hit]
+    np.testing.assert_allclose([out["score"][i] for i in hit], [fp32["score"][i] for i in hit], atol=5e-3)
+
+
+@pytest.mark.gpu
 def test_export_on_cuda_times_every_fp16_attention_both_ways_and_keeps_the_fastest(tiny_export):
     from export.fp16_choice import KERNELS
 

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
+from tests.conftest import poison
 
 TEXTS = [
     "The children played in the garden until dinner.",
@@ -64,6 +65,44 @@ def test_every_row_kept_in_order_with_status_and_null_scores(tiny_export, parque
     assert summary["status_counts"]["empty"] == 22 and summary["status_counts"]["truncated"] == 11
     assert summary["provider"] == "cpu" and len(summary["model_sha256"]) == 64
     assert ("11 truncated, 11 unscored (null text), 22 unscored (empty text); 78 written now" in result.output)
+
+
+def test_rows_a_variant_gives_non_finite_logits_are_scored_by_the_fp32_graph(export_copy, parquet_input, tmp_path):
+    fp32_out, out = tmp_path / "fp32.parquet", tmp_path / "out.parquet"
+    assert run(parquet_input, "--model", export_copy, "-o", fp32_out, "--variant", "fp32").exit_code == 0
+    poison(export_copy, "int8", "storm")  # as an overflowing fp16 graph would, on "Nobody expected the storm."
+    result = run(parquet_input, "--model", export_copy, "-o", out, "--variant", "int8", "--window-rows", "20")
+    assert result.exit_code == 0, result.output
+    assert "11 row(s) got NaN or infinite logits from the int8 graph on cpu and were scored by the fp32 graph" \
+        in result.output and "11 scored by the fp32 graph (non-finite in int8)" in result.output
+    table, fp32 = pq.read_table(out).to_pydict(), pq.read_table(fp32_out).to_pydict()
+    poisoned = [i for i, text in enumerate(TEXTS) if text and "storm" in text]
+    assert len(poisoned) == 11 and all(table["status"][i] == "ok" for i in poisoned)
+    assert [table["label"][i] for i in poisoned] == [fp32["label"][i] for i in poisoned]
+    assert [table["score"][i] for i in poisoned] == pytest.approx([fp32["score"][i] for i in poisoned], abs=1e-5)
+    assert table["status"] == fp32["status"] and None not in [table["label"][i] for i in range(len(TEXTS))
+                                                              if fp32["label"][i] is not None]
+    summary = json.loads((tmp_path / "out.parquet.summary.json").read_text())
+    assert summary["rescued_rows"] == 11 and summary["inputs"][0]["rescued_rows"] == 11
+    assert summary["status_counts"]["non_finite"] == 0
+
+
+def test_rows_the_fp32_graph_gives_non_finite_logits_are_kept_unscored(export_copy, parquet_input, tmp_path):
+    poison(export_copy, "fp32", "storm")
+    out = tmp_path / "out.parquet"
+    result = run(parquet_input, "--model", export_copy, "-o", out, "--variant", "fp32", "--check", "30")
+    assert result.exit_code == 0, result.output
+    assert "11 row(s) got NaN or infinite logits; they are kept without a score (status non_finite)" in result.output
+    assert "11 unscored (non-finite logits)" in result.output
+    table = pq.read_table(out).to_pydict()
+    for text, status, label, score in zip(TEXTS, table["status"], table["label"], table["score"], strict=True):
+        if text and "storm" in text:
+            assert (status, label, score) == ("non_finite", None, None)
+        elif status in ("ok", "truncated"):
+            assert label in (0, 1) and 0.0 <= score <= 1.0
+    summary = json.loads((tmp_path / "out.parquet.summary.json").read_text())
+    assert summary["status_counts"]["non_finite"] == 11 and summary["rescued_rows"] == 0
+    assert summary["inputs"][0]["check"]["passed"] is True  # the unscored rows are not sampled
 
 
 def test_the_same_sentence_scores_the_same_in_any_window_or_batch(tiny_export, parquet_input, tmp_path):

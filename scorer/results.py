@@ -1,0 +1,73 @@
+"""What scoring gives each row: its status, and its label, probabilities and logits where it was scored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pyarrow as pa
+
+from scorer.rescue import Rescue, finite_rows
+from scorer.tokens import Encoded
+
+OK, TRUNCATED, NULL, EMPTY, NOT_TEXT, NON_FINITE = "ok", "truncated", "null", "empty", "not_text", "non_finite"
+STATUSES = (OK, TRUNCATED, NULL, EMPTY, NOT_TEXT, NON_FINITE)
+UNSCORED = (NULL, EMPTY, NOT_TEXT, NON_FINITE)
+CODE = {name: code for code, name in enumerate(STATUSES)}
+STATUS_NAMES = pa.array(STATUSES, type=pa.string())
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A column ready for the model: statuses (indices into STATUSES), rows to score, their token ids."""
+
+    status: np.ndarray
+    valid: np.ndarray
+    encoded: Encoded
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Per-row results of one column of texts; rows that were not scored have index -1 and NaN scores.
+
+    `status` holds indices into STATUSES.
+    """
+
+    predicted: np.ndarray
+    probabilities: np.ndarray
+    logits: np.ndarray
+    status: np.ndarray
+
+    @property
+    def scored(self) -> np.ndarray:
+        return self.predicted >= 0
+
+    @classmethod
+    def concat(cls, parts: list[Scored]) -> Scored:
+        """The results of consecutive pieces of one column, as one."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls)))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+
+def scored(prepared: Prepared, valid_logits: np.ndarray, rescue: Rescue) -> Scored:
+    """Every row's results; a row whose logits are not finite is scored again on the fp32 graph (`rescue`), and left
+    unscored (status non_finite) where that cannot give finite ones either."""
+    n, status = len(prepared.status), prepared.status
+    finite = finite_rows(valid_logits)
+    if not finite.all():
+        valid_logits[~finite] = rescue.logits(prepared.encoded, np.flatnonzero(~finite))
+        finite = finite_rows(valid_logits)
+        status = status.copy()
+        status[prepared.valid[~finite]] = CODE[NON_FINITE]
+    logits = np.full((n, valid_logits.shape[1]), np.nan, dtype=np.float32)
+    logits[prepared.valid[finite]] = valid_logits[finite]
+    predicted = np.full(n, -1, dtype=np.int64)
+    predicted[prepared.valid[finite]] = valid_logits[finite].argmax(axis=1)
+    return Scored(predicted=predicted, probabilities=softmax(logits), logits=logits, status=status)
