@@ -42,7 +42,7 @@ class Rescue:
             return out
         if self._run is None:
             path = self.manifest.variant("fp32", self.directory)
-            log.info("%d row(s) got non-finite logits; scoring them with %s", len(rows), path)
+            log.info("opening %s for the rows whose logits are not finite", path)
             session = create_session(path, self.provider, default_provider_options(self.provider, "fp32",
                                                                                     self.manifest))
             self._run = batch_runner(session, self.provider, io_binding=False)

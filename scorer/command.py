@@ -1,0 +1,91 @@
+"""What every `scorer` command shares: --quiet/--debug, logging, SIGTERM as an interrupt, one-line errors with
+their exit codes, and option defaults shown from the config dataclasses."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+import click
+
+from scorer.errors import ScorerError, Terminated, stopped
+
+log = logging.getLogger("scorer")
+
+
+def _setup_logging(quiet: bool, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def command(func: Callable) -> Callable:
+    """Shared --quiet/--debug options; ScorerError becomes one line on stderr and its exit code."""
+
+    @click.option("--quiet", "-q", is_flag=True,
+                  help="Only warnings, errors and the result (one line for run); no progress bars (for cron).")
+    @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+    @functools.wraps(func)
+    def wrapper(*args, quiet: bool, debug: bool, **kwargs):
+        _setup_logging(quiet, debug)
+        try:
+            with _sigterm_unwinds():
+                return func(*args, progress=not quiet, **kwargs)
+        except ScorerError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+            said, code = stopped(exc)
+            click.echo(said, err=True)
+            sys.exit(code)
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug and report it)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into an exception, so the run stops its threads and removes its temporary files."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def shown(cls: type, field: str) -> str:
+    """'[default: V]' read from the config dataclass, so that the help cannot drift from the defaults."""
+    value = next(f.default for f in dataclasses.fields(cls) if f.name == field)
+    return f"[default: {value:g}]" if isinstance(value, float) else f"[default: {value}]"
+
+
+def shown_by_provider(table: dict[str, int]) -> str:
+    """'[default: …]' of a per-provider default of scorer.defaults."""
+    tensorrt = "" if table["tensorrt"] == table["cuda"] else f", {table['tensorrt']} with TensorRT"
+    return f"[default: {table['cuda']} on CUDA, {table['cpu']} on a CPU{tensorrt}]"
+
+
+def build(cls: type, **options):
+    """A config from the options the user gave; the dataclass defaults fill in the rest."""
+    return cls(**{key: value for key, value in options.items() if value is not None})
