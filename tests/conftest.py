@@ -78,36 +78,46 @@ def rewritten_fp16(export: Path, directory: Path, attention: str, kernels: str) 
     return lengths_graph, rewritten
 
 
-def poison(export: Path, variant: str, word: str) -> int:
-    """Make the export's `variant` graph give -inf logits (NaN probabilities) to every row holding `word` (one
-    WordPiece token), as an fp16 graph overflowing on a row would, and record its new sha256; returns the token id."""
+def after_logits(export: Path, variant: str, nodes: list, initializers: list) -> None:
+    """Append `nodes` (reading `clean_logits`, writing `logits`) to the end of the export's `variant` graph, as a
+    damaged or overflowing graph would compute, and record its new sha256."""
     import onnx
-    from onnx import TensorProto, helper
-    from tokenizers import Tokenizer
 
     from scorer.manifest import load_manifest, sha256_file
 
-    token = Tokenizer.from_file(str(export / "tokenizer.json")).token_to_id(word)
     manifest = load_manifest(export)
     path = manifest.variant(variant, export)
     model = onnx.load(path)
     graph = model.graph
-    ids, logits = graph.input[0], graph.output[0].name
-    producer = next(node for node in graph.node if logits in node.output)
-    producer.output[list(producer.output).index(logits)] = "clean_logits"
-    graph.initializer.extend([helper.make_tensor("poison_token", ids.type.tensor_type.elem_type, [], [token]),
-                              helper.make_tensor("poison_one", TensorProto.FLOAT, [], [1.0])])
-    graph.node.extend([
+    producer = next(node for node in graph.node if "logits" in node.output)
+    producer.output[list(producer.output).index("logits")] = "clean_logits"
+    graph.initializer.extend(initializers)
+    graph.node.extend(nodes)
+    onnx.save(model, path)
+    manifest.variants[variant].sha256 = sha256_file(path)
+    manifest.save(export)
+
+
+def poison(export: Path, variant: str, word: str) -> int:
+    """Make the export's `variant` graph give -inf logits (NaN probabilities) to every row holding `word` (one
+    WordPiece token), as an fp16 graph overflowing on a row would; returns the token id."""
+    import onnx
+    from onnx import TensorProto, helper
+    from tokenizers import Tokenizer
+
+    from scorer.manifest import load_manifest
+
+    token = Tokenizer.from_file(str(export / "tokenizer.json")).token_to_id(word)
+    ids = onnx.load(load_manifest(export).variant(variant, export), load_external_data=False).graph.input[0]
+    after_logits(export, variant, [
         helper.make_node("Equal", [ids.name, "poison_token"], ["poison_hit"]),
         helper.make_node("Cast", ["poison_hit"], ["poison_hits"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMax", ["poison_hits"], ["poison_row"], axes=[1], keepdims=1),
         helper.make_node("Sub", ["poison_one", "poison_row"], ["poison_keep"]),
         helper.make_node("Log", ["poison_keep"], ["poison_shift"]),  # 0 for clean rows, -inf for poisoned ones
-        helper.make_node("Add", ["clean_logits", "poison_shift"], [logits]),
-    ])
-    onnx.save(model, path)
-    manifest.variants[variant].sha256 = sha256_file(path)
-    manifest.save(export)
+        helper.make_node("Add", ["clean_logits", "poison_shift"], ["logits"]),
+    ], [helper.make_tensor("poison_token", ids.type.tensor_type.elem_type, [], [token]),
+        helper.make_tensor("poison_one", TensorProto.FLOAT, [], [1.0])])
     return token
 
 

@@ -275,6 +275,47 @@ def test_a_run_that_crashed_resumes_into_the_same_output_in_either_format(tiny_e
     assert not list(tmp_path.glob(f".out.{suffix}.scorer-parts")) and not list(tmp_path.glob(f".out.{suffix}.tmp-*"))
 
 
+def test_parts_left_by_a_crash_are_never_spliced_into_another_inputs_or_models_output(tiny_export, tmp_path,
+                                                                                    monkeypatch):
+    """Yesterday's run crashed after two windows; today's file under the same name, or the same file with another
+    variant, is scored whole: the parts of the other work are discarded, never resumed from."""
+    from scorer.classify import OnnxClassifier
+
+    source, output = tmp_path / "feed.parquet", tmp_path / "out.parquet"
+    parts = tmp_path / ".out.parquet.scorer-parts"
+    common = ["--model", tiny_export, "--window-rows", "10"]
+    real = OnnxClassifier.result_arrays
+
+    def crash_after_two_windows(variant: str) -> None:
+        calls = []
+
+        def crash_on_the_third_window(self, scored):
+            calls.append(1)
+            if len(calls) == 3:
+                raise MemoryError("stand-in for a crash that is not the input's fault")
+            return real(self, scored)
+
+        monkeypatch.setattr(OnnxClassifier, "result_arrays", crash_on_the_third_window)
+        assert run(source, "-o", output, *common, "--variant", variant).exit_code != 0
+        monkeypatch.setattr(OnnxClassifier, "result_arrays", real)
+        assert len(list(parts.glob("part-*"))) == 2 and not output.exists()
+
+    for today, variant in ((sentences(50, offset=1000), "fp32"), (None, "int8")):
+        pq.write_table(pa.table({"sentence": sentences(50)}), source)
+        crash_after_two_windows("fp32")
+        if today is not None:  # a new day's file; else the same file, scored by another graph
+            pq.write_table(pa.table({"sentence": today}), source)
+        today = today or sentences(50)
+        reference = tmp_path / f"reference-{variant}.parquet"
+        assert run(source, "-o", reference, *common, "--variant", variant).exit_code == 0
+        assert run(source, "-o", output, *common, "--variant", variant).exit_code == 0
+        summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
+        assert summary["state"] == "scored" and summary["resumed_from_row"] == 0 and summary["rows_this_run"] == 50
+        assert pq.read_table(output).equals(pq.read_table(reference))
+        assert pq.read_table(output).column("sentence").to_pylist() == today and not parts.exists()
+        output.unlink()
+
+
 def _file_size_limit(limit: int):
     def apply():  # in the child: writes past `limit` bytes fail with EFBIG, as on a full disk, instead of a signal
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

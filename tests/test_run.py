@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
-from tests.conftest import poison
+from tests.conftest import after_logits, poison
 
 TEXTS = [
     "The children played in the garden until dinner.",
@@ -278,6 +278,22 @@ def test_check_against_pytorch_passes_and_is_in_the_summary(tiny_export, parquet
         assert check["rows"] == 20 and check["passed"]
         if variant == "fp32":
             assert check["agreement"] == 1.0 and check["max_score_diff"] < 1e-4
+
+
+def test_a_check_that_finds_onnx_and_pytorch_apart_fails_with_exit_7_and_writes_nothing(export_copy, parquet_input,
+                                                                                      tmp_path):
+    from onnx import TensorProto, helper
+
+    # the fp32 graph's logits moved by 0.3 each way, as a graph that no longer computes the checkpoint would
+    after_logits(export_copy, "fp32", [helper.make_node("Add", ["clean_logits", "shift"], ["logits"])],
+                 [helper.make_tensor("shift", TensorProto.FLOAT, [2], [0.3, -0.3])])
+    out = tmp_path / "out.parquet"
+    result = run(parquet_input, "--model", export_copy, "-o", out, "--variant", "fp32", "--check", "20")
+    assert result.exit_code == 7, result.output
+    assert "--check 20: ONNX (fp32) and PyTorch disagree beyond tolerance on" in result.output
+    assert "no output was written" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.parquet", "onnx"]  # no output, part, lock, summary
+    assert run(parquet_input, "--model", export_copy, "-o", out, "--variant", "fp32").exit_code == 0  # unchecked
 
 
 def test_a_check_with_no_scored_row_says_it_checked_nothing_rather_than_passed(tiny_export, tmp_path):
