@@ -15,7 +15,7 @@ from export.fp16_choice import Fp16Report, build_fp16
 from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx
 from export.quantize import QuantizeReport, quantize_int8
 from export.rows import calibration_texts, parity_rows, recorded_data
-from scorer import atomic
+from scorer import atomic, selfcheck
 from scorer.config import ExportConfig, RunConfig, to_json
 from scorer.errors import ParityError, ProviderError
 from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
@@ -66,12 +66,14 @@ def export_model(config: ExportConfig) -> ExportResult:
                 shutil.copy2(config.checkpoint / name, staging / name)
         log.info("parity against PyTorch on %d rows of %s", len(checked.texts), checked.source)
         fp16_options = reports["fp16"].cuda_options if "fp16" in reports else None
-        results = parity.run_parity(model, variants, encoder.encode(checked.texts), checked.targets, head.labels,
-                                    config, head.max_length, fp16_options)
+        encoded = encoder.encode(checked.texts)
+        results = parity.run_parity(model, variants, encoded, checked.targets, head.labels, config, head.max_length,
+                                    fp16_options)
         (staging / "parity.json").write_text(json.dumps(parity.report(results, checked.source), indent=2) + "\n")
         (staging / "export_config.json").write_text(to_json(replace(config, overwrite=False)))
         manifest = _manifest(model, head, config, variants, results, text_column, label_column)
         manifest.extra.update({name: asdict(report) for name, report in reports.items()})
+        manifest.extra["self_check"] = selfcheck.record(staging, variants, encoded, list(INPUT_NAMES))
         manifest.save(staging)
     result = ExportResult(config.output, results, checked.source, reports.get("fp16"))
     if config.tensorrt:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scorer import selfcheck
 from scorer.batches import Batch, BatchTally, WindowBatcher
 from scorer.defaults import (
     DEFAULT_INFER_THREADS,
@@ -102,6 +103,11 @@ class OnnxClassifier:
             provider_options = default_provider_options(self.provider, self.variant, self.manifest)
         self.provider_options = provider_options or {}
         self.session = create_session(self.model_path, self.provider, provider_options)
+
+    def self_check(self) -> dict | None:
+        """The recorded batch through this run's session, against the logits export recorded (scorer.selfcheck);
+        raises ParityError where this machine computes the graph differently."""
+        return selfcheck.verify(self.directory, self.manifest, self._run_batch, self.variant, self.provider)
 
     def close(self) -> None:
         """Stop the inference threads (with --infer-threads above 1); the session itself stays usable."""

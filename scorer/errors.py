@@ -40,7 +40,8 @@ class ProviderError(ScorerError):
 
 
 class ParityError(ScorerError):
-    """ONNX and PyTorch disagree beyond the tolerance: the export parity gate or `run --check`."""
+    """ONNX and PyTorch disagree beyond the tolerance (the export parity gate, `run --check`), or this machine
+    computes the exported graph otherwise than export recorded (`run`'s self-check)."""
 
     exit_code = 7
 
@@ -59,7 +60,7 @@ EXIT_CODES = {
     4: "bad model directory",
     5: "output exists or cannot be written",
     6: "requested execution provider not usable",
-    7: "ONNX/PyTorch parity check failed",
+    7: "ONNX/PyTorch parity check failed, or the self-check: this machine computes the model otherwise",
     130: "interrupted (Ctrl-C)",
     143: "terminated (SIGTERM, as a scheduler's timeout sends): cleaned up like Ctrl-C, finished windows kept",
 }

@@ -57,6 +57,11 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     classifier, config = open_classifier(config)
     log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
              classifier.provider, len(units))
+    try:  # before any output: this machine must compute the graph as export's did
+        self_check = classifier.self_check()
+    except BaseException:
+        classifier.close()
+        raise
     started, began = time.perf_counter(), now()
     summaries: list[UnitSummary] = []
     fatal: BaseException | None = None
@@ -79,7 +84,7 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     finally:
         classifier.close()
     summary = summarise(summaries, classifier, time.perf_counter() - started, config.window_rows)
-    summary.started_at, summary.finished_at = began, now()
+    summary.started_at, summary.finished_at, summary.self_check = began, now(), self_check
     if len(units) > 1 or config.summary or fatal is None:
         write_summary(config, units, summary)
     if fatal is not None:

@@ -58,6 +58,8 @@ class RunSummary:
     io_binding: bool = False
     infer_threads: int = 1
     provider_options: dict = field(default_factory=dict)  # as given to ONNX Runtime (CUDA: export's kernel choice)
+    # The recorded batch's logits on this machine against export's (scorer.selfcheck); None for older exports.
+    self_check: dict | None = None
     # Batches run, with their real and padded token counts and the seconds the model was busy (scorer.batches),
     # and the window size used.
     batching: dict = field(default_factory=dict)

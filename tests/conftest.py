@@ -101,6 +101,7 @@ def after_logits(export: Path, variant: str, nodes: list, initializers: list) ->
 def poison(export: Path, variant: str, word: str) -> int:
     """Make the export's `variant` graph give -inf logits (NaN probabilities) to every row holding `word` (one
     WordPiece token), as an fp16 graph overflowing on a row would; returns the token id."""
+    import numpy as np
     import onnx
     from onnx import TensorProto, helper
     from tokenizers import Tokenizer
@@ -108,7 +109,10 @@ def poison(export: Path, variant: str, word: str) -> int:
     from scorer.manifest import load_manifest
 
     token = Tokenizer.from_file(str(export / "tokenizer.json")).token_to_id(word)
-    ids = onnx.load(load_manifest(export).variant(variant, export), load_external_data=False).graph.input[0]
+    manifest = load_manifest(export)
+    with np.load(export / manifest.extra["self_check"]["file"]) as saved:  # else the run stops at its self-check
+        assert token not in saved["input_ids"], f"'{word}' is in the export's self-check rows; poison another word"
+    ids = onnx.load(manifest.variant(variant, export), load_external_data=False).graph.input[0]
     after_logits(export, variant, [
         helper.make_node("Equal", [ids.name, "poison_token"], ["poison_hit"]),
         helper.make_node("Cast", ["poison_hit"], ["poison_hits"], to=TensorProto.FLOAT),

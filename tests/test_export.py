@@ -38,6 +38,13 @@ def test_export_writes_variants_tokenizer_report_and_manifest(tiny_export):
     assert {v["variant"] for v in report["variants"]} == {"pytorch", "fp32", "fp16", "int8"}
     fp32 = next(v for v in report["variants"] if v["variant"] == "fp32")
     assert fp32["passed"] and fp32["agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4
+    # the self-check batch: rows of mixed lengths, padded, with the fp32 and int8 graphs' logits on this CPU
+    entry = manifest.extra["self_check"]
+    assert entry["sha256"] == sha256_file(tiny_export / entry["file"])
+    with np.load(tiny_export / entry["file"]) as saved:
+        lengths = saved["attention_mask"].sum(axis=1)
+        assert len(lengths) == entry["rows"] == 32 and lengths.min() < lengths.max() == saved["input_ids"].shape[1]
+        assert saved["fp32"].shape == saved["int8"].shape == (32, 2) and "fp16" not in saved
     assert fp32["accuracy"] is not None  # the packaged examples carry labels
 
 
@@ -561,6 +568,21 @@ def test_parity_leaves_out_rows_without_text_and_keeps_the_labels_of_the_others(
     printed, fp32, run = fp32_parity_and_run_evaluation(tiny_checkpoint, data, tmp_path / "o")
     assert "10 row(s) of" in printed and "on 20 rows" in printed
     assert run["rows"] == 20 and fp32["accuracy"] == pytest.approx(run["accuracy"])
+
+
+def test_the_self_check_batch_stays_small_however_long_the_rows(tiny_export, tmp_path):
+    from scorer import selfcheck
+    from scorer.tokens import Encoded
+
+    lengths = np.linspace(5, 128, 40).astype(np.int64)  # up to the tiny model's position limit
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = np.random.default_rng(0).integers(1000, 2000, offsets[-1])
+    entry = selfcheck.record(tmp_path, {"fp32": tiny_export / "model.onnx"}, Encoded(ids, offsets, lengths > 100),
+                             ["input_ids", "attention_mask"])
+    with np.load(tmp_path / entry["file"]) as saved:
+        rows, width = saved["input_ids"].shape
+        assert 2 <= rows == entry["rows"] < 32 and rows * width <= selfcheck.TOKENS and "int8" not in saved
+        assert len(set(saved["attention_mask"].sum(axis=1))) == rows  # each row a different length
 
 
 def test_gate_judges_agreement_and_accuracy_against_pytorch():

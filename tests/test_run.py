@@ -280,20 +280,62 @@ def test_check_against_pytorch_passes_and_is_in_the_summary(tiny_export, parquet
             assert check["agreement"] == 1.0 and check["max_score_diff"] < 1e-4
 
 
-def test_a_check_that_finds_onnx_and_pytorch_apart_fails_with_exit_7_and_writes_nothing(export_copy, parquet_input,
-                                                                                      tmp_path):
-    from onnx import TensorProto, helper
+def test_a_check_that_finds_onnx_and_pytorch_apart_fails_with_exit_7_and_writes_nothing(tiny_export, tiny_checkpoint,
+                                                                                      parquet_input, tmp_path):
+    import shutil
 
-    # the fp32 graph's logits moved by 0.3 each way, as a graph that no longer computes the checkpoint would
-    after_logits(export_copy, "fp32", [helper.make_node("Add", ["clean_logits", "shift"], ["logits"])],
-                 [helper.make_tensor("shift", TensorProto.FLOAT, [2], [0.3, -0.3])])
+    from safetensors.numpy import load_file, save_file
+
+    # the checkpoint changed after export (retrained in place, say): its head's bias moved by 0.3 each way
+    checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint")
+    head = load_file(checkpoint / "scorer_head.safetensors")
+    bias = next(name for name in head if name.endswith("bias") and head[name].shape == (2,))
+    head[bias] = head[bias] + np.array([0.3, -0.3], dtype=head[bias].dtype)
+    save_file(head, checkpoint / "scorer_head.safetensors")
     out = tmp_path / "out.parquet"
-    result = run(parquet_input, "--model", export_copy, "-o", out, "--variant", "fp32", "--check", "20")
+    result = run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--check", "20",
+                 "--checkpoint", checkpoint)
     assert result.exit_code == 7, result.output
     assert "--check 20: ONNX (fp32) and PyTorch disagree beyond tolerance on" in result.output
     assert "no output was written" in result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.parquet", "onnx"]  # no output, part, lock, summary
-    assert run(parquet_input, "--model", export_copy, "-o", out, "--variant", "fp32").exit_code == 0  # unchecked
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "input.parquet"]  # no output, part, lock
+    assert run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--check", "20").exit_code == 0
+
+
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8"])
+def test_a_run_first_checks_that_this_machine_computes_the_graph_as_export_did(tiny_export, parquet_input, tmp_path,
+                                                                               variant):
+    out = tmp_path / "out.parquet"
+    assert run(parquet_input, "--model", tiny_export, "-o", out, "--variant", variant).exit_code == 0
+    check = json.loads((tmp_path / "out.parquet.summary.json").read_text())["self_check"]
+    assert check["rows"] == 32 and check["reference"] == ("int8" if variant == "int8" else "fp32")
+    assert check["max_abs_diff"] <= check["allowed"] and check["allowed"] == {"fp32": 0.01, "fp16": 0.05,
+                                                                               "int8": 0.05}[variant]
+    if variant != "fp16":  # the same graph on the same CPU as export: the same logits
+        assert check["max_abs_diff"] < 1e-5
+
+
+def test_a_graph_this_machine_computes_otherwise_stops_the_run_before_any_output(export_copy, parquet_input, tmp_path):
+    from onnx import TensorProto, helper
+
+    # the fp16 graph computing 0.1 away from what export recorded (another GPU's kernels, say)
+    after_logits(export_copy, "fp16", [helper.make_node("Add", ["clean_logits", "shift"], ["logits"])],
+                 [helper.make_tensor("shift", TensorProto.FLOAT, [2], [0.1, -0.1])])
+    out = tmp_path / "out.parquet"
+    result = run(parquet_input, "--model", export_copy, "-o", out, "--variant", "fp16", "--provider", "cpu")
+    assert result.exit_code == 7, result.output
+    assert "the fp16 graph on cpu gives logits 0.1 away from the fp32 graph's recorded at export on 32 rows (at " \
+        "most 0.05 allowed)" in result.output and "Run with --variant fp32" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.parquet", "onnx"]
+    assert run(parquet_input, "--model", export_copy, "-o", out, "--variant", "fp32").exit_code == 0
+    manifest = json.loads((export_copy / "manifest.json").read_text())
+    (export_copy / manifest["extra"]["self_check"]["file"]).write_bytes(b"changed")
+    result = run(parquet_input, "--model", export_copy, "-o", out, "--variant", "fp32", "--overwrite")
+    assert result.exit_code == 4 and "selfcheck.npz does not match the sha256" in result.output
+    del manifest["extra"]["self_check"]  # an export made before the self-check: scored, unchecked
+    (export_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert run(parquet_input, "--model", export_copy, "-o", out, "--variant", "fp32", "--overwrite").exit_code == 0
+    assert json.loads((tmp_path / "out.parquet.summary.json").read_text())["self_check"] is None
 
 
 def test_a_check_with_no_scored_row_says_it_checked_nothing_rather_than_passed(tiny_export, tmp_path):
