@@ -4,6 +4,7 @@ export's fp32 graph, so that a row is never given the label a NaN happens to arg
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class Rescue:
     Where the run already uses the fp32 graph there is nothing to fall back on: such rows stay non-finite and the
     caller leaves them unscored."""
 
-    def __init__(self, directory, manifest: Manifest, provider: str, variant: str, input_names: list[str],
+    def __init__(self, directory: Path, manifest: Manifest, provider: str, variant: str, input_names: list[str],
                  max_tokens: int) -> None:
         self.directory, self.manifest, self.input_names, self.max_tokens = directory, manifest, input_names, max_tokens
         # TensorRT runs the fp32 graph as an fp16 engine: its rows are rescued by the fp32 graph on CUDA.
