@@ -72,11 +72,12 @@ def verify(directory: Path, manifest: Manifest, run, variant: str, provider: str
     worst = float(np.abs(logits - expected).max())
     result = {"rows": int(expected.shape[0]), "reference": reference, "max_abs_diff": worst, "allowed": limit}
     if not worst <= limit:  # NaN fails too
+        instead = "--variant fp32" if variant != "fp32" else "--provider cpu" if provider != "cpu" else None
         raise ParityError(
             f"{directory}: the {variant} graph on {provider} gives logits {worst:.3g} away from the {reference} "
             f"graph's recorded at export on {result['rows']} rows (at most {limit:.3g} allowed): this machine "
-            f"computes it differently from the one export ran on; nothing was scored. Run with --variant fp32 or "
-            "--provider cpu, or export again on this machine")
+            f"computes it differently from the one export ran on; nothing was scored. "
+            + (f"Run with {instead}, or export again on this machine" if instead else "Export again on this machine"))
     log.info("self-check: %d rows within %.3g of the %s logits recorded at export (allowed %.3g)", result["rows"],
              worst, reference, limit)
     return result
