@@ -132,9 +132,13 @@ def _replay(store: PartStore, sink: OutputSink, count: int) -> None:
 def pieces(column: pa.ChunkedArray | pa.Array, chars: int) -> list[pa.Array]:
     """`column` cut into consecutive slices, each ending at the row that brings it to `chars` characters. The slices
     keep the column's own type (each is read as text when it is tokenised: a row of bytes that are not UTF-8 must
-    still be seen to be one)."""
+    still be seen to be one). A slice never spans two chunks: a window holding over 2 GiB of text arrives in several
+    (Arrow's string offsets are 32-bit), which could not be joined into one array."""
     if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+        chunks = [chunk for chunk in column.chunks if len(chunk)]
+        if not chunks:
+            return [column.combine_chunks()]
+        return [piece for chunk in chunks for piece in pieces(chunk, chars)]
     text = plain_text(column)
     if not is_text(text) or len(column) == 0:
         return [column]
