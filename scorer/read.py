@@ -21,7 +21,9 @@ from scorer.labels import label_value, normalise_labels
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 # CSV and TSV may come compressed (nightly feeds often do); they are decompressed as they are read.
 COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
-_CSV_BLOCK = 1 << 22
+# pyarrow's CSV reader needs every row inside one block: a row larger than the block (one huge cell) is read again
+# from the start with blocks four times larger, up to _CSV_MAX_BLOCK.
+_CSV_BLOCK, _CSV_MAX_BLOCK = 1 << 22, 1 << 30
 _PARQUET_BATCH = 1 << 14
 _SEPARATORS = {"csv": ",", "tsv": "\t"}
 
@@ -146,16 +148,24 @@ class TableReader:
             skip_rows = 0
 
     def _csv_batches(self) -> Iterator[pa.RecordBatch]:
-        reader = pacsv.open_csv(
-            self.path,
-            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
-            parse_options=self._parse_options(),
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in self.columns},
-                strings_can_be_null=False,
-            ),
-        )
-        yield from reader
+        block, done = _CSV_BLOCK, 0  # rows already yielded, skipped when a larger block reads the file again
+        while True:
+            seen = 0
+            try:
+                for batch in pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=block),
+                                            parse_options=self._parse_options(),
+                                            convert_options=pacsv.ConvertOptions(
+                                                column_types={name: pa.string() for name in self.columns},
+                                                strings_can_be_null=False)):
+                    if seen + batch.num_rows > done:
+                        yield batch.slice(max(0, done - seen))
+                        done = seen + batch.num_rows
+                    seen += batch.num_rows
+                return
+            except pa.ArrowInvalid as exc:
+                if "straddl" not in str(exc) or block >= _CSV_MAX_BLOCK:
+                    raise
+                block *= 4
 
     def _parquet_batches(self, skip_rows: int) -> Iterator[pa.RecordBatch]:
         # Skip whole row groups without reading them, so that a resumed run does not reread finished work; read the
@@ -219,13 +229,20 @@ def _locate_csv_problem(path: Path, fmt: str, expected: int) -> str | None:
                     raw.decode("utf-8")
                 except UnicodeDecodeError:
                     return f" line {number} (bytes are not UTF-8; re-encode the file as UTF-8)"
-        with io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="") as handle:
-            rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(handle)
-            for row in rows:
-                if len(row) != expected and row:
-                    return f" line {rows.line_num} (expected {expected} fields, found {len(row)})"
+        limit = csv.field_size_limit(1 << 30)  # a huge cell is not the problem (the reader takes it)
+        try:
+            with io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="") as handle:
+                rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" \
+                    else csv.reader(handle)
+                for row in rows:
+                    if len(row) != expected and row:
+                        return f" line {rows.line_num} (expected {expected} fields, found {len(row)})"
+        finally:
+            csv.field_size_limit(limit)
     except (OSError, EOFError, pa.ArrowException):
         return None
+    except csv.Error as exc:
+        return f" line {rows.line_num} ({exc})"
     return ""
 
 

@@ -99,6 +99,33 @@ def test_bad_csv_names_the_line(tmp_path, content, message):
         list(TableReader(path).batches(100))
 
 
+@pytest.mark.parametrize("suffix", ["csv", "tsv"])
+def test_a_row_larger_than_the_csv_block_is_read_with_every_row_around_it_once(tmp_path, monkeypatch, suffix):
+    import scorer.read
+
+    monkeypatch.setattr(scorer.read, "_CSV_BLOCK", 1 << 12)  # 4 KB blocks: the 20 KB row needs 64 KB ones
+    texts = [f"row {i} says little" for i in range(600)] + ["word " * 4000] + [f"after {i}" for i in range(300)]
+    path = tmp_path / f"in.{suffix}"
+    quote = (lambda t: f'"{t}"') if suffix == "csv" else (lambda t: t)
+    path.write_text("id" + ("," if suffix == "csv" else "\t") + "sentence\n"
+                    + "".join(f"{i}{',' if suffix == 'csv' else chr(9)}{quote(t)}\n" for i, t in enumerate(texts)))
+    windows = list(TableReader(path).batches(250))
+    assert [w.num_rows for w in windows] == [250, 250, 250, 151]
+    table = pa.concat_tables(windows)
+    assert table.column("sentence").to_pylist() == texts
+    assert table.column("id").to_pylist() == [str(i) for i in range(901)]
+    monkeypatch.setattr(scorer.read, "_CSV_MAX_BLOCK", 1 << 14)  # a row that even the largest block cannot hold
+    with pytest.raises(InputError, match="straddl"):
+        list(TableReader(path).batches(250))
+
+
+def test_a_ragged_row_after_a_huge_cell_is_named(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("a,b\n1," + "x" * 300_000 + "\n3,4,5\n")  # the cell is over Python's csv field limit
+    with pytest.raises(InputError, match=r"line 3 \(expected 2 fields, found 3\)"):
+        list(TableReader(path).batches(100))
+
+
 def test_corrupt_parquet_and_missing_files_are_input_errors(tmp_path):
     corrupt = tmp_path / "bad.parquet"
     corrupt.write_bytes(b"PAR1 this is not parquet")
