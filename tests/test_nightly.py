@@ -249,25 +249,13 @@ def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code
 def test_a_run_that_crashed_resumes_into_the_same_output_in_either_format(tiny_export, tmp_path, monkeypatch, suffix):
     """A crash (not bad input) after two windows keeps their parts; the rerun copies them into its new output
     first and scores the rest, giving the uninterrupted run's file."""
-    from scorer.classify import OnnxClassifier
-
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": list(range(50)), "sentence": sentences(50)}), source)
     common = ["--model", tiny_export, "--window-rows", "10", "--variant", "fp32"]
     assert run(source, "-o", tmp_path / f"reference.{suffix}", *common).exit_code == 0
-    real, calls = OnnxClassifier.result_arrays, []
-
-    def crash_on_the_third_window(self, scored):
-        calls.append(1)
-        if len(calls) == 3:
-            raise MemoryError("stand-in for a crash that is not the input's fault")
-        return real(self, scored)
-
-    monkeypatch.setattr(OnnxClassifier, "result_arrays", crash_on_the_third_window)
     output = tmp_path / f"out.{suffix}"
-    assert run(source, "-o", output, *common).exit_code != 0
+    _crash_on_the_third_window(monkeypatch, source, output, *common)
     assert not output.exists() and len(list(tmp_path.glob(f".out.{suffix}.scorer-parts/part-*"))) == 2
-    monkeypatch.setattr(OnnxClassifier, "result_arrays", real)
     assert run(source, "-o", output, *common).exit_code == 0
     summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
     assert summary["state"] == "resumed" and summary["resumed_from_row"] == 20 and summary["rows"] == 50
@@ -279,30 +267,13 @@ def test_parts_left_by_a_crash_are_never_spliced_into_another_inputs_or_models_o
                                                                                     monkeypatch):
     """Yesterday's run crashed after two windows; today's file under the same name, or the same file with another
     variant, is scored whole: the parts of the other work are discarded, never resumed from."""
-    from scorer.classify import OnnxClassifier
-
     source, output = tmp_path / "feed.parquet", tmp_path / "out.parquet"
     parts = tmp_path / ".out.parquet.scorer-parts"
     common = ["--model", tiny_export, "--window-rows", "10"]
-    real = OnnxClassifier.result_arrays
-
-    def crash_after_two_windows(variant: str) -> None:
-        calls = []
-
-        def crash_on_the_third_window(self, scored):
-            calls.append(1)
-            if len(calls) == 3:
-                raise MemoryError("stand-in for a crash that is not the input's fault")
-            return real(self, scored)
-
-        monkeypatch.setattr(OnnxClassifier, "result_arrays", crash_on_the_third_window)
-        assert run(source, "-o", output, *common, "--variant", variant).exit_code != 0
-        monkeypatch.setattr(OnnxClassifier, "result_arrays", real)
-        assert len(list(parts.glob("part-*"))) == 2 and not output.exists()
-
     for today, variant in ((sentences(50, offset=1000), "fp32"), (None, "int8")):
         pq.write_table(pa.table({"sentence": sentences(50)}), source)
-        crash_after_two_windows("fp32")
+        _crash_on_the_third_window(monkeypatch, source, output, *common, "--variant", "fp32")
+        assert len(list(parts.glob("part-*"))) == 2 and not output.exists()
         if today is not None:  # a new day's file; else the same file, scored by another graph
             pq.write_table(pa.table({"sentence": today}), source)
         today = today or sentences(50)
@@ -314,6 +285,23 @@ def test_parts_left_by_a_crash_are_never_spliced_into_another_inputs_or_models_o
         assert pq.read_table(output).equals(pq.read_table(reference))
         assert pq.read_table(output).column("sentence").to_pylist() == today and not parts.exists()
         output.unlink()
+
+
+def _crash_on_the_third_window(monkeypatch, source: Path, output: Path, *options) -> None:
+    """Run `scorer run` into `output` and crash it (not the input's fault) as its third window is finished."""
+    from scorer.classify import OnnxClassifier
+
+    real, calls = OnnxClassifier.result_arrays, []
+
+    def crash(self, scored):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("stand-in for a crash that is not the input's fault")
+        return real(self, scored)
+
+    monkeypatch.setattr(OnnxClassifier, "result_arrays", crash)
+    assert run(source, "-o", output, *options).exit_code != 0
+    monkeypatch.setattr(OnnxClassifier, "result_arrays", real)
 
 
 def _file_size_limit(limit: int):
