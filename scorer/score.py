@@ -189,7 +189,9 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
     text = config.text_column or classifier.manifest.text_column
     reader.require(text, "--text-column")
     kind = reader.schema.field(text).type if reader.schema is not None else None
-    if kind is not None and not is_text(plain_text(pa.nulls(0, kind))):
+    if kind is not None and pa.types.is_null(kind):  # every row null (pandas writes an all-None column so)
+        log.warning("%s: column '%s' holds no value in any row: every row is kept unscored (null)", reader.path, text)
+    elif kind is not None and not is_text(plain_text(pa.nulls(0, kind))):
         log.warning("%s: column '%s' holds %s, not text: its rows are scored as not_text; is --text-column right?",
                     reader.path, text, kind)
     if config.label_column:

@@ -362,6 +362,11 @@ def test_non_text_column_is_kept_unscored(tiny_export, tmp_path):
     table = pq.read_table(tmp_path / "ints.scored.parquet")
     assert table.column("status").to_pylist() == ["not_text", "null", "not_text"]
     assert table.column("score").null_count == 3
+    pq.write_table(pa.table({"sentence": pa.nulls(3), "id": [1, 2, 3]}), tmp_path / "nulls.parquet")  # as pandas
+    result = run(tmp_path / "nulls.parquet", "--model", tiny_export)  # writes a column of None only
+    assert result.exit_code == 0 and "column 'sentence' holds no value in any row" in result.output
+    assert "not_text" not in result.output and "3 unscored (null text)" in result.output
+    assert pq.read_table(tmp_path / "nulls.scored.parquet").column("status").to_pylist() == ["null"] * 3
 
 
 def test_dictionary_encoded_view_and_binary_utf8_strings_are_text(tiny_export, tmp_path):
