@@ -57,15 +57,11 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     classifier, config = open_classifier(config)
     log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
              classifier.provider, len(units))
-    try:  # before any output: this machine must compute the graph as export's did
-        self_check = classifier.self_check()
-    except BaseException:
-        classifier.close()
-        raise
-    started, began = time.perf_counter(), now()
     summaries: list[UnitSummary] = []
     fatal: BaseException | None = None
     try:
+        self_check = classifier.self_check()  # before any output: this machine must compute the graph as export's did
+        started, began = time.perf_counter(), now()
         for unit in units:
             try:
                 summaries.append(score_unit(unit, classifier, config, progress))
