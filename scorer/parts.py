@@ -23,6 +23,7 @@ from scorer.errors import OutputError
 
 log = logging.getLogger("scorer")
 STATE = "state.json"
+RESCUED = b"scorer-rescued"  # a part's count of rows the fp32 graph scored, in its schema metadata
 
 
 def fingerprint(path: Path) -> dict:
@@ -102,9 +103,21 @@ class PartStore:
     def part(self, index: int) -> Path:
         return self.directory / f"part-{index:06d}.parquet"
 
-    def write(self, index: int, table: pa.Table) -> None:
+    def write(self, index: int, table: pa.Table, rescued: int = 0) -> None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), RESCUED: str(rescued).encode()})
         with atomic.atomic_file(self.part(index), overwrite=True) as staging:
             pq.write_table(table, staging, compression="zstd")
+
+    def read(self, index: int) -> pa.Table:
+        """Part `index` as the window was written (without the part's own metadata)."""
+        table = pq.read_table(self.part(index))
+        metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != RESCUED}
+        return table.replace_schema_metadata(metadata or None)
+
+    def rescued_rows(self, parts: list[Path]) -> int:
+        """Rows of `parts` the fp32 graph scored: counted from the parts, so that a resumed run counts the ones an
+        interrupted run rescued too."""
+        return sum(int((pq.read_schema(part).metadata or {}).get(RESCUED, b"0")) for part in parts)
 
     def parts(self) -> list[Path]:
         return [self.part(i) for i in range(self._contiguous_parts())]

@@ -33,7 +33,6 @@ class Rescue:
         # TensorRT runs the fp32 graph as an fp16 engine: its rows are rescued by the fp32 graph on CUDA.
         self.provider = "cuda" if provider == "tensorrt" else provider
         self.possible = variant != "fp32" or provider == "tensorrt"
-        self.rows = 0  # rows the fp32 graph gave finite logits for
         self._run = None
 
     def logits(self, encoded: Encoded, rows: np.ndarray) -> np.ndarray:
@@ -56,5 +55,4 @@ class Rescue:
             batch = order[start:stop]
             out[batch] = self._run(dict(zip(self.input_names, encoded.pad(rows[batch]), strict=True)))
             start = stop
-        self.rows += int(finite_rows(out).sum())
         return out

@@ -30,13 +30,15 @@ class Prepared:
 class Scored:
     """Per-row results of one column of texts; rows that were not scored have index -1 and NaN scores.
 
-    `status` holds indices into STATUSES.
+    `status` holds indices into STATUSES; `rescued` marks the rows the fp32 graph scored (non-finite logits from the
+    run's own graph).
     """
 
     predicted: np.ndarray
     probabilities: np.ndarray
     logits: np.ndarray
     status: np.ndarray
+    rescued: np.ndarray
 
     @property
     def scored(self) -> np.ndarray:
@@ -55,19 +57,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-
 def scored(prepared: Prepared, valid_logits: np.ndarray, rescue: Rescue) -> Scored:
     """Every row's results; a row whose logits are not finite is scored again on the fp32 graph (`rescue`), and left
     unscored (status non_finite) where that cannot give finite ones either."""
-    n, status = len(prepared.status), prepared.status
+    n, status, rescued = len(prepared.status), prepared.status, np.zeros(len(prepared.status), dtype=bool)
     finite = finite_rows(valid_logits)
     if not finite.all():
-        valid_logits[~finite] = rescue.logits(prepared.encoded, np.flatnonzero(~finite))
+        again = ~finite
+        valid_logits[again] = rescue.logits(prepared.encoded, np.flatnonzero(again))
         finite = finite_rows(valid_logits)
+        rescued[prepared.valid[again & finite]] = True
         status = status.copy()
         status[prepared.valid[~finite]] = CODE[NON_FINITE]
     logits = np.full((n, valid_logits.shape[1]), np.nan, dtype=np.float32)
     logits[prepared.valid[finite]] = valid_logits[finite]
     predicted = np.full(n, -1, dtype=np.int64)
     predicted[prepared.valid[finite]] = valid_logits[finite].argmax(axis=1)
-    return Scored(predicted=predicted, probabilities=softmax(logits), logits=logits, status=status)
+    return Scored(predicted=predicted, probabilities=softmax(logits), logits=logits, status=status, rescued=rescued)

@@ -126,7 +126,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
     with OutputLock(unit.output):
         first = store.open()
         sink = OutputSink(unit.output, overwrite=True, metadata=record)
-        started, rescued = time.perf_counter(), classifier.rescue.rows
+        started = time.perf_counter()
         try:
             waits = stream(reader, classifier, columns, store, sink, first, config, progress)
             if fingerprint(reader.path) != source:  # a feed still being written, or replaced mid-run
@@ -145,7 +145,6 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
                 raise no_room from exc
             raise
     summary.seconds, summary.waits = time.perf_counter() - started, waits
-    summary.rescued_rows = classifier.rescue.rows - rescued
     _warn_non_finite(summary, classifier)
     log.info("%s -> %s: %d rows (%d written now%s) in %.1fs", unit.source, unit.output, summary.rows,
              summary.rows_this_run, f", resumed at row {summary.resumed_from_row}" if summary.resumed_from_row else "",
@@ -220,6 +219,7 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
                 f"{unit.source}: max |Δscore| {check['max_score_diff']:.3g} > {check['tolerance']:g}, labels agree "
                 f"on {check['agreement']:.1%}; no output was written"
             )
+    rescued = store.rescued_rows(parts)
     sink.finish()
     store.discard()
     resumed = first * config.window_rows
@@ -227,4 +227,5 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
         write_report(figures.evaluation, config.report)
     return UnitSummary(str(unit.source), str(unit.output), "resumed" if resumed else "scored", rows=figures.rows,
                        rows_this_run=figures.rows - resumed, resumed_from_row=resumed,
-                       status_counts=figures.status_counts, evaluation=figures.evaluation, check=check)
+                       status_counts=figures.status_counts, rescued_rows=rescued, evaluation=figures.evaluation,
+                       check=check)

@@ -11,7 +11,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from scorer.classify import OnnxClassifier
@@ -47,8 +46,8 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
         text = window.column(columns.text)
         return window, [tokenizing.submit(classifier.prepare, piece) for piece in pieces(text, config.piece_chars)]
 
-    def save(index: int, table: pa.Table) -> None:
-        store.write(index, table)
+    def save(index: int, table: pa.Table, rescued: int) -> None:
+        store.write(index, table, rescued)
         sink.write(table)
 
     total = None if reader.num_rows is None else max(0, reader.num_rows - skip)
@@ -64,7 +63,8 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
 
         def finish(index: int, window: pa.RecordBatch, begun) -> None:
             scored = classifier.finish(begun)
-            writes.append(writing.submit(save, index, _with_results(window, classifier, columns, scored)))
+            table = _with_results(window, classifier, columns, scored)
+            writes.append(writing.submit(save, index, table, int(scored.rescued.sum())))
             while len(writes) > 1:  # at most one part in flight: memory stays bounded
                 waits("writing", writes.pop(0))
             bar.update(window.num_rows)
@@ -126,7 +126,7 @@ def _with_results(window: pa.RecordBatch, classifier: OnnxClassifier, columns: C
 
 def _replay(store: PartStore, sink: OutputSink, count: int) -> None:
     for index in range(count):
-        sink.write(pq.read_table(store.part(index)))
+        sink.write(store.read(index))
 
 
 def pieces(column: pa.ChunkedArray | pa.Array, chars: int) -> list[pa.Array]:

@@ -37,7 +37,8 @@ class UnitSummary:
     exit_code: int = 0
     # Seconds the thread that feeds the model waited for reading, tokenising and writing (scorer.stream).
     waits: dict[str, float] = field(default_factory=dict)
-    # Rows written now whose logits were not finite in the run's variant and were scored by the fp32 graph.
+    # Rows of the output (resumed parts included) whose logits were not finite in the run's variant and were
+    # scored by the fp32 graph.
     rescued_rows: int = 0
 
 

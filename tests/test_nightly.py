@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from scorer.cli import main
 from scorer.manifest import sha256_file
+from tests.conftest import poison
 
 
 def run(*args):
@@ -261,6 +262,30 @@ def test_a_run_that_crashed_resumes_into_the_same_output_in_either_format(tiny_e
     assert summary["state"] == "resumed" and summary["resumed_from_row"] == 20 and summary["rows"] == 50
     assert output.read_bytes() == (tmp_path / f"reference.{suffix}").read_bytes()
     assert not list(tmp_path.glob(f".out.{suffix}.scorer-parts")) and not list(tmp_path.glob(f".out.{suffix}.tmp-*"))
+
+
+def test_rows_rescued_before_a_crash_are_counted_by_the_run_that_resumes(export_copy, tmp_path, monkeypatch):
+    """Rows the fp32 graph scored in windows an interrupted run finished are in the resumed run's `rescued_rows`
+    (and warning), as in an uninterrupted run's: the count is kept with each part."""
+    from tokenizers import Tokenizer
+
+    source, output, reference = tmp_path / "in.parquet", tmp_path / "out.parquet", tmp_path / "reference.parquet"
+    texts = sentences(50)
+    pq.write_table(pa.table({"sentence": texts}), source)
+    token = poison(export_copy, "int8", "3")  # "... on mat 3." and "Sentence number 3 ..."
+    tokenizer = Tokenizer.from_file(str(export_copy / "tokenizer.json"))
+    hit = [i for i, text in enumerate(texts) if token in tokenizer.encode(text).ids]
+    assert len(hit) > 3 and min(hit) < 20 < max(hit)  # in the windows before the crash and after it
+    common = ["--model", export_copy, "--window-rows", "10", "--variant", "int8"]
+    assert run(source, "-o", reference, *common).exit_code == 0
+    _crash_on_the_third_window(monkeypatch, source, output, *common)
+    result = run(source, "-o", output, *common)
+    assert result.exit_code == 0, result.output
+    assert f"{len(hit)} row(s) got NaN or infinite logits from the int8 graph" in result.output
+    for path, state in ((reference, "scored"), (output, "resumed")):
+        summary = json.loads(path.with_name(path.name + ".summary.json").read_text())
+        assert summary["inputs"][0]["state"] == state and summary["rescued_rows"] == len(hit)
+    assert output.read_bytes() == reference.read_bytes()
 
 
 def test_parts_left_by_a_crash_are_never_spliced_into_another_inputs_or_models_output(tiny_export, tmp_path,
