@@ -112,12 +112,12 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
     source = fingerprint(reader.path)
     done = completion_record(unit.output)
     if done and done.get("model_sha256") == classifier.model_sha256 and done.get("input") == source \
-            and not config.overwrite:
-        log.info("%s is up to date (same input, same model); skipped", unit.output)
+            and _scored_column(done) == columns.text and not config.overwrite:
+        log.info("%s is up to date (same input, column and model); skipped", unit.output)
         return UnitSummary(str(unit.source), str(unit.output), "skipped", rows=done.get("rows", 0))
     if unit.output.exists() and not config.overwrite:
-        raise OutputError(f"{unit.output} already exists (written {_written_how(done, classifier, source)}); pass "
-                          "--overwrite to replace it")
+        raise OutputError(f"{unit.output} already exists (written {_written_how(done, classifier, source, columns)}); "
+                          "pass --overwrite to replace it")
     atomic.check_writable(unit.output, overwrite=True)
     # What the output records of its making; the parts also depend on the window size.
     record = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
@@ -164,19 +164,25 @@ def _warn_non_finite(summary: UnitSummary, classifier: OnnxClassifier) -> None:
                     " from the fp32 graph too" if classifier.rescue.possible else "", NON_FINITE)
 
 
-def _written_how(done: dict | None, classifier: OnnxClassifier, source: dict) -> str:
+def _scored_column(done: dict) -> str | None:
+    return (done.get("columns") or {}).get("text")
+
+
+def _written_how(done: dict | None, classifier: OnnxClassifier, source: dict, columns: Columns) -> str:
     """How an existing output differs from what this run would write."""
     if not done:
         return "not by scorer"
-    variant, same_input = done.get("variant"), done.get("input") == source
-    how = []
-    if done.get("model_sha256") != classifier.model_sha256:
+    variant, column, how = done.get("variant"), _scored_column(done), []
+    other_model = done.get("model_sha256") != classifier.model_sha256
+    if other_model:
         how.append(f"by the {variant} variant, and this run uses {classifier.variant}" if variant != classifier.variant
                    else "by another model")
-    if not same_input:
+    if done.get("input") != source:
         how.append("from another version of the input")
-    elif variant != classifier.variant:
-        how[-1] += f": --variant {variant} keeps it"
+    if column != columns.text:
+        how.append(f"scoring column '{column}', and this run scores '{columns.text}'")
+    if other_model and variant != classifier.variant and len(how) == 1:
+        how[0] += f": --variant {variant} keeps it"
     return ", ".join(how)
 
 

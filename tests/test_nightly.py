@@ -124,6 +124,24 @@ def test_changed_input_is_not_silently_skipped(tiny_export, tmp_path):
     assert "variant, and this run uses fp16, from another version of the input)" in result.output
 
 
+def test_an_output_of_another_text_column_is_not_skipped_as_up_to_date(tiny_export, tmp_path):
+    """Scoring another column of the same file into the same output is refused, saying so, not skipped: the output
+    holds the other column's scores."""
+    source, output = tmp_path / "in.parquet", tmp_path / "in.scored.parquet"
+    pq.write_table(pa.table({"title": sentences(10), "body": sentences(10, offset=50)}), source)
+    common = ["--model", tiny_export, "--variant", "fp32"]
+    assert run(source, *common, "--text-column", "title").exit_code == 0
+    assert run(source, *common, "--text-column", "title").exit_code == 0  # the same column: up to date
+    result = run(source, *common, "--text-column", "body")
+    assert result.exit_code == 5
+    assert "(written scoring column 'title', and this run scores 'body'); pass --overwrite" in result.output
+    assert run(source, *common, "--text-column", "body", "--overwrite").exit_code == 0
+    body = pq.read_table(output)
+    reference = tmp_path / "reference.parquet"
+    assert run(source, *common, "--text-column", "body", "-o", reference).exit_code == 0
+    assert body.column("score").equals(pq.read_table(reference).column("score"))
+
+
 def test_an_output_of_another_model_or_not_of_scorer_is_refused_saying_so(tiny_export, tmp_path):
     source, output = tmp_path / "in.parquet", tmp_path / "in.scored.parquet"
     pq.write_table(pa.table({"sentence": sentences(10)}), source)
