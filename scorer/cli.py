@@ -11,6 +11,7 @@ from scorer.command import build, command, shown, shown_by_provider
 from scorer.config import CUDA_GRAPHS, POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
 from scorer.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
 from scorer.errors import EXIT_CODES
+from scorer.extras import require_training_stack
 
 PATH = click.Path(exists=False, dir_okay=True, path_type=Path)
 
@@ -105,6 +106,7 @@ def main() -> None:
 @command
 def train(progress: bool, **options) -> None:
     """Fine-tune the encoder with a classification head and write a checkpoint directory."""
+    require_training_stack("scorer train")
     from scorer.train import train as run_training
 
     result = run_training(build(TrainConfig, **options), progress=progress)
@@ -148,6 +150,7 @@ def train(progress: bool, **options) -> None:
 @command
 def export_command(progress: bool, variants: str | None, **options) -> None:
     """Export the checkpoint to ONNX (fp32, fp16, int8), check parity with PyTorch, write a manifest."""
+    require_training_stack("scorer export")
     from export import parity
     from export.pipeline import export_model
 
@@ -220,6 +223,7 @@ def run_command(progress: bool, input: str, **options) -> None:
 @command
 def demo(progress: bool, workdir: Path, epochs: int | None) -> None:
     """The whole main job on the packaged model and examples: train, export, run on a shipped file."""
+    require_training_stack("scorer demo")
     from scorer.demo import run_demo
 
     summary = run_demo(workdir, epochs=epochs, progress=progress)

