@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from scorer.config import ExportConfig, TrainConfig, example_file
 from scorer.dataset import TrainingData, load_training_data
@@ -62,16 +63,12 @@ def parity_rows(config: ExportConfig, head: HeadConfig, recorded: TrainingData |
     path = config.data
     if path is None:
         path, text_column, label_column = packaged_examples()
-    reader = TableReader(path)
-    reader.require(text_column, "--text-column")
-    table = reader.read_all()
-    texts = plain_text(table.column(text_column)).to_pylist()
-    rows = [i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()][: config.max_rows]
+    reader, table, rows, texts = _rows_with_text(path, text_column)
+    rows, texts = rows[: config.max_rows], texts[: config.max_rows]
     if not rows:
         raise InputError(f"{path} has no row with text in column '{text_column}'; parity needs sentences")
     if rows[-1] + 1 > len(rows):  # what `scorer run` scores as empty or not_text has no parity to check
         log.info("parity: %d row(s) of %s without text left out", rows[-1] + 1 - len(rows), path)
-    texts = [texts[i] for i in rows]
     if label_column not in reader.columns:
         if config.label_column is not None and config.data is not None:
             reader.require(label_column, "--label-column")  # named by the user: its absence is an error
@@ -98,15 +95,22 @@ def calibration_texts(config: ExportConfig, trained: dict, recorded: TrainingDat
             path = Path(trained["data"]) if trained.get("data") and Path(trained["data"]).is_file() else None
         if path is None:
             path, text_column, _ = packaged_examples()
-        reader = TableReader(path)
-        reader.require(text_column, "--text-column")
-        column = plain_text(reader.read_all().column(text_column))
-        texts = [t for t in column.to_pylist() if isinstance(t, str) and t.strip()]
+        texts = _rows_with_text(path, text_column)[3]
     if not texts:
         raise InputError(f"{path} has no sentences in column '{text_column}' to calibrate int8 with")
     rows = np.random.default_rng(0).permutation(len(texts))[: config.calibration_rows]
     log.info("int8 calibration on %d sentences of %s", len(rows), path)
     return [texts[i] for i in sorted(rows)]
+
+
+def _rows_with_text(path: Path, text_column: str) -> tuple[TableReader, pa.Table, list[int], list[str]]:
+    """`path` read whole, the rows whose `text_column` holds text (not null, not blank) and those texts."""
+    reader = TableReader(path)
+    reader.require(text_column, "--text-column")
+    table = reader.read_all()
+    column = plain_text(table.column(text_column)).to_pylist()
+    rows = [i for i, text in enumerate(column) if isinstance(text, str) and text.strip()]
+    return reader, table, rows, [column[i] for i in rows]
 
 
 def packaged_examples() -> tuple[Path, str, str]:
