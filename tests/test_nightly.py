@@ -282,6 +282,29 @@ def test_a_run_that_crashed_resumes_into_the_same_output_in_either_format(tiny_e
     assert not list(tmp_path.glob(f".out.{suffix}.scorer-parts")) and not list(tmp_path.glob(f".out.{suffix}.tmp-*"))
 
 
+def test_a_part_cut_short_by_a_machine_crash_is_scored_again_and_leftovers_are_cleared(tiny_export, tmp_path,
+                                                                                         monkeypatch):
+    """A machine that crashed before a part's data reached the disk leaves it cut short: the rerun keeps the parts
+    before it, scores the rest again, and clears the temporary files the crash left (a half-written output, a part
+    being written)."""
+    source, output, reference = tmp_path / "in.parquet", tmp_path / "out.parquet", tmp_path / "reference.parquet"
+    pq.write_table(pa.table({"sentence": sentences(50)}), source)
+    common = ["--model", tiny_export, "--window-rows", "10", "--variant", "fp32"]
+    assert run(source, "-o", reference, *common).exit_code == 0
+    _crash_on_the_third_window(monkeypatch, source, output, *common)
+    parts = tmp_path / ".out.parquet.scorer-parts"
+    second = parts / "part-000001.parquet"
+    second.write_bytes(second.read_bytes()[:100])
+    (parts / ".part-000002.parquet.tmp-1").write_bytes(b"PAR1")  # a part being written when the machine died
+    (tmp_path / ".out.parquet.tmp-1").write_bytes(b"PAR1")  # the output being written
+    result = run(source, "-o", output, *common)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
+    assert summary["state"] == "resumed" and summary["resumed_from_row"] == 10 and summary["rows_this_run"] == 40
+    assert output.read_bytes() == reference.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 def test_rows_rescued_before_a_crash_are_counted_by_the_run_that_resumes(export_copy, tmp_path, monkeypatch):
     """Rows the fp32 graph scored in windows an interrupted run finished are in the resumed run's `rescued_rows`
     (and warning), as in an uninterrupted run's: the count is kept with each part."""
