@@ -5,7 +5,8 @@ itself, for three kinds of tokenizer, in fresh processes so that each has its ow
 
 Tokenizers: the packaged MiniLM's WordPiece (word cache), and a byte-level BPE (RoBERTa's kind) and a
 SentencePiece-style BPE (Metaspace, NFKC) trained here on CoLA sentences (tokenizers without the word cache). Cells:
-"words" (CoLA sentences run together), "base64" (random bytes: no space), "hex" (random bytes' hex digits: one word).
+"words" (CoLA sentences run together), "base64" (random bytes: no space), "hex" (random bytes' hex digits: one word),
+"cjk" (Chinese characters without a space).
 For each, --rows CoLA sentences (generated text where CoLA is absent) and the cell, encoded at max length 64 by
 `TextEncoder.encode` (scorer) and by `TextEncoder._tokenize` (the tokenizer itself, truncating). Records seconds and
 the child's peak RSS (/proc VmHWM) and fails unless both give identical ids, offsets and truncation flags.
@@ -24,7 +25,7 @@ from common import machine, write_json
 from memory import huge_text, sentences
 
 KINDS = ("wordpiece", "bytelevel", "metaspace")
-CELLS = ("words", "base64", "hex")
+CELLS = ("words", "base64", "hex", "cjk")
 
 
 def tokenizer_of(kind: str, pool: list[str]):

@@ -7,9 +7,9 @@ Writes Parquet files of CoLA-like sentences (../shared/data/cola, or generated t
 each in a fresh process (`scorer run --provider cpu --variant fp32`), and records the child's peak RSS (/proc
 VmHWM). `--row-group-rows 0` writes each file as one row group, as pandas and pyarrow do up to 1M rows;
 `--huge-cell-mib M` puts one text of M MiB (the same words run together; with `--huge-cell-kind base64` an
-embedded file's base64, without a space; `hex`, its hex digits: one giant word) in the middle of each file. Without
---export it builds a tiny random-weight BERT export, since memory is a property of the pipeline, not of the model's
-size (the model's own memory is constant).
+embedded file's base64, without a space; `hex`, its hex digits: one giant word; `cjk`, Chinese characters
+without a space) in the middle of each file. Without --export it builds a tiny random-weight BERT export, since
+memory is a property of the pipeline, not of the model's size (the model's own memory is constant).
 """
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ def sentences() -> list[str]:
 
 def huge_text(pool: list[str], mib: float, kind: str = "words") -> str:
     """One text of about `mib` MiB: the pool's texts, in a seeded order, run together with spaces; or base64 of
-    seeded random bytes (an embedded file), which has no space at all; or their hex digits, one giant word."""
+    seeded random bytes (an embedded file), which has no space at all; or their hex digits, one giant word; or
+    seeded CJK ideographs (U+4E00 to U+62FF, three bytes each in UTF-8) without a space, as Chinese is written."""
     rng, parts, size = np.random.default_rng(1), [], 0
+    if kind == "cjk":
+        return "".join(map(chr, rng.integers(0x4E00, 0x6300, int(mib * 2**20 / 3))))
     if kind == "base64":
         return base64.b64encode(rng.bytes(int(mib * 2**20 * 3 / 4))).decode()
     if kind == "hex":
@@ -107,7 +110,7 @@ def main() -> None:
     parser.add_argument("--row-group-rows", type=int, default=50_000, help="0: the whole file in one row group")
     parser.add_argument("--texts", choices=["cola", "long"], default="cola", help="long: 20-60 words a row")
     parser.add_argument("--huge-cell-mib", type=float, default=0, help="one text of this many MiB in each file")
-    parser.add_argument("--huge-cell-kind", choices=["words", "base64", "hex"], default="words",
+    parser.add_argument("--huge-cell-kind", choices=["words", "base64", "hex", "cjk"], default="words",
                         help="the huge text: sentences run together, or base64 of random bytes (no space at all), "
                              "or their hex digits (one word)")
     parser.add_argument("--export", type=Path)

@@ -39,6 +39,7 @@ class RowCutter:
         """`tokenizer`: a copy without truncation; `budget`: the text's own tokens max_length keeps; `added`: the
         added tokens a cut steps around, or None to cut at spaces only (the word cache's own rule)."""
         self.tokenizer, self.budget, self.added, self.run = tokenizer, budget, added, run
+        self.settles = isinstance(tokenizer.model, models.BPE)  # see `_settled`
         self.limit = max(CUT_MIN_CHARS, CUT_CHARS_PER_TOKEN * max_length)
 
     @classmethod
@@ -91,18 +92,32 @@ class RowCutter:
 
     def cut(self, head: str) -> str | None:
         """`head`, a long row's first characters, kept whole (or up to an added token written across its end), when
-        the words before its last, possibly cut, word already give more tokens than max_length keeps; None where
-        they do not (one giant word). Cut at the last space where `added` is None (the caller checks that the cut
-        row still comes out truncated)."""
+        the words before its last, possibly cut, word already give more tokens than max_length keeps, or that word's
+        first tokens are settled within `head` (`_settled`); None where neither holds. Cut at the last space where
+        `added` is None (the caller checks that the cut row still comes out truncated)."""
         if self.added is None:
             space = head.rfind(" ")
             return head[:space] if space > 0 else None
         end = len(head)
         while end and any(head[:end].endswith(token[:k]) for token in self.added for k in range(1, len(token))):
             end -= 1  # never cut inside an added token written in the text
-        word_ids = self.tokenizer.encode(head[:end], add_special_tokens=False).word_ids
+        encoding = self.tokenizer.encode(head[:end], add_special_tokens=False)
+        word_ids = encoding.word_ids
         before = sum(1 for word in word_ids if word != word_ids[-1]) if word_ids else 0
-        return head[:end] if before > self.budget else None
+        return head[:end] if before > self.budget or self._settled(head[:end], encoding.ids) else None
+
+    def _settled(self, head: str, ids: list[int]) -> bool:
+        """Whether `head`, whose last word (one giant word: base64, CJK text without spaces) holds the tokens
+        max_length keeps, gives them already from its first half. Unlike the words before a word, a word's first
+        tokens are not provably independent of its end: BPE merges compete for shared characters, so a merge near
+        the end can change the one before it, and so on; in every BPE and text tried (`tests/test_cut.py`, RESULTS
+        section 5) that reached back a few characters, not half a head. A unigram model's path is chosen over the
+        whole word, and periodic text ("thethe...") was segmented otherwise at other lengths: its giant words, and
+        those of other models, are tokenised whole."""
+        if not self.settles:
+            return False
+        half = self.tokenizer.encode(head[: len(head) // 2], add_special_tokens=False).ids
+        return len(half) > self.budget and half[: self.budget] == ids[: self.budget]
 
 
 def unknown_run(tokenizer: Tokenizer) -> int | None:

@@ -140,6 +140,6 @@ def test_long_rows_gives_the_tokenizers_own_ids_for_each_tokenizer_and_huge_cell
     bench("long_rows.py", "--rows", "300", "--cell-mib", "0.05", "--out", out)  # it fails where ids differ
     results = json.loads(out.read_text())["results"]
     assert {(r["tokenizer"], r["cell"]) for r in results} == {(t, c) for t in ("wordpiece", "bytelevel", "metaspace")
-                                                              for c in ("words", "base64", "hex")}
+                                                              for c in ("words", "base64", "hex", "cjk")}
     assert all(r["scorer"]["ids"] == r["tokenizer_alone"]["ids"] and r["scorer"]["cut"] for r in results)
     assert [r["scorer"]["word_cache"] for r in results if r["cell"] == "words"] == [True, False, False]

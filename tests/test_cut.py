@@ -131,12 +131,13 @@ def _trained(kind: str):
     return tokenizer
 
 
-@pytest.mark.parametrize("kind,cut_rows", [("bytelevel", [0, 1, 3]), ("metaspace", [0, 4])])
-def test_tokenizers_without_the_word_cache_have_long_rows_cut_with_the_same_ids(kind, cut_rows):
-    """RoBERTa-style byte-level BPE and SentencePiece-style tokenizers split words locally too: their long rows are
-    cut where words before the limit give enough tokens (byte-level BPE splits letters from digits and punctuation,
-    Metaspace only at spaces, each of which is a word of its own), and what max_length keeps is what the tokenizer
-    gives for the whole row."""
+@pytest.mark.parametrize("kind", ["bytelevel", "metaspace"])
+def test_tokenizers_without_the_word_cache_have_long_rows_cut_with_the_same_ids(kind):
+    """RoBERTa-style byte-level BPE and SentencePiece-style BPE tokenizers split words locally too: their long rows
+    are cut where words before the limit give enough tokens (byte-level BPE splits letters from digits and
+    punctuation, Metaspace only at spaces), or where one giant word (base64 or CJK text without a space, for
+    Metaspace any row without one) gives the same first tokens from half the limit; what max_length keeps is what
+    the tokenizer gives for the whole row."""
     encoder = TextEncoder(_trained(kind), max_length=32)
     assert encoder.words is None and encoder.cutter is not None
     rng = np.random.default_rng(7)
@@ -151,12 +152,33 @@ def test_tokenizers_without_the_word_cache_have_long_rows_cut_with_the_same_ids(
         "short one",
     ]
     _, shorter, cut = encoder.cutter.cut_long_rows(pa.array(texts, pa.large_string()))
-    assert cut.tolist() == cut_rows and all(len(shorter[row].as_py()) <= CUT_MIN_CHARS for row in cut)
+    assert cut.tolist() == [0, 1, 2, 3, 4] and all(len(shorter[row].as_py()) <= CUT_MIN_CHARS for row in cut)
     if kind == "bytelevel":
         assert shorter[3].as_py() == before_end  # stepped back out of </s>
     fast, whole = encoder.encode(texts), encoder._tokenize(texts)
     assert fast.offsets.tolist() == whole.offsets.tolist() and fast.ids.tolist() == whole.ids.tolist()
     assert fast.truncated.tolist() == whole.truncated.tolist() == [True, True, True, True, True, False]
+
+
+def test_a_unigram_models_giant_words_are_tokenised_whole():
+    """A unigram model chooses its path over the whole word: "abab...ab" is "ab ab ...", and a "c" at its end makes
+    it "a ba ba ... bc", so the start of a giant word is not settled by any prefix: such rows are not cut (forced to,
+    the row would get the prefix's ids)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    pieces = [("<unk>", 0.0), ("▁", -1.0), ("a", -5.0), ("b", -5.0), ("c", -20.0), ("ab", -1.0), ("ba", -1.0),
+              ("bc", -0.1)]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=0))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizers.NFKC(), pre_tokenizers.Metaspace()
+    encoder = TextEncoder(tokenizer, max_length=16)
+    texts = ["ab" * 5000 + "c", "ab" * 5000]
+    assert encoder.cutter is not None and not encoder.cutter.cut_long_rows(pa.array(texts))[2].size
+    whole = encoder._tokenize(texts)
+    assert encoder.encode(texts).ids.tolist() == whole.ids.tolist()
+    assert [tokenizer.id_to_token(i) for i in whole.ids[:3]] == ["▁", "a", "ba"]
+    assert [tokenizer.id_to_token(i) for i in whole.ids[16:19]] == ["▁", "ab", "ab"]
+    encoder.cutter.settles = True  # as a BPE's giant word is cut: wrong here
+    assert encoder.encode(texts).ids[:16].tolist() == whole.ids[16:].tolist()
 
 
 def test_no_cut_where_a_tokenizer_may_not_split_words_locally():
