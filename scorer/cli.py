@@ -191,7 +191,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 @click.option("--infer-threads", type=int,
               help=f"Batches in flight on the model at once {shown_by_provider(DEFAULT_INFER_THREADS)}.")
 @click.option("--check", type=int,
-              help=f"Cross-check N sampled rows against the PyTorch checkpoint (0: off) {shown(RunConfig, 'check')}.")
+              help="Cross-check N sampled rows against the PyTorch checkpoint (needs PyTorch: the train extra; 0: off) "
+                   f"{shown(RunConfig, 'check')}.")
 @click.option("--checkpoint", type=PATH, help="PyTorch checkpoint for --check [default: the exported one].")
 @click.option("--samples", type=int,
               help=f"Rows in the sample table (sentence, true, predicted label) {shown(RunConfig, 'samples')}.")
