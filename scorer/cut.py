@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from scorer.words import PER_CHARACTER, SPLITTING, WordCache, fixed_specials, kinds
+from scorer.words import PER_CHARACTER, SPLITTING, WordCache, fixed_specials, kinds, text_budget, untruncated
 
 CUT_CHARS_PER_TOKEN = 40
 CUT_MIN_CHARS = 4096
@@ -60,11 +60,7 @@ class RowCutter:
         if contents is None or specials is None or not splits or not set(splits) <= LOCAL_SPLITS \
                 or not set(kinds(spec.get("normalizer"))) <= PER_CHARACTER:
             return None
-        copy = Tokenizer.from_str(text)
-        copy.no_truncation()
-        copy.no_padding()
-        budget = max(max_length - len(specials[0]) - len(specials[1]), 0)
-        return cls(copy, budget, max_length, contents, unknown_run(tokenizer))
+        return cls(untruncated(text), text_budget(max_length, *specials), max_length, contents, unknown_run(tokenizer))
 
     def cut_long_rows(self, column: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray]:
         """`column` with the runs of letters and digits in its rows over the limit shortened where that gives the

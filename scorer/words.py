@@ -59,14 +59,25 @@ def fixed_specials(tokenizer: Tokenizer) -> tuple[list[int], list[int]] | None:
     return None
 
 
+def untruncated(spec: str) -> Tokenizer:
+    """A copy of the tokenizer `spec` (Tokenizer.to_str()) that neither truncates nor pads."""
+    tokenizer = Tokenizer.from_str(spec)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def text_budget(max_length: int, prefix, suffix) -> int:
+    """How many of a text's own tokens truncation to max_length keeps (the special tokens take the rest)."""
+    return max(max_length - len(prefix) - len(suffix), 0)
+
+
 class WordCache:
     """Token ids of every space-separated chunk seen so far, stored flat; thread-safe."""
 
     def __init__(self, spec: str, prefix: list[int], suffix: list[int]) -> None:
         """`spec`: the tokenizer's JSON (Tokenizer.to_str()); the cache tokenises with its own copy of it."""
-        self.tokenizer = Tokenizer.from_str(spec)
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
+        self.tokenizer = untruncated(spec)
         self._encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         self.prefix, self.suffix = np.asarray(prefix, np.int64), np.asarray(suffix, np.int64)
         self._lock = threading.Lock()
@@ -133,8 +144,7 @@ class WordCache:
             return self._starts[index], self._lengths[index], self._ids
 
     def budget(self, max_length: int) -> int:
-        """How many of a text's own tokens truncation to max_length keeps (the special tokens take the rest)."""
-        return max(max_length - len(self.prefix) - len(self.suffix), 0)
+        return text_budget(max_length, self.prefix, self.suffix)
 
     def encode(self, texts: pa.Array, max_length: int, always: bool = False) -> tuple[np.ndarray, ...] | None:
         """ids, offsets and truncated flags of `texts` (no nulls), as the tokenizer with truncation would give;
