@@ -1,7 +1,10 @@
-"""BERT-family encoders other than BERT itself (DistilBERT, RoBERTa, ELECTRA) through train → export → run."""
+"""BERT-family encoders other than BERT itself (DistilBERT, RoBERTa, ELECTRA, XLM-RoBERTa) through train → export →
+run, with the packaged WordPiece tokenizer and with their own kinds of tokenizer (byte-level BPE, SentencePiece
+unigram), which have no word cache and whose padding id is not 0."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -11,18 +14,28 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
+from scorer.config import example_file
+from scorer.tokens import TextEncoder
 from tests.conftest import with_tokenizer
 
 SHAPE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
 def _encoder(family: str, directory: Path) -> Path:
-    """A tiny random encoder of `family` with the packaged WordPiece tokenizer (the family's own vocabulary does not
-    matter to the pipeline: ids are ids)."""
+    """A tiny random encoder of `family`: with the packaged WordPiece tokenizer (ids are ids to the pipeline), or,
+    for roberta-bpe and xlm-roberta, with a byte-level BPE or SentencePiece unigram tokenizer trained here on the
+    packaged example sentences."""
     import torch
     import transformers
 
     torch.manual_seed(0)
+    if family in ("roberta-bpe", "xlm-roberta"):
+        vocab = _own_tokenizer(family, directory)
+        kind = transformers.RobertaConfig if family == "roberta-bpe" else transformers.XLMRobertaConfig
+        config = kind(vocab_size=vocab, max_position_embeddings=130, pad_token_id=SPECIALS.index("<pad>"), **SHAPE)
+        transformers.AutoModel.from_config(config).save_pretrained(directory)
+        return directory
     if family == "distilbert":
         config = transformers.DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
                                                max_position_embeddings=128)
@@ -34,7 +47,32 @@ def _encoder(family: str, directory: Path) -> Path:
     return with_tokenizer(directory)
 
 
-@pytest.mark.parametrize("family", ["distilbert", "roberta", "electra"])
+def _own_tokenizer(family: str, directory: Path) -> int:
+    """Train the family's kind of tokenizer on the packaged examples into `directory`; its vocabulary size."""
+    from tokenizers import ByteLevelBPETokenizer, SentencePieceUnigramTokenizer, Tokenizer, processors
+
+    with open(example_file("train.csv"), newline="") as handle:
+        texts = [row["sentence"] for row in csv.DictReader(handle)]
+    if family == "roberta-bpe":
+        trainer = ByteLevelBPETokenizer()
+        trainer.train_from_iterator(texts, vocab_size=600, special_tokens=SPECIALS, show_progress=False)
+    else:
+        trainer = SentencePieceUnigramTokenizer()
+        trainer.train_from_iterator(texts, vocab_size=600, special_tokens=SPECIALS, unk_token="<unk>",
+                                    show_progress=False)
+    tokenizer = Tokenizer.from_str(trainer._tokenizer.to_str())
+    ids = {token: tokenizer.token_to_id(token) for token in ("<s>", "</s>")}
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    names = dict(zip(["bos_token", "pad_token", "eos_token", "unk_token", "mask_token"], SPECIALS, strict=True))
+    (directory / "special_tokens_map.json").write_text(json.dumps({**names, "cls_token": "<s>", "sep_token": "</s>"}))
+    (directory / "tokenizer_config.json").write_text(json.dumps({**names, "cls_token": "<s>", "sep_token": "</s>",
+                                                                 "model_max_length": 128}))
+    return tokenizer.get_vocab_size()
+
+
+@pytest.mark.parametrize("family", ["distilbert", "roberta", "electra", "roberta-bpe", "xlm-roberta"])
 def test_other_bert_family_encoders_train_export_and_score(family, tmp_path):
     encoder = _encoder(family, tmp_path / family)
     runner = CliRunner()
@@ -48,6 +86,8 @@ def test_other_bert_family_encoders_train_export_and_score(family, tmp_path):
         assert result.exit_code == 0, (args[0], result.output)
     parity = json.loads((tmp_path / "onnx" / "parity.json").read_text())
     assert parity["passed"] and {v["variant"] for v in parity["variants"]} == {"pytorch", "fp32", "fp16", "int8"}
+    own = family in ("roberta-bpe", "xlm-roberta")  # their own tokenizers: no word cache
+    assert (TextEncoder.from_dir(tmp_path / "onnx", 48).words is None) == own
     source = tmp_path / "in.parquet"
     texts = ["The dog barked at the mailman.", None, "Dog the mailman at barked.", "A much longer sentence " * 20]
     pq.write_table(pa.table({"sentence": texts}), source)
