@@ -43,7 +43,7 @@ def load_training_data(config: TrainConfig) -> TrainingData:
             f"{config.data}: column '{config.label_column}' has {len(labels)} distinct values; "
             f"at most {MAX_LABELS} labels are supported; is --label-column right?"
         )
-    index = LabelIndex(labels)
+    index = LabelIndex(labels, unlabelled_mark=False)
     targets = index.indices(train.labels, config.data, config.label_column, 1)
     if config.val_data is not None:
         val = read_labelled(config.val_data, config.text_column, config.label_column)

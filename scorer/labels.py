@@ -50,24 +50,36 @@ def normalise_labels(values: list) -> list[int | str]:
     return [str(v) for v in out]
 
 
+# How Hugging Face datasets label a row without a label (every row of GLUE's test splits): missing, where -1 is not
+# one of the model's labels.
+UNLABELLED = -1
+
+
 class LabelIndex:
     """Maps label values as written in any file (1, "1", 1.0) to the model's label indices."""
 
-    def __init__(self, labels: list) -> None:
+    def __init__(self, labels: list, unlabelled_mark: bool = True) -> None:
+        """`unlabelled_mark`: whether UNLABELLED, where it is not one of `labels`, marks a row without a label (in
+        files to score and check on; training data must say which rows lack a label by leaving them blank)."""
         self.labels = labels
         self._index = {str(label_value(label)): i for i, label in enumerate(labels)}
+        self._mark = unlabelled_mark and str(UNLABELLED) not in self._index
+
+    def _missing(self, key: int | str | None) -> bool:
+        return key is None or (self._mark and key == UNLABELLED)
 
     def index(self, value: object, source: Path | str, column: str, row: int) -> int:
-        """The model's index of `value`, -1 where the label is missing; an unknown value is an InputError naming
-        its row."""
+        """The model's index of `value`, -1 where the label is missing (or -1 and not a label of the model's); an
+        unknown value is an InputError naming its row."""
         key = label_value(value)
-        if key is None:
+        if self._missing(key):
             return -1
         index = self._index.get(str(key))
         if index is None:
             raise InputError(
                 f"{source} row {row}: label {value!r} in column '{column}' is not one the model "
-                f"knows ({', '.join(self._index)}); fix the row or pass --label-column for another column"
+                f"knows ({', '.join(self._index)}); fix the row, pass --label-column for another column, or rename "
+                f"'{column}' to use no labels"
             )
         return index
 
@@ -79,4 +91,4 @@ class LabelIndex:
     def unknown(self, values: list) -> list[str]:
         """The distinct present values that are not the model's labels, as text, sorted."""
         return sorted({str(value) for value in values
-                       if label_value(value) is not None and str(label_value(value)) not in self._index})
+                       if not self._missing(label_value(value)) and str(label_value(value)) not in self._index})

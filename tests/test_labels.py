@@ -41,6 +41,28 @@ def test_the_index_finds_a_label_however_written_and_skips_missing_ones():
     assert LabelIndex(["1", "yes"]).indices([1, "yes"], "f.csv", "label", 1).tolist() == [0, 1]
 
 
+def test_minus_one_is_a_missing_label_where_the_model_has_no_such_label():
+    """Hugging Face datasets label every row of a test split -1: unlabelled, unless -1 is one of the model's labels
+    (a -1/+1 dataset) or the file is training data (which must leave such rows blank)."""
+    values = [-1, "-1", 1, 0, "-1.0"]
+    assert LabelIndex([0, 1]).indices(values, "f.csv", "label", 1).tolist() == [-1, -1, 1, 0, -1]
+    assert LabelIndex([-1, 1]).indices([-1, 1, "-1"], "f.csv", "label", 1).tolist() == [0, 1, 0]
+    assert LabelIndex([0, 1]).unknown([-1, 2, None]) == ["2"]
+    strict = LabelIndex([0, 1], unlabelled_mark=False)
+    assert strict.unknown([-1, 2]) == ["-1", "2"]
+    with pytest.raises(InputError, match=r"row 1: label -1 in column 'label' is not one the model knows"):
+        strict.indices([-1], "f.csv", "label", 1)
+
+
+def test_a_test_split_labelled_minus_one_is_scored_without_evaluation(tiny_export, tmp_path):
+    path = tmp_path / "test.parquet"
+    pq.write_table(pa.table({"sentence": [f"sentence number {i}" for i in range(9)], "label": [-1] * 8 + [1]}), path)
+    result = CliRunner().invoke(main, ["run", str(path), "--model", str(tiny_export), "-q"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(path.with_name("test.scored.parquet.summary.json").read_text())["inputs"][0]
+    assert summary["rows"] == 9 and summary["evaluation"]["rows"] == 1 and summary["evaluation"]["unlabelled_rows"] == 8
+
+
 def test_a_nan_label_in_training_data_is_a_missing_label_not_a_class(tmp_path):
     path = tmp_path / "train.parquet"
     pq.write_table(pa.table({"sentence": ["a", "b", "c"], "label": [1.0, math.nan, 0.0]}), path)
