@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -105,3 +106,32 @@ def test_export_parity_counts_accuracy_on_the_labelled_rows_only(tiny_checkpoint
                                                           for i in range(40)]}), data)
     _, fp32, run = fp32_parity_and_run_evaluation(tiny_checkpoint, data, tmp_path / "onnx")
     assert run["rows"] == 30 and fp32["accuracy"] == pytest.approx(run["accuracy"])
+
+
+def test_three_text_labels_train_export_and_score_with_the_predicted_labels_probability(tiny_encoder, tmp_path):
+    """A model of three labels written as words: trained, exported (parity per label), scored with --check; the
+    score is the predicted label's probability, and the evaluation has a row and a column per label."""
+    words = {"neg": ["awful", "terrible", "horrible"], "neu": ["table", "chair", "window"],
+             "pos": ["great", "lovely", "excellent"]}
+    rng = np.random.default_rng(0)
+    names = [str(label) for label in rng.choice(sorted(words), 450)]
+    texts = [f"the {rng.choice(words[label])} thing number {i}" for i, label in enumerate(names)]
+    data = tmp_path / "three.parquet"
+    pq.write_table(pa.table({"sentence": texts, "label": names}), data)
+    runner = CliRunner()
+    for args in (["train", "--model", tiny_encoder, "--data", data, "--output", tmp_path / "checkpoint", "--epochs",
+                  "3", "--rtd-epochs", "0", "--lr", "3e-3", "--max-length", "16"],
+                 ["export", "--checkpoint", tmp_path / "checkpoint", "--output", tmp_path / "onnx", "--data", data],
+                 ["run", data, "--model", tmp_path / "onnx", "--check", "20", "-o", tmp_path / "out.csv"]):
+        result = runner.invoke(main, [*map(str, args), "--quiet"])
+        assert result.exit_code == 0, (args[0], result.output)
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["labels"] == ["neg", "neu", "pos"]
+    out = pacsv.read_csv(tmp_path / "out.csv").to_pydict()
+    assert set(out["pred_label"]) <= {"neg", "neu", "pos"} and all(1 / 3 <= s <= 1 for s in out["pred_score"])
+    summary = json.loads((tmp_path / "out.csv.summary.json").read_text())["inputs"][0]
+    evaluation = summary["evaluation"]
+    assert evaluation["rows"] == 450 and evaluation["accuracy"] > 0.6  # three words per label: easy to learn
+    assert evaluation["labels"] == ["neg", "neu", "pos"] and len(evaluation["per_class"]) == 3
+    assert np.array(evaluation["confusion_matrix"]).shape == (3, 3) and np.sum(evaluation["confusion_matrix"]) == 450
+    assert summary["check"]["passed"] and summary["check"]["rows"] == 20
