@@ -16,8 +16,16 @@ def evaluation(confusion: Confusion, column: str, unlabelled: int, unscored: int
     return result
 
 
+def nothing_evaluated(column: str, rows: int) -> dict:
+    """What --report says of an input none of whose `rows` has both a label (in `column`) and a score."""
+    return {"rows": 0, "accuracy": None, "mcc": None, "label_column": column, "input_rows": rows}
+
+
 def markdown(evaluation: dict) -> str:
     """The report as Markdown: headline metrics, per-class table, confusion matrix, sample table."""
+    if not evaluation["rows"]:
+        return (f"# Evaluation\n\nNo row has both a label (column '{evaluation['label_column']}') and a score, of "
+                f"{evaluation['input_rows']} rows: nothing to evaluate.\n")
     labels = [str(label) for label in evaluation["labels"]]
     lines = [
         "# Evaluation",

@@ -14,7 +14,7 @@ from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
 from scorer.defaults import DEFAULT_WINDOW_ROWS
 from scorer.errors import ConfigError, InputError, OutputError, ParityError, ScorerError, stopped
-from scorer.evaluate import write_report
+from scorer.evaluate import nothing_evaluated, write_report
 from scorer.extras import require_training_stack
 from scorer.parts import OutputLock, PartStore, fingerprint
 from scorer.read import TableReader, plain_text
@@ -232,8 +232,8 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
     sink.finish()
     store.discard()
     resumed = first * config.window_rows
-    if figures.evaluation and config.report:
-        write_report(figures.evaluation, config.report)
+    if config.report:  # (a report without a row to evaluate says so: the file asked for is there)
+        write_report(figures.evaluation or nothing_evaluated(columns.label, figures.rows), config.report)
     return UnitSummary(str(unit.source), str(unit.output), "resumed" if resumed else "scored", rows=figures.rows,
                        rows_this_run=figures.rows - resumed, resumed_from_row=resumed,
                        status_counts=figures.status_counts, rescued_rows=rescued, evaluation=figures.evaluation,

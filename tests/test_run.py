@@ -261,12 +261,16 @@ def test_a_report_that_cannot_be_written_as_asked_is_refused_before_any_work(tin
 
 
 def test_labelled_input_without_a_scorable_row_has_no_evaluation(tiny_export, tmp_path):
-    data = tmp_path / "dev.csv"
+    """... and --report still writes its files, saying there was nothing to evaluate."""
+    data, report = tmp_path / "dev.csv", tmp_path / "report.md"
     data.write_text("sentence,label\n,1\n  ,0\n")
-    result = run(data, "--model", tiny_export, "--summary", tmp_path / "summary.json")
+    result = run(data, "--model", tiny_export, "--summary", tmp_path / "summary.json", "--report", report)
     assert result.exit_code == 0 and "accuracy" not in result.output, result.output
     text = (tmp_path / "summary.json").read_text()
     assert "NaN" not in text and json.loads(text)["inputs"][0]["evaluation"] is None
+    assert "No row has both a label (column 'label') and a score, of 2 rows: nothing to evaluate." in report.read_text()
+    assert json.loads(report.with_suffix(".json").read_text()) == {
+        "rows": 0, "accuracy": None, "mcc": None, "label_column": "label", "input_rows": 2}
 
 
 def test_check_against_pytorch_passes_and_is_in_the_summary(tiny_export, parquet_input, tmp_path):
