@@ -117,6 +117,11 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
     if done and done.get("model_sha256") == classifier.model_sha256 and done.get("input") == source \
             and _scored_column(done) == columns.text and not config.overwrite:
         log.info("%s is up to date (same input, column and model); skipped", unit.output)
+        if config.report:  # (one input only: asked for by name, so said as a warning)
+            log.warning("%s is up to date, so it was not scored again and --report %s was not written; pass "
+                        "--overwrite to score it again", unit.output, config.report)
+        if config.check:  # (a nightly run over a growing inbox skips yesterday's files: said in passing)
+            log.info("%s: --check does not check a skipped output", unit.output)
         return UnitSummary(str(unit.source), str(unit.output), "skipped", rows=done.get("rows", 0))
     if unit.output.exists() and not config.overwrite:
         raise OutputError(f"{unit.output} already exists (written {_written_how(done, classifier, source, columns)}); "

@@ -124,6 +124,17 @@ def test_changed_input_is_not_silently_skipped(tiny_export, tmp_path):
     assert "variant, and this run uses fp16, from another version of the input)" in result.output
 
 
+def test_a_report_asked_of_an_up_to_date_output_is_said_not_written(tiny_export, tmp_path):
+    source, report = tmp_path / "in.csv", tmp_path / "report.md"
+    source.write_text("sentence,label\n" + "".join(f"{s},{i % 2}\n" for i, s in enumerate(sentences(10))))
+    assert run(source, "--model", tiny_export).exit_code == 0
+    result = run(source, "--model", tiny_export, "--report", report)
+    assert result.exit_code == 0 and "(1 skipped)" in result.output
+    assert f"is up to date, so it was not scored again and --report {report} was not written; pass --overwrite" \
+        in result.output and not report.exists()
+    assert run(source, "--model", tiny_export, "--report", report, "--overwrite").exit_code == 0 and report.exists()
+
+
 def test_an_output_of_another_text_column_is_not_skipped_as_up_to_date(tiny_export, tmp_path):
     """Scoring another column of the same file into the same output is refused, saying so, not skipped: the output
     holds the other column's scores."""
