@@ -10,6 +10,7 @@ import torch
 
 from scorer.config import ExportConfig
 from scorer.metrics import confusion_of
+from scorer.rescue import finite_rows
 from scorer.session import CUDA, available, batch_runner, create_session
 from scorer.tokens import Encoded
 
@@ -89,7 +90,7 @@ def _torch_logits(model: torch.nn.Module, encoded: Encoded, batches) -> list[np.
 
 def _judge(name, provider, reference, logits, batches, targets, labels, config: ExportConfig,
            torch_row: VariantParity | None) -> VariantParity:
-    finite = [np.isfinite(b).all(axis=1) for b in logits]
+    finite = [finite_rows(b) for b in logits]
     diff = max((float(np.abs(a - b)[f].max(initial=0.0)) for a, b, f in zip(reference, logits, finite, strict=True)),
                default=0.0)
     agree = np.concatenate([(a.argmax(1) == b.argmax(1)) & f for a, b, f in zip(reference, logits, finite,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scorer.batches import budget_batches
 from scorer.defaults import default_provider_options
 from scorer.manifest import Manifest
 from scorer.session import batch_runner, create_session
@@ -46,13 +47,6 @@ class Rescue:
             session = create_session(path, self.provider, default_provider_options(self.provider, "fp32",
                                                                                     self.manifest))
             self._run = batch_runner(session, self.provider, io_binding=False)
-        lengths, start = encoded.lengths[rows], 0
-        order = np.argsort(lengths, kind="stable")  # shortest first: each batch pads to its last row
-        while start < len(order):
-            stop = start + 1
-            while stop < len(order) and (stop + 1 - start) * int(lengths[order[stop]]) <= self.max_tokens:
-                stop += 1
-            batch = order[start:stop]
+        for batch in budget_batches(encoded.lengths[rows], self.max_tokens, len(rows)):
             out[batch] = self._run(dict(zip(self.input_names, encoded.pad(rows[batch]), strict=True)))
-            start = stop
         return out
