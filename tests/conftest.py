@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,40 @@ def with_tokenizer(directory: Path) -> Path:
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_source() / name, directory / name)
     return directory
+
+
+def sentencepiece_tokenizer(texts: list[str], vocab_size: int):
+    """An XLM-RoBERTa tokenizer as real checkpoints ship it: a SentencePiece unigram model trained here on `texts`
+    with SentencePiece's NFKC rules, converted by transformers' converter (its precompiled normaliser, Strip, runs of
+    spaces replaced, Metaspace, <s> ... </s>); XLM-R's ids (the four specials first, the pieces one up)."""
+    import io
+
+    import sentencepiece
+    from transformers.convert_slow_tokenizer import XLMRobertaConverter
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        normalization_rule_name="nmt_nfkc", character_coverage=1.0, minloglevel=2)
+
+    class Original:  # what the converter reads of a slow XLMRobertaTokenizer
+        def __init__(self, path: str) -> None:
+            self.vocab_file = path
+            self.pieces = sentencepiece.SentencePieceProcessor(model_file=path)
+
+        def convert_tokens_to_ids(self, token: str) -> int:
+            specials = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+            return specials[token] if token in specials else self.pieces.piece_to_id(token) + 1
+
+    with tempfile_path(".model") as path:
+        path.write_bytes(model.getvalue())
+        return XLMRobertaConverter(Original(str(path))).converted()
+
+
+@contextlib.contextmanager
+def tempfile_path(suffix: str):
+    with tempfile.TemporaryDirectory() as directory:
+        yield Path(directory) / f"file{suffix}"
 
 
 def rewritten_fp16(export: Path, directory: Path, attention: str, kernels: str) -> tuple[Path, Path]:

@@ -139,7 +139,13 @@ def test_long_rows_gives_the_tokenizers_own_ids_for_each_tokenizer_and_huge_cell
     out = bench_dir / "out" / "long-rows.json"
     bench("long_rows.py", "--rows", "300", "--cell-mib", "0.05", "--out", out)  # it fails where ids differ
     results = json.loads(out.read_text())["results"]
-    assert {(r["tokenizer"], r["cell"]) for r in results} == {(t, c) for t in ("wordpiece", "bytelevel", "metaspace")
+    kinds = ("wordpiece", "bytelevel", "metaspace", "unigram", "xlm-r")
+    assert {(r["tokenizer"], r["cell"]) for r in results} == {(t, c) for t in kinds
                                                               for c in ("words", "base64", "hex", "cjk")}
     assert all(r["scorer"]["ids"] == r["tokenizer_alone"]["ids"] and r["scorer"]["cut"] for r in results)
-    assert [r["scorer"]["word_cache"] for r in results if r["cell"] == "words"] == [True, False, False]
+    assert [r["scorer"]["word_cache"] for r in results if r["cell"] == "words"] == [True, False, False, False, False]
+    bench("long_rows.py", "--documents", "3", "--kinds", "wordpiece,xlm-r", "--out", out)
+    documents = json.loads(out.read_text())["documents"]
+    assert [(d["tokenizer"], d["chars"], d["max_length"]) for d in documents] == [
+        (kind, chars, length) for kind in ("wordpiece", "xlm-r") for chars in (25_000, 60_000, 200_000)
+        for length in (128, 512)]

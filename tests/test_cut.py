@@ -8,7 +8,9 @@ import pytest
 
 from scorer.config import packaged_model
 from scorer.cut import CUT_MIN_CHARS, unknown_run
+from scorer.giant import bpe_settled
 from scorer.tokens import TextEncoder
+from tests.conftest import sentencepiece_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -115,29 +117,40 @@ def test_runs_are_left_whole_where_an_added_token_could_be_matched_inside_them()
 
 
 def _trained(kind: str):
-    """A small byte-level BPE (RoBERTa's kind of tokenizer) or SentencePiece-style BPE (Metaspace, NFKC), trained
-    here on written sentences: tokenizers without the word cache."""
-    from tokenizers import ByteLevelBPETokenizer, SentencePieceBPETokenizer, Tokenizer, processors
+    """A small tokenizer without the word cache, trained here on written sentences: a byte-level BPE (RoBERTa's
+    kind), a SentencePiece-style BPE (Metaspace, NFKC), a SentencePiece-style unigram model (tokenizers' own: Nmt,
+    NFKC, runs of spaces) or XLM-R's as its checkpoints ship it (SentencePiece's precompiled normaliser)."""
+    from tokenizers import (
+        ByteLevelBPETokenizer,
+        SentencePieceBPETokenizer,
+        SentencePieceUnigramTokenizer,
+        Tokenizer,
+        processors,
+    )
 
     words = ["the", "grammar", "is", "hard,", "isn't", "it?", "Ünïcödé", "中文", "well-known", "42", "cats"]
     rng = np.random.default_rng(0)
     sentences = [" ".join(rng.choice(words, rng.integers(3, 15))) for _ in range(2000)]
+    if kind == "precompiled":
+        return sentencepiece_tokenizer(sentences, vocab_size=40)
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    trainer = ByteLevelBPETokenizer() if kind == "bytelevel" else SentencePieceBPETokenizer()
-    trainer.train_from_iterator(sentences, vocab_size=300, special_tokens=specials)
+    trainer = {"bytelevel": ByteLevelBPETokenizer, "metaspace": SentencePieceBPETokenizer,
+               "unigram": SentencePieceUnigramTokenizer}[kind]()
+    extra = {"unk_token": "<unk>"} if kind == "unigram" else {}
+    trainer.train_from_iterator(sentences, vocab_size=300, special_tokens=specials, show_progress=False, **extra)
     tokenizer = Tokenizer.from_str(trainer._tokenizer.to_str())
     ids = {token: tokenizer.token_to_id(token) for token in ("<s>", "</s>")}
     tokenizer.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
     return tokenizer
 
 
-@pytest.mark.parametrize("kind", ["bytelevel", "metaspace"])
+@pytest.mark.parametrize("kind", ["bytelevel", "metaspace", "unigram", "precompiled"])
 def test_tokenizers_without_the_word_cache_have_long_rows_cut_with_the_same_ids(kind):
-    """RoBERTa-style byte-level BPE and SentencePiece-style BPE tokenizers split words locally too: their long rows
-    are cut where words before the limit give enough tokens (byte-level BPE splits letters from digits and
-    punctuation, Metaspace only at spaces), or where one giant word (base64 or CJK text without a space, for
-    Metaspace any row without one) gives the same first tokens from half the limit; what max_length keeps is what
-    the tokenizer gives for the whole row."""
+    """RoBERTa-style byte-level BPE, SentencePiece-style BPE and unigram tokenizers (XLM-R's with SentencePiece's
+    precompiled normaliser too) split words locally too: their long rows are cut where words before the limit give
+    enough tokens (byte-level BPE splits letters from digits and punctuation, Metaspace only at spaces), or where
+    one giant word (base64 or CJK text without a space, for Metaspace any row without one) gives its first tokens
+    whatever follows (scorer.giant); what max_length keeps is what the tokenizer gives for the whole row."""
     encoder = TextEncoder(_trained(kind), max_length=32)
     assert encoder.words is None and encoder.cutter is not None
     rng = np.random.default_rng(7)
@@ -148,22 +161,26 @@ def test_tokenizers_without_the_word_cache_have_long_rows_cut_with_the_same_ids(
         "".join(rng.choice(list("abcXYZ019+/="), CUT_MIN_CHARS * 3)),  # base64-like, no space
         "".join(rng.choice(list("中文字符日本語的是不了人我在有他这为之大来以个"), CUT_MIN_CHARS * 2)),
         before_end + "</s>" + "c," * 3000,  # the limit falls inside </s>
-        " " * (CUT_MIN_CHARS + 5) + "late words",  # only spaces before the limit: not cut
+        " " * (CUT_MIN_CHARS + 5) + "late words",  # only spaces before the limit
         "short one",
     ]
     _, shorter, cut = encoder.cutter.cut_long_rows(pa.array(texts, pa.large_string()))
-    assert cut.tolist() == [0, 1, 2, 3, 4] and all(len(shorter[row].as_py()) <= CUT_MIN_CHARS for row in cut)
+    # (A unigram model's row of spaces normalises to almost nothing: no window to compare, not cut.)
+    unigram = kind in ("unigram", "precompiled")
+    assert cut.tolist() == [0, 1, 2, 3, *([] if unigram else [4])]
+    assert all(len(shorter[row].as_py()) <= CUT_MIN_CHARS for row in cut)
     if kind == "bytelevel":
         assert shorter[3].as_py() == before_end  # stepped back out of </s>
     fast, whole = encoder.encode(texts), encoder._tokenize(texts)
     assert fast.offsets.tolist() == whole.offsets.tolist() and fast.ids.tolist() == whole.ids.tolist()
-    assert fast.truncated.tolist() == whole.truncated.tolist() == [True, True, True, True, True, False]
+    assert fast.truncated.tolist() == whole.truncated.tolist() == [True, True, True, True, not unigram, False]
 
 
-def test_a_unigram_models_giant_words_are_tokenised_whole():
+def test_a_unigram_models_giant_word_is_cut_only_where_the_paths_to_a_window_agree():
     """A unigram model chooses its path over the whole word: "abab...ab" is "ab ab ...", and a "c" at its end makes
-    it "a ba ba ... bc", so the start of a giant word is not settled by any prefix: such rows are not cut (forced to,
-    the row would get the prefix's ids)."""
+    it "a ba ba ... bc". The best paths to even positions begin "ab ab", to odd ones "a ba" (ties broken the same
+    way as in the whole row): they disagree, so such rows are tokenised whole. BPE's rule (the first half gives the
+    same first tokens) holds here and would cut them wrongly."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
     pieces = [("<unk>", 0.0), ("▁", -1.0), ("a", -5.0), ("b", -5.0), ("c", -20.0), ("ab", -1.0), ("ba", -1.0),
@@ -172,17 +189,28 @@ def test_a_unigram_models_giant_words_are_tokenised_whole():
     tokenizer.normalizer, tokenizer.pre_tokenizer = normalizers.NFKC(), pre_tokenizers.Metaspace()
     encoder = TextEncoder(tokenizer, max_length=16)
     texts = ["ab" * 5000 + "c", "ab" * 5000]
-    assert encoder.cutter is not None and not encoder.cutter.cut_long_rows(pa.array(texts))[2].size
+    assert encoder.cutter is not None and encoder.cutter.unigram is not None
+    assert not encoder.cutter.cut_long_rows(pa.array(texts))[2].size
     whole = encoder._tokenize(texts)
     assert encoder.encode(texts).ids.tolist() == whole.ids.tolist()
     assert [tokenizer.id_to_token(i) for i in whole.ids[:3]] == ["▁", "a", "ba"]
     assert [tokenizer.id_to_token(i) for i in whole.ids[16:19]] == ["▁", "ab", "ab"]
-    encoder.cutter.settles = True  # as a BPE's giant word is cut: wrong here
-    assert encoder.encode(texts).ids[:16].tolist() == whole.ids[16:].tolist()
+    head = texts[0][: encoder.cutter.limit]
+    ids = encoder.cutter.tokenizer.encode(head, add_special_tokens=False).ids
+    assert bpe_settled(encoder.cutter.tokenizer, head, ids, encoder.cutter.budget)
+    assert not encoder.cutter.unigram.settled(head, ids)
+    # Where one piece covers every path ("abc" far likelier than anything else), the word is cut: same ids.
+    pieces += [("abc", -0.01)]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=0))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizers.NFKC(), pre_tokenizers.Metaspace()
+    encoder = TextEncoder(tokenizer, max_length=16)
+    texts = ["abc" * 5000 + "ab", "abc" * 5000 + "c"]
+    assert encoder.cutter.cut_long_rows(pa.array(texts))[2].tolist() == [0, 1]
+    assert encoder.encode(texts).ids.tolist() == encoder._tokenize(texts).ids.tolist()
 
 
 def test_no_cut_where_a_tokenizer_may_not_split_words_locally():
-    from tokenizers import AddedToken, pre_tokenizers
+    from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers
 
     tokenizer = _trained("bytelevel")
     tokenizer.add_tokens([AddedToken("grammar", normalized=True)])  # matched after normalisation
@@ -190,3 +218,26 @@ def test_no_cut_where_a_tokenizer_may_not_split_words_locally():
     tokenizer = _trained("bytelevel")
     tokenizer.pre_tokenizer = pre_tokenizers.Split("ab", "merged_with_next")  # a split rule not known to be local
     assert TextEncoder(tokenizer, max_length=32).cutter is None
+    # A Replace that may match across words (any regex but runs of spaces) is not known to be local; ALBERT's
+    # fixed-string replacements and XLM-R's runs of spaces are.
+    tokenizer = _trained("unigram")
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Replace(Regex("a.*z"), "x"), normalizers.NFKC()])
+    assert TextEncoder(tokenizer, max_length=32).cutter is None
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Replace("``", '"'), normalizers.Replace("''", '"'),
+                                                 normalizers.NFKD(), normalizers.StripAccents(),
+                                                 normalizers.Replace(Regex(" {2,}"), " "), normalizers.Strip()])
+    assert TextEncoder(tokenizer, max_length=32).cutter.unigram is not None
+
+
+def test_a_cut_never_splits_a_grapheme_or_an_added_token():
+    """Where the limit falls inside a grapheme (a letter and its accents, CR LF, a flag, an emoji sequence, Hangul
+    jamo), the cut steps back before it: a normaliser composes across those characters (NFC, SentencePiece's maps
+    take a grapheme whole)."""
+    encoder = TextEncoder(_trained("precompiled"), max_length=32)
+    cutter = encoder.cutter
+    for grapheme in ["e\u0301\u0302", "\r\n", "🇫🇷", "👩\u200d👩\u200d👧", "👍🏽", "\u1100\u1161\u11a8", "</s>"]:
+        for inside in range(1, len(grapheme)):
+            ahead = "a" * (cutter.limit - inside) + grapheme + "b" * 10
+            assert cutter._boundary(ahead, cutter.limit) == cutter.limit - inside, (grapheme, inside)
+    assert cutter._boundary("a" * cutter.limit + "b", cutter.limit) == cutter.limit
+    assert cutter._boundary("\u0301" * (cutter.limit + 1), cutter.limit) is None  # a grapheme past BACK_OFF
