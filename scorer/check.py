@@ -1,4 +1,9 @@
-"""`run --check N`: score sampled rows with the PyTorch checkpoint too, and compare with what was written."""
+"""`run --check N`: score sampled rows with the PyTorch checkpoint too, and compare with what was written.
+
+The PyTorch side tokenises as a notebook would: the checkpoint's own tokenizer, each text whole, truncated to the
+max length; so the check covers what `scorer run` does on its way to the ONNX graph (the word cache, the long-row
+cut) as well as the graph. Texts longer than WHOLE_CHARS, which could cost gigabytes so, are tokenised as the run
+did (the check says how many)."""
 
 from __future__ import annotations
 
@@ -6,14 +11,17 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from scorer.classify import OnnxClassifier
 from scorer.errors import ModelError
 from scorer.results import softmax
+from scorer.tokens import TOKENIZER_FILE, TextEncoder
 
 log = logging.getLogger("scorer")
 # Largest allowed |score difference| per variant: fp32 covers TF32 on GPUs, fp16 and int8 their rounding.
 TOLERANCE = {"fp32": 2e-3, "fp16": 2e-2, "int8": 5e-2}
+WHOLE_CHARS = 1_000_000
 
 
 def cross_check(checkpoint: Path, classifier: OnnxClassifier, texts: list[str], scores: np.ndarray,
@@ -25,8 +33,9 @@ def cross_check(checkpoint: Path, classifier: OnnxClassifier, texts: list[str], 
     if not texts:  # no row had text to score: nothing was checked, which is neither a pass nor a failure
         log.warning("check: no scored row to check")
         return result
-    torch_scores, torch_labels, device = _pytorch_scores(checkpoint, classifier, texts)
+    torch_scores, torch_labels, device, as_run = _pytorch_scores(checkpoint, classifier, texts)
     result.update(
+        rows_tokenised_as_run=as_run,
         agreement=float(np.mean([a == b for a, b in zip(torch_labels, predicted, strict=True)])),
         max_score_diff=float(np.abs(torch_scores - scores).max()),
         torch_device=device,
@@ -37,7 +46,9 @@ def cross_check(checkpoint: Path, classifier: OnnxClassifier, texts: list[str], 
     return result
 
 
-def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier, texts: list[str]) -> tuple[np.ndarray, list, str]:
+def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
+                    texts: list[str]) -> tuple[np.ndarray, list, str, int]:
+    """PyTorch's scores and labels for `texts`, the device, and how many texts were tokenised as the run did."""
     import torch
 
     from scorer.loop import logits_of
@@ -51,5 +62,23 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier, texts: list[st
     if model.head_config.labels != classifier.labels:
         raise ModelError(f"{checkpoint} has labels {model.head_config.labels}, the export {classifier.labels}; "
                          "pass the --checkpoint this model was exported from")
-    probabilities = softmax(logits_of(model, classifier.encoder.encode(texts), device))
-    return classifier.scores(probabilities), [classifier.labels[i] for i in probabilities.argmax(1)], device
+    whole = [row for row, text in enumerate(texts) if len(text) <= WHOLE_CHARS]
+    as_run = [row for row, text in enumerate(texts) if len(text) > WHOLE_CHARS]
+    logits = np.zeros((len(texts), len(classifier.labels)), np.float32)
+    if whole:
+        tokenizer = _own_tokenizer(checkpoint, classifier)
+        logits[whole] = logits_of(model, tokenizer._tokenize([texts[row] for row in whole]), device)
+    if as_run:
+        logits[as_run] = logits_of(model, classifier.encoder.encode([texts[row] for row in as_run]), device)
+    probabilities = softmax(logits)
+    return (classifier.scores(probabilities), [classifier.labels[i] for i in probabilities.argmax(1)], device,
+            len(as_run))
+
+
+def _own_tokenizer(checkpoint: Path, classifier: OnnxClassifier) -> TextEncoder:
+    """The checkpoint's tokenizer (the export's copy where the checkpoint has none), truncating to the run's max
+    length; its `_tokenize` is the tokenizer alone."""
+    path = Path(checkpoint) / TOKENIZER_FILE
+    tokenizer = Tokenizer.from_file(str(path)) if path.is_file() else Tokenizer.from_str(
+        classifier.encoder.tokenizer.to_str())
+    return TextEncoder(tokenizer, classifier.encoder.max_length, word_cache=False)

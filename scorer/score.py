@@ -229,9 +229,10 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
         check = cross_check(checkpoint, classifier, texts, scores, predicted)
         if check["passed"] is False:
             raise ParityError(
-                f"--check {config.check}: ONNX ({classifier.variant}) and PyTorch disagree beyond tolerance on "
-                f"{unit.source}: max |Δscore| {check['max_score_diff']:.3g} > {check['tolerance']:g}, labels agree "
-                f"on {check['agreement']:.1%}; no output was written"
+                f"--check {config.check}: scorer (its tokenising, the {classifier.variant} ONNX graph) and PyTorch "
+                f"(the checkpoint's tokenizer and model) disagree beyond tolerance on {unit.source}: max |Δscore| "
+                f"{check['max_score_diff']:.3g} > {check['tolerance']:g}, labels agree on {check['agreement']:.1%}; "
+                "no output was written"
             )
     rescued = store.rescued_rows(parts)
     sink.finish()

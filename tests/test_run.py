@@ -300,10 +300,35 @@ def test_a_check_that_finds_onnx_and_pytorch_apart_fails_with_exit_7_and_writes_
     result = run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--check", "20",
                  "--checkpoint", checkpoint)
     assert result.exit_code == 7, result.output
-    assert "--check 20: ONNX (fp32) and PyTorch disagree beyond tolerance on" in result.output
+    assert "--check 20: scorer (its tokenising, the fp32 ONNX graph) and PyTorch (the checkpoint's tokenizer and " \
+           "model) disagree beyond tolerance on" in result.output
     assert "no output was written" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "input.parquet"]  # no output, part, lock
     assert run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--check", "20").exit_code == 0
+
+
+def test_the_check_tokenises_as_a_notebook_would_so_it_also_checks_scorers_own_tokenising(tiny_export, parquet_input,
+                                                                                         tmp_path, monkeypatch):
+    """--check's PyTorch side tokenises with the checkpoint's tokenizer alone, each text whole: were scorer's own
+    tokenising (the word cache, the long-row cut) to give other ids, the check would fail, not agree with itself."""
+    from scorer.tokens import Encoded, TextEncoder
+
+    out = tmp_path / "out.parquet"
+    result = run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--check", "20")
+    check = json.loads(out.with_name(out.name + ".summary.json").read_text())["inputs"][0]["check"]
+    assert result.exit_code == 0 and check["passed"] and check["rows_tokenised_as_run"] == 0
+    own = TextEncoder._encode_words
+
+    def wrong(self, column):  # every row's first token another one: what a bug in the word cache could do
+        encoded = own(self, column)
+        ids = encoded.ids.copy()
+        ids[encoded.offsets[:-1] + 1] = 1000
+        return Encoded(ids, encoded.offsets, encoded.truncated)
+
+    monkeypatch.setattr(TextEncoder, "_encode_words", wrong)
+    result = run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--check", "20",
+                 "--overwrite")
+    assert result.exit_code == 7 and "disagree beyond tolerance" in result.output, result.output
 
 
 @pytest.mark.parametrize("variant", ["fp32", "fp16", "int8"])
