@@ -119,6 +119,11 @@ class PartStore:
         interrupted run rescued too."""
         return sum(int((pq.read_schema(part).metadata or {}).get(RESCUED, b"0")) for part in parts)
 
+    @staticmethod
+    def rows(parts: list[Path]) -> int:
+        """Rows held by `parts` (a run's last window may hold fewer than a window's rows)."""
+        return sum(pq.read_metadata(part).num_rows for part in parts)
+
     def parts(self) -> list[Path]:
         return [self.part(i) for i in range(self._contiguous_parts())]
 

@@ -234,10 +234,9 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
                 f"{check['max_score_diff']:.3g} > {check['tolerance']:g}, labels agree on {check['agreement']:.1%}; "
                 "no output was written"
             )
-    rescued = store.rescued_rows(parts)
+    rescued, resumed = store.rescued_rows(parts), store.rows(parts[:first])
     sink.finish()
     store.discard()
-    resumed = first * config.window_rows
     if config.report:  # (a report without a row to evaluate says so: the file asked for is there)
         write_report(figures.evaluation or nothing_evaluated(columns.label, figures.rows), config.report)
     return UnitSummary(str(unit.source), str(unit.output), "resumed" if resumed else "scored", rows=figures.rows,

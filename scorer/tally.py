@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from scorer.evaluate import evaluation
 from scorer.labels import LabelIndex
 from scorer.metrics import confusion_of
+from scorer.read import plain_text
 from scorer.results import STATUSES, UNSCORED
 
 log = logging.getLogger("scorer")
@@ -89,13 +90,15 @@ def _choose(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def rows_of(parts: list[Path], column: str, rows: np.ndarray) -> list:
-    """Values of `column` at global row numbers `rows` (sorted), reading only the parts that hold them."""
+    """Values of `column` at global row numbers `rows` (sorted), reading only the parts that hold them; text stored
+    another way (bytes, string views) as strings."""
     out: list = []
     start = 0
     for part in parts:
         count = pq.ParquetFile(part).metadata.num_rows
         inside = rows[(rows >= start) & (rows < start + count)] - start
         if len(inside):
-            out.extend(pq.read_table(part, columns=[column]).column(column).take(pa.array(inside)).to_pylist())
+            values = plain_text(pq.read_table(part, columns=[column]).column(column))  # text as the run read it
+            out.extend(values.take(pa.array(inside)).to_pylist())
         start += count
     return out

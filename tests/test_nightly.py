@@ -293,6 +293,29 @@ def test_a_run_that_crashed_resumes_into_the_same_output_in_either_format(tiny_e
     assert not list(tmp_path.glob(f".out.{suffix}.scorer-parts")) and not list(tmp_path.glob(f".out.{suffix}.tmp-*"))
 
 
+def test_a_run_that_crashed_after_its_last_short_window_counts_the_rows_it_resumed_from(tiny_export, tmp_path,
+                                                                                          monkeypatch):
+    """Every window finished (the last one short) and the run crashed while finishing: the rerun writes nothing new,
+    and its summary says so (it said 'resumed at row 45, -5 written now': windows times their size)."""
+    from scorer import score
+
+    source, output = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pq.write_table(pa.table({"sentence": sentences(40)}), source)
+    common = ["--model", tiny_export, "--window-rows", "15", "--variant", "fp32"]
+
+    def crash(*args, **kwargs):
+        raise MemoryError("stand-in for a crash that is not the input's fault")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(score, "tally", crash)
+        assert run(source, "-o", output, *common).exit_code != 0
+    assert len(list(tmp_path.glob(".out.parquet.scorer-parts/part-*"))) == 3
+    result = run(source, "-o", output, *common)
+    assert result.exit_code == 0 and "0 written now" in result.output, result.output
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
+    assert summary["resumed_from_row"] == 40 and summary["rows_this_run"] == 0 and summary["rows"] == 40
+
+
 def test_a_part_cut_short_by_a_machine_crash_is_scored_again_and_leftovers_are_cleared(tiny_export, tmp_path,
                                                                                          monkeypatch):
     """A machine that crashed before a part's data reached the disk leaves it cut short: the rerun keeps the parts

@@ -423,6 +423,23 @@ def test_dictionary_encoded_view_and_binary_utf8_strings_are_text(tiny_export, t
             assert table.column(column).to_pylist() == tables[0].column(column).to_pylist()
 
 
+def test_text_stored_as_bytes_or_views_is_text_in_the_sample_table_and_the_check(tiny_export, tmp_path):
+    """The sample table and --check read the written text back: bytes and string views are read as the run read
+    them (this crashed with exit 1: bytes given to the tokenizer, no `take` for string views)."""
+    texts = ["the cat sat.", "a dog ran far.", None, "the cat sat on the mat."]
+    kinds = {"bytes": pa.array([None if t is None else t.encode() for t in texts], pa.binary())}
+    if hasattr(pa, "string_view"):
+        kinds["view"] = pa.array(texts, pa.string_view())
+    for name, column in kinds.items():
+        source = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"sentence": column, "label": [1, 0, 1, 1]}), source)
+        result = run(source, "--model", tiny_export, "--check", "3", "--samples", "3")
+        assert result.exit_code == 0, (name, result.output)
+        summary = json.loads((tmp_path / f"{name}.scored.parquet.summary.json").read_text())["inputs"][0]
+        assert summary["check"]["rows"] == 3 and summary["check"]["passed"]
+        assert [s["sentence"] for s in summary["evaluation"]["samples"]] == [t for t in texts if t is not None]
+
+
 def test_a_row_of_bytes_that_are_not_utf8_is_not_text_and_the_others_are_scored(tiny_export, tmp_path):
     rows = [b"the cat sat.", b"caf\xe9 au lait", None, b"a dog ran far."]  # row 2: Latin-1, not UTF-8
     pq.write_table(pa.table({"sentence": pa.array(rows, pa.binary())}), tmp_path / "bytes.parquet")
