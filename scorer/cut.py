@@ -2,13 +2,14 @@
 20 MB cell no longer costs gigabytes in the tokenizer and token arrays.
 
 A row longer than CUT_CHARS_PER_TOKEN characters per token kept (and at least CUT_MIN_CHARS) is cut before its last
-word within that many characters, when the words before it already give more tokens than max_length keeps: those
-words tokenise as in the whole row whatever follows (spaces or not: CJK text, base64), since the tokenizers this is
-done for split words locally and normalise character by character, grapheme by grapheme (SentencePiece's
-precompiled maps) or only at the text's ends and in runs of spaces; the cut never splits a grapheme. Where the words
-before give too few tokens (one giant word), the cut is made where its first tokens are known anyway (`_settled`). A
-cut row must still come out truncated; the caller tokenises the rows whole where one does not. Before the cut, runs
-of letters and digits that WordPiece reads as one [UNK] at any length are shortened (`unknown_run`).
+word within FIRST_CHARS_PER_TOKEN, else that many, characters per token kept, when the words before it already give
+more tokens than max_length keeps: those words tokenise as in the whole row whatever follows (spaces or not: CJK
+text, base64), since the tokenizers this is done for split words locally and normalise character by character,
+grapheme by grapheme (SentencePiece's precompiled maps) or only at the text's ends and in runs of spaces; the cut
+never splits a grapheme. Where the words before give too few tokens (one giant word), the cut is made where its
+first tokens are known anyway (`_settled`). A cut row must still come out truncated; the caller tokenises the rows
+whole where one does not. Before the cut, runs of letters and digits that WordPiece reads as one [UNK] at any length
+are shortened (`unknown_run`).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class RowCutter:
         if self.added is None:
             space = ahead.rfind(" ", 0, self.limit)
             return ahead[:space] if space > 0 else None
-        for size in dict.fromkeys((min(self.first, self.limit), self.limit)):
+        for size in dict.fromkeys((self.first, self.limit)):  # (one size where they are equal)
             end = self._boundary(ahead, size)
             if end is None:
                 continue

@@ -46,10 +46,6 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
         text = window.column(columns.text)
         return window, [tokenizing.submit(classifier.prepare, piece) for piece in pieces(text, config.piece_chars)]
 
-    def save(index: int, table: pa.Table, rescued: int) -> None:
-        store.write(index, table, rescued)
-        sink.write(table)
-
     total = None if reader.num_rows is None else max(0, reader.num_rows - skip)
     with tqdm(total=total, unit="rows", disable=None if progress else True, file=sys.stderr,
               desc=reader.path.name, leave=False) as bar, \
@@ -58,15 +54,11 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
             ThreadPoolExecutor(1, "scorer-write") as writing:
         # Windows are read (and their pieces queued) on one thread, in order, config.tokenize_threads ahead.
         ahead = deque(reading.submit(read_and_queue) for _ in range(config.tokenize_threads))
-        # A resumed run's output starts with the windows that its parts already hold.
-        writes: list[Future] = [writing.submit(_replay, store, sink, first)]
+        writes = _Writes(writing, store, sink, waits, first)
 
         def finish(index: int, window: pa.RecordBatch, begun) -> None:
             scored = classifier.finish(begun)
-            table = _with_results(window, classifier, columns, scored)
-            writes.append(writing.submit(save, index, table, int(scored.rescued.sum())))
-            while len(writes) > 1:  # at most one part in flight: memory stays bounded
-                waits("writing", writes.pop(0))
+            writes.add(index, _with_results(window, classifier, columns, scored), int(scored.rescued.sum()))
             bar.update(window.num_rows)
 
         # With batches in flight on inference threads (CUDA), a window's batches are queued on the model before the
@@ -82,8 +74,7 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
                 finish(*begun.popleft())
         while begun:
             finish(*begun.popleft())
-        for write in writes:
-            waits("writing", write)
+        writes.drain()
     return dict(waits)
 
 
@@ -99,6 +90,30 @@ class _Waits(dict):
             return future.result()
         finally:
             self[stage] += time.perf_counter() - started
+
+
+class _Writes:
+    """Scored windows handed to the writer thread in order, each written as a part (for resuming) and into the
+    output, with at most one in flight (memory stays bounded); a resumed run's output first gets the windows its
+    parts already hold."""
+
+    def __init__(self, writing: ThreadPoolExecutor, store: PartStore, sink: OutputSink, waits: _Waits,
+                 first: int) -> None:
+        self.writing, self.store, self.sink, self.waits = writing, store, sink, waits
+        self.pending: list[Future] = [writing.submit(_replay, store, sink, first)]
+
+    def add(self, index: int, table: pa.Table, rescued: int) -> None:
+        self.pending.append(self.writing.submit(self._save, index, table, rescued))
+        while len(self.pending) > 1:
+            self.waits("writing", self.pending.pop(0))
+
+    def drain(self) -> None:
+        for write in self.pending:
+            self.waits("writing", write)
+
+    def _save(self, index: int, table: pa.Table, rescued: int) -> None:
+        self.store.write(index, table, rescued)
+        self.sink.write(table)
 
 
 def _windows(reader: TableReader, classifier: OnnxClassifier, columns: Columns, config: RunConfig,
