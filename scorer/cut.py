@@ -85,7 +85,7 @@ class RowCutter:
         # A unigram model's paths are compared on prefixes of a head: its words must split as the head's prefixes
         # (byte-level's whitespace rule looks ahead).
         copy = untruncated(text)
-        unigram = UnigramPaths(spec, copy.normalizer, budget, contents) \
+        unigram = UnigramPaths(copy, budget, contents) \
             if isinstance(tokenizer.model, models.Unigram) and "ByteLevel" not in splits else None
         return cls(copy, budget, max_length, contents, unknown_run(tokenizer), unigram)
 

@@ -17,12 +17,9 @@ How far back an end reaches depends on the model:
 
 from __future__ import annotations
 
-import json
+import functools
 
 from tokenizers import Tokenizer
-from tokenizers.normalizers import Normalizer
-
-from scorer.words import untruncated
 
 # Normalised characters between the compared window and a head's end, where the head may normalise otherwise than
 # the whole row (a Replace pattern cut short, a run of spaces stripped).
@@ -40,13 +37,19 @@ def bpe_settled(tokenizer: Tokenizer, head: str, ids: list[int], budget: int) ->
 class UnigramPaths:
     """The best paths of a unigram model to the positions of a window of a row's normalised head."""
 
-    def __init__(self, spec: dict, normalizer: Normalizer | None, budget: int, added: list[str]) -> None:
-        """`spec`: the tokenizer's JSON, parsed, and its `normalizer`; `added`: its added tokens' contents (a head
-        holding one is not judged)."""
-        self.normalizer = normalizer
-        self.bare = untruncated(json.dumps({**spec, "normalizer": None}))  # the window's texts are normalised
-        self.longest = max(len(piece) for piece, _ in spec["model"]["vocab"])
-        self.budget, self.added = budget, added
+    def __init__(self, tokenizer: Tokenizer, budget: int, added: list[str]) -> None:
+        """`tokenizer`: a unigram tokenizer without truncation; `added`: its added tokens' contents (a head holding
+        one is not judged)."""
+        self.tokenizer, self.normalizer, self.budget, self.added = tokenizer, tokenizer.normalizer, budget, added
+        self.longest = max(map(len, tokenizer.get_vocab(with_added_tokens=False)))
+
+    @functools.cached_property
+    def bare(self) -> Tokenizer:
+        """The tokenizer without its normaliser (the window's texts are normalised already); made at the first giant
+        word: a 250,000-piece vocabulary takes a second."""
+        bare = Tokenizer.from_str(self.tokenizer.to_str())
+        bare.normalizer = None
+        return bare
 
     def settled(self, head: str, ids: list[int]) -> bool:
         """Whether every best path to a position of a window past the first max-length tokens of `head` (tokenised
