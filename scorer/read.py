@@ -101,10 +101,13 @@ class TableReader:
                 raise InputError(f"{self.path.name} has one column, '{self.columns[0]}': its fields are separated by "
                                  f"{separator!r}, not {own!r}; write it as .csv with commas or "
                                  ".tsv with tabs")
-            raise InputError(
-                f"column '{column}' not found in {self.path.name}; columns are "
-                f"{', '.join(self.columns) or '(none)'}; pass {option} with one of them"
-            )
+            # A header's spaces and case are easy to miss: such names are shown quoted, a near match offered.
+            quoted = any(name != name.strip() or not name for name in self.columns)
+            names = ", ".join(repr(name) if quoted else name for name in self.columns) or "(none)"
+            near = [name for name in self.columns if name.strip().casefold() == column.strip().casefold()]
+            advice = f"pass {option} {near[0]!r} (so the header writes it)" if near \
+                else f"pass {option} with one of them"
+            raise InputError(f"column '{column}' not found in {self.path.name}; columns are {names}; {advice}")
 
     def batches(self, rows: int, skip_rows: int = 0) -> Iterator[pa.Table]:
         """Yield consecutive windows of exactly `rows` rows (the last may be shorter), after `skip_rows`."""

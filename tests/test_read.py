@@ -63,6 +63,18 @@ def test_missing_column_lists_the_columns(tmp_path):
         TableReader(path).require("sentence", "--text-column")
 
 
+def test_a_missing_column_whose_header_differs_in_spaces_or_case_is_named_as_written(tmp_path):
+    """Spaces around a CSV header's names and another case are easy to miss: the names are quoted, the match
+    offered."""
+    spaced, upper = tmp_path / "spaced.csv", tmp_path / "upper.csv"
+    spaced.write_text(" sentence , label \nhi,1\n")
+    upper.write_text("Sentence,Label\nhi,1\n")
+    with pytest.raises(InputError, match=r"columns are ' sentence ', ' label '; pass --text-column ' sentence ' "):
+        TableReader(spaced).require("sentence", "--text-column")
+    with pytest.raises(InputError, match=r"columns are Sentence, Label; pass --label-column 'Label' "):
+        TableReader(upper).require("label", "--label-column")
+
+
 @pytest.mark.parametrize("name,content,said", [
     ("semi.csv", "sentence;label\nhi;1\n", "';', not ','"),
     ("tabs.csv", "sentence\tlabel\nhi\t1\n", "'\\t', not ','"),
