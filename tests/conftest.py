@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -89,15 +88,10 @@ def sentencepiece_tokenizer(texts: list[str], vocab_size: int):
             specials = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
             return specials[token] if token in specials else self.pieces.piece_to_id(token) + 1
 
-    with tempfile_path(".model") as path:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "sentencepiece.model"
         path.write_bytes(model.getvalue())
         return XLMRobertaConverter(Original(str(path))).converted()
-
-
-@contextlib.contextmanager
-def tempfile_path(suffix: str):
-    with tempfile.TemporaryDirectory() as directory:
-        yield Path(directory) / f"file{suffix}"
 
 
 def rewritten_fp16(export: Path, directory: Path, attention: str, kernels: str) -> tuple[Path, Path]:
