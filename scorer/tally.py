@@ -20,7 +20,7 @@ from scorer.evaluate import evaluation
 from scorer.labels import LabelIndex
 from scorer.metrics import confusion_of
 from scorer.read import plain_text
-from scorer.results import STATUSES, UNSCORED
+from scorer.results import STATUSES, TRUNCATED, UNSCORED
 
 log = logging.getLogger("scorer")
 
@@ -74,10 +74,13 @@ def tally(parts: list[Path], columns: Columns, labels: list, source: Path, sampl
 
 
 def scored_sample(parts: list[Path], columns: Columns, size: int, seed: int) -> tuple[list[str], np.ndarray, list]:
-    """Texts, scores and predicted labels of `size` scored rows chosen at random (seeded)."""
+    """Texts, scores and predicted labels of `size` scored rows chosen at random (seeded), a quarter of them (at
+    least one) truncated rows where there are any: the rare long rows are where scorer's tokenising does most (the
+    long-row cut), and a uniform sample would seldom hold one."""
     status = read_column(parts, columns.status).to_numpy(zero_copy_only=False)
     scored = np.flatnonzero(~np.isin(status, UNSCORED))
-    chosen = _choose(scored, size, seed)
+    long = _choose(np.flatnonzero(status == TRUNCATED), max(1, size // 4) if size > 0 else 0, seed)
+    chosen = np.union1d(long, _choose(np.setdiff1d(scored, long), size - len(long), seed))
     scores = np.array(rows_of(parts, columns.score, chosen), dtype=np.float64)
     return rows_of(parts, columns.text, chosen), scores, rows_of(parts, columns.predicted, chosen)
 

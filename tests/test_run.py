@@ -331,6 +331,30 @@ def test_the_check_tokenises_as_a_notebook_would_so_it_also_checks_scorers_own_t
     assert result.exit_code == 7 and "disagree beyond tolerance" in result.output, result.output
 
 
+def test_the_check_samples_truncated_rows_so_the_long_row_cut_is_checked_too(tiny_export, tmp_path, monkeypatch):
+    """A quarter of --check's rows (at least one) are truncated ones where there are any: three long rows (cut
+    before tokenising) among 200 short ones would seldom be drawn at random; the check tokenises them whole."""
+    from scorer import check
+
+    long = [" ".join(["the cat sat on the mat"] * 400 + [str(i)]) for i in range(3)]  # 9,600 characters each
+    texts = [f"the dog number {i} ran." for i in range(200)]
+    for row, text in zip((20, 90, 170), long, strict=True):
+        texts[row] = text
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": texts}), source)
+    checked, real = [], check.cross_check
+
+    def recording(checkpoint, classifier, sample, *rest):
+        checked.append(sample)
+        return real(checkpoint, classifier, sample, *rest)
+
+    monkeypatch.setattr(check, "cross_check", recording)
+    result = run(source, "--model", tiny_export, "--variant", "fp32", "--check", "8")
+    summary = json.loads((tmp_path / "in.scored.parquet.summary.json").read_text())["inputs"][0]
+    assert result.exit_code == 0 and summary["check"]["passed"] and summary["check"]["rows"] == 8, result.output
+    assert summary["status_counts"]["truncated"] == 3 and sum(text in long for text in checked[0]) == 2
+
+
 @pytest.mark.parametrize("variant", ["fp32", "fp16", "int8"])
 def test_a_run_first_checks_that_this_machine_computes_the_graph_as_export_did(tiny_export, parquet_input, tmp_path,
                                                                                variant):
