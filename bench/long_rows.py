@@ -36,13 +36,7 @@ DOCUMENT_CHARS = (25_000, 60_000, 200_000)
 
 
 def tokenizer_of(kind: str, pool: list[str]):
-    from tokenizers import (
-        ByteLevelBPETokenizer,
-        SentencePieceBPETokenizer,
-        SentencePieceUnigramTokenizer,
-        Tokenizer,
-        processors,
-    )
+    from tokenizers import Tokenizer
 
     from scorer.config import packaged_model
 
@@ -51,20 +45,10 @@ def tokenizer_of(kind: str, pool: list[str]):
     if kind in ("unigram", "xlm-r"):  # and Chinese, as multilingual models have: the "cjk" cell is not one unknown
         rng = np.random.default_rng(2)
         pool = pool + ["".join(map(chr, rng.integers(0x4E00, 0x6300, 40))) for _ in range(4000)]
-    if kind == "xlm-r":
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tests.conftest import sentencepiece_tokenizer
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' tokenizer trainers
+    from tests.conftest import trained_tokenizer
 
-        return sentencepiece_tokenizer(pool, vocab_size=8000)
-    trainer = {"bytelevel": ByteLevelBPETokenizer, "metaspace": SentencePieceBPETokenizer,
-               "unigram": SentencePieceUnigramTokenizer}[kind]()
-    extra = {"unk_token": "<unk>"} if kind == "unigram" else {}
-    trainer.train_from_iterator(pool, vocab_size=8000, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-                                show_progress=False, **extra)
-    tokenizer = Tokenizer.from_str(trainer._tokenizer.to_str())
-    ids = {token: tokenizer.token_to_id(token) for token in ("<s>", "</s>")}
-    tokenizer.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
-    return tokenizer
+    return trained_tokenizer("precompiled" if kind == "xlm-r" else kind, pool, vocab_size=8000)
 
 
 def measure(spec: str, texts: list[str], way: str, results) -> None:

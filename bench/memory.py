@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--huge-cell-mib", type=float, default=0, help="one text of this many MiB in each file")
     parser.add_argument("--huge-cell-kind", choices=["words", "base64", "hex", "cjk"], default="words",
                         help="the huge text: sentences run together, or base64 of random bytes (no space at all), "
-                             "or their hex digits (one word)")
+                             "or their hex digits (one word), or CJK characters without a space")
     parser.add_argument("--export", type=Path)
     parser.add_argument("--out", type=Path, default=Path("bench/out/memory.json"))
     args = parser.parse_args()

@@ -65,6 +65,34 @@ def with_tokenizer(directory: Path) -> Path:
     return directory
 
 
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's and XLM-R's special tokens, in their order
+
+
+def trained_tokenizer(kind: str, texts: list[str], vocab_size: int):
+    """A tokenizer without the word cache, trained here on `texts`, with RoBERTa's <s> ... </s>: a byte-level BPE
+    (RoBERTa's kind, "bytelevel"), a SentencePiece-style BPE (Metaspace, NFKC: "metaspace"), tokenizers' own
+    SentencePiece-style unigram model (Nmt, NFKC, runs of spaces: "unigram"), or XLM-R's as its checkpoints ship it
+    ("precompiled": `sentencepiece_tokenizer`)."""
+    from tokenizers import (
+        ByteLevelBPETokenizer,
+        SentencePieceBPETokenizer,
+        SentencePieceUnigramTokenizer,
+        Tokenizer,
+        processors,
+    )
+
+    if kind == "precompiled":
+        return sentencepiece_tokenizer(texts, vocab_size)
+    trainer = {"bytelevel": ByteLevelBPETokenizer, "metaspace": SentencePieceBPETokenizer,
+               "unigram": SentencePieceUnigramTokenizer}[kind]()
+    extra = {"unk_token": "<unk>"} if kind == "unigram" else {}
+    trainer.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False, **extra)
+    tokenizer = Tokenizer.from_str(trainer._tokenizer.to_str())
+    ids = {token: tokenizer.token_to_id(token) for token in ("<s>", "</s>")}
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
+    return tokenizer
+
+
 def sentencepiece_tokenizer(texts: list[str], vocab_size: int):
     """An XLM-RoBERTa tokenizer as real checkpoints ship it: a SentencePiece unigram model trained here on `texts`
     with SentencePiece's NFKC rules, converted by transformers' converter (its precompiled normaliser, Strip, runs of

@@ -10,7 +10,7 @@ from scorer.config import packaged_model
 from scorer.cut import CUT_MIN_CHARS, unknown_run
 from scorer.giant import bpe_settled
 from scorer.tokens import TextEncoder
-from tests.conftest import sentencepiece_tokenizer
+from tests.conftest import trained_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -117,31 +117,11 @@ def test_runs_are_left_whole_where_an_added_token_could_be_matched_inside_them()
 
 
 def _trained(kind: str):
-    """A small tokenizer without the word cache, trained here on written sentences: a byte-level BPE (RoBERTa's
-    kind), a SentencePiece-style BPE (Metaspace, NFKC), a SentencePiece-style unigram model (tokenizers' own: Nmt,
-    NFKC, runs of spaces) or XLM-R's as its checkpoints ship it (SentencePiece's precompiled normaliser)."""
-    from tokenizers import (
-        ByteLevelBPETokenizer,
-        SentencePieceBPETokenizer,
-        SentencePieceUnigramTokenizer,
-        Tokenizer,
-        processors,
-    )
-
+    """A small tokenizer without the word cache (`trained_tokenizer`'s kinds), trained here on written sentences."""
     words = ["the", "grammar", "is", "hard,", "isn't", "it?", "Ünïcödé", "中文", "well-known", "42", "cats"]
     rng = np.random.default_rng(0)
     sentences = [" ".join(rng.choice(words, rng.integers(3, 15))) for _ in range(2000)]
-    if kind == "precompiled":
-        return sentencepiece_tokenizer(sentences, vocab_size=40)
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    trainer = {"bytelevel": ByteLevelBPETokenizer, "metaspace": SentencePieceBPETokenizer,
-               "unigram": SentencePieceUnigramTokenizer}[kind]()
-    extra = {"unk_token": "<unk>"} if kind == "unigram" else {}
-    trainer.train_from_iterator(sentences, vocab_size=300, special_tokens=specials, show_progress=False, **extra)
-    tokenizer = Tokenizer.from_str(trainer._tokenizer.to_str())
-    ids = {token: tokenizer.token_to_id(token) for token in ("<s>", "</s>")}
-    tokenizer.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
-    return tokenizer
+    return trained_tokenizer(kind, sentences, vocab_size=40 if kind == "precompiled" else 300)
 
 
 @pytest.mark.parametrize("kind", ["bytelevel", "metaspace", "unigram", "precompiled"])

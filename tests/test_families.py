@@ -16,10 +16,9 @@ from click.testing import CliRunner
 from scorer.cli import main
 from scorer.config import example_file
 from scorer.tokens import TextEncoder
-from tests.conftest import sentencepiece_tokenizer, with_tokenizer
+from tests.conftest import SPECIALS, trained_tokenizer, with_tokenizer
 
 SHAPE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
 def _encoder(family: str, directory: Path) -> Path:
@@ -51,18 +50,9 @@ def _own_tokenizer(family: str, directory: Path) -> int:
     """Train the family's kind of tokenizer on the packaged examples into `directory` (RoBERTa's byte-level BPE, or
     XLM-R's as its checkpoints ship it: SentencePiece unigram with its precompiled normaliser); its vocabulary
     size."""
-    from tokenizers import ByteLevelBPETokenizer, Tokenizer, processors
-
     with open(example_file("train.csv"), newline="") as handle:
         texts = [row["sentence"] for row in csv.DictReader(handle)]
-    if family == "roberta-bpe":
-        trainer = ByteLevelBPETokenizer()
-        trainer.train_from_iterator(texts, vocab_size=600, special_tokens=SPECIALS, show_progress=False)
-        tokenizer = Tokenizer.from_str(trainer._tokenizer.to_str())
-        ids = {token: tokenizer.token_to_id(token) for token in ("<s>", "</s>")}
-        tokenizer.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
-    else:
-        tokenizer = sentencepiece_tokenizer(texts, vocab_size=600)
+    tokenizer = trained_tokenizer("bytelevel" if family == "roberta-bpe" else "precompiled", texts, vocab_size=600)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(directory / "tokenizer.json"))
     names = dict(zip(["bos_token", "pad_token", "eos_token", "unk_token", "mask_token"], SPECIALS, strict=True))
