@@ -1,4 +1,5 @@
-"""Export a SentenceClassifier to ONNX with dynamic batch and sequence axes, and check the saved graph."""
+"""Export a classifier (scorer.checkpoints.load_classifier) to ONNX with dynamic batch and sequence axes, and check
+the saved graph."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import onnx
 import torch
+from torch import nn
 
 from scorer.errors import ConfigError, ModelError
-from scorer.model import SentenceClassifier
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = ("logits",)
@@ -23,7 +24,7 @@ DYNAMIC_AXES = {
 _EXPORT_BATCH, _EXPORT_LENGTH = 2, 16
 
 
-def export_onnx(model: SentenceClassifier, path: Path, opset: int) -> None:
+def export_onnx(model: nn.Module, path: Path, opset: int) -> None:
     """Write `model` as an fp32 ONNX graph: TorchScript exporter, so ORT's optimizer can fuse attention."""
     model = model.eval().to("cpu")
     vocab = model.encoder.config.vocab_size

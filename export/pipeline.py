@@ -10,16 +10,19 @@ from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
+from torch import nn
+
 from export import parity
 from export.fp16_choice import Fp16Report, build_fp16
 from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx
 from export.quantize import QuantizeReport, quantize_int8
 from export.rows import calibration_texts, parity_rows, recorded_data
 from scorer import atomic, selfcheck
+from scorer.checkpoints import checkpoint_tokenizer, load_classifier
 from scorer.config import ExportConfig, RunConfig, to_json
 from scorer.errors import ParityError, ProviderError
 from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
-from scorer.model import HeadConfig, SentenceClassifier
+from scorer.model import HeadConfig
 from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 
 log = logging.getLogger("scorer")
@@ -48,12 +51,14 @@ def export_model(config: ExportConfig) -> ExportResult:
                                        "--calibration": config.calibration})
     if config.tensorrt:
         _check_tensorrt()
-    model = SentenceClassifier.load(config.checkpoint, attn_implementation="eager")
+    model = load_classifier(config.checkpoint, attn_implementation="eager", max_length=config.max_length)
     head = model.head_config
     trained = _train_settings(config.checkpoint)
     text_column = config.text_column or trained.get("text_column", "sentence")
     label_column = config.label_column or trained.get("label_column", "label")
-    encoder = TextEncoder.from_dir(config.checkpoint, head.max_length)
+    tokenizer = checkpoint_tokenizer(config.checkpoint)
+    tokenizer_json = tokenizer.to_str()  # (before TextEncoder sets its truncation)
+    encoder = TextEncoder(tokenizer, head.max_length)
     recorded = recorded_data(trained, head) if config.data is None or config.calibration is None else None
     checked = parity_rows(config, head, recorded, text_column, label_column)
     calibration = None
@@ -64,6 +69,8 @@ def export_model(config: ExportConfig) -> ExportResult:
         for name in TOKENIZER_FILES:
             if (config.checkpoint / name).is_file():
                 shutil.copy2(config.checkpoint / name, staging / name)
+        if not (staging / TOKENIZER_FILE).is_file():  # a checkpoint with a slow tokenizer's files: the converted one
+            (staging / TOKENIZER_FILE).write_text(tokenizer_json)
         log.info("parity against PyTorch on %d rows of %s", len(checked.texts), checked.source)
         fp16_options = reports["fp16"].cuda_options if "fp16" in reports else None
         encoded = encoder.encode(checked.texts)
@@ -102,7 +109,7 @@ def _build_tensorrt(output: Path, max_length: int) -> None:
                           RunConfig.max_batch_rows)
 
 
-def _write_variants(model: SentenceClassifier, staging: Path, config: ExportConfig, calibration: Encoded | None
+def _write_variants(model: nn.Module, staging: Path, config: ExportConfig, calibration: Encoded | None
                     ) -> tuple[dict[str, Path], dict[str, Fp16Report | QuantizeReport]]:
     """The fp32 graph, then the fp16 and int8 variants built from it, with what each build measured."""
     variants = {"fp32": staging / VARIANT_FILES["fp32"]}

@@ -11,12 +11,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from scorer.classify import OnnxClassifier
 from scorer.errors import ModelError
 from scorer.results import softmax
-from scorer.tokens import TOKENIZER_FILE, TextEncoder
+from scorer.tokens import TextEncoder
 
 log = logging.getLogger("scorer")
 # Largest allowed |score difference| per variant: fp32 covers TF32 on GPUs, fp16 and int8 their rounding.
@@ -51,14 +50,14 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
     """PyTorch's scores and labels for `texts`, the device, and how many texts were tokenised as the run did."""
     import torch
 
+    from scorer.checkpoints import load_classifier
     from scorer.loop import logits_of
-    from scorer.model import SentenceClassifier
 
     if not Path(checkpoint).is_dir():
         raise ModelError(f"--check needs the PyTorch checkpoint, and {checkpoint} does not exist; "
-                         "pass --checkpoint DIR (the directory `scorer train` wrote)")
+                         "pass --checkpoint DIR (the directory `scorer train` wrote, or the Hugging Face model's)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = SentenceClassifier.load(checkpoint).to(device)
+    model = load_classifier(checkpoint).to(device)
     if model.head_config.labels != classifier.labels:
         raise ModelError(f"{checkpoint} has labels {model.head_config.labels}, the export {classifier.labels}; "
                          "pass the --checkpoint this model was exported from")
@@ -76,9 +75,8 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
 
 
 def _own_tokenizer(checkpoint: Path, classifier: OnnxClassifier) -> TextEncoder:
-    """The checkpoint's tokenizer (the export's copy where the checkpoint has none), truncating to the run's max
-    length; its `_tokenize` is the tokenizer alone."""
-    path = Path(checkpoint) / TOKENIZER_FILE
-    tokenizer = Tokenizer.from_file(str(path)) if path.is_file() else Tokenizer.from_str(
-        classifier.encoder.tokenizer.to_str())
-    return TextEncoder(tokenizer, classifier.encoder.max_length, word_cache=False)
+    """The checkpoint's tokenizer (as transformers converts a slow tokenizer's files, where it kept only those),
+    truncating to the run's max length; its `_tokenize` is the tokenizer alone."""
+    from scorer.checkpoints import checkpoint_tokenizer
+
+    return TextEncoder(checkpoint_tokenizer(checkpoint), classifier.encoder.max_length, word_cache=False)

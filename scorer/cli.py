@@ -117,7 +117,8 @@ def train(progress: bool, **options) -> None:
 
 
 @main.command("export")
-@click.option("--checkpoint", type=PATH, help=f"Directory from `scorer train` {shown(ExportConfig, 'checkpoint')}.")
+@click.option("--checkpoint", type=PATH, help="Directory from `scorer train`, or a Hugging Face "
+              f"sequence-classification model's {shown(ExportConfig, 'checkpoint')}.")
 @click.option("--output", "-o", type=PATH, help=f"Export directory {shown(ExportConfig, 'output')}.")
 @click.option("--data", type=PATH, help="Sentences for the parity report [default: the checkpoint's validation rows, "
               "where 200 or more; else the packaged examples].")
@@ -145,6 +146,8 @@ def train(progress: bool, **options) -> None:
               help="The fp16 graph's attention: ORT's Attention op (fused), its MultiHeadAttention op (mha) or plain "
                    "MatMul/Softmax (unfused); auto: the fastest on CUDA, measured here "
                    f"{shown(ExportConfig, 'fp16_attention')}.")
+@click.option("--max-length", type=int, help="Tokens per text when scoring, at most the position limit [default: what "
+              "the checkpoint was trained at; a Hugging Face model's tokenizer's model_max_length, at most 512].")
 @click.option("--tensorrt", is_flag=True, default=None, help="Also build and cache a TensorRT fp16 engine.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing export directory.")
 @command

@@ -157,6 +157,7 @@ class ExportConfig:
     # How far int8 may move the gap between a calibration row's two highest logits, on 99% of the rows.
     int8_tolerance: float = 0.1
     fp16_attention: str = "auto"  # auto, or one of FP16_ATTENTIONS
+    max_length: int | None = None  # None: the checkpoint's (what it was trained at, or its tokenizer's)
     tensorrt: bool = False
     overwrite: bool = False
 
@@ -174,6 +175,8 @@ class ExportConfig:
         _check(0 < self.int8_agreement <= 1, f"--int8-agreement must be in (0, 1], not {self.int8_agreement}")
         _check(self.int8_tolerance > 0, f"--int8-tolerance must be positive, not {self.int8_tolerance}")
         _check_choice(self.fp16_attention, ("auto", *FP16_ATTENTIONS), "--fp16-attention")
+        if self.max_length is not None:
+            _check_max_length(self.max_length)
 
 
 @dataclass(frozen=True)

@@ -247,7 +247,7 @@ def logits_of(model: torch.nn.Module, encoded: Encoded, device: str, max_tokens:
     Never autocast: validation, parity and `run --check` judge the fp32 model that export reproduces.
     """
     model.eval()
-    out = np.zeros((len(encoded), model.classifier.out_features), dtype=np.float32)
+    out = np.zeros((len(encoded), len(model.head_config.labels)), dtype=np.float32)
     for rows in budget_batches(encoded.lengths, max_tokens=max_tokens, max_rows=512):
         input_ids, attention_mask = to_device(encoded, rows, device)
         out[rows] = model(input_ids, attention_mask).float().cpu().numpy()

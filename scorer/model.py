@@ -21,7 +21,7 @@ HEAD_CONFIG = "scorer_head.json"
 HEAD_WEIGHTS = "scorer_head.safetensors"
 _PADDING_FLOOR = -1e4  # below any hidden state, and an fp16 number: what max pooling sees at padding
 # A cut-off or foreign weights file: safetensors' header errors, torch's size mismatches, a damaged pickle.
-_DAMAGED_WEIGHTS = (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError)
+DAMAGED_WEIGHTS = (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError)
 # Models whose position ids start after the padding index, so two positions are not usable for tokens.
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
@@ -114,7 +114,7 @@ class SentenceClassifier(nn.Module):
         model = cls(load_encoder(directory, attn_implementation), head)
         try:
             model.classifier.load_state_dict(load_file(str(directory / HEAD_WEIGHTS)))
-        except _DAMAGED_WEIGHTS as exc:
+        except DAMAGED_WEIGHTS as exc:
             raise ModelError(f"{directory / HEAD_WEIGHTS} is damaged or not this head's ({first_line(exc)}); "
                              "train again or restore the checkpoint") from exc
         return model.eval()
@@ -133,7 +133,7 @@ def load_encoder(path: Path | str, attn_implementation: str | None = None) -> nn
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         return AutoModel.from_pretrained(str(path), dtype=torch.float32, **kwargs)
-    except (OSError, ValueError, *_DAMAGED_WEIGHTS) as exc:
+    except (OSError, ValueError, *DAMAGED_WEIGHTS) as exc:
         raise ModelError(f"{path}: cannot load a Hugging Face encoder ({first_line(exc)})") from exc
 
 

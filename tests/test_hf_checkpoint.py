@@ -1,0 +1,131 @@
+"""A Hugging Face sequence-classification model, as transformers saves one fine-tuned in a notebook, through
+`scorer export` and `scorer run --check`: the scores must be what transformers itself computes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from scorer.checkpoints import label_names
+from scorer.cli import main
+from scorer.errors import ModelError
+from tests.conftest import tokenizer_source
+
+SHAPE = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+         "intermediate_size": 64}
+TEXTS = ["The dog barked at the mailman.", None, "Dog the mailman at barked.", "A much longer sentence " * 30, "",
+         "Colorless green ideas sleep furiously.", "She sang.", "Sang she the the the."]
+
+
+def _classifier(directory: Path, family: str, names: list[str] | None = None, slow_tokenizer: bool = False,
+                **config) -> Path:
+    """A tiny random `family` sequence classifier saved as transformers saves one fine-tuned in a notebook
+    (save_pretrained of the model and its AutoTokenizer), `names` as id2label, with only the slow tokenizer's files
+    where `slow_tokenizer`. Its weights are drawn wide (initializer_range 0.3): at BERT's 0.02 a random model gives
+    every row the same score to four places, and a row scored as another would not show."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    kind = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig}[family]
+    positions = {"max_position_embeddings": 130, "pad_token_id": 0} if family == "roberta" else {}
+    labels = names or ["LABEL_0", "LABEL_1"]
+    model_config = kind(**SHAPE, **positions, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                        label2id={name: i for i, name in enumerate(labels)}, initializer_range=0.3, **config)
+    transformers.AutoModelForSequenceClassification.from_config(model_config).save_pretrained(directory)
+    transformers.AutoTokenizer.from_pretrained(str(tokenizer_source())).save_pretrained(directory)
+    if slow_tokenizer:  # as transformers 4 saved a slow tokenizer (5 writes tokenizer.json alone)
+        (directory / "tokenizer.json").unlink()
+        shutil.copy(tokenizer_source() / "vocab.txt", directory / "vocab.txt")
+    return directory
+
+
+def _transformers_scores(checkpoint: Path, texts: list[str], max_length: int) -> np.ndarray:
+    """Each text's probabilities as transformers computes them: its tokenizer (truncating) and model."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return model(**batch).logits.softmax(-1).numpy()
+
+
+@pytest.mark.parametrize("family, names, slow", [("bert", None, False), ("roberta", ["neg", "neutral", "pos"], False),
+                                                 ("bert", ["unacceptable", "acceptable"], True)])
+def test_a_transformers_classifier_is_exported_and_scored_as_transformers_scores_it(family, names, slow, tmp_path):
+    checkpoint = _classifier(tmp_path / "hf", family, names, slow_tokenizer=slow)
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(tmp_path / "onnx"),
+                                  "--variants", "fp32,int8", "--max-length", "40", "-q"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    expected_labels = names or [0, 1]  # transformers' unnamed LABEL_0, LABEL_1 are the numbers they stand for
+    assert manifest["labels"] == expected_labels and manifest["max_length"] == 40
+    assert (tmp_path / "onnx" / "tokenizer.json").is_file()  # converted from vocab.txt where the checkpoint had none
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": TEXTS}), source)
+    output = tmp_path / "out.parquet"
+    result = runner.invoke(main, ["run", str(source), "--model", str(tmp_path / "onnx"), "--variant", "fp32",
+                                  "--check", "5", "-o", str(output), "-q"])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(output).to_pydict()
+    assert table["status"] == ["ok", "null", "ok", "truncated", "empty", "ok", "ok", "ok"]
+    rows = [i for i, text in enumerate(TEXTS) if text]
+    probabilities = _transformers_scores(checkpoint, [TEXTS[i] for i in rows], 40)
+    positive = expected_labels.index(manifest["positive_label"])
+    scores = np.array([table["score"][i] for i in rows])
+    if len(expected_labels) == 2:
+        np.testing.assert_allclose(scores, probabilities[:, positive], atol=1e-5)
+    else:  # more than two labels: the predicted label's probability
+        np.testing.assert_allclose(scores, probabilities.max(1), atol=1e-5)
+    assert [table["label"][i] for i in rows] == [expected_labels[k] for k in probabilities.argmax(1)]
+    assert np.ptp(probabilities[:, positive]) > 0.01  # the rows differ, so a row scored as another would show
+    check = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]["check"]
+    assert check["passed"] and check["rows"] == 5 and check["checkpoint"] == str(checkpoint.resolve())
+
+
+def test_the_max_length_can_be_set_at_export_up_to_the_position_limit(tiny_checkpoint, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "long"),
+                                  "--variants", "fp32", "--max-length", "129", "-q"])
+    assert result.exit_code == 2 and "position limit 128" in result.output
+    result = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "short"),
+                                  "--variants", "fp32", "--max-length", "8", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "short" / "manifest.json").read_text())["max_length"] == 8
+    source = tmp_path / "in.csv"
+    source.write_text("sentence\nA dog.\nThe dog barked at the mailman all day long.\n")
+    result = runner.invoke(main, ["run", str(source), "--model", str(tmp_path / "short"), "--check", "2",
+                                  "-o", str(tmp_path / "out.parquet"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "out.parquet").column("status").to_pylist() == ["ok", "truncated"]
+
+
+@pytest.mark.parametrize("config, said", [({"problem_type": "multi_label_classification"}, "multi-label"),
+                                          ({"num_labels": 1}, "regression")])
+def test_classifiers_scorer_cannot_score_are_refused(config, said, tmp_path):
+    import transformers
+
+    model_config = transformers.BertConfig(**SHAPE, **config)
+    transformers.BertForSequenceClassification(model_config).save_pretrained(tmp_path / "hf")
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tmp_path / "hf"), "-o", str(tmp_path / "onnx")])
+    assert result.exit_code == 4 and said in result.output
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_label_names():
+    assert label_names({0: "LABEL_0", 1: "LABEL_1"}, 2) == [0, 1]
+    assert label_names({0: "0", 1: "1", 2: "2"}, 3) == [0, 1, 2]
+    assert label_names({"0": "no", "1": "yes"}, 2) == ["no", "yes"]  # keys as a JSON config writes them
+    assert label_names({0: "LABEL_0", 1: "yes"}, 2) == ["LABEL_0", "yes"]
+    with pytest.raises(ModelError, match="alike"):
+        label_names({0: "yes", 1: "yes"}, 2)
