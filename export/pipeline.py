@@ -157,6 +157,7 @@ def _manifest(model, head: HeadConfig, config: ExportConfig, variants: dict[str,
         versions=_versions(),
         checkpoint=str(config.checkpoint.resolve()),
         parity_passed=all(passed.values()),
+        label_ids=head.label_ids,
     )
 
 

@@ -73,7 +73,7 @@ def parity_rows(config: ExportConfig, head: HeadConfig, recorded: TrainingData |
         if config.label_column is not None and config.data is not None:
             reader.require(label_column, "--label-column")  # named by the user: its absence is an error
         return ParityRows(texts, None, str(path))
-    index, values = LabelIndex(head.labels), table.column(label_column).to_pylist()
+    index, values = LabelIndex(head.labels, ids=head.label_ids), table.column(label_column).to_pylist()
     try:
         targets = np.array([index.index(values[i], path, label_column, i + 1) for i in rows], dtype=np.int64)
     except InputError:

@@ -83,9 +83,9 @@ class TransformersClassifier(nn.Module):
         if config.num_labels < 2 or config.problem_type == "regression":
             raise ModelError(f"{directory} is a regression model ({config.num_labels} output); scorer scores "
                              "classifiers with two or more labels")
-        head = HeadConfig(labels=label_names(config.id2label, config.num_labels),
-                          pooling=type(model).__name__, max_length=default_max_length(directory, config),
-                          dropout=0.0)
+        labels = label_names(config.id2label, config.num_labels)
+        head = HeadConfig(labels=labels, pooling=type(model).__name__, max_length=default_max_length(directory, config),
+                          dropout=0.0, label_ids=any(isinstance(label, str) for label in labels))
         return cls(model, head).eval()
 
 
@@ -109,7 +109,7 @@ def default_max_length(directory: Path, config: object) -> int:
         said = json.loads((directory / "tokenizer_config.json").read_text()).get("model_max_length")
     except (OSError, ValueError, AttributeError):
         said = None
-    return min(int(said), limit) if isinstance(said, int | float) and 0 < said < limit else limit
+    return int(said) if isinstance(said, int | float) and 2 < said < limit else limit
 
 
 def checkpoint_tokenizer(directory: Path) -> Tokenizer:

@@ -26,6 +26,7 @@ from scorer.defaults import (
     default_variant,
 )
 from scorer.errors import ModelError, ProviderError
+from scorer.labels import LabelIndex
 from scorer.manifest import load_manifest, sha256_file
 from scorer.read import plain_text
 from scorer.rescue import Rescue
@@ -187,6 +188,10 @@ class OnnxClassifier:
                 self._on_model -= 1
                 if not self._on_model:
                     self.tally.model_seconds += time.perf_counter() - self._on_model_since
+
+    def label_index(self) -> LabelIndex:
+        """How input files' label values map to the model's labels."""
+        return LabelIndex(self.labels, ids=self.manifest.label_ids)
 
     def scores(self, probabilities: np.ndarray) -> np.ndarray:
         """The `score` of each row: the positive class's probability (two labels), else the top probability."""

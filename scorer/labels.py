@@ -58,11 +58,17 @@ UNLABELLED = -1
 class LabelIndex:
     """Maps label values as written in any file (1, "1", 1.0) to the model's label indices."""
 
-    def __init__(self, labels: list, unlabelled_mark: bool = True) -> None:
+    def __init__(self, labels: list, unlabelled_mark: bool = True, ids: bool = False) -> None:
         """`unlabelled_mark`: whether UNLABELLED, where it is not one of `labels`, marks a row without a label (in
-        files to score and check on; training data must say which rows lack a label by leaving them blank)."""
+        files to score and check on; training data must say which rows lack a label by leaving them blank). `ids`:
+        whether a label may also be written as its index, as a transformers model's label2id numbers its named
+        labels (a CoLA file's 0 and 1 for a model that calls them unacceptable and acceptable)."""
         self.labels = labels
         self._index = {str(label_value(label)): i for i, label in enumerate(labels)}
+        self._known = ", ".join(self._index)
+        if ids:
+            self._known = ", ".join(f"{label} ({i})" for label, i in self._index.items())
+            self._index.update({str(i): i for i in range(len(labels)) if str(i) not in self._index})
         self._mark = unlabelled_mark and str(UNLABELLED) not in self._index
 
     def _missing(self, key: int | str | None) -> bool:
@@ -78,7 +84,7 @@ class LabelIndex:
         if index is None:
             raise InputError(
                 f"{source} row {row}: label {value!r} in column '{column}' is not one the model "
-                f"knows ({', '.join(self._index)}); fix the row, pass --label-column for another column, or rename "
+                f"knows ({self._known}); fix the row, pass --label-column for another column, or rename "
                 f"'{column}' to use no labels"
             )
         return index

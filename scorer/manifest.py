@@ -52,6 +52,7 @@ class Manifest:
     checkpoint: str
     format: str = FORMAT
     parity_passed: bool | None = None
+    label_ids: bool = False  # whether files may write a label as its index (scorer.labels.LabelIndex)
     extra: dict = field(default_factory=dict)
 
     def save(self, directory: Path) -> None:

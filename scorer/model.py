@@ -34,6 +34,7 @@ class HeadConfig:
     pooling: str
     max_length: int
     dropout: float = 0.1
+    label_ids: bool = False  # whether files may write a label as its index (scorer.labels.LabelIndex)
 
     @property
     def positive_label(self) -> int | str:

@@ -217,7 +217,7 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
 
 def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, columns: Columns, store: PartStore,
             sink: OutputSink, parts: list[Path], first: int) -> UnitSummary:
-    figures = tally(parts, columns, classifier.labels, unit.source, config.samples, config.seed)
+    figures = tally(parts, columns, classifier.label_index(), unit.source, config.samples, config.seed)
     if not figures.rows:
         log.warning("%s has no data rows; its output has the columns and no rows", unit.source)
     check = None

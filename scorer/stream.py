@@ -15,7 +15,6 @@ from tqdm import tqdm
 
 from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
-from scorer.labels import LabelIndex
 from scorer.parts import PartStore
 from scorer.read import TableReader, plain_text
 from scorer.results import Scored
@@ -121,7 +120,7 @@ def _windows(reader: TableReader, classifier: OnnxClassifier, columns: Columns, 
     """The input's windows from row `skip` on, each refused before it is scored when it holds a label the model
     does not know (the error names the row). An input without rows is one window without rows: its output is the
     input's columns and the result columns, without rows, as a nightly job's empty day should give."""
-    labels = LabelIndex(classifier.labels) if columns.label else None
+    labels = classifier.label_index() if columns.label else None
     number = -1
     for number, window in enumerate(reader.batches(config.window_rows, skip_rows=skip)):
         if labels is not None:

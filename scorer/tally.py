@@ -49,13 +49,13 @@ def read_column(parts: list[Path], name: str) -> pa.ChunkedArray:
     return pa.concat_tables([pq.read_table(part, columns=[name]) for part in parts]).column(name)
 
 
-def tally(parts: list[Path], columns: Columns, labels: list, source: Path, samples: int, seed: int) -> Tally:
+def tally(parts: list[Path], columns: Columns, index: LabelIndex, source: Path, samples: int, seed: int) -> Tally:
     status = read_column(parts, columns.status)
     counts = Counter({name: 0 for name in STATUSES})
     counts.update({row["values"]: row["counts"] for row in pc.value_counts(status).to_pylist()})
     result = None
     if columns.label is not None:
-        index = LabelIndex(labels)
+        labels = index.labels
         true = index.indices(read_column(parts, columns.label).to_pylist(), source, columns.label, 1)
         predicted = index.indices(read_column(parts, columns.predicted).to_pylist(), source, columns.predicted, 1)
         usable = np.flatnonzero((true >= 0) & (predicted >= 0))

@@ -22,6 +22,7 @@ SHAPE = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_at
          "intermediate_size": 64}
 TEXTS = ["The dog barked at the mailman.", None, "Dog the mailman at barked.", "A much longer sentence " * 30, "",
          "Colorless green ideas sleep furiously.", "She sang.", "Sang she the the the."]
+TRUE = [1, 0, 0, None, 1, 1, 1, 0]  # label ids, as a CoLA file writes them whatever the model calls its labels
 
 
 def _classifier(directory: Path, family: str, names: list[str] | None = None, slow_tokenizer: bool = False,
@@ -72,12 +73,12 @@ def test_a_transformers_classifier_is_exported_and_scored_as_transformers_scores
     assert manifest["labels"] == expected_labels and manifest["max_length"] == 40
     assert (tmp_path / "onnx" / "tokenizer.json").is_file()  # converted from vocab.txt where the checkpoint had none
     source = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"sentence": TEXTS}), source)
+    pq.write_table(pa.table({"sentence": TEXTS, "label": TRUE}), source)
     output = tmp_path / "out.parquet"
     result = runner.invoke(main, ["run", str(source), "--model", str(tmp_path / "onnx"), "--variant", "fp32",
                                   "--check", "5", "-o", str(output), "-q"])
     assert result.exit_code == 0, result.output
-    table = pq.read_table(output).to_pydict()
+    table = {name.removeprefix("pred_"): values for name, values in pq.read_table(output).to_pydict().items()}
     assert table["status"] == ["ok", "null", "ok", "truncated", "empty", "ok", "ok", "ok"]
     rows = [i for i, text in enumerate(TEXTS) if text]
     probabilities = _transformers_scores(checkpoint, [TEXTS[i] for i in rows], 40)
@@ -89,8 +90,13 @@ def test_a_transformers_classifier_is_exported_and_scored_as_transformers_scores
         np.testing.assert_allclose(scores, probabilities.max(1), atol=1e-5)
     assert [table["label"][i] for i in rows] == [expected_labels[k] for k in probabilities.argmax(1)]
     assert np.ptp(probabilities[:, positive]) > 0.01  # the rows differ, so a row scored as another would show
-    check = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]["check"]
-    assert check["passed"] and check["rows"] == 5 and check["checkpoint"] == str(checkpoint.resolve())
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
+    assert summary["check"]["passed"] and summary["check"]["rows"] == 5
+    assert summary["check"]["checkpoint"] == str(checkpoint.resolve())
+    # The file's label ids are the model's labels (transformers' label2id): evaluated, not refused.
+    labelled = [k for k, i in enumerate(rows) if TRUE[i] is not None]
+    right = [probabilities[k].argmax() == TRUE[rows[k]] for k in labelled]
+    assert summary["evaluation"]["rows"] == len(labelled) and summary["evaluation"]["accuracy"] == np.mean(right)
 
 
 def test_the_max_length_can_be_set_at_export_up_to_the_position_limit(tiny_checkpoint, tmp_path):

@@ -42,6 +42,18 @@ def test_the_index_finds_a_label_however_written_and_skips_missing_ones():
     assert LabelIndex(["1", "yes"]).indices([1, "yes"], "f.csv", "label", 1).tolist() == [0, 1]
 
 
+def test_a_transformers_models_named_labels_may_be_written_as_their_ids():
+    """A model whose config names its labels (id2label) is evaluated on files that write the ids, as CoLA's do;
+    a model trained by scorer on named labels is not (its labels' order is only their sort order)."""
+    named = ["unacceptable", "acceptable"]
+    index = LabelIndex(named, ids=True)
+    assert index.indices([1, "0", "acceptable", 1.0, None, -1], "f.csv", "label", 1).tolist() == [1, 0, 1, 1, -1, -1]
+    with pytest.raises(InputError, match=r"row 1: label 2 .* knows \(unacceptable \(0\), acceptable \(1\)\)"):
+        index.indices([2], "f.csv", "label", 1)
+    with pytest.raises(InputError, match=r"row 1: label 1 .* knows \(unacceptable, acceptable\)"):
+        LabelIndex(named).indices([1], "f.csv", "label", 1)
+
+
 def test_minus_one_is_a_missing_label_where_the_model_has_no_such_label():
     """Hugging Face datasets label every row of a test split -1: unlabelled, unless -1 is one of the model's labels
     (a -1/+1 dataset) or the file is training data (which must leave such rows blank)."""
