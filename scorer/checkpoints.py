@@ -15,10 +15,10 @@ from torch import nn
 
 from scorer.errors import ConfigError, ModelError, first_line
 from scorer.model import (
-    DAMAGED_WEIGHTS,
     HEAD_CONFIG,
     HeadConfig,
     SentenceClassifier,
+    from_pretrained,
     position_limit,
     quiet_transformers,
 )
@@ -72,10 +72,7 @@ class TransformersClassifier(nn.Module):
         from transformers import AutoModelForSequenceClassification
 
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(str(directory), dtype=torch.float32, **kwargs)
-        except (OSError, ValueError, *DAMAGED_WEIGHTS) as exc:
-            raise ModelError(f"{directory}: cannot load a Hugging Face classifier ({first_line(exc)})") from exc
+        model = from_pretrained(AutoModelForSequenceClassification, directory, "classifier", **kwargs)
         config = model.config
         if config.problem_type == "multi_label_classification":
             raise ModelError(f"{directory} is a multi-label classifier (a sigmoid per label); scorer scores "

@@ -132,10 +132,24 @@ def load_encoder(path: Path | str, attn_implementation: str | None = None) -> nn
         raise ModelError(f"{path} is a `scorer export` directory (ONNX graphs); pass a Hugging Face encoder or a "
                          "training checkpoint with --model")
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    # (BERT's pooler feeds only its own classifier, which scorer's head does not use.)
+    return from_pretrained(AutoModel, path, "encoder", optional=("pooler.",), **kwargs)
+
+
+def from_pretrained(auto_class, path: Path | str, what: str, optional: tuple[str, ...] = (), **kwargs) -> nn.Module:
+    """`auto_class.from_pretrained` in float32, refusing weights that would leave any of the model's tensors but the
+    `optional` ones random (weights saved under other names, as a sentence-transformers directory or a hand-edited
+    config can have them): transformers only warns, and the model would train or score from noise."""
     try:
-        return AutoModel.from_pretrained(str(path), dtype=torch.float32, **kwargs)
+        model, info = auto_class.from_pretrained(str(path), dtype=torch.float32, output_loading_info=True, **kwargs)
     except (OSError, ValueError, *DAMAGED_WEIGHTS) as exc:
-        raise ModelError(f"{path}: cannot load a Hugging Face encoder ({first_line(exc)})") from exc
+        raise ModelError(f"{path}: cannot load a Hugging Face {what} ({first_line(exc)})") from exc
+    missing = sorted(key for key in info["missing_keys"] if not key.startswith(optional))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelError(f"{path}: its weights lack the {what}'s {shown}, which would start random; pass the "
+                         "directory the model was saved to with save_pretrained")
+    return model
 
 
 def quiet_transformers() -> None:

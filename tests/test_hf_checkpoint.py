@@ -128,6 +128,21 @@ def test_classifiers_scorer_cannot_score_are_refused(config, said, tmp_path):
     assert not (tmp_path / "onnx").exists()
 
 
+def test_a_classifier_whose_weights_lack_its_head_is_refused(tmp_path):
+    """A config that says sequence classification over weights without the head (a base model's, say) would export
+    a random head: transformers only warns."""
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = _classifier(tmp_path / "hf", "bert")
+    weights = checkpoint / "model.safetensors"
+    save_file({name: tensor for name, tensor in load_file(weights).items() if not name.startswith("classifier")},
+              weights)
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(tmp_path / "onnx")])
+    assert result.exit_code == 4, result.output
+    assert "its weights lack the classifier's classifier.bias, classifier.weight, which would start random" \
+        in result.output
+
+
 def test_label_names():
     assert label_names({0: "LABEL_0", 1: "LABEL_1"}, 2) == [0, 1]
     assert label_names({0: "0", 1: "1", 2: "2"}, 3) == [0, 1, 2]

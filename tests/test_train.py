@@ -149,13 +149,21 @@ def test_missing_model_directory_is_a_model_error(tmp_path):
 
 @pytest.mark.parametrize("damage,message", [
     ("cut weights", "cannot load a Hugging Face encoder (Error while deserializing header"),
+    ("renamed weights", "its weights lack the encoder's embeddings.LayerNorm.bias, embeddings.LayerNorm.weight, "
+                        "embeddings.position_embeddings.weight and 34 more, which would start random"),
     ("no tokenizer", "no tokenizer files (tokenizer.json, or vocab.txt for WordPiece)"),
 ])
 def test_a_damaged_model_directory_is_a_model_error(tiny_encoder, tmp_path, damage, message):
+    """Renamed weights (as a sentence-transformers directory can hold them) would leave the encoder random, and
+    transformers only warns: training from noise would look like a poor model, not like an error."""
+    from safetensors.torch import load_file, save_file
+
     model = Path(shutil.copytree(tiny_encoder, tmp_path / "model"))
+    weights = model / "model.safetensors"
     if damage == "cut weights":
-        weights = model / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "renamed weights":
+        save_file({f"0.auto_model.{name}": tensor for name, tensor in load_file(weights).items()}, weights)
     else:
         for name in TOKENIZER_FILES:
             (model / name).unlink()
