@@ -56,7 +56,7 @@ def export_model(config: ExportConfig) -> ExportResult:
     trained = _train_settings(config.checkpoint)
     text_column = config.text_column or trained.get("text_column", "sentence")
     label_column = config.label_column or trained.get("label_column", "label")
-    tokenizer = checkpoint_tokenizer(config.checkpoint)
+    tokenizer = checkpoint_tokenizer(config.checkpoint, model.encoder.config.vocab_size)
     tokenizer_json = tokenizer.to_str()  # (before TextEncoder sets its truncation)
     encoder = TextEncoder(tokenizer, head.max_length)
     recorded = recorded_data(trained, head) if config.data is None or config.calibration is None else None

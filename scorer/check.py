@@ -79,4 +79,5 @@ def _own_tokenizer(checkpoint: Path, classifier: OnnxClassifier) -> TextEncoder:
     truncating to the run's max length; its `_tokenize` is the tokenizer alone."""
     from scorer.checkpoints import checkpoint_tokenizer
 
-    return TextEncoder(checkpoint_tokenizer(checkpoint), classifier.encoder.max_length, word_cache=False)
+    return TextEncoder(checkpoint_tokenizer(checkpoint, classifier.manifest.vocab_size), classifier.encoder.max_length,
+                       word_cache=False)

@@ -109,9 +109,18 @@ def default_max_length(directory: Path, config: object) -> int:
     return int(said) if isinstance(said, int | float) and 2 < said < limit else limit
 
 
-def checkpoint_tokenizer(directory: Path) -> Tokenizer:
+def checkpoint_tokenizer(directory: Path, vocab_size: int) -> Tokenizer:
     """The checkpoint's fast tokenizer: its tokenizer.json, or, where it kept only the files of a slow tokenizer
-    (vocab.txt, say), the one transformers converts them to."""
+    (vocab.txt, say), the one transformers converts them to; refused where it has more tokens than the model's
+    `vocab_size` (another model's tokenizer: its ids past the embeddings would fail at the first such token)."""
+    tokenizer = _fast_tokenizer(Path(directory))
+    if tokenizer.get_vocab_size(with_added_tokens=True) > vocab_size:
+        raise ModelError(f"{directory}: the tokenizer has {tokenizer.get_vocab_size(with_added_tokens=True)} tokens "
+                         f"and the model only {vocab_size}; the tokenizer does not belong to this model")
+    return tokenizer
+
+
+def _fast_tokenizer(directory: Path) -> Tokenizer:
     path = Path(directory) / TOKENIZER_FILE
     if path.is_file():
         try:

@@ -38,8 +38,8 @@ def _classifier(directory: Path, family: str, names: list[str] | None = None, sl
     kind = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig}[family]
     positions = {"max_position_embeddings": 130, "pad_token_id": 0} if family == "roberta" else {}
     labels = names or ["LABEL_0", "LABEL_1"]
-    model_config = kind(**SHAPE, **positions, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                        label2id={name: i for i, name in enumerate(labels)}, initializer_range=0.3, **config)
+    model_config = kind(**{**SHAPE, **config}, **positions, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                        label2id={name: i for i, name in enumerate(labels)}, initializer_range=0.3)
     transformers.AutoModelForSequenceClassification.from_config(model_config).save_pretrained(directory)
     transformers.AutoTokenizer.from_pretrained(str(tokenizer_source())).save_pretrained(directory)
     if slow_tokenizer:  # as transformers 4 saved a slow tokenizer (5 writes tokenizer.json alone)
@@ -141,6 +141,14 @@ def test_a_classifier_whose_weights_lack_its_head_is_refused(tmp_path):
     assert result.exit_code == 4, result.output
     assert "its weights lack the classifier's classifier.bias, classifier.weight, which would start random" \
         in result.output
+
+
+def test_another_models_tokenizer_is_refused(tmp_path):
+    """Ids past the model's embeddings would fail at the first such token, deep in ONNX Runtime."""
+    checkpoint = _classifier(tmp_path / "hf", "bert", vocab_size=1000)
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(tmp_path / "onnx")])
+    assert result.exit_code == 4, result.output
+    assert "the tokenizer has 30522 tokens and the model only 1000; the tokenizer does not belong" in result.output
 
 
 def test_label_names():
