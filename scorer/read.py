@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from scorer.csvlint import COMPRESSIONS, locate_problem, open_binary, swallowed_rows
 from scorer.errors import InputError
 from scorer.labels import label_value, normalise_labels
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
-# CSV and TSV may come compressed (nightly feeds often do); they are decompressed as they are read.
-COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
 # pyarrow's CSV reader needs every row inside one block: a row larger than the block (one huge cell) is read again
 # from the start with blocks four times larger, up to _CSV_MAX_BLOCK.
 _CSV_BLOCK, _CSV_MAX_BLOCK = 1 << 22, 1 << 30
@@ -54,13 +52,6 @@ def detect_format(path: Path) -> str:
     return FORMATS["." + suffix.split(".")[1]]
 
 
-def _open_binary(path: Path) -> BinaryIO:
-    """The file's bytes, decompressed if its name says it is compressed."""
-    if path.suffix.lower() in COMPRESSIONS:
-        return io.BufferedReader(pa.input_stream(str(path), compression="detect"))
-    return open(path, "rb")
-
-
 class TableReader:
     """A Parquet/CSV/TSV file opened for streaming; CSV columns are read as text, exactly as written."""
 
@@ -73,6 +64,7 @@ class TableReader:
         if not os.access(self.path, os.R_OK):
             raise InputError(f"{self.path} is not readable; check its permissions")
         self.columns: list[str] = []
+        self._quotes_checked = False
         with self._errors():
             if self.format == "parquet":
                 # No pre-buffering: it reads a whole row group ahead, which alone can be a gigabyte of text.
@@ -160,6 +152,7 @@ class TableReader:
                                             convert_options=pacsv.ConvertOptions(
                                                 column_types={name: pa.string() for name in self.columns},
                                                 strings_can_be_null=False)):
+                    self._check_quotes(batch)
                     if seen + batch.num_rows > done:
                         yield batch.slice(max(0, done - seen))
                         done = seen + batch.num_rows
@@ -187,13 +180,24 @@ class TableReader:
             yield batch.slice(skip_rows)
             skip_rows = 0
 
+    def _check_quotes(self, batch: pa.RecordBatch) -> None:
+        """Once a CSV value holds a line break (legal inside quotes, and what a stray quote makes of the rows after
+        it), read the file strictly once: rows swallowed by a stray quote are an error, not a row fewer."""
+        if self.format != "csv" or self._quotes_checked:
+            return
+        if any(pc.any(pc.match_substring_regex(column, "[\r\n]")).as_py() for column in batch.columns):
+            self._quotes_checked = True
+            problem = swallowed_rows(self.path)
+            if problem:
+                raise InputError(problem)
+
     def _parse_options(self) -> pacsv.ParseOptions:
         if self.format == "tsv":
             return pacsv.ParseOptions(delimiter="\t", quote_char=False)
         return pacsv.ParseOptions(newlines_in_values=True)
 
     def _csv_header(self) -> list[str]:
-        with _open_binary(self.path) as handle:
+        with open_binary(self.path) as handle:
             first = handle.readline()
         if not first.strip():
             raise InputError(f"{self.path} is empty (no header line); nothing to read")
@@ -216,37 +220,10 @@ class TableReader:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if self.format == "parquet":
             return f"{self.path}: not a readable Parquet file ({text}); check that the file is complete"
-        where = _locate_csv_problem(self.path, self.format, len(self.columns))
+        where = locate_problem(self.path, self.format, len(self.columns))
         if where is None:
             return f"{self.path}: cannot be decompressed ({text}); check that the file was copied whole"
         return f"{self.path}{where}: {text}; fix or remove that row"
-
-
-def _locate_csv_problem(path: Path, fmt: str, expected: int) -> str | None:
-    """Find the first line that is not UTF-8 or has the wrong number of fields (slow path, errors only); None
-    when the file cannot be decompressed."""
-    try:
-        with _open_binary(path) as handle:
-            for number, raw in enumerate(handle, start=1):
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    return f" line {number} (bytes are not UTF-8; re-encode the file as UTF-8)"
-        limit = csv.field_size_limit(1 << 30)  # a huge cell is not the problem (the reader takes it)
-        try:
-            with io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="") as handle:
-                rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" \
-                    else csv.reader(handle)
-                for row in rows:
-                    if len(row) != expected and row:
-                        return f" line {rows.line_num} (expected {expected} fields, found {len(row)})"
-        finally:
-            csv.field_size_limit(limit)
-    except (OSError, EOFError, pa.ArrowException):
-        return None
-    except csv.Error as exc:
-        return f" line {rows.line_num} ({exc})"
-    return ""
 
 
 def plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

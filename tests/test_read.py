@@ -131,6 +131,28 @@ def test_a_row_larger_than_the_csv_block_is_read_with_every_row_around_it_once(t
         list(TableReader(path).batches(250))
 
 
+@pytest.mark.parametrize("suffix", ["csv", "csv.gz"])
+def test_a_stray_quote_that_swallows_rows_is_named_and_the_file_refused(tmp_path, suffix):
+    """A value opened by a stray quote runs, for pyarrow's reader as for Python's, to the next quote in the file:
+    here lines 2-4 would be one row and two rows would be lost without an error."""
+    import gzip
+
+    content = ('sentence,label\n"Hello he said.,1\nThe dog barked.,0\nShe said "hi" to me.,1\n'
+               + "".join(f"Row {i}.,0\n" for i in range(3000))).encode()
+    path = tmp_path / f"in.{suffix}"
+    path.write_bytes(gzip.compress(content) if suffix.endswith(".gz") else content)
+    with pytest.raises(InputError, match=r"in.csv(.gz)? line 2: a quoted value there closes on line 4 and is not "
+                                         r"followed by a comma or the line's end .*a stray quote"):
+        list(TableReader(path).batches(100))
+
+
+def test_quoted_line_breaks_and_a_quote_that_closes_early_on_its_own_line_lose_no_row(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('sentence,label\nShe said "hi" to me.,1\n"abc" ,1\n"two\nlines, ""quoted""",0\nlast,1\n')
+    table = pa.concat_tables(TableReader(path).batches(100))
+    assert table.column("sentence").to_pylist() == ['She said "hi" to me.', "abc ", 'two\nlines, "quoted"', "last"]
+
+
 def test_a_ragged_row_after_a_huge_cell_is_named(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("a,b\n1," + "x" * 300_000 + "\n3,4,5\n")  # the cell is over Python's csv field limit

@@ -1,0 +1,78 @@
+"""What is wrong with a CSV or TSV file, found by reading it again with Python's csv module (slow, and only when
+something is wrong or could be): the first line that is not UTF-8 or has the wrong number of fields, and a stray
+quote that swallowed the rows after it."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+
+# CSV and TSV may come compressed (nightly feeds often do); they are decompressed as they are read.
+COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
+
+
+def open_binary(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed if its name says it is compressed."""
+    if path.suffix.lower() in COMPRESSIONS:
+        return io.BufferedReader(pa.input_stream(str(path), compression="detect"))
+    return open(path, "rb")
+
+
+def locate_problem(path: Path, fmt: str, expected: int) -> str | None:
+    """Find the first line that is not UTF-8 or has the wrong number of fields (slow path, errors only); None
+    when the file cannot be decompressed."""
+    try:
+        with open_binary(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return f" line {number} (bytes are not UTF-8; re-encode the file as UTF-8)"
+        with _rows(path, fmt) as rows:
+            for row in rows:
+                if len(row) != expected and row:
+                    return f" line {rows.line_num} (expected {expected} fields, found {len(row)})"
+    except (OSError, EOFError, pa.ArrowException):
+        return None
+    except csv.Error as exc:
+        return f" line {rows.line_num} ({exc})"
+    return ""
+
+
+def swallowed_rows(path: Path) -> str | None:
+    """Where a CSV value's closing quote is followed by more text instead of a comma or the line's end, lines after
+    the value's start: a stray quote at a value's start does that, and lenient readers (pyarrow's, Python's) then
+    read every line up to the next quote in the file as part of that one value, and those rows are lost without an
+    error. None where no such value spans lines (one that closes early on its own line loses no row)."""
+    with _rows(path, "csv", strict=True) as rows:
+        start = 1  # the line the record being read starts on
+        while True:
+            try:
+                next(rows)
+            except StopIteration:
+                return None
+            except csv.Error as exc:
+                if rows.line_num > start:
+                    return (f"{path} line {start}: a quoted value there closes on line {rows.line_num} and is not "
+                            f"followed by a comma or the line's end ({exc}): a stray quote, which reads the lines "
+                            "after it as part of one value and loses their rows; quote that value whole (doubling "
+                            "the quotes inside it) or remove the stray quote")
+            start = rows.line_num + 1
+
+
+@contextlib.contextmanager
+def _rows(path: Path, fmt: str, strict: bool = False) -> Iterator:
+    """Python's csv reader over the decompressed file (TSV as scorer reads it: no quoting), any cell size."""
+    limit = csv.field_size_limit(1 << 30)  # a huge cell is not the problem (the reader takes it)
+    try:
+        with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", newline="") as handle:
+            yield csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" \
+                else csv.reader(handle, strict=strict)
+    finally:
+        csv.field_size_limit(limit)
