@@ -528,9 +528,12 @@ def test_damaged_exports_are_refused(export_copy, parquet_input, tmp_path):
     assert not list(tmp_path.glob("*.scored.parquet"))
 
 
-def test_a_training_checkpoint_passed_as_the_model_says_to_export_it_first(tiny_checkpoint, parquet_input):
+def test_a_training_checkpoint_passed_as_the_model_says_to_export_it_first(tiny_checkpoint, tiny_encoder,
+                                                                          parquet_input):
     result = run(parquet_input, "--model", tiny_checkpoint)
     assert result.exit_code == 4 and "is a training checkpoint, not an export; export it first" in result.output
+    result = run(parquet_input, "--model", tiny_encoder)  # a Hugging Face model directory
+    assert result.exit_code == 4 and "is a Hugging Face model, not an export; export it first" in result.output
 
 
 def test_a_file_of_the_export_passed_as_the_model_names_its_directory_and_variant(tiny_export, parquet_input):
