@@ -48,7 +48,28 @@ def export_onnx(model: nn.Module, path: Path, opset: int) -> None:
             opset_version=opset,
             do_constant_folding=True,
         )
+    gather_external_data(path)
     check_graph(path)
+
+
+def gather_external_data(path: Path) -> None:
+    """Over 2 GB, where protobuf cannot hold the weights, torch writes each tensor to a file of its own beside the
+    graph: move them into one file, `<graph>.data`, which the manifest hashes with the graph."""
+    scattered = external_files(path)
+    if not scattered or scattered == [f"{path.name}.data"]:
+        return
+    graph = onnx.load(str(path))  # (with its tensors)
+    onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{path.name}.data", size_threshold=1024)
+    for name in scattered:
+        (path.parent / name).unlink()
+
+
+def external_files(path: Path) -> list[str]:
+    """The files beside the graph `path` that hold its tensors (none for a graph under 2 GB)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sorted({entry.value for tensor in graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
+                   for entry in tensor.external_data if entry.key == "location"})
 
 
 def check_graph(path: Path) -> None:

@@ -14,13 +14,13 @@ from torch import nn
 
 from export import parity
 from export.fp16_choice import Fp16Report, build_fp16
-from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx
+from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx, external_files
 from export.quantize import QuantizeReport, quantize_int8
 from export.rows import calibration_texts, parity_rows, recorded_data
 from scorer import atomic, selfcheck
 from scorer.checkpoints import checkpoint_tokenizer, load_classifier
-from scorer.config import ExportConfig, RunConfig, to_json
-from scorer.errors import ParityError, ProviderError
+from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
+from scorer.errors import ConfigError, ParityError, ProviderError
 from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
 from scorer.model import HeadConfig
 from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
@@ -28,6 +28,10 @@ from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 log = logging.getLogger("scorer")
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 _PACKAGES = ("scorer", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxruntime-gpu")
+# Weights over ONNX's 2 GB for one file lie beside the graph, and ONNX Runtime's optimiser and quantiser hold a
+# graph many times over in memory: a 2.5 GB BERT's fp16 build was killed at 24 GB (bench/RESULTS.md 2). Models this
+# large export their fp32 graph only.
+LARGE_WEIGHTS = 2**31
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ def export_model(config: ExportConfig) -> ExportResult:
     if config.tensorrt:
         _check_tensorrt()
     model = load_classifier(config.checkpoint, attn_implementation="eager", max_length=config.max_length)
+    config = replace(config, variants=_buildable(config, model))
     head = model.head_config
     trained = _train_settings(config.checkpoint)
     text_column = config.text_column or trained.get("text_column", "sentence")
@@ -90,6 +95,23 @@ def export_model(config: ExportConfig) -> ExportResult:
         raise ParityError(f"parity gate failed for {failed} (report kept in {config.output / 'parity.json'}):\n"
                           + parity.table(results))
     return result
+
+
+def _buildable(config: ExportConfig, model: nn.Module) -> tuple[str, ...]:
+    """The variants to build: those asked for, but only fp32 for weights over LARGE_WEIGHTS (said why; refused
+    where the others were asked for by name)."""
+    size = sum(tensor.numel() * 4 for tensor in model.parameters())  # as fp32
+    others = [variant for variant in config.variants if variant != "fp32"]
+    if size <= LARGE_WEIGHTS or not others:
+        return config.variants
+    graphs = f"{' and '.join(others)} graph" + (" is" if len(others) == 1 else "s are")
+    why = (f"{config.checkpoint} has {size / 2**30:.1f} GiB of weights, over ONNX's 2 GB for one file, and its "
+           f"{graphs} not built for models this large (ONNX Runtime's optimiser and quantiser would need many times "
+           "that in memory)")
+    if config.variants != VARIANTS:
+        raise ConfigError(f"{why}; pass --variants fp32")
+    log.warning("%s: exporting its fp32 graph only, which `scorer run` then uses everywhere", why)
+    return ("fp32",)
 
 
 def _check_tensorrt() -> None:
@@ -150,7 +172,8 @@ def _manifest(model, head: HeadConfig, config: ExportConfig, variants: dict[str,
         output_names=list(OUTPUT_NAMES),
         variants={
             name: Variant(file=path.name, sha256=sha256_file(path), parity_passed=passed.get(name),
-                          device="gpu" if name == "fp16" else "cpu" if name == "int8" else "any")
+                          device="gpu" if name == "fp16" else "cpu" if name == "int8" else "any",
+                          data={data: sha256_file(staging / data) for data in external_files(path)})
             for name, path in variants.items()
         },
         tokenizer_files={p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name in TOKENIZER_FILES},

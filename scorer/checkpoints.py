@@ -61,7 +61,12 @@ class TransformersClassifier(nn.Module):
     def __init__(self, model: nn.Module, head: HeadConfig) -> None:
         super().__init__()
         self.model, self.head_config = model, head
-        self.encoder = model.base_model  # what export reads the shape from, as from a SentenceClassifier's
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The encoder, whose config export reads the shape from, as from a SentenceClassifier's (a property: as an
+        attribute it would be a second name for the same weights in the state dict)."""
+        return self.model.base_model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits

@@ -27,7 +27,7 @@ from scorer.defaults import (
 )
 from scorer.errors import ModelError, ProviderError
 from scorer.labels import LabelIndex
-from scorer.manifest import load_manifest, sha256_file
+from scorer.manifest import load_manifest
 from scorer.read import plain_text
 from scorer.rescue import Rescue
 from scorer.results import CODE, EMPTY, NOT_TEXT, NULL, OK, STATUS_NAMES, TRUNCATED, Prepared, Scored, scored
@@ -94,7 +94,7 @@ class OnnxClassifier:
     def _start(self, variant: str | None, provider_options: dict | None) -> None:
         self.variant = variant or default_variant(self.provider, self.manifest)
         self.model_path = self.manifest.variant(self.variant, self.directory)
-        self.model_sha256 = sha256_file(self.model_path)
+        self.model_sha256 = self.manifest.variants[self.variant].identity  # (the files were just checked against it)
         fp16 = self.manifest.extra.get("fp16") or {}
         if self.variant == "fp16" and self.provider == "cpu" and fp16.get("kernels") == "packed":
             raise ProviderError(f"{self.model_path}: this fp16 graph removes padding with ONNX Runtime ops that only "

@@ -30,6 +30,15 @@ class Variant:
     sha256: str
     parity_passed: bool | None = None
     device: str = "any"
+    data: dict[str, str] = field(default_factory=dict)  # the files beside it holding its tensors (over 2 GB): sha256
+
+    @property
+    def identity(self) -> str:
+        """The sha256 that names this graph's content: its file's, or, where its tensors lie beside it (two
+        fine-tunings of one architecture then share the file), a sha256 of its file's and its tensors'."""
+        if not self.data:
+            return self.sha256
+        return hashlib.sha256(json.dumps([self.sha256, self.data], sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -73,6 +82,8 @@ class Manifest:
             )
         path = directory / entry.file
         verify_file(path, entry.sha256, directory)
+        for name, digest in entry.data.items():
+            verify_file(directory / name, digest, directory)
         return path
 
     def verify_tokenizer(self, directory: Path) -> None:

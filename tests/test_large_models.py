@@ -1,0 +1,77 @@
+"""Models over ONNX's 2 GB for one file (XLM-R large, say): their tensors lie beside the graph, which export gathers
+into one file and the manifest hashes, and only their fp32 graph is built. The tiny model stands in: its graph is
+written as torch writes a large one, and the size limit is lowered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pyarrow as pa
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+
+import export.pipeline
+from export.onnx_graph import gather_external_data
+from scorer.cli import main
+
+TEXTS = ["The dog barked.", "Dog the barked at.", "A much longer sentence " * 10]
+
+
+def _as_torch_writes_a_large_graph(real_export):
+    """export_onnx, then the graph's tensors moved to one file each beside it, as torch writes a graph over 2 GB."""
+
+    def exported(model, path: Path, opset: int) -> None:
+        real_export(model, path, opset)
+        onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=False,
+                        size_threshold=0)
+        assert len(list(path.parent.iterdir())) > 10  # (one file per tensor)
+        gather_external_data(path)
+
+    return exported
+
+
+def _scores(export_dir: Path, tmp_path: Path, name: str) -> tuple[int, list]:
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": TEXTS}), source)
+    output = tmp_path / f"{name}.parquet"
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(export_dir), "--variant", "fp32",
+                                       "-o", str(output), "--overwrite", "-q"])
+    return result.exit_code, pq.read_table(output).column("score").to_pylist() if output.exists() else result.output
+
+
+def test_a_graph_whose_tensors_lie_beside_it_is_gathered_hashed_and_checked(tiny_checkpoint, tiny_export, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(export.pipeline, "export_onnx", _as_torch_writes_a_large_graph(export.pipeline.export_onnx))
+    out = tmp_path / "onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(out),
+                                       "--variants", "fp32", "-q"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} >= {"model.onnx", "model.onnx.data"}
+    assert not [p for p in out.iterdir() if p.name.startswith(("onnx__", "encoder.", "classifier."))]  # gathered
+    fp32 = json.loads((out / "manifest.json").read_text())["variants"]["fp32"]
+    assert list(fp32["data"]) == ["model.onnx.data"]
+    code, scores = _scores(out, tmp_path, "beside")
+    assert code == 0 and scores == _scores(tiny_export, tmp_path, "whole")[1]  # the same graph, stored otherwise
+    # Weights changed after export (another fine-tuning over the same graph file, a damaged copy) are caught.
+    data = out / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\1")
+    code, said = _scores(out, tmp_path, "tampered")
+    assert code == 4 and "model.onnx.data does not match the sha256 in manifest.json" in said
+
+
+def test_a_model_over_2_gb_exports_its_fp32_graph_only_and_refuses_other_variants_by_name(tiny_checkpoint, tmp_path,
+                                                                                           monkeypatch):
+    monkeypatch.setattr(export.pipeline, "LARGE_WEIGHTS", 1000)
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "asked"),
+                                  "--variants", "fp32,int8"])
+    assert result.exit_code == 2 and "its int8 graph is not built for models this large" in result.output
+    assert "pass --variants fp32" in result.output and not (tmp_path / "asked").exists()
+    result = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    assert "its fp16 and int8 graphs are not built" in result.output
+    assert "exporting its fp32 graph only" in result.output
+    assert list(json.loads((tmp_path / "onnx" / "manifest.json").read_text())["variants"]) == ["fp32"]
+    assert _scores(tmp_path / "onnx", tmp_path, "scored")[0] == 0
