@@ -66,7 +66,7 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
     logits = np.zeros((len(texts), len(classifier.labels)), np.float32)
     if whole:
         tokenizer = _own_tokenizer(checkpoint, classifier)
-        logits[whole] = logits_of(model, tokenizer._tokenize([texts[row] for row in whole]), device)
+        logits[whole] = logits_of(model, tokenizer.encode([texts[row] for row in whole]), device)
     if as_run:
         logits[as_run] = logits_of(model, classifier.encoder.encode([texts[row] for row in as_run]), device)
     probabilities = softmax(logits)
@@ -75,9 +75,9 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
 
 
 def _own_tokenizer(checkpoint: Path, classifier: OnnxClassifier) -> TextEncoder:
-    """The checkpoint's tokenizer (as transformers converts a slow tokenizer's files, where it kept only those),
-    truncating to the run's max length; its `_tokenize` is the tokenizer alone."""
+    """The checkpoint's tokenizer alone (as transformers converts a slow tokenizer's files, where it kept only
+    those), truncating to the run's max length."""
     from scorer.checkpoints import checkpoint_tokenizer
 
     return TextEncoder(checkpoint_tokenizer(checkpoint, classifier.manifest.vocab_size), classifier.encoder.max_length,
-                       word_cache=False)
+                       cut=False)

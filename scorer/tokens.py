@@ -63,17 +63,18 @@ class TextEncoder:
 
     Where the tokenizer qualifies (BERT's does), texts go through scorer.words.WordCache, which gives the same ids
     an order of magnitude faster; `word_cache=False` always uses the tokenizer itself. Either way, rows far longer
-    than max_length are first cut where that keeps the ids (scorer.cut).
+    than max_length are first cut where that keeps the ids (scorer.cut), unless `cut=False` (the tokenizer alone, as
+    `run --check` tokenises).
     """
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int, word_cache: bool = True) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_length: int, word_cache: bool = True, cut: bool = True) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length)
         self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-        self.words = WordCache.for_tokenizer(tokenizer) if word_cache else None
-        self.cutter = RowCutter.for_tokenizer(tokenizer, max_length, self.words)
+        self.words = WordCache.for_tokenizer(tokenizer) if word_cache and cut else None
+        self.cutter = RowCutter.for_tokenizer(tokenizer, max_length, self.words) if cut else None
 
     @classmethod
     def from_dir(cls, directory: Path, max_length: int, word_cache: bool = True) -> TextEncoder:
