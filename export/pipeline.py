@@ -30,8 +30,10 @@ TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.
 _PACKAGES = ("scorer", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxruntime-gpu")
 # Weights over ONNX's 2 GB for one file lie beside the graph, and ONNX Runtime's optimiser and quantiser hold a
 # graph many times over in memory: a 2.5 GB BERT's fp16 build was killed at 24 GB (bench/RESULTS.md 2). Models this
-# large export their fp32 graph only.
-LARGE_WEIGHTS = 2**31
+# large export their fp32 graph only. Below that, building the fp16 and int8 graphs peaks at about BUILD_MEMORY
+# times the fp32 weights (bert-base's fp16 build 18×, bert-large's whole export 15×): where the memory available is
+# less, they are built only when asked for by name.
+LARGE_WEIGHTS, BUILD_MEMORY = 2**31, 18
 
 
 @dataclass(frozen=True)
@@ -98,20 +100,42 @@ def export_model(config: ExportConfig) -> ExportResult:
 
 
 def _buildable(config: ExportConfig, model: nn.Module) -> tuple[str, ...]:
-    """The variants to build: those asked for, but only fp32 for weights over LARGE_WEIGHTS (said why; refused
-    where the others were asked for by name)."""
+    """The variants to build: --variants, or all three; but only fp32 for weights over LARGE_WEIGHTS (refused where
+    others were asked for by name), and, unless asked for by name, only fp32 where their build would not fit in the
+    memory available (said why either way)."""
+    wanted = config.variants or VARIANTS
+    others = [variant for variant in wanted if variant != "fp32"]
     size = sum(tensor.numel() * 4 for tensor in model.parameters())  # as fp32
-    others = [variant for variant in config.variants if variant != "fp32"]
-    if size <= LARGE_WEIGHTS or not others:
-        return config.variants
-    graphs = f"{' and '.join(others)} graph" + (" is" if len(others) == 1 else "s are")
-    why = (f"{config.checkpoint} has {size / 2**30:.1f} GiB of weights, over ONNX's 2 GB for one file, and its "
-           f"{graphs} not built for models this large (ONNX Runtime's optimiser and quantiser would need many times "
-           "that in memory)")
-    if config.variants != VARIANTS:
-        raise ConfigError(f"{why}; pass --variants fp32")
-    log.warning("%s: exporting its fp32 graph only, which `scorer run` then uses everywhere", why)
-    return ("fp32",)
+    graphs = f"{' and '.join(others)} graph" + ("s" if len(others) > 1 else "")
+    if others and size > LARGE_WEIGHTS:
+        why = (f"{config.checkpoint} has {size / 2**30:.1f} GiB of weights, over ONNX's 2 GB for one file, and its "
+               f"{graphs} {'are' if len(others) > 1 else 'is'} not built for models this large (ONNX Runtime's "
+               "optimiser and quantiser would need many times that in memory)")
+        if config.variants:
+            raise ConfigError(f"{why}; pass --variants fp32")
+        log.warning("%s: exporting its fp32 graph only, which `scorer run` then uses everywhere", why)
+        return ("fp32",)
+    available = memory_available()
+    if others and available is not None and size * BUILD_MEMORY > available:
+        why = (f"building the {graphs} of {config.checkpoint} takes about {BUILD_MEMORY} times its "
+               f"{size / 2**30:.1f} GiB of weights in memory, and {available / 2**30:.1f} GiB is available here")
+        if config.variants:
+            log.warning("%s; building them as --variants asks", why)
+            return wanted
+        log.warning("%s: exporting its fp32 graph only (export on a machine with more memory, or ask for them with "
+                    "--variants fp32,fp16,int8)", why)
+        return ("fp32",)
+    return wanted
+
+
+def memory_available() -> int | None:
+    """Bytes of memory available to a new process (Linux's MemAvailable, which counts reclaimable caches); None
+    where it cannot be read."""
+    try:
+        line = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemAvailable"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
 
 
 def _check_tensorrt() -> None:

@@ -142,7 +142,7 @@ class ExportConfig:
     data: Path | None = None
     text_column: str | None = None
     label_column: str | None = None
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] | None = None  # None: all three, as far as the model's size and the memory here allow
     opset: int = 17
     tolerance: float = 1e-4
     min_agreement: float = 0.995
@@ -163,9 +163,9 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         _check(self.opset >= 17, f"--opset must be 17 or newer, not {self.opset}")
-        for variant in self.variants:
+        for variant in self.variants or ():
             _check_choice(variant, VARIANTS, "--variants")
-        _check("fp32" in self.variants, "the fp32 variant is always exported; keep it in --variants")
+        _check("fp32" in (self.variants or VARIANTS), "the fp32 variant is always exported; keep it in --variants")
         _check(self.tolerance > 0, f"--tolerance must be positive, not {self.tolerance}")
         _check(0 < self.min_agreement <= 1, f"--min-agreement must be in (0, 1], not {self.min_agreement}")
         _check(self.tie_margin >= 0, f"--tie-margin must not be negative, not {self.tie_margin}")

@@ -75,3 +75,21 @@ def test_a_model_over_2_gb_exports_its_fp32_graph_only_and_refuses_other_variant
     assert "exporting its fp32 graph only" in result.output
     assert list(json.loads((tmp_path / "onnx" / "manifest.json").read_text())["variants"]) == ["fp32"]
     assert _scores(tmp_path / "onnx", tmp_path, "scored")[0] == 0
+
+
+def test_without_the_memory_to_build_them_the_fp16_and_int8_graphs_are_built_only_when_asked_for(
+        tiny_checkpoint, tmp_path, monkeypatch):
+    """Their build peaks at about 18 times the weights (a process killed for memory says nothing): without that
+    much available, the default builds fp32 alone, and says how to ask for the others."""
+    assert export.pipeline.memory_available() > 2**20  # (the real reading, on Linux)
+    monkeypatch.setattr(export.pipeline, "memory_available", lambda: 1000)
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    assert "building the fp16 and int8 graphs of" in result.output and "0.0 GiB is available here" in result.output
+    assert "ask for them with --variants fp32,fp16,int8" in result.output
+    assert list(json.loads((tmp_path / "onnx" / "manifest.json").read_text())["variants"]) == ["fp32"]
+    result = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "asked"),
+                                  "--variants", "fp32,int8"])
+    assert result.exit_code == 0 and "building them as --variants asks" in result.output
+    assert list(json.loads((tmp_path / "asked" / "manifest.json").read_text())["variants"]) == ["fp32", "int8"]
