@@ -18,8 +18,11 @@ from scorer.model import (
     HEAD_CONFIG,
     HeadConfig,
     SentenceClassifier,
+    backend_copy,
+    check_vocabulary,
     from_pretrained,
     position_limit,
+    pretrained_tokenizer,
     quiet_transformers,
 )
 from scorer.tokens import TOKENIZER_FILE
@@ -115,32 +118,15 @@ def default_max_length(directory: Path, config: object) -> int:
 
 
 def checkpoint_tokenizer(directory: Path, vocab_size: int) -> Tokenizer:
-    """The checkpoint's fast tokenizer: its tokenizer.json, or, where it kept only the files of a slow tokenizer
-    (vocab.txt, say), the one transformers converts them to; refused where it has more tokens than the model's
-    `vocab_size` (another model's tokenizer: its ids past the embeddings would fail at the first such token)."""
-    tokenizer = _fast_tokenizer(Path(directory))
-    if tokenizer.get_vocab_size(with_added_tokens=True) > vocab_size:
-        raise ModelError(f"{directory}: the tokenizer has {tokenizer.get_vocab_size(with_added_tokens=True)} tokens "
-                         f"and the model only {vocab_size}; the tokenizer does not belong to this model")
-    return tokenizer
-
-
-def _fast_tokenizer(directory: Path) -> Tokenizer:
+    """The checkpoint's fast tokenizer: its tokenizer.json, or, where it kept only the files of a slow tokenizer, the
+    one transformers converts them to (scorer.model.pretrained_tokenizer); either refused where it has more tokens
+    than the model's `vocab_size`."""
     path = Path(directory) / TOKENIZER_FILE
-    if path.is_file():
-        try:
-            return Tokenizer.from_file(str(path))
-        except Exception as exc:
-            raise ModelError(f"{path}: not a readable tokenizer ({first_line(exc)})") from exc
-    quiet_transformers()
-    from transformers import AutoTokenizer
-
+    if not path.is_file():
+        return backend_copy(pretrained_tokenizer(directory, vocab_size))
     try:
-        converted = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelError(f"{directory}: no {TOKENIZER_FILE} and no tokenizer files transformers can convert "
-                         f"({first_line(exc)}); copy the model's tokenizer into that directory") from exc
-    if len(converted) <= len(set(converted.all_special_ids)):  # transformers 5 builds an empty one without files
-        raise ModelError(f"{directory}: no tokenizer files ({TOKENIZER_FILE}, or vocab.txt for WordPiece); copy the "
-                         "model's tokenizer into that directory")
-    return Tokenizer.from_str(converted.backend_tokenizer.to_str())
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable tokenizer ({first_line(exc)})") from exc
+    check_vocabulary(directory, tokenizer.get_vocab_size(with_added_tokens=True), vocab_size)
+    return tokenizer

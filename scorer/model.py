@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 from torch import nn
 
 from scorer.config import POOLINGS
@@ -150,6 +151,38 @@ def from_pretrained(auto_class, path: Path | str, what: str, optional: tuple[str
         raise ModelError(f"{path}: its weights lack the {what}'s {shown}, which would start random; pass the "
                          "directory the model was saved to with save_pretrained")
     return model
+
+
+def pretrained_tokenizer(path: Path | str, vocab_size: int):
+    """transformers' fast tokenizer for the model in `path` (converted, where it kept only a slow tokenizer's files:
+    vocab.txt, sentencepiece.bpe.model), refused where there is none, or where it has more tokens than the model's
+    `vocab_size` (another model's tokenizer)."""
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"{path}: no usable fast tokenizer ({first_line(exc)}); copy the model's tokenizer into "
+                         "that directory") from exc
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # transformers 5 builds an empty one without files
+        raise ModelError(f"{path}: no tokenizer files (tokenizer.json, or vocab.txt for WordPiece); copy the "
+                         "tokenizer the model was trained with into that directory")
+    check_vocabulary(path, len(tokenizer), vocab_size)
+    return tokenizer
+
+
+def check_vocabulary(path: Path | str, tokens: int, vocab_size: int) -> None:
+    """Refuse a tokenizer with more tokens than the model's embeddings: its ids past them would fail at the first
+    such token, deep in PyTorch or ONNX Runtime."""
+    if tokens > vocab_size:
+        raise ModelError(f"{path}: the tokenizer has {tokens} tokens and the model only {vocab_size}; the tokenizer "
+                         "does not belong to this model")
+
+
+def backend_copy(hf_tokenizer) -> Tokenizer:
+    """The `tokenizers` Tokenizer inside a transformers tokenizer, as a copy of its own."""
+    return Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
 
 
 def quiet_transformers() -> None:

@@ -17,15 +17,17 @@ from scorer import atomic, plot
 from scorer.adapt import ReplacedTokens, masked_lm, replaced_token_detection
 from scorer.config import TrainConfig, to_json
 from scorer.dataset import TrainingData, load_training_data
-from scorer.errors import ConfigError, InputError, ModelError, ProviderError, first_line
+from scorer.errors import ConfigError, InputError, ProviderError
 from scorer.loop import Trainer, predict
 from scorer.metrics import confusion_of
 from scorer.model import (
     HeadConfig,
     SentenceClassifier,
+    backend_copy,
     keep_bottom_layers,
     load_encoder,
     position_limit,
+    pretrained_tokenizer,
     reinitialize_top_layers,
 )
 from scorer.tokens import Encoded, TextEncoder
@@ -75,7 +77,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     precision = _resolve_precision(config.precision, device)
     data = load_training_data(config)
     hf_tokenizer, encoder_model = _load_pretrained(config)
-    text_encoder = TextEncoder(_backend_copy(hf_tokenizer), config.max_length)
+    text_encoder = TextEncoder(backend_copy(hf_tokenizer), config.max_length)
     train_set = text_encoder.encode(data.train_texts)
     _check_coverage(train_set, hf_tokenizer, config)
     val_set = text_encoder.encode(data.val_texts)
@@ -175,25 +177,11 @@ def _cpu_has_bf16() -> bool:
 
 def _load_pretrained(config: TrainConfig):
     """The tokenizer and encoder named by --model, with the max length checked against the encoder."""
-    from transformers import AutoTokenizer
-
     encoder = load_encoder(config.model)
     limit = position_limit(encoder.config)
     if config.max_length > limit:
         raise ConfigError(f"--max-length {config.max_length} is above {config.model}'s position limit {limit}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(config.model), use_fast=True)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{config.model}: no usable fast tokenizer ({first_line(exc)})") from exc
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # transformers 5 builds an empty one without files
-        raise ModelError(f"{config.model}: no tokenizer files (tokenizer.json, or vocab.txt for WordPiece); copy the "
-                          "tokenizer the encoder was pretrained with into that directory")
-    if len(tokenizer) > encoder.config.vocab_size:
-        raise ModelError(
-            f"{config.model}: tokenizer has {len(tokenizer)} tokens but the encoder only "
-            f"{encoder.config.vocab_size}; the tokenizer does not belong to this model"
-        )
-    return tokenizer, encoder
+    return pretrained_tokenizer(config.model, encoder.config.vocab_size), encoder
 
 
 def _check_coverage(train_set, hf_tokenizer, config: TrainConfig) -> None:
@@ -205,12 +193,6 @@ def _check_coverage(train_set, hf_tokenizer, config: TrainConfig) -> None:
     if unknown > _UNKNOWN_WARNING * (known + unknown):
         log.warning("%.0f%% of the training tokens are [UNK]: the vocabulary of %s reads this text poorly; is "
                     "--model right for it?", 100 * unknown / (known + unknown), config.model)
-
-
-def _backend_copy(hf_tokenizer):
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
 
 
 def _log_epoch(result: EpochResult, total: int) -> None:
