@@ -56,13 +56,18 @@ def gather_external_data(path: Path) -> None:
     """Over 2 GB, where protobuf cannot hold the weights, torch writes each tensor to a file of its own beside the
     graph: move them into one file, `<graph>.data`, which the manifest hashes with the graph."""
     scattered = external_files(path)
-    if not scattered or scattered == [f"{path.name}.data"]:
+    if not scattered or scattered == [data_file(path).name]:
         return
     graph = onnx.load(str(path))  # (with its tensors)
     onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{path.name}.data", size_threshold=1024)
+                    location=data_file(path).name, size_threshold=1024)
     for name in scattered:
         (path.parent / name).unlink()
+
+
+def data_file(path: Path) -> Path:
+    """Where the tensors of the graph `path` lie when it is over 2 GB (gather_external_data)."""
+    return path.with_name(f"{path.name}.data")
 
 
 def external_files(path: Path) -> list[str]:

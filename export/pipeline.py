@@ -14,7 +14,7 @@ from torch import nn
 
 from export import parity
 from export.fp16_choice import Fp16Report, build_fp16
-from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx, external_files
+from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, data_file, export_onnx
 from export.quantize import QuantizeReport, quantize_int8
 from export.rows import calibration_texts, parity_rows, recorded_data
 from scorer import atomic, selfcheck
@@ -197,7 +197,8 @@ def _manifest(model, head: HeadConfig, config: ExportConfig, variants: dict[str,
         variants={
             name: Variant(file=path.name, sha256=sha256_file(path), parity_passed=passed.get(name),
                           device="gpu" if name == "fp16" else "cpu" if name == "int8" else "any",
-                          data={data: sha256_file(staging / data) for data in external_files(path)})
+                          data={data_file(path).name: sha256_file(data_file(path))} if data_file(path).is_file()
+                          else {})
             for name, path in variants.items()
         },
         tokenizer_files={p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name in TOKENIZER_FILES},

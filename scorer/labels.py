@@ -65,9 +65,8 @@ class LabelIndex:
         labels (a CoLA file's 0 and 1 for a model that calls them unacceptable and acceptable)."""
         self.labels = labels
         self._index = {str(label_value(label)): i for i, label in enumerate(labels)}
-        self._known = ", ".join(self._index)
+        self._known = ", ".join(f"{label} ({i})" if ids else label for label, i in self._index.items())
         if ids:
-            self._known = ", ".join(f"{label} ({i})" for label, i in self._index.items())
             self._index.update({str(i): i for i in range(len(labels)) if str(i) not in self._index})
         self._mark = unlabelled_mark and str(UNLABELLED) not in self._index
 

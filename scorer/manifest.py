@@ -110,8 +110,9 @@ def load_manifest(directory: Path) -> Manifest:
     if not directory.is_dir():
         raise ModelError(f"{directory} does not exist; run `scorer export` first or pass --model")
     if not path.is_file():
-        if (directory / "scorer_head.json").is_file() or (directory / "config.json").is_file():  # a step before
-            what = "a training checkpoint" if (directory / "scorer_head.json").is_file() else "a Hugging Face model"
+        trained = (directory / "scorer_head.json").is_file()
+        if trained or (directory / "config.json").is_file():  # a step before the export
+            what = "a training checkpoint" if trained else "a Hugging Face model"
             raise ModelError(f"{directory} is {what}, not an export; export it first (scorer export --checkpoint "
                              f"{directory}) and pass the export directory as --model")
         raise ModelError(f"{directory} has no {MANIFEST}; pass a directory written by `scorer export`")
