@@ -14,6 +14,7 @@ from scorer.read import read_labelled
 
 log = logging.getLogger("scorer")
 MAX_LABELS = 100
+_RARE_ROWS = 5  # a label with fewer training rows is warned of
 _OVERLAP_WARNING = 0.1  # share of validation sentences that are also training sentences worth a warning
 
 
@@ -45,6 +46,7 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         )
     index = LabelIndex(labels, unlabelled_mark=False)
     targets = index.indices(train.labels, config.data, config.label_column, 1)
+    _warn_rare(labels, targets, config)
     if config.val_data is not None:
         val = read_labelled(config.val_data, config.text_column, config.label_column)
         unknown = index.unknown(val.labels)
@@ -57,6 +59,15 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         val_targets = index.indices(val.labels, config.val_data, config.label_column, 1)
         return TrainingData(labels, train.texts, targets, val.texts, val_targets, str(config.val_data))
     return _split(labels, train.texts, targets, config)
+
+
+def _warn_rare(labels: list, targets: np.ndarray, config: TrainConfig) -> None:
+    """Say when a label has too few rows to be learnt: a typo (11 for 1) makes a class of its own."""
+    counts = np.bincount(targets, minlength=len(labels))
+    for label, count in zip(labels, counts, strict=True):
+        if count < _RARE_ROWS:
+            log.warning("%s: label %r in column '%s' occurs in only %d of %d rows, too few to learn it; is it a typo?",
+                        config.data, label, config.label_column, count, len(targets))
 
 
 def _warn_overlap(train_texts: list[str], val_texts: list[str], config: TrainConfig) -> None:

@@ -42,6 +42,24 @@ def _whole_number(text: str) -> int | None:
     return int(number) if math.isfinite(number) and number.is_integer() else None
 
 
+def check_one_kind(values: list[int | str], path: Path | str, column: str) -> None:
+    """Refuse labels that mix whole numbers and names (`label_value`s, rows numbered from 1). One stray name among
+    0/1 (a typo, a note) would otherwise make every label a name, and that name the positive class: each score would
+    be the probability of the typo."""
+    names = [row for row, value in enumerate(values) if isinstance(value, str)]
+    if not names or len(names) == len(values):
+        return
+    numbers = [row for row, value in enumerate(values) if not isinstance(value, str)]
+    odd, usual, kind = (names, numbers, "whole numbers") if len(names) <= len(numbers) else (numbers, names, "names")
+    examples = sorted({str(values[row]) for row in usual})
+    shown = ", ".join(examples[:5]) + (", ..." if len(examples) > 5 else "")
+    more = f" (and {len(odd) - 1} more row(s))" if len(odd) > 1 else ""
+    raise InputError(
+        f"{path} row {odd[0] + 1}: column '{column}' holds the label {values[odd[0]]!r}{more} where {len(usual)} "
+        f"other rows hold {kind} ({shown}); labels must be all whole numbers or all names: fix that row"
+    )
+
+
 def normalise_labels(values: list) -> list[int | str]:
     """Present labels as ints when every one is a whole number, else all as text (so "1" and "yes" are one kind)."""
     out = [label_value(v) for v in values]

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from scorer.csvlint import COMPRESSIONS, locate_problem, open_binary, swallowed_rows
 from scorer.errors import InputError
-from scorer.labels import label_value, normalise_labels
+from scorer.labels import check_one_kind, label_value, normalise_labels
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 # pyarrow's CSV reader needs every row inside one block: a row larger than the block (one huge cell) is read again
@@ -266,12 +266,13 @@ def read_labelled(path: Path, text_column: str, label_column: str) -> LabelledDa
     if table.num_rows == 0:
         raise InputError(f"{path} has no data rows; a labelled file needs at least one")
     texts = plain_text(table.column(text_column)).to_pylist()
-    labels = table.column(label_column).to_pylist()
-    for row, (text, label) in enumerate(zip(texts, labels, strict=True), start=1):
+    values = [label_value(label) for label in table.column(label_column).to_pylist()]
+    for row, (text, value) in enumerate(zip(texts, values, strict=True), start=1):
         if not isinstance(text, str) or not text.strip():
             raise InputError(
                 f"{path} row {row}: column '{text_column}' is empty or not text; fix or remove that row"
             )
-        if label_value(label) is None:
+        if value is None:
             raise InputError(f"{path} row {row}: column '{label_column}' has no label; fix or remove that row")
-    return LabelledData(texts=texts, labels=normalise_labels(labels), source=Path(path))
+    check_one_kind(values, path, label_column)
+    return LabelledData(texts=texts, labels=normalise_labels(values), source=Path(path))

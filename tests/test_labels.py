@@ -33,6 +33,35 @@ def test_labels_are_all_numbers_or_all_text():
     assert normalise_labels(["1", "yes", 2.0]) == ["1", "yes", "2"]
 
 
+def test_a_stray_name_among_number_labels_is_refused_naming_its_row(tmp_path):
+    # One "yes" among 0/1 made every label a name, and "yes" the positive class: each score was P("yes").
+    path = tmp_path / "train.csv"
+    rows = [f"sentence {i},{i % 2}" for i in range(30)]
+    path.write_text("sentence,label\n" + "\n".join([*rows[:5], "sentence x,yes", *rows[5:]]) + "\n")
+    with pytest.raises(InputError, match=r"train.csv row 6: column 'label' holds the label 'yes' where 30 other rows "
+                                         r"hold whole numbers \(0, 1\); labels must be all whole numbers or all names"):
+        read_labelled(path, "sentence", "label")
+    path.write_text("sentence,label\n" + "".join(f"s {i},{'good' if i % 2 else 'bad'}\n" for i in range(9))
+                    + "s,1\nt,0.5\nu,2.0\n")  # 0.5 is no whole number: a name
+    with pytest.raises(InputError, match=r"row 10: column 'label' holds the label 1 \(and 1 more row\(s\)\) where 10 "
+                                         r"other rows hold names \(0.5, bad, good\)"):
+        read_labelled(path, "sentence", "label")
+    path.write_text("sentence,label\na,1.0\nb,yes\nc,1\n")  # as many of each: the names are the odd ones
+    with pytest.raises(InputError, match=r"row 2: column 'label' holds the label 'yes' where 2 other rows"):
+        read_labelled(path, "sentence", "label")
+
+
+def test_a_label_with_too_few_rows_to_learn_is_warned_of(tmp_path, caplog):
+    from scorer.config import TrainConfig
+    from scorer.dataset import load_training_data
+
+    data = tmp_path / "train.csv"
+    data.write_text("sentence,label\n" + "".join(f"s {i},{i % 2}\n" for i in range(40)) + "s x,11\n")
+    load_training_data(TrainConfig(data=data))
+    assert "label 11 in column 'label' occurs in only 1 of 41 rows, too few to learn it; is it a typo?" in caplog.text
+    assert "label 0" not in caplog.text and "label 1 " not in caplog.text
+
+
 def test_the_index_finds_a_label_however_written_and_skips_missing_ones():
     index = LabelIndex([0, 1])
     assert index.indices([1, "0", "1.0", 0.0, None, math.nan, " "], "f.csv", "label", 1).tolist() == [

@@ -100,9 +100,16 @@ def test_bad_training_inputs_exit_3_with_one_line(tiny_encoder, tmp_path):
     result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data), "--val-data", str(val)))
     assert result.exit_code == 3
     assert "label(s) 7 in column 'label' do not occur in" in result.output
-    val.write_text("sentence,label\nx,0.0\ny,maybe\n")  # text labels: 0.0 is still the label 0
+    val.write_text("sentence,label\nx,0.0\ny,maybe\nz,1\n")  # a name among numbers: its row
     result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data), "--val-data", str(val)))
-    assert result.exit_code == 3 and "label(s) maybe in column 'label' do not occur in" in result.output
+    assert result.exit_code == 3 and "val.csv row 2: column 'label' holds the label 'maybe'" in result.output
+    val.write_text("sentence,label\nx,no\ny,maybe\n")
+    result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data), "--val-data", str(val)))
+    assert result.exit_code == 3 and "label(s) maybe, no in column 'label' do not occur in" in result.output
+    data.write_text("sentence,label\n" + "".join(f"s {i},{i % 2}\n" for i in range(20)) + "s x,yes\n")
+    result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data)))
+    assert result.exit_code == 3 and "train.csv row 21: column 'label' holds the label 'yes'" in result.output
+    data.write_text("sentence,label\n" + "".join(f"s {i},{i % 2}\n" for i in range(20)))
     result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data), "--text-column", "body"))
     assert result.exit_code == 3 and "columns are sentence, label" in result.output
     data.write_text("sentence,label\n" + "".join(f"s {i},1\n" for i in range(20)))
