@@ -41,8 +41,10 @@ def op_graphs(rows: int, width: int) -> dict[str, tuple[bytes, dict[str, tuple],
                                                 TensorProto.FLOAT16, list(shape)) for name, shape in inputs.items()]
         graph = helper.make_graph([node], node.op_type, values, [helper.make_tensor_value_info(
             "y", TensorProto.FLOAT16, list(output_shape))], initializers)
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                       helper.make_opsetid("com.microsoft", 1)]).SerializeToString()
+        # IR version 8, opset 17's: make_model would write the installed onnx's newest (onnx 1.23: 14), which an
+        # older ONNX Runtime refuses (1.31: at most 13, as on the GPU test machine).
+        return helper.make_model(graph, ir_version=8, opset_imports=[
+            helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]).SerializeToString()
 
     graphs = {}
     for name, (k, n) in {"attention output MatMul": (HIDDEN, HIDDEN), "feed-forward in MatMul": (HIDDEN, INTERMEDIATE),
