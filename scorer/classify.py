@@ -193,6 +193,13 @@ class OnnxClassifier:
         """How input files' label values map to the model's labels."""
         return LabelIndex(self.labels, ids=self.manifest.label_ids)
 
+    @property
+    def score_means(self) -> str:
+        """What the `score` column holds, for the summary and the output's record."""
+        if len(self.labels) == 2:
+            return f"the probability of label {self.manifest.positive_label!r}"
+        return f"the probability of the predicted label (of {len(self.labels)})"
+
     def scores(self, probabilities: np.ndarray) -> np.ndarray:
         """The `score` of each row: the positive class's probability (two labels), else the top probability."""
         if len(self.labels) == 2:

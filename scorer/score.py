@@ -129,7 +129,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
     atomic.check_writable(unit.output, overwrite=True)
     # What the output records of its making; the parts also depend on the window size.
     record = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
-              "columns": asdict(columns), "scorer": __version__}
+              "columns": asdict(columns), "score": classifier.score_means, "scorer": __version__}
     store = PartStore(unit.output, {**record, "window_rows": config.window_rows})
     with OutputLock(unit.output):
         first = store.open()

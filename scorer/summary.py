@@ -56,6 +56,7 @@ class RunSummary:
     provider: str
     variant: str
     model_sha256: str
+    score: str = ""  # what the score column holds: "the probability of label 1"
     io_binding: bool = False
     infer_threads: int = 1
     provider_options: dict = field(default_factory=dict)  # as given to ONNX Runtime (CUDA: export's kernel choice)
@@ -123,6 +124,7 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
                       io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
                       provider_options=classifier.provider_options,
                       variant=classifier.variant, model_sha256=classifier.model_sha256,
+                      score=classifier.score_means,
                       batching={**asdict(classifier.tally), "window_rows": window_rows}, waits=waits)
 
 

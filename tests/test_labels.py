@@ -170,7 +170,10 @@ def test_three_text_labels_train_export_and_score_with_the_predicted_labels_prob
     assert manifest["labels"] == ["neg", "neu", "pos"]
     out = pacsv.read_csv(tmp_path / "out.csv").to_pydict()
     assert set(out["pred_label"]) <= {"neg", "neu", "pos"} and all(1 / 3 <= s <= 1 for s in out["pred_score"])
-    summary = json.loads((tmp_path / "out.csv.summary.json").read_text())["inputs"][0]
+    whole = json.loads((tmp_path / "out.csv.summary.json").read_text())
+    assert whole["score"] == "the probability of the predicted label (of 3)"
+    assert json.loads((tmp_path / ".out.csv.scorer.json").read_text())["score"] == whole["score"]
+    summary = whole["inputs"][0]
     evaluation = summary["evaluation"]
     assert evaluation["rows"] == 450 and evaluation["accuracy"] > 0.6  # three words per label: easy to learn
     assert evaluation["labels"] == ["neg", "neu", "pos"] and len(evaluation["per_class"]) == 3

@@ -64,6 +64,9 @@ def test_every_row_kept_in_order_with_status_and_null_scores(tiny_export, parque
     assert summary["rows"] == 78 and summary["status_counts"]["null"] == 11
     assert summary["status_counts"]["empty"] == 22 and summary["status_counts"]["truncated"] == 11
     assert summary["provider"] == "cpu" and len(summary["model_sha256"]) == 64
+    # What the score column holds, in the summary and in the output's own record (read by tools downstream)
+    assert summary["score"] == "the probability of label 1"
+    assert json.loads(table.schema.metadata[b"scorer"])["score"] == "the probability of label 1"
     assert ("11 truncated, 11 unscored (null text), 22 unscored (empty text); 78 written now" in result.output)
 
 
