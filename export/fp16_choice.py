@@ -56,9 +56,10 @@ class Kernels:
 
 
 # ORT's own choice; cuDNN's flash attention asked for (the `sdpa_kernel` bit mask of ORT's AttentionBackend: 8 is
-# CUDNN_FLASH_ATTENTION; the unfused math stays the fallback); the mask form that memory-efficient attention takes;
-# padding removed (ORT's packing mode: its packed attention ops run memory-efficient attention on 8.0 and newer).
-KERNELS = {"default": Kernels(None, {}), "cudnn": Kernels(None, {"sdpa_kernel": "8"}),
+# CUDNN_FLASH_ATTENTION, 16 MATH, the unfused kernels, named as the fallback for shapes cuDNN does not take, since a
+# mask without that bit turns them off too); the mask form that memory-efficient attention takes; padding removed
+# (ORT's packing mode: its packed attention ops run memory-efficient attention on 8.0 and newer).
+KERNELS = {"default": Kernels(None, {}), "cudnn": Kernels(None, {"sdpa_kernel": "24"}),
            "efficient": Kernels(with_row_starts, {}), "packed": Kernels(packed, {})}
 
 

@@ -141,7 +141,7 @@ def test_io_binding_run_cost_and_kernels_follow_what_export_measured_for_fp16_on
     from scorer.manifest import load_manifest
 
     manifest = load_manifest(tiny_export)
-    cudnn = {"sdpa_kernel": "8"}
+    cudnn = {"sdpa_kernel": "24"}
     measured = replace(manifest, extra={**manifest.extra, "fp16": {"measured_on": "cuda", "io_binding": True,
                                                                    "batch_overhead": 7000, "cuda_options": cudnn}})
     assert default_io_binding("cuda", "fp16", measured) and default_batch_overhead("cuda", "fp16", measured) == 7000
