@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,15 +36,22 @@ def available() -> list[str]:
     return list(onnxruntime().get_available_providers())
 
 
-def _preload_cuda() -> None:
-    # onnxruntime-gpu >= 1.21 can load the CUDA/cuDNN libraries that pip installed (nvidia-* wheels or torch's).
-    ort = onnxruntime()
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:
-        try:
+def _preload_cuda() -> list[str]:
+    """Load the CUDA/cuDNN libraries that pip installed (nvidia-* wheels or torch's; onnxruntime-gpu >= 1.21) and
+    return those it could not load. ONNX Runtime prints its complaints, which are kept off stdout: a nightly job keeps
+    that for the summary line."""
+    preload = getattr(onnxruntime(), "preload_dlls", None)
+    if preload is None:
+        return []
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
             preload()
-        except Exception as exc:  # preload is best effort: the session check below is the real test
-            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    except Exception as exc:  # preload is best effort: the session check is the real test
+        log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if printed.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
+    return re.findall(r"Failed to load (\S+?):", printed.getvalue())
 
 
 def resolve_provider(requested: str) -> str:
@@ -69,8 +79,11 @@ def create_session(model: Path | bytes, provider: str, provider_options: dict | 
     """A session on `provider` (cpu, cuda or tensorrt) for a model file (or serialised model); raises when it
     silently landed on the CPU instead."""
     ort = onnxruntime()
+    missing = []
     if provider in ("cuda", "tensorrt"):
-        _preload_cuda()
+        missing = _preload_cuda()
+        if not log.isEnabledFor(logging.DEBUG):  # ONNX Runtime's own account of a failed CUDA start, in red on
+            ort.set_default_logger_severity(4)   # stderr; the check below says it in one line (--debug shows it)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -87,9 +100,11 @@ def create_session(model: Path | bytes, provider: str, provider_options: dict | 
         name = "the model" if isinstance(model, bytes) else model
         raise ProviderError(f"{name}: ONNX Runtime could not start on {provider} ({first_line(exc)})") from exc
     if session.get_providers()[0] != _NAMES[provider]:
+        why = f"the CUDA libraries {', '.join(missing)} could not be loaded" if missing else \
+            "no usable GPU, or CUDA/cuDNN libraries missing"
         raise ProviderError(
             f"--provider {provider}: ONNX Runtime started the session on {session.get_providers()[0]} instead "
-            f"(no usable GPU, or CUDA/cuDNN libraries missing); {_INSTALL}"
+            f"({why}); {_INSTALL}"
         )
     return session
 

