@@ -32,9 +32,9 @@ from export.timing import best_seconds, logits_of, run_cost
 from scorer.batches import budget_batches
 from scorer.config import FP16_ATTENTIONS, RunConfig
 from scorer.defaults import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
-from scorer.errors import ModelError, ProviderError, first_line
+from scorer.errors import ModelError, first_line
 from scorer.selfcheck import TOLERANCE, allowed
-from scorer.session import CUDA, available, batch_runner, create_session
+from scorer.session import batch_runner, create_session, cuda_starts
 from scorer.tokens import Encoded
 
 log = logging.getLogger("scorer")
@@ -97,7 +97,7 @@ def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, att
                encoded: Encoded) -> Fp16Report:
     """Write the fp16 variant to `target` with the attention asked for, or (auto) the faster one on CUDA."""
     why = "asked for with --fp16-attention"
-    if attention == "auto" and not _cuda_works(source):
+    if attention == "auto" and not cuda_starts(source):
         attention, why = "fused", "no working CUDA here to time the candidates on"
     if attention != "auto":
         fused = optimize_fp16(source, target, num_heads, hidden_size, attention)
@@ -240,13 +240,3 @@ def check_logits(logits: np.ndarray, expected: np.ndarray) -> None:
         raise ModelError(f"its logits differ from the fp32 graph's by {worst:.3g} on rows with padding "
                          f"(at most {limit:.3g} allowed)")
 
-
-def _cuda_works(model: Path) -> bool:
-    if CUDA not in available():
-        return False
-    try:
-        create_session(model, "cuda")
-    except ProviderError as exc:
-        log.warning("CUDA is listed but does not start (%s); fp16 attention is not measured", exc)
-        return False
-    return True

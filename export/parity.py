@@ -11,7 +11,7 @@ import torch
 from scorer.config import ExportConfig
 from scorer.metrics import confusion_of
 from scorer.rescue import finite_rows
-from scorer.session import CUDA, available, batch_runner, create_session
+from scorer.session import batch_runner, create_session, cuda_starts
 from scorer.tokens import Encoded
 
 _SINGLE_ROWS = 8
@@ -65,7 +65,7 @@ def run_parity(model: torch.nn.Module, variants: dict[str, Path], encoded: Encod
     torch_row = _judge("pytorch", "torch-cpu", reference, reference, batches, targets, labels, config, None)
     results = [torch_row]
     for name, path in variants.items():
-        provider = "cuda" if name == "fp16" and CUDA in available() else "cpu"
+        provider = "cuda" if name == "fp16" and cuda_starts(path) else "cpu"
         options = cuda_options if provider == "cuda" else None
         run = batch_runner(create_session(path, provider, options), provider, io_binding=False)
         logits = [run(_feed(encoded, b.rows, b.pad)) for b in batches]

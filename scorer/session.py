@@ -67,6 +67,25 @@ def resolve_provider(requested: str) -> str:
     return requested
 
 
+_CUDA_STARTS: list[bool] = []  # the verdict of cuda_starts, found once per process
+
+
+def cuda_starts(model: Path | bytes) -> bool:
+    """Whether sessions start on CUDA here: this onnxruntime has the provider, and CUDA's libraries and a GPU are
+    there. Found once per process by starting a session of `model`, and said where the provider is listed but does
+    not start (onnxruntime-gpu without CUDA's libraries, or without a GPU)."""
+    if not _CUDA_STARTS:
+        verdict = CUDA in available()
+        if verdict:
+            try:
+                create_session(model, "cuda")
+            except ProviderError as exc:
+                log.warning("CUDA is listed but does not start (%s); continuing on the CPU", exc)
+                verdict = False
+        _CUDA_STARTS.append(verdict)
+    return _CUDA_STARTS[0]
+
+
 def default_threads(provider: str) -> int:
     """ONNX Runtime intra-op threads: one per core on a CPU. On a GPU the graph's CPU work is a few shape ops: one
     thread, so that no pool of spinning threads competes with tokenisation for the cores (H100: model stage 99k

@@ -116,6 +116,26 @@ def test_export_prints_the_parity_table_and_unfused_fp16_attention_on_request(ti
     assert fp16["attention"] == "unfused" and fp16["seconds"] is None
 
 
+def test_cuda_listed_but_not_starting_builds_and_checks_fp16_on_the_cpu_saying_so_once(tiny_checkpoint, tmp_path,
+                                                                                       monkeypatch):
+    """onnxruntime-gpu on a machine where CUDA cannot start (no GPU, or CUDA's libraries missing) lists the CUDA
+    provider: export failed at the fp16 parity check with exit 6. Only the listing is made up here; every session is
+    real, and the one asked for on CUDA lands on the CPU as it does there."""
+    import scorer.session
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is really listed here")
+    monkeypatch.setattr(scorer.session, "available", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(scorer.session, "_CUDA_STARTS", [])
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--output",
+                                       str(tmp_path / "onnx"), "--variants", "fp32,fp16", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("CUDA is listed but does not start") == 1
+    assert "fp16 graph: fused attention (not timed: no working CUDA here" in result.output
+    report = json.loads((tmp_path / "onnx" / "parity.json").read_text())
+    assert {v["variant"]: v["provider"] for v in report["variants"]}["fp16"] == "cpu" and report["passed"]
+
+
 # Each fp16 graph timed plainly and with IO binding (export.fp16_choice.choose_attention), the fused ones also with
 # the mask as row lengths and starts ("efficient"; on CUDA also with cuDNN's attention asked for).
 MODES = tuple(f"{attention}{'' if kernels == 'default' else ' ' + kernels}{mode}" for attention in FP16_ATTENTIONS
