@@ -10,7 +10,6 @@ library path; `available()` says whether both are there.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from pathlib import Path
 
@@ -18,24 +17,16 @@ import numpy as np
 
 log = logging.getLogger("scorer")
 CACHE_DIR = "tensorrt-cache"
-_LIBRARIES = ("libnvinfer.so.10", "libnvonnxparser.so.10")
 # The shape TensorRT tunes kernels for: a full token-budget batch of short sentences.
 _OPT_ROWS, _OPT_LENGTH = 256, 32
 
 
 def available() -> bool:
     """True when onnxruntime lists the TensorRT EP and the TensorRT libraries can be loaded."""
-    from scorer.session import TENSORRT
+    from scorer.session import TENSORRT, missing_tensorrt_libraries
     from scorer.session import available as providers
 
-    if TENSORRT not in providers():
-        return False
-    try:
-        for library in _LIBRARIES:
-            ctypes.CDLL(library)
-    except OSError:
-        return False
-    return True
+    return TENSORRT in providers() and not missing_tensorrt_libraries()
 
 
 def provider_options(cache_dir: Path, max_length: int, max_rows: int) -> dict[str, object]:

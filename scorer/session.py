@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import logging
 import os
@@ -64,7 +65,25 @@ def resolve_provider(requested: str) -> str:
             f"--provider {requested}: this onnxruntime has no {_NAMES[requested]} (it has {', '.join(names)}); "
             + _INSTALL
         )
+    missing = missing_tensorrt_libraries() if requested == "tensorrt" else []
+    if missing:  # (onnxruntime-gpu lists the provider whether or not TensorRT is there)
+        raise ProviderError(f"--provider tensorrt: the TensorRT 10 libraries {', '.join(missing)} cannot be loaded "
+                            "here; put them on the library path (README, 'GPU and TensorRT') or use --provider cuda")
     return requested
+
+
+TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvonnxparser.so.10")
+
+
+def missing_tensorrt_libraries() -> list[str]:
+    """The TensorRT libraries that ONNX Runtime's TensorRT provider needs and that cannot be loaded here."""
+    missing = []
+    for library in TENSORRT_LIBRARIES:
+        try:
+            ctypes.CDLL(library)
+        except OSError:
+            missing.append(library)
+    return missing
 
 
 _CUDA_STARTS: list[bool] = []  # the verdict of cuda_starts, found once per process

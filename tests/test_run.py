@@ -558,6 +558,20 @@ def test_cuda_without_a_gpu_is_refused(tiny_export, parquet_input):
     assert not parquet_input.with_name("input.scored.parquet").exists()
 
 
+def test_tensorrt_listed_without_its_libraries_is_refused_naming_them(tiny_export, parquet_input, monkeypatch):
+    """onnxruntime-gpu lists the TensorRT provider whether or not TensorRT is installed; without its libraries a
+    session fell back to CUDA or the CPU after ONNX Runtime printed an "EP Error" block onto stdout."""
+    import scorer.session
+
+    if not scorer.session.missing_tensorrt_libraries():
+        pytest.skip("TensorRT's libraries are here")
+    monkeypatch.setattr(scorer.session, "available", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                               "CPUExecutionProvider"])
+    result = run(parquet_input, "--model", tiny_export, "--provider", "tensorrt")
+    assert result.exit_code == 6 and "--provider tensorrt: the TensorRT 10 libraries libnvinfer.so.10" in result.output
+    assert not parquet_input.with_name("input.scored.parquet").exists()
+
+
 def test_a_cuda_start_that_falls_back_names_the_missing_libraries_and_keeps_stdout_clean(tiny_export, monkeypatch,
                                                                                         capsys):
     """onnxruntime-gpu on a machine without CUDA's libraries: its preload_dlls prints what it could not load (to
