@@ -23,6 +23,7 @@ from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
 from scorer.errors import ConfigError, ParityError, ProviderError
 from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
 from scorer.model import HeadConfig
+from scorer.session import onnxruntime
 from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 
 log = logging.getLogger("scorer")
@@ -216,4 +217,6 @@ def _versions() -> dict[str, str]:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
+    # The ONNX Runtime that ran the checks, from either wheel (onnxruntime-gpu's is recorded under its own name too).
+    found.setdefault("onnxruntime", onnxruntime().__version__)
     return found
