@@ -21,15 +21,15 @@ def nothing_evaluated(column: str, rows: int) -> dict:
     return {"rows": 0, "accuracy": None, "mcc": None, "label_column": column, "input_rows": rows}
 
 
-def markdown(evaluation: dict) -> str:
-    """The report as Markdown: headline metrics, per-class table, confusion matrix, sample table."""
+def markdown(evaluation: dict, about: dict | None = None) -> str:
+    """The report as Markdown: what was scored with what, headline metrics, per-class table, confusion matrix,
+    sample table."""
+    lines = ["# Evaluation", "", *_provenance(about or {})]
     if not evaluation["rows"]:
-        return (f"# Evaluation\n\nNo row has both a label (column '{evaluation['label_column']}') and a score, of "
-                f"{evaluation['input_rows']} rows: nothing to evaluate.\n")
+        return "\n".join([*lines, f"No row has both a label (column '{evaluation['label_column']}') and a score, of "
+                                  f"{evaluation['input_rows']} rows: nothing to evaluate."]) + "\n"
     labels = [str(label) for label in evaluation["labels"]]
-    lines = [
-        "# Evaluation",
-        "",
+    lines += [
         f"- rows evaluated: {evaluation['rows']}",
         f"- accuracy: {evaluation['accuracy']:.4f}",
         f"- Matthews correlation (MCC): {evaluation['mcc']:.4f}",
@@ -54,15 +54,30 @@ def markdown(evaluation: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _provenance(about: dict) -> list[str]:
+    """The input, output, model and time a report is of, with the PyTorch check where the run made one."""
+    if not about:
+        return []
+    lines = [f"- input: {about['input']} -> {about['output']}",
+             f"- model: {about['model']} ({about['variant']} on {about['provider']}, sha256 "
+             f"{about['model_sha256'][:12]}); score: {about['score']}"]
+    check = about.get("check")
+    if check and check["passed"] is not None:
+        lines.append(f"- PyTorch check: {check['agreement']:.1%} of {check['rows']} rows agree, max |Δscore| "
+                     f"{check['max_score_diff']:.2g}")
+    return [*lines, f"- scored: {about['scored_at']}", ""]
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def write_report(evaluation: dict, path: Path) -> tuple[Path, Path]:
-    """Write `path` as Markdown and the same figures as JSON beside it."""
+def write_report(evaluation: dict, path: Path, about: dict | None = None) -> tuple[Path, Path]:
+    """Write `path` as Markdown and the same figures as JSON beside it (`about`, the run, under "run")."""
     from scorer.atomic import write_text
 
     json_path = path.with_suffix(".json")
-    write_text(path, markdown(evaluation))
-    write_text(json_path, json.dumps(evaluation, indent=2, default=str) + "\n")
+    write_text(path, markdown(evaluation, about))
+    write_text(json_path, json.dumps({**evaluation, "run": about} if about else evaluation, indent=2, default=str)
+               + "\n")
     return path, json_path

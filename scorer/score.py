@@ -238,7 +238,11 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
     sink.finish()
     store.discard()
     if config.report:  # (a report without a row to evaluate says so: the file asked for is there)
-        write_report(figures.evaluation or nothing_evaluated(columns.label, figures.rows), config.report)
+        about = {"input": str(unit.source), "output": str(unit.output), "model": str(classifier.directory),
+                 "variant": classifier.variant, "provider": classifier.provider,
+                 "model_sha256": classifier.model_sha256, "score": classifier.score_means, "check": check,
+                 "scored_at": now()}
+        write_report(figures.evaluation or nothing_evaluated(columns.label, figures.rows), config.report, about)
     return UnitSummary(str(unit.source), str(unit.output), "resumed" if resumed else "scored", rows=figures.rows,
                        rows_this_run=figures.rows - resumed, resumed_from_row=resumed,
                        status_counts=figures.status_counts, rescued_rows=rescued, evaluation=figures.evaluation,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -233,7 +234,7 @@ def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_pa
     data = tmp_path / "dev.csv"
     data.write_text("sentence,label\n" + "".join(f"sentence {i} is here,{i % 2}\n" for i in range(40)) + ",\n")
     report = tmp_path / "eval.md"
-    result = run(data, "--model", tiny_export, "--samples", "5", "--report", report)
+    result = run(data, "--model", tiny_export, "--samples", "5", "--report", report, "--check", "10")
     assert result.exit_code == 0, result.output
     assert result.output.count("\n") == 1 and "accuracy" in result.output and "MCC" in result.output  # --quiet
     loud = CliRunner().invoke(main, ["run", str(data), "--model", str(tiny_export), "--overwrite"])
@@ -246,7 +247,17 @@ def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_pa
     true = np.array([int(v) for v in table.column("label").to_pylist()[:40]])
     predicted = np.array(table.column("pred_label").to_pylist()[:40])
     assert evaluation["accuracy"] == pytest.approx((true == predicted).mean())
-    assert "| row | sentence | true label | predicted label |" in report.read_text()
+    text = report.read_text()
+    assert "| row | sentence | true label | predicted label |" in text
+    # What the report is of: the input and output, the model, what score holds, when
+    run_record = evaluation["run"]
+    assert run_record["input"] == str(data) and run_record["output"] == str(tmp_path / "dev.scored.parquet")
+    assert run_record["model_sha256"] == json.loads((tmp_path / "dev.scored.parquet.summary.json").read_text()
+                                                    )["model_sha256"]
+    assert f"- input: {data} -> {tmp_path / 'dev.scored.parquet'}" in text
+    assert f"- model: {tiny_export} (" in text and "score: the probability of label 1" in text
+    assert f"- scored: {run_record['scored_at']}\n" in text
+    assert re.search(r"- PyTorch check: 100.0% of 10 rows agree, max \|Δscore\| [0-9.e-]+\n", text), text
 
 
 def test_a_report_that_cannot_be_written_as_asked_is_refused_before_any_work(tiny_export, parquet_input, tmp_path):
@@ -273,7 +284,9 @@ def test_labelled_input_without_a_scorable_row_has_no_evaluation(tiny_export, tm
     text = (tmp_path / "summary.json").read_text()
     assert "NaN" not in text and json.loads(text)["inputs"][0]["evaluation"] is None
     assert "No row has both a label (column 'label') and a score, of 2 rows: nothing to evaluate." in report.read_text()
-    assert json.loads(report.with_suffix(".json").read_text()) == {
+    figures = json.loads(report.with_suffix(".json").read_text())
+    assert figures["run"]["input"] == str(data) and f"- input: {data}" in report.read_text()
+    assert {k: v for k, v in figures.items() if k != "run"} == {
         "rows": 0, "accuracy": None, "mcc": None, "label_column": "label", "input_rows": 2}
 
 
