@@ -47,6 +47,7 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     index = LabelIndex(labels, unlabelled_mark=False)
     targets = index.indices(train.labels, config.data, config.label_column, 1)
     _warn_rare(labels, targets, config)
+    _warn_conflicts(train.texts, targets, labels, config)
     if config.val_data is not None:
         val = read_labelled(config.val_data, config.text_column, config.label_column)
         unknown = index.unknown(val.labels)
@@ -68,6 +69,18 @@ def _warn_rare(labels: list, targets: np.ndarray, config: TrainConfig) -> None:
         if count < _RARE_ROWS:
             log.warning("%s: label %r in column '%s' occurs in only %d of %d rows, too few to learn it; is it a typo?",
                         config.data, label, config.label_column, count, len(targets))
+
+
+def _warn_conflicts(texts: list[str], targets: np.ndarray, labels: list, config: TrainConfig) -> None:
+    """Say when one sentence occurs with different labels (CoLA's training file has 11): no model fits both."""
+    seen: dict[str, set[int]] = {}
+    for text, target in zip(texts, targets.tolist(), strict=True):
+        seen.setdefault(text, set()).add(target)
+    conflicts = [(text, sorted(found)) for text, found in seen.items() if len(found) > 1]
+    if conflicts:
+        text, found = conflicts[0]
+        log.warning("%s: %d sentence(s) occur with more than one label (%r as %s); the model cannot fit both",
+                    config.data, len(conflicts), text[:80], " and ".join(str(labels[i]) for i in found))
 
 
 def _warn_overlap(train_texts: list[str], val_texts: list[str], config: TrainConfig) -> None:

@@ -51,7 +51,7 @@ def test_a_stray_name_among_number_labels_is_refused_naming_its_row(tmp_path):
         read_labelled(path, "sentence", "label")
 
 
-def test_a_label_with_too_few_rows_to_learn_is_warned_of(tmp_path, caplog):
+def test_a_label_too_rare_to_learn_and_a_sentence_with_two_labels_are_warned_of(tmp_path, caplog):
     from scorer.config import TrainConfig
     from scorer.dataset import load_training_data
 
@@ -60,6 +60,10 @@ def test_a_label_with_too_few_rows_to_learn_is_warned_of(tmp_path, caplog):
     load_training_data(TrainConfig(data=data))
     assert "label 11 in column 'label' occurs in only 1 of 41 rows, too few to learn it; is it a typo?" in caplog.text
     assert "label 0" not in caplog.text and "label 1 " not in caplog.text
+    assert "more than one label" not in caplog.text
+    data.write_text("sentence,label\n" + "".join(f"s {i},{i % 2}\n" for i in range(40)) + "s 4,1\ns 5,0\ns 6,0\n")
+    load_training_data(TrainConfig(data=data))
+    assert "train.csv: 2 sentence(s) occur with more than one label ('s 4' as 0 and 1)" in caplog.text
 
 
 def test_the_index_finds_a_label_however_written_and_skips_missing_ones():
