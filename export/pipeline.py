@@ -29,11 +29,12 @@ from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 log = logging.getLogger("scorer")
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 _PACKAGES = ("scorer", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxruntime-gpu")
-# Weights over ONNX's 2 GB for one file lie beside the graph, and ONNX Runtime's optimiser and quantiser hold a
-# graph many times over in memory: a 2.5 GB BERT's fp16 build was killed at 24 GB (bench/RESULTS.md 2). Models this
-# large export their fp32 graph only. Below that, building the fp16 and int8 graphs peaks at about BUILD_MEMORY
-# times the fp32 weights (bert-base's fp16 build 18×, bert-large's whole export 15×): where the memory available is
-# less, they are built only when asked for by name.
+# Weights over ONNX's 2 GB for one file lie beside the graph. Such a model's fp16 graph is built with its word
+# embeddings held out of ONNX Runtime's optimiser (export.optimize), which holds a graph many times over in memory; its
+# int8 graph is not built (the quantiser would need the whole graph, many times over: a 2.5 GB BERT's fp16 build was
+# killed at 24 GB before the tables were held out, bench/RESULTS.md 2). Building the fp16 and int8 graphs peaks at
+# about BUILD_MEMORY times the weights the optimiser holds (bert-base's fp16 build 18×, bert-large's whole export
+# 15×): where the memory available is less, they are built only when asked for by name.
 LARGE_WEIGHTS, BUILD_MEMORY = 2**31, 18
 
 
@@ -101,30 +102,34 @@ def export_model(config: ExportConfig) -> ExportResult:
 
 
 def _buildable(config: ExportConfig, model: nn.Module) -> tuple[str, ...]:
-    """The variants to build: --variants, or all three; but only fp32 for weights over LARGE_WEIGHTS (refused where
-    others were asked for by name), and, unless asked for by name, only fp32 where their build would not fit in the
-    memory available (said why either way)."""
+    """The variants to build: --variants, or all three; but not int8 for weights over LARGE_WEIGHTS (refused where
+    asked for by name), and, unless asked for by name, only fp32 where the others' build would not fit in the memory
+    available (said why either way)."""
     wanted = config.variants or VARIANTS
-    others = [variant for variant in wanted if variant != "fp32"]
     size = sum(tensor.numel() * 4 for tensor in model.parameters())  # as fp32
+    held = 0  # the word embeddings, held out of the optimiser for a model over 2 GB
+    if size > LARGE_WEIGHTS:
+        held = model.encoder.get_input_embeddings().weight.numel() * 4
+        if "int8" in wanted:
+            why = (f"{config.checkpoint} has {size / 2**30:.1f} GiB of weights, over ONNX's 2 GB for one file, and its "
+                   "int8 graph is not built for models this large (ONNX Runtime's quantiser would need many times "
+                   "that in memory)")
+            if config.variants:
+                raise ConfigError(f"{why}; pass --variants fp32,fp16")
+            log.warning("%s: exporting its fp32 and fp16 graphs", why)
+            wanted = tuple(variant for variant in wanted if variant != "int8")
+    others = [variant for variant in wanted if variant != "fp32"]
     graphs = f"{' and '.join(others)} graph" + ("s" if len(others) > 1 else "")
-    if others and size > LARGE_WEIGHTS:
-        why = (f"{config.checkpoint} has {size / 2**30:.1f} GiB of weights, over ONNX's 2 GB for one file, and its "
-               f"{graphs} {'are' if len(others) > 1 else 'is'} not built for models this large (ONNX Runtime's "
-               "optimiser and quantiser would need many times that in memory)")
-        if config.variants:
-            raise ConfigError(f"{why}; pass --variants fp32")
-        log.warning("%s: exporting its fp32 graph only, which `scorer run` then uses everywhere", why)
-        return ("fp32",)
     available = memory_available()
-    if others and available is not None and size * BUILD_MEMORY > available:
+    if others and available is not None and (size - held) * BUILD_MEMORY + 2 * held > available:
         why = (f"building the {graphs} of {config.checkpoint} takes about {BUILD_MEMORY} times its "
-               f"{size / 2**30:.1f} GiB of weights in memory, and {available / 2**30:.1f} GiB is available here")
+               f"{(size - held) / 2**30:.1f} GiB of weights{' besides its word embeddings' if held else ''} in "
+               f"memory, and {available / 2**30:.1f} GiB is available here")
         if config.variants:
             log.warning("%s; building them as --variants asks", why)
             return wanted
         log.warning("%s: exporting its fp32 graph only (export on a machine with more memory, or ask for them with "
-                    "--variants fp32,fp16,int8)", why)
+                    f"--variants {','.join(wanted)})", why)
         return ("fp32",)
     return wanted
 

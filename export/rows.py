@@ -99,7 +99,9 @@ def calibration_texts(config: ExportConfig, trained: dict, recorded: TrainingDat
     if not texts:
         raise InputError(f"{path} has no sentences in column '{text_column}' to calibrate int8 with")
     rows = np.random.default_rng(0).permutation(len(texts))[: config.calibration_rows]
-    log.info("int8 calibration on %d sentences of %s", len(rows), path)
+    what = " and ".join(use for variant, use in (("int8", "int8 calibration"), ("fp16", "the fp16 graph's choice"))
+                        if variant in (config.variants or ("int8", "fp16")))
+    log.info("%s on %d sentences of %s", what, len(rows), path)
     return [texts[i] for i in sorted(rows)]
 
 
