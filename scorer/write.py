@@ -79,6 +79,8 @@ class OutputSink:
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
+        if self.format != "parquet":
+            self._check_text(table)
         if self._writer is None:
             self._writer = self._open(table.schema)
         try:
@@ -89,6 +91,22 @@ class OutputSink:
                 "make the input's schema consistent"
             ) from exc
         self.rows += table.num_rows
+
+    def _check_text(self, table: pa.Table) -> None:
+        """Refuse bytes that are not UTF-8 in a binary column (a CSV/TSV writer would put them in the file raw, NUL
+        bytes and all); binary columns of UTF-8 text, as Hive writes strings, are written as the text they hold."""
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+                continue
+            try:
+                column.cast(pa.large_string())
+            except pa.ArrowInvalid:
+                row = next(i for i, value in enumerate(column.to_pylist()) if not _utf8(value))
+                raise ConfigError(
+                    f"{self.path}: column '{name}' row {self.rows + row + 1} holds bytes that are not UTF-8 text, "
+                    "which a CSV/TSV file cannot hold; write Parquet instead (an --output ending in .parquet, or "
+                    "--format parquet)"
+                ) from None
 
     def _open(self, schema: pa.Schema) -> pq.ParquetWriter | pacsv.CSVWriter:
         try:
@@ -122,3 +140,12 @@ class OutputSink:
             with contextlib.suppress(Exception):
                 self._writer.close()
         self.staging.unlink(missing_ok=True)
+
+
+def _utf8(value: bytes | None) -> bool:
+    try:
+        if value is not None:
+            value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -503,6 +503,23 @@ def test_nested_columns_are_refused_for_csv_output_before_any_work_and_kept_in_p
     assert table.column("tags").to_pylist() == [[1, 2], [3]] and table.column("status").to_pylist() == ["ok", "ok"]
 
 
+def test_bytes_that_are_not_text_are_refused_for_csv_output_naming_the_row_and_utf8_bytes_are_text(tiny_export,
+                                                                                                    tmp_path):
+    """A CSV/TSV writer puts a binary column's bytes in the file raw, NUL bytes and all."""
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": ["a cat sat.", "a dog ran.", "a bird flew."],
+                             "hive": pa.array(["x", "y", "é"], pa.string()).cast(pa.binary()),
+                             "blob": pa.array([b"ok", b"fine", b"\x00\xff,\n"], pa.binary())}), source)
+    result = run(source, "--model", tiny_export, "-o", tmp_path / "out.csv", "--window-rows", "2")
+    assert result.exit_code == 2, result.output
+    assert "out.csv: column 'blob' row 3 holds bytes that are not UTF-8 text, which a CSV/TSV file cannot hold; " \
+           "write Parquet instead" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+    pq.write_table(pq.read_table(source).drop_columns(["blob"]), source)
+    assert run(source, "--model", tiny_export, "-o", tmp_path / "out.csv").exit_code == 0
+    assert pacsv.read_csv(tmp_path / "out.csv").column("hive").to_pylist() == ["x", "y", "é"]
+
+
 def test_output_rules(tiny_export, parquet_input, tmp_path):
     out = tmp_path / "out.parquet"
     assert run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "int8").exit_code == 0
