@@ -236,12 +236,13 @@ def plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray
         try:
             return column.cast(pa.large_string() if pa.types.is_large_binary(kind) else pa.string())
         except pa.ArrowInvalid:  # some rows are not UTF-8: those become nulls here, which `prepare` calls not_text
-            return pa.array([_utf8(value) for value in column.to_pylist()], pa.large_string())
+            return pa.array([utf8_text(value) for value in column.to_pylist()], pa.large_string())
     is_view = getattr(pa.types, "is_string_view", None)  # pyarrow 16 and newer
     return column.cast(pa.large_string()) if is_view is not None and is_view(kind) else column
 
 
-def _utf8(value: bytes | None) -> str | None:
+def utf8_text(value: bytes | None) -> str | None:
+    """`value` decoded as UTF-8; None where it is None or not UTF-8."""
     try:
         return None if value is None else value.decode("utf-8")
     except UnicodeDecodeError:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from scorer import atomic
 from scorer.errors import ConfigError, InputError, OutputError
 from scorer.manifest import sha256_file
-from scorer.read import FORMATS, data_stem
+from scorer.read import FORMATS, data_stem, utf8_text
 
 METADATA_KEY = b"scorer"
 
@@ -101,7 +101,8 @@ class OutputSink:
             try:
                 column.cast(pa.large_string())
             except pa.ArrowInvalid:
-                row = next(i for i, value in enumerate(column.to_pylist()) if not _utf8(value))
+                row = next(i for i, value in enumerate(column.to_pylist())
+                           if value is not None and utf8_text(value) is None)
                 raise ConfigError(
                     f"{self.path}: column '{name}' row {self.rows + row + 1} holds bytes that are not UTF-8 text, "
                     "which a CSV/TSV file cannot hold; write Parquet instead (an --output ending in .parquet, or "
@@ -140,12 +141,3 @@ class OutputSink:
             with contextlib.suppress(Exception):
                 self._writer.close()
         self.staging.unlink(missing_ok=True)
-
-
-def _utf8(value: bytes | None) -> bool:
-    try:
-        if value is not None:
-            value.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
