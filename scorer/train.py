@@ -112,6 +112,8 @@ def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: T
     best_state, best_epoch = {}, 0
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
+        log.info("")
+        log.info("======== Epoch %d / %d ========", epoch, config.epochs)  # before the epoch's batch lines
         train_loss = trainer.run_epoch(epoch)
         _check_finite(train_loss, f"epoch {epoch}'s loss", "--lr", config.learning_rate)
         val_loss, predicted = predict(trainer.evaluated, val_set, device, data.val_targets)
@@ -119,7 +121,7 @@ def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: T
         result = EpochResult(epoch, train_loss, val_loss, confusion.accuracy(), confusion.mcc(),
                              time.perf_counter() - started)
         epochs.append(result)
-        _log_epoch(result, config.epochs)
+        _log_epoch(result)
         if best_epoch == 0 or _better(result, epochs[best_epoch - 1], config.select):
             best_epoch = epoch
             best_state = {key: value.detach().to("cpu", copy=True)
@@ -195,9 +197,7 @@ def _check_coverage(train_set, hf_tokenizer, config: TrainConfig) -> None:
                     "--model right for it?", 100 * unknown / (known + unknown), config.model)
 
 
-def _log_epoch(result: EpochResult, total: int) -> None:
-    log.info("")
-    log.info("======== Epoch %d / %d ========", result.epoch, total)
+def _log_epoch(result: EpochResult) -> None:
     log.info("  Average training loss: %.4f", result.train_loss)
     log.info("  Validation loss: %.4f", result.val_loss)
     log.info("  Validation accuracy: %.4f", result.val_accuracy)

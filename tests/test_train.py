@@ -131,6 +131,21 @@ def test_text_the_vocabulary_cannot_read_is_refused_and_text_it_reads_poorly_war
     assert result.exit_code == 0 and "50% of the training tokens are [UNK]" in result.output
 
 
+def test_each_epochs_header_comes_before_its_batch_lines_and_its_results(tiny_encoder, tmp_path):
+    """The notebook's log: '======== Epoch 1 / 2 ========', then that epoch's 'Batch 40 of N' lines, then its
+    losses, accuracy and MCC."""
+    args = [a for a in train_args(tiny_encoder, tmp_path / "c", "--batch-size", "4", "--rtd-epochs", "0")
+            if a != "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.output.splitlines()]
+    first, second = lines.index("======== Epoch 1 / 2 ========"), lines.index("======== Epoch 2 / 2 ========")
+    for start, end in ((first, second), (second, len(lines))):
+        epoch = lines[start:end]
+        assert epoch[1].startswith("Batch    40  of ") and epoch[2].startswith("Average training loss: ")
+        assert any(line.startswith("Validation MCC: ") for line in epoch)
+
+
 @pytest.mark.parametrize("extra,said", [
     (["--lr", "1e6", "--rtd-epochs", "0"], "epoch 1's loss is nan; nothing was written; lower --lr (now 1e+06)"),
     (["--rtd-epochs", "1", "--rtd-lr", "1e6"], "the replaced-token epochs' loss is nan; nothing was written; lower "
