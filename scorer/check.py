@@ -8,6 +8,7 @@ did (the check says how many)."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +33,18 @@ def cross_check(checkpoint: Path, classifier: OnnxClassifier, texts: list[str], 
     if not texts:  # no row had text to score: nothing was checked, which is neither a pass nor a failure
         log.warning("check: no scored row to check")
         return result
+    started = time.perf_counter()
     torch_scores, torch_labels, device, as_run = _pytorch_scores(checkpoint, classifier, texts)
     result.update(
+        seconds=time.perf_counter() - started,  # loading PyTorch and the checkpoint mostly: not scoring time
         rows_tokenised_as_run=as_run,
         agreement=float(np.mean([a == b for a, b in zip(torch_labels, predicted, strict=True)])),
         max_score_diff=float(np.abs(torch_scores - scores).max()),
         torch_device=device,
     )
     result["passed"] = result["max_score_diff"] <= tolerance
-    log.info("check: %d rows, labels agree %.1f%%, max |Δscore| %.3g (tolerance %g)",
-             len(texts), 100 * result["agreement"], result["max_score_diff"], tolerance)
+    log.info("check: %d rows, labels agree %.1f%%, max |Δscore| %.3g (tolerance %g), in %.1fs",
+             len(texts), 100 * result["agreement"], result["max_score_diff"], tolerance, result["seconds"])
     return result
 
 

@@ -51,12 +51,13 @@ class RunSummary:
     rows_this_run: int
     status_counts: dict[str, int]
     seconds: float
-    rows_per_second: float
+    rows_per_second: float  # rows written now over the run's seconds less checking_seconds
     rescued_rows: int
     provider: str
     variant: str
     model_sha256: str
     score: str = ""  # what the score column holds: "the probability of label 1"
+    checking_seconds: float = 0.0  # of `seconds`, spent on --check (PyTorch's start, mostly)
     io_binding: bool = False
     infer_threads: int = 1
     provider_options: dict = field(default_factory=dict)  # as given to ONNX Runtime (CUDA: export's kernel choice)
@@ -88,9 +89,10 @@ class RunSummary:
         if self.rescued_rows:
             kinds.append(f"{self.rescued_rows} scored by the fp32 graph (non-finite in {self.variant})")
         counts = ", ".join(kinds)
+        checking = f" ({self.checking_seconds:.1f}s of it the PyTorch check)" if self.checking_seconds else ""
         text = (f"{self.rows} rows in {len(self.inputs)} file(s) ({files}){'; ' + counts if counts else ''}; "
-                f"{self.rows_this_run} written now in {self.seconds:.1f}s, {self.rows_per_second:,.0f} rows/s on "
-                f"{self.provider} ({self.variant})")
+                f"{self.rows_this_run} written now in {self.seconds:.1f}s{checking}, {self.rows_per_second:,.0f} "
+                f"rows/s on {self.provider} ({self.variant})")
         if len(self.inputs) == 1:
             text += f" -> {self.inputs[0].output}"
             unit = self.inputs[0]
@@ -118,8 +120,10 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
         for stage, waited in unit.waits.items():
             waits[stage] = waits.get(stage, 0.0) + waited
     rows_now = sum(u.rows_this_run for u in units)
+    checking = sum((u.check or {}).get("seconds", 0.0) for u in units)
     return RunSummary(inputs=units, rows=sum(u.rows for u in units), rows_this_run=rows_now, status_counts=counts,
-                      seconds=seconds, rows_per_second=rows_now / max(seconds, 1e-9),
+                      seconds=seconds, rows_per_second=rows_now / max(seconds - checking, 1e-9),
+                      checking_seconds=checking,
                       rescued_rows=sum(u.rescued_rows for u in units), provider=classifier.provider,
                       io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
                       provider_options=classifier.provider_options,

@@ -295,10 +295,16 @@ def test_check_against_pytorch_passes_and_is_in_the_summary(tiny_export, parquet
         out = tmp_path / f"{variant}.parquet"
         result = run(parquet_input, "--model", tiny_export, "-o", out, "--check", "20", "--variant", variant)
         assert result.exit_code == 0, result.output
-        check = json.loads(out.with_name(out.name + ".summary.json").read_text())["inputs"][0]["check"]
+        summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+        check = summary["inputs"][0]["check"]
         assert check["rows"] == 20 and check["passed"]
         if variant == "fp32":
             assert check["agreement"] == 1.0 and check["max_score_diff"] < 1e-4
+        # loading PyTorch is most of a small run: the check's time is said, and rows/s is over the rest
+        assert 0 < check["seconds"] == summary["checking_seconds"] < summary["seconds"]
+        assert summary["rows_per_second"] == pytest.approx(
+            summary["rows_this_run"] / (summary["seconds"] - summary["checking_seconds"]))
+        assert f"({check['seconds']:.1f}s of it the PyTorch check)" in result.output
 
 
 def test_a_check_that_finds_onnx_and_pytorch_apart_fails_with_exit_7_and_writes_nothing(tiny_export, tiny_checkpoint,
