@@ -25,7 +25,8 @@ class VariantParity:
 
     variant: str
     provider: str
-    rows: int
+    rows: int  # distinct rows compared
+    runs: int  # row results compared: each row once in a batch of 7, some also alone and padded (parity_batches)
     max_abs_diff: float
     agreement: float
     # Rows whose label flipped where PyTorch's top two logits are within `tie_margin`: rounding, not a fault.
@@ -53,6 +54,13 @@ def parity_batches(n: int, max_length: int) -> list[ParityBatch]:
     batches += [ParityBatch(np.arange(s, min(s + _ODD_BATCH, n)), None, True) for s in range(0, n, _ODD_BATCH)]
     batches.append(ParityBatch(np.arange(min(n, _FULL_LENGTH_ROWS)), max_length, False))
     return batches
+
+
+def batching(n: int, max_length: int) -> str:
+    """How parity_batches runs n rows, as the export's log says it."""
+    runs = sum(len(b.rows) for b in parity_batches(n, max_length))
+    return (f"each in batches of {_ODD_BATCH}, the first {min(n, _SINGLE_ROWS)} also alone and "
+            f"{min(n, _FULL_LENGTH_ROWS)} padded to {max_length}: {runs} runs")
 
 
 def run_parity(model: torch.nn.Module, variants: dict[str, Path], encoded: Encoded, targets: np.ndarray | None,
@@ -120,8 +128,9 @@ def _judge(name, provider, reference, logits, batches, targets, labels, config: 
             requirement += f" and accuracy within {100 * config.max_accuracy_drop:g} points of PyTorch"
     if non_finite and torch_row is not None:
         passed, requirement = False, f"finite logits on every row ({non_finite} NaN or infinite)"
-    return VariantParity(name, provider, int(agree.size), diff, agreement, near_tie_flips, accuracy, mcc, passed,
-                         requirement, non_finite)
+    distinct = sum(len(b.rows) for b in batches if b.covering)
+    return VariantParity(name, provider, distinct, int(agree.size), diff, agreement, near_tie_flips, accuracy, mcc,
+                         passed, requirement, non_finite)
 
 
 def _margins(logits: np.ndarray) -> np.ndarray:
@@ -141,7 +150,7 @@ def gated(results: list[VariantParity]) -> list[VariantParity]:
 
 def table(results: list[VariantParity]) -> str:
     """The parity report as a fixed-width text table."""
-    head = f"{'variant':8} {'provider':9} {'rows':>6} {'max|Δlogit|':>12} {'agree':>8} {'accuracy':>9} {'MCC':>7}  gate"
+    head = f"{'variant':8} {'provider':9} {'runs':>6} {'max|Δlogit|':>12} {'agree':>8} {'accuracy':>9} {'MCC':>7}  gate"
     lines = [head, "-" * len(head)]
     for r in results:
         acc = f"{r.accuracy:.4f}" if r.accuracy is not None else "-"
@@ -149,6 +158,6 @@ def table(results: list[VariantParity]) -> str:
         verdict = "pass" if r.passed else f"FAIL ({r.requirement})"
         if r.near_tie_flips:
             verdict += f"; {r.near_tie_flips} flipped at near-ties"
-        lines.append(f"{r.variant:8} {r.provider:9} {r.rows:>6} {r.max_abs_diff:>12.3g} {r.agreement:>8.2%} "
+        lines.append(f"{r.variant:8} {r.provider:9} {r.runs:>6} {r.max_abs_diff:>12.3g} {r.agreement:>8.2%} "
                      f"{acc:>9} {mcc:>7}  {verdict}")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from export.fp16_choice import kernel_settings
-from export.parity import parity_batches
+from export.parity import batching, parity_batches
 from scorer.cli import main
 from scorer.config import FP16_ATTENTIONS
 from scorer.manifest import load_manifest, sha256_file
@@ -82,6 +82,14 @@ def test_parity_batches_include_batch_one_odd_sizes_and_max_length():
     assert any(b.pad == 48 for b in batches)
     covering = np.concatenate([b.rows for b in batches if b.covering])
     assert covering.tolist() == list(range(20))
+    assert batching(20, 48) == "each in batches of 7, the first 8 also alone and 3 padded to 48: 31 runs"
+
+
+def test_parity_counts_rows_once_and_runs_as_run(tiny_export):
+    """The report says how many rows were compared and how many row results (a row runs in more than one batch)."""
+    report = json.loads((tiny_export / "parity.json").read_text())
+    rows = report["variants"][0]["rows"]
+    assert rows > 8 and all(v["rows"] == rows and v["runs"] == rows + 8 + 3 for v in report["variants"])
 
 
 def test_failed_gate_exits_7_and_keeps_the_report(tiny_checkpoint, tmp_path):
