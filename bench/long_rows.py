@@ -12,8 +12,8 @@ lines of the "cjk" cell's ideographs. Cells:
 "words" (CoLA sentences run together), "base64" (random bytes: no space), "hex" (random bytes' hex digits: one word),
 "cjk" (Chinese characters without a space).
 For each, --rows CoLA sentences (generated text where CoLA is absent) and the cell, encoded at max length 64 by
-`TextEncoder.encode` (scorer) and by `TextEncoder._tokenize` (the tokenizer itself, truncating). Records seconds and
-the child's peak RSS (/proc VmHWM) and fails unless both give identical ids, offsets and truncation flags.
+`TextEncoder.encode` (scorer) and by `TextEncoder.tokenize_whole` (the tokenizer itself, truncating). Records seconds
+and the child's peak RSS (/proc VmHWM) and fails unless both give identical ids, offsets and truncation flags.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def measure(spec: str, texts: list[str], way: str, results) -> None:
 
     encoder = TextEncoder(Tokenizer.from_str(spec), max_length=64)
     started = time.perf_counter()
-    encoded = encoder.encode(texts) if way == "scorer" else encoder._tokenize(texts)
+    encoded = encoder.encode(texts) if way == "scorer" else encoder.tokenize_whole(texts)
     seconds = time.perf_counter() - started
     digest = hashlib.sha256(encoded.ids.tobytes() + encoded.offsets.tobytes() + encoded.truncated.tobytes())
     peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
@@ -88,7 +88,7 @@ def documents(kinds: list[str], pool: list[str], rows: int) -> list[dict]:
                     if way == "cut_at_limit":
                         encoder.cutter.first = encoder.cutter.limit
                     started = time.perf_counter()
-                    encoded = encoder._tokenize(texts) if way == "tokenizer_alone" else encoder.encode(texts)
+                    encoded = encoder.tokenize_whole(texts) if way == "tokenizer_alone" else encoder.encode(texts)
                     seconds[way] = time.perf_counter() - started
                     digests.add(hashlib.sha256(encoded.ids.tobytes() + encoded.offsets.tobytes()).hexdigest())
                 if len(digests) != 1:

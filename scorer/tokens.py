@@ -96,7 +96,7 @@ class TextEncoder:
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
         if self.cutter is None:  # (there is always one where the word cache is)
-            return self._tokenize(texts)
+            return self.tokenize_whole(texts)
         column = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.large_string())
         if column.null_count or not is_text(column):
             raise TypeError("TextEncoder.encode takes strings only")
@@ -109,10 +109,11 @@ class TextEncoder:
     def _encode_words(self, column: pa.Array) -> Encoded:
         """Through the word cache, or the tokenizer itself where there is none or most chunks are new."""
         found = self.words.encode(column, self.max_length) if self.words is not None else None
-        return Encoded(*found) if found is not None else self._tokenize(column)
+        return Encoded(*found) if found is not None else self.tokenize_whole(column)
 
-    def _tokenize(self, texts: Sequence[str] | pa.Array) -> Encoded:
-        """The tokenizer itself, with truncation."""
+    def tokenize_whole(self, texts: Sequence[str] | pa.Array) -> Encoded:
+        """The tokenizer itself on every text whole, with truncation: no word cache, no cut (the reference that
+        `encode`'s faster ways must equal, and the way for a tokenizer that allows neither)."""
         if isinstance(texts, pa.Array):
             texts = texts.to_pylist()
         encodings = self._encode(list(texts), add_special_tokens=True)

@@ -47,7 +47,7 @@ def test_rows_far_longer_than_max_length_are_cut_before_tokenising_and_give_the_
     # with a letter: "grammarian" might be matched inside it).
     assert shorter[3].as_py() == "short one" and shorter[2].as_py() == (texts[2] if added else "y" * 101)
     # Against the tokenizer itself, nothing cut; without the word cache, rows are cut by the general rule.
-    slow = fast_encoder._tokenize(texts)
+    slow = fast_encoder.tokenize_whole(texts)
     for fast in (fast_encoder.encode(texts), words_off.encode(texts)):
         assert fast.offsets.tolist() == slow.offsets.tolist() and fast.ids.tolist() == slow.ids.tolist()
         assert fast.truncated.tolist() == slow.truncated.tolist() == [True, False, False, False, False]
@@ -67,7 +67,7 @@ def test_long_rows_without_a_space_are_cut_between_words_and_never_inside_an_add
     assert shorter[3].as_py() == "z" * 101
     assert all(len(shorter[row].as_py()) <= CUT_MIN_CHARS for row in cut)
     assert shorter[2].as_py() == before_sep  # stepped back out of [SEP]
-    fast, slow = encoder.encode(texts), encoder._tokenize(texts)  # slow: the tokenizer itself, nothing cut
+    fast, slow = encoder.encode(texts), encoder.tokenize_whole(texts)  # slow: the tokenizer itself, nothing cut
     assert fast.offsets.tolist() == slow.offsets.tolist() and fast.ids.tolist() == slow.ids.tolist()
     assert fast.truncated.tolist() == slow.truncated.tolist() == [True, True, True, False, True]
 
@@ -100,7 +100,7 @@ def test_runs_of_letters_and_digits_past_a_words_limit_are_shortened_and_give_th
     assert column[3].as_py().split() == ["a" * longest, "b" * (longest + 1), "c" * (longest + 1),
                                          "d" * (longest + 1), "end"]
     assert column[6].as_py() == texts[6] and max(len(t) for t in column.to_pylist()) < CUT_MIN_CHARS * 4
-    fast, slow = fast_encoder.encode(texts), fast_encoder._tokenize(texts)  # slow: the tokenizer itself
+    fast, slow = fast_encoder.encode(texts), fast_encoder.tokenize_whole(texts)  # slow: the tokenizer itself
     assert fast.offsets.tolist() == slow.offsets.tolist() and fast.ids.tolist() == slow.ids.tolist()
     assert fast.truncated.tolist() == slow.truncated.tolist()
 
@@ -151,7 +151,7 @@ def test_tokenizers_without_the_word_cache_have_long_rows_cut_with_the_same_ids(
     assert all(len(shorter[row].as_py()) <= CUT_MIN_CHARS for row in cut)
     if kind == "bytelevel":
         assert shorter[3].as_py() == before_end  # stepped back out of </s>
-    fast, whole = encoder.encode(texts), encoder._tokenize(texts)
+    fast, whole = encoder.encode(texts), encoder.tokenize_whole(texts)
     assert fast.offsets.tolist() == whole.offsets.tolist() and fast.ids.tolist() == whole.ids.tolist()
     assert fast.truncated.tolist() == whole.truncated.tolist() == [True, True, True, True, not unigram, False]
 
@@ -171,7 +171,7 @@ def test_a_unigram_models_giant_word_is_cut_only_where_the_paths_to_a_window_agr
     texts = ["ab" * 5000 + "c", "ab" * 5000]
     assert encoder.cutter is not None and encoder.cutter.unigram is not None
     assert not encoder.cutter.cut_long_rows(pa.array(texts))[2].size
-    whole = encoder._tokenize(texts)
+    whole = encoder.tokenize_whole(texts)
     assert encoder.encode(texts).ids.tolist() == whole.ids.tolist()
     assert [tokenizer.id_to_token(i) for i in whole.ids[:3]] == ["▁", "a", "ba"]
     assert [tokenizer.id_to_token(i) for i in whole.ids[16:19]] == ["▁", "ab", "ab"]
@@ -186,7 +186,7 @@ def test_a_unigram_models_giant_word_is_cut_only_where_the_paths_to_a_window_agr
     encoder = TextEncoder(tokenizer, max_length=16)
     texts = ["abc" * 5000 + "ab", "abc" * 5000 + "c"]
     assert encoder.cutter.cut_long_rows(pa.array(texts))[2].tolist() == [0, 1]
-    assert encoder.encode(texts).ids.tolist() == encoder._tokenize(texts).ids.tolist()
+    assert encoder.encode(texts).ids.tolist() == encoder.tokenize_whole(texts).ids.tolist()
 
 
 def test_no_cut_where_a_tokenizer_may_not_split_words_locally():
