@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from scorer import atomic
+from scorer.delimited import DelimitedWriter
 from scorer.errors import ConfigError, InputError, OutputError
 from scorer.manifest import sha256_file
-from scorer.read import FORMATS, data_stem, utf8_text
+from scorer.read import FORMATS, data_stem
 
 METADATA_KEY = b"scorer"
 
@@ -75,12 +75,10 @@ class OutputSink:
         atomic.check_writable(self.path, overwrite)
         self.staging = atomic.temporary_sibling(self.path)
         self.metadata = metadata or {}
-        self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
+        self._writer: pq.ParquetWriter | DelimitedWriter | None = None
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
-        if self.format != "parquet":
-            self._check_text(table)
         if self._writer is None:
             self._writer = self._open(table.schema)
         try:
@@ -92,30 +90,12 @@ class OutputSink:
             ) from exc
         self.rows += table.num_rows
 
-    def _check_text(self, table: pa.Table) -> None:
-        """Refuse bytes that are not UTF-8 in a binary column (a CSV/TSV writer would put them in the file raw, NUL
-        bytes and all); binary columns of UTF-8 text, as Hive writes strings, are written as the text they hold."""
-        for name, column in zip(table.column_names, table.columns, strict=True):
-            if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
-                continue
-            try:
-                column.cast(pa.large_string())
-            except pa.ArrowInvalid:
-                row = next(i for i, value in enumerate(column.to_pylist())
-                           if value is not None and utf8_text(value) is None)
-                raise ConfigError(
-                    f"{self.path}: column '{name}' row {self.rows + row + 1} holds bytes that are not UTF-8 text, "
-                    "which a CSV/TSV file cannot hold; write Parquet instead (an --output ending in .parquet, or "
-                    "--format parquet)"
-                ) from None
-
-    def _open(self, schema: pa.Schema) -> pq.ParquetWriter | pacsv.CSVWriter:
+    def _open(self, schema: pa.Schema) -> pq.ParquetWriter | DelimitedWriter:
         try:
             if self.format == "parquet":
                 meta = {**(schema.metadata or {}), METADATA_KEY: json.dumps(self.metadata).encode()}
                 return pq.ParquetWriter(self.staging, schema.with_metadata(meta), compression="zstd")
-            delimiter = "\t" if self.format == "tsv" else ","
-            return pacsv.CSVWriter(self.staging, schema, write_options=pacsv.WriteOptions(delimiter=delimiter))
+            return DelimitedWriter(self.staging, self.format, schema, self.path)
         except OSError as exc:
             raise OutputError(f"cannot write {self.staging} ({exc}); choose another --output") from exc
 

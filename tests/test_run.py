@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from scorer.cli import main
 from scorer.errors import ProviderError
+from scorer.read import TableReader
 from tests.conftest import after_logits, poison
 
 TEXTS = [
@@ -524,6 +525,47 @@ def test_bytes_that_are_not_text_are_refused_for_csv_output_naming_the_row_and_u
     pq.write_table(pq.read_table(source).drop_columns(["blob"]), source)
     assert run(source, "--model", tiny_export, "-o", tmp_path / "out.csv").exit_code == 0
     assert pacsv.read_csv(tmp_path / "out.csv").column("hive").to_pylist() == ["x", "y", "é"]
+
+
+def test_tsv_output_is_unquoted_and_reads_back_as_the_input_held_it(tiny_export, tmp_path):
+    """scorer reads a TSV file without quoting (CoLA's hold unbalanced quotes), so it writes one so too: quoted
+    cells came back with their quotes, and the header's names with theirs (the output could not be scored again)."""
+    texts = ['He said "hi" to me.', '"a quote that never closes', "plain, with a comma", None, "",
+             "caf\u00e9 \u4e2d\u6587 \U0001F600"]
+    source = tmp_path / "in.parquet"
+    ids = pa.array(["a", "b", "c", "d", "e", "f"], pa.string_view()) if hasattr(pa, "string_view") else \
+        pa.array(["a", "b", "c", "d", "e", "f"])  # (string views: the CSV writer has no such type)
+    pq.write_table(pa.table({"sentence": texts, "id": ids, "n": [1, None, 3, 4, 5, 6]}), source)
+    out = tmp_path / "out.tsv"
+    result = run(source, "--model", tiny_export, "-o", out, "--window-rows", "4", "--variant", "fp32")
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().split("\n")
+    assert lines[0] == "sentence\tid\tn\tlabel\tscore\tstatus" and lines[1].startswith('He said "hi" to me.\ta\t1\t')
+    assert lines[-1] == "" and len(lines) == 8
+    back = TableReader(out).read_all()
+    assert back.column("sentence").to_pylist()[:3] == texts[:3] and back.column("sentence").to_pylist()[5] == texts[5]
+    assert back.column("id").to_pylist() == ["a", "b", "c", "d", "e", "f"]
+    assert run(source, "--model", tiny_export, "-o", tmp_path / "out.parquet", "--variant", "fp32").exit_code == 0
+    scored = pq.read_table(tmp_path / "out.parquet")
+    assert [str(v) for v in back.column("label").to_pylist()[:3]] == [str(v) for v in scored.column("label")[:3]]
+    assert back.column("status").to_pylist() == scored.column("status").to_pylist()
+    csv_out = tmp_path / "out.csv"
+    assert run(source, "--model", tiny_export, "-o", csv_out, "--variant", "fp32").exit_code == 0
+    assert pacsv.read_csv(csv_out).column("id").to_pylist() == ["a", "b", "c", "d", "e", "f"]
+
+
+@pytest.mark.parametrize("value", ["a tab\there", "a line\nbreak", "a carriage\rreturn"])
+def test_a_value_a_tsv_file_cannot_hold_is_refused_naming_its_column_and_row(tiny_export, tmp_path, value):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": ["a cat sat.", "a dog ran.", "a bird flew."],
+                             "note": ["x", "y", value]}), source)
+    result = run(source, "--model", tiny_export, "-o", tmp_path / "out.tsv", "--window-rows", "2")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "out.tsv: column 'note' row 3 holds a tab or a line break, which a TSV file cannot hold; write CSV" \
+        in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+    assert run(source, "--model", tiny_export, "-o", tmp_path / "out.csv").exit_code == 0  # CSV quotes it
+    assert TableReader(tmp_path / "out.csv").read_all().column("note").to_pylist() == ["x", "y", value]
 
 
 def test_output_rules(tiny_export, parquet_input, tmp_path):
