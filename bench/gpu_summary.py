@@ -11,7 +11,18 @@ from pathlib import Path
 
 
 def main(directory: Path) -> None:
-    for path in sorted(directory.glob("*-seeds*.json")):  # default-seeds, default-seeds-meanmax, recipe-seeds, ...
+    _seeds(directory)
+    _scoring(directory)
+    _tokenize_speed(directory)
+    _model_stage(directory)
+    _op_probe(directory)
+    _ort_options(directory)
+    _train_speed(directory)
+
+
+def _seeds(directory: Path) -> None:
+    """Each seed of the training-seed steps (default-seeds, default-seeds-meanmax, recipe-seeds, ...)."""
+    for path in sorted(directory.glob("*-seeds*.json")):
         name = path.stem
         seeds = json.loads(path.read_text())
         for run in seeds["runs"]:
@@ -19,6 +30,10 @@ def main(directory: Path) -> None:
                   f"{run['precision']}): dev MCC {run['best_mcc']:.4f} at epoch {run['best_epoch']}, "
                   f"{run['seconds']:.0f}s, epochs {[round(s, 1) for s in run['epoch_seconds']]} s")
         print(f"  {seeds['summary']}, {seeds['wall_seconds']:.0f}s in all")
+
+
+def _scoring(directory: Path) -> None:
+    """`scorer run` end to end and GPU memory, per workload."""
     for name in ("scoring-cola", "scoring-cola-rayon12", "scoring-long128", "gpu-memory-1m"):
         path = directory / f"{name}.json"
         if not path.is_file():
@@ -41,18 +56,30 @@ def main(directory: Path) -> None:
                 used = [mib for _, mib in samples]
                 print(f"  GPU memory {key}: {len(used)} samples, first {used[0]} MiB, max {max(used)} MiB, "
                       f"last {used[-1]} MiB")
+
+
+def _tokenize_speed(directory: Path) -> None:
+    """The word cache against the tokenizer alone."""
     path = directory / "tokenize-speed.json"
     if path.is_file():
         for workload, result in json.loads(path.read_text())["workloads"].items():
             for key, row in result["results"].items():
                 print(f"tokenize {workload} {key:22} {row['sentences_per_s']:>11,.0f}/s {row['tokens_per_s']:>12,.0f} "
                       f"tok/s x{row['x_tokenizer']:.2f}")
+
+
+def _model_stage(directory: Path) -> None:
+    """The model stage under each setting."""
     path = directory / "model-stage.json"
     if path.is_file():
         stage = json.loads(path.read_text())
         print(f"model stage ({stage['attention_chosen']} attention chosen):")
         for name, row in {**stage["settings"], **stage["fixed_shape"]}.items():
             print(f"  {name:50} {row}")
+
+
+def _op_probe(directory: Path) -> None:
+    """Each op of a bert-base fp16 layer against the whole graph."""
     path = directory / "op-probe.json"
     if path.is_file():
         for shape in json.loads(path.read_text())["shapes"]:
@@ -63,6 +90,10 @@ def main(directory: Path) -> None:
             whole = shape.get("whole_graph") or {}
             print(f"op {shape['rows']}x{shape['width']} 12 layers {shape['layers_ms']:.2f} ms; whole graph "
                   f"{whole.get('ms')} ms, {whole.get('tokens_per_s')} tokens/s, ops' share {whole.get('ops_share')}")
+
+
+def _ort_options(directory: Path) -> None:
+    """ONNX Runtime's optimisation levels."""
     path = directory / "ort-options.json"
     if path.is_file():
         for variant, result in json.loads(path.read_text())["variants"].items():
@@ -70,6 +101,10 @@ def main(directory: Path) -> None:
                 print(f"ort level {variant} {level:9} {row['sentences_per_s']:>10,.0f}/s start "
                       f"{row['session_start_s']:.2f}s max|diff| {row['max_abs_diff_vs_all']:.2e} labels "
                       f"{row['labels_agree_with_all']:.4f}")
+
+
+def _train_speed(directory: Path) -> None:
+    """Training epochs against the notebook's."""
     path = directory / "train-speed.json"
     if path.is_file():
         for run in json.loads(path.read_text())["runs"]:
@@ -78,7 +113,6 @@ def main(directory: Path) -> None:
                   f"total {run['total_seconds']:.1f}s, notebook {run['notebook_epoch_seconds']:.1f}s/epoch")
     else:
         print("train-speed: no result")
-
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
