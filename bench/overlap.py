@@ -77,7 +77,7 @@ def idle(busy: list[tuple[float, float]], started: float, unit_start: float, uni
             "busy_s": sum(end - start for start, end in busy)}
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100000)
     parser.add_argument("--model-speed", type=float, default=1.2,
@@ -95,7 +95,11 @@ def main() -> None:
     parser.add_argument("--window-rows", type=int, default=scorer.defaults.DEFAULT_WINDOW_ROWS["cpu"],
                         help="Rows a window (65536: as scorer runs on CUDA).")
     parser.add_argument("--out", type=Path, default=Path("bench/out/overlap.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
     texts = workload(args.workload, args.rows)
     with tempfile.TemporaryDirectory() as tmp:
         _, export = random_checkpoint(args.random_dir or Path(tmp), "tiny", 128, args.workload, texts)

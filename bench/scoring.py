@@ -290,16 +290,22 @@ def measure_all(args: argparse.Namespace, tmp: Path) -> dict:
                                       "mean_tokens": float(tokens_per_row), "results": rows, "stages": profile,
                                       "export": load_manifest(export).extra, "export_seconds": export_seconds,
                                       "gpu_memory_used_mib": {k: v for k, v in memory.items() if v}}
-        for key, row in rows.items():
-            print(f"{name:8} {key:24} {row['sentences_per_s']:>9,.0f} sent/s {row['real_tokens_per_s']:>11,.0f} tok/s"
-                  f"  x{row['x_notebook']:.1f} notebook  x{row['x_best_pytorch']:.2f} best-pytorch"
-                  + (f"  agree {row['label_agreement_with_pytorch_fp32']:.2%}" if key in agreement else "")
-                  + (f"  padded/real {row['padded_over_real_tokens']:.3f}, model busy "
-                     f"{row['batching']['model_busy_share']:.0%}, waits "
-                     + ", ".join(f"{k} {v:.2f}s" for k, v in row["batching"]["waits"].items())
-                     if key in batching else ""),
-                  flush=True)
+        _print_rows(name, rows)
     return results
+
+
+def _print_rows(name: str, rows: dict) -> None:
+    """One line per way of scoring a workload: its speed, against the baselines, and where scorer's run waited."""
+    for key, row in rows.items():
+        agreement = row["label_agreement_with_pytorch_fp32"]
+        print(f"{name:8} {key:24} {row['sentences_per_s']:>9,.0f} sent/s {row['real_tokens_per_s']:>11,.0f} tok/s"
+              f"  x{row['x_notebook']:.1f} notebook  x{row['x_best_pytorch']:.2f} best-pytorch"
+              + (f"  agree {agreement:.2%}" if agreement is not None else "")
+              + (f"  padded/real {row['padded_over_real_tokens']:.3f}, model busy "
+                 f"{row['batching']['model_busy_share']:.0%}, waits "
+                 + ", ".join(f"{k} {v:.2f}s" for k, v in row["batching"]["waits"].items())
+                 if "batching" in row else ""),
+              flush=True)
 
 
 if __name__ == "__main__":
