@@ -59,8 +59,8 @@ def parity_batches(n: int, max_length: int) -> list[ParityBatch]:
 def batching(n: int, max_length: int) -> str:
     """How parity_batches runs n rows, as the export's log says it."""
     runs = sum(len(b.rows) for b in parity_batches(n, max_length))
-    return (f"each in batches of {_ODD_BATCH}, the first {min(n, _SINGLE_ROWS)} also alone and "
-            f"{min(n, _FULL_LENGTH_ROWS)} padded to {max_length}: {runs} runs")
+    return (f"each in a batch of {_ODD_BATCH}, the first {min(n, _SINGLE_ROWS)} also alone and "
+            f"{min(n, _FULL_LENGTH_ROWS)} padded to {max_length} ({runs} runs)")
 
 
 def run_parity(model: torch.nn.Module, variants: dict[str, Path], encoded: Encoded, targets: np.ndarray | None,

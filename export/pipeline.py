@@ -80,7 +80,7 @@ def export_model(config: ExportConfig) -> ExportResult:
                 shutil.copy2(config.checkpoint / name, staging / name)
         if not (staging / TOKENIZER_FILE).is_file():  # a checkpoint with a slow tokenizer's files: the converted one
             (staging / TOKENIZER_FILE).write_text(tokenizer_json)
-        log.info("parity against PyTorch on %d rows of %s (%s)", len(checked.texts), checked.source,
+        log.info("parity against PyTorch on %d rows of %s: %s", len(checked.texts), checked.source,
                  parity.batching(len(checked.texts), head.max_length))
         fp16_options = reports["fp16"].cuda_options if "fp16" in reports else None
         encoded = encoder.encode(checked.texts)

@@ -82,7 +82,7 @@ def test_parity_batches_include_batch_one_odd_sizes_and_max_length():
     assert any(b.pad == 48 for b in batches)
     covering = np.concatenate([b.rows for b in batches if b.covering])
     assert covering.tolist() == list(range(20))
-    assert batching(20, 48) == "each in batches of 7, the first 8 also alone and 3 padded to 48: 31 runs"
+    assert batching(20, 48) == "each in a batch of 7, the first 8 also alone and 3 padded to 48 (31 runs)"
 
 
 def test_parity_counts_rows_once_and_runs_as_run(tiny_export):
