@@ -18,11 +18,10 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-from onnx.external_data_helper import load_external_data_for_model
+from onnx import TensorProto, helper
 
+from export.large import held_out_graph, restore_table
 from scorer.errors import ModelError
 
 log = logging.getLogger("scorer")
@@ -31,7 +30,6 @@ log = logging.getLogger("scorer")
 # 415 MB): graphs from a source this large are built at once, a process each, where there is a core and the memory
 # for each (bench/RESULTS.md 7.14: on 2 cores, three processes were not reliably faster than one).
 _PARALLEL_BYTES, _MEMORY_PER_SOURCE_BYTE, _MIN_CORES = 64 << 20, 20, 4
-ONE_FILE = 2**31  # protobuf's limit on one serialised graph
 
 
 def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str = "fused"
@@ -48,7 +46,7 @@ def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, 
     # EmbedLayerNormalization turns the mask into each row's count of ones (the optimizer's BERT default, said here
     # because the CUDA kernels depend on it: with the 0/1 mask itself, only the unfused math takes it).
     options.attention_mask_format = AttentionMaskFormat.MaskIndexEnd
-    graph, held = _source_graph(source)
+    graph, held = held_out_graph(source)
     model = optimizer.optimize_model(graph, model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
                                      opt_level=0, use_gpu=True, optimization_options=options)
     fused = {name: count for name, count in model.get_fused_operator_statistics().items() if count}
@@ -57,50 +55,9 @@ def optimize_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, 
                     "does): the graph has %s attention", attention, source, attention_of(fused))
     int32_inputs(model.model)
     model.convert_float_to_float16(keep_io_types=True)
-    _restore_table(model.model, held, source)
+    restore_table(model.model, held, source)
     model.save_model_to_file(str(target))
     return fused
-
-
-def _source_graph(source: Path) -> tuple[str | onnx.ModelProto, dict[str, onnx.TensorProto]]:
-    """What ORT's optimizer is given, and the table held out of it. A graph that holds its weights: its path. One
-    whose weights lie beside it (over 2 GB, export.onnx_graph) could not pass the optimizer's shape inferences, which
-    serialise the graph: it is loaded with its largest embedding table (the words', which makes a model that large:
-    XLM-R's 250k tokens) held out and a table of zeros in its place, a row longer than the other embedding tables,
-    as the optimizer's embedding fusion checks."""
-    graph = onnx.load(str(source), load_external_data=False)
-    if not any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in graph.graph.initializer):
-        return str(source), {}
-    gathered = {node.input[0] for node in graph.graph.node if node.op_type == "Gather"}
-    others = {name for node in graph.graph.node if node.op_type != "Gather" for name in node.input}
-    tables = sorted((t for t in graph.graph.initializer if t.name in gathered - others and len(t.dims) == 2),
-                    key=lambda t: t.dims[0] * t.dims[1], reverse=True)
-    held = {}
-    if tables:
-        word, rows = tables[0], max((t.dims[0] for t in tables[1:]), default=0) + 1
-        held[word.name] = onnx.TensorProto()
-        held[word.name].CopyFrom(word)
-        word.CopyFrom(numpy_helper.from_array(np.zeros((rows, word.dims[1]), np.float32), word.name))
-    load_external_data_for_model(graph, str(source.parent))
-    if graph.ByteSize() >= ONE_FILE:
-        raise ModelError(f"{source}: its weights without its word embeddings are over ONNX's 2 GB for one graph; "
-                         "its fp16 graph cannot be built")
-    return graph, held
-
-
-def _restore_table(model: onnx.ModelProto, held: dict[str, onnx.TensorProto], source: Path) -> None:
-    """Put the tables _source_graph held out back in place of their stand-ins, in the type the stand-in was given
-    (fp16 after the conversion)."""
-    for name, table in held.items():
-        stand_in = next((t for t in model.graph.initializer if t.name == name), None)
-        if stand_in is None:
-            raise ModelError(f"{source}: ONNX Runtime's optimizer renamed or dropped the table {name}; the fp16 graph "
-                             "of a model over 2 GB cannot be built")
-        dtype = np.float16 if stand_in.data_type == onnx.TensorProto.FLOAT16 else np.float32
-        stand_in.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(table, str(source.parent)).astype(dtype), name))
-    if held and model.ByteSize() >= ONE_FILE:
-        raise ModelError(f"{source}: its fp16 graph would be {model.ByteSize() / 2**30:.1f} GiB, over ONNX's 2 GB for "
-                         "one graph; it cannot be built")
 
 
 def optimize_each(source: Path, directory: Path, num_heads: int, hidden_size: int, attentions: list[str],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
@@ -14,13 +15,13 @@ from torch import nn
 
 from export import parity
 from export.fp16_choice import Fp16Report, build_fp16
-from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, data_file, export_onnx
+from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx, external_files
 from export.quantize import QuantizeReport, quantize_int8
 from export.rows import calibration_texts, parity_rows, recorded_data
 from scorer import atomic, selfcheck
 from scorer.checkpoints import checkpoint_tokenizer, load_classifier
 from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
-from scorer.errors import ConfigError, ParityError, ProviderError
+from scorer.errors import ParityError, ProviderError
 from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
 from scorer.model import HeadConfig
 from scorer.session import onnxruntime
@@ -30,12 +31,14 @@ log = logging.getLogger("scorer")
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 _PACKAGES = ("scorer", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxruntime-gpu")
 # Weights over ONNX's 2 GB for one file lie beside the graph. Such a model's fp16 graph is built with its word
-# embeddings held out of ONNX Runtime's optimiser (export.optimize), which holds a graph many times over in memory; its
-# int8 graph is not built (the quantiser would need the whole graph, many times over: a 2.5 GB BERT's fp16 build was
-# killed at 24 GB before the tables were held out, bench/RESULTS.md 2). Building the fp16 and int8 graphs peaks at
+# embeddings held out of ONNX Runtime's optimiser, which holds a graph many times over in memory (a 2.5 GB BERT's fp16
+# build was killed at 24 GB before, bench/RESULTS.md 2), and its int8 graph from a one-file copy with the word
+# embeddings in fp16 (export.large). Building the fp16 and int8 graphs peaks at
 # about BUILD_MEMORY times the weights the optimiser holds (bert-base's fp16 build 18×, bert-large's whole export
-# 15×): where the memory available is less, they are built only when asked for by name.
-LARGE_WEIGHTS, BUILD_MEMORY = 2**31, 18
+# 15×), and HELD_MEMORY times a word table held out or halved (a 2.3 GiB BERT whose weights are nearly all its word
+# table: 9.9 GB with fp16, 10.6 GB with int8): where the memory available is less, they are built only when asked
+# for by name.
+LARGE_WEIGHTS, BUILD_MEMORY, HELD_MEMORY = 2**31, 18, 4
 
 
 @dataclass(frozen=True)
@@ -103,26 +106,17 @@ def export_model(config: ExportConfig) -> ExportResult:
 
 
 def _buildable(config: ExportConfig, model: nn.Module) -> tuple[str, ...]:
-    """The variants to build: --variants, or all three; but not int8 for weights over LARGE_WEIGHTS (refused where
-    asked for by name), and, unless asked for by name, only fp32 where the others' build would not fit in the memory
-    available (said why either way)."""
+    """The variants to build: --variants, or all three; but, unless asked for by name, only fp32 where the others'
+    build would not fit in the memory available (said why either way)."""
     wanted = config.variants or VARIANTS
     size = sum(tensor.numel() * 4 for tensor in model.parameters())  # as fp32
-    held = 0  # the word embeddings, held out of the optimiser for a model over 2 GB
+    held = 0  # the word embeddings, held out of the optimiser (fp16) or halved (int8) for a model over 2 GB
     if size > LARGE_WEIGHTS:
         held = model.encoder.get_input_embeddings().weight.numel() * 4
-        if "int8" in wanted:
-            why = (f"{config.checkpoint} has {size / 2**30:.1f} GiB of weights, over ONNX's 2 GB for one file, and its "
-                   "int8 graph is not built for models this large (ONNX Runtime's quantiser would need many times "
-                   "that in memory)")
-            if config.variants:
-                raise ConfigError(f"{why}; pass --variants fp32,fp16")
-            log.warning("%s: exporting its fp32 and fp16 graphs", why)
-            wanted = tuple(variant for variant in wanted if variant != "int8")
     others = [variant for variant in wanted if variant != "fp32"]
     graphs = f"{' and '.join(others)} graph" + ("s" if len(others) > 1 else "")
     available = memory_available()
-    if others and available is not None and (size - held) * BUILD_MEMORY + 2 * held > available:
+    if others and available is not None and (size - held) * BUILD_MEMORY + HELD_MEMORY * held > available:
         why = (f"building the {graphs} of {config.checkpoint} takes about {BUILD_MEMORY} times its "
                f"{(size - held) / 2**30:.1f} GiB of weights{' besides its word embeddings' if held else ''} in "
                f"memory, and {available / 2**30:.1f} GiB is available here")
@@ -190,6 +184,7 @@ def _manifest(model, head: HeadConfig, config: ExportConfig, variants: dict[str,
               results: list[parity.VariantParity], text_column: str, label_column: str) -> Manifest:
     passed = {r.variant: r.passed for r in results}
     staging = variants["fp32"].parent
+    digest = functools.cache(sha256_file)  # (an int8 graph that is the fp32 one reads the fp32 graph's weights file)
     return Manifest(
         labels=head.labels,
         positive_label=head.positive_label,
@@ -204,8 +199,7 @@ def _manifest(model, head: HeadConfig, config: ExportConfig, variants: dict[str,
         variants={
             name: Variant(file=path.name, sha256=sha256_file(path), parity_passed=passed.get(name),
                           device="gpu" if name == "fp16" else "cpu" if name == "int8" else "any",
-                          data={data_file(path).name: sha256_file(data_file(path))} if data_file(path).is_file()
-                          else {})
+                          data={name: digest(staging / name) for name in external_files(path)})
             for name, path in variants.items()
         },
         tokenizer_files={p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name in TOKENIZER_FILES},

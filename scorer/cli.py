@@ -125,7 +125,7 @@ def train(progress: bool, **options) -> None:
 @click.option("--text-column", help="Text column of --data [default: the training one].")
 @click.option("--label-column", help="Label column of --data [default: the training one].")
 @click.option("--variants", help="Comma-separated: fp32,fp16,int8 [default: all three where the memory to build "
-              "them is there, else fp32; no int8 for a model over 2 GB].")
+              "them is there, else fp32].")
 @click.option("--opset", type=int,
               help=f"ONNX opset, 17 to the newest the installed torch exports {shown(ExportConfig, 'opset')}.")
 @click.option("--tolerance", type=float,
