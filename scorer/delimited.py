@@ -32,7 +32,7 @@ class DelimitedWriter:
         else:
             self._csv = None
             self._tsv = open(path, "wb")  # noqa: SIM115 (closed by close())
-            self._tsv.write(self._tsv_line(schema.names, "column names") + b"\n")
+            self._tsv.write(self._header(schema.names) + b"\n")
 
     def write_table(self, table: pa.Table) -> None:
         columns = [self._text_safe(name, column) for name, column in zip(table.column_names, table.columns,
@@ -57,10 +57,7 @@ class DelimitedWriter:
         """The column as the writer takes it: views as their plain types (the CSV writer has no view types), and
         bytes refused unless UTF-8 (a CSV/TSV file would hold them raw, NUL bytes and all); binary columns of
         UTF-8 text, as Hive writes strings, are written as the text they hold."""
-        kind = column.type
-        if pa.types.is_string_view(kind):
-            return column.cast(pa.large_string())
-        if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind)):
+        if not _is_texty(column.type):
             return column
         try:
             return column.cast(pa.large_string())
@@ -78,10 +75,10 @@ class DelimitedWriter:
                               f"which a TSV file cannot hold; write CSV (--format csv, or an --output ending in "
                               f".csv) or {_INSTEAD.removeprefix('write ')}")
 
-    def _tsv_line(self, names: list[str], what: str) -> bytes:
+    def _header(self, names: list[str]) -> bytes:
         for name in names:
             if any(c in name for c in "\t\r\n"):
-                raise ConfigError(f"{self.shown}: the {what} hold a tab or a line break ({name!r}), which a TSV "
+                raise ConfigError(f"{self.shown}: the column name {name!r} holds a tab or a line break, which a TSV "
                                   f"file cannot hold; rename the column, or {_INSTEAD}")
         return "\t".join(names).encode()
 
@@ -93,5 +90,6 @@ def _viewless(schema: pa.Schema) -> pa.Schema:
 
 
 def _is_texty(kind: pa.DataType) -> bool:
-    return (pa.types.is_string_view(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
-            or pa.types.is_binary_view(kind))
+    """String views (which the CSV writer does not take) and bytes (written as the text they hold)."""
+    views = [getattr(pa.types, name, lambda _: False) for name in ("is_string_view", "is_binary_view")]  # pyarrow 16+
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or any(is_view(kind) for is_view in views)

@@ -568,6 +568,15 @@ def test_a_value_a_tsv_file_cannot_hold_is_refused_naming_its_column_and_row(tin
     assert TableReader(tmp_path / "out.csv").read_all().column("note").to_pylist() == ["x", "y", value]
 
 
+def test_a_column_name_a_tsv_file_cannot_hold_is_refused_before_any_row(tiny_export, tmp_path):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": ["a cat sat."], "two\twords": ["x"]}), source)
+    result = run(source, "--model", tiny_export, "-o", tmp_path / "out.tsv")
+    assert result.exit_code == 2
+    assert "out.tsv: the column name 'two\\twords' holds a tab or a line break" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+
+
 def test_output_rules(tiny_export, parquet_input, tmp_path):
     out = tmp_path / "out.parquet"
     assert run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "int8").exit_code == 0
