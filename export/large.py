@@ -57,12 +57,12 @@ def restore_table(model: onnx.ModelProto, held: dict[str, onnx.TensorProto], sou
                          "one graph; it cannot be built")
 
 
-def one_file_source(source: Path, directory: Path) -> Path:
-    """The graph the int8 quantiser starts from: `source` itself where it holds its weights; else a copy in
-    `directory` in one file, its word table stored in fp16 and cast back to fp32 after the lookup."""
+def one_file_graph(source: Path) -> onnx.ModelProto:
+    """The graph the int8 quantiser starts from, with its weights: `source` itself where it holds them; else with
+    its word table stored in fp16 and cast back to fp32 after the lookup, so that it fits one file."""
     graph = onnx.load(str(source), load_external_data=False)
     if not _weights_beside(graph):
-        return source
+        return onnx.load(str(source))
     tables = _gathered_tables(graph)
     if tables:
         word = tables[0]
@@ -83,9 +83,7 @@ def one_file_source(source: Path, directory: Path) -> Path:
     if graph.ByteSize() >= ONE_FILE:
         raise ModelError(f"{source}: its weights with its word embeddings in fp16 are still over ONNX's 2 GB for one "
                          "graph; its int8 graph cannot be built (pass --variants fp32,fp16)")
-    target = directory / "one-file.onnx"
-    onnx.save(graph, str(target))
-    return target
+    return graph
 
 
 def _weights_beside(graph: onnx.ModelProto) -> bool:

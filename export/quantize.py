@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.large import one_file_source
+from export.large import one_file_graph
 from export.timing import Batches, best_seconds, logits_of
 from scorer.batches import budget_batches
 from scorer.session import create_session
@@ -185,8 +185,8 @@ def quantize_int8(source: Path, target: Path, calibration: Encoded, min_agreemen
     reference = logits_of(create_session(source, "cpu"), calibration, batchings[0])
     with tempfile.TemporaryDirectory() as tmp:
         smoothed, trial = Path(tmp) / "smoothed.onnx", Path(tmp) / "trial.onnx"
-        # (over 2 GB: a one-file copy, its word table in fp16; the trials measure against the fp32 graph itself)
-        original = onnx.load(str(one_file_source(source, Path(tmp))))
+        # (over 2 GB: its word table in fp16, to fit one file; the trials measure against the fp32 graph itself)
+        original = one_file_graph(source)
         onnx.save(smooth(original, calibration), str(smoothed))
         groups = groups_of(list(weight_matmuls(original)))
         # The quantiser turns a Gemm (the classification head) into "<name>_MatMul" and would quantise it: it is
