@@ -24,25 +24,29 @@ def open_binary(path: Path) -> BinaryIO:
     return open(path, "rb")
 
 
-def locate_problem(path: Path, fmt: str, expected: int) -> str | None:
-    """Find the first line that is not UTF-8 or has the wrong number of fields (slow path, errors only); None
-    when the file cannot be decompressed."""
+def locate_problem(path: Path, fmt: str, expected: int) -> tuple[str, str | None] | None:
+    """Find the first line that is not UTF-8 or has the wrong number of fields (slow path, errors only): where
+    (" line 3 (...)", or "" where no line is to blame), and what to do where that is known; None when the file
+    cannot be decompressed."""
     try:
         with open_binary(path) as handle:
             for number, raw in enumerate(handle, start=1):
                 try:
                     raw.decode("utf-8")
                 except UnicodeDecodeError:
-                    return f" line {number} (bytes are not UTF-8; re-encode the file as UTF-8)"
+                    how = "" if path.suffix.lower() in COMPRESSIONS else \
+                        f" (iconv -f cp1252 -t utf-8 {path.name} > utf8-{path.name})"
+                    return f" line {number}", ("bytes that are not UTF-8 (a file saved in another encoding, as Excel "
+                                               f"saves Windows-1252); re-encode the file as UTF-8{how}")
         with _rows(path, fmt) as rows:
             for row in rows:
                 if len(row) != expected and row:
-                    return f" line {rows.line_num} (expected {expected} fields, found {len(row)})"
+                    return f" line {rows.line_num} (expected {expected} fields, found {len(row)})", None
     except (OSError, EOFError, pa.ArrowException):
         return None
     except csv.Error as exc:
-        return f" line {rows.line_num} ({exc})"
-    return ""
+        return f" line {rows.line_num} ({exc})", None
+    return "", None
 
 
 def swallowed_rows(path: Path) -> str | None:

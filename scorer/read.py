@@ -220,10 +220,11 @@ class TableReader:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if self.format == "parquet":
             return f"{self.path}: not a readable Parquet file ({text}); check that the file is complete"
-        where = locate_problem(self.path, self.format, len(self.columns))
-        if where is None:
+        found = locate_problem(self.path, self.format, len(self.columns))
+        if found is None:
             return f"{self.path}: cannot be decompressed ({text}); check that the file was copied whole"
-        return f"{self.path}{where}: {text}; fix or remove that row"
+        where, advice = found
+        return f"{self.path}{where}: {advice or text + '; fix or remove that row'}"
 
 
 def plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

@@ -465,7 +465,9 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tin
     [
         (lambda d: None, 3, "does not exist"),
         (lambda d: (d / "in.parquet").write_bytes(b"PAR1 garbage"), 3, "not a readable Parquet file"),
-        (lambda d: (d / "in.csv").write_bytes(b"sentence\nfine\n\xff\xfe bad\n"), 3, "line 3 (bytes are not UTF-8"),
+        (lambda d: (d / "in.csv").write_bytes(b"sentence\nfine\n\xff\xfe bad\n"), 3,
+         "in.csv line 3: bytes that are not UTF-8 (a file saved in another encoding, as Excel saves Windows-1252); "
+         "re-encode the file as UTF-8 (iconv -f cp1252 -t utf-8 in.csv > utf8-in.csv)"),
         (lambda d: (d / "in.csv").write_text("sentence,x\nfine,1\nragged,1,2\n"), 3, "line 3 (expected 2 fields"),
         (lambda d: (d / "in.csv").write_text("text\nfine\n"), 3, "column 'sentence' not found in in.csv; columns are"),
         (lambda d: (d / "in.csv").write_text("sentence,label\nfine,1\nodd,7\n"), 3, "row 2: label '7'"),
@@ -480,7 +482,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tin
          "in.csv.gz: cannot be decompressed (Truncated compressed stream); check that the file was copied whole"),
         (lambda d: (d / "in.csv.gz").write_bytes(b"sentence\nnot gzip\n"), 3, "in.csv.gz: cannot be decompressed"),
         (lambda d: (d / "in.tsv.bz2").write_bytes(bz2.compress(b"sentence\nfine\n\xff bad\n")), 3,
-         "line 3 (bytes are not UTF-8"),
+         "line 3: bytes that are not UTF-8"),
         (lambda d: (d / "in.csv.xz").write_bytes(b""), 3, "unknown file type '.xz'"),
     ],
 )

@@ -100,7 +100,7 @@ def _one_column(tmp_path):
     "content,message",
     [
         (b"a,b\n1,2\n3,4,5\n", r"line 3 \(expected 2 fields, found 3\)"),
-        (b"a,b\n1,2\n\xff\xfe,4\n", r"line 3 \(bytes are not UTF-8"),
+        (b"a,b\n1,2\n\xff\xfe,4\n", r"line 3: bytes that are not UTF-8 \(a file saved in another encoding"),
         (b"", r"is empty"),
     ],
 )
