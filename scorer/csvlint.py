@@ -24,6 +24,13 @@ def open_binary(path: Path) -> BinaryIO:
     return open(path, "rb")
 
 
+def not_utf8(path: Path) -> str:
+    """What is wrong with a line of `path` that is not UTF-8, and what to do."""
+    how = "" if path.suffix.lower() in COMPRESSIONS else f" (iconv -f cp1252 -t utf-8 {path.name} > utf8-{path.name})"
+    return ("bytes that are not UTF-8 (a file saved in another encoding, as Excel saves Windows-1252); re-encode the "
+            f"file as UTF-8{how}")
+
+
 def locate_problem(path: Path, fmt: str, expected: int) -> tuple[str, str | None] | None:
     """Find the first line that is not UTF-8 or has the wrong number of fields (slow path, errors only): where
     (" line 3 (...)", or "" where no line is to blame), and what to do where that is known; None when the file
@@ -34,10 +41,7 @@ def locate_problem(path: Path, fmt: str, expected: int) -> tuple[str, str | None
                 try:
                     raw.decode("utf-8")
                 except UnicodeDecodeError:
-                    how = "" if path.suffix.lower() in COMPRESSIONS else \
-                        f" (iconv -f cp1252 -t utf-8 {path.name} > utf8-{path.name})"
-                    return f" line {number}", ("bytes that are not UTF-8 (a file saved in another encoding, as Excel "
-                                               f"saves Windows-1252); re-encode the file as UTF-8{how}")
+                    return f" line {number}", not_utf8(path)
         with _rows(path, fmt) as rows:
             for row in rows:
                 if len(row) != expected and row:

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from scorer.csvlint import COMPRESSIONS, locate_problem, open_binary, swallowed_rows
+from scorer.csvlint import COMPRESSIONS, locate_problem, not_utf8, open_binary, swallowed_rows
 from scorer.errors import InputError
 from scorer.labels import check_one_kind, label_value, normalise_labels
 
@@ -204,7 +204,7 @@ class TableReader:
         try:
             line = first.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise InputError(f"{self.path} line 1: header is not valid UTF-8; re-encode the file as UTF-8") from exc
+            raise InputError(f"{self.path} line 1 (the header): {not_utf8(self.path)}") from exc
         delimiter = "\t" if self.format == "tsv" else ","
         quoting = csv.QUOTE_NONE if self.format == "tsv" else csv.QUOTE_MINIMAL
         return next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter, quoting=quoting))

@@ -101,6 +101,8 @@ def _one_column(tmp_path):
     [
         (b"a,b\n1,2\n3,4,5\n", r"line 3 \(expected 2 fields, found 3\)"),
         (b"a,b\n1,2\n\xff\xfe,4\n", r"line 3: bytes that are not UTF-8 \(a file saved in another encoding"),
+        (b"sent\xe9nce\nx\n", r"bad.csv line 1 \(the header\): bytes that are not UTF-8 .* \(iconv -f cp1252 -t utf-8 "
+                                r"bad.csv > utf8-bad.csv\)"),
         (b"", r"is empty"),
     ],
 )
