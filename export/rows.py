@@ -95,6 +95,10 @@ def calibration_texts(config: ExportConfig, trained: dict, recorded: TrainingDat
             path = Path(trained["data"]) if trained.get("data") and Path(trained["data"]).is_file() else None
         if path is None:
             path, text_column, _ = packaged_examples()
+            if "int8" in (config.variants or ("int8",)):
+                log.warning("int8 is calibrated on the packaged example sentences, not on text of this model's own "
+                            "(no --calibration, and no training file recorded with the checkpoint); pass "
+                            "--calibration FILE with sentences like those it will score")
         texts = _rows_with_text(path, text_column)[3]
     if not texts:
         raise InputError(f"{path} has no sentences in column '{text_column}' to calibrate int8 with")

@@ -65,9 +65,14 @@ def _transformers_scores(checkpoint: Path, texts: list[str], max_length: int) ->
 def test_a_transformers_classifier_is_exported_and_scored_as_transformers_scores_it(family, names, slow, tmp_path):
     checkpoint = _classifier(tmp_path / "hf", family, names, slow_tokenizer=slow)
     runner = CliRunner()
+    calibration = tmp_path / "calibration.csv"  # (its own sentences for one of the three; the packaged ones else)
+    calibration.write_text("sentence\n" + "".join(f"Calibration sentence number {i}.\n" for i in range(40)))
+    own = ["--calibration", str(calibration)] if family == "roberta" else []
     result = runner.invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(tmp_path / "onnx"),
-                                  "--variants", "fp32,int8", "--max-length", "40", "-q"])
+                                  "--variants", "fp32,int8", "--max-length", "40", "-q", *own])
     assert result.exit_code == 0, result.output
+    # Such a checkpoint records no training file: int8 is calibrated on the packaged sentences, said so
+    assert ("int8 is calibrated on the packaged example sentences" in result.output) is not bool(own)
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
     expected_labels = names or [0, 1]  # transformers' unnamed LABEL_0, LABEL_1 are the numbers they stand for
     assert manifest["labels"] == expected_labels and manifest["max_length"] == 40
