@@ -275,7 +275,7 @@ def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code
     assert output.read_bytes() == reference.read_bytes()
 
 
-@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+@pytest.mark.parametrize("suffix", ["csv", "tsv", "parquet"])
 def test_a_run_that_crashed_resumes_into_the_same_output_in_either_format(tiny_export, tmp_path, monkeypatch, suffix):
     """A crash (not bad input) after two windows keeps their parts; the rerun copies them into its new output
     first and scores the rest, giving the uninterrupted run's file."""
