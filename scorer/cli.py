@@ -199,7 +199,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
                    f"{shown(RunConfig, 'check')}.")
 @click.option("--checkpoint", type=PATH, help="PyTorch checkpoint for --check [default: the exported one].")
 @click.option("--samples", type=int,
-              help=f"Rows in the sample table (sentence, true, predicted label) {shown(RunConfig, 'samples')}.")
+              help="Rows in the sample table (sentence, true and predicted label, score) "
+                   f"{shown(RunConfig, 'samples')}.")
 @click.option("--report", type=PATH, help="Write the evaluation as Markdown here, and as JSON beside it.")
 @click.option("--summary", type=PATH, help="JSON summary path [default: OUTPUT.summary.json].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace outputs even when they are up to date.")

@@ -46,9 +46,9 @@ def markdown(evaluation: dict, about: dict | None = None) -> str:
     lines += [f"| {label} | " + " | ".join(map(str, row)) + " |"
               for label, row in zip(labels, evaluation["confusion_matrix"], strict=True)]
     if evaluation["samples"]:
-        lines += ["", "| row | sentence | true label | predicted label |", "| --- | --- | --- | --- |"]
+        lines += ["", "| row | sentence | true label | predicted label | score |", "| --- | --- | --- | --- | --- |"]
         lines += [
-            f"| {s['row']} | {_cell(s['sentence'])} | {s['true_label']} | {s['predicted_label']} |"
+            f"| {s['row']} | {_cell(s['sentence'])} | {s['true_label']} | {s['predicted_label']} | {s['score']:.4f} |"
             for s in evaluation["samples"]
         ]
     return "\n".join(lines) + "\n"

@@ -65,9 +65,10 @@ def tally(parts: list[Path], columns: Columns, index: LabelIndex, source: Path, 
             return Tally(rows=len(status), status_counts=dict(counts), evaluation=None)
         confusion = confusion_of(labels, true[usable], predicted[usable])
         chosen = _choose(usable, samples, seed)
-        texts = rows_of(parts, columns.text, chosen)
+        texts, scores = rows_of(parts, columns.text, chosen), rows_of(parts, columns.score, chosen)
         table = [{"row": int(r) + 1, "sentence": text, "true_label": labels[true[r]],
-                  "predicted_label": labels[predicted[r]]} for r, text in zip(chosen, texts, strict=True)]
+                  "predicted_label": labels[predicted[r]], "score": score}
+                 for r, text, score in zip(chosen, texts, scores, strict=True)]
         result = evaluation(confusion, columns.label, int((true < 0).sum()),
                             int(((true >= 0) & (predicted < 0)).sum()), table)
     return Tally(rows=len(status), status_counts=dict(counts), evaluation=result)

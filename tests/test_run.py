@@ -249,7 +249,10 @@ def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_pa
     predicted = np.array(table.column("pred_label").to_pylist()[:40])
     assert evaluation["accuracy"] == pytest.approx((true == predicted).mean())
     text = report.read_text()
-    assert "| row | sentence | true label | predicted label |" in text
+    assert "| row | sentence | true label | predicted label | score |" in text
+    scores = table.column("pred_score").to_pylist()
+    for sample in evaluation["samples"]:  # each sampled row's score, as written
+        assert sample["score"] == scores[sample["row"] - 1] and f"| {sample['score']:.4f} |" in text
     # What the report is of: the input and output, the model, what score holds, when
     run_record = evaluation["run"]
     assert run_record["input"] == str(data) and run_record["output"] == str(tmp_path / "dev.scored.parquet")
