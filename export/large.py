@@ -61,8 +61,8 @@ def one_file_graph(source: Path) -> onnx.ModelProto:
     """The graph the int8 quantiser starts from, with its weights: `source` itself where it holds them; else with
     its word table stored in fp16 and cast back to fp32 after the lookup, so that it fits one file."""
     graph = onnx.load(str(source), load_external_data=False)
-    if not _weights_beside(graph):
-        return onnx.load(str(source))
+    if not _weights_beside(graph):  # (then it was loaded whole)
+        return graph
     tables = _gathered_tables(graph)
     if tables:
         word = tables[0]
