@@ -15,9 +15,12 @@ _MARK = ".scorer-demo"  # says that the demo made the work directory, so its nex
 
 
 def run_demo(workdir: Path, epochs: int | None = None, progress: bool = True) -> RunSummary:
-    """Run the three stages with their defaults, writing everything under `workdir` (replacing earlier runs)."""
+    """Run the three stages with their defaults, writing everything under `workdir` (replacing earlier runs), and
+    show what a user of each command would see: the parity table, the evaluation with its sample rows."""
+    from export import parity
     from export.pipeline import export_model
     from scorer.config import ExportConfig
+    from scorer.evaluate import markdown
     from scorer.train import train
 
     _claim(workdir)
@@ -26,11 +29,19 @@ def run_demo(workdir: Path, epochs: int | None = None, progress: bool = True) ->
     log.info("== 1/3 scorer train (packaged MiniLM, packaged example sentences) ==")
     train(TrainConfig(output=checkpoint, overwrite=True, **train_options), progress=progress)
     log.info("== 2/3 scorer export (fp32, fp16, int8; parity against PyTorch) ==")
-    export_model(ExportConfig(checkpoint=checkpoint, output=onnx_dir, overwrite=True))
+    exported = export_model(ExportConfig(checkpoint=checkpoint, output=onnx_dir, overwrite=True))
+    log.info("%s", parity.table(exported.parity))
+    if exported.fp16 is not None:
+        log.info("%s", exported.fp16.summary())
     log.info("== 3/3 scorer run (the shipped demo.csv, with a PyTorch cross-check of 20 rows) ==")
     config = RunConfig(input=str(example_file("demo.csv")), output=workdir / "demo.scored.csv", model=onnx_dir,
                        check=20, samples=10, report=workdir / "demo.report.md", overwrite=True)
-    return score_file(config, progress=progress)
+    summary = score_file(config, progress=progress)
+    if summary.evaluation:
+        log.info("%s", markdown(summary.evaluation).rstrip())
+    log.info("written under %s: checkpoint/ (with training_loss.png), onnx/ (with parity.json), %s, %s", workdir,
+             config.output.name, config.report.name)
+    return summary
 
 
 def _claim(workdir: Path) -> None:

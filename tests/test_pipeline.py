@@ -36,6 +36,30 @@ def test_three_commands_with_no_options_in_an_empty_directory(tmp_path, monkeypa
                                             "input.scored.parquet.summary.json", "scorer-artifacts"]
 
 
+def test_demo_shows_each_stage_as_its_command_would(tiny_encoder, tmp_path, monkeypatch):
+    """The quick start's demo shows what makes the export trustworthy (the parity table, after the export stage)
+    and the run's evaluation with its sample rows, then where its files are. (The tiny encoder stands in for the
+    packaged MiniLM, which the CI's quick start runs.)"""
+    import functools
+
+    import scorer.demo
+    from scorer.config import TrainConfig
+
+    monkeypatch.setattr(scorer.demo, "TrainConfig", functools.partial(TrainConfig, model=tiny_encoder, rtd_epochs=0,
+                                                                      learning_rate=1e-3))
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "demo"), "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    export_stage, run_stage = out.index("== 2/3 scorer export"), out.index("== 3/3 scorer run")
+    assert export_stage < out.index("variant  provider    runs") < out.index("fp16 graph: ") < run_stage
+    assert run_stage < out.index("Matthews correlation (MCC)") < out.index("| row | sentence | true label | "
+                                                                         "predicted label | score |")
+    assert f"written under {tmp_path / 'demo'}: checkpoint/" in out and "demo.report.md" in out
+    assert out.rstrip().splitlines()[-1].startswith("42 rows in 1 file(s)")
+    quiet = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "demo"), "--epochs", "1", "--quiet"])
+    assert quiet.exit_code == 0 and quiet.output.count("\n") == 1, quiet.output  # cron: the summary line only
+
+
 def test_demo_refuses_a_work_directory_with_files_it_did_not_write(tmp_path):
     """The demo replaces its work directory's checkpoint and onnx: a real checkpoint there must not be lost."""
     work = tmp_path / "runs"
