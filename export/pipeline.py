@@ -54,6 +54,10 @@ class ExportResult:
     def passed(self) -> bool:
         return all(result.passed for result in self.parity)
 
+    def shown(self) -> str:
+        """What export shows its user: the parity table, and how the fp16 graph was chosen."""
+        return parity.table(self.parity) + (f"\n{self.fp16.summary()}" if self.fp16 is not None else "")
+
 
 def export_model(config: ExportConfig) -> ExportResult:
     """Export, optimise, check parity, write the manifest; raise ParityError (report kept) if the gate fails."""

@@ -161,9 +161,7 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
     if variants is not None:
         options["variants"] = tuple(v.strip() for v in variants.split(",") if v.strip())
     result = export_model(build(ExportConfig, **options))
-    click.echo(parity.table(result.parity))
-    if result.fp16 is not None:
-        click.echo(result.fp16.summary())
+    click.echo(result.shown())
     click.echo(f"exported {', '.join(r.variant for r in parity.gated(result.parity))} to {result.output}; "
                "parity passed")
 

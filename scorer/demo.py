@@ -17,7 +17,6 @@ _MARK = ".scorer-demo"  # says that the demo made the work directory, so its nex
 def run_demo(workdir: Path, epochs: int | None = None, progress: bool = True) -> RunSummary:
     """Run the three stages with their defaults, writing everything under `workdir` (replacing earlier runs), and
     show what a user of each command would see: the parity table, the evaluation with its sample rows."""
-    from export import parity
     from export.pipeline import export_model
     from scorer.config import ExportConfig
     from scorer.evaluate import markdown
@@ -30,9 +29,7 @@ def run_demo(workdir: Path, epochs: int | None = None, progress: bool = True) ->
     train(TrainConfig(output=checkpoint, overwrite=True, **train_options), progress=progress)
     log.info("== 2/3 scorer export (fp32, fp16, int8; parity against PyTorch) ==")
     exported = export_model(ExportConfig(checkpoint=checkpoint, output=onnx_dir, overwrite=True))
-    log.info("%s", parity.table(exported.parity))
-    if exported.fp16 is not None:
-        log.info("%s", exported.fp16.summary())
+    log.info("%s", exported.shown())
     log.info("== 3/3 scorer run (the shipped demo.csv, with a PyTorch cross-check of 20 rows) ==")
     config = RunConfig(input=str(example_file("demo.csv")), output=workdir / "demo.scored.csv", model=onnx_dir,
                        check=20, samples=10, report=workdir / "demo.report.md", overwrite=True)
