@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,7 +78,24 @@ def atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise OutputError(f"{target} was written by another run while this one worked; pass --overwrite to replace "
                           "it, or choose another --output")
+    open_modes(staging)
     replace(staging, target)
+
+
+def open_modes(directory: Path) -> None:
+    """Give every file under `directory` the permissions a plain open() gives there (0644 under the usual umask).
+
+    Some writers create their files readable by their owner alone: safetensors (a checkpoint's weights) and onnx's
+    external data (a model over 2 GB) write 0600 whatever the umask, which would keep a checkpoint or an export from
+    the other accounts of a shared directory (the nightly job's, say) where every other file of it is readable.
+    """
+    probe = directory / ".scorer-mode-probe"
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = stat.S_IMODE(probe.stat().st_mode)
+    probe.unlink()
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) != mode:
+            path.chmod(mode)
 
 
 @contextlib.contextmanager

@@ -40,3 +40,22 @@ def test_an_output_is_refused_where_replacing_it_would_delete_an_input(tmp_path)
             atomic.check_keeps(output, {"--model": tmp_path / "work" / "model", "--data": None})
     atomic.check_keeps(tmp_path / "work" / "model" / "out", {"--model": tmp_path / "work" / "model"})
     atomic.check_keeps(tmp_path / "elsewhere", {"--model": tmp_path / "work" / "model"})
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_directory_s_files_get_the_permissions_the_umask_gives_whoever_wrote_them(tmp_path, umask):
+    # safetensors and onnx's external data write 0600 whatever the umask: a checkpoint or export another account
+    # (the nightly job's) could not read although the rest of it is readable
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        with atomic.atomic_dir(tmp_path / "out", overwrite=False) as staging:
+            os.close(os.open(staging / "weights.safetensors", os.O_CREAT | os.O_WRONLY, 0o600))
+            (staging / "sub").mkdir()
+            (staging / "sub" / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert modes == {"weights.safetensors": 0o666 & ~umask, "config.json": 0o666 & ~umask}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,18 @@ def test_export_writes_variants_tokenizer_report_and_manifest(tiny_export):
         assert len(lengths) == entry["rows"] == 32 and lengths.min() < lengths.max() == saved["input_ids"].shape[1]
         assert saved["fp32"].shape == saved["int8"].shape == (32, 2) and "fp16" not in saved
     assert fp32["accuracy"] is not None  # the packaged examples carry labels
+
+
+
+def test_a_checkpoint_and_its_export_are_readable_as_the_umask_allows(tiny_checkpoint, tiny_export):
+    # safetensors writes 0600 whatever the umask: a checkpoint another account (export's, the nightly job's for
+    # --check) could not read although every other file of it is readable
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for d in (tiny_checkpoint, tiny_export) for p in d.iterdir()
+             if p.is_file()}
+    assert {"model.safetensors", "scorer_head.safetensors", "model.onnx"} <= set(modes)
+    assert set(modes.values()) == {0o666 & ~umask}
 
 
 def test_graph_has_symbolic_batch_and_sequence_axes(tiny_export):

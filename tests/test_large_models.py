@@ -6,6 +6,8 @@ written as torch writes a large one, and the size limit is lowered."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import onnx
@@ -33,6 +35,12 @@ def _as_torch_writes_a_large_graph(real_export):
     return exported
 
 
+def _umask_mode() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _scores(export_dir: Path, tmp_path: Path, name: str, variant: str = "fp32") -> tuple[int, list]:
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": TEXTS}), source)
@@ -53,6 +61,7 @@ def test_a_graph_whose_tensors_lie_beside_it_is_gathered_hashed_and_checked(tiny
     assert not [p for p in out.iterdir() if p.name.startswith(("onnx__", "encoder.", "classifier."))]  # gathered
     fp32 = json.loads((out / "manifest.json").read_text())["variants"]["fp32"]
     assert list(fp32["data"]) == ["model.onnx.data"]
+    assert stat.S_IMODE((out / "model.onnx.data").stat().st_mode) == _umask_mode()  # (onnx writes it 0600)
     code, scores = _scores(out, tmp_path, "beside")
     assert code == 0 and scores == _scores(tiny_export, tmp_path, "whole")[1]  # the same graph, stored otherwise
     # Weights changed after export (another fine-tuning over the same graph file, a damaged copy) are caught.
