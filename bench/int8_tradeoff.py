@@ -1,17 +1,22 @@
 """Speed and faithfulness of dynamic int8 variants on CPU: which MatMul groups can be int8 at what cost.
 
     python bench/int8_tradeoff.py --export bench/out/cola/onnx [--rows 3000] [--out bench/out/int8-tradeoff.json]
+                                  [--only static,MatMulNBits]
 
 For a trained export: model-only sentences/s (best of 5 passes) on CoLA-like sentences (pre-tokenised,
 token-budget batches), and on the quantiser's 500 calibration sentences of CoLA train and on CoLA dev the worst
 label agreement with fp32 and the 99th percentile of how far int8 moved the top-two logit gap (worst of the three
 batchings the quantiser checks), for fp32, int8 of every weight MatMul (with and without smoothing), int8 keeping
 the FFN in fp32, and int8 keeping 1, 2, ... of the groups in fp32 in the quantiser's order (most sensitive first).
+Two other int8 schemes of ONNX Runtime's, for comparison: static int8 (QDQ, activation ranges fixed from the
+calibration rows: a row's scores do not depend on its batch) and 8-bit MatMulNBits (int8 weights, activations
+quantised to int8 in blocks of each row, accuracy level 4; needs the `onnx-ir` package, else left out).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import tempfile
@@ -58,11 +63,48 @@ def worst_closeness(reference: Path, path: Path, encoded: Encoded, max_length: i
     return found.agreement, found.gap_p99
 
 
+def static_int8(source: Path, target: Path, calibration: Encoded, max_length: int) -> None:
+    """Static int8 of every weight MatMul (QDQ, per-channel weights, activation ranges by min/max over the
+    calibration rows, fed as batches of 25 padded to the max length: the calibrator needs one shape)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Rows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(range(0, len(calibration) - 24, 25))
+
+        def get_next(self) -> dict | None:
+            start = next(self.batches, None)
+            if start is None:
+                return None
+            input_ids, attention_mask = calibration.pad(np.arange(start, start + 25), max_length)
+            return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    quantize_static(str(source), str(target), Rows(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    op_types_to_quantize=["MatMul"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def blockwise_int8(source: Path, target: Path, block: int) -> bool:
+    """8-bit MatMulNBits of every weight MatMul, int8 compute (accuracy level 4); False without `onnx-ir`."""
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+    except ImportError:
+        return False
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=DefaultWeightOnlyQuantConfig(
+        block_size=block, is_symmetric=True, accuracy_level=4, bits=8))
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, required=True)
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=Path("bench/out/int8-tradeoff.json"))
+    parser.add_argument("--only", help="comma-separated words: only the variants whose names hold one (and fp32)")
     args = parser.parse_args()
     source = args.export / "model.onnx"
     max_length = json.loads((args.export / "manifest.json").read_text())["max_length"]
@@ -80,21 +122,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         smoothed, trial = Path(tmp) / "smoothed.onnx", Path(tmp) / "trial.onnx"
         onnx.save(smooth(original, calibration), str(smoothed))
-        cases = [("fp32", None, None), ("int8 every MatMul, no smoothing", source, []),
-                 ("int8 every MatMul, smoothed", smoothed, []),
-                 ("int8 smoothed, FFN output in fp32", smoothed, groups[ffn_out]),
-                 ("int8 smoothed, whole FFN in fp32", smoothed, groups[ffn_out] + groups[ffn_in])]
+        dynamic = [("int8 every MatMul, no smoothing", source, []), ("int8 every MatMul, smoothed", smoothed, []),
+                   ("int8 smoothed, FFN output in fp32", smoothed, groups[ffn_out]),
+                   ("int8 smoothed, whole FFN in fp32", smoothed, groups[ffn_out] + groups[ffn_in])]
         # The quantiser's order: how far quantising each group alone moves the calibration logits, worst first.
-        batches = _batchings(calibration, max_length)[0]
-        reference = logits_of(create_session(source, "cpu"), calibration, batches)
-        ranked = sensitivity_order(smoothed, trial, groups, head, calibration, reference, batches)
-        cases += [(f"int8 smoothed, {k} most sensitive group(s) in fp32", smoothed,
-                   [n for g in ranked[:k] for n in groups[g]]) for k in range(1, len(ranked))]
-        for name, base, kept in cases:
-            path = source if base is None else trial
-            if base is not None:
-                quantize(base, trial, kept + head)
-            row = {"variant": name, "kept_fp32": sorted({re.sub(r"\d+", "#", n) for n in kept or []}),
+        wanted = (lambda name: True) if args.only is None else (
+            lambda name: name == "fp32" or any(word in name for word in args.only.split(",")))
+        if wanted("most sensitive group"):
+            batches = _batchings(calibration, max_length)[0]
+            reference = logits_of(create_session(source, "cpu"), calibration, batches)
+            ranked = sensitivity_order(smoothed, trial, groups, head, calibration, reference, batches)
+            dynamic += [(f"int8 smoothed, {k} most sensitive group(s) in fp32", smoothed,
+                         [n for g in ranked[:k] for n in groups[g]]) for k in range(1, len(ranked))]
+        # (name, what writes the trial graph, the MatMuls kept in fp32)
+        cases = [("fp32", None, [])]
+        cases += [(name, functools.partial(quantize, base, exclude=kept + head), kept) for name, base, kept in dynamic]
+        cases += [("static int8 (QDQ, min/max ranges)",
+                   functools.partial(static_int8, source, calibration=calibration, max_length=max_length), [])]
+        cases += [(f"8-bit MatMulNBits, blocks of {block}, int8 compute",
+                   functools.partial(blockwise_int8, source, block=block), []) for block in (32, 128)]
+        for name, build, kept in filter(lambda case: wanted(case[0]), cases):
+            path = source if build is None else trial
+            if build is not None and build(target=trial) is False:
+                print(f"{name}: left out (needs the onnx-ir package)")
+                continue
+            row = {"variant": name, "kept_fp32": sorted({re.sub(r"\d+", "#", n) for n in kept}),
                    "sentences_per_s": speed(path, speed_set)}
             row["calibration_agreement"], row["calibration_gap_p99"] = worst_closeness(source, path, calibration,
                                                                                        max_length)

@@ -5,7 +5,9 @@ large (XLM-R's 250k tokens). ONNX Runtime's optimiser and quantiser serialise th
 cannot do over 2 GB, and hold them many times over in memory. So the fp16 build is given the graph with that table
 held out (a small stand-in in its place, put back in fp16 after), and the int8 build a graph whose word table is
 stored in fp16 (half the size; a Cast after its lookup), which fits one file and which int8's own calibration and
-the parity gate then judge.
+the parity gate then judge. Once built, both keep their weights beside them as the fp32 graph does
+(`weights_beside`): ONNX Runtime maps such a file where it parses a graph that holds them (a 1.2 GB int8 graph
+opened in 0.05 s instead of 3.3 s).
 """
 
 from __future__ import annotations
@@ -84,6 +86,21 @@ def one_file_graph(source: Path) -> onnx.ModelProto:
         raise ModelError(f"{source}: its weights with its word embeddings in fp16 are still over ONNX's 2 GB for one "
                          "graph; its int8 graph cannot be built (pass --variants fp32,fp16)")
     return graph
+
+
+def data_file(path: Path) -> Path:
+    """Where the tensors of the graph `path` lie when they lie beside it."""
+    return path.with_name(f"{path.name}.data")
+
+
+def weights_beside(path: Path) -> None:
+    """Move the tensors of the graph `path` into its `data_file`, where they are not beside it already (an int8 graph
+    that is the fp32 one)."""
+    graph = onnx.load(str(path), load_external_data=False)
+    if _weights_beside(graph):
+        return
+    onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_file(path).name, size_threshold=1024)
 
 
 def _weights_beside(graph: onnx.ModelProto) -> bool:

@@ -10,6 +10,7 @@ import onnx
 import torch
 from torch import nn
 
+from export.large import data_file
 from scorer.errors import ConfigError, ModelError
 
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -63,11 +64,6 @@ def gather_external_data(path: Path) -> None:
                     location=data_file(path).name, size_threshold=1024)
     for name in scattered:
         (path.parent / name).unlink()
-
-
-def data_file(path: Path) -> Path:
-    """Where the tensors of the graph `path` lie when it is over 2 GB (gather_external_data)."""
-    return path.with_name(f"{path.name}.data")
 
 
 def external_files(path: Path) -> list[str]:

@@ -15,6 +15,7 @@ from torch import nn
 
 from export import parity
 from export.fp16_choice import Fp16Report, build_fp16
+from export.large import weights_beside
 from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx, external_files
 from export.quantize import QuantizeReport, quantize_int8
 from export.rows import calibration_texts, parity_rows, recorded_data
@@ -176,6 +177,9 @@ def _write_variants(model: nn.Module, staging: Path, config: ExportConfig, calib
         variants["int8"] = staging / VARIANT_FILES["int8"]
         reports["int8"] = quantize_int8(variants["fp32"], variants["int8"], calibration, config.int8_agreement,
                                         model.head_config.max_length, config.int8_tolerance)
+    if external_files(variants["fp32"]):  # a model over 2 GB: the other graphs' weights beside them too
+        for path in list(variants.values())[1:]:
+            weights_beside(path)
     return variants, reports
 
 
