@@ -65,6 +65,7 @@ class TableReader:
             raise InputError(f"{self.path} is not readable; check its permissions")
         self.columns: list[str] = []
         self._quotes_checked = False
+        self._parquet_rows_read: int | None = None  # Parquet rows read so far (to find a damaged row group)
         with self._errors():
             if self.format == "parquet":
                 # No pre-buffering: it reads a whole row group ahead, which alone can be a gigabyte of text.
@@ -173,7 +174,9 @@ class TableReader:
             first += 1
         if first == meta.num_row_groups:
             return
+        self._parquet_rows_read = sum(meta.row_group(group).num_rows for group in range(first))
         for batch in self._parquet.iter_batches(_PARQUET_BATCH, row_groups=range(first, meta.num_row_groups)):
+            self._parquet_rows_read += batch.num_rows
             if skip_rows >= batch.num_rows:
                 skip_rows -= batch.num_rows
                 continue
@@ -216,9 +219,28 @@ class TableReader:
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             raise InputError(self._describe(exc)) from exc
 
+    def _damaged_row_group(self) -> str | None:
+        """After a read failed midway, the first row group from there on that cannot be read, with its rows
+        (1-based); None where the reading did not start or every group reads now."""
+        if self._parquet_rows_read is None:
+            return None
+        meta, start = self._parquet.metadata, 0
+        for group in range(meta.num_row_groups):
+            rows = meta.row_group(group).num_rows
+            if start + rows > self._parquet_rows_read:
+                try:
+                    self._parquet.read_row_group(group)
+                except (pa.ArrowException, OSError):
+                    return f"row group {group + 1} of {meta.num_row_groups} (rows {start + 1:,}-{start + rows:,})"
+            start += rows
+        return None
+
     def _describe(self, exc: Exception) -> str:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if self.format == "parquet":
+            damaged = self._damaged_row_group()
+            if damaged:
+                return f"{self.path}: {damaged} cannot be read ({text}): the file is damaged; write it again"
             return f"{self.path}: not a readable Parquet file ({text}); check that the file is complete"
         found = locate_problem(self.path, self.format, len(self.columns))
         if found is None:

@@ -181,6 +181,23 @@ def test_truncated_parquet_is_refused(tmp_path):
         list(TableReader(cut).batches(100))
 
 
+def test_a_damaged_row_group_is_named_with_its_rows(tmp_path):
+    # a file that is whole but damaged inside (a bad disk, a broken copy): "check that the file is complete" would
+    # mislead; say which rows cannot be read
+    texts = [f"sentence number {i} of the file" for i in range(6000)]
+    good = write_parquet(tmp_path / "good.parquet", pa.table({"sentence": texts}), row_group_size=1000)
+    column = pq.read_metadata(good).row_group(3).column(0)
+    data = bytearray(good.read_bytes())
+    data[column.data_page_offset + 100:column.data_page_offset + column.total_compressed_size - 8] = \
+        b"\xff" * (column.total_compressed_size - 108)
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(bytes(data))
+    reader = TableReader(damaged)
+    with pytest.raises(InputError, match=r"damaged\.parquet: row group 4 of 6 \(rows 3,001-4,000\) cannot be read "
+                                         r"\(.+\): the file is damaged; write it again"):
+        list(reader.batches(500))
+
+
 def test_labelled_rows_need_text_and_label(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text("sentence,label\nfine,1\n,0\n")
