@@ -23,7 +23,7 @@ from scorer import atomic, selfcheck
 from scorer.checkpoints import checkpoint_tokenizer, load_classifier
 from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
 from scorer.errors import ParityError, ProviderError
-from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file
+from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file, weight_files
 from scorer.model import HeadConfig
 from scorer.session import onnxruntime
 from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
@@ -215,6 +215,7 @@ def _manifest(model, head: HeadConfig, config: ExportConfig, variants: dict[str,
         checkpoint=str(config.checkpoint.resolve()),
         parity_passed=all(passed.values()),
         label_ids=head.label_ids,
+        checkpoint_weights={path.name: sha256_file(path) for path in weight_files(config.checkpoint)},
     )
 
 

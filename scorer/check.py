@@ -56,9 +56,6 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
     from scorer.checkpoints import load_classifier
     from scorer.loop import logits_of
 
-    if not Path(checkpoint).is_dir():
-        raise ModelError(f"--check needs the PyTorch checkpoint, and {checkpoint} does not exist; "
-                         "pass --checkpoint DIR (the directory `scorer train` wrote, or the Hugging Face model's)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_classifier(checkpoint).to(device)
     if model.head_config.labels != classifier.labels:

@@ -62,6 +62,7 @@ class Manifest:
     format: str = FORMAT
     parity_passed: bool | None = None
     label_ids: bool = False  # whether files may write a label as its index (scorer.labels.LabelIndex)
+    checkpoint_weights: dict[str, str] = field(default_factory=dict)  # its weight files at export: sha256
     extra: dict = field(default_factory=dict)
 
     def save(self, directory: Path) -> None:
@@ -89,6 +90,30 @@ class Manifest:
     def verify_tokenizer(self, directory: Path) -> None:
         for name, digest in self.tokenizer_files.items():
             verify_file(directory / name, digest, directory)
+
+
+def weight_files(checkpoint: Path) -> list[Path]:
+    """The files of a PyTorch checkpoint that hold its weights (a Hugging Face model's, sharded or not, and scorer's
+    head): what `run --check` must find unchanged to compare an export with the model it was exported from."""
+    return sorted(path for path in Path(checkpoint).iterdir()
+                  if path.is_file() and path.suffix in (".safetensors", ".bin"))
+
+
+def verify_checkpoint(checkpoint: Path, manifest: Manifest, directory: Path) -> None:
+    """Refuse, before any work, a --check against a checkpoint that is missing or is not the one `directory` was
+    exported from (retrained in place since, say): its scores would differ from the export's for that reason alone."""
+    if not Path(checkpoint).is_dir():
+        raise ModelError(f"--check needs the PyTorch checkpoint, and {checkpoint} does not exist; "
+                         "pass --checkpoint DIR (the directory `scorer train` wrote, or the Hugging Face model's)")
+    if not manifest.checkpoint_weights:  # (an export from before scorer recorded them)
+        return
+    found = {path.name: path for path in weight_files(checkpoint)}
+    for name, digest in manifest.checkpoint_weights.items():
+        if name not in found or sha256_file(found[name]) != digest:
+            what = "has no " + name if name not in found else f"has another {name}"
+            raise ModelError(f"--check: {checkpoint} is not the checkpoint {directory} was exported from (it {what}: "
+                             "retrained or replaced since the export); pass --checkpoint with that one, or export "
+                             "this one again")
 
 
 def verify_file(path: Path, digest: str, directory: Path) -> None:

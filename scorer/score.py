@@ -16,6 +16,7 @@ from scorer.defaults import DEFAULT_WINDOW_ROWS
 from scorer.errors import ConfigError, InputError, OutputError, ParityError, ScorerError, stopped
 from scorer.evaluate import nothing_evaluated, write_report
 from scorer.extras import require_training_stack
+from scorer.manifest import verify_checkpoint
 from scorer.parts import OutputLock, PartStore, fingerprint
 from scorer.read import TableReader, plain_text
 from scorer.results import NON_FINITE
@@ -61,6 +62,8 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     summaries: list[UnitSummary] = []
     fatal: BaseException | None = None
     try:
+        if config.check:
+            verify_checkpoint(checkpoint_of(config, classifier), classifier.manifest, classifier.directory)
         self_check = classifier.self_check()  # before any output: this machine must compute the graph as export's did
         started, began = time.perf_counter(), now()
         for unit in units:
@@ -93,6 +96,11 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
         error.exit_code = first.exit_code
         raise error
     return summary
+
+
+def checkpoint_of(config: RunConfig, classifier: OnnxClassifier) -> Path:
+    """The PyTorch checkpoint --check compares with: --checkpoint, else the one the export was made from."""
+    return config.checkpoint or Path(classifier.manifest.checkpoint)
 
 
 def _refuse_before_work(config: RunConfig, units: list[WorkUnit]) -> None:
@@ -225,8 +233,7 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
         from scorer.check import cross_check
 
         texts, scores, predicted = scored_sample(parts, columns, config.check, config.seed)
-        checkpoint = config.checkpoint or Path(classifier.manifest.checkpoint)
-        check = cross_check(checkpoint, classifier, texts, scores, predicted)
+        check = cross_check(checkpoint_of(config, classifier), classifier, texts, scores, predicted)
         if check["passed"] is False:
             raise ParityError(
                 f"--check {config.check}: scorer (its tokenising, the {classifier.variant} ONNX graph) and PyTorch "

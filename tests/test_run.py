@@ -311,8 +311,8 @@ def test_check_against_pytorch_passes_and_is_in_the_summary(tiny_export, parquet
         assert f"({check['seconds']:.1f}s of it the PyTorch check)" in result.output
 
 
-def test_a_check_that_finds_onnx_and_pytorch_apart_fails_with_exit_7_and_writes_nothing(tiny_export, tiny_checkpoint,
-                                                                                      parquet_input, tmp_path):
+def test_a_check_against_a_checkpoint_changed_since_export_is_refused_before_any_work_or_fails_with_exit_7(
+        export_copy, tiny_checkpoint, parquet_input, tmp_path):
     import shutil
 
     from safetensors.numpy import load_file, save_file
@@ -324,14 +324,30 @@ def test_a_check_that_finds_onnx_and_pytorch_apart_fails_with_exit_7_and_writes_
     head[bias] = head[bias] + np.array([0.3, -0.3], dtype=head[bias].dtype)
     save_file(head, checkpoint / "scorer_head.safetensors")
     out = tmp_path / "out.parquet"
-    result = run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--check", "20",
-                 "--checkpoint", checkpoint)
+    check = [parquet_input, "--model", export_copy, "-o", out, "--variant", "fp32", "--check", "20"]
+    # the export recorded its checkpoint's weights: refused before anything is scored, saying why
+    result = run(*check, "--checkpoint", checkpoint)
+    assert result.exit_code == 4, result.output
+    assert f"--check: {checkpoint} is not the checkpoint {export_copy} was exported from (it has another " \
+           "scorer_head.safetensors: retrained or replaced since the export)" in result.output
+    assert "self-check" not in result.output  # (before the run's first step)
+    (checkpoint / "scorer_head.safetensors").unlink()
+    assert "(it has no scorer_head.safetensors" in run(*check, "--checkpoint", checkpoint).output
+    result = run(*check, "--checkpoint", tmp_path / "nowhere")
+    assert result.exit_code == 4 and "--check needs the PyTorch checkpoint, and" in result.output
+    save_file(head, checkpoint / "scorer_head.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "input.parquet", "onnx"]
+    # an export that did not record them (made before scorer did): the check itself finds them apart
+    manifest = json.loads((export_copy / "manifest.json").read_text())
+    assert set(manifest.pop("checkpoint_weights")) == {"model.safetensors", "scorer_head.safetensors"}
+    (export_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = run(*check, "--checkpoint", checkpoint)
     assert result.exit_code == 7, result.output
     assert "--check 20: scorer (its tokenising, the fp32 ONNX graph) and PyTorch (the checkpoint's tokenizer and " \
            "model) disagree beyond tolerance on" in result.output
     assert "no output was written" in result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "input.parquet"]  # no output, part, lock
-    assert run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--check", "20").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "input.parquet", "onnx"]  # no output, part
+    assert run(*check).exit_code == 0  # (the export's own checkpoint)
 
 
 def test_the_check_tokenises_as_a_notebook_would_so_it_also_checks_scorers_own_tokenising(tiny_export, parquet_input,
