@@ -34,7 +34,8 @@ class OutputError(ScorerError):
 
 
 class ProviderError(ScorerError):
-    """An execution provider (CUDA, TensorRT) that was asked for but is not usable here."""
+    """An execution provider (CUDA, TensorRT) that was asked for but is not usable here, or that ran out of memory
+    running the model."""
 
     exit_code = 6
 
@@ -59,7 +60,7 @@ EXIT_CODES = {
     3: "bad input data",
     4: "bad model directory",
     5: "output exists or cannot be written",
-    6: "requested execution provider not usable",
+    6: "requested execution provider not usable, or out of its memory while running the model (finished windows kept)",
     7: "ONNX/PyTorch parity check failed, or the self-check: this machine computes the model otherwise",
     130: "interrupted (Ctrl-C)",
     143: "terminated (SIGTERM, as a scheduler's timeout sends): cleaned up like Ctrl-C, finished windows kept",

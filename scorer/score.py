@@ -13,13 +13,22 @@ from scorer import __version__, atomic
 from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
 from scorer.defaults import DEFAULT_WINDOW_ROWS
-from scorer.errors import ConfigError, InputError, OutputError, ParityError, ScorerError, stopped
+from scorer.errors import (
+    ConfigError,
+    InputError,
+    OutputError,
+    ParityError,
+    ProviderError,
+    ScorerError,
+    stopped,
+)
 from scorer.evaluate import nothing_evaluated, write_report
 from scorer.extras import require_training_stack
 from scorer.manifest import verify_checkpoint
 from scorer.parts import OutputLock, PartStore, fingerprint
 from scorer.read import TableReader, plain_text
 from scorer.results import NON_FINITE
+from scorer.session import memory_failure
 from scorer.stream import stream
 from scorer.summary import RunSummary, UnitSummary, now, summarise, write_summary
 from scorer.tally import Columns, scored_sample, tally
@@ -159,6 +168,12 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
             no_room = atomic.out_of_room(exc, unit.output, "then run again: it resumes from its last finished window")
             if no_room is not None:
                 raise no_room from exc
+            said = memory_failure(exc)
+            if said:
+                raise ProviderError(
+                    f"{unit.source}: the model ran out of memory on {classifier.provider} ({said}); "
+                    f"free memory there (is another process using it?) or lower --max-tokens (now "
+                    f"{classifier.max_tokens:,}), then run again: it resumes from its last finished window") from exc
             raise
     summary.seconds, summary.waits = time.perf_counter() - started, waits
     _warn_non_finite(summary, classifier)

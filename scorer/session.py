@@ -147,6 +147,23 @@ def create_session(model: Path | bytes, provider: str, provider_options: dict | 
     return session
 
 
+# How ONNX Runtime says an allocation failed: its arena (on any device), CUDA itself, cuBLAS, cuDNN, the C++ runtime.
+_NO_MEMORY = ("Failed to allocate memory", "is smaller than requested bytes", "out of memory", "ALLOC_FAILED",
+              "bad allocation", "bad_alloc")
+
+
+def memory_failure(exc: BaseException) -> str | None:
+    """ONNX Runtime's account, in a few words, of an allocation that failed in a run (another process holding the
+    GPU's memory, say); None for any other exception."""
+    if not type(exc).__module__.startswith("onnxruntime"):
+        return None
+    text = first_line(exc)
+    if not any(said in text for said in _NO_MEMORY):
+        return None
+    text = re.sub(r"^\S+:\d+ [^)]*\) ", "", text.rsplit("Status Message: ", 1)[-1])  # (its C++ file and function)
+    return text.split(" ; ")[0].strip()
+
+
 def batch_runner(session, provider: str, io_binding: bool) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
     """A function from one batch's inputs to its first output (the logits), as a float32 array on the host.
 

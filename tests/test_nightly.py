@@ -582,3 +582,39 @@ def test_quiet_success_prints_only_the_summary_line(tiny_export, tmp_path):
                            "--quiet"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.count("\n") == 1 and "1 rows in 1 file(s)" in done.stdout
+
+
+def test_a_model_out_of_memory_stops_with_exit_6_and_the_rerun_resumes(tiny_export, tmp_path, monkeypatch):
+    """ONNX Runtime's arena limited to 16 MB (a GPU another process fills, say): the first window's small batch runs,
+    the second's batch of 2,000 rows at the max length cannot: a real allocation failure of ORT's."""
+    import onnxruntime as ort
+
+    memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    try:  # (the process's ORT environment keeps it; only sessions that ask for it use it)
+        ort.create_and_register_allocator(memory, ort.OrtArenaCfg(16 << 20, 1, -1, -1))
+    except Exception as exc:  # registered by an earlier test run in this process
+        assert "already" in str(exc).lower(), exc
+    real = ort.InferenceSession
+
+    def limited(path, sess_options=None, **kwargs):
+        sess_options.add_session_config_entry("session.use_env_allocators", "1")
+        return real(path, sess_options=sess_options, **kwargs)
+
+    source, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    long = " ".join(["the committee postponed the decision"] * 20)  # past the tiny model's max length
+    # the first window: 10 sentences to score (the rest have no text); the second: 2,000 rows at the max length
+    pq.write_table(pa.table({"sentence": sentences(10) + [None] * 1990 + [long] * 2000}), source)
+    options = [source, "--model", tiny_export, "-o", out, "--window-rows", 2000, "--max-tokens", 200_000]
+    monkeypatch.setattr(ort, "InferenceSession", limited)
+    result = run(*options)
+    assert result.exit_code == 6, result.output
+    assert f"{source}: the model ran out of memory on cpu (Available memory of " in result.output
+    assert "lower --max-tokens (now 200,000), then run again: it resumes from its last finished window" in \
+        result.output
+    assert not out.exists() and [p.name for p in (tmp_path / ".out.parquet.scorer-parts").glob("part-*")] == \
+        ["part-000000.parquet"]
+    monkeypatch.setattr(ort, "InferenceSession", real)
+    assert run(*options).exit_code == 0
+    whole = tmp_path / "whole.parquet"
+    assert run(*options[:3], "-o", whole, *options[5:]).exit_code == 0
+    assert pq.read_table(out).equals(pq.read_table(whole))
