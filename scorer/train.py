@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from scorer import atomic, plot
 from scorer.adapt import ReplacedTokens, masked_lm, replaced_token_detection
 from scorer.config import TrainConfig, to_json
 from scorer.dataset import TrainingData, load_training_data
-from scorer.errors import ConfigError, InputError, ProviderError
+from scorer.errors import ConfigError, InputError, ProviderError, first_line
 from scorer.loop import Trainer, predict
 from scorer.metrics import confusion_of
 from scorer.model import (
@@ -76,6 +78,11 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
                           "use --device cuda/auto on a machine with a GPU")
     precision = _resolve_precision(config.precision, device)
     data = load_training_data(config)
+    with _device_memory(config, device):
+        return _train(config, device, precision, data, progress)
+
+
+def _train(config: TrainConfig, device: str, precision: str, data: TrainingData, progress: bool) -> TrainResult:
     hf_tokenizer, encoder_model = _load_pretrained(config)
     text_encoder = TextEncoder(backend_copy(hf_tokenizer), config.max_length)
     train_set = text_encoder.encode(data.train_texts)
@@ -102,6 +109,18 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     log.info("best epoch %d by %s: validation accuracy %.4f, MCC %.4f; checkpoint in %s",
              best_epoch, config.select, result.best.val_accuracy, result.best.val_mcc, config.output)
     return result
+
+
+@contextlib.contextmanager
+def _device_memory(config: TrainConfig, device: str) -> Iterator[None]:
+    """The GPU running out of memory (a batch too large for it, another process holding its memory) as one line
+    saying what to lower, where PyTorch's message says only how much it tried to allocate."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ProviderError(f"training ran out of memory on {device} ({'. '.join(first_line(exc).split('. ')[:2])}); lower "
+                            f"--batch-size (now {config.batch_size}) or --max-length (now {config.max_length}), or "
+                            "free the GPU (is another process using it?); nothing was written") from exc
 
 
 def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: TrainConfig,

@@ -158,6 +158,26 @@ def test_a_diverged_training_exits_2_and_writes_no_checkpoint(tiny_encoder, tmp_
     assert not (tmp_path / "c").exists()
 
 
+def test_a_gpu_out_of_memory_exits_6_saying_what_to_lower_and_writes_no_checkpoint(tiny_encoder, tmp_path,
+                                                                                     monkeypatch):
+    # (no GPU here: a training step raises what PyTorch raises when the GPU's memory runs out)
+    import torch
+
+    from scorer.loop import Trainer
+
+    def full(self, *args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                          "of 79.19 GiB of which 1.02 GiB is free. Of the allocated memory ...")
+
+    monkeypatch.setattr(Trainer, "_step", full)
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--rtd-epochs", "0"))
+    assert result.exit_code == 6, result.output
+    assert "training ran out of memory on cpu (CUDA out of memory. Tried to allocate 2.00 GiB); lower --batch-size " \
+           "(now 32) or --max-length (now 32), or free the GPU (is another process using it?); nothing was written" \
+        in result.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_existing_checkpoint_needs_overwrite(tiny_encoder, tmp_path):
     (tmp_path / "c").mkdir()
     result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c"))
