@@ -160,7 +160,8 @@ def memory_failure(exc: BaseException) -> str | None:
     text = first_line(exc)
     if not any(said in text for said in _NO_MEMORY):
         return None
-    text = re.sub(r"^\S+:\d+ [^)]*\) ", "", text.rsplit("Status Message: ", 1)[-1])  # (its C++ file and function)
+    text = text.rsplit("Status Message: ", 1)[-1]
+    text = re.sub(r"^\S+:\d+ [^)]*\) (\[with [^]]*\] )?", "", text)  # (its C++ file, function and template)
     return text.split(" ; ")[0].strip()
 
 

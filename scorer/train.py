@@ -118,7 +118,8 @@ def _device_memory(config: TrainConfig, device: str) -> Iterator[None]:
     try:
         yield
     except torch.cuda.OutOfMemoryError as exc:
-        raise ProviderError(f"training ran out of memory on {device} ({'. '.join(first_line(exc).split('. ')[:2])}); lower "
+        said = ". ".join(first_line(exc).split(". ")[:2])  # ("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise ProviderError(f"training ran out of memory on {device} ({said}); lower "
                             f"--batch-size (now {config.batch_size}) or --max-length (now {config.max_length}), or "
                             "free the GPU (is another process using it?); nothing was written") from exc
 

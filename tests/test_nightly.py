@@ -618,3 +618,30 @@ def test_a_model_out_of_memory_stops_with_exit_6_and_the_rerun_resumes(tiny_expo
     whole = tmp_path / "whole.parquet"
     assert run(*options[:3], "-o", whole, *options[5:]).exit_code == 0
     assert pq.read_table(out).equals(pq.read_table(whole))
+
+
+@pytest.mark.parametrize("message, said", [
+    ("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running MatMul node. "
+     "Name:'/encoder/MatMul' Status Message: /onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:129 "
+     "std::conditional_t<THRW, void, onnxruntime::common::Status> onnxruntime::CudaCall(ERRTYPE, const char*, "
+     "const char*, SUCCTYPE, const char*, const char*, int) [with ERRTYPE = cudaError; bool THRW = true; SUCCTYPE = "
+     "cudaError; std::conditional_t<THRW, void, onnxruntime::common::Status> = void] CUDA failure 2: out of memory ; "
+     "GPU=0 ; hostname=gpu-7 ; file=cuda_allocator.cc ; line=47 ; expr=cudaMalloc((void**)&p, size);",
+     "CUDA failure 2: out of memory"),
+    ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Attention node. Name:'Attention_0' "
+     "Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:376 void* onnxruntime::BFCArena::"
+     "AllocateRawInternal(size_t, bool, onnxruntime::Stream*, bool, onnxruntime::WaitNotificationFn) Failed to "
+     "allocate memory for requested buffer of size 1610612736",
+     "Failed to allocate memory for requested buffer of size 1610612736"),
+    ("[ONNXRuntimeError] : 1 : FAIL : CUBLAS failure 3: CUBLAS_STATUS_ALLOC_FAILED ; GPU=0 ; hostname=gpu-7",
+     "[ONNXRuntimeError] : 1 : FAIL : CUBLAS failure 3: CUBLAS_STATUS_ALLOC_FAILED"),
+    ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Gather node. Name:'Gather_3' "
+     "Status Message: invalid index 40000", None),
+])
+def test_onnx_runtime_s_ways_of_saying_it_is_out_of_memory_are_told_apart(message, said):
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    from scorer.session import memory_failure
+
+    assert memory_failure(Fail(message)) == said
+    assert memory_failure(MemoryError("out of memory")) is None  # (not ONNX Runtime's: a bug of ours, said as one)
