@@ -124,7 +124,9 @@ def create_session(model: Path | bytes, provider: str, provider_options: dict | 
             ort.set_default_logger_severity(4)   # stderr; the check below says it in one line (--debug shows it)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    # A failed run's own account (out of memory, say) is in the exception, which scorer says in one line; ONNX
+    # Runtime would also print it, in red, on stderr (--debug keeps that).
+    options.log_severity_level = 3 if log.isEnabledFor(logging.DEBUG) else 4
     options.intra_op_num_threads = threads or default_threads(provider)
     chain = [(_NAMES[provider], provider_options or {})]
     if provider == "tensorrt":
