@@ -73,7 +73,7 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     try:
         if config.check:
             verify_checkpoint(checkpoint_of(config, classifier), classifier.manifest, classifier.directory)
-        self_check = classifier.self_check()  # before any output: this machine must compute the graph as export's did
+        self_check = _self_check(classifier)
         started, began = time.perf_counter(), now()
         for unit in units:
             try:
@@ -105,6 +105,19 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
         error.exit_code = first.exit_code
         raise error
     return summary
+
+
+def _self_check(classifier: OnnxClassifier) -> dict | None:
+    """Before any output: this machine must compute the graph as export's did (a GPU already full stops it here)."""
+    try:
+        return classifier.self_check()
+    except Exception as exc:
+        said = memory_failure(exc)
+        if said:
+            raise ProviderError(f"{classifier.directory}: the self-check's small batch ran out of memory on "
+                                f"{classifier.provider} ({said}); free memory there (is another process using it?), "
+                                "then run again") from exc
+        raise
 
 
 def checkpoint_of(config: RunConfig, classifier: OnnxClassifier) -> Path:

@@ -584,40 +584,55 @@ def test_quiet_success_prints_only_the_summary_line(tiny_export, tmp_path):
     assert done.stdout.count("\n") == 1 and "1 rows in 1 file(s)" in done.stdout
 
 
-def test_a_model_out_of_memory_stops_with_exit_6_and_the_rerun_resumes(tiny_export, tmp_path, monkeypatch):
+_ARENA_LIMITED = """
+import sys
+import onnxruntime as ort
+memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+ort.create_and_register_allocator(memory, ort.OrtArenaCfg(int(sys.argv[1]), 1, -1, -1))
+real = ort.InferenceSession
+def limited(path, sess_options=None, **kwargs):
+    sess_options.add_session_config_entry("session.use_env_allocators", "1")
+    return real(path, sess_options=sess_options, **kwargs)
+ort.InferenceSession = limited
+from scorer.cli import main
+main(sys.argv[2:])
+"""
+
+
+def test_a_model_out_of_memory_stops_with_exit_6_and_the_rerun_resumes(tiny_export, tmp_path):
     """ONNX Runtime's arena limited to 16 MB (a GPU another process fills, say): the first window's small batch runs,
     the second's batch of 2,000 rows at the max length cannot: a real allocation failure of ORT's."""
-    import onnxruntime as ort
-
-    memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    try:  # (the process's ORT environment keeps it; only sessions that ask for it use it)
-        ort.create_and_register_allocator(memory, ort.OrtArenaCfg(16 << 20, 1, -1, -1))
-    except Exception as exc:  # registered by an earlier test run in this process
-        assert "already" in str(exc).lower(), exc
-    real = ort.InferenceSession
-
-    def limited(path, sess_options=None, **kwargs):
-        sess_options.add_session_config_entry("session.use_env_allocators", "1")
-        return real(path, sess_options=sess_options, **kwargs)
-
     source, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
     long = " ".join(["the committee postponed the decision"] * 20)  # past the tiny model's max length
     # the first window: 10 sentences to score (the rest have no text); the second: 2,000 rows at the max length
     pq.write_table(pa.table({"sentence": sentences(10) + [None] * 1990 + [long] * 2000}), source)
-    options = [source, "--model", tiny_export, "-o", out, "--window-rows", 2000, "--max-tokens", 200_000]
-    monkeypatch.setattr(ort, "InferenceSession", limited)
-    result = run(*options)
-    assert result.exit_code == 6, result.output
-    assert f"{source}: the model ran out of memory on cpu (Available memory of " in result.output
-    assert "lower --max-tokens (now 200,000), then run again: it resumes from its last finished window" in \
-        result.output
+    options = [str(source), "--model", str(tiny_export), "-o", str(out), "--window-rows", "2000", "--max-tokens",
+               "200000"]
+    done = subprocess.run([sys.executable, "-c", _ARENA_LIMITED, str(16 << 20), "run", *options, "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 6, done.stderr
+    assert done.stderr.startswith(f"error: {source}: the model ran out of memory on cpu (Available memory of ")
+    assert done.stderr.endswith("lower --max-tokens (now 200,000), then run again: it resumes from its last "
+                                "finished window\n")
     assert not out.exists() and [p.name for p in (tmp_path / ".out.parquet.scorer-parts").glob("part-*")] == \
         ["part-000000.parquet"]
-    monkeypatch.setattr(ort, "InferenceSession", real)
     assert run(*options).exit_code == 0
     whole = tmp_path / "whole.parquet"
     assert run(*options[:3], "-o", whole, *options[5:]).exit_code == 0
     assert pq.read_table(out).equals(pq.read_table(whole))
+
+
+def test_a_device_too_full_for_the_self_check_stops_before_any_output_with_exit_6(tiny_export, tmp_path):
+    # an arena of 128 KB (in a process of its own: ORT keeps one per process): not even the self-check's batch fits
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": sentences(10)}), source)
+    done = subprocess.run([sys.executable, "-c", _ARENA_LIMITED, str(128 << 10), "run", str(source), "--model",
+                           str(tiny_export), "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 6, done.stderr
+    assert done.stderr.startswith(f"error: {tiny_export}: the self-check's small batch ran out of memory on cpu "
+                                  "(Available memory of ")
+    assert done.stderr.endswith("free memory there (is another process using it?), then run again\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
 
 
 @pytest.mark.parametrize("message, said", [
