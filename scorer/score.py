@@ -30,7 +30,7 @@ from scorer.read import TableReader, plain_text
 from scorer.results import NON_FINITE
 from scorer.session import memory_failure
 from scorer.stream import stream
-from scorer.summary import RunSummary, UnitSummary, now, summarise, write_summary
+from scorer.summary import RunSummary, UnitSummary, failed_start, now, summarise, summary_path, write_summary
 from scorer.tally import Columns, scored_sample, tally
 from scorer.tokens import is_text
 from scorer.units import WorkUnit, plan_units, refuse_overwriting
@@ -63,18 +63,19 @@ def open_classifier(config: RunConfig) -> tuple[OnnxClassifier, RunConfig]:
 
 def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     """Score every unit of config.input; failures of single units are collected, then raised at the end."""
-    units = plan_units(config.input, config.output, config.output_format)
-    _refuse_before_work(config, units)
-    classifier, config = open_classifier(config)
-    log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
-             classifier.provider, len(units))
+    units: list[WorkUnit] = []
+    began = now()
+    try:
+        units = plan_units(config.input, config.output, config.output_format)
+        _refuse_before_work(config, units)
+        classifier, config, self_check = _start(config, units)
+    except ScorerError as exc:
+        failed_start(config, units, exc, began)  # nothing scored: a summary asked for says so
+        raise
     summaries: list[UnitSummary] = []
     fatal: BaseException | None = None
+    started, began = time.perf_counter(), now()
     try:
-        if config.check:
-            verify_checkpoint(checkpoint_of(config, classifier), classifier.manifest, classifier.directory)
-        self_check = _self_check(classifier)
-        started, began = time.perf_counter(), now()
         for unit in units:
             try:
                 summaries.append(score_unit(unit, classifier, config, progress))
@@ -94,17 +95,41 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
         classifier.close()
     summary = summarise(summaries, classifier, time.perf_counter() - started, config.window_rows)
     summary.started_at, summary.finished_at, summary.self_check = began, now(), self_check
-    if len(units) > 1 or config.summary or fatal is None:
+    written = len(units) > 1 or config.summary or fatal is None
+    if written:
+        summary.summary_path = str(summary_path(config, units))
+    if fatal is not None:
+        summary.error, summary.exit_code = (str(fatal), fatal.exit_code) if isinstance(fatal, ScorerError) \
+            else stopped(fatal)
+    elif summary.failed:
+        first = summary.failed[0]
+        summary.error = (f"{len(summary.failed)} of {len(units)} inputs failed (see {summary.summary_path}); "
+                         f"first: {first.error}")
+        summary.exit_code = first.exit_code
+    if written:
         write_summary(config, units, summary)
     if fatal is not None:
         raise fatal
     if summary.failed:
-        first = summary.failed[0]
-        error = ScorerError(f"{len(summary.failed)} of {len(units)} inputs failed (see {summary.summary_path}); "
-                            f"first: {first.error}")
-        error.exit_code = first.exit_code
+        error = ScorerError(summary.error)
+        error.exit_code = summary.exit_code
         raise error
     return summary
+
+
+def _start(config: RunConfig, units: list[WorkUnit]) -> tuple[OnnxClassifier, RunConfig, dict | None]:
+    """The classifier, checked on this machine before any output (and --check's checkpoint found unchanged), and
+    `config` with the window size of the provider it landed on."""
+    classifier, config = open_classifier(config)
+    log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
+             classifier.provider, len(units))
+    try:
+        if config.check:
+            verify_checkpoint(checkpoint_of(config, classifier), classifier.manifest, classifier.directory)
+        return classifier, config, _self_check(classifier)
+    except BaseException:
+        classifier.close()
+        raise
 
 
 def _self_check(classifier: OnnxClassifier) -> dict | None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from scorer import __version__, atomic
 from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
+from scorer.errors import ScorerError
 from scorer.results import EMPTY, NON_FINITE, NOT_TEXT, NULL, TRUNCATED
 from scorer.units import WorkUnit
 
+log = logging.getLogger("scorer")
 # How the one-line summary names each row status but "ok" (the unscored ones keep their row, without a score).
 ROW_KINDS = {TRUNCATED: "truncated", NULL: "unscored (null text)", EMPTY: "unscored (empty text)",
              NOT_TEXT: "unscored (not text)", NON_FINITE: "unscored (non-finite logits)"}
@@ -69,6 +73,10 @@ class RunSummary:
     # Seconds the thread that feeds the model waited for reading, tokenising and writing, over all inputs.
     waits: dict[str, float] = field(default_factory=dict)
     summary_path: str = ""
+    # The run's exit code and, where it is not 0, why in one line: what a monitor reading this file checks (a run
+    # stopped before any input, its model or this machine refused, has no inputs and says so here).
+    exit_code: int = 0
+    error: str | None = None
     scorer_version: str = __version__
     started_at: str = ""  # UTC, ISO 8601, as a nightly job's log wants to match it
     finished_at: str = ""
@@ -132,12 +140,39 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
                       batching={**asdict(classifier.tally), "window_rows": window_rows}, waits=waits)
 
 
+def failed_start(config: RunConfig, units: list[WorkUnit], error: ScorerError, started_at: str) -> None:
+    """Where a summary is asked for (--summary, or several inputs), say that the run stopped before it scored any
+    input (its inputs, its model, its checkpoint or this machine refused), so that the file never goes on showing
+    the last run's success. Only a new file or an earlier summary is replaced: the path may be what the run refused
+    to write over (an input named as --summary, say)."""
+    if config.summary is None and len(units) < 2:
+        return
+    path = summary_path(config, units)
+    try:
+        if path.exists() and "scorer_version" not in json.loads(path.read_text()):
+            return
+    except (OSError, ValueError, TypeError):
+        return
+    summary = RunSummary(inputs=[], rows=0, rows_this_run=0, status_counts={}, seconds=0.0, rows_per_second=0.0,
+                         rescued_rows=0, provider=config.provider, variant=config.variant or "", model_sha256="",
+                         exit_code=error.exit_code, error=str(error), started_at=started_at, finished_at=now())
+    try:
+        write_summary(config, units, summary)
+    except (ScorerError, OSError) as exc:
+        log.warning("the summary %s could not be written either (%s)", path, exc)
+
+
+def summary_path(config: RunConfig, units: list[WorkUnit]) -> Path:
+    """Where the summary goes: --summary, else beside the one output or in the --output directory."""
+    if config.summary is not None:
+        return config.summary
+    mirrored = config.output is not None and units[0].output.parent != config.output.parent
+    single = units[0].output
+    return config.output / "scorer-summary.json" if mirrored else single.with_name(single.name + ".summary.json")
+
+
 def write_summary(config: RunConfig, units: list[WorkUnit], summary: RunSummary) -> None:
-    """Write the summary as JSON: at --summary, else beside the one output or in the --output directory."""
-    path = config.summary
-    if path is None:
-        mirrored = config.output is not None and units[0].output.parent != config.output.parent
-        single = units[0].output
-        path = config.output / "scorer-summary.json" if mirrored else single.with_name(single.name + ".summary.json")
+    """Write the summary as JSON where summary_path says."""
+    path = summary_path(config, units)
     summary.summary_path = str(path)
     atomic.write_text(path, json.dumps(asdict(summary), indent=2, default=str) + "\n")

@@ -181,8 +181,33 @@ def test_one_bad_file_fails_the_run_but_not_the_others(tiny_export, inbox, tmp_p
     summary = json.loads((out / "scorer-summary.json").read_text())
     assert [u["state"] for u in summary["inputs"]] == ["scored", "scored", "failed"]
     assert summary["inputs"][2]["exit_code"] == 3
+    assert summary["exit_code"] == 3 and summary["error"].startswith("1 of 3 inputs failed")  # (what a monitor reads)
     fast = run(inbox, "--model", tiny_export, "--output", tmp_path / "fast", "--fail-fast", "--overwrite")
     assert fast.exit_code == 3
+
+
+def test_a_run_stopped_before_any_input_says_so_in_the_summary_not_the_last_success(tiny_export, tmp_path):
+    # a monitor reading --summary must not go on seeing last night's success when tonight's run could not start
+    source, last = tmp_path / "in.parquet", tmp_path / "last-run.json"
+    pq.write_table(pa.table({"sentence": sentences(5)}), source)
+    assert run(source, "--model", tiny_export, "--summary", last).exit_code == 0
+    success = json.loads(last.read_text())
+    assert success["exit_code"] == 0 and success["error"] is None and success["inputs"][0]["state"] == "scored"
+    for options, code, said in (
+            (["--model", tmp_path / "nowhere"], 4, "does not exist; run `scorer export` first"),  # the model
+            (["--model", tiny_export, "--check", "2", "--checkpoint", tmp_path / "gone"], 4,
+             "--check needs the PyTorch checkpoint"),  # --check's checkpoint
+    ):
+        assert run(source, *options, "--summary", last).exit_code == code
+        failed = json.loads(last.read_text())
+        assert failed["exit_code"] == code and said in failed["error"] and failed["inputs"] == []
+        assert failed["finished_at"] >= success["finished_at"] and failed["host"] == success["host"]
+    assert run(tmp_path / "inbox", "--model", tiny_export, "--summary", last).exit_code == 3  # an inbox not there
+    assert json.loads(last.read_text())["exit_code"] == 3
+    # never written over what the run refused to replace (an input named as the summary)
+    before = source.read_bytes()
+    assert run(source, "--model", tmp_path / "nowhere", "--summary", source).exit_code == 5
+    assert source.read_bytes() == before
 
 
 def _start(args: list[str]) -> subprocess.Popen:
