@@ -91,6 +91,11 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
                 summaries.append(UnitSummary(str(unit.source), str(unit.output), said, error=said, exit_code=code))
                 fatal = exc
                 break
+            except Exception as exc:  # a bug of ours: the summary says so too (exit 1), then it is raised as it came
+                summaries.append(UnitSummary(str(unit.source), str(unit.output), "failed", exit_code=1,
+                                             error=f"unexpected {type(exc).__name__}: {exc}"))
+                fatal = exc
+                break
     finally:
         classifier.close()
     summary = summarise(summaries, classifier, time.perf_counter() - started, config.window_rows)
@@ -98,9 +103,8 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     written = len(units) > 1 or config.summary or fatal is None
     if written:
         summary.summary_path = str(summary_path(config, units))
-    if fatal is not None:
-        summary.error, summary.exit_code = (str(fatal), fatal.exit_code) if isinstance(fatal, ScorerError) \
-            else stopped(fatal)
+    if fatal is not None:  # (the last input's, which stopped the run)
+        summary.error, summary.exit_code = summaries[-1].error, summaries[-1].exit_code
     elif summary.failed:
         first = summary.failed[0]
         summary.error = (f"{len(summary.failed)} of {len(units)} inputs failed (see {summary.summary_path}); "

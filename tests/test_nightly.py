@@ -210,6 +210,23 @@ def test_a_run_stopped_before_any_input_says_so_in_the_summary_not_the_last_succ
     assert source.read_bytes() == before
 
 
+
+def test_a_run_stopped_by_a_bug_says_so_in_the_summary_too(tiny_export, tmp_path, monkeypatch):
+    import scorer.score
+
+    def broken(*args, **kwargs):  # (a fault injected where the run counts its rows: a bug of ours, for the test)
+        raise ZeroDivisionError("division by zero")
+
+    source, last = tmp_path / "in.parquet", tmp_path / "last-run.json"
+    pq.write_table(pa.table({"sentence": sentences(5)}), source)
+    monkeypatch.setattr(scorer.score, "tally", broken)
+    result = run(source, "--model", tiny_export, "--summary", last)
+    assert result.exit_code == 1 and "unexpected ZeroDivisionError: division by zero" in result.output
+    summary = json.loads(last.read_text())
+    assert summary["exit_code"] == 1 and summary["error"] == "unexpected ZeroDivisionError: division by zero"
+    assert summary["inputs"][0]["state"] == "failed" and summary["inputs"][0]["exit_code"] == 1
+
+
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "scorer.cli", "run", *args, "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
