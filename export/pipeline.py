@@ -17,7 +17,7 @@ from export import parity
 from export.fp16_choice import Fp16Report, build_fp16
 from export.large import weights_beside
 from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx, external_files
-from export.quantize import QuantizeReport, quantize_int8
+from export.quantize import QuantizeReport, quantize_int8, unquantized
 from export.rows import calibration_texts, parity_rows, recorded_data
 from scorer import atomic, selfcheck
 from scorer.checkpoints import checkpoint_tokenizer, load_classifier
@@ -92,8 +92,11 @@ def export_model(config: ExportConfig) -> ExportResult:
                  parity.batching(len(checked.texts), head.max_length))
         fp16_options = reports["fp16"].cuda_options if "fp16" in reports else None
         encoded = encoder.encode(checked.texts)
-        results = parity.run_parity(model, variants, encoded, checked.targets, head.labels, config, head.max_length,
-                                    fp16_options)
+        check = functools.partial(parity.run_parity, model, variants, encoded, checked.targets, head.labels, config,
+                                  head.max_length, fp16_options)
+        results = check()
+        if _int8_failed(results, reports, variants):  # export chose to quantise, so it can choose not to
+            results = check()
         (staging / "parity.json").write_text(json.dumps(parity.report(results, checked.source), indent=2) + "\n")
         (staging / "export_config.json").write_text(to_json(replace(config, overwrite=False)))
         manifest = _manifest(model, head, config, variants, results, text_column, label_column)
@@ -181,6 +184,24 @@ def _write_variants(model: nn.Module, staging: Path, config: ExportConfig, calib
         for path in list(variants.values())[1:]:
             weights_beside(path)
     return variants, reports
+
+
+def _int8_failed(results: list[parity.VariantParity], reports: dict, variants: dict[str, Path]) -> bool:
+    """Where a quantised int8 graph failed the parity gate, make its file the fp32 graph (which int8 falls back to
+    wherever quantising does not pay), say so, and return True: the parity is then checked again."""
+    int8 = next((r for r in results if r.variant == "int8"), None)
+    if int8 is None or int8.passed or not reports["int8"].quantized:
+        return False
+    fp32 = next(r for r in results if r.variant == "fp32")
+    if not fp32.passed:  # (the export fails for fp32 anyway; int8 is reported as it was)
+        return False
+    log.warning("int8 variant: quantised on %d calibration rows, it failed the parity gate on the parity rows "
+                "(labels agree %.2f%%, max |Δlogit| %.3g), so its file is the fp32 graph; for an int8 graph that "
+                "passes, pass --calibration with more sentences like those it will score",
+                reports["int8"].calibration_rows, 100 * int8.agreement, int8.max_abs_diff)
+    reports["int8"] = unquantized(variants["fp32"], variants["int8"], reports["int8"], int8.agreement,
+                                  int8.max_abs_diff)
+    return True
 
 
 def _train_settings(checkpoint: Path) -> dict:

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.large import one_file_graph
+from export.large import data_file, one_file_graph
 from export.timing import Batches, best_seconds, logits_of
 from scorer.batches import budget_batches
 from scorer.session import create_session
@@ -55,6 +55,9 @@ class QuantizeReport:
     calibration_max_abs_diff: float = 0.0
     calibration_gap_p99: float = 0.0  # 99th percentile of how far int8 moved the top-two logit gap, worst batching
     speedup: float = 1.0  # fp32 time / int8 time on the calibration sentences, batched as `scorer run` batches
+    # Where the int8 graph met its calibration targets but failed the parity gate on the parity rows, and the int8
+    # file became the fp32 graph: what that graph did there (quantised MatMuls, label agreement, max |Δlogit|).
+    failed_parity: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,17 @@ def quantize_int8(source: Path, target: Path, calibration: Encoded, min_agreemen
                  len(every), 100 * close.agreement, len(calibration), close.gap_p99, speedup)
     return QuantizeReport(len(every) - len(kept), kept, len(calibration), close.agreement, close.max_abs_diff,
                           close.gap_p99, speedup)
+
+
+def unquantized(source: Path, target: Path, report: QuantizeReport, agreement: float, max_abs_diff: float
+                ) -> QuantizeReport:
+    """Make `target` the fp32 graph `source` again, after its int8 graph failed the parity gate (its calibration
+    sentences were too few, or unlike the parity rows), and the report that says so."""
+    shutil.copyfile(source, target)
+    data_file(target).unlink(missing_ok=True)  # (a model over 2 GB: the int8 graph's own weights; the copy reads
+    # the fp32 graph's)
+    return QuantizeReport(0, [], report.calibration_rows, failed_parity={
+        "quantized": report.quantized, "agreement": agreement, "max_abs_diff": max_abs_diff})
 
 
 def sensitivity_order(smoothed: Path, trial: Path, groups: dict[str, list[str]], keep: list[str],

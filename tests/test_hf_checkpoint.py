@@ -104,6 +104,33 @@ def test_a_transformers_classifier_is_exported_and_scored_as_transformers_scores
     assert summary["evaluation"]["rows"] == len(labelled) and summary["evaluation"]["accuracy"] == np.mean(right)
 
 
+def test_an_int8_graph_that_fails_the_parity_gate_becomes_the_fp32_graph_and_says_so(tmp_path, monkeypatch):
+    """Calibrated on 40 sentences alike (`Calibration sentence number N.`), the int8 graph meets its targets there
+    and flips labels on the packaged examples the gate checks: export chose to quantise, so it chooses not to, with a
+    warning, instead of failing the whole export (exit 7)."""
+    import export.quantize
+
+    # (int8 is kept only where it runs faster than fp32, which this tiny model's need not: here it is said to)
+    monkeypatch.setattr(export.quantize, "measure_speedup", lambda *args: 2.0)
+    checkpoint = _classifier(tmp_path / "hf", "roberta", ["neg", "neutral", "pos"])
+    calibration = tmp_path / "calibration.csv"
+    calibration.write_text("sentence\n" + "".join(f"Calibration sentence number {i}.\n" for i in range(40)))
+    out = tmp_path / "onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(out), "--variants",
+                                       "fp32,int8", "--max-length", "40", "--calibration", str(calibration)])
+    assert result.exit_code == 0, result.output
+    assert "int8 variant: quantised on 40 calibration rows, it failed the parity gate on the parity rows (labels " \
+           "agree " in result.output
+    assert "so its file is the fp32 graph; for an int8 graph that passes, pass --calibration with more sentences " \
+           "like those it will score" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    failed = manifest["extra"]["int8"]["failed_parity"]
+    assert manifest["extra"]["int8"]["quantized"] == 0 and failed["quantized"] > 0 and failed["agreement"] < 0.995
+    assert (out / "model.int8.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    report = {v["variant"]: v for v in json.loads((out / "parity.json").read_text())["variants"]}
+    assert report["int8"]["passed"] and report["int8"]["agreement"] == 1.0 and manifest["parity_passed"]
+
+
 def test_the_max_length_can_be_set_at_export_up_to_the_position_limit(tiny_checkpoint, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "long"),
