@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -65,13 +67,11 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     """Score every unit of config.input; failures of single units are collected, then raised at the end."""
     units: list[WorkUnit] = []
     began = now()
-    try:
-        units = plan_units(config.input, config.output, config.output_format)
-        _refuse_before_work(config, units)
+    with _said_in_summary(config, units, began):  # (the inputs not there: an inbox not mounted, say)
+        units += plan_units(config.input, config.output, config.output_format)
+    _refuse_before_work(config, units)  # (what the summary itself may not replace, among others: not said there)
+    with _said_in_summary(config, units, began):
         classifier, config, self_check = _start(config, units)
-    except ScorerError as exc:
-        failed_start(config, units, exc, began)  # nothing scored: a summary asked for says so
-        raise
     summaries: list[UnitSummary] = []
     fatal: BaseException | None = None
     started, began = time.perf_counter(), now()
@@ -119,6 +119,16 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
         error.exit_code = summary.exit_code
         raise error
     return summary
+
+
+@contextlib.contextmanager
+def _said_in_summary(config: RunConfig, units: list[WorkUnit], began: str) -> Iterator[None]:
+    """A run that stops here has scored nothing: where a summary is kept, it says so (scorer.summary.failed_start)."""
+    try:
+        yield
+    except ScorerError as exc:
+        failed_start(config, units, exc, began)
+        raise
 
 
 def _start(config: RunConfig, units: list[WorkUnit]) -> tuple[OnnxClassifier, RunConfig, dict | None]:

@@ -141,18 +141,20 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
 
 
 def failed_start(config: RunConfig, units: list[WorkUnit], error: ScorerError, started_at: str) -> None:
-    """Where a summary is asked for (--summary, or several inputs), say that the run stopped before it scored any
-    input (its inputs, its model, its checkpoint or this machine refused), so that the file never goes on showing
-    the last run's success. Only a new file or an earlier summary is replaced: the path may be what the run refused
-    to write over (an input named as --summary, say)."""
+    """Say, where a summary is kept, that the run stopped before it scored any input (its inputs not there, its
+    model, its checkpoint or this machine refused), so that the file never goes on showing the last run's success:
+    at --summary, or where an earlier run of several inputs left its summary. Only an earlier summary or a new file
+    is written, never another file."""
     if config.summary is None and len(units) < 2:
         return
     path = summary_path(config, units)
-    try:
-        if path.exists() and "scorer_version" not in json.loads(path.read_text()):
+    if path.exists() or config.summary is None:  # (in the default place, only where an earlier summary lies)
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError):
             return
-    except (OSError, ValueError, TypeError):
-        return
+        if not isinstance(earlier, dict) or "scorer_version" not in earlier:
+            return
     summary = RunSummary(inputs=[], rows=0, rows_this_run=0, status_counts={}, seconds=0.0, rows_per_second=0.0,
                          rescued_rows=0, provider=config.provider, variant=config.variant or "", model_sha256="",
                          exit_code=error.exit_code, error=str(error), started_at=started_at, finished_at=now())

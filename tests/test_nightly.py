@@ -204,6 +204,16 @@ def test_a_run_stopped_before_any_input_says_so_in_the_summary_not_the_last_succ
         assert failed["finished_at"] >= success["finished_at"] and failed["host"] == success["host"]
     assert run(tmp_path / "inbox", "--model", tiny_export, "--summary", last).exit_code == 3  # an inbox not there
     assert json.loads(last.read_text())["exit_code"] == 3
+    # several inputs, without --summary: the summary an earlier run left in the output directory says so too
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    for name in ("a.parquet", "b.parquet"):
+        pq.write_table(pa.table({"sentence": sentences(3)}), inbox / name)
+    assert run(inbox, "--model", tiny_export, "--output", out).exit_code == 0
+    assert run(inbox, "--model", tmp_path / "nowhere", "--output", out, "--overwrite").exit_code == 4
+    assert json.loads((out / "scorer-summary.json").read_text())["exit_code"] == 4
+    assert run(inbox, "--model", tmp_path / "nowhere", "--output", tmp_path / "new").exit_code == 4
+    assert not (tmp_path / "new").exists()  # (no earlier summary there: nothing is created)
     # never written over what the run refused to replace (an input named as the summary)
     before = source.read_bytes()
     assert run(source, "--model", tmp_path / "nowhere", "--summary", source).exit_code == 5
