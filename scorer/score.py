@@ -100,7 +100,8 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
         classifier.close()
     summary = summarise(summaries, classifier, time.perf_counter() - started, config.window_rows)
     summary.started_at, summary.finished_at, summary.self_check = began, now(), self_check
-    written = len(units) > 1 or config.summary or fatal is None
+    # (one input that failed: beside its output only where an earlier run's summary would go on saying otherwise)
+    written = len(units) > 1 or config.summary or fatal is None or summary_path(config, units).is_file()
     if written:
         summary.summary_path = str(summary_path(config, units))
     if fatal is not None:  # (the last input's, which stopped the run)

@@ -143,9 +143,9 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
 def failed_start(config: RunConfig, units: list[WorkUnit], error: ScorerError, started_at: str) -> None:
     """Say, where a summary is kept, that the run stopped before it scored any input (its inputs not there, its
     model, its checkpoint or this machine refused), so that the file never goes on showing the last run's success:
-    at --summary, or where an earlier run of several inputs left its summary. Only an earlier summary or a new file
-    is written, never another file."""
-    if config.summary is None and len(units) < 2:
+    at --summary, or where an earlier run left its summary. Only an earlier summary or a new file is written, never
+    another file."""
+    if config.summary is None and not units:
         return
     path = summary_path(config, units)
     if path.exists() or config.summary is None:  # (in the default place, only where an earlier summary lies)

@@ -214,6 +214,15 @@ def test_a_run_stopped_before_any_input_says_so_in_the_summary_not_the_last_succ
     assert json.loads((out / "scorer-summary.json").read_text())["exit_code"] == 4
     assert run(inbox, "--model", tmp_path / "nowhere", "--output", tmp_path / "new").exit_code == 4
     assert not (tmp_path / "new").exists()  # (no earlier summary there: nothing is created)
+    # one input, without --summary: the summary beside its output, where an earlier run left one
+    beside = source.with_name("in.scored.parquet.summary.json")
+    assert run(source, "--model", tiny_export).exit_code == 0 and json.loads(beside.read_text())["exit_code"] == 0
+    assert run(source, "--model", tmp_path / "nowhere", "--overwrite").exit_code == 4
+    assert json.loads(beside.read_text())["exit_code"] == 4
+    source.write_bytes(b"PAR1 damaged")  # and an input that fails once started
+    assert run(source, "--model", tiny_export, "--overwrite").exit_code == 3
+    failed = json.loads(beside.read_text())
+    assert failed["exit_code"] == 3 and failed["inputs"][0]["state"] == "failed"
     # never written over what the run refused to replace (an input named as the summary)
     before = source.read_bytes()
     assert run(source, "--model", tmp_path / "nowhere", "--summary", source).exit_code == 5
