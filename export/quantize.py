@@ -234,8 +234,7 @@ def unquantized(source: Path, target: Path, report: QuantizeReport, agreement: f
     """Make `target` the fp32 graph `source` again, after its int8 graph failed the parity gate (its calibration
     sentences were too few, or unlike the parity rows), and the report that says so."""
     shutil.copyfile(source, target)
-    data_file(target).unlink(missing_ok=True)  # (a model over 2 GB: the int8 graph's own weights; the copy reads
-    # the fp32 graph's)
+    data_file(target).unlink(missing_ok=True)  # (over 2 GB: the int8 graph's own weights; the copy reads fp32's)
     return QuantizeReport(0, [], report.calibration_rows, failed_parity={
         "quantized": report.quantized, "agreement": agreement, "max_abs_diff": max_abs_diff})
 
