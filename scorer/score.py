@@ -223,10 +223,13 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
                 raise no_room from exc
             said = memory_failure(exc)
             if said:
+                in_flight = f" or --infer-threads (now {classifier.infer_threads})" \
+                    if classifier.infer_threads > 1 else ""  # (each batch in flight holds its own memory)
                 raise ProviderError(
                     f"{unit.source}: the model ran out of memory on {classifier.provider} ({said}); "
                     f"free memory there (is another process using it?) or lower --max-tokens (now "
-                    f"{classifier.max_tokens:,}), then run again: it resumes from its last finished window") from exc
+                    f"{classifier.max_tokens:,}){in_flight}, then run again: it resumes from its last finished "
+                    "window") from exc
             raise
     summary.seconds, summary.waits = time.perf_counter() - started, waits
     _warn_non_finite(summary, classifier)

@@ -675,6 +675,11 @@ def test_a_model_out_of_memory_stops_with_exit_6_and_the_rerun_resumes(tiny_expo
     assert done.stderr.startswith(f"error: {source}: the model ran out of memory on cpu (Available memory of ")
     assert done.stderr.endswith("lower --max-tokens (now 200,000), then run again: it resumes from its last "
                                 "finished window\n")
+    # with batches in flight (CUDA's default), each holding its own memory: that is said too
+    done = subprocess.run([sys.executable, "-c", _ARENA_LIMITED, str(16 << 20), "run", *options, "--quiet",
+                           "--infer-threads", "2", "-o", str(tmp_path / "two.parquet")], capture_output=True, text=True)
+    assert done.returncode == 6 and "lower --max-tokens (now 200,000) or --infer-threads (now 2), then run" in \
+        done.stderr
     assert not out.exists() and [p.name for p in (tmp_path / ".out.parquet.scorer-parts").glob("part-*")] == \
         ["part-000000.parquet"]
     assert run(*options).exit_code == 0
