@@ -63,22 +63,30 @@ def batching(n: int, max_length: int) -> str:
             f"{min(n, _FULL_LENGTH_ROWS)} padded to {max_length} ({runs} runs)")
 
 
-def run_parity(model: torch.nn.Module, variants: dict[str, Path], encoded: Encoded, targets: np.ndarray | None,
-               labels: list, config: ExportConfig, max_length: int, cuda_options: dict | None = None
-               ) -> list[VariantParity]:
-    """Compare every variant with PyTorch on the same batches and judge each against the gate; the fp16 graph on
-    CUDA where it works, with the `cuda_options` (its attention kernels) that `scorer run` will use there."""
-    batches = parity_batches(len(encoded), max_length)
-    reference = _torch_logits(model, encoded, batches)
-    torch_row = _judge("pytorch", "torch-cpu", reference, reference, batches, targets, labels, config, None)
-    results = [torch_row]
-    for name, path in variants.items():
+class Parity:
+    """PyTorch's logits on the parity batches, computed once, against which each variant is then judged."""
+
+    def __init__(self, model: torch.nn.Module, encoded: Encoded, targets: np.ndarray | None, labels: list,
+                 config: ExportConfig, max_length: int) -> None:
+        self.encoded, self.targets, self.labels, self.config = encoded, targets, labels, config
+        self.batches = parity_batches(len(encoded), max_length)
+        self.reference = _torch_logits(model, encoded, self.batches)
+        self.torch_row = _judge("pytorch", "torch-cpu", self.reference, self.reference, self.batches, targets, labels,
+                                config, None)
+
+    def of(self, name: str, path: Path, cuda_options: dict | None = None) -> VariantParity:
+        """One variant compared with PyTorch and judged against the gate; the fp16 graph on CUDA where it works,
+        with the `cuda_options` (its attention kernels) that `scorer run` will use there."""
         provider = "cuda" if name == "fp16" and cuda_starts(path) else "cpu"
         options = cuda_options if provider == "cuda" else None
         run = batch_runner(create_session(path, provider, options), provider, io_binding=False)
-        logits = [run(_feed(encoded, b.rows, b.pad)) for b in batches]
-        results.append(_judge(name, provider, reference, logits, batches, targets, labels, config, torch_row))
-    return results
+        logits = [run(_feed(self.encoded, b.rows, b.pad)) for b in self.batches]
+        return _judge(name, provider, self.reference, logits, self.batches, self.targets, self.labels, self.config,
+                      self.torch_row)
+
+    def every(self, variants: dict[str, Path], cuda_options: dict | None = None) -> list[VariantParity]:
+        """PyTorch's own row, then every variant's."""
+        return [self.torch_row] + [self.of(name, path, cuda_options) for name, path in variants.items()]
 
 
 def _feed(encoded: Encoded, rows: np.ndarray, pad: int | None) -> dict[str, np.ndarray]:

@@ -92,11 +92,10 @@ def export_model(config: ExportConfig) -> ExportResult:
                  parity.batching(len(checked.texts), head.max_length))
         fp16_options = reports["fp16"].cuda_options if "fp16" in reports else None
         encoded = encoder.encode(checked.texts)
-        check = functools.partial(parity.run_parity, model, variants, encoded, checked.targets, head.labels, config,
-                                  head.max_length, fp16_options)
-        results = check()
+        check = parity.Parity(model, encoded, checked.targets, head.labels, config, head.max_length)
+        results = check.every(variants, fp16_options)
         if _int8_failed(results, reports, variants):  # export chose to quantise, so it can choose not to
-            results = check()
+            results = [check.of("int8", variants["int8"]) if r.variant == "int8" else r for r in results]
         (staging / "parity.json").write_text(json.dumps(parity.report(results, checked.source), indent=2) + "\n")
         (staging / "export_config.json").write_text(to_json(replace(config, overwrite=False)))
         manifest = _manifest(model, head, config, variants, results, text_column, label_column)
@@ -188,7 +187,7 @@ def _write_variants(model: nn.Module, staging: Path, config: ExportConfig, calib
 
 def _int8_failed(results: list[parity.VariantParity], reports: dict, variants: dict[str, Path]) -> bool:
     """Where a quantised int8 graph failed the parity gate, make its file the fp32 graph (which int8 falls back to
-    wherever quantising does not pay), say so, and return True: the parity is then checked again."""
+    wherever quantising does not pay), say so, and return True: its parity is then checked again."""
     int8 = next((r for r in results if r.variant == "int8"), None)
     if int8 is None or int8.passed or not reports["int8"].quantized:
         return False
