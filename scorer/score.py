@@ -310,7 +310,9 @@ def _finish(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, colum
                 f"--check {config.check}: scorer (its tokenising, the {classifier.variant} ONNX graph) and PyTorch "
                 f"(the checkpoint's tokenizer and model) disagree beyond tolerance on {unit.source}: max |Δscore| "
                 f"{check['max_score_diff']:.3g} > {check['tolerance']:g}, labels agree on {check['agreement']:.1%}; "
-                "no output was written"
+                "no output was written" + ("" if classifier.manifest.checkpoint_weights else
+                "; this export records no checkpoint weights (it predates that), so a checkpoint retrained since "
+                "the export would fail the same way: if it was, export it again")
             )
     rescued, resumed = store.rescued_rows(parts), store.rows(parts[:first])
     sink.finish()
