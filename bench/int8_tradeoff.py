@@ -1,14 +1,16 @@
 """Speed and faithfulness of dynamic int8 variants on CPU: which MatMul groups can be int8 at what cost.
 
     python bench/int8_tradeoff.py --export bench/out/cola/onnx [--rows 3000] [--out bench/out/int8-tradeoff.json]
-                                  [--only static,MatMulNBits]
+                                  [--only per-token,static,MatMulNBits]
 
 For a trained export: model-only sentences/s (best of 5 passes) on CoLA-like sentences (pre-tokenised,
 token-budget batches), and on the quantiser's 500 calibration sentences of CoLA train and on CoLA dev the worst
 label agreement with fp32 and the 99th percentile of how far int8 moved the top-two logit gap (worst of the three
 batchings the quantiser checks), for fp32, int8 of every weight MatMul (with and without smoothing), int8 keeping
 the FFN in fp32, and int8 keeping 1, 2, ... of the groups in fp32 in the quantiser's order (most sensitive first).
-Two other int8 schemes of ONNX Runtime's, for comparison: static int8 (QDQ, activation ranges fixed from the
+Per-token int8 (activations scaled per row at run time, not per batch: a row's scores do not depend on its batch),
+with every weight MatMul, the FFN output or the whole FFN in fp32. Two other int8 schemes of ONNX Runtime's, for
+comparison: static int8 (QDQ, activation ranges fixed from the
 calibration rows: a row's scores do not depend on its batch) and 8-bit MatMulNBits (int8 weights, activations
 quantised to int8 in blocks of each row, accuracy level 4; needs the `onnx-ir` package, else left out).
 """
@@ -99,6 +101,54 @@ def blockwise_int8(source: Path, target: Path, block: int) -> bool:
     return True
 
 
+def per_token_int8(source: Path, target: Path, exclude: list[str]) -> None:
+    """int8 of every weight MatMul but `exclude`, activations scaled per row (per token) at run time, weights per
+    output column: x·W ≈ sx·sw·(qx·qW), qx = round(x / sx) with sx = max|x| of the row / 127. A row's result does
+    not depend on its batch, and an outlier token scales only itself. Built from standard operators: QuantizeLinear
+    with a per-row scale (uint8, zero point 128: ONNX Runtime's fast u8·s8 kernels), MatMulIntegerToFloat with the
+    weight scales, a Mul by the row scales."""
+    model = onnx.load(str(source))
+    weights = {init.name: init for init in model.graph.initializer}
+    shared = {"pt/eps": np.array(1e-8, np.float32), "pt/inv127": np.array(1 / 127, np.float32),
+              "pt/one": np.array(1.0, np.float32), "pt/zp": np.array(128, np.uint8),
+              "pt/zp1": np.array([128], np.uint8), "pt/last": np.array([-1], np.int64),
+              "pt/zero": np.array([0], np.int64)}
+    extra = [onnx.numpy_helper.from_array(value, name) for name, value in shared.items()]
+    make = onnx.helper.make_node
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in weights or node.name in exclude:
+            nodes.append(node)
+            continue
+        weight = onnx.numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+        scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127
+        p = f"{node.name}/pt_"
+        extra += [onnx.numpy_helper.from_array(np.clip(np.round(weight / scale), -127, 127).astype(np.int8), p + "w"),
+                  onnx.numpy_helper.from_array(scale.astype(np.float32), p + "sw"),
+                  onnx.numpy_helper.from_array(np.array([-1, weight.shape[0]], np.int64), p + "rows_shape"),
+                  onnx.numpy_helper.from_array(np.array([weight.shape[1]], np.int64), p + "n")]
+        x = node.input[0]
+        nodes += [
+            make("Shape", [x], [p + "shape"]), make("Slice", [p + "shape", "pt/zero", "pt/last"], [p + "lead"]),
+            make("Concat", [p + "lead", p + "n"], [p + "out_shape"], axis=0),
+            make("Reshape", [x, p + "rows_shape"], [p + "x"]), make("Abs", [p + "x"], [p + "abs"]),
+            make("ReduceMax", [p + "abs"], [p + "max"], keepdims=0, axes=[1]),
+            make("Max", [p + "max", "pt/eps"], [p + "max1"]), make("Mul", [p + "max1", "pt/inv127"], [p + "sx"]),
+            make("Shape", [p + "sx"], [p + "count"]), make("Expand", ["pt/zp1", p + "count"], [p + "zps"]),
+            make("QuantizeLinear", [p + "x", p + "sx", p + "zps"], [p + "qx"], axis=0),
+            make("MatMulIntegerToFloat", [p + "qx", p + "w", "pt/one", p + "sw", "pt/zp"], [p + "y"],
+                 domain="com.microsoft"),
+            make("Unsqueeze", [p + "sx", "pt/last"], [p + "sx1"]), make("Mul", [p + "y", p + "sx1"], [p + "ys"]),
+            make("Reshape", [p + "ys", p + "out_shape"], [node.output[0]]),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(extra)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(target))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, required=True)
@@ -137,6 +187,9 @@ def main() -> None:
         # (name, what writes the trial graph, the MatMuls kept in fp32)
         cases = [("fp32", None, [])]
         cases += [(name, functools.partial(quantize, base, exclude=kept + head), kept) for name, base, kept in dynamic]
+        cases += [(f"per-token int8, {what}", functools.partial(per_token_int8, source, exclude=kept + head), kept)
+                  for what, kept in (("every MatMul", []), ("FFN output in fp32", groups[ffn_out]),
+                                     ("whole FFN in fp32", groups[ffn_out] + groups[ffn_in]))]
         cases += [("static int8 (QDQ, min/max ranges)",
                    functools.partial(static_int8, source, calibration=calibration, max_length=max_length), [])]
         cases += [(f"8-bit MatMulNBits, blocks of {block}, int8 compute",

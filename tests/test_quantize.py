@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -80,3 +82,29 @@ def test_cpu_default_is_int8_only_when_export_measured_it_faster(tiny_export, sp
     manifest.extra["int8"] = {} if speedup is None else {"speedup": speedup}  # None: a manifest from before
     assert default_variant("cpu", manifest) == expected
     assert default_variant("cuda", manifest) == "fp16"
+
+
+def test_the_benchs_per_token_int8_is_close_to_fp32_and_gives_a_row_the_same_scores_in_any_batch(
+        tiny_export, tmp_path, monkeypatch):
+    """bench/int8_tradeoff.py's per-token int8 (activations scaled per row at run time): every weight MatMul
+    becomes int8, the logits stay near fp32's, and a row's logits do not depend on its batch neighbours (dynamic
+    int8 scales each batch as a whole, so there they do)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    from int8_tradeoff import per_token_int8
+
+    encoded = TextEncoder.from_dir(tiny_export, 48).encode(SENTENCES)
+    source, target = tiny_export / "model.onnx", tmp_path / "per-token.onnx"
+    per_token_int8(source, target, exclude=[])
+    ops = [node.op_type for node in onnx.load(str(target)).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == len(weight_matmuls(onnx.load(str(source)))) > 0
+    fp32, int8 = create_session(source, "cpu"), create_session(target, "cpu")
+    budget, single, padded = _batchings(encoded, 48)
+    reference = logits_of(fp32, encoded, budget)
+    logits = {name: logits_of(int8, encoded, cut) for name, cut in (("budget", budget), ("single", single),
+                                                                    ("padded", padded))}
+    np.testing.assert_allclose(logits["single"], logits["budget"], atol=1e-5)
+    np.testing.assert_allclose(logits["padded"], logits["budget"], atol=1e-5)
+    scale = np.abs(reference).max()
+    moved = np.abs(logits["budget"] - reference).max()
+    assert 0 < moved < 0.05 * scale, (moved, scale)
+    assert (logits["budget"].argmax(1) == reference.argmax(1)).mean() >= 0.95
