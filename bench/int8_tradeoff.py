@@ -1,4 +1,4 @@
-"""Speed and faithfulness of dynamic int8 variants on CPU: which MatMul groups can be int8 at what cost.
+"""Speed and faithfulness of int8 variants on CPU: which MatMul groups can be int8, by which scheme, at what cost.
 
     python bench/int8_tradeoff.py --export bench/out/cola/onnx [--rows 3000] [--out bench/out/int8-tradeoff.json]
                                   [--only per-token,static,MatMulNBits]
