@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scorer.check import TOLERANCE
 from scorer.config import ExportConfig
 from scorer.metrics import confusion_of
 from scorer.rescue import finite_rows
+from scorer.results import softmax
 from scorer.session import batch_runner, create_session, cuda_starts
 from scorer.tokens import Encoded
 
@@ -37,6 +39,7 @@ class VariantParity:
     requirement: str
     # Row results with a NaN or infinite logit (an fp16 or int8 graph overflowing): never agreeing, and failing.
     non_finite: int = 0
+    max_score_diff: float = 0.0  # the largest |Δprobability| of any label, what `scorer run --check` bounds
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ def _judge(name, provider, reference, logits, batches, targets, labels, config: 
                default=0.0)
     agree = np.concatenate([(a.argmax(1) == b.argmax(1)) & f for a, b, f in zip(reference, logits, finite,
                                                                                    strict=True)])
+    score_diff = max((float(np.abs(softmax(a) - softmax(b))[f].max(initial=0.0))
+                      for a, b, f in zip(reference, logits, finite, strict=True)), default=0.0)
     non_finite = int(sum((~f).sum() for f in finite))
     agreement = float(agree.mean())
     decisive = np.concatenate([_margins(a) > config.tie_margin for a in reference])
@@ -134,11 +139,14 @@ def _judge(name, provider, reference, logits, batches, targets, labels, config: 
         if accuracy is not None:
             passed = passed and abs(accuracy - torch_row.accuracy) <= config.max_accuracy_drop
             requirement += f" and accuracy within {100 * config.max_accuracy_drop:g} points of PyTorch"
+        if name == "int8":  # int8's error is large enough to matter: held to what `scorer run --check` will hold it
+            passed = passed and score_diff <= TOLERANCE["int8"]
+            requirement += f" and every probability within {TOLERANCE['int8']:g} of PyTorch's"
     if non_finite and torch_row is not None:
         passed, requirement = False, f"finite logits on every row ({non_finite} NaN or infinite)"
     distinct = sum(len(b.rows) for b in batches if b.covering)
     return VariantParity(name, provider, distinct, int(agree.size), diff, agreement, near_tie_flips, accuracy, mcc,
-                         passed, requirement, non_finite)
+                         passed, requirement, non_finite, score_diff)
 
 
 def _margins(logits: np.ndarray) -> np.ndarray:

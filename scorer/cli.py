@@ -9,7 +9,7 @@ import click
 from scorer import __version__
 from scorer.command import build, command, shown, shown_by_provider
 from scorer.config import CUDA_GRAPHS, POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
-from scorer.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
+from scorer.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS, MIN_INT8_SPEEDUP
 from scorer.errors import EXIT_CODES
 from scorer.extras import require_training_stack
 
@@ -139,10 +139,11 @@ def train(progress: bool, **options) -> None:
 @click.option("--calibration", type=PATH,
               help="Sentences for int8 calibration [default: the checkpoint's training rows].")
 @click.option("--int8-agreement", type=float,
-              help=f"Label agreement int8 must reach on them {shown(ExportConfig, 'int8_agreement')}.")
+              help="Label agreement int8 must be predicted to reach on the parity rows, predicted from how far it "
+                   f"moves the calibration rows {shown(ExportConfig, 'int8_agreement')}.")
 @click.option("--int8-tolerance", type=float,
-              help="How far int8 may move the gap between a row's two highest logits, on 99% of them "
-                   f"{shown(ExportConfig, 'int8_tolerance')}.")
+              help="Also bound how far int8 may move the gap between a calibration row's two highest logits, on 99% "
+                   "of them [default: no bound].")
 @click.option("--fp16-attention", type=click.Choice(["auto", "fused", "mha", "unfused"]),
               help="The fp16 graph's attention: ORT's Attention op (fused), its MultiHeadAttention op (mha) or plain "
                    "MatMul/Softmax (unfused); auto: the fastest on CUDA, measured here "
@@ -176,8 +177,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
               help=f"Where the model runs; auto: CUDA where ONNX Runtime can {shown(RunConfig, 'provider')}.")
 @click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]),
-              help="The ONNX graph to run [default: fp16 on CUDA; on a CPU int8 where export measured it 1.05× as "
-                   "fast as fp32, else fp32; fp32 for TensorRT].")
+              help=f"The ONNX graph to run [default: fp16 on CUDA; on a CPU int8 where export measured it "
+                   f"{MIN_INT8_SPEEDUP:g}× as fast as fp32, else fp32; fp32 for TensorRT].")
 @click.option("--text-column", help="Column to score [default: the training text column].")
 @click.option("--label-column", help="True labels, for accuracy/MCC [default: the training one, if present].")
 @click.option("--max-tokens", type=int,

@@ -100,7 +100,7 @@ def test_a_model_over_2_gb_exports_fp16_with_its_word_table_held_out_and_int8_wi
     int8 = onnx.load(str(out / "model.int8.onnx"))
     word = next(t for t in int8.graph.initializer if "word_embeddings" in t.name)
     assert list(word.dims) == [30522, 32] and word.data_type == onnx.TensorProto.FLOAT16
-    assert "MatMulInteger" in {node.op_type for node in int8.graph.node}  # quantised, not the fp32 graph's copy
+    assert "MatMulIntegerToFloat" in {node.op_type for node in int8.graph.node}  # quantised, not the fp32 copy
     code, scores = _scores(out, tmp_path, "large-int8", "int8")
     fp32 = _scores(out, tmp_path, "large-fp32")[1]
     assert code == 0 and max(abs(a - b) for a, b in zip(scores, fp32, strict=True)) < 0.05  # run's int8 tolerance

@@ -1,4 +1,4 @@
-"""The accuracy-aware int8 quantiser on the tiny model: smoothing is exact, the target is met for real."""
+"""The accuracy-aware int8 quantiser on the tiny model: per-token int8, its prediction, the targets met for real."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import numpy as np
 import onnx
 import pytest
 
-from export.quantize import _batchings, gap_shift, groups_of, quantize_int8, smooth, weight_matmuls
+from export.int8_prediction import predicted_agreement, predicted_score_shift, top_two_gap
+from export.per_token import per_token_int8
+from export.quantize import Quantiser, Targets, groups_of, quantize_int8, weight_matmuls
 from export.timing import logits_of
+from scorer.batches import budget_batches
 from scorer.defaults import default_variant
 from scorer.manifest import load_manifest
 from scorer.session import create_session
@@ -17,13 +20,24 @@ from scorer.tokens import TextEncoder
 
 SENTENCES = [f"Sentence {i} is about a cat that sat on mat number {i % 9}." for i in range(60)] + [
     "Short.", "A much longer sentence with many more words than the others have in it, by far."]
+HELD_OUT = ["The dog barked at the mailman.", "Colourless green ideas sleep furiously.", "Is it raining?",
+            "She gave him the book that he had asked for last week.", "Them is going."]
 
 
-def test_smoothing_changes_nothing_in_fp32(tiny_export):
+@pytest.fixture
+def schemes(monkeypatch):
+    """bench/int8_schemes.py: the int8 schemes the quantiser is compared with, and the batchings they are cut by."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import int8_schemes
+
+    return int8_schemes
+
+
+def test_the_benchs_smoothing_changes_nothing_in_fp32(tiny_export, schemes):
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(SENTENCES)
     model = onnx.load(str(tiny_export / "model.onnx"))
-    smoothed = smooth(model, encoded)
-    batches = _batchings(encoded, 48)[0]
+    smoothed = schemes.smooth(model, encoded)
+    batches = schemes.batchings(encoded, 48)[0]
     before = logits_of(create_session(tiny_export / "model.onnx", "cpu"), encoded, batches)
     after = logits_of(create_session(smoothed.SerializeToString(), "cpu"), encoded, batches)
     np.testing.assert_allclose(after, before, atol=1e-4)
@@ -37,43 +51,97 @@ def test_groups_put_the_same_role_of_every_layer_together():
     assert len(groups) == 2 and all(len(members) == 3 for members in groups.values())
 
 
-def test_gap_shift_is_how_far_the_top_two_logits_moved_apart():
+def test_the_top_two_gap_is_read_between_the_references_two_highest_logits():
     reference = np.array([[0.0, 1.0], [2.0, 0.0]])
-    assert np.allclose(gap_shift(reference, np.array([[0.0, 0.5], [2.0, 1.0]])), [0.5, 1.0])
+    assert np.allclose(top_two_gap(reference), [1.0, 2.0])
+    assert np.allclose(top_two_gap(reference, np.array([[0.0, 0.5], [2.0, 1.0]])), [0.5, 1.0])
     three = np.array([[0.0, 3.0, 1.0]])  # top class 1, runner-up class 2: gap 2
-    assert np.allclose(gap_shift(three, np.array([[5.0, 3.0, 2.5]])), [1.5])  # class 0 does not enter the gap
+    assert np.allclose(top_two_gap(three, np.array([[5.0, 3.0, 2.5]])), [0.5])  # class 0 does not enter the gap
+    assert np.allclose(top_two_gap(three, np.array([[5.0, 1.0, 2.5]])), [-1.5])  # below 0: the label flipped
 
 
-@pytest.mark.parametrize(("target", "tolerance"), [(1.0, 0.1), (0.5, float("inf"))])
-def test_int8_meets_its_calibration_targets_under_every_batching(tiny_export, tmp_path, target, tolerance):
-    encoded = TextEncoder.from_dir(tiny_export, 48).encode(SENTENCES)
+def test_a_held_out_row_is_predicted_to_do_what_the_calibration_rows_of_nearest_gap_did():
+    # Calibration rows near the boundary (gap 1) were moved down by 2 half the time; sure rows (gap 10) by 0.1.
+    gaps = np.array([1.0, 1.0, 1.0, 1.0, 10.0, 10.0, 10.0, 10.0])
+    shifts = np.array([-2.0, 0.5, -2.0, 0.5, -0.1, -0.1, -0.1, -0.1])
+    assert predicted_agreement(gaps, shifts, np.array([1.2]), 0.05, neighbours=4) == 0.5  # like the unsure rows
+    assert predicted_agreement(gaps, shifts, np.array([9.0]), 0.05, neighbours=4) == 1.0  # like the sure ones
+    assert predicted_agreement(gaps, shifts, np.array([1.2, 9.0]), 0.05, neighbours=4) == 0.75
+    # a near-tie is left out, as the parity gate leaves it out; with nothing left, nothing is predicted to flip
+    assert predicted_agreement(gaps, shifts, np.array([0.01, 9.0]), 0.05, neighbours=4) == 1.0
+    assert predicted_agreement(gaps, shifts, np.array([0.01]), 0.05, neighbours=4) == 1.0
+    # a probability moves as far as the worst of its neighbours' shifts moves it: σ(1.2) to σ(-0.8) for the unsure
+    logistic = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    assert np.isclose(predicted_score_shift(gaps, shifts, np.array([1.2]), neighbours=4),
+                      logistic(1.2) - logistic(-0.8))
+    assert np.isclose(predicted_score_shift(gaps, shifts, np.array([9.0]), neighbours=4),
+                      logistic(9.0) - logistic(8.9))
+    # the window of nearest rows matches a search of every row, at any calibration size
+    rng = np.random.default_rng(1)
+    for size in (3, 50, 99, 100, 500):
+        many, moved, held = rng.gamma(2, 2, size), rng.normal(0, 1, size), rng.gamma(1.5, 2, 300)
+        nearest = np.argsort(np.abs(many[None, :] - held[:, None]), axis=1, kind="stable")[:, :50]
+        expected = 1 - (moved[nearest] < -held[:, None]).mean()
+        assert np.isclose(predicted_agreement(many, moved, held, 0.0), expected)
+
+
+def _quantized_ops(path: Path) -> int:
+    return sum(node.op_type == "MatMulIntegerToFloat" for node in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize(("agreement", "tolerance"), [(1.0, 0.01), (0.5, None)])
+def test_int8_meets_its_targets(tiny_export, tmp_path, agreement, tolerance):
+    encoder = TextEncoder.from_dir(tiny_export, 48)
+    encoded, held_out = encoder.encode(SENTENCES), encoder.encode(HELD_OUT)
     # min_speedup 0: on the tiny model int8 need not be faster; the accuracy search itself is what is tested here
-    report = quantize_int8(tiny_export / "model.onnx", tmp_path / "int8.onnx", encoded, target, 48, tolerance, 0)
-    assert report.calibration_agreement >= target and report.calibration_rows == len(SENTENCES)
-    assert report.calibration_gap_p99 <= tolerance
+    report = quantize_int8(tiny_export / "model.onnx", tmp_path / "int8.onnx", encoded, held_out,
+                           Targets(agreement, 0.05, 1.0, tolerance), 0)
+    assert report.predicted_agreement >= agreement and report.calibration_rows == len(SENTENCES)
+    assert report.scheme == "per-token" and _quantized_ops(tmp_path / "int8.onnx") == report.quantized
     reference = create_session(tiny_export / "model.onnx", "cpu")
     quantized = create_session(tmp_path / "int8.onnx", "cpu")
-    for batches in _batchings(encoded, 48):
-        expected = logits_of(reference, encoded, batches)
-        logits = logits_of(quantized, encoded, batches)
-        assert (logits.argmax(1) == expected.argmax(1)).mean() >= target
-        assert np.quantile(gap_shift(expected, logits), 0.99) <= tolerance
-    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
-    integer_ops = sum(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in graph.node)
-    assert integer_ops == report.quantized
-    if target == 0.5:  # a loose target quantises every weight MatMul: the int8 path itself is exercised
+    batches = [(rows, None) for rows in budget_batches(encoded.lengths, 4096, 256)]
+    expected, logits = logits_of(reference, encoded, batches), logits_of(quantized, encoded, batches)
+    shifts = top_two_gap(expected, logits) - top_two_gap(expected)
+    assert np.isclose(report.calibration_gap_p99, np.quantile(np.abs(shifts), 0.99), atol=1e-6)
+    held_out_gaps = top_two_gap(logits_of(reference, held_out, [(np.arange(len(held_out)), None)]))
+    assert report.predicted_agreement == predicted_agreement(top_two_gap(expected), shifts, held_out_gaps, 0.05)
+    if tolerance is not None:
+        assert report.calibration_gap_p99 <= tolerance
+    else:  # a loose target quantises every weight MatMul: the int8 path itself is exercised
         assert report.quantized == len(weight_matmuls(onnx.load(str(tiny_export / "model.onnx")))) > 0
         assert report.speedup > 0  # measured against fp32, not assumed
 
 
-@pytest.mark.parametrize(("tolerance", "min_speedup"), [(1e-9, 0), (float("inf"), 1e9)])
+@pytest.mark.parametrize(("tolerance", "min_speedup"), [(1e-9, 0), (None, 1e9)])
 def test_int8_is_the_fp32_graph_when_it_is_not_close_enough_or_not_faster(tiny_export, tmp_path, tolerance,
                                                                          min_speedup):
-    encoded = TextEncoder.from_dir(tiny_export, 48).encode(SENTENCES)
-    report = quantize_int8(tiny_export / "model.onnx", tmp_path / "int8.onnx", encoded, 0.5, 48, tolerance,
-                           min_speedup)
+    encoder = TextEncoder.from_dir(tiny_export, 48)
+    report = quantize_int8(tiny_export / "model.onnx", tmp_path / "int8.onnx", encoder.encode(SENTENCES),
+                           encoder.encode(HELD_OUT), Targets(0.5, 0.05, 1.0, tolerance), min_speedup)
     assert report.quantized == 0 and report.speedup == 1.0
     assert (tmp_path / "int8.onnx").read_bytes() == (tiny_export / "model.onnx").read_bytes()
+
+
+def test_where_the_gate_refuses_an_int8_graph_the_next_keeps_one_more_group_in_fp32_down_to_fp32(tiny_export,
+                                                                                                   tmp_path):
+    encoder = TextEncoder.from_dir(tiny_export, 48)
+    quantiser = Quantiser(tiny_export / "model.onnx", encoder.encode(SENTENCES), encoder.encode(HELD_OUT),
+                          Targets(0.5, 0.05, 1.0), 0)
+    target = tmp_path / "int8.onnx"
+    report = quantiser.first(target)
+    every = len(weight_matmuls(onnx.load(str(tiny_export / "model.onnx"))))
+    assert report.quantized == every and not report.failed_parity
+    gates = []
+    while report.quantized:
+        gates.append({"quantized": report.quantized, "agreement": 0.9})  # what a refusing gate found
+        stepped = quantiser.step_down(target, report, gates[-1])
+        assert stepped.quantized < report.quantized and _quantized_ops(target) == stepped.quantized
+        assert stepped.failed_parity == gates[0] and stepped.stepped_down == gates[1:]
+        assert not (tmp_path / ".int8.onnx.trial").exists()
+        report = stepped
+    assert len(gates) == len(groups_of(weight_matmuls(onnx.load(str(tiny_export / "model.onnx")))))
+    assert target.read_bytes() == (tiny_export / "model.onnx").read_bytes()  # at last, the fp32 graph itself
 
 
 @pytest.mark.parametrize(("speedup", "expected"), [(2.0, "int8"), (1.0, "fp32"), (None, "int8")])
@@ -84,21 +152,22 @@ def test_cpu_default_is_int8_only_when_export_measured_it_faster(tiny_export, sp
     assert default_variant("cuda", manifest) == "fp16"
 
 
-def test_the_benchs_per_token_int8_is_close_to_fp32_and_gives_a_row_the_same_scores_in_any_batch(
-        tiny_export, tmp_path, monkeypatch):
-    """bench/int8_tradeoff.py's per-token int8 (activations scaled per row at run time): every weight MatMul
-    becomes int8, the logits stay near fp32's, and a row's logits do not depend on its batch neighbours (dynamic
-    int8 scales each batch as a whole, so there they do)."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
-    from int8_tradeoff import per_token_int8
-
+def test_per_token_int8_is_close_to_fp32_and_gives_a_row_the_same_scores_in_any_batch(tiny_export, tmp_path,
+                                                                                      schemes):
+    """Every weight MatMul becomes per-token int8, the logits stay near fp32's, and a row's logits do not depend on
+    its batch neighbours (dynamic int8 scales each batch as a whole, so there they do)."""
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(SENTENCES)
     source, target = tiny_export / "model.onnx", tmp_path / "per-token.onnx"
     per_token_int8(source, target, exclude=[])
-    ops = [node.op_type for node in onnx.load(str(target)).graph.node]
-    assert ops.count("MatMulIntegerToFloat") == len(weight_matmuls(onnx.load(str(source)))) > 0
+    assert _quantized_ops(target) == len(weight_matmuls(onnx.load(str(source)))) > 0
+    # the fp32 weights it replaced are gone from the file: what is left of fp32 is the rest (embeddings, norms...)
+    fp32_weights = {t.name for t in onnx.load(str(source)).graph.initializer}
+    left = {t.name for t in onnx.load(str(target)).graph.initializer} & fp32_weights
+    replaced = {node.input[1] for node in onnx.load(str(source)).graph.node if node.op_type == "MatMul"
+                and node.input[1] in fp32_weights}
+    assert replaced and not replaced & left and left == fp32_weights - replaced
     fp32, int8 = create_session(source, "cpu"), create_session(target, "cpu")
-    budget, single, padded = _batchings(encoded, 48)
+    budget, single, padded = schemes.batchings(encoded, 48)
     reference = logits_of(fp32, encoded, budget)
     logits = {name: logits_of(int8, encoded, cut) for name, cut in (("budget", budget), ("single", single),
                                                                     ("padded", padded))}
