@@ -27,13 +27,10 @@ def batchings(encoded: Encoded, max_length: int) -> list[Batches]:
     return [budget, single, padded]
 
 
-def dynamic_int8(source: Path | onnx.ModelProto, target: Path, exclude: list[str]) -> None:
+def dynamic_int8(source: Path, target: Path, exclude: list[str]) -> None:
     """ONNX Runtime's per-channel dynamic int8 of the weight MatMuls of `source`, except the nodes in `exclude`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if isinstance(source, onnx.ModelProto):
-        onnx.save(source, str(target) + ".source.onnx")
-        source = Path(str(target) + ".source.onnx")
     root = logging.getLogger()  # (quantize_dynamic logs a pre-processing hint on the root logger; it does not apply)
     level = root.level
     root.setLevel(logging.ERROR)
