@@ -144,8 +144,8 @@ class Quantiser:
         close = self._closeness([], target)
         kept: list[str] = []
         if not self.targets.met(close):
-            kept, close = self.every, EXACT
-            for level in range(1, len(self.groups) + 1):
+            kept, close = self.every, EXACT  # (every group kept is the fp32 graph: no trial needed)
+            for level in range(1, len(self.groups)):
                 trial = self._kept(level)
                 found = self._closeness(trial, target)
                 if self.targets.met(found):
