@@ -37,6 +37,7 @@ from export.timing import logits_of, pass_seconds
 from scorer.batches import budget_batches
 from scorer.config import ExportConfig
 from scorer.read import read_labelled
+from scorer.results import softmax
 from scorer.session import create_session
 from scorer.tokens import Encoded, TextEncoder
 
@@ -49,11 +50,6 @@ def speed(path: Path, encoded: Encoded) -> float:
     batches = [(rows, None) for rows in budget_batches(encoded.lengths, 4096, 1024)]
     logits_of(session, encoded, batches[:3])  # warm-up
     return len(encoded) / min(pass_seconds(session, encoded, batches) for _ in range(REPEATS))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 class Faithfulness:
