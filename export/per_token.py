@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-OPS = ("MatMulIntegerToFloat",)  # one per quantised MatMul
 _SHARED = {"pt/eps": np.array(1e-8, np.float32), "pt/inv127": np.array(1 / 127, np.float32),
            "pt/one": np.array(1.0, np.float32), "pt/zp": np.array(128, np.uint8),
            "pt/zp1": np.array([128], np.uint8), "pt/last": np.array([-1], np.int64), "pt/zero": np.array([0], np.int64)}
