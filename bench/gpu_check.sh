@@ -19,7 +19,7 @@
 # ORT's optimisation levels; then the GPU tests and GPU memory over 1M rows with the new batching. In two calls on
 # the warm machine (the second reuses the random exports in /tmp/random-bert), each under the 600 s a call may run:
 #   bash bench/gpu_check.sh env scoring-cola scoring-long128          (about 350 s: run 4's 190 s + 3 exports' extra)
-#   bash bench/gpu_check.sh model-stage op-probe ort-options pytest-gpu gpu-memory-1m      (about 380-450 s)
+#   bash bench/gpu_check.sh model-stage op-probe ort-options pytest-gpu gpu-memory-1m small-files  (430-500 s)
 # With the start and the five transfers that is close to the 900 s a session may use: the second call's steps run in
 # that order, most important first, so if the session's time runs out, only the last ones are lost (give the second
 # call a timeout_s of what `status` says is left).
@@ -125,6 +125,9 @@ main(['run', '.devcarry/cola/dev.tsv', '--model', '/tmp/random-bert/onnx-cola', 
 print('torch imported by scorer run:', 'torch' in sys.modules)"
 step gpu-memory-1m 70 python3 bench/scoring.py $random --workloads cola --rows 1000000 --baseline-rows 1000 \
   --variants fp16 --out "$out/gpu-memory-1m.json"
+# 2,000 small inputs (1-19 CoLA sentences each, Parquet and CSV): scored together (scorer.bundle, stop 34) against
+# each on its own and against the same rows as one file (about 50 s; on the 2-core CPU: 1.9x each alone).
+step small-files 90 python3 bench/small_files.py $random --files 2000 --out "$out/small-files.json"
 # Measured in earlier runs (bench/RESULTS.md section 7); each runs only when named.
 if [ "$only" != "  " ]; then
   # `scorer train --compile` without CUDA graphs (fused kernels, still one launch each).

@@ -17,7 +17,21 @@ def main(directory: Path) -> None:
     _model_stage(directory)
     _op_probe(directory)
     _ort_options(directory)
+    _small_files(directory)
     _train_speed(directory)
+
+
+def _small_files(directory: Path) -> None:
+    """Small inputs scored together, each alone, and as one file (bench/small_files.py)."""
+    path = directory / "small-files.json"
+    if not path.is_file():
+        print("small-files: no result")
+        return
+    data = json.loads(path.read_text())
+    print(f"small-files: {data['files']} inputs, {data['rows']} rows")
+    for way, row in data["results"].items():
+        print(f"  {way:11} {row['rows_per_s']:>9,.0f} rows/s ({row['x_each_alone']:.2f}x each alone), "
+              f"{row['batches']} batches, model busy {row['model_busy_share']:.0%}, waits {row['waits']}")
 
 
 def _seeds(directory: Path) -> None:

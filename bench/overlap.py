@@ -31,7 +31,7 @@ from scoring import random_checkpoint, workload
 
 import scorer.classify
 import scorer.defaults
-import scorer.score
+import scorer.single
 from scorer.config import RunConfig
 from scorer.score import score_file
 
@@ -57,8 +57,8 @@ def stand_in(seconds_per_token: float, busy: list[tuple[float, float]]):
 
 
 def timed_stream(starts: list[float]):
-    """scorer.score's `stream`, noting when each input's pipeline starts (its unit time starts just before)."""
-    original = scorer.score.stream
+    """scorer.single's `stream`, noting when each input's pipeline starts (its unit time starts just before)."""
+    original = scorer.single.stream
 
     def stream(*args, **kwargs):
         starts.append(time.perf_counter())
@@ -117,7 +117,7 @@ def main() -> None:
         # The stand-in's logits are not the graph's: `scorer run`'s self-check would (rightly) refuse it.
         scorer.classify.OnnxClassifier.self_check = lambda self: None
         unit_starts: list[float] = []
-        scorer.score.stream = timed_stream(unit_starts)
+        scorer.single.stream = timed_stream(unit_starts)
         classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32", infer_threads=args.infer_threads,
                                                     max_tokens=args.max_tokens, batch_overhead=args.batch_overhead)
         started = time.perf_counter()

@@ -253,9 +253,13 @@ class OnnxClassifier:
 
     def finish(self, begun: tuple[list[Prepared], Started]) -> Scored:
         """`infer`'s second half: every row's results, once the window's batches are done."""
+        return Scored.concat(self.finish_pieces(begun))
+
+    def finish_pieces(self, begun: tuple[list[Prepared], Started]) -> list[Scored]:
+        """`finish`, piece by piece."""
         taken, started = begun
         logits = self.collect(started)
-        return Scored.concat([scored(p, rows, self.rescue) for p, rows in zip(taken, logits, strict=True)])
+        return [scored(p, rows, self.rescue) for p, rows in zip(taken, logits, strict=True)]
 
     def classify(self, column: pa.Array | pa.ChunkedArray) -> Scored:
         """Score a column of texts; null, empty and non-text values are kept, flagged and left unscored."""

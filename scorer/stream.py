@@ -33,9 +33,9 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
 
     Returns the seconds the main thread (which feeds the model) spent waiting for each other stage: where a run
     loses time when the model is not the slowest stage."""
-    waits = _Waits()
+    waits = Waits()
     skip = first * config.window_rows
-    windows = _windows(reader, classifier, columns, config, skip)
+    windows = checked_windows(reader, classifier, columns, config, skip)
 
     def read_and_queue():
         """The next window, read, with its pieces queued for tokenising; None after the last window."""
@@ -57,7 +57,7 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
 
         def finish(index: int, window: pa.RecordBatch, begun) -> None:
             scored = classifier.finish(begun)
-            writes.add(index, _with_results(window, classifier, columns, scored), int(scored.rescued.sum()))
+            writes.add(index, with_results(window, classifier, columns, scored), int(scored.rescued.sum()))
             bar.update(window.num_rows)
 
         # With batches in flight on inference threads (CUDA), a window's batches are queued on the model before the
@@ -77,7 +77,7 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
     return dict(waits)
 
 
-class _Waits(dict):
+class Waits(dict):
     """Seconds the thread that feeds the model waited on each other stage's futures."""
 
     def __init__(self) -> None:
@@ -96,7 +96,7 @@ class _Writes:
     output, with at most one in flight (memory stays bounded); a resumed run's output first gets the windows its
     parts already hold."""
 
-    def __init__(self, writing: ThreadPoolExecutor, store: PartStore, sink: OutputSink, waits: _Waits,
+    def __init__(self, writing: ThreadPoolExecutor, store: PartStore, sink: OutputSink, waits: Waits,
                  first: int) -> None:
         self.writing, self.store, self.sink, self.waits = writing, store, sink, waits
         self.pending: list[Future] = [writing.submit(_replay, store, sink, first)]
@@ -115,7 +115,7 @@ class _Writes:
         self.sink.write(table)
 
 
-def _windows(reader: TableReader, classifier: OnnxClassifier, columns: Columns, config: RunConfig,
+def checked_windows(reader: TableReader, classifier: OnnxClassifier, columns: Columns, config: RunConfig,
              skip: int) -> Iterator[pa.RecordBatch]:
     """The input's windows from row `skip` on, each refused before it is scored when it holds a label the model
     does not know (the error names the row). An input without rows is one window without rows: its output is the
@@ -131,7 +131,7 @@ def _windows(reader: TableReader, classifier: OnnxClassifier, columns: Columns, 
         yield reader.empty()
 
 
-def _with_results(window: pa.RecordBatch, classifier: OnnxClassifier, columns: Columns, scored: Scored) -> pa.Table:
+def with_results(window: pa.RecordBatch, classifier: OnnxClassifier, columns: Columns, scored: Scored) -> pa.Table:
     """The window with its predicted label, score and status columns."""
     predicted, score, status = classifier.result_arrays(scored)
     return (window.append_column(columns.predicted, predicted).append_column(columns.score, score)

@@ -44,6 +44,9 @@ class UnitSummary:
     # Rows of the output (resumed parts included) whose logits were not finite in the run's variant and were
     # scored by the fp32 graph.
     rescued_rows: int = 0
+    # How many other small inputs were scored in one window with this one (scorer.bundle); its seconds and waits
+    # are then its rows' share of theirs.
+    bundled_with: int = 0
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Figures of a finished unit, read back from its parts: status counts, evaluation, sampled rows.
 
 Reading the written parts (not counters kept while streaming) makes a resumed run report the same figures as an
-uninterrupted one, and makes the check and the sample table describe exactly what was written.
+uninterrupted one, and makes the check and the sample table describe exactly what was written. A part is a part file
+or, for a small input scored with others (scorer.bundle), the scored table itself.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from scorer.results import STATUSES, TRUNCATED, UNSCORED
 log = logging.getLogger("scorer")
 
 
+Part = Path | pa.Table
+
+
 @dataclass(frozen=True)
 class Columns:
     """Names of the columns a unit reads and writes."""
@@ -43,13 +47,17 @@ class Tally:
     evaluation: dict | None
 
 
-def read_column(parts: list[Path], name: str) -> pa.ChunkedArray:
+def read_column(parts: list[Part], name: str) -> pa.ChunkedArray:
     # concat_tables joins the parts' chunks without copying; pa.chunked_array of ChunkedArrays would convert
     # them element by element through Python (0.1 s per 200k rows).
-    return pa.concat_tables([pq.read_table(part, columns=[name]) for part in parts]).column(name)
+    return pa.concat_tables([_read(part, name) for part in parts]).column(name)
 
 
-def tally(parts: list[Path], columns: Columns, index: LabelIndex, source: Path, samples: int, seed: int) -> Tally:
+def _read(part: Part, name: str) -> pa.Table:
+    return part.select([name]) if isinstance(part, pa.Table) else pq.read_table(part, columns=[name])
+
+
+def tally(parts: list[Part], columns: Columns, index: LabelIndex, source: Path, samples: int, seed: int) -> Tally:
     status = read_column(parts, columns.status)
     counts = Counter({name: 0 for name in STATUSES})
     counts.update({row["values"]: row["counts"] for row in pc.value_counts(status).to_pylist()})
@@ -74,7 +82,7 @@ def tally(parts: list[Path], columns: Columns, index: LabelIndex, source: Path, 
     return Tally(rows=len(status), status_counts=dict(counts), evaluation=result)
 
 
-def scored_sample(parts: list[Path], columns: Columns, size: int, seed: int) -> tuple[list[str], np.ndarray, list]:
+def scored_sample(parts: list[Part], columns: Columns, size: int, seed: int) -> tuple[list[str], np.ndarray, list]:
     """Texts, scores and predicted labels of `size` scored rows chosen at random (seeded), a quarter of them (at
     least one) truncated rows where there are any: the rare long rows are where scorer's tokenising does most (the
     long-row cut), and a uniform sample would seldom hold one."""
@@ -93,16 +101,16 @@ def _choose(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(picked)
 
 
-def rows_of(parts: list[Path], column: str, rows: np.ndarray) -> list:
+def rows_of(parts: list[Part], column: str, rows: np.ndarray) -> list:
     """Values of `column` at global row numbers `rows` (sorted), reading only the parts that hold them; text stored
     another way (bytes, string views) as strings."""
     out: list = []
     start = 0
     for part in parts:
-        count = pq.ParquetFile(part).metadata.num_rows
+        count = part.num_rows if isinstance(part, pa.Table) else pq.ParquetFile(part).metadata.num_rows
         inside = rows[(rows >= start) & (rows < start + count)] - start
         if len(inside):
-            values = plain_text(pq.read_table(part, columns=[column]).column(column))  # text as the run read it
+            values = plain_text(_read(part, column).column(column))  # text as the run read it
             out.extend(values.take(pa.array(inside)).to_pylist())
         start += count
     return out

@@ -88,9 +88,19 @@ def test_op_probe_times_each_op_of_a_layer_and_the_whole_graph(scoring, bench_di
     assert all(op["ms"] > 0 for op in shape["ops"].values())
 
 
+def test_small_files_scores_small_inputs_together_and_each_alone_to_the_same_scores(scoring, bench_dir):
+    out = bench_dir / "out" / "small-files.json"
+    bench("small_files.py", "--device", "cpu", "--random", "tiny", "--random-dir", bench_dir / "random",
+          "--files", "30", "--mean-rows", "4", "--out", out)
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"each-alone", "bundled", "one-file"}
+    assert results["bundled"]["batches"] < results["each-alone"]["batches"]
+    assert all(results[way]["max_score_diff_from_one_file"] < 1e-5 for way in ("each-alone", "bundled"))
+
+
 def test_gpu_summary_reads_what_the_scripts_wrote(scoring, bench_dir):
     summary = bench("gpu_summary.py", bench_dir / "out")
-    assert "scorer-run-fp32" in summary and "fused attention" in summary
+    assert "scorer-run-fp32" in summary and "fused attention" in summary and "bundled" in summary
 
 
 def test_tokenize_speed_times_both_ways_on_both_workloads(bench_dir):

@@ -231,14 +231,14 @@ def test_a_run_stopped_before_any_input_says_so_in_the_summary_not_the_last_succ
 
 
 def test_a_run_stopped_by_a_bug_says_so_in_the_summary_too(tiny_export, tmp_path, monkeypatch):
-    import scorer.score
+    import scorer.single
 
     def broken(*args, **kwargs):  # (a fault injected where the run counts its rows: a bug of ours, for the test)
         raise ZeroDivisionError("division by zero")
 
     source, last = tmp_path / "in.parquet", tmp_path / "last-run.json"
     pq.write_table(pa.table({"sentence": sentences(5)}), source)
-    monkeypatch.setattr(scorer.score, "tally", broken)
+    monkeypatch.setattr(scorer.single, "tally", broken)
     result = run(source, "--model", tiny_export, "--summary", last)
     assert result.exit_code == 1 and "unexpected ZeroDivisionError: division by zero" in result.output
     summary = json.loads(last.read_text())
@@ -358,7 +358,7 @@ def test_a_run_that_crashed_after_its_last_short_window_counts_the_rows_it_resum
                                                                                           monkeypatch):
     """Every window finished (the last one short) and the run crashed while finishing: the rerun writes nothing new,
     and its summary says so (it said 'resumed at row 45, -5 written now': windows times their size)."""
-    from scorer import score
+    from scorer import single
 
     source, output = tmp_path / "in.parquet", tmp_path / "out.parquet"
     pq.write_table(pa.table({"sentence": sentences(40)}), source)
@@ -368,7 +368,7 @@ def test_a_run_that_crashed_after_its_last_short_window_counts_the_rows_it_resum
         raise MemoryError("stand-in for a crash that is not the input's fault")
 
     with monkeypatch.context() as patched:
-        patched.setattr(score, "tally", crash)
+        patched.setattr(single, "tally", crash)
         assert run(source, "-o", output, *common).exit_code != 0
     assert len(list(tmp_path.glob(".out.parquet.scorer-parts/part-*"))) == 3
     result = run(source, "-o", output, *common)

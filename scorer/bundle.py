@@ -1,0 +1,198 @@
+"""The order units are scored in: each on its own, or small ones together.
+
+An input of at most a quarter window of rows is small (RunConfig.small_rows). Consecutive small inputs share one
+window: their rows are tokenised and batched together, so a model fed thousands of small files (a nightly inbox of
+hourly drops, say) still gets full batches, where scoring each alone gave a batch per file. Each input keeps its own
+output (written under a temporary name and renamed when complete), its own summary, evaluation and --check. What
+small inputs give up is resuming part by part: a window is the unit of resuming anyway, and a run stopped during a
+bundle scores its inputs again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import pyarrow as pa
+
+from scorer.classify import OnnxClassifier
+from scorer.config import RunConfig
+from scorer.errors import ScorerError
+from scorer.parts import OutputLock, work_dir
+from scorer.results import Scored
+from scorer.single import OpenUnit, check_unchanged, failure, finish_unit, open_unit, said_done, score_unit
+from scorer.stream import Waits, checked_windows, pieces, with_results
+from scorer.summary import UnitSummary
+from scorer.units import WorkUnit
+from scorer.write import OutputSink
+
+log = logging.getLogger("scorer")
+MAX_INPUTS = 256  # inputs in one bundle: each holds its output's lock (an open file) until the bundle is written
+SMALL_CSV_BYTES = 8 << 20  # a larger CSV/TSV file is not read to count its rows: it is scored on its own
+RERUN = "then run again"
+
+Outcome = tuple[WorkUnit, UnitSummary | BaseException]
+
+
+def outcomes(units: list[WorkUnit], classifier: OnnxClassifier, config: RunConfig,
+             progress: bool) -> Iterator[list[Outcome]]:
+    """Each unit's summary, or the exception it failed with, in the units' order: a list at a time, one unit
+    scored on its own or the small ones scored together. A fatal exception (a stop, a bug) ends the list with the
+    units it stopped, the unit it struck last."""
+    if len(units) == 1:  # (one input is scored as it is: a bundle would only lose its resuming)
+        yield [(units[0], _alone(units[0], classifier, config, progress))]
+        return
+    bundle = Bundle(classifier, config)
+    try:
+        for unit in units:
+            try:
+                opened = open_unit(unit, classifier, config)
+                member = None if isinstance(opened, UnitSummary) else bundle.read(opened)
+            except BaseException as exc:  # (ScorerError: this unit failed; anything else stops the run)
+                bundle.add(unit, exc)
+                if config.fail_fast or not isinstance(exc, ScorerError):
+                    yield bundle.flush(stopped=None if isinstance(exc, ScorerError) else exc)
+                    return
+                continue
+            if isinstance(opened, UnitSummary):
+                bundle.add(unit, opened)
+            elif member is not None:
+                if not bundle.has_room(member):
+                    yield bundle.flush()
+                bundle.add(unit, member)
+            else:
+                yield bundle.flush()
+                yield [(unit, _alone(unit, classifier, config, progress, opened))]
+        yield bundle.flush()
+    finally:
+        bundle.release()
+
+
+def _alone(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, progress: bool,
+           opened: OpenUnit | None = None) -> UnitSummary | BaseException:
+    try:
+        return score_unit(unit, classifier, config, progress, opened)
+    except BaseException as exc:
+        return exc
+
+
+@dataclass
+class Member:
+    """A small input read for a bundle: its one window, and its output's lock held until the bundle is written."""
+
+    opened: OpenUnit
+    window: pa.Table
+    lock: OutputLock
+
+
+class Bundle:
+    """Small inputs gathered, in order, with the summaries of the units around them (skipped, failed)."""
+
+    def __init__(self, classifier: OnnxClassifier, config: RunConfig) -> None:
+        self.classifier, self.config = classifier, config
+        self.limit = max(1, config.window_rows // 4) if config.small_rows is None \
+            else min(config.small_rows, config.window_rows)
+        self.entries: list[tuple[WorkUnit, Member | UnitSummary | BaseException]] = []
+        self.reading = 0.0
+
+    @property
+    def members(self) -> list[Member]:
+        return [entry for _, entry in self.entries if isinstance(entry, Member)]
+
+    def read(self, opened: OpenUnit) -> Member | None:
+        """`opened`'s rows read and checked, with its output locked, where it is small; None where it is scored on its
+        own: over a quarter window, or with an earlier run's parts to resume from."""
+        reader, output = opened.reader, opened.unit.output
+        size = reader.num_rows if reader.num_rows is not None else 0 if reader.path.stat().st_size <= SMALL_CSV_BYTES \
+            else None
+        if size is None or size > self.limit or self.limit == 0 or work_dir(output).exists():
+            return None
+        started = time.perf_counter()
+        lock = OutputLock(output).__enter__()
+        try:
+            # (a window one row over the limit, so that a CSV file is read no further than it takes to tell)
+            window = next(checked_windows(reader, self.classifier, opened.columns,
+                                          replace(self.config, window_rows=self.limit + 1), 0))
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+        self.reading += time.perf_counter() - started
+        if window.num_rows > self.limit:
+            lock.__exit__(None, None, None)
+            return None
+        return Member(opened, window, lock)
+
+    def has_room(self, member: Member) -> bool:
+        members = self.members
+        return len(members) < MAX_INPUTS and \
+            sum(m.window.num_rows for m in members) + member.window.num_rows <= self.config.window_rows
+
+    def add(self, unit: WorkUnit, entry: Member | UnitSummary | BaseException) -> None:
+        self.entries.append((unit, entry))
+
+    def flush(self, stopped: BaseException | None = None) -> list[Outcome]:
+        """Score the members together and finish each; every entry's outcome, in order. `stopped`: the run stops
+        (its members are not scored, and get that outcome too)."""
+        members = self.members
+        results = dict.fromkeys(map(id, members), stopped) if stopped else self._score(members) if members else {}
+        done = [(unit, results[id(entry)] if isinstance(entry, Member) else entry) for unit, entry in self.entries]
+        self.release()
+        return done
+
+    def release(self) -> None:
+        """Unlock the members' outputs and forget them (each wrote its output or failed)."""
+        for member in self.members:
+            member.lock.__exit__(None, None, None)
+        self.entries, self.reading = [], 0.0
+
+    def _score(self, members: list[Member]) -> dict[int, UnitSummary | BaseException]:
+        started, waits = time.perf_counter(), Waits()
+        waits["reading"] = self.reading
+        try:
+            scored = self._infer(members, waits)
+        except BaseException as exc:  # (the model failed: every member with it)
+            return {id(m): failure(exc, m.opened.unit, self.classifier, RERUN) or exc for m in members}
+        results: dict[int, UnitSummary | BaseException] = {}
+        for member, rows in zip(members, scored, strict=True):
+            results[id(member)] = self._finish(member, rows)
+            if not isinstance(results[id(member)], UnitSummary | ScorerError):  # a stop or a bug: no more finishing
+                results.update({id(m): results[id(member)] for m in members if id(m) not in results})
+                break
+        seconds, total = time.perf_counter() - started + self.reading, sum(m.window.num_rows for m in members)
+        for member in members:
+            summary = results[id(member)]
+            if isinstance(summary, UnitSummary):  # (the bundle's time, shared by rows)
+                share = member.window.num_rows / total if total else 1 / len(members)
+                summary.seconds, summary.bundled_with = seconds * share, len(members) - 1
+                summary.waits = {stage: waited * share for stage, waited in waits.items()}
+                said_done(summary, self.classifier)
+        log.info("%d small inputs scored together: %d rows in %.1fs", len(members), total, seconds)
+        return results
+
+    def _infer(self, members: list[Member], waits: Waits) -> list[Scored]:
+        """Every member's rows scored, its pieces tokenised on config.tokenize_threads threads and batched with
+        every other member's."""
+        cut = [pieces(m.window.column(m.opened.columns.text), self.config.piece_chars) for m in members]
+        with ThreadPoolExecutor(self.config.tokenize_threads, "scorer-tokenize") as tokenizing:
+            prepared = [tokenizing.submit(self.classifier.prepare, piece) for piece in itertools.chain(*cut)]
+            results = self.classifier.finish_pieces(
+                self.classifier.begin(waits("tokenising", future) for future in prepared))
+        ends = list(itertools.accumulate(len(piece_list) for piece_list in cut))
+        return [Scored.concat(results[end - len(piece_list):end]) for end, piece_list in zip(ends, cut, strict=True)]
+
+    def _finish(self, member: Member, scored: Scored) -> UnitSummary | BaseException:
+        opened = member.opened
+        sink = OutputSink(opened.unit.output, overwrite=True, metadata=opened.record)
+        try:
+            table = with_results(member.window, self.classifier, opened.columns, scored)
+            sink.write(table)
+            check_unchanged(opened)
+            return finish_unit(opened, self.classifier, self.config, sink, [table], int(scored.rescued.sum()), 0)
+        except BaseException as exc:
+            sink.abort()
+            return failure(exc, opened.unit, self.classifier, RERUN) or exc
+

@@ -1,0 +1,166 @@
+"""Small inputs scored together (scorer.bundle): shared batches, and each input still its own output, summary and
+failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from scorer.classify import OnnxClassifier
+from scorer.parts import OutputLock
+from tests.test_nightly import files_under, run, sentences
+
+
+def _inbox(root: Path, sizes: list[int], labelled: bool = False) -> list[Path]:
+    """Small inputs named f00.., alternately Parquet and CSV, of `sizes` rows each."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, size in enumerate(sizes):
+        columns = {"id": [f"{i}-{j}" for j in range(size)], "sentence": sentences(size, 100 * i)}
+        if labelled:
+            columns["label"] = [j % 2 for j in range(size)]
+        table, path = pa.table(columns), root / f"f{i:02d}.{'parquet' if i % 2 == 0 else 'csv'}"
+        pq.write_table(table, path) if i % 2 == 0 else pacsv.write_csv(table, path)
+        paths.append(path)
+    return paths
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "scorer-summary.json").read_text())
+
+
+def test_small_inputs_share_batches_and_score_as_each_would_alone(tiny_export, tmp_path):
+    paths = _inbox(tmp_path / "inbox", [3, 1, 7, 0, 5, 2, 9, 4], labelled=True)
+    out = tmp_path / "out"
+    result = run(tmp_path / "inbox", "--model", tiny_export, "-o", out, "--variant", "fp32", "--check", "2")
+    assert result.exit_code == 0, result.output
+    summary = _summary(out)
+    assert [u["bundled_with"] for u in summary["inputs"]] == [7] * 8
+    assert summary["batching"]["batches"] < 8 - 1  # (one input without rows: 7 scored alone took 7 batches at least)
+    assert all(u["check"]["passed"] for u in summary["inputs"] if u["rows"])
+    assert [u["evaluation"]["rows"] if u["evaluation"] else 0 for u in summary["inputs"]] == \
+        [3, 1, 7, 0, 5, 2, 9, 4]
+    for path, unit in zip(paths, summary["inputs"], strict=True):
+        alone = tmp_path / "alone" / (path.stem + ".parquet")
+        assert run(path, "--model", tiny_export, "-o", alone, "--variant", "fp32").exit_code == 0
+        together, reference = pq.read_table(out / alone.name), pq.read_table(alone)
+        assert together.column_names == reference.column_names and together.num_rows == unit["rows"]
+        for name in together.column_names:
+            if name == "score":
+                np.testing.assert_allclose(together.column(name).to_numpy(), reference.column(name).to_numpy(),
+                                           atol=1e-5)
+            else:
+                assert together.column(name).equals(reference.column(name)), name
+        assert json.loads(together.schema.metadata[b"scorer"]) == json.loads(reference.schema.metadata[b"scorer"])
+    assert run(tmp_path / "inbox", "--model", tiny_export, "-o", out, "--variant", "fp32").exit_code == 0
+    assert [u["state"] for u in _summary(out)["inputs"]] == ["skipped"] * 8  # (each one's output is up to date)
+
+
+def test_a_bad_small_input_fails_alone_and_the_summary_keeps_the_inputs_order(tiny_export, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    _inbox(inbox, [0, 0, 0, 0, 4])
+    assert run(inbox / "f04.parquet", "--model", tiny_export, "-o", out / "f04.parquet",  # done by an earlier run
+               "--summary", tmp_path / "earlier.json").exit_code == 0
+    pq.write_table(pa.table({"sentence": sentences(3)}), inbox / "f00.parquet")
+    (inbox / "f01.csv").write_text("sentence,label\nfine,1\nodd,7\n")  # a label the model does not know
+    (inbox / "f02.parquet").write_bytes(b"PAR1 broken")
+    pacsv.write_csv(pa.table({"sentence": sentences(2)}), inbox / "f03.csv")
+    with OutputLock(out / "f03.parquet"):  # another run writing this one
+        result = run(inbox, "--model", tiny_export, "-o", out)
+    assert result.exit_code == 3 and "3 of 5 inputs failed" in result.output
+    summary = _summary(out)
+    assert [u["state"] for u in summary["inputs"]] == ["scored", "failed", "failed", "failed", "skipped"]
+    errors = [u["error"] for u in summary["inputs"]]
+    assert "row 2: label '7'" in errors[1] and "not a readable Parquet file" in errors[2]
+    assert "another scorer run is writing" in errors[3]
+    assert files_under(out) == ["f00.parquet", "f04.parquet", "scorer-summary.json"]
+    assert run(inbox, "--model", tiny_export, "-o", out).exit_code == 3  # f03 is free now: scored
+    assert [u["state"] for u in _summary(out)["inputs"]] == ["skipped", "failed", "failed", "scored", "skipped"]
+    # --fail-fast stops at the first input that fails: the ones before it are scored, the ones after it not read
+    fast = tmp_path / "fast"
+    assert run(inbox, "--model", tiny_export, "-o", fast, "--fail-fast").exit_code == 3
+    assert [u["state"] for u in _summary(fast)["inputs"]] == ["scored", "failed"]
+    assert files_under(fast) == ["f00.parquet", "scorer-summary.json"]
+
+
+def test_an_input_over_a_quarter_window_is_scored_on_its_own_between_bundles(tiny_export, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    _inbox(inbox, [2, 1, 9, 2, 2, 3])  # a window of 8 rows: inputs of 2 rows or fewer are small (f02: CSV too)
+    result = run(inbox, "--model", tiny_export, "-o", out, "--window-rows", "8")
+    assert result.exit_code == 0, result.output
+    summary = _summary(out)
+    assert [u["bundled_with"] for u in summary["inputs"]] == [1, 1, 0, 1, 1, 0]
+    assert [u["rows"] for u in summary["inputs"]] == [2, 1, 9, 2, 2, 3]
+    assert pq.read_table(out / "f02.parquet").column("id").to_pylist() == [f"2-{j}" for j in range(9)]
+
+
+def test_a_bundle_stopped_midway_writes_nothing_and_the_rerun_scores_it(tiny_export, tmp_path, monkeypatch):
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    _inbox(inbox, [3, 2, 4])
+
+    def stop(self, begun):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(OnnxClassifier, "finish_pieces", stop)
+        result = run(inbox, "--model", tiny_export, "-o", out)
+    assert result.exit_code == 130 and "interrupted" in result.output
+    summary = _summary(out)
+    assert [u["state"] for u in summary["inputs"]] == ["interrupted"] * 3 and summary["exit_code"] == 130
+    assert [p.name for p in out.iterdir()] == ["scorer-summary.json"]  # no output, part, lock or temporary file
+    assert run(inbox, "--model", tiny_export, "-o", out).exit_code == 0
+    assert [u["state"] for u in _summary(out)["inputs"]] == ["scored"] * 3
+
+
+def test_a_small_input_with_an_earlier_run_s_parts_resumes_from_them_on_its_own(tiny_export, tmp_path, monkeypatch):
+    from scorer import single
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    paths = _inbox(inbox, [3, 2, 4])
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("stand-in for a crash that is not the input's fault")
+
+    with monkeypatch.context() as patched:  # one input alone: its window's part is kept
+        patched.setattr(single, "tally", crash)
+        assert run(paths[1], "--model", tiny_export, "-o", out / "f01.parquet").exit_code == 1
+    assert len(list(out.glob(".f01.parquet.scorer-parts/part-*"))) == 1
+    result = run(inbox, "--model", tiny_export, "-o", out)
+    assert result.exit_code == 0, result.output
+    summary = _summary(out)
+    assert [(u["state"], u["bundled_with"]) for u in summary["inputs"]] == \
+        [("scored", 0), ("resumed", 0), ("scored", 0)]
+    assert files_under(out) == ["f00.parquet", "f01.parquet", "f02.parquet", "scorer-summary.json"]
+
+
+@pytest.mark.parametrize("failing", ["model", "write"])
+def test_a_bundle_whose_model_or_output_fails_says_what_to_do_for_each_input(tiny_export, tmp_path, monkeypatch,
+                                                                            failing):
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    from scorer import write
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    _inbox(inbox, [3, 2])
+    if failing == "model":
+        def fail(self, begun):
+            raise RuntimeException("Failed to allocate memory for requested buffer of size 1048576")
+
+        monkeypatch.setattr(OnnxClassifier, "finish_pieces", fail)
+    else:
+        def fail(self, table):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(write.OutputSink, "write", fail)
+    result = run(inbox, "--model", tiny_export, "-o", out)
+    summary = _summary(out)
+    assert result.exit_code == (6 if failing == "model" else 5), result.output
+    errors = [u["error"] for u in summary["inputs"]]
+    assert len(errors) == 2 and all(error.endswith("then run again") for error in errors), errors
+    assert [p.name for p in out.iterdir()] == ["scorer-summary.json"]
