@@ -125,8 +125,8 @@ main(['run', '.devcarry/cola/dev.tsv', '--model', '/tmp/random-bert/onnx-cola', 
 print('torch imported by scorer run:', 'torch' in sys.modules)"
 step gpu-memory-1m 70 python3 bench/scoring.py $random --workloads cola --rows 1000000 --baseline-rows 1000 \
   --variants fp16 --out "$out/gpu-memory-1m.json"
-# 2,000 small inputs (1-19 CoLA sentences each, Parquet and CSV): scored together (scorer.bundle, stop 34) against
-# each on its own and against the same rows as one file (about 50 s; on the 2-core CPU: 1.9x each alone).
+# 2,000 small inputs (1-20 CoLA sentences each, Parquet and CSV): scored together (scorer.bundle, stop 34) against
+# each on its own and against the same rows as one file (about 50 s; on the 2-core CPU: 2.2x each alone).
 step small-files 90 python3 bench/small_files.py $random --files 2000 --out "$out/small-files.json"
 # Measured in earlier runs (bench/RESULTS.md section 7); each runs only when named.
 if [ "$only" != "  " ]; then

@@ -19,8 +19,9 @@ def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.parent / f".{path.name}.{tag}-{os.getpid()}"
 
 
-def check_writable(path: Path, overwrite: bool, option: str = "--output") -> None:
-    """Refuse an existing output (unless overwrite) or a directory we cannot create files in."""
+def check_writable(path: Path, overwrite: bool, option: str = "--output", probed: set[Path] | None = None) -> None:
+    """Refuse an existing output (unless overwrite) or a directory we cannot create files in. `probed`: directories
+    already found writable by this run, which are not probed again (one run writing many outputs to one directory)."""
     if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists; pass --overwrite to replace it, or choose another {option}")
     parent = path.parent
@@ -31,12 +32,16 @@ def check_writable(path: Path, overwrite: bool, option: str = "--output") -> Non
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {parent} ({exc.strerror}); choose another {option}") from exc
+    if probed is not None and parent in probed:
+        return
     # Create a file rather than ask os.access: root passes access() on read-only and virtual file systems.
     try:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".scorer-probe-"):
             pass
     except OSError as exc:
         raise OutputError(f"{parent} is not writable ({exc.strerror}); choose another {option}") from exc
+    if probed is not None:
+        probed.add(parent)
 
 
 def check_keeps(output: Path, inputs: dict[str, Path | None], option: str = "--output") -> None:

@@ -16,13 +16,15 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pyarrow as pa
 
+from scorer import atomic
 from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
 from scorer.errors import ScorerError
-from scorer.parts import OutputLock, work_dir
+from scorer.parts import OutputLock, temporaries_by_output, work_dir
 from scorer.results import Scored
 from scorer.single import OpenUnit, check_unchanged, failure, finish_unit, open_unit, said_done, score_unit
 from scorer.stream import Waits, checked_windows, pieces, with_results
@@ -50,7 +52,7 @@ def outcomes(units: list[WorkUnit], classifier: OnnxClassifier, config: RunConfi
     try:
         for unit in units:
             try:
-                opened = open_unit(unit, classifier, config)
+                opened = open_unit(unit, classifier, config, bundle.probed)
                 member = None if isinstance(opened, UnitSummary) else bundle.read(opened)
             except BaseException as exc:  # (ScorerError: this unit failed; anything else stops the run)
                 bundle.add(unit, exc)
@@ -97,7 +99,9 @@ class Bundle:
         self.limit = max(1, config.window_rows // 4) if config.small_rows is None \
             else min(config.small_rows, config.window_rows)
         self.entries: list[tuple[WorkUnit, Member | UnitSummary | BaseException]] = []
-        self.reading = 0.0
+        self.rows, self.reading = 0, 0.0
+        self.temporaries: dict[Path, dict[str, list[Path]]] = {}  # each output directory's, listed once a run
+        self.probed: set[Path] = set()  # output directories found writable (scorer.atomic.check_writable)
 
     @property
     def members(self) -> list[Member]:
@@ -112,7 +116,9 @@ class Bundle:
         if size is None or size > self.limit or self.limit == 0 or work_dir(output).exists():
             return None
         started = time.perf_counter()
-        lock = OutputLock(output).__enter__()
+        if output.parent not in self.temporaries:
+            self.temporaries[output.parent] = temporaries_by_output(output.parent)
+        lock = OutputLock(output, self.temporaries[output.parent].get(output.name, [])).__enter__()
         try:
             # (a window one row over the limit, so that a CSV file is read no further than it takes to tell)
             window = next(checked_windows(reader, self.classifier, opened.columns,
@@ -127,12 +133,12 @@ class Bundle:
         return Member(opened, window, lock)
 
     def has_room(self, member: Member) -> bool:
-        members = self.members
-        return len(members) < MAX_INPUTS and \
-            sum(m.window.num_rows for m in members) + member.window.num_rows <= self.config.window_rows
+        return len(self.members) < MAX_INPUTS and self.rows + member.window.num_rows <= self.config.window_rows
 
     def add(self, unit: WorkUnit, entry: Member | UnitSummary | BaseException) -> None:
         self.entries.append((unit, entry))
+        if isinstance(entry, Member):
+            self.rows += entry.window.num_rows
 
     def flush(self, stopped: BaseException | None = None) -> list[Outcome]:
         """Score the members together and finish each; every entry's outcome, in order. `stopped`: the run stops
@@ -147,7 +153,7 @@ class Bundle:
         """Unlock the members' outputs and forget them (each wrote its output or failed)."""
         for member in self.members:
             member.lock.__exit__(None, None, None)
-        self.entries, self.reading = [], 0.0
+        self.entries, self.rows, self.reading = [], 0, 0.0
 
     def _score(self, members: list[Member]) -> dict[int, UnitSummary | BaseException]:
         started, waits = time.perf_counter(), Waits()
@@ -162,6 +168,14 @@ class Bundle:
             if not isinstance(results[id(member)], UnitSummary | ScorerError):  # a stop or a bug: no more finishing
                 results.update({id(m): results[id(member)] for m in members if id(m) not in results})
                 break
+        # The outputs' renames made lasting: each directory synced once, not once an output
+        written = [m for m in members if isinstance(results[id(m)], UnitSummary)]
+        for directory in {m.opened.unit.output.parent for m in written}:
+            try:
+                atomic.sync(directory)
+            except OSError as exc:
+                results.update({id(m): failure(exc, m.opened.unit, self.classifier, RERUN) or exc for m in written
+                                if m.opened.unit.output.parent == directory})
         seconds, total = time.perf_counter() - started + self.reading, sum(m.window.num_rows for m in members)
         for member in members:
             summary = results[id(member)]
@@ -186,7 +200,8 @@ class Bundle:
 
     def _finish(self, member: Member, scored: Scored) -> UnitSummary | BaseException:
         opened = member.opened
-        sink = OutputSink(opened.unit.output, overwrite=True, metadata=opened.record)
+        sink = OutputSink(opened.unit.output, overwrite=True, metadata=opened.record, probed=self.probed)
+        sink.sync_directory = False  # (synced once for the bundle's outputs, in _score)
         try:
             table = with_results(member.window, self.classifier, opened.columns, scored)
             sink.write(table)

@@ -9,9 +9,12 @@ into place when complete, and then the parts are removed.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -23,7 +26,8 @@ from scorer.errors import OutputError
 
 log = logging.getLogger("scorer")
 STATE = "state.json"
-RESCUED = b"scorer-rescued"  # a part's count of rows the fp32 graph scored, in its schema metadata
+RESCUED = b"scorer-rescued"
+_TEMPORARY = re.compile(r"\.(.+)\.tmp-\d+")  # a part's count of rows the fp32 graph scored, in its schema metadata
 
 
 def fingerprint(path: Path) -> dict:
@@ -36,15 +40,30 @@ def work_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.scorer-parts"
 
 
+def temporaries_by_output(directory: Path) -> dict[str, list[Path]]:
+    """The temporary outputs in `directory` (`.NAME.tmp-PID`, scorer.atomic.temporary_sibling), by output name: one
+    listing for many outputs, where a search per output would read a directory of N outputs N times."""
+    found: dict[str, list[Path]] = {}
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            match = _TEMPORARY.fullmatch(entry.name)
+            if match:
+                found.setdefault(match[1], []).append(directory / entry.name)
+    return found
+
+
 class OutputLock:
     """An exclusive lock on one output, so two runs (an overlapping cron job, say) never write it at once.
 
     flock is released by the kernel when the holder dies, so a run killed with -9 leaves no stale lock.
     """
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, temporaries: list[Path] | None = None) -> None:
+        """`temporaries`: the output's temporary files, where the caller listed its directory once for many outputs
+        (temporaries_by_output); else the directory is searched for them."""
         self.output = output
         self.path = output.parent / f".{output.name}.scorer-lock"
+        self.temporaries = temporaries
         self._handle = None
 
     def __enter__(self) -> OutputLock:
@@ -57,8 +76,10 @@ class OutputLock:
             raise OutputError(f"another scorer run is writing {self.output}; wait for it to finish") from exc
         # Temporary outputs left by a killed run (an output grows while it is scored): we hold the lock, so none
         # of them is live.
-        for stale in self.output.parent.glob(f".{self.output.name}.tmp-*"):
-            stale.unlink(missing_ok=True)
+        stale = self.temporaries if self.temporaries is not None else \
+            self.output.parent.glob(f".{self.output.name}.tmp-*")
+        for path in stale:
+            path.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -93,8 +93,10 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
     return summary
 
 
-def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig) -> OpenUnit | UnitSummary:
-    """The unit opened and checked before any work; its summary as skipped where its output is up to date."""
+def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
+              probed: set[Path] | None = None) -> OpenUnit | UnitSummary:
+    """The unit opened and checked before any work; its summary as skipped where its output is up to date.
+    `probed`: output directories this run already found writable (scorer.atomic.check_writable)."""
     reader = TableReader(unit.source)
     columns = _columns(config, reader, classifier)
     check_text_format(unit.output, reader.schema, reader.path)
@@ -112,7 +114,7 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig) -> 
     if unit.output.exists() and not config.overwrite:
         raise OutputError(f"{unit.output} already exists (written {_written_how(done, classifier, source, columns)}); "
                           "pass --overwrite to replace it")
-    atomic.check_writable(unit.output, overwrite=True)
+    atomic.check_writable(unit.output, overwrite=True, probed=probed)
     record = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
               "columns": asdict(columns), "score": classifier.score_means, "scorer": __version__}
     return OpenUnit(unit, reader, columns, source, record)

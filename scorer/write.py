@@ -69,14 +69,17 @@ class OutputSink:
     deletes it. `metadata` (what scored the output, from which input) goes into a Parquet output's footer or, with
     the row count and a checksum, into a CSV/TSV output's sidecar record."""
 
-    def __init__(self, path: Path, overwrite: bool, metadata: dict | None = None) -> None:
+    def __init__(self, path: Path, overwrite: bool, metadata: dict | None = None,
+                 probed: set[Path] | None = None) -> None:
         self.path = Path(path)
         self.format = output_format(self.path)
-        atomic.check_writable(self.path, overwrite)
+        atomic.check_writable(self.path, overwrite, probed=probed)
         self.staging = atomic.temporary_sibling(self.path)
         self.metadata = metadata or {}
         self._writer: pq.ParquetWriter | DelimitedWriter | None = None
         self.rows = 0
+        # False where the caller syncs the directory itself, once for many outputs (scorer.bundle)
+        self.sync_directory = True
 
     def write(self, table: pa.Table) -> None:
         if self._writer is None:
@@ -113,7 +116,8 @@ class OutputSink:
             atomic.write_text(sidecar(self.path), json.dumps(record, indent=2) + "\n")
         atomic.sync(self.staging)
         atomic.replace(self.staging, self.path)
-        atomic.sync(self.path.parent)
+        if self.sync_directory:
+            atomic.sync(self.path.parent)
 
     def abort(self) -> None:
         if self._writer is not None:

@@ -114,8 +114,11 @@ def test_a_bundle_stopped_midway_writes_nothing_and_the_rerun_scores_it(tiny_exp
     summary = _summary(out)
     assert [u["state"] for u in summary["inputs"]] == ["interrupted"] * 3 and summary["exit_code"] == 130
     assert [p.name for p in out.iterdir()] == ["scorer-summary.json"]  # no output, part, lock or temporary file
+    (out / ".f01.csv.tmp-1").write_bytes(b"PAR1")  # an output being written when the machine died (kept: not ours)
+    (out / ".f01.parquet.tmp-1").write_bytes(b"PAR1")  # (removed once the run holds f01.parquet's lock)
     assert run(inbox, "--model", tiny_export, "-o", out).exit_code == 0
     assert [u["state"] for u in _summary(out)["inputs"]] == ["scored"] * 3
+    assert files_under(out) == [".f01.csv.tmp-1", "f00.parquet", "f01.parquet", "f02.parquet", "scorer-summary.json"]
 
 
 def test_a_small_input_with_an_earlier_run_s_parts_resumes_from_them_on_its_own(tiny_export, tmp_path, monkeypatch):

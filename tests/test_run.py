@@ -351,6 +351,29 @@ def test_a_check_against_a_checkpoint_changed_since_export_is_refused_before_any
     assert run(*check).exit_code == 0  # (the export's own checkpoint)
 
 
+def test_a_checkpoint_retrained_in_place_and_exported_again_is_loaded_again_by_the_next_check(
+        tiny_checkpoint, parquet_input, tmp_path):
+    """The check loads its checkpoint once for a run's many inputs (and so once a process): a checkpoint written
+    again in place, then exported again, is the new one to the next run in the same process."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from export.pipeline import export_model
+    from scorer.config import ExportConfig
+
+    checkpoint, export = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"), tmp_path / "onnx"
+    for retrained in (False, True):
+        if retrained:  # its head's bias moved by 0.3 each way: scores far beyond the check's tolerance
+            head = load_file(checkpoint / "scorer_head.safetensors")
+            bias = next(name for name in head if name.endswith("bias") and head[name].shape == (2,))
+            save_file({**head, bias: head[bias] + np.array([0.3, -0.3], dtype=head[bias].dtype)},
+                      checkpoint / "scorer_head.safetensors")
+        export_model(ExportConfig(checkpoint=checkpoint, output=export, variants=("fp32",), overwrite=True))
+        result = run(parquet_input, "--model", export, "-o", tmp_path / f"out-{retrained}.parquet", "--check", "20")
+        assert result.exit_code == 0, result.output
+
+
 def test_the_check_tokenises_as_a_notebook_would_so_it_also_checks_scorers_own_tokenising(tiny_export, parquet_input,
                                                                                          tmp_path, monkeypatch):
     """--check's PyTorch side tokenises with the checkpoint's tokenizer alone, each text whole: were scorer's own
