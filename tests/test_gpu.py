@@ -56,6 +56,22 @@ def test_cuda_scores_match_cpu_and_auto_picks_cuda(tiny_export, source, tmp_path
 
 
 @pytest.mark.gpu
+def test_small_inputs_scored_together_on_cuda_match_cpu(tiny_export, tmp_path):
+    """Batches in flight on CUDA's two inference threads, shared by many small inputs (scorer.bundle)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(40):
+        pq.write_table(pa.table({"sentence": TEXTS[i : i + 1 + i % 7]}), inbox / f"f{i:02d}.parquet")
+    run(inbox, "--model", tiny_export, "--provider", "cpu", "--variant", "fp32", "-o", tmp_path / "cpu")
+    run(inbox, "--model", tiny_export, "--provider", "cuda", "--variant", "fp16", "-o", tmp_path / "cuda")
+    summary = json.loads((tmp_path / "cuda" / "scorer-summary.json").read_text())
+    assert summary["provider"] == "cuda" and {u["bundled_with"] for u in summary["inputs"]} == {39}
+    for i in range(40):
+        np.testing.assert_allclose(scores(tmp_path / "cuda" / f"f{i:02d}.parquet"),
+                                   scores(tmp_path / "cpu" / f"f{i:02d}.parquet"), atol=2e-2)
+
+
+@pytest.mark.gpu
 def test_rows_the_fp16_graph_gives_nan_are_scored_by_the_fp32_graph_on_cuda(export_copy, source, tmp_path):
     from tests.conftest import poison
 
