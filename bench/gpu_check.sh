@@ -107,9 +107,9 @@ if named recipe-seeds; then
   done
 fi
 wait
-# 16 tests since stops 20-34 (5 in run 5, 56 s): the 8 attention x kernel settings, the fp32 rescue on CUDA, small inputs
-# scored together (stop 34), and an
-# export on CUDA that now tries 9 candidates; hence 240 s, of which it should use less than 150.
+# 16 tests since stops 20-34 (5 in run 5, 56 s): the 8 attention x kernel settings, the fp32 rescue on CUDA, small
+# inputs scored together (stop 34), and an export on CUDA that now tries 9 candidates; hence 240 s, of which it should
+# use less than 150.
 seeds_named || step pytest-gpu 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 # Training speed, CoLA at batch 32, four epochs (the MiniLM target's count), MiniLM then bert-base shape: eager steps;
 # `--cuda-graphs captured` (the eager kernels captured per batch shape, no compile) in fp32 and bf16; `--cuda-graphs
