@@ -99,7 +99,7 @@ class Bundle:
         self.limit = max(1, config.window_rows // 4) if config.small_rows is None \
             else min(config.small_rows, config.window_rows)
         self.entries: list[tuple[WorkUnit, Member | UnitSummary | BaseException]] = []
-        self.rows, self.reading = 0, 0.0
+        self.count, self.rows, self.reading = 0, 0, 0.0  # members, their rows, the seconds it took to read them
         self.temporaries: dict[Path, dict[str, list[Path]]] = {}  # each output directory's, listed once a run
         self.probed: set[Path] = set()  # output directories found writable (scorer.atomic.check_writable)
 
@@ -133,12 +133,12 @@ class Bundle:
         return Member(opened, window, lock)
 
     def has_room(self, member: Member) -> bool:
-        return len(self.members) < MAX_INPUTS and self.rows + member.window.num_rows <= self.config.window_rows
+        return self.count < MAX_INPUTS and self.rows + member.window.num_rows <= self.config.window_rows
 
     def add(self, unit: WorkUnit, entry: Member | UnitSummary | BaseException) -> None:
         self.entries.append((unit, entry))
         if isinstance(entry, Member):
-            self.rows += entry.window.num_rows
+            self.count, self.rows = self.count + 1, self.rows + entry.window.num_rows
 
     def flush(self, stopped: BaseException | None = None) -> list[Outcome]:
         """Score the members together and finish each; every entry's outcome, in order. `stopped`: the run stops
@@ -153,7 +153,7 @@ class Bundle:
         """Unlock the members' outputs and forget them (each wrote its output or failed)."""
         for member in self.members:
             member.lock.__exit__(None, None, None)
-        self.entries, self.rows, self.reading = [], 0, 0.0
+        self.entries, self.count, self.rows, self.reading = [], 0, 0, 0.0
 
     def _score(self, members: list[Member]) -> dict[int, UnitSummary | BaseException]:
         started, waits = time.perf_counter(), Waits()
@@ -199,15 +199,16 @@ class Bundle:
         return [Scored.concat(results[end - len(piece_list):end]) for end, piece_list in zip(ends, cut, strict=True)]
 
     def _finish(self, member: Member, scored: Scored) -> UnitSummary | BaseException:
-        opened = member.opened
-        sink = OutputSink(opened.unit.output, overwrite=True, metadata=opened.record, probed=self.probed)
-        sink.sync_directory = False  # (synced once for the bundle's outputs, in _score)
+        opened, sink = member.opened, None
         try:
+            sink = OutputSink(opened.unit.output, overwrite=True, metadata=opened.record, probed=self.probed)
+            sink.sync_directory = False  # (synced once for the bundle's outputs, in _score)
             table = with_results(member.window, self.classifier, opened.columns, scored)
             sink.write(table)
             check_unchanged(opened)
             return finish_unit(opened, self.classifier, self.config, sink, [table], int(scored.rescued.sum()), 0)
         except BaseException as exc:
-            sink.abort()
+            if sink is not None:
+                sink.abort()
             return failure(exc, opened.unit, self.classifier, RERUN) or exc
 

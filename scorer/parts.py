@@ -26,8 +26,8 @@ from scorer.errors import OutputError
 
 log = logging.getLogger("scorer")
 STATE = "state.json"
-RESCUED = b"scorer-rescued"
-_TEMPORARY = re.compile(r"\.(.+)\.tmp-\d+")  # a part's count of rows the fp32 graph scored, in its schema metadata
+RESCUED = b"scorer-rescued"  # a part's count of rows the fp32 graph scored, in its schema metadata
+_TEMPORARY = re.compile(r"\.(.+)\.tmp-\d+")  # an output's temporary name (scorer.atomic.temporary_sibling)
 
 
 def fingerprint(path: Path) -> dict:

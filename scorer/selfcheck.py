@@ -78,6 +78,6 @@ def verify(directory: Path, manifest: Manifest, run, variant: str, provider: str
             f"graph's recorded at export on {result['rows']} rows (at most {limit:.3g} allowed): this machine "
             f"computes it differently from the one export ran on; nothing was scored. "
             + (f"Run with {instead}, or export again on this machine" if instead else "Export again on this machine"))
-    log.info("self-check: %d rows within %.3g of the %s logits recorded at export (allowed %.3g)", result["rows"],
-             worst, reference, limit)
+    log.info("self-check: %d rows %s the %s logits recorded at export (allowed %.3g)", result["rows"],
+             f"within {worst:.3g} of" if worst else "equal to", reference, limit)
     return result

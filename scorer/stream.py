@@ -116,7 +116,7 @@ class _Writes:
 
 
 def checked_windows(reader: TableReader, classifier: OnnxClassifier, columns: Columns, config: RunConfig,
-             skip: int) -> Iterator[pa.RecordBatch]:
+                    skip: int) -> Iterator[pa.RecordBatch]:
     """The input's windows from row `skip` on, each refused before it is scored when it holds a label the model
     does not know (the error names the row). An input without rows is one window without rows: its output is the
     input's columns and the result columns, without rows, as a nightly job's empty day should give."""

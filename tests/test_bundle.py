@@ -142,7 +142,7 @@ def test_a_small_input_with_an_earlier_run_s_parts_resumes_from_them_on_its_own(
     assert files_under(out) == ["f00.parquet", "f01.parquet", "f02.parquet", "scorer-summary.json"]
 
 
-@pytest.mark.parametrize("failing", ["model", "write"])
+@pytest.mark.parametrize("failing", ["model", "open", "write"])
 def test_a_bundle_whose_model_or_output_fails_says_what_to_do_for_each_input(tiny_export, tmp_path, monkeypatch,
                                                                             failing):
     from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
@@ -157,10 +157,10 @@ def test_a_bundle_whose_model_or_output_fails_says_what_to_do_for_each_input(tin
 
         monkeypatch.setattr(OnnxClassifier, "finish_pieces", fail)
     else:
-        def fail(self, table):
+        def fail(self, *args, **kwargs):
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(write.OutputSink, "write", fail)
+        monkeypatch.setattr(write.OutputSink, "__init__" if failing == "open" else "write", fail)
     result = run(inbox, "--model", tiny_export, "-o", out)
     summary = _summary(out)
     assert result.exit_code == (6 if failing == "model" else 5), result.output
