@@ -57,7 +57,7 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
                         log.error("error: %s", result)
                 if fatal is not None:
                     break
-    except KeyboardInterrupt as exc:  # (between two units: none of them was stopped)
+    except BaseException as exc:  # (a stop or a bug outside any unit's scoring: between two units, say)
         fatal, stopper = exc, None
     finally:
         classifier.close()
@@ -68,7 +68,8 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     if written:
         summary.summary_path = str(summary_path(config, units))
     if fatal is not None:  # (the input's that stopped the run)
-        summary.error, summary.exit_code = (stopper.error, stopper.exit_code) if stopper else stopped(fatal)
+        said = stopper or _unit_summary(units[0], fatal)  # (the run's error and exit code, said as a unit's)
+        summary.error, summary.exit_code = said.error, said.exit_code
     elif summary.failed:
         first = summary.failed[0]
         summary.error = (f"{len(summary.failed)} of {len(units)} inputs failed (see {summary.summary_path}); "

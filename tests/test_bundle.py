@@ -167,3 +167,19 @@ def test_a_bundle_whose_model_or_output_fails_says_what_to_do_for_each_input(tin
     errors = [u["error"] for u in summary["inputs"]]
     assert len(errors) == 2 and all(error.endswith("then run again") for error in errors), errors
     assert [p.name for p in out.iterdir()] == ["scorer-summary.json"]
+
+
+def test_a_bug_outside_any_input_s_scoring_still_ends_in_the_summary(tiny_export, tmp_path, monkeypatch):
+    from scorer import bundle
+
+    def broken(*args, **kwargs):  # (a fault injected where a bundle logs its inputs: a bug of ours, for the test)
+        raise ZeroDivisionError("division by zero")
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    _inbox(inbox, [3, 2])
+    monkeypatch.setattr(bundle, "said_done", broken)
+    result = run(inbox, "--model", tiny_export, "-o", out)
+    assert result.exit_code == 1 and "unexpected ZeroDivisionError: division by zero" in result.output
+    summary = _summary(out)
+    assert summary["exit_code"] == 1 and summary["error"] == "unexpected ZeroDivisionError: division by zero"
+    assert not list(out.glob(".*scorer-lock"))  # (the bundle's locks released)
