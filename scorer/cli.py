@@ -210,6 +210,7 @@ def run_command(progress: bool, input: str, **options) -> None:
 
     Outputs are written under a temporary name and renamed when complete. A run that is stopped resumes
     from its last finished window; outputs already scored by the same model from the same input are skipped.
+    Small inputs (at most a quarter of --window-rows each) are scored together, each into its own output.
     """
     from scorer.evaluate import markdown
     from scorer.score import score_file
