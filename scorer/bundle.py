@@ -145,7 +145,11 @@ class Bundle:
         (its members are not scored, and get that outcome too)."""
         members = self.members
         results = dict.fromkeys(map(id, members), stopped) if stopped else self._score(members) if members else {}
-        done = [(unit, results[id(entry)] if isinstance(entry, Member) else entry) for unit, entry in self.entries]
+        done: list[Outcome] = []
+        for unit, entry in self.entries:
+            done.append((unit, results[id(entry)] if isinstance(entry, Member) else entry))
+            if self.config.fail_fast and isinstance(done[-1][1], ScorerError):
+                break  # (--fail-fast: the run stops at this input, and the ones after it were not finished)
         self.release()
         return done
 
@@ -164,9 +168,12 @@ class Bundle:
             return {id(m): failure(exc, m.opened.unit, self.classifier, RERUN) or exc for m in members}
         results: dict[int, UnitSummary | BaseException] = {}
         for member, rows in zip(members, scored, strict=True):
-            results[id(member)] = self._finish(member, rows)
-            if not isinstance(results[id(member)], UnitSummary | ScorerError):  # a stop or a bug: no more finishing
-                results.update({id(m): results[id(member)] for m in members if id(m) not in results})
+            result = results[id(member)] = self._finish(member, rows)
+            if not isinstance(result, UnitSummary | ScorerError):  # a stop or a bug: no more finishing
+                results.update({id(m): result for m in members if id(m) not in results})
+                break
+            if isinstance(result, ScorerError) and self.config.fail_fast:  # (the rest are left unwritten)
+                results.update({id(m): result for m in members if id(m) not in results})
                 break
         # The outputs' renames made lasting: each directory synced once, not once an output
         written = [m for m in members if isinstance(results[id(m)], UnitSummary)]

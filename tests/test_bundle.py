@@ -89,6 +89,28 @@ def test_a_bad_small_input_fails_alone_and_the_summary_keeps_the_inputs_order(ti
     assert files_under(fast) == ["f00.parquet", "scorer-summary.json"]
 
 
+def test_with_fail_fast_an_input_failing_as_its_bundle_is_finished_stops_the_run_there(tiny_export, tmp_path,
+                                                                                        monkeypatch):
+    from scorer import bundle
+    from scorer.errors import InputError
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    _inbox(inbox, [3, 2, 4, 1])
+    check_unchanged = bundle.check_unchanged
+
+    def changed(opened):  # f01 written to while it was scored (a feed still arriving)
+        if opened.unit.source.name == "f01.csv":
+            raise InputError(f"{opened.unit.source} changed while it was scored")
+        check_unchanged(opened)
+
+    monkeypatch.setattr(bundle, "check_unchanged", changed)
+    assert run(inbox, "--model", tiny_export, "-o", out, "--fail-fast").exit_code == 3
+    assert [u["state"] for u in _summary(out)["inputs"]] == ["scored", "failed"]
+    assert files_under(out) == ["f00.parquet", "scorer-summary.json"]  # (f02, f03: scored, never written)
+    assert run(inbox, "--model", tiny_export, "-o", out).exit_code == 3  # without it: every other input written
+    assert [u["state"] for u in _summary(out)["inputs"]] == ["skipped", "failed", "scored", "scored"]
+
+
 def test_an_input_over_a_quarter_window_is_scored_on_its_own_between_bundles(tiny_export, tmp_path):
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     _inbox(inbox, [2, 1, 9, 2, 2, 3])  # a window of 8 rows: inputs of 2 rows or fewer are small (f02: CSV too)
