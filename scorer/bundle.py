@@ -84,11 +84,13 @@ def _alone(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, progre
 
 @dataclass
 class Member:
-    """A small input read for a bundle: its one window, and its output's lock held until the bundle is written."""
+    """A small input read for a bundle: its one window, its output's lock held until the bundle is written, and
+    then its outcome."""
 
     opened: OpenUnit
     window: pa.Table
     lock: OutputLock
+    outcome: UnitSummary | BaseException | None = None
 
 
 class Bundle:
@@ -111,9 +113,11 @@ class Bundle:
         """`opened`'s rows read and checked, with its output locked, where it is small; None where it is scored on its
         own: over a quarter window, or with an earlier run's parts to resume from."""
         reader, output = opened.reader, opened.unit.output
-        size = reader.num_rows if reader.num_rows is not None else 0 if reader.path.stat().st_size <= SMALL_CSV_BYTES \
-            else None
-        if size is None or size > self.limit or self.limit == 0 or work_dir(output).exists():
+        if reader.num_rows is None:  # (CSV/TSV: its rows are known once it is read)
+            small = reader.path.stat().st_size <= SMALL_CSV_BYTES
+        else:
+            small = reader.num_rows <= self.limit
+        if not small or self.limit == 0 or work_dir(output).exists():
             return None
         started = time.perf_counter()
         if output.parent not in self.temporaries:
@@ -144,10 +148,14 @@ class Bundle:
         """Score the members together and finish each; every entry's outcome, in order. `stopped`: the run stops
         (its members are not scored, and get that outcome too)."""
         members = self.members
-        results = dict.fromkeys(map(id, members), stopped) if stopped else self._score(members) if members else {}
+        if stopped is not None:
+            for member in members:
+                member.outcome = stopped
+        elif members:
+            self._score(members)
         done: list[Outcome] = []
         for unit, entry in self.entries:
-            done.append((unit, results[id(entry)] if isinstance(entry, Member) else entry))
+            done.append((unit, entry.outcome if isinstance(entry, Member) else entry))
             if self.config.fail_fast and isinstance(done[-1][1], ScorerError):
                 break  # (--fail-fast: the run stops at this input, and the ones after it were not finished)
         self.release()
@@ -159,40 +167,41 @@ class Bundle:
             member.lock.__exit__(None, None, None)
         self.entries, self.count, self.rows, self.reading = [], 0, 0, 0.0
 
-    def _score(self, members: list[Member]) -> dict[int, UnitSummary | BaseException]:
+    def _score(self, members: list[Member]) -> None:
+        """Each member's outcome: scored together, then finished one by one."""
         started, waits = time.perf_counter(), Waits()
         waits["reading"] = self.reading
         try:
             scored = self._infer(members, waits)
         except BaseException as exc:  # (the model failed: every member with it)
-            return {id(m): failure(exc, m.opened.unit, self.classifier, RERUN) or exc for m in members}
-        results: dict[int, UnitSummary | BaseException] = {}
-        for member, rows in zip(members, scored, strict=True):
-            result = results[id(member)] = self._finish(member, rows)
-            if not isinstance(result, UnitSummary | ScorerError):  # a stop or a bug: no more finishing
-                results.update({id(m): result for m in members if id(m) not in results})
-                break
-            if isinstance(result, ScorerError) and self.config.fail_fast:  # (the rest are left unwritten)
-                results.update({id(m): result for m in members if id(m) not in results})
+            for member in members:
+                member.outcome = failure(exc, member.opened.unit, self.classifier, RERUN) or exc
+            return
+        for number, (member, rows) in enumerate(zip(members, scored, strict=True)):
+            member.outcome = self._finish(member, rows)
+            # a stop or a bug: no more finishing; with --fail-fast, a failure too (the rest are left unwritten)
+            if not isinstance(member.outcome, UnitSummary) and \
+                    (not isinstance(member.outcome, ScorerError) or self.config.fail_fast):
+                for rest in members[number + 1:]:
+                    rest.outcome = member.outcome
                 break
         # The outputs' renames made lasting: each directory synced once, not once an output
-        written = [m for m in members if isinstance(results[id(m)], UnitSummary)]
+        written = [m for m in members if isinstance(m.outcome, UnitSummary)]
         for directory in {m.opened.unit.output.parent for m in written}:
             try:
                 atomic.sync(directory)
             except OSError as exc:
-                results.update({id(m): failure(exc, m.opened.unit, self.classifier, RERUN) or exc for m in written
-                                if m.opened.unit.output.parent == directory})
+                for member in written:
+                    if member.opened.unit.output.parent == directory:
+                        member.outcome = failure(exc, member.opened.unit, self.classifier, RERUN) or exc
         seconds, total = time.perf_counter() - started + self.reading, sum(m.window.num_rows for m in members)
         for member in members:
-            summary = results[id(member)]
-            if isinstance(summary, UnitSummary):  # (the bundle's time, shared by rows)
+            if isinstance(member.outcome, UnitSummary):  # (the bundle's time, shared by rows)
                 share = member.window.num_rows / total if total else 1 / len(members)
-                summary.seconds, summary.bundled_with = seconds * share, len(members) - 1
-                summary.waits = {stage: waited * share for stage, waited in waits.items()}
-                said_done(summary, self.classifier)
+                member.outcome.seconds, member.outcome.bundled_with = seconds * share, len(members) - 1
+                member.outcome.waits = {stage: waited * share for stage, waited in waits.items()}
+                said_done(member.outcome, self.classifier)
         log.info("%d small inputs scored together: %d rows in %.1fs", len(members), total, seconds)
-        return results
 
     def _infer(self, members: list[Member], waits: Waits) -> list[Scored]:
         """Every member's rows scored, its pieces tokenised on config.tokenize_threads threads and batched with
