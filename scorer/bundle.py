@@ -217,8 +217,8 @@ class Bundle:
     def _finish(self, member: Member, scored: Scored) -> UnitSummary | BaseException:
         opened, sink = member.opened, None
         try:
-            sink = OutputSink(opened.unit.output, overwrite=True, metadata=opened.record, probed=self.probed)
-            sink.sync_directory = False  # (synced once for the bundle's outputs, in _score)
+            sink = OutputSink(opened.unit.output, overwrite=True, metadata=opened.record, probed=self.probed,
+                              sync_directory=False)  # (synced once for the bundle's outputs, in _score)
             table = with_results(member.window, self.classifier, opened.columns, scored)
             sink.write(table)
             check_unchanged(opened)

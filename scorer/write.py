@@ -70,7 +70,9 @@ class OutputSink:
     the row count and a checksum, into a CSV/TSV output's sidecar record."""
 
     def __init__(self, path: Path, overwrite: bool, metadata: dict | None = None,
-                 probed: set[Path] | None = None) -> None:
+                 probed: set[Path] | None = None, sync_directory: bool = True) -> None:
+        """`probed`: directories this run already found writable (scorer.atomic.check_writable); `sync_directory`:
+        False where the caller syncs the directory itself, once for many outputs (scorer.bundle)."""
         self.path = Path(path)
         self.format = output_format(self.path)
         atomic.check_writable(self.path, overwrite, probed=probed)
@@ -78,8 +80,7 @@ class OutputSink:
         self.metadata = metadata or {}
         self._writer: pq.ParquetWriter | DelimitedWriter | None = None
         self.rows = 0
-        # False where the caller syncs the directory itself, once for many outputs (scorer.bundle)
-        self.sync_directory = True
+        self.sync_directory = sync_directory
 
     def write(self, table: pa.Table) -> None:
         if self._writer is None:
