@@ -25,6 +25,8 @@ def check_writable(path: Path, overwrite: bool, option: str = "--output", probed
     if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists; pass --overwrite to replace it, or choose another {option}")
     parent = path.parent
+    if probed is not None and parent in probed:
+        return
     blocking = next((p for p in [parent, *parent.parents] if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise OutputError(f"{blocking} is a file, not a directory; choose another {option}")
@@ -32,8 +34,6 @@ def check_writable(path: Path, overwrite: bool, option: str = "--output", probed
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {parent} ({exc.strerror}); choose another {option}") from exc
-    if probed is not None and parent in probed:
-        return
     # Create a file rather than ask os.access: root passes access() on read-only and virtual file systems.
     try:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".scorer-probe-"):

@@ -10,7 +10,6 @@ bundle scores its inputs again.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from scorer.errors import ScorerError
 from scorer.parts import OutputLock, temporaries_by_output, work_dir
 from scorer.results import Scored
 from scorer.single import OpenUnit, check_unchanged, failure, finish_unit, open_unit, said_done, score_unit
-from scorer.stream import Waits, checked_windows, pieces, with_results
+from scorer.stream import Waits, checked_windows, joined_pieces, with_results
 from scorer.summary import UnitSummary
 from scorer.units import WorkUnit
 from scorer.write import OutputSink
@@ -204,15 +203,14 @@ class Bundle:
         log.info("%d small inputs scored together: %d rows in %.1fs", len(members), total, seconds)
 
     def _infer(self, members: list[Member], waits: Waits) -> list[Scored]:
-        """Every member's rows scored, its pieces tokenised on config.tokenize_threads threads and batched with
-        every other member's."""
-        cut = [pieces(m.window.column(m.opened.columns.text), self.config.piece_chars) for m in members]
+        """Every member's rows scored, the members' rows joined and cut into pieces, tokenised on
+        config.tokenize_threads threads and batched together."""
+        cut = joined_pieces([m.window.column(m.opened.columns.text) for m in members], self.config.piece_chars)
         with ThreadPoolExecutor(self.config.tokenize_threads, "scorer-tokenize") as tokenizing:
-            prepared = [tokenizing.submit(self.classifier.prepare, piece) for piece in itertools.chain(*cut)]
+            prepared = [tokenizing.submit(self.classifier.prepare, piece) for piece in cut]
             results = self.classifier.finish_pieces(
                 self.classifier.begin(waits("tokenising", future) for future in prepared))
-        ends = list(itertools.accumulate(len(piece_list) for piece_list in cut))
-        return [Scored.concat(results[end - len(piece_list):end]) for end, piece_list in zip(ends, cut, strict=True)]
+        return Scored.concat(results).split([m.window.num_rows for m in members])
 
     def _finish(self, member: Member, scored: Scored) -> UnitSummary | BaseException:
         opened, sink = member.opened, None

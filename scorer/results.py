@@ -51,6 +51,12 @@ class Scored:
             return parts[0]
         return cls(*(np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls)))
 
+    def split(self, rows: list[int]) -> list[Scored]:
+        """The results of consecutive runs of `rows` rows each (the inputs scored together in one bundle)."""
+        ends = np.cumsum(rows)
+        return [Scored(*(getattr(self, f.name)[end - count:end] for f in fields(self)))
+                for end, count in zip(ends, rows, strict=True)]
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -57,7 +57,8 @@ def plan_units(spec: str, output: Path | None, output_format: str | None = None)
     if output.exists() and not output.is_dir():
         raise OutputError(f"--output {output} is a file; several inputs need a directory")
     # An --output inside the input directory holds last night's scores: they are outputs, not new inputs.
-    files = [f for f in files if output.resolve() not in f.resolve().parents]
+    outputs = output.resolve()
+    files = [f for f in files if outputs not in f.resolve().parents]
     if not files:
         raise InputError(f"{spec} names no file outside --output {output}; nothing to score")
     suffix = "." + (output_format or "parquet")
@@ -81,10 +82,11 @@ def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], k
     at the path of one of its inputs or outputs, of another such file, or of a file in a directory it reads (the
     export, the checkpoint)."""
     taken = {u.source.resolve(): f"the input {u.source}" for u in units}
-    for unit in units:
-        if unit.output.resolve() in taken:
+    outputs = [u.output.resolve() for u in units]
+    for unit, output in zip(units, outputs, strict=True):
+        if output in taken:
             raise OutputError(f"--output {unit.output} is the input file; choose another output path")
-    taken.update({u.output.resolve(): f"the output {u.output}" for u in units})
+    taken.update({output: f"the output {u.output}" for u, output in zip(units, outputs, strict=True)})
     for option, path in written.items():
         if path is None:
             continue

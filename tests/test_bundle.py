@@ -35,20 +35,31 @@ def _summary(out: Path) -> dict:
     return json.loads((out / "scorer-summary.json").read_text())
 
 
-def test_small_inputs_share_batches_and_score_as_each_would_alone(tiny_export, tmp_path):
+def test_small_inputs_share_batches_and_score_as_each_would_alone(tiny_export, tmp_path, monkeypatch):
     paths = _inbox(tmp_path / "inbox", [3, 1, 7, 0, 5, 2, 9, 4], labelled=True)
     out = tmp_path / "out"
+    tokenised, prepare = [], OnnxClassifier.prepare
+    monkeypatch.setattr(OnnxClassifier, "prepare", lambda self, column: tokenised.append(len(column)) or
+                        prepare(self, column))
     result = run(tmp_path / "inbox", "--model", tiny_export, "-o", out, "--variant", "fp32", "--check", "2")
     assert result.exit_code == 0, result.output
+    assert tokenised == [31]  # (the inputs' rows joined: tokenised in one call, not one an input)
     summary = _summary(out)
     assert [u["bundled_with"] for u in summary["inputs"]] == [7] * 8
     assert summary["batching"]["batches"] < 8 - 1  # (one input without rows: 7 scored alone took 7 batches at least)
     assert all(u["check"]["passed"] for u in summary["inputs"] if u["rows"])
     assert [u["evaluation"]["rows"] if u["evaluation"] else 0 for u in summary["inputs"]] == \
         [3, 1, 7, 0, 5, 2, 9, 4]
+    _each_as_alone(paths, summary, out, tiny_export, tmp_path / "alone")
+    assert run(tmp_path / "inbox", "--model", tiny_export, "-o", out, "--variant", "fp32").exit_code == 0
+    assert [u["state"] for u in _summary(out)["inputs"]] == ["skipped"] * 8  # (each one's output is up to date)
+
+
+def _each_as_alone(paths: list[Path], summary: dict, out: Path, export: Path, alone_dir: Path) -> None:
+    """Each input's output from the bundled run is the one it gets scored alone (scores within 1e-5)."""
     for path, unit in zip(paths, summary["inputs"], strict=True):
-        alone = tmp_path / "alone" / (path.stem + ".parquet")
-        assert run(path, "--model", tiny_export, "-o", alone, "--variant", "fp32").exit_code == 0
+        alone = alone_dir / (path.stem + ".parquet")
+        assert run(path, "--model", export, "-o", alone, "--variant", "fp32").exit_code == 0
         together, reference = pq.read_table(out / alone.name), pq.read_table(alone)
         assert together.column_names == reference.column_names and together.num_rows == unit["rows"]
         for name in together.column_names:
@@ -58,8 +69,42 @@ def test_small_inputs_share_batches_and_score_as_each_would_alone(tiny_export, t
             else:
                 assert together.column(name).equals(reference.column(name)), name
         assert json.loads(together.schema.metadata[b"scorer"]) == json.loads(reference.schema.metadata[b"scorer"])
-    assert run(tmp_path / "inbox", "--model", tiny_export, "-o", out, "--variant", "fp32").exit_code == 0
-    assert [u["state"] for u in _summary(out)["inputs"]] == ["skipped"] * 8  # (each one's output is up to date)
+
+
+def test_small_inputs_of_every_text_type_are_joined_only_where_they_can_be(tiny_export, tmp_path):
+    """Inputs whose text columns differ in type (large strings, dictionary-encoded, bytes that are not UTF-8,
+    numbers, several chunks) share a bundle, and each row keeps the status and score it gets alone."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    texts = sentences(12)
+    columns = [pa.array(texts[:3], pa.large_string()), pa.array([*texts[3:6], None, " "]).dictionary_encode(),
+               pa.array([b"\xff\xfe not text", texts[6].encode(), None], pa.binary()), pa.array([1, 2], pa.int64()),
+               pa.array([*texts[7:9], ""]), pa.chunked_array([texts[9:10], texts[10:12]]), pa.array([], pa.string())]
+    paths = []
+    for i, column in enumerate(columns):
+        paths.append(inbox / f"f{i:02d}.parquet")
+        pq.write_table(pa.table({"sentence": column}), paths[-1], row_group_size=2)
+    result = run(inbox, "--model", tiny_export, "-o", out, "--variant", "fp32")
+    assert result.exit_code == 0, result.output
+    summary = _summary(out)
+    assert [u["bundled_with"] for u in summary["inputs"]] == [len(columns) - 1] * len(columns)
+    statuses = [pq.read_table(out / p.name).column("status").to_pylist() for p in paths]
+    assert statuses[1][3:] == ["null", "empty"] and statuses[2] == ["not_text", "ok", "null"]
+    assert statuses[3] == ["not_text"] * 2 and statuses[4][2] == "empty"
+    _each_as_alone(paths, summary, out, tiny_export, tmp_path / "alone")
+
+
+def test_joined_pieces_join_text_chunks_of_one_type_up_to_the_budget_and_keep_every_row_in_order():
+    from scorer.stream import joined_pieces
+
+    columns = [pa.chunked_array([["ab", "cd"]]), pa.chunked_array([["ef"], ["gh", None]]),
+               pa.chunked_array([pa.array(["ij"], pa.large_string())]), pa.chunked_array([[1, 2]]),
+               pa.chunked_array([], pa.string()), pa.chunked_array([["kl" * 20, "m"]])]
+    cut = joined_pieces(columns, chars=40)
+    assert [p.to_pylist() for p in cut] == [["ab", "cd", "ef", "gh", None], ["ij"], [1, 2], ["kl" * 20], ["m"]]
+    assert [p.to_pylist() for p in joined_pieces(columns, chars=1 << 20)] == \
+        [["ab", "cd", "ef", "gh", None], ["ij"], [1, 2], ["kl" * 20, "m"]]
+    assert len(joined_pieces([pa.chunked_array([], pa.string())], 10)[0]) == 0  # (no rows: one empty piece)
 
 
 def test_a_bad_small_input_fails_alone_and_the_summary_keeps_the_inputs_order(tiny_export, tmp_path):
