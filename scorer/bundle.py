@@ -22,10 +22,20 @@ import pyarrow as pa
 from scorer import atomic
 from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
-from scorer.errors import ScorerError
+from scorer.errors import OutputTaken, ScorerError
 from scorer.parts import OutputLock, temporaries_by_output, work_dir
 from scorer.results import Scored
-from scorer.single import OpenUnit, check_unchanged, failure, finish_unit, open_unit, said_done, score_unit
+from scorer.single import (
+    OpenUnit,
+    check_unchanged,
+    failure,
+    finish_unit,
+    open_unit,
+    said_done,
+    score_unit,
+    taken,
+    up_to_date,
+)
 from scorer.stream import Waits, checked_windows, joined_pieces, with_results
 from scorer.summary import UnitSummary
 from scorer.units import WorkUnit
@@ -51,20 +61,19 @@ def outcomes(units: list[WorkUnit], classifier: OnnxClassifier, config: RunConfi
     try:
         for unit in units:
             try:
-                opened = open_unit(unit, classifier, config, bundle.probed)
-                member = None if isinstance(opened, UnitSummary) else bundle.read(opened)
+                opened, entry = bundle.open(unit)
             except BaseException as exc:  # (ScorerError: this unit failed; anything else stops the run)
                 bundle.add(unit, exc)
                 if config.fail_fast or not isinstance(exc, ScorerError):
                     yield bundle.flush(stopped=None if isinstance(exc, ScorerError) else exc)
                     return
                 continue
-            if isinstance(opened, UnitSummary):
-                bundle.add(unit, opened)
-            elif member is not None:
-                if not bundle.has_room(member):
+            if isinstance(entry, UnitSummary):
+                bundle.add(unit, entry)
+            elif entry is not None:
+                if not bundle.has_room(entry):
                     yield bundle.flush()
-                bundle.add(unit, member)
+                bundle.add(unit, entry)
             else:
                 yield bundle.flush()
                 yield [(unit, _alone(unit, classifier, config, progress, opened))]
@@ -77,6 +86,8 @@ def _alone(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, progre
            opened: OpenUnit | None = None) -> UnitSummary | BaseException:
     try:
         return score_unit(unit, classifier, config, progress, opened)
+    except OutputTaken as exc:
+        return taken(unit) if config.share else exc
     except BaseException as exc:
         return exc
 
@@ -108,9 +119,21 @@ class Bundle:
     def members(self) -> list[Member]:
         return [entry for _, entry in self.entries if isinstance(entry, Member)]
 
-    def read(self, opened: OpenUnit) -> Member | None:
+    def open(self, unit: WorkUnit) -> tuple[OpenUnit | None, Member | UnitSummary | None]:
+        """`unit` opened, and read where it is small (`read`); or its summary: up to date, or (--share) its output
+        written by another run now."""
+        try:
+            opened = open_unit(unit, self.classifier, self.config, self.probed)
+            return (None, opened) if isinstance(opened, UnitSummary) else (opened, self.read(opened))
+        except OutputTaken:
+            if not self.config.share:
+                raise
+            return None, taken(unit)
+
+    def read(self, opened: OpenUnit) -> Member | UnitSummary | None:
         """`opened`'s rows read and checked, with its output locked, where it is small; None where it is scored on its
-        own: over a quarter window, or with an earlier run's parts to resume from."""
+        own: over a quarter window, or with an earlier run's parts to resume from; its summary where another run
+        completed its output since it was opened."""
         reader, output = opened.reader, opened.unit.output
         if reader.num_rows is None:  # (CSV/TSV: its rows are known once it is read)
             small = reader.path.stat().st_size <= SMALL_CSV_BYTES
@@ -123,6 +146,10 @@ class Bundle:
             self.temporaries[output.parent] = temporaries_by_output(output.parent)
         lock = OutputLock(output, self.temporaries[output.parent].get(output.name, [])).__enter__()
         try:
+            skipped = up_to_date(opened, self.classifier, self.config)
+            if skipped is not None:
+                lock.__exit__(None, None, None)
+                return skipped
             # (a window one row over the limit, so that a CSV file is read no further than it takes to tell)
             window = next(checked_windows(reader, self.classifier, opened.columns,
                                           replace(self.config, window_rows=self.limit + 1), 0))

@@ -204,6 +204,9 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 @click.option("--summary", type=PATH, help="JSON summary path [default: OUTPUT.summary.json].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace outputs even when they are up to date.")
 @click.option("--fail-fast", is_flag=True, default=None, help="Stop at the first input that fails.")
+@click.option("--share", is_flag=True, default=None,
+              help="Other runs score the same inputs at once (one run per GPU): an input another run is writing is "
+                   "left to it, not failed. Each run needs its own --summary.")
 @command
 def run_command(progress: bool, input: str, **options) -> None:
     """Score INPUT (a Parquet/CSV/TSV file, a directory or a glob); every row is kept, in order.

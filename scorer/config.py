@@ -222,6 +222,9 @@ class RunConfig:
     checkpoint: Path | None = None
     overwrite: bool = False
     fail_fast: bool = False
+    # Other runs (one per GPU, say) score the same inputs at once: an input whose output another run is writing is
+    # left to it ("taken"), not failed.
+    share: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -243,6 +246,11 @@ class RunConfig:
         _check(self.tokenize_threads >= 1, f"--tokenize-threads must be at least 1, not {self.tokenize_threads}")
         _check(self.check >= 0, f"--check must be 0 or more, not {self.check}")
         _check(self.samples >= 0, f"--samples must be 0 or more, not {self.samples}")
+        _check(not (self.share and self.summary is None),
+               "--share needs --summary: each of the runs that share their inputs writes its own summary")
+        _check(not (self.share and self.overwrite),
+               "--share with --overwrite would have each run score again every input the others finished; run one "
+               "--overwrite run, or remove the old outputs first")
 
 
 def to_json(config: object) -> str:

@@ -33,6 +33,11 @@ class OutputError(ScorerError):
     exit_code = 5
 
 
+class OutputTaken(OutputError):
+    """Another scorer run holds the output's lock: it is writing that output now (a failure, unless the runs share
+    their inputs: --share)."""
+
+
 class ProviderError(ScorerError):
     """An execution provider (CUDA, TensorRT) that was asked for but is not usable here, or that ran out of memory
     running the model."""

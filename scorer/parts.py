@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scorer import atomic
-from scorer.errors import OutputError
+from scorer.errors import OutputError, OutputTaken
 
 log = logging.getLogger("scorer")
 STATE = "state.json"
@@ -73,7 +73,8 @@ class OutputLock:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             self._handle.close()
-            raise OutputError(f"another scorer run is writing {self.output}; wait for it to finish") from exc
+            raise OutputTaken(f"another scorer run is writing {self.output}; wait for it to finish, or pass --share "
+                              "to both runs to split their inputs between them") from exc
         # Temporary outputs left by a killed run (an output grows while it is scored): we hold the lock, so none
         # of them is live.
         stale = self.temporaries if self.temporaries is not None else \

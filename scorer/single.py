@@ -68,6 +68,9 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
         return opened
     store = PartStore(unit.output, {**opened.record, "window_rows": config.window_rows})  # (parts: window-sized)
     with OutputLock(unit.output):
+        skipped = up_to_date(opened, classifier, config)  # (completed by another run since it was opened)
+        if skipped is not None:
+            return skipped
         first = store.open()
         sink = OutputSink(unit.output, overwrite=True, metadata=opened.record)
         started = time.perf_counter()
@@ -101,23 +104,42 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
     columns = _columns(config, reader, classifier)
     check_text_format(unit.output, reader.schema, reader.path)
     source = fingerprint(reader.path)
-    done = completion_record(unit.output)
-    if done and done.get("model_sha256") == classifier.model_sha256 and done.get("input") == source \
-            and _scored_column(done) == columns.text and not config.overwrite:
-        log.info("%s is up to date (same input, column and model); skipped", unit.output)
-        if config.report:  # (one input only: asked for by name, so said as a warning)
-            log.warning("%s is up to date, so it was not scored again and --report %s was not written; pass "
-                        "--overwrite to score it again", unit.output, config.report)
-        if config.check:  # (a nightly run over a growing inbox skips yesterday's files: said in passing)
-            log.info("%s: --check does not check a skipped output", unit.output)
-        return UnitSummary(str(unit.source), str(unit.output), "skipped", rows=done.get("rows", 0))
+    record = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
+              "columns": asdict(columns), "score": classifier.score_means, "scorer": __version__}
+    opened = OpenUnit(unit, reader, columns, source, record)
+    skipped = up_to_date(opened, classifier, config)
+    if skipped is not None:
+        return skipped
     if unit.output.exists() and not config.overwrite:
+        done = completion_record(unit.output)
         raise OutputError(f"{unit.output} already exists (written {_written_how(done, classifier, source, columns)}); "
                           "pass --overwrite to replace it")
     atomic.check_writable(unit.output, overwrite=True, probed=probed)
-    record = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
-              "columns": asdict(columns), "score": classifier.score_means, "scorer": __version__}
-    return OpenUnit(unit, reader, columns, source, record)
+    return opened
+
+
+def up_to_date(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig) -> UnitSummary | None:
+    """The unit's summary as skipped where its output is complete, made by this model from this input and column
+    (never with --overwrite). Asked again once the output's lock is held: another run may have completed it since
+    the unit was opened (runs that share their inputs, --share; a cron job that overlapped the last)."""
+    unit = opened.unit
+    done = None if config.overwrite else completion_record(unit.output)
+    if not (done and done.get("model_sha256") == classifier.model_sha256 and done.get("input") == opened.source
+            and _scored_column(done) == opened.columns.text):
+        return None
+    log.info("%s is up to date (same input, column and model); skipped", unit.output)
+    if config.report:  # (one input only: asked for by name, so said as a warning)
+        log.warning("%s is up to date, so it was not scored again and --report %s was not written; pass "
+                    "--overwrite to score it again", unit.output, config.report)
+    if config.check:  # (a nightly run over a growing inbox skips yesterday's files: said in passing)
+        log.info("%s: --check does not check a skipped output", unit.output)
+    return UnitSummary(str(unit.source), str(unit.output), "skipped", rows=done.get("rows", 0))
+
+
+def taken(unit: WorkUnit) -> UnitSummary:
+    """The summary of a unit left to the run that is writing its output (--share)."""
+    log.info("%s: another run is writing %s; left to it (--share)", unit.source, unit.output)
+    return UnitSummary(str(unit.source), str(unit.output), "taken")
 
 
 def check_unchanged(opened: OpenUnit) -> None:

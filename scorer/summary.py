@@ -21,11 +21,15 @@ log = logging.getLogger("scorer")
 ROW_KINDS = {TRUNCATED: "truncated", NULL: "unscored (null text)", EMPTY: "unscored (empty text)",
              NOT_TEXT: "unscored (not text)", NON_FINITE: "unscored (non-finite logits)"}
 
+LINE_STATES = ("scored", "resumed", "skipped", "taken", "failed")  # (counted in the one-line summary)
+STATE_WORDS = {"taken": "left to other runs"}
+
 
 @dataclass
 class UnitSummary:
-    """What happened to one input: scored, resumed, skipped (already done), failed, or interrupted / terminated
-    (Ctrl-C, SIGTERM: its finished windows are kept for the rerun)."""
+    """What happened to one input: scored, resumed, skipped (already done), taken (--share: another run was writing
+    its output), failed, or interrupted / terminated (Ctrl-C, SIGTERM: its finished windows are kept for the
+    rerun)."""
 
     input: str
     output: str
@@ -94,8 +98,8 @@ class RunSummary:
         return self.inputs[0].evaluation if len(self.inputs) == 1 else None
 
     def line(self) -> str:
-        states = {s: sum(u.state == s for u in self.inputs) for s in ("scored", "resumed", "skipped", "failed")}
-        files = ", ".join(f"{n} {s}" for s, n in states.items() if n)
+        states = {s: sum(u.state == s for u in self.inputs) for s in LINE_STATES}
+        files = ", ".join(f"{n} {STATE_WORDS.get(s, s)}" for s, n in states.items() if n)
         kinds = [f"{v} {ROW_KINDS[k]}" for k, v in self.status_counts.items() if v and k in ROW_KINDS]
         if self.rescued_rows:
             kinds.append(f"{self.rescued_rows} scored by the fp32 graph (non-finite in {self.variant})")

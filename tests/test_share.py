@@ -1,0 +1,119 @@
+"""Runs that share their inputs (--share): several runs over one inbox (one per GPU) score each input once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scorer.config import RunConfig
+from scorer.errors import ConfigError
+from scorer.parts import OutputLock
+from scorer.score import open_classifier, score_file
+from scorer.single import open_unit, score_unit
+from scorer.units import plan_units
+from tests.test_nightly import files_under, run, sentences
+
+
+def _inbox(root: Path, sizes: list[int]) -> list[Path]:
+    root.mkdir(parents=True)
+    paths = []
+    for i, size in enumerate(sizes):
+        paths.append(root / f"f{i:02d}.parquet")
+        pq.write_table(pa.table({"sentence": sentences(size, 1000 * i)}), paths[-1])
+    return paths
+
+
+def test_an_input_another_run_is_writing_is_left_to_it_with_share_and_failed_without(tiny_export, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    _inbox(inbox, [3, 400, 2, 5])  # (f01: over a quarter of --window-rows 200, scored on its own)
+    common = ("--model", tiny_export, "-o", out, "--window-rows", 200)
+    with OutputLock(out / "f01.parquet"), OutputLock(out / "f02.parquet"):  # another run writing these two
+        shared = run(inbox, *common, "--share", "--summary", tmp_path / "a.json")
+        alone = run(inbox, *common, "--summary", tmp_path / "b.json")
+    assert shared.exit_code == 0, shared.output
+    assert "2 scored, 2 left to other runs" in shared.output
+    summary = json.loads((tmp_path / "a.json").read_text())
+    assert [u["state"] for u in summary["inputs"]] == ["scored", "taken", "taken", "scored"]
+    assert summary["exit_code"] == 0 and files_under(out) == ["f00.parquet", "f03.parquet"]
+    assert alone.exit_code == 5 and "another scorer run is writing" in alone.output and "--share" in alone.output
+    # The other run is gone without writing them (killed, say): the next shared run scores them
+    assert run(inbox, *common, "--share", "--summary", tmp_path / "a.json").exit_code == 0
+    assert [u["state"] for u in json.loads((tmp_path / "a.json").read_text())["inputs"]] == \
+        ["skipped", "scored", "scored", "skipped"]
+
+
+def test_share_refuses_a_shared_default_summary_and_overwrite(tmp_path):
+    with pytest.raises(ConfigError, match="--share needs --summary"):
+        RunConfig(input="inbox", output=tmp_path, share=True)
+    with pytest.raises(ConfigError, match="--share with --overwrite"):
+        RunConfig(input="inbox", output=tmp_path, share=True, summary=tmp_path / "s.json", overwrite=True)
+
+
+@pytest.mark.parametrize("rows", [3, 400], ids=["in-a-bundle", "on-its-own"])
+def test_an_output_completed_by_another_run_once_opened_is_skipped_not_scored_again(tiny_export, tmp_path,
+                                                                                   monkeypatch, rows):
+    """Two runs open one input; the other takes its lock first and completes it: this one, locking it next, finds
+    it done (scored again, it would be written twice and the two runs' summaries would both claim it)."""
+    from scorer import bundle
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    _inbox(inbox, [2, rows, 4])
+    config = RunConfig(input=str(inbox), output=out, model=tiny_export, provider="cpu", window_rows=200,
+                       share=True, summary=tmp_path / "mine.json")
+    real_open = bundle.open_unit
+    written = {}
+
+    def other_run_finishes_f01(unit, *args):
+        opened = real_open(unit, *args)
+        if unit.source.name == "f01.parquet":  # (opened here, then completed by the other run)
+            score_file(RunConfig(input=str(unit.source), output=unit.output, model=tiny_export, provider="cpu",
+                                 summary=tmp_path / "other.json"), progress=False)
+            written["mtime"] = unit.output.stat().st_mtime_ns
+        return opened
+
+    monkeypatch.setattr(bundle, "open_unit", other_run_finishes_f01)
+    summary = score_file(config, progress=False)
+    assert [u.state for u in summary.inputs] == ["scored", "skipped", "scored"]
+    assert (out / "f01.parquet").stat().st_mtime_ns == written["mtime"]  # (not written again)
+    assert pq.read_metadata(out / "f01.parquet").num_rows == rows
+
+
+def test_a_lone_input_opened_before_another_run_completed_it_is_skipped(tiny_export, tmp_path):
+    source = _inbox(tmp_path / "inbox", [6])[0]
+    config = RunConfig(input=str(source), model=tiny_export, provider="cpu")
+    classifier, config = open_classifier(config)
+    unit = plan_units(config.input, None)[0]
+    try:
+        opened = open_unit(unit, classifier, config)
+        assert run(source, "--model", tiny_export).exit_code == 0  # (the other run)
+        mtime = unit.output.stat().st_mtime_ns
+        assert score_unit(unit, classifier, config, False, opened).state == "skipped"
+    finally:
+        classifier.close()
+    assert unit.output.stat().st_mtime_ns == mtime
+
+
+def test_two_runs_sharing_one_inbox_score_each_input_once(tiny_export, tmp_path):
+    """Two processes started together on one inbox of small and larger inputs: both succeed, every output is
+    there and whole, and each input was scored by exactly one of them."""
+    sizes = [5, 1500, 3, 1200, 7, 2, 1800, 4, 6, 1000, 8, 1]
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    _inbox(inbox, sizes)
+    runs = [subprocess.Popen([sys.executable, "-m", "scorer.cli", "run", str(inbox), "-o", str(out), "--model",
+                              str(tiny_export), "--provider", "cpu", "--window-rows", "400", "--share", "--summary",
+                              str(tmp_path / f"run{n}.json"), "--quiet"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(2)]
+    for process in runs:
+        _, errors = process.communicate(timeout=300)
+        assert process.returncode == 0, errors
+    states = [[u["state"] for u in json.loads((tmp_path / f"run{n}.json").read_text())["inputs"]] for n in range(2)]
+    for number, pair in enumerate(zip(*states, strict=True)):
+        assert sorted(pair) in (["scored", "skipped"], ["scored", "taken"]), (number, pair)
+    assert [pq.read_metadata(out / f"f{i:02d}.parquet").num_rows for i in range(len(sizes))] == sizes
+    assert sorted(p.name for p in out.iterdir()) == [f"f{i:02d}.parquet" for i in range(len(sizes))]
