@@ -19,7 +19,8 @@
 # ORT's optimisation levels; then the GPU tests and GPU memory over 1M rows with the new batching. In two calls on
 # the warm machine (the second reuses the random exports in /tmp/random-bert), each under the 600 s a call may run:
 #   bash bench/gpu_check.sh env scoring-cola scoring-long128          (about 350 s: run 4's 190 s + 3 exports' extra)
-#   bash bench/gpu_check.sh model-stage op-probe ort-options pytest-gpu gpu-memory-1m small-files  (430-500 s)
+#   bash bench/gpu_check.sh model-stage op-probe ort-options pytest-gpu gpu-memory-1m small-files share-runs
+#   (470-540 s)
 # With the start and the five transfers that is close to the 900 s a session may use: the second call's steps run in
 # that order, most important first, so if the session's time runs out, only the last ones are lost (give the second
 # call a timeout_s of what `status` says is left).
@@ -129,6 +130,10 @@ step gpu-memory-1m 70 python3 bench/scoring.py $random --workloads cola --rows 1
 # 2,000 small inputs (1-20 CoLA sentences each, Parquet and CSV): scored together (scorer.bundle, stop 34) against
 # each on its own and against the same rows as one file (about 50 s; on the 2-core CPU: 2.2x each alone).
 step small-files 90 python3 bench/small_files.py $random --files 2000 --out "$out/small-files.json"
+# The same kind of inbox split between 1, 2 and 4 `scorer run --share` processes on the one GPU: each input's own
+# file work (about 3 ms on the 2-core CPU) done side by side (stop 35; about 40 s).
+step share-runs 75 python3 bench/share_runs.py $random --files 2000 --mean-rows 10 --runs 1 2 4 \
+  --out "$out/share-runs.json"
 # Measured in earlier runs (bench/RESULTS.md section 7); each runs only when named.
 if [ "$only" != "  " ]; then
   # `scorer train --compile` without CUDA graphs (fused kernels, still one launch each).

@@ -18,6 +18,7 @@ def main(directory: Path) -> None:
     _op_probe(directory)
     _ort_options(directory)
     _small_files(directory)
+    _share_runs(directory)
     _train_speed(directory)
 
 
@@ -32,6 +33,20 @@ def _small_files(directory: Path) -> None:
     for way, row in data["results"].items():
         print(f"  {way:11} {row['rows_per_s']:>9,.0f} rows/s ({row['x_each_alone']:.2f}x each alone), "
               f"{row['batches']} batches, model busy {row['model_busy_share']:.0%}, waits {row['waits']}")
+
+
+def _share_runs(directory: Path) -> None:
+    """Several `scorer run --share` processes on one inbox against one (bench/share_runs.py)."""
+    path = directory / "share-runs.json"
+    if not path.is_file():
+        print("share-runs: no result")
+        return
+    data = json.loads(path.read_text())
+    print(f"share-runs: {data['files']} inputs, {data['rows']} rows")
+    for row in data["results"]:
+        print(f"  {row['runs']} run(s) {row['seconds']:6.2f} s, {row['inputs_per_s']:,.0f} inputs/s "
+              f"({row['x_one_run']:.2f}x one run), scored by each {row['inputs_scored_by_each_run']}, each input "
+              f"once: {row['each_input_scored_once']}, max |diff| {row['max_score_diff_from_one_run']:.2g}")
 
 
 def _seeds(directory: Path) -> None:

@@ -98,9 +98,20 @@ def test_small_files_scores_small_inputs_together_and_each_alone_to_the_same_sco
     assert all(results[way]["max_score_diff_from_one_file"] < 1e-5 for way in ("each-alone", "bundled"))
 
 
+def test_share_runs_split_one_inbox_and_score_each_input_once(scoring, bench_dir):
+    out = bench_dir / "out" / "share-runs.json"
+    bench("share_runs.py", "--device", "cpu", "--random", "tiny", "--random-dir", bench_dir / "random",
+          "--files", "40", "--mean-rows", "3", "--runs", "2", "--out", out)
+    results = json.loads(out.read_text())["results"]
+    assert [row["runs"] for row in results] == [1, 2]
+    assert all(row["each_input_scored_once"] and row["max_score_diff_from_one_run"] < 1e-6 for row in results)
+    assert sum(results[1]["inputs_scored_by_each_run"]) == 40
+
+
 def test_gpu_summary_reads_what_the_scripts_wrote(scoring, bench_dir):
     summary = bench("gpu_summary.py", bench_dir / "out")
     assert "scorer-run-fp32" in summary and "fused attention" in summary and "bundled" in summary
+    assert "share-runs: 40 inputs" in summary
 
 
 def test_tokenize_speed_times_both_ways_on_both_workloads(bench_dir):
