@@ -43,20 +43,11 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     with _said_in_summary(config, units, began):
         classifier, config, self_check = _start(config, units)
     summaries: list[UnitSummary] = []
-    fatal: BaseException | None = None
     started, began = time.perf_counter(), now()
     try:
-        with contextlib.closing(outcomes(units, classifier, config, progress)) as each:
-            for batch in each:
-                for unit, result in batch:
-                    summaries.append(_unit_summary(unit, result))
-                    if isinstance(result, BaseException) and fatal is None and \
-                            (not isinstance(result, ScorerError) or len(units) == 1 or config.fail_fast):
-                        fatal, stopper = result, summaries[-1]
-                    elif isinstance(result, ScorerError):
-                        log.error("error: %s", result)
-                if fatal is not None:
-                    break
+        fatal, stopper = _score_units(units, classifier, config, progress, summaries)
+        if fatal is None and config.share:
+            fatal, stopper = _taken_again(units, classifier, config, progress, summaries)
     except BaseException as exc:  # (a stop or a bug outside any unit's scoring: between two units, say)
         fatal, stopper = exc, None
     finally:
@@ -84,6 +75,40 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
         error.exit_code = summary.exit_code
         raise error
     return summary
+
+
+def _score_units(units: list[WorkUnit], classifier: OnnxClassifier, config: RunConfig, progress: bool,
+                 summaries: list[UnitSummary]) -> tuple[BaseException | None, UnitSummary | None]:
+    """Score `units`, appending each one's summary to `summaries` in order; the exception that stops the run, if
+    one does, and the summary of the unit it stopped (failures of single units are logged and the run goes on)."""
+    with contextlib.closing(outcomes(units, classifier, config, progress)) as each:
+        for batch in each:
+            fatal = None
+            for unit, result in batch:
+                summaries.append(_unit_summary(unit, result))
+                if isinstance(result, BaseException) and fatal is None and \
+                        (not isinstance(result, ScorerError) or len(units) == 1 or config.fail_fast):
+                    fatal, stopper = result, summaries[-1]
+                elif isinstance(result, ScorerError):
+                    log.error("error: %s", result)
+            if fatal is not None:
+                return fatal, stopper
+    return None, None
+
+
+def _taken_again(units: list[WorkUnit], classifier: OnnxClassifier, config: RunConfig, progress: bool,
+                 summaries: list[UnitSummary]) -> tuple[BaseException | None, UnitSummary | None]:
+    """--share: the inputs left to another run, tried once more at the end; each is skipped where that run finished
+    it, left to it where it still holds it, and scored (resumed from its finished windows) where that run stopped
+    without finishing it (killed, say), so that the night's work does not wait for the next run."""
+    taken = [number for number, summary in enumerate(summaries) if summary.state == "taken"]
+    if not taken:
+        return None, None
+    again: list[UnitSummary] = []
+    stopped = _score_units([units[number] for number in taken], classifier, config, progress, again)
+    for number, summary in zip(taken, again, strict=False):  # (a stop ends `again` early)
+        summaries[number] = summary
+    return stopped
 
 
 def _unit_summary(unit: WorkUnit, result: UnitSummary | BaseException) -> UnitSummary:

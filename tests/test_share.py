@@ -48,6 +48,33 @@ def test_an_input_another_run_is_writing_is_left_to_it_with_share_and_failed_wit
         ["skipped", "scored", "scored", "skipped"]
 
 
+def test_an_input_left_to_a_run_that_stopped_without_finishing_it_is_scored_at_the_end(tiny_export, tmp_path,
+                                                                                       monkeypatch):
+    """The other run held f01 and f02 as this one passed them, then stopped without writing them (killed, say): at
+    the end this run tries the two once more, and scores them."""
+    from scorer import score
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    _inbox(inbox, [3, 400, 2, 5])
+    other = [OutputLock(out / f"f0{i}.parquet").__enter__() for i in (1, 2)]
+    real, passes = score.outcomes, []
+
+    def other_run_stops_after_the_first_pass(units, *args):
+        passes.append([u.source.name for u in units])
+        yield from real(units, *args)
+        if len(passes) == 1:
+            for lock in other:
+                lock.__exit__(None, None, None)
+
+    monkeypatch.setattr(score, "outcomes", other_run_stops_after_the_first_pass)
+    result = run(inbox, "--model", tiny_export, "-o", out, "--window-rows", 200, "--share", "--summary",
+                 tmp_path / "a.json")
+    assert result.exit_code == 0, result.output
+    assert passes == [["f00.parquet", "f01.parquet", "f02.parquet", "f03.parquet"], ["f01.parquet", "f02.parquet"]]
+    assert [u["state"] for u in json.loads((tmp_path / "a.json").read_text())["inputs"]] == ["scored"] * 4
+    assert [pq.read_metadata(out / f"f0{i}.parquet").num_rows for i in range(4)] == [3, 400, 2, 5]
+
+
 def test_share_refuses_a_shared_default_summary_and_overwrite(tmp_path):
     with pytest.raises(ConfigError, match="--share needs --summary"):
         RunConfig(input="inbox", output=tmp_path, share=True)
