@@ -22,13 +22,20 @@ def main(directory: Path) -> None:
     _train_speed(directory)
 
 
+def _result(directory: Path, name: str) -> dict | None:
+    """`name`.json of `directory`, or None (said) where the step wrote none."""
+    path = directory / f"{name}.json"
+    if not path.is_file():
+        print(f"{name}: no result")
+        return None
+    return json.loads(path.read_text())
+
+
 def _small_files(directory: Path) -> None:
     """Small inputs scored together, each alone, and as one file (bench/small_files.py)."""
-    path = directory / "small-files.json"
-    if not path.is_file():
-        print("small-files: no result")
+    data = _result(directory, "small-files")
+    if data is None:
         return
-    data = json.loads(path.read_text())
     print(f"small-files: {data['files']} inputs, {data['rows']} rows")
     for way, row in data["results"].items():
         print(f"  {way:11} {row['rows_per_s']:>9,.0f} rows/s ({row['x_each_alone']:.2f}x each alone), "
@@ -37,11 +44,9 @@ def _small_files(directory: Path) -> None:
 
 def _share_runs(directory: Path) -> None:
     """Several `scorer run --share` processes on one inbox against one (bench/share_runs.py)."""
-    path = directory / "share-runs.json"
-    if not path.is_file():
-        print("share-runs: no result")
+    data = _result(directory, "share-runs")
+    if data is None:
         return
-    data = json.loads(path.read_text())
     print(f"share-runs: {data['files']} inputs, {data['rows']} rows")
     for row in data["results"]:
         print(f"  {row['runs']} run(s) {row['seconds']:6.2f} s, {row['inputs_per_s']:,.0f} inputs/s "
@@ -64,11 +69,9 @@ def _seeds(directory: Path) -> None:
 def _scoring(directory: Path) -> None:
     """`scorer run` end to end and GPU memory, per workload."""
     for name in ("scoring-cola", "scoring-cola-rayon12", "scoring-long128", "gpu-memory-1m"):
-        path = directory / f"{name}.json"
-        if not path.is_file():
-            print(f"{name}: no result")
+        data = _result(directory, name)
+        if data is None:
             continue
-        data = json.loads(path.read_text())
         for workload, result in data["workloads"].items():
             fp16 = result["export"].get("fp16", {})
             print(f"{name} {workload}: {result['texts']} texts, {result['mean_tokens']:.1f} tokens; fp16 attention "

@@ -17,7 +17,6 @@ the single run's. Writes JSON to --out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -26,10 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from common import machine, write_json
-from scoring import random_checkpoint, workload
-from small_files import inbox
+from small_files import inbox_and_export, inbox_options, scored
 
 
 def shared_runs(source: Path, output: Path, export: Path, provider: str, count: int) -> dict:
@@ -51,19 +48,8 @@ def shared_runs(source: Path, output: Path, export: Path, provider: str, count: 
     return {"runs": count, "seconds": seconds, "inputs_scored_by_each_run": scored_by, "each_input_scored_once": once}
 
 
-def scores(directory: Path) -> np.ndarray:
-    return np.concatenate([pq.read_table(p, columns=["score"]).column("score").to_numpy()
-                           for p in sorted(directory.glob("part-*.parquet"))])
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--export", type=Path, default=Path("scorer-artifacts/onnx"))
-    parser.add_argument("--random", choices=["bert-base", "tiny"], help="Use random weights of this shape instead.")
-    parser.add_argument("--random-dir", type=Path, help="Keep the random model here and reuse it if it is there.")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--files", type=int, default=3000)
-    parser.add_argument("--mean-rows", type=int, default=1, help="Rows per input, on average (1 to twice this).")
+    parser = inbox_options(__doc__.splitlines()[0], files=3000, mean_rows=1)
     parser.add_argument("--runs", type=int, nargs="+", default=[1, 2], help="Run counts to compare (1 first).")
     parser.add_argument("--out", type=Path, default=Path("bench/out/share-runs-cpu.json"))
     args = parser.parse_args()
@@ -71,16 +57,12 @@ def main() -> None:
     counts = sorted(set(args.runs) | {1})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        texts = workload("cola", args.files * 2 * args.mean_rows)
-        export = args.export
-        if args.random:
-            _, export = random_checkpoint(args.random_dir or tmp / "random", args.random, 128, "cola", texts)
-        sizes = inbox(tmp / "inbox", texts, args.files, args.mean_rows)
+        _, sizes, export = inbox_and_export(args, tmp)
         shared_runs(tmp / "inbox", tmp / "warm-up", export, provider, 1)  # (page cache, compiled kernels)
         results = [shared_runs(tmp / "inbox", tmp / f"out-{count}", export, provider, count) for count in counts]
-        reference = scores(tmp / "out-1")
+        reference = scored(tmp / "out-1")
         for row in results:
-            row["max_score_diff_from_one_run"] = float(np.abs(scores(tmp / f"out-{row['runs']}") - reference).max())
+            row["max_score_diff_from_one_run"] = float(np.abs(scored(tmp / f"out-{row['runs']}") - reference).max())
     for row in results:
         row["inputs_per_s"] = args.files / row["seconds"]
         row["x_one_run"] = results[0]["seconds"] / row["seconds"]

@@ -65,24 +65,37 @@ def run_way(source: Path, output: Path, export: Path, provider: str, settings: d
             "variant": summary.variant, "provider": summary.provider}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def inbox_options(description: str, files: int, mean_rows: int) -> argparse.ArgumentParser:
+    """The options of a script that scores an inbox of small files (this one, share_runs.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--export", type=Path, default=Path("scorer-artifacts/onnx"))
     parser.add_argument("--random", choices=["bert-base", "tiny"], help="Use random weights of this shape instead.")
     parser.add_argument("--random-dir", type=Path, help="Keep the random model here and reuse it if it is there.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--files", type=int, default=400)
-    parser.add_argument("--mean-rows", type=int, default=10, help="Rows per input, on average (1 to twice this).")
+    parser.add_argument("--files", type=int, default=files)
+    parser.add_argument("--mean-rows", type=int, default=mean_rows,
+                        help="Rows per input, on average (1 to twice this).")
+    return parser
+
+
+def inbox_and_export(args: argparse.Namespace, tmp: Path) -> tuple[list[str], list[int], Path]:
+    """The workload's texts, the inbox of args.files inputs cut from them under `tmp`/inbox (their row counts), and
+    the export to score it with (random weights where args.random asks, built once in args.random_dir)."""
+    texts = workload("cola", args.files * 2 * args.mean_rows)
+    export = args.export
+    if args.random:
+        _, export = random_checkpoint(args.random_dir or tmp / "random", args.random, 128, "cola", texts)
+    return texts, inbox(tmp / "inbox", texts, args.files, args.mean_rows), export
+
+
+def main() -> None:
+    parser = inbox_options(__doc__.splitlines()[0], files=400, mean_rows=10)
     parser.add_argument("--out", type=Path, default=Path("bench/out/small-files-cpu.json"))
     args = parser.parse_args()
     provider = "cuda" if args.device == "cuda" else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        texts = workload("cola", args.files * 2 * args.mean_rows)
-        export = args.export
-        if args.random:
-            _, export = random_checkpoint(args.random_dir or tmp / "random", args.random, 128, "cola", texts)
-        sizes = inbox(tmp / "inbox", texts, args.files, args.mean_rows)
+        texts, sizes, export = inbox_and_export(args, tmp)
         pq.write_table(pa.table({"id": np.arange(sum(sizes)), "sentence": texts[: sum(sizes)]}), tmp / "all.parquet")
         run_way(tmp / "all.parquet", tmp / "warm-up" / "all.parquet", export, provider, {})  # (one-off costs)
         results = {way: run_way(tmp / "inbox", tmp / way, export, provider, settings) for way, settings in WAYS.items()}
