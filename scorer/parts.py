@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import pwd
 import re
 import shutil
 from pathlib import Path
@@ -68,11 +69,15 @@ class OutputLock:
 
     def __enter__(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a+")
+        try:  # (read-only: flock needs no more, so a lock file left by another account's killed run locks too)
+            self._handle = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
+        except PermissionError as exc:
+            raise OutputError(f"cannot create the lock file {self.path} ({exc.strerror}); make {self.path.parent} "
+                              "writable by this account, or choose another --output") from exc
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            self._handle.close()
+            os.close(self._handle)
             raise OutputTaken(f"another scorer run is writing {self.output}; wait for it to finish, or pass --share "
                               "to both runs to split their inputs between them") from exc
         # Temporary outputs left by a killed run (an output grows while it is scored): we hold the lock, so none
@@ -80,13 +85,31 @@ class OutputLock:
         stale = self.temporaries if self.temporaries is not None else \
             self.output.parent.glob(f".{self.output.name}.tmp-*")
         for path in stale:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except PermissionError as exc:  # (another account's, in a directory with the sticky bit, say)
+                log.warning("%s: a temporary output left by a killed run, which this account cannot remove (%s); "
+                            "remove it to free its space", path, exc.strerror)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, PermissionError):  # (kept: the next run locks it as it is)
+            self.path.unlink()
         fcntl.flock(self._handle, fcntl.LOCK_UN)
-        self._handle.close()
+        os.close(self._handle)
+
+
+def _refuse_unwritable(directory: Path) -> None:
+    """An earlier run's parts directory that this account cannot change (another account's run left it, say)."""
+    if os.access(directory, os.W_OK | os.X_OK):
+        return
+    try:
+        owner = pwd.getpwuid(directory.stat().st_uid).pw_name
+    except (KeyError, OSError):
+        owner = "another account"
+    raise OutputError(f"{directory} holds the finished windows of an earlier run by {owner}, which this account cannot "
+                      f"write to; run as {owner} to resume it, or remove the directory (its windows are then scored "
+                      "again)")
 
 
 class PartStore:
@@ -101,6 +124,7 @@ class PartStore:
         """Prepare the directory; return how many parts an earlier run of the same work already finished."""
         state_path = self.directory / STATE
         if self.directory.is_dir():
+            _refuse_unwritable(self.directory)
             try:
                 state = json.loads(state_path.read_text())
             except (OSError, json.JSONDecodeError):

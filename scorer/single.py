@@ -111,6 +111,9 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
     if skipped is not None:
         return skipped
     if unit.output.exists() and not config.overwrite:
+        skipped = up_to_date(opened, classifier, config)  # (another run may have completed it just now)
+        if skipped is not None:
+            return skipped
         done = completion_record(unit.output)
         raise OutputError(f"{unit.output} already exists (written {_written_how(done, classifier, source, columns)}); "
                           "pass --overwrite to replace it")

@@ -1,16 +1,21 @@
-"""Runs that share their inputs (--share): several runs over one inbox (one per GPU) score each input once."""
+"""Runs beside other runs: several runs over one inbox (--share, one per GPU) score each input once, and what an
+earlier run of another account left in an output directory (files this account cannot change) is said, not a crash."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
+from scorer.cli import main
 from scorer.config import RunConfig
 from scorer.errors import ConfigError
 from scorer.parts import OutputLock
@@ -144,3 +149,43 @@ def test_two_runs_sharing_one_inbox_score_each_input_once(tiny_export, tmp_path)
         assert sorted(pair) in (["scored", "skipped"], ["scored", "taken"]), (number, pair)
     assert [pq.read_metadata(out / f"f{i:02d}.parquet").num_rows for i in range(len(sizes))] == sizes
     assert sorted(p.name for p in out.iterdir()) == [f"f{i:02d}.parquet" for i in range(len(sizes))]
+
+
+@contextlib.contextmanager
+def _unchangeable(path: Path) -> Iterator[None]:
+    """`path` made immutable (chattr +i): not even root may write, remove or add to it, as a run of one account
+    finds a file another account left (root, running the tests, would pass any permission check)."""
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here (needs root and a file system that has it)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_lock_file_and_a_temporary_another_account_left_do_not_stop_the_run(tiny_export, tmp_path):
+    source = _inbox(tmp_path / "inbox", [6])[0]
+    output = tmp_path / "out" / "f00.parquet"
+    output.parent.mkdir()
+    lock, stale = output.parent / ".f00.parquet.scorer-lock", output.parent / ".f00.parquet.tmp-99999999"
+    lock.touch()
+    stale.write_bytes(b"half an output")
+    with _unchangeable(lock), _unchangeable(stale):
+        result = CliRunner().invoke(main, ["run", str(source), "--model", str(tiny_export), "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    assert pq.read_metadata(output).num_rows == 6
+    assert "a temporary output left by a killed run, which this account cannot remove" in result.output
+
+
+def test_finished_windows_another_account_left_are_refused_saying_whose_and_what_to_do(tiny_export, tmp_path):
+    source = _inbox(tmp_path / "inbox", [6])[0]
+    output = tmp_path / "out" / "f00.parquet"
+    parts = output.parent / ".f00.parquet.scorer-parts"
+    parts.mkdir(parents=True)
+    (parts / "state.json").write_text("{}")
+    with _unchangeable(parts):
+        result = run(source, "--model", tiny_export, "-o", output)
+    assert result.exit_code == 5
+    assert f"{parts} holds the finished windows of an earlier run by root" in result.output
+    assert "or remove the directory" in result.output and not output.exists()
+    assert run(source, "--model", tiny_export, "-o", output).exit_code == 0  # (changeable again)
