@@ -105,10 +105,10 @@ def _taken_again(units: list[WorkUnit], classifier: OnnxClassifier, config: RunC
     if not taken:
         return None, None
     again: list[UnitSummary] = []
-    stopped = _score_units([units[number] for number in taken], classifier, config, progress, again)
+    fatal = _score_units([units[number] for number in taken], classifier, config, progress, again)
     for number, summary in zip(taken, again, strict=False):  # (a stop ends `again` early)
         summaries[number] = summary
-    return stopped
+    return fatal
 
 
 def _unit_summary(unit: WorkUnit, result: UnitSummary | BaseException) -> UnitSummary:
