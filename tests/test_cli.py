@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,28 @@ def test_help_is_fast_because_torch_is_not_imported():
            "from scorer.cli import main\nmain(['--help'])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and "Usage: " in done.stdout, done.stderr
+
+
+def test_onnxruntime_telemetry_is_off_unless_its_owner_turns_it_on(tmp_path):
+    """ONNX Runtime (1.29 on, Linux) sends telemetry unless ORT_DISABLE_TELEMETRY (or CI) is set: scorer sets it
+    where it is not set, before onnxruntime is imported. Where HOME cannot be written (chattr +i, where root can
+    set it), ONNX Runtime's telemetry would also print a warning at import, in a cron job's log: none here."""
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("CI", "ORT_DISABLE_TELEMETRY", "ORT_RUNNING_UNIT_TESTS")}
+    code = "import os, scorer.cli, onnxruntime; print(os.environ['ORT_DISABLE_TELEMETRY'])"
+    home = tmp_path / "home"
+    home.mkdir()
+    unwritable = subprocess.run(["chattr", "+i", str(home)], capture_output=True).returncode == 0
+    try:
+        off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**env, "HOME": str(home)})
+        on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**env, "ORT_DISABLE_TELEMETRY": "0"})
+    finally:
+        if unwritable:
+            subprocess.run(["chattr", "-i", str(home)], check=True)
+    assert off.returncode == 0 and off.stdout.strip() == "1" and "telemetry" not in off.stderr, off.stderr
+    assert on.returncode == 0 and on.stdout.strip() == "0", on.stderr
