@@ -107,13 +107,11 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
     record = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
               "columns": asdict(columns), "score": classifier.score_means, "scorer": __version__}
     opened = OpenUnit(unit, reader, columns, source, record)
+    existed = unit.output.exists()  # (looked at first: an output another run completes just after is up to date)
     skipped = up_to_date(opened, classifier, config)
     if skipped is not None:
         return skipped
-    if unit.output.exists() and not config.overwrite:
-        skipped = up_to_date(opened, classifier, config)  # (another run may have completed it just now)
-        if skipped is not None:
-            return skipped
+    if existed and not config.overwrite:
         done = completion_record(unit.output)
         raise OutputError(f"{unit.output} already exists (written {_written_how(done, classifier, source, columns)}); "
                           "pass --overwrite to replace it")
