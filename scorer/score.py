@@ -13,9 +13,10 @@ from scorer.bundle import outcomes
 from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
 from scorer.defaults import DEFAULT_WINDOW_ROWS
-from scorer.errors import ConfigError, ProviderError, ScorerError, stopped
+from scorer.errors import ConfigError, OutputTaken, ProviderError, ScorerError, stopped
 from scorer.extras import require_training_stack
 from scorer.manifest import verify_checkpoint
+from scorer.parts import OutputLock
 from scorer.session import memory_failure
 from scorer.single import checkpoint_of
 from scorer.summary import RunSummary, UnitSummary, failed_start, now, summarise, summary_path, write_summary
@@ -40,6 +41,27 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     with _said_in_summary(config, units, began):  # (the inputs not there: an inbox not mounted, say)
         units += plan_units(config.input, config.output, config.output_format)
     _refuse_before_work(config, units)  # (what the summary itself may not replace, among others: not said there)
+    with _summary_held(config, units):
+        return _score_all(config, units, began, progress)
+
+
+@contextlib.contextmanager
+def _summary_held(config: RunConfig, units: list[WorkUnit]) -> Iterator[None]:
+    """--share: the run's --summary locked while it runs, so that two sharing runs given the same one are refused,
+    where the later summary would replace the earlier run's record (and a failure a monitor looks for)."""
+    with contextlib.ExitStack() as held:
+        if config.share:
+            path = summary_path(config, units)
+            try:
+                held.enter_context(OutputLock(path))
+            except OutputTaken as exc:
+                raise ConfigError(f"--summary {path} is another sharing run's, which is running; give each run its "
+                                  "own --summary") from exc
+        yield
+
+
+def _score_all(config: RunConfig, units: list[WorkUnit], began: str, progress: bool) -> RunSummary:
+    """Start the model and score `units` (score_file, once they are planned and checked)."""
     with _said_in_summary(config, units, began):
         classifier, config, self_check = _start(config, units)
     summaries: list[UnitSummary] = []

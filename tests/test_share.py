@@ -80,6 +80,16 @@ def test_an_input_left_to_a_run_that_stopped_without_finishing_it_is_scored_at_t
     assert [pq.read_metadata(out / f"f0{i}.parquet").num_rows for i in range(4)] == [3, 400, 2, 5]
 
 
+def test_a_sharing_run_given_the_summary_another_is_writing_is_refused_before_any_work(tiny_export, tmp_path):
+    inbox, summary = tmp_path / "inbox", tmp_path / "summary.json"
+    _inbox(inbox, [3, 2])
+    with OutputLock(summary):  # (the other sharing run, given the same --summary)
+        result = run(inbox, "--model", tiny_export, "-o", tmp_path / "out", "--share", "--summary", summary)
+    assert result.exit_code == 2 and "is another sharing run's, which is running; give each run its own" in \
+        result.output
+    assert not (tmp_path / "out").exists() and not summary.exists()
+
+
 def test_share_refuses_a_shared_default_summary_and_overwrite(tmp_path):
     with pytest.raises(ConfigError, match="--share needs --summary"):
         RunConfig(input="inbox", output=tmp_path, share=True)
