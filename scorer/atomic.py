@@ -29,7 +29,8 @@ def check_writable(path: Path, overwrite: bool, option: str = "--output", probed
         return
     blocking = next((p for p in [parent, *parent.parents] if p.exists() and not p.is_dir()), None)
     if blocking is not None:
-        raise OutputError(f"{blocking} is a file, not a directory; choose another {option}")
+        what = "a file" if blocking.is_file() else "a device, socket or pipe"
+        raise OutputError(f"{blocking} is {what}, not a directory; choose another {option}")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -54,6 +54,16 @@ def _check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
     _check(value in choices, f"{option} must be one of {', '.join(choices)}, not '{value}'")
 
 
+def _check_files(reads: dict[str, object], writes: dict[str, object]) -> None:
+    """Refuse "-" (standard input or output, as many tools take it) where a file or directory is wanted."""
+    for option, value in reads.items():
+        _check(str(value) != "-", f"{option} -: scorer reads files, not standard input; save the rows as a .parquet, "
+                                  ".csv or .tsv file and pass its path")
+    for option, value in writes.items():
+        _check(str(value) != "-", f"{option} -: scorer writes files (each renamed into place when complete, so no "
+                                  "reader sees a partial one), not standard output; pass a path")
+
+
 def _check_max_length(value: int) -> None:
     _check(
         2 < value <= MAX_LENGTH_LIMIT,  # [CLS], a token of the sentence, [SEP]
@@ -106,6 +116,8 @@ class TrainConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        _check_files({"--data": self.data, "--val-data": self.val_data},
+                     {"--output": self.output})
         _check_max_length(self.max_length)
         _check(self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}")
         _check(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
@@ -164,6 +176,8 @@ class ExportConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        _check_files({"--data": self.data, "--calibration": self.calibration},
+                     {"--output": self.output})
         _check(self.opset >= 17, f"--opset must be 17 or newer, not {self.opset}")
         for variant in self.variants or ():
             _check_choice(variant, VARIANTS, "--variants")
@@ -228,6 +242,8 @@ class RunConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_files({"INPUT": self.input},
+                     {"--output": self.output, "--summary": self.summary, "--report": self.report})
         _check_choice(self.provider, PROVIDERS, "--provider")
         if self.output_format is not None:
             _check_choice(self.output_format, ("parquet", "csv", "tsv"), "--format")

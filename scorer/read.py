@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from scorer.csvlint import COMPRESSIONS, locate_problem, not_utf8, open_binary, swallowed_rows
 from scorer.errors import InputError
 from scorer.labels import check_one_kind, label_value, normalise_labels
+from scorer.sniff import disguised
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 # pyarrow's CSV reader needs every row inside one block: a row larger than the block (one huge cell) is read again
@@ -63,6 +64,10 @@ class TableReader:
             raise InputError(f"{self.path} {what}; pass an existing .parquet, .csv or .tsv file")
         if not os.access(self.path, os.R_OK):
             raise InputError(f"{self.path} is not readable; check its permissions")
+        suffix = data_suffix(self.path) or ""
+        problem = disguised(self.path, self.format, next((c for c in COMPRESSIONS if suffix.endswith(c)), None))
+        if problem is not None:
+            raise InputError(f"{self.path} {problem}")
         self.columns: list[str] = []
         self._quotes_checked = False
         self._parquet_rows_read: int | None = None  # Parquet rows read so far (to find a damaged row group)

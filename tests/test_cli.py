@@ -67,6 +67,23 @@ def test_bad_option_values_are_config_errors(tmp_path):
     assert result.exit_code == 2 and "--variants must be one of fp32, fp16, int8, not 'bf16'" in result.output
 
 
+@pytest.mark.parametrize("args", [
+    ["run", "-"], ["run", "in.parquet", "--output", "-"], ["run", "in.parquet", "--summary", "-"],
+    ["run", "in.parquet", "--report", "-"], ["train", "--data", "-"], ["train", "--output", "-"],
+    ["export", "--data", "-"], ["export", "--output", "-"],
+])
+def test_a_dash_for_standard_input_or_output_is_refused_before_any_work(tmp_path, monkeypatch, args):
+    """Many tools read "-" as standard input or output; scorer reads and writes files (outputs renamed into place
+    when complete), so "-" is refused, not made a file or directory named "-"."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    option = args[args.index("-") - 1] if args.index("-") > 1 else "INPUT"
+    stream = "input" if option in ("INPUT", "--data") else "output"
+    assert result.output.startswith(f"error: {option} -: scorer ") and f"not standard {stream}" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_help_is_fast_because_torch_is_not_imported():
     import subprocess
     import sys

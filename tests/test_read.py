@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -111,6 +114,81 @@ def test_bad_csv_names_the_line(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(InputError, match=message):
         list(TableReader(path).batches(100))
+
+
+def _xlsx(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as book:
+        book.writestr("xl/workbook.xml", "<workbook/>")
+
+
+def _parquet_bytes(tmp_path):
+    path = write_parquet(tmp_path / "real.parquet", pa.table({"sentence": ["A cat sat."]}))
+    return path.read_bytes()
+
+
+_CSV = "sentence,label\nA cat sat.,1\nÉté chaud.,0\n"
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("day.csv", lambda t: gzip.compress(_CSV.encode()), "day.csv is gzip-compressed; name it day.csv.gz"),
+        ("day.tsv", lambda t: bz2.compress(_CSV.encode()), "day.tsv is bzip2-compressed; name it day.tsv.bz2"),
+        ("day.csv", lambda t: _compressed(t, _CSV.encode(), "zstd"), "day.csv is zstd-compressed; name it day.csv.zst"),
+        ("day.csv.zst", lambda t: gzip.compress(_CSV.encode()),
+         "day.csv.zst is gzip-compressed, not zstd-compressed; name it day.csv.gz"),
+        ("day.csv.gz", lambda t: ("\ufeff" + _CSV).encode(), "day.csv.gz is plain text, not gzip-compressed; name it "
+                                                              "day.csv"),
+        ("day.csv", _parquet_bytes, "day.csv is a Parquet file, not CSV; name it day.parquet"),
+        ("day.csv", None, "day.csv is a ZIP archive (an Excel .xlsx workbook, say), not CSV text; save it as CSV "
+                          "UTF-8"),
+        ("day.tsv", lambda t: _CSV.replace(",", "\t").encode("utf-16"),
+         "day.tsv is UTF-16 text (as Excel saves 'Unicode Text'), not UTF-8; re-encode it as UTF-8 (iconv -f utf-16"),
+        ("day.csv", lambda t: _CSV.encode("utf-16-le"), "day.csv is UTF-16 text"),  # no byte-order mark
+        ("day.parquet", lambda t: _CSV.encode(), "day.parquet holds text, not Parquet (a CSV file?); name it day.csv"),
+        ("day.parquet", lambda t: _CSV.replace(",", "\t").encode(), "(a TSV file?); name it day.tsv"),
+        ("day.parquet", lambda t: gzip.compress(_parquet_bytes(t)),
+         "day.parquet is gzip-compressed, not a Parquet file"),
+        ("day.parquet", lambda t: b"", "day.parquet is empty (0 bytes), not a Parquet file"),
+    ],
+)
+def test_a_file_that_is_not_what_its_name_says_is_named_for_what_it_is(tmp_path, name, content, message):
+    """A gzip file named .csv, an Excel workbook or UTF-16 text saved as .csv, a CSV named .parquet: each is told
+    for what it is, with what to do, not given another problem's advice (re-encode from Windows-1252)."""
+    path = tmp_path / name
+    if content is None:
+        _xlsx(path)
+    else:
+        path.write_bytes(content(tmp_path))
+    with pytest.raises(InputError) as error:
+        TableReader(path)
+    assert message in str(error.value)
+    assert "cp1252" not in str(error.value)
+
+
+def _compressed(tmp_path, data, codec):
+    path = tmp_path / f"data.{codec}"
+    with pa.output_stream(str(path), compression=codec) as stream:
+        stream.write(data)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("name,text", [
+    ("ok.csv", _CSV), ("ok.csv", "\ufeff" + _CSV), ("ok.tsv", "BZh91AY&SY\tlabel\nx\t1\n"),
+    ("ok.csv", "PAR1,label\nx,1\n"), ("ok.csv", "sentence\n" + "é" * 40 + "\n"),
+])
+def test_what_its_first_bytes_could_be_mistaken_for_is_still_read(tmp_path, name, text):
+    """Text that starts like a signature (a header "BZh91AY&SY", "PAR1"), or whose first bytes cut a character, is
+    read as the text it is."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    assert TableReader(path).read_all().num_rows >= 1
+    for codec in ("gz", "bz2"):
+        packed = tmp_path / f"{name}.{codec}"
+        packed.write_bytes((gzip if codec == "gz" else bz2).compress(text.encode()))
+        assert TableReader(packed).read_all().num_rows >= 1
 
 
 @pytest.mark.parametrize("suffix", ["csv", "tsv"])
