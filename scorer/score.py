@@ -15,11 +15,22 @@ from scorer.config import RunConfig
 from scorer.defaults import DEFAULT_WINDOW_ROWS
 from scorer.errors import ConfigError, OutputTaken, ProviderError, ScorerError, stopped
 from scorer.extras import require_training_stack
+from scorer.heartbeat import Heartbeat
 from scorer.manifest import verify_checkpoint
 from scorer.parts import OutputLock
 from scorer.session import memory_failure
 from scorer.single import checkpoint_of
-from scorer.summary import RunSummary, UnitSummary, failed_start, now, summarise, summary_path, write_summary
+from scorer.summary import (
+    RunSummary,
+    UnitSummary,
+    bare,
+    failed_start,
+    now,
+    running,
+    summarise,
+    summary_path,
+    write_summary,
+)
 from scorer.units import WorkUnit, plan_units, refuse_overwriting
 
 log = logging.getLogger("scorer")
@@ -62,22 +73,35 @@ def _summary_held(config: RunConfig, units: list[WorkUnit]) -> Iterator[None]:
 
 def _score_all(config: RunConfig, units: list[WorkUnit], began: str, progress: bool) -> RunSummary:
     """Start the model and score `units` (score_file, once they are planned and checked)."""
+    # From its start, the run's summary says it is running: where one is kept whatever happens (--summary, or where
+    # an earlier run left one: scorer.summary.failed_start) before the model starts, and where several inputs are
+    # summarised, once it has.
+    early = config.summary is not None or summary_path(config, units).is_file()
+    kept = early or len(units) > 1
+    if early:
+        write_summary(config, units, running(bare(config, units, began)))
     with _said_in_summary(config, units, began):
         classifier, config, self_check = _start(config, units)
     summaries: list[UnitSummary] = []
-    started, began = time.perf_counter(), now()
+    started = time.perf_counter()
+
+    def so_far() -> RunSummary:
+        summary = summarise(list(summaries), classifier, time.perf_counter() - started, config.window_rows)
+        summary.started_at, summary.self_check, summary.planned_inputs = began, self_check, len(units)
+        return summary
+
     try:
-        fatal, stopper = _score_units(units, classifier, config, progress, summaries)
-        if fatal is None and config.share:
-            fatal, stopper = _taken_again(units, classifier, config, progress, summaries)
+        with Heartbeat(lambda: write_summary(config, units, running(so_far())), enabled=kept):
+            fatal, stopper = _score_units(units, classifier, config, progress, summaries)
+            if fatal is None and config.share:
+                fatal, stopper = _taken_again(units, classifier, config, progress, summaries)
     except BaseException as exc:  # (a stop or a bug outside any unit's scoring: between two units, say)
         fatal, stopper = exc, None
     finally:
         classifier.close()
-    summary = summarise(summaries, classifier, time.perf_counter() - started, config.window_rows)
-    summary.started_at, summary.finished_at, summary.self_check = began, now(), self_check
-    # (one input that failed: beside its output only where an earlier run's summary would go on saying otherwise)
-    written = len(units) > 1 or config.summary or fatal is None or summary_path(config, units).is_file()
+    summary = so_far()
+    summary.finished_at = now()
+    written = kept or fatal is None
     if written:
         summary.summary_path = str(summary_path(config, units))
     if fatal is not None:  # (the input's that stopped the run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -80,14 +81,21 @@ class RunSummary:
     # Seconds the thread that feeds the model waited for reading, tokenising and writing, over all inputs.
     waits: dict[str, float] = field(default_factory=dict)
     summary_path: str = ""
+    # "running" while the run runs (written as it starts and every minute after: scorer.heartbeat), then "finished".
+    # A summary left "running" whose `updated_at` is old is a run killed without cleaning up (kill -9, out of memory).
+    state: str = "finished"
     # The run's exit code and, where it is not 0, why in one line: what a monitor reading this file checks (a run
-    # stopped before any input, its model or this machine refused, has no inputs and says so here).
-    exit_code: int = 0
+    # stopped before any input, its model or this machine refused, has no inputs and says so here); null while the
+    # run runs.
+    exit_code: int | None = 0
     error: str | None = None
+    planned_inputs: int = 0  # the inputs the run was given (`inputs` lists those it has finished)
     scorer_version: str = __version__
     started_at: str = ""  # UTC, ISO 8601, as a nightly job's log wants to match it
     finished_at: str = ""
+    updated_at: str = ""  # when this file was written
     host: str = field(default_factory=platform.node)
+    pid: int = field(default_factory=os.getpid)
 
     @property
     def failed(self) -> list[UnitSummary]:
@@ -162,13 +170,24 @@ def failed_start(config: RunConfig, units: list[WorkUnit], error: ScorerError, s
             return
         if not isinstance(earlier, dict) or "scorer_version" not in earlier:
             return
-    summary = RunSummary(inputs=[], rows=0, rows_this_run=0, status_counts={}, seconds=0.0, rows_per_second=0.0,
-                         rescued_rows=0, provider=config.provider, variant=config.variant or "", model_sha256="",
-                         exit_code=error.exit_code, error=str(error), started_at=started_at, finished_at=now())
+    summary = bare(config, units, started_at, exit_code=error.exit_code, error=str(error), finished_at=now())
     try:
         write_summary(config, units, summary)
     except (ScorerError, OSError) as exc:
         log.warning("the summary %s could not be written either (%s)", path, exc)
+
+
+def bare(config: RunConfig, units: list[WorkUnit], started_at: str, **fields) -> RunSummary:
+    """A summary without any input's figures: of a run that stopped before any, or has not yet started its model."""
+    return RunSummary(inputs=[], rows=0, rows_this_run=0, status_counts={}, seconds=0.0, rows_per_second=0.0,
+                      rescued_rows=0, provider=config.provider, variant=config.variant or "", model_sha256="",
+                      planned_inputs=len(units), started_at=started_at, **fields)
+
+
+def running(summary: RunSummary) -> RunSummary:
+    """`summary` said as that of a run still running (scorer.heartbeat)."""
+    summary.state, summary.exit_code, summary.error = "running", None, None
+    return summary
 
 
 def summary_path(config: RunConfig, units: list[WorkUnit]) -> Path:
@@ -183,5 +202,5 @@ def summary_path(config: RunConfig, units: list[WorkUnit]) -> Path:
 def write_summary(config: RunConfig, units: list[WorkUnit], summary: RunSummary) -> None:
     """Write the summary as JSON where summary_path says."""
     path = summary_path(config, units)
-    summary.summary_path = str(path)
+    summary.summary_path, summary.updated_at = str(path), now()
     atomic.write_text(path, json.dumps(asdict(summary), indent=2, default=str) + "\n")

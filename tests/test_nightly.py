@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import json
 import os
@@ -271,17 +272,22 @@ def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
                            "--quiet"]).returncode == 0
     output = tmp_path / "resumed.parquet"
     parts = tmp_path / ".resumed.parquet.scorer-parts"
-    process = _midway([str(source), "-o", str(output), *common], parts, 5)
+    last = tmp_path / "last-run.json"
+    process = _midway([str(source), "-o", str(output), *common, "--summary", str(last)], parts, 5)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     finished = len(list(parts.glob("part-*.parquet")))
     assert not output.exists() and 5 <= finished < 60
+    # Its summary says it never finished (written as it started), not a success a monitor would take it for.
+    killed = json.loads(last.read_text())
+    assert killed["state"] == "running" and killed["exit_code"] is None and killed["pid"] == process.pid
     # A crash of the machine can leave the last part renamed into place but empty (its data never synced).
     (parts / f"part-{finished - 1:06d}.parquet").write_bytes(b"")
     done = subprocess.run([sys.executable, "-m", "scorer.cli", "run", str(source), "-o", str(output), *common,
-                           "--quiet"], capture_output=True, text=True)
+                           "--summary", str(last), "--quiet"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
+    assert json.loads(last.read_text())["state"] == "finished" and json.loads(last.read_text())["exit_code"] == 0
+    summary = json.loads(last.read_text())["inputs"][0]
     assert summary["state"] == "resumed" and summary["resumed_from_row"] == (finished - 1) * 1000
     assert summary["rows"] == 60_000 and summary["rows_this_run"] == 60_000 - summary["resumed_from_row"]
     assert pq.read_table(output).equals(pq.read_table(reference))
@@ -289,6 +295,47 @@ def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
     assert not parts.exists()
     # The killed run's half-written output (it grows window by window under a temporary name) is gone too.
     assert not list(tmp_path.glob(".resumed.parquet.tmp-*"))
+
+
+def test_a_running_run_keeps_its_summary_up_to_date_and_a_killed_one_is_not_taken_for_a_success(tiny_export,
+                                                                                                  tmp_path):
+    """The summary says "running" from the run's start, and is brought up to date while it runs (every minute; here
+    every 0.05 s): the inputs finished so far and the rows through the model; a run killed without cleaning up
+    leaves it so, with its pid and the time of its last write, where it would have gone on showing the last run's
+    success."""
+    inbox, out, last = tmp_path / "inbox", tmp_path / "out", tmp_path / "last-run.json"
+    inbox.mkdir()
+    for day in range(4):
+        pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(8_000, offset=day * 8_000)]}),
+                       inbox / f"day{day}.parquet")
+    args = [str(inbox), "-o", str(out), "--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32",
+            "--summary", str(last), "--quiet"]
+    code = ("import sys, scorer.heartbeat as h; h.HEARTBEAT_SECONDS = 0.05; from scorer.cli import main; "
+            f"sys.argv = ['scorer', 'run', *{args!r}]; main()")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, seen = time.time() + 120, {}
+    while time.time() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            seen = json.loads(last.read_text())
+        if seen.get("inputs"):
+            break
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed = json.loads(last.read_text())
+    assert seen.get("inputs") and killed["state"] == "running", "the run finished before it could be killed"
+    assert killed["exit_code"] is None and killed["error"] is None and killed["pid"] == process.pid
+    assert killed["planned_inputs"] == 4 and 1 <= len(killed["inputs"]) < 4
+    assert killed["started_at"] <= killed["updated_at"] and killed["finished_at"] == ""
+    assert killed["batching"]["rows"] >= 8_000 * len(killed["inputs"])
+    for unit in killed["inputs"]:  # (what it lists as done is done)
+        assert unit["state"] == "scored" and pq.read_table(unit["output"]).num_rows == 8_000
+    result = run(inbox, "-o", out, "--model", tiny_export, "--window-rows", "1000", "--variant", "fp32",
+                 "--summary", last)
+    assert result.exit_code == 0, result.output
+    done = json.loads(last.read_text())
+    assert done["state"] == "finished" and done["exit_code"] == 0 and done["pid"] == os.getpid()
+    assert [u["state"] for u in done["inputs"]].count("skipped") == len(killed["inputs"])
 
 
 def test_an_input_that_changes_while_it_is_scored_gives_no_output_and_the_rerun_scores_it_whole(tiny_export, tmp_path):
