@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("scorer")
@@ -20,7 +21,7 @@ class Heartbeat:
     written, or fails, at its end as always)."""
 
     def __init__(self, write: Callable[[], None], enabled: bool = True) -> None:
-        self.write, self.enabled, self.warned = write, enabled, False
+        self.write, self.enabled, self.warned, self.took = write, enabled, False, 0.0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="scorer-heartbeat", daemon=True)
 
@@ -36,13 +37,16 @@ class Heartbeat:
             self.thread.join()  # (before the run's last summary is written: one writer at a time)
 
     def _beat(self) -> None:
-        while not self.stop.wait(HEARTBEAT_SECONDS):
+        # A summary of many thousand inputs takes a while to write (JSON, on the GIL): at most 5% of the run's time.
+        while not self.stop.wait(max(HEARTBEAT_SECONDS, 20 * self.took)):
             self._write()
 
     def _write(self) -> None:
+        started = time.perf_counter()
         try:
             self.write()
         except Exception as exc:  # (a full disk, say: the run's own work decides what happens)
             if not self.warned:
                 log.warning("the running summary could not be brought up to date (%s); the run goes on", exc)
                 self.warned = True
+        self.took = time.perf_counter() - started

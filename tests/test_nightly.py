@@ -776,3 +776,30 @@ def test_onnx_runtime_s_ways_of_saying_it_is_out_of_memory_are_told_apart(messag
 
     assert memory_failure(Fail(message)) == said
     assert memory_failure(MemoryError("out of memory")) is None  # (not ONNX Runtime's: a bug of ours, said as one)
+
+
+def test_a_heartbeat_that_cannot_write_warns_once_and_the_run_goes_on(monkeypatch, caplog):
+    """A running summary that cannot be written (a full disk, say) is warned of once, and tried again each beat:
+    what the run itself does then decides what happens, as without the heartbeat."""
+    import scorer.heartbeat
+
+    monkeypatch.setattr(scorer.heartbeat, "HEARTBEAT_SECONDS", 0.01)
+    calls = []
+
+    def write():
+        calls.append(time.perf_counter())
+        raise OSError(28, "No space left on device")
+
+    with scorer.heartbeat.Heartbeat(write) as beat:
+        assert len(calls) == 1  # (as the block starts)
+        time.sleep(0.2)
+    said = [r.getMessage() for r in caplog.records if "running summary" in r.getMessage()]
+    assert len(calls) >= 5 and not beat.thread.is_alive()
+    assert said == ["the running summary could not be brought up to date ([Errno 28] No space left on device); "
+                    "the run goes on"]
+    count = len(calls)
+    time.sleep(0.05)
+    assert len(calls) == count  # (stopped with the block)
+    with scorer.heartbeat.Heartbeat(write, enabled=False):
+        time.sleep(0.05)
+    assert len(calls) == count
