@@ -199,3 +199,31 @@ def test_finished_windows_another_account_left_are_refused_saying_whose_and_what
     assert f"{parts} holds the finished windows of an earlier run by root" in result.output
     assert "or remove the directory" in result.output and not output.exists()
     assert run(source, "--model", tiny_export, "-o", output).exit_code == 0  # (changeable again)
+
+
+def test_a_lock_file_its_holder_removes_as_another_run_locks_it_locks_nothing(tmp_path, monkeypatch):
+    """A holder removes its lock file as it lets go. A run that opened that file just before and locks it just after
+    must not count that lock (on a file no longer there) while a third run creates and locks a new file: it locks the
+    file at the path, so the third finds the output taken (two runs would otherwise write one output and its parts)."""
+    import fcntl
+    import os
+
+    from scorer.errors import OutputTaken
+
+    output = tmp_path / "out.parquet"
+    holder = OutputLock(output).__enter__()
+    real, let_go = fcntl.flock, []
+
+    def flock(descriptor, operation):  # the holder lets go between this run's open of the file and its flock
+        if operation & fcntl.LOCK_EX and not let_go:
+            let_go.append(descriptor)
+            holder.__exit__(None, None, None)
+        return real(descriptor, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with OutputLock(output) as late:
+        assert let_go and os.fstat(late._handle).st_ino == os.stat(late.path).st_ino
+        with pytest.raises(OutputTaken), OutputLock(output):
+            pass
+    with OutputLock(output):  # (let go: free again)
+        pass
