@@ -117,6 +117,27 @@ class OutputLock:
         os.close(self._handle)
 
 
+def drop_leftover_parts(output: Path, record: dict, locked: bool) -> None:
+    """Remove the finished windows an earlier run left beside `output` where they made what it now holds (the same
+    model, input and column as `record`, the making of the complete output that is skipped as up to date): that run
+    was stopped between renaming its output into place and removing them, and nothing would ever resume from them.
+    Under the output's lock (`locked`: held already); where another run holds it, they are kept."""
+    directory = work_dir(output)
+    try:
+        state = json.loads((directory / STATE).read_text())
+    except (OSError, ValueError):
+        return
+    same = ("model_sha256", "variant", "input", "columns")
+    if not isinstance(state, dict) or any(state.get(key) != record.get(key) for key in same):
+        return  # (another making's, stopped midway: resumable where it is run again)
+    try:
+        with contextlib.nullcontext() if locked else OutputLock(output):
+            shutil.rmtree(directory, ignore_errors=True)
+    except OutputTaken:
+        return
+    log.info("%s: removed the finished windows of the run that wrote it (stopped before it removed them)", output)
+
+
 def _refuse_unwritable(directory: Path) -> None:
     """An earlier run's parts directory that this account cannot change (another account's run left it, say)."""
     if os.access(directory, os.W_OK | os.X_OK):

@@ -15,7 +15,7 @@ from scorer.classify import OnnxClassifier
 from scorer.config import RunConfig
 from scorer.errors import InputError, OutputError, ParityError, ProviderError, ScorerError
 from scorer.evaluate import nothing_evaluated, write_report
-from scorer.parts import OutputLock, PartStore, fingerprint
+from scorer.parts import OutputLock, PartStore, drop_leftover_parts, fingerprint
 from scorer.read import TableReader, plain_text
 from scorer.results import NON_FINITE
 from scorer.session import memory_failure
@@ -68,7 +68,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
         return opened
     store = PartStore(unit.output, {**opened.record, "window_rows": config.window_rows})  # (parts: window-sized)
     with OutputLock(unit.output):
-        skipped = up_to_date(opened, classifier, config)  # (completed by another run since it was opened)
+        skipped = up_to_date(opened, classifier, config, locked=True)  # (completed by another run since it was opened)
         if skipped is not None:
             return skipped
         first = store.open()
@@ -119,16 +119,18 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
     return opened
 
 
-def up_to_date(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig) -> UnitSummary | None:
+def up_to_date(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
+               locked: bool = False) -> UnitSummary | None:
     """The unit's summary as skipped where its output is complete, made by this model from this input and column
-    (never with --overwrite). Asked again once the output's lock is held: another run may have completed it since
-    the unit was opened (runs that share their inputs, --share; a cron job that overlapped the last)."""
+    (never with --overwrite). Asked again once the output's lock is held (`locked`): another run may have completed
+    it since the unit was opened (runs that share their inputs, --share; a cron job that overlapped the last)."""
     unit = opened.unit
     done = None if config.overwrite else completion_record(unit.output)
     if not (done and done.get("model_sha256") == classifier.model_sha256 and done.get("input") == opened.source
             and _scored_column(done) == opened.columns.text):
         return None
     log.info("%s is up to date (same input, column and model); skipped", unit.output)
+    drop_leftover_parts(unit.output, opened.record, locked)
     if config.report:  # (one input only: asked for by name, so said as a warning)
         log.warning("%s is up to date, so it was not scored again and --report %s was not written; pass "
                     "--overwrite to score it again", unit.output, config.report)

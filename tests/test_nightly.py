@@ -803,3 +803,37 @@ def test_a_heartbeat_that_cannot_write_warns_once_and_the_run_goes_on(monkeypatc
     with scorer.heartbeat.Heartbeat(write, enabled=False):
         time.sleep(0.05)
     assert len(calls) == count
+
+
+def test_windows_left_beside_a_complete_output_are_removed_by_the_run_that_skips_it(tiny_export, tmp_path,
+                                                                                       monkeypatch):
+    """A run stopped after its output was renamed into place but before its finished windows were removed leaves
+    a copy of the output's rows that nothing would resume from: the next run, which skips the output as up to date,
+    removes them under the output's lock; windows of another making (another model's run stopped midway, which
+    would resume from them) and windows whose output another run holds are kept."""
+    from scorer.parts import OutputLock, PartStore, work_dir
+
+    source, output = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pq.write_table(pa.table({"sentence": sentences(3_000)}), source)
+    options = ["-o", output, "--model", tiny_export, "--window-rows", "1000", "--variant", "fp32"]
+    real = PartStore.discard
+
+    def stopped_first(self):  # (SIGTERM landing between the rename and the removal)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PartStore, "discard", stopped_first)
+    assert run(source, *options).exit_code != 0
+    monkeypatch.setattr(PartStore, "discard", real)
+    parts = work_dir(output)
+    assert pq.read_table(output).num_rows == 3_000 and len(list(parts.glob("part-*.parquet"))) == 3
+    state = (parts / "state.json").read_text()
+    with OutputLock(output):  # (another run holds the output: kept)
+        assert run(source, *options).exit_code == 0
+    assert parts.is_dir()
+    (parts / "state.json").write_text(state.replace('"model_sha256": "', '"model_sha256": "another-'))
+    result = run(source, *options)
+    assert result.exit_code == 0 and "1 skipped" in result.output and parts.is_dir()  # (another making's: kept)
+    (parts / "state.json").write_text(state)
+    result = run(source, *options)
+    assert result.exit_code == 0 and "1 skipped" in result.output
+    assert not parts.exists() and pq.read_table(output).num_rows == 3_000
