@@ -36,10 +36,11 @@ def locate_problem(path: Path, fmt: str, expected: int) -> tuple[str, str | None
     (" line 3 (...)", or "" where no line is to blame), and what to do where that is known; None when the file
     cannot be decompressed."""
     try:
-        with open_binary(path) as handle:
-            for number, raw in enumerate(handle, start=1):
+        # (Latin-1 reads any byte as itself, so each line's bytes come back whole; lines end in LF, CR LF or CR)
+        with io.TextIOWrapper(open_binary(path), encoding="latin-1", newline=None) as handle:
+            for number, line in enumerate(handle, start=1):
                 try:
-                    raw.decode("utf-8")
+                    line.encode("latin-1").decode("utf-8")
                 except UnicodeDecodeError:
                     return f" line {number}", not_utf8(path)
         with _rows(path, fmt) as rows:

@@ -206,7 +206,7 @@ class TableReader:
 
     def _csv_header(self) -> list[str]:
         with open_binary(self.path) as handle:
-            first = handle.readline()
+            first = _first_line(handle, self.path)
         if not first.strip():
             raise InputError(f"{self.path} is empty (no header line); nothing to read")
         try:
@@ -215,7 +215,10 @@ class TableReader:
             raise InputError(f"{self.path} line 1 (the header): {not_utf8(self.path)}") from exc
         delimiter = "\t" if self.format == "tsv" else ","
         quoting = csv.QUOTE_NONE if self.format == "tsv" else csv.QUOTE_MINIMAL
-        return next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter, quoting=quoting))
+        try:
+            return next(csv.reader([line], delimiter=delimiter, quoting=quoting, strict=True))
+        except csv.Error as exc:  # (a quote left open in the header: its line end would be inside the value)
+            raise InputError(f"{self.path} line 1 (the header): {exc}; fix the header") from exc
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -252,6 +255,24 @@ class TableReader:
             return f"{self.path}: cannot be decompressed ({text}); check that the file was copied whole"
         where, advice = found
         return f"{self.path}{where}: {advice or text + '; fix or remove that row'}"
+
+
+_HEADER_LIMIT = 1 << 24
+
+
+def _first_line(handle, path: Path) -> bytes:
+    """The file's first line without its end: a line feed, CR LF, or a lone CR (old Mac and some Excel exports end
+    lines so); read no further than that, or than _HEADER_LIMIT bytes."""
+    data = b""
+    while chunk := handle.read(1 << 16):
+        data += chunk
+        end = min((i for i in (data.find(b"\r"), data.find(b"\n")) if i >= 0), default=-1)
+        if end >= 0:
+            return data[:end]
+        if len(data) > _HEADER_LIMIT:
+            raise InputError(f"{path}: no line end in its first {_HEADER_LIMIT >> 20} MiB, so no header line; is it "
+                             "a CSV/TSV file?")
+    return data
 
 
 def plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

@@ -294,3 +294,36 @@ def test_labelled_text_in_utf8_bytes_or_a_dictionary_is_text_and_other_bytes_nam
         "sentence": pa.array([b"one", b"caf\xe9"], pa.binary()), "label": [0, 1]}))
     with pytest.raises(InputError, match=r"train.parquet row 2: column 'sentence' is empty or not text"):
         read_labelled(path, "sentence", "label")
+
+
+@pytest.mark.parametrize("end", ["\r", "\r\n", "\n"])
+@pytest.mark.parametrize("suffix", ["csv", "tsv", "csv.gz"])
+def test_lines_may_end_in_a_lone_cr_as_old_mac_and_some_excel_exports_write_them(tmp_path, end, suffix):
+    """CR-only line ends read like LF and CR LF ones: the header (read by scorer, which failed with an internal
+    error on a lone CR) and the rows (read by pyarrow); a line that is not UTF-8 is named by its number."""
+    sep = "\t" if suffix == "tsv" else ","
+    rows = [f"Row {i} is here.{sep}{i % 2}" for i in range(50)]
+    text = end.join([f"sentence{sep}label", *rows]) + end
+    path = tmp_path / f"in.{suffix}"
+    path.write_bytes(gzip.compress(text.encode()) if suffix.endswith(".gz") else text.encode())
+    table = TableReader(path).read_all()
+    assert table.column_names == ["sentence", "label"]
+    assert table.column("sentence").to_pylist() == [f"Row {i} is here." for i in range(50)]
+    bad = tmp_path / f"bad.{suffix}"
+    broken = end.join([f"sentence{sep}label", rows[0], "caf\xe9" + sep + "1", rows[1]]) + end
+    bad.write_bytes(gzip.compress(broken.encode("latin-1")) if suffix.endswith(".gz") else broken.encode("latin-1"))
+    with pytest.raises(InputError, match=r"bad\.\S+ line 3: bytes that are not UTF-8"):
+        TableReader(bad).read_all()
+
+
+def test_a_header_with_an_open_quote_or_without_a_line_end_is_refused_in_one_line(tmp_path, monkeypatch):
+    import scorer.read
+
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'"sentence,label\nA b.,1\n')
+    with pytest.raises(InputError, match=r"in\.csv line 1 \(the header\): .*; fix the header"):
+        TableReader(path)
+    monkeypatch.setattr(scorer.read, "_HEADER_LIMIT", 1 << 20)
+    path.write_bytes(b"sentence" + b",x" * 1_000_000)
+    with pytest.raises(InputError, match=r"in\.csv: no line end in its first 1 MiB, so no header line"):
+        TableReader(path)
