@@ -1,20 +1,26 @@
-"""What is wrong with a CSV or TSV file, found by reading it again with Python's csv module (slow, and only when
-something is wrong or could be): the first line that is not UTF-8 or has the wrong number of fields, and a stray
-quote that swallowed the rows after it."""
+"""CSV and TSV files as Python's csv module reads them: the header line (pyarrow reads the rows), and what is wrong
+with a file, found by reading it again (slow, and only when something is wrong or could be): the first line that is
+not UTF-8 or has the wrong number of fields, and a stray quote that swallowed the rows after it."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow as pa
 
+from scorer.errors import InputError
+
 # CSV and TSV may come compressed (nightly feeds often do); they are decompressed as they are read.
 COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
+_NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
+_HEADER_LIMIT = 1 << 24  # bytes read for a header line, at most
+_LINE_END = re.compile(rb"[\r\n]")
 
 
 def open_binary(path: Path) -> BinaryIO:
@@ -29,6 +35,44 @@ def not_utf8(path: Path) -> str:
     how = "" if path.suffix.lower() in COMPRESSIONS else f" (iconv -f cp1252 -t utf-8 {path.name} > utf8-{path.name})"
     return ("bytes that are not UTF-8 (a file saved in another encoding, as Excel saves Windows-1252); re-encode the "
             f"file as UTF-8{how}")
+
+
+def read_header(path: Path, fmt: str) -> list[str]:
+    """The column names on a CSV/TSV file's first line."""
+    with open_binary(path) as handle:
+        first = _first_line(handle, path)
+    if not first.strip():
+        raise InputError(f"{path} is empty (no header line); nothing to read")
+    try:
+        line = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} line 1 (the header): {not_utf8(path)}") from exc
+    delimiter = "\t" if fmt == "tsv" else ","
+    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    try:
+        return next(csv.reader([line], delimiter=delimiter, quoting=quoting, strict=True))
+    except csv.Error as exc:  # (a quote left open in the header: its line end would be inside the value)
+        raise InputError(f"{path} line 1 (the header): {exc}; fix the header") from exc
+
+
+def looks_like_data(name: str) -> bool:
+    """A column name that is a number or a sentence (five words or more): a header line is seldom either."""
+    return bool(_NUMBER.fullmatch(name.strip())) or len(name.split()) >= 5
+
+
+def _first_line(handle, path: Path) -> bytes:
+    """The file's first line without its end: a line feed, CR LF, or a lone CR (old Mac and some Excel exports end
+    lines so); read no further than that, or than _HEADER_LIMIT bytes."""
+    data = bytearray()
+    while chunk := handle.read(1 << 16):
+        end = _LINE_END.search(chunk)
+        if end:
+            return bytes(data + chunk[: end.start()])
+        data += chunk
+        if len(data) > _HEADER_LIMIT:
+            raise InputError(f"{path}: no line end in its first {_HEADER_LIMIT >> 20} MiB, so no header line; is it "
+                             "a CSV/TSV file?")
+    return bytes(data)
 
 
 def locate_problem(path: Path, fmt: str, expected: int) -> tuple[str, str | None] | None:

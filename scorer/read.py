@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from scorer.csvlint import COMPRESSIONS, locate_problem, not_utf8, open_binary, swallowed_rows
+from scorer.csvlint import COMPRESSIONS, locate_problem, looks_like_data, read_header, swallowed_rows
 from scorer.errors import InputError
 from scorer.labels import check_one_kind, label_value, normalise_labels
 from scorer.sniff import disguised
@@ -78,7 +77,7 @@ class TableReader:
                 self.columns = list(self._parquet.schema_arrow.names)
                 self.num_rows: int | None = self._parquet.metadata.num_rows
             else:
-                self.columns = self._csv_header()
+                self.columns = read_header(self.path, self.format)
                 self.num_rows = None
         duplicates = sorted({name for name in self.columns if self.columns.count(name) > 1})
         if duplicates:
@@ -99,6 +98,12 @@ class TableReader:
                 raise InputError(f"{self.path.name} has one column, '{self.columns[0]}': its fields are separated by "
                                  f"{separator!r}, not {own!r}; write it as .csv with commas or "
                                  ".tsv with tabs")
+            data = next((name for name in self.columns if looks_like_data(name)), None)
+            if data is not None:  # (CoLA's original files, say: source, label, mark, sentence, and no header)
+                raise InputError(f"column '{column}' not found in {self.path.name}, whose first line looks like a row "
+                                 f"of data, not a header (a column named {data[:40]!r}); scorer takes the column names "
+                                 f"from the first line: add a header line naming its {len(self.columns)} columns "
+                                 f"('{column}' among them, or pass {option} with the name you give it)")
             # A header's spaces and case are easy to miss: such names are shown quoted, a near match offered.
             quoted = any(name != name.strip() or not name for name in self.columns)
             names = ", ".join(repr(name) if quoted else name for name in self.columns) or "(none)"
@@ -204,22 +209,6 @@ class TableReader:
             return pacsv.ParseOptions(delimiter="\t", quote_char=False)
         return pacsv.ParseOptions(newlines_in_values=True)
 
-    def _csv_header(self) -> list[str]:
-        with open_binary(self.path) as handle:
-            first = _first_line(handle, self.path)
-        if not first.strip():
-            raise InputError(f"{self.path} is empty (no header line); nothing to read")
-        try:
-            line = first.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{self.path} line 1 (the header): {not_utf8(self.path)}") from exc
-        delimiter = "\t" if self.format == "tsv" else ","
-        quoting = csv.QUOTE_NONE if self.format == "tsv" else csv.QUOTE_MINIMAL
-        try:
-            return next(csv.reader([line], delimiter=delimiter, quoting=quoting, strict=True))
-        except csv.Error as exc:  # (a quote left open in the header: its line end would be inside the value)
-            raise InputError(f"{self.path} line 1 (the header): {exc}; fix the header") from exc
-
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         try:
@@ -255,24 +244,6 @@ class TableReader:
             return f"{self.path}: cannot be decompressed ({text}); check that the file was copied whole"
         where, advice = found
         return f"{self.path}{where}: {advice or text + '; fix or remove that row'}"
-
-
-_HEADER_LIMIT = 1 << 24
-
-
-def _first_line(handle, path: Path) -> bytes:
-    """The file's first line without its end: a line feed, CR LF, or a lone CR (old Mac and some Excel exports end
-    lines so); read no further than that, or than _HEADER_LIMIT bytes."""
-    data = b""
-    while chunk := handle.read(1 << 16):
-        data += chunk
-        end = min((i for i in (data.find(b"\r"), data.find(b"\n")) if i >= 0), default=-1)
-        if end >= 0:
-            return data[:end]
-        if len(data) > _HEADER_LIMIT:
-            raise InputError(f"{path}: no line end in its first {_HEADER_LIMIT >> 20} MiB, so no header line; is it "
-                             "a CSV/TSV file?")
-    return data
 
 
 def plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

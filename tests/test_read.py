@@ -317,13 +317,33 @@ def test_lines_may_end_in_a_lone_cr_as_old_mac_and_some_excel_exports_write_them
 
 
 def test_a_header_with_an_open_quote_or_without_a_line_end_is_refused_in_one_line(tmp_path, monkeypatch):
-    import scorer.read
+    import scorer.csvlint
 
     path = tmp_path / "in.csv"
     path.write_bytes(b'"sentence,label\nA b.,1\n')
     with pytest.raises(InputError, match=r"in\.csv line 1 \(the header\): .*; fix the header"):
         TableReader(path)
-    monkeypatch.setattr(scorer.read, "_HEADER_LIMIT", 1 << 20)
+    monkeypatch.setattr(scorer.csvlint, "_HEADER_LIMIT", 1 << 20)
     path.write_bytes(b"sentence" + b",x" * 1_000_000)
     with pytest.raises(InputError, match=r"in\.csv: no line end in its first 1 MiB, so no header line"):
         TableReader(path)
+
+
+@pytest.mark.parametrize("first", ["gj04\t1\t\tThe dog chased the cat around.", "4\t0.5\tsome text"])
+def test_a_file_without_a_header_line_is_told_so_not_offered_a_sentence_as_column_name(tmp_path, first):
+    """CoLA's original files have no header (source, label, mark, sentence): their first row's values are not
+    offered as column names; the file is said to lack a header, with what to add."""
+    path = tmp_path / "raw.tsv"
+    path.write_text(first + "\n" + first + "\n")
+    reader = TableReader(path)
+    with pytest.raises(InputError) as error:
+        reader.require("sentence", "--text-column")
+    said = str(error.value)
+    assert said.startswith("column 'sentence' not found in raw.tsv, whose first line looks like a row of data, not a "
+                           "header (a column named ")
+    assert f"add a header line naming its {len(first.split(chr(9)))} columns ('sentence' among them, or pass " \
+           "--text-column with the name you give it)" in said
+    header = tmp_path / "header.tsv"
+    header.write_text("source\tlabel_2024\tnote\ttext\n" + first + "\n")  # (a real header: the usual advice)
+    with pytest.raises(InputError, match="columns are source, label_2024, note, text; pass --text-column with one"):
+        TableReader(header).require("sentence", "--text-column")
