@@ -8,7 +8,7 @@ import click
 
 from scorer import __version__
 from scorer.command import build, command, shown, shown_by_provider
-from scorer.config import CUDA_GRAPHS, POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
+from scorer.config import CUDA_GRAPHS, OUTPUT_FORMATS, POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
 from scorer.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS, MIN_INT8_SPEEDUP
 from scorer.errors import EXIT_CODES
 from scorer.extras import require_training_stack
@@ -171,8 +171,9 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 @click.argument("input")
 @click.option("--output", "-o", type=PATH, help="Output file, or directory for several inputs "
               "[default: INPUT.scored.parquet].")
-@click.option("--format", "output_format", type=click.Choice(["parquet", "csv", "tsv"]),
-              help="Output format when --output is a directory [default: parquet].")
+@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
+              help="Output format when --output is a directory; CSV and TSV compressed where named so (csv.gz, "
+                   "tsv.zst, ...) [default: parquet].")
 @click.option("--model", type=PATH, help=f"Export directory {shown(RunConfig, 'model')}.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
               help=f"Where the model runs; auto: CUDA where ONNX Runtime can {shown(RunConfig, 'provider')}.")

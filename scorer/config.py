@@ -45,6 +45,11 @@ def example_file(name: str) -> Path:
     return Path(str(resources.files("scorer") / "examples" / name))
 
 
+# CSV and TSV files may be compressed, inputs (scorer.csvlint) and outputs (scorer.write) alike.
+COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
+OUTPUT_FORMATS = ("parquet", *(f"{fmt}{ending}" for fmt in ("csv", "tsv") for ending in ("", *COMPRESSIONS)))
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -246,7 +251,7 @@ class RunConfig:
                      {"--output": self.output, "--summary": self.summary, "--report": self.report})
         _check_choice(self.provider, PROVIDERS, "--provider")
         if self.output_format is not None:
-            _check_choice(self.output_format, ("parquet", "csv", "tsv"), "--format")
+            _check_choice(self.output_format, OUTPUT_FORMATS, "--format")
         if self.variant is not None:
             _check_choice(self.variant, VARIANTS, "--variant")
         _check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be at least 1")

@@ -14,10 +14,12 @@ from typing import BinaryIO
 
 import pyarrow as pa
 
+from scorer.config import COMPRESSIONS
 from scorer.errors import InputError
 
-# CSV and TSV may come compressed (nightly feeds often do); they are decompressed as they are read.
-COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
+# CSV and TSV may come compressed (nightly feeds often do); they are decompressed as they are read, and
+# compressed as written where an output's name asks for it.
+CODECS = dict(zip(COMPRESSIONS, ("gzip", "bz2", "zstd", "lz4"), strict=True))  # (pyarrow's names)
 _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
 _HEADER_LIMIT = 1 << 24  # bytes read for a header line, at most
 _LINE_END = re.compile(rb"[\r\n]")

@@ -10,19 +10,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scorer import atomic
+from scorer.csvlint import CODECS, COMPRESSIONS
 from scorer.delimited import DelimitedWriter
 from scorer.errors import ConfigError, InputError, OutputError
 from scorer.manifest import sha256_file
-from scorer.read import FORMATS, data_stem
+from scorer.read import FORMATS, data_stem, data_suffix
 
 METADATA_KEY = b"scorer"
 
 
 def output_format(path: Path) -> str:
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise OutputError(f"{path}: unknown output type '{path.suffix}'; name the output .parquet, .csv or .tsv")
-    return fmt
+    """parquet, csv or tsv, as the output's name ends (a CSV/TSV output may be compressed: .csv.gz, ...)."""
+    suffix = data_suffix(path)
+    if suffix is None:
+        raise OutputError(f"{path}: unknown output type '{path.suffix}'; name the output .parquet, .csv or .tsv (CSV "
+                          f"and TSV may be compressed: {', '.join('.csv' + c for c in COMPRESSIONS)}, ...)")
+    return FORMATS["." + suffix.split(".")[1]]
+
+
+def output_codec(path: Path) -> str | None:
+    """The compression a CSV/TSV output's name asks for (gzip for .csv.gz, ...), or None."""
+    return next((codec for ending, codec in CODECS.items() if path.name.lower().endswith(ending)), None)
 
 
 def check_text_format(output: Path, schema: pa.Schema | None, source: Path) -> None:
@@ -99,7 +107,7 @@ class OutputSink:
             if self.format == "parquet":
                 meta = {**(schema.metadata or {}), METADATA_KEY: json.dumps(self.metadata).encode()}
                 return pq.ParquetWriter(self.staging, schema.with_metadata(meta), compression="zstd")
-            return DelimitedWriter(self.staging, self.format, schema, self.path)
+            return DelimitedWriter(self.staging, self.format, schema, self.path, output_codec(self.path))
         except OSError as exc:
             raise OutputError(f"cannot write {self.staging} ({exc}); choose another --output") from exc
 

@@ -148,6 +148,16 @@ def test_padding_counts_each_way_of_batching_without_a_model(bench_dir):
             assert all(way["batches"] >= 1 and way["padded_over_real"] >= 1 for way in ways.values())
 
 
+def test_output_codecs_writes_every_codec_and_the_baseline(bench_dir):
+    out = bench_dir / "out" / "output-codecs.json"
+    bench("output_codecs.py", "--rows", "3000", "--window-rows", "1000", "--repeats", "1", "--out", out)
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"pyarrow-gzip-9 (baseline)", "csv", "csv.gz", "csv.zst", "csv.bz2", "csv.lz4", "tsv",
+                            "tsv.gz"}
+    assert all(row["rows_per_second"] > 0 for row in results.values())
+    assert results["csv.gz"]["bytes"] < results["csv"]["bytes"] / 2  # (compressed, and CoLA's text compresses)
+
+
 def test_memory_keeps_every_row_of_a_file_with_a_huge_base64_cell(scoring, bench_dir):
     out = bench_dir / "out" / "memory.json"
     bench("memory.py", "--rows", "500", "--huge-cell-mib", "0.2", "--huge-cell-kind", "base64",

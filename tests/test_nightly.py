@@ -837,3 +837,21 @@ def test_windows_left_beside_a_complete_output_are_removed_by_the_run_that_skips
     result = run(source, *options)
     assert result.exit_code == 0 and "1 skipped" in result.output
     assert not parts.exists() and pq.read_table(output).num_rows == 3_000
+
+
+def test_a_killed_run_resumes_a_compressed_csv_output_to_the_same_text(tiny_export, tmp_path):
+    """A .csv.gz output grows, compressed, under its temporary name: after kill -9 the rerun resumes from the
+    finished windows and writes the text an uninterrupted run writes."""
+    source = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"id": list(range(30_000)), "sentence": [s * 3 for s in sentences(30_000)]}), source)
+    common = ["--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32"]
+    reference, output = tmp_path / "reference.csv.gz", tmp_path / "out.csv.gz"
+    assert run(source, "-o", reference, *common).exit_code == 0
+    process = _midway([str(source), "-o", str(output), *common], tmp_path / ".out.csv.gz.scorer-parts", 3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not output.exists()
+    result = run(source, "-o", output, *common)
+    assert result.exit_code == 0 and "resumed" in result.output, result.output
+    assert gzip.decompress(output.read_bytes()) == gzip.decompress(reference.read_bytes())
+    assert not list(tmp_path.glob(".out.csv.gz.tmp-*"))

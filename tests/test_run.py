@@ -598,6 +598,34 @@ def test_tsv_output_is_unquoted_and_reads_back_as_the_input_held_it(tiny_export,
     assert pacsv.read_csv(csv_out).column("id").to_pylist() == ["a", "b", "c", "d", "e", "f"]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+@pytest.mark.parametrize("ending,magic", [(".gz", b"\x1f\x8b"), (".bz2", b"BZh"), (".zst", b"\x28\xb5\x2f\xfd"),
+                                          (".lz4", b"\x04\x22\x4d\x18")])
+def test_csv_and_tsv_outputs_are_compressed_where_their_names_say_so(tiny_export, tmp_path, fmt, ending, magic):
+    """An output named .csv.gz (.tsv.zst, ...) is written compressed, holding exactly the uncompressed output's
+    bytes; it reads back as an input, and a rerun skips it as up to date (its record holds the compressed file's
+    checksum). In a directory run, --format names every output so."""
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": [f"Sentence number {i} is here." for i in range(300)] + [None, ""]}), source)
+    options = ["--model", tiny_export, "--window-rows", "100", "--variant", "fp32"]
+    plain, packed = tmp_path / f"out.{fmt}", tmp_path / f"out.{fmt}{ending}"
+    assert run(source, "-o", plain, *options).exit_code == 0
+    result = run(source, "-o", packed, *options)
+    assert result.exit_code == 0, result.output
+    assert packed.read_bytes().startswith(magic)
+    with pa.input_stream(str(packed), compression="detect") as stream:
+        assert stream.read() == plain.read_bytes()
+    assert TableReader(packed).read_all().equals(TableReader(plain).read_all())
+    again = run(source, "-o", packed, *options)
+    assert again.exit_code == 0 and "1 skipped" in again.output
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    pq.write_table(pa.table({"sentence": ["One here.", "Two here."]}), inbox / "a.parquet")
+    result = run(inbox, "-o", tmp_path / "scored", "--format", f"{fmt}{ending}", *options)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "scored" / f"a.{fmt}{ending}").read_bytes().startswith(magic)
+
+
 @pytest.mark.parametrize("value", ["a tab\there", "a line\nbreak", "a carriage\rreturn"])
 def test_a_value_a_tsv_file_cannot_hold_is_refused_naming_its_column_and_row(tiny_export, tmp_path, value):
     source = tmp_path / "in.parquet"
