@@ -58,8 +58,8 @@ def _preload_cuda() -> list[str]:
 def resolve_provider(requested: str) -> str:
     """'auto' becomes cuda when this onnxruntime has the CUDA provider, else cpu; others are checked."""
     names = available()
-    if requested == "auto":
-        return "cuda" if CUDA in names else "cpu"
+    if requested == "auto":  # (where this process already found that CUDA does not start, and said so: the CPU)
+        return "cuda" if CUDA in names and _CUDA_STARTS != [False] else "cpu"
     if _NAMES[requested] not in names:
         raise ProviderError(
             f"--provider {requested}: this onnxruntime has no {_NAMES[requested]} (it has {', '.join(names)}); "

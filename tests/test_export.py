@@ -157,6 +157,12 @@ def test_cuda_listed_but_not_starting_builds_and_checks_fp16_on_the_cpu_saying_s
     assert "fp16 graph: fused attention (not timed: no working CUDA here" in result.output
     report = json.loads((tmp_path / "onnx" / "parity.json").read_text())
     assert {v["variant"]: v["provider"] for v in report["variants"]}["fp16"] == "cpu" and report["passed"]
+    # A run in the same process (as `scorer demo` runs one after export) does not say it again, and runs on the CPU
+    source = tmp_path / "in.csv"
+    source.write_text("sentence\nA cat sat.\n")
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(tmp_path / "onnx"), "--quiet"])
+    assert result.exit_code == 0 and "on cpu" in result.output, result.output
+    assert "CUDA is" not in result.output
 
 
 # Each fp16 graph timed plainly and with IO binding (export.fp16_choice.choose_attention), the fused ones also with
