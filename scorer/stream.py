@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections import deque
@@ -21,6 +22,9 @@ from scorer.results import Scored
 from scorer.tally import Columns
 from scorer.tokens import is_text
 from scorer.write import OutputSink
+
+log = logging.getLogger("scorer")
+LOG_SECONDS = 60.0  # between two progress lines where stderr is no terminal (_Lines)
 
 
 def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, store: PartStore, sink: OutputSink,
@@ -46,6 +50,7 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
         return window, [tokenizing.submit(classifier.prepare, piece) for piece in pieces(text, config.piece_chars)]
 
     total = None if reader.num_rows is None else max(0, reader.num_rows - skip)
+    lines = _Lines(reader.path.name, reader.num_rows, skip) if progress and not sys.stderr.isatty() else None
     with tqdm(total=total, unit="rows", disable=None if progress else True, file=sys.stderr,
               desc=reader.path.name, leave=False) as bar, \
             ThreadPoolExecutor(1, "scorer-read") as reading, \
@@ -59,6 +64,8 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
             scored = classifier.finish(begun)
             writes.add(index, with_results(window, classifier, columns, scored), int(scored.rescued.sum()))
             bar.update(window.num_rows)
+            if lines is not None:
+                lines.update(window.num_rows)
 
         # With batches in flight on inference threads (CUDA), a window's batches are queued on the model before the
         # previous window's results are gathered and written, so the model does not wait between windows. Where
@@ -75,6 +82,31 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
             finish(*begun.popleft())
         writes.drain()
     return dict(waits)
+
+
+class _Lines:
+    """Where stderr is no terminal (a cron job's log), the progress bar is off: a line every LOG_SECONDS instead,
+    with the rows done (of how many, where the file says), the rate and, from it, the time left."""
+
+    def __init__(self, name: str, total: int | None, done: int) -> None:
+        self.name, self.total, self.done, self.now = name, total, done, 0
+        self.started = self.said = time.perf_counter()
+
+    def update(self, rows: int) -> None:
+        self.done, self.now = self.done + rows, self.now + rows
+        clock = time.perf_counter()
+        if clock - self.said < LOG_SECONDS:
+            return
+        self.said, rate = clock, self.now / (clock - self.started)
+        of = f" of {self.total:,} ({self.done / max(self.total, 1):.0%})" if self.total else ""
+        left = f", about {_duration((self.total - self.done) / rate)} left" \
+            if self.total and rate and self.done < self.total else ""
+        log.info("%s: %s rows%s, %s rows/s%s", self.name, f"{self.done:,}", of, f"{rate:,.0f}", left)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
 
 
 class Waits(dict):

@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -855,3 +856,24 @@ def test_a_killed_run_resumes_a_compressed_csv_output_to_the_same_text(tiny_expo
     assert result.exit_code == 0 and "resumed" in result.output, result.output
     assert gzip.decompress(output.read_bytes()) == gzip.decompress(reference.read_bytes())
     assert not list(tmp_path.glob(".out.csv.gz.tmp-*"))
+
+
+def test_a_log_gets_a_progress_line_every_minute_where_no_terminal_shows_the_bar(tiny_export, tmp_path, monkeypatch):
+    """A cron job's log has no terminal, so the progress bar is off: a line every minute says how far the input got
+    (here every window: the interval set to 0), with its rate and the time left; --quiet keeps the log to the result."""
+    import scorer.stream
+
+    monkeypatch.setattr(scorer.stream, "LOG_SECONDS", 0.0)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": sentences(1_000)}), source)
+    options = ["run", str(source), "--model", str(tiny_export), "--window-rows", "250", "--variant", "fp32",
+               "--overwrite"]
+    result = CliRunner().invoke(main, options)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("in.parquet: ")]
+    assert [line.split(" rows/s")[0].rsplit(", ", 1)[0] for line in lines] == [
+        f"in.parquet: {done:,} rows of 1,000 ({done // 10}%)" for done in (250, 500, 750, 1_000)]
+    assert all(re.search(r", [\d,]+ rows/s, about \d+ s left$", line) for line in lines[:-1])
+    assert lines[-1].endswith(" rows/s")  # (nothing left)
+    quiet = CliRunner().invoke(main, [*options, "--quiet"])
+    assert quiet.exit_code == 0 and "in.parquet: " not in quiet.output
