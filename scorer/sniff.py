@@ -27,26 +27,25 @@ def disguised(path: Path, fmt: str, compression: str | None) -> str | None:
     found = _compression(head)
     if fmt == "parquet":
         return _not_parquet(path, head, found)
-    if compression is not None:
-        if found == compression:
-            return None
-        kind = f"{_NAMES[found]}-compressed" if found else _kind(head, tail)
-        if kind is None:
-            return None
-        rename = f"name it {path.name[: -len(compression)]}{found or ''}" if found or kind == "plain text" else None
-        return f"is {kind}, not {_NAMES[compression]}-compressed" + (f"; {rename}" if rename else "")
+    plain = path.name[: -len(compression)] if compression else path.name  # (the name without its compression)
+    if found is not None and found == compression:
+        return None
     if found is not None:
+        if compression is not None:
+            return f"is {_NAMES[found]}-compressed, not {_NAMES[compression]}-compressed; name it {plain}{found}"
         return (f"is {_NAMES[found]}-compressed; name it {path.name}{found} (scorer decompresses "
                 f"{', '.join(_COMPRESSED)} files as it reads them)")
     kind = _kind(head, tail)
+    if kind == "plain text":
+        return f"is plain text, not {_NAMES[compression]}-compressed; name it {plain}" if compression else None
     if kind == "a Parquet file":
-        return f"is a Parquet file, not {fmt.upper()}; name it {path.name.rsplit('.', 1)[0]}.parquet"
+        return f"is a Parquet file, not {fmt.upper()}; name it {plain.rsplit('.', 1)[0]}.parquet"
     if kind == "a ZIP archive":
         return (f"is a ZIP archive (an Excel .xlsx workbook, say), not {fmt.upper()} text; save it as "
                 f"{'CSV UTF-8' if fmt == 'csv' else 'tab-separated UTF-8 text'}, or unzip it")
-    if kind and kind.startswith("UTF-16"):
-        return (f"is {kind} (as Excel saves 'Unicode Text'), not UTF-8; re-encode it as UTF-8 "
-                f"(iconv -f utf-16 -t utf-8 {path.name} > utf8-{path.name})")
+    if kind == "UTF-16 text":
+        return (f"is UTF-16 text (as Excel saves 'Unicode Text'), not UTF-8; re-encode it as UTF-8 "
+                f"(iconv -f utf-16 -t utf-8 {path.name} > utf8-{plain})")
     return None
 
 

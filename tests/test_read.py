@@ -142,6 +142,7 @@ _CSV = "sentence,label\nA cat sat.,1\nÉté chaud.,0\n"
         ("day.csv.gz", lambda t: ("\ufeff" + _CSV).encode(), "day.csv.gz is plain text, not gzip-compressed; name it "
                                                               "day.csv"),
         ("day.csv", _parquet_bytes, "day.csv is a Parquet file, not CSV; name it day.parquet"),
+        ("day.csv.gz", _parquet_bytes, "day.csv.gz is a Parquet file, not CSV; name it day.parquet"),
         ("day.csv", None, "day.csv is a ZIP archive (an Excel .xlsx workbook, say), not CSV text; save it as CSV "
                           "UTF-8"),
         ("day.tsv", lambda t: _CSV.replace(",", "\t").encode("utf-16"),
