@@ -24,7 +24,7 @@ from scorer.check import TOLERANCE
 from scorer.checkpoints import checkpoint_tokenizer, load_classifier
 from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
 from scorer.errors import ParityError, ProviderError
-from scorer.manifest import VARIANT_FILES, Manifest, Variant, sha256_file, weight_files
+from scorer.manifest import MANIFEST, VARIANT_FILES, Manifest, Variant, sha256_file, weight_files
 from scorer.model import HeadConfig
 from scorer.session import onnxruntime
 from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
@@ -63,9 +63,9 @@ class ExportResult:
 
 def export_model(config: ExportConfig) -> ExportResult:
     """Export, optimise, check parity, write the manifest; raise ParityError (report kept) if the gate fails."""
-    atomic.check_writable(config.output, config.overwrite)
     atomic.check_keeps(config.output, {"--checkpoint": config.checkpoint, "--data": config.data,
                                        "--calibration": config.calibration})
+    atomic.check_writable(config.output, config.overwrite, marker=MANIFEST)
     if config.tensorrt:
         _check_tensorrt()
     model = load_classifier(config.checkpoint, attn_implementation="eager", max_length=config.max_length)
@@ -83,7 +83,7 @@ def export_model(config: ExportConfig) -> ExportResult:
     if "int8" in config.variants or "fp16" in config.variants:
         calibration = encoder.encode(calibration_texts(config, trained, recorded, text_column))
     encoded = encoder.encode(checked.texts)
-    with atomic.atomic_dir(config.output, config.overwrite) as staging:
+    with atomic.atomic_dir(config.output, config.overwrite, MANIFEST) as staging:
         variants, reports, quantiser = _write_variants(model, staging, config, calibration, encoded)
         for name in TOKENIZER_FILES:
             if (config.checkpoint / name).is_file():

@@ -19,11 +19,22 @@ def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.parent / f".{path.name}.{tag}-{os.getpid()}"
 
 
-def check_writable(path: Path, overwrite: bool, option: str = "--output", probed: set[Path] | None = None) -> None:
+def check_writable(path: Path, overwrite: bool, option: str = "--output", probed: set[Path] | None = None,
+                   marker: str | None = None) -> None:
     """Refuse an existing output (unless overwrite) or a directory we cannot create files in. `probed`: directories
-    already found writable by this run, which are not probed again (one run writing many outputs to one directory)."""
+    already found writable by this run, which are not probed again (one run writing many outputs to one directory).
+    `marker`: `path` is a directory output, which replaces only a directory holding this file (one scorer wrote) or
+    an empty one; else `path` is a file, never written over a directory."""
     if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists; pass --overwrite to replace it, or choose another {option}")
+    if path.is_dir() and not path.is_symlink():
+        if marker is None:
+            raise OutputError(f"{option} {path} is a directory, and scorer writes a file there (it does not replace a "
+                              "directory with a file); give a file's path")
+        if any(path.iterdir()) and not (path / marker).is_file():
+            raise OutputError(f"{option} {path} is a directory that scorer did not write (it has no {marker}), and "
+                              "replacing it would delete what it holds, --overwrite or not; choose another "
+                              f"{option}, or empty it first")
     parent = path.parent
     if probed is not None and parent in probed:
         return
@@ -66,9 +77,10 @@ def out_of_room(exc: BaseException, output: Path, then: str = "then run again") 
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `target` when the block succeeds, and vanishes if it fails."""
-    check_writable(target, overwrite)
+def atomic_dir(target: Path, overwrite: bool, marker: str) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `target` when the block succeeds, and vanishes if it fails. An
+    existing `target` is replaced only where it holds `marker` (scorer wrote it) or nothing (check_writable)."""
+    check_writable(target, overwrite, marker=marker)
     staging = temporary_sibling(target)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -85,7 +97,13 @@ def atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
         raise OutputError(f"{target} was written by another run while this one worked; pass --overwrite to replace "
                           "it, or choose another --output")
     open_modes(staging)
-    replace(staging, target)
+    if target.is_dir() and not target.is_symlink():
+        old = temporary_sibling(target, "old")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
 
 
 def open_modes(directory: Path) -> None:
@@ -118,14 +136,13 @@ def atomic_file(target: Path, overwrite: bool) -> Iterator[Path]:
 
 
 def replace(staging: Path, target: Path) -> None:
-    """Move `staging` to `target`; an existing target (a directory too) is moved aside first, then removed."""
+    """Move the file `staging` to `target`; never over a directory (one made there while the file was written is
+    kept, and the file dropped)."""
     if target.is_dir() and not target.is_symlink():
-        old = temporary_sibling(target, "old")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
+        staging.unlink(missing_ok=True)
+        raise OutputError(f"{target} is a directory, and scorer writes a file there (it does not replace a directory "
+                          "with a file); remove it, or choose another path")
+    os.replace(staging, target)
 
 
 def sync(path: Path) -> None:

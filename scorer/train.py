@@ -23,6 +23,7 @@ from scorer.errors import ConfigError, InputError, ProviderError, first_line
 from scorer.loop import Trainer, predict
 from scorer.metrics import confusion_of
 from scorer.model import (
+    HEAD_CONFIG,
     HeadConfig,
     SentenceClassifier,
     backend_copy,
@@ -69,8 +70,8 @@ class TrainResult:
 
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Run the whole training job described by `config` and write the checkpoint directory."""
-    atomic.check_writable(config.output, config.overwrite)
     atomic.check_keeps(config.output, {"--model": config.model, "--data": config.data, "--val-data": config.val_data})
+    atomic.check_writable(config.output, config.overwrite, marker=HEAD_CONFIG)
     _seed_everything(config.seed)
     device = _resolve_device(config.device)
     if config.cuda_graphs != "off" and device != "cuda":
@@ -254,7 +255,7 @@ def _clock(seconds: float) -> str:
 
 def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingData, result: TrainResult,
                       step_losses: list[float], adapt_losses: dict[str, list[float]]) -> None:
-    with atomic.atomic_dir(config.output, config.overwrite) as staging:
+    with atomic.atomic_dir(config.output, config.overwrite, HEAD_CONFIG) as staging:
         model.to("cpu").save(staging)
         hf_tokenizer.save_pretrained(str(staging))
         (staging / "train_config.json").write_text(to_json(replace(config, overwrite=False)))

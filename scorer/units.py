@@ -91,6 +91,9 @@ def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], k
         if path is None:
             continue
         target = path.resolve()
+        if target.is_dir():
+            raise OutputError(f"{option} {path} is a directory, and scorer writes a file there (it does not replace "
+                              "a directory with a file); give a file's path")
         what = taken.get(target) or next((f"a file of {name} {directory}" for name, directory in kept.items()
                                           if directory is not None and target.is_file()
                                           and Path(directory).resolve() in target.parents), None)

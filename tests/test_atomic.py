@@ -10,11 +10,11 @@ from scorer.errors import OutputError
 
 def test_a_directory_appears_whole_when_the_block_succeeds_and_not_at_all_when_it_fails(tmp_path):
     target = tmp_path / "out"
-    with pytest.raises(RuntimeError), atomic.atomic_dir(target, overwrite=False) as staging:
+    with pytest.raises(RuntimeError), atomic.atomic_dir(target, overwrite=False, marker="manifest.json") as staging:
         (staging / "half.txt").write_text("half")
         raise RuntimeError("stopped midway")
     assert list(tmp_path.iterdir()) == []
-    with atomic.atomic_dir(target, overwrite=False) as staging:
+    with atomic.atomic_dir(target, overwrite=False, marker="manifest.json") as staging:
         (staging / "whole.txt").write_text("whole")
         assert not target.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (target / "whole.txt").read_text() == "whole"
@@ -23,12 +23,14 @@ def test_a_directory_appears_whole_when_the_block_succeeds_and_not_at_all_when_i
 def test_a_directory_another_run_wrote_meanwhile_is_kept_unless_overwrite(tmp_path):
     target = tmp_path / "out"
     with pytest.raises(OutputError, match="was written by another run while this one worked"), \
-            atomic.atomic_dir(target, overwrite=False) as staging:
+            atomic.atomic_dir(target, overwrite=False, marker="manifest.json") as staging:
         (staging / "mine.txt").write_text("mine")
         target.mkdir()
         (target / "theirs.txt").write_text("theirs")
-    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in target.iterdir()] == ["theirs.txt"]
-    with atomic.atomic_dir(target, overwrite=True) as staging:
+        (target / "manifest.json").write_text("{}")  # (another scorer run's: it has the marker)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json", "theirs.txt"]
+    with atomic.atomic_dir(target, overwrite=True, marker="manifest.json") as staging:
         (staging / "mine.txt").write_text("mine")
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in target.iterdir()] == ["mine.txt"]
 
@@ -51,7 +53,7 @@ def test_a_directory_s_files_get_the_permissions_the_umask_gives_whoever_wrote_t
 
     old = os.umask(umask)
     try:
-        with atomic.atomic_dir(tmp_path / "out", overwrite=False) as staging:
+        with atomic.atomic_dir(tmp_path / "out", overwrite=False, marker="manifest.json") as staging:
             os.close(os.open(staging / "weights.safetensors", os.O_CREAT | os.O_WRONLY, 0o600))
             (staging / "sub").mkdir()
             (staging / "sub" / "config.json").write_text("{}")
@@ -59,3 +61,34 @@ def test_a_directory_s_files_get_the_permissions_the_umask_gives_whoever_wrote_t
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert modes == {"weights.safetensors": 0o666 & ~umask, "config.json": 0o666 & ~umask}
+
+
+def test_overwrite_replaces_only_what_scorer_wrote_and_a_file_never_replaces_a_directory(tmp_path):
+    """--overwrite replaces an export or checkpoint (its marker file) or an empty directory, never a directory scorer
+    did not write (`--output .` would delete the project); a file (a summary, a report, an output) is never written
+    over a directory, which the old replace() moved aside and deleted: `--summary DIR` deleted DIR."""
+    mine, theirs, empty = tmp_path / "export", tmp_path / "documents", tmp_path / "empty"
+    for directory in (mine, theirs, empty):
+        directory.mkdir()
+    (mine / "manifest.json").write_text("{}")
+    (theirs / "precious.txt").write_text("keep me")
+    for target in (mine, empty):
+        with atomic.atomic_dir(target, overwrite=True, marker="manifest.json") as staging:
+            (staging / "manifest.json").write_text('{"new": 1}')
+        assert (target / "manifest.json").read_text() == '{"new": 1}'
+    with pytest.raises(OutputError, match=r"documents is a directory that scorer did not write \(it has no "
+                                          r"manifest.json\).*choose another --output, or empty it first"):
+        atomic.check_writable(theirs, overwrite=True, marker="manifest.json")
+    with pytest.raises(OutputError, match="did not write"), \
+            atomic.atomic_dir(theirs, overwrite=True, marker="manifest.json"):
+        pass
+    with pytest.raises(OutputError, match=r"--summary .*documents is a directory, and scorer writes a file there"):
+        atomic.check_writable(theirs, overwrite=True, option="--summary")
+    with pytest.raises(OutputError, match="is a directory"):
+        atomic.write_text(theirs, "{}")
+    staging = tmp_path / "staging.txt"
+    staging.write_text("x")
+    with pytest.raises(OutputError, match="is a directory"):  # (one made while the file was written)
+        atomic.replace(staging, theirs)
+    assert (theirs / "precious.txt").read_text() == "keep me" and not staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["documents", "empty", "export"]

@@ -877,3 +877,17 @@ def test_a_log_gets_a_progress_line_every_minute_where_no_terminal_shows_the_bar
     assert lines[-1].endswith(" rows/s")  # (nothing left)
     quiet = CliRunner().invoke(main, [*options, "--quiet"])
     assert quiet.exit_code == 0 and "in.parquet: " not in quiet.output
+
+
+@pytest.mark.parametrize("option", ["--summary", "--report"])
+def test_a_summary_or_report_path_that_is_a_directory_is_refused_before_any_work_and_kept(tiny_export, tmp_path,
+                                                                                           option):
+    """`--summary DIR` moved DIR aside and deleted it, with what it held, to put the summary file in its place."""
+    source, folder = tmp_path / "in.parquet", tmp_path / "runs"
+    pq.write_table(pa.table({"sentence": sentences(5), "label": [0, 1, 0, 1, 0]}), source)
+    folder.mkdir()
+    (folder / "yesterday.json").write_text("{}")
+    result = run(source, "--model", tiny_export, "-o", tmp_path / "out.parquet", option, folder)
+    assert result.exit_code == 5, result.output
+    assert f"{option} {folder} is a directory, and scorer writes a file there" in result.output
+    assert [p.name for p in folder.iterdir()] == ["yesterday.json"] and not (tmp_path / "out.parquet").exists()
