@@ -19,6 +19,12 @@ def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.parent / f".{path.name}.{tag}-{os.getpid()}"
 
 
+def in_the_way(directory: Path, option: str | None = None) -> OutputError:
+    """The error for a directory at the path of a file scorer would write (it never replaces one with a file)."""
+    return OutputError(f"{option + ' ' if option else ''}{directory} is a directory, and scorer writes a file there "
+                       "(it does not replace a directory with a file); remove it, or give another path")
+
+
 def check_writable(path: Path, overwrite: bool, option: str = "--output", probed: set[Path] | None = None,
                    marker: str | None = None) -> None:
     """Refuse an existing output (unless overwrite) or a directory we cannot create files in. `probed`: directories
@@ -29,8 +35,7 @@ def check_writable(path: Path, overwrite: bool, option: str = "--output", probed
         raise OutputError(f"{path} already exists; pass --overwrite to replace it, or choose another {option}")
     if path.is_dir() and not path.is_symlink():
         if marker is None:
-            raise OutputError(f"{option} {path} is a directory, and scorer writes a file there (it does not replace a "
-                              "directory with a file); give a file's path")
+            raise in_the_way(path, option)
         if any(path.iterdir()) and not (path / marker).is_file():
             raise OutputError(f"{option} {path} is a directory that scorer did not write (it has no {marker}), and "
                               "replacing it would delete what it holds, --overwrite or not; choose another "
@@ -140,8 +145,7 @@ def replace(staging: Path, target: Path) -> None:
     kept, and the file dropped)."""
     if target.is_dir() and not target.is_symlink():
         staging.unlink(missing_ok=True)
-        raise OutputError(f"{target} is a directory, and scorer writes a file there (it does not replace a directory "
-                          "with a file); remove it, or choose another path")
+        raise in_the_way(target)
     os.replace(staging, target)
 
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from scorer.atomic import in_the_way
 from scorer.errors import InputError, OutputError
 from scorer.read import data_stem, data_suffix
 from scorer.write import default_output
@@ -92,8 +93,7 @@ def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], k
             continue
         target = path.resolve()
         if target.is_dir():
-            raise OutputError(f"{option} {path} is a directory, and scorer writes a file there (it does not replace "
-                              "a directory with a file); give a file's path")
+            raise in_the_way(path, option)
         what = taken.get(target) or next((f"a file of {name} {directory}" for name, directory in kept.items()
                                           if directory is not None and target.is_file()
                                           and Path(directory).resolve() in target.parents), None)
