@@ -31,6 +31,9 @@ def check_writable(path: Path, overwrite: bool, option: str = "--output", probed
     already found writable by this run, which are not probed again (one run writing many outputs to one directory).
     `marker`: `path` is a directory output, which replaces only a directory holding this file (one scorer wrote) or
     an empty one; else `path` is a file, never written over a directory."""
+    if marker is not None and path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} is a file, and scorer writes a directory there (it does not replace a file "
+                          "with a directory); remove it, or give another path")
     if path.exists() and not overwrite:
         raise OutputError(f"{path} already exists; pass --overwrite to replace it, or choose another {option}")
     if path.is_dir() and not path.is_symlink():

@@ -91,4 +91,11 @@ def test_overwrite_replaces_only_what_scorer_wrote_and_a_file_never_replaces_a_d
     with pytest.raises(OutputError, match="is a directory"):  # (one made while the file was written)
         atomic.replace(staging, theirs)
     assert (theirs / "precious.txt").read_text() == "keep me" and not staging.exists()
+    notes = tmp_path / "notes.txt"  # (and a directory output is never written over a file)
+    notes.write_text("keep me too")
+    for overwrite in (True, False):  # (not "pass --overwrite", which would not help)
+        with pytest.raises(OutputError, match=r"--output .*notes.txt is a file, and scorer writes a directory there"):
+            atomic.check_writable(notes, overwrite=overwrite, marker="manifest.json")
+    assert notes.read_text() == "keep me too"
+    notes.unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["documents", "empty", "export"]

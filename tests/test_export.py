@@ -575,6 +575,17 @@ def test_an_export_directory_that_holds_the_checkpoint_is_refused_even_with_over
                                            "--overwrite", "-q"])
         assert result.exit_code == 5 and f"holds --checkpoint {checkpoint}" in result.output
     assert sorted(p.name for p in checkpoint.iterdir()) == sorted(p.name for p in tiny_checkpoint.iterdir())
+    # --overwrite replaces an export, or an empty directory: not a directory of other files, nor a file (which
+    # failed after all the work with an internal error, exit 1)
+    (tmp_path / "documents").mkdir()
+    (tmp_path / "documents" / "notes.txt").write_text("keep")
+    (tmp_path / "notes.txt").write_text("keep")
+    for output, said in ((tmp_path / "documents", "is a directory that scorer did not write (it has no manifest.json)"),
+                         (tmp_path / "notes.txt", "is a file, and scorer writes a directory there")):
+        result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(output),
+                                           "--overwrite", "-q"])
+        assert result.exit_code == 5 and said in result.output, result.output
+    assert (tmp_path / "documents" / "notes.txt").read_text() == (tmp_path / "notes.txt").read_text() == "keep"
 
 
 def test_export_options_and_parity_data_it_cannot_use_are_refused_before_any_output(tiny_checkpoint, tmp_path):
