@@ -14,18 +14,18 @@ from scorer.csvlint import CODECS, COMPRESSIONS
 from scorer.delimited import DelimitedWriter
 from scorer.errors import ConfigError, InputError, OutputError
 from scorer.manifest import sha256_file
-from scorer.read import FORMATS, data_stem, data_suffix
+from scorer.read import data_stem, detect_format
 
 METADATA_KEY = b"scorer"
 
 
 def output_format(path: Path) -> str:
     """parquet, csv or tsv, as the output's name ends (a CSV/TSV output may be compressed: .csv.gz, ...)."""
-    suffix = data_suffix(path)
-    if suffix is None:
+    try:
+        return detect_format(path)
+    except InputError:
         raise OutputError(f"{path}: unknown output type '{path.suffix}'; name the output .parquet, .csv or .tsv (CSV "
-                          f"and TSV may be compressed: {', '.join('.csv' + c for c in COMPRESSIONS)}, ...)")
-    return FORMATS["." + suffix.split(".")[1]]
+                          f"and TSV may be compressed: {', '.join('.csv' + c for c in COMPRESSIONS)}, ...)") from None
 
 
 def output_codec(path: Path) -> str | None:
