@@ -204,6 +204,9 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 @click.option("--report", type=PATH, help="Write the evaluation as Markdown here, and as JSON beside it.")
 @click.option("--summary", type=PATH, help="JSON summary path [default: OUTPUT.summary.json].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace outputs even when they are up to date.")
+@click.option("--update", is_flag=True, default=None,
+              help="Score again outputs scorer wrote from an older input, another model or text column; skip those "
+                   "up to date.")
 @click.option("--fail-fast", is_flag=True, default=None, help="Stop at the first input that fails.")
 @click.option("--share", is_flag=True, default=None,
               help="Other runs score the same inputs at once (one run per GPU): an input another run is writing is "

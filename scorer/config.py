@@ -240,6 +240,9 @@ class RunConfig:
     summary: Path | None = None
     checkpoint: Path | None = None
     overwrite: bool = False
+    # Score again an output scorer wrote from another version of its input, another model or text column (one up to
+    # date is still skipped, a file scorer did not write still refused): a nightly feed replaced in place.
+    update: bool = False
     fail_fast: bool = False
     # Other runs (one per GPU, say) score the same inputs at once: an input whose output another run is writing is
     # left to it ("taken"), not failed.

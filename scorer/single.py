@@ -113,8 +113,11 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
         return skipped
     if existed and not config.overwrite:
         done = completion_record(unit.output)
-        raise OutputError(f"{unit.output} already exists (written {_written_how(done, classifier, source, columns)}); "
-                          "pass --overwrite to replace it")
+        how = _written_how(done, classifier, source, columns)
+        if not (config.update and done):  # (--update scores again only what scorer wrote: never another's file)
+            raise OutputError(f"{unit.output} already exists (written {how}); pass --overwrite to replace it"
+                              + (", or --update to score again every output written so" if done else ""))
+        log.info("%s was written %s: scored again (--update)", unit.output, how)
     atomic.check_writable(unit.output, overwrite=True, probed=probed)
     return opened
 

@@ -126,6 +126,34 @@ def test_changed_input_is_not_silently_skipped(tiny_export, tmp_path):
     assert "variant, and this run uses fp16, from another version of the input)" in result.output
 
 
+def test_update_scores_again_what_scorer_wrote_from_an_older_input_or_another_model_and_skips_the_rest(
+        tiny_export, tmp_path):
+    """A feed replaced in place every night (`inbox/latest.csv`) failed every night with exit 5, or needed
+    --overwrite, which scored the unchanged inputs again too: --update scores again the outputs scorer wrote from
+    another version of their input or another model, skips those up to date, and still refuses a file scorer did not
+    write."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    for name, n in (("latest.parquet", 10), ("fixed.parquet", 7)):
+        pq.write_table(pa.table({"sentence": sentences(n)}), inbox / name)
+    options = ["--model", tiny_export, "-o", out, "--variant", "fp32"]
+    assert run(inbox, *options).exit_code == 0
+    fixed = (out / "fixed.parquet").stat().st_mtime_ns
+    pq.write_table(pa.table({"sentence": sentences(12, offset=100)}), inbox / "latest.parquet")  # tonight's feed
+    refused = run(inbox, *options)
+    assert refused.exit_code == 5 and "pass --overwrite to replace it, or --update to score again" in refused.output
+    result = run(inbox, *options, "--update")
+    assert result.exit_code == 0 and "(1 scored, 1 skipped)" in result.output, result.output
+    assert pq.read_table(out / "latest.parquet").column("sentence").to_pylist() == sentences(12, offset=100)
+    assert (out / "fixed.parquet").stat().st_mtime_ns == fixed  # (up to date: not written again)
+    result = run(inbox, "--model", tiny_export, "-o", out, "--variant", "fp16", "--update")  # another model
+    assert result.exit_code == 0 and "(2 scored)" in result.output, result.output
+    (out / "fixed.parquet").write_bytes(b"not scorer's")  # a file scorer did not write: never replaced
+    result = run(inbox, *options, "--update")
+    assert result.exit_code == 5 and "(written not by scorer); pass --overwrite to replace it\n" in result.output
+    assert (out / "fixed.parquet").read_bytes() == b"not scorer's"
+
+
 def test_a_report_asked_of_an_up_to_date_output_is_said_not_written(tiny_export, tmp_path):
     source, report = tmp_path / "in.csv", tmp_path / "report.md"
     source.write_text("sentence,label\n" + "".join(f"{s},{i % 2}\n" for i, s in enumerate(sentences(10))))
