@@ -108,11 +108,11 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
               "columns": asdict(columns), "score": classifier.score_means, "scorer": __version__}
     opened = OpenUnit(unit, reader, columns, source, record)
     existed = unit.output.exists()  # (looked at first: an output another run completes just after is up to date)
-    skipped = up_to_date(opened, classifier, config)
+    done = None if config.overwrite else completion_record(unit.output)  # (read once: a CSV output is hashed)
+    skipped = _skipped(done, opened, classifier, config, locked=False)
     if skipped is not None:
         return skipped
     if existed and not config.overwrite:
-        done = completion_record(unit.output)
         how = _written_how(done, classifier, source, columns)
         if not (config.update and done):  # (--update scores again only what scorer wrote: never another's file)
             raise OutputError(f"{unit.output} already exists (written {how}); pass --overwrite to replace it"
@@ -127,8 +127,14 @@ def up_to_date(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
     """The unit's summary as skipped where its output is complete, made by this model from this input and column
     (never with --overwrite). Asked again once the output's lock is held (`locked`): another run may have completed
     it since the unit was opened (runs that share their inputs, --share; a cron job that overlapped the last)."""
+    done = None if config.overwrite else completion_record(opened.unit.output)
+    return _skipped(done, opened, classifier, config, locked)
+
+
+def _skipped(done: dict | None, opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
+             locked: bool) -> UnitSummary | None:
+    """up_to_date, given what the output records of its making (`done`, None where nothing or --overwrite)."""
     unit = opened.unit
-    done = None if config.overwrite else completion_record(unit.output)
     if not (done and done.get("model_sha256") == classifier.model_sha256 and done.get("input") == opened.source
             and _scored_column(done) == opened.columns.text):
         return None
