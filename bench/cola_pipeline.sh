@@ -12,7 +12,7 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scorer.read import TableReader
+from scorer.data.read import TableReader
 
 table = pa.concat_tables(TableReader(sys.argv[1]).batches(100_000))
 pq.write_table(table.set_column(1, "label", table.column("label").cast(pa.int64())), sys.argv[2])

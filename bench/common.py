@@ -27,7 +27,7 @@ def random_bert(directory: Path, **shape: int) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
-    from scorer.model import quiet_transformers
+    from scorer.pytorch.model import quiet_transformers
 
     quiet_transformers()
     torch.manual_seed(0)
@@ -72,10 +72,10 @@ def _cpu_name() -> str:
 
 def bench_session(path: Path | bytes, provider: str, options: dict | None = None, threads: int | None = None,
                   spinning: bool = True, level: str = "all"):
-    """An ONNX Runtime session as scorer.session.create_session makes it, for a graph file or a serialised graph,
-    with the knobs the benches turn: intra-op threads (None: scorer's own choice for the provider; 0: one per core),
-    spinning, and the graph optimisation level (disabled, basic, extended or all)."""
-    from scorer.session import CPU, CUDA, default_threads, onnxruntime
+    """An ONNX Runtime session as scorer.inference.session.create_session makes it, for a graph file or a serialised
+    graph, with the knobs the benches turn: intra-op threads (None: scorer's own choice for the provider; 0: one per
+    core), spinning, and the graph optimisation level (disabled, basic, extended or all)."""
+    from scorer.inference.session import CPU, CUDA, default_threads, onnxruntime
 
     ort = onnxruntime()
     settings = ort.SessionOptions()
@@ -95,7 +95,7 @@ def bound_median(session, feeds: dict, device: str, repeats: int, output=None, h
     output bound to the OrtValue `output`, or allocated on the device."""
     import statistics
 
-    from scorer.session import onnxruntime
+    from scorer.inference.session import onnxruntime
 
     ort = onnxruntime()
     binding = session.io_binding()

@@ -27,8 +27,8 @@ from export.fp16_choice import KERNELS
 from export.optimize import optimize_each
 from export.timing import logits_of
 from scorer.config import FP16_ATTENTIONS
-from scorer.session import create_session
-from scorer.tokens import TextEncoder
+from scorer.inference.session import create_session
+from scorer.text.tokens import TextEncoder
 
 
 def main() -> None:

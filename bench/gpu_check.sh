@@ -8,7 +8,7 @@
 #   bash bench/gpu_check.sh env train-speed
 #   RECIPES="--weight-decay 0.1;--epochs 8" bash bench/gpu_check.sh pytest-gpu recipe-seeds
 #   RECIPES="--weight-decay 0.1 --cuda-graphs captured" bash bench/gpu_check.sh recipe-seeds
-# Next (bench/RESULTS.md 7.12, 7.13 and 7.14): the batching of scorer.batches (a batch ends where padding costs more
+# Next (bench/RESULTS.md 7.12, 7.13 and 7.14): the batching of scorer.text.batches (a batch ends where padding costs more
 # than a run, a window's pieces batched together, 65,536-row windows on a GPU; CoLA padding 16% -> 2.9%) end to end
 # against run 4's way; export's choice among 9 fp16 candidates (fused and mha each with ORT's kernels, with cuDNN's
 # attention asked for, with the row-starts mask for memory-efficient attention, and with the padding removed, ORT's
@@ -63,7 +63,7 @@ step env 40 python3 -c "import torch, onnxruntime as o; o.preload_dlls(); print(
 torch.__version__, o.__version__, o.get_available_providers()); import subprocess; \
 print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)"
 # The whole of `scorer run` on CoLA sentences with its defaults (plain runs, <=4,096-row batches, one ORT intra-op
-# thread, the word cache, two batches in flight, 65,536-row windows, scorer.batches' padding rule), the baselines
+# thread, the word cache, two batches in flight, 65,536-row windows, scorer.text.batches' padding rule), the baselines
 # beside it, run 4's batching (16,384-row windows cut by the budget alone: 16% padding), one batch in flight, and
 # plain runs and IO binding forced (the default is the mode that export timed faster, recorded in the JSON's
 # export.fp16.io_binding); then each stage alone (tokenising with the word cache; the model), both ways of batching.
@@ -127,7 +127,7 @@ main(['run', '.devcarry/cola/dev.tsv', '--model', '/tmp/random-bert/onnx-cola', 
 print('torch imported by scorer run:', 'torch' in sys.modules)"
 step gpu-memory-1m 70 python3 bench/scoring.py $random --workloads cola --rows 1000000 --baseline-rows 1000 \
   --variants fp16 --out "$out/gpu-memory-1m.json"
-# 2,000 small inputs (1-20 CoLA sentences each, Parquet and CSV): scored together (scorer.bundle, stop 34) against
+# 2,000 small inputs (1-20 CoLA sentences each, Parquet and CSV): scored together (scorer.scoring.bundle, stop 34) against
 # each on its own and against the same rows as one file (about 50 s; on the 2-core CPU: 2.2x each alone).
 step small-files 90 python3 bench/small_files.py $random --files 2000 --out "$out/small-files.json"
 # The same kind of inbox split between 1, 2 and 4 `scorer run --share` processes on the one GPU: each input's own

@@ -12,9 +12,9 @@ import onnx
 from onnx import numpy_helper
 
 from export.timing import Batches
-from scorer.batches import budget_batches
-from scorer.session import create_session
-from scorer.tokens import Encoded
+from scorer.inference.session import create_session
+from scorer.text.batches import budget_batches
+from scorer.text.tokens import Encoded
 
 SMOOTHING_ALPHA = 0.7
 

@@ -34,12 +34,12 @@ from export.int8_prediction import top_two_gap
 from export.per_token import per_token_int8
 from export.quantize import closeness, groups_of, sensitivity_order, weight_matmuls
 from export.timing import logits_of, pass_seconds
-from scorer.batches import budget_batches
 from scorer.config import ExportConfig
-from scorer.read import read_labelled
-from scorer.results import softmax
-from scorer.session import create_session
-from scorer.tokens import Encoded, TextEncoder
+from scorer.data.read import read_labelled
+from scorer.inference.results import softmax
+from scorer.inference.session import create_session
+from scorer.text.batches import budget_batches
+from scorer.text.tokens import Encoded, TextEncoder
 
 REPEATS = 5  # best of REPEATS passes (as timeit does): this shared machine's noise only ever slows a pass down
 TIE = ExportConfig.tie_margin

@@ -18,11 +18,11 @@ from common import COLA, machine, write_json
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import matthews_corrcoef
 
-from scorer.batches import budget_batches
 from scorer.config import packaged_model
-from scorer.model import load_encoder
-from scorer.read import read_labelled
-from scorer.tokens import TextEncoder
+from scorer.data.read import read_labelled
+from scorer.pytorch.model import load_encoder
+from scorer.text.batches import budget_batches
+from scorer.text.tokens import TextEncoder
 
 
 def features(encoder: torch.nn.Module, text_encoder: TextEncoder, texts: list[str]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""One huge cell among ordinary rows: scorer's tokenising (long rows cut first, scorer.cut) against the tokenizer
+"""One huge cell among ordinary rows: scorer's tokenising (long rows cut first, scorer.text.cut) against the tokenizer
 itself, for three kinds of tokenizer, in fresh processes so that each has its own peak memory.
 
     python bench/long_rows.py [--rows 20000] [--cell-mib 20] [--kinds wordpiece,...] [--out bench/out/long-rows.json]
@@ -55,7 +55,7 @@ def measure(spec: str, texts: list[str], way: str, results) -> None:
     """In a child: encode `texts` one way; put seconds, peak RSS and a digest of the ids on `results`."""
     from tokenizers import Tokenizer
 
-    from scorer.tokens import TextEncoder
+    from scorer.text.tokens import TextEncoder
 
     encoder = TextEncoder(Tokenizer.from_str(spec), max_length=64)
     started = time.perf_counter()
@@ -74,7 +74,7 @@ def documents(kinds: list[str], pool: list[str], rows: int) -> list[dict]:
     scorer now (first where 8 are). Fails unless all three give the same ids."""
     from tokenizers import Tokenizer
 
-    from scorer.tokens import TextEncoder
+    from scorer.text.tokens import TextEncoder
 
     rng, found = np.random.default_rng(0), []
     for kind in kinds:

@@ -65,7 +65,7 @@ def tiny_export(directory: Path) -> Path:
     """A 2-layer random BERT trained for one epoch on the packaged examples, then exported."""
     from export.pipeline import export_model
     from scorer.config import ExportConfig, TrainConfig
-    from scorer.train import train
+    from scorer.training.train import train
 
     encoder = random_bert(directory / "encoder", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                           intermediate_size=64)

@@ -4,10 +4,10 @@
 
 On pre-tokenised CoLA-like sentences (as scorer tokenises them, in windows), times the token-budget batches
 through an ONNX Runtime session for each setting in SETTINGS (window size and batch overhead, i.e. padding, as
-scorer.batches batches a window; rows per batch, token budget, IO binding, padded width rounded up, intra-op threads
-and spinning, each fp16 attention (fused, MultiHeadAttention, unfused) with each kernel setting of export.fp16_choice,
-batches in flight), then one fixed shape run repeatedly, with and without a captured CUDA graph: the graph's ceiling,
-launches included or not.
+scorer.text.batches batches a window; rows per batch, token budget, IO binding, padded width rounded up, intra-op
+threads and spinning, each fp16 attention (fused, MultiHeadAttention, unfused) with each kernel setting of
+export.fp16_choice, batches in flight), then one fixed shape run repeatedly, with and without a captured CUDA graph: the
+graph's ceiling, launches included or not.
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ from common import bench_session, bound_median, machine, write_json
 from scoring import random_checkpoint, workload
 
 from export.fp16_choice import KERNELS
-from scorer.batches import BatchTally, WindowBatcher
 from scorer.config import FP16_ATTENTIONS
-from scorer.defaults import (
+from scorer.inference.defaults import (
     DEFAULT_INFER_THREADS,
     DEFAULT_WINDOW_ROWS,
     default_batch_overhead,
     default_io_binding,
     default_provider_options,
 )
+from scorer.inference.session import batch_runner, onnxruntime
 from scorer.manifest import VARIANT_FILES, load_manifest
-from scorer.session import batch_runner, onnxruntime
-from scorer.tokens import Encoded, TextEncoder
+from scorer.text.batches import BatchTally, WindowBatcher
+from scorer.text.tokens import Encoded, TextEncoder
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def stage_rate(runner, windows: list[Encoded], setting: Setting, overhead: int, 
 
     def one_pass(items, pool):
         tally = BatchTally()
-        for encoded in items:  # as scorer.classify runs a window: each batch padded and run by a worker
+        for encoded in items:  # as scorer.inference.classify runs a window: each batch padded and run by a worker
             def run(batch, encoded=encoded):
                 width = -(-batch.width // setting.multiple) * setting.multiple
                 ids, mask = encoded.pad(batch.parts[0][1], width)

@@ -23,8 +23,8 @@ from common import bench_session, bound_median, machine, write_json
 from model_stage import chosen_options, fixed_shape
 from onnx import TensorProto, helper, numpy_helper
 
+from scorer.inference.session import onnxruntime
 from scorer.manifest import load_manifest
-from scorer.session import onnxruntime
 
 HIDDEN, INTERMEDIATE, HEADS, LAYERS = 768, 3072, 12, 12
 

@@ -24,18 +24,18 @@ from common import bench_session, machine, write_json
 from scoring import random_checkpoint, workload
 
 from export.timing import best_seconds, logits_of
-from scorer.batches import budget_batches
 from scorer.config import RunConfig
-from scorer.defaults import (
+from scorer.inference.defaults import (
     DEFAULT_BATCH_OVERHEAD,
     DEFAULT_MAX_TOKENS,
     default_batch_overhead,
     default_io_binding,
     default_provider_options,
 )
+from scorer.inference.session import batch_runner
 from scorer.manifest import load_manifest
-from scorer.session import batch_runner
-from scorer.tokens import TextEncoder
+from scorer.text.batches import budget_batches
+from scorer.text.tokens import TextEncoder
 
 LEVELS = ("disabled", "basic", "extended", "all")
 

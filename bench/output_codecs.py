@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_json
 from scoring import workload
 
-from scorer.delimited import DelimitedWriter
-from scorer.write import output_codec
+from scorer.data.delimited import DelimitedWriter
+from scorer.data.write import output_codec
 
 
 def scored_table(rows: int) -> pa.Table:

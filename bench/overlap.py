@@ -29,11 +29,11 @@ import pyarrow.parquet as pq
 from common import machine, write_json
 from scoring import random_checkpoint, workload
 
-import scorer.classify
-import scorer.defaults
-import scorer.single
+import scorer.inference.classify
+import scorer.scoring.single
 from scorer.config import RunConfig
-from scorer.score import score_file
+from scorer.inference import defaults
+from scorer.scoring.score import score_file
 
 
 def stand_in(seconds_per_token: float, busy: list[tuple[float, float]]):
@@ -57,8 +57,8 @@ def stand_in(seconds_per_token: float, busy: list[tuple[float, float]]):
 
 
 def timed_stream(starts: list[float]):
-    """scorer.single's `stream`, noting when each input's pipeline starts (its unit time starts just before)."""
-    original = scorer.single.stream
+    """scorer.scoring.single's `stream`, noting when each input's pipeline starts (its unit time starts just before)."""
+    original = scorer.scoring.single.stream
 
     def stream(*args, **kwargs):
         starts.append(time.perf_counter())
@@ -87,12 +87,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--random-dir", type=Path, help="Keep the tiny random export here and reuse it.")
     parser.add_argument("--infer-threads", type=int, default=1,
                         help="Batches in flight on the stand-in (2: as scorer runs on CUDA).")
-    parser.add_argument("--max-tokens", type=int, default=scorer.defaults.DEFAULT_MAX_TOKENS["cpu"],
-                        help=f"Token budget per batch ({scorer.defaults.DEFAULT_MAX_TOKENS['cuda']}: as on CUDA).")
-    parser.add_argument("--batch-overhead", type=int, default=scorer.defaults.DEFAULT_BATCH_OVERHEAD["cpu"],
-                        help="Tokens' worth of work one more batch costs (scorer.batches; "
-                             f"{scorer.defaults.DEFAULT_BATCH_OVERHEAD['cuda']}: as scorer runs on CUDA).")
-    parser.add_argument("--window-rows", type=int, default=scorer.defaults.DEFAULT_WINDOW_ROWS["cpu"],
+    parser.add_argument("--max-tokens", type=int, default=defaults.DEFAULT_MAX_TOKENS["cpu"],
+                        help=f"Token budget per batch ({defaults.DEFAULT_MAX_TOKENS['cuda']}: as on CUDA).")
+    parser.add_argument("--batch-overhead", type=int, default=defaults.DEFAULT_BATCH_OVERHEAD["cpu"],
+                        help="Tokens' worth of work one more batch costs (scorer.text.batches; "
+                             f"{defaults.DEFAULT_BATCH_OVERHEAD['cuda']}: as scorer runs on CUDA).")
+    parser.add_argument("--window-rows", type=int, default=defaults.DEFAULT_WINDOW_ROWS["cpu"],
                         help="Rows a window (65536: as scorer runs on CUDA).")
     parser.add_argument("--out", type=Path, default=Path("bench/out/overlap.json"))
     return parser.parse_args()
@@ -105,7 +105,7 @@ def main() -> None:
         _, export = random_checkpoint(args.random_dir or Path(tmp), "tiny", 128, args.workload, texts)
         source = Path(tmp) / "input.parquet"
         pq.write_table(pa.table({"sentence": texts}), source)
-        classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32")
+        classifier = scorer.inference.classify.OnnxClassifier(export, "cpu", "fp32")
         column = pa.array(texts)
         window = args.window_rows
         started = time.perf_counter()
@@ -113,12 +113,12 @@ def main() -> None:
         tokenise = len(texts) / (time.perf_counter() - started)
         tokens = sum(int(p.encoded.lengths.sum()) for p in prepared)
         busy: list[tuple[float, float]] = []
-        scorer.classify.batch_runner = stand_in(1 / (tokenise * args.model_speed * tokens / len(texts)), busy)
+        scorer.inference.classify.batch_runner = stand_in(1 / (tokenise * args.model_speed * tokens / len(texts)), busy)
         # The stand-in's logits are not the graph's: `scorer run`'s self-check would (rightly) refuse it.
-        scorer.classify.OnnxClassifier.self_check = lambda self: None
+        scorer.inference.classify.OnnxClassifier.self_check = lambda self: None
         unit_starts: list[float] = []
-        scorer.single.stream = timed_stream(unit_starts)
-        classifier = scorer.classify.OnnxClassifier(export, "cpu", "fp32", infer_threads=args.infer_threads,
+        scorer.scoring.single.stream = timed_stream(unit_starts)
+        classifier = scorer.inference.classify.OnnxClassifier(export, "cpu", "fp32", infer_threads=args.infer_threads,
                                                     max_tokens=args.max_tokens, batch_overhead=args.batch_overhead)
         started = time.perf_counter()
         for item in prepared:

@@ -3,7 +3,7 @@
     python bench/padding.py --out bench/out/padding.json
 
 No model runs: the texts are tokenised with the packaged tokenizer, cut into windows and pieces as `scorer run`
-cuts them, and batched by scorer.batches exactly as OnnxClassifier.run_pieces batches them. For each workload and
+cuts them, and batched by scorer.text.batches exactly as OnnxClassifier.run_pieces batches them. For each workload and
 setting it reports the batches, padded tokens over real tokens, and the modelled cost of a pass, (padded tokens
 + batches x c) / real tokens, for per-run costs c of 16 tokens (the CPU box, measured) and of 1,300 and 5,500
 tokens (two GPU estimates: an H200 run and an H100 run with IO binding; bench/RESULTS.md 7.12).
@@ -19,11 +19,11 @@ import pyarrow as pa
 from common import machine, tokenizer_dir, write_json
 from scoring import workload
 
-from scorer.batches import BatchTally, WindowBatcher
 from scorer.config import RunConfig
-from scorer.defaults import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
-from scorer.stream import pieces
-from scorer.tokens import TextEncoder
+from scorer.inference.defaults import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
+from scorer.scoring.stream import pieces
+from scorer.text.batches import BatchTally, WindowBatcher
+from scorer.text.tokens import TextEncoder
 
 RUN_COSTS = (16, 1300, 5500)
 

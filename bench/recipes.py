@@ -18,7 +18,7 @@ import torch
 from common import COLA, machine
 
 from scorer.config import TrainConfig
-from scorer.train import train
+from scorer.training.train import train
 
 # The settings every recipe starts from: scorer's defaults when the search began (the notebook's batch size and
 # schedule with mean pooling, warm-up and weight decay). Pinned here so a recipe means the same whatever the

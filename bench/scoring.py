@@ -26,13 +26,13 @@ import pyarrow.parquet as pq
 import torch
 from common import COLA, TOKENIZER_FILES, machine, random_bert, write_json
 
-from scorer.batches import BatchTally
 from scorer.config import RunConfig
+from scorer.data.read import read_labelled
 from scorer.manifest import load_manifest
-from scorer.model import SentenceClassifier
-from scorer.read import read_labelled
-from scorer.score import score_file
-from scorer.tokens import TextEncoder
+from scorer.pytorch.model import SentenceClassifier
+from scorer.scoring.score import score_file
+from scorer.text.batches import BatchTally
+from scorer.text.tokens import TextEncoder
 
 # bert-base: about 175 MFLOP per token forward (2 x 85M weights in the encoder layers, attention excluded).
 FLOP_PER_TOKEN = {"bert-base": 175e6}
@@ -93,7 +93,7 @@ def timed(function, *args) -> tuple[object, float]:
 def run_config(spec: str, source: Path, output: Path, export: Path, provider: str) -> RunConfig:
     """The RunConfig of a variant spec: VARIANT, then optionally ":plain" or ":bound" (IO binding off/on) and
     ":FIELD=N" for integer RunConfig fields (max_batch_rows, max_tokens, tokenize_threads, window_rows,
-    piece_chars, batch_overhead; word_cache=0 tokenises with the tokenizer alone). Before scorer.batches:
+    piece_chars, batch_overhead; word_cache=0 tokenises with the tokenizer alone). Before scorer.text.batches:
     "fp16:window_rows=16384:batch_overhead=1000000000" (batches cut by the budget alone, one sort per 16,384 rows)."""
     variant, *options = spec.split(":")
     settings: dict = {}
@@ -124,8 +124,8 @@ def stages(texts: list[str], export: Path, provider: str, spec: str) -> dict:
     """Each stage of `scorer run` alone, in sentences/s, to find the bottleneck: tokenising the pieces of each
     window of an in-memory Arrow column (one thread, as one tokenize thread does it; no file is read), and the
     model (each window's batches, padding and host copies included), with the batches' padding."""
-    from scorer.score import open_classifier
-    from scorer.stream import pieces
+    from scorer.scoring.score import open_classifier
+    from scorer.scoring.stream import pieces
 
     classifier, config = open_classifier(run_config(spec, Path("unused"), None, export, provider))
     column, rows = pa.array(texts), config.window_rows
@@ -190,7 +190,7 @@ def random_checkpoint(directory: Path, shape: str, max_length: int, workload: st
     from export.pipeline import export_model
     from scorer.config import ExportConfig
     from scorer.errors import ParityError
-    from scorer.model import HeadConfig, load_encoder
+    from scorer.pytorch.model import HeadConfig, load_encoder
 
     checkpoint, export = directory / "checkpoint", random_export(directory, workload)
     if (export / "manifest.json").is_file():

@@ -1,6 +1,6 @@
-"""Many small inputs: `scorer run DIR` with small inputs scored together (scorer.bundle) against each input scored on
-its own (the way before it, RunConfig.small_rows=0), and the same rows as one file (the most a bundle can give), in
-one process on one export.
+"""Many small inputs: `scorer run DIR` with small inputs scored together (scorer.scoring.bundle) against each input
+scored on its own (the way before it, RunConfig.small_rows=0), and the same rows as one file (the most a bundle can
+give), in one process on one export.
 
 CPU (a trained export, e.g. the CoLA model):
     python bench/small_files.py --export runs/cola/onnx --files 400
@@ -27,7 +27,7 @@ from common import machine, write_json
 from scoring import random_checkpoint, workload
 
 from scorer.config import RunConfig
-from scorer.score import score_file
+from scorer.scoring.score import score_file
 
 WAYS = {"each-alone": {"small_rows": 0}, "bundled": {}}
 

@@ -4,7 +4,7 @@
     python bench/staged_seeds.py --seeds 1,2,3 --out bench/out/staged-lr5e-5.json -- --lr 5e-5 # reuses them
 
 Each run is `scorer train --data train.tsv --val-data dev.tsv --seed N [OPTIONS]` through the real command line,
-in this process. The only difference from bench/default_seeds.py: `scorer.train._adapt` (the masked-LM and
+in this process. The only difference from bench/default_seeds.py: `scorer.training.train._adapt` (the masked-LM and
 replaced-token stages, seeded by --seed) is wrapped so that its result — the adapted encoder's weights and the
 random number generators' states after it — is saved under --stages the first time and restored on later runs with
 the same stage options. Fine-tuning then starts from exactly where the product's own run would be, so a run is
@@ -28,9 +28,9 @@ import torch
 from common import COLA, machine, write_json
 from default_seeds import record, summary
 
-import scorer.train
-from scorer import atomic
+import scorer.training.train
 from scorer.cli import main as cli
+from scorer.data import atomic
 
 OUT = Path(__file__).resolve().parent / "out"
 STAGE_FIELDS = ("model", "data", "max_length", "batch_size", "precision", "device", "seed", "mlm_epochs", "mlm_lr",
@@ -38,12 +38,12 @@ STAGE_FIELDS = ("model", "data", "max_length", "batch_size", "precision", "devic
 
 
 class StageCache:
-    """Wraps scorer.train._adapt: the first call per stage key runs it and saves the encoder and RNG states, later
-    calls restore both."""
+    """Wraps scorer.training.train._adapt: the first call per stage key runs it and saves the encoder and RNG states,
+    later calls restore both."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.real, self.events = root, scorer.train._adapt, []
-        scorer.train._adapt = self
+        self.root, self.real, self.events = root, scorer.training.train._adapt, []
+        scorer.training.train._adapt = self
 
     def __call__(self, encoder_model, config, hf_tokenizer, train_set, device, precision):
         key = {name: str(getattr(config, name)) for name in STAGE_FIELDS} | {"resolved_precision": precision}

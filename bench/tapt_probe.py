@@ -8,10 +8,10 @@ masked-LM training (task-adaptive pretraining) or replaced-token detection (ELEC
 Writes the adapted encoder to a temporary directory, fine-tunes it once per seed with a recipe of
 bench/recipes.py (on top of its BASE), and appends each run to bench/out/recipes.json as recipe
 "<recipe>+tapt<N>-lr<LR>" and/or "+rtd<N>-lr<LR>". The stages run once, with --mlm-seed, for all fine-tuning
-seeds. They are scorer/adapt.py's, as `scorer train --mlm-epochs N --rtd-epochs M` runs them (there once per
+seeds. They are scorer/training/adapt.py's, as `scorer train --mlm-epochs N --rtd-epochs M` runs them (there once per
 training run, seeded by --seed). The three-seed tapt20 figures in bench/RESULTS.md came from this script's
 earlier, self-contained copy of the masked-LM stage (commit ced35a4: random-order batches, no gradient
-clipping); the seed-42 pipeline run used scorer/adapt.py.
+clipping); the seed-42 pipeline run used scorer/training/adapt.py.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from common import COLA, TOKENIZER_FILES
 from recipes import BASE, RECIPES, summarise
 
 from scorer.config import RTD_DRAWS, TrainConfig, packaged_model
-from scorer.read import read_labelled
-from scorer.tokens import TextEncoder
-from scorer.train import train
+from scorer.data.read import read_labelled
+from scorer.text.tokens import TextEncoder
+from scorer.training.train import train
 
 
 def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: float, rtd_epochs: int = 0,
@@ -39,7 +39,7 @@ def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: floa
     once, on CoLA's training sentences, saved as an encoder directory."""
     from transformers import AutoModel, AutoTokenizer
 
-    from scorer.train import _adapt, _resolve_precision
+    from scorer.training.train import _adapt, _resolve_precision
 
     source = packaged_model()
     config = TrainConfig(data=COLA / "train.tsv", model=source, output=directory, mlm_epochs=epochs,
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--mlm-epochs", type=int, default=3)
     parser.add_argument("--mlm-lr", type=float, default=5e-5)
     parser.add_argument("--rtd-epochs", type=int, default=0,
-                        help="Epochs of replaced-token detection after the masked-LM ones (scorer/adapt.py).")
+                        help="Epochs of replaced-token detection after the masked-LM ones (scorer/training/adapt.py).")
     parser.add_argument("--rtd-lr", type=float, default=1e-4)
     parser.add_argument("--rtd-draw", choices=RTD_DRAWS, default="frequency")
     parser.add_argument("--tag", default="", help="Appended to the recipe name, to tell versions of a stage apart.")

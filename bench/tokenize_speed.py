@@ -23,8 +23,8 @@ import numpy as np
 from common import COLA, machine, tokenizer_dir, write_json
 from scoring import workload
 
-from scorer.read import read_labelled
-from scorer.tokens import Encoded, TextEncoder
+from scorer.data.read import read_labelled
+from scorer.text.tokens import Encoded, TextEncoder
 
 WINDOW = 16384
 

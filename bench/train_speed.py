@@ -23,8 +23,8 @@ import torch
 from common import COLA, machine, random_bert, tokenizer_dir, write_json
 
 from scorer.config import TrainConfig
-from scorer.read import read_labelled
-from scorer.train import train
+from scorer.data.read import read_labelled
+from scorer.training.train import train
 
 MODES = {"eager": {}, "compile": {"compile": True}, "graphs": {"cuda_graphs": "compiled"},
          "captured": {"cuda_graphs": "captured"}}

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from common import COLA, machine, tokenizer_dir, write_json
 
+from scorer.data.read import TableReader, read_labelled
 from scorer.metrics import confusion_of
-from scorer.read import TableReader, read_labelled
 
 NAMES = ["unacceptable", "acceptable"]
 

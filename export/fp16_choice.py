@@ -29,20 +29,20 @@ import numpy as np
 from export.fp16_probe import trials_in_children
 from export.optimize import attention_of, graph_file, optimize_each, optimize_fp16, packed, with_row_starts
 from export.timing import best_seconds, logits_of, run_cost
-from scorer.batches import budget_batches
 from scorer.config import FP16_ATTENTIONS, RunConfig
-from scorer.defaults import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
 from scorer.errors import ModelError, first_line
-from scorer.selfcheck import TOLERANCE, allowed
-from scorer.session import batch_runner, create_session, cuda_starts
-from scorer.tokens import Encoded
+from scorer.inference.defaults import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
+from scorer.inference.selfcheck import TOLERANCE, allowed
+from scorer.inference.session import batch_runner, create_session, cuda_starts
+from scorer.text.batches import budget_batches
+from scorer.text.tokens import Encoded
 
 log = logging.getLogger("scorer")
 # Best of 3 passes; each pass runs 8 full batches' worth of tokens (the calibration rows repeated): 500 short
 # sentences alone make one small batch, where launch overheads, not the attention, decide.
 _PASSES, _FULL_BATCHES = 3, 8
 # The check rows (calibration rows in their own order, so of mixed lengths, padded to the longest) may differ from the
-# fp32 graph's logits as much as scorer.selfcheck allows fp16 (0.05 or 2% of the largest logit; why, there).
+# fp32 graph's logits as much as scorer.inference.selfcheck allows fp16 (0.05 or 2% of the largest logit; why, there).
 _CHECK_ROWS = 64
 
 

@@ -69,7 +69,7 @@ def trial_in_child(graph: Path, provider: str, kernels: str, check: tuple[np.nda
 
 def main(argv: list[str]) -> int:
     from export.fp16_choice import KERNELS, check_logits  # here: fp16_choice imports this module
-    from scorer.session import batch_runner, create_session
+    from scorer.inference.session import batch_runner, create_session
 
     graph, provider, kernels, check = argv
     try:

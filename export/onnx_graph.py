@@ -1,5 +1,5 @@
-"""Export a classifier (scorer.checkpoints.load_classifier) to ONNX with dynamic batch and sequence axes, and check
-the saved graph."""
+"""Export a classifier (scorer.pytorch.checkpoints.load_classifier) to ONNX with dynamic batch and sequence axes,
+and check the saved graph."""
 
 from __future__ import annotations
 

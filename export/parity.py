@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scorer.check import TOLERANCE
 from scorer.config import ExportConfig
+from scorer.inference.rescue import finite_rows
+from scorer.inference.results import softmax
+from scorer.inference.session import batch_runner, create_session, cuda_starts
 from scorer.metrics import confusion_of
-from scorer.rescue import finite_rows
-from scorer.results import softmax
-from scorer.session import batch_runner, create_session, cuda_starts
-from scorer.tokens import Encoded
+from scorer.scoring.check import TOLERANCE
+from scorer.text.tokens import Encoded
 
 _SINGLE_ROWS = 8
 _ODD_BATCH = 7

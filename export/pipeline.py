@@ -19,15 +19,16 @@ from export.large import weights_beside
 from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx, external_files
 from export.quantize import Quantiser, QuantizeReport, Targets
 from export.rows import calibration_texts, parity_rows, recorded_data
-from scorer import atomic, selfcheck
-from scorer.check import TOLERANCE
-from scorer.checkpoints import checkpoint_tokenizer, load_classifier
 from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
+from scorer.data import atomic
 from scorer.errors import ParityError, ProviderError
+from scorer.inference import selfcheck
+from scorer.inference.session import onnxruntime
 from scorer.manifest import MANIFEST, VARIANT_FILES, Manifest, Variant, sha256_file, weight_files
-from scorer.model import HeadConfig
-from scorer.session import onnxruntime
-from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
+from scorer.pytorch.checkpoints import checkpoint_tokenizer, load_classifier
+from scorer.pytorch.model import HeadConfig
+from scorer.scoring.check import TOLERANCE
+from scorer.text.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 
 log = logging.getLogger("scorer")
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")

@@ -44,10 +44,10 @@ from export.int8_prediction import predicted_agreement, predicted_score_shift, t
 from export.large import data_file, one_file_graph
 from export.per_token import per_token_int8
 from export.timing import Batches, best_seconds, logits_of
-from scorer.batches import budget_batches
-from scorer.defaults import MIN_INT8_SPEEDUP as MIN_SPEEDUP
-from scorer.session import create_session
-from scorer.tokens import Encoded
+from scorer.inference.defaults import MIN_INT8_SPEEDUP as MIN_SPEEDUP
+from scorer.inference.session import create_session
+from scorer.text.batches import budget_batches
+from scorer.text.tokens import Encoded
 
 log = logging.getLogger("scorer")
 SCHEME = "per-token"

@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow as pa
 
 from scorer.config import ExportConfig, TrainConfig, example_file
-from scorer.dataset import TrainingData, load_training_data
+from scorer.data.labels import LabelIndex
+from scorer.data.read import TableReader, plain_text
 from scorer.errors import InputError, ScorerError
-from scorer.labels import LabelIndex
-from scorer.model import HeadConfig
-from scorer.read import TableReader, plain_text
+from scorer.pytorch.model import HeadConfig
+from scorer.training.dataset import TrainingData, load_training_data
 
 log = logging.getLogger("scorer")
 # Fewer validation rows than this make a noisy gate (one flipped label is 0.5% of 200): the packaged examples then.

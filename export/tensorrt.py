@@ -23,8 +23,8 @@ _OPT_ROWS, _OPT_LENGTH = 256, 32
 
 def available() -> bool:
     """True when onnxruntime lists the TensorRT EP and the TensorRT libraries can be loaded."""
-    from scorer.session import TENSORRT, missing_tensorrt_libraries
-    from scorer.session import available as providers
+    from scorer.inference.session import TENSORRT, missing_tensorrt_libraries
+    from scorer.inference.session import available as providers
 
     return TENSORRT in providers() and not missing_tensorrt_libraries()
 
@@ -50,7 +50,7 @@ def provider_options(cache_dir: Path, max_length: int, max_rows: int) -> dict[st
 
 def build_engine(model: Path, cache_dir: Path, max_length: int, max_rows: int) -> None:
     """Build and cache the engine now (at export), so that no nightly run pays for it."""
-    from scorer.session import create_session
+    from scorer.inference.session import create_session
 
     session = create_session(model, "tensorrt", provider_options(cache_dir, max_length, max_rows))
     for rows, length in ((1, 1), (min(_OPT_ROWS, max_rows), min(_OPT_LENGTH, max_length)), (max_rows, max_length)):

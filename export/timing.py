@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from scorer.batches import budget_batches
-from scorer.session import batch_runner
-from scorer.tokens import Encoded
+from scorer.inference.session import batch_runner
+from scorer.text.batches import budget_batches
+from scorer.text.tokens import Encoded
 
 # (rows, pad): rows run together, padded to `pad` tokens (None: the longest of them).
 Batches = list[tuple[np.ndarray, int | None]]
@@ -58,7 +58,7 @@ def best_seconds(runners: list, encoded: Encoded, batches: Batches, passes: int)
 
 def run_cost(runner: Runner, encoded: Encoded, rows: np.ndarray, budget: int, max_rows: int, passes: int
              ) -> float | None:
-    """What one more run of the model costs, in tokens' worth of work (scorer.batches' per-run cost).
+    """What one more run of the model costs, in tokens' worth of work (scorer.text.batches' per-run cost).
 
     The same rows are timed cut into batches of `budget` tokens and of an eighth of that, and the two passes fitted
     to seconds = runs x a + padded tokens x b; the cost is a / b, within [0, budget]. None when the fit is

@@ -9,9 +9,9 @@ import click
 from scorer import __version__
 from scorer.command import build, command, shown, shown_by_provider
 from scorer.config import CUDA_GRAPHS, OUTPUT_FORMATS, POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
-from scorer.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS, MIN_INT8_SPEEDUP
 from scorer.errors import EXIT_CODES
 from scorer.extras import require_training_stack
+from scorer.inference.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS, MIN_INT8_SPEEDUP
 
 PATH = click.Path(exists=False, dir_okay=True, path_type=Path)
 
@@ -107,7 +107,7 @@ def main() -> None:
 def train(progress: bool, **options) -> None:
     """Fine-tune the encoder with a classification head and write a checkpoint directory."""
     require_training_stack("scorer train")
-    from scorer.train import train as run_training
+    from scorer.training.train import train as run_training
 
     result = run_training(build(TrainConfig, **options), progress=progress)
     best = result.best
@@ -219,8 +219,8 @@ def run_command(progress: bool, input: str, **options) -> None:
     from its last finished window; outputs already scored by the same model from the same input are skipped.
     Small inputs (at most a quarter of --window-rows each) are scored together, each into its own output.
     """
-    from scorer.evaluate import markdown
-    from scorer.score import score_file
+    from scorer.scoring.evaluate import markdown
+    from scorer.scoring.score import score_file
 
     summary = score_file(build(RunConfig, input=input, **options), progress=progress)
     if summary.evaluation and progress:  # --quiet: the one summary line only (it carries accuracy and MCC)

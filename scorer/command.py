@@ -81,7 +81,7 @@ def shown(cls: type, field: str) -> str:
 
 
 def shown_by_provider(table: dict[str, int]) -> str:
-    """'[default: …]' of a per-provider default of scorer.defaults."""
+    """'[default: …]' of a per-provider default of scorer.inference.defaults."""
     tensorrt = "" if table["tensorrt"] == table["cuda"] else f", {table['tensorrt']} with TensorRT"
     return f"[default: {table['cuda']} on CUDA, {table['cpu']} on a CPU{tensorrt}]"
 

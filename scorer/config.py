@@ -10,12 +10,12 @@ from pathlib import Path
 
 from scorer.errors import ConfigError
 
-# How scorer.model.SentenceClassifier makes one vector of a sentence. mean: mean of the last layer's token states;
+# How pytorch.model.SentenceClassifier makes one vector of a sentence. mean: mean of the last layer's token states;
 # cls: the last layer's [CLS] state; mix: mean of a learned softmax-weighted sum of every layer's token states
 # (embeddings included), as in ELMo's scalar mix; max: the largest value of each feature over the tokens (one odd
 # token can decide); mean-max: both, side by side.
 POOLINGS = ("mean", "cls", "mix", "max", "mean-max")
-# Where the replaced-token epochs draw replaced and inserted tokens from (scorer.adapt.Draws).
+# Where the replaced-token epochs draw replaced and inserted tokens from (scorer.training.adapt.Draws).
 RTD_DRAWS = ("frequency", "context")
 
 ARTIFACTS = Path("scorer-artifacts")
@@ -24,7 +24,7 @@ ONNX_DIR = "onnx"
 MAX_LENGTH_LIMIT = 512
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16")
-CUDA_GRAPHS = ("off", "compiled", "captured")  # the ways of scorer.graphs
+CUDA_GRAPHS = ("off", "compiled", "captured")  # the ways of scorer.pytorch.graphs
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 VARIANTS = ("fp32", "fp16", "int8")
 SELECTIONS = ("mcc", "accuracy", "last")
@@ -45,7 +45,7 @@ def example_file(name: str) -> Path:
     return Path(str(resources.files("scorer") / "examples" / name))
 
 
-# CSV and TSV files may be compressed, inputs (scorer.csvlint) and outputs (scorer.write) alike.
+# CSV and TSV files may be compressed, inputs (scorer.data.csvlint) and outputs (scorer.data.write) alike.
 COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
 OUTPUT_FORMATS = ("parquet", *(f"{fmt}{ending}" for fmt in ("csv", "tsv") for ending in ("", *COMPRESSIONS)))
 
@@ -220,18 +220,18 @@ class RunConfig:
     # texts less padding: on CoLA-like text 12% more tokens than real ones at 16,384, 2.9% at 65,536;
     # bench/padding.py), 16,384 on a CPU (small batches pad little anyway; a window is tens of seconds of work).
     window_rows: int | None = None
-    # Tokens' worth of work one more batch costs (scorer.batches); None: the provider's (classify.py).
+    # Tokens' worth of work one more batch costs (scorer.text.batches); None: the provider's (classify.py).
     batch_overhead: int | None = None
     # Each window is tokenised in pieces of about this many characters, so that the model starts on a window's
     # first piece while the rest is tokenised: one piece per window of CoLA-like sentences, about nine of texts
     # of 100 words.
     piece_chars: int = 1 << 20
     tokenize_threads: int = 2
-    # Inputs of at most this many rows are small: consecutive ones are scored together (scorer.bundle); None: a
+    # Inputs of at most this many rows are small: consecutive ones are scored together (scorer.scoring.bundle); None: a
     # quarter window; 0: every input on its own, for benchmarks that compare the two.
     small_rows: int | None = None
     infer_threads: int | None = None  # None: 2 on CUDA (measured +8% on an H200, twice), 1 elsewhere
-    # Tokenise through scorer.words.WordCache where the tokenizer qualifies (same ids, measured faster); False
+    # Tokenise through scorer.text.words.WordCache where the tokenizer qualifies (same ids, measured faster); False
     # is the tokenizer alone, for benchmarks that compare the two.
     word_cache: bool = True
     check: int = 0

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from scorer.config import RunConfig, TrainConfig, example_file
 from scorer.errors import OutputError
-from scorer.score import score_file
-from scorer.summary import RunSummary
+from scorer.scoring.score import score_file
+from scorer.scoring.summary import RunSummary
 
 log = logging.getLogger("scorer")
 _MARK = ".scorer-demo"  # says that the demo made the work directory, so its next run may replace what is in it
@@ -19,8 +19,8 @@ def run_demo(workdir: Path, epochs: int | None = None, progress: bool = True) ->
     show what a user of each command would see: the parity table, the evaluation with its sample rows."""
     from export.pipeline import export_model
     from scorer.config import ExportConfig
-    from scorer.evaluate import markdown
-    from scorer.train import train
+    from scorer.scoring.evaluate import markdown
+    from scorer.training.train import train
 
     _claim(workdir)
     checkpoint, onnx_dir = workdir / "checkpoint", workdir / "onnx"

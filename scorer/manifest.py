@@ -61,7 +61,7 @@ class Manifest:
     checkpoint: str
     format: str = FORMAT
     parity_passed: bool | None = None
-    label_ids: bool = False  # whether files may write a label as its index (scorer.labels.LabelIndex)
+    label_ids: bool = False  # whether files may write a label as its index (scorer.data.labels.LabelIndex)
     checkpoint_weights: dict[str, str] = field(default_factory=dict)  # its weight files at export: sha256
     extra: dict = field(default_factory=dict)
 

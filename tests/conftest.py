@@ -190,7 +190,7 @@ def fp32_parity_and_run_evaluation(checkpoint: Path, data: Path, out: Path) -> t
     from click.testing import CliRunner
 
     from scorer.cli import main
-    from scorer.write import default_output
+    from scorer.data.write import default_output
 
     exported = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(out), "--data",
                                          str(data), "--variants", "fp32"])
@@ -218,7 +218,7 @@ def tokenizer_source() -> Path:
 def tiny_checkpoint(tiny_encoder, tmp_path_factory) -> Path:
     """The tiny BERT fine-tuned for 2 epochs on the packaged examples."""
     from scorer.config import TrainConfig
-    from scorer.train import train
+    from scorer.training.train import train
 
     output = tmp_path_factory.mktemp("tiny-trained") / "checkpoint"
     train(TrainConfig(model=tiny_encoder, output=output, epochs=2, max_length=48, learning_rate=1e-3),

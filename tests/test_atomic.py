@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scorer import atomic
+from scorer.data import atomic
 from scorer.errors import OutputError
 
 

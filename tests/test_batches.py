@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scorer.batches import BatchTally, WindowBatcher, budget_batches
-from scorer.classify import OnnxClassifier
+from scorer.inference.classify import OnnxClassifier
+from scorer.text.batches import BatchTally, WindowBatcher, budget_batches
 
 
 def padding(lengths: np.ndarray, batches: list[np.ndarray]) -> int:

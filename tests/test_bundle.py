@@ -1,5 +1,5 @@
-"""Small inputs scored together (scorer.bundle): shared batches, and each input still its own output, summary and
-failure."""
+"""Small inputs scored together (scorer.scoring.bundle): shared batches, and each input still its own output, summary
+and failure."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from scorer.classify import OnnxClassifier
-from scorer.parts import OutputLock
+from scorer.inference.classify import OnnxClassifier
+from scorer.scoring.parts import OutputLock
 from tests.test_nightly import files_under, run, sentences
 
 
@@ -95,7 +95,7 @@ def test_small_inputs_of_every_text_type_are_joined_only_where_they_can_be(tiny_
 
 
 def test_joined_pieces_join_text_chunks_of_one_type_up_to_the_budget_and_keep_every_row_in_order():
-    from scorer.stream import joined_pieces
+    from scorer.scoring.stream import joined_pieces
 
     columns = [pa.chunked_array([["ab", "cd"]]), pa.chunked_array([["ef"], ["gh", None]]),
                pa.chunked_array([pa.array(["ij"], pa.large_string())]), pa.chunked_array([[1, 2]]),
@@ -136,8 +136,8 @@ def test_a_bad_small_input_fails_alone_and_the_summary_keeps_the_inputs_order(ti
 
 def test_with_fail_fast_an_input_failing_as_its_bundle_is_finished_stops_the_run_there(tiny_export, tmp_path,
                                                                                         monkeypatch):
-    from scorer import bundle
     from scorer.errors import InputError
+    from scorer.scoring import bundle
 
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     _inbox(inbox, [3, 2, 4, 1])
@@ -189,7 +189,7 @@ def test_a_bundle_stopped_midway_writes_nothing_and_the_rerun_scores_it(tiny_exp
 
 
 def test_a_small_input_with_an_earlier_run_s_parts_resumes_from_them_on_its_own(tiny_export, tmp_path, monkeypatch):
-    from scorer import single
+    from scorer.scoring import single
 
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     paths = _inbox(inbox, [3, 2, 4])
@@ -214,7 +214,7 @@ def test_a_bundle_whose_model_or_output_fails_says_what_to_do_for_each_input(tin
                                                                             failing):
     from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
-    from scorer import write
+    from scorer.data import write
 
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     _inbox(inbox, [3, 2])
@@ -237,7 +237,7 @@ def test_a_bundle_whose_model_or_output_fails_says_what_to_do_for_each_input(tin
 
 
 def test_a_bug_outside_any_input_s_scoring_still_ends_in_the_summary(tiny_export, tmp_path, monkeypatch):
-    from scorer import bundle
+    from scorer.scoring import bundle
 
     def broken(*args, **kwargs):  # (a fault injected where a bundle logs its inputs: a bug of ours, for the test)
         raise ZeroDivisionError("division by zero")

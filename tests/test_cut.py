@@ -7,9 +7,9 @@ import pyarrow as pa
 import pytest
 
 from scorer.config import packaged_model
-from scorer.cut import CUT_MIN_CHARS, unknown_run
-from scorer.giant import bpe_settled
-from scorer.tokens import TextEncoder
+from scorer.text.cut import CUT_MIN_CHARS, unknown_run
+from scorer.text.giant import bpe_settled
+from scorer.text.tokens import TextEncoder
 from tests.conftest import trained_tokenizer
 
 
@@ -22,7 +22,7 @@ def encoder() -> TextEncoder:
 def test_rows_far_longer_than_max_length_are_cut_before_tokenising_and_give_the_same_ids(added):
     from tokenizers import AddedToken, Tokenizer
 
-    from scorer.tokens import TOKENIZER_FILE
+    from scorer.text.tokens import TOKENIZER_FILE
 
     def encoder(word_cache: bool) -> TextEncoder:
         tokenizer = Tokenizer.from_file(str(packaged_model() / TOKENIZER_FILE))
@@ -78,7 +78,7 @@ def test_runs_of_letters_and_digits_past_a_words_limit_are_shortened_and_give_th
     digits are cut to one more character than that, wherever they stand, with the ids of the whole row."""
     from tokenizers import Tokenizer
 
-    from scorer.tokens import TOKENIZER_FILE
+    from scorer.text.tokens import TOKENIZER_FILE
 
     def encoder(word_cache: bool) -> TextEncoder:
         tokenizer = Tokenizer.from_file(str(packaged_model() / TOKENIZER_FILE))
@@ -108,7 +108,7 @@ def test_runs_of_letters_and_digits_past_a_words_limit_are_shortened_and_give_th
 def test_runs_are_left_whole_where_an_added_token_could_be_matched_inside_them():
     from tokenizers import Tokenizer
 
-    from scorer.tokens import TOKENIZER_FILE
+    from scorer.text.tokens import TOKENIZER_FILE
 
     tokenizer = Tokenizer.from_file(str(packaged_model() / TOKENIZER_FILE))
     assert unknown_run(tokenizer) == 101
@@ -130,7 +130,7 @@ def test_tokenizers_without_the_word_cache_have_long_rows_cut_with_the_same_ids(
     precompiled normaliser too) split words locally too: their long rows are cut where words before the limit give
     enough tokens (byte-level BPE splits letters from digits and punctuation, Metaspace only at spaces), or where
     one giant word (base64 or CJK text without a space, for Metaspace any row without one) gives its first tokens
-    whatever follows (scorer.giant); what max_length keeps is what the tokenizer gives for the whole row."""
+    whatever follows (scorer.text.giant); what max_length keeps is what the tokenizer gives for the whole row."""
     encoder = TextEncoder(_trained(kind), max_length=32)
     assert encoder.words is None and encoder.cutter is not None
     rng = np.random.default_rng(7)

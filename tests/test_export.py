@@ -21,8 +21,8 @@ from export.parity import batching, parity_batches
 from scorer.cli import main
 from scorer.config import FP16_ATTENTIONS
 from scorer.manifest import load_manifest, sha256_file
-from scorer.model import SentenceClassifier
-from scorer.tokens import TextEncoder
+from scorer.pytorch.model import SentenceClassifier
+from scorer.text.tokens import TextEncoder
 from tests.conftest import fp32_parity_and_run_evaluation, rewritten_fp16
 
 
@@ -144,12 +144,13 @@ def test_cuda_listed_but_not_starting_builds_and_checks_fp16_on_the_cpu_saying_s
     """onnxruntime-gpu on a machine where CUDA cannot start (no GPU, or CUDA's libraries missing) lists the CUDA
     provider: export failed at the fp16 parity check with exit 6. Only the listing is made up here; every session is
     real, and the one asked for on CUDA lands on the CPU as it does there."""
-    import scorer.session
+    import scorer.inference.session
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("CUDA is really listed here")
-    monkeypatch.setattr(scorer.session, "available", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(scorer.session, "_CUDA_STARTS", [])
+    monkeypatch.setattr(scorer.inference.session, "available",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(scorer.inference.session, "_CUDA_STARTS", [])
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--output",
                                        str(tmp_path / "onnx"), "--variants", "fp32,fp16", "--quiet"])
     assert result.exit_code == 0, result.output
@@ -172,7 +173,7 @@ MODES = tuple(f"{attention}{'' if kernels == 'default' else ' ' + kernels}{mode}
 
 
 def test_fp16_attention_is_chosen_by_cuda_timing_or_fused_without_cuda(tiny_export):
-    from scorer.session import cuda_starts
+    from scorer.inference.session import cuda_starts
 
     fp16 = load_manifest(tiny_export).extra["fp16"]
     if cuda_starts(tiny_export / "model.onnx"):  # (onnxruntime-gpu lists CUDA on machines where it cannot start)
@@ -633,8 +634,8 @@ def test_parity_leaves_out_rows_without_text_and_keeps_the_labels_of_the_others(
 
 
 def test_the_self_check_batch_stays_small_however_long_the_rows(tiny_export, tmp_path):
-    from scorer import selfcheck
-    from scorer.tokens import Encoded
+    from scorer.inference import selfcheck
+    from scorer.text.tokens import Encoded
 
     lengths = np.linspace(5, 128, 40).astype(np.int64)  # up to the tiny model's position limit
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -679,8 +680,8 @@ def test_the_gate_holds_a_variant_to_the_probabilities_run_check_allows_it(moved
     """Every label kept, one row's probability moved: a variant passes only within `scorer run --check`'s tolerance
     for it (int8 0.05, fp16 0.02), so that an export which passes does not fail a check of the same rows."""
     from export.parity import _judge
-    from scorer.check import TOLERANCE
     from scorer.config import ExportConfig
+    from scorer.scoring.check import TOLERANCE
 
     n = 200
     targets = np.zeros(n, dtype=np.int64)
@@ -758,7 +759,7 @@ def test_gate_forgives_flips_only_at_near_ties():
 def test_every_pooling_survives_export(tiny_encoder, tmp_path, pooling):
     from export.pipeline import export_model
     from scorer.config import ExportConfig, TrainConfig
-    from scorer.train import train
+    from scorer.training.train import train
 
     checkpoint = tmp_path / "checkpoint"
     train(TrainConfig(model=tiny_encoder, output=checkpoint, epochs=1, max_length=48, learning_rate=1e-3,
@@ -803,7 +804,7 @@ def test_export_without_data_checks_parity_on_the_checkpoints_validation_rows(ti
     from export.pipeline import export_model
     from export.rows import MIN_HELD_OUT, calibration_texts, parity_rows, recorded_data
     from scorer.config import ExportConfig
-    from scorer.model import HeadConfig
+    from scorer.pytorch.model import HeadConfig
 
     checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
     settings = json.loads((checkpoint / "train_config.json").read_text())
@@ -833,7 +834,7 @@ def test_export_without_data_keeps_the_packaged_examples_for_a_small_or_changed_
                                                                                               tmp_path):
     from export.rows import parity_rows, recorded_data
     from scorer.config import ExportConfig
-    from scorer.model import HeadConfig
+    from scorer.pytorch.model import HeadConfig
 
     head = HeadConfig(**json.loads((tiny_checkpoint / "scorer_head.json").read_text()))
     config = ExportConfig(checkpoint=tiny_checkpoint)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from scorer.cli import main
 from scorer.config import example_file
-from scorer.tokens import TextEncoder
+from scorer.text.tokens import TextEncoder
 from tests.conftest import SPECIALS, trained_tokenizer, with_tokenizer
 
 SHAPE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}

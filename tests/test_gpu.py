@@ -57,7 +57,7 @@ def test_cuda_scores_match_cpu_and_auto_picks_cuda(tiny_export, source, tmp_path
 
 @pytest.mark.gpu
 def test_small_inputs_scored_together_on_cuda_match_cpu(tiny_export, tmp_path):
-    """Batches in flight on CUDA's two inference threads, shared by many small inputs (scorer.bundle)."""
+    """Batches in flight on CUDA's two inference threads, shared by many small inputs (scorer.scoring.bundle)."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     for i in range(40):
@@ -115,7 +115,7 @@ def test_training_on_cuda_with_bf16(tiny_encoder, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("graphs", ["compiled", "captured"])
 def test_cuda_graph_steps_train_the_same_model_as_eager_steps_on_cuda(tmp_path, graphs):
-    from scorer.model import SentenceClassifier
+    from scorer.pytorch.model import SentenceClassifier
     from tests.conftest import build_tiny_encoder
 
     # No dropout, so graph replays must compute what eager steps do; 3 epochs replay each shape's graph many times,
@@ -163,8 +163,8 @@ def test_each_fp16_kernel_setting_scores_padded_rows_as_the_fp32_graph_on_cuda(t
     import onnxruntime as ort
 
     from export.fp16_choice import KERNELS
-    from scorer.session import create_session
-    from scorer.tokens import TextEncoder
+    from scorer.inference.session import create_session
+    from scorer.text.tokens import TextEncoder
     from tests.conftest import rewritten_fp16
 
     graph = rewritten_fp16(tiny_export, tmp_path, attention, kernels)[1]

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from scorer.check import TOLERANCE
-from scorer.checkpoints import label_names
 from scorer.cli import main
 from scorer.errors import ModelError
+from scorer.pytorch.checkpoints import label_names
+from scorer.scoring.check import TOLERANCE
 from tests.conftest import tokenizer_source
 
 SHAPE = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
+from scorer.data.labels import LabelIndex, label_value, normalise_labels
+from scorer.data.read import read_labelled
 from scorer.errors import InputError
-from scorer.labels import LabelIndex, label_value, normalise_labels
-from scorer.read import read_labelled
 from tests.conftest import fp32_parity_and_run_evaluation
 
 
@@ -53,7 +53,7 @@ def test_a_stray_name_among_number_labels_is_refused_naming_its_row(tmp_path):
 
 def test_a_label_too_rare_to_learn_and_a_sentence_with_two_labels_are_warned_of(tmp_path, caplog):
     from scorer.config import TrainConfig
-    from scorer.dataset import load_training_data
+    from scorer.training.dataset import load_training_data
 
     data = tmp_path / "train.csv"
     data.write_text("sentence,label\n" + "".join(f"s {i},{i % 2}\n" for i in range(40)) + "s x,11\n")

@@ -261,14 +261,14 @@ def test_a_run_stopped_before_any_input_says_so_in_the_summary_not_the_last_succ
 
 
 def test_a_run_stopped_by_a_bug_says_so_in_the_summary_too(tiny_export, tmp_path, monkeypatch):
-    import scorer.single
+    import scorer.scoring.single
 
     def broken(*args, **kwargs):  # (a fault injected where the run counts its rows: a bug of ours, for the test)
         raise ZeroDivisionError("division by zero")
 
     source, last = tmp_path / "in.parquet", tmp_path / "last-run.json"
     pq.write_table(pa.table({"sentence": sentences(5)}), source)
-    monkeypatch.setattr(scorer.single, "tally", broken)
+    monkeypatch.setattr(scorer.scoring.single, "tally", broken)
     result = run(source, "--model", tiny_export, "--summary", last)
     assert result.exit_code == 1 and "unexpected ZeroDivisionError: division by zero" in result.output
     summary = json.loads(last.read_text())
@@ -339,7 +339,7 @@ def test_a_running_run_keeps_its_summary_up_to_date_and_a_killed_one_is_not_take
                        inbox / f"day{day}.parquet")
     args = [str(inbox), "-o", str(out), "--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32",
             "--summary", str(last), "--quiet"]
-    code = ("import sys, scorer.heartbeat as h; h.HEARTBEAT_SECONDS = 0.05; from scorer.cli import main; "
+    code = ("import sys, scorer.scoring.heartbeat as h; h.HEARTBEAT_SECONDS = 0.05; from scorer.cli import main; "
             f"sys.argv = ['scorer', 'run', *{args!r}]; main()")
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline, seen = time.time() + 120, {}
@@ -434,7 +434,7 @@ def test_a_run_that_crashed_after_its_last_short_window_counts_the_rows_it_resum
                                                                                           monkeypatch):
     """Every window finished (the last one short) and the run crashed while finishing: the rerun writes nothing new,
     and its summary says so (it said 'resumed at row 45, -5 written now': windows times their size)."""
-    from scorer import single
+    from scorer.scoring import single
 
     source, output = tmp_path / "in.parquet", tmp_path / "out.parquet"
     pq.write_table(pa.table({"sentence": sentences(40)}), source)
@@ -526,7 +526,7 @@ def test_parts_left_by_a_crash_are_never_spliced_into_another_inputs_or_models_o
 
 def _crash_on_the_third_window(monkeypatch, source: Path, output: Path, *options) -> None:
     """Run `scorer run` into `output` and crash it (not the input's fault) as its third window is finished."""
-    from scorer.classify import OnnxClassifier
+    from scorer.inference.classify import OnnxClassifier
 
     real, calls = OnnxClassifier.result_arrays, []
 
@@ -588,7 +588,7 @@ def test_an_output_directory_that_cannot_be_written_is_refused_before_any_work(t
 
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tiny_export, tmp_path):
     from scorer.errors import OutputError
-    from scorer.parts import OutputLock
+    from scorer.scoring.parts import OutputLock
 
     output = tmp_path / "out.parquet"
     with OutputLock(output), pytest.raises(OutputError, match="another scorer run is writing"), OutputLock(output):
@@ -801,7 +801,7 @@ def test_a_device_too_full_for_the_self_check_stops_before_any_output_with_exit_
 def test_onnx_runtime_s_ways_of_saying_it_is_out_of_memory_are_told_apart(message, said):
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail
 
-    from scorer.session import memory_failure
+    from scorer.inference.session import memory_failure
 
     assert memory_failure(Fail(message)) == said
     assert memory_failure(MemoryError("out of memory")) is None  # (not ONNX Runtime's: a bug of ours, said as one)
@@ -810,16 +810,16 @@ def test_onnx_runtime_s_ways_of_saying_it_is_out_of_memory_are_told_apart(messag
 def test_a_heartbeat_that_cannot_write_warns_once_and_the_run_goes_on(monkeypatch, caplog):
     """A running summary that cannot be written (a full disk, say) is warned of once, and tried again each beat:
     what the run itself does then decides what happens, as without the heartbeat."""
-    import scorer.heartbeat
+    import scorer.scoring.heartbeat
 
-    monkeypatch.setattr(scorer.heartbeat, "HEARTBEAT_SECONDS", 0.01)
+    monkeypatch.setattr(scorer.scoring.heartbeat, "HEARTBEAT_SECONDS", 0.01)
     calls = []
 
     def write():
         calls.append(time.perf_counter())
         raise OSError(28, "No space left on device")
 
-    with scorer.heartbeat.Heartbeat(write) as beat:
+    with scorer.scoring.heartbeat.Heartbeat(write) as beat:
         assert len(calls) == 1  # (as the block starts)
         time.sleep(0.2)
     said = [r.getMessage() for r in caplog.records if "running summary" in r.getMessage()]
@@ -829,7 +829,7 @@ def test_a_heartbeat_that_cannot_write_warns_once_and_the_run_goes_on(monkeypatc
     count = len(calls)
     time.sleep(0.05)
     assert len(calls) == count  # (stopped with the block)
-    with scorer.heartbeat.Heartbeat(write, enabled=False):
+    with scorer.scoring.heartbeat.Heartbeat(write, enabled=False):
         time.sleep(0.05)
     assert len(calls) == count
 
@@ -840,7 +840,7 @@ def test_windows_left_beside_a_complete_output_are_removed_by_the_run_that_skips
     a copy of the output's rows that nothing would resume from: the next run, which skips the output as up to date,
     removes them under the output's lock; windows of another making (another model's run stopped midway, which
     would resume from them) and windows whose output another run holds are kept."""
-    from scorer.parts import OutputLock, PartStore, work_dir
+    from scorer.scoring.parts import OutputLock, PartStore, work_dir
 
     source, output = tmp_path / "in.parquet", tmp_path / "out.parquet"
     pq.write_table(pa.table({"sentence": sentences(3_000)}), source)
@@ -889,9 +889,9 @@ def test_a_killed_run_resumes_a_compressed_csv_output_to_the_same_text(tiny_expo
 def test_a_log_gets_a_progress_line_every_minute_where_no_terminal_shows_the_bar(tiny_export, tmp_path, monkeypatch):
     """A cron job's log has no terminal, so the progress bar is off: a line every minute says how far the input got
     (here every window: the interval set to 0), with its rate and the time left; --quiet keeps the log to the result."""
-    import scorer.stream
+    import scorer.scoring.stream
 
-    monkeypatch.setattr(scorer.stream, "LOG_SECONDS", 0.0)
+    monkeypatch.setattr(scorer.scoring.stream, "LOG_SECONDS", 0.0)
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": sentences(1_000)}), source)
     options = ["run", str(source), "--model", str(tiny_export), "--window-rows", "250", "--variant", "fp32",

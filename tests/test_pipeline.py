@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
-from scorer.read import TableReader, read_labelled
+from scorer.data.read import TableReader, read_labelled
 from tests.conftest import COLA
 
 

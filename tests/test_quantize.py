@@ -12,11 +12,11 @@ from export.int8_prediction import predicted_agreement, predicted_score_shift, t
 from export.per_token import per_token_int8
 from export.quantize import Quantiser, Targets, groups_of, quantize_int8, weight_matmuls
 from export.timing import logits_of
-from scorer.batches import budget_batches
-from scorer.defaults import default_variant
+from scorer.inference.defaults import default_variant
+from scorer.inference.session import create_session
 from scorer.manifest import load_manifest
-from scorer.session import create_session
-from scorer.tokens import TextEncoder
+from scorer.text.batches import budget_batches
+from scorer.text.tokens import TextEncoder
 
 SENTENCES = [f"Sentence {i} is about a cat that sat on mat number {i % 9}." for i in range(60)] + [
     "Short.", "A much longer sentence with many more words than the others have in it, by far."]

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from scorer.data.read import TableReader, read_labelled
 from scorer.errors import InputError
-from scorer.read import TableReader, read_labelled
 
 
 def write_parquet(path, table, row_group_size=None):
@@ -194,9 +194,9 @@ def test_what_its_first_bytes_could_be_mistaken_for_is_still_read(tmp_path, name
 
 @pytest.mark.parametrize("suffix", ["csv", "tsv"])
 def test_a_row_larger_than_the_csv_block_is_read_with_every_row_around_it_once(tmp_path, monkeypatch, suffix):
-    import scorer.read
+    import scorer.data.read
 
-    monkeypatch.setattr(scorer.read, "_CSV_BLOCK", 1 << 12)  # 4 KB blocks: the 20 KB row needs 64 KB ones
+    monkeypatch.setattr(scorer.data.read, "_CSV_BLOCK", 1 << 12)  # 4 KB blocks: the 20 KB row needs 64 KB ones
     texts = [f"row {i} says little" for i in range(600)] + ["word " * 4000] + [f"after {i}" for i in range(300)]
     path = tmp_path / f"in.{suffix}"
     quote = (lambda t: f'"{t}"') if suffix == "csv" else (lambda t: t)
@@ -207,7 +207,7 @@ def test_a_row_larger_than_the_csv_block_is_read_with_every_row_around_it_once(t
     table = pa.concat_tables(windows)
     assert table.column("sentence").to_pylist() == texts
     assert table.column("id").to_pylist() == [str(i) for i in range(901)]
-    monkeypatch.setattr(scorer.read, "_CSV_MAX_BLOCK", 1 << 14)  # a row that even the largest block cannot hold
+    monkeypatch.setattr(scorer.data.read, "_CSV_MAX_BLOCK", 1 << 14)  # a row that even the largest block cannot hold
     with pytest.raises(InputError, match="straddl"):
         list(TableReader(path).batches(250))
 
@@ -318,13 +318,13 @@ def test_lines_may_end_in_a_lone_cr_as_old_mac_and_some_excel_exports_write_them
 
 
 def test_a_header_with_an_open_quote_or_without_a_line_end_is_refused_in_one_line(tmp_path, monkeypatch):
-    import scorer.csvlint
+    import scorer.data.csvlint
 
     path = tmp_path / "in.csv"
     path.write_bytes(b'"sentence,label\nA b.,1\n')
     with pytest.raises(InputError, match=r"in\.csv line 1 \(the header\): .*; fix the header"):
         TableReader(path)
-    monkeypatch.setattr(scorer.csvlint, "_HEADER_LIMIT", 1 << 20)
+    monkeypatch.setattr(scorer.data.csvlint, "_HEADER_LIMIT", 1 << 20)
     path.write_bytes(b"sentence" + b",x" * 1_000_000)
     with pytest.raises(InputError, match=r"in\.csv: no line end in its first 1 MiB, so no header line"):
         TableReader(path)

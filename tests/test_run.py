@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
+from scorer.data.read import TableReader
 from scorer.errors import ProviderError
-from scorer.read import TableReader
 from tests.conftest import after_logits, poison
 
 TEXTS = [
@@ -135,7 +135,7 @@ def test_io_binding_gives_the_same_scores_as_plain_runs(tiny_export, parquet_inp
 def test_io_binding_run_cost_and_kernels_follow_what_export_measured_for_fp16_on_cuda_only(tiny_export):
     from dataclasses import replace
 
-    from scorer.defaults import (
+    from scorer.inference.defaults import (
         DEFAULT_BATCH_OVERHEAD,
         default_batch_overhead,
         default_io_binding,
@@ -182,7 +182,7 @@ def test_summary_says_how_the_batches_padded_how_busy_the_model_was_and_what_fee
 def scored_with(export, source, output, **settings) -> pa.Table:
     """The output table of `scorer run` (the library call) on the CPU in fp32 with these RunConfig settings."""
     from scorer.config import RunConfig
-    from scorer.score import score_file
+    from scorer.scoring.score import score_file
 
     score_file(RunConfig(input=str(source), output=output, model=export, provider="cpu", variant="fp32", **settings),
                progress=False)
@@ -190,7 +190,7 @@ def scored_with(export, source, output, **settings) -> pa.Table:
 
 
 def test_the_word_cache_scores_exactly_as_the_tokenizer_alone(tiny_export, parquet_input, tmp_path):
-    from scorer.tokens import TextEncoder
+    from scorer.text.tokens import TextEncoder
 
     assert TextEncoder.from_dir(tiny_export, 32).words is not None  # the export's tokenizer qualifies
     cached, plain = (scored_with(tiny_export, parquet_input, tmp_path / f"cached-{cached}.parquet", window_rows=20,
@@ -378,7 +378,7 @@ def test_the_check_tokenises_as_a_notebook_would_so_it_also_checks_scorers_own_t
                                                                                          tmp_path, monkeypatch):
     """--check's PyTorch side tokenises with the checkpoint's tokenizer alone, each text whole: were scorer's own
     tokenising (the word cache, the long-row cut) to give other ids, the check would fail, not agree with itself."""
-    from scorer.tokens import Encoded, TextEncoder
+    from scorer.text.tokens import Encoded, TextEncoder
 
     out = tmp_path / "out.parquet"
     result = run(parquet_input, "--model", tiny_export, "-o", out, "--variant", "fp32", "--check", "20")
@@ -402,7 +402,7 @@ def test_the_check_tokenises_as_a_notebook_would_so_it_also_checks_scorers_own_t
 def test_the_check_samples_truncated_rows_so_the_long_row_cut_is_checked_too(tiny_export, tmp_path, monkeypatch):
     """A quarter of --check's rows (at least one) are truncated ones where there are any: three long rows (cut
     before tokenising) among 200 short ones would seldom be drawn at random; the check tokenises them whole."""
-    from scorer import check
+    from scorer.scoring import check
 
     long = [" ".join(["the cat sat on the mat"] * 400 + [str(i)]) for i in range(3)]  # 9,600 characters each
     texts = [f"the dog number {i} ran." for i in range(200)]
@@ -720,12 +720,12 @@ def test_cuda_without_a_gpu_is_refused(tiny_export, parquet_input):
 def test_tensorrt_listed_without_its_libraries_is_refused_naming_them(tiny_export, parquet_input, monkeypatch):
     """onnxruntime-gpu lists the TensorRT provider whether or not TensorRT is installed; without its libraries a
     session fell back to CUDA or the CPU after ONNX Runtime printed an "EP Error" block onto stdout."""
-    import scorer.session
+    import scorer.inference.session
 
-    if not scorer.session.missing_tensorrt_libraries():
+    if not scorer.inference.session.missing_tensorrt_libraries():
         pytest.skip("TensorRT's libraries are here")
-    monkeypatch.setattr(scorer.session, "available", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                                               "CPUExecutionProvider"])
+    monkeypatch.setattr(scorer.inference.session, "available",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     result = run(parquet_input, "--model", tiny_export, "--provider", "tensorrt")
     assert result.exit_code == 6 and "--provider tensorrt: the TensorRT 10 libraries libnvinfer.so.10" in result.output
     assert not parquet_input.with_name("input.scored.parquet").exists()
@@ -738,7 +738,7 @@ def test_a_cuda_start_that_falls_back_names_the_missing_libraries_and_keeps_stdo
     reproduced here; the session is real."""
     import onnxruntime
 
-    from scorer.session import create_session
+    from scorer.inference.session import create_session
 
     def preload_dlls():
         print("Failed to load libcublasLt.so.13: libcublasLt.so.13: cannot open shared object file: No such file")
@@ -785,7 +785,7 @@ def test_scoring_needs_no_training_stack_and_the_rest_says_what_to_install(tiny_
 
 
 def test_pieces_cover_every_row_once_in_order_within_the_character_budget():
-    from scorer.stream import pieces
+    from scorer.scoring.stream import pieces
 
     texts = ["ab", None, "", "é" * 25, "word " * 10, "x", None, "the end"] * 5
     column = pa.chunked_array([texts[:13], texts[13:]], pa.string())

@@ -18,10 +18,10 @@ from click.testing import CliRunner
 from scorer.cli import main
 from scorer.config import RunConfig
 from scorer.errors import ConfigError
-from scorer.parts import OutputLock
-from scorer.score import open_classifier, score_file
-from scorer.single import open_unit, score_unit
-from scorer.units import plan_units
+from scorer.scoring.parts import OutputLock
+from scorer.scoring.score import open_classifier, score_file
+from scorer.scoring.single import open_unit, score_unit
+from scorer.scoring.units import plan_units
 from tests.test_nightly import files_under, run, sentences
 
 
@@ -57,7 +57,7 @@ def test_an_input_left_to_a_run_that_stopped_without_finishing_it_is_scored_at_t
                                                                                        monkeypatch):
     """The other run held f01 and f02 as this one passed them, then stopped without writing them (killed, say): at
     the end this run tries the two once more, and scores them."""
-    from scorer import score
+    from scorer.scoring import score
 
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     _inbox(inbox, [3, 400, 2, 5])
@@ -102,7 +102,7 @@ def test_an_output_completed_by_another_run_once_opened_is_skipped_not_scored_ag
                                                                                    monkeypatch, rows):
     """Two runs open one input; the other takes its lock first and completes it: this one, locking it next, finds
     it done (scored again, it would be written twice and the two runs' summaries would both claim it)."""
-    from scorer import bundle
+    from scorer.scoring import bundle
 
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     _inbox(inbox, [2, rows, 4])

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from scorer.config import packaged_model
-from scorer.tokens import TextEncoder
+from scorer.text.tokens import TextEncoder
 
 SENTENCES = [
     "The children played in the garden.",

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from scorer.cli import main
 from scorer.config import example_file
 from scorer.errors import InputError
-from scorer.model import SentenceClassifier
+from scorer.pytorch.model import SentenceClassifier
 from tests.conftest import TINY_POSITIONS, TOKENIZER_FILES
 
 
@@ -68,7 +68,7 @@ def test_val_data_from_parquet_and_string_labels(tiny_encoder, tmp_path):
 
 def test_the_validation_split_takes_each_labels_share_so_a_rare_label_is_validated(tmp_path):
     from scorer.config import TrainConfig
-    from scorer.dataset import load_training_data
+    from scorer.training.dataset import load_training_data
 
     data = tmp_path / "train.csv"
     data.write_text("sentence,label\n" + "".join(f"sentence {i},{int(i % 40 == 0)}\n" for i in range(400)))
@@ -163,7 +163,7 @@ def test_a_gpu_out_of_memory_exits_6_saying_what_to_lower_and_writes_no_checkpoi
     # (no GPU here: a training step raises what PyTorch raises when the GPU's memory runs out)
     import torch
 
-    from scorer.loop import Trainer
+    from scorer.pytorch.loop import Trainer
 
     def full(self, *args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
@@ -279,7 +279,7 @@ def test_compiled_steps_train_the_same_model_as_eager_steps(tmp_path):
 
 
 def test_auto_precision_is_fp32_on_cuda_and_follows_the_cpu_otherwise():
-    from scorer.train import _cpu_has_bf16, _resolve_precision
+    from scorer.training.train import _cpu_has_bf16, _resolve_precision
 
     assert _resolve_precision("auto", "cuda") == "fp32"
     assert _resolve_precision("bf16", "cuda") == "bf16"
@@ -291,9 +291,9 @@ def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes(tiny_encoder):
     import numpy as np
 
     from scorer.config import TrainConfig
-    from scorer.loop import Trainer
-    from scorer.model import HeadConfig, load_encoder
-    from scorer.tokens import TextEncoder
+    from scorer.pytorch.loop import Trainer
+    from scorer.pytorch.model import HeadConfig, load_encoder
+    from scorer.text.tokens import TextEncoder
 
     model = SentenceClassifier(load_encoder(tiny_encoder), HeadConfig([0, 1], "mean", 32))
     encoded = TextEncoder.from_dir(tiny_encoder, 32).encode(["a b c", "the cat sat on it", "no"] * 4)
@@ -317,11 +317,11 @@ def test_rtd_aux_trains_a_replaced_token_detector_beside_the_classifier(tiny_enc
     import numpy as np
     from transformers import AutoTokenizer
 
-    from scorer.adapt import ReplacedTokens
     from scorer.config import TrainConfig
-    from scorer.loop import Trainer
-    from scorer.model import HeadConfig, load_encoder
-    from scorer.tokens import TextEncoder
+    from scorer.pytorch.loop import Trainer
+    from scorer.pytorch.model import HeadConfig, load_encoder
+    from scorer.text.tokens import TextEncoder
+    from scorer.training.adapt import ReplacedTokens
 
     torch.manual_seed(0)
     model = SentenceClassifier(load_encoder(tiny_encoder), HeadConfig([0, 1], "mean", 32))
@@ -390,8 +390,8 @@ def test_replaced_token_epochs_run_before_fine_tuning_and_are_recorded(tiny_enco
 def test_replaced_token_detection_learns_which_tokens_changed(tiny_encoder):
     from transformers import AutoModel
 
-    from scorer.adapt import replaced_token_detection
-    from scorer.tokens import TextEncoder
+    from scorer.text.tokens import TextEncoder
+    from scorer.training.adapt import replaced_token_detection
 
     # One sentence over and over: a changed word stands where that word never stands, so a tiny encoder can learn
     # to find it. About 30% of the tokens are labelled: a constant guess scores about 0.6.
@@ -409,7 +409,7 @@ def test_replaced_token_detection_learns_which_tokens_changed(tiny_encoder):
 def _corrupted_rows(monkeypatch, **rates):
     """_corrupt on 400 rows of distinct tokens (5-40 long, padded to 41), with the given rates and the rest 0;
     every drawn token is 7, which the inputs never hold. Yields (input row, output row, output labels)."""
-    from scorer import adapt
+    from scorer.training import adapt
 
     for name in ("SWAP_RATE", "REPLACE_RATE", "DELETE_RATE", "INSERT_RATE"):
         monkeypatch.setattr(adapt, name, rates.get(name.lower(), 0.0))
@@ -470,7 +470,7 @@ def test_corruption_inserts_drawn_tokens_and_labels_them(monkeypatch):
 
 
 def test_corruption_rates_together_change_about_their_sum(monkeypatch):
-    from scorer import adapt
+    from scorer.training import adapt
 
     rates = {name: getattr(adapt, name.upper()) for name in ("swap_rate", "replace_rate", "delete_rate",
                                                               "insert_rate")}
@@ -481,14 +481,14 @@ def test_corruption_rates_together_change_about_their_sum(monkeypatch):
 
 
 def _flat(rows: list[list[int]]):
-    from scorer.tokens import Encoded
+    from scorer.text.tokens import Encoded
 
     offsets = np.cumsum([0] + [len(row) for row in rows])
     return Encoded(np.concatenate([np.asarray(row, np.int64) for row in rows]), offsets, np.zeros(len(rows), bool))
 
 
 def test_context_draws_follow_the_left_neighbour_as_often_as_in_the_text():
-    from scorer.adapt import Draws
+    from scorer.training.adapt import Draws
 
     # 5 is followed by 6 twice and by 8 once; 7 and 8 only by [SEP]; 9 ends a sentence without [SEP] and the next
     # sentence's first word must not count as its follower.
@@ -510,7 +510,7 @@ def test_context_draws_follow_the_left_neighbour_as_often_as_in_the_text():
 
 @pytest.mark.parametrize("rate", ["replace_rate", "insert_rate"])
 def test_context_corruption_puts_tokens_where_the_text_has_them_after_their_left_neighbour(monkeypatch, rate):
-    from scorer import adapt
+    from scorer.training import adapt
 
     monkeypatch.setattr(adapt, "SWAP_RATE", 0.0)
     monkeypatch.setattr(adapt, "DELETE_RATE", 0.0)
@@ -537,7 +537,7 @@ def test_context_corruption_puts_tokens_where_the_text_has_them_after_their_left
 
 
 def test_masking_leaves_special_and_padding_tokens_and_follows_80_10_10():
-    from scorer.adapt import MASK_RATE, _mask
+    from scorer.training.adapt import MASK_RATE, _mask
 
     torch.manual_seed(0)
     input_ids = torch.randint(1000, 30000, (400, 50))
@@ -555,8 +555,8 @@ def test_masking_leaves_special_and_padding_tokens_and_follows_80_10_10():
 
 
 def test_device_rows_cut_the_same_batches_as_host_padding(tiny_encoder):
-    from scorer.loop import DeviceRows, bucketed_batches
-    from scorer.tokens import TextEncoder
+    from scorer.pytorch.loop import DeviceRows, bucketed_batches
+    from scorer.text.tokens import TextEncoder
 
     texts = ["a b c", "the cat sat on the mat and then it slept", "no", "", "one two three four five six"] * 7
     encoded = TextEncoder.from_dir(tiny_encoder, 8).encode(texts)  # some rows cut at 8 tokens, one of only 2
@@ -572,8 +572,8 @@ def test_device_rows_cut_the_same_batches_as_host_padding(tiny_encoder):
 
 
 def test_parameters_sharing_a_rate_and_decay_share_one_optimizer_group(tiny_encoder):
-    from scorer.loop import _parameter_groups
-    from scorer.model import HeadConfig, load_encoder
+    from scorer.pytorch.loop import _parameter_groups
+    from scorer.pytorch.model import HeadConfig, load_encoder
 
     model = SentenceClassifier(load_encoder(tiny_encoder), HeadConfig([0, 1], "mean", 32))
     names = {id(p): n for n, p in model.named_parameters()}
@@ -591,8 +591,8 @@ def test_parameters_sharing_a_rate_and_decay_share_one_optimizer_group(tiny_enco
 
 
 def test_device_rows_round_widths_up_for_cuda_graphs_and_pad_with_zeros(tiny_encoder):
-    from scorer.loop import DeviceRows, bucketed_batches
-    from scorer.tokens import TextEncoder
+    from scorer.pytorch.loop import DeviceRows, bucketed_batches
+    from scorer.text.tokens import TextEncoder
 
     texts = ["a b c", "the cat sat on the mat and then it slept", "no", "one two three four five six seven"] * 5
     encoded = TextEncoder.from_dir(tiny_encoder, 12).encode(texts)
@@ -623,8 +623,8 @@ def test_cuda_graphs_are_refused_without_a_gpu(tiny_encoder, tmp_path):
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "mix", "max", "mean-max"])
 def test_every_pooling_ignores_padding(tiny_encoder, pooling):
-    from scorer.model import HeadConfig, load_encoder
-    from scorer.tokens import TextEncoder
+    from scorer.pytorch.model import HeadConfig, load_encoder
+    from scorer.text.tokens import TextEncoder
 
     torch.manual_seed(0)
     model = SentenceClassifier(load_encoder(tiny_encoder), HeadConfig([0, 1], pooling, 32)).eval()

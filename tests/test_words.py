@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 
-from scorer import words
 from scorer.config import packaged_model
-from scorer.read import read_labelled
-from scorer.tokens import TOKENIZER_FILE, Encoded, TextEncoder
+from scorer.data.read import read_labelled
+from scorer.text import words
+from scorer.text.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 from tests.conftest import COLA
 
 # Pieces that stress the places where splitting on spaces could differ from the tokenizer: every kind of

@@ -1,0 +1,299 @@
+"""Read Parquet, CSV and TSV files: whole (for training) or as a stream of fixed-size row windows (for scoring)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from scorer.data.csvlint import COMPRESSIONS, locate_problem, looks_like_data, read_header, swallowed_rows
+from scorer.data.labels import check_one_kind, label_value, normalise_labels
+from scorer.data.sniff import disguised
+from scorer.errors import InputError
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
+# pyarrow's CSV reader needs every row inside one block: a row larger than the block (one huge cell) is read again
+# from the start with blocks four times larger, up to _CSV_MAX_BLOCK.
+_CSV_BLOCK, _CSV_MAX_BLOCK = 1 << 22, 1 << 30
+_PARQUET_BATCH = 1 << 14
+_SEPARATORS = {"csv": ",", "tsv": "\t"}
+
+
+def data_suffix(path: Path) -> str | None:
+    """The end of a data file's name that gives its format (.parquet, .csv, .csv.gz, ...); None for other files."""
+    name = path.name.lower()
+    for suffix, fmt in FORMATS.items():
+        endings = [suffix] if fmt == "parquet" else [suffix, *(suffix + c for c in COMPRESSIONS)]
+        found = next((e for e in endings if name.endswith(e) and len(name) > len(e)), None)
+        if found:
+            return found
+    return None
+
+
+def data_stem(path: Path) -> str:
+    """A data file's name without its format and compression suffixes."""
+    suffix = data_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.stem
+
+
+def detect_format(path: Path) -> str:
+    """The file format implied by the file name: parquet, csv or tsv."""
+    suffix = data_suffix(path)
+    if suffix is None:
+        raise InputError(f"{path}: unknown file type '{path.suffix}'; use a .parquet, .csv or .tsv file "
+                         f"(CSV and TSV may be compressed: {', '.join(COMPRESSIONS)})")
+    return FORMATS["." + suffix.split(".")[1]]
+
+
+class TableReader:
+    """A Parquet/CSV/TSV file opened for streaming; CSV columns are read as text, exactly as written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.format = detect_format(self.path)
+        if not self.path.is_file():
+            what = "is a directory" if self.path.is_dir() else "does not exist"
+            raise InputError(f"{self.path} {what}; pass an existing .parquet, .csv or .tsv file")
+        if not os.access(self.path, os.R_OK):
+            raise InputError(f"{self.path} is not readable; check its permissions")
+        suffix = data_suffix(self.path) or ""
+        problem = disguised(self.path, self.format, next((c for c in COMPRESSIONS if suffix.endswith(c)), None))
+        if problem is not None:
+            raise InputError(f"{self.path} {problem}")
+        self.columns: list[str] = []
+        self._quotes_checked = False
+        self._parquet_rows_read: int | None = None  # Parquet rows read so far (to find a damaged row group)
+        with self._errors():
+            if self.format == "parquet":
+                # No pre-buffering: it reads a whole row group ahead, which alone can be a gigabyte of text.
+                self._parquet = pq.ParquetFile(self.path, pre_buffer=False)
+                self.columns = list(self._parquet.schema_arrow.names)
+                self.num_rows: int | None = self._parquet.metadata.num_rows
+            else:
+                self.columns = read_header(self.path, self.format)
+                self.num_rows = None
+        duplicates = sorted({name for name in self.columns if self.columns.count(name) > 1})
+        if duplicates:
+            raise InputError(f"{self.path}: column name(s) {', '.join(duplicates)} appear more than once; rename them")
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        """The Parquet file's column types; None for CSV/TSV, whose columns are all read as text."""
+        return self._parquet.schema_arrow if self.format == "parquet" else None
+
+    def require(self, column: str, option: str) -> None:
+        """Raise a clear error when a needed column is missing."""
+        if column not in self.columns:
+            own = _SEPARATORS.get(self.format)
+            separator = next((sep for sep in (";", "\t", ",", "|") if sep != own and len(self.columns) == 1
+                              and sep in self.columns[0]), None)
+            if own is not None and separator is not None:
+                raise InputError(f"{self.path.name} has one column, '{self.columns[0]}': its fields are separated by "
+                                 f"{separator!r}, not {own!r}; write it as .csv with commas or "
+                                 ".tsv with tabs")
+            data = next((name for name in self.columns if looks_like_data(name)), None)
+            if data is not None:  # (CoLA's original files, say: source, label, mark, sentence, and no header)
+                raise InputError(f"column '{column}' not found in {self.path.name}, whose first line looks like a row "
+                                 f"of data, not a header (a column named {data[:40]!r}); scorer takes the column names "
+                                 f"from the first line: add a header line naming its {len(self.columns)} columns "
+                                 f"('{column}' among them, or pass {option} with the name you give it)")
+            # A header's spaces and case are easy to miss: such names are shown quoted, a near match offered.
+            quoted = any(name != name.strip() or not name for name in self.columns)
+            names = ", ".join(repr(name) if quoted else name for name in self.columns) or "(none)"
+            near = [name for name in self.columns if name.strip().casefold() == column.strip().casefold()]
+            advice = f"pass {option} {near[0]!r} (so the header writes it)" if near \
+                else f"pass {option} with one of them"
+            raise InputError(f"column '{column}' not found in {self.path.name}; columns are {names}; {advice}")
+
+    def batches(self, rows: int, skip_rows: int = 0) -> Iterator[pa.Table]:
+        """Yield consecutive windows of exactly `rows` rows (the last may be shorter), after `skip_rows`."""
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+        with self._errors():
+            for batch in self._record_batches(skip_rows):
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                while pending_rows >= rows:
+                    table = pa.Table.from_batches(pending)
+                    yield table.slice(0, rows).combine_chunks()
+                    rest = table.slice(rows)
+                    pending, pending_rows = rest.to_batches(), rest.num_rows
+            if pending_rows:
+                yield pa.Table.from_batches(pending).combine_chunks()
+
+    def read_all(self) -> pa.Table:
+        """The whole file as one table (for training data, which fits in memory)."""
+        with self._errors():
+            if self.format == "parquet":
+                return self._parquet.read()
+            batches = list(self._record_batches(0))
+        return pa.Table.from_batches(batches) if batches else self.empty()
+
+    def empty(self) -> pa.Table:
+        """A table of the file's columns and no rows."""
+        if self.format == "parquet":
+            return self._parquet.schema_arrow.empty_table()
+        return pa.table({name: pa.array([], pa.string()) for name in self.columns})
+
+    def _record_batches(self, skip_rows: int) -> Iterator[pa.RecordBatch]:
+        if self.format == "parquet":
+            yield from self._parquet_batches(skip_rows)
+            return
+        for batch in self._csv_batches():
+            if skip_rows >= batch.num_rows:
+                skip_rows -= batch.num_rows
+                continue
+            yield batch.slice(skip_rows)
+            skip_rows = 0
+
+    def _csv_batches(self) -> Iterator[pa.RecordBatch]:
+        block, done = _CSV_BLOCK, 0  # rows already yielded, skipped when a larger block reads the file again
+        while True:
+            seen = 0
+            try:
+                for batch in pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=block),
+                                            parse_options=self._parse_options(),
+                                            convert_options=pacsv.ConvertOptions(
+                                                column_types={name: pa.string() for name in self.columns},
+                                                strings_can_be_null=False)):
+                    self._check_quotes(batch)
+                    if seen + batch.num_rows > done:
+                        yield batch.slice(max(0, done - seen))
+                        done = seen + batch.num_rows
+                    seen += batch.num_rows
+                return
+            except pa.ArrowInvalid as exc:
+                if "straddl" not in str(exc) or block >= _CSV_MAX_BLOCK:
+                    raise
+                block *= 4
+
+    def _parquet_batches(self, skip_rows: int) -> Iterator[pa.RecordBatch]:
+        # Skip whole row groups without reading them, so that a resumed run does not reread finished work; read the
+        # rest in batches, not whole row groups (pandas and pyarrow write up to 1M rows in one group by default).
+        meta = self._parquet.metadata
+        first = 0
+        while first < meta.num_row_groups and meta.row_group(first).num_rows <= skip_rows:
+            skip_rows -= meta.row_group(first).num_rows
+            first += 1
+        if first == meta.num_row_groups:
+            return
+        self._parquet_rows_read = sum(meta.row_group(group).num_rows for group in range(first))
+        for batch in self._parquet.iter_batches(_PARQUET_BATCH, row_groups=range(first, meta.num_row_groups)):
+            self._parquet_rows_read += batch.num_rows
+            if skip_rows >= batch.num_rows:
+                skip_rows -= batch.num_rows
+                continue
+            yield batch.slice(skip_rows)
+            skip_rows = 0
+
+    def _check_quotes(self, batch: pa.RecordBatch) -> None:
+        """Once a CSV value holds a line break (legal inside quotes, and what a stray quote makes of the rows after
+        it), read the file strictly once: rows swallowed by a stray quote are an error, not a row fewer."""
+        if self.format != "csv" or self._quotes_checked:
+            return
+        if any(pc.any(pc.match_substring_regex(column, "[\r\n]")).as_py() for column in batch.columns):
+            self._quotes_checked = True
+            problem = swallowed_rows(self.path)
+            if problem:
+                raise InputError(problem)
+
+    def _parse_options(self) -> pacsv.ParseOptions:
+        if self.format == "tsv":
+            return pacsv.ParseOptions(delimiter="\t", quote_char=False)
+        return pacsv.ParseOptions(newlines_in_values=True)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            raise InputError(self._describe(exc)) from exc
+
+    def _damaged_row_group(self) -> str | None:
+        """After a read failed midway, the first row group from there on that cannot be read, with its rows
+        (1-based); None where the reading did not start or every group reads now."""
+        if self._parquet_rows_read is None:
+            return None
+        meta, start = self._parquet.metadata, 0
+        for group in range(meta.num_row_groups):
+            rows = meta.row_group(group).num_rows
+            if start + rows > self._parquet_rows_read:
+                try:
+                    self._parquet.read_row_group(group)
+                except (pa.ArrowException, OSError):
+                    return f"row group {group + 1} of {meta.num_row_groups} (rows {start + 1:,}-{start + rows:,})"
+            start += rows
+        return None
+
+    def _describe(self, exc: Exception) -> str:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if self.format == "parquet":
+            damaged = self._damaged_row_group()
+            if damaged:
+                return f"{self.path}: {damaged} cannot be read ({text}): the file is damaged; write it again"
+            return f"{self.path}: not a readable Parquet file ({text}); check that the file is complete"
+        found = locate_problem(self.path, self.format, len(self.columns))
+        if found is None:
+            return f"{self.path}: cannot be decompressed ({text}); check that the file was copied whole"
+        where, advice = found
+        return f"{self.path}{where}: {advice or text + '; fix or remove that row'}"
+
+
+def plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """`column` with strings stored another way (dictionary-encoded, as pandas categoricals and Spark write them;
+    Arrow's string views; UTF-8 bytes in a binary column) turned into plain strings; anything else as it is."""
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return column if kind == column.type else column.cast(kind)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):  # strings without the UTF-8 annotation (Hive)
+        try:
+            return column.cast(pa.large_string() if pa.types.is_large_binary(kind) else pa.string())
+        except pa.ArrowInvalid:  # some rows are not UTF-8: those become nulls here, which `prepare` calls not_text
+            return pa.array([utf8_text(value) for value in column.to_pylist()], pa.large_string())
+    is_view = getattr(pa.types, "is_string_view", None)  # pyarrow 16 and newer
+    return column.cast(pa.large_string()) if is_view is not None and is_view(kind) else column
+
+
+def utf8_text(value: bytes | None) -> str | None:
+    """`value` decoded as UTF-8; None where it is None or not UTF-8."""
+    try:
+        return None if value is None else value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Texts and their labels from one file, with the file they came from."""
+
+    texts: list[str]
+    labels: list[int | str]
+    source: Path
+
+
+def read_labelled(path: Path, text_column: str, label_column: str) -> LabelledData:
+    """Read a whole labelled file; every row needs a non-empty text and a label."""
+    reader = TableReader(path)
+    reader.require(text_column, "--text-column")
+    reader.require(label_column, "--label-column")
+    table = reader.read_all()
+    if table.num_rows == 0:
+        raise InputError(f"{path} has no data rows; a labelled file needs at least one")
+    texts = plain_text(table.column(text_column)).to_pylist()
+    values = [label_value(label) for label in table.column(label_column).to_pylist()]
+    for row, (text, value) in enumerate(zip(texts, values, strict=True), start=1):
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(
+                f"{path} row {row}: column '{text_column}' is empty or not text; fix or remove that row"
+            )
+        if value is None:
+            raise InputError(f"{path} row {row}: column '{label_column}' has no label; fix or remove that row")
+    check_one_kind(values, path, label_column)
+    return LabelledData(texts=texts, labels=normalise_labels(values), source=Path(path))

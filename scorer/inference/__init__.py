@@ -1,0 +1,1 @@
+"""ONNX Runtime inference: checked sessions, texts to labels, the self-check and NaN rescue."""

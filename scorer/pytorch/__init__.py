@@ -1,0 +1,1 @@
+"""The PyTorch side (needs the `train` extra): the classifier, its checkpoints, the step loop."""

@@ -1,0 +1,236 @@
+"""Resumable units: each finished window is a part file beside the output, which grows beside them.
+
+A run killed at any moment leaves only whole parts (each is renamed into place when complete) and a state file
+that says which input, model and settings they belong to. The next run with the same state skips the rows those
+parts hold and carries on; with a different state it starts again. The output itself is written window by window
+under a temporary name (scorer.data.write.OutputSink; a resumed run first copies the parts it keeps into it), renamed
+into place when complete, and then the parts are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import pwd
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scorer.data import atomic
+from scorer.errors import OutputError, OutputTaken
+
+log = logging.getLogger("scorer")
+STATE = "state.json"
+RESCUED = b"scorer-rescued"  # a part's count of rows the fp32 graph scored, in its schema metadata
+_TEMPORARY = re.compile(r"\.(.+)\.tmp-\d+")  # an output's temporary name (scorer.data.atomic.temporary_sibling)
+
+
+def fingerprint(path: Path) -> dict:
+    """What identifies an input's content cheaply: resolved path, size and modification time."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def work_dir(output: Path) -> Path:
+    return output.parent / f".{output.name}.scorer-parts"
+
+
+def temporaries_by_output(directory: Path) -> dict[str, list[Path]]:
+    """The temporary outputs in `directory` (`.NAME.tmp-PID`, scorer.data.atomic.temporary_sibling), by output name: one
+    listing for many outputs, where a search per output would read a directory of N outputs N times."""
+    found: dict[str, list[Path]] = {}
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            match = _TEMPORARY.fullmatch(entry.name)
+            if match:
+                found.setdefault(match[1], []).append(directory / entry.name)
+    return found
+
+
+class OutputLock:
+    """An exclusive lock on one output, so two runs (an overlapping cron job, say) never write it at once.
+
+    flock is released by the kernel when the holder dies, so a run killed with -9 leaves no stale lock.
+    """
+
+    def __init__(self, output: Path, temporaries: list[Path] | None = None) -> None:
+        """`temporaries`: the output's temporary files, where the caller listed its directory once for many outputs
+        (temporaries_by_output); else the directory is searched for them."""
+        self.output = output
+        self.path = output.parent / f".{output.name}.scorer-lock"
+        self.temporaries = temporaries
+        self._handle = None
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A holder removes the lock file as it lets go: a run that opened the file just before, and locks it just
+        # after, holds a lock on a file no longer there, while the next run creates and locks a new one. So the lock
+        # counts only once the path is still the file locked; else the new file is locked (or found taken).
+        while not self._locked():
+            pass
+        # Temporary outputs left by a killed run (an output grows while it is scored): we hold the lock, so none
+        # of them is live.
+        stale = self.temporaries if self.temporaries is not None else \
+            self.output.parent.glob(f".{self.output.name}.tmp-*")
+        for path in stale:
+            try:
+                path.unlink(missing_ok=True)
+            except PermissionError as exc:  # (another account's, in a directory with the sticky bit, say)
+                log.warning("%s: a temporary output left by a killed run, which this account cannot remove (%s); "
+                            "remove it to free its space", path, exc.strerror)
+        return self
+
+    def _locked(self) -> bool:
+        """Lock the file at self.path: True once it is locked and still there, False where it was removed meanwhile
+        (try again); raises OutputTaken where another run holds it."""
+        try:  # (read-only: flock needs no more, so a lock file left by another account's killed run locks too)
+            self._handle = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
+        except PermissionError as exc:
+            raise OutputError(f"cannot create the lock file {self.path} ({exc.strerror}); make {self.path.parent} "
+                              "writable by this account, or choose another --output") from exc
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._handle)
+            raise OutputTaken(f"another scorer run is writing {self.output}; wait for it to finish, or pass --share "
+                              "to both runs to split their inputs between them") from exc
+        held = os.fstat(self._handle)
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            there = None
+        if there is not None and (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino):
+            return True
+        os.close(self._handle)  # (which lets the lock of the removed file go)
+        return False
+
+    def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(FileNotFoundError, PermissionError):  # (kept: the next run locks it as it is)
+            self.path.unlink()
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        os.close(self._handle)
+
+
+def drop_leftover_parts(output: Path, record: dict, locked: bool) -> None:
+    """Remove the finished windows an earlier run left beside `output` where they made what it now holds (the same
+    model, input and column as `record`, the making of the complete output that is skipped as up to date): that run
+    was stopped between renaming its output into place and removing them, and nothing would ever resume from them.
+    Under the output's lock (`locked`: held already); where another run holds it, they are kept."""
+    directory = work_dir(output)
+    try:
+        state = json.loads((directory / STATE).read_text())
+    except (OSError, ValueError):
+        return
+    same = ("model_sha256", "variant", "input", "columns")
+    if not isinstance(state, dict) or any(state.get(key) != record.get(key) for key in same):
+        return  # (another making's, stopped midway: resumable where it is run again)
+    try:
+        with contextlib.nullcontext() if locked else OutputLock(output):
+            shutil.rmtree(directory, ignore_errors=True)
+    except OutputTaken:
+        return
+    log.info("%s: removed the finished windows of the run that wrote it (stopped before it removed them)", output)
+
+
+def _refuse_unwritable(directory: Path) -> None:
+    """An earlier run's parts directory that this account cannot change (another account's run left it, say)."""
+    if os.access(directory, os.W_OK | os.X_OK):
+        return
+    try:
+        owner = pwd.getpwuid(directory.stat().st_uid).pw_name
+    except (KeyError, OSError):
+        owner = "another account"
+    raise OutputError(f"{directory} holds the finished windows of an earlier run by {owner}, which this account cannot "
+                      f"write to; run as {owner} to resume it, or remove the directory (its windows are then scored "
+                      "again)")
+
+
+class PartStore:
+    """The finished windows of one unit, as part-NNNNNN.parquet files in a hidden directory beside the output."""
+
+    def __init__(self, output: Path, identity: dict) -> None:
+        self.output = output
+        self.identity = identity
+        self.directory = work_dir(output)
+
+    def open(self) -> int:
+        """Prepare the directory; return how many parts an earlier run of the same work already finished."""
+        state_path = self.directory / STATE
+        if self.directory.is_dir():
+            _refuse_unwritable(self.directory)
+            try:
+                state = json.loads(state_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                state = None
+            if state == self.identity:
+                done = self._readable_parts()
+                for stray in self.directory.glob(".*"):
+                    stray.unlink(missing_ok=True)
+                if done:
+                    log.info("resuming %s: %d finished windows found", self.output.name, done)
+                return done
+            log.info("discarding unfinished work for %s: it was for another input, model or settings",
+                     self.output.name)
+            shutil.rmtree(self.directory)
+        try:
+            self.directory.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {self.directory} ({exc.strerror}); choose another --output") from exc
+        atomic.write_text(state_path, json.dumps(self.identity, indent=2) + "\n")
+        return 0
+
+    def part(self, index: int) -> Path:
+        return self.directory / f"part-{index:06d}.parquet"
+
+    def write(self, index: int, table: pa.Table, rescued: int = 0) -> None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), RESCUED: str(rescued).encode()})
+        with atomic.atomic_file(self.part(index), overwrite=True) as staging:
+            pq.write_table(table, staging, compression="zstd")
+
+    def read(self, index: int) -> pa.Table:
+        """Part `index` as the window was written (without the part's own metadata)."""
+        table = pq.read_table(self.part(index))
+        metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != RESCUED}
+        return table.replace_schema_metadata(metadata or None)
+
+    def rescued_rows(self, parts: list[Path]) -> int:
+        """Rows of `parts` the fp32 graph scored: counted from the parts, so that a resumed run counts the ones an
+        interrupted run rescued too."""
+        return sum(int((pq.read_schema(part).metadata or {}).get(RESCUED, b"0")) for part in parts)
+
+    @staticmethod
+    def rows(parts: list[Path]) -> int:
+        """Rows held by `parts` (a run's last window may hold fewer than a window's rows)."""
+        return sum(pq.read_metadata(part).num_rows for part in parts)
+
+    def parts(self) -> list[Path]:
+        return [self.part(i) for i in range(self._contiguous_parts())]
+
+    def _contiguous_parts(self) -> int:
+        count = 0
+        while self.part(count).is_file():
+            count += 1
+        return count
+
+    def _readable_parts(self) -> int:
+        """How many parts from the first are whole Parquet files; the rest are removed. A part is renamed into place
+        only when written, but a crash of the machine can still leave one empty or cut (its data never synced)."""
+        count = self._contiguous_parts()
+        for index in range(count):
+            try:
+                pq.read_metadata(self.part(index))
+            except (OSError, pa.ArrowException):
+                log.info("part %d of %s is damaged; resuming before it", index, self.output.name)
+                for later in range(index, count):
+                    self.part(later).unlink(missing_ok=True)
+                return index
+        return count
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

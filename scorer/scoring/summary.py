@@ -1,0 +1,207 @@
+"""The JSON summary of a run: what happened to each input, and the whole run's figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from scorer import __version__
+from scorer.config import RunConfig
+from scorer.data import atomic
+from scorer.errors import ScorerError
+from scorer.inference.classify import OnnxClassifier
+from scorer.inference.results import EMPTY, NON_FINITE, NOT_TEXT, NULL, TRUNCATED
+from scorer.scoring.units import WorkUnit
+
+log = logging.getLogger("scorer")
+# How the one-line summary names each row status but "ok" (the unscored ones keep their row, without a score).
+ROW_KINDS = {TRUNCATED: "truncated", NULL: "unscored (null text)", EMPTY: "unscored (empty text)",
+             NOT_TEXT: "unscored (not text)", NON_FINITE: "unscored (non-finite logits)"}
+
+LINE_STATES = ("scored", "resumed", "skipped", "taken", "failed")  # (counted in the one-line summary)
+STATE_WORDS = {"taken": "left to other runs"}
+
+
+@dataclass
+class UnitSummary:
+    """What happened to one input: scored, resumed, skipped (already done), taken (--share: another run was writing
+    its output), failed, or interrupted / terminated (Ctrl-C, SIGTERM: its finished windows are kept for the
+    rerun)."""
+
+    input: str
+    output: str
+    state: str
+    rows: int = 0
+    rows_this_run: int = 0
+    resumed_from_row: int = 0
+    seconds: float = 0.0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    evaluation: dict | None = None
+    check: dict | None = None
+    error: str | None = None
+    exit_code: int = 0
+    # Seconds the thread that feeds the model waited for reading, tokenising and writing (scorer.scoring.stream).
+    waits: dict[str, float] = field(default_factory=dict)
+    # Rows of the output (resumed parts included) whose logits were not finite in the run's variant and were
+    # scored by the fp32 graph.
+    rescued_rows: int = 0
+    # How many other small inputs were scored in one window with this one (scorer.scoring.bundle); its seconds and waits
+    # are then its rows' share of theirs.
+    bundled_with: int = 0
+
+
+@dataclass
+class RunSummary:
+    """The whole run, as printed and written to the JSON summary."""
+
+    inputs: list[UnitSummary]
+    rows: int
+    rows_this_run: int
+    status_counts: dict[str, int]
+    seconds: float
+    rows_per_second: float  # rows written now over the run's seconds less checking_seconds
+    rescued_rows: int
+    provider: str
+    variant: str
+    model_sha256: str
+    score: str = ""  # what the score column holds: "the probability of label 1"
+    checking_seconds: float = 0.0  # of `seconds`, spent on --check (PyTorch's start, mostly)
+    io_binding: bool = False
+    infer_threads: int = 1
+    provider_options: dict = field(default_factory=dict)  # as given to ONNX Runtime (CUDA: export's kernel choice)
+    # The recorded batch's logits on this machine against export's (scorer.inference.selfcheck); None for older exports.
+    self_check: dict | None = None
+    # Batches run, with their real and padded token counts and the seconds the model was busy (scorer.text.batches),
+    # and the window size used.
+    batching: dict = field(default_factory=dict)
+    # Seconds the thread that feeds the model waited for reading, tokenising and writing, over all inputs.
+    waits: dict[str, float] = field(default_factory=dict)
+    summary_path: str = ""
+    # "running" while the run runs (written as it starts and every minute after: scoring.heartbeat), then "finished".
+    # A summary left "running" whose `updated_at` is old is a run killed without cleaning up (kill -9, out of memory).
+    state: str = "finished"
+    # The run's exit code and, where it is not 0, why in one line: what a monitor reading this file checks (a run
+    # stopped before any input, its model or this machine refused, has no inputs and says so here); null while the
+    # run runs.
+    exit_code: int | None = 0
+    error: str | None = None
+    planned_inputs: int = 0  # the inputs the run was given (`inputs` lists those it has finished)
+    scorer_version: str = __version__
+    started_at: str = ""  # UTC, ISO 8601, as a nightly job's log wants to match it
+    finished_at: str = ""
+    updated_at: str = ""  # when this file was written
+    host: str = field(default_factory=platform.node)
+    pid: int = field(default_factory=os.getpid)
+
+    @property
+    def failed(self) -> list[UnitSummary]:
+        return [unit for unit in self.inputs if unit.state == "failed"]
+
+    @property
+    def evaluation(self) -> dict | None:
+        return self.inputs[0].evaluation if len(self.inputs) == 1 else None
+
+    def line(self) -> str:
+        states = {s: sum(u.state == s for u in self.inputs) for s in LINE_STATES}
+        files = ", ".join(f"{n} {STATE_WORDS.get(s, s)}" for s, n in states.items() if n)
+        kinds = [f"{v} {ROW_KINDS[k]}" for k, v in self.status_counts.items() if v and k in ROW_KINDS]
+        if self.rescued_rows:
+            kinds.append(f"{self.rescued_rows} scored by the fp32 graph (non-finite in {self.variant})")
+        counts = ", ".join(kinds)
+        checking = f" ({self.checking_seconds:.1f}s of it the PyTorch check)" if self.checking_seconds else ""
+        text = (f"{self.rows} rows in {len(self.inputs)} file(s) ({files}){'; ' + counts if counts else ''}; "
+                f"{self.rows_this_run} written now in {self.seconds:.1f}s{checking}, {self.rows_per_second:,.0f} "
+                f"rows/s on {self.provider} ({self.variant})")
+        if len(self.inputs) == 1:
+            text += f" -> {self.inputs[0].output}"
+            unit = self.inputs[0]
+            if unit.evaluation:
+                text += f"; accuracy {unit.evaluation['accuracy']:.4f}, MCC {unit.evaluation['mcc']:.4f}"
+            if unit.check:
+                text += "; check: no scored row" if unit.check["passed"] is None else (
+                    f"; check {unit.check['agreement']:.1%} agree, max |Δscore| {unit.check['max_score_diff']:.2g}")
+        return text
+
+
+def now() -> str:
+    """The time in UTC, ISO 8601, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: float, window_rows: int
+               ) -> RunSummary:
+    """The run's summary from its units' and the classifier's figures."""
+    counts: dict[str, int] = {}
+    waits: dict[str, float] = {}
+    for unit in units:
+        for key, value in unit.status_counts.items():
+            counts[key] = counts.get(key, 0) + value
+        for stage, waited in unit.waits.items():
+            waits[stage] = waits.get(stage, 0.0) + waited
+    rows_now = sum(u.rows_this_run for u in units)
+    checking = sum((u.check or {}).get("seconds", 0.0) for u in units)
+    return RunSummary(inputs=units, rows=sum(u.rows for u in units), rows_this_run=rows_now, status_counts=counts,
+                      seconds=seconds, rows_per_second=rows_now / max(seconds - checking, 1e-9),
+                      checking_seconds=checking,
+                      rescued_rows=sum(u.rescued_rows for u in units), provider=classifier.provider,
+                      io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
+                      provider_options=classifier.provider_options,
+                      variant=classifier.variant, model_sha256=classifier.model_sha256,
+                      score=classifier.score_means,
+                      batching={**asdict(classifier.tally), "window_rows": window_rows}, waits=waits)
+
+
+def failed_start(config: RunConfig, units: list[WorkUnit], error: ScorerError, started_at: str) -> None:
+    """Say, where a summary is kept, that the run stopped before it scored any input (its inputs not there, its
+    model, its checkpoint or this machine refused), so that the file never goes on showing the last run's success:
+    at --summary, or where an earlier run left its summary. Only an earlier summary or a new file is written, never
+    another file."""
+    if config.summary is None and not units:
+        return
+    path = summary_path(config, units)
+    if path.exists() or config.summary is None:  # (in the default place, only where an earlier summary lies)
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(earlier, dict) or "scorer_version" not in earlier:
+            return
+    summary = bare(config, units, started_at, exit_code=error.exit_code, error=str(error), finished_at=now())
+    try:
+        write_summary(config, units, summary)
+    except (ScorerError, OSError) as exc:
+        log.warning("the summary %s could not be written either (%s)", path, exc)
+
+
+def bare(config: RunConfig, units: list[WorkUnit], started_at: str, **fields) -> RunSummary:
+    """A summary without any input's figures: of a run that stopped before any, or has not yet started its model."""
+    return RunSummary(inputs=[], rows=0, rows_this_run=0, status_counts={}, seconds=0.0, rows_per_second=0.0,
+                      rescued_rows=0, provider=config.provider, variant=config.variant or "", model_sha256="",
+                      planned_inputs=len(units), started_at=started_at, **fields)
+
+
+def running(summary: RunSummary) -> RunSummary:
+    """`summary` said as that of a run still running (scorer.scoring.heartbeat)."""
+    summary.state, summary.exit_code, summary.error = "running", None, None
+    return summary
+
+
+def summary_path(config: RunConfig, units: list[WorkUnit]) -> Path:
+    """Where the summary goes: --summary, else beside the one output or in the --output directory."""
+    if config.summary is not None:
+        return config.summary
+    mirrored = config.output is not None and units[0].output.parent != config.output.parent
+    single = units[0].output
+    return config.output / "scorer-summary.json" if mirrored else single.with_name(single.name + ".summary.json")
+
+
+def write_summary(config: RunConfig, units: list[WorkUnit], summary: RunSummary) -> None:
+    """Write the summary as JSON where summary_path says."""
+    path = summary_path(config, units)
+    summary.summary_path, summary.updated_at = str(path), now()
+    atomic.write_text(path, json.dumps(asdict(summary), indent=2, default=str) + "\n")

@@ -1,0 +1,131 @@
+"""Units of work: INPUT (a file, a directory or a glob) expanded into independent input → output pairs.
+
+A unit is one input file scored into one output file. Units share nothing but the model, so a scheduler
+(a process pool, Ray Data) can hand them to different workers; each one is resumable on its own.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from scorer.data.atomic import in_the_way
+from scorer.data.read import data_stem, data_suffix
+from scorer.data.write import default_output
+from scorer.errors import InputError, OutputError
+
+_MAGIC = ("*", "?", "[")
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Score `source` into `output`."""
+
+    source: Path
+    output: Path
+
+
+def expand_inputs(spec: str) -> tuple[list[Path], Path | None]:
+    """The input files INPUT names, sorted, and the base directory they are relative to (None for one file)."""
+    if any(char in spec for char in _MAGIC) and not Path(spec).exists():  # a file may be named "day[1].csv"
+        base = _glob_base(spec)
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _is_data_file(Path(p)))
+        if not files:
+            raise InputError(f"no .parquet, .csv or .tsv file matches {spec}; check the pattern")
+        return files, base
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if _is_data_file(p) and not _hidden(p.relative_to(path)))
+        if not files:
+            raise InputError(f"{path} holds no .parquet, .csv or .tsv file; nothing to score")
+        return files, path
+    return [path], None
+
+
+def plan_units(spec: str, output: Path | None, output_format: str | None = None) -> list[WorkUnit]:
+    """One unit per input file; a directory or glob needs --output DIR and is mirrored under it."""
+    files, base = expand_inputs(spec)
+    if base is None:
+        source = files[0]
+        target = output if output is not None and not _is_dir_like(output) else None
+        if target is None:
+            target = default_output(source) if output is None else output / default_output(source).name
+        return [WorkUnit(source, _with_format(target, output_format) if output_format else target)]
+    if output is None:
+        raise OutputError(f"{spec} names {len(files)} files; pass --output DIR to mirror their scores under it")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"--output {output} is a file; several inputs need a directory")
+    # An --output inside the input directory holds last night's scores: they are outputs, not new inputs.
+    outputs = output.resolve()
+    files = [f for f in files if outputs not in f.resolve().parents]
+    if not files:
+        raise InputError(f"{spec} names no file outside --output {output}; nothing to score")
+    suffix = "." + (output_format or "parquet")
+    units = [WorkUnit(f, output / f.relative_to(base).parent / (data_stem(f) + suffix)) for f in files]
+    _refuse_shared_outputs(units)
+    return units
+
+
+def _refuse_shared_outputs(units: list[WorkUnit]) -> None:
+    """Two inputs that differ only in format (a.csv, a.parquet) would be scored into one output, one over the other."""
+    seen: dict[Path, Path] = {}
+    for unit in units:
+        if unit.output in seen:
+            raise OutputError(f"{seen[unit.output]} and {unit.source} would both be scored into {unit.output}; "
+                              "move or rename one of them")
+        seen[unit.output] = unit.source
+
+
+def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], kept: dict[str, Path | None]) -> None:
+    """Refuse an output at the path of an input, and a file the run writes beside its outputs (--summary, --report)
+    at the path of one of its inputs or outputs, of another such file, or of a file in a directory it reads (the
+    export, the checkpoint)."""
+    taken = {u.source.resolve(): f"the input {u.source}" for u in units}
+    outputs = [u.output.resolve() for u in units]
+    for unit, output in zip(units, outputs, strict=True):
+        if output in taken:
+            raise OutputError(f"--output {unit.output} is the input file; choose another output path")
+    taken.update({output: f"the output {u.output}" for u, output in zip(units, outputs, strict=True)})
+    for option, path in written.items():
+        if path is None:
+            continue
+        target = path.resolve()
+        if target.is_dir():
+            raise in_the_way(path, option)
+        what = taken.get(target) or next((f"a file of {name} {directory}" for name, directory in kept.items()
+                                          if directory is not None and target.is_file()
+                                          and Path(directory).resolve() in target.parents), None)
+        if what is not None:
+            raise OutputError(f"{option} {path} would replace {what}; choose another path for it")
+        taken[target] = f"{option} {path}"
+
+
+def _with_format(path: Path, output_format: str) -> Path:
+    return path.with_suffix("." + output_format)
+
+
+def _is_dir_like(path: Path) -> bool:
+    return path.is_dir() or str(path).endswith(os.sep) or not path.suffix
+
+
+def _is_data_file(path: Path) -> bool:
+    name = path.name
+    return (path.is_file() and data_suffix(path) is not None and ".scored." not in name
+            and not name.startswith("."))
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _glob_base(pattern: str) -> Path:
+    """The longest leading directory of a glob pattern without wildcards."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if any(char in part for char in _MAGIC):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")

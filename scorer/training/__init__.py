@@ -1,0 +1,1 @@
+"""`scorer train`: labelled data, fine-tuning with a validation split, the loss plot."""

@@ -1,0 +1,277 @@
+"""Fine-tune an encoder with a classification head: seeded, length-bucketed, keeping the best epoch."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scorer.config import TrainConfig, to_json
+from scorer.data import atomic
+from scorer.errors import ConfigError, InputError, ProviderError, first_line
+from scorer.metrics import confusion_of
+from scorer.pytorch.loop import Trainer, predict
+from scorer.pytorch.model import (
+    HEAD_CONFIG,
+    HeadConfig,
+    SentenceClassifier,
+    backend_copy,
+    keep_bottom_layers,
+    load_encoder,
+    position_limit,
+    pretrained_tokenizer,
+    reinitialize_top_layers,
+)
+from scorer.text.tokens import Encoded, TextEncoder
+from scorer.training import plot
+from scorer.training.adapt import ReplacedTokens, masked_lm, replaced_token_detection
+from scorer.training.dataset import TrainingData, load_training_data
+
+log = logging.getLogger("scorer")
+_UNKNOWN_WARNING = 0.05  # share of [UNK] training tokens that says the vocabulary does not fit the text
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One epoch's figures, as written to metrics.json."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_mcc: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced and where."""
+
+    checkpoint: Path
+    epochs: list[EpochResult]
+    best_epoch: int
+    device: str
+    precision: str
+    train_rows: int
+    val_rows: int
+
+    @property
+    def best(self) -> EpochResult:
+        return self.epochs[self.best_epoch - 1]
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Run the whole training job described by `config` and write the checkpoint directory."""
+    atomic.check_keeps(config.output, {"--model": config.model, "--data": config.data, "--val-data": config.val_data})
+    atomic.check_writable(config.output, config.overwrite, marker=HEAD_CONFIG)
+    _seed_everything(config.seed)
+    device = _resolve_device(config.device)
+    if config.cuda_graphs != "off" and device != "cuda":
+        raise ConfigError(f"--cuda-graphs needs a CUDA device, and this run is on {device}: drop --cuda-graphs, or "
+                          "use --device cuda/auto on a machine with a GPU")
+    precision = _resolve_precision(config.precision, device)
+    data = load_training_data(config)
+    with _device_memory(config, device):
+        return _train(config, device, precision, data, progress)
+
+
+def _train(config: TrainConfig, device: str, precision: str, data: TrainingData, progress: bool) -> TrainResult:
+    hf_tokenizer, encoder_model = _load_pretrained(config)
+    text_encoder = TextEncoder(backend_copy(hf_tokenizer), config.max_length)
+    train_set = text_encoder.encode(data.train_texts)
+    _check_coverage(train_set, hf_tokenizer, config)
+    val_set = text_encoder.encode(data.val_texts)
+    encoder_model, adapt_losses = _adapt(encoder_model, config, hf_tokenizer, train_set, device, precision)
+    keep_bottom_layers(encoder_model, config.keep_layers)
+    reinitialize_top_layers(encoder_model, config.reinit_layers)
+    head = HeadConfig(labels=data.labels, pooling=config.pooling, max_length=config.max_length, dropout=config.dropout)
+    model = SentenceClassifier(encoder_model, head).to(device)
+    log.info(
+        "training on %s (%s): %d train rows, %d validation rows (%s), labels %s, %d epochs",
+        device, precision, len(data.train_texts), len(data.val_texts), data.val_source, data.labels, config.epochs,
+    )
+    auxiliary = (ReplacedTokens.build(model.encoder, train_set, hf_tokenizer.all_special_ids, device, config.rtd_draw)
+                 if config.rtd_aux else None)
+    trainer = Trainer(model, config, device, precision, train_set, data.train_targets, progress=progress,
+                      auxiliary=auxiliary)
+    epochs, best_epoch, best_state = _fine_tune(trainer, val_set, data, config, device)
+    model.load_state_dict(best_state)
+    result = TrainResult(config.output, epochs, best_epoch, device, precision, len(data.train_texts),
+                         len(data.val_texts))
+    _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses, adapt_losses)
+    log.info("best epoch %d by %s: validation accuracy %.4f, MCC %.4f; checkpoint in %s",
+             best_epoch, config.select, result.best.val_accuracy, result.best.val_mcc, config.output)
+    return result
+
+
+@contextlib.contextmanager
+def _device_memory(config: TrainConfig, device: str) -> Iterator[None]:
+    """The GPU running out of memory (a batch too large for it, another process holding its memory) as one line
+    saying what to lower, where PyTorch's message says only how much it tried to allocate."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        said = ". ".join(first_line(exc).split(". ")[:2])  # ("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise ProviderError(f"training ran out of memory on {device} ({said}); lower "
+                            f"--batch-size (now {config.batch_size}) or --max-length (now {config.max_length}), or "
+                            "free the GPU (is another process using it?); nothing was written") from exc
+
+
+def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: TrainConfig,
+               device: str) -> tuple[list[EpochResult], int, dict[str, torch.Tensor]]:
+    """The fine-tuning epochs, each validated and logged: every epoch's result, the epoch kept by config.select
+    and its weights (on the CPU)."""
+    epochs: list[EpochResult] = []
+    best_state, best_epoch = {}, 0
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        log.info("")
+        log.info("======== Epoch %d / %d ========", epoch, config.epochs)  # before the epoch's batch lines
+        train_loss = trainer.run_epoch(epoch)
+        _check_finite(train_loss, f"epoch {epoch}'s loss", "--lr", config.learning_rate)
+        val_loss, predicted = predict(trainer.evaluated, val_set, device, data.val_targets)
+        confusion = confusion_of(data.labels, data.val_targets, predicted)
+        result = EpochResult(epoch, train_loss, val_loss, confusion.accuracy(), confusion.mcc(),
+                             time.perf_counter() - started)
+        epochs.append(result)
+        _log_epoch(result)
+        if best_epoch == 0 or _better(result, epochs[best_epoch - 1], config.select):
+            best_epoch = epoch
+            best_state = {key: value.detach().to("cpu", copy=True)
+                          for key, value in trainer.evaluated.state_dict().items()}
+    return epochs, best_epoch, best_state
+
+
+def _check_finite(loss: float, what: str, option: str, rate: float) -> None:
+    """Stop a run whose loss has diverged: its weights are NaN or infinite, and so would every score be."""
+    if not math.isfinite(loss):
+        raise ConfigError(f"training diverged: {what} is {loss}; nothing was written; lower {option} (now {rate:g})")
+
+
+def _better(candidate: EpochResult, best: EpochResult, select: str) -> bool:
+    if select == "last":
+        return True
+    key = "val_mcc" if select == "mcc" else "val_accuracy"
+    return getattr(candidate, key) > getattr(best, key)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _resolve_device(choice: str) -> str:
+    if choice == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if choice == "cuda":
+        raise ProviderError("--device cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu")
+    return "cpu"
+
+
+def _resolve_precision(choice: str, device: str) -> str:
+    """auto: bf16 autocast on CPUs with native bf16 matrix units (AMX or AVX512-BF16), else fp32.
+
+    Not on CUDA: at batch 32 a GPU step waits on the host, and autocast's extra casts made bert-base epochs slower
+    (H100: 11.4-11.9 s bf16 against 8.5-9.6 s fp32, bench/RESULTS.md).
+    """
+    if choice != "auto":
+        return choice
+    return "bf16" if device == "cpu" and _cpu_has_bf16() else "fp32"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def _load_pretrained(config: TrainConfig):
+    """The tokenizer and encoder named by --model, with the max length checked against the encoder."""
+    encoder = load_encoder(config.model)
+    limit = position_limit(encoder.config)
+    if config.max_length > limit:
+        raise ConfigError(f"--max-length {config.max_length} is above {config.model}'s position limit {limit}")
+    return pretrained_tokenizer(config.model, encoder.config.vocab_size), encoder
+
+
+def _check_coverage(train_set, hf_tokenizer, config: TrainConfig) -> None:
+    """Refuse text the encoder's vocabulary cannot read at all; warn where much of it is [UNK]."""
+    known, unknown = train_set.coverage(hf_tokenizer.unk_token_id, hf_tokenizer.all_special_ids)
+    if not known:
+        raise InputError(f"{config.data}: no sentence has a token that the vocabulary of {config.model} knows "
+                         f"({unknown} [UNK]); is --model right for this text?")
+    if unknown > _UNKNOWN_WARNING * (known + unknown):
+        log.warning("%.0f%% of the training tokens are [UNK]: the vocabulary of %s reads this text poorly; is "
+                    "--model right for it?", 100 * unknown / (known + unknown), config.model)
+
+
+def _log_epoch(result: EpochResult) -> None:
+    log.info("  Average training loss: %.4f", result.train_loss)
+    log.info("  Validation loss: %.4f", result.val_loss)
+    log.info("  Validation accuracy: %.4f", result.val_accuracy)
+    log.info("  Validation MCC: %.4f", result.val_mcc)
+    log.info("  Epoch took: %s", _clock(result.seconds))
+
+
+def _adapt(encoder_model, config: TrainConfig, hf_tokenizer, train_set, device: str, precision: str):
+    """The encoder after the optional self-supervised stages on the training sentences: masked-LM epochs, then
+    replaced-token-detection epochs; and each stage's loss per epoch (empty lists for a stage that is off)."""
+    losses: dict[str, list[float]] = {"mlm_losses": [], "rtd_losses": []}
+    if config.mlm_epochs:
+        log.info("masked-LM training of the encoder on the %d training sentences, %d epochs", len(train_set),
+                 config.mlm_epochs)
+        encoder_model, losses["mlm_losses"] = masked_lm(config.model, train_set, hf_tokenizer, config.mlm_epochs,
+                                                        config.mlm_lr, config.batch_size, device, precision,
+                                                        config.seed)
+    if config.rtd_epochs:
+        log.info("replaced-token detection on the %d training sentences, %d epochs", len(train_set),
+                 config.rtd_epochs)
+        encoder_model, losses["rtd_losses"] = replaced_token_detection(
+            encoder_model, train_set, hf_tokenizer.all_special_ids, config.rtd_epochs, config.rtd_lr,
+            config.batch_size, device, precision, config.seed, config.rtd_draw)
+    for stage, what, option, rate in (("mlm_losses", "the masked-LM epochs' loss", "--mlm-lr", config.mlm_lr),
+                                      ("rtd_losses", "the replaced-token epochs' loss", "--rtd-lr", config.rtd_lr)):
+        _check_finite(losses[stage][-1] if losses[stage] else 0.0, what, option, rate)
+    return encoder_model, losses
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingData, result: TrainResult,
+                      step_losses: list[float], adapt_losses: dict[str, list[float]]) -> None:
+    with atomic.atomic_dir(config.output, config.overwrite, HEAD_CONFIG) as staging:
+        model.to("cpu").save(staging)
+        hf_tokenizer.save_pretrained(str(staging))
+        (staging / "train_config.json").write_text(to_json(replace(config, overwrite=False)))
+        metrics = {
+            "best_epoch": result.best_epoch,
+            "selected_by": config.select,
+            "device": result.device,
+            "precision": result.precision,
+            "train_rows": result.train_rows,
+            "val_rows": result.val_rows,
+            "val_source": data.val_source,
+            "labels": data.labels,
+            **adapt_losses,
+            "epochs": [asdict(epoch) for epoch in result.epochs],
+        }
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        plot.training_loss(step_losses, [e.train_loss for e in result.epochs], [e.val_loss for e in result.epochs],
+                           result.best_epoch, staging / "training_loss.png")
