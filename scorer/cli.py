@@ -182,6 +182,9 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
                    f"{MIN_INT8_SPEEDUP:g}× as fast as fp32, else fp32; fp32 for TensorRT].")
 @click.option("--text-column", help="Column to score [default: the training text column].")
 @click.option("--label-column", help="True labels, for accuracy/MCC [default: the training one, if present].")
+@click.option("--keep-columns", metavar="NAMES",
+              help="Input columns the output carries beside the results, comma-separated, in this order ('': the "
+                   "results alone) [default: every column].")
 @click.option("--max-tokens", type=int,
               help=f"Token budget per batch (rows × padded length) {shown_by_provider(DEFAULT_MAX_TOKENS)}.")
 @click.option("--max-batch-rows", type=int, help=f"Most rows in one batch {shown(RunConfig, 'max_batch_rows')}.")
@@ -212,7 +215,7 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
               help="Other runs score the same inputs at once (one run per GPU): an input another run is writing is "
                    "left to it, not failed. Each run needs its own --summary.")
 @command
-def run_command(progress: bool, input: str, **options) -> None:
+def run_command(progress: bool, input: str, keep_columns: str | None, **options) -> None:
     """Score INPUT (a Parquet/CSV/TSV file, a directory or a glob); every row is kept, in order.
 
     Outputs are written under a temporary name and renamed when complete. A run that is stopped resumes
@@ -222,6 +225,8 @@ def run_command(progress: bool, input: str, **options) -> None:
     from scorer.scoring.evaluate import markdown
     from scorer.scoring.score import score_file
 
+    if keep_columns is not None:
+        options["keep_columns"] = tuple(name.strip() for name in keep_columns.split(",")) if keep_columns else ()
     summary = score_file(build(RunConfig, input=input, **options), progress=progress)
     if summary.evaluation and progress:  # --quiet: the one summary line only (it carries accuracy and MCC)
         click.echo(markdown(summary.evaluation).rstrip())

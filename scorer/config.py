@@ -213,6 +213,8 @@ class RunConfig:
     variant: str | None = None
     text_column: str | None = None
     label_column: str | None = None
+    # The input columns an output carries beside the results, in this order; None: every one; (): the results alone.
+    keep_columns: tuple[str, ...] | None = None
     max_tokens: int | None = None
     max_batch_rows: int = 4096
     io_binding: bool | None = None  # None: what export measured faster for the fp16 graph on CUDA, else off
@@ -257,6 +259,7 @@ class RunConfig:
             _check_choice(self.output_format, OUTPUT_FORMATS, "--format")
         if self.variant is not None:
             _check_choice(self.variant, VARIANTS, "--variant")
+        _check_kept(self.keep_columns)
         _check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be at least 1")
         _check(self.max_batch_rows >= 1, f"--max-batch-rows must be at least 1, not {self.max_batch_rows}")
         _check(self.window_rows is None or self.window_rows >= 1,
@@ -275,6 +278,14 @@ class RunConfig:
         _check(not (self.share and self.overwrite),
                "--share with --overwrite would have each run score again every input the others finished; run one "
                "--overwrite run, or remove the old outputs first")
+
+
+def _check_kept(names: tuple[str, ...] | None) -> None:
+    if names is None:
+        return
+    _check(all(names), f"--keep-columns {','.join(names)!r} has an empty name; separate the names by single commas")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    _check(not twice, f"--keep-columns names {', '.join(repr(n) for n in twice)} more than once; name each column once")
 
 
 def to_json(config: object) -> str:

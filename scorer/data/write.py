@@ -33,11 +33,13 @@ def output_codec(path: Path) -> str | None:
     return next((codec for ending, codec in CODECS.items() if path.name.lower().endswith(ending)), None)
 
 
-def check_text_format(output: Path, schema: pa.Schema | None, source: Path) -> None:
-    """Refuse a CSV/TSV output for input columns that have no one-cell text form (lists, structs, maps)."""
+def check_text_format(output: Path, schema: pa.Schema | None, source: Path, kept: tuple[str, ...] | None) -> None:
+    """Refuse a CSV/TSV output for input columns it carries (`kept`; None: all) that have no one-cell text form
+    (lists, structs, maps)."""
     if schema is None or output_format(output) == "parquet":
         return
-    nested = [f"'{f.name}' ({f.type})" for f in schema if pa.types.is_nested(f.type)]
+    nested = [f"'{f.name}' ({f.type})" for f in schema
+              if pa.types.is_nested(f.type) and (kept is None or f.name in kept)]
     if nested:
         raise ConfigError(f"{source}: column(s) {', '.join(nested)} cannot be written to {output.name}, a "
                           "CSV/TSV file; write Parquet instead (an --output ending in .parquet, or --format parquet)")
@@ -78,10 +80,13 @@ class OutputSink:
     the row count and a checksum, into a CSV/TSV output's sidecar record."""
 
     def __init__(self, path: Path, overwrite: bool, metadata: dict | None = None,
-                 probed: set[Path] | None = None, sync_directory: bool = True) -> None:
+                 probed: set[Path] | None = None, sync_directory: bool = True,
+                 columns: list[str] | None = None) -> None:
         """`probed`: directories this run already found writable (scorer.data.atomic.check_writable); `sync_directory`:
-        False where the caller syncs the directory itself, once for many outputs (scorer.scoring.bundle)."""
+        False where the caller syncs the directory itself, once for many outputs (scorer.scoring.bundle); `columns`:
+        the columns of each table written, in this order (None: all)."""
         self.path = Path(path)
+        self.columns = columns
         self.format = output_format(self.path)
         atomic.check_writable(self.path, overwrite, probed=probed)
         self.staging = atomic.temporary_sibling(self.path)
@@ -91,6 +96,8 @@ class OutputSink:
         self.sync_directory = sync_directory
 
     def write(self, table: pa.Table) -> None:
+        if self.columns is not None:
+            table = table.select(self.columns)
         if self._writer is None:
             self._writer = self._open(table.schema)
         try:

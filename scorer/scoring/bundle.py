@@ -243,7 +243,8 @@ class Bundle:
         opened, sink = member.opened, None
         try:
             sink = OutputSink(opened.unit.output, overwrite=True, metadata=opened.record, probed=self.probed,
-                              sync_directory=False)  # (synced once for the bundle's outputs, in _score)
+                              sync_directory=False,  # (synced once for the bundle's outputs, in _score)
+                              columns=opened.columns.written())
             table = with_results(member.window, self.classifier, opened.columns, scored)
             sink.write(table)
             check_unchanged(opened)

@@ -73,7 +73,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
         if skipped is not None:
             return skipped
         first = store.open()
-        sink = OutputSink(unit.output, overwrite=True, metadata=opened.record)
+        sink = OutputSink(unit.output, overwrite=True, metadata=opened.record, columns=opened.columns.written())
         started = time.perf_counter()
         try:
             waits = stream(opened.reader, classifier, opened.columns, store, sink, first, config, progress)
@@ -103,10 +103,10 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
     `probed`: output directories this run already found writable (scorer.data.atomic.check_writable)."""
     reader = TableReader(unit.source)
     columns = _columns(config, reader, classifier)
-    check_text_format(unit.output, reader.schema, reader.path)
+    check_text_format(unit.output, reader.schema, reader.path, columns.kept)
     source = fingerprint(reader.path)
     record = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
-              "columns": asdict(columns), "score": classifier.score_means, "scorer": __version__}
+              "columns": _recorded(columns), "score": classifier.score_means, "scorer": __version__}
     opened = OpenUnit(unit, reader, columns, source, record)
     existed = unit.output.exists()  # (looked at first: an output another run completes just after is up to date)
     done = None if config.overwrite else completion_record(unit.output)  # (read once: a CSV output is hashed)
@@ -137,7 +137,7 @@ def _skipped(done: dict | None, opened: OpenUnit, classifier: OnnxClassifier, co
     """up_to_date, given what the output records of its making (`done`, None where nothing or --overwrite)."""
     unit = opened.unit
     if not (done and done.get("model_sha256") == classifier.model_sha256 and done.get("input") == opened.source
-            and _scored_column(done) == opened.columns.text):
+            and _scored_column(done) == opened.columns.text and _kept(done) == opened.columns.kept):
         return None
     log.info("%s is up to date (same input, column and model); skipped", unit.output)
     drop_leftover_parts(unit.output, opened.record, locked)
@@ -238,6 +238,26 @@ def _scored_column(done: dict) -> str | None:
     return (done.get("columns") or {}).get("text")
 
 
+def _recorded(columns: Columns) -> dict:
+    """The columns as an output's record and its parts' state hold them (JSON: compared with what a run wrote);
+    without `kept` where every input column is kept, as outputs were recorded before --keep-columns."""
+    recorded = asdict(columns)
+    kept = recorded.pop("kept")
+    return recorded if kept is None else {**recorded, "kept": list(kept)}
+
+
+def _kept(done: dict) -> tuple[str, ...] | None:
+    """The input columns an output carries (--keep-columns; None: all, as before there was a choice)."""
+    kept = (done.get("columns") or {}).get("kept")
+    return None if kept is None else tuple(kept)
+
+
+def _carried(kept: tuple[str, ...] | None) -> str:
+    if kept is None:
+        return "every input column"
+    return "the results alone" if not kept else "input column(s) " + ", ".join(repr(name) for name in kept)
+
+
 def _written_how(done: dict | None, classifier: OnnxClassifier, source: dict, columns: Columns) -> str:
     """How an existing output differs from what this run would write."""
     if not done:
@@ -251,6 +271,9 @@ def _written_how(done: dict | None, classifier: OnnxClassifier, source: dict, co
         how.append("from another version of the input")
     if column != columns.text:
         how.append(f"scoring column '{column}', and this run scores '{columns.text}'")
+    if _kept(done) != columns.kept:
+        how.append(f"carrying {_carried(_kept(done))}, and this run would carry {_carried(columns.kept)} "
+                   "(--keep-columns)")
     if other_model and variant != classifier.variant and len(how) == 1:
         how[0] += f": --variant {variant} keeps it"
     return ", ".join(how)
@@ -273,5 +296,8 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
     if label is None and config.report:
         raise InputError(f"--report needs labels, and {reader.path} has no column "
                          f"'{classifier.manifest.label_column}'; pass --label-column, or drop --report")
+    for name in config.keep_columns or ():
+        reader.require(name, "--keep-columns")
     names = result_columns(reader.columns, reader.path)
-    return Columns(text=text, label=label, predicted=names["label"], score=names["score"], status=names["status"])
+    return Columns(text=text, label=label, predicted=names["label"], score=names["score"], status=names["status"],
+                   kept=config.keep_columns)

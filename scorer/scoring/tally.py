@@ -38,6 +38,11 @@ class Columns:
     predicted: str
     score: str
     status: str
+    kept: tuple[str, ...] | None = None  # the input columns the output carries (--keep-columns); None: all
+
+    def written(self) -> list[str] | None:
+        """The output's columns where --keep-columns chose them, else None (every input column, then the results)."""
+        return None if self.kept is None else [*self.kept, self.predicted, self.score, self.status]
 
 
 @dataclass(frozen=True)

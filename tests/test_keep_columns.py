@@ -1,0 +1,108 @@
+"""`scorer run --keep-columns`: an output that carries only the input columns named (an id, say) beside the results,
+every row still kept in order; what the output carries is part of what makes it up to date."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_bundle import _inbox
+from tests.test_nightly import _crash_on_the_third_window, run, sentences
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    """A labelled input with an id column and a list column."""
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(30)], "sentence": sentences(30),
+                             "label": [i % 2 for i in range(30)], "tags": [[i] for i in range(30)]}), path)
+    return path
+
+
+def test_the_output_carries_the_columns_named_in_their_order_and_the_same_results(tiny_export, labelled, tmp_path):
+    common = ["--model", tiny_export, "--variant", "fp32", "--window-rows", "8"]
+    assert run(labelled, "-o", tmp_path / "all.parquet", *common).exit_code == 0
+    every = pq.read_table(tmp_path / "all.parquet")
+    result = run(labelled, "-o", tmp_path / "ids.parquet", "--keep-columns", "id", *common)
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output  # (the label column is read for evaluation, though not carried)
+    kept = pq.read_table(tmp_path / "ids.parquet")
+    # (the input has a `label` column, so the results are pred_*: named as they are without --keep-columns)
+    assert kept.column_names == ["id", "pred_label", "pred_score", "pred_status"]
+    assert kept == every.select(kept.column_names)
+    # CSV, in the order named (a list column not carried is no bar to CSV), and the results alone
+    assert run(labelled, "-o", tmp_path / "two.csv", "--keep-columns", "sentence, id", *common).exit_code == 0
+    two = pacsv.read_csv(tmp_path / "two.csv")
+    assert two.column_names == ["sentence", "id", "pred_label", "pred_score", "pred_status"]
+    assert two.column("id").to_pylist() == every.column("id").to_pylist()
+    assert two.column("pred_label").to_pylist() == every.column("pred_label").to_pylist()
+    assert run(labelled, "-o", tmp_path / "bare.parquet", "--keep-columns", "", *common).exit_code == 0
+    bare = pq.read_table(tmp_path / "bare.parquet")
+    assert bare == every.select(["pred_label", "pred_score", "pred_status"])
+
+
+@pytest.mark.parametrize(("keep", "code", "said"), [
+    ("id,Sentence", 3, "column 'Sentence' not found in in.parquet; columns are id, sentence, label, tags; pass "
+                       "--keep-columns 'sentence'"),
+    ("id,,label", 2, "--keep-columns 'id,,label' has an empty name; separate the names by single commas"),
+    ("id,label,id", 2, "--keep-columns names 'id' more than once; name each column once"),
+    ("id,tags", 2, "column(s) 'tags' (list<element: int64>) cannot be written to out.csv, a CSV/TSV file"),
+])
+def test_a_column_that_cannot_be_kept_is_refused_in_one_line_before_any_work(tiny_export, labelled, tmp_path, keep,
+                                                                              code, said):
+    result = run(labelled, "-o", tmp_path / "out.csv", "--keep-columns", keep, "--model", tiny_export)
+    assert result.exit_code == code and result.output.count("\n") == 1, result.output
+    assert said in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+
+
+def test_what_an_output_carries_is_part_of_being_up_to_date(tiny_export, labelled, tmp_path):
+    output = tmp_path / "out.parquet"
+    common = ["-o", output, "--model", tiny_export, "--variant", "fp32"]
+    assert run(labelled, *common, "--keep-columns", "id").exit_code == 0
+    summary = output.with_name(output.name + ".summary.json")
+    assert run(labelled, *common, "--keep-columns", "id").exit_code == 0
+    assert json.loads(summary.read_text())["inputs"][0]["state"] == "skipped"
+    result = run(labelled, *common)
+    assert result.exit_code == 5, result.output
+    assert "out.parquet already exists (written carrying input column(s) 'id', and this run would carry every input " \
+           "column (--keep-columns)); pass --overwrite to replace it, or --update" in result.output
+    assert pq.read_table(output).column_names == ["id", "pred_label", "pred_score", "pred_status"]
+    assert run(labelled, *common, "--update").exit_code == 0
+    assert json.loads(summary.read_text())["inputs"][0]["state"] == "scored"
+    assert pq.read_table(output).column_names == ["id", "sentence", "label", "tags", "pred_label", "pred_score",
+                                                  "pred_status"]
+    assert run(labelled, *common).exit_code == 0  # (an output of every column, as before the option: up to date)
+    assert json.loads(summary.read_text())["inputs"][0]["state"] == "skipped"
+
+
+def test_small_inputs_scored_together_carry_the_columns_named(tiny_export, tmp_path):
+    _inbox(tmp_path / "inbox", [3, 5, 2])
+    out = tmp_path / "out"
+    result = run(tmp_path / "inbox", "-o", out, "--model", tiny_export, "--keep-columns", "id", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    for i, size in enumerate([3, 5, 2]):
+        table = pacsv.read_csv(out / f"f{i:02d}.csv")
+        assert table.column_names == ["id", "label", "score", "status"]
+        assert table.column("id").to_pylist() == [f"{i}-{j}" for j in range(size)]
+
+
+def test_a_crashed_run_resumes_to_the_output_it_would_have_written(tiny_export, tmp_path, monkeypatch):
+    """The finished windows keep every column (evaluation and --check read them); the output, written from them on
+    resuming, carries only those named."""
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": list(range(50)), "sentence": sentences(50)}), source)
+    common = ["--model", tiny_export, "--window-rows", "10", "--variant", "fp32", "--keep-columns", "id"]
+    assert run(source, "-o", tmp_path / "reference.csv", *common).exit_code == 0
+    output = tmp_path / "out.csv"
+    _crash_on_the_third_window(monkeypatch, source, output, *common)
+    assert not output.exists() and len(list(tmp_path.glob(".out.csv.scorer-parts/part-*"))) == 2
+    assert run(source, "-o", output, *common).exit_code == 0
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
+    assert summary["state"] == "resumed" and summary["resumed_from_row"] == 20
+    assert output.read_bytes() == (tmp_path / "reference.csv").read_bytes()
+    assert output.read_text().startswith("\"id\",\"label\",\"score\",\"status\"\n")
