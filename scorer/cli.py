@@ -185,6 +185,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 @click.option("--keep-columns", metavar="NAMES",
               help="Input columns the output carries beside the results, comma-separated, in this order ('': the "
                    "results alone) [default: every column].")
+@click.option("--probabilities", is_flag=True, default=None,
+              help="Also write each label's probability, as a column prob_<label> per label.")
 @click.option("--max-tokens", type=int,
               help=f"Token budget per batch (rows × padded length) {shown_by_provider(DEFAULT_MAX_TOKENS)}.")
 @click.option("--max-batch-rows", type=int, help=f"Most rows in one batch {shown(RunConfig, 'max_batch_rows')}.")
@@ -208,8 +210,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 @click.option("--summary", type=PATH, help="JSON summary path [default: OUTPUT.summary.json].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace outputs even when they are up to date.")
 @click.option("--update", is_flag=True, default=None,
-              help="Score again outputs scorer wrote from an older input, another model or text column; skip those "
-                   "up to date.")
+              help="Score again outputs scorer wrote from an older input, another model, text column or output "
+                   "columns; skip those up to date.")
 @click.option("--fail-fast", is_flag=True, default=None, help="Stop at the first input that fails.")
 @click.option("--share", is_flag=True, default=None,
               help="Other runs score the same inputs at once (one run per GPU): an input another run is writing is "

@@ -215,6 +215,7 @@ class RunConfig:
     label_column: str | None = None
     # The input columns an output carries beside the results, in this order; None: every one; (): the results alone.
     keep_columns: tuple[str, ...] | None = None
+    probabilities: bool = False  # a column of each label's probability (prob_<label>) beside label, score and status
     max_tokens: int | None = None
     max_batch_rows: int = 4096
     io_binding: bool | None = None  # None: what export measured faster for the fp16 graph on CUDA, else off

@@ -183,3 +183,14 @@ def test_three_text_labels_train_export_and_score_with_the_predicted_labels_prob
     assert evaluation["labels"] == ["neg", "neu", "pos"] and len(evaluation["per_class"]) == 3
     assert np.array(evaluation["confusion_matrix"]).shape == (3, 3) and np.sum(evaluation["confusion_matrix"]) == 450
     assert summary["check"]["passed"] and summary["check"]["rows"] == 20
+    # --probabilities: a column per label, in the model's label order, that the label and score are drawn from
+    result = runner.invoke(main, ["run", str(data), "--model", str(tmp_path / "onnx"), "-o",
+                                  str(tmp_path / "p.parquet"), "--probabilities", "--keep-columns", "", "--quiet"])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert table.column_names == ["pred_label", "pred_score", "pred_status", "pred_prob_neg", "pred_prob_neu",
+                                  "pred_prob_pos"]
+    probabilities = np.stack([table.column(f"pred_prob_{name}").to_numpy() for name in ("neg", "neu", "pos")], 1)
+    assert np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    assert [["neg", "neu", "pos"][i] for i in probabilities.argmax(1)] == out["pred_label"]
+    assert np.allclose(probabilities.max(1), table.column("pred_score").to_numpy())

@@ -146,7 +146,7 @@ class Bundle:
             self.temporaries[output.parent] = temporaries_by_output(output.parent)
         lock = OutputLock(output, self.temporaries[output.parent].get(output.name, [])).__enter__()
         try:
-            skipped = up_to_date(opened, self.classifier, self.config, locked=True)
+            skipped = up_to_date(opened, self.config, locked=True)
             if skipped is not None:
                 lock.__exit__(None, None, None)
                 return skipped

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from scorer import __version__
 from scorer.config import RunConfig
 from scorer.data import atomic
 from scorer.data.read import TableReader, plain_text
@@ -20,6 +19,7 @@ from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import NON_FINITE
 from scorer.inference.session import memory_failure
 from scorer.scoring.evaluate import nothing_evaluated, write_report
+from scorer.scoring.making import how_written, made_alike, record_of
 from scorer.scoring.parts import OutputLock, PartStore, drop_leftover_parts, fingerprint
 from scorer.scoring.stream import stream
 from scorer.scoring.summary import UnitSummary, now
@@ -44,11 +44,13 @@ class OpenUnit:
     record: dict
 
 
-def result_columns(input_columns: list[str], source: Path) -> dict[str, str]:
-    """label/score/status, or pred_label/pred_score/pred_status when the input already has one of those names."""
-    clash = any(name in input_columns for name in RESULT_COLUMNS)
-    names = {name: (PREFIX + name if clash else name) for name in RESULT_COLUMNS}
-    taken = [name for name in names.values() if name in input_columns]
+def result_columns(input_columns: list[str], source: Path, labels: list | None = None) -> list[str]:
+    """label, score, status (and prob_<label> for each of `labels`), each prefixed pred_ where the input already has
+    one of those names."""
+    wanted = [*RESULT_COLUMNS, *(f"prob_{label}" for label in labels or ())]
+    clash = any(name in input_columns for name in wanted)
+    names = [PREFIX + name if clash else name for name in wanted]
+    taken = [name for name in names if name in input_columns]
     if taken:
         raise InputError(f"{source} already has column(s) {', '.join(taken)}, the names scorer writes its results "
                          "under; rename them before scoring")
@@ -69,7 +71,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
         return opened
     store = PartStore(unit.output, {**opened.record, "window_rows": config.window_rows})  # (parts: window-sized)
     with OutputLock(unit.output):
-        skipped = up_to_date(opened, classifier, config, locked=True)  # (completed by another run since it was opened)
+        skipped = up_to_date(opened, config, locked=True)  # (completed by another run since it was opened)
         if skipped is not None:
             return skipped
         first = store.open()
@@ -105,16 +107,15 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
     columns = _columns(config, reader, classifier)
     check_text_format(unit.output, reader.schema, reader.path, columns.kept)
     source = fingerprint(reader.path)
-    record = {"model_sha256": classifier.model_sha256, "variant": classifier.variant, "input": source,
-              "columns": _recorded(columns), "score": classifier.score_means, "scorer": __version__}
+    record = record_of(classifier.model_sha256, classifier.variant, source, columns, classifier.score_means)
     opened = OpenUnit(unit, reader, columns, source, record)
     existed = unit.output.exists()  # (looked at first: an output another run completes just after is up to date)
     done = None if config.overwrite else completion_record(unit.output)  # (read once: a CSV output is hashed)
-    skipped = _skipped(done, opened, classifier, config, locked=False)
+    skipped = _skipped(done, opened, config, locked=False)
     if skipped is not None:
         return skipped
     if existed and not config.overwrite:
-        how = _written_how(done, classifier, source, columns)
+        how = how_written(done, record)
         if not (config.update and done):  # (--update scores again only what scorer wrote: never another's file)
             raise OutputError(f"{unit.output} already exists (written {how}); pass --overwrite to replace it"
                               + (", or --update to score again every output written so" if done else ""))
@@ -123,21 +124,18 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
     return opened
 
 
-def up_to_date(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
-               locked: bool = False) -> UnitSummary | None:
+def up_to_date(opened: OpenUnit, config: RunConfig, locked: bool = False) -> UnitSummary | None:
     """The unit's summary as skipped where its output is complete, made by this model from this input and column
     (never with --overwrite). Asked again once the output's lock is held (`locked`): another run may have completed
     it since the unit was opened (runs that share their inputs, --share; a cron job that overlapped the last)."""
     done = None if config.overwrite else completion_record(opened.unit.output)
-    return _skipped(done, opened, classifier, config, locked)
+    return _skipped(done, opened, config, locked)
 
 
-def _skipped(done: dict | None, opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
-             locked: bool) -> UnitSummary | None:
+def _skipped(done: dict | None, opened: OpenUnit, config: RunConfig, locked: bool) -> UnitSummary | None:
     """up_to_date, given what the output records of its making (`done`, None where nothing or --overwrite)."""
     unit = opened.unit
-    if not (done and done.get("model_sha256") == classifier.model_sha256 and done.get("input") == opened.source
-            and _scored_column(done) == opened.columns.text and _kept(done) == opened.columns.kept):
+    if not (done and made_alike(done, opened.record)):
         return None
     log.info("%s is up to date (same input, column and model); skipped", unit.output)
     drop_leftover_parts(unit.output, opened.record, locked)
@@ -234,51 +232,6 @@ def _warn_non_finite(summary: UnitSummary, classifier: OnnxClassifier) -> None:
                     " from the fp32 graph too" if classifier.rescue.possible else "", NON_FINITE)
 
 
-def _scored_column(done: dict) -> str | None:
-    return (done.get("columns") or {}).get("text")
-
-
-def _recorded(columns: Columns) -> dict:
-    """The columns as an output's record and its parts' state hold them (JSON: compared with what a run wrote);
-    without `kept` where every input column is kept, as outputs were recorded before --keep-columns."""
-    recorded = asdict(columns)
-    kept = recorded.pop("kept")
-    return recorded if kept is None else {**recorded, "kept": list(kept)}
-
-
-def _kept(done: dict) -> tuple[str, ...] | None:
-    """The input columns an output carries (--keep-columns; None: all, as before there was a choice)."""
-    kept = (done.get("columns") or {}).get("kept")
-    return None if kept is None else tuple(kept)
-
-
-def _carried(kept: tuple[str, ...] | None) -> str:
-    if kept is None:
-        return "every input column"
-    return "the results alone" if not kept else "input column(s) " + ", ".join(repr(name) for name in kept)
-
-
-def _written_how(done: dict | None, classifier: OnnxClassifier, source: dict, columns: Columns) -> str:
-    """How an existing output differs from what this run would write."""
-    if not done:
-        return "not by scorer"
-    variant, column, how = done.get("variant"), _scored_column(done), []
-    other_model = done.get("model_sha256") != classifier.model_sha256
-    if other_model:
-        how.append(f"by the {variant} variant, and this run uses {classifier.variant}" if variant != classifier.variant
-                   else "by another model")
-    if done.get("input") != source:
-        how.append("from another version of the input")
-    if column != columns.text:
-        how.append(f"scoring column '{column}', and this run scores '{columns.text}'")
-    if _kept(done) != columns.kept:
-        how.append(f"carrying {_carried(_kept(done))}, and this run would carry {_carried(columns.kept)} "
-                   "(--keep-columns)")
-    if other_model and variant != classifier.variant and len(how) == 1:
-        how[0] += f": --variant {variant} keeps it"
-    return ", ".join(how)
-
-
 def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier) -> Columns:
     text = config.text_column or classifier.manifest.text_column
     reader.require(text, "--text-column")
@@ -298,6 +251,6 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
                          f"'{classifier.manifest.label_column}'; pass --label-column, or drop --report")
     for name in config.keep_columns or ():
         reader.require(name, "--keep-columns")
-    names = result_columns(reader.columns, reader.path)
-    return Columns(text=text, label=label, predicted=names["label"], score=names["score"], status=names["status"],
-                   kept=config.keep_columns)
+    names = result_columns(reader.columns, reader.path, classifier.labels if config.probabilities else None)
+    return Columns(text=text, label=label, predicted=names[0], score=names[1], status=names[2],
+                   kept=config.keep_columns, probabilities=tuple(names[3:]))

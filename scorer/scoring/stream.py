@@ -164,10 +164,13 @@ def checked_windows(reader: TableReader, classifier: OnnxClassifier, columns: Co
 
 
 def with_results(window: pa.RecordBatch, classifier: OnnxClassifier, columns: Columns, scored: Scored) -> pa.Table:
-    """The window with its predicted label, score and status columns."""
-    predicted, score, status = classifier.result_arrays(scored)
-    return (window.append_column(columns.predicted, predicted).append_column(columns.score, score)
-            .append_column(columns.status, status))
+    """The window with its predicted label, score and status columns (and each label's probability, where asked)."""
+    arrays = [*classifier.result_arrays(scored)]
+    if columns.probabilities:
+        arrays += [pa.array(p.astype(np.float32), mask=~scored.scored) for p in scored.probabilities.T]
+    for name, array in zip(columns.results(), arrays, strict=True):
+        window = window.append_column(name, array)
+    return window
 
 
 def _replay(store: PartStore, sink: OutputSink, count: int) -> None:

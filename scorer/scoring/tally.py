@@ -39,10 +39,15 @@ class Columns:
     score: str
     status: str
     kept: tuple[str, ...] | None = None  # the input columns the output carries (--keep-columns); None: all
+    probabilities: tuple[str, ...] = ()  # each label's probability column, in the model's label order (--probabilities)
+
+    def results(self) -> list[str]:
+        """The columns scorer adds, in their order."""
+        return [self.predicted, self.score, self.status, *self.probabilities]
 
     def written(self) -> list[str] | None:
         """The output's columns where --keep-columns chose them, else None (every input column, then the results)."""
-        return None if self.kept is None else [*self.kept, self.predicted, self.score, self.status]
+        return None if self.kept is None else [*self.kept, *self.results()]
 
 
 @dataclass(frozen=True)

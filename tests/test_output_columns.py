@@ -1,5 +1,6 @@
-"""`scorer run --keep-columns`: an output that carries only the input columns named (an id, say) beside the results,
-every row still kept in order; what the output carries is part of what makes it up to date."""
+"""What an output's columns are: `--keep-columns` carries only the input columns named (an id, say) beside the
+results, every row still kept in order; `--probabilities` adds each label's probability. What an output carries is
+part of what makes it up to date."""
 
 from __future__ import annotations
 
@@ -106,3 +107,30 @@ def test_a_crashed_run_resumes_to_the_output_it_would_have_written(tiny_export, 
     assert summary["state"] == "resumed" and summary["resumed_from_row"] == 20
     assert output.read_bytes() == (tmp_path / "reference.csv").read_bytes()
     assert output.read_text().startswith("\"id\",\"label\",\"score\",\"status\"\n")
+
+
+def test_each_label_s_probability_beside_the_results_null_where_unscored(tiny_export, tmp_path):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": list(range(6)), "sentence": ["a cat sat.", None, "", "dogs run.", "x " * 300,
+                                                                "birds sing."]}), source)
+    common = ["--model", tiny_export, "--variant", "fp32"]
+    result = run(source, "-o", tmp_path / "out.parquet", "--probabilities", *common)
+    assert result.exit_code == 0, result.output
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column_names == ["id", "sentence", "label", "score", "status", "prob_0", "prob_1"]
+    rows = out.to_pylist()
+    assert [r["status"] for r in rows] == ["ok", "null", "empty", "ok", "truncated", "ok"]
+    for row in rows:
+        if row["label"] is None:
+            assert row["prob_0"] is None and row["prob_1"] is None
+        else:
+            assert row["prob_1"] == row["score"] and row["prob_0"] + row["prob_1"] == pytest.approx(1, abs=1e-6)
+            assert row["label"] == int(row["prob_1"] > row["prob_0"])
+    # A name taken in the input moves every result column to pred_*, as for label, score and status
+    pq.write_table(pq.read_table(source).append_column("prob_1", pa.array([0.0] * 6)), source)
+    assert run(source, "-o", tmp_path / "taken.csv", "--probabilities", *common).exit_code == 0
+    assert pacsv.read_csv(tmp_path / "taken.csv").column_names == [
+        "id", "sentence", "prob_1", "pred_label", "pred_score", "pred_status", "pred_prob_0", "pred_prob_1"]
+    result = run(source, "-o", tmp_path / "taken.csv", *common)
+    assert result.exit_code == 5 and "written with each label's probability, and this run without " \
+        "(--probabilities)" in result.output, result.output
