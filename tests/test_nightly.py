@@ -868,6 +868,36 @@ def test_windows_left_beside_a_complete_output_are_removed_by_the_run_that_skips
     assert not parts.exists() and pq.read_table(output).num_rows == 3_000
 
 
+def test_windows_of_an_input_that_is_gone_are_removed_and_those_that_can_resume_kept(tiny_export, tmp_path,
+                                                                                      monkeypatch):
+    """An inbox whose files expire: a run stopped midway through b.parquet left its finished windows under --output,
+    then b.parquet was removed; nothing can resume them, so the next run over the inbox removes them (they stayed
+    forever). Windows of an input still there, though not in this run, and windows whose output another run holds,
+    are kept."""
+    from scorer.scoring.parts import OutputLock, work_dir
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    for name in ("a", "b", "c"):
+        pq.write_table(pa.table({"sentence": sentences(30)}), inbox / f"{name}.parquet")
+    options = ["--model", tiny_export, "--window-rows", "10", "--variant", "fp32"]
+    for name in ("b", "c"):
+        _crash_on_the_third_window(monkeypatch, inbox / f"{name}.parquet", out / f"{name}.parquet", *options)
+    b_parts, c_parts = work_dir(out / "b.parquet"), work_dir(out / "c.parquet")
+    assert len(list(b_parts.glob("part-*"))) == 2 and len(list(c_parts.glob("part-*"))) == 2
+    (inbox / "b.parquet").unlink()
+    with OutputLock(out / "b.parquet"):  # (another run holds b's output: kept)
+        assert run(f"{inbox}/a*", "-o", out, *options).exit_code == 0
+    assert b_parts.is_dir()
+    result = CliRunner().invoke(main, ["run", f"{inbox}/a*", "-o", str(out), *map(str, options)])
+    assert result.exit_code == 0 and "1 skipped" in result.output, result.output
+    assert not b_parts.exists() and c_parts.is_dir()  # (c is still there, though not in this run: kept)
+    assert f"removed the finished windows of {(inbox / 'b.parquet').resolve()}, which is gone" in result.output
+    result = run(inbox, "-o", out, *options)
+    assert result.exit_code == 0 and "1 resumed" in result.output, result.output
+    assert files_under(out) == ["a.parquet", "c.parquet", "scorer-summary.json"]
+
+
 def test_a_killed_run_resumes_a_compressed_csv_output_to_the_same_text(tiny_export, tmp_path):
     """A .csv.gz output grows, compressed, under its temporary name: after kill -9 the rerun resumes from the
     finished windows and writes the text an uninterrupted run writes."""

@@ -227,3 +227,25 @@ def test_a_lock_file_its_holder_removes_as_another_run_locks_it_locks_nothing(tm
             pass
     with OutputLock(output):  # (let go: free again)
         pass
+
+
+@pytest.mark.parametrize("sizes", [[40], [3, 4]], ids=["one input", "small inputs together"])
+def test_an_output_filesystem_without_file_locks_is_named_in_one_line_and_nothing_is_written(tiny_export, tmp_path,
+                                                                                           monkeypatch, sizes):
+    """flock fails with ENOLCK on an NFS mount without its lock service (EOPNOTSUPP or ENOSYS on some FUSE ones): said
+    as such (it was 'unexpected OSError', exit 1), since without the lock two runs could write one output."""
+    import errno
+    import fcntl
+
+    _inbox(tmp_path / "inbox", sizes)
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    result = run(tmp_path / "inbox", "--model", tiny_export, "-o", tmp_path / "out", "--window-rows", "16")
+    assert result.exit_code == 5, result.output
+    lock = tmp_path / "out" / ".f00.parquet.scorer-lock"
+    assert f"cannot lock {lock} (No locks available): its filesystem does not support file locks, which keep two " \
+           "runs from writing one output at once; write the outputs to a filesystem that does" in result.output
+    assert not [p for p in files_under(tmp_path / "out") if not p.endswith((".scorer-lock", "scorer-summary.json"))]

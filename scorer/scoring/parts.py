@@ -28,6 +28,7 @@ from scorer.errors import OutputError, OutputTaken
 log = logging.getLogger("scorer")
 STATE = "state.json"
 RESCUED = b"scorer-rescued"  # a part's count of rows the fp32 graph scored, in its schema metadata
+_PARTS = ".scorer-parts"  # a parts directory's name: .NAME.scorer-parts beside the output NAME
 _TEMPORARY = re.compile(r"\.(.+)\.tmp-\d+")  # an output's temporary name (scorer.data.atomic.temporary_sibling)
 
 
@@ -38,7 +39,7 @@ def fingerprint(path: Path) -> dict:
 
 
 def work_dir(output: Path) -> Path:
-    return output.parent / f".{output.name}.scorer-parts"
+    return output.parent / f".{output.name}{_PARTS}"
 
 
 def temporaries_by_output(directory: Path) -> dict[str, list[Path]]:
@@ -100,6 +101,11 @@ class OutputLock:
             os.close(self._handle)
             raise OutputTaken(f"another scorer run is writing {self.output}; wait for it to finish, or pass --share "
                               "to both runs to split their inputs between them") from exc
+        except OSError as exc:  # (ENOLCK, EOPNOTSUPP, ENOSYS: an NFS mount without its lock service, some FUSE ones)
+            os.close(self._handle)
+            raise OutputError(f"cannot lock {self.path} ({exc.strerror}): its filesystem does not support file locks, "
+                              "which keep two runs from writing one output at once; write the outputs to a "
+                              "filesystem that does (a local disk; NFS with its lock service)") from exc
         held = os.fstat(self._handle)
         try:
             there = os.stat(self.path)
@@ -136,6 +142,26 @@ def drop_leftover_parts(output: Path, record: dict, locked: bool) -> None:
     except OutputTaken:
         return
     log.info("%s: removed the finished windows of the run that wrote it (stopped before it removed them)", output)
+
+
+def drop_orphaned_parts(directory: Path, outputs: set[Path]) -> None:
+    """Remove the finished windows under `directory` (a run's --output DIR) whose input is gone: a run stopped midway
+    through an input that was then removed (an inbox whose files expire) left them, and nothing can resume them.
+    Those of `outputs` (this run's, resolved), of inputs still there, and of outputs another run holds are kept."""
+    for parts in directory.rglob(f".*{_PARTS}"):
+        output = parts.parent / parts.name[1:-len(_PARTS)]
+        try:
+            source = json.loads((parts / STATE).read_text())["input"]["path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # (not a parts directory of ours, or one being created)
+        if output.resolve() in outputs or Path(source).exists():
+            continue
+        try:
+            with OutputLock(output):
+                shutil.rmtree(parts, ignore_errors=True)
+        except (OutputTaken, OutputError):
+            continue
+        log.info("%s: removed the finished windows of %s, which is gone, so nothing can resume them", output, source)
 
 
 def _refuse_unwritable(directory: Path) -> None:

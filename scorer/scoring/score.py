@@ -18,7 +18,7 @@ from scorer.inference.session import memory_failure
 from scorer.manifest import verify_checkpoint
 from scorer.scoring.bundle import outcomes
 from scorer.scoring.heartbeat import Heartbeat
-from scorer.scoring.parts import OutputLock
+from scorer.scoring.parts import OutputLock, drop_orphaned_parts
 from scorer.scoring.single import checkpoint_of
 from scorer.scoring.summary import (
     RunSummary,
@@ -114,6 +114,8 @@ def _score_all(config: RunConfig, units: list[WorkUnit], began: str, progress: b
         summary.exit_code = first.exit_code
     if written:
         write_summary(config, units, summary)
+    if fatal is None:
+        _tidy(config, units)
     if fatal is not None:
         raise fatal
     if summary.failed:
@@ -121,6 +123,13 @@ def _score_all(config: RunConfig, units: list[WorkUnit], began: str, progress: b
         error.exit_code = summary.exit_code
         raise error
     return summary
+
+
+def _tidy(config: RunConfig, units: list[WorkUnit]) -> None:
+    """Under --output DIR, the finished windows of inputs that are gone (scoring.parts.drop_orphaned_parts)."""
+    directory = config.output
+    if directory is not None and directory.is_dir() and all(unit.output != directory for unit in units):
+        drop_orphaned_parts(directory, {unit.output.resolve() for unit in units})
 
 
 def _score_units(units: list[WorkUnit], classifier: OnnxClassifier, config: RunConfig, progress: bool,
