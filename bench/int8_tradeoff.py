@@ -35,7 +35,7 @@ from export.per_token import per_token_int8
 from export.quantize import closeness, groups_of, sensitivity_order, weight_matmuls
 from export.timing import logits_of, pass_seconds
 from scorer.config import ExportConfig
-from scorer.data.read import read_labelled
+from scorer.data.labels import read_labelled
 from scorer.inference.results import softmax
 from scorer.inference.session import create_session
 from scorer.text.batches import budget_batches

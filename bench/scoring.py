@@ -27,7 +27,7 @@ import torch
 from common import COLA, TOKENIZER_FILES, machine, random_bert, write_json
 
 from scorer.config import RunConfig
-from scorer.data.read import read_labelled
+from scorer.data.labels import read_labelled
 from scorer.manifest import load_manifest
 from scorer.pytorch.model import SentenceClassifier
 from scorer.scoring.score import score_file

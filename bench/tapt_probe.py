@@ -28,7 +28,7 @@ from common import COLA, TOKENIZER_FILES
 from recipes import BASE, RECIPES, summarise
 
 from scorer.config import RTD_DRAWS, TrainConfig, packaged_model
-from scorer.data.read import read_labelled
+from scorer.data.labels import read_labelled
 from scorer.text.tokens import TextEncoder
 from scorer.training.train import train
 

@@ -23,7 +23,7 @@ import numpy as np
 from common import COLA, machine, tokenizer_dir, write_json
 from scoring import workload
 
-from scorer.data.read import read_labelled
+from scorer.data.labels import read_labelled
 from scorer.text.tokens import Encoded, TextEncoder
 
 WINDOW = 16384

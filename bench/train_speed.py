@@ -23,7 +23,7 @@ import torch
 from common import COLA, machine, random_bert, tokenizer_dir, write_json
 
 from scorer.config import TrainConfig
-from scorer.data.read import read_labelled
+from scorer.data.labels import read_labelled
 from scorer.training.train import train
 
 MODES = {"eager": {}, "compile": {"compile": True}, "graphs": {"cuda_graphs": "compiled"},

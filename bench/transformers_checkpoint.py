@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from common import COLA, machine, tokenizer_dir, write_json
 
-from scorer.data.read import TableReader, read_labelled
+from scorer.data.labels import read_labelled
+from scorer.data.read import TableReader
 from scorer.metrics import confusion_of
 
 NAMES = ["unacceptable", "acceptable"]

@@ -14,8 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
-from scorer.data.labels import LabelIndex, label_value, normalise_labels
-from scorer.data.read import read_labelled
+from scorer.data.labels import LabelIndex, label_value, normalise_labels, read_labelled
 from scorer.errors import InputError
 from tests.conftest import fp32_parity_and_run_evaluation
 

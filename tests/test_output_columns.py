@@ -93,15 +93,17 @@ def test_small_inputs_scored_together_carry_the_columns_named(tiny_export, tmp_p
 
 
 def test_a_crashed_run_resumes_to_the_output_it_would_have_written(tiny_export, tmp_path, monkeypatch):
-    """The finished windows keep every column (evaluation and --check read them); the output, written from them on
-    resuming, carries only those named."""
+    """The finished windows hold the columns read (the text for --check, those carried; a Parquet file's others are
+    not read at all); the output, written from them on resuming, carries only those named."""
     source = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"id": list(range(50)), "sentence": sentences(50)}), source)
+    pq.write_table(pa.table({"id": list(range(50)), "sentence": sentences(50), "wide": ["x" * 100] * 50}), source)
     common = ["--model", tiny_export, "--window-rows", "10", "--variant", "fp32", "--keep-columns", "id"]
     assert run(source, "-o", tmp_path / "reference.csv", *common).exit_code == 0
     output = tmp_path / "out.csv"
     _crash_on_the_third_window(monkeypatch, source, output, *common)
-    assert not output.exists() and len(list(tmp_path.glob(".out.csv.scorer-parts/part-*"))) == 2
+    parts = sorted(tmp_path.glob(".out.csv.scorer-parts/part-*"))
+    assert not output.exists() and len(parts) == 2
+    assert pq.read_schema(parts[0]).names == ["id", "sentence", "label", "score", "status"]  # (no "wide")
     assert run(source, "-o", output, *common).exit_code == 0
     summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
     assert summary["state"] == "resumed" and summary["resumed_from_row"] == 20

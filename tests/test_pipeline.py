@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
-from scorer.data.read import TableReader, read_labelled
+from scorer.data.labels import read_labelled
+from scorer.data.read import TableReader
 from tests.conftest import COLA
 
 

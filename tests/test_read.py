@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scorer.data.read import TableReader, read_labelled
+from scorer.data.labels import read_labelled
+from scorer.data.read import TableReader
 from scorer.errors import InputError
 
 

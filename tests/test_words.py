@@ -10,7 +10,7 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 
 from scorer.config import packaged_model
-from scorer.data.read import read_labelled
+from scorer.data.labels import read_labelled
 from scorer.text import words
 from scorer.text.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 from tests.conftest import COLA

@@ -1,12 +1,15 @@
-"""Class labels as files write them: one reading of a label value for training, export and evaluation."""
+"""Class labels as files write them: one reading of a label value for training, export and evaluation, and a
+labelled file read whole (read_labelled)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from scorer.data.read import TableReader, plain_text
 from scorer.errors import InputError
 
 
@@ -115,3 +118,33 @@ class LabelIndex:
         """The distinct present values that are not the model's labels, as text, sorted."""
         return sorted({str(value) for value in values
                        if not self._missing(label_value(value)) and str(label_value(value)) not in self._index})
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Texts and their labels from one file, with the file they came from."""
+
+    texts: list[str]
+    labels: list[int | str]
+    source: Path
+
+
+def read_labelled(path: Path, text_column: str, label_column: str) -> LabelledData:
+    """Read a whole labelled file; every row needs a non-empty text and a label."""
+    reader = TableReader(path)
+    reader.require(text_column, "--text-column")
+    reader.require(label_column, "--label-column")
+    table = reader.read_all()
+    if table.num_rows == 0:
+        raise InputError(f"{path} has no data rows; a labelled file needs at least one")
+    texts = plain_text(table.column(text_column)).to_pylist()
+    values = [label_value(label) for label in table.column(label_column).to_pylist()]
+    for row, (text, value) in enumerate(zip(texts, values, strict=True), start=1):
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(
+                f"{path} row {row}: column '{text_column}' is empty or not text; fix or remove that row"
+            )
+        if value is None:
+            raise InputError(f"{path} row {row}: column '{label_column}' has no label; fix or remove that row")
+    check_one_kind(values, path, label_column)
+    return LabelledData(texts=texts, labels=normalise_labels(values), source=Path(path))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,7 +13,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from scorer.data.csvlint import COMPRESSIONS, locate_problem, looks_like_data, read_header, swallowed_rows
-from scorer.data.labels import check_one_kind, label_value, normalise_labels
 from scorer.data.sniff import disguised
 from scorer.errors import InputError
 
@@ -68,6 +66,7 @@ class TableReader:
         if problem is not None:
             raise InputError(f"{self.path} {problem}")
         self.columns: list[str] = []
+        self._only: list[str] | None = None  # the Parquet columns read (read_only); None: all
         self._quotes_checked = False
         self._parquet_rows_read: int | None = None  # Parquet rows read so far (to find a damaged row group)
         with self._errors():
@@ -112,6 +111,12 @@ class TableReader:
                 else f"pass {option} with one of them"
             raise InputError(f"column '{column}' not found in {self.path.name}; columns are {names}; {advice}")
 
+    def read_only(self, names: set[str]) -> None:
+        """Read only these columns (in the file's order) of a Parquet file. A CSV/TSV file is parsed whole anyway,
+        and a stray quote in any column must be seen, so it is read whole."""
+        if self.format == "parquet":
+            self._only = [name for name in self.columns if name in names]
+
     def batches(self, rows: int, skip_rows: int = 0) -> Iterator[pa.Table]:
         """Yield consecutive windows of exactly `rows` rows (the last may be shorter), after `skip_rows`."""
         pending: list[pa.RecordBatch] = []
@@ -139,7 +144,8 @@ class TableReader:
     def empty(self) -> pa.Table:
         """A table of the file's columns and no rows."""
         if self.format == "parquet":
-            return self._parquet.schema_arrow.empty_table()
+            empty = self._parquet.schema_arrow.empty_table()
+            return empty if self._only is None else empty.select(self._only)
         return pa.table({name: pa.array([], pa.string()) for name in self.columns})
 
     def _record_batches(self, skip_rows: int) -> Iterator[pa.RecordBatch]:
@@ -185,7 +191,8 @@ class TableReader:
         if first == meta.num_row_groups:
             return
         self._parquet_rows_read = sum(meta.row_group(group).num_rows for group in range(first))
-        for batch in self._parquet.iter_batches(_PARQUET_BATCH, row_groups=range(first, meta.num_row_groups)):
+        for batch in self._parquet.iter_batches(_PARQUET_BATCH, row_groups=range(first, meta.num_row_groups),
+                                                columns=self._only):
             self._parquet_rows_read += batch.num_rows
             if skip_rows >= batch.num_rows:
                 skip_rows -= batch.num_rows
@@ -267,33 +274,3 @@ def utf8_text(value: bytes | None) -> str | None:
         return None if value is None else value.decode("utf-8")
     except UnicodeDecodeError:
         return None
-
-
-@dataclass(frozen=True)
-class LabelledData:
-    """Texts and their labels from one file, with the file they came from."""
-
-    texts: list[str]
-    labels: list[int | str]
-    source: Path
-
-
-def read_labelled(path: Path, text_column: str, label_column: str) -> LabelledData:
-    """Read a whole labelled file; every row needs a non-empty text and a label."""
-    reader = TableReader(path)
-    reader.require(text_column, "--text-column")
-    reader.require(label_column, "--label-column")
-    table = reader.read_all()
-    if table.num_rows == 0:
-        raise InputError(f"{path} has no data rows; a labelled file needs at least one")
-    texts = plain_text(table.column(text_column)).to_pylist()
-    values = [label_value(label) for label in table.column(label_column).to_pylist()]
-    for row, (text, value) in enumerate(zip(texts, values, strict=True), start=1):
-        if not isinstance(text, str) or not text.strip():
-            raise InputError(
-                f"{path} row {row}: column '{text_column}' is empty or not text; fix or remove that row"
-            )
-        if value is None:
-            raise InputError(f"{path} row {row}: column '{label_column}' has no label; fix or remove that row")
-    check_one_kind(values, path, label_column)
-    return LabelledData(texts=texts, labels=normalise_labels(values), source=Path(path))

@@ -106,6 +106,8 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
     reader = TableReader(unit.source)
     columns = _columns(config, reader, classifier)
     check_text_format(unit.output, reader.schema, reader.path, columns.kept)
+    if columns.kept is not None:  # (what is scored, evaluated and carried: a wide file's other columns go unread)
+        reader.read_only({columns.text, *([columns.label] if columns.label else []), *columns.kept})
     source = fingerprint(reader.path)
     record = record_of(classifier.model_sha256, classifier.variant, source, columns, classifier.score_means)
     opened = OpenUnit(unit, reader, columns, source, record)

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scorer.config import TrainConfig
-from scorer.data.labels import LabelIndex
-from scorer.data.read import read_labelled
+from scorer.data.labels import LabelIndex, read_labelled
 from scorer.errors import InputError
 
 log = logging.getLogger("scorer")
