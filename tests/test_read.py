@@ -349,3 +349,30 @@ def test_a_file_without_a_header_line_is_told_so_not_offered_a_sentence_as_colum
     header.write_text("source\tlabel_2024\tnote\ttext\n" + first + "\n")  # (a real header: the usual advice)
     with pytest.raises(InputError, match="columns are source, label_2024, note, text; pass --text-column with one"):
         TableReader(header).require("sentence", "--text-column")
+
+
+def test_a_pipe_or_a_device_is_named_as_such_not_as_missing_or_of_no_type(tmp_path, tiny_export):
+    """`scorer run <(zcat day.csv.gz)` passes /dev/fd/N, a pipe: it was 'unknown file type', a FIFO named day.csv
+    'does not exist'; scorer reads an input more than once, so a pipe cannot do."""
+    import os
+
+    from click.testing import CliRunner
+
+    from scorer.cli import main
+
+    fifo = tmp_path / "day.csv"
+    os.mkfifo(fifo)
+    read, write = os.pipe()
+    try:
+        for path in (fifo, f"/dev/fd/{read}", "/dev/null"):
+            result = CliRunner().invoke(main, ["run", str(path), "--model", str(tiny_export), "-o",
+                                               str(tmp_path / "out.parquet"), "--quiet"])
+            assert result.exit_code == 3 and result.output == \
+                f"error: {path} is a pipe or a device, not a file; scorer reads an input more than once (to resume " \
+                "it, to see it did not change), so write it to a file first and pass that\n"
+            with pytest.raises(InputError, match="is a pipe or a device, not a file"):
+                read_labelled(path, "sentence", "label")
+    finally:
+        os.close(read)
+        os.close(write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["day.csv"]

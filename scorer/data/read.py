@@ -55,6 +55,9 @@ class TableReader:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        if self.path.exists() and not (self.path.is_file() or self.path.is_dir()):  # (`<(zcat day.csv.gz)`, a FIFO)
+            raise InputError(f"{self.path} is a pipe or a device, not a file; scorer reads an input more than once (to "
+                             "resume it, to see it did not change), so write it to a file first and pass that")
         self.format = detect_format(self.path)
         if not self.path.is_file():
             what = "is a directory" if self.path.is_dir() else "does not exist"
