@@ -99,3 +99,38 @@ def test_overwrite_replaces_only_what_scorer_wrote_and_a_file_never_replaces_a_d
     assert notes.read_text() == "keep me too"
     notes.unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["documents", "empty", "export"]
+
+
+def test_a_pipe_or_socket_at_an_output_s_path_is_never_renamed_over(tmp_path):
+    """Renaming a finished file into place replaces whatever the path holds: `--summary /dev/null` run as root
+    replaced the system's /dev/null with a JSON file. A pipe, socket or device (a link to one too) is refused, by
+    every way an output is written, and kept."""
+    import os
+    import socket
+    import stat
+
+    fifo, link = tmp_path / "fifo.json", tmp_path / "link.json"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock.json"))
+    try:
+        for path, what in ((fifo, "a pipe"), (link, "a pipe"), (tmp_path / "sock.json", "a socket")):
+            said = f"{path} is {what}, and scorer writes under a temporary name and renames the finished output into " \
+                   "place, which would replace it; give another path"
+            for overwrite in (False, True):
+                with pytest.raises(OutputError, match="^--output " + said):
+                    atomic.check_writable(path, overwrite)
+                with pytest.raises(OutputError, match="^--output " + said):
+                    atomic.check_writable(path, overwrite, marker="manifest.json")
+            with pytest.raises(OutputError, match=said):
+                atomic.write_text(path, "{}")
+            staging = tmp_path / ".staging"
+            staging.write_text("{}")
+            with pytest.raises(OutputError, match="^" + said):
+                atomic.replace(staging, path)
+            assert not staging.exists()
+        assert stat.S_ISFIFO(fifo.stat().st_mode) and link.is_symlink() and stat.S_ISSOCK(
+            (tmp_path / "sock.json").stat().st_mode)
+    finally:
+        server.close()

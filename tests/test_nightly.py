@@ -898,6 +898,20 @@ def test_windows_of_an_input_that_is_gone_are_removed_and_those_that_can_resume_
     assert files_under(out) == ["a.parquet", "c.parquet", "scorer-summary.json"]
 
 
+@pytest.mark.parametrize("option", ["-o", "--summary", "--report"])
+def test_a_pipe_at_an_output_s_path_is_refused_before_any_work_and_kept(tiny_export, tmp_path, option):
+    source, fifo = tmp_path / "in.parquet", tmp_path / "fifo.parquet"
+    pq.write_table(pa.table({"sentence": sentences(5), "label": [0, 1, 0, 1, 0]}), source)
+    os.mkfifo(fifo)
+    given = {"-o": fifo, "--summary": fifo, "--report": fifo}
+    other = [] if option == "-o" else ["-o", tmp_path / "out.parquet"]
+    result = run(source, "--model", tiny_export, option, given[option], *other, "--overwrite")
+    assert result.exit_code == 5 and result.output.count("\n") == 1, result.output
+    assert f"{'--output' if option == '-o' else option} {fifo} is a pipe, and scorer writes under a temporary " \
+           "name" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.parquet", "in.parquet"] and fifo.is_fifo()
+
+
 def test_a_killed_run_resumes_a_compressed_csv_output_to_the_same_text(tiny_export, tmp_path):
     """A .csv.gz output grows, compressed, under its temporary name: after kill -9 the rerun resumes from the
     finished windows and writes the text an uninterrupted run writes."""

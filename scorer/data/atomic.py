@@ -25,12 +25,30 @@ def in_the_way(directory: Path, option: str | None = None) -> OutputError:
                        "(it does not replace a directory with a file); remove it, or give another path")
 
 
+def not_a_file(path: Path, option: str | None = None) -> OutputError | None:
+    """The error for an output path that is a pipe, socket or device (/dev/null, say), which renaming a finished file
+    into place would replace (as root, the system's /dev/null); None for anything else (a file, a directory, nothing).
+    A symbolic link counts as what it points to."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    what = "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return OutputError(f"{option + ' ' if option else ''}{path} is {what}, and scorer writes under a temporary name "
+                       "and renames the finished output into place, which would replace it; give another path")
+
+
 def check_writable(path: Path, overwrite: bool, option: str = "--output", probed: set[Path] | None = None,
                    marker: str | None = None) -> None:
     """Refuse an existing output (unless overwrite) or a directory we cannot create files in. `probed`: directories
     already found writable by this run, which are not probed again (one run writing many outputs to one directory).
     `marker`: `path` is a directory output, which replaces only a directory holding this file (one scorer wrote) or
     an empty one; else `path` is a file, never written over a directory."""
+    special = not_a_file(path, option)
+    if special is not None:
+        raise special
     if marker is not None and path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file, and scorer writes a directory there (it does not replace a file "
                           "with a directory); remove it, or give another path")
@@ -145,10 +163,11 @@ def atomic_file(target: Path, overwrite: bool) -> Iterator[Path]:
 
 def replace(staging: Path, target: Path) -> None:
     """Move the file `staging` to `target`; never over a directory (one made there while the file was written is
-    kept, and the file dropped)."""
-    if target.is_dir() and not target.is_symlink():
+    kept, and the file dropped), nor over a pipe, socket or device."""
+    refused = in_the_way(target) if target.is_dir() and not target.is_symlink() else not_a_file(target)
+    if refused is not None:
         staging.unlink(missing_ok=True)
-        raise in_the_way(target)
+        raise refused
     os.replace(staging, target)
 
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from scorer.data.atomic import in_the_way
+from scorer.data.atomic import in_the_way, not_a_file
 from scorer.data.read import data_stem, data_suffix
 from scorer.data.write import default_output
 from scorer.errors import InputError, OutputError
@@ -87,6 +87,9 @@ def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], k
     for unit, output in zip(units, outputs, strict=True):
         if output in taken:
             raise OutputError(f"--output {unit.output} is the input file; choose another output path")
+        special = not_a_file(unit.output, "--output")
+        if special is not None:
+            raise special
     taken.update({output: f"the output {u.output}" for u, output in zip(units, outputs, strict=True)})
     for option, path in written.items():
         if path is None:
@@ -94,6 +97,9 @@ def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], k
         target = path.resolve()
         if target.is_dir():
             raise in_the_way(path, option)
+        special = not_a_file(path, option)
+        if special is not None:
+            raise special
         what = taken.get(target) or next((f"a file of {name} {directory}" for name, directory in kept.items()
                                           if directory is not None and target.is_file()
                                           and Path(directory).resolve() in target.parents), None)
