@@ -134,3 +134,28 @@ def test_a_pipe_or_socket_at_an_output_s_path_is_never_renamed_over(tmp_path):
             (tmp_path / "sock.json").stat().st_mode)
     finally:
         server.close()
+
+
+def test_a_directory_output_named_by_a_link_replaces_what_it_points_to_and_keeps_the_link(tmp_path, monkeypatch):
+    """`--output models/current`, a link to the last export: it failed after all the work with 'unexpected
+    NotADirectoryError' (a directory cannot be renamed over a link), leaving the new directory behind."""
+    real, link, dangling = tmp_path / "2026-12-05", tmp_path / "current", tmp_path / "next"
+    real.mkdir()
+    (real / "manifest.json").write_text("old")
+    link.symlink_to(real.name)
+    with atomic.atomic_dir(link, overwrite=True, marker="manifest.json") as staging:
+        (staging / "manifest.json").write_text("new")
+    assert link.is_symlink() and (real / "manifest.json").read_text() == "new"
+    dangling.symlink_to("later/export")  # (a link to where the export is to be: made there)
+    with atomic.atomic_dir(dangling, overwrite=False, marker="manifest.json") as staging:
+        (staging / "manifest.json").write_text("made")
+    assert (tmp_path / "later" / "export" / "manifest.json").read_text() == "made"
+
+    def broken(directory):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(atomic, "open_modes", broken)  # (a failure as the finished directory is moved into place)
+    with pytest.raises(OSError), atomic.atomic_dir(link, overwrite=True, marker="manifest.json") as staging:
+        (staging / "manifest.json").write_text("newer")
+    assert (real / "manifest.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2026-12-05", "current", "later", "next"]

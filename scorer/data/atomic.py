@@ -105,7 +105,10 @@ def out_of_room(exc: BaseException, output: Path, then: str = "then run again") 
 @contextlib.contextmanager
 def atomic_dir(target: Path, overwrite: bool, marker: str) -> Iterator[Path]:
     """Yield a temporary directory that replaces `target` when the block succeeds, and vanishes if it fails. An
-    existing `target` is replaced only where it holds `marker` (scorer wrote it) or nothing (check_writable)."""
+    existing `target` is replaced only where it holds `marker` (scorer wrote it) or nothing (check_writable). A
+    symbolic link (models/current, say) is written through: the directory it points to is replaced, the link kept."""
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     check_writable(target, overwrite, marker=marker)
     staging = temporary_sibling(target)
     shutil.rmtree(staging, ignore_errors=True)
@@ -122,14 +125,18 @@ def atomic_dir(target: Path, overwrite: bool, marker: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise OutputError(f"{target} was written by another run while this one worked; pass --overwrite to replace "
                           "it, or choose another --output")
-    open_modes(staging)
-    if target.is_dir() and not target.is_symlink():
-        old = temporary_sibling(target, "old")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
+    try:
+        open_modes(staging)
+        if target.is_dir():
+            old = temporary_sibling(target, "old")
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def open_modes(directory: Path) -> None:
