@@ -17,6 +17,7 @@ import os
 import pwd
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -148,7 +149,7 @@ def drop_orphaned_parts(directory: Path, outputs: set[Path]) -> None:
     """Remove the finished windows under `directory` (a run's --output DIR) whose input is gone: a run stopped midway
     through an input that was then removed (an inbox whose files expire) left them, and nothing can resume them.
     Those of `outputs` (this run's, resolved), of inputs still there, and of outputs another run holds are kept."""
-    for parts in directory.rglob(f".*{_PARTS}"):
+    for parts in _parts_directories(directory):
         output = parts.parent / parts.name[1:-len(_PARTS)]
         try:
             source = json.loads((parts / STATE).read_text())["input"]["path"]
@@ -162,6 +163,13 @@ def drop_orphaned_parts(directory: Path, outputs: set[Path]) -> None:
         except (OutputTaken, OutputError):
             continue
         log.info("%s: removed the finished windows of %s, which is gone, so nothing can resume them", output, source)
+
+
+def _parts_directories(directory: Path) -> Iterator[Path]:
+    """Every parts directory under `directory`, found without entering them or any other hidden directory."""
+    for root, directories, _ in os.walk(directory):
+        yield from (Path(root) / name for name in directories if name.startswith(".") and name.endswith(_PARTS))
+        directories[:] = [name for name in directories if not name.startswith(".")]
 
 
 def _refuse_unwritable(directory: Path) -> None:
