@@ -124,6 +124,7 @@ class TrainConfig:
         _check_files({"--data": self.data, "--val-data": self.val_data},
                      {"--output": self.output})
         _check_max_length(self.max_length)
+        _check_columns(self.text_column, self.label_column)
         _check(self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}")
         _check(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
         _check(self.learning_rate > 0, f"--learning-rate must be positive, not {self.learning_rate}")
@@ -183,6 +184,7 @@ class ExportConfig:
     def __post_init__(self) -> None:
         _check_files({"--data": self.data, "--calibration": self.calibration},
                      {"--output": self.output})
+        _check_columns(self.text_column, self.label_column)
         _check(self.opset >= 17, f"--opset must be 17 or newer, not {self.opset}")
         for variant in self.variants or ():
             _check_choice(variant, VARIANTS, "--variants")
@@ -261,6 +263,7 @@ class RunConfig:
         if self.variant is not None:
             _check_choice(self.variant, VARIANTS, "--variant")
         _check_kept(self.keep_columns)
+        _check_columns(self.text_column, self.label_column)
         _check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be at least 1")
         _check(self.max_batch_rows >= 1, f"--max-batch-rows must be at least 1, not {self.max_batch_rows}")
         _check(self.window_rows is None or self.window_rows >= 1,
@@ -279,6 +282,12 @@ class RunConfig:
         _check(not (self.share and self.overwrite),
                "--share with --overwrite would have each run score again every input the others finished; run one "
                "--overwrite run, or remove the old outputs first")
+
+
+def _check_columns(text: str | None, label: str | None) -> None:
+    """The text and the labels from one column would train on the answer (or score labels as sentences)."""
+    _check(text is None or text != label, f"--text-column '{text}' is the label column too (--label-column); the "
+           "labels must be a column of their own: pass --label-column with it")
 
 
 def _check_kept(names: tuple[str, ...] | None) -> None:

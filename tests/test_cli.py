@@ -68,6 +68,21 @@ def test_bad_option_values_are_config_errors(tmp_path):
 
 
 @pytest.mark.parametrize("args", [
+    ["train", "--text-column", "label"], ["train", "--text-column", "x", "--label-column", "x"],
+    ["export", "--text-column", "s", "--label-column", "s"],
+    ["run", "in.csv", "--label-column", "s", "--text-column", "s"],
+])
+def test_one_column_as_both_text_and_labels_is_refused_before_any_work(tmp_path, monkeypatch, args):
+    """Training on the label column as text learns the answer (it trained, silently)."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, args)
+    column = args[args.index("--text-column") + 1]
+    assert result.exit_code == 2 and result.output == f"error: --text-column '{column}' is the label column too " \
+        "(--label-column); the labels must be a column of their own: pass --label-column with it\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [
     ["run", "-"], ["run", "in.parquet", "--output", "-"], ["run", "in.parquet", "--summary", "-"],
     ["run", "in.parquet", "--report", "-"], ["train", "--data", "-"], ["train", "--output", "-"],
     ["export", "--data", "-"], ["export", "--output", "-"],

@@ -136,3 +136,15 @@ def test_each_label_s_probability_beside_the_results_null_where_unscored(tiny_ex
     result = run(source, "-o", tmp_path / "taken.csv", *common)
     assert result.exit_code == 5 and "written with each label's probability, and this run without " \
         "(--probabilities)" in result.output, result.output
+
+
+def test_the_label_column_scored_as_text_is_not_its_own_evaluation(tiny_export, labelled, tmp_path):
+    """--text-column naming the training label column: its values are scored, and not compared with themselves."""
+    result = run(labelled, "-o", tmp_path / "out.parquet", "--model", tiny_export, "--text-column", "id")
+    assert result.exit_code == 0 and "accuracy" in result.output  # (the label column, another one: evaluated)
+    pq.write_table(pq.read_table(labelled).set_column(2, "label", pa.array([f"{i} cats" for i in range(30)])),
+                   labelled)
+    result = run(labelled, "-o", tmp_path / "self.parquet", "--model", tiny_export, "--text-column", "label")
+    assert result.exit_code == 0 and "accuracy" not in result.output, result.output
+    summary = json.loads((tmp_path / "self.parquet.summary.json").read_text())["inputs"][0]
+    assert summary["evaluation"] is None and summary["status_counts"]["ok"] == 30

@@ -246,8 +246,9 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
     if config.label_column:
         reader.require(config.label_column, "--label-column")
         label = config.label_column
-    else:
+    else:  # (the training label column, where the input has it and it is not the text scored: --text-column label)
         label = classifier.manifest.label_column if classifier.manifest.label_column in reader.columns else None
+        label = None if label == text else label
     if label is None and config.report:
         raise InputError(f"--report needs labels, and {reader.path} has no column "
                          f"'{classifier.manifest.label_column}'; pass --label-column, or drop --report")
