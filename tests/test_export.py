@@ -610,6 +610,13 @@ def test_each_command_given_the_directory_of_another_step_says_which_step_it_nee
     assert result.exit_code == 4 and "is a pretrained encoder, not a scorer checkpoint; train it first" in result.output
     result = CliRunner().invoke(main, ["train", "--model", str(tiny_export), "-o", str(tmp_path / "c"), "-q"])
     assert result.exit_code == 4 and "is a `scorer export` directory (ONNX graphs)" in result.output
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_export), "-o", str(tmp_path / "o"), "-q"])
+    exported_from = json.loads((tiny_export / "manifest.json").read_text())["checkpoint"]
+    assert result.exit_code == 4 and result.output == f"error: {tiny_export} is a `scorer export` directory (ONNX " \
+        f"graphs), not a PyTorch checkpoint; pass the checkpoint it was exported from, {exported_from}\n"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_export / "manifest.json"), "-o",
+                                       str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 4 and "manifest.json is a file, not a checkpoint directory" in result.output
     assert list(tmp_path.iterdir()) == []
 
 

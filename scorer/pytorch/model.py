@@ -98,8 +98,12 @@ class SentenceClassifier(nn.Module):
         """Load a checkpoint written by `save` (always in float32, whatever dtype it was stored in)."""
         directory = Path(directory)
         if not directory.is_dir():
-            raise ModelError(f"{directory} does not exist; run `scorer train` first or pass --checkpoint")
+            what = "is a file, not a checkpoint directory" if directory.exists() else "does not exist"
+            raise ModelError(f"{directory} {what}; run `scorer train` first or pass --checkpoint")
         missing = [name for name in (HEAD_CONFIG, HEAD_WEIGHTS, "config.json") if not (directory / name).is_file()]
+        if missing and (directory / MANIFEST).is_file():
+            raise ModelError(f"{directory} is a `scorer export` directory (ONNX graphs), not a PyTorch checkpoint; "
+                             f"pass the checkpoint it was exported from{_exported_from(directory)}")
         if missing:
             if missing == [HEAD_CONFIG, HEAD_WEIGHTS]:  # an encoder without a head: the step before training
                 raise ModelError(f"{directory} is a pretrained encoder, not a scorer checkpoint; train it first "
@@ -120,6 +124,15 @@ class SentenceClassifier(nn.Module):
             raise ModelError(f"{directory / HEAD_WEIGHTS} is damaged or not this head's ({first_line(exc)}); "
                              "train again or restore the checkpoint") from exc
         return model.eval()
+
+
+def _exported_from(export: Path) -> str:
+    """', ' and the checkpoint an export's manifest names, where it does."""
+    try:
+        checkpoint = json.loads((export / MANIFEST).read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f", {checkpoint}" if isinstance(checkpoint, str) else ""
 
 
 def load_encoder(path: Path | str, attn_implementation: str | None = None) -> nn.Module:
