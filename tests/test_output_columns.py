@@ -67,7 +67,9 @@ def test_what_an_output_carries_is_part_of_being_up_to_date(tiny_export, labelle
     assert run(labelled, *common, "--keep-columns", "id").exit_code == 0
     summary = output.with_name(output.name + ".summary.json")
     assert run(labelled, *common, "--keep-columns", "id").exit_code == 0
-    assert json.loads(summary.read_text())["inputs"][0]["state"] == "skipped"
+    skipped = json.loads(summary.read_text())["inputs"][0]
+    assert skipped["state"] == "skipped"  # (and says what its result columns are called, as a scored one does)
+    assert skipped["columns"] == {"label": "pred_label", "score": "pred_score", "status": "pred_status"}
     result = run(labelled, *common)
     assert result.exit_code == 5, result.output
     assert "out.parquet already exists (written carrying input column(s) 'id', and this run would carry every input " \
@@ -131,6 +133,9 @@ def test_each_label_s_probability_beside_the_results_null_where_unscored(tiny_ex
     # A name taken in the input moves every result column to pred_*, as for label, score and status
     pq.write_table(pq.read_table(source).append_column("prob_1", pa.array([0.0] * 6)), source)
     assert run(source, "-o", tmp_path / "taken.csv", "--probabilities", *common).exit_code == 0
+    summary = json.loads((tmp_path / "taken.csv.summary.json").read_text())["inputs"][0]
+    assert summary["columns"] == {"label": "pred_label", "score": "pred_score", "status": "pred_status",
+                                  "probabilities": ["pred_prob_0", "pred_prob_1"]}
     assert pacsv.read_csv(tmp_path / "taken.csv").column_names == [
         "id", "sentence", "prob_1", "pred_label", "pred_score", "pred_status", "pred_prob_0", "pred_prob_1"]
     result = run(source, "-o", tmp_path / "taken.csv", *common)

@@ -47,6 +47,12 @@ def how_written(done: dict | None, record: dict) -> str:
     return ", ".join(how)
 
 
+def result_names(recorded: dict) -> dict:
+    """The result columns of an output by what they hold, from its record's columns."""
+    names = {"label": recorded.get("predicted"), "score": recorded.get("score"), "status": recorded.get("status")}
+    return {**names, "probabilities": recorded["probabilities"]} if recorded.get("probabilities") else names
+
+
 def _recorded(columns: Columns) -> dict:
     """The columns as a record holds them: without `kept` where every input column is kept, nor `probabilities`
     where none is written, as outputs were recorded before --keep-columns and --probabilities."""

@@ -19,7 +19,7 @@ from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import NON_FINITE
 from scorer.inference.session import memory_failure
 from scorer.scoring.evaluate import nothing_evaluated, write_report
-from scorer.scoring.making import how_written, made_alike, record_of
+from scorer.scoring.making import how_written, made_alike, record_of, result_names
 from scorer.scoring.parts import OutputLock, PartStore, drop_leftover_parts, fingerprint
 from scorer.scoring.stream import stream
 from scorer.scoring.summary import UnitSummary, now
@@ -146,7 +146,8 @@ def _skipped(done: dict | None, opened: OpenUnit, config: RunConfig, locked: boo
                     "--overwrite to score it again", unit.output, config.report)
     if config.check:  # (a nightly run over a growing inbox skips yesterday's files: said in passing)
         log.info("%s: --check does not check a skipped output", unit.output)
-    return UnitSummary(str(unit.source), str(unit.output), "skipped", rows=done.get("rows", 0))
+    return UnitSummary(str(unit.source), str(unit.output), "skipped", rows=done.get("rows", 0),
+                       columns=result_names(done.get("columns") or {}))
 
 
 def taken(unit: WorkUnit) -> UnitSummary:
@@ -219,7 +220,7 @@ def finish_unit(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
     return UnitSummary(str(unit.source), str(unit.output), "resumed" if resumed else "scored", rows=figures.rows,
                        rows_this_run=figures.rows - resumed, resumed_from_row=resumed,
                        status_counts=figures.status_counts, rescued_rows=rescued, evaluation=figures.evaluation,
-                       check=check)
+                       check=check, columns=result_names(opened.record["columns"]))
 
 
 def _warn_non_finite(summary: UnitSummary, classifier: OnnxClassifier) -> None:

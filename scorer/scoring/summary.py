@@ -53,6 +53,9 @@ class UnitSummary:
     # How many other small inputs were scored in one window with this one (scorer.scoring.bundle); its seconds and waits
     # are then its rows' share of theirs.
     bundled_with: int = 0
+    # The output's columns of results by what they hold, where it has them: {"label": "pred_label", "score": ...,
+    # "status": ..., "probabilities": [...]} (pred_... where the input had one of the names; scorer.scoring.single).
+    columns: dict | None = None
 
 
 @dataclass
