@@ -912,6 +912,39 @@ def test_a_pipe_at_an_output_s_path_is_refused_before_any_work_and_kept(tiny_exp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.parquet", "in.parquet"] and fifo.is_fifo()
 
 
+def test_an_output_name_with_no_room_for_scorer_s_names_beside_it_is_refused_before_any_work(tiny_export, tmp_path):
+    """An input named with 235 bytes gave 'unexpected OSError: File name too long' (exit 1): its output's name fits
+    the file system's 255 bytes, the temporary name beside it does not. The longest name scorer makes from an
+    output's, a CSV output's record under its temporary name, is 26 bytes longer. In an inbox, that input alone
+    fails."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": sentences(5)}), source)
+    fits = tmp_path / ("f" * (limit - 26 - len(".csv")) + ".csv")
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(tiny_export), "-o", str(fits), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert len(os.fsencode(fits.name)) == limit - 26 and (tmp_path / f".{fits.name}.scorer.json").is_file()
+    assert fits.with_name(fits.name + ".summary.json").is_file()
+    too_long = tmp_path / ("g" * (limit - 25 - len(".csv")) + ".csv")
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(tiny_export), "-o", str(too_long), "-q"])
+    assert result.exit_code == 5 and result.output == \
+        f"error: --output {too_long}: its name is {limit - 25} bytes, and the names scorer makes from it for the " \
+        f"files it keeps beside it add up to 26 to that, past this file system's {limit}; give --output a name of at " \
+        f"most {limit - 26} bytes\n"
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    pq.write_table(pa.table({"sentence": sentences(5)}), inbox / "ok.parquet")
+    pq.write_table(pa.table({"sentence": sentences(5)}), inbox / ("h" * (limit - 25 - len(".csv")) + ".parquet"))
+    result = run(inbox, "--model", tiny_export, "-o", tmp_path / "out", "--format", "csv")
+    assert result.exit_code == 5 and "1 of 2 inputs failed" in result.output, result.output
+    assert files_under(tmp_path / "out") == [".ok.csv.scorer.json", "ok.csv", "scorer-summary.json"]
+    checkpoint = tmp_path / ("c" * (limit - 12))
+    result = CliRunner().invoke(main, ["train", "--data", str(source), "--output", str(checkpoint), "--quiet"])
+    assert result.exit_code == 5 and "add up to 13 to that" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.lstrip(".").startswith("f")) == [
+        "in.parquet", "inbox", "out"]  # (no checkpoint)
+
+
 def test_a_killed_run_resumes_a_compressed_csv_output_to_the_same_text(tiny_export, tmp_path):
     """A .csv.gz output grows, compressed, under its temporary name: after kill -9 the rerun resumes from the
     finished windows and writes the text an uninterrupted run writes."""

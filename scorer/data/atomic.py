@@ -40,15 +40,38 @@ def not_a_file(path: Path, option: str | None = None) -> OutputError | None:
                        "and renames the finished output into place, which would replace it; give another path")
 
 
+# A file's temporary name, `.NAME.tmp-PID` (PIDs have up to 7 digits), is this much longer than NAME.
+TEMPORARY_NAME = len(".") + len(".tmp-") + 7
+# The longest name scorer makes from an output's NAME: a CSV/TSV output's record `.NAME.scorer.json`, or the default
+# summary `NAME.summary.json`, each under its temporary name (`.NAME.scorer-parts`, `.NAME.scorer-lock` are shorter).
+_BESIDE = len(".") + len(".scorer.json") + TEMPORARY_NAME
+
+
+def name_too_long(path: Path, option: str = "--output", beside: int = _BESIDE) -> OutputError | None:
+    """The error for an output whose name leaves no room for the names scorer makes from it (`beside` bytes more: a
+    temporary name, a lock, its finished windows, its record) under the file system's limit on a name (255 bytes on
+    most); None where it fits."""
+    try:
+        limit = os.pathconf(next(p for p in [path.parent, *path.parent.parents] if p.exists()), "PC_NAME_MAX")
+    except (OSError, ValueError, StopIteration):
+        limit = 255
+    size = len(os.fsencode(path.name))
+    if size + beside <= limit:
+        return None
+    return OutputError(f"{option} {path}: its name is {size} bytes, and the names scorer makes from it for the files "
+                       f"it keeps beside it add up to {beside} to that, past this file system's {limit}; give {option} "
+                       f"a name of at most {limit - beside} bytes")
+
+
 def check_writable(path: Path, overwrite: bool, option: str = "--output", probed: set[Path] | None = None,
                    marker: str | None = None) -> None:
     """Refuse an existing output (unless overwrite) or a directory we cannot create files in. `probed`: directories
     already found writable by this run, which are not probed again (one run writing many outputs to one directory).
     `marker`: `path` is a directory output, which replaces only a directory holding this file (one scorer wrote) or
     an empty one; else `path` is a file, never written over a directory."""
-    special = not_a_file(path, option)
-    if special is not None:
-        raise special
+    refused = not_a_file(path, option) or name_too_long(path, option, beside=TEMPORARY_NAME)
+    if refused is not None:
+        raise refused
     if marker is not None and path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file, and scorer writes a directory there (it does not replace a file "
                           "with a directory); remove it, or give another path")

@@ -103,6 +103,9 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
               probed: set[Path] | None = None) -> OpenUnit | UnitSummary:
     """The unit opened and checked before any work; its summary as skipped where its output is up to date.
     `probed`: output directories this run already found writable (scorer.data.atomic.check_writable)."""
+    too_long = atomic.name_too_long(unit.output)  # (one input's alone: the others of an inbox are scored)
+    if too_long is not None:
+        raise too_long
     reader = TableReader(unit.source)
     columns = _columns(config, reader, classifier)
     check_text_format(unit.output, reader.schema, reader.path, columns.kept)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from scorer.data.atomic import in_the_way, not_a_file
+from scorer.data.atomic import TEMPORARY_NAME, in_the_way, name_too_long, not_a_file
 from scorer.data.read import data_stem, data_suffix
 from scorer.data.write import default_output
 from scorer.errors import InputError, OutputError
@@ -97,9 +97,9 @@ def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], k
         target = path.resolve()
         if target.is_dir():
             raise in_the_way(path, option)
-        special = not_a_file(path, option)
-        if special is not None:
-            raise special
+        refused = not_a_file(path, option) or name_too_long(path, option, beside=TEMPORARY_NAME)
+        if refused is not None:
+            raise refused
         what = taken.get(target) or next((f"a file of {name} {directory}" for name, directory in kept.items()
                                           if directory is not None and target.is_file()
                                           and Path(directory).resolve() in target.parents), None)
