@@ -945,6 +945,43 @@ def test_an_output_name_with_no_room_for_scorer_s_names_beside_it_is_refused_bef
         "in.parquet", "inbox", "out"]  # (no checkpoint)
 
 
+def test_a_directory_under_the_input_that_cannot_be_read_fails_the_run_rather_than_hide_its_inputs(tiny_export,
+                                                                                                  tmp_path,
+                                                                                                  monkeypatch):
+    """A directory this account cannot list (an upstream job's, written 0700) was skipped by the search, its files
+    left unscored and the run ending with exit 0 (seen with a run as `nobody`). The tests run as root, whom no
+    permission stops, so the listing's refusal is made here where the search meets it: os.scandir for a directory
+    search, os.access for a glob's directories."""
+    import os as real_os
+
+    inbox = tmp_path / "inbox"
+    (inbox / "day2").mkdir(parents=True)
+    (inbox / ".cache").mkdir()
+    for path in (inbox / "a.parquet", inbox / "day2" / "b.parquet"):
+        pq.write_table(pa.table({"sentence": sentences(3)}), path)
+    scandir, access = real_os.scandir, real_os.access
+
+    def denied(path="."):
+        if Path(path).name in ("day2", ".cache"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(real_os, "scandir", denied)
+    for spec, searched in ((inbox, inbox), (f"{inbox}/*/*.parquet", f"{inbox}/*/*.parquet")):
+        if not isinstance(spec, Path):
+            monkeypatch.setattr(real_os, "scandir", scandir)
+            monkeypatch.setattr(real_os, "access", lambda p, mode: Path(p).name != "day2" and access(p, mode))
+        result = run(spec, "--model", tiny_export, "-o", tmp_path / "out")
+        assert result.exit_code == 3 and result.output == f"error: {inbox / 'day2'} cannot be read (Permission " \
+            f"denied), so the inputs in it cannot be found; make it readable by this account, or move it out of " \
+            f"{searched}\n"
+        assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(real_os, "access", access)
+    monkeypatch.setattr(real_os, "scandir", lambda path=".": denied(path) if Path(path).name == ".cache"
+                        else scandir(path))
+    assert run(inbox, "--model", tiny_export, "-o", tmp_path / "out").exit_code == 0  # (a hidden one is not searched)
+
+
 def test_a_killed_run_resumes_a_compressed_csv_output_to_the_same_text(tiny_export, tmp_path):
     """A .csv.gz output grows, compressed, under its temporary name: after kill -9 the rerun resumes from the
     finished windows and writes the text an uninterrupted run writes."""

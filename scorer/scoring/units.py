@@ -31,17 +31,38 @@ def expand_inputs(spec: str) -> tuple[list[Path], Path | None]:
     """The input files INPUT names, sorted, and the base directory they are relative to (None for one file)."""
     if any(char in spec for char in _MAGIC) and not Path(spec).exists():  # a file may be named "day[1].csv"
         base = _glob_base(spec)
+        for directory in glob.glob(os.path.dirname(spec), recursive=True):  # (the ones the pattern searches)
+            if os.path.isdir(directory) and not os.access(directory, os.R_OK | os.X_OK):
+                raise _unreadable(PermissionError(13, "Permission denied", directory), spec)
         files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _is_data_file(Path(p)))
         if not files:
             raise InputError(f"no .parquet, .csv or .tsv file matches {spec}; check the pattern")
         return files, base
     path = Path(spec)
     if path.is_dir():
+        _refuse_unreadable(path)
         files = sorted(p for p in path.rglob("*") if _is_data_file(p) and not _hidden(p.relative_to(path)))
         if not files:
             raise InputError(f"{path} holds no .parquet, .csv or .tsv file; nothing to score")
         return files, path
     return [path], None
+
+
+def _refuse_unreadable(directory: Path) -> None:
+    """A directory under INPUT that this account cannot list hides its inputs: searching it would skip them, and
+    the run would end well with them unscored."""
+    denied: list[OSError] = []
+    for _, names, _ in os.walk(directory, onerror=denied.append):
+        names[:] = [name for name in names if not name.startswith(".")]  # (hidden ones are not searched)
+        if denied:
+            break
+    if denied:
+        raise _unreadable(denied[0], str(directory))
+
+
+def _unreadable(error: OSError, spec: str) -> InputError:
+    return InputError(f"{error.filename} cannot be read ({error.strerror}), so the inputs in it cannot be found; make "
+                      f"it readable by this account, or move it out of {spec}")
 
 
 def plan_units(spec: str, output: Path | None, output_format: str | None = None) -> list[WorkUnit]:
