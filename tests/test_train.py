@@ -634,3 +634,22 @@ def test_every_pooling_ignores_padding(tiny_encoder, pooling):
     assert encoded.lengths[1] > encoded.lengths[0] + 5
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
     assert model.classifier.in_features == model.encoder.config.hidden_size * (2 if pooling == "mean-max" else 1)
+
+
+def test_a_home_that_cannot_be_written_adds_no_matplotlib_lines_to_a_quiet_run(tiny_encoder, tmp_path):
+    """A cron job's account often has no writable home; matplotlib then warned, on import, of its temporary font
+    cache, in two lines that --quiet let through on every training run. (HOME is a file here: root can make any
+    directory, not one inside a file.)"""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.write_text("not a directory")
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    done = subprocess.run([sys.executable, "-m", "scorer", "train", "--model", str(tiny_encoder), "--output",
+                           str(tmp_path / "ck"), "--epochs", "1", "--rtd-epochs", "0", "--max-length", "16", "--quiet"],
+                          env={**env, "HOME": str(home)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "matplotlib" not in done.stderr.lower(), done.stderr
+    assert (tmp_path / "ck" / "training_loss.png").is_file()

@@ -10,11 +10,18 @@ def training_loss(step_losses: list[float], train_losses: list[float], val_losse
                   path: Path) -> None:
     """Loss of every step; each epoch's mean training loss and its validation loss at the step where that epoch
     ended; the epoch kept (1-based) marked: where validation loss turns up while training loss falls, it overfits."""
+    # An account without a writable home (a cron job's, say) makes matplotlib warn, as it is imported, that it keeps
+    # its font cache in a temporary directory instead: nothing the plot needs, so not said with --quiet.
+    said = logging.getLogger("matplotlib")
+    level = said.level
+    said.setLevel(max(level, logging.ERROR))
     try:
         import matplotlib
     except ImportError:  # a declared dependency; only a hand-assembled environment (a GPU test box) lacks it
         logging.getLogger("scorer").warning("matplotlib is not installed; %s was not written", path.name)
         return
+    finally:
+        said.setLevel(level)
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
