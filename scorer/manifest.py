@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pwd
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -126,6 +128,25 @@ def verify_file(path: Path, digest: str, directory: Path) -> None:
         )
 
 
+def check_readable(directory: Path) -> None:
+    """Refuse a model directory with a file this account cannot read (an export or checkpoint another account wrote
+    under a umask of 077, say), naming the file and its owner, before anything reads it."""
+    try:
+        entries = [path for path in Path(directory).rglob("*") if path.is_file()]
+    except PermissionError as exc:
+        entries = [Path(exc.filename or directory)]
+    unreadable = next((path for path in entries if not os.access(path, os.R_OK)), None)
+    if unreadable is None and not os.access(directory, os.R_OK | os.X_OK):
+        unreadable = Path(directory)
+    if unreadable is not None:
+        try:
+            owner = pwd.getpwuid(unreadable.stat().st_uid).pw_name
+        except (KeyError, OSError):
+            owner = "another account"
+        raise ModelError(f"{unreadable} cannot be read by this account (it is {owner}'s); make {directory} readable "
+                         f"(chmod -R a+rX {directory}), or run as {owner}")
+
+
 def load_manifest(directory: Path) -> Manifest:
     """Read and sanity-check manifest.json of an export directory (hashes are checked per file on use)."""
     directory = Path(directory)
@@ -134,6 +155,7 @@ def load_manifest(directory: Path) -> Manifest:
         raise ModelError(_file_not_directory(directory))
     if not directory.is_dir():
         raise ModelError(f"{directory} does not exist; run `scorer export` first or pass --model")
+    check_readable(directory)
     if not path.is_file():
         trained = (directory / "scorer_head.json").is_file()
         if trained or (directory / "config.json").is_file():  # a step before the export

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from scorer.errors import ConfigError, ModelError, first_line
+from scorer.manifest import check_readable
 from scorer.pytorch.model import (
     HEAD_CONFIG,
     HeadConfig,
@@ -46,6 +47,8 @@ def load_classifier(directory: Path, attn_implementation: str | None = None,
     """The checkpoint in `directory` as a module mapping (input_ids, attention_mask) to logits, with `head_config`
     (labels, max length) and `encoder` (whose `config` holds the shape); `max_length` overrides the checkpoint's."""
     directory = Path(directory)
+    if directory.is_dir():
+        check_readable(directory)
     if is_sequence_classifier(directory):
         model = TransformersClassifier.load(directory, attn_implementation)
     else:

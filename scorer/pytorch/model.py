@@ -16,7 +16,7 @@ from torch import nn
 
 from scorer.config import POOLINGS
 from scorer.errors import ConfigError, ModelError, first_line
-from scorer.manifest import MANIFEST
+from scorer.manifest import MANIFEST, check_readable
 
 HEAD_CONFIG = "scorer_head.json"
 HEAD_WEIGHTS = "scorer_head.safetensors"
@@ -145,6 +145,7 @@ def load_encoder(path: Path | str, attn_implementation: str | None = None) -> nn
     if (Path(path) / MANIFEST).is_file() and not (Path(path) / "config.json").is_file():
         raise ModelError(f"{path} is a `scorer export` directory (ONNX graphs); pass a Hugging Face encoder or a "
                          "training checkpoint with --model")
+    check_readable(Path(path))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     # (BERT's pooler feeds only its own classifier, which scorer's head does not use.)
     return from_pretrained(AutoModel, path, "encoder", optional=("pooler.",), **kwargs)
