@@ -49,5 +49,9 @@ def _claim(workdir: Path) -> None:
     if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / _MARK).is_file():
         raise OutputError(f"--workdir {workdir} holds files the demo did not write, and the demo replaces its "
                           "checkpoint and onnx directories; choose a new or empty directory")
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / _MARK).write_text("made by `scorer demo`, which replaces what it wrote here on each run\n")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / _MARK).write_text("made by `scorer demo`, which replaces what it wrote here on each run\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write to --workdir {workdir} ({exc.strerror}); choose a directory this account can "
+                          "write (--workdir DIR)") from exc

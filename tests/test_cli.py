@@ -132,3 +132,12 @@ def test_onnxruntime_telemetry_is_off_unless_its_owner_turns_it_on(tmp_path):
             subprocess.run(["chattr", "-i", str(home)], check=True)
     assert off.returncode == 0 and off.stdout.strip() == "1" and "telemetry" not in off.stderr, off.stderr
     assert on.returncode == 0 and on.stdout.strip() == "0", on.stderr
+
+
+def test_a_demo_workdir_that_cannot_be_made_is_said_in_one_line_before_any_work(tmp_path):
+    """`scorer demo` in a directory this account cannot write (a cron job started in /) said 'unexpected
+    PermissionError' (exit 1). Root may write anywhere, so here the work directory lies under a file."""
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "file" / "demo"), "--quiet"])
+    assert result.exit_code == 5 and result.output == f"error: cannot write to --workdir {tmp_path / 'file' / 'demo'}" \
+        " (Not a directory); choose a directory this account can write (--workdir DIR)\n"
