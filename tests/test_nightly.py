@@ -982,6 +982,20 @@ def test_a_directory_under_the_input_that_cannot_be_read_fails_the_run_rather_th
     assert run(inbox, "--model", tiny_export, "-o", tmp_path / "out").exit_code == 0  # (a hidden one is not searched)
 
 
+@pytest.mark.parametrize("option", ["--summary", "--report"])
+def test_a_summary_or_report_that_cannot_be_written_is_refused_before_any_output_naming_its_option(tiny_export,
+                                                                                                    tmp_path, option):
+    """--report in a directory this account cannot write failed the run after its output was written, saying
+    'choose another --output' (seen as nobody; root can write anywhere, so here it lies under a file)."""
+    source, blocking = tmp_path / "in.parquet", tmp_path / "file"
+    pq.write_table(pa.table({"sentence": sentences(5), "label": [0, 1, 0, 1, 0]}), source)
+    blocking.write_text("")
+    result = run(source, "--model", tiny_export, "-o", tmp_path / "out.parquet", option, blocking / "r.md")
+    assert result.exit_code == 5 and result.output == f"error: {blocking} is a file, not a directory; choose " \
+        f"another {option}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "in.parquet"]
+
+
 def test_a_killed_run_resumes_a_compressed_csv_output_to_the_same_text(tiny_export, tmp_path):
     """A .csv.gz output grows, compressed, under its temporary name: after kill -9 the rerun resumes from the
     finished windows and writes the text an uninterrupted run writes."""

@@ -179,9 +179,10 @@ def open_modes(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(target: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary file path that is renamed to `target` when the block succeeds, deleted if it fails."""
-    check_writable(target, overwrite)
+def atomic_file(target: Path, overwrite: bool, option: str = "--output") -> Iterator[Path]:
+    """Yield a temporary file path that is renamed to `target` when the block succeeds, deleted if it fails
+    (`option`: what the user named `target` with, for errors)."""
+    check_writable(target, overwrite, option)
     staging = temporary_sibling(target)
     try:
         yield staging
@@ -211,7 +212,7 @@ def sync(path: Path) -> None:
         os.close(descriptor)
 
 
-def write_text(target: Path, text: str) -> None:
+def write_text(target: Path, text: str, option: str = "--output") -> None:
     """Write a small text file atomically, replacing any previous version."""
-    with atomic_file(target, overwrite=True) as staging:
+    with atomic_file(target, overwrite=True, option=option) as staging:
         staging.write_text(text)

@@ -77,7 +77,7 @@ def write_report(evaluation: dict, path: Path, about: dict | None = None) -> tup
     from scorer.data.atomic import write_text
 
     json_path = path.with_suffix(".json")
-    write_text(path, markdown(evaluation, about))
+    write_text(path, markdown(evaluation, about), "--report")
     write_text(json_path, json.dumps({**evaluation, "run": about} if about else evaluation, indent=2, default=str)
-               + "\n")
+               + "\n", "--report")
     return path, json_path

@@ -207,4 +207,5 @@ def write_summary(config: RunConfig, units: list[WorkUnit], summary: RunSummary)
     """Write the summary as JSON where summary_path says."""
     path = summary_path(config, units)
     summary.summary_path, summary.updated_at = str(path), now()
-    atomic.write_text(path, json.dumps(asdict(summary), indent=2, default=str) + "\n")
+    atomic.write_text(path, json.dumps(asdict(summary), indent=2, default=str) + "\n",
+                      "--summary" if config.summary is not None else "--output")
