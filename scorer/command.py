@@ -1,4 +1,4 @@
-"""What every `scorer` command shares: --quiet/--debug, logging, SIGTERM as an interrupt, one-line errors with
+"""What every `scorer` command shares: --quiet/--debug, logging, SIGTERM and SIGHUP as interrupts, one-line errors with
 their exit codes, and option defaults shown from the config dataclasses."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from scorer.errors import ScorerError, Terminated, stopped
+from scorer.errors import HungUp, ScorerError, Terminated, stopped
 
 log = logging.getLogger("scorer")
 
@@ -59,19 +59,22 @@ def command(func: Callable) -> Callable:
 
 @contextlib.contextmanager
 def _sigterm_unwinds() -> Iterator[None]:
-    """Turn SIGTERM into an exception, so the run stops its threads and removes its temporary files."""
+    """Turn SIGTERM and SIGHUP into exceptions, so the run stops its threads and removes its temporary files
+    (SIGHUP only where it is not ignored: `nohup scorer run ...` runs on when its terminal closes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminate(signum: int, frame: object) -> None:
-        raise Terminated()
+        raise HungUp() if signum == signal.SIGHUP else Terminated()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    caught = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN else [])
+    previous = {signum: signal.signal(signum, terminate) for signum in caught}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def shown(cls: type, field: str) -> str:

@@ -67,6 +67,7 @@ EXIT_CODES = {
     5: "output exists or cannot be written",
     6: "requested execution provider not usable, or out of its memory while running the model (finished windows kept)",
     7: "ONNX/PyTorch parity check failed, or the self-check: this machine computes the model otherwise",
+    129: "hung up (SIGHUP: the terminal it ran in closed, an SSH session dropped): cleaned up like Ctrl-C",
     130: "interrupted (Ctrl-C)",
     143: "terminated (SIGTERM, as a scheduler's timeout sends): cleaned up like Ctrl-C, finished windows kept",
 }
@@ -76,6 +77,12 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that a terminated run unwinds and cleans up as an interrupted one."""
 
 
+class HungUp(Terminated):
+    """SIGHUP (the terminal closed), handled as SIGTERM is; not where the run was started to ignore it (nohup)."""
+
+
 def stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
-    """What a run stopped by Ctrl-C or SIGTERM says, and its exit code."""
+    """What a run stopped by Ctrl-C, SIGTERM or SIGHUP says, and its exit code."""
+    if isinstance(exc, HungUp):
+        return "hung up", 129
     return ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)

@@ -276,14 +276,16 @@ def test_a_run_stopped_by_a_bug_says_so_in_the_summary_too(tiny_export, tmp_path
     assert summary["inputs"][0]["state"] == "failed" and summary["inputs"][0]["exit_code"] == 1
 
 
-def _start(args: list[str]) -> subprocess.Popen:
+def _start(args: list[str], hangup=signal.SIG_DFL) -> subprocess.Popen:
+    """`scorer run` in a subprocess; `hangup`: how it starts with SIGHUP (SIG_IGN: as `nohup` starts it)."""
     return subprocess.Popen([sys.executable, "-m", "scorer.cli", "run", *args, "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, hangup))
 
 
-def _midway(args: list[str], parts: Path, count: int) -> subprocess.Popen:
+def _midway(args: list[str], parts: Path, count: int, hangup=signal.SIG_DFL) -> subprocess.Popen:
     """A run started in a subprocess, still running once it has finished `count` windows."""
-    process = _start(args)
+    process = _start(args, hangup)
     deadline = time.time() + 120
     while len(list(parts.glob("part-*.parquet"))) < count and time.time() < deadline and process.poll() is None:
         time.sleep(0.01)
@@ -385,11 +387,13 @@ def test_an_input_that_changes_while_it_is_scored_gives_no_output_and_the_rerun_
 
 @pytest.mark.parametrize("sig,code,said,infer_threads", [(signal.SIGTERM, 143, "terminated", "1"),
                                                          (signal.SIGINT, 130, "interrupted", "1"),
+                                                         (signal.SIGHUP, 129, "hung up", "1"),
                                                          (signal.SIGTERM, 143, "terminated", "2")])
 def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code, said, infer_threads):
-    """SIGTERM (a scheduler's timeout) and Ctrl-C: the run stops its threads, removes its temporary output and
-    lock, says so in one line, keeps its finished windows, and the rerun resumes to the uninterrupted file. With
-    batches in flight on threads (as on CUDA), the next window's batches are queued before a window is written."""
+    """SIGTERM (a scheduler's timeout), Ctrl-C and SIGHUP (an SSH session dropped: it killed the run where it
+    stood): the run stops its threads, removes its temporary output and lock, says so in one line, keeps its
+    finished windows, and the rerun resumes to the uninterrupted file. With batches in flight on threads (as on
+    CUDA), the next window's batches are queued before a window is written."""
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(40_000)]}), source)
     common = ["--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32", "--infer-threads",
@@ -410,6 +414,17 @@ def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code
     summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
     assert summary["state"] == "resumed" and summary["resumed_from_row"] >= 3000
     assert output.read_bytes() == reference.read_bytes()
+
+
+def test_a_run_started_with_nohup_runs_on_when_it_is_sent_sighup(tiny_export, tmp_path):
+    source, output = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pq.write_table(pa.table({"sentence": sentences(12_000)}), source)
+    process = _midway([str(source), "-o", str(output), "--model", str(tiny_export), "--window-rows", "1000"],
+                      tmp_path / ".out.parquet.scorer-parts", 2, hangup=signal.SIG_IGN)
+    process.send_signal(signal.SIGHUP)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    assert pq.read_metadata(output).num_rows == 12_000
 
 
 @pytest.mark.parametrize("suffix", ["csv", "tsv", "parquet"])

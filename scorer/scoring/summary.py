@@ -30,8 +30,8 @@ STATE_WORDS = {"taken": "left to other runs"}
 @dataclass
 class UnitSummary:
     """What happened to one input: scored, resumed, skipped (already done), taken (--share: another run was writing
-    its output), failed, or interrupted / terminated (Ctrl-C, SIGTERM: its finished windows are kept for the
-    rerun)."""
+    its output), failed, or interrupted / terminated / hung up (Ctrl-C, SIGTERM, SIGHUP: its finished windows are
+    kept for the rerun)."""
 
     input: str
     output: str
