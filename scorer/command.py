@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -49,12 +51,28 @@ def command(func: Callable) -> Callable:
             click.echo(said, err=True)
             sys.exit(code)
         except Exception as exc:
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():
+                sys.exit(141)  # (`scorer run ... | head`: the reader went away; said as a SIGPIPE death is, silently)
             if debug:
                 raise
             click.echo(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug and report it)", err=True)
             sys.exit(1)
 
     return wrapper
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader is gone; if so, it is pointed at /dev/null, so that Python's
+    last flush at exit does not fail again."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # (no file descriptor: a test's captured output)
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return gone
 
 
 @contextlib.contextmanager

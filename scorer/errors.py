@@ -69,6 +69,7 @@ EXIT_CODES = {
     7: "ONNX/PyTorch parity check failed, or the self-check: this machine computes the model otherwise",
     129: "hung up (SIGHUP: the terminal it ran in closed, an SSH session dropped): cleaned up like Ctrl-C",
     130: "interrupted (Ctrl-C)",
+    141: "standard output's reader went away (`| head`), as a tool killed by SIGPIPE says it; said after the work",
     143: "terminated (SIGTERM, as a scheduler's timeout sends): cleaned up like Ctrl-C, finished windows kept",
 }
 

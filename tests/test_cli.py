@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
-from scorer.config import ExportConfig, RunConfig, TrainConfig
+from scorer.config import ExportConfig, RunConfig, TrainConfig, example_file
 from scorer.errors import EXIT_CODES
 from scorer.inference.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
 
@@ -141,3 +141,22 @@ def test_a_demo_workdir_that_cannot_be_made_is_said_in_one_line_before_any_work(
     result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "file" / "demo"), "--quiet"])
     assert result.exit_code == 5 and result.output == f"error: cannot write to --workdir {tmp_path / 'file' / 'demo'}" \
         " (Not a directory); choose a directory this account can write (--workdir DIR)\n"
+
+
+def test_a_reader_of_standard_output_that_went_away_ends_the_run_as_sigpipe_would(tiny_export, tmp_path):
+    """`scorer run ... | head -1` whose reader left before the last line: exit 1, 'unexpected BrokenPipeError',
+    though every output was written. Now exit 141, silent, as a tool that SIGPIPE kills."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "scorer", "run", str(example_file("demo.csv")), "--model",
+                               str(tiny_export), "-o", str(tmp_path / "out.parquet"), "--quiet"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == ""
+    assert (tmp_path / "out.parquet").is_file()
