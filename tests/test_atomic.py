@@ -159,3 +159,26 @@ def test_a_directory_output_named_by_a_link_replaces_what_it_points_to_and_keeps
         (staging / "manifest.json").write_text("newer")
     assert (real / "manifest.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2026-12-05", "current", "later", "next"]
+
+
+def test_old_contents_that_cannot_be_removed_are_said_with_where_they_lie(tmp_path, caplog):
+    """`export --overwrite` by an account that cannot delete the old export's files (another account's) left them in
+    a hidden directory beside it without a word: a whole export's bytes. (chattr +i: files root cannot delete.)"""
+    import subprocess
+
+    target = tmp_path / "onnx"
+    target.mkdir()
+    (target / "manifest.json").write_text("old")
+    stuck = target / "model.onnx"
+    stuck.write_text("old weights")
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here (needs root and a file system that has it)")
+    try:
+        with atomic.atomic_dir(target, overwrite=True, marker="manifest.json") as staging:
+            (staging / "manifest.json").write_text("new")
+        old = [p for p in tmp_path.iterdir() if p.name.startswith(".onnx.old-")]
+        assert (target / "manifest.json").read_text() == "new" and len(old) == 1
+        assert f"{target} was replaced, but its old contents, moved aside to {old[0]}, could not all be removed " \
+               "(files of another account?); remove that directory to free its space" in caplog.text
+    finally:
+        subprocess.run(["chattr", "-i", str(next(tmp_path.glob(".onnx.old-*/model.onnx")))], check=True)

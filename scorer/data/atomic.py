@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import stat
@@ -154,12 +155,22 @@ def atomic_dir(target: Path, overwrite: bool, marker: str) -> Iterator[Path]:
             old = temporary_sibling(target, "old")
             os.replace(target, old)
             os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_replaced(old, target)
         else:
             os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _remove_replaced(old: Path, target: Path) -> None:
+    """Remove the directory a new one replaced; where that cannot be done (another account's files in it), say where
+    it is, since it holds a whole checkpoint's or export's bytes."""
+    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():
+        logging.getLogger("scorer").warning(
+            "%s was replaced, but its old contents, moved aside to %s, could not all be removed (files of another "
+            "account?); remove that directory to free its space", target, old)
 
 
 def open_modes(directory: Path) -> None:
