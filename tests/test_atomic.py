@@ -182,3 +182,36 @@ def test_old_contents_that_cannot_be_removed_are_said_with_where_they_lie(tmp_pa
                "(files of another account?); remove that directory to free its space" in caplog.text
     finally:
         subprocess.run(["chattr", "-i", str(next(tmp_path.glob(".onnx.old-*/model.onnx")))], check=True)
+
+
+def test_another_account_s_file_in_a_sticky_directory_is_refused_before_the_work(tmp_path, monkeypatch):
+    """In a directory with the sticky bit (/tmp, a shared output directory) only a file's owner may replace it: a run
+    as nobody over root's summary failed after all the work with 'unexpected PermissionError' (exit 1), leaving its
+    temporary file. The tests run as root, so the account is made another one here (os.geteuid)."""
+    import os
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    theirs = shared / "out.parquet.summary.json"
+    theirs.write_text("{}")
+    monkeypatch.setattr(os, "geteuid", lambda: 65534)
+    said = f"--summary {theirs} is root's, in {shared}, a directory with the sticky bit (as /tmp), where only its " \
+           "owner may replace it; remove it as root, or choose another --summary"
+    with pytest.raises(OutputError, match="^" + said.replace("(", r"\(").replace(")", r"\)") + "$"):
+        atomic.check_writable(theirs, overwrite=True, option="--summary")
+    atomic.check_writable(shared / "new.json", overwrite=False)  # (a new name there is anyone's to write)
+    shared.chmod(0o777)
+    atomic.check_writable(theirs, overwrite=True)  # (no sticky bit: the directory's writers may replace it)
+
+
+def test_a_file_that_cannot_be_renamed_into_place_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import os
+
+    def refused(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(PermissionError):
+        atomic.write_text(tmp_path / "summary.json", "{}")
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import pwd
 import shutil
 import stat
 import tempfile
@@ -41,6 +42,25 @@ def not_a_file(path: Path, option: str | None = None) -> OutputError | None:
                        "and renames the finished output into place, which would replace it; give another path")
 
 
+def not_ours_to_replace(path: Path, option: str = "--output") -> OutputError | None:
+    """The error for an existing `path` of another account in a directory with the sticky bit (as /tmp, or a shared
+    output directory made so), where only its owner (or the directory's, or root) may replace or remove it: the
+    rename that completes an output would fail there after all the work."""
+    try:
+        owned, directory = os.lstat(path).st_uid, os.stat(path.parent)
+    except OSError:
+        return None
+    me = os.geteuid()
+    if not directory.st_mode & stat.S_ISVTX or me in (0, owned, directory.st_uid):
+        return None
+    try:
+        owner = pwd.getpwuid(owned).pw_name
+    except KeyError:
+        owner = f"user {owned}"
+    return OutputError(f"{option} {path} is {owner}'s, in {path.parent}, a directory with the sticky bit (as /tmp), "
+                       f"where only its owner may replace it; remove it as {owner}, or choose another {option}")
+
+
 # A file's temporary name, `.NAME.tmp-PID` (PIDs have up to 7 digits), is this much longer than NAME.
 TEMPORARY_NAME = len(".") + len(".tmp-") + 7
 # The longest name scorer makes from an output's NAME: a CSV/TSV output's record `.NAME.scorer.json`, or the default
@@ -70,7 +90,8 @@ def check_writable(path: Path, overwrite: bool, option: str = "--output", probed
     already found writable by this run, which are not probed again (one run writing many outputs to one directory).
     `marker`: `path` is a directory output, which replaces only a directory holding this file (one scorer wrote) or
     an empty one; else `path` is a file, never written over a directory."""
-    refused = not_a_file(path, option) or name_too_long(path, option, beside=TEMPORARY_NAME)
+    refused = not_a_file(path, option) or name_too_long(path, option, beside=TEMPORARY_NAME) or \
+        not_ours_to_replace(path, option)
     if refused is not None:
         raise refused
     if marker is not None and path.exists() and not path.is_dir():
@@ -197,10 +218,10 @@ def atomic_file(target: Path, overwrite: bool, option: str = "--output") -> Iter
     staging = temporary_sibling(target)
     try:
         yield staging
+        replace(staging, target)
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
-    replace(staging, target)
 
 
 def replace(staging: Path, target: Path) -> None:
