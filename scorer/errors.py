@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+
 
 class ScorerError(Exception):
     """A failure the user can act on; the message says what happened and what to do."""
@@ -50,6 +53,14 @@ class ParityError(ScorerError):
     computes the exported graph otherwise than export recorded (`run`'s self-check)."""
 
     exit_code = 7
+
+
+def owner_of(path: str | os.PathLike) -> str:
+    """The account that owns `path`, for a message that says whose a file is ("another account" where unknown)."""
+    try:
+        return pwd.getpwuid(os.stat(path).st_uid).pw_name
+    except (KeyError, OSError):
+        return "another account"
 
 
 def first_line(exc: BaseException) -> str:

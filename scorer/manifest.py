@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pwd
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from scorer.errors import ModelError
+from scorer.errors import ModelError, owner_of
 
 MANIFEST = "manifest.json"
 FORMAT = "scorer-onnx/1"
@@ -139,10 +138,7 @@ def check_readable(directory: Path) -> None:
     if unreadable is None and not os.access(directory, os.R_OK | os.X_OK):
         unreadable = Path(directory)
     if unreadable is not None:
-        try:
-            owner = pwd.getpwuid(unreadable.stat().st_uid).pw_name
-        except (KeyError, OSError):
-            owner = "another account"
+        owner = owner_of(unreadable)
         raise ModelError(f"{unreadable} cannot be read by this account (it is {owner}'s); make {directory} readable "
                          f"(chmod -R a+rX {directory}), or run as {owner}")
 

@@ -6,14 +6,13 @@ import contextlib
 import errno
 import logging
 import os
-import pwd
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from scorer.errors import OutputError
+from scorer.errors import OutputError, owner_of
 
 
 def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
@@ -53,10 +52,7 @@ def not_ours_to_replace(path: Path, option: str = "--output") -> OutputError | N
     me = os.geteuid()
     if not directory.st_mode & stat.S_ISVTX or me in (0, owned, directory.st_uid):
         return None
-    try:
-        owner = pwd.getpwuid(owned).pw_name
-    except KeyError:
-        owner = f"user {owned}"
+    owner = owner_of(path)
     return OutputError(f"{option} {path} is {owner}'s, in {path.parent}, a directory with the sticky bit (as /tmp), "
                        f"where only its owner may replace it; remove it as {owner}, or choose another {option}")
 

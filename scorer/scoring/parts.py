@@ -14,7 +14,6 @@ import fcntl
 import json
 import logging
 import os
-import pwd
 import re
 import shutil
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scorer.data import atomic
-from scorer.errors import OutputError, OutputTaken
+from scorer.errors import OutputError, OutputTaken, owner_of
 
 log = logging.getLogger("scorer")
 STATE = "state.json"
@@ -176,10 +175,7 @@ def _refuse_unwritable(directory: Path) -> None:
     """An earlier run's parts directory that this account cannot change (another account's run left it, say)."""
     if os.access(directory, os.W_OK | os.X_OK):
         return
-    try:
-        owner = pwd.getpwuid(directory.stat().st_uid).pw_name
-    except (KeyError, OSError):
-        owner = "another account"
+    owner = owner_of(directory)
     raise OutputError(f"{directory} holds the finished windows of an earlier run by {owner}, which this account cannot "
                       f"write to; run as {owner} to resume it, or remove the directory (its windows are then scored "
                       "again)")
