@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from scorer.config import RunConfig
-from scorer.data import atomic
 from scorer.errors import ConfigError, OutputTaken, ProviderError, ScorerError, stopped
 from scorer.extras import require_training_stack
 from scorer.inference.classify import OnnxClassifier
@@ -228,8 +227,5 @@ def _refuse_before_work(config: RunConfig, units: list[WorkUnit]) -> None:
         raise ConfigError(f"--report evaluates one input, and {config.input} names {len(units)}; each input's "
                           "evaluation is in the JSON summary (--summary), or run them one at a time")
     report_json = config.report.with_suffix(".json") if config.report else None
-    written = {"--report": config.report, "--report's JSON": report_json, "--summary": config.summary}
-    refuse_overwriting(units, written, {"--model": config.model, "--checkpoint": config.checkpoint})
-    for option, path in written.items():  # (a report the run could not write would fail it after the work)
-        if path is not None:
-            atomic.check_writable(path, overwrite=True, option=option.split("'")[0])
+    refuse_overwriting(units, {"--report": config.report, "--report's JSON": report_json, "--summary": config.summary},
+                       {"--model": config.model, "--checkpoint": config.checkpoint})

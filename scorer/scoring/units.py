@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from scorer.data.atomic import TEMPORARY_NAME, in_the_way, name_too_long, not_a_file
+from scorer.data.atomic import check_writable, in_the_way, not_a_file
 from scorer.data.read import data_stem, data_suffix
 from scorer.data.write import default_output
 from scorer.errors import InputError, OutputError
@@ -102,7 +102,8 @@ def _refuse_shared_outputs(units: list[WorkUnit]) -> None:
 def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], kept: dict[str, Path | None]) -> None:
     """Refuse an output at the path of an input, and a file the run writes beside its outputs (--summary, --report)
     at the path of one of its inputs or outputs, of another such file, or of a file in a directory it reads (the
-    export, the checkpoint)."""
+    export, the checkpoint), or where it could not be written (atomic.check_writable: so not after the work).
+    `written`: those files by the option that names them ("--report's JSON": written for --report)."""
     taken = {u.source.resolve(): f"the input {u.source}" for u in units}
     outputs = [u.output.resolve() for u in units]
     for unit, output in zip(units, outputs, strict=True):
@@ -118,14 +119,12 @@ def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], k
         target = path.resolve()
         if target.is_dir():
             raise in_the_way(path, option)
-        refused = not_a_file(path, option) or name_too_long(path, option, beside=TEMPORARY_NAME)
-        if refused is not None:
-            raise refused
         what = taken.get(target) or next((f"a file of {name} {directory}" for name, directory in kept.items()
                                           if directory is not None and target.is_file()
                                           and Path(directory).resolve() in target.parents), None)
         if what is not None:
             raise OutputError(f"{option} {path} would replace {what}; choose another path for it")
+        check_writable(path, overwrite=True, option=option.split("'")[0])
         taken[target] = f"{option} {path}"
 
 
