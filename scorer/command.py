@@ -21,6 +21,23 @@ from scorer.errors import HungUp, ScorerError, Terminated, stopped
 log = logging.getLogger("scorer")
 
 
+def _standard_streams() -> None:
+    """A command started with a standard stream closed (`2>&-`, a daemon's job) gets /dev/null there. Else Python has
+    no sys.stderr to say anything on (the run failed, exit 1, with nothing written and nothing said), and the first
+    file opened takes that descriptor, so what a library writes to it (ONNX Runtime's log, to descriptor 2) would
+    land in that file, an output among them."""
+    for descriptor, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(descriptor)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # (the lowest free descriptor: this one, unless a lower is closed)
+            if null != descriptor:
+                os.dup2(null, descriptor)
+                os.close(null)
+        if getattr(sys, name) is None:  # (the stream lives as long as the process: nothing to close)
+            setattr(sys, name, open(descriptor, "r" if descriptor == 0 else "w", closefd=False))  # noqa: SIM115
+
+
 def _setup_logging(quiet: bool, debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -37,6 +54,7 @@ def command(func: Callable) -> Callable:
     @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
     @functools.wraps(func)
     def wrapper(*args, quiet: bool, debug: bool, **kwargs):
+        _standard_streams()
         _setup_logging(quiet, debug)
         try:
             with _sigterm_unwinds():

@@ -160,3 +160,22 @@ def test_a_reader_of_standard_output_that_went_away_ends_the_run_as_sigpipe_woul
         os.close(write)
     assert done.returncode == 141 and done.stderr == ""
     assert (tmp_path / "out.parquet").is_file()
+
+
+def test_a_run_started_with_its_standard_streams_closed_scores_and_exits_as_it_would(tiny_export, tmp_path):
+    """`scorer run … 2>&-` (a daemon's job with its descriptors closed) failed with exit 1, writing nothing and,
+    with no stderr, saying nothing: Python starts without sys.stderr then. Closed streams get /dev/null now."""
+    import os
+    import subprocess
+    import sys
+
+    def closed():
+        for descriptor in (0, 1, 2):
+            os.close(descriptor)
+
+    command = [sys.executable, "-m", "scorer", "run", str(example_file("demo.csv")), "--model", str(tiny_export)]
+    done = subprocess.run([*command, "-o", str(tmp_path / "out.parquet")], preexec_fn=closed, timeout=120)
+    assert done.returncode == 0 and (tmp_path / "out.parquet").is_file()
+    done = subprocess.run([*command, "--text-column", "nope", "-o", str(tmp_path / "no.parquet")], preexec_fn=closed,
+                          timeout=120)
+    assert done.returncode == 3 and not (tmp_path / "no.parquet").exists()
