@@ -30,10 +30,7 @@ def _standard_streams() -> None:
         try:
             os.fstat(descriptor)
         except OSError:
-            null = os.open(os.devnull, os.O_RDWR)  # (the lowest free descriptor: this one, unless a lower is closed)
-            if null != descriptor:
-                os.dup2(null, descriptor)
-                os.close(null)
+            _devnull_at(descriptor)
         if getattr(sys, name) is None:  # (the stream lives as long as the process: nothing to close)
             setattr(sys, name, open(descriptor, "r" if descriptor == 0 else "w", closefd=False))  # noqa: SIM115
 
@@ -89,8 +86,16 @@ def _stdout_closed() -> bool:
     except (OSError, ValueError, AttributeError):  # (no file descriptor: a test's captured output)
         return False
     if gone:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _devnull_at(sys.stdout.fileno())
     return gone
+
+
+def _devnull_at(descriptor: int) -> None:
+    """Point `descriptor` at /dev/null (where it is closed, the open below takes it itself)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    if null != descriptor:
+        os.dup2(null, descriptor)
+        os.close(null)
 
 
 @contextlib.contextmanager
