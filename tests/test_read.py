@@ -104,6 +104,11 @@ def _one_column(tmp_path):
     "content,message",
     [
         (b"a,b\n1,2\n3,4,5\n", r"line 3 \(expected 2 fields, found 3\)"),
+        # a quote left open reads the lines after it as one record: the line where it opened is named, not the last
+        (b"a,b\n1,2\n\"oops,1\n3,4\n5,6\n", r"bad.csv line 3 \(a quote there is not closed where it was meant to "
+                                         r"be: lines 3-5 read as one record of 1 field\(s\), 2 expected\): quote that "
+                                         r"value whole .* or remove the stray quote$"),
+        (b"a,b\n1,2\n\"two\nlines\",3,4\n", r"line 3 \(expected 2 fields, found 3 in the record on lines 3-4\)"),
         (b"a,b\n1,2\n\xff\xfe,4\n", r"line 3: bytes that are not UTF-8 \(a file saved in another encoding"),
         (b"sent\xe9nce\nx\n", r"bad.csv line 1 \(the header\): bytes that are not UTF-8 .* \(iconv -f cp1252 -t utf-8 "
                                 r"bad.csv > utf8-bad.csv\)"),

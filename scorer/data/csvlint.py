@@ -90,9 +90,18 @@ def locate_problem(path: Path, fmt: str, expected: int) -> tuple[str, str | None
                 except UnicodeDecodeError:
                     return f" line {number}", not_utf8(path)
         with _rows(path, fmt) as rows:
+            start = 1  # the line the record being read starts on
             for row in rows:
                 if len(row) != expected and row:
-                    return f" line {rows.line_num} (expected {expected} fields, found {len(row)})", None
+                    if rows.line_num == start:
+                        return f" line {start} (expected {expected} fields, found {len(row)})", None
+                    if len(row) > expected:
+                        return (f" line {start} (expected {expected} fields, found {len(row)} in the record on lines "
+                                f"{start}-{rows.line_num})"), None
+                    return (f" line {start} (a quote there is not closed where it was meant to be: lines {start}-"
+                            f"{rows.line_num} read as one record of {len(row)} field(s), {expected} expected)"), \
+                        "quote that value whole (doubling the quotes inside it) or remove the stray quote"
+                start = rows.line_num + 1
     except (OSError, EOFError, pa.ArrowException):
         return None
     except csv.Error as exc:
