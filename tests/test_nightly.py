@@ -1029,6 +1029,39 @@ def test_a_killed_run_resumes_a_compressed_csv_output_to_the_same_text(tiny_expo
     assert not list(tmp_path.glob(".out.csv.gz.tmp-*"))
 
 
+def test_the_running_summary_says_how_far_the_input_being_scored_got(tiny_export, tmp_path):
+    """A run of one big input (the usual nightly job) listed no input in its running summary until it had finished
+    it: a monitor saw "running", 0 rows, for hours. The input underway is listed with its rows done of how many, its
+    rate and the time left; a finished run lists none."""
+    source, last = tmp_path / "big.parquet", tmp_path / "last-run.json"
+    pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(20_000)]}), source)
+    args = [str(source), "-o", str(tmp_path / "out.parquet"), "--model", str(tiny_export), "--window-rows", "1000",
+            "--variant", "fp32", "--summary", str(last), "--quiet"]
+    code = ("import sys, scorer.scoring.heartbeat as h; h.HEARTBEAT_SECONDS = 0.05; from scorer.cli import main; "
+            f"sys.argv = ['scorer', 'run', *{args!r}]; main()")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, seen = time.time() + 120, {}
+    while time.time() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            seen = json.loads(last.read_text())
+        if seen.get("underway") and seen["underway"][0]["rows_done"] >= 2_000:
+            break
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert seen.get("underway"), "the run finished before its running summary listed the input"
+    assert seen["state"] == "running" and seen["inputs"] == []
+    [underway] = seen["underway"]
+    assert underway["input"] == str(source) and underway["rows_total"] == 20_000
+    assert underway["rows_done"] % 1_000 == 0 and 2_000 <= underway["rows_done"] < 20_000
+    assert underway["rows_per_second"] > 0 and underway["seconds_left"] > 0
+    result = run(source, "-o", tmp_path / "out.parquet", "--model", tiny_export, "--window-rows", "1000",
+                 "--variant", "fp32", "--summary", last)
+    assert result.exit_code == 0, result.output
+    done = json.loads(last.read_text())
+    assert done["state"] == "finished" and done["underway"] == [] and done["inputs"][0]["rows"] == 20_000
+
+
 def test_a_log_gets_a_progress_line_every_minute_where_no_terminal_shows_the_bar(tiny_export, tmp_path, monkeypatch):
     """A cron job's log has no terminal, so the progress bar is off: a line every minute says how far the input got
     (here every window: the interval set to 0), with its rate and the time left; --quiet keeps the log to the result."""

@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,12 +20,13 @@ from scorer.data.read import TableReader, plain_text
 from scorer.data.write import OutputSink
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import Scored
+from scorer.scoring.heartbeat import UNDERWAY
 from scorer.scoring.parts import PartStore
 from scorer.scoring.tally import Columns
 from scorer.text.tokens import is_text
 
 log = logging.getLogger("scorer")
-LOG_SECONDS = 60.0  # between two progress lines where stderr is no terminal (_Lines)
+LOG_SECONDS = 60.0  # between two progress lines where stderr is no terminal (Progress)
 
 
 def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, store: PartStore, sink: OutputSink,
@@ -50,9 +52,10 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
         return window, [tokenizing.submit(classifier.prepare, piece) for piece in pieces(text, config.piece_chars)]
 
     total = None if reader.num_rows is None else max(0, reader.num_rows - skip)
-    lines = _Lines(reader.path.name, reader.num_rows, skip) if progress and not sys.stderr.isatty() else None
-    with tqdm(total=total, unit="rows", disable=None if progress else True, file=sys.stderr,
-              desc=reader.path.name, leave=False) as bar, \
+    done = Progress(reader.path, reader.num_rows, skip, progress and not sys.stderr.isatty())
+    with UNDERWAY.tracking(done), \
+            tqdm(total=total, unit="rows", disable=None if progress else True, file=sys.stderr,
+                 desc=reader.path.name, leave=False) as bar, \
             ThreadPoolExecutor(1, "scorer-read") as reading, \
             ThreadPoolExecutor(config.tokenize_threads, "scorer-tokenize") as tokenizing, \
             ThreadPoolExecutor(1, "scorer-write") as writing:
@@ -64,8 +67,7 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
             scored = classifier.finish(begun)
             writes.add(index, with_results(window, classifier, columns, scored), int(scored.rescued.sum()))
             bar.update(window.num_rows)
-            if lines is not None:
-                lines.update(window.num_rows)
+            done.update(window.num_rows)
 
         # With batches in flight on inference threads (CUDA), a window's batches are queued on the model before the
         # previous window's results are gathered and written, so the model does not wait between windows. Where
@@ -84,24 +86,32 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
     return dict(waits)
 
 
-class _Lines:
-    """Where stderr is no terminal (a cron job's log), the progress bar is off: a line every LOG_SECONDS instead,
-    with the rows done (of how many, where the file says), the rate and, from it, the time left."""
+class Progress:
+    """How far one input got: its rows done (a resumed run's included) of how many (where the file says: Parquet),
+    the rate and, from it, the time left. Said in a log line every LOG_SECONDS where `lines` (stderr no terminal, so
+    no progress bar: a cron job's log), and in the running summary (scoring.heartbeat.UNDERWAY)."""
 
-    def __init__(self, name: str, total: int | None, done: int) -> None:
-        self.name, self.total, self.done, self.now = name, total, done, 0
+    def __init__(self, path: Path, total: int | None, done: int, lines: bool) -> None:
+        self.path, self.total, self.done, self.now, self.lines = path, total, done, 0, lines
         self.started = self.said = time.perf_counter()
 
     def update(self, rows: int) -> None:
         self.done, self.now = self.done + rows, self.now + rows
-        clock = time.perf_counter()
-        if clock - self.said < LOG_SECONDS:
+        if not self.lines or time.perf_counter() - self.said < LOG_SECONDS:
             return
-        self.said, rate = clock, self.now / (clock - self.started)
+        self.said = time.perf_counter()
+        figures = self.as_dict()
         of = f" of {self.total:,} ({self.done / max(self.total, 1):.0%})" if self.total else ""
-        left = f", about {_duration((self.total - self.done) / rate)} left" \
-            if self.total and rate and self.done < self.total else ""
-        log.info("%s: %s rows%s, %s rows/s%s", self.name, f"{self.done:,}", of, f"{rate:,.0f}", left)
+        left = f", about {_duration(figures['seconds_left'])} left" if figures["seconds_left"] is not None else ""
+        log.info("%s: %s rows%s, %s rows/s%s", self.path.name, f"{self.done:,}", of,
+                 f"{figures['rows_per_second']:,.0f}", left)
+
+    def as_dict(self) -> dict:
+        """As the running summary lists it."""
+        rate = self.now / max(time.perf_counter() - self.started, 1e-9)
+        left = (self.total - self.done) / rate if self.total and rate and self.done < self.total else None
+        return {"input": str(self.path), "rows_done": self.done, "rows_total": self.total,
+                "rows_per_second": round(rate, 1), "seconds_left": None if left is None else round(left, 1)}
 
 
 def _duration(seconds: float) -> str:

@@ -16,6 +16,7 @@ from scorer.data import atomic
 from scorer.errors import ScorerError
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import EMPTY, NON_FINITE, NOT_TEXT, NULL, TRUNCATED
+from scorer.scoring.heartbeat import UNDERWAY
 from scorer.scoring.units import WorkUnit
 
 log = logging.getLogger("scorer")
@@ -94,6 +95,9 @@ class RunSummary:
     exit_code: int | None = 0
     error: str | None = None
     planned_inputs: int = 0  # the inputs the run was given (`inputs` lists those it has finished)
+    # While the run runs: each input being scored, with its rows done (resumed ones included) of how many (null where
+    # the file does not say: CSV), its rows/s and the seconds left; empty once the run has finished.
+    underway: list[dict] = field(default_factory=list)
     scorer_version: str = __version__
     started_at: str = ""  # UTC, ISO 8601, as a nightly job's log wants to match it
     finished_at: str = ""
@@ -191,6 +195,7 @@ def bare(config: RunConfig, units: list[WorkUnit], started_at: str, **fields) ->
 def running(summary: RunSummary) -> RunSummary:
     """`summary` said as that of a run still running (scorer.scoring.heartbeat)."""
     summary.state, summary.exit_code, summary.error = "running", None, None
+    summary.underway = UNDERWAY.said()
     return summary
 
 
