@@ -184,7 +184,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 @click.option("--label-column", help="True labels, for accuracy/MCC [default: the training one, if present].")
 @click.option("--keep-columns", metavar="NAMES",
               help="Input columns the output carries beside the results, comma-separated, in this order ('': the "
-                   "results alone) [default: every column].")
+                   "results alone; a name holding a comma or spaces at its ends in double quotes) [default: every "
+                   "column].")
 @click.option("--probabilities", is_flag=True, default=None,
               help="Also write each label's probability, as a column prob_<label> per label.")
 @click.option("--max-tokens", type=int,
@@ -224,11 +225,12 @@ def run_command(progress: bool, input: str, keep_columns: str | None, **options)
     from its last finished window; outputs already scored by the same model from the same input are skipped.
     Small inputs (at most a quarter of --window-rows each) are scored together, each into its own output.
     """
+    from scorer.data.names import parse_names
     from scorer.scoring.evaluate import markdown
     from scorer.scoring.score import score_file
 
     if keep_columns is not None:
-        options["keep_columns"] = tuple(name.strip() for name in keep_columns.split(",")) if keep_columns else ()
+        options["keep_columns"] = parse_names(keep_columns, "--keep-columns")
     summary = score_file(build(RunConfig, input=input, **options), progress=progress)
     if summary.evaluation and progress:  # --quiet: the one summary line only (it carries accuracy and MCC)
         click.echo(markdown(summary.evaluation).rstrip())

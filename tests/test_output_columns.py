@@ -5,6 +5,7 @@ part of what makes it up to date."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -48,7 +49,7 @@ def test_the_output_carries_the_columns_named_in_their_order_and_the_same_result
 
 @pytest.mark.parametrize(("keep", "code", "said"), [
     ("id,Sentence", 3, "column 'Sentence' not found in in.parquet; columns are id, sentence, label, tags; pass "
-                       "--keep-columns 'sentence'"),
+                       "--keep-columns sentence (so the header writes it)"),
     ("id,,label", 2, "--keep-columns 'id,,label' has an empty name; separate the names by single commas"),
     ("id,label,id", 2, "--keep-columns names 'id' more than once; name each column once"),
     ("id,tags", 2, "column(s) 'tags' (list<element: int64>) cannot be written to out.csv, a CSV/TSV file"),
@@ -59,6 +60,33 @@ def test_a_column_that_cannot_be_kept_is_refused_in_one_line_before_any_work(tin
     assert result.exit_code == code and result.output.count("\n") == 1, result.output
     assert said in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+
+
+def test_a_name_with_a_comma_or_edge_spaces_is_kept_in_double_quotes_as_the_refusal_says(tiny_export, tmp_path):
+    """Names were split at every comma and trimmed, so a column 'a,b' or ' pad ' could not be kept, and the refusal
+    told the user to pass --keep-columns ' pad ', which was trimmed again. A name in double quotes is taken as
+    written; the refusal's advice, typed as it says, works."""
+    source = tmp_path / "odd.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "a,b": [3, 4], " pad ": [5, 6], 'say "hi"': [7, 8],
+                             "sentence": sentences(2)}), source)
+    common = ["--model", tiny_export, "--variant", "fp32"]
+    result = run(source, "-o", tmp_path / "o.parquet", "--keep-columns", "Pad", *common)
+    assert result.exit_code == 3 and result.output.endswith("""pass --keep-columns '" pad "' (so the header """
+                                                            "writes it)\n"), result.output
+    advice = shlex.split(result.output.split("; pass ")[1].split(" (so")[0])
+    assert advice == ["--keep-columns", '" pad "']
+    result = run(source, "-o", tmp_path / "o.parquet", "--keep-columns", 'id,a,b', *common)
+    assert result.exit_code == 3 and """in double quotes ('id,"a,b"')""" in result.output
+    result = run(source, "-o", tmp_path / "o.parquet", *advice, *common)
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "o.parquet").column_names == [" pad ", "label", "score", "status"]
+    keep = ' id , "a,b"," pad ","say ""hi"""'
+    assert run(source, "-o", tmp_path / "o.parquet", "--keep-columns", keep, "--update", *common).exit_code == 0
+    assert pq.read_table(tmp_path / "o.parquet").column_names == ["id", "a,b", " pad ", 'say "hi"', "label", "score",
+                                                                   "status"]
+    result = run(source, "-o", tmp_path / "x.parquet", "--keep-columns", 'id,"a,b', *common)
+    assert result.exit_code == 2 and "from character 4 on, a quote is not closed" in result.output
+    assert not (tmp_path / "x.parquet").exists()
 
 
 def test_what_an_output_carries_is_part_of_being_up_to_date(tiny_export, labelled, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from scorer.data.csvlint import COMPRESSIONS, locate_problem, looks_like_data, read_header, swallowed_rows
+from scorer.data.names import as_listed
 from scorer.data.sniff import disguised
 from scorer.errors import InputError
 
@@ -107,11 +109,14 @@ class TableReader:
                                  f"from the first line: add a header line naming its {len(self.columns)} columns "
                                  f"('{column}' among them, or pass {option} with the name you give it)")
             # A header's spaces and case are easy to miss: such names are shown quoted, a near match offered.
-            quoted = any(name != name.strip() or not name for name in self.columns)
+            quoted = any(name != name.strip() or not name or "," in name for name in self.columns)
             names = ", ".join(repr(name) if quoted else name for name in self.columns) or "(none)"
             near = [name for name in self.columns if name.strip().casefold() == column.strip().casefold()]
-            advice = f"pass {option} {near[0]!r} (so the header writes it)" if near \
-                else f"pass {option} with one of them"
+            listed = option == "--keep-columns"  # (a list of names: one with a comma or edge spaces is quoted in it)
+            advice = f"pass {option} {shlex.quote(as_listed(near[0])) if listed else repr(near[0])} (so the header " \
+                "writes it)" if near else f"pass {option} with one of them"
+            if listed and not near and quoted:
+                advice += ", a name holding a comma or spaces at its ends in double quotes ('id,\"a,b\"')"
             raise InputError(f"column '{column}' not found in {self.path.name}; columns are {names}; {advice}")
 
     def read_only(self, names: set[str]) -> None:
