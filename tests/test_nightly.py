@@ -328,6 +328,24 @@ def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
     assert not list(tmp_path.glob(".resumed.parquet.tmp-*"))
 
 
+def _killed_once(args: list[str], summary: Path, ready) -> tuple[subprocess.Popen, dict]:
+    """`scorer run` in a subprocess whose running summary is brought up to date every 0.05 s (not every minute),
+    killed (-9) once `ready(summary)` or it ended; the process and the last summary read before the kill."""
+    code = ("import sys, scorer.scoring.heartbeat as h; h.HEARTBEAT_SECONDS = 0.05; from scorer.cli import main; "
+            f"sys.argv = ['scorer', 'run', *{args!r}]; main()")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, seen = time.time() + 120, {}
+    while time.time() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            seen = json.loads(summary.read_text())
+        if ready(seen):
+            break
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return process, seen
+
+
 def test_a_running_run_keeps_its_summary_up_to_date_and_a_killed_one_is_not_taken_for_a_success(tiny_export,
                                                                                                   tmp_path):
     """The summary says "running" from the run's start, and is brought up to date while it runs (every minute; here
@@ -341,18 +359,7 @@ def test_a_running_run_keeps_its_summary_up_to_date_and_a_killed_one_is_not_take
                        inbox / f"day{day}.parquet")
     args = [str(inbox), "-o", str(out), "--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32",
             "--summary", str(last), "--quiet"]
-    code = ("import sys, scorer.scoring.heartbeat as h; h.HEARTBEAT_SECONDS = 0.05; from scorer.cli import main; "
-            f"sys.argv = ['scorer', 'run', *{args!r}]; main()")
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline, seen = time.time() + 120, {}
-    while time.time() < deadline and process.poll() is None:
-        with contextlib.suppress(OSError, ValueError):
-            seen = json.loads(last.read_text())
-        if seen.get("inputs"):
-            break
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    process, seen = _killed_once(args, last, lambda seen: seen.get("inputs"))
     killed = json.loads(last.read_text())
     assert seen.get("inputs") and killed["state"] == "running", "the run finished before it could be killed"
     assert killed["exit_code"] is None and killed["error"] is None and killed["pid"] == process.pid
@@ -1037,20 +1044,10 @@ def test_the_running_summary_says_how_far_the_input_being_scored_got(tiny_export
     pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(20_000)]}), source)
     args = [str(source), "-o", str(tmp_path / "out.parquet"), "--model", str(tiny_export), "--window-rows", "1000",
             "--variant", "fp32", "--summary", str(last), "--quiet"]
-    code = ("import sys, scorer.scoring.heartbeat as h; h.HEARTBEAT_SECONDS = 0.05; from scorer.cli import main; "
-            f"sys.argv = ['scorer', 'run', *{args!r}]; main()")
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline, seen = time.time() + 120, {}
-    while time.time() < deadline and process.poll() is None:
-        with contextlib.suppress(OSError, ValueError):
-            seen = json.loads(last.read_text())
-        if seen.get("underway") and seen["underway"][0]["rows_done"] >= 2_000:
-            break
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    process, seen = _killed_once(args, last, lambda seen: seen.get("underway") and
+                                 seen["underway"][0]["rows_done"] >= 2_000)
     assert seen.get("underway"), "the run finished before its running summary listed the input"
-    assert seen["state"] == "running" and seen["inputs"] == []
+    assert seen["state"] == "running" and seen["inputs"] == [] and seen["pid"] == process.pid
     [underway] = seen["underway"]
     assert underway["input"] == str(source) and underway["rows_total"] == 20_000
     assert underway["rows_done"] % 1_000 == 0 and 2_000 <= underway["rows_done"] < 20_000
