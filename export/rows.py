@@ -41,7 +41,7 @@ def recorded_data(trained: dict, head: HeadConfig) -> TrainingData | None:
         loaded = load_training_data(TrainConfig(
             data=Path(data), val_data=Path(val) if val else None, text_column=trained.get("text_column", "sentence"),
             label_column=trained.get("label_column", "label"), seed=trained.get("seed", 42),
-            val_fraction=trained.get("val_fraction", 0.1)))
+            val_fraction=trained.get("val_fraction", 0.1)), warn=False)
     except ScorerError as exc:
         log.warning("the checkpoint's training data no longer reads as it did (%s); not used by export", exc)
         return None

@@ -851,3 +851,28 @@ def test_export_without_data_keeps_the_packaged_examples_for_a_small_or_changed_
     relabelled.write_text(_labelled_csv(tmp_path / "x.csv", 3_000).read_text().replace(",1\n", ",yes\n"))
     assert recorded_data({"data": str(relabelled)}, head) is None  # its labels are no longer the model's
     assert recorded_data({"data": str(tmp_path / "x.csv"), "val_data": str(tmp_path / "gone.csv")}, head) is None
+
+
+def test_reading_the_checkpoints_data_again_for_parity_repeats_none_of_trainings_warnings(tiny_checkpoint, tmp_path,
+                                                                                          caplog):
+    """Export reads the training data again to find the validation rows; it repeated training's warnings about that
+    data (a sentence with two labels, validation sentences seen in training), which say nothing about parity."""
+    import logging
+
+    from export.rows import recorded_data
+    from scorer.config import TrainConfig
+    from scorer.pytorch.model import HeadConfig
+    from scorer.training.dataset import load_training_data
+
+    data = _labelled_csv(tmp_path / "data.csv", 2_200)
+    data.write_text(data.read_text() + "the cat saw sentence number 0,1\n")  # (labelled 0 above as well)
+    head = HeadConfig(**json.loads((tiny_checkpoint / "scorer_head.json").read_text()))
+    with caplog.at_level(logging.WARNING, logger="scorer"):
+        load_training_data(TrainConfig(data=data, val_data=data))
+    said = [record.getMessage() for record in caplog.records]
+    assert any("more than one label" in s for s in said) and any("also occur in" in s for s in said), said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scorer"):
+        recorded = recorded_data({"data": str(data), "val_data": str(data)}, head)
+    assert recorded is not None and len(recorded.val_texts) == 2_201
+    assert caplog.records == []

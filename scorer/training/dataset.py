@@ -29,8 +29,9 @@ class TrainingData:
     val_source: str
 
 
-def load_training_data(config: TrainConfig) -> TrainingData:
-    """Read --data (and --val-data), fix the label set from the training labels, split when needed."""
+def load_training_data(config: TrainConfig, warn: bool = True) -> TrainingData:
+    """Read --data (and --val-data), fix the label set from the training labels, split when needed; `warn`: say
+    what in the data works against training (export, reading the rows again for parity, has no use for that)."""
     train = read_labelled(config.data, config.text_column, config.label_column)
     labels = sorted(set(train.labels), key=lambda v: (str(type(v)), v))
     if len(labels) < 2:
@@ -45,8 +46,9 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         )
     index = LabelIndex(labels, unlabelled_mark=False)
     targets = index.indices(train.labels, config.data, config.label_column, 1)
-    _warn_rare(labels, targets, config)
-    _warn_conflicts(train.texts, targets, labels, config)
+    if warn:
+        _warn_rare(labels, targets, config)
+        _warn_conflicts(train.texts, targets, labels, config)
     if config.val_data is not None:
         val = read_labelled(config.val_data, config.text_column, config.label_column)
         unknown = index.unknown(val.labels)
@@ -55,7 +57,8 @@ def load_training_data(config: TrainConfig) -> TrainingData:
                 f"{config.val_data}: label(s) {', '.join(unknown)} in column '{config.label_column}' "
                 f"do not occur in {config.data}; the model only knows {', '.join(map(str, labels))}"
             )
-        _warn_overlap(train.texts, val.texts, config)
+        if warn:
+            _warn_overlap(train.texts, val.texts, config)
         val_targets = index.indices(val.labels, config.val_data, config.label_column, 1)
         return TrainingData(labels, train.texts, targets, val.texts, val_targets, str(config.val_data))
     return _split(labels, train.texts, targets, config)
