@@ -69,6 +69,8 @@ def _each_as_alone(paths: list[Path], summary: dict, out: Path, export: Path, al
             else:
                 assert together.column(name).equals(reference.column(name)), name
         assert json.loads(together.schema.metadata[b"scorer"]) == json.loads(reference.schema.metadata[b"scorer"])
+        labels = together.column(unit["columns"]["label"]).to_pylist()
+        assert unit["predicted_counts"] == {"0": labels.count(0), "1": labels.count(1)}
 
 
 def test_small_inputs_of_every_text_type_are_joined_only_where_they_can_be(tiny_export, tmp_path):

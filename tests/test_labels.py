@@ -182,6 +182,10 @@ def test_three_text_labels_train_export_and_score_with_the_predicted_labels_prob
     assert evaluation["labels"] == ["neg", "neu", "pos"] and len(evaluation["per_class"]) == 3
     assert np.array(evaluation["confusion_matrix"]).shape == (3, 3) and np.sum(evaluation["confusion_matrix"]) == 450
     assert summary["check"]["passed"] and summary["check"]["rows"] == 20
+    # the rows by predicted label, in the model's label order, for a monitor to compare night to night
+    counted = {name: out["pred_label"].count(name) for name in ("neg", "neu", "pos")}
+    assert summary["predicted_counts"] == counted and list(summary["predicted_counts"]) == ["neg", "neu", "pos"]
+    assert whole["predicted_counts"] == counted and sum(counted.values()) == 450
     # --probabilities: a column per label, in the model's label order, that the label and score are drawn from
     result = runner.invoke(main, ["run", str(data), "--model", str(tmp_path / "onnx"), "-o",
                                   str(tmp_path / "p.parquet"), "--probabilities", "--keep-columns", "", "--quiet"])

@@ -65,6 +65,10 @@ def test_every_row_kept_in_order_with_status_and_null_scores(tiny_export, parque
             assert 0.0 <= score <= 1.0 and label in (0, 1) and (score >= 0.5) == (label == 1)
     summary = json.loads((tmp_path / "out.parquet.summary.json").read_text())
     assert summary["rows"] == 78 and summary["status_counts"]["null"] == 11
+    # scored rows by predicted label, every label listed (the unscored rows in none)
+    labels = table.column("label").to_pylist()
+    assert summary["predicted_counts"] == {"0": labels.count(0), "1": labels.count(1)}
+    assert labels.count(0) + labels.count(1) == 78 - 11 - 22
     assert summary["status_counts"]["empty"] == 22 and summary["status_counts"]["truncated"] == 11
     assert summary["provider"] == "cpu" and len(summary["model_sha256"]) == 64
     # What the score column holds, in the summary and in the output's own record (read by tools downstream)

@@ -222,7 +222,8 @@ def finish_unit(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
         write_report(figures.evaluation or nothing_evaluated(columns.label, figures.rows), config.report, about)
     return UnitSummary(str(unit.source), str(unit.output), "resumed" if resumed else "scored", rows=figures.rows,
                        rows_this_run=figures.rows - resumed, resumed_from_row=resumed,
-                       status_counts=figures.status_counts, rescued_rows=rescued, evaluation=figures.evaluation,
+                       status_counts=figures.status_counts, predicted_counts=figures.predicted_counts,
+                       rescued_rows=rescued, evaluation=figures.evaluation,
                        check=check, columns=result_names(opened.record["columns"]))
 
 

@@ -42,6 +42,8 @@ class UnitSummary:
     resumed_from_row: int = 0
     seconds: float = 0.0
     status_counts: dict[str, int] = field(default_factory=dict)
+    # Scored rows by predicted label, every label of the model's (scorer.scoring.tally.Tally).
+    predicted_counts: dict[str, int] = field(default_factory=dict)
     evaluation: dict | None = None
     check: dict | None = None
     error: str | None = None
@@ -74,6 +76,8 @@ class RunSummary:
     variant: str
     model_sha256: str
     score: str = ""  # what the score column holds: "the probability of label 1"
+    # Scored rows by predicted label over the inputs scored or resumed now (skipped ones are not read again).
+    predicted_counts: dict[str, int] = field(default_factory=dict)
     checking_seconds: float = 0.0  # of `seconds`, spent on --check (PyTorch's start, mostly)
     io_binding: bool = False
     infer_threads: int = 1
@@ -144,10 +148,13 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
                ) -> RunSummary:
     """The run's summary from its units' and the classifier's figures."""
     counts: dict[str, int] = {}
+    predicted: dict[str, int] = {}
     waits: dict[str, float] = {}
     for unit in units:
         for key, value in unit.status_counts.items():
             counts[key] = counts.get(key, 0) + value
+        for key, value in unit.predicted_counts.items():
+            predicted[key] = predicted.get(key, 0) + value
         for stage, waited in unit.waits.items():
             waits[stage] = waits.get(stage, 0.0) + waited
     rows_now = sum(u.rows_this_run for u in units)
@@ -159,7 +166,7 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
                       io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
                       provider_options=classifier.provider_options,
                       variant=classifier.variant, model_sha256=classifier.model_sha256,
-                      score=classifier.score_means,
+                      score=classifier.score_means, predicted_counts=predicted,
                       batching={**asdict(classifier.tally), "window_rows": window_rows}, waits=waits)
 
 

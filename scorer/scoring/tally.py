@@ -55,6 +55,9 @@ class Tally:
     rows: int
     status_counts: dict[str, int]
     evaluation: dict | None
+    # Scored rows by predicted label, every label of the model's in its order (JSON keys: the labels as text): what
+    # a monitor compares night to night, where a broken feed shows first (every row one label, say).
+    predicted_counts: dict[str, int]
 
 
 def read_column(parts: list[Part], name: str) -> pa.ChunkedArray:
@@ -71,6 +74,8 @@ def tally(parts: list[Part], columns: Columns, index: LabelIndex, source: Path, 
     status = read_column(parts, columns.status)
     counts = Counter({name: 0 for name in STATUSES})
     counts.update({row["values"]: row["counts"] for row in pc.value_counts(status).to_pylist()})
+    found = {row["values"]: row["counts"] for row in pc.value_counts(read_column(parts, columns.predicted)).to_pylist()}
+    predicted_counts = {str(label): found.get(label, 0) for label in index.labels}
     result = None
     if columns.label is not None:
         labels = index.labels
@@ -80,7 +85,7 @@ def tally(parts: list[Part], columns: Columns, index: LabelIndex, source: Path, 
         if not usable.size:  # accuracy would be 0/0: NaN in the summary, which strict JSON readers refuse
             if len(status):  # (a file without rows is warned of once, as such)
                 log.warning("%s: no row has both a label and a score; nothing to evaluate", source)
-            return Tally(rows=len(status), status_counts=dict(counts), evaluation=None)
+            return Tally(len(status), dict(counts), None, predicted_counts)
         confusion = confusion_of(labels, true[usable], predicted[usable])
         chosen = _choose(usable, samples, seed)
         texts, scores = rows_of(parts, columns.text, chosen), rows_of(parts, columns.score, chosen)
@@ -89,7 +94,7 @@ def tally(parts: list[Part], columns: Columns, index: LabelIndex, source: Path, 
                  for r, text, score in zip(chosen, texts, scores, strict=True)]
         result = evaluation(confusion, columns.label, int((true < 0).sum()),
                             int(((true >= 0) & (predicted < 0)).sum()), table)
-    return Tally(rows=len(status), status_counts=dict(counts), evaluation=result)
+    return Tally(len(status), dict(counts), result, predicted_counts)
 
 
 def scored_sample(parts: list[Part], columns: Columns, size: int, seed: int) -> tuple[list[str], np.ndarray, list]:
