@@ -233,6 +233,23 @@ def test_a_stray_quote_that_swallows_rows_is_named_and_the_file_refused(tmp_path
         list(TableReader(path).batches(100))
 
 
+@pytest.mark.parametrize(("tail", "lost"), [
+    ('"Cut short.\n', ""),  # (its line end became part of the value: accepted before, with the text changed)
+    ('"Cut short.\nMore.\nLast.\n', ", reading lines 3-5 as one value and losing their rows"),
+])
+def test_a_quote_never_closed_is_named_as_such_and_the_file_refused(tmp_path, tail, lost):
+    """A quote that opens a value and is never closed (a file cut short while it was copied, or a stray quote): the
+    message said the value 'closes on line 5 and is not followed by a comma', and one swallowing only its own line
+    end was accepted."""
+    path = tmp_path / "in.csv"
+    path.write_text("sentence\nFine.\n" + tail)
+    with pytest.raises(InputError) as raised:
+        list(TableReader(path).batches(100))
+    assert str(raised.value) == (f"{path} line 3: a quote opened there is never closed (the file ends inside it{lost})"
+                                 ": a stray quote, or a file cut short; quote that value whole (doubling the quotes "
+                                 "inside it) or remove the stray quote, or copy the file again")
+
+
 def test_quoted_line_breaks_and_a_quote_that_closes_early_on_its_own_line_lose_no_row(tmp_path):
     path = tmp_path / "in.csv"
     path.write_text('sentence,label\nShe said "hi" to me.,1\n"abc" ,1\n"two\nlines, ""quoted""",0\nlast,1\n')

@@ -113,7 +113,8 @@ def swallowed_rows(path: Path) -> str | None:
     """Where a CSV value's closing quote is followed by more text instead of a comma or the line's end, lines after
     the value's start: a stray quote at a value's start does that, and lenient readers (pyarrow's, Python's) then
     read every line up to the next quote in the file as part of that one value, and those rows are lost without an
-    error. None where no such value spans lines (one that closes early on its own line loses no row)."""
+    error; or where a quote is never closed (the file ends inside the value: a stray quote, or a file cut short).
+    None where no such value spans lines (one that closes early on its own line loses no row)."""
     with _rows(path, "csv", strict=True) as rows:
         start = 1  # the line the record being read starts on
         while True:
@@ -122,6 +123,12 @@ def swallowed_rows(path: Path) -> str | None:
             except StopIteration:
                 return None
             except csv.Error as exc:
+                if "unexpected end of data" in str(exc):  # (strict: the file ended inside a quoted value)
+                    lost = f", reading lines {start}-{rows.line_num} as one value and losing their rows" \
+                        if rows.line_num > start else ""
+                    return (f"{path} line {start}: a quote opened there is never closed (the file ends inside it"
+                            f"{lost}): a stray quote, or a file cut short; quote that value whole (doubling the "
+                            "quotes inside it) or remove the stray quote, or copy the file again")
                 if rows.line_num > start:
                     return (f"{path} line {start}: a quoted value there closes on line {rows.line_num} and is not "
                             f"followed by a comma or the line's end ({exc}): a stray quote, which reads the lines "
