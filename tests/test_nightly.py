@@ -1036,12 +1036,15 @@ def test_a_killed_run_resumes_a_compressed_csv_output_to_the_same_text(tiny_expo
     assert not list(tmp_path.glob(".out.csv.gz.tmp-*"))
 
 
-def test_the_running_summary_says_how_far_the_input_being_scored_got(tiny_export, tmp_path):
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_the_running_summary_says_how_far_the_input_being_scored_got(tiny_export, tmp_path, fmt):
     """A run of one big input (the usual nightly job) listed no input in its running summary until it had finished
-    it: a monitor saw "running", 0 rows, for hours. The input underway is listed with its rows done of how many, its
-    rate and the time left; a finished run lists none."""
-    source, last = tmp_path / "big.parquet", tmp_path / "last-run.json"
-    pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(20_000)]}), source)
+    it: a monitor saw "running", 0 rows, for hours. The input underway is listed with its rows done of how many (a
+    CSV file's estimated from what was read: here one block holds it all), its rate and the time left; a finished run
+    lists none."""
+    source, last = tmp_path / f"big.{fmt}", tmp_path / "last-run.json"
+    table = pa.table({"sentence": [s * 3 for s in sentences(20_000)]})
+    pq.write_table(table, source) if fmt == "parquet" else pacsv.write_csv(table, source)
     args = [str(source), "-o", str(tmp_path / "out.parquet"), "--model", str(tiny_export), "--window-rows", "1000",
             "--variant", "fp32", "--summary", str(last), "--quiet"]
     process, seen = _killed_once(args, last, lambda seen: seen.get("underway") and
@@ -1050,6 +1053,7 @@ def test_the_running_summary_says_how_far_the_input_being_scored_got(tiny_export
     assert seen["state"] == "running" and seen["inputs"] == [] and seen["pid"] == process.pid
     [underway] = seen["underway"]
     assert underway["input"] == str(source) and underway["rows_total"] == 20_000
+    assert underway["rows_total_exact"] or fmt == "csv"
     assert underway["rows_done"] % 1_000 == 0 and 2_000 <= underway["rows_done"] < 20_000
     assert underway["rows_per_second"] > 0 and underway["seconds_left"] > 0
     result = run(source, "-o", tmp_path / "out.parquet", "--model", tiny_export, "--window-rows", "1000",
@@ -1078,6 +1082,25 @@ def test_a_log_gets_a_progress_line_every_minute_where_no_terminal_shows_the_bar
     assert lines[-1].endswith(" rows/s")  # (nothing left)
     quiet = CliRunner().invoke(main, [*options, "--quiet"])
     assert quiet.exit_code == 0 and "in.parquet: " not in quiet.output
+
+
+def test_a_csv_inputs_progress_lines_give_its_rows_as_an_estimate_until_it_has_been_read(tiny_export, tmp_path,
+                                                                                         monkeypatch):
+    """A CSV file does not say how many rows it holds: its progress lines said none, and so no time left. Its rows
+    are estimated from the blocks read so far (here blocks of 4 KiB: the file is read in many) and said as such."""
+    import scorer.data.read
+    import scorer.scoring.stream
+
+    monkeypatch.setattr(scorer.scoring.stream, "LOG_SECONDS", 0.0)
+    monkeypatch.setattr(scorer.data.read, "_CSV_BLOCK", 1 << 12)
+    source = tmp_path / "in.csv"
+    pacsv.write_csv(pa.table({"sentence": sentences(1_000)}), source)
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(tiny_export), "--window-rows", "250",
+                                       "--variant", "fp32", "--tokenize-threads", "1"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("in.csv: ")]
+    assert len(lines) == 4 and all(re.match(r"in.csv: [\d,]+ rows of (about )?[\d,]+ \(\d+%\)", s) for s in lines)
+    assert " of about " in lines[0] and lines[-1].startswith("in.csv: 1,000 rows of 1,000 (100%)"), lines
 
 
 @pytest.mark.parametrize("option", ["--summary", "--report"])

@@ -74,6 +74,7 @@ class TableReader:
         self._only: list[str] | None = None  # the Parquet columns read (read_only); None: all
         self._quotes_checked = False
         self._parquet_rows_read: int | None = None  # Parquet rows read so far (to find a damaged row group)
+        self._csv_read = (0, 0, False)  # CSV/TSV rows and bytes read so far, and whether that was the whole file
         with self._errors():
             if self.format == "parquet":
                 # No pre-buffering: it reads a whole row group ahead, which alone can be a gigabyte of text.
@@ -141,6 +142,18 @@ class TableReader:
             if pending_rows:
                 yield pa.Table.from_batches(pending).combine_chunks()
 
+    def rows_expected(self) -> tuple[int | None, bool]:
+        """The file's rows, and whether that is exact: Parquet's from its footer; an uncompressed CSV/TSV file's
+        estimated from the rows its blocks read so far held (each of a known size: within a few % after the first),
+        exact once it has been read; None where unknown (a compressed file, nothing read yet)."""
+        if self.format == "parquet":
+            return self.num_rows, True
+        rows, read, whole = self._csv_read
+        if whole:
+            return rows, True
+        size = self.path.stat().st_size if read and data_suffix(self.path) in FORMATS else 0
+        return (max(rows, round(rows * size / min(read, size))), False) if size else (None, False)
+
     def read_all(self) -> pa.Table:
         """The whole file as one table (for training data, which fits in memory)."""
         with self._errors():
@@ -170,7 +183,7 @@ class TableReader:
     def _csv_batches(self) -> Iterator[pa.RecordBatch]:
         block, done = _CSV_BLOCK, 0  # rows already yielded, skipped when a larger block reads the file again
         while True:
-            seen = 0
+            seen, read = 0, 0
             try:
                 for batch in pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=block),
                                             parse_options=self._parse_options(),
@@ -178,10 +191,13 @@ class TableReader:
                                                 column_types={name: pa.string() for name in self.columns},
                                                 strings_can_be_null=False)):
                     self._check_quotes(batch)
+                    # (a block a batch, all but the last full; said before the batch is handed on)
+                    self._csv_read = (seen + batch.num_rows, read + block, False)
                     if seen + batch.num_rows > done:
                         yield batch.slice(max(0, done - seen))
                         done = seen + batch.num_rows
-                    seen += batch.num_rows
+                    seen, read = seen + batch.num_rows, read + block
+                self._csv_read = (seen, read, True)
                 return
             except pa.ArrowInvalid as exc:
                 if "straddl" not in str(exc) or block >= _CSV_MAX_BLOCK:

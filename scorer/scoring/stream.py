@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,7 +52,7 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
         return window, [tokenizing.submit(classifier.prepare, piece) for piece in pieces(text, config.piece_chars)]
 
     total = None if reader.num_rows is None else max(0, reader.num_rows - skip)
-    done = Progress(reader.path, reader.num_rows, skip, progress and not sys.stderr.isatty())
+    done = Progress(reader.path, reader.rows_expected, skip, progress and not sys.stderr.isatty())
     with UNDERWAY.tracking(done), \
             tqdm(total=total, unit="rows", disable=None if progress else True, file=sys.stderr,
                  desc=reader.path.name, leave=False) as bar, \
@@ -87,12 +87,13 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
 
 
 class Progress:
-    """How far one input got: its rows done (a resumed run's included) of how many (where the file says: Parquet),
-    the rate and, from it, the time left. Said in a log line every LOG_SECONDS where `lines` (stderr no terminal, so
-    no progress bar: a cron job's log), and in the running summary (scoring.heartbeat.UNDERWAY)."""
+    """How far one input got: its rows done (a resumed run's included) of how many (`expected`: exact where the file
+    says, as Parquet's footer does; estimated from what was read for a CSV/TSV file), the rate and, from it, the time
+    left. Said in a log line every LOG_SECONDS where `lines` (stderr no terminal, so no progress bar: a cron job's
+    log), and in the running summary (scoring.heartbeat.UNDERWAY)."""
 
-    def __init__(self, path: Path, total: int | None, done: int, lines: bool) -> None:
-        self.path, self.total, self.done, self.now, self.lines = path, total, done, 0, lines
+    def __init__(self, path: Path, expected: Callable[[], tuple[int | None, bool]], done: int, lines: bool) -> None:
+        self.path, self.expected, self.done, self.now, self.lines = path, expected, done, 0, lines
         self.started = self.said = time.perf_counter()
 
     def update(self, rows: int) -> None:
@@ -101,16 +102,18 @@ class Progress:
             return
         self.said = time.perf_counter()
         figures = self.as_dict()
-        of = f" of {self.total:,} ({self.done / max(self.total, 1):.0%})" if self.total else ""
+        total, about = figures["rows_total"], "" if figures["rows_total_exact"] else "about "
+        of = f" of {about}{total:,} ({min(self.done / max(total, 1), 1):.0%})" if total else ""
         left = f", about {_duration(figures['seconds_left'])} left" if figures["seconds_left"] is not None else ""
         log.info("%s: %s rows%s, %s rows/s%s", self.path.name, f"{self.done:,}", of,
                  f"{figures['rows_per_second']:,.0f}", left)
 
     def as_dict(self) -> dict:
         """As the running summary lists it."""
+        total, exact = self.expected()
         rate = self.now / max(time.perf_counter() - self.started, 1e-9)
-        left = (self.total - self.done) / rate if self.total and rate and self.done < self.total else None
-        return {"input": str(self.path), "rows_done": self.done, "rows_total": self.total,
+        left = (total - self.done) / rate if total and rate and self.done < total else None
+        return {"input": str(self.path), "rows_done": self.done, "rows_total": total, "rows_total_exact": exact,
                 "rows_per_second": round(rate, 1), "seconds_left": None if left is None else round(left, 1)}
 
 
