@@ -66,6 +66,8 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
         def finish(index: int, window: pa.RecordBatch, begun) -> None:
             scored = classifier.finish(begun)
             writes.add(index, with_results(window, classifier, columns, scored), int(scored.rescued.sum()))
+            if total is None:  # (a CSV file's rows, estimated as it is read)
+                bar.total = max(0, (reader.rows_expected()[0] or skip) - skip) or None
             bar.update(window.num_rows)
             done.update(window.num_rows)
 
