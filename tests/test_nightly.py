@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -326,6 +327,30 @@ def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
     assert not parts.exists()
     # The killed run's half-written output (it grows window by window under a temporary name) is gone too.
     assert not list(tmp_path.glob(".resumed.parquet.tmp-*"))
+
+
+def test_a_run_resumed_with_smaller_windows_keeps_the_windows_finished(tiny_export, tmp_path):
+    """A run killed by the kernel for memory is rerun, as the README advises, with a smaller --window-rows: that
+    discarded every finished window ("for another input, model or settings") and scored the input from its start.
+    The finished windows are kept and the rest scored in windows of the new size: every row once, in order."""
+    source = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"id": list(range(30_000)), "sentence": [s * 3 for s in sentences(30_000)]}), source)
+    common = ["--model", str(tiny_export), "--variant", "fp32"]
+    reference, output = tmp_path / "reference.parquet", tmp_path / "out.parquet"
+    assert run(source, "-o", reference, *common).exit_code == 0
+    parts = tmp_path / ".out.parquet.scorer-parts"
+    process = _midway([str(source), "-o", str(output), *common, "--window-rows", "1000"], parts, 4)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(list(parts.glob("part-*.parquet")))
+    result = run(source, "-o", output, *common, "--window-rows", "300")
+    assert result.exit_code == 0 and "1 resumed" in result.output, result.output
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
+    assert summary["resumed_from_row"] == finished * 1000 and summary["rows"] == 30_000
+    scored, expected = pq.read_table(output), pq.read_table(reference)
+    assert scored.column("id").to_pylist() == list(range(30_000)) and scored.column_names == expected.column_names
+    np.testing.assert_allclose(scored.column("score").to_numpy(), expected.column("score").to_numpy(), atol=1e-5)
+    assert not parts.exists()
 
 
 def _killed_once(args: list[str], summary: Path, ready) -> tuple[subprocess.Popen, dict]:

@@ -181,6 +181,16 @@ def _refuse_unwritable(directory: Path) -> None:
                       "again)")
 
 
+def _same_work(state: object, identity: dict) -> bool:
+    """Whether parts made under `state` are parts of the work `identity` describes: the same input, model and
+    settings, whatever the window size (a run resumed with a smaller --window-rows, after running out of memory, keeps
+    the windows finished; a resumed run skips the rows its parts hold, not a count of windows)."""
+    if not isinstance(state, dict):
+        return False
+    return {k: v for k, v in state.items() if k != "window_rows"} == \
+        {k: v for k, v in identity.items() if k != "window_rows"}
+
+
 class PartStore:
     """The finished windows of one unit, as part-NNNNNN.parquet files in a hidden directory beside the output."""
 
@@ -198,10 +208,12 @@ class PartStore:
                 state = json.loads(state_path.read_text())
             except (OSError, json.JSONDecodeError):
                 state = None
-            if state == self.identity:
+            if _same_work(state, self.identity):
                 done = self._readable_parts()
                 for stray in self.directory.glob(".*"):
                     stray.unlink(missing_ok=True)
+                if state != self.identity:  # (other --window-rows: the parts are kept, the next ones of the new size)
+                    atomic.write_text(state_path, json.dumps(self.identity, indent=2) + "\n")
                 if done:
                     log.info("resuming %s: %d finished windows found", self.output.name, done)
                 return done

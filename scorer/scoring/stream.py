@@ -40,7 +40,7 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
     Returns the seconds the main thread (which feeds the model) spent waiting for each other stage: where a run
     loses time when the model is not the slowest stage."""
     waits = Waits()
-    skip = first * config.window_rows
+    skip = store.rows([store.part(index) for index in range(first)])  # (windows of an earlier size, maybe)
     windows = checked_windows(reader, classifier, columns, config, skip)
 
     def read_and_queue():
