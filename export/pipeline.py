@@ -74,12 +74,12 @@ def export_model(config: ExportConfig) -> ExportResult:
     head = model.head_config
     trained = _train_settings(config.checkpoint)
     text_column = config.text_column or trained.get("text_column", "sentence")
-    label_column = config.label_column or trained.get("label_column", "label")
+    label_column = config.label_column or trained.get("label_column", "label")  # (what run evaluates by default)
     tokenizer = checkpoint_tokenizer(config.checkpoint, model.encoder.config.vocab_size)
     tokenizer_json = tokenizer.to_str()  # (before TextEncoder sets its truncation)
     encoder = TextEncoder(tokenizer, head.max_length)
     recorded = recorded_data(trained, head) if config.data is None or config.calibration is None else None
-    checked = parity_rows(config, head, recorded, text_column, label_column)
+    checked = parity_rows(config, head, recorded, text_column, "" if config.label_column == "" else label_column)
     calibration = None
     if "int8" in config.variants or "fp16" in config.variants:
         calibration = encoder.encode(calibration_texts(config, trained, recorded, text_column))

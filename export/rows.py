@@ -69,8 +69,8 @@ def parity_rows(config: ExportConfig, head: HeadConfig, recorded: TrainingData |
         raise InputError(f"{path} has no row with text in column '{text_column}'; parity needs sentences")
     if rows[-1] + 1 > len(rows):  # what `scorer run` scores as empty or not_text has no parity to check
         log.info("parity: %d row(s) of %s without text left out", rows[-1] + 1 - len(rows), path)
-    if label_column not in reader.columns:
-        if config.label_column is not None and config.data is not None:
+    if label_column not in reader.columns:  # ('': --label-column '', no labels)
+        if config.label_column and config.data is not None:
             reader.require(label_column, "--label-column")  # named by the user: its absence is an error
         return ParityRows(texts, None, str(path))
     index, values = LabelIndex(head.labels, ids=head.label_ids), table.column(label_column).to_pylist()

@@ -123,7 +123,7 @@ def train(progress: bool, **options) -> None:
 @click.option("--data", type=PATH, help="Sentences for the parity report [default: the checkpoint's validation rows, "
               "where 200 or more; else the packaged examples].")
 @click.option("--text-column", help="Text column of --data [default: the training one].")
-@click.option("--label-column", help="Label column of --data [default: the training one].")
+@click.option("--label-column", help="Label column of --data ('': none) [default: the training one].")
 @click.option("--variants", help="Comma-separated: fp32,fp16,int8 [default: all three where the memory to build "
               "them is there, else fp32].")
 @click.option("--opset", type=int,
@@ -181,7 +181,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
               help=f"The ONNX graph to run [default: fp16 on CUDA; on a CPU int8 where export measured it "
                    f"{MIN_INT8_SPEEDUP:g}× as fast as fp32, else fp32; fp32 for TensorRT].")
 @click.option("--text-column", help="Column to score [default: the training text column].")
-@click.option("--label-column", help="True labels, for accuracy/MCC [default: the training one, if present].")
+@click.option("--label-column",
+              help="True labels, for accuracy/MCC ('': none) [default: the training one, if present].")
 @click.option("--keep-columns", metavar="NAMES",
               help="Input columns the output carries beside the results, comma-separated, in this order ('': the "
                    "results alone; a name holding a comma or spaces at its ends in double quotes) [default: every "

@@ -125,6 +125,8 @@ class TrainConfig:
                      {"--output": self.output})
         _check_max_length(self.max_length)
         _check_columns(self.text_column, self.label_column)
+        _check(self.label_column != "", "--label-column '' (no labels) is for run and export; training needs labels: "
+               "name their column")
         _check(self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}")
         _check(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
         _check(self.learning_rate > 0, f"--learning-rate must be positive, not {self.learning_rate}")
@@ -277,6 +279,8 @@ class RunConfig:
         _check(self.tokenize_threads >= 1, f"--tokenize-threads must be at least 1, not {self.tokenize_threads}")
         _check(self.check >= 0, f"--check must be 0 or more, not {self.check}")
         _check(self.samples >= 0, f"--samples must be 0 or more, not {self.samples}")
+        _check(not (self.report and self.label_column == ""),
+               "--report needs labels, and --label-column '' says to use none; drop one of them")
         _check(not (self.share and self.summary is None),
                "--share needs --summary: each of the runs that share their inputs writes its own summary")
         _check(not (self.share and self.overwrite),

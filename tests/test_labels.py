@@ -108,6 +108,38 @@ def test_a_test_split_labelled_minus_one_is_scored_without_evaluation(tiny_expor
     assert summary["rows"] == 9 and summary["evaluation"]["rows"] == 1 and summary["evaluation"]["unlabelled_rows"] == 8
 
 
+def test_a_label_column_of_another_meaning_is_scored_without_evaluation_given_an_empty_label_column(
+        tiny_checkpoint, tiny_export, tmp_path):
+    """A nightly file whose column 'label' (the training label column's name) holds something else (a moderation
+    tag) could not be scored without renaming the column in the data, which the refusal advised. --label-column ''
+    uses no labels: every row scored, the column kept; export's --data alike; training and --report refuse it."""
+    path = tmp_path / "day.csv"
+    path.write_text("sentence,label\nThe cat sat on the mat.,spam\nMat the on sat cat.,ham\n")
+    runner = CliRunner()
+    refused = runner.invoke(main, ["run", str(path), "--model", str(tiny_export), "-q"])
+    assert refused.exit_code == 3 and refused.output.endswith(
+        "fix the row, pass --label-column for another column, or --label-column '' to use no labels\n")
+    result = runner.invoke(main, ["run", str(path), "--model", str(tiny_export), "--label-column", "", "-q"])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "day.scored.parquet")
+    assert table.column("label").to_pylist() == ["spam", "ham"]
+    assert table.column("pred_status").to_pylist() == ["ok", "ok"]
+    assert json.loads((tmp_path / "day.scored.parquet.summary.json").read_text())["inputs"][0]["evaluation"] is None
+    exported = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "onnx"),
+                                    "--data", str(path), "--label-column", "", "--variants", "fp32", "-q"])
+    assert exported.exit_code == 0, exported.output
+    parity = json.loads((tmp_path / "onnx" / "parity.json").read_text())
+    assert parity["source"] == str(path) and all(v["accuracy"] is None for v in parity["variants"])
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["label_column"] == json.loads((tiny_export / "manifest.json").read_text())["label_column"]
+    for args, said in ((["run", str(path), "--model", str(tiny_export), "--label-column", "", "--report", "r.md"],
+                        "--report needs labels, and --label-column '' says to use none"),
+                       (["train", "--data", str(path), "--label-column", "", "-o", str(tmp_path / "c")],
+                        "--label-column '' (no labels) is for run and export; training needs labels")):
+        result = runner.invoke(main, [*args, "-q"])
+        assert result.exit_code == 2 and said in result.output, result.output
+
+
 def test_a_nan_label_in_training_data_is_a_missing_label_not_a_class(tmp_path):
     path = tmp_path / "train.parquet"
     pq.write_table(pa.table({"sentence": ["a", "b", "c"], "label": [1.0, math.nan, 0.0]}), path)

@@ -104,8 +104,8 @@ class LabelIndex:
         if index is None:
             raise InputError(
                 f"{source} row {row}: label {value!r} in column '{column}' is not one the model "
-                f"knows ({self._known}); fix the row, pass --label-column for another column, or rename "
-                f"'{column}' to use no labels"
+                f"knows ({self._known}); fix the row, pass --label-column for another column, or "
+                "--label-column '' to use no labels"
             )
         return index
 

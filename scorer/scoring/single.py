@@ -248,7 +248,9 @@ def _columns(config: RunConfig, reader: TableReader, classifier: OnnxClassifier)
     elif kind is not None and not is_text(plain_text(pa.nulls(0, kind))):
         log.warning("%s: column '%s' holds %s, not text: its rows are scored as not_text; is --text-column right?",
                     reader.path, text, kind)
-    if config.label_column:
+    if config.label_column == "":  # (--label-column '': no labels, whatever the input's columns are called)
+        label = None
+    elif config.label_column:
         reader.require(config.label_column, "--label-column")
         label = config.label_column
     else:  # (the training label column, where the input has it and it is not the text scored: --text-column label)
