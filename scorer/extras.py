@@ -4,11 +4,23 @@ training, export, the demo and run's PyTorch cross-check need PyTorch, transform
 from __future__ import annotations
 
 import importlib.util
+import shlex
+from pathlib import Path
 
 from scorer.errors import ConfigError
 
 TRAINING_STACK = ("torch", "transformers", "safetensors", "onnx")
-INSTALL = "pip install 'scorer[train]'"
+
+
+def install_command(extra: str, module: str = __file__) -> str:
+    """How to add `extra` to this install (`module`: a file of the scorer package installed). scorer installs from
+    its source, never by name: the project called scorer on PyPI is another one, which `pip install 'scorer[train]'`
+    would put in scorer's place."""
+    root = Path(module).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "scorer" / "cli.py").is_file():  # (an editable install)
+        return f"pip install -e {shlex.quote(f'{root}[{extra}]')}"
+    return f"pip install '.[{extra}]' in scorer's source directory (not 'scorer[{extra}]': PyPI's scorer is another " \
+        "project)"
 
 
 def require_training_stack(what: str) -> None:
@@ -16,4 +28,4 @@ def require_training_stack(what: str) -> None:
     missing = [name for name in TRAINING_STACK if importlib.util.find_spec(name) is None]
     if missing:
         raise ConfigError(f"{what} needs {', '.join(missing)}, which this install lacks (scoring alone needs none of "
-                          f"them); install the 'train' extra: {INSTALL}")
+                          f"them); install the 'train' extra: {install_command('train')}")

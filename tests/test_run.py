@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 from scorer.cli import main
 from scorer.data.read import TableReader
 from scorer.errors import ProviderError
+from scorer.extras import install_command
 from tests.conftest import after_logits, poison
 
 TEXTS = [
@@ -780,7 +782,7 @@ def test_scoring_needs_no_training_stack_and_the_rest_says_what_to_install(tiny_
         done = without_training_stack(*args)
         assert done.returncode == 2, (what, done.stderr)
         assert done.stderr.startswith(f"error: {what} needs torch, transformers, safetensors, onnx, which this "
-                                      "install lacks") and "pip install 'scorer[train]'" in done.stderr, done.stderr
+                                      "install lacks") and install_command("train") in done.stderr, done.stderr
     # nothing written by the refusals
     assert sorted(p.name for p in tmp_path.iterdir()) == [".o.csv.scorer.json", "input.parquet", "o.csv",
                                                           "o.csv.summary.json"]
@@ -813,3 +815,18 @@ def test_windows_cut_into_many_pieces_score_every_row_as_one_piece_does(tiny_exp
     assert cut.select(["label", "status"]).equals(whole.select(["label", "status"]))
     np.testing.assert_allclose(cut.column("score").to_numpy(zero_copy_only=False),
                                whole.column("score").to_numpy(zero_copy_only=False), atol=1e-5)
+
+
+def test_the_install_advice_names_scorers_source_never_the_pypi_project_of_that_name(tmp_path):
+    """`pip install 'scorer[train]'`, as the refusals advised, installs PyPI's project called scorer (another one) in
+    this one's place. The advice installs the extra from the checkout an editable install came from, or says to
+    install it from scorer's source directory."""
+    import scorer
+
+    checkout = Path(scorer.__file__).resolve().parents[1]
+    assert install_command("train") == f"pip install -e '{checkout}[train]'"
+    site = tmp_path / "site-packages" / "scorer"
+    site.mkdir(parents=True)
+    (site / "extras.py").write_text("")
+    assert install_command("gpu", str(site / "extras.py")) == (
+        "pip install '.[gpu]' in scorer's source directory (not 'scorer[gpu]': PyPI's scorer is another project)")

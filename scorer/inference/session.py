@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from scorer.errors import ProviderError, first_line
+from scorer.extras import install_command
 
 log = logging.getLogger("scorer")
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 _NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
-_INSTALL = "install onnxruntime-gpu (pip install 'scorer[gpu]') on a machine with an NVIDIA GPU, or use --provider cpu"
+_INSTALL = f"install onnxruntime-gpu ({install_command('gpu')}) on a machine with an NVIDIA GPU, or use --provider cpu"
 
 
 def onnxruntime():
@@ -28,7 +29,7 @@ def onnxruntime():
         import onnxruntime as ort
     except ImportError as exc:
         raise ProviderError(
-            "onnxruntime is not installed: pip install 'scorer[cpu]' (or 'scorer[gpu]' on a GPU machine)"
+            f"onnxruntime is not installed: {install_command('cpu')} (the 'gpu' extra on a GPU machine)"
         ) from exc
     return ort
 
