@@ -99,6 +99,29 @@ def test_rows_a_variant_gives_non_finite_logits_are_scored_by_the_fp32_graph(exp
     assert summary["status_counts"]["non_finite"] == 0
 
 
+def test_an_export_replaced_during_the_run_is_not_used_to_rescue_its_rows(export_copy, parquet_input, tmp_path,
+                                                                           monkeypatch):
+    """The fp32 graph is opened only when a row needs it, which can be hours into a run, after a nightly retrain has
+    exported a new model into the same directory: its rows are not scored by another model, and the error says what
+    happened, not that the file 'changed after export; export again'."""
+    from scorer.inference.rescue import Rescue
+
+    poison(export_copy, "int8", "storm")
+    logits = Rescue.logits
+
+    def exported_again(self, encoded, rows):
+        with open(export_copy / "model.onnx", "ab") as graph:  # (a new export's graph in its place)
+            graph.write(b"\0")
+        return logits(self, encoded, rows)
+
+    monkeypatch.setattr(Rescue, "logits", exported_again)
+    result = run(parquet_input, "--model", export_copy, "-o", tmp_path / "out.parquet", "--variant", "int8")
+    assert result.exit_code == 4, result.output
+    assert f"error: {export_copy} changed while this run ran (exported again?): its fp32 graph, needed now for " \
+        in result.output and "is not the model this run started with" in result.output
+    assert not (tmp_path / "out.parquet").exists()
+
+
 def test_rows_the_fp32_graph_gives_non_finite_logits_are_kept_unscored(export_copy, parquet_input, tmp_path):
     poison(export_copy, "fp32", "storm")
     out = tmp_path / "out.parquet"

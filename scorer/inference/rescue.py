@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scorer.errors import ModelError
 from scorer.inference.defaults import default_provider_options
 from scorer.inference.session import batch_runner, create_session
 from scorer.manifest import Manifest
@@ -42,7 +43,12 @@ class Rescue:
         if not self.possible or not len(rows):
             return out
         if self._run is None:
-            path = self.manifest.variant("fp32", self.directory)
+            try:
+                path = self.manifest.variant("fp32", self.directory)
+            except ModelError as exc:  # (checked as the run started: the directory changed since)
+                raise ModelError(f"{self.directory} changed while this run ran (exported again?): its fp32 graph, "
+                                 f"needed now for {len(rows)} row(s) whose logits are not finite, is not the model "
+                                 f"this run started with ({exc}); run again once the export is complete") from exc
             log.info("opening %s for the rows whose logits are not finite", path)
             session = create_session(path, self.provider, default_provider_options(self.provider, "fp32",
                                                                                     self.manifest))
