@@ -9,7 +9,7 @@ import click
 from scorer import __version__
 from scorer.command import build, command, shown, shown_by_provider
 from scorer.config import CUDA_GRAPHS, OUTPUT_FORMATS, POOLINGS, RTD_DRAWS, ExportConfig, RunConfig, TrainConfig
-from scorer.errors import EXIT_CODES
+from scorer.errors import EXIT_CODES, one_line
 from scorer.extras import require_training_stack
 from scorer.inference.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS, MIN_INT8_SPEEDUP
 
@@ -235,7 +235,7 @@ def run_command(progress: bool, input: str, keep_columns: str | None, **options)
     summary = score_file(build(RunConfig, input=input, **options), progress=progress)
     if summary.evaluation and progress:  # --quiet: the one summary line only (it carries accuracy and MCC)
         click.echo(markdown(summary.evaluation).rstrip())
-    click.echo(summary.line())
+    click.echo(one_line(summary.line()))
 
 
 @main.command()
@@ -250,7 +250,7 @@ def demo(progress: bool, workdir: Path, epochs: int | None) -> None:
     from scorer.demo import run_demo
 
     summary = run_demo(workdir, epochs=epochs, progress=progress)
-    click.echo(summary.line())
+    click.echo(one_line(summary.line()))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from scorer.errors import HungUp, ScorerError, Terminated, stopped
+from scorer.errors import HungUp, ScorerError, Terminated, one_line, stopped
 
 log = logging.getLogger("scorer")
 
@@ -59,7 +59,7 @@ def command(func: Callable) -> Callable:
         except ScorerError as exc:
             if debug:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
             said, code = stopped(exc)
@@ -70,7 +70,8 @@ def command(func: Callable) -> Callable:
                 sys.exit(141)  # (`scorer run ... | head`: the reader went away; said as a SIGPIPE death is, silently)
             if debug:
                 raise
-            click.echo(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug and report it)", err=True)
+            click.echo(f"error: unexpected {type(exc).__name__}: {one_line(str(exc))} (rerun with --debug and report "
+                       "it)", err=True)
             sys.exit(1)
 
     return wrapper

@@ -69,6 +69,16 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# Control characters as they are written in Python strings: a file or column name holding a line break would
+# otherwise break a one-line error (or result line) in two, and a log reader would take the second for another.
+_SHOWN = {code: repr(chr(code))[1:-1] for code in [*range(32), 127]}
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks, tabs and other control characters written as escapes (\\n, \\t, \\x1b)."""
+    return text.translate(_SHOWN)
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (rerun with --debug and report it)",

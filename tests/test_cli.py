@@ -179,3 +179,18 @@ def test_a_run_started_with_its_standard_streams_closed_scores_and_exits_as_it_w
     done = subprocess.run([*command, "--text-column", "nope", "-o", str(tmp_path / "no.parquet")], preexec_fn=closed,
                           timeout=120)
     assert done.returncode == 3 and not (tmp_path / "no.parquet").exists()
+
+
+def test_a_name_with_a_line_break_leaves_the_error_and_the_result_one_line_each(tiny_export, tmp_path):
+    """A file named with a line break (or an escape sequence) split the one-line error in two, and a log reader took
+    the second half for another line; such characters are written as escapes."""
+    bad, good = tmp_path / "bad\nday.csv", tmp_path / "good\x1b[2Jday.csv"
+    bad.write_text("text\nA cat sat.\n")
+    good.write_text("sentence\nA cat sat.\n")
+    refused = CliRunner().invoke(main, ["run", str(bad), "--model", str(tiny_export), "-q"])
+    assert refused.exit_code == 3 and refused.output.count("\n") == 1
+    assert refused.output.startswith("error: column 'sentence' not found in bad\\nday.csv; columns are text")
+    scored = CliRunner().invoke(main, ["run", str(good), "--model", str(tiny_export), "-q"])
+    assert scored.exit_code == 0 and scored.output.count("\n") == 1, scored.output
+    assert scored.output.rstrip().endswith("-> " + str(tmp_path / "good\\x1b[2Jday.scored.parquet"))
+    assert (tmp_path / "good\x1b[2Jday.scored.parquet").is_file()
