@@ -110,8 +110,9 @@ def export_model(config: ExportConfig) -> ExportResult:
         _build_tensorrt(config.output, head.max_length)
     if not result.passed:
         failed = ", ".join(r.variant for r in results if not r.passed)
-        raise ParityError(f"parity gate failed for {failed} (report kept in {config.output / 'parity.json'}):\n"
-                          + parity.table(results))
+        log.warning("%s", parity.table(results))  # (the error itself is one line)
+        raise ParityError(f"parity gate failed for {failed} (the table above; report kept in "
+                          f"{config.output / 'parity.json'})")
     return result
 
 
