@@ -194,3 +194,13 @@ def test_a_name_with_a_line_break_leaves_the_error_and_the_result_one_line_each(
     assert scored.exit_code == 0 and scored.output.count("\n") == 1, scored.output
     assert scored.output.rstrip().endswith("-> " + str(tmp_path / "good\\x1b[2Jday.scored.parquet"))
     assert (tmp_path / "good\x1b[2Jday.scored.parquet").is_file()
+
+
+def test_a_report_named_json_is_refused_saying_what_to_name_it(tiny_export, tmp_path):
+    """--report r.json: its JSON goes beside it under the name ending in .json, the report's own; the refusal said
+    "--report's JSON r.json would replace --report r.json"."""
+    source = example_file("demo.csv")
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(tiny_export), "-o",
+                                       str(tmp_path / "out.parquet"), "--report", str(tmp_path / "r.json"), "-q"])
+    assert result.exit_code == 2 and result.output.endswith("which would be the report itself; name the report r.md\n")
+    assert list(tmp_path.iterdir()) == []

@@ -227,5 +227,9 @@ def _refuse_before_work(config: RunConfig, units: list[WorkUnit]) -> None:
         raise ConfigError(f"--report evaluates one input, and {config.input} names {len(units)}; each input's "
                           "evaluation is in the JSON summary (--summary), or run them one at a time")
     report_json = config.report.with_suffix(".json") if config.report else None
+    if report_json is not None and report_json == config.report:
+        raise ConfigError(f"--report {config.report}: the report is Markdown, with its JSON beside it under the same "
+                          f"name ending in .json, which would be the report itself; name the report "
+                          f"{config.report.with_suffix('.md').name}")
     refuse_overwriting(units, {"--report": config.report, "--report's JSON": report_json, "--summary": config.summary},
                        {"--model": config.model, "--checkpoint": config.checkpoint})
