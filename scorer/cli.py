@@ -189,6 +189,9 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
                    "column].")
 @click.option("--probabilities", is_flag=True, default=None,
               help="Also write each label's probability, as a column prob_<label> per label.")
+@click.option("--threshold", type=float,
+              help="Two-label models: a row's label is the positive one (whose probability `score` is) where its "
+                   "score is at least this, else the other [default: the more probable label].")
 @click.option("--max-tokens", type=int,
               help=f"Token budget per batch (rows × padded length) {shown_by_provider(DEFAULT_MAX_TOKENS)}.")
 @click.option("--max-batch-rows", type=int, help=f"Most rows in one batch {shown(RunConfig, 'max_batch_rows')}.")

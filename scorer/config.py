@@ -222,6 +222,7 @@ class RunConfig:
     # The input columns an output carries beside the results, in this order; None: every one; (): the results alone.
     keep_columns: tuple[str, ...] | None = None
     probabilities: bool = False  # a column of each label's probability (prob_<label>) beside label, score and status
+    threshold: float | None = None  # two labels: the positive one where score >= this (None: the more probable)
     max_tokens: int | None = None
     max_batch_rows: int = 4096
     io_binding: bool | None = None  # None: what export measured faster for the fp16 graph on CUDA, else off
@@ -267,6 +268,8 @@ class RunConfig:
         if self.variant is not None:
             _check_choice(self.variant, VARIANTS, "--variant")
         _check_kept(self.keep_columns)
+        _check(self.threshold is None or 0 < self.threshold < 1,
+               f"--threshold must be between 0 and 1 (a probability), not {self.threshold}")
         _check_columns(self.text_column, self.label_column)
         _check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be at least 1")
         _check(self.max_batch_rows >= 1, f"--max-batch-rows must be at least 1, not {self.max_batch_rows}")

@@ -229,3 +229,8 @@ def test_three_text_labels_train_export_and_score_with_the_predicted_labels_prob
     assert np.allclose(probabilities.sum(1), 1, atol=1e-5)
     assert [["neg", "neu", "pos"][i] for i in probabilities.argmax(1)] == out["pred_label"]
     assert np.allclose(probabilities.max(1), table.column("pred_score").to_numpy())
+    # a threshold is a two-label model's: refused before any output
+    result = runner.invoke(main, ["run", str(data), "--model", str(tmp_path / "onnx"), "-o",
+                                  str(tmp_path / "t.parquet"), "--threshold", "0.6", "--quiet"])
+    assert result.exit_code == 2 and "--threshold needs a model of two labels, and" in result.output
+    assert "has 3 (neg, neu, pos)" in result.output and not (tmp_path / "t.parquet").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -181,3 +182,36 @@ def test_the_label_column_scored_as_text_is_not_its_own_evaluation(tiny_export, 
     assert result.exit_code == 0 and "accuracy" not in result.output, result.output
     summary = json.loads((tmp_path / "self.parquet.summary.json").read_text())["inputs"][0]
     assert summary["evaluation"] is None and summary["status_counts"]["ok"] == 30
+
+
+def test_a_threshold_labels_a_row_positive_where_its_score_reaches_it_and_is_part_of_being_up_to_date(
+        tiny_export, labelled, tmp_path):
+    """--threshold T: a two-label model's row is labelled the positive label where its score (that label's
+    probability) is at least T, else the other; the evaluation and --check judge those labels; an output labelled at
+    another threshold is not up to date."""
+    output, plain = tmp_path / "out.parquet", tmp_path / "plain.parquet"
+    common = ["--model", tiny_export, "--variant", "fp32", "--keep-columns", "id,label"]
+    assert run(labelled, "-o", plain, *common).exit_code == 0
+    scores = pq.read_table(plain).column("pred_score").to_numpy()
+    threshold = float(np.quantile(scores, 0.7))  # (a threshold that relabels some rows, whatever the tiny model)
+    result = run(labelled, "-o", output, *common, "--threshold", str(threshold), "--check", "10")
+    assert result.exit_code == 0 and f"labelled at score >= {threshold:g})" in result.output, result.output
+    table = pq.read_table(output)
+    assert table.column("pred_score").to_numpy().tolist() == scores.tolist()
+    assert table.column("pred_label").to_pylist() == [int(s >= threshold) for s in scores]
+    assert pq.read_table(plain).column("pred_label").to_pylist() == [int(s >= 0.5) for s in scores]
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())
+    unit = summary["inputs"][0]
+    assert summary["threshold"] == threshold and unit["check"]["agreement"] == 1.0
+    truth = [i % 2 for i in range(30)]
+    assert unit["evaluation"]["accuracy"] == pytest.approx(
+        np.mean([int(s >= threshold) == t for s, t in zip(scores, truth, strict=True)]))
+    assert json.loads(table.schema.metadata[b"scorer"])["threshold"] == threshold
+    result = run(labelled, "-o", output, *common)
+    assert result.exit_code == 5 and f"(written labelled at score >= {threshold:g}, and this run by the more " \
+        "probable label (--threshold))" in result.output, result.output
+    assert run(labelled, "-o", output, *common, "--update").exit_code == 0
+    assert pq.read_table(output).column("pred_label").to_pylist() == [int(s >= 0.5) for s in scores]
+    for bad in ("0", "1", "-0.2"):
+        refused = run(labelled, "-o", tmp_path / "x.parquet", *common, "--threshold", bad)
+        assert refused.exit_code == 2 and "--threshold must be between 0 and 1" in refused.output

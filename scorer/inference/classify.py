@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from scorer.data.labels import LabelIndex
 from scorer.data.read import plain_text
-from scorer.errors import ModelError, ProviderError
+from scorer.errors import ConfigError, ModelError, ProviderError
 from scorer.inference import selfcheck
 from scorer.inference.defaults import (
     DEFAULT_INFER_THREADS,
@@ -52,9 +52,16 @@ class OnnxClassifier:
     def __init__(self, directory: Path, provider: str = "auto", variant: str | None = None,
                  max_tokens: int | None = None, max_batch_rows: int = 4096, provider_options: dict | None = None,
                  io_binding: bool | None = None, infer_threads: int | None = None, word_cache: bool = True,
-                 batch_overhead: int | None = None) -> None:
+                 batch_overhead: int | None = None, threshold: float | None = None) -> None:
+        """`threshold`: a two-label model labels a row positive where its score is at least this (None: the more
+        probable label)."""
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
+        if threshold is not None and len(self.manifest.labels) != 2:
+            raise ConfigError(f"--threshold needs a model of two labels, and {self.directory} has "
+                              f"{len(self.manifest.labels)} ({', '.join(map(str, self.manifest.labels))}); drop "
+                              "--threshold (each row gets its most probable label)")
+        self.threshold = threshold
         self.manifest.verify_tokenizer(self.directory)
         self.encoder = TextEncoder.from_dir(self.directory, self.manifest.max_length, word_cache)
         if self.encoder.vocab_size > self.manifest.vocab_size:
@@ -206,10 +213,17 @@ class OnnxClassifier:
             return probabilities[:, self.positive]
         return probabilities.max(axis=1)
 
+    def decide(self, probabilities: np.ndarray, predicted: np.ndarray | None = None) -> np.ndarray:
+        """Each row's label index: the positive label where its score reaches the threshold, else the other one;
+        without a threshold the most probable label (`predicted`, where the logits' argmax is known already)."""
+        if self.threshold is None:
+            return probabilities.argmax(axis=1) if predicted is None else predicted
+        return np.where(probabilities[:, self.positive] >= self.threshold, self.positive, 1 - self.positive)
+
     def result_arrays(self, scored: Scored) -> tuple[pa.Array, pa.Array, pa.Array]:
         """The label, score and status columns written for `scored` (nulls where a row was not scored)."""
         label_type = pa.int64() if all(isinstance(v, int) for v in self.labels) else pa.string()
-        indices = pa.array(scored.predicted, mask=~scored.scored)
+        indices = pa.array(self.decide(scored.probabilities, scored.predicted), mask=~scored.scored)
         predicted = pa.array(self.labels, type=label_type).take(indices)
         score = self.scores(scored.probabilities).astype(np.float32)
         return predicted, pa.array(score, mask=~scored.scored), STATUS_NAMES.take(pa.array(scored.status))

@@ -70,7 +70,7 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
     if as_run:
         logits[as_run] = logits_of(model, classifier.encoder.encode([texts[row] for row in as_run]), device)
     probabilities = softmax(logits)
-    return (classifier.scores(probabilities), [classifier.labels[i] for i in probabilities.argmax(1)], device,
+    return (classifier.scores(probabilities), [classifier.labels[i] for i in classifier.decide(probabilities)], device,
             len(as_run))
 
 

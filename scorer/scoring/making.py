@@ -9,19 +9,22 @@ from scorer import __version__
 from scorer.scoring.tally import Columns
 
 
-def record_of(model_sha256: str, variant: str, source: dict, columns: Columns, score: str) -> dict:
+def record_of(model_sha256: str, variant: str, source: dict, columns: Columns, score: str,
+              threshold: float | None = None) -> dict:
     """The record an output is written with (its Parquet footer, a CSV/TSV output's sidecar) and its parts' state
-    holds: JSON values throughout, as it is compared with what an earlier run wrote."""
-    return {"model_sha256": model_sha256, "variant": variant, "input": source, "columns": _recorded(columns),
-            "score": score, "scorer": __version__}
+    holds: JSON values throughout, as it is compared with what an earlier run wrote. The threshold is recorded only
+    where one labelled the rows (as outputs were recorded before --threshold)."""
+    record = {"model_sha256": model_sha256, "variant": variant, "input": source, "columns": _recorded(columns),
+              "score": score, "scorer": __version__}
+    return record if threshold is None else {**record, "threshold": threshold}
 
 
 def made_alike(done: dict, record: dict) -> bool:
     """Whether an output recorded as `done` is what a run making `record` would write: the same model, input, text
-    column and columns written (the variant is part of the model's sha256)."""
+    column, columns written and threshold (the variant is part of the model's sha256)."""
     return (done.get("model_sha256") == record["model_sha256"] and done.get("input") == record["input"]
             and _text(done) == _text(record) and _kept(done) == _kept(record)
-            and _probabilities(done) == _probabilities(record))
+            and _probabilities(done) == _probabilities(record) and done.get("threshold") == record.get("threshold"))
 
 
 def how_written(done: dict | None, record: dict) -> str:
@@ -42,6 +45,8 @@ def how_written(done: dict | None, record: dict) -> str:
     if bool(_probabilities(done)) != bool(_probabilities(record)):
         how.append("without each label's probability, and this run with (--probabilities)" if _probabilities(record)
                    else "with each label's probability, and this run without (--probabilities)")
+    if done.get("threshold") != record.get("threshold"):
+        how.append(f"labelled {_labelled(done)}, and this run {_labelled(record)} (--threshold)")
     if other_model and variant != ours and len(how) == 1:
         how[0] += f": --variant {variant} keeps it"
     return ", ".join(how)
@@ -63,6 +68,11 @@ def _recorded(columns: Columns) -> dict:
     if probabilities:
         recorded["probabilities"] = list(probabilities)
     return recorded
+
+
+def _labelled(record: dict) -> str:
+    threshold = record.get("threshold")
+    return "by the more probable label" if threshold is None else f"at score >= {threshold:g}"
 
 
 def _text(record: dict) -> str | None:

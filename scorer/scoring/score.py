@@ -41,7 +41,7 @@ def open_classifier(config: RunConfig) -> tuple[OnnxClassifier, RunConfig]:
     classifier = OnnxClassifier(config.model, config.provider, config.variant, config.max_tokens,
                                 config.max_batch_rows, io_binding=config.io_binding,
                                 infer_threads=config.infer_threads, word_cache=config.word_cache,
-                                batch_overhead=config.batch_overhead)
+                                batch_overhead=config.batch_overhead, threshold=config.threshold)
     return classifier, replace(config, window_rows=config.window_rows or DEFAULT_WINDOW_ROWS[classifier.provider])
 
 

@@ -112,7 +112,8 @@ def open_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig,
     if columns.kept is not None:  # (what is scored, evaluated and carried: a wide file's other columns go unread)
         reader.read_only({columns.text, *([columns.label] if columns.label else []), *columns.kept})
     source = fingerprint(reader.path)
-    record = record_of(classifier.model_sha256, classifier.variant, source, columns, classifier.score_means)
+    record = record_of(classifier.model_sha256, classifier.variant, source, columns, classifier.score_means,
+                       classifier.threshold)
     opened = OpenUnit(unit, reader, columns, source, record)
     existed = unit.output.exists()  # (looked at first: an output another run completes just after is up to date)
     done = None if config.overwrite else completion_record(unit.output)  # (read once: a CSV output is hashed)
@@ -217,7 +218,8 @@ def finish_unit(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
     if config.report:  # (a report without a row to evaluate says so: the file asked for is there)
         about = {"input": str(unit.source), "output": str(unit.output), "model": str(classifier.directory),
                  "variant": classifier.variant, "provider": classifier.provider,
-                 "model_sha256": classifier.model_sha256, "score": classifier.score_means, "check": check,
+                 "model_sha256": classifier.model_sha256, "score": classifier.score_means,
+                 "threshold": classifier.threshold, "check": check,
                  "scored_at": now()}
         write_report(figures.evaluation or nothing_evaluated(columns.label, figures.rows), config.report, about)
     return UnitSummary(str(unit.source), str(unit.output), "resumed" if resumed else "scored", rows=figures.rows,
