@@ -62,3 +62,23 @@ def confusion_of(labels: Sequence[int | str], true_index: np.ndarray, predicted_
     confusion = Confusion(labels)
     confusion.add(true_index, predicted_index)
     return confusion
+
+
+SWEEP = tuple(round(0.05 * step, 2) for step in range(1, 20))  # the thresholds a two-label evaluation tries
+
+
+def threshold_sweep(true_positive: np.ndarray, scores: np.ndarray) -> dict:
+    """A two-label model's figures had its rows been labelled positive at each threshold of SWEEP on their score
+    (`true_positive`: whether each row's true label is the positive one), and the threshold of the best MCC."""
+    positives, negatives = np.sort(scores[true_positive]), np.sort(scores[~true_positive])
+    rows = []
+    for threshold in SWEEP:
+        tp = len(positives) - int(np.searchsorted(positives, threshold, side="left"))
+        fp = len(negatives) - int(np.searchsorted(negatives, threshold, side="left"))
+        fn, tn = len(positives) - tp, len(negatives) - fp
+        confusion = Confusion([0, 1])
+        confusion.matrix[:] = [[tn, fp], [fn, tp]]
+        rows.append({"threshold": threshold, "accuracy": confusion.accuracy(), "mcc": confusion.mcc(),
+                     "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0})
+    best = max(rows, key=lambda row: row["mcc"])  # (the lowest of equals)
+    return {"sweep": rows, "best_mcc_threshold": best["threshold"], "best_mcc": best["mcc"]}

@@ -30,3 +30,20 @@ def test_constant_prediction_has_mcc_zero():
     confusion = confusion_of([0, 1], np.array([0, 1, 1, 1]), np.array([1, 1, 1, 1]))
     assert confusion.mcc() == 0.0
     assert confusion.accuracy() == 0.75
+
+
+def test_the_threshold_sweep_matches_labelling_the_rows_at_each_threshold():
+    from scorer.metrics import SWEEP, confusion_of, threshold_sweep
+
+    rng = np.random.default_rng(3)
+    truth = rng.random(500) < 0.4
+    scores = np.clip(rng.normal(np.where(truth, 0.65, 0.35), 0.2), 0, 1).astype(np.float32)
+    scores[:20] = 0.5  # (rows exactly at a threshold are labelled positive)
+    found = threshold_sweep(truth, scores)
+    for row, threshold in zip(found["sweep"], SWEEP, strict=True):
+        confusion = confusion_of([0, 1], truth.astype(int), (scores >= threshold).astype(int))
+        positive = confusion.per_class()[1]
+        assert row["threshold"] == threshold and row["accuracy"] == pytest.approx(confusion.accuracy())
+        assert row["mcc"] == pytest.approx(confusion.mcc()) and row["precision"] == pytest.approx(positive["precision"])
+        assert row["recall"] == pytest.approx(positive["recall"])
+    assert found["best_mcc"] == max(row["mcc"] for row in found["sweep"])

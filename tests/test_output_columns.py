@@ -207,6 +207,16 @@ def test_a_threshold_labels_a_row_positive_where_its_score_reaches_it_and_is_par
     assert unit["evaluation"]["accuracy"] == pytest.approx(
         np.mean([int(s >= threshold) == t for s, t in zip(scores, truth, strict=True)]))
     assert json.loads(table.schema.metadata[b"scorer"])["threshold"] == threshold
+    # the evaluation says how each threshold would have labelled these rows, and which gave the best MCC
+    plain_evaluation = json.loads(plain.with_name(plain.name + ".summary.json").read_text())["inputs"][0][
+        "evaluation"]
+    sweep = {row["threshold"]: row for row in plain_evaluation["thresholds"]["sweep"]}
+    assert list(sweep) == [round(0.05 * i, 2) for i in range(1, 20)]
+    assert sweep[0.5]["mcc"] == pytest.approx(plain_evaluation["mcc"])
+    assert sweep[0.3]["accuracy"] == pytest.approx(np.mean([(s >= 0.3) == t for s, t in zip(scores, truth,
+                                                                                              strict=True)]))
+    best = plain_evaluation["thresholds"]["best_mcc_threshold"]
+    assert sweep[best]["mcc"] == max(row["mcc"] for row in sweep.values())
     result = run(labelled, "-o", output, *common)
     assert result.exit_code == 5 and f"(written labelled at score >= {threshold:g}, and this run by the more " \
         "probable label (--threshold))" in result.output, result.output

@@ -45,6 +45,7 @@ def markdown(evaluation: dict, about: dict | None = None) -> str:
     lines += ["| true \\ predicted | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(map(str, row)) + " |"
               for label, row in zip(labels, evaluation["confusion_matrix"], strict=True)]
+    lines += _thresholds(evaluation)
     if evaluation["samples"]:
         lines += ["", "| row | sentence | true label | predicted label | score |", "| --- | --- | --- | --- | --- |"]
         lines += [
@@ -52,6 +53,23 @@ def markdown(evaluation: dict, about: dict | None = None) -> str:
             for s in evaluation["samples"]
         ]
     return "\n".join(lines) + "\n"
+
+
+def _thresholds(evaluation: dict) -> list[str]:
+    """A two-label model's figures at thresholds on the score (every 0.1, and the best MCC's), where it has them."""
+    found = evaluation.get("thresholds")
+    if not found:
+        return []
+    positive, best = found["positive_label"], found["best_mcc_threshold"]
+    lines = ["", f"By threshold (a row labelled {positive} where its score is at least the threshold):", "",
+             f"| threshold | accuracy | MCC | precision ({positive}) | recall ({positive}) |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['threshold']:.2f} | {r['accuracy']:.4f} | {r['mcc']:.4f} | {r['precision']:.4f} | "
+              f"{r['recall']:.4f} |" for r in found["sweep"]
+              if round(r["threshold"] * 10, 6).is_integer() or r["threshold"] == best]
+    return [*lines, "", f"MCC is highest here at {best:.2f} ({found['best_mcc']:.4f}; the labels written: "
+                        f"{evaluation['mcc']:.4f}): chosen on these rows, so confirm it on other labelled rows "
+                        f"before scoring with `--threshold {best:g}`."]
 
 
 def _provenance(about: dict) -> list[str]:

@@ -196,7 +196,8 @@ def finish_unit(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
     """Tally the scored rows (`parts`), cross-check them (--check) and complete the output; `rescued` rows were
     scored by the fp32 graph, the first `resumed` by an earlier run."""
     unit, columns = opened.unit, opened.columns
-    figures = tally(parts, columns, classifier.label_index(), unit.source, config.samples, config.seed)
+    figures = tally(parts, columns, classifier.label_index(), unit.source, config.samples, config.seed,
+                    classifier.positive if len(classifier.labels) == 2 else None)
     if not figures.rows:
         log.warning("%s has no data rows; its output has the columns and no rows", unit.source)
     check = None

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from scorer.data.labels import LabelIndex
 from scorer.data.read import plain_text
 from scorer.inference.results import STATUSES, TRUNCATED, UNSCORED
-from scorer.metrics import confusion_of
+from scorer.metrics import confusion_of, threshold_sweep
 from scorer.scoring.evaluate import evaluation
 
 log = logging.getLogger("scorer")
@@ -70,7 +70,10 @@ def _read(part: Part, name: str) -> pa.Table:
     return part.select([name]) if isinstance(part, pa.Table) else pq.read_table(part, columns=[name])
 
 
-def tally(parts: list[Part], columns: Columns, index: LabelIndex, source: Path, samples: int, seed: int) -> Tally:
+def tally(parts: list[Part], columns: Columns, index: LabelIndex, source: Path, samples: int, seed: int,
+          positive: int | None = None) -> Tally:
+    """The unit's figures; `positive`: a two-label model's positive label index (its evaluation then says how each
+    threshold on the score would have done)."""
     status = read_column(parts, columns.status)
     counts = Counter({name: 0 for name in STATUSES})
     counts.update({row["values"]: row["counts"] for row in pc.value_counts(status).to_pylist()})
@@ -94,6 +97,10 @@ def tally(parts: list[Part], columns: Columns, index: LabelIndex, source: Path, 
                  for r, text, score in zip(chosen, texts, scores, strict=True)]
         result = evaluation(confusion, columns.label, int((true < 0).sum()),
                             int(((true >= 0) & (predicted < 0)).sum()), table)
+        if positive is not None:
+            scores_of = read_column(parts, columns.score).to_numpy(zero_copy_only=False)[usable]
+            result["thresholds"] = {"positive_label": labels[positive],
+                                    **threshold_sweep(true[usable] == positive, scores_of)}
     return Tally(len(status), dict(counts), result, predicted_counts)
 
 
