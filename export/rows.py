@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from scorer.config import ExportConfig, TrainConfig, example_file
 from scorer.data.labels import LabelIndex
-from scorer.data.read import TableReader, plain_text
+from scorer.data.read import TableReader
+from scorer.data.strings import plain_text
 from scorer.errors import InputError, ScorerError
 from scorer.pytorch.model import HeadConfig
 from scorer.training.dataset import TrainingData, load_training_data

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import logging
 import os
+import resource
 import select
 import signal
 import sys
@@ -35,6 +36,17 @@ def _standard_streams() -> None:
             setattr(sys, name, open(descriptor, "r" if descriptor == 0 else "w", closefd=False))  # noqa: SIM115
 
 
+def _more_open_files() -> None:
+    """This process's open-file limit raised to its hard limit (up to 65,536), as a process may without privileges:
+    many small inputs scored together each hold files open, and some systems start processes with 256 (macOS) or
+    fewer."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def _setup_logging(quiet: bool, debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -52,6 +64,7 @@ def command(func: Callable) -> Callable:
     @functools.wraps(func)
     def wrapper(*args, quiet: bool, debug: bool, **kwargs):
         _standard_streams()
+        _more_open_files()
         _setup_logging(quiet, debug)
         try:
             with _sigterm_unwinds():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
+from pathlib import Path
 
 
 class ScorerError(Exception):
@@ -61,6 +63,13 @@ def owner_of(path: str | os.PathLike) -> str:
         return pwd.getpwuid(os.stat(path).st_uid).pw_name
     except (KeyError, OSError):
         return "another account"
+
+
+def too_many_files(path: Path) -> ConfigError:
+    """The error for a file this process could not open because it has as many open as it may."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return ConfigError(f"{path}: not opened, this process having as many files open as it may (ulimit -n: {soft}); "
+                       "raise the limit (ulimit -n 4096) and run again")
 
 
 def first_line(exc: BaseException) -> str:

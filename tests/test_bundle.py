@@ -252,3 +252,37 @@ def test_a_bug_outside_any_input_s_scoring_still_ends_in_the_summary(tiny_export
     summary = _summary(out)
     assert summary["exit_code"] == 1 and summary["error"] == "unexpected ZeroDivisionError: division by zero"
     assert not list(out.glob(".*scorer-lock"))  # (the bundle's locks released)
+
+
+def test_small_inputs_are_bundled_no_more_than_the_open_file_limit_allows(tiny_export, tmp_path):
+    """Under `ulimit -n 64` (a container's; macOS starts processes with 256), 150 small inputs were gathered into one
+    bundle, each holding its files open, until the files of the rest could not be opened: 91 failed, reported as
+    damaged files ("cannot be decompressed ... copied whole", exit 3). Bundles now hold what the limit allows."""
+    import resource
+    import subprocess
+    import sys
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    paths = _inbox(inbox, [1] * 150)
+    limit = (64, 64)
+    done = subprocess.run([sys.executable, "-m", "scorer", "run", str(inbox), "-o", str(out), "--model",
+                           str(tiny_export), "--variant", "fp32", "--quiet"], capture_output=True, text=True,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limit))
+    assert done.returncode == 0, done.stderr
+    summary = _summary(out)
+    assert [u["state"] for u in summary["inputs"]] == ["scored"] * 150
+    assert 1 <= max(u["bundled_with"] for u in summary["inputs"]) < 149  # (in several bundles)
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".parquet") == sorted(
+        p.with_suffix(".parquet").name for p in paths)
+    # and a file that cannot be opened for want of descriptors is not called damaged
+    code = ("import resource, sys; from scorer.data.read import TableReader; from scorer.errors import ScorerError\n"
+            "held = []\n"
+            "try:\n"
+            "    while True: held.append(open(sys.argv[1]))\n"
+            "except OSError: pass\n"
+            "try: list(TableReader(sys.argv[2]).batches(10))\n"
+            "except ScorerError as exc: print(exc.exit_code, exc)\n")
+    told = subprocess.run([sys.executable, "-c", code, str(paths[1]), str(paths[0])], capture_output=True, text=True,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limit))
+    assert told.stdout.startswith(f"2 {paths[0]}: not opened, this process having as many files open as it may "
+                                  "(ulimit -n: 64); raise the limit"), (told.stdout, told.stderr)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from scorer.data.read import utf8_text
+from scorer.data.strings import utf8_text
 from scorer.errors import ConfigError
 
 _TSV_BREAKS = "[\t\r\n]"

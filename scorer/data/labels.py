@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer.data.read import TableReader, plain_text
+from scorer.data.read import TableReader
+from scorer.data.strings import plain_text
 from scorer.errors import InputError
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 from scorer.data.csvlint import COMPRESSIONS, locate_problem, looks_like_data, read_header, swallowed_rows
 from scorer.data.names import as_listed
 from scorer.data.sniff import disguised
-from scorer.errors import InputError
+from scorer.errors import InputError, too_many_files
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 # pyarrow's CSV reader needs every row inside one block: a row larger than the block (one huge cell) is read again
@@ -67,7 +68,12 @@ class TableReader:
         if not os.access(self.path, os.R_OK):
             raise InputError(f"{self.path} is not readable; check its permissions")
         suffix = data_suffix(self.path) or ""
-        problem = disguised(self.path, self.format, next((c for c in COMPRESSIONS if suffix.endswith(c)), None))
+        try:
+            problem = disguised(self.path, self.format, next((c for c in COMPRESSIONS if suffix.endswith(c)), None))
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise too_many_files(self.path) from exc
+            raise
         if problem is not None:
             raise InputError(f"{self.path} {problem}")
         self.columns: list[str] = []
@@ -245,6 +251,8 @@ class TableReader:
         try:
             yield
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            if "Too many open files" in str(exc):  # (EMFILE, as pyarrow words it: no fault of the file's)
+                raise too_many_files(self.path) from exc
             raise InputError(self._describe(exc)) from exc
 
     def _damaged_row_group(self) -> str | None:
@@ -275,26 +283,3 @@ class TableReader:
             return f"{self.path}: cannot be decompressed ({text}); check that the file was copied whole"
         where, advice = found
         return f"{self.path}{where}: {advice or text + '; fix or remove that row'}"
-
-
-def plain_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """`column` with strings stored another way (dictionary-encoded, as pandas categoricals and Spark write them;
-    Arrow's string views; UTF-8 bytes in a binary column) turned into plain strings; anything else as it is."""
-    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return column if kind == column.type else column.cast(kind)
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):  # strings without the UTF-8 annotation (Hive)
-        try:
-            return column.cast(pa.large_string() if pa.types.is_large_binary(kind) else pa.string())
-        except pa.ArrowInvalid:  # some rows are not UTF-8: those become nulls here, which `prepare` calls not_text
-            return pa.array([utf8_text(value) for value in column.to_pylist()], pa.large_string())
-    is_view = getattr(pa.types, "is_string_view", None)  # pyarrow 16 and newer
-    return column.cast(pa.large_string()) if is_view is not None and is_view(kind) else column
-
-
-def utf8_text(value: bytes | None) -> str | None:
-    """`value` decoded as UTF-8; None where it is None or not UTF-8."""
-    try:
-        return None if value is None else value.decode("utf-8")
-    except UnicodeDecodeError:
-        return None

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scorer.data.labels import LabelIndex
-from scorer.data.read import plain_text
+from scorer.data.strings import plain_text
 from scorer.errors import ConfigError, ModelError, ProviderError
 from scorer.inference import selfcheck
 from scorer.inference.defaults import (

@@ -11,6 +11,7 @@ bundle scores its inputs again.
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,9 @@ from scorer.scoring.units import WorkUnit
 
 log = logging.getLogger("scorer")
 MAX_INPUTS = 256  # inputs in one bundle: each holds its output's lock (an open file) until the bundle is written
+# Open files a bundle member holds (its output's lock, its input: a Parquet file or a CSV reader left open), and those
+# kept for everything else (ONNX Runtime, the threads, the parts and outputs being written).
+FILES_PER_MEMBER, FILES_KEPT = 2, 32
 SMALL_CSV_BYTES = 8 << 20  # a larger CSV/TSV file is not read to count its rows: it is scored on its own
 RERUN = "then run again"
 
@@ -92,6 +96,15 @@ def _alone(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, progre
         return exc
 
 
+def most_members() -> int:
+    """MAX_INPUTS, or fewer where this process may not open the files that many members hold (`ulimit -n`: 256 by
+    default on macOS, as low as 64 in some containers): each member's files were then refused, and read as damaged."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_INPUTS
+    return max(1, min(MAX_INPUTS, (soft - FILES_KEPT) // FILES_PER_MEMBER))
+
+
 @dataclass
 class Member:
     """A small input read for a bundle: its one window, its output's lock held until the bundle is written, and
@@ -112,6 +125,7 @@ class Bundle:
             else min(config.small_rows, config.window_rows)
         self.entries: list[tuple[WorkUnit, Member | UnitSummary | BaseException]] = []
         self.count, self.rows, self.reading = 0, 0, 0.0  # members, their rows, the seconds it took to read them
+        self.most = most_members()
         self.temporaries: dict[Path, dict[str, list[Path]]] = {}  # each output directory's, listed once a run
         self.probed: set[Path] = set()  # output directories found writable (scorer.data.atomic.check_writable)
 
@@ -163,7 +177,7 @@ class Bundle:
         return Member(opened, window, lock)
 
     def has_room(self, member: Member) -> bool:
-        return self.count < MAX_INPUTS and self.rows + member.window.num_rows <= self.config.window_rows
+        return self.count < self.most and self.rows + member.window.num_rows <= self.config.window_rows
 
     def add(self, unit: WorkUnit, entry: Member | UnitSummary | BaseException) -> None:
         self.entries.append((unit, entry))

@@ -10,6 +10,7 @@ into place when complete, and then the parts are removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scorer.data import atomic
-from scorer.errors import OutputError, OutputTaken, owner_of
+from scorer.errors import OutputError, OutputTaken, owner_of, too_many_files
 
 log = logging.getLogger("scorer")
 STATE = "state.json"
@@ -95,6 +96,10 @@ class OutputLock:
         except PermissionError as exc:
             raise OutputError(f"cannot create the lock file {self.path} ({exc.strerror}); make {self.path.parent} "
                               "writable by this account, or choose another --output") from exc
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise too_many_files(self.path) from exc
+            raise
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:

@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from scorer.config import RunConfig
 from scorer.data import atomic
-from scorer.data.read import TableReader, plain_text
+from scorer.data.read import TableReader
+from scorer.data.strings import plain_text
 from scorer.data.write import OutputSink, check_text_format, completion_record
 from scorer.errors import InputError, OutputError, ParityError, ProviderError, ScorerError
 from scorer.inference.classify import OnnxClassifier

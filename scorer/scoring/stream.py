@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from scorer.config import RunConfig
-from scorer.data.read import TableReader, plain_text
+from scorer.data.read import TableReader
+from scorer.data.strings import plain_text
 from scorer.data.write import OutputSink
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import Scored

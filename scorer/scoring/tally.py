@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scorer.data.labels import LabelIndex
-from scorer.data.read import plain_text
+from scorer.data.strings import plain_text
 from scorer.inference.results import STATUSES, TRUNCATED, UNSCORED
 from scorer.metrics import confusion_of, threshold_sweep
 from scorer.scoring.evaluate import evaluation
