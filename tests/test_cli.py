@@ -204,3 +204,22 @@ def test_a_report_named_json_is_refused_saying_what_to_name_it(tiny_export, tmp_
                                        str(tmp_path / "out.parquet"), "--report", str(tmp_path / "r.json"), "-q"])
     assert result.exit_code == 2 and result.output.endswith("which would be the report itself; name the report r.md\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_command_raises_its_open_file_limit_to_the_hard_one():
+    """macOS starts processes with 256 open files and some containers with fewer, where the hard limit allows more:
+    a command raises its own (many small inputs scored together hold files open)."""
+    import resource
+
+    from scorer.command import _more_open_files
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"this process's hard open-file limit is {hard}")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        _more_open_files()
+        raised, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert raised == (65536 if hard == resource.RLIM_INFINITY else min(hard, 65536))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
