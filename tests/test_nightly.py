@@ -417,6 +417,22 @@ def test_an_input_that_changes_while_it_is_scored_gives_no_output_and_the_rerun_
     assert pq.read_table(output).num_rows == 40_010
 
 
+def test_an_input_removed_while_it_is_scored_is_said_so_in_one_line(tiny_export, tmp_path):
+    """An inbox file moved away by another job mid-run: the run's end check failed with "unexpected
+    FileNotFoundError" (exit 1); it is bad input now (exit 3), and nothing is left behind."""
+    source = tmp_path / "feed.csv"
+    source.write_text("sentence\n" + "".join(f"{s}\n" for s in sentences(40_000)))
+    output = tmp_path / "feed.parquet"
+    process = _midway([str(source), "-o", str(output), "--model", str(tiny_export), "--window-rows", "1000",
+                       "--variant", "fp32"], tmp_path / ".feed.parquet.scorer-parts", 2)
+    source.unlink()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr.decode()
+    assert stderr.decode() == f"error: {source} was removed while it was scored (moved away by another job?); no " \
+        "output was written\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("sig,code,said,infer_threads", [(signal.SIGTERM, 143, "terminated", "1"),
                                                          (signal.SIGINT, 130, "interrupted", "1"),
                                                          (signal.SIGHUP, 129, "hung up", "1"),

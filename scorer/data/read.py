@@ -157,7 +157,10 @@ class TableReader:
         rows, read, whole = self._csv_read
         if whole:
             return rows, True
-        size = self.path.stat().st_size if read and data_suffix(self.path) in FORMATS else 0
+        try:  # (a file removed or replaced while it is read: no estimate; the run's end check says what happened)
+            size = self.path.stat().st_size if read and data_suffix(self.path) in FORMATS else 0
+        except OSError:
+            size = 0
         return (max(rows, round(rows * size / min(read, size))), False) if size else (None, False)
 
     def read_all(self) -> pa.Table:

@@ -163,7 +163,12 @@ def taken(unit: WorkUnit) -> UnitSummary:
 
 def check_unchanged(opened: OpenUnit) -> None:
     """Refuse an input that changed while it was scored: a feed still being written, or replaced mid-run."""
-    if fingerprint(opened.reader.path) != opened.source:
+    try:
+        now = fingerprint(opened.reader.path)
+    except FileNotFoundError as exc:
+        raise InputError(f"{opened.reader.path} was removed while it was scored (moved away by another job?); no "
+                         "output was written") from exc
+    if now != opened.source:
         raise InputError(f"{opened.reader.path} changed while it was scored (still being written?); no output was "
                          "written; run again once the file is complete")
 
