@@ -433,6 +433,27 @@ def test_an_input_removed_while_it_is_scored_is_said_so_in_one_line(tiny_export,
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("removed", ["directory", "parts"])
+def test_finished_windows_removed_while_the_run_writes_them_fail_the_input_not_its_figures(tiny_export, tmp_path,
+                                                                                          removed):
+    """Another job removed the output's directory (or its parts) mid-run: the run recreated the directory for the
+    next part, found none of the first parts at the end, and failed with "unexpected ArrowInvalid: Must pass at
+    least one table" (exit 1); with some parts left its figures would have been counted from those alone."""
+    import shutil
+
+    source, out = tmp_path / "feed.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(40_000)]}), source)
+    parts = out / ".feed.parquet.scorer-parts"
+    process = _midway([str(source), "-o", str(out / "feed.parquet"), "--model", str(tiny_export), "--window-rows",
+                       "1000", "--variant", "fp32"], parts, 2)
+    shutil.rmtree(out if removed == "directory" else parts)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 5, stderr.decode()
+    assert stderr.decode().startswith(f"error: {parts}: finished windows were removed while this run wrote them (the "
+                                      "first 0 of ")
+    assert not (out / "feed.parquet").exists() and not parts.exists()
+
+
 @pytest.mark.parametrize("sig,code,said,infer_threads", [(signal.SIGTERM, 143, "terminated", "1"),
                                                          (signal.SIGINT, 130, "interrupted", "1"),
                                                          (signal.SIGHUP, 129, "hung up", "1"),

@@ -203,6 +203,7 @@ class PartStore:
         self.output = output
         self.identity = identity
         self.directory = work_dir(output)
+        self.made = 0  # parts there should be: those found by open() and those written since
 
     def open(self) -> int:
         """Prepare the directory; return how many parts an earlier run of the same work already finished."""
@@ -221,6 +222,7 @@ class PartStore:
                     atomic.write_text(state_path, json.dumps(self.identity, indent=2) + "\n")
                 if done:
                     log.info("resuming %s: %d finished windows found", self.output.name, done)
+                self.made = done
                 return done
             log.info("discarding unfinished work for %s: it was for another input, model or settings",
                      self.output.name)
@@ -239,6 +241,7 @@ class PartStore:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), RESCUED: str(rescued).encode()})
         with atomic.atomic_file(self.part(index), overwrite=True) as staging:
             pq.write_table(table, staging, compression="zstd")
+        self.made = max(self.made, index + 1)
 
     def read(self, index: int) -> pa.Table:
         """Part `index` as the window was written (without the part's own metadata)."""
@@ -258,6 +261,16 @@ class PartStore:
 
     def parts(self) -> list[Path]:
         return [self.part(i) for i in range(self._contiguous_parts())]
+
+    def finished_parts(self) -> list[Path]:
+        """Every part of the unit, once it is scored; refused where some are gone (another job removed them, or the
+        output's directory, while the run wrote them): its figures, which are read from them, would be short."""
+        parts = self.parts()
+        if len(parts) != self.made:
+            raise OutputError(f"{self.directory}: finished windows were removed while this run wrote them (the first "
+                              f"{len(parts)} of {self.made} left; the output's directory removed by another job?); "
+                              "nothing was written; run again")
+        return parts
 
     def _contiguous_parts(self) -> int:
         count = 0

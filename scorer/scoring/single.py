@@ -81,7 +81,7 @@ def score_unit(unit: WorkUnit, classifier: OnnxClassifier, config: RunConfig, pr
         try:
             waits = stream(opened.reader, classifier, opened.columns, store, sink, first, config, progress)
             check_unchanged(opened)
-            parts = store.parts()
+            parts = store.finished_parts()
             summary = finish_unit(opened, classifier, config, sink, parts, store.rescued_rows(parts),
                                   store.rows(parts[:first]))
             store.discard()
