@@ -209,7 +209,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
                    f"{shown(RunConfig, 'check')}.")
 @click.option("--checkpoint", type=PATH, help="PyTorch checkpoint for --check [default: the exported one].")
 @click.option("--samples", type=int,
-              help="Rows in the sample table (sentence, true and predicted label, score) "
+              help="Rows in the sample table (sentence, true and predicted label, score; an unlabelled input's "
+                   "without the true label) "
                    f"{shown(RunConfig, 'samples')}.")
 @click.option("--report", type=PATH, help="Write the evaluation as Markdown here, and as JSON beside it.")
 @click.option("--summary", type=PATH, help="JSON summary path [default: OUTPUT.summary.json].")
@@ -230,7 +231,7 @@ def run_command(progress: bool, input: str, keep_columns: str | None, **options)
     Small inputs (at most a quarter of --window-rows each) are scored together, each into its own output.
     """
     from scorer.data.names import parse_names
-    from scorer.scoring.evaluate import markdown
+    from scorer.scoring.evaluate import markdown, sample_table
     from scorer.scoring.score import score_file
 
     if keep_columns is not None:
@@ -238,6 +239,8 @@ def run_command(progress: bool, input: str, keep_columns: str | None, **options)
     summary = score_file(build(RunConfig, input=input, **options), progress=progress)
     if summary.evaluation and progress:  # --quiet: the one summary line only (it carries accuracy and MCC)
         click.echo(markdown(summary.evaluation).rstrip())
+    elif len(summary.inputs) == 1 and summary.inputs[0].samples and progress:  # (unlabelled: the rows alone)
+        click.echo(sample_table(summary.inputs[0].samples))
     click.echo(one_line(summary.line()))
 
 

@@ -853,3 +853,21 @@ def test_the_install_advice_names_scorers_source_never_the_pypi_project_of_that_
     (site / "extras.py").write_text("")
     assert install_command("gpu", str(site / "extras.py")) == (
         "pip install '.[gpu]' in scorer's source directory (not 'scorer[gpu]': PyPI's scorer is another project)")
+
+
+def test_an_unlabelled_inputs_samples_are_shown_and_kept_in_the_summary(tiny_export, parquet_input, tmp_path):
+    """--samples on an unlabelled input (a nightly file) printed nothing and kept nothing: the sample table is part
+    of a labelled input's evaluation. Its scored rows are sampled all the same, without a true label."""
+    out = tmp_path / "out.parquet"
+    result = CliRunner().invoke(main, ["run", str(parquet_input), "--model", str(tiny_export), "-o", str(out),
+                                       "--samples", "5", "--variant", "fp32"])
+    assert result.exit_code == 0, result.output
+    samples = json.loads((tmp_path / "out.parquet.summary.json").read_text())["inputs"][0]["samples"]
+    table = pq.read_table(out).to_pylist()
+    assert len(samples) == 5 and len({s["row"] for s in samples}) == 5
+    for sample in samples:
+        row = table[sample["row"] - 1]
+        assert row["status"] in ("ok", "truncated") and sample["sentence"] == row["sentence"]
+        assert sample["predicted_label"] == row["label"] and sample["score"] == pytest.approx(row["score"])
+        assert f"| {sample['row']} | " in result.output
+    assert "| row | sentence | predicted label | score |" in result.output

@@ -55,6 +55,13 @@ def markdown(evaluation: dict, about: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sample_table(samples: list[dict]) -> str:
+    """An unlabelled input's sampled rows as a Markdown table (a labelled one's are in its evaluation's)."""
+    lines = ["| row | sentence | predicted label | score |", "| --- | --- | --- | --- |"]
+    lines += [f"| {s['row']} | {_cell(s['sentence'])} | {s['predicted_label']} | {s['score']:.4f} |" for s in samples]
+    return "\n".join(lines)
+
+
 def _thresholds(evaluation: dict) -> list[str]:
     """A two-label model's figures at thresholds on the score (every 0.1, and the best MCC's), where it has them."""
     found = evaluation.get("thresholds")

@@ -232,7 +232,7 @@ def finish_unit(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
     return UnitSummary(str(unit.source), str(unit.output), "resumed" if resumed else "scored", rows=figures.rows,
                        rows_this_run=figures.rows - resumed, resumed_from_row=resumed,
                        status_counts=figures.status_counts, predicted_counts=figures.predicted_counts,
-                       rescued_rows=rescued, evaluation=figures.evaluation,
+                       rescued_rows=rescued, evaluation=figures.evaluation, samples=figures.samples,
                        check=check, columns=result_names(opened.record["columns"]))
 
 

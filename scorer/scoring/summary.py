@@ -45,6 +45,7 @@ class UnitSummary:
     # Scored rows by predicted label, every label of the model's (scorer.scoring.tally.Tally).
     predicted_counts: dict[str, int] = field(default_factory=dict)
     evaluation: dict | None = None
+    samples: list[dict] | None = None  # an unlabelled input's sampled rows (--samples; a labelled one's: evaluation)
     check: dict | None = None
     error: str | None = None
     exit_code: int = 0

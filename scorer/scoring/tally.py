@@ -58,6 +58,8 @@ class Tally:
     # Scored rows by predicted label, every label of the model's in its order (JSON keys: the labels as text): what
     # a monitor compares night to night, where a broken feed shows first (every row one label, say).
     predicted_counts: dict[str, int]
+    # An unlabelled input's sampled scored rows (--samples; a labelled one's are in its evaluation).
+    samples: list[dict] | None = None
 
 
 def read_column(parts: list[Part], name: str) -> pa.ChunkedArray:
@@ -79,29 +81,42 @@ def tally(parts: list[Part], columns: Columns, index: LabelIndex, source: Path, 
     counts.update({row["values"]: row["counts"] for row in pc.value_counts(status).to_pylist()})
     found = {row["values"]: row["counts"] for row in pc.value_counts(read_column(parts, columns.predicted)).to_pylist()}
     predicted_counts = {str(label): found.get(label, 0) for label in index.labels}
-    result = None
-    if columns.label is not None:
-        labels = index.labels
-        true = index.indices(read_column(parts, columns.label).to_pylist(), source, columns.label, 1)
-        predicted = index.indices(read_column(parts, columns.predicted).to_pylist(), source, columns.predicted, 1)
-        usable = np.flatnonzero((true >= 0) & (predicted >= 0))
-        if not usable.size:  # accuracy would be 0/0: NaN in the summary, which strict JSON readers refuse
-            if len(status):  # (a file without rows is warned of once, as such)
-                log.warning("%s: no row has both a label and a score; nothing to evaluate", source)
-            return Tally(len(status), dict(counts), None, predicted_counts)
-        confusion = confusion_of(labels, true[usable], predicted[usable])
-        chosen = _choose(usable, samples, seed)
-        texts, scores = rows_of(parts, columns.text, chosen), rows_of(parts, columns.score, chosen)
-        table = [{"row": int(r) + 1, "sentence": text, "true_label": labels[true[r]],
-                  "predicted_label": labels[predicted[r]], "score": score}
-                 for r, text, score in zip(chosen, texts, scores, strict=True)]
-        result = evaluation(confusion, columns.label, int((true < 0).sum()),
-                            int(((true >= 0) & (predicted < 0)).sum()), table)
-        if positive is not None:
-            scores_of = read_column(parts, columns.score).to_numpy(zero_copy_only=False)[usable]
-            result["thresholds"] = {"positive_label": labels[positive],
-                                    **threshold_sweep(true[usable] == positive, scores_of)}
+    if columns.label is None:
+        return Tally(len(status), dict(counts), None, predicted_counts, _unlabelled_sample(parts, columns, status,
+                                                                                          samples, seed))
+    labels = index.labels
+    true = index.indices(read_column(parts, columns.label).to_pylist(), source, columns.label, 1)
+    predicted = index.indices(read_column(parts, columns.predicted).to_pylist(), source, columns.predicted, 1)
+    usable = np.flatnonzero((true >= 0) & (predicted >= 0))
+    if not usable.size:  # accuracy would be 0/0: NaN in the summary, which strict JSON readers refuse
+        if len(status):  # (a file without rows is warned of once, as such)
+            log.warning("%s: no row has both a label and a score; nothing to evaluate", source)
+        return Tally(len(status), dict(counts), None, predicted_counts)
+    confusion = confusion_of(labels, true[usable], predicted[usable])
+    chosen = _choose(usable, samples, seed)
+    texts, scores = rows_of(parts, columns.text, chosen), rows_of(parts, columns.score, chosen)
+    table = [{"row": int(r) + 1, "sentence": text, "true_label": labels[true[r]],
+              "predicted_label": labels[predicted[r]], "score": score}
+             for r, text, score in zip(chosen, texts, scores, strict=True)]
+    result = evaluation(confusion, columns.label, int((true < 0).sum()),
+                        int(((true >= 0) & (predicted < 0)).sum()), table)
+    if positive is not None:
+        scores_of = read_column(parts, columns.score).to_numpy(zero_copy_only=False)[usable]
+        result["thresholds"] = {"positive_label": labels[positive],
+                                **threshold_sweep(true[usable] == positive, scores_of)}
     return Tally(len(status), dict(counts), result, predicted_counts)
+
+
+def _unlabelled_sample(parts: list[Part], columns: Columns, status: pa.ChunkedArray, size: int,
+                       seed: int) -> list[dict] | None:
+    """`size` scored rows of an unlabelled input, chosen at random (seeded): what its predictions look like."""
+    if size <= 0:
+        return None
+    chosen = _choose(np.flatnonzero(~np.isin(status.to_numpy(zero_copy_only=False), UNSCORED)), size, seed)
+    return [{"row": int(r) + 1, "sentence": text, "predicted_label": label, "score": score}
+            for r, text, label, score in zip(chosen, rows_of(parts, columns.text, chosen),
+                                             rows_of(parts, columns.predicted, chosen),
+                                             rows_of(parts, columns.score, chosen), strict=True)]
 
 
 def scored_sample(parts: list[Part], columns: Columns, size: int, seed: int) -> tuple[list[str], np.ndarray, list]:
