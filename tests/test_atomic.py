@@ -123,7 +123,7 @@ def test_a_pipe_or_socket_at_an_output_s_path_is_never_renamed_over(tmp_path):
                     atomic.check_writable(path, overwrite)
                 with pytest.raises(OutputError, match="^--output " + said):
                     atomic.check_writable(path, overwrite, marker="manifest.json")
-            with pytest.raises(OutputError, match=said):
+            with pytest.raises(OutputError, match=said.replace(str(link), str(fifo))):  # (written through a link)
                 atomic.write_text(path, "{}")
             staging = tmp_path / ".staging"
             staging.write_text("{}")

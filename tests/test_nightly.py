@@ -433,6 +433,32 @@ def test_an_input_removed_while_it_is_scored_is_said_so_in_one_line(tiny_export,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_output_named_by_a_link_is_written_through_and_the_link_kept(tiny_export, tmp_path):
+    """`-o latest.parquet`, a link to the file a dashboard reads: the finished output was renamed over the link,
+    which became a file of its own and left its target as it was (a directory `--output` was written through). An
+    output, `--summary` or `--report` named by a link now replaces the file it points to (or creates it)."""
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": sentences(5), "label": [0, 1, 0, 1, 0]}), source)
+    shared, latest = tmp_path / "shared", tmp_path / "latest.parquet"
+    shared.mkdir()
+    (shared / "scores.parquet").write_text("yesterday's")
+    latest.symlink_to(shared / "scores.parquet")
+    last, report = tmp_path / "last.json", tmp_path / "report.md"
+    last.symlink_to(shared / "last-run.json")  # (dangling: created through the link)
+    report.symlink_to(shared / "report.md")
+    result = run(source, "-o", latest, "--model", tiny_export, "--overwrite", "--summary", last, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert latest.is_symlink() and last.is_symlink() and report.is_symlink()
+    assert pq.read_table(shared / "scores.parquet").num_rows == 5
+    assert json.loads((shared / "last-run.json").read_text())["exit_code"] == 0
+    assert (shared / "report.md").read_text().startswith("# Evaluation") and (shared / "report.json").is_file()
+    again = run(source, "-o", latest, "--model", tiny_export)
+    assert again.exit_code == 0 and "1 skipped" in again.output, again.output
+    assert (shared / "scores.parquet.summary.json").is_file()  # (the default summary beside what was written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet", "last.json", "latest.parquet", "report.md",
+                                                         "shared"]
+
+
 @pytest.mark.parametrize("removed", ["directory", "parts"])
 def test_finished_windows_removed_while_the_run_writes_them_fail_the_input_not_its_figures(tiny_export, tmp_path,
                                                                                           removed):

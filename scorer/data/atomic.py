@@ -15,6 +15,12 @@ from pathlib import Path
 from scorer.errors import OutputError, owner_of
 
 
+def through_link(path: Path) -> Path:
+    """Where a file scorer writes at `path` goes: the file a symbolic link there points to (written through, the link
+    kept, as for a directory: an output linked into a working directory, a `latest.parquet`), else `path`."""
+    return Path(os.path.realpath(path)) if path.is_symlink() and not path.is_dir() else path
+
+
 def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
     """A hidden name beside `path`, unique to this process, on the same file system (so rename is atomic)."""
     return path.parent / f".{path.name}.{tag}-{os.getpid()}"
@@ -210,6 +216,7 @@ def open_modes(directory: Path) -> None:
 def atomic_file(target: Path, overwrite: bool, option: str = "--output") -> Iterator[Path]:
     """Yield a temporary file path that is renamed to `target` when the block succeeds, deleted if it fails
     (`option`: what the user named `target` with, for errors)."""
+    target = through_link(target)
     check_writable(target, overwrite, option)
     staging = temporary_sibling(target)
     try:

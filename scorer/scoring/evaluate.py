@@ -99,9 +99,11 @@ def _cell(text: str) -> str:
 
 
 def write_report(evaluation: dict, path: Path, about: dict | None = None) -> tuple[Path, Path]:
-    """Write `path` as Markdown and the same figures as JSON beside it (`about`, the run, under "run")."""
-    from scorer.data.atomic import write_text
+    """Write `path` as Markdown and the same figures as JSON beside it (`about`, the run, under "run"); where `path`
+    is a link, beside the file it points to."""
+    from scorer.data.atomic import through_link, write_text
 
+    path = through_link(path)
     json_path = path.with_suffix(".json")
     write_text(path, markdown(evaluation, about), "--report")
     write_text(json_path, json.dumps({**evaluation, "run": about} if about else evaluation, indent=2, default=str)

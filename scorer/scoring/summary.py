@@ -213,7 +213,8 @@ def summary_path(config: RunConfig, units: list[WorkUnit]) -> Path:
     """Where the summary goes: --summary, else beside the one output or in the --output directory."""
     if config.summary is not None:
         return config.summary
-    mirrored = config.output is not None and units[0].output.parent != config.output.parent
+    mirrored = config.output is not None and \
+        units[0].output.resolve().parent != atomic.through_link(config.output).resolve().parent
     single = units[0].output
     return config.output / "scorer-summary.json" if mirrored else single.with_name(single.name + ".summary.json")
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from scorer.data.atomic import check_writable, in_the_way, not_a_file
+from scorer.data.atomic import check_writable, in_the_way, not_a_file, through_link
 from scorer.data.read import data_stem, data_suffix
 from scorer.data.write import default_output
 from scorer.errors import InputError, OutputError
@@ -73,7 +73,7 @@ def plan_units(spec: str, output: Path | None, output_format: str | None = None)
         target = output if output is not None and not _is_dir_like(output) else None
         if target is None:
             target = default_output(source) if output is None else output / default_output(source).name
-        return [WorkUnit(source, _with_format(target, output_format) if output_format else target)]
+        return [WorkUnit(source, through_link(_with_format(target, output_format) if output_format else target))]
     if output is None:
         raise OutputError(f"{spec} names {len(files)} files; pass --output DIR to mirror their scores under it")
     if output.exists() and not output.is_dir():
@@ -84,7 +84,7 @@ def plan_units(spec: str, output: Path | None, output_format: str | None = None)
     if not files:
         raise InputError(f"{spec} names no file outside --output {output}; nothing to score")
     suffix = "." + (output_format or "parquet")
-    units = [WorkUnit(f, output / f.relative_to(base).parent / (data_stem(f) + suffix)) for f in files]
+    units = [WorkUnit(f, through_link(output / f.relative_to(base).parent / (data_stem(f) + suffix))) for f in files]
     _refuse_shared_outputs(units)
     return units
 
