@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import resource
@@ -63,6 +64,12 @@ def owner_of(path: str | os.PathLike) -> str:
         return pwd.getpwuid(os.stat(path).st_uid).pw_name
     except (KeyError, OSError):
         return "another account"
+
+
+def out_of_descriptors(exc: BaseException) -> bool:
+    """Whether `exc` says this process has as many files open as it may (EMFILE, ENFILE; pyarrow's errors say it
+    in words): no fault of the file being opened."""
+    return (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)) or "Too many open files" in str(exc)
 
 
 def too_many_files(path: Path) -> ConfigError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shlex
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import pyarrow.parquet as pq
 from scorer.data.csvlint import COMPRESSIONS, locate_problem, looks_like_data, read_header, swallowed_rows
 from scorer.data.names import as_listed
 from scorer.data.sniff import disguised
-from scorer.errors import InputError, too_many_files
+from scorer.errors import InputError, out_of_descriptors, too_many_files
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 # pyarrow's CSV reader needs every row inside one block: a row larger than the block (one huge cell) is read again
@@ -71,7 +70,7 @@ class TableReader:
         try:
             problem = disguised(self.path, self.format, next((c for c in COMPRESSIONS if suffix.endswith(c)), None))
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
+            if out_of_descriptors(exc):
                 raise too_many_files(self.path) from exc
             raise
         if problem is not None:
@@ -254,7 +253,7 @@ class TableReader:
         try:
             yield
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-            if "Too many open files" in str(exc):  # (EMFILE, as pyarrow words it: no fault of the file's)
+            if out_of_descriptors(exc):
                 raise too_many_files(self.path) from exc
             raise InputError(self._describe(exc)) from exc
 

@@ -10,7 +10,6 @@ into place when complete, and then the parts are removed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scorer.data import atomic
-from scorer.errors import OutputError, OutputTaken, owner_of, too_many_files
+from scorer.errors import OutputError, OutputTaken, out_of_descriptors, owner_of, too_many_files
 
 log = logging.getLogger("scorer")
 STATE = "state.json"
@@ -97,7 +96,7 @@ class OutputLock:
             raise OutputError(f"cannot create the lock file {self.path} ({exc.strerror}); make {self.path.parent} "
                               "writable by this account, or choose another --output") from exc
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
+            if out_of_descriptors(exc):
                 raise too_many_files(self.path) from exc
             raise
         try:
