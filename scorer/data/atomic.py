@@ -16,9 +16,9 @@ from scorer.errors import OutputError, owner_of
 
 
 def through_link(path: Path) -> Path:
-    """Where a file scorer writes at `path` goes: the file a symbolic link there points to (written through, the link
-    kept, as for a directory: an output linked into a working directory, a `latest.parquet`), else `path`."""
-    return Path(os.path.realpath(path)) if path.is_symlink() and not path.is_dir() else path
+    """Where what scorer writes at `path` goes: what a symbolic link there points to (written through, the link kept:
+    `models/current`, an output linked into a working directory, a `latest.parquet`), else `path`."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
@@ -154,8 +154,7 @@ def atomic_dir(target: Path, overwrite: bool, marker: str) -> Iterator[Path]:
     """Yield a temporary directory that replaces `target` when the block succeeds, and vanishes if it fails. An
     existing `target` is replaced only where it holds `marker` (scorer wrote it) or nothing (check_writable). A
     symbolic link (models/current, say) is written through: the directory it points to is replaced, the link kept."""
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))
+    target = through_link(target)
     check_writable(target, overwrite, marker=marker)
     staging = temporary_sibling(target)
     shutil.rmtree(staging, ignore_errors=True)
