@@ -79,14 +79,15 @@ def tally(parts: list[Part], columns: Columns, index: LabelIndex, source: Path, 
     status = read_column(parts, columns.status)
     counts = Counter({name: 0 for name in STATUSES})
     counts.update({row["values"]: row["counts"] for row in pc.value_counts(status).to_pylist()})
-    found = {row["values"]: row["counts"] for row in pc.value_counts(read_column(parts, columns.predicted)).to_pylist()}
+    predicted_column = read_column(parts, columns.predicted)
+    found = {row["values"]: row["counts"] for row in pc.value_counts(predicted_column).to_pylist()}
     predicted_counts = {str(label): found.get(label, 0) for label in index.labels}
     if columns.label is None:
         return Tally(len(status), dict(counts), None, predicted_counts, _unlabelled_sample(parts, columns, status,
                                                                                           samples, seed))
     labels = index.labels
     true = index.indices(read_column(parts, columns.label).to_pylist(), source, columns.label, 1)
-    predicted = index.indices(read_column(parts, columns.predicted).to_pylist(), source, columns.predicted, 1)
+    predicted = index.indices(predicted_column.to_pylist(), source, columns.predicted, 1)
     usable = np.flatnonzero((true >= 0) & (predicted >= 0))
     if not usable.size:  # accuracy would be 0/0: NaN in the summary, which strict JSON readers refuse
         if len(status):  # (a file without rows is warned of once, as such)
