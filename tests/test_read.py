@@ -233,16 +233,23 @@ def test_a_stray_quote_that_swallows_rows_is_named_and_the_file_refused(tmp_path
         list(TableReader(path).batches(100))
 
 
-@pytest.mark.parametrize(("tail", "lost"), [
-    ('"Cut short.\n', ""),  # (its line end became part of the value: accepted before, with the text changed)
-    ('"Cut short.\nMore.\nLast.\n', ", reading lines 3-5 as one value and losing their rows"),
+@pytest.mark.parametrize(("tail", "lost", "suffix"), [
+    ('"Cut short.\n', "", "csv"),  # (its line end became part of the value: accepted before, with the text changed)
+    ('"Cut short.\nMore.\nLast.\n', ", reading lines 3-5 as one value and losing their rows", "csv"),
+    # A file cut short mid-value has no last line end: read before as if the quote were closed.
+    ('"Cut short', "", "csv"),
+    ('"Cut short', "", "csv.gz"),
+    ('"Cut ""short"" ' + "x" * 70_000, "", "csv"),  # (a last line longer than the bytes kept of the file's end)
 ])
-def test_a_quote_never_closed_is_named_as_such_and_the_file_refused(tmp_path, tail, lost):
+def test_a_quote_never_closed_is_named_as_such_and_the_file_refused(tmp_path, tail, lost, suffix):
     """A quote that opens a value and is never closed (a file cut short while it was copied, or a stray quote): the
     message said the value 'closes on line 5 and is not followed by a comma', and one swallowing only its own line
-    end was accepted."""
-    path = tmp_path / "in.csv"
-    path.write_text("sentence\nFine.\n" + tail)
+    end, or ending the file without a line end, was accepted."""
+    import gzip
+
+    path = tmp_path / f"in.{suffix}"
+    content = ("sentence\nFine.\n" + tail).encode()
+    path.write_bytes(gzip.compress(content) if suffix.endswith(".gz") else content)
     with pytest.raises(InputError) as raised:
         list(TableReader(path).batches(100))
     assert str(raised.value) == (f"{path} line 3: a quote opened there is never closed (the file ends inside it{lost})"
@@ -250,11 +257,14 @@ def test_a_quote_never_closed_is_named_as_such_and_the_file_refused(tmp_path, ta
                                  "inside it) or remove the stray quote, or copy the file again")
 
 
-def test_quoted_line_breaks_and_a_quote_that_closes_early_on_its_own_line_lose_no_row(tmp_path):
+@pytest.mark.parametrize("end", ["\n", ""])
+def test_quoted_line_breaks_and_a_quote_that_closes_early_on_its_own_line_lose_no_row(tmp_path, end):
     path = tmp_path / "in.csv"
-    path.write_text('sentence,label\nShe said "hi" to me.,1\n"abc" ,1\n"two\nlines, ""quoted""",0\nlast,1\n')
+    path.write_text('sentence,label\nShe said "hi" to me.,1\n"abc" ,1\n"two\nlines, ""quoted""",0\nlast,1\n'
+                    '"a, ""b""",0' + end)  # (quoted at the end, with no line end: whole)
     table = pa.concat_tables(TableReader(path).batches(100))
-    assert table.column("sentence").to_pylist() == ['She said "hi" to me.', "abc ", 'two\nlines, "quoted"', "last"]
+    assert table.column("sentence").to_pylist() == ['She said "hi" to me.', "abc ", 'two\nlines, "quoted"', "last",
+                                                    'a, "b"']
 
 
 def test_a_ragged_row_after_a_huge_cell_is_named(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,8 +193,10 @@ class TableReader:
         block, done = _CSV_BLOCK, 0  # rows already yielded, skipped when a larger block reads the file again
         while True:
             seen, read = 0, 0
-            try:
-                for batch in pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=block),
+            stream = _TailKept(pa.input_stream(str(self.path), compression="detect"))
+            try:  # (read through _TailKept, which keeps the file's last bytes for _check_last_line)
+                for batch in pacsv.open_csv(pa.PythonFile(stream, mode="r"),
+                                            read_options=pacsv.ReadOptions(block_size=block),
                                             parse_options=self._parse_options(),
                                             convert_options=pacsv.ConvertOptions(
                                                 column_types={name: pa.string() for name in self.columns},
@@ -205,12 +208,15 @@ class TableReader:
                         yield batch.slice(max(0, done - seen))
                         done = seen + batch.num_rows
                     seen, read = seen + batch.num_rows, read + block
+                self._check_last_line(stream.tail)
                 self._csv_read = (seen, read, True)
                 return
             except pa.ArrowInvalid as exc:
                 if "straddl" not in str(exc) or block >= _CSV_MAX_BLOCK:
                     raise
                 block *= 4
+            finally:
+                stream.close()
 
     def _parquet_batches(self, skip_rows: int) -> Iterator[pa.RecordBatch]:
         # Skip whole row groups without reading them, so that a resumed run does not reread finished work; read the
@@ -238,6 +244,20 @@ class TableReader:
         if self.format != "csv" or self._quotes_checked:
             return
         if any(pc.any(pc.match_substring_regex(column, "[\r\n]")).as_py() for column in batch.columns):
+            self._quotes_checked = True
+            problem = swallowed_rows(self.path)
+            if problem:
+                raise InputError(problem)
+
+    def _check_last_line(self, tail: bytes) -> None:
+        """A CSV file whose last line has no line end and opens a quote it never closes (a file cut short mid-value)
+        is read by pyarrow as if the quote were closed; where no value has held a line break (which has read the
+        file strictly already), a last line with a quote in it (or longer than the bytes kept) has the file read
+        strictly once."""
+        if self.format != "csv" or self._quotes_checked or not tail or tail[-1:] in (b"\n", b"\r"):
+            return
+        last = re.split(rb"[\r\n]", tail)[-1]  # (the last line, or its last 64 KiB)
+        if b'"' in last or len(last) == _TailKept.KEPT:
             self._quotes_checked = True
             problem = swallowed_rows(self.path)
             if problem:
@@ -285,3 +305,28 @@ class TableReader:
             return f"{self.path}: cannot be decompressed ({text}); check that the file was copied whole"
         where, advice = found
         return f"{self.path}{where}: {advice or text + '; fix or remove that row'}"
+
+
+class _TailKept:
+    """A binary stream that keeps the last bytes read from it (pyarrow reads it as a Python file)."""
+
+    KEPT = 1 << 16
+
+    def __init__(self, raw) -> None:
+        self.raw, self.tail, self.closed = raw, b"", False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if data:
+            self.tail = (self.tail + data[-self.KEPT:])[-self.KEPT:]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.raw.close()
+        self.closed = True
