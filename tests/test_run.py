@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import re
+import shlex
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -577,7 +578,13 @@ def test_nested_columns_are_refused_for_csv_output_before_any_work_and_kept_in_p
     result = run(source, "--model", tiny_export, "-o", tmp_path / "out.csv")
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "'tags' (list<element: int64>), 'meta' (struct<x: int64>) cannot be written to out.csv" in result.output
+    assert result.output.rstrip().endswith("or leave them out (--keep-columns sentence)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+    # The advice, typed as it reads, writes the CSV (a CSV output's record file beside it).
+    advice = shlex.split(result.output.rstrip()[:-1].rsplit("(", 1)[1])
+    assert run(source, "--model", tiny_export, "-o", tmp_path / "out.csv", *advice).exit_code == 0
+    assert (tmp_path / "out.csv").read_text().splitlines()[0] == '"sentence","label","score","status"'
+    (tmp_path / "out.csv").unlink()
     assert run(source, "--model", tiny_export, "-o", tmp_path / "out.parquet").exit_code == 0
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column("tags").to_pylist() == [[1, 2], [3]] and table.column("status").to_pylist() == ["ok", "ok"]

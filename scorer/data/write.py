@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 from scorer.data import atomic
 from scorer.data.csvlint import CODECS, COMPRESSIONS
 from scorer.data.delimited import DelimitedWriter
+from scorer.data.names import as_listed
 from scorer.data.read import data_stem, detect_format
 from scorer.errors import ConfigError, InputError, OutputError
 from scorer.manifest import sha256_file
@@ -38,11 +40,14 @@ def check_text_format(output: Path, schema: pa.Schema | None, source: Path, kept
     (lists, structs, maps)."""
     if schema is None or output_format(output) == "parquet":
         return
-    nested = [f"'{f.name}' ({f.type})" for f in schema
-              if pa.types.is_nested(f.type) and (kept is None or f.name in kept)]
+    carried = schema.names if kept is None else [name for name in kept if name in schema.names]
+    nested = [name for name in carried if pa.types.is_nested(schema.field(name).type)]
     if nested:
-        raise ConfigError(f"{source}: column(s) {', '.join(nested)} cannot be written to {output.name}, a "
-                          "CSV/TSV file; write Parquet instead (an --output ending in .parquet, or --format parquet)")
+        rest = ",".join(as_listed(name) for name in carried if name not in nested)
+        leave = f"--keep-columns {shlex.quote(rest)}" if rest else "--keep-columns ''"
+        raise ConfigError(f"{source}: column(s) {', '.join(f'{n!r} ({schema.field(n).type})' for n in nested)} "
+                          f"cannot be written to {output.name}, a CSV/TSV file; write Parquet instead (an --output "
+                          f"ending in .parquet, or --format parquet), or leave them out ({leave})")
 
 
 def default_output(source: Path) -> Path:
