@@ -278,10 +278,14 @@ def test_a_run_stopped_by_a_bug_says_so_in_the_summary_too(tiny_export, tmp_path
 
 
 def _start(args: list[str], hangup=signal.SIG_DFL) -> subprocess.Popen:
-    """`scorer run` in a subprocess; `hangup`: how it starts with SIGHUP (SIG_IGN: as `nohup` starts it)."""
+    """`scorer run` in a subprocess; `hangup`: how it starts with SIGHUP (SIG_IGN: as `nohup` starts it). SIGINT
+    as a terminal's job gets it, where pytest itself runs as a background job (which starts with SIGINT ignored)."""
+    def signals() -> None:
+        signal.signal(signal.SIGHUP, hangup)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     return subprocess.Popen([sys.executable, "-m", "scorer.cli", "run", *args, "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, hangup))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=signals)
 
 
 def _midway(args: list[str], parts: Path, count: int, hangup=signal.SIG_DFL) -> subprocess.Popen:
