@@ -10,7 +10,7 @@ import torch
 
 from scorer.config import ExportConfig
 from scorer.inference.rescue import finite_rows
-from scorer.inference.results import softmax
+from scorer.inference.results import decided, softmax
 from scorer.inference.session import batch_runner, create_session, cuda_starts
 from scorer.metrics import confusion_of
 from scorer.scoring.check import TOLERANCE
@@ -66,16 +66,43 @@ def batching(n: int, max_length: int) -> str:
             f"{min(n, _FULL_LENGTH_ROWS)} padded to {max_length} ({runs} runs)")
 
 
+@dataclass(frozen=True)
+class Decision:
+    """How labels are read from logits: the most probable, or (two labels) the positive one where its probability
+    reaches `threshold` (export --threshold); a row is a near-tie where its logits are within `tie_margin` of the
+    point where the label changes."""
+
+    tie_margin: float
+    threshold: float | None = None
+    positive: int = 1
+
+    def labels(self, logits: np.ndarray) -> np.ndarray:
+        if self.threshold is None:
+            return logits.argmax(axis=1)
+        with np.errstate(invalid="ignore"):  # (a row of non-finite logits: judged apart, as such)
+            return decided(softmax(logits), self.threshold, self.positive)
+
+    def margins(self, logits: np.ndarray) -> np.ndarray:
+        """Each row's distance from the change of label: the gap between its two highest logits, or, with a
+        threshold, between the positive label's logit lead and the lead the threshold stands for."""
+        if self.threshold is None:
+            top = np.sort(logits, axis=1)
+            return top[:, -1] - top[:, -2]
+        lead = logits[:, self.positive] - logits[:, 1 - self.positive]
+        return np.abs(lead - np.log(self.threshold / (1 - self.threshold)))
+
+
 class Parity:
     """PyTorch's logits on the parity batches, computed once, against which each variant is then judged."""
 
     def __init__(self, model: torch.nn.Module, encoded: Encoded, targets: np.ndarray | None, labels: list,
-                 config: ExportConfig, max_length: int) -> None:
+                 config: ExportConfig, max_length: int, positive: int = 1) -> None:
         self.encoded, self.targets, self.labels, self.config = encoded, targets, labels, config
+        self.decision = Decision(config.tie_margin, config.threshold, positive)
         self.batches = parity_batches(len(encoded), max_length)
         self.reference = _torch_logits(model, encoded, self.batches)
         self.torch_row = _judge("pytorch", "torch-cpu", self.reference, self.reference, self.batches, targets, labels,
-                                config, None)
+                                config, None, self.decision)
 
     def of(self, name: str, path: Path, cuda_options: dict | None = None) -> VariantParity:
         """One variant compared with PyTorch and judged against the gate; the fp16 graph on CUDA where it works,
@@ -85,7 +112,7 @@ class Parity:
         run = batch_runner(create_session(path, provider, options), provider, io_binding=False)
         logits = [run(_feed(self.encoded, b.rows, b.pad)) for b in self.batches]
         return _judge(name, provider, self.reference, logits, self.batches, self.targets, self.labels, self.config,
-                      self.torch_row)
+                      self.torch_row, self.decision)
 
     def every(self, variants: dict[str, Path], cuda_options: dict | None = None) -> list[VariantParity]:
         """PyTorch's own row, then every variant's."""
@@ -108,23 +135,26 @@ def _torch_logits(model: torch.nn.Module, encoded: Encoded, batches) -> list[np.
 
 
 def _judge(name, provider, reference, logits, batches, targets, labels, config: ExportConfig,
-           torch_row: VariantParity | None) -> VariantParity:
+           torch_row: VariantParity | None, decision: Decision | None = None) -> VariantParity:
+    decision = decision or Decision(config.tie_margin, config.threshold)
     finite = [finite_rows(b) for b in logits]
     diff = max((float(np.abs(a - b)[f].max(initial=0.0)) for a, b, f in zip(reference, logits, finite, strict=True)),
                default=0.0)
-    agree = np.concatenate([(a.argmax(1) == b.argmax(1)) & f for a, b, f in zip(reference, logits, finite,
-                                                                                   strict=True)])
+    agree = np.concatenate([(decision.labels(a) == decision.labels(b)) & f
+                            for a, b, f in zip(reference, logits, finite, strict=True)])
     score_diff = max((float(np.abs(softmax(a) - softmax(b))[f].max(initial=0.0))
                       for a, b, f in zip(reference, logits, finite, strict=True)), default=0.0)
     non_finite = int(sum((~f).sum() for f in finite))
     agreement = float(agree.mean())
-    decisive = np.concatenate([_margins(a) > config.tie_margin for a in reference])
+    decisive = np.concatenate([decision.margins(a) > config.tie_margin for a in reference])
     decisive_agreement = float(agree[decisive].mean()) if decisive.any() else 1.0
     near_tie_flips = int((~agree & ~decisive).sum())
-    rows = f"where PyTorch's top two logits are over {config.tie_margin:g} apart"
+    rows = f"where PyTorch's top two logits are over {config.tie_margin:g} apart" if config.threshold is None else \
+        f"where PyTorch's logits are over {config.tie_margin:g} from the threshold {config.threshold:g}"
     accuracy = mcc = None
     if targets is not None:
-        predicted = np.concatenate([out.argmax(1) for out, b in zip(logits, batches, strict=True) if b.covering])
+        predicted = np.concatenate([decision.labels(out) for out, b in zip(logits, batches, strict=True)
+                                    if b.covering])
         labelled = targets >= 0  # rows without a label count for agreement, not for accuracy
         confusion = confusion_of(labels, targets[labelled], predicted[labelled])
         accuracy, mcc = confusion.accuracy(), confusion.mcc()
@@ -149,14 +179,9 @@ def _judge(name, provider, reference, logits, batches, targets, labels, config: 
                          passed, requirement, non_finite, score_diff)
 
 
-def _margins(logits: np.ndarray) -> np.ndarray:
-    """Each row's gap between its two highest logits."""
-    top = np.sort(logits, axis=1)
-    return top[:, -1] - top[:, -2]
-
-
-def report(results: list[VariantParity], source: str) -> dict:
-    return {"source": source, "passed": all(r.passed for r in results), "variants": [asdict(r) for r in results]}
+def report(results: list[VariantParity], source: str, threshold: float | None = None) -> dict:
+    return {"source": source, "passed": all(r.passed for r in results), "threshold": threshold,
+            "variants": [asdict(r) for r in results]}
 
 
 def gated(results: list[VariantParity]) -> list[VariantParity]:

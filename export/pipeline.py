@@ -21,7 +21,7 @@ from export.quantize import Quantiser, QuantizeReport, Targets
 from export.rows import calibration_texts, parity_rows, recorded_data
 from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
 from scorer.data import atomic
-from scorer.errors import ParityError, ProviderError
+from scorer.errors import ConfigError, ParityError, ProviderError
 from scorer.inference import selfcheck
 from scorer.inference.session import onnxruntime
 from scorer.manifest import MANIFEST, VARIANT_FILES, Manifest, Variant, sha256_file, weight_files
@@ -70,8 +70,11 @@ def export_model(config: ExportConfig) -> ExportResult:
     if config.tensorrt:
         _check_tensorrt()
     model = load_classifier(config.checkpoint, attn_implementation="eager", max_length=config.max_length)
-    config = replace(config, variants=_buildable(config, model))
     head = model.head_config
+    if config.threshold is not None and len(head.labels) != 2:
+        raise ConfigError(f"--threshold needs a model of two labels, and {config.checkpoint} has {len(head.labels)} "
+                          f"({', '.join(map(str, head.labels))}); drop --threshold")
+    config = replace(config, variants=_buildable(config, model))
     trained = _train_settings(config.checkpoint)
     text_column = config.text_column or trained.get("text_column", "sentence")
     label_column = config.label_column or trained.get("label_column", "label")  # (what run evaluates by default)
@@ -94,12 +97,14 @@ def export_model(config: ExportConfig) -> ExportResult:
         log.info("parity against PyTorch on %d rows of %s: %s", len(checked.texts), checked.source,
                  parity.batching(len(checked.texts), head.max_length))
         fp16_options = reports["fp16"].cuda_options if "fp16" in reports else None
-        check = parity.Parity(model, encoded, checked.targets, head.labels, config, head.max_length)
+        check = parity.Parity(model, encoded, checked.targets, head.labels, config, head.max_length,
+                              head.labels.index(head.positive_label))
         results = check.every(variants, fp16_options)
         while _int8_refused(results, reports):  # export chose to quantise, so it can choose to quantise less
             reports["int8"] = _step_down(quantiser, results, reports["int8"], variants["int8"])
             results = [check.of("int8", variants["int8"]) if r.variant == "int8" else r for r in results]
-        (staging / "parity.json").write_text(json.dumps(parity.report(results, checked.source), indent=2) + "\n")
+        (staging / "parity.json").write_text(json.dumps(parity.report(results, checked.source, config.threshold),
+                                                        indent=2) + "\n")
         (staging / "export_config.json").write_text(to_json(replace(config, overwrite=False)))
         manifest = _manifest(model, head, config, variants, results, text_column, label_column)
         manifest.extra.update({name: asdict(report) for name, report in reports.items()})
@@ -256,6 +261,7 @@ def _manifest(model, head: HeadConfig, config: ExportConfig, variants: dict[str,
         parity_passed=all(passed.values()),
         label_ids=head.label_ids,
         checkpoint_weights={path.name: sha256_file(path) for path in weight_files(config.checkpoint)},
+        threshold=config.threshold,
     )
 
 

@@ -150,6 +150,10 @@ def train(progress: bool, **options) -> None:
                    f"{shown(ExportConfig, 'fp16_attention')}.")
 @click.option("--max-length", type=int, help="Tokens per text when scoring, at most the position limit [default: what "
               "the checkpoint was trained at; a Hugging Face model's tokenizer's model_max_length, at most 512].")
+@click.option("--threshold", type=float,
+              help="Two-label models: record this decision threshold (a row's label is the positive one where its "
+                   "score is at least this), which the parity gate judges labels by and `scorer run` labels by "
+                   "unless given its own [default: none, the more probable label].")
 @click.option("--tensorrt", is_flag=True, default=None, help="Also build and cache a TensorRT fp16 engine.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing export directory.")
 @command
@@ -161,10 +165,13 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 
     if variants is not None:
         options["variants"] = tuple(v.strip() for v in variants.split(",") if v.strip())
-    result = export_model(build(ExportConfig, **options))
+    config = build(ExportConfig, **options)
+    result = export_model(config)
     click.echo(result.shown())
+    labelled = "" if config.threshold is None else \
+        f" (labels at score >= {config.threshold:g}, recorded: `scorer run` labels by it)"
     click.echo(f"exported {', '.join(r.variant for r in parity.gated(result.parity))} to {result.output}; "
-               "parity passed")
+               f"parity passed{labelled}")
 
 
 @main.command("run")
@@ -191,7 +198,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
               help="Also write each label's probability, as a column prob_<label> per label.")
 @click.option("--threshold", type=float,
               help="Two-label models: a row's label is the positive one (whose probability `score` is) where its "
-                   "score is at least this, else the other [default: the more probable label].")
+                   "score is at least this, else the other (0.5: the more probable) [default: the one export "
+                   "recorded (export --threshold), else the more probable label].")
 @click.option("--max-tokens", type=int,
               help=f"Token budget per batch (rows × padded length) {shown_by_provider(DEFAULT_MAX_TOKENS)}.")
 @click.option("--max-batch-rows", type=int, help=f"Most rows in one batch {shown(RunConfig, 'max_batch_rows')}.")

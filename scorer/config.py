@@ -182,6 +182,9 @@ class ExportConfig:
     int8_tolerance: float | None = None
     fp16_attention: str = "auto"  # auto, or one of FP16_ATTENTIONS
     max_length: int | None = None  # None: the checkpoint's (what it was trained at, or its tokenizer's)
+    # Two labels: the positive one where its probability is at least this, recorded for `scorer run` and judged by
+    # the parity gate; None: the more probable label.
+    threshold: float | None = None
     tensorrt: bool = False
     overwrite: bool = False
 
@@ -203,6 +206,7 @@ class ExportConfig:
         _check(self.int8_tolerance is None or self.int8_tolerance > 0,
                f"--int8-tolerance must be positive, not {self.int8_tolerance}")
         _check_choice(self.fp16_attention, ("auto", *FP16_ATTENTIONS), "--fp16-attention")
+        _check_threshold(self.threshold)
         if self.max_length is not None:
             _check_max_length(self.max_length)
 
@@ -222,7 +226,8 @@ class RunConfig:
     # The input columns an output carries beside the results, in this order; None: every one; (): the results alone.
     keep_columns: tuple[str, ...] | None = None
     probabilities: bool = False  # a column of each label's probability (prob_<label>) beside label, score and status
-    threshold: float | None = None  # two labels: the positive one where score >= this (None: the more probable)
+    # Two labels: the positive one where score >= this; None: the export's (export --threshold), else the more probable
+    threshold: float | None = None
     max_tokens: int | None = None
     max_batch_rows: int = 4096
     io_binding: bool | None = None  # None: what export measured faster for the fp16 graph on CUDA, else off
@@ -268,8 +273,7 @@ class RunConfig:
         if self.variant is not None:
             _check_choice(self.variant, VARIANTS, "--variant")
         _check_kept(self.keep_columns)
-        _check(self.threshold is None or 0 < self.threshold < 1,
-               f"--threshold must be between 0 and 1 (a probability), not {self.threshold}")
+        _check_threshold(self.threshold)
         _check_columns(self.text_column, self.label_column)
         _check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be at least 1")
         _check(self.max_batch_rows >= 1, f"--max-batch-rows must be at least 1, not {self.max_batch_rows}")
@@ -297,6 +301,11 @@ def _check_columns(text: str | None, label: str | None) -> None:
     """The text and the labels from one column would train on the answer (or score labels as sentences)."""
     _check(text is None or text != label, f"--text-column '{text}' is the label column too (--label-column); the "
            "labels must be a column of their own: pass --label-column with it")
+
+
+def _check_threshold(threshold: float | None) -> None:
+    _check(threshold is None or 0 < threshold < 1, f"--threshold must be between 0 and 1 (a probability), not "
+           f"{threshold}")
 
 
 def _check_kept(names: tuple[str, ...] | None) -> None:

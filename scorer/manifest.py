@@ -64,6 +64,9 @@ class Manifest:
     parity_passed: bool | None = None
     label_ids: bool = False  # whether files may write a label as its index (scorer.data.labels.LabelIndex)
     checkpoint_weights: dict[str, str] = field(default_factory=dict)  # its weight files at export: sha256
+    # Two labels: the positive one where its probability is at least this (export --threshold; run labels by it
+    # unless given its own); None: the more probable label.
+    threshold: float | None = None
     extra: dict = field(default_factory=dict)
 
     def save(self, directory: Path) -> None:

@@ -681,6 +681,45 @@ def test_gate_judges_agreement_and_accuracy_against_pytorch():
     assert bad.agreement >= 0.99 and not bad.passed and "accuracy within 0.5 points" in bad.requirement
 
 
+def test_with_a_threshold_the_gate_judges_the_labels_at_it_and_near_ties_around_it():
+    """export --threshold 0.8: a row whose probability moves from 0.82 to 0.78 keeps its most probable label but
+    changes its label at the threshold (a flip); one that moves across it from within the tie margin is a
+    near-tie."""
+    from export.parity import _judge
+    from scorer.config import ExportConfig
+
+    def logits_of(p: np.ndarray) -> np.ndarray:  # (label 1's probability p, label 0's logit 0)
+        return np.stack([np.zeros_like(p), np.log(p / (1 - p))], axis=1).astype(np.float32)
+
+    n = 200
+    reference_p = np.full(n, 0.82)
+    reference_p[::2] = 0.3
+    targets = (reference_p >= 0.8).astype(np.int64)
+    batches = parity_batches(n, 8)
+    config = ExportConfig(threshold=0.8, min_agreement=0.99)
+    reference = logits_of(reference_p)
+    by_batch = [reference[b.rows] for b in batches]
+    torch_row = _judge("pytorch", "cpu", by_batch, by_batch, batches, targets, [0, 1], config, None)
+    assert torch_row.accuracy == 1.0
+    moved_p = reference_p.copy()
+    moved_p[[1, 3, 5]] = 0.78  # 0.82 -> 0.78: logit lead 1.52 -> 1.27, 0.13 from the threshold's 1.39 (decisive)
+    moved = logits_of(moved_p)
+    row = _judge("int8", "cpu", by_batch, [moved[b.rows] for b in batches], batches, targets, [0, 1], config,
+                 torch_row)
+    plain = _judge("int8", "cpu", by_batch, [moved[b.rows] for b in batches], batches, targets, [0, 1],
+                   ExportConfig(min_agreement=0.99), torch_row)
+    assert plain.agreement == 1.0 and row.agreement < 1.0 and row.near_tie_flips == 0
+    assert not row.passed and "from the threshold 0.8" in row.requirement and row.accuracy < 1.0
+    near = reference_p.copy()
+    near[[1, 3, 5]] = 0.805  # (logit lead 1.42, within 0.05 of 1.39) moved to 0.795: flips at a near-tie
+    near_reference = logits_of(near)
+    near_moved = near.copy()
+    near_moved[[1, 3, 5]] = 0.795
+    tied = _judge("int8", "cpu", [near_reference[b.rows] for b in batches],
+                  [logits_of(near_moved)[b.rows] for b in batches], batches, None, [0, 1], config, torch_row)
+    assert tied.near_tie_flips > 0 and tied.passed, tied
+
+
 @pytest.mark.parametrize(("moved", "variant", "passes"), [(0.04, "int8", True), (0.06, "int8", False),
                                                           (0.015, "fp16", True), (0.03, "fp16", False)])
 def test_the_gate_holds_a_variant_to_the_probabilities_run_check_allows_it(moved, variant, passes):

@@ -234,3 +234,7 @@ def test_three_text_labels_train_export_and_score_with_the_predicted_labels_prob
                                   str(tmp_path / "t.parquet"), "--threshold", "0.6", "--quiet"])
     assert result.exit_code == 2 and "--threshold needs a model of two labels, and" in result.output
     assert "has 3 (neg, neu, pos)" in result.output and not (tmp_path / "t.parquet").exists()
+    result = runner.invoke(main, ["export", "--checkpoint", str(tmp_path / "checkpoint"), "--output",
+                                  str(tmp_path / "t-onnx"), "--threshold", "0.6", "--quiet"])
+    assert result.exit_code == 2 and "--threshold needs a model of two labels, and" in result.output
+    assert "has 3 (neg, neu, pos); drop --threshold" in result.output and not (tmp_path / "t-onnx").exists()

@@ -53,7 +53,9 @@ def test_the_output_carries_the_columns_named_in_their_order_and_the_same_result
                        "--keep-columns sentence (so the header writes it)"),
     ("id,,label", 2, "--keep-columns 'id,,label' has an empty name; separate the names by single commas"),
     ("id,label,id", 2, "--keep-columns names 'id' more than once; name each column once"),
-    ("id,tags", 2, "column(s) 'tags' (list<element: int64>) cannot be written to out.csv, a CSV/TSV file"),
+    ("id,tags", 2, "column(s) 'tags' (list<element: int64>) cannot be written to out.csv, a CSV/TSV file; write "
+                   "Parquet instead (an --output ending in .parquet, or --format parquet), or leave them out "
+                   "(--keep-columns id)"),
 ])
 def test_a_column_that_cannot_be_kept_is_refused_in_one_line_before_any_work(tiny_export, labelled, tmp_path, keep,
                                                                               code, said):
@@ -219,9 +221,53 @@ def test_a_threshold_labels_a_row_positive_where_its_score_reaches_it_and_is_par
     assert sweep[best]["mcc"] == max(row["mcc"] for row in sweep.values())
     result = run(labelled, "-o", output, *common)
     assert result.exit_code == 5 and f"(written labelled at score >= {threshold:g}, and this run by the more " \
-        "probable label (--threshold))" in result.output, result.output
+        "probable label (--threshold, or the export's))" in result.output, result.output
     assert run(labelled, "-o", output, *common, "--update").exit_code == 0
     assert pq.read_table(output).column("pred_label").to_pylist() == [int(s >= 0.5) for s in scores]
     for bad in ("0", "1", "-0.2"):
         refused = run(labelled, "-o", tmp_path / "x.parquet", *common, "--threshold", bad)
         assert refused.exit_code == 2 and "--threshold must be between 0 and 1" in refused.output
+
+
+def test_a_threshold_recorded_at_export_labels_every_run_that_gives_none_of_its_own(tiny_checkpoint, tiny_export,
+                                                                                     labelled, tmp_path):
+    """A threshold chosen on labelled rows is recorded with the model (`export --threshold`), so that nightly runs
+    label by it without each naming it (and a run that forgot it cannot label by another); the parity gate judges
+    the labels at it; a run's own --threshold still decides; an output labelled before it was recorded is not up to
+    date."""
+    from click.testing import CliRunner
+
+    from scorer.cli import main
+
+    common = ["--variant", "fp32", "--keep-columns", "id,label"]
+    plain = tmp_path / "plain.parquet"
+    assert run(labelled, "-o", plain, "--model", tiny_export, *common).exit_code == 0
+    scores = np.sort(pq.read_table(plain).column("pred_score").to_numpy())
+    threshold = round(float(scores[20] + scores[21]) / 2, 6)  # (between two scores: relabels some rows)
+    export = tmp_path / "onnx"
+    exported = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(export),
+                                         "--variants", "fp32", "--threshold", str(threshold), "--quiet"])
+    assert exported.exit_code == 0, exported.output
+    assert exported.output.rstrip().endswith(f"parity passed (labels at score >= {threshold:g}, recorded: `scorer "
+                                             "run` labels by it)")
+    assert json.loads((export / "manifest.json").read_text())["threshold"] == threshold
+    parity = json.loads((export / "parity.json").read_text())
+    assert parity["threshold"] == threshold and parity["passed"]
+    assert f"over 0.05 from the threshold {threshold:g}" in parity["variants"][1]["requirement"]
+    output = tmp_path / "out.parquet"
+    result = run(labelled, "-o", output, "--model", export, *common)
+    assert result.exit_code == 0 and f"labelled at score >= {threshold:g}, the export's threshold)" in result.output
+    scored = pq.read_table(output)
+    assert scored.column("pred_label").to_pylist() == [int(s >= threshold) for s in scored["pred_score"].to_pylist()]
+    assert sum(scored.column("pred_label").to_pylist()) == 9  # (the 9 scores above it; 0.5 labels others so)
+    summary = json.loads(output.with_name(output.name + ".summary.json").read_text())
+    assert (summary["threshold"], summary["threshold_from"]) == (threshold, "export")
+    assert json.loads(scored.schema.metadata[b"scorer"])["threshold"] == threshold
+    # a run's own threshold decides (0.5: the more probable label, as the export without a threshold labels)
+    own = run(labelled, "-o", tmp_path / "own.parquet", "--model", export, *common, "--threshold", "0.5")
+    assert own.exit_code == 0 and "labelled at score >= 0.5)" in own.output, own.output
+    assert pq.read_table(tmp_path / "own.parquet")["pred_label"] == pq.read_table(plain)["pred_label"]
+    # the output of the export without a threshold, scored again by this one: not up to date (same graph, other labels)
+    result = run(labelled, "-o", plain, "--model", export, *common)
+    assert result.exit_code == 5 and f"and this run at score >= {threshold:g} (--threshold, or the export's)" \
+        in result.output, result.output

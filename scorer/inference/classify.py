@@ -28,7 +28,19 @@ from scorer.inference.defaults import (
     default_variant,
 )
 from scorer.inference.rescue import Rescue
-from scorer.inference.results import CODE, EMPTY, NOT_TEXT, NULL, OK, STATUS_NAMES, TRUNCATED, Prepared, Scored, scored
+from scorer.inference.results import (
+    CODE,
+    EMPTY,
+    NOT_TEXT,
+    NULL,
+    OK,
+    STATUS_NAMES,
+    TRUNCATED,
+    Prepared,
+    Scored,
+    decided,
+    scored,
+)
 from scorer.inference.session import batch_runner, create_session, resolve_provider
 from scorer.manifest import load_manifest
 from scorer.text.batches import Batch, BatchTally, WindowBatcher
@@ -53,15 +65,18 @@ class OnnxClassifier:
                  max_tokens: int | None = None, max_batch_rows: int = 4096, provider_options: dict | None = None,
                  io_binding: bool | None = None, infer_threads: int | None = None, word_cache: bool = True,
                  batch_overhead: int | None = None, threshold: float | None = None) -> None:
-        """`threshold`: a two-label model labels a row positive where its score is at least this (None: the more
-        probable label)."""
+        """`threshold`: a two-label model labels a row positive where its score is at least this (None: the one
+        recorded at export, else the more probable label)."""
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         if threshold is not None and len(self.manifest.labels) != 2:
             raise ConfigError(f"--threshold needs a model of two labels, and {self.directory} has "
                               f"{len(self.manifest.labels)} ({', '.join(map(str, self.manifest.labels))}); drop "
                               "--threshold (each row gets its most probable label)")
-        self.threshold = threshold
+        # (where from, for the run's result line: the one --threshold gives, or the one export recorded)
+        self.threshold_from = "--threshold" if threshold is not None else \
+            "export" if self.manifest.threshold is not None else None
+        self.threshold = threshold if threshold is not None else self.manifest.threshold
         self.manifest.verify_tokenizer(self.directory)
         self.encoder = TextEncoder.from_dir(self.directory, self.manifest.max_length, word_cache)
         if self.encoder.vocab_size > self.manifest.vocab_size:
@@ -216,9 +231,9 @@ class OnnxClassifier:
     def decide(self, probabilities: np.ndarray, predicted: np.ndarray | None = None) -> np.ndarray:
         """Each row's label index: the positive label where its score reaches the threshold, else the other one;
         without a threshold the most probable label (`predicted`, where the logits' argmax is known already)."""
-        if self.threshold is None:
-            return probabilities.argmax(axis=1) if predicted is None else predicted
-        return np.where(probabilities[:, self.positive] >= self.threshold, self.positive, 1 - self.positive)
+        if self.threshold is None and predicted is not None:
+            return predicted
+        return decided(probabilities, self.threshold, self.positive)
 
     def result_arrays(self, scored: Scored) -> tuple[pa.Array, pa.Array, pa.Array]:
         """The label, score and status columns written for `scored` (nulls where a row was not scored)."""

@@ -63,6 +63,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def decided(probabilities: np.ndarray, threshold: float | None, positive: int) -> np.ndarray:
+    """Each row's label index: with a threshold (two labels), the positive label where its probability is at least
+    that, else the other one; without, the most probable label."""
+    if threshold is None:
+        return probabilities.argmax(axis=1)
+    return np.where(probabilities[:, positive] >= threshold, positive, 1 - positive)
+
+
 def scored(prepared: Prepared, valid_logits: np.ndarray, rescue: Rescue) -> Scored:
     """Every row's results; a row whose logits are not finite is scored again on the fp32 graph (`rescue`), and left
     unscored (status non_finite) where that cannot give finite ones either."""

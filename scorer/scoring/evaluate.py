@@ -74,8 +74,9 @@ def _thresholds(evaluation: dict) -> list[str]:
     lines += [f"| {r['threshold']:.2f} | {r['accuracy']:.4f} | {r['mcc']:.4f} | {r['precision']:.4f} | "
               f"{r['recall']:.4f} |" for r in found["sweep"]
               if round(r["threshold"] * 10, 6).is_integer() or r["threshold"] == best]
-    advice = "as the more probable label gives without --threshold" if best == 0.5 else \
-        f"chosen on these rows, so confirm it on other labelled rows before scoring with `--threshold {best:g}`"
+    advice = "as the more probable label gives (`--threshold 0.5`)" if best == 0.5 else \
+        f"chosen on these rows, so confirm it on other labelled rows before scoring with `--threshold {best:g}` (or " \
+        f"recording it with the model: `scorer export --threshold {best:g}`)"
     return [*lines, "", f"MCC is highest here at {best:.2f} ({found['best_mcc']:.4f}; the labels written: "
                         f"{evaluation['mcc']:.4f}): {advice}."]
 

@@ -46,7 +46,7 @@ def how_written(done: dict | None, record: dict) -> str:
         how.append("without each label's probability, and this run with (--probabilities)" if _probabilities(record)
                    else "with each label's probability, and this run without (--probabilities)")
     if done.get("threshold") != record.get("threshold"):
-        how.append(f"labelled {_labelled(done)}, and this run {_labelled(record)} (--threshold)")
+        how.append(f"labelled {_labelled(done)}, and this run {_labelled(record)} (--threshold, or the export's)")
     if other_model and variant != ours and len(how) == 1:
         how[0] += f": --variant {variant} keeps it"
     return ", ".join(how)

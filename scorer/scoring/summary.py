@@ -26,6 +26,7 @@ ROW_KINDS = {TRUNCATED: "truncated", NULL: "unscored (null text)", EMPTY: "unsco
 
 LINE_STATES = ("scored", "resumed", "skipped", "taken", "failed")  # (counted in the one-line summary)
 STATE_WORDS = {"taken": "left to other runs"}
+_FROM = {"export": ", the export's threshold"}  # (where a threshold came from, said where not --threshold)
 
 
 @dataclass
@@ -77,7 +78,10 @@ class RunSummary:
     variant: str
     model_sha256: str
     score: str = ""  # what the score column holds: "the probability of label 1"
-    threshold: float | None = None  # --threshold: the positive label where score >= this (None: the more probable)
+    # The positive label where score >= this (None: the more probable), from --threshold or the export's
+    # (threshold_from: "--threshold" or "export").
+    threshold: float | None = None
+    threshold_from: str | None = None
     # Scored rows by predicted label over the inputs scored or resumed now (skipped ones are not read again).
     predicted_counts: dict[str, int] = field(default_factory=dict)
     checking_seconds: float = 0.0  # of `seconds`, spent on --check (PyTorch's start, mostly)
@@ -130,7 +134,8 @@ class RunSummary:
         text = (f"{self.rows} rows in {len(self.inputs)} file(s) ({files}){'; ' + counts if counts else ''}; "
                 f"{self.rows_this_run} written now in {self.seconds:.1f}s{checking}, {self.rows_per_second:,.0f} "
                 f"rows/s on {self.provider} ({self.variant}"
-                + (f", labelled at score >= {self.threshold:g})" if self.threshold is not None else ")"))
+                + (f", labelled at score >= {self.threshold:g}{_FROM.get(self.threshold_from, '')})"
+                   if self.threshold is not None else ")"))
         if len(self.inputs) == 1:
             text += f" -> {self.inputs[0].output}"
             unit = self.inputs[0]
@@ -169,7 +174,8 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
                       io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
                       provider_options=classifier.provider_options,
                       variant=classifier.variant, model_sha256=classifier.model_sha256,
-                      score=classifier.score_means, threshold=classifier.threshold, predicted_counts=predicted,
+                      score=classifier.score_means, threshold=classifier.threshold,
+                      threshold_from=classifier.threshold_from, predicted_counts=predicted,
                       batching={**asdict(classifier.tally), "window_rows": window_rows}, waits=waits)
 
 
