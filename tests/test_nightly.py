@@ -85,6 +85,34 @@ def test_an_output_directory_inside_the_input_directory_is_not_read_as_new_input
     assert not (out / "scored").exists()
 
 
+def test_a_spark_job_s_output_directory_is_scored_without_its_work_in_progress_and_markers(tiny_export, tmp_path):
+    """A Spark job writes part files, a _SUCCESS marker, .crc files and, while it runs or where an attempt failed,
+    _temporary/ with partial part files: those were scored as inputs of their own (pyarrow and Spark leave names
+    with a leading '_' or '.' out of a directory). Named alone, or by a glob, such a file is still scored."""
+    spark = tmp_path / "day.parquet"
+    (spark / "_temporary" / "0").mkdir(parents=True)
+    for part in range(2):
+        pq.write_table(pa.table({"sentence": sentences(5, 10 * part)}), spark / f"part-0000{part}-x.snappy.parquet")
+        (spark / f".part-0000{part}-x.snappy.parquet.crc").write_bytes(b"crc")
+    (spark / "_SUCCESS").write_bytes(b"")
+    pq.write_table(pa.table({"sentence": sentences(3)}), spark / "_temporary" / "0" / "part-00009-x.snappy.parquet")
+    pq.write_table(pa.table({"sentence": sentences(3)}), spark / "_metadata.parquet")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(spark), "--model", str(tiny_export), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert files_under(out) == ["part-00000-x.snappy.parquet", "part-00001-x.snappy.parquet", "scorer-summary.json"]
+    assert f"{spark}: left out 2 data file(s) named with or under a leading '_' (_metadata.parquet, " \
+        "_temporary/0/part-00009-x.snappy.parquet)" in result.output
+    # a directory holding such files alone is refused, saying why; a glob names them
+    (spark / "part-00000-x.snappy.parquet").unlink()
+    (spark / "part-00001-x.snappy.parquet").unlink()
+    result = run(spark, "--model", tiny_export, "-o", tmp_path / "out2")
+    assert result.exit_code == 3 and f"{spark}'s only data files are named with or under a leading '_'" \
+        in result.output, result.output
+    assert run(f"{spark}/_temporary/*/*.parquet", "--model", tiny_export, "-o", tmp_path / "out3").exit_code == 0
+    assert files_under(tmp_path / "out3") == ["0/part-00009-x.snappy.parquet", "scorer-summary.json"]
+
+
 def test_two_inputs_that_would_share_an_output_are_refused_before_any_work(tiny_export, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()

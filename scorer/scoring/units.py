@@ -7,6 +7,7 @@ A unit is one input file scored into one output file. Units share nothing but th
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from scorer.data.write import default_output
 from scorer.errors import InputError, OutputError
 
 _MAGIC = ("*", "?", "[")
+log = logging.getLogger("scorer")
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,17 @@ def expand_inputs(spec: str) -> tuple[list[Path], Path | None]:
     path = Path(spec)
     if path.is_dir():
         _refuse_unreadable(path)
-        files = sorted(p for p in path.rglob("*") if _is_data_file(p) and not _hidden(p.relative_to(path)))
+        found = sorted(p for p in path.rglob("*") if _is_data_file(p) and not _hidden(p.relative_to(path)))
+        files = [p for p in found if not _unlisted(p.relative_to(path))]
+        left = [str(p.relative_to(path)) for p in found if p not in files]
+        why = (f"named with or under a leading '_' ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}), which "
+               "the scoring of a directory leaves out, as pyarrow and Spark do (Spark's and Hadoop's work in progress, "
+               "_temporary, and markers); name one, or a glob, to score it")
         if not files:
-            raise InputError(f"{path} holds no .parquet, .csv or .tsv file; nothing to score")
+            raise InputError(f"{path}'s only data files are {why}" if left else
+                             f"{path} holds no .parquet, .csv or .tsv file; nothing to score")
+        if left:
+            log.info("%s: left out %d data file(s) %s", path, len(left), why)
         return files, path
     return [path], None
 
@@ -53,7 +63,7 @@ def _refuse_unreadable(directory: Path) -> None:
     the run would end well with them unscored."""
     denied: list[OSError] = []
     for _, names, _ in os.walk(directory, onerror=denied.append):
-        names[:] = [name for name in names if not name.startswith(".")]  # (hidden ones are not searched)
+        names[:] = [name for name in names if not name.startswith((".", "_"))]  # (they are not searched)
         if denied:
             break
     if denied:
@@ -144,6 +154,12 @@ def _is_data_file(path: Path) -> bool:
 
 def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
+
+
+def _unlisted(relative: Path) -> bool:
+    """A file of a directory's that is not scored with it: named with, or under a directory named with, a leading
+    '_' (a Spark job's _temporary attempts, its _SUCCESS and _committed markers)."""
+    return any(part.startswith("_") for part in relative.parts)
 
 
 def _glob_base(pattern: str) -> Path:
