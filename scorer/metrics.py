@@ -80,5 +80,7 @@ def threshold_sweep(true_positive: np.ndarray, scores: np.ndarray) -> dict:
         confusion.matrix[:] = [[tn, fp], [fn, tp]]
         rows.append({"threshold": threshold, "accuracy": confusion.accuracy(), "mcc": confusion.mcc(),
                      "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0})
-    best = max(rows, key=lambda row: row["mcc"])  # (the lowest of equals)
+    # Of equal MCCs, the threshold nearest 0.5 (the more probable label's): a model whose labels do no better at any
+    # other threshold (every row one label, say) is not advised to move it.
+    best = max(rows, key=lambda row: (row["mcc"], -abs(row["threshold"] - 0.5)))
     return {"sweep": rows, "best_mcc_threshold": best["threshold"], "best_mcc": best["mcc"]}

@@ -47,3 +47,16 @@ def test_the_threshold_sweep_matches_labelling_the_rows_at_each_threshold():
         assert row["mcc"] == pytest.approx(confusion.mcc()) and row["precision"] == pytest.approx(positive["precision"])
         assert row["recall"] == pytest.approx(positive["recall"])
     assert found["best_mcc"] == max(row["mcc"] for row in found["sweep"])
+
+
+def test_of_equal_mccs_the_sweep_keeps_the_threshold_nearest_the_more_probable_label():
+    """A model that labels every row alike scores MCC 0 at every threshold: the best was the lowest (0.05), and
+    training and the evaluation advised `--threshold 0.05`."""
+    from scorer.metrics import threshold_sweep
+
+    truth = np.arange(100) % 2 == 0
+    assert threshold_sweep(truth, np.full(100, 0.52, dtype=np.float32))["best_mcc_threshold"] == 0.5
+    scores = np.where(truth, 0.9, 0.1).astype(np.float32)  # every threshold from 0.15 to 0.9 separates them
+    assert threshold_sweep(truth, scores)["best_mcc_threshold"] == 0.5
+    scores = np.where(truth, 0.9, 0.6).astype(np.float32)  # from 0.65 to 0.9: the nearest 0.5 of those
+    assert threshold_sweep(truth, scores)["best_mcc_threshold"] == 0.65

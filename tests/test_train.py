@@ -40,6 +40,36 @@ def test_checkpoint_has_model_tokenizer_metrics_settings_and_plot(tiny_checkpoin
     assert settings["max_length"] == 48 and settings["epochs"] == 2
     model = SentenceClassifier.load(tiny_checkpoint)
     assert model.head_config.labels == [0, 1]
+    # how the kept epoch would have labelled its validation rows at each threshold on the score (export --threshold)
+    thresholds = metrics["thresholds"]
+    sweep = {row["threshold"]: row for row in thresholds["sweep"]}
+    assert thresholds["positive_label"] == 1 and list(sweep) == [round(0.05 * i, 2) for i in range(1, 20)]
+    assert sweep[0.5]["mcc"] == pytest.approx(best["val_mcc"]) and sweep[0.5]["accuracy"] == best["val_accuracy"]
+    assert thresholds["best_mcc"] == max(row["mcc"] for row in sweep.values())
+    assert sweep[thresholds["best_mcc_threshold"]]["mcc"] == thresholds["best_mcc"]
+
+
+def test_training_says_which_threshold_gave_the_best_validation_mcc():
+    """A two-label model's best validation MCC may come at another threshold than the more probable label's: the
+    run says which, and how to label by it; where it is 0.5 (a tie included), nothing is said."""
+    from scorer.pytorch.model import HeadConfig
+    from scorer.training.train import _thresholds, threshold_advice
+
+    head = HeadConfig(labels=["no", "yes"], pooling="mean", max_length=32)
+    targets = np.arange(200) % 2  # label 1 ("yes") on odd rows
+    # "yes" scores 0.75 on the true ones and 0.62 on the others: only a threshold above 0.62 separates them
+    probability = np.where(targets == 1, 0.75, 0.62)
+    logits = np.stack([np.zeros(200), np.log(probability / (1 - probability))], axis=1).astype(np.float32)
+    thresholds = _thresholds(head, logits, targets)
+    assert thresholds["positive_label"] == "yes" and thresholds["best_mcc_threshold"] == 0.65
+    assert threshold_advice(thresholds) == (
+        "validation MCC is highest at threshold 0.65 on the score (1.0000, 0.0000 by the more probable label); to "
+        "label by it, export with --threshold 0.65 (chosen on the rows that chose the epoch: confirm it on other "
+        "labelled rows)")
+    probability = np.where(targets == 1, 0.75, 0.3)  # (0.5 among the best: nothing to say)
+    logits = np.stack([np.zeros(200), np.log(probability / (1 - probability))], axis=1).astype(np.float32)
+    assert threshold_advice(_thresholds(head, logits, targets)) is None
+    assert _thresholds(HeadConfig(["a", "b", "c"], "mean", 32), np.zeros((3, 3)), np.arange(3)) is None
 
 
 def test_same_seed_same_result(tiny_encoder, tmp_path):

@@ -255,7 +255,7 @@ def logits_of(model: torch.nn.Module, encoded: Encoded, device: str, max_tokens:
 
 
 def predict(model: torch.nn.Module, encoded: Encoded, device: str, targets: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy against `targets` and the predicted label index of every row."""
-    logits = torch.from_numpy(logits_of(model, encoded, device))
-    loss = functional.cross_entropy(logits, torch.from_numpy(targets)).item()
-    return loss, logits.argmax(dim=1).numpy()
+    """Mean cross-entropy against `targets`, and every row's logits."""
+    logits = logits_of(model, encoded, device)
+    loss = functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets)).item()
+    return loss, logits

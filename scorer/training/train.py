@@ -18,7 +18,8 @@ import torch
 from scorer.config import TrainConfig, to_json
 from scorer.data import atomic
 from scorer.errors import ConfigError, InputError, ProviderError, first_line
-from scorer.metrics import confusion_of
+from scorer.inference.results import softmax
+from scorer.metrics import confusion_of, threshold_sweep
 from scorer.pytorch.loop import Trainer, predict
 from scorer.pytorch.model import (
     HEAD_CONFIG,
@@ -63,6 +64,8 @@ class TrainResult:
     precision: str
     train_rows: int
     val_rows: int
+    # A two-label model's validation figures at each threshold on its score (scorer.metrics.threshold_sweep)
+    thresholds: dict | None = None
 
     @property
     def best(self) -> EpochResult:
@@ -103,14 +106,39 @@ def _train(config: TrainConfig, device: str, precision: str, data: TrainingData,
                  if config.rtd_aux else None)
     trainer = Trainer(model, config, device, precision, train_set, data.train_targets, progress=progress,
                       auxiliary=auxiliary)
-    epochs, best_epoch, best_state = _fine_tune(trainer, val_set, data, config, device)
+    epochs, best_epoch, best_state, best_logits = _fine_tune(trainer, val_set, data, config, device)
     model.load_state_dict(best_state)
     result = TrainResult(config.output, epochs, best_epoch, device, precision, len(data.train_texts),
-                         len(data.val_texts))
+                         len(data.val_texts), _thresholds(head, best_logits, data.val_targets))
     _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses, adapt_losses)
     log.info("best epoch %d by %s: validation accuracy %.4f, MCC %.4f; checkpoint in %s",
              best_epoch, config.select, result.best.val_accuracy, result.best.val_mcc, config.output)
+    advice = threshold_advice(result.thresholds)
+    if advice:
+        log.info("%s", advice)
     return result
+
+
+def _thresholds(head: HeadConfig, logits: np.ndarray, targets: np.ndarray) -> dict | None:
+    """How a two-label model's kept epoch would have labelled its validation rows at each threshold on its score
+    (the positive label's probability); None for more labels."""
+    if len(head.labels) != 2:
+        return None
+    positive = head.labels.index(head.positive_label)
+    sweep = threshold_sweep(targets == positive, softmax(logits)[:, positive])
+    return {"positive_label": head.positive_label, **sweep}
+
+
+def threshold_advice(thresholds: dict | None) -> str | None:
+    """Where a threshold other than 0.5 (the more probable label) gave the best validation MCC, which, and how to
+    label by it."""
+    if not thresholds or thresholds["best_mcc_threshold"] == 0.5:
+        return None
+    best = thresholds["best_mcc_threshold"]
+    at_half = next(row["mcc"] for row in thresholds["sweep"] if row["threshold"] == 0.5)
+    return (f"validation MCC is highest at threshold {best:.2f} on the score ({thresholds['best_mcc']:.4f}, "
+            f"{at_half:.4f} by the more probable label); to label by it, export with --threshold {best:g} (chosen on "
+            "the rows that chose the epoch: confirm it on other labelled rows)")
 
 
 @contextlib.contextmanager
@@ -127,9 +155,9 @@ def _device_memory(config: TrainConfig, device: str) -> Iterator[None]:
 
 
 def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: TrainConfig,
-               device: str) -> tuple[list[EpochResult], int, dict[str, torch.Tensor]]:
-    """The fine-tuning epochs, each validated and logged: every epoch's result, the epoch kept by config.select
-    and its weights (on the CPU)."""
+               device: str) -> tuple[list[EpochResult], int, dict[str, torch.Tensor], np.ndarray]:
+    """The fine-tuning epochs, each validated and logged: every epoch's result, the epoch kept by config.select,
+    its weights (on the CPU) and its validation logits."""
     epochs: list[EpochResult] = []
     best_state, best_epoch = {}, 0
     for epoch in range(1, config.epochs + 1):
@@ -138,17 +166,17 @@ def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: T
         log.info("======== Epoch %d / %d ========", epoch, config.epochs)  # before the epoch's batch lines
         train_loss = trainer.run_epoch(epoch)
         _check_finite(train_loss, f"epoch {epoch}'s loss", "--lr", config.learning_rate)
-        val_loss, predicted = predict(trainer.evaluated, val_set, device, data.val_targets)
-        confusion = confusion_of(data.labels, data.val_targets, predicted)
+        val_loss, logits = predict(trainer.evaluated, val_set, device, data.val_targets)
+        confusion = confusion_of(data.labels, data.val_targets, logits.argmax(axis=1))
         result = EpochResult(epoch, train_loss, val_loss, confusion.accuracy(), confusion.mcc(),
                              time.perf_counter() - started)
         epochs.append(result)
         _log_epoch(result)
         if best_epoch == 0 or _better(result, epochs[best_epoch - 1], config.select):
-            best_epoch = epoch
+            best_epoch, best_logits = epoch, logits
             best_state = {key: value.detach().to("cpu", copy=True)
                           for key, value in trainer.evaluated.state_dict().items()}
-    return epochs, best_epoch, best_state
+    return epochs, best_epoch, best_state, best_logits
 
 
 def _check_finite(loss: float, what: str, option: str, rate: float) -> None:
@@ -271,6 +299,7 @@ def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingDa
             "labels": data.labels,
             **adapt_losses,
             "epochs": [asdict(epoch) for epoch in result.epochs],
+            "thresholds": result.thresholds,
         }
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         plot.training_loss(step_losses, [e.train_loss for e in result.epochs], [e.val_loss for e in result.epochs],
