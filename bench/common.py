@@ -17,7 +17,7 @@ def tokenizer_dir() -> Path:
     """The packaged MiniLM (tokenizer and weights), or SCORER_TOKENIZER_DIR where that package is missing."""
     if os.environ.get("SCORER_TOKENIZER_DIR"):
         return Path(os.environ["SCORER_TOKENIZER_DIR"])
-    from scorer.config import packaged_model
+    from scorer.packaged import packaged_model
 
     return packaged_model()
 

@@ -18,8 +18,8 @@ from common import COLA, machine, write_json
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import matthews_corrcoef
 
-from scorer.config import packaged_model
 from scorer.data.labels import read_labelled
+from scorer.packaged import packaged_model
 from scorer.pytorch.model import load_encoder
 from scorer.text.batches import budget_batches
 from scorer.text.tokens import TextEncoder

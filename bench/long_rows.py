@@ -38,7 +38,7 @@ DOCUMENT_CHARS = (25_000, 60_000, 200_000)
 def tokenizer_of(kind: str, pool: list[str]):
     from tokenizers import Tokenizer
 
-    from scorer.config import packaged_model
+    from scorer.packaged import packaged_model
 
     if kind == "wordpiece":
         return Tokenizer.from_file(str(packaged_model() / "tokenizer.json"))

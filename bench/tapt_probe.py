@@ -27,8 +27,9 @@ import torch
 from common import COLA, TOKENIZER_FILES
 from recipes import BASE, RECIPES, summarise
 
-from scorer.config import RTD_DRAWS, TrainConfig, packaged_model
+from scorer.config import RTD_DRAWS, TrainConfig
 from scorer.data.labels import read_labelled
+from scorer.packaged import packaged_model
 from scorer.text.tokens import TextEncoder
 from scorer.training.train import train
 

@@ -71,9 +71,7 @@ def export_model(config: ExportConfig) -> ExportResult:
         _check_tensorrt()
     model = load_classifier(config.checkpoint, attn_implementation="eager", max_length=config.max_length)
     head = model.head_config
-    if config.threshold is not None and len(head.labels) != 2:
-        raise ConfigError(f"--threshold needs a model of two labels, and {config.checkpoint} has {len(head.labels)} "
-                          f"({', '.join(map(str, head.labels))}); drop --threshold")
+    _check_threshold(config, head)
     config = replace(config, variants=_buildable(config, model))
     trained = _train_settings(config.checkpoint)
     text_column = config.text_column or trained.get("text_column", "sentence")
@@ -119,6 +117,13 @@ def export_model(config: ExportConfig) -> ExportResult:
         raise ParityError(f"parity gate failed for {failed} (the table above; report kept in "
                           f"{config.output / 'parity.json'})")
     return result
+
+
+def _check_threshold(config: ExportConfig, head: HeadConfig) -> None:
+    """A decision threshold is a two-label model's (the positive label where its probability reaches it)."""
+    if config.threshold is not None and len(head.labels) != 2:
+        raise ConfigError(f"--threshold needs a model of two labels, and {config.checkpoint} has {len(head.labels)} "
+                          f"({', '.join(map(str, head.labels))}); drop --threshold")
 
 
 def _buildable(config: ExportConfig, model: nn.Module) -> tuple[str, ...]:

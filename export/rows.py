@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from scorer.config import ExportConfig, TrainConfig, example_file
+from scorer.config import ExportConfig, TrainConfig
 from scorer.data.labels import LabelIndex
 from scorer.data.read import TableReader
 from scorer.data.strings import plain_text
 from scorer.errors import InputError, ScorerError
+from scorer.packaged import example_file
 from scorer.pytorch.model import HeadConfig
 from scorer.training.dataset import TrainingData, load_training_data
 

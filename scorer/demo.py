@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from scorer.config import RunConfig, TrainConfig, example_file
+from scorer.config import RunConfig, TrainConfig
 from scorer.errors import OutputError
+from scorer.packaged import example_file
 from scorer.scoring.score import score_file
 from scorer.scoring.summary import RunSummary
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scorer.config import packaged_model
+from scorer.packaged import packaged_model
 
 COLA = Path(os.environ.get("SCORER_COLA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")

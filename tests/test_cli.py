@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
-from scorer.config import ExportConfig, RunConfig, TrainConfig, example_file
+from scorer.config import ExportConfig, RunConfig, TrainConfig
 from scorer.errors import EXIT_CODES
 from scorer.inference.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
+from scorer.packaged import example_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

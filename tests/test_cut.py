@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scorer.config import packaged_model
+from scorer.packaged import packaged_model
 from scorer.text.cut import CUT_MIN_CHARS, unknown_run
 from scorer.text.giant import bpe_settled
 from scorer.text.tokens import TextEncoder

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
-from scorer.config import example_file
+from scorer.packaged import example_file
 from scorer.text.tokens import TextEncoder
 from tests.conftest import SPECIALS, trained_tokenizer, with_tokenizer
 

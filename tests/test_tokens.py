@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from scorer.config import packaged_model
+from scorer.packaged import packaged_model
 from scorer.text.tokens import TextEncoder
 
 SENTENCES = [

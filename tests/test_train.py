@@ -15,8 +15,8 @@ import torch
 from click.testing import CliRunner
 
 from scorer.cli import main
-from scorer.config import example_file
 from scorer.errors import InputError
+from scorer.packaged import example_file
 from scorer.pytorch.model import SentenceClassifier
 from tests.conftest import TINY_POSITIONS, TOKENIZER_FILES
 

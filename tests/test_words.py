@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 
-from scorer.config import packaged_model
 from scorer.data.labels import read_labelled
+from scorer.packaged import packaged_model
 from scorer.text import words
 from scorer.text.tokens import TOKENIZER_FILE, Encoded, TextEncoder
 from tests.conftest import COLA

@@ -137,6 +137,45 @@ def swallowed_rows(path: Path) -> str | None:
             start = rows.line_num + 1
 
 
+def unclosed_at_end(path: Path, tail: bytes) -> str | None:
+    """What is wrong with a CSV file whose last line (`tail`: the file's last bytes) has no line end and opens a
+    quote it never closes (a file cut short mid-value), which pyarrow reads as if the quote were closed; None where
+    it does not. The file is read strictly (swallowed_rows) only where that last line holds a quote, or is longer
+    than the bytes kept. (A quote left open before a last line end makes a value holding a line break, which
+    scorer's reader checks for as it reads.)"""
+    if not tail or tail[-1:] in (b"\n", b"\r"):
+        return None
+    last = _LINE_END.split(tail)[-1]
+    if b'"' in last or len(last) == TailKept.KEPT:
+        return swallowed_rows(path)
+    return None
+
+
+class TailKept:
+    """A binary stream that keeps the last bytes read from it (pyarrow reads it as a Python file)."""
+
+    KEPT = 1 << 16
+
+    def __init__(self, raw) -> None:
+        self.raw, self.tail, self.closed = raw, b"", False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if data:
+            self.tail = (self.tail + data[-self.KEPT:])[-self.KEPT:]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.raw.close()
+        self.closed = True
+
+
 @contextlib.contextmanager
 def _rows(path: Path, fmt: str, strict: bool = False) -> Iterator:
     """Python's csv reader over the decompressed file (TSV as scorer reads it: no quoting), any cell size."""

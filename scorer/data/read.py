@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from scorer.data.csvlint import COMPRESSIONS, locate_problem, looks_like_data, read_header, swallowed_rows
+from scorer.data.csvlint import (
+    COMPRESSIONS,
+    TailKept,
+    locate_problem,
+    looks_like_data,
+    read_header,
+    swallowed_rows,
+    unclosed_at_end,
+)
 from scorer.data.names import as_listed
 from scorer.data.sniff import disguised
 from scorer.errors import InputError, out_of_descriptors, too_many_files
@@ -193,8 +200,8 @@ class TableReader:
         block, done = _CSV_BLOCK, 0  # rows already yielded, skipped when a larger block reads the file again
         while True:
             seen, read = 0, 0
-            stream = _TailKept(pa.input_stream(str(self.path), compression="detect"))
-            try:  # (read through _TailKept, which keeps the file's last bytes for _check_last_line)
+            stream = TailKept(pa.input_stream(str(self.path), compression="detect"))
+            try:  # (read through TailKept, which keeps the file's last bytes for _check_last_line)
                 for batch in pacsv.open_csv(pa.PythonFile(stream, mode="r"),
                                             read_options=pacsv.ReadOptions(block_size=block),
                                             parse_options=self._parse_options(),
@@ -250,16 +257,10 @@ class TableReader:
                 raise InputError(problem)
 
     def _check_last_line(self, tail: bytes) -> None:
-        """A CSV file whose last line has no line end and opens a quote it never closes (a file cut short mid-value)
-        is read by pyarrow as if the quote were closed; where no value has held a line break (which has read the
-        file strictly already), a last line with a quote in it (or longer than the bytes kept) has the file read
-        strictly once."""
-        if self.format != "csv" or self._quotes_checked or not tail or tail[-1:] in (b"\n", b"\r"):
-            return
-        last = re.split(rb"[\r\n]", tail)[-1]  # (the last line, or its last 64 KiB)
-        if b'"' in last or len(last) == _TailKept.KEPT:
-            self._quotes_checked = True
-            problem = swallowed_rows(self.path)
+        """A quote left open at the end of a CSV file whose last line has no line end (csvlint.unclosed_at_end),
+        unless the file has been read strictly already."""
+        if self.format == "csv" and not self._quotes_checked:
+            problem = unclosed_at_end(self.path, tail)
             if problem:
                 raise InputError(problem)
 
@@ -305,28 +306,3 @@ class TableReader:
             return f"{self.path}: cannot be decompressed ({text}); check that the file was copied whole"
         where, advice = found
         return f"{self.path}{where}: {advice or text + '; fix or remove that row'}"
-
-
-class _TailKept:
-    """A binary stream that keeps the last bytes read from it (pyarrow reads it as a Python file)."""
-
-    KEPT = 1 << 16
-
-    def __init__(self, raw) -> None:
-        self.raw, self.tail, self.closed = raw, b"", False
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        if data:
-            self.tail = (self.tail + data[-self.KEPT:])[-self.KEPT:]
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.raw.close()
-        self.closed = True
