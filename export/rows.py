@@ -4,6 +4,7 @@ validation and training rows (as `scorer train` read them), else the packaged ex
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,18 @@ def parity_rows(config: ExportConfig, head: HeadConfig, recorded: TrainingData |
             raise
         return ParityRows(texts, None, str(path))  # the packaged examples' labels are not this model's
     return ParityRows(texts, targets if (targets >= 0).any() else None, str(path))
+
+
+def warn_if_few(rows: ParityRows, config: ExportConfig) -> None:
+    """Say where the parity rows are too few for the gate to tell a variant that meets --min-agreement from one that
+    does not: below 1 / (1 - min_agreement) rows (200 at 99.5%), one flipped label alone fails it."""
+    enough = math.ceil(1 / (1 - config.min_agreement) - 1e-9) if config.min_agreement < 1 else 0
+    if len(rows.texts) >= enough:
+        return
+    how = f"--max-rows {enough} or more" if config.max_rows < enough else f"--data with {enough} or more rows"
+    log.warning("parity on %d row(s) of %s: too few to judge a label agreement of %s (--min-agreement); one flipped "
+                "label is %.1f%% of them, and none proves little; pass %s", len(rows.texts), rows.source,
+                f"{config.min_agreement:.1%}", 100 / len(rows.texts), how)
 
 
 def calibration_texts(config: ExportConfig, trained: dict, recorded: TrainingData | None,

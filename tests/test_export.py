@@ -640,6 +640,24 @@ def test_parity_leaves_out_rows_without_text_and_keeps_the_labels_of_the_others(
     assert run["rows"] == 20 and fp32["accuracy"] == pytest.approx(run["accuracy"])
 
 
+def test_parity_on_too_few_rows_for_the_gate_to_judge_is_warned_of_saying_what_to_pass(tiny_checkpoint, tmp_path):
+    """20 parity rows: one flipped label is 5% of them, past what --min-agreement (99.5%) allows, and none proves
+    little; the gate passed or failed on that without a word."""
+    data = tmp_path / "parity.csv"
+    data.write_text("sentence,label\n" + "".join(f"sentence {i} is here,{i % 2}\n" for i in range(20)))
+    runner = CliRunner()
+    common = ["export", "--checkpoint", str(tiny_checkpoint), "--variants", "fp32"]
+    result = runner.invoke(main, [*common, "-o", str(tmp_path / "a"), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert f"parity on 20 row(s) of {data}: too few to judge a label agreement of 99.5% (--min-agreement); one " \
+        "flipped label is 5.0% of them, and none proves little; pass --data with 200 or more rows" in result.output
+    result = runner.invoke(main, [*common, "-o", str(tmp_path / "b"), "--max-rows", "50", "--min-agreement", "0.9"])
+    assert result.exit_code == 0 and "too few" not in result.output, result.output  # (10 rows suffice at 90%)
+    result = runner.invoke(main, [*common, "-o", str(tmp_path / "c"), "--max-rows", "50"])
+    assert result.exit_code == 0 and "too few to judge" in result.output and "pass --max-rows 200 or more" \
+        in result.output, result.output
+
+
 def test_the_self_check_batch_stays_small_however_long_the_rows(tiny_export, tmp_path):
     from scorer.inference import selfcheck
     from scorer.text.tokens import Encoded
