@@ -255,8 +255,10 @@ def test_a_threshold_recorded_at_export_labels_every_run_that_gives_none_of_its_
     assert parity["threshold"] == threshold and parity["passed"]
     assert f"over 0.05 from the threshold {threshold:g}" in parity["variants"][1]["requirement"]
     output = tmp_path / "out.parquet"
-    result = run(labelled, "-o", output, "--model", export, *common)
+    result = run(labelled, "-o", output, "--model", export, *common, "--report", tmp_path / "report.md")
     assert result.exit_code == 0 and f"labelled at score >= {threshold:g}, the export's threshold)" in result.output
+    assert f"- labels: the positive one where the score is at least {threshold:g} (the export's threshold)\n" in \
+        (tmp_path / "report.md").read_text()
     scored = pq.read_table(output)
     assert scored.column("pred_label").to_pylist() == [int(s >= threshold) for s in scored["pred_score"].to_pylist()]
     assert sum(scored.column("pred_label").to_pylist()) == 9  # (the 9 scores above it; 0.5 labels others so)
@@ -264,8 +266,11 @@ def test_a_threshold_recorded_at_export_labels_every_run_that_gives_none_of_its_
     assert (summary["threshold"], summary["threshold_from"]) == (threshold, "export")
     assert json.loads(scored.schema.metadata[b"scorer"])["threshold"] == threshold
     # a run's own threshold decides (0.5: the more probable label, as the export without a threshold labels)
-    own = run(labelled, "-o", tmp_path / "own.parquet", "--model", export, *common, "--threshold", "0.5")
+    own = run(labelled, "-o", tmp_path / "own.parquet", "--model", export, *common, "--threshold", "0.5",
+              "--report", tmp_path / "own.md")
     assert own.exit_code == 0 and "labelled at score >= 0.5)" in own.output, own.output
+    assert "- labels: the positive one where the score is at least 0.5 (--threshold)\n" in \
+        (tmp_path / "own.md").read_text()
     assert pq.read_table(tmp_path / "own.parquet")["pred_label"] == pq.read_table(plain)["pred_label"]
     # the output of the export without a threshold, scored again by this one: not up to date (same graph, other labels)
     result = run(labelled, "-o", plain, "--model", export, *common)

@@ -88,6 +88,9 @@ def _provenance(about: dict) -> list[str]:
     lines = [f"- input: {about['input']} -> {about['output']}",
              f"- model: {about['model']} ({about['variant']} on {about['provider']}, sha256 "
              f"{about['model_sha256'][:12]}); score: {about['score']}"]
+    if about.get("threshold") is not None:
+        source = " (the export's threshold)" if about.get("threshold_from") == "export" else " (--threshold)"
+        lines.append(f"- labels: the positive one where the score is at least {about['threshold']:g}{source}")
     check = about.get("check")
     if check and check["passed"] is not None:
         lines.append(f"- PyTorch check: {check['agreement']:.1%} of {check['rows']} rows agree, max |Δscore| "

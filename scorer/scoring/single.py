@@ -226,7 +226,7 @@ def finish_unit(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
         about = {"input": str(unit.source), "output": str(unit.output), "model": str(classifier.directory),
                  "variant": classifier.variant, "provider": classifier.provider,
                  "model_sha256": classifier.model_sha256, "score": classifier.score_means,
-                 "threshold": classifier.threshold, "check": check,
+                 "threshold": classifier.threshold, "threshold_from": classifier.threshold_from, "check": check,
                  "scored_at": now()}
         write_report(figures.evaluation or nothing_evaluated(columns.label, figures.rows), config.report, about)
     return UnitSummary(str(unit.source), str(unit.output), "resumed" if resumed else "scored", rows=figures.rows,
