@@ -184,6 +184,25 @@ def test_export_parity_counts_accuracy_on_the_labelled_rows_only(tiny_checkpoint
     assert run["rows"] == 30 and fp32["accuracy"] == pytest.approx(run["accuracy"])
 
 
+def test_an_input_joined_with_its_headers_is_scored_whole_and_said_so(tiny_export, tmp_path):
+    """A nightly file joined from two with their headers: without labels every row is kept and scored, the header
+    rows named in a warning; with labels the header row's label is named as the column's own name."""
+    part = "id,sentence,label\n" + "".join(f"{i},the cat sat on mat {i}.,{i % 2}\n" for i in range(20))
+    data = tmp_path / "day.csv"
+    data.write_text(part * 2)
+    out = tmp_path / "out.parquet"
+    result = CliRunner().invoke(main, ["run", str(data), "--model", str(tiny_export), "-o", str(out),
+                                       "--label-column", ""])
+    assert result.exit_code == 0, result.output
+    assert f"{data}: data row(s) 21 repeat the header line (id,sentence,label): files joined with their headers " \
+        "(cat a.csv b.csv)? they were scored as text like any other row: remove those lines" in result.output
+    assert pq.read_table(out).column("sentence").to_pylist()[20] == "sentence" and pq.read_table(out).num_rows == 41
+    result = CliRunner().invoke(main, ["run", str(data), "--model", str(tiny_export), "-o", str(tmp_path / "l.parquet"),
+                                       "--quiet"])
+    assert result.exit_code == 3 and "row 21: label 'label' in column 'label' is not one the model knows (0, 1) " \
+        "(the column's own name: a header line repeated" in result.output, result.output
+
+
 def test_three_text_labels_train_export_and_score_with_the_predicted_labels_probability(tiny_encoder, tmp_path):
     """A model of three labels written as words: trained, exported (parity per label), scored with --check; the
     score is the predicted label's probability, and the evaluation has a row and a column per label."""

@@ -267,6 +267,26 @@ def test_quoted_line_breaks_and_a_quote_that_closes_early_on_its_own_line_lose_n
                                                     'a, "b"']
 
 
+def test_rows_that_repeat_the_header_line_are_found_across_blocks_and_counted(tmp_path):
+    """A header line repeated (files joined with their headers) is found in any block, the first five rows named;
+    a row equal to the header in some columns only, or a one-column file's row equal to its name, is data."""
+    path = tmp_path / "in.csv"
+    lines = ["id,sentence"] + [f"{i},row {i} of a file of ten MB read in 4 MiB blocks" for i in range(1, 200_001)]
+    for at in (3, 50_000, 120_000, 150_000, 160_000, 170_000, 199_000):
+        lines[at] = "id,sentence"
+    lines[10] = "id,not the header"
+    path.write_text("\n".join(lines) + "\n")
+    reader = TableReader(path)
+    table = pa.concat_tables(reader.batches(70_000))
+    assert table.num_rows == 200_000 and reader.header_rows == ([3, 50_000, 120_000, 150_000, 160_000], 7)
+    assert reader.repeated_header() == ("data row(s) 3, 50000, 120000, 150000, 160000 and 2 more repeat the header "
+                                        "line (id,sentence): files joined with their headers (cat a.csv b.csv)?")
+    single = tmp_path / "one.csv"
+    single.write_text("word\ncat\nword\ndog\n")
+    reader = TableReader(single)
+    assert pa.concat_tables(reader.batches(10)).num_rows == 3 and reader.repeated_header() is None
+
+
 def test_a_ragged_row_after_a_huge_cell_is_named(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("a,b\n1," + "x" * 300_000 + "\n3,4,5\n")  # the cell is over Python's csv field limit

@@ -149,6 +149,20 @@ def test_bad_training_inputs_exit_3_with_one_line(tiny_encoder, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_files_joined_with_their_headers_are_refused_naming_the_repeated_header_rows(tiny_encoder, tmp_path):
+    """`cat a.csv b.csv > train.csv`: b's header line became a row whose label, 'label', was learnt as a third
+    class (warned of only as a rare label, "is it a typo?")."""
+    part = "sentence,label\n" + "".join(f"the {i} thing,{'pos' if i % 2 else 'neg'}\n" for i in range(30))
+    data = tmp_path / "train.csv"
+    data.write_text(part * 3)
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data)))
+    assert result.exit_code == 3 and result.output.strip().splitlines() == [
+        f"error: {data}: data row(s) 31, 62 repeat the header line (sentence,label): files joined with their headers "
+        "(cat a.csv b.csv)? remove those lines (join such files keeping the first one's header alone: tail -n +2 on "
+        "the others)"], result.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_text_the_vocabulary_cannot_read_is_refused_and_text_it_reads_poorly_warned(tiny_encoder, tmp_path):
     """Uncased English WordPiece reads 'ⴰⵣⵓⵍ' (Tifinagh) as [UNK] only: nothing would be learnt from such text."""
     data = tmp_path / "train.csv"

@@ -103,9 +103,11 @@ class LabelIndex:
             return -1
         index = self._index.get(str(key))
         if index is None:
+            header = " (the column's own name: a header line repeated, as files joined with their headers hold? " \
+                "remove that line)" if str(value).strip() == column else ""
             raise InputError(
                 f"{source} row {row}: label {value!r} in column '{column}' is not one the model "
-                f"knows ({self._known}); fix the row, pass --label-column for another column, or "
+                f"knows ({self._known}){header}; fix the row, pass --label-column for another column, or "
                 "--label-column '' to use no labels"
             )
         return index
@@ -138,6 +140,10 @@ def read_labelled(path: Path, text_column: str, label_column: str) -> LabelledDa
     table = reader.read_all()
     if table.num_rows == 0:
         raise InputError(f"{path} has no data rows; a labelled file needs at least one")
+    repeated = reader.repeated_header()
+    if repeated:  # (its label would be learnt as a label of its own: the column's name)
+        raise InputError(f"{path}: {repeated} remove those lines (join such files keeping the first one's header "
+                         "alone: tail -n +2 on the others)")
     texts = plain_text(table.column(text_column)).to_pylist()
     values = [label_value(label) for label in table.column(label_column).to_pylist()]
     for row, (text, value) in enumerate(zip(texts, values, strict=True), start=1):

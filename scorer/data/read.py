@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shlex
 from collections.abc import Iterator
@@ -88,6 +89,9 @@ class TableReader:
         self._quotes_checked = False
         self._parquet_rows_read: int | None = None  # Parquet rows read so far (to find a damaged row group)
         self._csv_read = (0, 0, False)  # CSV/TSV rows and bytes read so far, and whether that was the whole file
+        # CSV/TSV data rows (numbered from 1) read so far that repeat the header line, as files joined with their
+        # headers (`cat a.csv b.csv`) hold: the first few, and how many in all
+        self.header_rows: tuple[list[int], int] = ([], 0)
         with self._errors():
             if self.format == "parquet":
                 # No pre-buffering: it reads a whole row group ahead, which alone can be a gigabyte of text.
@@ -212,7 +216,9 @@ class TableReader:
                     # (a block a batch, all but the last full; said before the batch is handed on)
                     self._csv_read = (seen + batch.num_rows, read + block, False)
                     if seen + batch.num_rows > done:
-                        yield batch.slice(max(0, done - seen))
+                        fresh = batch.slice(max(0, done - seen))
+                        self._note_header_rows(fresh, max(done, seen))
+                        yield fresh
                         done = seen + batch.num_rows
                     seen, read = seen + batch.num_rows, read + block
                 self._check_last_line(stream.tail)
@@ -255,6 +261,27 @@ class TableReader:
             problem = swallowed_rows(self.path)
             if problem:
                 raise InputError(problem)
+
+    def repeated_header(self) -> str | None:
+        """Which data rows read so far repeat the header line, said after the file's name; None where none does."""
+        rows, total = self.header_rows
+        if not total:
+            return None
+        more = f" and {total - len(rows)} more" if total > len(rows) else ""
+        return (f"data row(s) {', '.join(map(str, rows))}{more} repeat the header line "
+                f"({','.join(self.columns)[:200]}): files joined with their headers (cat a.csv b.csv)?")
+
+    def _note_header_rows(self, batch: pa.RecordBatch, first: int) -> None:
+        """Note the rows of `batch` (its first the file's data row `first` + 1) whose every field is its column's
+        name: a header line repeated (two or more columns: a one-column file's row may well be its name)."""
+        if len(self.columns) < 2 or not batch.num_rows:
+            return
+        repeated = functools.reduce(pc.and_, (pc.equal(batch.column(i), name) for i, name in enumerate(self.columns)))
+        count = pc.sum(repeated).as_py() or 0
+        if count:
+            rows, total = self.header_rows
+            found = pc.indices_nonzero(repeated).to_pylist()[: max(0, 5 - len(rows))]
+            self.header_rows = (rows + [first + i + 1 for i in found], total + count)
 
     def _check_last_line(self, tail: bytes) -> None:
         """A quote left open at the end of a CSV file whose last line has no line end (csvlint.unclosed_at_end),

@@ -206,6 +206,9 @@ def finish_unit(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
                     classifier.positive if len(classifier.labels) == 2 else None)
     if not figures.rows:
         log.warning("%s has no data rows; its output has the columns and no rows", unit.source)
+    repeated = opened.reader.repeated_header()
+    if repeated:
+        log.warning("%s: %s they were scored as text like any other row: remove those lines", unit.source, repeated)
     check = None
     if config.check:
         from scorer.scoring.check import cross_check
