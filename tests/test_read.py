@@ -287,6 +287,29 @@ def test_rows_that_repeat_the_header_line_are_found_across_blocks_and_counted(tm
     assert pa.concat_tables(reader.batches(10)).num_rows == 3 and reader.repeated_header() is None
 
 
+@pytest.mark.parametrize(("name", "first", "how"), [
+    ("in.csv", "sep=,", " (tail -n +2 in.csv > fixed-in.csv)"),
+    ("in.csv", "SEP=;", " (tail -n +2 in.csv > fixed-in.csv)"),
+    ("in.tsv", "sep=\t", " (tail -n +2 in.tsv > fixed-in.tsv)"),
+    ("in.csv.gz", "sep=,", ""),
+])
+def test_excel_s_delimiter_line_is_named_for_what_it_is(tmp_path, name, first, how):
+    """`sep=,` on line 1 (some exports write it for Excel) was taken as the header: "column 'sentence' not found;
+    columns are 'sep=', ''"."""
+    import gzip
+
+    path = tmp_path / name
+    content = f"{first}\nid,sentence\n1,The cat sat.\n".encode()
+    path.write_bytes(gzip.compress(content) if name.endswith(".gz") else content)
+    with pytest.raises(InputError) as raised:
+        TableReader(path)
+    assert str(raised.value) == (f"{path} line 1 is {first!r}, Excel's note of the delimiter, not a header line; "
+                                 f"remove that line{how}")
+    data = tmp_path / "data.csv"
+    data.write_text("sep,sentence\nsep=,The cat sat.\n")  # (a column named sep, a value starting sep=: data)
+    assert TableReader(data).columns == ["sep", "sentence"]
+
+
 def test_a_ragged_row_after_a_huge_cell_is_named(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("a,b\n1," + "x" * 300_000 + "\n3,4,5\n")  # the cell is over Python's csv field limit

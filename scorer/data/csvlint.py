@@ -23,6 +23,7 @@ CODECS = dict(zip(COMPRESSIONS, ("gzip", "bz2", "zstd", "lz4"), strict=True))  #
 _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
 _HEADER_LIMIT = 1 << 24  # bytes read for a header line, at most
 _LINE_END = re.compile(rb"[\r\n]")
+_EXCEL_SEP = re.compile(r"(?i)sep=[^\r\n],*")  # ("sep=;" on line 1: the delimiter Excel is to split the lines by)
 
 
 def open_binary(path: Path) -> BinaryIO:
@@ -49,6 +50,10 @@ def read_header(path: Path, fmt: str) -> list[str]:
         line = first.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path} line 1 (the header): {not_utf8(path)}") from exc
+    if _EXCEL_SEP.fullmatch(line.strip(" ")):  # (Excel reads it as the delimiter to use; no other reader does)
+        how = "" if path.suffix.lower() in COMPRESSIONS else f" (tail -n +2 {path.name} > fixed-{path.name})"
+        raise InputError(f"{path} line 1 is {line.strip(' ')!r}, Excel's note of the delimiter, not a header line; "
+                         f"remove that line{how}")
     delimiter = "\t" if fmt == "tsv" else ","
     quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
     try:
