@@ -281,6 +281,10 @@ def test_rows_that_repeat_the_header_line_are_found_across_blocks_and_counted(tm
     assert table.num_rows == 200_000 and reader.header_rows == ([3, 50_000, 120_000, 150_000, 160_000], 7)
     assert reader.repeated_header() == ("data row(s) 3, 50000, 120000, 150000, 160000 and 2 more repeat the header "
                                         "line (id,sentence): files joined with their headers (cat a.csv b.csv)?")
+    excel = tmp_path / "excel.csv"  # (two of Excel's CSV files joined: each starts with a byte-order mark)
+    excel.write_bytes(b"\xef\xbb\xbfid,sentence\n1,a cat\n" * 2)
+    reader = TableReader(excel)
+    assert pa.concat_tables(reader.batches(10)).num_rows == 3 and reader.header_rows == ([2], 1)
     single = tmp_path / "one.csv"
     single.write_text("word\ncat\nword\ndog\n")
     reader = TableReader(single)

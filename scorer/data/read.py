@@ -276,7 +276,10 @@ class TableReader:
         name: a header line repeated (two or more columns: a one-column file's row may well be its name)."""
         if len(self.columns) < 2 or not batch.num_rows:
             return
-        repeated = functools.reduce(pc.and_, (pc.equal(batch.column(i), name) for i, name in enumerate(self.columns)))
+        # (the first field without a byte-order mark: `cat` keeps the second file's, as Excel writes its CSV files)
+        fields = [pc.utf8_ltrim(batch.column(0), characters="\ufeff"), *batch.columns[1:]]
+        repeated = functools.reduce(pc.and_, (pc.equal(field, name)
+                                              for field, name in zip(fields, self.columns, strict=True)))
         count = pc.sum(repeated).as_py() or 0
         if count:
             rows, total = self.header_rows
