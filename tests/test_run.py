@@ -47,6 +47,23 @@ def parquet_input(tmp_path):
     return path
 
 
+def test_text_the_tokenizer_reads_no_token_in_is_empty_and_the_other_rows_score_as_alone(tiny_export, tmp_path):
+    """A cell of zero-width or control characters only (a byte-order mark, a zero-width space) is not blank to
+    Python but holds no token: it was scored as an empty sentence ([CLS] [SEP]), one meaningless score for all."""
+    texts = ["a cat sat on the mat.", "\u200b", "\ufeff", "the dog ran far.", "\x07\u00ad", "\u200b a cat ran."]
+    pq.write_table(pa.table({"sentence": texts}), tmp_path / "in.parquet")
+    pq.write_table(pa.table({"sentence": [texts[i] for i in (0, 3, 5)]}), tmp_path / "ok.parquet")
+    common = ["--model", tiny_export, "--variant", "fp32", "--window-rows", "4", "--max-tokens", "24"]
+    assert run(tmp_path / "in.parquet", "-o", tmp_path / "out.parquet", *common).exit_code == 0
+    assert run(tmp_path / "ok.parquet", "-o", tmp_path / "ok.out.parquet", *common).exit_code == 0
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("status").to_pylist() == ["ok", "empty", "empty", "ok", "empty", "ok"]
+    scores = table.column("score").to_pylist()
+    assert [scores[i] for i in (1, 2, 4)] == [None] * 3
+    assert np.allclose([scores[i] for i in (0, 3, 5)], pq.read_table(tmp_path / "ok.out.parquet")["score"].to_pylist(),
+                       atol=1e-6)
+
+
 def test_every_row_kept_in_order_with_status_and_null_scores(tiny_export, parquet_input, tmp_path):
     out = tmp_path / "out.parquet"
     result = run(parquet_input, "--model", tiny_export, "--output", out, "--window-rows", "9", "--max-tokens", "64",

@@ -34,6 +34,17 @@ def test_ids_match_transformers_with_cls_sep_and_truncation(encoder):
     assert encoded.lengths[-1] == 32
 
 
+def test_some_rows_taken_keep_their_ids_and_truncation_and_a_text_of_no_token_is_bare(encoder):
+    encoded = encoder.encode(SENTENCES)
+    rows = np.array([4, 0, 2])
+    taken = encoded.take(rows)
+    assert [taken.pad([i])[0].tolist() for i in range(3)] == [encoded.pad([r])[0].tolist() for r in rows]
+    assert taken.truncated.tolist() == [True, False, False] and len(encoded.take(np.array([], np.int64))) == 0
+    # zero-width and control characters: the normaliser drops them, leaving [CLS] [SEP], as "" does
+    bare = encoder.encode(["\u200b", "\ufeff\u00ad", "\x07", "a"]).lengths
+    assert encoder.bare_length == 2 and bare.tolist() == [2, 2, 2, 3]
+
+
 def test_a_sentence_exactly_at_max_length_is_not_flagged_truncated(encoder):
     reference = AutoTokenizer.from_pretrained(str(packaged_model()))
     text = "word " * 30  # 30 word pieces + [CLS] + [SEP] = 32

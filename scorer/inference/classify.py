@@ -261,6 +261,10 @@ class OnnxClassifier:
         valid = np.flatnonzero(status == CODE[OK])
         texts = column if len(valid) == len(column) else column.take(pa.array(valid, pa.int64()))
         encoded = self.encoder.encode(texts if is_text(texts) else [])
+        hollow = encoded.lengths <= self.encoder.bare_length  # (text the tokenizer reads no token in: empty too)
+        if hollow.any():
+            status[valid[hollow]] = CODE[EMPTY]
+            valid, encoded = valid[~hollow], encoded.take(np.flatnonzero(~hollow))
         status[valid[encoded.truncated]] = CODE[TRUNCATED]
         return Prepared(status=status, valid=valid, encoded=encoded)
 

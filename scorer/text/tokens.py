@@ -38,6 +38,16 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def take(self, rows: np.ndarray) -> Encoded:
+        """These rows' ids (indices in order), as an Encoded of their own."""
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # (each new position's id: its row's start in the old ids, plus how far into the row it lies)
+        index = np.arange(offsets[-1]) + np.repeat(starts - offsets[:-1], lengths)
+        return Encoded(ids=self.ids[index], offsets=offsets, truncated=self.truncated[rows])
+
     def coverage(self, unknown_id: int | None, special_ids: list[int]) -> tuple[int, int]:
         """Tokens of the texts themselves (no [CLS]/[SEP]/padding) the vocabulary knows, and those it does not."""
         unknown = 0 if unknown_id is None else int((self.ids == unknown_id).sum())
@@ -75,6 +85,9 @@ class TextEncoder:
         self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
         self.words = WordCache.for_tokenizer(tokenizer) if word_cache and cut else None
         self.cutter = RowCutter.for_tokenizer(tokenizer, max_length, self.words) if cut else None
+        # The ids of a text of no tokens ([CLS] [SEP]): a text that gives no more (zero-width or control characters
+        # only, which the tokenizer's normaliser drops) holds nothing to score.
+        self.bare_length = len(tokenizer.encode("", add_special_tokens=True).ids)
 
     @classmethod
     def from_dir(cls, directory: Path, max_length: int, word_cache: bool = True) -> TextEncoder:
