@@ -26,7 +26,6 @@ ROW_KINDS = {TRUNCATED: "truncated", NULL: "unscored (null text)", EMPTY: "unsco
 
 LINE_STATES = ("scored", "resumed", "skipped", "taken", "failed")  # (counted in the one-line summary)
 STATE_WORDS = {"taken": "left to other runs"}
-_FROM = {"export": ", the export's threshold"}  # (where a threshold came from, said where not --threshold)
 
 
 @dataclass
@@ -131,11 +130,11 @@ class RunSummary:
             kinds.append(f"{self.rescued_rows} scored by the fp32 graph (non-finite in {self.variant})")
         counts = ", ".join(kinds)
         checking = f" ({self.checking_seconds:.1f}s of it the PyTorch check)" if self.checking_seconds else ""
+        labelled = "" if self.threshold is None else f", labelled at score >= {self.threshold:g}" + \
+            (", the export's threshold" if self.threshold_from == "export" else "")
         text = (f"{self.rows} rows in {len(self.inputs)} file(s) ({files}){'; ' + counts if counts else ''}; "
                 f"{self.rows_this_run} written now in {self.seconds:.1f}s{checking}, {self.rows_per_second:,.0f} "
-                f"rows/s on {self.provider} ({self.variant}"
-                + (f", labelled at score >= {self.threshold:g}{_FROM.get(self.threshold_from, '')})"
-                   if self.threshold is not None else ")"))
+                f"rows/s on {self.provider} ({self.variant}{labelled})")
         if len(self.inputs) == 1:
             text += f" -> {self.inputs[0].output}"
             unit = self.inputs[0]

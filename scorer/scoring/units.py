@@ -44,8 +44,9 @@ def expand_inputs(spec: str) -> tuple[list[Path], Path | None]:
     if path.is_dir():
         _refuse_unreadable(path)
         found = sorted(p for p in path.rglob("*") if _is_data_file(p) and not _hidden(p.relative_to(path)))
-        files = [p for p in found if not _unlisted(p.relative_to(path))]
-        left = [str(p.relative_to(path)) for p in found if p not in files]
+        listed = [not _unlisted(p.relative_to(path)) for p in found]
+        files = [p for p, kept in zip(found, listed, strict=True) if kept]
+        left = [str(p.relative_to(path)) for p, kept in zip(found, listed, strict=True) if not kept]
         why = (f"named with or under a leading '_' ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}), which "
                "the scoring of a directory leaves out, as pyarrow and Spark do (Spark's and Hadoop's work in progress, "
                "_temporary, and markers); name one, or a glob, to score it")
