@@ -163,6 +163,19 @@ def test_files_joined_with_their_headers_are_refused_naming_the_repeated_header_
     assert not (tmp_path / "c").exists()
 
 
+def test_sentences_the_tokenizer_reads_no_token_in_are_refused_as_scoring_leaves_them_unscored(tiny_encoder,
+                                                                                                 tmp_path):
+    """A zero-width space or a byte-order mark alone is not blank to Python, so not refused as empty: it trained as
+    [CLS] [SEP] with a label, where `scorer run` leaves such a row unscored (status empty)."""
+    data = tmp_path / "train.csv"
+    data.write_text("sentence,label\n" + "".join(f"s {i},{i % 2}\n" for i in range(20)) + "\u200b,1\n\x07,0\n")
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(data)))
+    assert result.exit_code == 3 and result.output.strip().splitlines() == [
+        f"error: {data}: 2 sentence(s) hold no token the tokenizer reads ('\\u200b', '\\x07': zero-width or "
+        "control characters only); fix or remove those rows"], result.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_text_the_vocabulary_cannot_read_is_refused_and_text_it_reads_poorly_warned(tiny_encoder, tmp_path):
     """Uncased English WordPiece reads 'ⴰⵣⵓⵍ' (Tifinagh) as [UNK] only: nothing would be learnt from such text."""
     data = tmp_path / "train.csv"

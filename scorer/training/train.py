@@ -93,6 +93,8 @@ def _train(config: TrainConfig, device: str, precision: str, data: TrainingData,
     train_set = text_encoder.encode(data.train_texts)
     _check_coverage(train_set, hf_tokenizer, config)
     val_set = text_encoder.encode(data.val_texts)
+    _refuse_hollow(data.train_texts + data.val_texts, np.concatenate([train_set.lengths, val_set.lengths]),
+                   text_encoder.bare_length, config)
     encoder_model, adapt_losses = _adapt(encoder_model, config, hf_tokenizer, train_set, device, precision)
     keep_bottom_layers(encoder_model, config.keep_layers)
     reinitialize_top_layers(encoder_model, config.reinit_layers)
@@ -245,6 +247,18 @@ def _check_coverage(train_set, hf_tokenizer, config: TrainConfig) -> None:
     if unknown > _UNKNOWN_WARNING * (known + unknown):
         log.warning("%.0f%% of the training tokens are [UNK]: the vocabulary of %s reads this text poorly; is "
                     "--model right for it?", 100 * unknown / (known + unknown), config.model)
+
+
+def _refuse_hollow(texts: list[str], lengths: np.ndarray, bare: int, config: TrainConfig) -> None:
+    """Refuse sentences the tokenizer reads no token in (zero-width or control characters only): not blank to Python,
+    so not refused as empty where the file was read, but `[CLS] [SEP]` alone to the model, as `scorer run` leaves
+    such a row unscored (status empty)."""
+    hollow = np.flatnonzero(lengths <= bare)
+    if hollow.size:
+        shown = ", ".join(ascii(texts[i]) for i in hollow[:3]) + (", ..." if hollow.size > 3 else "")
+        raise InputError(f"{config.data}{' or ' + str(config.val_data) if config.val_data else ''}: {hollow.size} "
+                         f"sentence(s) hold no token the tokenizer reads ({shown}: zero-width or control characters "
+                         "only); fix or remove those rows")
 
 
 def _log_epoch(result: EpochResult) -> None:
