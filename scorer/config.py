@@ -103,6 +103,7 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     cuda_graphs: str = "off"
+    save_state_every: float = 300.0
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -128,6 +129,8 @@ class TrainConfig:
         _check(self.rtd_aux >= 0, f"--rtd-aux must be 0 (off) or more, not {self.rtd_aux}")
         _check(self.rdrop >= 0, f"--rdrop must be 0 (off) or more, not {self.rdrop}")
         _check(self.keep_layers >= 0, f"--keep-layers must be 0 (all) or more, not {self.keep_layers}")
+        _check(self.save_state_every >= 0, f"--save-state-every must be 0 (every epoch) or more seconds, not "
+               f"{self.save_state_every:g}")
         _check_choice(self.class_weight, ("none", "balanced"), "--class-weight")
         _check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
         _check(0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), not {self.val_fraction}")

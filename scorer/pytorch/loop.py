@@ -116,6 +116,27 @@ class Trainer:
             decay = 1.0 - 1.0 / max(1.0, config.ema_epochs * steps / config.epochs)
             self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
+    def state_dict(self) -> dict:
+        """What the next epochs depend on (scorer.training.resume): the weights (with --rtd-aux's head), the
+        optimizer and schedule, the moving average, the batch order's and the detector's generators, the losses."""
+        return {"trained": self.trained.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "average": None if self.average is None else self.average.state_dict(),
+                "batches": self.rng.bit_generator.state,
+                "generator": self.generator.get_state() if self.auxiliary is not None else None,
+                "step_losses": list(self.step_losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trained.load_state_dict(state["trained"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
+        self.rng.bit_generator.state = state["batches"]
+        if self.auxiliary is not None:
+            self.generator.set_state(state["generator"])
+        self.step_losses = list(state["step_losses"])
+
     @property
     def evaluated(self) -> torch.nn.Module:
         """The weights to validate and keep: the moving average when --ema is on, else the model itself."""

@@ -25,6 +25,7 @@ from scorer.errors import ConfigError
 from scorer.pytorch.loop import DeviceRows, apply_gradients, autocast, bucketed_batches, linear_scheduler
 from scorer.pytorch.model import quiet_transformers
 from scorer.text.tokens import Encoded
+from scorer.training.resume import Stage
 
 log = logging.getLogger("scorer")
 MASK_RATE = 0.15  # of the ordinary tokens; of those 80% become [MASK], 10% a random token, 10% stay
@@ -34,19 +35,9 @@ _HEADS = ("cls", "lm_head")  # the MLM head's attribute in BERT-like and RoBERTa
 
 
 def masked_lm(model_dir, encoded: Encoded, tokenizer, epochs: int, learning_rate: float, batch_size: int,
-              device: str, precision: str, seed: int) -> tuple[nn.Module, list[float]]:
+              device: str, precision: str, seed: int, stage: Stage | None = None) -> tuple[nn.Module, list[float]]:
     """The encoder of `model_dir` after `epochs` of masked-LM training on `encoded`, and the loss per epoch."""
-    quiet_transformers()
-    from transformers import AutoModelForMaskedLM
-
-    try:
-        model = AutoModelForMaskedLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--mlm-epochs: {model_dir} has no masked-LM form in transformers ({exc})") from exc
-    head = next((getattr(model, name) for name in _HEADS if hasattr(model, name)), None)
-    if head is None or tokenizer.mask_token_id is None:
-        raise ConfigError(f"--mlm-epochs: {model_dir} is not a BERT- or RoBERTa-style masked-LM model")
-    encoder = getattr(model, model.base_model_prefix)
+    model, head, encoder = masked_lm_model(model_dir, tokenizer)
     model.to(device).train()
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=device)
 
@@ -60,13 +51,29 @@ def masked_lm(model_dir, encoded: Encoded, tokenizer, epochs: int, learning_rate
             logits = head(hidden[chosen])  # the vocabulary projection only where a token was masked
         return functional.cross_entropy(logits.float(), targets)
 
-    losses = _epochs("masked-LM", model, step, encoded, epochs, learning_rate, batch_size, device, seed)
+    losses = _epochs("masked-LM", model, step, encoded, epochs, learning_rate, batch_size, device, seed, stage)
     return encoder.eval(), losses
+
+
+def masked_lm_model(model_dir, tokenizer) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """`model_dir` in its masked-LM form: the whole model, its MLM head and its encoder (which, for BERT, has no
+    pooler: the encoder a run with --mlm-epochs fine-tunes)."""
+    quiet_transformers()
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--mlm-epochs: {model_dir} has no masked-LM form in transformers ({exc})") from exc
+    head = next((getattr(model, name) for name in _HEADS if hasattr(model, name)), None)
+    if head is None or tokenizer.mask_token_id is None:
+        raise ConfigError(f"--mlm-epochs: {model_dir} is not a BERT- or RoBERTa-style masked-LM model")
+    return model, head, getattr(model, model.base_model_prefix)
 
 
 def replaced_token_detection(encoder: nn.Module, encoded: Encoded, special_ids: list[int], epochs: int,
                              learning_rate: float, batch_size: int, device: str, precision: str, seed: int,
-                             draw: str = "frequency") -> tuple[nn.Module, list[float]]:
+                             draw: str = "frequency", stage: Stage | None = None) -> tuple[nn.Module, list[float]]:
     """`encoder` after `epochs` of replaced-token detection (`ReplacedTokens`) on `encoded`, and the loss per
     epoch. Only the encoder is kept."""
     encoder.to(device).train()
@@ -76,7 +83,7 @@ def replaced_token_detection(encoder: nn.Module, encoded: Encoded, special_ids: 
         return objective.loss(encoder, input_ids, attention_mask, generator, precision)
 
     losses = _epochs("replaced-token", nn.ModuleList([encoder, objective]), step, encoded, epochs, learning_rate,
-                     batch_size, device, seed)
+                     batch_size, device, seed, stage)
     return encoder.eval(), losses
 
 
@@ -155,18 +162,27 @@ class Draws:
 
 
 def _epochs(name: str, model: nn.Module, step, encoded: Encoded, epochs: int, learning_rate: float, batch_size: int,
-            device: str, seed: int) -> list[float]:
+            device: str, seed: int, stage: Stage | None = None) -> list[float]:
     """The loop both stages share: AdamW (weight decay 0.01) with 10% linear warm-up and linear decay over `epochs`
     of length-bucketed batches of `encoded`. `step(input_ids, attention_mask, generator)` gives a batch's loss, or
-    None to skip the batch. Returns the mean loss per epoch (read once per epoch: no host sync per step)."""
+    None to skip the batch. Returns the mean loss per epoch (read once per epoch: no host sync per step). With a
+    `stage` (scorer.training.resume), it resumes from the stage's saved state and saves its own after each epoch."""
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device).manual_seed(seed)
     steps = math.ceil(len(encoded) / batch_size) * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, fused=True)
     scheduler = linear_scheduler(optimizer, steps // 10, steps)
     data = DeviceRows(encoded, device)
-    losses = []
-    for epoch in range(1, epochs + 1):
+    losses, first = [], 1
+    if stage is not None and stage.resumed is not None:
+        saved = stage.resumed
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        rng.bit_generator.state, losses, first = saved["batches"], list(saved["losses"]), saved["epoch"] + 1
+        generator.set_state(saved["generator"])
+        stage.restore_random()
+    for epoch in range(first, epochs + 1):
         started, epoch_losses = time.perf_counter(), []
         for input_ids, attention_mask, _ in data.batches(bucketed_batches(encoded.lengths, batch_size, rng)):
             loss = step(input_ids, attention_mask, generator)
@@ -176,6 +192,10 @@ def _epochs(name: str, model: nn.Module, step, encoded: Encoded, epochs: int, le
             epoch_losses.append(loss.detach())
         losses.append(float(torch.stack(epoch_losses).float().mean()))
         log.info("%s epoch %d / %d: loss %.4f (%.0fs)", name, epoch, epochs, losses[-1], time.perf_counter() - started)
+        if stage is not None:
+            stage.done(epoch, lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "scheduler": scheduler.state_dict(), "batches": rng.bit_generator.state,
+                                       "generator": generator.get_state(), "losses": list(losses)})
     return losses
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -34,8 +35,9 @@ from scorer.pytorch.model import (
 )
 from scorer.text.tokens import Encoded, TextEncoder
 from scorer.training import plot
-from scorer.training.adapt import ReplacedTokens, masked_lm, replaced_token_detection
+from scorer.training.adapt import ReplacedTokens, masked_lm, masked_lm_model, replaced_token_detection
 from scorer.training.dataset import TrainingData, load_training_data
+from scorer.training.resume import RunState, Stage
 
 log = logging.getLogger("scorer")
 _UNKNOWN_WARNING = 0.05  # share of [UNK] training tokens that says the vocabulary does not fit the text
@@ -95,7 +97,23 @@ def _train(config: TrainConfig, device: str, precision: str, data: TrainingData,
     val_set = text_encoder.encode(data.val_texts)
     _refuse_hollow(data.train_texts + data.val_texts, np.concatenate([train_set.lengths, val_set.lengths]),
                    text_encoder.bare_length, config)
-    encoder_model, adapt_losses = _adapt(encoder_model, config, hf_tokenizer, train_set, device, precision)
+    state = RunState(config, device, precision)
+    try:
+        result = _stages(config, device, precision, data, progress, state, hf_tokenizer, encoder_model, train_set,
+                         val_set)
+    except KeyboardInterrupt:
+        note = state.stopped_note()
+        if note:
+            log.warning("stopped; %s", note)
+        raise
+    state.finish()
+    return result
+
+
+def _stages(config: TrainConfig, device: str, precision: str, data: TrainingData, progress: bool, state: RunState,
+            hf_tokenizer, encoder_model, train_set: Encoded, val_set: Encoded) -> TrainResult:
+    """The self-supervised stages, fine-tuning and the checkpoint, each resumed from `state` where it was saved."""
+    encoder_model, adapt_losses = _adapt(encoder_model, config, hf_tokenizer, train_set, device, precision, state)
     keep_bottom_layers(encoder_model, config.keep_layers)
     reinitialize_top_layers(encoder_model, config.reinit_layers)
     head = HeadConfig(labels=data.labels, pooling=config.pooling, max_length=config.max_length, dropout=config.dropout)
@@ -108,7 +126,8 @@ def _train(config: TrainConfig, device: str, precision: str, data: TrainingData,
                  if config.rtd_aux else None)
     trainer = Trainer(model, config, device, precision, train_set, data.train_targets, progress=progress,
                       auxiliary=auxiliary)
-    epochs, best_epoch, best_state, best_logits = _fine_tune(trainer, val_set, data, config, device)
+    stage = state.stage("fine-tuning", config.epochs, lambda: {"adapt_losses": adapt_losses})
+    epochs, best_epoch, best_state, best_logits = _fine_tune(trainer, val_set, data, config, device, stage)
     model.load_state_dict(best_state)
     result = TrainResult(config.output, epochs, best_epoch, device, precision, len(data.train_texts),
                          len(data.val_texts), _thresholds(head, best_logits, data.val_targets))
@@ -156,13 +175,19 @@ def _device_memory(config: TrainConfig, device: str) -> Iterator[None]:
                             "free the GPU (is another process using it?); nothing was written") from exc
 
 
-def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: TrainConfig,
-               device: str) -> tuple[list[EpochResult], int, dict[str, torch.Tensor], np.ndarray]:
+def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: TrainConfig, device: str,
+               stage: Stage) -> tuple[list[EpochResult], int, dict[str, torch.Tensor], np.ndarray]:
     """The fine-tuning epochs, each validated and logged: every epoch's result, the epoch kept by config.select,
-    its weights (on the CPU) and its validation logits."""
+    its weights (on the CPU) and its validation logits; resumed from `stage`'s saved state, saved after each."""
     epochs: list[EpochResult] = []
-    best_state, best_epoch = {}, 0
-    for epoch in range(1, config.epochs + 1):
+    best_state, best_epoch, best_logits = {}, 0, None
+    if stage.resumed is not None:
+        saved = stage.resumed
+        trainer.load_state_dict(saved["trainer"])
+        epochs = [EpochResult(**epoch) for epoch in saved["results"]]
+        best_epoch, best_state, best_logits = saved["best_epoch"], saved["best_state"], saved["best_logits"].numpy()
+        stage.restore_random()
+    for epoch in range(len(epochs) + 1, config.epochs + 1):
         started = time.perf_counter()
         log.info("")
         log.info("======== Epoch %d / %d ========", epoch, config.epochs)  # before the epoch's batch lines
@@ -178,7 +203,15 @@ def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: T
             best_epoch, best_logits = epoch, logits
             best_state = {key: value.detach().to("cpu", copy=True)
                           for key, value in trainer.evaluated.state_dict().items()}
+        stage.done(epoch, functools.partial(_fine_tuning_state, trainer, epochs, best_epoch, best_state, best_logits))
     return epochs, best_epoch, best_state, best_logits
+
+
+def _fine_tuning_state(trainer: Trainer, epochs: list[EpochResult], best_epoch: int, best_state: dict,
+                       best_logits: np.ndarray) -> dict:
+    """What fine-tuning saves after an epoch (scorer.training.resume), besides the state every stage saves."""
+    return {"trainer": trainer.state_dict(), "results": [asdict(epoch) for epoch in epochs], "best_epoch": best_epoch,
+            "best_state": best_state, "best_logits": torch.from_numpy(best_logits)}
 
 
 def _check_finite(loss: float, what: str, option: str, rate: float) -> None:
@@ -269,22 +302,36 @@ def _log_epoch(result: EpochResult) -> None:
     log.info("  Epoch took: %s", _clock(result.seconds))
 
 
-def _adapt(encoder_model, config: TrainConfig, hf_tokenizer, train_set, device: str, precision: str):
+def _adapt(encoder_model, config: TrainConfig, hf_tokenizer, train_set, device: str, precision: str,
+           state: RunState):
     """The encoder after the optional self-supervised stages on the training sentences: masked-LM epochs, then
-    replaced-token-detection epochs; and each stage's loss per epoch (empty lists for a stage that is off)."""
+    replaced-token-detection epochs; and each stage's loss per epoch (empty lists for a stage that is off). A stage
+    that a resumed state comes after is not run again: its losses come from the state, and the encoder's weights
+    with the later stage's."""
     losses: dict[str, list[float]] = {"mlm_losses": [], "rtd_losses": []}
-    if config.mlm_epochs:
+
+    def carried() -> dict:  # what a stage's saved state also holds: the losses of the stages before it
+        return {"adapt_losses": {key: list(value) for key, value in losses.items()}}
+
+    if config.mlm_epochs and state.past("masked-LM"):
+        encoder_model = masked_lm_model(config.model, hf_tokenizer)[2]  # (the form a masked-LM stage leaves)
+        losses["mlm_losses"] = list(state.loaded["adapt_losses"]["mlm_losses"])
+    elif config.mlm_epochs:
         log.info("masked-LM training of the encoder on the %d training sentences, %d epochs", len(train_set),
                  config.mlm_epochs)
         encoder_model, losses["mlm_losses"] = masked_lm(config.model, train_set, hf_tokenizer, config.mlm_epochs,
                                                         config.mlm_lr, config.batch_size, device, precision,
-                                                        config.seed)
-    if config.rtd_epochs:
+                                                        config.seed, state.stage("masked-LM", config.mlm_epochs,
+                                                                                 carried))
+    if config.rtd_epochs and state.past("replaced-token"):
+        losses["rtd_losses"] = list(state.loaded["adapt_losses"]["rtd_losses"])
+    elif config.rtd_epochs:
         log.info("replaced-token detection on the %d training sentences, %d epochs", len(train_set),
                  config.rtd_epochs)
         encoder_model, losses["rtd_losses"] = replaced_token_detection(
             encoder_model, train_set, hf_tokenizer.all_special_ids, config.rtd_epochs, config.rtd_lr,
-            config.batch_size, device, precision, config.seed, config.rtd_draw)
+            config.batch_size, device, precision, config.seed, config.rtd_draw,
+            state.stage("replaced-token", config.rtd_epochs, carried))
     for stage, what, option, rate in (("mlm_losses", "the masked-LM epochs' loss", "--mlm-lr", config.mlm_lr),
                                       ("rtd_losses", "the replaced-token epochs' loss", "--rtd-lr", config.rtd_lr)):
         _check_finite(losses[stage][-1] if losses[stage] else 0.0, what, option, rate)

@@ -1,0 +1,179 @@
+"""A training run's state between epochs, so that a stopped run resumes where it was last saved.
+
+At the end of an epoch (of the masked-LM, replaced-token or fine-tuning stage) where --save-state-every seconds have
+passed since the run started or last saved, everything the rest of the run depends on goes into one file beside the
+checkpoint directory (`.<name>.resume/state.pt`, replaced atomically): the weights, the optimizer and its schedule,
+the moving average, the epochs' figures and the kept epoch's weights, the losses so far, and the state of every
+random generator. Run again with the same options, data files and --model files, `scorer train` loads it and goes
+on from the next epoch; on the CPU its checkpoint is then bit for bit the one a run never stopped writes
+(tests/test_resume.py). A run that ends removes the file; a run with other options or data starts afresh and
+replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scorer.config import TrainConfig, to_json
+from scorer.data import atomic
+
+log = logging.getLogger("scorer")
+STAGES = ("masked-LM", "replaced-token", "fine-tuning")  # in the order a run goes through them
+_FORMAT = 1
+# Settings that do not change what a run computes: a run given other values of them still resumes.
+_NOT_COMPARED = ("overwrite", "save_state_every")
+
+
+class RunState:
+    """The state file of the run writing `config.output`: the one loaded at the start (where it is this run's), and
+    the saving of this run's own."""
+
+    def __init__(self, config: TrainConfig, device: str, precision: str) -> None:
+        target = atomic.through_link(config.output)
+        self.directory = target.parent / f".{target.name}.resume"
+        self.file = self.directory / "state.pt"
+        self.every = config.save_state_every
+        self.fingerprint = _fingerprint(config, device, precision)
+        self.last_save = time.monotonic()
+        self.saved: str | None = None  # the last state this run saved, in words
+        self.loaded = self._load()
+
+    def _load(self) -> dict | None:
+        if not self.file.is_file():
+            return None
+        try:
+            state = torch.load(self.file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # (a damaged file: nothing of it can be trusted)
+            log.warning("cannot read the stopped run's state in %s (%s); starting afresh", self.file, exc)
+            return None
+        recorded = state.get("fingerprint", {}) if state.get("format") == _FORMAT else {}
+        differ = [key for key in self.fingerprint if recorded.get(key) != self.fingerprint[key]]
+        if differ:
+            log.warning("the stopped run's state in %s is not this run's (other %s); starting afresh, and this run "
+                        "replaces it", self.directory, ", ".join(_named(key) for key in differ))
+            return None
+        log.info("resuming the stopped run of this command after %s (saved %s in %s)", _said(state),
+                 state["saved_at"], self.directory)
+        return state
+
+    def past(self, stage: str) -> bool:
+        """Whether the loaded state comes after all of `stage`, so the stage is not run again."""
+        return self.loaded is not None and STAGES.index(self.loaded["stage"]) > STAGES.index(stage)
+
+    def stage(self, name: str, epochs: int, carried: Callable[[], dict] | None = None) -> Stage:
+        return Stage(self, name, epochs, carried or dict)
+
+    def save(self, stage: str, epoch: int, epochs: int, payload: Callable[[], dict]) -> None:
+        """Save the state after `epoch` of `stage` where --save-state-every seconds have passed since the last save
+        (or the run's start). A state that cannot be written is warned of, and the run goes on without it."""
+        if time.monotonic() - self.last_save < self.every:
+            return
+        started = time.perf_counter()
+        state = {"format": _FORMAT, "fingerprint": self.fingerprint, "stage": stage, "epoch": epoch, "epochs": epochs,
+                 "saved_at": datetime.now().astimezone().isoformat(timespec="seconds"), "random": _random_states(),
+                 **payload()}
+        staging = atomic.temporary_sibling(self.file)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            torch.save(state, staging)
+            atomic.sync(staging)
+            os.replace(staging, self.file)
+        except OSError as exc:
+            staging.unlink(missing_ok=True)
+            log.warning("could not save this run's state in %s (%s); it goes on, but if it is stopped it starts "
+                        "again from the beginning", self.directory, exc.strerror or exc)
+            return
+        log.log(logging.INFO if self.saved is None else logging.DEBUG,
+                "state saved in %s (%.0f MB, %.1f s) so that a stopped run resumes; removed when the run ends",
+                self.file, self.file.stat().st_size / 1e6, time.perf_counter() - started)
+        self.saved = _said(state)
+        self.last_save = time.monotonic()
+
+    def finish(self) -> None:
+        """The run is done: its state (and any left by another run into the same --output) goes."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def stopped_note(self) -> str | None:
+        """What a stopped run says of its saved state, where it saved one."""
+        state = self.saved or (_said(self.loaded) if self.loaded is not None else None)
+        if state is None:
+            return None
+        return (f"the state after {state} is kept in {self.directory}: run the same command again to resume from "
+                "there")
+
+
+class Stage:
+    """One stage's view of the run's state: the state to resume it from (None: from its start), and the save after
+    each of its epochs. `carried` gives what the state must also hold from the stages before (their losses)."""
+
+    def __init__(self, run: RunState, name: str, epochs: int, carried: Callable[[], dict]) -> None:
+        self.run, self.name, self.epochs, self.carried = run, name, epochs, carried
+        loaded = run.loaded
+        self.resumed = loaded if loaded is not None and loaded["stage"] == name else None
+
+    def restore_random(self) -> None:
+        """Put every random generator where it was when the resumed state was saved (after the stage's own
+        set-up, before its next epoch, as in the run that saved it)."""
+        _set_random_states(self.resumed["random"])
+
+    def done(self, epoch: int, payload: Callable[[], dict]) -> None:
+        self.run.save(self.name, epoch, self.epochs, lambda: {**self.carried(), **payload()})
+
+
+def _said(state: dict) -> str:
+    return f"{state['stage']} epoch {state['epoch']} of {state['epochs']}"
+
+
+def _named(key: str) -> str:
+    return key if key.startswith(("--", "device", "precision", "torch")) else "--" + key.replace("_", "-")
+
+
+def _fingerprint(config: TrainConfig, device: str, precision: str) -> dict[str, object]:
+    """What a state must have been saved under to be this run's: every setting that changes what it computes, the
+    data and --model files as they are now (path, size, modification time), the device, precision and torch."""
+    settings = {key: value for key, value in json.loads(to_json(config)).items() if key not in _NOT_COMPARED}
+    settings["--data file"] = _file_identity(config.data)
+    settings["--val-data file"] = _file_identity(config.val_data) if config.val_data else None
+    settings["--model files"] = _directory_identity(Path(config.model))
+    settings.update({"device": device, "precision": precision, "torch version": str(torch.__version__)})
+    return settings
+
+
+def _file_identity(path: Path) -> list:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def _directory_identity(directory: Path) -> list:
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(directory.iterdir()) if p.is_file()]
+
+
+def _random_states() -> dict:
+    numpy_state = np.random.get_state(legacy=False)
+    key = torch.from_numpy(numpy_state["state"]["key"])  # (a tensor: the state file loads with weights_only)
+    return {
+        "python": random.getstate(),
+        "numpy": {**numpy_state, "state": {**numpy_state["state"], "key": key}},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def _set_random_states(states: dict) -> None:
+    random.setstate(states["python"])
+    numpy_state = states["numpy"]
+    np.random.set_state({**numpy_state, "state": {**numpy_state["state"], "key": numpy_state["state"]["key"].numpy()}})
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,151 @@
+"""A stopped `scorer train` resumes from its last saved epoch, to the checkpoint a run never stopped writes."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scorer.cli import main
+from scorer.config import TrainConfig
+from scorer.training import resume
+from scorer.training.train import train
+
+# Every stage saves and resumes: masked-LM, replaced-token detection, fine-tuning with a moving average and the
+# replaced-token loss beside it (their generators, heads and optimizers all in the state).
+SETTINGS = dict(epochs=2, max_length=32, learning_rate=1e-3, mlm_epochs=2, rtd_epochs=2, ema_epochs=1.0, rtd_aux=0.5,
+                save_state_every=0.0)
+WRITTEN = ("model.safetensors", "scorer_head.safetensors", "training_loss.png")
+
+
+@pytest.fixture(scope="module")
+def unstopped(tiny_encoder, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("unstopped") / "checkpoint"
+    train(TrainConfig(model=tiny_encoder, output=output, **SETTINGS), progress=False)
+    return output
+
+
+def stop_after_saves(monkeypatch, count: int) -> None:
+    """Stop the run (as Ctrl-C does) right after its `count`-th saved state."""
+    save, saves = resume.RunState.save, []
+
+    def stopping(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        saves.append(self.saved)
+        if len(saves) == count:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume.RunState, "save", stopping)
+
+
+def assert_same_checkpoint(first: Path, second: Path) -> None:
+    for name in WRITTEN:
+        assert filecmp.cmp(first / name, second / name, shallow=False), name
+    metrics = [json.loads((path / "metrics.json").read_text()) for path in (first, second)]
+    for epochs in (m["epochs"] for m in metrics):
+        for epoch in epochs:
+            epoch.pop("seconds")
+    assert metrics[0] == metrics[1]
+
+
+@pytest.mark.parametrize(("saves", "stage"), [(1, "masked-LM epoch 1 of 2"), (3, "replaced-token epoch 1 of 2"),
+                                              (5, "fine-tuning epoch 1 of 2")])
+def test_a_run_stopped_after_an_epoch_resumes_to_the_checkpoint_of_a_run_never_stopped(
+        tiny_encoder, unstopped, tmp_path, monkeypatch, caplog, saves, stage):
+    config = TrainConfig(model=tiny_encoder, output=tmp_path / "checkpoint", **SETTINGS)
+    stop_after_saves(monkeypatch, saves)
+    with caplog.at_level(logging.INFO, logger="scorer"), pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    state = tmp_path / ".checkpoint.resume" / "state.pt"
+    assert state.is_file() and not config.output.exists()
+    assert f"stopped; the state after {stage} is kept in {state.parent}: run the same command again" in caplog.text
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scorer"):
+        train(config, progress=False)
+    assert f"resuming the stopped run of this command after {stage}" in caplog.text
+    assert_same_checkpoint(unstopped, config.output)
+    assert not state.parent.exists()  # a run that ended leaves no state behind
+
+
+def test_a_run_of_other_options_or_data_starts_afresh_and_replaces_the_state(tiny_encoder, tmp_path, monkeypatch,
+                                                                             caplog):
+    data = tmp_path / "train.csv"
+    data.write_text("sentence,label\n" + "".join(f"sentence number {i} is here,{i % 2}\n" for i in range(60)))
+    config = TrainConfig(model=tiny_encoder, output=tmp_path / "c", data=data, epochs=3, rtd_epochs=0, max_length=32,
+                         save_state_every=0.0)
+    stop_after_saves(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.undo()
+    other = TrainConfig(**{**config.__dict__, "learning_rate": 3e-4, "save_state_every": 300.0})
+    with caplog.at_level(logging.INFO, logger="scorer"):
+        result = train(other, progress=False)
+    assert "is not this run's (other --learning-rate); starting afresh" in caplog.text
+    assert [e.epoch for e in result.epochs] == [1, 2, 3] and not (tmp_path / ".c.resume").exists()
+    # the data file written again since the state was saved: not the run that saved it
+    again = TrainConfig(**{**config.__dict__, "overwrite": True})
+    stop_after_saves(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train(again, progress=False)
+    monkeypatch.undo()
+    os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scorer"):
+        train(again, progress=False)
+    assert "(other --data file); starting afresh" in caplog.text
+    assert not (tmp_path / ".c.resume").exists()
+
+
+def test_a_damaged_state_is_warned_of_and_the_run_starts_afresh(tiny_encoder, tmp_path, caplog):
+    state = tmp_path / ".c.resume" / "state.pt"
+    state.parent.mkdir()
+    state.write_bytes(b"not a state")
+    with caplog.at_level(logging.INFO, logger="scorer"):
+        result = train(TrainConfig(model=tiny_encoder, output=tmp_path / "c", epochs=1, rtd_epochs=0, max_length=32),
+                       progress=False)
+    assert "cannot read the stopped run's state in" in caplog.text and "starting afresh" in caplog.text
+    assert result.epochs and not state.parent.exists()
+
+
+def test_scorer_train_terminated_says_where_its_state_is_and_the_same_command_resumes(tiny_encoder, tmp_path):
+    output = tmp_path / "checkpoint"
+    args = ["train", "--model", str(tiny_encoder), "--output", str(output), "--epochs", "8", "--max-length", "32",
+            "--lr", "1e-3", "--rtd-epochs", "2", "--save-state-every", "0", "--quiet"]
+    state = tmp_path / ".checkpoint.resume" / "state.pt"
+    child = subprocess.Popen([sys.executable, "-m", "scorer", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not state.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGTERM)  # (a scheduler's timeout, a preempted machine's shutdown)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 143, err
+    assert "stopped; the state after " in err and f"is kept in {state.parent}: run the same command again to resume " \
+        "from there" in err and err.rstrip().endswith("terminated")
+    assert not output.exists()
+    again = CliRunner().invoke(main, [a for a in args if a != "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert "resuming the stopped run of this command after" in again.output
+    assert not state.parent.exists()
+    reference = tmp_path / "unstopped"
+    train(TrainConfig(model=tiny_encoder, output=reference, epochs=8, max_length=32, learning_rate=1e-3,
+                      rtd_epochs=2), progress=False)
+    assert_same_checkpoint(reference, output)
+    assert not (tmp_path / ".unstopped.resume").exists()  # (the default saves every 300 s: this run never did)
+
+
+def test_save_state_every_must_not_be_negative(tiny_encoder, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--model", str(tiny_encoder), "--output", str(tmp_path / "c"),
+                                       "--save-state-every", "-1"])
+    assert result.exit_code == 2 and "--save-state-every must be 0 (every epoch) or more seconds, not -1" in \
+        result.output
