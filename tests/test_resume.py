@@ -106,15 +106,40 @@ def test_a_run_of_other_options_or_data_starts_afresh_and_replaces_the_state(tin
     assert not (tmp_path / ".c.resume").exists()
 
 
-def test_a_damaged_state_is_warned_of_and_the_run_starts_afresh(tiny_encoder, tmp_path, caplog):
+@pytest.mark.parametrize(("content", "said"), [
+    (b"not a state", "cannot read the stopped run's state in"),
+    ({"format": 0, "stage": "fine-tuning"}, "was saved by another version of scorer; starting afresh")])
+def test_a_damaged_or_older_state_is_warned_of_and_the_run_starts_afresh(tiny_encoder, tmp_path, caplog, content,
+                                                                         said):
+    import torch
+
     state = tmp_path / ".c.resume" / "state.pt"
     state.parent.mkdir()
-    state.write_bytes(b"not a state")
+    state.write_bytes(content) if isinstance(content, bytes) else torch.save(content, state)
     with caplog.at_level(logging.INFO, logger="scorer"):
         result = train(TrainConfig(model=tiny_encoder, output=tmp_path / "c", epochs=1, rtd_epochs=0, max_length=32),
                        progress=False)
-    assert "cannot read the stopped run's state in" in caplog.text and "starting afresh" in caplog.text
+    assert said in caplog.text and "starting afresh" in caplog.text
     assert result.epochs and not state.parent.exists()
+
+
+def test_a_state_that_cannot_be_saved_is_warned_of_once_and_the_run_goes_on(tiny_encoder, tmp_path, monkeypatch,
+                                                                              caplog):
+    import errno
+
+    def full(state, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(resume.torch, "save", full)
+    with caplog.at_level(logging.INFO, logger="scorer"):
+        result = train(TrainConfig(model=tiny_encoder, output=tmp_path / "c", epochs=3, rtd_epochs=0, max_length=32,
+                                   save_state_every=0.0), progress=False)
+    warned = [r.message for r in caplog.records if "could not save" in r.message]
+    assert warned == [f"could not save this run's state in {tmp_path / '.c.resume'} (No space left on device); the run "
+                      "goes on, but stopped now it would resume from its start"]
+    assert len(result.epochs) == 3 and (tmp_path / "c" / "model.safetensors").is_file()
+    assert not (tmp_path / ".c.resume").exists()
 
 
 def test_scorer_train_terminated_says_where_its_state_is_and_the_same_command_resumes(tiny_encoder, tmp_path):

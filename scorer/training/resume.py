@@ -47,6 +47,7 @@ class RunState:
         self.fingerprint = _fingerprint(config, device, precision)
         self.last_save = time.monotonic()
         self.saved: str | None = None  # the last state this run saved, in words
+        self.failed = False  # a save failed (said once)
         self.loaded = self._load()
 
     def _load(self) -> dict | None:
@@ -57,7 +58,11 @@ class RunState:
         except Exception as exc:  # (a damaged file: nothing of it can be trusted)
             log.warning("cannot read the stopped run's state in %s (%s); starting afresh", self.file, exc)
             return None
-        recorded = state.get("fingerprint", {}) if state.get("format") == _FORMAT else {}
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            log.warning("the stopped run's state in %s was saved by another version of scorer; starting afresh, and "
+                        "this run replaces it", self.directory)
+            return None
+        recorded = state["fingerprint"]
         differ = [key for key in self.fingerprint if recorded.get(key) != self.fingerprint[key]]
         if differ:
             log.warning("the stopped run's state in %s is not this run's (other %s); starting afresh, and this run "
@@ -89,10 +94,15 @@ class RunState:
             torch.save(state, staging)
             atomic.sync(staging)
             os.replace(staging, self.file)
-        except OSError as exc:
+        except BaseException as exc:  # (Ctrl-C while saving included: no half-written file is left)
             staging.unlink(missing_ok=True)
-            log.warning("could not save this run's state in %s (%s); it goes on, but if it is stopped it starts "
-                        "again from the beginning", self.directory, exc.strerror or exc)
+            if not isinstance(exc, OSError):
+                raise
+            log.log(logging.DEBUG if self.failed else logging.WARNING,
+                    "could not save this run's state in %s (%s); the run goes on, but stopped now it would resume "
+                    "from %s", self.directory, exc.strerror or exc,
+                    f"its state after {self._last()}" if self._last() else "its start")
+            self.failed = True
             return
         log.log(logging.INFO if self.saved is None else logging.DEBUG,
                 "state saved in %s (%.0f MB, %.1f s) so that a stopped run resumes; removed when the run ends",
@@ -100,13 +110,17 @@ class RunState:
         self.saved = _said(state)
         self.last_save = time.monotonic()
 
+    def _last(self) -> str | None:
+        """The state a stopped run would resume from, in words: this run's last save, else the one it loaded."""
+        return self.saved or (_said(self.loaded) if self.loaded is not None else None)
+
     def finish(self) -> None:
         """The run is done: its state (and any left by another run into the same --output) goes."""
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def stopped_note(self) -> str | None:
         """What a stopped run says of its saved state, where it saved one."""
-        state = self.saved or (_said(self.loaded) if self.loaded is not None else None)
+        state = self._last()
         if state is None:
             return None
         return (f"the state after {state} is kept in {self.directory}: run the same command again to resume from "
