@@ -179,3 +179,37 @@ def test_each_fp16_kernel_setting_scores_padded_rows_as_the_fp32_graph_on_cuda(t
     width = int(encoded.lengths[1])
     alone = session.run(None, {"input_ids": ids[1:2, :width], "attention_mask": mask[1:2, :width]})[0]
     np.testing.assert_allclose(alone[0], logits[1], atol=2e-3)  # padding changes nothing
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("graphs", ["off", "captured"])
+def test_a_stopped_run_on_cuda_resumes_to_the_model_of_a_run_never_stopped(tmp_path, monkeypatch, graphs):
+    """The state saved on CUDA (its generators, the fused optimizer's step counts on the device) resumes there. No
+    dropout: captured graphs warm each new shape up eagerly, which draws dropout masks an unstopped run does not."""
+    from scorer.config import TrainConfig
+    from scorer.pytorch.model import SentenceClassifier
+    from scorer.training import resume
+    from scorer.training.train import train
+    from tests.conftest import build_tiny_encoder
+
+    encoder = build_tiny_encoder(tmp_path / "no-dropout-bert", hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0)
+    settings = dict(model=encoder, epochs=3, rtd_epochs=1, max_length=32, learning_rate=1e-3, dropout=0.0,
+                    precision="fp32", device="cuda", cuda_graphs=graphs, save_state_every=0.0)
+    unstopped = train(TrainConfig(output=tmp_path / "unstopped", **settings), progress=False)
+    save = resume.RunState.save
+
+    def stop_after_the_second(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.saved.startswith("fine-tuning epoch 1"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume.RunState, "save", stop_after_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(output=tmp_path / "resumed", **settings), progress=False)
+    monkeypatch.undo()
+    resumed = train(TrainConfig(output=tmp_path / "resumed", **settings), progress=False)
+    assert [e.train_loss for e in resumed.epochs] == pytest.approx([e.train_loss for e in unstopped.epochs], rel=1e-3)
+    weights = SentenceClassifier.load(tmp_path / "resumed").state_dict()
+    for name, weight in SentenceClassifier.load(tmp_path / "unstopped").state_dict().items():
+        assert np.allclose(weights[name].numpy(), weight.numpy(), atol=1e-3), name
