@@ -18,7 +18,7 @@ from export.fp16_choice import Fp16Report, build_fp16
 from export.large import weights_beside
 from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx, external_files
 from export.quantize import Quantiser, QuantizeReport, Targets
-from export.rows import calibration_texts, parity_rows, recorded_data, warn_if_few
+from export.rows import calibration_texts, parity_rows, recorded_data, warn_if_few, without_hollow
 from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
 from scorer.data import atomic
 from scorer.errors import ConfigError, ParityError, ProviderError
@@ -81,11 +81,11 @@ def export_model(config: ExportConfig) -> ExportResult:
     encoder = TextEncoder(tokenizer, head.max_length)
     recorded = recorded_data(trained, head) if config.data is None or config.calibration is None else None
     checked = parity_rows(config, head, recorded, text_column, "" if config.label_column == "" else label_column)
+    checked, encoded = without_hollow(checked, encoder.encode(checked.texts), encoder.bare_length)
     warn_if_few(checked, config)
     calibration = None
     if "int8" in config.variants or "fp16" in config.variants:
         calibration = encoder.encode(calibration_texts(config, trained, recorded, text_column))
-    encoded = encoder.encode(checked.texts)
     with atomic.atomic_dir(config.output, config.overwrite, MANIFEST) as staging:
         variants, reports, quantiser = _write_variants(model, staging, config, calibration, encoded)
         for name in TOKENIZER_FILES:

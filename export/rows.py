@@ -18,6 +18,7 @@ from scorer.data.strings import plain_text
 from scorer.errors import InputError, ScorerError
 from scorer.packaged import example_file
 from scorer.pytorch.model import HeadConfig
+from scorer.text.tokens import Encoded
 from scorer.training.dataset import TrainingData, load_training_data
 
 log = logging.getLogger("scorer")
@@ -84,6 +85,22 @@ def parity_rows(config: ExportConfig, head: HeadConfig, recorded: TrainingData |
             raise
         return ParityRows(texts, None, str(path))  # the packaged examples' labels are not this model's
     return ParityRows(texts, targets if (targets >= 0).any() else None, str(path))
+
+
+def without_hollow(rows: ParityRows, encoded: Encoded, bare_length: int) -> tuple[ParityRows, Encoded]:
+    """The parity rows less those the tokenizer reads no token in (zero-width or control characters only: text to
+    Python), which `scorer run` leaves unscored (status empty) as it does blank ones, so that parity's figures are of
+    the rows a run scores."""
+    kept = np.flatnonzero(encoded.lengths > bare_length)
+    if len(kept) == len(encoded):
+        return rows, encoded
+    if not len(kept):
+        raise InputError(f"{rows.source} has no row with a token the tokenizer reads (zero-width or control "
+                         "characters only); parity needs sentences")
+    log.info("parity: %d row(s) of %s without a token the tokenizer reads left out (scorer run leaves them "
+             "unscored)", len(encoded) - len(kept), rows.source)
+    targets = None if rows.targets is None else rows.targets[kept]
+    return ParityRows([rows.texts[i] for i in kept], targets, rows.source), encoded.take(kept)
 
 
 def warn_if_few(rows: ParityRows, config: ExportConfig) -> None:

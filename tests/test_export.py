@@ -632,11 +632,16 @@ def test_tensorrt_asked_for_where_it_is_missing_is_refused_before_any_output(tin
 
 
 def test_parity_leaves_out_rows_without_text_and_keeps_the_labels_of_the_others(tiny_checkpoint, tmp_path):
+    """Blank rows, and rows of zero-width or control characters only (no token: what `scorer run` leaves unscored),
+    are not parity rows, so parity's accuracy is that of the rows a run scores."""
     data = tmp_path / "parity.csv"
     data.write_text("sentence,label\n" + "".join(f"sentence {i} is here,{i % 2}\n" if i % 3 else f",{i % 2}\n"
-                                                   for i in range(30)))
+                                                   for i in range(30))
+                    + "".join(f"{text},{label}\n" for text, label in (("\u200b", 1), ("\ufeff\u200d", 0), ("\x07", 1))),
+                    encoding="utf-8")
     printed, fp32, run = fp32_parity_and_run_evaluation(tiny_checkpoint, data, tmp_path / "o")
     assert "10 row(s) of" in printed and "on 20 rows" in printed
+    assert f"parity: 3 row(s) of {data} without a token the tokenizer reads left out" in printed
     assert run["rows"] == 20 and fp32["accuracy"] == pytest.approx(run["accuracy"])
 
 
