@@ -40,7 +40,8 @@ def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: floa
     once, on CoLA's training sentences, saved as an encoder directory."""
     from transformers import AutoModel, AutoTokenizer
 
-    from scorer.training.train import _adapt, _resolve_precision
+    from scorer.training.device import resolve_precision
+    from scorer.training.train import _adapt
 
     source = packaged_model()
     config = TrainConfig(data=COLA / "train.tsv", model=source, output=directory, mlm_epochs=epochs,
@@ -50,7 +51,7 @@ def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: floa
     encoded = TextEncoder.from_dir(source, 64).encode(read_labelled(config.data, "sentence", "label").texts)
     torch.manual_seed(seed)
     encoder = AutoModel.from_pretrained(str(source), dtype=torch.float32)
-    encoder, losses = _adapt(encoder, config, tokenizer, encoded, "cpu", _resolve_precision("auto", "cpu"))
+    encoder, losses = _adapt(encoder, config, tokenizer, encoded, "cpu", resolve_precision("auto", "cpu"))
     print(f"losses per epoch: {losses}", flush=True)
     encoder.save_pretrained(directory)
     for name in TOKENIZER_FILES:

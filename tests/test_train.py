@@ -336,12 +336,12 @@ def test_compiled_steps_train_the_same_model_as_eager_steps(tmp_path):
 
 
 def test_auto_precision_is_fp32_on_cuda_and_follows_the_cpu_otherwise():
-    from scorer.training.train import _cpu_has_bf16, _resolve_precision
+    from scorer.training.device import cpu_has_bf16, resolve_precision
 
-    assert _resolve_precision("auto", "cuda") == "fp32"
-    assert _resolve_precision("bf16", "cuda") == "bf16"
-    assert _resolve_precision("auto", "cpu") == ("bf16" if _cpu_has_bf16() else "fp32")
-    assert _resolve_precision("fp32", "cuda") == "fp32"
+    assert resolve_precision("auto", "cuda") == "fp32"
+    assert resolve_precision("bf16", "cuda") == "bf16"
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_bf16() else "fp32")
+    assert resolve_precision("fp32", "cuda") == "fp32"
 
 
 def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes(tiny_encoder):

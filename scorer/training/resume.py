@@ -127,6 +127,21 @@ class RunState:
                 "there")
 
 
+class NoState:
+    """Stages run without resuming or saving (a bench script's own use of them)."""
+
+    loaded = None
+
+    def past(self, stage: str) -> bool:
+        return False
+
+    def stage(self, name: str, epochs: int, carried: Callable[[], dict] | None = None) -> None:
+        return None
+
+
+NO_STATE = NoState()
+
+
 class Stage:
     """One stage's view of the run's state: the state to resume it from (None: from its start), and the save after
     each of its epochs. `carried` gives what the state must also hold from the stages before (their losses)."""

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import math
-import random
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import torch
 
 from scorer.config import TrainConfig, to_json
 from scorer.data import atomic
-from scorer.errors import ConfigError, InputError, ProviderError, first_line
+from scorer.errors import ConfigError, InputError
 from scorer.inference.results import softmax
 from scorer.metrics import confusion_of, threshold_sweep
 from scorer.pytorch.loop import Trainer, predict
@@ -37,7 +34,8 @@ from scorer.text.tokens import Encoded, TextEncoder
 from scorer.training import plot
 from scorer.training.adapt import ReplacedTokens, masked_lm, masked_lm_model, replaced_token_detection
 from scorer.training.dataset import TrainingData, load_training_data
-from scorer.training.resume import RunState, Stage
+from scorer.training.device import device_memory, resolve_device, resolve_precision, seed_everything
+from scorer.training.resume import NO_STATE, NoState, RunState, Stage
 
 log = logging.getLogger("scorer")
 _UNKNOWN_WARNING = 0.05  # share of [UNK] training tokens that says the vocabulary does not fit the text
@@ -78,14 +76,14 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Run the whole training job described by `config` and write the checkpoint directory."""
     atomic.check_keeps(config.output, {"--model": config.model, "--data": config.data, "--val-data": config.val_data})
     atomic.check_writable(config.output, config.overwrite, marker=HEAD_CONFIG)
-    _seed_everything(config.seed)
-    device = _resolve_device(config.device)
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
     if config.cuda_graphs != "off" and device != "cuda":
         raise ConfigError(f"--cuda-graphs needs a CUDA device, and this run is on {device}: drop --cuda-graphs, or "
                           "use --device cuda/auto on a machine with a GPU")
-    precision = _resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device)
     data = load_training_data(config)
-    with _device_memory(config, device):
+    with device_memory(config, device):
         return _train(config, device, precision, data, progress)
 
 
@@ -162,17 +160,6 @@ def threshold_advice(thresholds: dict | None) -> str | None:
             "the rows that chose the epoch: confirm it on other labelled rows)")
 
 
-@contextlib.contextmanager
-def _device_memory(config: TrainConfig, device: str) -> Iterator[None]:
-    """The GPU running out of memory (a batch too large for it, another process holding its memory) as one line
-    saying what to lower, where PyTorch's message says only how much it tried to allocate."""
-    try:
-        yield
-    except torch.cuda.OutOfMemoryError as exc:
-        said = ". ".join(first_line(exc).split(". ")[:2])  # ("CUDA out of memory. Tried to allocate 2.00 GiB")
-        raise ProviderError(f"training ran out of memory on {device} ({said}); lower "
-                            f"--batch-size (now {config.batch_size}) or --max-length (now {config.max_length}), or "
-                            "free the GPU (is another process using it?); nothing was written") from exc
 
 
 def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: TrainConfig, device: str,
@@ -227,41 +214,6 @@ def _better(candidate: EpochResult, best: EpochResult, select: str) -> bool:
     return getattr(candidate, key) > getattr(best, key)
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _resolve_device(choice: str) -> str:
-    if choice == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if choice == "cuda":
-        raise ProviderError("--device cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu")
-    return "cpu"
-
-
-def _resolve_precision(choice: str, device: str) -> str:
-    """auto: bf16 autocast on CPUs with native bf16 matrix units (AMX or AVX512-BF16), else fp32.
-
-    Not on CUDA: at batch 32 a GPU step waits on the host, and autocast's extra casts made bert-base epochs slower
-    (H100: 11.4-11.9 s bf16 against 8.5-9.6 s fp32, bench/RESULTS.md).
-    """
-    if choice != "auto":
-        return choice
-    return "bf16" if device == "cpu" and _cpu_has_bf16() else "fp32"
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
-
-
 def _load_pretrained(config: TrainConfig):
     """The tokenizer and encoder named by --model, with the max length checked against the encoder."""
     encoder = load_encoder(config.model)
@@ -303,7 +255,7 @@ def _log_epoch(result: EpochResult) -> None:
 
 
 def _adapt(encoder_model, config: TrainConfig, hf_tokenizer, train_set, device: str, precision: str,
-           state: RunState):
+           state: RunState | NoState = NO_STATE):
     """The encoder after the optional self-supervised stages on the training sentences: masked-LM epochs, then
     replaced-token-detection epochs; and each stage's loss per epoch (empty lists for a stage that is off). A stage
     that a resumed state comes after is not run again: its losses come from the state, and the encoder's weights
