@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from scorer.config import ExportConfig, TrainConfig
+from scorer.data.inputs import expand_inputs
 from scorer.data.labels import LabelIndex
 from scorer.data.read import TableReader
 from scorer.data.strings import plain_text
@@ -39,7 +40,7 @@ def recorded_data(trained: dict, head: HeadConfig) -> TrainingData | None:
     """The checkpoint's training and validation rows, split as `scorer train` split them, where its files are still
     there and still hold the model's labels; else None (said why, where a file is there but reads otherwise)."""
     data, val = trained.get("data"), trained.get("val_data")
-    if not data or not Path(data).is_file() or (val and not Path(val).is_file()):
+    if not data or not _still_there(data) or (val and not _still_there(val)):
         return None
     try:
         loaded = load_training_data(TrainConfig(
@@ -54,6 +55,14 @@ def recorded_data(trained: dict, head: HeadConfig) -> TrainingData | None:
                     loaded.labels, head.labels)
         return None
     return loaded
+
+
+def _still_there(spec: str) -> bool:
+    """Whether the data files a recorded --data or --val-data (a file, a directory or a glob) names are there."""
+    try:
+        return all(path.is_file() for path in expand_inputs(spec, tell=False)[0])
+    except InputError:
+        return False
 
 
 def parity_rows(config: ExportConfig, head: HeadConfig, recorded: TrainingData | None, text_column: str,

@@ -102,7 +102,7 @@ def test_a_run_of_other_options_or_data_starts_afresh_and_replaces_the_state(tin
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="scorer"):
         train(again, progress=False)
-    assert "(other --data file); starting afresh" in caplog.text
+    assert "(other --data files); starting afresh" in caplog.text
     assert not (tmp_path / ".c.resume").exists()
 
 

@@ -82,6 +82,60 @@ def test_same_seed_same_result(tiny_encoder, tmp_path):
         assert a["train_loss"] == b["train_loss"] and a["val_mcc"] == b["val_mcc"]
 
 
+def test_training_data_from_a_directory_or_glob_is_its_files_one_after_another(tiny_encoder, tmp_path):
+    """Labelled data written in parts (a Spark job's output: part files, _SUCCESS, a _temporary attempt) trains as
+    the parts joined in order would: the same checkpoint, bit for bit; a glob names them too."""
+    import pyarrow.csv as pacsv
+
+    rows = pacsv.read_csv(example_file("train.csv"))
+    parts = tmp_path / "parts"
+    (parts / "_temporary" / "0").mkdir(parents=True)
+    pq.write_table(rows.slice(0, 150), parts / "part-00000.parquet")
+    pacsv.write_csv(rows.slice(150), parts / "part-00001.csv")
+    (parts / "_SUCCESS").write_text("")
+    pq.write_table(pa.table({"sentence": ["half written"], "label": ["junk"]}),
+                   parts / "_temporary" / "0" / "x.parquet")
+    pacsv.write_csv(rows, tmp_path / "joined.csv")
+    runner = CliRunner()
+    common = ["--rtd-epochs", "1", "--epochs", "1", "--seed", "3"]
+    result = runner.invoke(main, [a for a in train_args(tiny_encoder, tmp_path / "from-parts", "--data", str(parts),
+                                                        *common) if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"{parts}: {rows.num_rows} rows from 2 files" in result.output
+    assert f"{parts}: left out 1 data file(s) named with or under a leading '_' (_temporary/0/x.parquet)" \
+        in result.output
+    result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "from-one", "--data", str(tmp_path / "joined.csv"),
+                                            *common))
+    assert result.exit_code == 0, result.output
+    for name in ("model.safetensors", "scorer_head.safetensors"):
+        assert (tmp_path / "from-parts" / name).read_bytes() == (tmp_path / "from-one" / name).read_bytes()
+    result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "globbed", "--data", f"{parts}/part-*",
+                                            "--val-data", f"{parts}/*.csv", "--rtd-epochs", "0"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "globbed" / "metrics.json").read_text())
+    assert metrics["train_rows"] == rows.num_rows and metrics["val_rows"] == rows.num_rows - 150
+    assert metrics["val_source"] == f"{parts}/*.csv"
+
+
+def test_parts_of_one_labelled_set_must_agree_and_a_bad_row_is_named_by_its_file(tiny_encoder, tmp_path):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "a.csv").write_text("sentence,label\n" + "".join(f"sentence {i},{i % 2}\n" for i in range(20)))
+    (parts / "b.csv").write_text("sentence,label\n" + "".join(f"more {i},{'yes' if i % 2 else 'no'}\n"
+                                                               for i in range(20)))
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(parts)))
+    assert result.exit_code == 3 and result.output.count("\n") == 1
+    assert f"{parts / 'b.csv'}: column 'label' holds names ('no', ...) where {parts / 'a.csv'} holds whole numbers " \
+        "(0, ...); labels must be all whole numbers or all names: make the files agree" in result.output
+    (parts / "b.csv").write_text("sentence,label\nmore,1\n,0\n")
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(parts)))
+    assert result.exit_code == 3
+    assert f"{parts / 'b.csv'} row 2: column 'sentence' is empty or not text" in result.output
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", f"{parts}/*.tsv"))
+    assert result.exit_code == 3 and f"no .parquet, .csv or .tsv file matches {parts}/*.tsv" in result.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_val_data_from_parquet_and_string_labels(tiny_encoder, tmp_path):
     rows = {"text": [f"sentence number {i} is {'good' if i % 2 else 'bad'}" for i in range(40)],
             "verdict": ["yes" if i % 2 else "no" for i in range(40)]}

@@ -3,15 +3,19 @@ labelled file read whole (read_labelled)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from scorer.data.inputs import expand_inputs
 from scorer.data.read import TableReader
 from scorer.data.strings import plain_text
 from scorer.errors import InputError
+
+log = logging.getLogger("scorer")
 
 
 def label_value(value: object) -> int | str | None:
@@ -133,7 +137,21 @@ class LabelledData:
 
 
 def read_labelled(path: Path, text_column: str, label_column: str) -> LabelledData:
-    """Read a whole labelled file; every row needs a non-empty text and a label."""
+    """Read a whole labelled file, or every data file of a directory or glob (listed as `scorer run` lists its
+    INPUT: sorted, names with a leading '_' or '.' left out of a directory) one after another; every row needs a
+    non-empty text and a label."""
+    files, _ = expand_inputs(str(path))
+    parts = [_read_labelled_file(file, text_column, label_column) for file in files]
+    if len(parts) == 1:
+        return LabelledData(texts=parts[0][0], labels=normalise_labels(parts[0][1]), source=Path(path))
+    _check_one_kind_across(files, [values for _, values in parts], label_column)
+    texts = [text for part, _ in parts for text in part]
+    log.info("%s: %d rows from %d files", path, len(texts), len(files))
+    return LabelledData(texts=texts, labels=normalise_labels([value for _, part in parts for value in part]),
+                        source=Path(path))
+
+
+def _read_labelled_file(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[int | str]]:
     reader = TableReader(path)
     reader.require(text_column, "--text-column")
     reader.require(label_column, "--label-column")
@@ -154,4 +172,15 @@ def read_labelled(path: Path, text_column: str, label_column: str) -> LabelledDa
         if value is None:
             raise InputError(f"{path} row {row}: column '{label_column}' has no label; fix or remove that row")
     check_one_kind(values, path, label_column)
-    return LabelledData(texts=texts, labels=normalise_labels(values), source=Path(path))
+    return texts, values
+
+
+def _check_one_kind_across(files: list[Path], values: list[list[int | str]], column: str) -> None:
+    """Refuse files of one labelled set whose labels are of two kinds (whole numbers in one, names in another): as
+    within a file, the names would make every label a name."""
+    kinds = [isinstance(part[0], str) for part in values]
+    if len(set(kinds)) > 1:
+        names, numbers = files[kinds.index(True)], files[kinds.index(False)]
+        raise InputError(f"{names}: column '{column}' holds names ({values[kinds.index(True)][0]!r}, ...) where "
+                         f"{numbers} holds whole numbers ({values[kinds.index(False)][0]!r}, ...); labels must be all "
+                         "whole numbers or all names: make the files agree")

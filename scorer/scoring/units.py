@@ -6,19 +6,15 @@ A unit is one input file scored into one output file. Units share nothing but th
 
 from __future__ import annotations
 
-import glob
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from scorer.data.atomic import check_writable, in_the_way, not_a_file, through_link
-from scorer.data.read import data_stem, data_suffix
+from scorer.data.inputs import expand_inputs
+from scorer.data.read import data_stem
 from scorer.data.write import default_output
 from scorer.errors import InputError, OutputError
-
-_MAGIC = ("*", "?", "[")
-log = logging.getLogger("scorer")
 
 
 @dataclass(frozen=True)
@@ -27,53 +23,6 @@ class WorkUnit:
 
     source: Path
     output: Path
-
-
-def expand_inputs(spec: str) -> tuple[list[Path], Path | None]:
-    """The input files INPUT names, sorted, and the base directory they are relative to (None for one file)."""
-    if any(char in spec for char in _MAGIC) and not Path(spec).exists():  # a file may be named "day[1].csv"
-        base = _glob_base(spec)
-        for directory in glob.glob(os.path.dirname(spec), recursive=True):  # (the ones the pattern searches)
-            if os.path.isdir(directory) and not os.access(directory, os.R_OK | os.X_OK):
-                raise _unreadable(PermissionError(13, "Permission denied", directory), spec)
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _is_data_file(Path(p)))
-        if not files:
-            raise InputError(f"no .parquet, .csv or .tsv file matches {spec}; check the pattern")
-        return files, base
-    path = Path(spec)
-    if path.is_dir():
-        _refuse_unreadable(path)
-        found = sorted(p for p in path.rglob("*") if _is_data_file(p) and not _hidden(p.relative_to(path)))
-        listed = [not _unlisted(p.relative_to(path)) for p in found]
-        files = [p for p, kept in zip(found, listed, strict=True) if kept]
-        left = [str(p.relative_to(path)) for p, kept in zip(found, listed, strict=True) if not kept]
-        why = (f"named with or under a leading '_' ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}), which "
-               "the scoring of a directory leaves out, as pyarrow and Spark do (Spark's and Hadoop's work in progress, "
-               "_temporary, and markers); name one, or a glob, to score it")
-        if not files:
-            raise InputError(f"{path}'s only data files are {why}" if left else
-                             f"{path} holds no .parquet, .csv or .tsv file; nothing to score")
-        if left:
-            log.info("%s: left out %d data file(s) %s", path, len(left), why)
-        return files, path
-    return [path], None
-
-
-def _refuse_unreadable(directory: Path) -> None:
-    """A directory under INPUT that this account cannot list hides its inputs: searching it would skip them, and
-    the run would end well with them unscored."""
-    denied: list[OSError] = []
-    for _, names, _ in os.walk(directory, onerror=denied.append):
-        names[:] = [name for name in names if not name.startswith((".", "_"))]  # (they are not searched)
-        if denied:
-            break
-    if denied:
-        raise _unreadable(denied[0], str(directory))
-
-
-def _unreadable(error: OSError, spec: str) -> InputError:
-    return InputError(f"{error.filename} cannot be read ({error.strerror}), so the inputs in it cannot be found; make "
-                      f"it readable by this account, or move it out of {spec}")
 
 
 def plan_units(spec: str, output: Path | None, output_format: str | None = None) -> list[WorkUnit]:
@@ -145,30 +94,3 @@ def _with_format(path: Path, output_format: str) -> Path:
 
 def _is_dir_like(path: Path) -> bool:
     return path.is_dir() or str(path).endswith(os.sep) or not path.suffix
-
-
-def _is_data_file(path: Path) -> bool:
-    name = path.name
-    return (path.is_file() and data_suffix(path) is not None and ".scored." not in name
-            and not name.startswith("."))
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
-def _unlisted(relative: Path) -> bool:
-    """A file of a directory's that is not scored with it: named with, or under a directory named with, a leading
-    '_' (a Spark job's _temporary attempts, its _SUCCESS and _committed markers)."""
-    return any(part.startswith("_") for part in relative.parts)
-
-
-def _glob_base(pattern: str) -> Path:
-    """The longest leading directory of a glob pattern without wildcards."""
-    parts = Path(pattern).parts
-    fixed = []
-    for part in parts:
-        if any(char in part for char in _MAGIC):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path(".")

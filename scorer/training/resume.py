@@ -27,6 +27,7 @@ import torch
 
 from scorer.config import TrainConfig, to_json
 from scorer.data import atomic
+from scorer.data.inputs import expand_inputs
 
 log = logging.getLogger("scorer")
 STAGES = ("masked-LM", "replaced-token", "fine-tuning")  # in the order a run goes through them
@@ -170,18 +171,20 @@ def _named(key: str) -> str:
 
 def _fingerprint(config: TrainConfig, device: str, precision: str) -> dict[str, object]:
     """What a state must have been saved under to be this run's: every setting that changes what it computes, the
-    data and --model files as they are now (path, size, modification time), the device, precision and torch."""
+    data files and --model files as they are now (path, size, modification time), the device, precision and
+    torch."""
     settings = {key: value for key, value in json.loads(to_json(config)).items() if key not in _NOT_COMPARED}
-    settings["--data file"] = _file_identity(config.data)
-    settings["--val-data file"] = _file_identity(config.val_data) if config.val_data else None
+    settings["--data files"] = _files_identity(config.data)
+    settings["--val-data files"] = _files_identity(config.val_data) if config.val_data else None
     settings["--model files"] = _directory_identity(Path(config.model))
     settings.update({"device": device, "precision": precision, "torch version": str(torch.__version__)})
     return settings
 
 
-def _file_identity(path: Path) -> list:
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+def _files_identity(spec: Path) -> list:
+    """Each data file a --data or --val-data path names (a file, a directory or a glob), as it is now."""
+    return [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
+            for path in expand_inputs(str(spec), tell=False)[0]]
 
 
 def _directory_identity(directory: Path) -> list:
