@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from scorer.config import ExportConfig, TrainConfig
 from scorer.data.inputs import expand_inputs
@@ -76,19 +75,21 @@ def parity_rows(config: ExportConfig, head: HeadConfig, recorded: TrainingData |
     path = config.data
     if path is None:
         path, text_column, label_column = packaged_examples()
-    reader, table, rows, texts = _rows_with_text(path, text_column)
-    rows, texts = rows[: config.max_rows], texts[: config.max_rows]
+    read = _DataRows.read(path, text_column, label_column)
+    rows = read.with_text()[: config.max_rows]
+    texts = [read.texts[i] for i in rows]
     if not rows:
         raise InputError(f"{path} has no row with text in column '{text_column}'; parity needs sentences")
     if rows[-1] + 1 > len(rows):  # what `scorer run` scores as empty or not_text has no parity to check
         log.info("parity: %d row(s) of %s without text left out", rows[-1] + 1 - len(rows), path)
-    if label_column not in reader.columns:  # ('': --label-column '', no labels)
+    if read.labels is None:  # ('': --label-column '', no labels)
         if config.label_column and config.data is not None:
-            reader.require(label_column, "--label-column")  # named by the user: its absence is an error
+            read.require(label_column, "--label-column")  # named by the user: its absence is an error
         return ParityRows(texts, None, str(path))
-    index, values = LabelIndex(head.labels, ids=head.label_ids), table.column(label_column).to_pylist()
+    index = LabelIndex(head.labels, ids=head.label_ids)
     try:
-        targets = np.array([index.index(values[i], path, label_column, i + 1) for i in rows], dtype=np.int64)
+        targets = np.array([index.index(read.labels[i], *read.place(i, label_column)) for i in rows],
+                           dtype=np.int64)
     except InputError:
         if config.data is not None:
             raise
@@ -133,14 +134,15 @@ def calibration_texts(config: ExportConfig, trained: dict, recorded: TrainingDat
         texts, path = recorded.train_texts, Path(trained["data"])
     else:
         if path is None:
-            path = Path(trained["data"]) if trained.get("data") and Path(trained["data"]).is_file() else None
+            path = Path(trained["data"]) if trained.get("data") and _still_there(trained["data"]) else None
         if path is None:
             path, text_column, _ = packaged_examples()
             if "int8" in (config.variants or ("int8",)):
                 log.warning("int8 is calibrated on the packaged example sentences, not on text of this model's own "
                             "(no --calibration, and no training file recorded with the checkpoint); pass "
                             "--calibration FILE with sentences like those it will score")
-        texts = _rows_with_text(path, text_column)[3]
+        read = _DataRows.read(path, text_column, None)
+        texts = [read.texts[i] for i in read.with_text()]
     if not texts:
         raise InputError(f"{path} has no sentences in column '{text_column}' to calibrate int8 with")
     rows = np.random.default_rng(0).permutation(len(texts))[: config.calibration_rows]
@@ -150,14 +152,42 @@ def calibration_texts(config: ExportConfig, trained: dict, recorded: TrainingDat
     return [texts[i] for i in sorted(rows)]
 
 
-def _rows_with_text(path: Path, text_column: str) -> tuple[TableReader, pa.Table, list[int], list[str]]:
-    """`path` read whole, the rows whose `text_column` holds text (not null, not blank) and those texts."""
-    reader = TableReader(path)
-    reader.require(text_column, "--text-column")
-    table = reader.read_all()
-    column = plain_text(table.column(text_column)).to_pylist()
-    rows = [i for i, text in enumerate(column) if isinstance(text, str) and text.strip()]
-    return reader, table, rows, [column[i] for i in rows]
+@dataclass(frozen=True)
+class _DataRows:
+    """Every row of the data files a --data or --calibration path names (a file, a directory or a glob, listed as
+    `scorer run` lists INPUT), one file after another: its text, its label where every file has the label column."""
+
+    files: list[Path]
+    ends: np.ndarray  # the rows up to the end of each file
+    texts: list
+    labels: list | None
+
+    @classmethod
+    def read(cls, spec: Path, text_column: str, label_column: str | None) -> _DataRows:
+        files, texts, labels, ends = expand_inputs(str(spec))[0], [], [], []
+        for path in files:
+            reader = TableReader(path)
+            reader.require(text_column, "--text-column")
+            table = reader.read_all()
+            texts += plain_text(table.column(text_column)).to_pylist()
+            labels = labels + table.column(label_column).to_pylist() \
+                if labels is not None and label_column in reader.columns else None
+            ends.append(len(texts))
+        return cls(files, np.array(ends), texts, labels)
+
+    def with_text(self) -> list[int]:
+        """The rows that hold text (not null, not blank)."""
+        return [i for i, text in enumerate(self.texts) if isinstance(text, str) and text.strip()]
+
+    def place(self, row: int, column: str) -> tuple[Path, str, int]:
+        """Where a row is, as LabelIndex.index names it: its file, the column and its row in the file (from 1)."""
+        file = int(np.searchsorted(self.ends, row, side="right"))
+        return self.files[file], column, row + 1 - (int(self.ends[file - 1]) if file else 0)
+
+    def require(self, column: str, option: str) -> None:
+        """Refuse the first file without `column`, naming it."""
+        for path in self.files:
+            TableReader(path).require(column, option)
 
 
 def packaged_examples() -> tuple[Path, str, str]:

@@ -33,8 +33,10 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--data", type=PATH, help="Labelled CSV/TSV/Parquet [default: the packaged examples].")
-@click.option("--val-data", type=PATH, help="Validation file [default: a seeded split of --data].")
+@click.option("--data", type=PATH, help="Labelled CSV/TSV/Parquet file, or a directory or glob of them "
+              "[default: the packaged examples].")
+@click.option("--val-data", type=PATH, help="Validation file, directory or glob [default: a seeded split of "
+              "--data].")
 @click.option("--model", type=PATH, help="Local Hugging Face encoder directory [default: packaged MiniLM].")
 @click.option("--output", "-o", type=PATH, help=f"Checkpoint directory {shown(TrainConfig, 'output')}.")
 @click.option("--text-column", help=f"Column with the sentences {shown(TrainConfig, 'text_column')}.")
@@ -124,8 +126,8 @@ def train(progress: bool, **options) -> None:
 @click.option("--checkpoint", type=PATH, help="Directory from `scorer train`, or a Hugging Face "
               f"sequence-classification model's {shown(ExportConfig, 'checkpoint')}.")
 @click.option("--output", "-o", type=PATH, help=f"Export directory {shown(ExportConfig, 'output')}.")
-@click.option("--data", type=PATH, help="Sentences for the parity report [default: the checkpoint's validation rows, "
-              "where 200 or more; else the packaged examples].")
+@click.option("--data", type=PATH, help="Sentences for the parity report (a file, directory or glob) [default: the "
+              "checkpoint's validation rows, where 200 or more; else the packaged examples].")
 @click.option("--text-column", help="Text column of --data [default: the training one].")
 @click.option("--label-column", help="Label column of --data ('': none) [default: the training one].")
 @click.option("--variants", help="Comma-separated: fp32,fp16,int8 [default: all three where the memory to build "
@@ -141,7 +143,8 @@ def train(progress: bool, **options) -> None:
                    f"against agreement {shown(ExportConfig, 'tie_margin')}.")
 @click.option("--max-rows", type=int, help=f"Rows of --data used for parity {shown(ExportConfig, 'max_rows')}.")
 @click.option("--calibration", type=PATH,
-              help="Sentences for int8 calibration [default: the checkpoint's training rows].")
+              help="Sentences for int8 calibration (a file, directory or glob) [default: the checkpoint's "
+                   "training rows].")
 @click.option("--int8-agreement", type=float,
               help="Label agreement int8 must be predicted to reach on the parity rows, predicted from how far it "
                    f"moves the calibration rows {shown(ExportConfig, 'int8_agreement')}.")

@@ -645,6 +645,31 @@ def test_parity_leaves_out_rows_without_text_and_keeps_the_labels_of_the_others(
     assert run["rows"] == 20 and fp32["accuracy"] == pytest.approx(run["accuracy"])
 
 
+def test_parity_and_calibration_data_may_be_a_directory_or_glob_of_files(tiny_checkpoint, tmp_path):
+    """--data and --calibration name a file, or files in parts as `scorer run` and `scorer train` read them: parity on
+    the parts is parity on the parts joined; a label column named by the user that one part lacks is refused."""
+    rows = [f"sentence {i} is here,{i % 2}\n" for i in range(40)]
+    (tmp_path / "joined.csv").write_text("sentence,label\n" + "".join(rows))
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "a.csv").write_text("sentence,label\n" + "".join(rows[:25]))
+    (parts / "b.csv").write_text("sentence,label\n" + "".join(rows[25:]))
+    runner, reports = CliRunner(), {}
+    for name, data in (("joined", tmp_path / "joined.csv"), ("parts", parts), ("glob", f"{parts}/*.csv")):
+        result = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / f"o-{name}"),
+                                      "--data", str(data), "--calibration", str(data), "--variants", "fp32,int8",
+                                      "--min-agreement", "0.9", "-q"])
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads((tmp_path / f"o-{name}" / "parity.json").read_text())["variants"]
+    assert reports["parts"] == reports["joined"] == reports["glob"]
+    assert reports["parts"][0]["rows"] == 40 and reports["parts"][0]["accuracy"] is not None
+    (parts / "b.csv").write_text("sentence\n" + "".join(row.split(",")[0] + "\n" for row in rows[25:]))
+    result = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "c"), "--data",
+                                  str(parts), "--label-column", "label", "--variants", "fp32", "-q"])
+    assert result.exit_code == 3 and "column 'label' not found in b.csv" in result.output, result.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_parity_on_too_few_rows_for_the_gate_to_judge_is_warned_of_saying_what_to_pass(tiny_checkpoint, tmp_path):
     """20 parity rows: one flipped label is 5% of them, past what --min-agreement (99.5%) allows, and none proves
     little; the gate passed or failed on that without a word."""
