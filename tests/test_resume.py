@@ -174,3 +174,18 @@ def test_save_state_every_must_not_be_negative(tiny_encoder, tmp_path):
                                        "--save-state-every", "-1"])
     assert result.exit_code == 2 and "--save-state-every must be 0 (every epoch) or more seconds, not -1" in \
         result.output
+
+
+def test_a_state_saved_by_another_scorer_version_is_not_resumed(tiny_encoder, tmp_path, monkeypatch, caplog):
+    import scorer
+
+    config = TrainConfig(model=tiny_encoder, output=tmp_path / "c", epochs=2, rtd_epochs=0, max_length=32,
+                         save_state_every=0.0)
+    stop_after_saves(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(scorer, "__version__", "99.0")  # (its training may compute otherwise)
+    with caplog.at_level(logging.INFO, logger="scorer"):
+        train(config, progress=False)
+    assert "is not this run's (other scorer version); starting afresh" in caplog.text

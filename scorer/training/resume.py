@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import scorer
 from scorer.config import TrainConfig, to_json
 from scorer.data import atomic
 from scorer.data.inputs import expand_inputs
@@ -166,18 +167,19 @@ def _said(state: dict) -> str:
 
 
 def _named(key: str) -> str:
-    return key if key.startswith(("--", "device", "precision", "torch")) else "--" + key.replace("_", "-")
+    return key if key.startswith(("--", "device", "precision", "torch", "scorer")) else "--" + key.replace("_", "-")
 
 
 def _fingerprint(config: TrainConfig, device: str, precision: str) -> dict[str, object]:
     """What a state must have been saved under to be this run's: every setting that changes what it computes, the
-    data files and --model files as they are now (path, size, modification time), the device, precision and
-    torch."""
+    data files and --model files as they are now (path, size, modification time), the device, precision, torch and
+    scorer."""
     settings = {key: value for key, value in json.loads(to_json(config)).items() if key not in _NOT_COMPARED}
     settings["--data files"] = _files_identity(config.data)
     settings["--val-data files"] = _files_identity(config.val_data) if config.val_data else None
     settings["--model files"] = _directory_identity(Path(config.model))
-    settings.update({"device": device, "precision": precision, "torch version": str(torch.__version__)})
+    settings.update({"device": device, "precision": precision, "torch version": str(torch.__version__),
+                     "scorer version": scorer.__version__})
     return settings
 
 
