@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from scorer.config import ExportConfig, TrainConfig
-from scorer.data.inputs import expand_inputs
+from scorer.data.inputs import expand_inputs, parts_of
 from scorer.data.labels import LabelIndex
 from scorer.data.read import TableReader
 from scorer.data.strings import plain_text
@@ -164,7 +164,7 @@ class _DataRows:
 
     @classmethod
     def read(cls, spec: Path, text_column: str, label_column: str | None) -> _DataRows:
-        files, texts, labels, ends = expand_inputs(str(spec))[0], [], [], []
+        files, texts, labels, ends = parts_of(str(spec)), [], [], []
         for path in files:
             reader = TableReader(path)
             reader.require(text_column, "--text-column")

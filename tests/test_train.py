@@ -83,8 +83,9 @@ def test_same_seed_same_result(tiny_encoder, tmp_path):
 
 
 def test_training_data_from_a_directory_or_glob_is_its_files_one_after_another(tiny_encoder, tmp_path):
-    """Labelled data written in parts (a Spark job's output: part files, _SUCCESS, a _temporary attempt) trains as
-    the parts joined in order would: the same checkpoint, bit for bit; a glob names them too."""
+    """Labelled data written in parts (a Spark job's output: part files, empty ones among them, _SUCCESS, a
+    _temporary attempt) trains as the parts joined in order would: the same checkpoint, bit for bit; a glob names
+    them too."""
     import pyarrow.csv as pacsv
 
     rows = pacsv.read_csv(example_file("train.csv"))
@@ -93,6 +94,8 @@ def test_training_data_from_a_directory_or_glob_is_its_files_one_after_another(t
     pq.write_table(rows.slice(0, 150), parts / "part-00000.parquet")
     pacsv.write_csv(rows.slice(150), parts / "part-00001.csv")
     (parts / "_SUCCESS").write_text("")
+    pq.write_table(rows.slice(0, 0), parts / "part-00002.parquet")  # empty partitions: no rows, or no bytes at all
+    (parts / "part-00003.csv").write_text("")
     pq.write_table(pa.table({"sentence": ["half written"], "label": ["junk"]}),
                    parts / "_temporary" / "0" / "x.parquet")
     pacsv.write_csv(rows, tmp_path / "joined.csv")
@@ -101,7 +104,8 @@ def test_training_data_from_a_directory_or_glob_is_its_files_one_after_another(t
     result = runner.invoke(main, [a for a in train_args(tiny_encoder, tmp_path / "from-parts", "--data", str(parts),
                                                         *common) if a != "--quiet"])
     assert result.exit_code == 0, result.output
-    assert f"{parts}: {rows.num_rows} rows from 2 files" in result.output
+    assert f"{parts}: {rows.num_rows} rows from 3 files" in result.output
+    assert f"{parts}: left out 1 empty file(s) (part-00003.csv)" in result.output
     assert f"{parts}: left out 1 data file(s) named with or under a leading '_' (_temporary/0/x.parquet)" \
         in result.output
     result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "from-one", "--data", str(tmp_path / "joined.csv"),
@@ -133,6 +137,10 @@ def test_parts_of_one_labelled_set_must_agree_and_a_bad_row_is_named_by_its_file
     assert f"{parts / 'b.csv'} row 2: column 'sentence' is empty or not text" in result.output
     result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", f"{parts}/*.tsv"))
     assert result.exit_code == 3 and f"no .parquet, .csv or .tsv file matches {parts}/*.tsv" in result.output
+    (parts / "a.csv").write_text("")
+    (parts / "b.csv").write_text("")
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", "--data", str(parts)))
+    assert result.exit_code == 3 and f"{parts}: every data file is empty; nothing to read" in result.output
     assert not (tmp_path / "c").exists()
 
 

@@ -46,6 +46,22 @@ def expand_inputs(spec: str, tell: bool = True) -> tuple[list[Path], Path | None
     return [path], None
 
 
+def parts_of(spec: str) -> list[Path]:
+    """The data files of a set written in parts (`scorer train --data`, `export --data`): those `expand_inputs` lists,
+    less the empty files among several (a zero-byte part: a writer's empty partition, as Spark writes an empty CSV
+    one), which hold no row and, for CSV, no header; said once. One file is returned as it is, empty or not."""
+    files, _ = expand_inputs(spec)
+    if len(files) == 1:
+        return files
+    kept = [path for path in files if path.stat().st_size > 0]
+    if len(kept) < len(files):
+        log.info("%s: left out %d empty file(s) (%s)", spec, len(files) - len(kept),
+                 ", ".join(path.name for path in files if path not in kept)[:200])
+    if not kept:
+        raise InputError(f"{spec}: every data file is empty; nothing to read")
+    return kept
+
+
 def _refuse_unreadable(directory: Path) -> None:
     """A directory under INPUT that this account cannot list hides its inputs: searching it would skip them, and
     the run would end well with them unscored."""

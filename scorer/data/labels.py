@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer.data.inputs import expand_inputs
+from scorer.data.inputs import parts_of
 from scorer.data.read import TableReader
 from scorer.data.strings import plain_text
 from scorer.errors import InputError
@@ -140,23 +140,28 @@ def read_labelled(path: Path, text_column: str, label_column: str) -> LabelledDa
     """Read a whole labelled file, or every data file of a directory or glob (listed as `scorer run` lists its
     INPUT: sorted, names with a leading '_' or '.' left out of a directory) one after another; every row needs a
     non-empty text and a label."""
-    files, _ = expand_inputs(str(path))
-    parts = [_read_labelled_file(file, text_column, label_column) for file in files]
+    files = parts_of(str(path))
+    parts = [_read_labelled_file(file, text_column, label_column, len(files) > 1) for file in files]
     if len(parts) == 1:
         return LabelledData(texts=parts[0][0], labels=normalise_labels(parts[0][1]), source=Path(path))
-    _check_one_kind_across(files, [values for _, values in parts], label_column)
+    if not any(texts for texts, _ in parts):
+        raise InputError(f"{path} has no data rows in any of its {len(files)} files; labelled data needs at least one")
+    filled = [(file, values) for file, (_, values) in zip(files, parts, strict=True) if values]
+    _check_one_kind_across([file for file, _ in filled], [values for _, values in filled], label_column)
     texts = [text for part, _ in parts for text in part]
     log.info("%s: %d rows from %d files", path, len(texts), len(files))
     return LabelledData(texts=texts, labels=normalise_labels([value for _, part in parts for value in part]),
                         source=Path(path))
 
 
-def _read_labelled_file(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[int | str]]:
+def _read_labelled_file(path: Path, text_column: str, label_column: str,
+                        part: bool) -> tuple[list[str], list[int | str]]:
+    """One file's texts and labels; `part`: one of several, which may hold no row (an empty partition's)."""
     reader = TableReader(path)
     reader.require(text_column, "--text-column")
     reader.require(label_column, "--label-column")
     table = reader.read_all()
-    if table.num_rows == 0:
+    if table.num_rows == 0 and not part:
         raise InputError(f"{path} has no data rows; a labelled file needs at least one")
     repeated = reader.repeated_header()
     if repeated:  # (its label would be learnt as a label of its own: the column's name)
