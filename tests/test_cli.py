@@ -190,7 +190,8 @@ def test_a_name_with_a_line_break_leaves_the_error_and_the_result_one_line_each(
     good.write_text("sentence\nA cat sat.\n")
     refused = CliRunner().invoke(main, ["run", str(bad), "--model", str(tiny_export), "-q"])
     assert refused.exit_code == 3 and refused.output.count("\n") == 1
-    assert refused.output.startswith("error: column 'sentence' not found in bad\\nday.csv; columns are text")
+    assert refused.output.startswith(f"error: column 'sentence' not found in {tmp_path}/bad\\nday.csv; columns are "
+                                     "text")
     scored = CliRunner().invoke(main, ["run", str(good), "--model", str(tiny_export), "-q"])
     assert scored.exit_code == 0 and scored.output.count("\n") == 1, scored.output
     assert scored.output.rstrip().endswith("-> " + str(tmp_path / "good\\x1b[2Jday.scored.parquet"))

@@ -595,7 +595,7 @@ def test_export_options_and_parity_data_it_cannot_use_are_refused_before_any_out
     for extra, code, message in (
         (["--variants", "fp64"], 2, "--variants must be one of fp32, fp16, int8, not 'fp64'"),
         (["--opset", "99"], 2, "--opset 99 is newer than torch"),
-        (["--data", str(data), "--label-column", "gold"], 3, "column 'gold' not found in parity.csv"),
+        (["--data", str(data), "--label-column", "gold"], 3, f"column 'gold' not found in {data}"),
     ):
         result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "o"),
                                            "-q", *extra])
@@ -666,7 +666,7 @@ def test_parity_and_calibration_data_may_be_a_directory_or_glob_of_files(tiny_ch
     (parts / "b.csv").write_text("sentence\n" + "".join(row.split(",")[0] + "\n" for row in rows[25:]))
     result = runner.invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "c"), "--data",
                                   str(parts), "--label-column", "label", "--variants", "fp32", "-q"])
-    assert result.exit_code == 3 and "column 'label' not found in b.csv" in result.output, result.output
+    assert result.exit_code == 3 and f"column 'label' not found in {parts / 'b.csv'}" in result.output, result.output
     assert not (tmp_path / "c").exists()
 
 

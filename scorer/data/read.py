@@ -117,12 +117,12 @@ class TableReader:
             separator = next((sep for sep in (";", "\t", ",", "|") if sep != own and len(self.columns) == 1
                               and sep in self.columns[0]), None)
             if own is not None and separator is not None:
-                raise InputError(f"{self.path.name} has one column, '{self.columns[0]}': its fields are separated by "
+                raise InputError(f"{self.path} has one column, '{self.columns[0]}': its fields are separated by "
                                  f"{separator!r}, not {own!r}; write it as .csv with commas or "
                                  ".tsv with tabs")
             data = next((name for name in self.columns if looks_like_data(name)), None)
             if data is not None:  # (CoLA's original files, say: source, label, mark, sentence, and no header)
-                raise InputError(f"column '{column}' not found in {self.path.name}, whose first line looks like a row "
+                raise InputError(f"column '{column}' not found in {self.path}, whose first line looks like a row "
                                  f"of data, not a header (a column named {data[:40]!r}); scorer takes the column names "
                                  f"from the first line: add a header line naming its {len(self.columns)} columns "
                                  f"('{column}' among them, or pass {option} with the name you give it)")
@@ -135,7 +135,7 @@ class TableReader:
                 "writes it)" if near else f"pass {option} with one of them"
             if listed and not near and quoted:
                 advice += ", a name holding a comma or spaces at its ends in double quotes ('id,\"a,b\"')"
-            raise InputError(f"column '{column}' not found in {self.path.name}; columns are {names}; {advice}")
+            raise InputError(f"column '{column}' not found in {self.path}; columns are {names}; {advice}")
 
     def read_only(self, names: set[str]) -> None:
         """Read only these columns (in the file's order) of a Parquet file. A CSV/TSV file is parsed whole anyway,
