@@ -53,10 +53,11 @@ def parts_of(spec: str) -> list[Path]:
     files, _ = expand_inputs(spec)
     if len(files) == 1:
         return files
-    kept = [path for path in files if path.stat().st_size > 0]
-    if len(kept) < len(files):
-        log.info("%s: left out %d empty file(s) (%s)", spec, len(files) - len(kept),
-                 ", ".join(path.name for path in files if path not in kept)[:200])
+    empty = {path for path in files if path.stat().st_size == 0}
+    kept = [path for path in files if path not in empty]
+    if empty:
+        log.info("%s: left out %d empty file(s) (%s)", spec, len(empty),
+                 ", ".join(path.name for path in files if path in empty)[:200])
     if not kept:
         raise InputError(f"{spec}: every data file is empty; nothing to read")
     return kept
