@@ -112,7 +112,12 @@ def _one_column(tmp_path):
         (b"a,b\n1,2\n\xff\xfe,4\n", r"line 3: bytes that are not UTF-8 \(a file saved in another encoding"),
         (b"sent\xe9nce\nx\n", r"bad.csv line 1 \(the header\): bytes that are not UTF-8 .* \(iconv -f cp1252 -t utf-8 "
                                 r"bad.csv > utf8-bad.csv\)"),
-        (b"", r"is empty"),
+        (b"", r"is empty \(no header line\); nothing to read: write its header line, or leave the file out"),
+        (b" \r\n\n", r"is empty"),
+        # blank lines above the header: not an empty file, and not one to read with a blank line for its header
+        (b"\n\nsentence\nA cat sat.\n", r"bad.csv: its first line is blank, and scorer takes the column names from the "
+                                       r"first line; remove the blank line\(s\) above the header \(sed '/./,\$!d' "
+                                       r"bad.csv > fixed-bad.csv\)$"),
     ],
 )
 def test_bad_csv_names_the_line(tmp_path, content, message):

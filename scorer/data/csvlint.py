@@ -45,7 +45,14 @@ def read_header(path: Path, fmt: str) -> list[str]:
     with open_binary(path) as handle:
         first = _first_line(handle, path)
     if not first.strip():
-        raise InputError(f"{path} is empty (no header line); nothing to read")
+        with open_binary(path) as handle:
+            more = handle.read(1 << 20).strip()
+        if more:  # (blank lines above the header: the header is not on the first line)
+            how = "" if path.suffix.lower() in COMPRESSIONS else f" (sed '/./,$!d' {path.name} > fixed-{path.name})"
+            raise InputError(f"{path}: its first line is blank, and scorer takes the column names from the first "
+                             f"line; remove the blank line(s) above the header{how}")
+        raise InputError(f"{path} is empty (no header line); nothing to read: write its header line, or leave the "
+                         "file out")
     try:
         line = first.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
