@@ -134,8 +134,12 @@ step small-files 90 python3 bench/small_files.py $random --files 2000 --out "$ou
 # file work (about 3 ms on the 2-core CPU) done side by side (stop 35; about 40 s).
 step share-runs 75 python3 bench/share_runs.py $random --files 2000 --mean-rows 10 --runs 1 2 4 \
   --out "$out/share-runs.json"
-# Measured in earlier runs (bench/RESULTS.md section 7); each runs only when named.
+# Measured in earlier runs (bench/RESULTS.md section 7), or new and not first in line; each runs only when named.
 if [ "$only" != "  " ]; then
+  # What saving a stopped training run's state costs on the GPU (a bert-base state is about 1.8 GB), and whether the
+  # resumed run ends where an unstopped one does (stop 40; CPU figures in bench/RESULTS.md 6.1; about 100 s).
+  step train-resume 180 python3 bench/train_resume.py --device cuda --model bert-base --rtd-epochs 1 --epochs 2 \
+    --out "$out/train-resume.json"
   # `scorer train --compile` without CUDA graphs (fused kernels, still one launch each).
   step train-speed-compile 200 python3 bench/train_speed.py --device cuda --models bert-base,minilm --epochs 3 \
     --modes compile --out "$out/train-speed-compile.json"
