@@ -111,7 +111,11 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing checkpoint directory.")
 @command
 def train(progress: bool, **options) -> None:
-    """Fine-tune the encoder with a classification head and write a checkpoint directory."""
+    """Fine-tune the encoder with a classification head and write a checkpoint directory.
+
+    A run that is stopped resumes from its last saved state (--save-state-every) when the same command is run
+    again.
+    """
     require_training_stack("scorer train")
     from scorer.training.train import train as run_training
 
