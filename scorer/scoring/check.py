@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scorer.data.inputs import file_listing
 from scorer.errors import ModelError
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import softmax
@@ -57,7 +58,7 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
     from scorer.pytorch.loop import logits_of
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = _model(str(checkpoint), device, _files(checkpoint))
+    model = _model(str(checkpoint), device, file_listing(checkpoint))
     if model.head_config.labels != classifier.labels:
         raise ModelError(f"{checkpoint} has labels {model.head_config.labels}, the export {classifier.labels}; "
                          "pass the --checkpoint this model was exported from")
@@ -74,15 +75,10 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
             len(as_run))
 
 
-def _files(directory: Path) -> tuple:
-    """Each file's name, size and modification time: a checkpoint written again in place is not the one loaded."""
-    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir() if p.is_file()))
-
-
 @functools.lru_cache(maxsize=1)
 def _model(checkpoint: str, device: str, files: tuple):
     """The checkpoint loaded once, not once an input: a run checks one checkpoint in each of its inputs (a load took
-    0.06 s for the packaged MiniLM); `files` (_files) make one written again in place a new key."""
+    0.06 s for the packaged MiniLM); `files` (data.inputs.file_listing) make one written again in place a new key."""
     from scorer.pytorch.checkpoints import load_classifier
 
     return load_classifier(Path(checkpoint)).to(device)
@@ -92,7 +88,7 @@ def _own_tokenizer(checkpoint: Path, classifier: OnnxClassifier) -> TextEncoder:
     """The checkpoint's tokenizer alone (as transformers converts a slow tokenizer's files, where it kept only
     those), truncating to the run's max length."""
     return _tokenizer(str(checkpoint), classifier.manifest.vocab_size, classifier.encoder.max_length,
-                      _files(checkpoint))
+                      file_listing(checkpoint))
 
 
 @functools.lru_cache(maxsize=1)

@@ -28,7 +28,7 @@ import torch
 import scorer
 from scorer.config import TrainConfig, to_json
 from scorer.data import atomic
-from scorer.data.inputs import expand_inputs
+from scorer.data.inputs import expand_inputs, file_listing
 
 log = logging.getLogger("scorer")
 STAGES = ("masked-LM", "replaced-token", "fine-tuning")  # in the order a run goes through them
@@ -177,7 +177,7 @@ def _fingerprint(config: TrainConfig, device: str, precision: str) -> dict[str, 
     settings = {key: value for key, value in json.loads(to_json(config)).items() if key not in _NOT_COMPARED}
     settings["--data files"] = _files_identity(config.data)
     settings["--val-data files"] = _files_identity(config.val_data) if config.val_data else None
-    settings["--model files"] = _directory_identity(Path(config.model))
+    settings["--model files"] = file_listing(Path(config.model))
     settings.update({"device": device, "precision": precision, "torch version": str(torch.__version__),
                      "scorer version": scorer.__version__})
     return settings
@@ -189,8 +189,6 @@ def _files_identity(spec: Path) -> list:
             for path in expand_inputs(str(spec), tell=False)[0]]
 
 
-def _directory_identity(directory: Path) -> list:
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(directory.iterdir()) if p.is_file()]
 
 
 def _random_states() -> dict:
