@@ -105,8 +105,9 @@ def main() -> None:
                    "first (a minute or so), captured: the eager kernels, no compile "
                    f"{shown(TrainConfig, 'cuda_graphs')}.")
 @click.option("--save-state-every", type=float, metavar="SECONDS",
-              help="Save the run's state at the end of an epoch once this many seconds have passed since the last "
-                   "save, so that a stopped run resumes from there when run again (0: after every epoch) "
+              help="Save the run's state after the first training step or epoch where this many seconds have "
+                   "passed since the last save, so that a stopped run resumes from there when run again (0: after "
+                   "every epoch, never within one) "
                    f"{shown(TrainConfig, 'save_state_every')}.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing checkpoint directory.")
 @command

@@ -183,9 +183,13 @@ def test_each_fp16_kernel_setting_scores_padded_rows_as_the_fp32_graph_on_cuda(t
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("graphs", ["off", "captured"])
-def test_a_stopped_run_on_cuda_resumes_to_the_model_of_a_run_never_stopped(tmp_path, monkeypatch, graphs):
-    """The state saved on CUDA (its generators, the fused optimizer's step counts on the device) resumes there. No
-    dropout: captured graphs warm each new shape up eagerly, which draws dropout masks an unstopped run does not."""
+@pytest.mark.parametrize(("every", "stop"), [(0.0, "fine-tuning epoch 1 of 3"),
+                                             (1e-9, "step 3 of 8 of fine-tuning epoch 2 of 3")])
+def test_a_stopped_run_on_cuda_resumes_to_the_model_of_a_run_never_stopped(tmp_path, monkeypatch, graphs, every,
+                                                                           stop):
+    """The state saved on CUDA (its generators, the fused optimizer's step counts on the device, an epoch's losses
+    so far) resumes there, after an epoch or within one. No dropout: captured graphs warm each new shape up eagerly,
+    which draws dropout masks an unstopped run does not."""
     from scorer.config import TrainConfig
     from scorer.pytorch.model import SentenceClassifier
     from scorer.training import resume
@@ -199,14 +203,14 @@ def test_a_stopped_run_on_cuda_resumes_to_the_model_of_a_run_never_stopped(tmp_p
     unstopped = train(TrainConfig(output=tmp_path / "unstopped", **settings), progress=False)
     save = resume.RunState.save
 
-    def stop_after_the_second(self, *args, **kwargs):
+    def stop_there(self, *args, **kwargs):
         save(self, *args, **kwargs)
-        if self.saved.startswith("fine-tuning epoch 1"):
+        if self.saved == stop:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(resume.RunState, "save", stop_after_the_second)
+    monkeypatch.setattr(resume.RunState, "save", stop_there)
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(output=tmp_path / "resumed", **settings), progress=False)
+        train(TrainConfig(output=tmp_path / "resumed", **{**settings, "save_state_every": every}), progress=False)
     monkeypatch.undo()
     resumed = train(TrainConfig(output=tmp_path / "resumed", **settings), progress=False)
     assert [e.train_loss for e in resumed.epochs] == pytest.approx([e.train_loss for e in unstopped.epochs], rel=1e-3)

@@ -47,6 +47,22 @@ def stop_after_saves(monkeypatch, count: int) -> None:
     monkeypatch.setattr(resume.RunState, "save", stopping)
 
 
+def stop_at(monkeypatch, said: str) -> list[str]:
+    """Stop the run (as Ctrl-C does) right after it saves the state `said` (as its messages say it); the states
+    saved, in words."""
+    save, saves = resume.RunState.save, []
+
+    def stopping(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.saved != (saves[-1] if saves else None):
+            saves.append(self.saved)
+        if self.saved == said:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume.RunState, "save", stopping)
+    return saves
+
+
 def assert_same_checkpoint(first: Path, second: Path) -> None:
     for name in WRITTEN:
         assert filecmp.cmp(first / name, second / name, shallow=False), name
@@ -75,6 +91,30 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_checkpoint_of_a_run_never_s
     assert f"resuming the stopped run of this command after {stage}" in caplog.text
     assert_same_checkpoint(unstopped, config.output)
     assert not state.parent.exists()  # a run that ended leaves no state behind
+
+
+@pytest.mark.parametrize("stage", ["step 3 of 8 of masked-LM epoch 1 of 2",
+                                   "step 7 of 8 of replaced-token epoch 2 of 2",
+                                   "step 1 of 8 of fine-tuning epoch 1 of 2",
+                                   "step 5 of 8 of fine-tuning epoch 2 of 2"])
+def test_a_run_stopped_within_an_epoch_resumes_from_its_step_to_the_checkpoint_of_a_run_never_stopped(
+        tiny_encoder, unstopped, tmp_path, monkeypatch, caplog, stage):
+    # A run saving whenever a moment has passed saves after every step but an epoch's last, and after every epoch.
+    config = TrainConfig(model=tiny_encoder, output=tmp_path / "checkpoint", **{**SETTINGS, "save_state_every": 1e-9})
+    saves = stop_at(monkeypatch, stage)
+    with caplog.at_level(logging.INFO, logger="scorer"), pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    first = [f"step {step} of 8 of masked-LM epoch 1 of 2" for step in range(1, 8)] + [
+        "masked-LM epoch 1 of 2", "step 1 of 8 of masked-LM epoch 2 of 2"]
+    assert saves[:9] == first[: len(saves)]
+    assert f"stopped; the state after {stage} is kept in" in caplog.text
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scorer"):
+        train(config, progress=False)
+    assert f"resuming the stopped run of this command after {stage}" in caplog.text
+    assert_same_checkpoint(unstopped, config.output)
+    assert not (tmp_path / ".checkpoint.resume").exists()
 
 
 def test_a_run_of_other_options_or_data_starts_afresh_and_replaces_the_state(tiny_encoder, tmp_path, monkeypatch,

@@ -8,6 +8,7 @@ import math
 import re
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -36,6 +37,43 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
         part = part[np.argsort(lengths[part], kind="stable")]
         batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class Epoch:
+    """One epoch's shuffled batches, drawn from `rng`, and its losses so far (0-dim tensors, read once at its end).
+
+    `state()` is what resumes it after the steps done so far (scorer.training.resume): the batch generator's state
+    before the epoch drew its batches, the steps done and their losses. Built from that state (`resumed`), it draws
+    the same batches, leaves `rng` where the epoch never stopped would, and `remaining()` gives the batches not yet
+    stepped through.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, rng: np.random.Generator, device: str,
+                 resumed: dict | None = None) -> None:
+        if resumed is not None:
+            rng.bit_generator.state = resumed["batches"]
+        self._start = rng.bit_generator.state
+        self.batches = bucketed_batches(lengths, batch_size, rng)
+        self.done = 0 if resumed is None else int(resumed["step"])
+        self.losses: list[torch.Tensor] = [] if resumed is None else list(resumed["losses"].to(device).unbind())
+
+    def remaining(self) -> list[np.ndarray]:
+        return self.batches[self.done:]
+
+    def record(self, loss: torch.Tensor | None) -> None:
+        """A step done, with its loss (None: a batch skipped)."""
+        self.done += 1
+        if loss is not None:
+            self.losses.append(loss.detach())
+
+    def state(self) -> dict:
+        return {"batches": self._start, "step": self.done,
+                "losses": torch.stack(self.losses).float().cpu() if self.losses else torch.zeros(0)}
+
+    def mean_loss(self) -> tuple[list[float], float]:
+        """Every recorded step's loss, and their mean (the one host sync of an epoch)."""
+        losses = torch.stack(self.losses).float().cpu()
+        return losses.tolist(), float(losses.mean())
 
 
 def autocast(device: str, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
@@ -142,27 +180,31 @@ class Trainer:
         """The weights to validate and keep: the moving average when --ema is on, else the model itself."""
         return self.average.module if self.average is not None else self.model
 
-    def run_epoch(self, epoch: int) -> float:
-        """Train one epoch and return its mean training loss (the classification loss, without --rtd-aux's)."""
+    def run_epoch(self, epoch: int, resumed: dict | None = None,
+                  after_step: Callable[[Epoch], None] | None = None) -> float:
+        """Train one epoch and return its mean training loss (the classification loss, without --rtd-aux's).
+        `resumed`: an `Epoch.state()` to go on from; `after_step(epoch)` is called after every step (the run's
+        saving of its state within an epoch)."""
         self.model.train()
-        batches = bucketed_batches(self.data.lengths, self.config.batch_size, self.rng)
-        losses: list[torch.Tensor] = []
+        plan = Epoch(self.data.lengths, self.config.batch_size, self.rng, self.device, resumed)
         started = time.perf_counter()
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{self.config.epochs}", unit="batch",
-                   disable=None if self.progress else True, file=sys.stderr, leave=False)
+        bar = tqdm(total=len(plan.batches), initial=plan.done, desc=f"epoch {epoch}/{self.config.epochs}",
+                   unit="batch", disable=None if self.progress else True, file=sys.stderr, leave=False)
         with bar:
             mode = self.config.cuda_graphs
             shapes = {} if mode == "off" else {"multiple": graphs.WIDTH_MULTIPLE, "cap": self.config.max_length}
-            for step, batch in enumerate(self.data.batches(batches, **shapes), start=1):
+            for batch in self.data.batches(plan.remaining(), **shapes):
                 graphs.begin_step(mode)
-                losses.append(self._step(*batch))
+                plan.record(self._step(*batch))
                 bar.update(1)
-                if bar.disable and self.progress and step % _NOTEBOOK_LOG_EVERY == 0:
-                    log.info("  Batch %5d  of  %5d.    Elapsed: %.0fs.", step, len(batches),
+                if bar.disable and self.progress and plan.done % _NOTEBOOK_LOG_EVERY == 0:
+                    log.info("  Batch %5d  of  %5d.    Elapsed: %.0fs.", plan.done, len(plan.batches),
                              time.perf_counter() - started)
-        epoch_losses = torch.stack(losses).float().cpu()
-        self.step_losses.extend(epoch_losses.tolist())
-        return float(epoch_losses.mean())
+                if after_step is not None:
+                    after_step(plan)
+        losses, mean = plan.mean_loss()
+        self.step_losses.extend(losses)
+        return mean
 
     def _step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = self._loss(input_ids, attention_mask, labels)

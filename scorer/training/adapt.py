@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional
 
 from scorer.errors import ConfigError
-from scorer.pytorch.loop import DeviceRows, apply_gradients, autocast, bucketed_batches, linear_scheduler
+from scorer.pytorch.loop import DeviceRows, Epoch, apply_gradients, autocast, linear_scheduler
 from scorer.pytorch.model import quiet_transformers
 from scorer.text.tokens import Encoded
 from scorer.training.resume import Stage
@@ -166,14 +166,15 @@ def _epochs(name: str, model: nn.Module, step, encoded: Encoded, epochs: int, le
     """The loop both stages share: AdamW (weight decay 0.01) with 10% linear warm-up and linear decay over `epochs`
     of length-bucketed batches of `encoded`. `step(input_ids, attention_mask, generator)` gives a batch's loss, or
     None to skip the batch. Returns the mean loss per epoch (read once per epoch: no host sync per step). With a
-    `stage` (scorer.training.resume), it resumes from the stage's saved state and saves its own after each epoch."""
+    `stage` (scorer.training.resume), it resumes from the stage's saved state and saves its own within and after
+    each epoch."""
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device).manual_seed(seed)
     steps = math.ceil(len(encoded) / batch_size) * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, fused=True)
     scheduler = linear_scheduler(optimizer, steps // 10, steps)
     data = DeviceRows(encoded, device)
-    losses, first = [], 1
+    losses, first, within = [], 1, None
     if stage is not None and stage.resumed is not None:
         saved = stage.resumed
         model.load_state_dict(saved["model"])
@@ -181,21 +182,27 @@ def _epochs(name: str, model: nn.Module, step, encoded: Encoded, epochs: int, le
         scheduler.load_state_dict(saved["scheduler"])
         rng.bit_generator.state, losses, first = saved["batches"], list(saved["losses"]), saved["epoch"] + 1
         generator.set_state(saved["generator"])
+        within = stage.within
         stage.restore_random()
+
+    def state() -> dict:  # what the stage saves, within an epoch and after it
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "batches": rng.bit_generator.state, "generator": generator.get_state(), "losses": list(losses)}
+
     for epoch in range(first, epochs + 1):
-        started, epoch_losses = time.perf_counter(), []
-        for input_ids, attention_mask, _ in data.batches(bucketed_batches(encoded.lengths, batch_size, rng)):
+        started = time.perf_counter()
+        plan, within = Epoch(encoded.lengths, batch_size, rng, device, within), None
+        for input_ids, attention_mask, _ in data.batches(plan.remaining()):
             loss = step(input_ids, attention_mask, generator)
-            if loss is None:
-                continue
-            apply_gradients(loss, optimizer, scheduler, model)
-            epoch_losses.append(loss.detach())
-        losses.append(float(torch.stack(epoch_losses).float().mean()))
+            if loss is not None:
+                apply_gradients(loss, optimizer, scheduler, model)
+            plan.record(loss)
+            if stage is not None:
+                stage.during(epoch, plan, state)
+        losses.append(plan.mean_loss()[1])
         log.info("%s epoch %d / %d: loss %.4f (%.0fs)", name, epoch, epochs, losses[-1], time.perf_counter() - started)
         if stage is not None:
-            stage.done(epoch, lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "scheduler": scheduler.state_dict(), "batches": rng.bit_generator.state,
-                                       "generator": generator.get_state(), "losses": list(losses)})
+            stage.done(epoch, state)
     return losses
 
 

@@ -1,13 +1,14 @@
-"""A training run's state between epochs, so that a stopped run resumes where it was last saved.
+"""A training run's state, so that a stopped run resumes where it was last saved.
 
-At the end of an epoch (of the masked-LM, replaced-token or fine-tuning stage) where --save-state-every seconds have
-passed since the run started or last saved, everything the rest of the run depends on goes into one file beside the
-checkpoint directory (`.<name>.resume/state.pt`, replaced atomically): the weights, the optimizer and its schedule,
-the moving average, the epochs' figures and the kept epoch's weights, the losses so far, and the state of every
-random generator. Run again with the same options, data files and --model files, `scorer train` loads it and goes
-on from the next epoch; on the CPU its checkpoint is then bit for bit the one a run never stopped writes
-(tests/test_resume.py). A run that ends removes the file; a run with other options or data starts afresh and
-replaces it.
+After the first training step (of the masked-LM, replaced-token or fine-tuning stage) or epoch where --save-state-every
+seconds have passed since the run started or last saved (with 0: after every epoch, and never within one),
+everything the rest of the run depends on goes into one file beside the checkpoint directory
+(`.<name>.resume/state.pt`, replaced atomically): the weights, the optimizer and its schedule, the moving average,
+the epochs' figures and the kept epoch's weights, the losses so far, the state of every random generator, and within
+an epoch, its batches' generator state and the steps done. Run again with the same options, data files and --model
+files, `scorer train` loads it and goes on from the next step; on the CPU its checkpoint is then bit for bit the one
+a run never stopped writes (tests/test_resume.py). A run that ends removes the file; a run with other options or
+data starts afresh and replaces it.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import scorer
 from scorer.config import TrainConfig, to_json
 from scorer.data import atomic
 from scorer.data.inputs import expand_inputs, file_listing
+from scorer.pytorch.loop import Epoch
 
 log = logging.getLogger("scorer")
 STAGES = ("masked-LM", "replaced-token", "fine-tuning")  # in the order a run goes through them
-_FORMAT = 1
+_FORMAT = 2  # 2: states saved within an epoch
 # Settings that do not change what a run computes: a run given other values of them still resumes.
 _NOT_COMPARED = ("overwrite", "save_state_every")
 
@@ -81,15 +83,21 @@ class RunState:
     def stage(self, name: str, epochs: int, carried: Callable[[], dict] | None = None) -> Stage:
         return Stage(self, name, epochs, carried or dict)
 
-    def save(self, stage: str, epoch: int, epochs: int, payload: Callable[[], dict]) -> None:
-        """Save the state after `epoch` of `stage` where --save-state-every seconds have passed since the last save
-        (or the run's start). A state that cannot be written is warned of, and the run goes on without it."""
-        if time.monotonic() - self.last_save < self.every:
+    def due(self, within: bool) -> bool:
+        """Whether to save now: --save-state-every seconds have passed since the last save (or the run's start);
+        within an epoch only where they are more than 0."""
+        return (self.every > 0 or not within) and time.monotonic() - self.last_save >= self.every
+
+    def save(self, stage: str, epoch: int, epochs: int, payload: Callable[[], dict],
+             steps: tuple[int, int] | None = None) -> None:
+        """Save the state after `epoch` epochs of `stage` (and, within the next, `steps`: done of all) where it is
+        due. A state that cannot be written is warned of, and the run goes on without it."""
+        if not self.due(within=steps is not None):
             return
         started = time.perf_counter()
         state = {"format": _FORMAT, "fingerprint": self.fingerprint, "stage": stage, "epoch": epoch, "epochs": epochs,
-                 "saved_at": datetime.now().astimezone().isoformat(timespec="seconds"), "random": _random_states(),
-                 **payload()}
+                 "steps": steps, "saved_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+                 "random": _random_states(), **payload()}
         staging = atomic.temporary_sibling(self.file)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -158,12 +166,28 @@ class Stage:
         set-up, before its next epoch, as in the run that saved it)."""
         _set_random_states(self.resumed["random"])
 
+    @property
+    def within(self) -> dict | None:
+        """The epoch under way when the resumed state was saved (an `Epoch.state()`), where it was saved within one."""
+        return None if self.resumed is None else self.resumed.get("within")
+
     def done(self, epoch: int, payload: Callable[[], dict]) -> None:
-        self.run.save(self.name, epoch, self.epochs, lambda: {**self.carried(), **payload()})
+        """After epoch `epoch`: `payload()` is what the stage needs to go on from the next."""
+        self.run.save(self.name, epoch, self.epochs, lambda: {**self.carried(), **payload(), "within": None})
+
+    def during(self, epoch: int, plan: Epoch, payload: Callable[[], dict]) -> None:
+        """After a step of epoch `epoch` (`plan`): `payload()` as for `done`, this epoch's own state besides."""
+        if plan.done < len(plan.batches) and self.run.due(within=True):
+            self.run.save(self.name, epoch - 1, self.epochs,
+                          lambda: {**self.carried(), **payload(), "within": plan.state()},
+                          steps=(plan.done, len(plan.batches)))
 
 
 def _said(state: dict) -> str:
-    return f"{state['stage']} epoch {state['epoch']} of {state['epochs']}"
+    if state["steps"] is None:
+        return f"{state['stage']} epoch {state['epoch']} of {state['epochs']}"
+    done, steps = state["steps"]
+    return f"step {done} of {steps} of {state['stage']} epoch {state['epoch'] + 1} of {state['epochs']}"
 
 
 def _named(key: str) -> str:

@@ -165,20 +165,25 @@ def threshold_advice(thresholds: dict | None) -> str | None:
 def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: TrainConfig, device: str,
                stage: Stage) -> tuple[list[EpochResult], int, dict[str, torch.Tensor], np.ndarray]:
     """The fine-tuning epochs, each validated and logged: every epoch's result, the epoch kept by config.select,
-    its weights (on the CPU) and its validation logits; resumed from `stage`'s saved state, saved after each."""
+    its weights (on the CPU) and its validation logits; resumed from `stage`'s saved state, saved within and after
+    each."""
     epochs: list[EpochResult] = []
     best_state, best_epoch, best_logits = {}, 0, None
+    within = stage.within
     if stage.resumed is not None:
         saved = stage.resumed
         trainer.load_state_dict(saved["trainer"])
         epochs = [EpochResult(**epoch) for epoch in saved["results"]]
-        best_epoch, best_state, best_logits = saved["best_epoch"], saved["best_state"], saved["best_logits"].numpy()
+        best_epoch, best_state, best_logits = saved["best_epoch"], saved["best_state"], saved["best_logits"]
+        best_logits = None if best_logits is None else best_logits.numpy()
         stage.restore_random()
     for epoch in range(len(epochs) + 1, config.epochs + 1):
         started = time.perf_counter()
         log.info("")
         log.info("======== Epoch %d / %d ========", epoch, config.epochs)  # before the epoch's batch lines
-        train_loss = trainer.run_epoch(epoch)
+        state = functools.partial(_fine_tuning_state, trainer, epochs, best_epoch, best_state, best_logits)
+        train_loss = trainer.run_epoch(epoch, within, functools.partial(stage.during, epoch, payload=state))
+        within = None
         _check_finite(train_loss, f"epoch {epoch}'s loss", "--lr", config.learning_rate)
         val_loss, logits = predict(trainer.evaluated, val_set, device, data.val_targets)
         confusion = confusion_of(data.labels, data.val_targets, logits.argmax(axis=1))
@@ -198,7 +203,7 @@ def _fine_tuning_state(trainer: Trainer, epochs: list[EpochResult], best_epoch: 
                        best_logits: np.ndarray) -> dict:
     """What fine-tuning saves after an epoch (scorer.training.resume), besides the state every stage saves."""
     return {"trainer": trainer.state_dict(), "results": [asdict(epoch) for epoch in epochs], "best_epoch": best_epoch,
-            "best_state": best_state, "best_logits": torch.from_numpy(best_logits)}
+            "best_state": best_state, "best_logits": None if best_logits is None else torch.from_numpy(best_logits)}
 
 
 def _check_finite(loss: float, what: str, option: str, rate: float) -> None:
