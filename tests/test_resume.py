@@ -117,6 +117,27 @@ def test_a_run_stopped_within_an_epoch_resumes_from_its_step_to_the_checkpoint_o
     assert not (tmp_path / ".checkpoint.resume").exists()
 
 
+def test_an_epoch_resumed_within_counts_its_time_before_the_stop(tiny_encoder, tmp_path, monkeypatch):
+    from scorer.pytorch.loop import Trainer
+
+    config = TrainConfig(model=tiny_encoder, output=tmp_path / "c", epochs=1, rtd_epochs=0, max_length=32,
+                         save_state_every=1e-9)
+    step = Trainer._step
+
+    def slow(self, *args):  # (the stopped run's 7 steps take 2.1 s at least; the resumed run, under 1 s)
+        time.sleep(0.3)
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_step", slow)
+    stop_at(monkeypatch, "step 7 of 8 of fine-tuning epoch 1 of 1")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.undo()
+    started = time.perf_counter()
+    result = train(config, progress=False)
+    assert result.epochs[0].seconds > 2.1 > time.perf_counter() - started
+
+
 def test_a_run_of_other_options_or_data_starts_afresh_and_replaces_the_state(tiny_encoder, tmp_path, monkeypatch,
                                                                              caplog):
     data = tmp_path / "train.csv"

@@ -43,9 +43,9 @@ class Epoch:
     """One epoch's shuffled batches, drawn from `rng`, and its losses so far (0-dim tensors, read once at its end).
 
     `state()` is what resumes it after the steps done so far (scorer.training.resume): the batch generator's state
-    before the epoch drew its batches, the steps done and their losses. Built from that state (`resumed`), it draws
-    the same batches, leaves `rng` where the epoch never stopped would, and `remaining()` gives the batches not yet
-    stepped through.
+    before the epoch drew its batches, the steps done, their losses and seconds. Built from that state (`resumed`),
+    it draws the same batches, leaves `rng` where the epoch never stopped would, and `remaining()` gives the batches
+    not yet stepped through.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, rng: np.random.Generator, device: str,
@@ -56,6 +56,7 @@ class Epoch:
         self.batches = bucketed_batches(lengths, batch_size, rng)
         self.done = 0 if resumed is None else int(resumed["step"])
         self.losses: list[torch.Tensor] = [] if resumed is None else list(resumed["losses"].to(device).unbind())
+        self._started = time.perf_counter() - (0.0 if resumed is None else resumed["seconds"])
 
     def remaining(self) -> list[np.ndarray]:
         return self.batches[self.done:]
@@ -68,7 +69,8 @@ class Epoch:
 
     def state(self) -> dict:
         return {"batches": self._start, "step": self.done,
-                "losses": torch.stack(self.losses).float().cpu() if self.losses else torch.zeros(0)}
+                "losses": torch.stack(self.losses).float().cpu() if self.losses else torch.zeros(0),
+                "seconds": time.perf_counter() - self._started}
 
     def mean_loss(self) -> tuple[list[float], float]:
         """Every recorded step's loss, and their mean (the one host sync of an epoch)."""

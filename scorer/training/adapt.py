@@ -190,7 +190,7 @@ def _epochs(name: str, model: nn.Module, step, encoded: Encoded, epochs: int, le
                 "batches": rng.bit_generator.state, "generator": generator.get_state(), "losses": list(losses)}
 
     for epoch in range(first, epochs + 1):
-        started = time.perf_counter()
+        started = time.perf_counter() - (within["seconds"] if within else 0.0)  # (an epoch's time before a stop too)
         plan, within = Epoch(encoded.lengths, batch_size, rng, device, within), None
         for input_ids, attention_mask, _ in data.batches(plan.remaining()):
             loss = step(input_ids, attention_mask, generator)

@@ -178,7 +178,7 @@ def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: T
         best_logits = None if best_logits is None else best_logits.numpy()
         stage.restore_random()
     for epoch in range(len(epochs) + 1, config.epochs + 1):
-        started = time.perf_counter()
+        started = time.perf_counter() - (within["seconds"] if within else 0.0)  # (an epoch's time before a stop too)
         log.info("")
         log.info("======== Epoch %d / %d ========", epoch, config.epochs)  # before the epoch's batch lines
         state = functools.partial(_fine_tuning_state, trainer, epochs, best_epoch, best_state, best_logits)
