@@ -674,7 +674,7 @@ def test_masking_leaves_special_and_padding_tokens_and_follows_80_10_10():
 
 
 def test_device_rows_cut_the_same_batches_as_host_padding(tiny_encoder):
-    from scorer.pytorch.loop import DeviceRows, bucketed_batches
+    from scorer.pytorch.epochs import DeviceRows, bucketed_batches
     from scorer.text.tokens import TextEncoder
 
     texts = ["a b c", "the cat sat on the mat and then it slept", "no", "", "one two three four five six"] * 7
@@ -710,7 +710,7 @@ def test_parameters_sharing_a_rate_and_decay_share_one_optimizer_group(tiny_enco
 
 
 def test_device_rows_round_widths_up_for_cuda_graphs_and_pad_with_zeros(tiny_encoder):
-    from scorer.pytorch.loop import DeviceRows, bucketed_batches
+    from scorer.pytorch.epochs import DeviceRows, bucketed_batches
     from scorer.text.tokens import TextEncoder
 
     texts = ["a b c", "the cat sat on the mat and then it slept", "no", "one two three four five six seven"] * 5

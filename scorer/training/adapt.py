@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn import functional
 
 from scorer.errors import ConfigError
-from scorer.pytorch.loop import DeviceRows, Epoch, apply_gradients, autocast, linear_scheduler
+from scorer.pytorch.epochs import DeviceRows, Epoch
+from scorer.pytorch.loop import apply_gradients, autocast, linear_scheduler
 from scorer.pytorch.model import quiet_transformers
 from scorer.text.tokens import Encoded
 from scorer.training.resume import Stage

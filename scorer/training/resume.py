@@ -30,7 +30,7 @@ import scorer
 from scorer.config import TrainConfig, to_json
 from scorer.data import atomic
 from scorer.data.inputs import expand_inputs, file_listing
-from scorer.pytorch.loop import Epoch
+from scorer.pytorch.epochs import Epoch
 
 log = logging.getLogger("scorer")
 STAGES = ("masked-LM", "replaced-token", "fine-tuning")  # in the order a run goes through them
