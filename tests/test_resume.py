@@ -203,6 +203,34 @@ def test_a_state_that_cannot_be_saved_is_warned_of_once_and_the_run_goes_on(tiny
     assert not (tmp_path / ".c.resume").exists()
 
 
+def test_a_state_that_cannot_be_saved_is_tried_again_when_the_next_save_is_due_not_at_every_step(
+        tiny_encoder, tmp_path, monkeypatch):
+    import errno
+    import types
+
+    from scorer.pytorch.loop import Trainer
+
+    clock, tries = [0.0], []
+    step = Trainer._step
+
+    def timed(self, *args):  # every step takes a minute, by the state's clock
+        clock[0] += 60.0
+        return step(self, *args)
+
+    def full(state, path):
+        tries.append(clock[0])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Trainer, "_step", timed)
+    monkeypatch.setattr(resume, "time", types.SimpleNamespace(monotonic=lambda: clock[0],
+                                                              perf_counter=time.perf_counter))
+    monkeypatch.setattr(resume.torch, "save", full)
+    result = train(TrainConfig(model=tiny_encoder, output=tmp_path / "c", epochs=3, rtd_epochs=0, max_length=32,
+                               save_state_every=300.0), progress=False)
+    assert len(result.epochs) == 3  # 24 steps of a minute: a try every 5 minutes, not one a step after the first
+    assert tries == [300.0, 600.0, 900.0, 1200.0]
+
+
 def test_scorer_train_terminated_says_where_its_state_is_and_the_same_command_resumes(tiny_encoder, tmp_path):
     output = tmp_path / "checkpoint"
     args = ["train", "--model", str(tiny_encoder), "--output", str(output), "--epochs", "8", "--max-length", "32",

@@ -113,6 +113,7 @@ class RunState:
                     "from %s", self.directory, exc.strerror or exc,
                     f"its state after {self._last()}" if self._last() else "its start")
             self.failed = True
+            self.last_save = time.monotonic()  # (tried again when the next save is due, not after every step)
             return
         log.log(logging.INFO if self.saved is None else logging.DEBUG,
                 "state saved in %s (%.0f MB, %.1f s) so that a stopped run resumes; removed when the run ends",
