@@ -89,6 +89,9 @@ def main() -> None:
 @click.option("--select", type=click.Choice(["mcc", "accuracy", "last"]),
               help="Which epoch to keep: best validation MCC, best accuracy, or the last "
                    f"{shown(TrainConfig, 'select')}.")
+@click.option("--patience", type=int,
+              help="Stop fine-tuning after this many epochs without a better validation figure (--select's) than "
+                   f"the kept epoch's (0: run every epoch) {shown(TrainConfig, 'patience')}.")
 @click.option("--seed", type=int,
               help=f"Seed for the split, the batches and the initial head {shown(TrainConfig, 'seed')}.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]),
@@ -123,6 +126,8 @@ def train(progress: bool, **options) -> None:
     result = run_training(build(TrainConfig, **options), progress=progress)
     best = result.best
     epochs = f"{len(result.epochs)} epoch{'s' if len(result.epochs) != 1 else ''}"
+    if result.stopped_early:
+        epochs += f" (stopped early: --patience {result.stopped_early})"
     click.echo(f"trained {epochs} on {result.device} ({result.precision}); kept epoch {result.best_epoch}: "
                f"validation accuracy {best.val_accuracy:.4f}, MCC {best.val_mcc:.4f} -> {result.checkpoint}")
 

@@ -98,6 +98,7 @@ class TrainConfig:
     dropout: float = 0.1
     val_fraction: float = 0.1
     select: str = "mcc"
+    patience: int = 0
     seed: int = 42
     device: str = "auto"
     precision: str = "auto"
@@ -136,6 +137,9 @@ class TrainConfig:
         _check(0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), not {self.val_fraction}")
         _check_choice(self.pooling, POOLINGS, "--pooling")
         _check_choice(self.select, SELECTIONS, "--select")
+        _check(self.patience >= 0, f"--patience must be 0 (off) or more epochs, not {self.patience}")
+        _check(not (self.patience and self.select == "last"), "--patience stops when the --select figure stops "
+               "improving; with --select last every epoch is kept: choose --select mcc or accuracy, or drop --patience")
         _check_choice(self.device, DEVICES, "--device")
         _check_choice(self.precision, PRECISIONS, "--precision")
         _check_choice(self.cuda_graphs, CUDA_GRAPHS, "--cuda-graphs")

@@ -82,6 +82,42 @@ def test_same_seed_same_result(tiny_encoder, tmp_path):
         assert a["train_loss"] == b["train_loss"] and a["val_mcc"] == b["val_mcc"]
 
 
+def test_patience_stops_fine_tuning_after_that_many_epochs_without_a_better_validation_figure(tiny_encoder, tmp_path):
+    from scorer.config import TrainConfig
+    from scorer.training.train import train
+
+    full = train(TrainConfig(model=tiny_encoder, output=tmp_path / "full", epochs=8, rtd_epochs=0, max_length=32,
+                             learning_rate=1e-3), progress=False)
+    mcc = [epoch.val_mcc for epoch in full.epochs]
+    best, stop = 1, None  # where --patience 2 stops: 2 epochs after the best so far, none better
+    for epoch in range(2, 8):
+        best = epoch if mcc[epoch - 1] > mcc[best - 1] else best
+        if epoch - best >= 2:
+            stop = epoch
+            break
+    assert stop is not None  # (these settings stop early)
+    result = CliRunner().invoke(main, ["train", "--model", str(tiny_encoder), "--output", str(tmp_path / "early"),
+                                       "--epochs", "8", "--rtd-epochs", "0", "--max-length", "32", "--lr", "1e-3",
+                                       "--patience", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"no better validation MCC in the 2 epoch(s) since epoch {best}: stopping early, after epoch {stop} of 8 " \
+        "(--patience 2)" in result.output
+    assert f"trained {stop} epochs (stopped early: --patience 2) on cpu" in result.output
+    metrics = json.loads((tmp_path / "early" / "metrics.json").read_text())
+    assert metrics["stopped_early"] is True and metrics["best_epoch"] == best
+    assert [epoch["val_mcc"] for epoch in metrics["epochs"]] == mcc[:stop]  # the same epochs, up to the stop
+    assert json.loads((tmp_path / "full" / "metrics.json").read_text())["stopped_early"] is False
+
+
+@pytest.mark.parametrize(("extra", "said"), [
+    (["--patience", "-1"], "--patience must be 0 (off) or more epochs, not -1"),
+    (["--patience", "2", "--select", "last"], "with --select last every epoch is kept: choose --select mcc or "
+                                               "accuracy, or drop --patience")])
+def test_patience_needs_a_figure_to_wait_for(tiny_encoder, tmp_path, extra, said):
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c", *extra))
+    assert result.exit_code == 2 and said in result.output
+
+
 def test_training_data_from_a_directory_or_glob_is_its_files_one_after_another(tiny_encoder, tmp_path):
     """Labelled data written in parts (a Spark job's output: part files, empty ones among them, _SUCCESS, a
     _temporary attempt) trains as the parts joined in order would: the same checkpoint, bit for bit; a glob names

@@ -66,6 +66,7 @@ class TrainResult:
     val_rows: int
     # A two-label model's validation figures at each threshold on its score (scorer.metrics.threshold_sweep)
     thresholds: dict | None = None
+    stopped_early: int = 0  # the --patience that ended fine-tuning before its last epoch (0: it ran them all)
 
     @property
     def best(self) -> EpochResult:
@@ -128,7 +129,8 @@ def _stages(config: TrainConfig, device: str, precision: str, data: TrainingData
     epochs, best_epoch, best_state, best_logits = _fine_tune(trainer, val_set, data, config, device, stage)
     model.load_state_dict(best_state)
     result = TrainResult(config.output, epochs, best_epoch, device, precision, len(data.train_texts),
-                         len(data.val_texts), _thresholds(head, best_logits, data.val_targets))
+                         len(data.val_texts), _thresholds(head, best_logits, data.val_targets),
+                         config.patience if len(epochs) < config.epochs else 0)
     _write_checkpoint(model, hf_tokenizer, config, data, result, trainer.step_losses, adapt_losses)
     log.info("best epoch %d by %s: validation accuracy %.4f, MCC %.4f; checkpoint in %s",
              best_epoch, config.select, result.best.val_accuracy, result.best.val_mcc, config.output)
@@ -195,6 +197,11 @@ def _fine_tune(trainer: Trainer, val_set: Encoded, data: TrainingData, config: T
             best_epoch, best_logits = epoch, logits
             best_state = {key: value.detach().to("cpu", copy=True)
                           for key, value in trainer.evaluated.state_dict().items()}
+        if config.patience and epoch - best_epoch >= config.patience and epoch < config.epochs:
+            log.info("no better validation %s in the %d epoch(s) since epoch %d: stopping early, after epoch %d of %d "
+                     "(--patience %d)", config.select.replace("mcc", "MCC"), epoch - best_epoch, best_epoch, epoch,
+                     config.epochs, config.patience)
+            break
         stage.done(epoch, functools.partial(_fine_tuning_state, trainer, epochs, best_epoch, best_state, best_logits))
     return epochs, best_epoch, best_state, best_logits
 
@@ -309,6 +316,7 @@ def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingDa
         metrics = {
             "best_epoch": result.best_epoch,
             "selected_by": config.select,
+            "stopped_early": bool(result.stopped_early),
             "device": result.device,
             "precision": result.precision,
             "train_rows": result.train_rows,
