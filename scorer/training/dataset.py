@@ -1,4 +1,5 @@
-"""Training data: the labelled file, its label set, and a validation split (a file or a seeded fraction)."""
+"""Training data: the labelled file, its label set, a validation split (a file or a seeded fraction), and checks
+of what the tokenizer reads of it."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import numpy as np
 from scorer.config import TrainConfig
 from scorer.data.labels import LabelIndex, read_labelled
 from scorer.errors import InputError
+from scorer.text.tokens import Encoded
 
 log = logging.getLogger("scorer")
 MAX_LABELS = 100
 _RARE_ROWS = 5  # a label with fewer training rows is warned of
 _OVERLAP_WARNING = 0.1  # share of validation sentences that are also training sentences worth a warning
+_UNKNOWN_WARNING = 0.05  # share of [UNK] training tokens that says the vocabulary does not fit the text
 
 
 @dataclass(frozen=True)
@@ -115,3 +118,26 @@ def _split(labels: list, texts: list[str], targets: np.ndarray, config: TrainCon
         val_targets=targets[val_rows],
         val_source=f"{config.val_fraction:.0%} of each label of {config.data.name}, seed {config.seed}",
     )
+
+
+def check_coverage(train_set: Encoded, hf_tokenizer, config: TrainConfig) -> None:
+    """Refuse text the encoder's vocabulary cannot read at all; warn where much of it is [UNK]."""
+    known, unknown = train_set.coverage(hf_tokenizer.unk_token_id, hf_tokenizer.all_special_ids)
+    if not known:
+        raise InputError(f"{config.data}: no sentence has a token that the vocabulary of {config.model} knows "
+                         f"({unknown} [UNK]); is --model right for this text?")
+    if unknown > _UNKNOWN_WARNING * (known + unknown):
+        log.warning("%.0f%% of the training tokens are [UNK]: the vocabulary of %s reads this text poorly; is "
+                    "--model right for it?", 100 * unknown / (known + unknown), config.model)
+
+
+def refuse_hollow(texts: list[str], lengths: np.ndarray, bare: int, config: TrainConfig) -> None:
+    """Refuse sentences the tokenizer reads no token in (zero-width or control characters only): not blank to Python,
+    so not refused as empty where the file was read, but `[CLS] [SEP]` alone to the model, as `scorer run` leaves
+    such a row unscored (status empty)."""
+    hollow = np.flatnonzero(lengths <= bare)
+    if hollow.size:
+        shown = ", ".join(ascii(texts[i]) for i in hollow[:3]) + (", ..." if hollow.size > 3 else "")
+        raise InputError(f"{config.data}{' or ' + str(config.val_data) if config.val_data else ''}: {hollow.size} "
+                         f"sentence(s) hold no token the tokenizer reads ({shown}: zero-width or control characters "
+                         "only); fix or remove those rows")

@@ -15,7 +15,7 @@ import torch
 
 from scorer.config import TrainConfig, to_json
 from scorer.data import atomic
-from scorer.errors import ConfigError, InputError
+from scorer.errors import ConfigError
 from scorer.inference.results import softmax
 from scorer.metrics import confusion_of, threshold_sweep
 from scorer.pytorch.loop import Trainer, predict
@@ -33,12 +33,11 @@ from scorer.pytorch.model import (
 from scorer.text.tokens import Encoded, TextEncoder
 from scorer.training import plot
 from scorer.training.adapt import ReplacedTokens, masked_lm, masked_lm_model, replaced_token_detection
-from scorer.training.dataset import TrainingData, load_training_data
+from scorer.training.dataset import TrainingData, check_coverage, load_training_data, refuse_hollow
 from scorer.training.device import device_memory, resolve_device, resolve_precision, seed_everything
 from scorer.training.resume import NO_STATE, NoState, RunState, Stage
 
 log = logging.getLogger("scorer")
-_UNKNOWN_WARNING = 0.05  # share of [UNK] training tokens that says the vocabulary does not fit the text
 
 
 @dataclass(frozen=True)
@@ -92,9 +91,9 @@ def _train(config: TrainConfig, device: str, precision: str, data: TrainingData,
     hf_tokenizer, encoder_model = _load_pretrained(config)
     text_encoder = TextEncoder(backend_copy(hf_tokenizer), config.max_length)
     train_set = text_encoder.encode(data.train_texts)
-    _check_coverage(train_set, hf_tokenizer, config)
+    check_coverage(train_set, hf_tokenizer, config)
     val_set = text_encoder.encode(data.val_texts)
-    _refuse_hollow(data.train_texts + data.val_texts, np.concatenate([train_set.lengths, val_set.lengths]),
+    refuse_hollow(data.train_texts + data.val_texts, np.concatenate([train_set.lengths, val_set.lengths]),
                    text_encoder.bare_length, config)
     state = RunState(config, device, precision)
     try:
@@ -233,29 +232,6 @@ def _load_pretrained(config: TrainConfig):
     if config.max_length > limit:
         raise ConfigError(f"--max-length {config.max_length} is above {config.model}'s position limit {limit}")
     return pretrained_tokenizer(config.model, encoder.config.vocab_size), encoder
-
-
-def _check_coverage(train_set, hf_tokenizer, config: TrainConfig) -> None:
-    """Refuse text the encoder's vocabulary cannot read at all; warn where much of it is [UNK]."""
-    known, unknown = train_set.coverage(hf_tokenizer.unk_token_id, hf_tokenizer.all_special_ids)
-    if not known:
-        raise InputError(f"{config.data}: no sentence has a token that the vocabulary of {config.model} knows "
-                         f"({unknown} [UNK]); is --model right for this text?")
-    if unknown > _UNKNOWN_WARNING * (known + unknown):
-        log.warning("%.0f%% of the training tokens are [UNK]: the vocabulary of %s reads this text poorly; is "
-                    "--model right for it?", 100 * unknown / (known + unknown), config.model)
-
-
-def _refuse_hollow(texts: list[str], lengths: np.ndarray, bare: int, config: TrainConfig) -> None:
-    """Refuse sentences the tokenizer reads no token in (zero-width or control characters only): not blank to Python,
-    so not refused as empty where the file was read, but `[CLS] [SEP]` alone to the model, as `scorer run` leaves
-    such a row unscored (status empty)."""
-    hollow = np.flatnonzero(lengths <= bare)
-    if hollow.size:
-        shown = ", ".join(ascii(texts[i]) for i in hollow[:3]) + (", ..." if hollow.size > 3 else "")
-        raise InputError(f"{config.data}{' or ' + str(config.val_data) if config.val_data else ''}: {hollow.size} "
-                         f"sentence(s) hold no token the tokenizer reads ({shown}: zero-width or control characters "
-                         "only); fix or remove those rows")
 
 
 def _log_epoch(result: EpochResult) -> None:
