@@ -138,6 +138,21 @@ def test_an_epoch_resumed_within_counts_its_time_before_the_stop(tiny_encoder, t
     assert result.epochs[0].seconds > 2.1 > time.perf_counter() - started
 
 
+def test_a_resumed_run_with_patience_stops_early_where_the_run_never_stopped_does(tiny_encoder, tmp_path,
+                                                                                 monkeypatch):
+    settings = dict(model=tiny_encoder, epochs=8, rtd_epochs=0, max_length=32, learning_rate=1e-3, patience=2,
+                    save_state_every=0.0)
+    unstopped = train(TrainConfig(output=tmp_path / "unstopped", **settings), progress=False)
+    assert unstopped.stopped_early and len(unstopped.epochs) > 3  # (these settings stop early, after epoch 3)
+    stop_at(monkeypatch, "fine-tuning epoch 3 of 8")
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(output=tmp_path / "checkpoint", **settings), progress=False)
+    monkeypatch.undo()
+    resumed = train(TrainConfig(output=tmp_path / "checkpoint", **settings), progress=False)
+    assert resumed.stopped_early == 2 and resumed.best_epoch == unstopped.best_epoch
+    assert_same_checkpoint(tmp_path / "unstopped", tmp_path / "checkpoint")
+
+
 def test_a_run_of_other_options_or_data_starts_afresh_and_replaces_the_state(tiny_encoder, tmp_path, monkeypatch,
                                                                              caplog):
     data = tmp_path / "train.csv"
