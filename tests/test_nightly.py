@@ -113,6 +113,30 @@ def test_a_spark_job_s_output_directory_is_scored_without_its_work_in_progress_a
     assert files_under(tmp_path / "out3") == ["0/part-00009-x.snappy.parquet", "scorer-summary.json"]
 
 
+def test_an_empty_part_among_several_is_left_out_of_the_run_and_an_empty_file_alone_refused(tiny_export, tmp_path):
+    """A writer's empty partition can be a file of no bytes (an empty CSV part: no header, no rows): among several
+    it is left out, said, as training and export leave it out, instead of failing the night's run; named alone it is
+    refused, saying so."""
+    spark = tmp_path / "day"
+    (spark / "date=2026-12-01").mkdir(parents=True)
+    (spark / "date=2026-12-01" / "part-00000.csv").write_text("sentence\n" + "".join(f"{s}\n" for s in sentences(4)))
+    (spark / "date=2026-12-01" / "part-00001.csv").write_bytes(b"")
+    (spark / "part-00002.csv").write_bytes(b"")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(spark), "--model", str(tiny_export), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"{spark}: left out 2 empty file(s), of no bytes, so no rows (date=2026-12-01/part-00001.csv, " \
+        "part-00002.csv)" in result.output
+    assert files_under(out) == ["date=2026-12-01/part-00000.parquet", "scorer-summary.json"]
+    summary = json.loads((out / "scorer-summary.json").read_text())
+    assert summary["planned_inputs"] == 1 and summary["rows"] == 4
+    result = run(spark / "part-00002.csv", "--model", tiny_export)
+    assert result.exit_code == 3 and "part-00002.csv is empty (no header line)" in result.output, result.output
+    (spark / "date=2026-12-01" / "part-00000.csv").write_bytes(b"")
+    result = run(spark, "--model", tiny_export, "-o", tmp_path / "out2")
+    assert result.exit_code == 3 and f"{spark}: every data file is empty; nothing to read" in result.output
+
+
 def test_two_inputs_that_would_share_an_output_are_refused_before_any_work(tiny_export, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -53,20 +53,26 @@ def file_listing(directory: Path) -> tuple:
 
 
 def parts_of(spec: str) -> list[Path]:
-    """The data files of a set written in parts (`scorer train --data`, `export --data`): those `expand_inputs` lists,
-    less the empty files among several (a zero-byte part: a writer's empty partition, as Spark writes an empty CSV
-    one), which hold no row and, for CSV, no header; said once. One file is returned as it is, empty or not."""
-    files, _ = expand_inputs(spec)
+    """The data files of a set written in parts (`scorer train --data`, `export --data`): those `expand_parts` lists."""
+    return expand_parts(spec)[0]
+
+
+def expand_parts(spec: str) -> tuple[list[Path], Path | None]:
+    """What `expand_inputs` gives, less the empty files among several (a zero-byte part: a writer's empty partition,
+    as Spark writes an empty CSV one), which hold no row and, for CSV, no header; said once. One file is returned as
+    it is, empty or not (`scorer run` refuses it, saying so)."""
+    files, base = expand_inputs(spec)
     if len(files) == 1:
-        return files
+        return files, base
     empty = {path for path in files if path.stat().st_size == 0}
     kept = [path for path in files if path not in empty]
     if empty:
-        log.info("%s: left out %d empty file(s) (%s)", spec, len(empty),
-                 ", ".join(path.name for path in files if path in empty)[:200])
+        named = [str(path.relative_to(base)) if base else path.name for path in files if path in empty]
+        log.info("%s: left out %d empty file(s), of no bytes, so no rows (%s)", spec, len(empty),
+                 ", ".join(named)[:200])
     if not kept:
         raise InputError(f"{spec}: every data file is empty; nothing to read")
-    return kept
+    return kept, base
 
 
 def _refuse_unreadable(directory: Path) -> None:

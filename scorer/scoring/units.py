@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scorer.data.atomic import check_writable, in_the_way, not_a_file, through_link
-from scorer.data.inputs import expand_inputs
+from scorer.data.inputs import expand_parts
 from scorer.data.read import data_stem
 from scorer.data.write import default_output
 from scorer.errors import InputError, OutputError
@@ -26,8 +26,9 @@ class WorkUnit:
 
 
 def plan_units(spec: str, output: Path | None, output_format: str | None = None) -> list[WorkUnit]:
-    """One unit per input file; a directory or glob needs --output DIR and is mirrored under it."""
-    files, base = expand_inputs(spec)
+    """One unit per input file (an empty one among several left out: it has nothing to score); a directory or glob
+    needs --output DIR and is mirrored under it."""
+    files, base = expand_parts(spec)
     if base is None:
         source = files[0]
         target = output if output is not None and not _is_dir_like(output) else None
