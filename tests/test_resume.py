@@ -73,14 +73,24 @@ def assert_same_checkpoint(first: Path, second: Path) -> None:
     assert metrics[0] == metrics[1]
 
 
-@pytest.mark.parametrize(("saves", "stage"), [(1, "masked-LM epoch 1 of 2"), (3, "replaced-token epoch 1 of 2"),
-                                              (5, "fine-tuning epoch 1 of 2")])
-def test_a_run_stopped_after_an_epoch_resumes_to_the_checkpoint_of_a_run_never_stopped(
-        tiny_encoder, unstopped, tmp_path, monkeypatch, caplog, saves, stage):
-    config = TrainConfig(model=tiny_encoder, output=tmp_path / "checkpoint", **SETTINGS)
-    stop_after_saves(monkeypatch, saves)
+EPOCH_ENDS = [f"{stage} epoch {epoch} of 2" for stage in resume.STAGES for epoch in (1, 2)]
+# Saving whenever a moment has passed saves after every step but an epoch's last (8 steps), and after every epoch.
+EVERY_STEP = [f"step {step} of 8 of masked-LM epoch 1 of 2" for step in range(1, 8)] + [
+    "masked-LM epoch 1 of 2", "step 1 of 8 of masked-LM epoch 2 of 2"]
+
+
+@pytest.mark.parametrize(("every", "stage"), [
+    (0.0, "masked-LM epoch 1 of 2"), (0.0, "replaced-token epoch 1 of 2"), (0.0, "fine-tuning epoch 1 of 2"),
+    (1e-9, "step 3 of 8 of masked-LM epoch 1 of 2"), (1e-9, "step 7 of 8 of replaced-token epoch 2 of 2"),
+    (1e-9, "step 1 of 8 of fine-tuning epoch 1 of 2"), (1e-9, "step 5 of 8 of fine-tuning epoch 2 of 2")])
+def test_a_run_stopped_after_or_within_an_epoch_resumes_to_the_checkpoint_of_a_run_never_stopped(
+        tiny_encoder, unstopped, tmp_path, monkeypatch, caplog, every, stage):
+    config = TrainConfig(model=tiny_encoder, output=tmp_path / "checkpoint", **{**SETTINGS, "save_state_every": every})
+    saves = stop_at(monkeypatch, stage)
     with caplog.at_level(logging.INFO, logger="scorer"), pytest.raises(KeyboardInterrupt):
         train(config, progress=False)
+    expected = EVERY_STEP if every else EPOCH_ENDS  # (with 0: after every epoch, never within one)
+    assert saves[: len(expected)] == expected[: len(saves)]
     state = tmp_path / ".checkpoint.resume" / "state.pt"
     assert state.is_file() and not config.output.exists()
     assert f"stopped; the state after {stage} is kept in {state.parent}: run the same command again" in caplog.text
@@ -91,30 +101,6 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_checkpoint_of_a_run_never_s
     assert f"resuming the stopped run of this command after {stage}" in caplog.text
     assert_same_checkpoint(unstopped, config.output)
     assert not state.parent.exists()  # a run that ended leaves no state behind
-
-
-@pytest.mark.parametrize("stage", ["step 3 of 8 of masked-LM epoch 1 of 2",
-                                   "step 7 of 8 of replaced-token epoch 2 of 2",
-                                   "step 1 of 8 of fine-tuning epoch 1 of 2",
-                                   "step 5 of 8 of fine-tuning epoch 2 of 2"])
-def test_a_run_stopped_within_an_epoch_resumes_from_its_step_to_the_checkpoint_of_a_run_never_stopped(
-        tiny_encoder, unstopped, tmp_path, monkeypatch, caplog, stage):
-    # A run saving whenever a moment has passed saves after every step but an epoch's last, and after every epoch.
-    config = TrainConfig(model=tiny_encoder, output=tmp_path / "checkpoint", **{**SETTINGS, "save_state_every": 1e-9})
-    saves = stop_at(monkeypatch, stage)
-    with caplog.at_level(logging.INFO, logger="scorer"), pytest.raises(KeyboardInterrupt):
-        train(config, progress=False)
-    first = [f"step {step} of 8 of masked-LM epoch 1 of 2" for step in range(1, 8)] + [
-        "masked-LM epoch 1 of 2", "step 1 of 8 of masked-LM epoch 2 of 2"]
-    assert saves[:9] == first[: len(saves)]
-    assert f"stopped; the state after {stage} is kept in" in caplog.text
-    monkeypatch.undo()
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="scorer"):
-        train(config, progress=False)
-    assert f"resuming the stopped run of this command after {stage}" in caplog.text
-    assert_same_checkpoint(unstopped, config.output)
-    assert not (tmp_path / ".checkpoint.resume").exists()
 
 
 def test_an_epoch_resumed_within_counts_its_time_before_the_stop(tiny_encoder, tmp_path, monkeypatch):

@@ -141,7 +141,7 @@ def test_training_data_from_a_directory_or_glob_is_its_files_one_after_another(t
                                                         *common) if a != "--quiet"])
     assert result.exit_code == 0, result.output
     assert f"{parts}: {rows.num_rows} rows from 3 files" in result.output
-    assert f"{parts}: left out 1 empty file(s) (part-00003.csv)" in result.output
+    assert f"{parts}: left out 1 empty file(s), of no bytes, so no rows (part-00003.csv)" in result.output
     assert f"{parts}: left out 1 data file(s) named with or under a leading '_' (_temporary/0/x.parquet)" \
         in result.output
     result = runner.invoke(main, train_args(tiny_encoder, tmp_path / "from-one", "--data", str(tmp_path / "joined.csv"),
