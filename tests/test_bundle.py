@@ -12,8 +12,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from scorer.data.lock import OutputLock
 from scorer.inference.classify import OnnxClassifier
-from scorer.scoring.parts import OutputLock
 from tests.test_nightly import files_under, run, sentences
 
 

@@ -753,8 +753,8 @@ def test_an_output_directory_that_cannot_be_written_is_refused_before_any_work(t
 
 
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tiny_export, tmp_path):
+    from scorer.data.lock import OutputLock
     from scorer.errors import OutputError
-    from scorer.scoring.parts import OutputLock
 
     output = tmp_path / "out.parquet"
     with OutputLock(output), pytest.raises(OutputError, match="another scorer run is writing"), OutputLock(output):
@@ -1007,7 +1007,8 @@ def test_windows_left_beside_a_complete_output_are_removed_by_the_run_that_skips
     a copy of the output's rows that nothing would resume from: the next run, which skips the output as up to date,
     removes them under the output's lock; windows of another making (another model's run stopped midway, which
     would resume from them) and windows whose output another run holds are kept."""
-    from scorer.scoring.parts import OutputLock, PartStore, work_dir
+    from scorer.data.lock import OutputLock
+    from scorer.scoring.parts import PartStore, work_dir
 
     source, output = tmp_path / "in.parquet", tmp_path / "out.parquet"
     pq.write_table(pa.table({"sentence": sentences(3_000)}), source)
@@ -1041,7 +1042,8 @@ def test_windows_of_an_input_that_is_gone_are_removed_and_those_that_can_resume_
     then b.parquet was removed; nothing can resume them, so the next run over the inbox removes them (they stayed
     forever). Windows of an input still there, though not in this run, and windows whose output another run holds,
     are kept."""
-    from scorer.scoring.parts import OutputLock, work_dir
+    from scorer.data.lock import OutputLock
+    from scorer.scoring.parts import work_dir
 
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     inbox.mkdir()

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from scorer.cli import main
 from scorer.config import RunConfig
+from scorer.data.lock import OutputLock
 from scorer.errors import ConfigError
-from scorer.scoring.parts import OutputLock
 from scorer.scoring.score import open_classifier, score_file
 from scorer.scoring.single import open_unit, score_unit
 from scorer.scoring.units import plan_units

@@ -22,11 +22,12 @@ import pyarrow as pa
 
 from scorer.config import RunConfig
 from scorer.data import atomic
+from scorer.data.lock import OutputLock
 from scorer.data.write import OutputSink
 from scorer.errors import OutputTaken, ScorerError
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import Scored
-from scorer.scoring.parts import OutputLock, temporaries_by_output, work_dir
+from scorer.scoring.parts import temporaries_by_output, work_dir
 from scorer.scoring.single import (
     OpenUnit,
     check_unchanged,

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from scorer.config import RunConfig
+from scorer.data.lock import OutputLock
 from scorer.errors import ConfigError, OutputTaken, ProviderError, ScorerError, stopped
 from scorer.extras import require_training_stack
 from scorer.inference.classify import OnnxClassifier
@@ -18,7 +19,7 @@ from scorer.inference.session import memory_failure
 from scorer.manifest import verify_checkpoint
 from scorer.scoring.bundle import outcomes
 from scorer.scoring.heartbeat import Heartbeat
-from scorer.scoring.parts import OutputLock, drop_orphaned_parts
+from scorer.scoring.parts import drop_orphaned_parts
 from scorer.scoring.single import checkpoint_of
 from scorer.scoring.summary import (
     RunSummary,

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from scorer.config import RunConfig
 from scorer.data import atomic
+from scorer.data.lock import OutputLock
 from scorer.data.read import TableReader
 from scorer.data.strings import plain_text
 from scorer.data.write import OutputSink, check_text_format, completion_record
@@ -21,7 +22,7 @@ from scorer.inference.results import NON_FINITE
 from scorer.inference.session import memory_failure
 from scorer.scoring.evaluate import nothing_evaluated, write_report
 from scorer.scoring.making import how_written, made_alike, record_of, result_names
-from scorer.scoring.parts import OutputLock, PartStore, drop_leftover_parts, fingerprint
+from scorer.scoring.parts import PartStore, drop_leftover_parts, fingerprint
 from scorer.scoring.stream import stream
 from scorer.scoring.summary import UnitSummary, now
 from scorer.scoring.tally import Columns, Part, scored_sample, tally
