@@ -333,6 +333,21 @@ def test_a_gpu_out_of_memory_exits_6_saying_what_to_lower_and_writes_no_checkpoi
     assert not (tmp_path / "c").exists()
 
 
+def test_a_second_run_into_the_same_output_is_refused_before_any_work_while_the_first_runs(tiny_encoder, tmp_path):
+    from scorer.data.lock import OutputLock
+
+    output = tmp_path / "checkpoint"
+    with OutputLock(output, temporaries=[]):  # (as the first run holds it)
+        result = CliRunner().invoke(main, train_args(tiny_encoder, output))
+    assert result.exit_code == 5 and result.output.count("\n") == 1, result.output
+    assert f"another scorer train is writing {output}; wait for it to finish, or choose another --output" in \
+        result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # (nothing trained, no state, no lock file left)
+    result = CliRunner().invoke(main, train_args(tiny_encoder, output, "--rtd-epochs", "0"))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
 def test_existing_checkpoint_needs_overwrite(tiny_encoder, tmp_path):
     (tmp_path / "c").mkdir()
     result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c"))
