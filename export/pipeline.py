@@ -21,6 +21,7 @@ from export.quantize import Quantiser, QuantizeReport, Targets
 from export.rows import calibration_texts, parity_rows, recorded_data, warn_if_few, without_hollow
 from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
 from scorer.data import atomic
+from scorer.data.lock import sole_writer
 from scorer.errors import ConfigError, ParityError, ProviderError
 from scorer.inference import selfcheck
 from scorer.inference.session import onnxruntime
@@ -67,6 +68,12 @@ def export_model(config: ExportConfig) -> ExportResult:
     atomic.check_keeps(config.output, {"--checkpoint": config.checkpoint, "--data": config.data,
                                        "--calibration": config.calibration})
     atomic.check_writable(config.output, config.overwrite, marker=MANIFEST)
+    with sole_writer(config.output, "export"):
+        return _export(config)
+
+
+def _export(config: ExportConfig) -> ExportResult:
+    """export_model's work, under the export directory's lock."""
     if config.tensorrt:
         _check_tensorrt()
     model = load_classifier(config.checkpoint, attn_implementation="eager", max_length=config.max_length)

@@ -589,6 +589,18 @@ def test_an_export_directory_that_holds_the_checkpoint_is_refused_even_with_over
     assert (tmp_path / "documents" / "notes.txt").read_text() == (tmp_path / "notes.txt").read_text() == "keep"
 
 
+def test_a_second_export_into_the_same_output_is_refused_while_the_first_runs(tiny_checkpoint, tmp_path):
+    from scorer.data.lock import OutputLock
+
+    output = tmp_path / "onnx"
+    with OutputLock(output, temporaries=[]):  # (as the first export holds it)
+        result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(output), "-q"])
+    assert result.exit_code == 5 and result.output.count("\n") == 1, result.output
+    assert f"another scorer export is writing {output}; wait for it to finish, or choose another --output" in \
+        result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_options_and_parity_data_it_cannot_use_are_refused_before_any_output(tiny_checkpoint, tmp_path):
     data = tmp_path / "parity.csv"
     data.write_text("sentence,label\nfine,1\n")

@@ -6,8 +6,10 @@ import contextlib
 import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+from scorer.data import atomic
 from scorer.errors import OutputError, OutputTaken, out_of_descriptors, too_many_files
 
 log = logging.getLogger("scorer")
@@ -84,3 +86,20 @@ class OutputLock:
             self.path.unlink()
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         os.close(self._handle)
+
+
+@contextlib.contextmanager
+def sole_writer(output: Path, command: str) -> Iterator[None]:
+    """`output`'s lock, held while `scorer COMMAND` (train, export) writes it: a second run into the same output (an
+    overlapping cron job) is refused before any work, where the later would fail at its end, its work lost (or, with
+    --overwrite, replace the earlier's), and two training runs would replace each other's resume state."""
+    lock = OutputLock(atomic.through_link(output), temporaries=[])
+    try:
+        lock.__enter__()
+    except OutputTaken as exc:
+        raise OutputError(f"another scorer {command} is writing {output}; wait for it to finish, or choose another "
+                          "--output") from exc
+    try:
+        yield
+    finally:
+        lock.__exit__()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -17,8 +15,8 @@ import torch
 
 from scorer.config import TrainConfig, to_json
 from scorer.data import atomic
-from scorer.data.lock import OutputLock
-from scorer.errors import ConfigError, OutputError, OutputTaken
+from scorer.data.lock import sole_writer
+from scorer.errors import ConfigError
 from scorer.inference.results import softmax
 from scorer.metrics import confusion_of, threshold_sweep
 from scorer.pytorch.loop import Trainer, predict
@@ -79,7 +77,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Run the whole training job described by `config` and write the checkpoint directory."""
     atomic.check_keeps(config.output, {"--model": config.model, "--data": config.data, "--val-data": config.val_data})
     atomic.check_writable(config.output, config.overwrite, marker=HEAD_CONFIG)
-    with _alone(config.output):
+    with sole_writer(config.output, "train"):
         seed_everything(config.seed)
         device = resolve_device(config.device)
         if config.cuda_graphs != "off" and device != "cuda":
@@ -89,23 +87,6 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         data = load_training_data(config)
         with device_memory(config, device):
             return _train(config, device, precision, data, progress)
-
-
-@contextlib.contextmanager
-def _alone(output: Path) -> Iterator[None]:
-    """The checkpoint's lock, held while the run runs: a second run into the same --output (an overlapping cron job)
-    is refused before any work, where the two would replace each other's resume state and the later would fail at
-    its end, its training lost."""
-    lock = OutputLock(atomic.through_link(output), temporaries=[])
-    try:
-        lock.__enter__()
-    except OutputTaken as exc:
-        raise OutputError(f"another scorer train is writing {output}; wait for it to finish, or choose another "
-                          "--output") from exc
-    try:
-        yield
-    finally:
-        lock.__exit__()
 
 
 def _train(config: TrainConfig, device: str, precision: str, data: TrainingData, progress: bool) -> TrainResult:
