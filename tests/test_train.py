@@ -348,6 +348,21 @@ def test_a_second_run_into_the_same_output_is_refused_before_any_work_while_the_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
 
 
+def test_a_filesystem_without_locks_is_warned_of_and_training_goes_on(tiny_encoder, tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def unsupported(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)  # (an NFS mount without its lock service)
+    result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "checkpoint", "--rtd-epochs", "0"))
+    assert result.exit_code == 0, result.output
+    assert "its filesystem does not support file locks" in result.output and "the run goes on without the lock" \
+        in result.output
+    assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+
+
 def test_existing_checkpoint_needs_overwrite(tiny_encoder, tmp_path):
     (tmp_path / "c").mkdir()
     result = CliRunner().invoke(main, train_args(tiny_encoder, tmp_path / "c"))

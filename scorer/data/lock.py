@@ -99,7 +99,11 @@ def sole_writer(output: Path, command: str) -> Iterator[None]:
     except OutputTaken as exc:
         raise OutputError(f"another scorer {command} is writing {output}; wait for it to finish, or choose another "
                           "--output") from exc
+    except OutputError as exc:  # (a filesystem without locks: its output is written whole and renamed all the same)
+        log.warning("%s; the run goes on without the lock, so a second run into the same output is not refused", exc)
+        lock = None
     try:
         yield
     finally:
-        lock.__exit__()
+        if lock is not None:
+            lock.__exit__()
