@@ -57,7 +57,11 @@ class Epoch:
     def state(self) -> dict:
         return {"batches": self._start, "step": self.done,
                 "losses": torch.stack(self.losses).float().cpu() if self.losses else torch.zeros(0),
-                "seconds": time.perf_counter() - self._started}
+                "seconds": self.seconds()}
+
+    def seconds(self) -> float:
+        """Since the epoch began, its time before a stop included."""
+        return time.perf_counter() - self._started
 
     def mean_loss(self) -> tuple[list[float], float]:
         """Every recorded step's loss, and their mean (the one host sync of an epoch)."""

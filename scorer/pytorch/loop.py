@@ -7,7 +7,6 @@ import logging
 import math
 import re
 import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -108,7 +107,6 @@ class Trainer:
         saving of its state within an epoch)."""
         self.model.train()
         plan = Epoch(self.data.lengths, self.config.batch_size, self.rng, self.device, resumed)
-        started = time.perf_counter()
         bar = tqdm(total=len(plan.batches), initial=plan.done, desc=f"epoch {epoch}/{self.config.epochs}",
                    unit="batch", disable=None if self.progress else True, file=sys.stderr, leave=False)
         with bar:
@@ -119,8 +117,7 @@ class Trainer:
                 plan.record(self._step(*batch))
                 bar.update(1)
                 if bar.disable and self.progress and plan.done % _NOTEBOOK_LOG_EVERY == 0:
-                    log.info("  Batch %5d  of  %5d.    Elapsed: %.0fs.", plan.done, len(plan.batches),
-                             time.perf_counter() - started)
+                    log.info("  Batch %5d  of  %5d.    Elapsed: %.0fs.", plan.done, len(plan.batches), plan.seconds())
                 if after_step is not None:
                     after_step(plan)
         losses, mean = plan.mean_loss()

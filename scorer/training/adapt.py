@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import numpy as np
 import torch
@@ -191,7 +190,6 @@ def _epochs(name: str, model: nn.Module, step, encoded: Encoded, epochs: int, le
                 "batches": rng.bit_generator.state, "generator": generator.get_state(), "losses": list(losses)}
 
     for epoch in range(first, epochs + 1):
-        started = time.perf_counter() - (within["seconds"] if within else 0.0)  # (an epoch's time before a stop too)
         plan, within = Epoch(encoded.lengths, batch_size, rng, device, within), None
         for input_ids, attention_mask, _ in data.batches(plan.remaining()):
             loss = step(input_ids, attention_mask, generator)
@@ -201,7 +199,7 @@ def _epochs(name: str, model: nn.Module, step, encoded: Encoded, epochs: int, le
             if stage is not None:
                 stage.during(epoch, plan, state)
         losses.append(plan.mean_loss()[1])
-        log.info("%s epoch %d / %d: loss %.4f (%.0fs)", name, epoch, epochs, losses[-1], time.perf_counter() - started)
+        log.info("%s epoch %d / %d: loss %.4f (%.0fs)", name, epoch, epochs, losses[-1], plan.seconds())
         if stage is not None:
             stage.done(epoch, state)
     return losses
