@@ -103,6 +103,9 @@ def test_a_spark_job_s_output_directory_is_scored_without_its_work_in_progress_a
     assert files_under(out) == ["part-00000-x.snappy.parquet", "part-00001-x.snappy.parquet", "scorer-summary.json"]
     assert f"{spark}: left out 2 data file(s) named with or under a leading '_' (_metadata.parquet, " \
         "_temporary/0/part-00009-x.snappy.parquet)" in result.output
+    left_out = json.loads((out / "scorer-summary.json").read_text())["left_out"]  # (what a monitor reads)
+    assert left_out == {"_metadata.parquet": "named with or under a leading '_'",
+                        "_temporary/0/part-00009-x.snappy.parquet": "named with or under a leading '_'"}
     # a directory holding such files alone is refused, saying why; a glob names them
     (spark / "part-00000-x.snappy.parquet").unlink()
     (spark / "part-00001-x.snappy.parquet").unlink()
@@ -130,6 +133,7 @@ def test_an_empty_part_among_several_is_left_out_of_the_run_and_an_empty_file_al
     assert files_under(out) == ["date=2026-12-01/part-00000.parquet", "scorer-summary.json"]
     summary = json.loads((out / "scorer-summary.json").read_text())
     assert summary["planned_inputs"] == 1 and summary["rows"] == 4
+    assert summary["left_out"] == {"date=2026-12-01/part-00001.csv": "no bytes", "part-00002.csv": "no bytes"}
     result = run(spark / "part-00002.csv", "--model", tiny_export)
     assert result.exit_code == 3 and "part-00002.csv is empty (no header line)" in result.output, result.output
     (spark / "date=2026-12-01" / "part-00000.csv").write_bytes(b"")

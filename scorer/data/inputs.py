@@ -15,9 +15,19 @@ _MAGIC = ("*", "?", "[")
 log = logging.getLogger("scorer")
 
 
+UNDERSCORED = "named with or under a leading '_'"  # why a directory's data file is left out (with EMPTY)
+EMPTY = "no bytes"
+
+
 def expand_inputs(spec: str, tell: bool = True) -> tuple[list[Path], Path | None]:
     """The input files INPUT names, sorted, and the base directory they are relative to (None for one file);
     `tell`: say which files of a directory were left out (once per command: not again where it is listed again)."""
+    files, base, _ = _listing(spec, tell)
+    return files, base
+
+
+def _listing(spec: str, tell: bool) -> tuple[list[Path], Path | None, dict[str, str]]:
+    """expand_inputs's files and base, and the data files a directory left out, each (under it) with why."""
     if any(char in spec for char in _MAGIC) and not Path(spec).exists():  # a file may be named "day[1].csv"
         base = _glob_base(spec)
         for directory in glob.glob(os.path.dirname(spec), recursive=True):  # (the ones the pattern searches)
@@ -26,7 +36,7 @@ def expand_inputs(spec: str, tell: bool = True) -> tuple[list[Path], Path | None
         files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _is_data_file(Path(p)))
         if not files:
             raise InputError(f"no .parquet, .csv or .tsv file matches {spec}; check the pattern")
-        return files, base
+        return files, base, {}
     path = Path(spec)
     if path.is_dir():
         _refuse_unreadable(path)
@@ -34,7 +44,7 @@ def expand_inputs(spec: str, tell: bool = True) -> tuple[list[Path], Path | None
         listed = [not _unlisted(p.relative_to(path)) for p in found]
         files = [p for p, kept in zip(found, listed, strict=True) if kept]
         left = [str(p.relative_to(path)) for p, kept in zip(found, listed, strict=True) if not kept]
-        why = (f"named with or under a leading '_' ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}), which "
+        why = (f"{UNDERSCORED} ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}), which "
                "scorer leaves out of a directory, as pyarrow and Spark do (Spark's and Hadoop's work in progress, "
                "_temporary, and markers); name one, or a glob, to read it")
         if not files:
@@ -42,8 +52,8 @@ def expand_inputs(spec: str, tell: bool = True) -> tuple[list[Path], Path | None
                              f"{path} holds no .parquet, .csv or .tsv file")
         if left and tell:
             log.info("%s: left out %d data file(s) %s", path, len(left), why)
-        return files, path
-    return [path], None
+        return files, path, dict.fromkeys(left, UNDERSCORED)
+    return [path], None, {}
 
 
 def file_listing(directory: Path) -> tuple:
@@ -57,22 +67,23 @@ def parts_of(spec: str) -> list[Path]:
     return expand_parts(spec)[0]
 
 
-def expand_parts(spec: str) -> tuple[list[Path], Path | None]:
+def expand_parts(spec: str) -> tuple[list[Path], Path | None, dict[str, str]]:
     """What `expand_inputs` gives, less the empty files among several (a zero-byte part: a writer's empty partition,
     as Spark writes an empty CSV one), which hold no row and, for CSV, no header; said once. One file is returned as
-    it is, empty or not (`scorer run` refuses it, saying so)."""
-    files, base = expand_inputs(spec)
+    it is, empty or not (`scorer run` refuses it, saying so). And every data file left out, under INPUT, with why."""
+    files, base, left_out = _listing(spec, tell=True)
     if len(files) == 1:
-        return files, base
+        return files, base, left_out
     empty = {path for path in files if path.stat().st_size == 0}
     kept = [path for path in files if path not in empty]
     if empty:
         named = [str(path.relative_to(base)) if base else path.name for path in files if path in empty]
         log.info("%s: left out %d empty file(s), of no bytes, so no rows (%s)", spec, len(empty),
                  ", ".join(named)[:200])
+        left_out = {**left_out, **dict.fromkeys(named, EMPTY)}
     if not kept:
         raise InputError(f"{spec}: every data file is empty; nothing to read")
-    return kept, base
+    return kept, base, left_out
 
 
 def _refuse_unreadable(directory: Path) -> None:

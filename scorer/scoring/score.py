@@ -32,7 +32,7 @@ from scorer.scoring.summary import (
     summary_path,
     write_summary,
 )
-from scorer.scoring.units import WorkUnit, plan_units, refuse_overwriting
+from scorer.scoring.units import WorkUnit, plan_run, refuse_overwriting
 
 log = logging.getLogger("scorer")
 
@@ -51,10 +51,11 @@ def score_file(config: RunConfig, progress: bool = True) -> RunSummary:
     units: list[WorkUnit] = []
     began = now()
     with _said_in_summary(config, units, began):  # (the inputs not there: an inbox not mounted, say)
-        units += plan_units(config.input, config.output, config.output_format)
+        planned, left_out = plan_run(config.input, config.output, config.output_format)
+        units += planned
     _refuse_before_work(config, units)  # (what the summary itself may not replace, among others: not said there)
     with _summary_held(config, units):
-        return _score_all(config, units, began, progress)
+        return _score_all(config, units, left_out, began, progress)
 
 
 @contextlib.contextmanager
@@ -72,15 +73,17 @@ def _summary_held(config: RunConfig, units: list[WorkUnit]) -> Iterator[None]:
         yield
 
 
-def _score_all(config: RunConfig, units: list[WorkUnit], began: str, progress: bool) -> RunSummary:
-    """Start the model and score `units` (score_file, once they are planned and checked)."""
+def _score_all(config: RunConfig, units: list[WorkUnit], left_out: dict[str, str], began: str, progress: bool
+               ) -> RunSummary:
+    """Start the model and score `units` (score_file, once they are planned and checked); `left_out`: the data files
+    INPUT's listing left out, for the summary."""
     # From its start, the run's summary says it is running: where one is kept whatever happens (--summary, or where
     # an earlier run left one: summary.failed_start) before the model starts, and where several inputs are
     # summarised, once it has.
     early = config.summary is not None or summary_path(config, units).is_file()
     kept = early or len(units) > 1
     if early:
-        write_summary(config, units, running(bare(config, units, began)))
+        write_summary(config, units, running(bare(config, units, began, left_out=left_out)))
     with _said_in_summary(config, units, began):
         classifier, config, self_check = _start(config, units)
     summaries: list[UnitSummary] = []
@@ -89,6 +92,7 @@ def _score_all(config: RunConfig, units: list[WorkUnit], began: str, progress: b
     def so_far() -> RunSummary:
         summary = summarise(list(summaries), classifier, time.perf_counter() - started, config.window_rows)
         summary.started_at, summary.self_check, summary.planned_inputs = began, self_check, len(units)
+        summary.left_out = left_out
         return summary
 
     try:

@@ -104,6 +104,9 @@ class RunSummary:
     exit_code: int | None = 0
     error: str | None = None
     planned_inputs: int = 0  # the inputs the run was given (`inputs` lists those it has finished)
+    # The data files of a directory INPUT left out, under it, each with why: "named with or under a leading '_'"
+    # (Spark's _temporary/ attempts, its markers) or "no bytes" (an empty part among several).
+    left_out: dict[str, str] = field(default_factory=dict)
     # While the run runs: each input being scored, with its rows done (resumed ones included) of how many (null where
     # the file does not say: CSV), its rows/s and the seconds left; empty once the run has finished.
     underway: list[dict] = field(default_factory=list)

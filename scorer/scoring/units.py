@@ -26,15 +26,22 @@ class WorkUnit:
 
 
 def plan_units(spec: str, output: Path | None, output_format: str | None = None) -> list[WorkUnit]:
+    """plan_run's units."""
+    return plan_run(spec, output, output_format)[0]
+
+
+def plan_run(spec: str, output: Path | None, output_format: str | None = None
+             ) -> tuple[list[WorkUnit], dict[str, str]]:
     """One unit per input file (an empty one among several left out: it has nothing to score); a directory or glob
-    needs --output DIR and is mirrored under it."""
-    files, base = expand_parts(spec)
+    needs --output DIR and is mirrored under it. And the data files left out, under INPUT, each with why."""
+    files, base, left_out = expand_parts(spec)
     if base is None:
         source = files[0]
         target = output if output is not None and not _is_dir_like(output) else None
         if target is None:
             target = default_output(source) if output is None else output / default_output(source).name
-        return [WorkUnit(source, through_link(_with_format(target, output_format) if output_format else target))]
+        return [WorkUnit(source, through_link(_with_format(target, output_format) if output_format else target))], \
+            left_out
     if output is None:
         raise OutputError(f"{spec} names {len(files)} files; pass --output DIR to mirror their scores under it")
     if output.exists() and not output.is_dir():
@@ -47,7 +54,7 @@ def plan_units(spec: str, output: Path | None, output_format: str | None = None)
     suffix = "." + (output_format or "parquet")
     units = [WorkUnit(f, through_link(output / f.relative_to(base).parent / (data_stem(f) + suffix))) for f in files]
     _refuse_shared_outputs(units)
-    return units
+    return units, left_out
 
 
 def _refuse_shared_outputs(units: list[WorkUnit]) -> None:
