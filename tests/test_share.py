@@ -21,7 +21,7 @@ from scorer.data.lock import OutputLock
 from scorer.errors import ConfigError
 from scorer.scoring.score import open_classifier, score_file
 from scorer.scoring.single import open_unit, score_unit
-from scorer.scoring.units import plan_units
+from scorer.scoring.units import plan_run
 from tests.test_nightly import files_under, run, sentences
 
 
@@ -130,7 +130,7 @@ def test_a_lone_input_opened_before_another_run_completed_it_is_skipped(tiny_exp
     source = _inbox(tmp_path / "inbox", [6])[0]
     config = RunConfig(input=str(source), model=tiny_export, provider="cpu")
     classifier, config = open_classifier(config)
-    unit = plan_units(config.input, None)[0]
+    unit = plan_run(config.input, None)[0][0]
     try:
         opened = open_unit(unit, classifier, config)
         assert run(source, "--model", tiny_export).exit_code == 0  # (the other run)

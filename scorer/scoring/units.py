@@ -25,11 +25,6 @@ class WorkUnit:
     output: Path
 
 
-def plan_units(spec: str, output: Path | None, output_format: str | None = None) -> list[WorkUnit]:
-    """plan_run's units."""
-    return plan_run(spec, output, output_format)[0]
-
-
 def plan_run(spec: str, output: Path | None, output_format: str | None = None
              ) -> tuple[list[WorkUnit], dict[str, str]]:
     """One unit per input file (an empty one among several left out: it has nothing to score); a directory or glob
