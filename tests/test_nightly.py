@@ -294,11 +294,14 @@ def test_a_run_stopped_before_any_input_says_so_in_the_summary_not_the_last_succ
     # several inputs, without --summary: the summary an earlier run left in the output directory says so too
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     inbox.mkdir()
-    for name in ("a.parquet", "b.parquet"):
+    (inbox / "_temporary").mkdir()
+    for name in ("a.parquet", "b.parquet", "_temporary/c.parquet"):
         pq.write_table(pa.table({"sentence": sentences(3)}), inbox / name)
     assert run(inbox, "--model", tiny_export, "--output", out).exit_code == 0
     assert run(inbox, "--model", tmp_path / "nowhere", "--output", out, "--overwrite").exit_code == 4
-    assert json.loads((out / "scorer-summary.json").read_text())["exit_code"] == 4
+    failed = json.loads((out / "scorer-summary.json").read_text())  # (with what INPUT left out, as a run's)
+    assert failed["exit_code"] == 4
+    assert failed["left_out"] == {"_temporary/c.parquet": "named with or under a leading '_'"}
     assert run(inbox, "--model", tmp_path / "nowhere", "--output", tmp_path / "new").exit_code == 4
     assert not (tmp_path / "new").exists()  # (no earlier summary there: nothing is created)
     # one input, without --summary: the summary beside its output, where an earlier run left one

@@ -84,7 +84,7 @@ def _score_all(config: RunConfig, units: list[WorkUnit], left_out: dict[str, str
     kept = early or len(units) > 1
     if early:
         write_summary(config, units, running(bare(config, units, began, left_out=left_out)))
-    with _said_in_summary(config, units, began):
+    with _said_in_summary(config, units, began, left_out):
         classifier, config, self_check = _start(config, units)
     summaries: list[UnitSummary] = []
     started = time.perf_counter()
@@ -187,12 +187,14 @@ def _unit_summary(unit: WorkUnit, result: UnitSummary | BaseException) -> UnitSu
 
 
 @contextlib.contextmanager
-def _said_in_summary(config: RunConfig, units: list[WorkUnit], began: str) -> Iterator[None]:
-    """A run that stops here has scored nothing: where a summary is kept, it says so (summary.failed_start)."""
+def _said_in_summary(config: RunConfig, units: list[WorkUnit], began: str, left_out: dict[str, str] | None = None
+                     ) -> Iterator[None]:
+    """A run that stops here has scored nothing: where a summary is kept, it says so (summary.failed_start), with
+    the data files INPUT's listing left out where it got that far."""
     try:
         yield
     except ScorerError as exc:
-        failed_start(config, units, exc, began)
+        failed_start(config, units, exc, began, left_out or {})
         raise
 
 

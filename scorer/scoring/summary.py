@@ -181,7 +181,8 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
                       batching={**asdict(classifier.tally), "window_rows": window_rows}, waits=waits)
 
 
-def failed_start(config: RunConfig, units: list[WorkUnit], error: ScorerError, started_at: str) -> None:
+def failed_start(config: RunConfig, units: list[WorkUnit], error: ScorerError, started_at: str,
+                 left_out: dict[str, str]) -> None:
     """Say, where a summary is kept, that the run stopped before it scored any input (its inputs not there, its
     model, its checkpoint or this machine refused), so that the file never goes on showing the last run's success:
     at --summary, or where an earlier run left its summary. Only an earlier summary or a new file is written, never
@@ -196,7 +197,8 @@ def failed_start(config: RunConfig, units: list[WorkUnit], error: ScorerError, s
             return
         if not isinstance(earlier, dict) or "scorer_version" not in earlier:
             return
-    summary = bare(config, units, started_at, exit_code=error.exit_code, error=str(error), finished_at=now())
+    summary = bare(config, units, started_at, exit_code=error.exit_code, error=str(error), finished_at=now(),
+                   left_out=left_out)
     try:
         write_summary(config, units, summary)
     except (ScorerError, OSError) as exc:
