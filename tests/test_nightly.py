@@ -456,12 +456,71 @@ def test_a_running_run_keeps_its_summary_up_to_date_and_a_killed_one_is_not_take
     assert killed["batching"]["rows"] >= 8_000 * len(killed["inputs"])
     for unit in killed["inputs"]:  # (what it lists as done is done)
         assert unit["state"] == "scored" and pq.read_table(unit["output"]).num_rows == 8_000
+    # how far the whole run got: by the inputs' bytes, those finished and the one underway's rows done
+    sizes = {str(path): path.stat().st_size for path in inbox.iterdir()}
+    headway, finished = killed["progress"], sum(sizes[unit["input"]] for unit in killed["inputs"])
+    assert headway["bytes_planned"] == sum(sizes.values())
+    assert finished <= headway["bytes_finished"] < headway["bytes_planned"]
+    assert headway["fraction"] == round(headway["bytes_finished"] / headway["bytes_planned"], 4)
+    assert headway["seconds_left"] > 0
     result = run(inbox, "-o", out, "--model", tiny_export, "--window-rows", "1000", "--variant", "fp32",
                  "--summary", last)
     assert result.exit_code == 0, result.output
     done = json.loads(last.read_text())
     assert done["state"] == "finished" and done["exit_code"] == 0 and done["pid"] == os.getpid()
     assert [u["state"] for u in done["inputs"]].count("skipped") == len(killed["inputs"])
+    assert done["progress"] == {"bytes_planned": sum(sizes.values()), "bytes_finished": sum(sizes.values()),
+                                "fraction": 1.0, "seconds_left": 0.0}
+
+
+def test_a_run_of_several_inputs_logs_how_far_the_whole_run_got_every_minute(tiny_export, tmp_path, monkeypatch):
+    """A night's inbox of many inputs said how far each big input got, and nothing of the whole run: how many
+    inputs are left, and when it ends. Every minute after its start (here every 0.05 s) a line says so; --quiet keeps
+    the log to the result."""
+    import scorer.scoring.heartbeat
+
+    monkeypatch.setattr(scorer.scoring.heartbeat, "HEARTBEAT_SECONDS", 0.05)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for day in range(4):
+        pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(6_000, offset=day * 6_000)]}),
+                       inbox / f"day{day}.parquet")
+    options = ["run", str(inbox), "-o", str(tmp_path / "out"), "--model", str(tiny_export), "--window-rows", "1000",
+               "--variant", "fp32", "--overwrite"]
+    result = CliRunner().invoke(main, options)
+    assert result.exit_code == 0, result.output
+    said = [re.fullmatch(r"run: (\d) of 4 inputs finished, (\d+)% of their bytes(, about \d+ s left)?", line)
+            for line in result.output.splitlines() if line.startswith("run: ")]
+    assert len(said) >= 2 and all(said), result.output
+    finished, shares = [int(m[1]) for m in said], [int(m[2]) for m in said]
+    assert finished == sorted(finished) and shares == sorted(shares) and shares[0] < 100, result.output
+    quiet = CliRunner().invoke(main, [*options, "--quiet"])
+    assert quiet.exit_code == 0 and "run: " not in quiet.output
+
+
+def test_the_run_s_progress_counts_bytes_finished_and_its_rate_only_what_this_run_read(tmp_path):
+    """The whole run's share done is by its inputs' bytes (one underway counted by its rows done); the time left is
+    at the rate of what this run read: an input skipped as up to date, or the rows a resumed one had before, took
+    none of the run's time, and counted at its rate they made the time left far too short."""
+    from scorer.scoring.progress import RunProgress
+    from scorer.scoring.summary import UnitSummary
+
+    paths = [tmp_path / name for name in ("skipped", "resumed", "underway", "waiting")]
+    for path, size in zip(paths, (1_000, 2_000, 4_000, 3_000), strict=True):
+        path.write_bytes(b"x" * size)
+    run_progress = RunProgress(paths)
+    run_progress.started -= 10.0  # (ten seconds into the run)
+    finished = [UnitSummary(str(paths[0]), "a", "skipped", rows=100),
+                UnitSummary(str(paths[1]), "b", "resumed", rows=200, rows_this_run=50)]
+    underway = [{"input": str(paths[2]), "rows_done": 300, "rows_this_run": 100, "rows_total": 400}]
+    figures = run_progress.as_dict(finished, underway)
+    # done: 1,000 + 2,000 + 4,000 × 300/400; read now: 2,000 × 50/200 + 4,000 × 100/400, in ten seconds
+    assert figures["bytes_planned"] == 10_000 and figures["bytes_finished"] == 6_000 and figures["fraction"] == 0.6
+    assert figures["seconds_left"] == pytest.approx(4_000 / (1_500 / 10.0), abs=0.5)
+    assert run_progress.line(figures, 2) == "run: 2 of 4 inputs finished, 60% of their bytes, about 27 s left"
+    # the underway input's rows all done, it leaves the list before its summary is among the finished: no step back
+    assert run_progress.as_dict(finished, [])["fraction"] == 0.6
+    assert RunProgress(paths).as_dict([], [])["seconds_left"] is None  # (nothing read yet: no rate)
 
 
 def test_an_input_that_changes_while_it_is_scored_gives_no_output_and_the_rerun_scores_it_whole(tiny_export, tmp_path):
@@ -1220,9 +1279,9 @@ def test_the_running_summary_says_how_far_the_input_being_scored_got(tiny_export
 def test_a_log_gets_a_progress_line_every_minute_where_no_terminal_shows_the_bar(tiny_export, tmp_path, monkeypatch):
     """A cron job's log has no terminal, so the progress bar is off: a line every minute says how far the input got
     (here every window: the interval set to 0), with its rate and the time left; --quiet keeps the log to the result."""
-    import scorer.scoring.stream
+    import scorer.scoring.progress
 
-    monkeypatch.setattr(scorer.scoring.stream, "LOG_SECONDS", 0.0)
+    monkeypatch.setattr(scorer.scoring.progress, "LOG_SECONDS", 0.0)
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": sentences(1_000)}), source)
     options = ["run", str(source), "--model", str(tiny_export), "--window-rows", "250", "--variant", "fp32",
@@ -1243,9 +1302,9 @@ def test_a_csv_inputs_progress_lines_give_its_rows_as_an_estimate_until_it_has_b
     """A CSV file does not say how many rows it holds: its progress lines said none, and so no time left. Its rows
     are estimated from the blocks read so far (here blocks of 4 KiB: the file is read in many) and said as such."""
     import scorer.data.read
-    import scorer.scoring.stream
+    import scorer.scoring.progress
 
-    monkeypatch.setattr(scorer.scoring.stream, "LOG_SECONDS", 0.0)
+    monkeypatch.setattr(scorer.scoring.progress, "LOG_SECONDS", 0.0)
     monkeypatch.setattr(scorer.data.read, "_CSV_BLOCK", 1 << 12)
     source = tmp_path / "in.csv"
     pacsv.write_csv(pa.table({"sentence": sentences(1_000)}), source)

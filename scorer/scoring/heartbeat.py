@@ -5,12 +5,10 @@ success, which the file would otherwise go on showing."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 log = logging.getLogger("scorer")
 
@@ -52,31 +50,3 @@ class Heartbeat:
                 log.warning("the running summary could not be brought up to date (%s); the run goes on", exc)
                 self.warned = True
         self.took = time.perf_counter() - started
-
-
-class Underway:
-    """The inputs being scored now, each with how far it got (scoring.stream.Progress), for the running summary: a
-    run of one big input, the usual nightly job, says how far that input got, not only that it has not finished."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.inputs: dict[int, Any] = {}
-
-    @contextlib.contextmanager
-    def tracking(self, progress: Any) -> Iterator[None]:
-        """`progress` (with an as_dict()) listed while the block runs."""
-        with self.lock:
-            self.inputs[id(progress)] = progress
-        try:
-            yield
-        finally:
-            with self.lock:
-                del self.inputs[id(progress)]
-
-    def said(self) -> list[dict]:
-        with self.lock:
-            inputs = list(self.inputs.values())
-        return [progress.as_dict() for progress in inputs]
-
-
-UNDERWAY = Underway()  # (one run per process)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -22,13 +22,13 @@ from scorer.scoring.heartbeat import Heartbeat
 from scorer.scoring.parts import drop_orphaned_parts
 from scorer.scoring.single import checkpoint_of
 from scorer.scoring.summary import (
+    RunRecord,
     RunSummary,
     UnitSummary,
     bare,
     failed_start,
     now,
     running,
-    summarise,
     summary_path,
     write_summary,
 )
@@ -86,25 +86,18 @@ def _score_all(config: RunConfig, units: list[WorkUnit], left_out: dict[str, str
         write_summary(config, units, running(bare(config, units, began, left_out=left_out)))
     with _said_in_summary(config, units, began, left_out):
         classifier, config, self_check = _start(config, units)
-    summaries: list[UnitSummary] = []
-    started = time.perf_counter()
-
-    def so_far() -> RunSummary:
-        summary = summarise(list(summaries), classifier, time.perf_counter() - started, config.window_rows)
-        summary.started_at, summary.self_check, summary.planned_inputs = began, self_check, len(units)
-        summary.left_out = left_out
-        return summary
-
+    record = RunRecord(config, units, classifier, began, self_check, left_out,
+                       lines=progress and len(units) > 1 and not sys.stderr.isatty())
     try:
-        with Heartbeat(lambda: write_summary(config, units, running(so_far())), enabled=kept):
-            fatal, stopper = _score_units(units, classifier, config, progress, summaries)
+        with Heartbeat(record.beat, enabled=kept):
+            fatal, stopper = _score_units(units, classifier, config, progress, record.inputs)
             if fatal is None and config.share:
-                fatal, stopper = _taken_again(units, classifier, config, progress, summaries)
+                fatal, stopper = _taken_again(units, classifier, config, progress, record.inputs)
     except BaseException as exc:  # (a stop or a bug outside any unit's scoring: between two units, say)
         fatal, stopper = exc, None
     finally:
         classifier.close()
-    summary = so_far()
+    summary = record.summary()
     summary.finished_at = now()
     written = kept or fatal is None
     if written:

@@ -6,9 +6,8 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,13 +20,12 @@ from scorer.data.strings import plain_text
 from scorer.data.write import OutputSink
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import Scored
-from scorer.scoring.heartbeat import UNDERWAY
 from scorer.scoring.parts import PartStore
+from scorer.scoring.progress import UNDERWAY, Progress
 from scorer.scoring.tally import Columns
 from scorer.text.tokens import is_text
 
 log = logging.getLogger("scorer")
-LOG_SECONDS = 60.0  # between two progress lines where stderr is no terminal (Progress)
 
 
 def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, store: PartStore, sink: OutputSink,
@@ -87,42 +85,6 @@ def stream(reader: TableReader, classifier: OnnxClassifier, columns: Columns, st
             finish(*begun.popleft())
         writes.drain()
     return dict(waits)
-
-
-class Progress:
-    """How far one input got: its rows done (a resumed run's included) of how many (`expected`: exact where the file
-    says, as Parquet's footer does; estimated from what was read for a CSV/TSV file), the rate and, from it, the time
-    left. Said in a log line every LOG_SECONDS where `lines` (stderr no terminal, so no progress bar: a cron job's
-    log), and in the running summary (scoring.heartbeat.UNDERWAY)."""
-
-    def __init__(self, path: Path, expected: Callable[[], tuple[int | None, bool]], done: int, lines: bool) -> None:
-        self.path, self.expected, self.done, self.now, self.lines = path, expected, done, 0, lines
-        self.started = self.said = time.perf_counter()
-
-    def update(self, rows: int) -> None:
-        self.done, self.now = self.done + rows, self.now + rows
-        if not self.lines or time.perf_counter() - self.said < LOG_SECONDS:
-            return
-        self.said = time.perf_counter()
-        figures = self.as_dict()
-        total, about = figures["rows_total"], "" if figures["rows_total_exact"] else "about "
-        of = f" of {about}{total:,} ({min(self.done / max(total, 1), 1):.0%})" if total else ""
-        left = f", about {_duration(figures['seconds_left'])} left" if figures["seconds_left"] is not None else ""
-        log.info("%s: %s rows%s, %s rows/s%s", self.path.name, f"{self.done:,}", of,
-                 f"{figures['rows_per_second']:,.0f}", left)
-
-    def as_dict(self) -> dict:
-        """As the running summary lists it."""
-        total, exact = self.expected()
-        rate = self.now / max(time.perf_counter() - self.started, 1e-9)
-        left = (total - self.done) / rate if total and rate and self.done < total else None
-        return {"input": str(self.path), "rows_done": self.done, "rows_total": total, "rows_total_exact": exact,
-                "rows_per_second": round(rate, 1), "seconds_left": None if left is None else round(left, 1)}
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else \
-        f"{seconds / 3600:.1f} h"
 
 
 class Waits(dict):

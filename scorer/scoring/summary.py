@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +17,7 @@ from scorer.data import atomic
 from scorer.errors import ScorerError
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import EMPTY, NON_FINITE, NOT_TEXT, NULL, TRUNCATED
-from scorer.scoring.heartbeat import UNDERWAY
+from scorer.scoring.progress import UNDERWAY, RunProgress
 from scorer.scoring.units import WorkUnit
 
 log = logging.getLogger("scorer")
@@ -110,6 +111,10 @@ class RunSummary:
     # While the run runs: each input being scored, with its rows done (resumed ones included) of how many (null where
     # the file does not say: CSV), its rows/s and the seconds left; empty once the run has finished.
     underway: list[dict] = field(default_factory=list)
+    # How far the whole run got (scoring.progress.RunProgress), by its input files' bytes: bytes_planned,
+    # bytes_finished (an input underway counted by its rows done), fraction, and seconds_left at this run's rate
+    # (null before it has read any); empty until its model has started.
+    progress: dict = field(default_factory=dict)
     scorer_version: str = __version__
     started_at: str = ""  # UTC, ISO 8601, as a nightly job's log wants to match it
     finished_at: str = ""
@@ -212,11 +217,43 @@ def bare(config: RunConfig, units: list[WorkUnit], started_at: str, **fields) ->
                       planned_inputs=len(units), started_at=started_at, **fields)
 
 
-def running(summary: RunSummary) -> RunSummary:
-    """`summary` said as that of a run still running (scorer.scoring.heartbeat)."""
+def running(summary: RunSummary, underway: list[dict] | None = None) -> RunSummary:
+    """`summary` said as that of a run still running (scorer.scoring.heartbeat), with the inputs `underway` (those
+    UNDERWAY lists now, where not given)."""
     summary.state, summary.exit_code, summary.error = "running", None, None
-    summary.underway = UNDERWAY.said()
+    summary.underway = UNDERWAY.said() if underway is None else underway
     return summary
+
+
+class RunRecord:
+    """The run's summary so far, once its model has started: its inputs' summaries, added as they finish
+    (`inputs`), with the run's figures and how far it got."""
+
+    def __init__(self, config: RunConfig, units: list[WorkUnit], classifier: OnnxClassifier, began: str,
+                 self_check: dict | None, left_out: dict[str, str], lines: bool) -> None:
+        self.config, self.units, self.classifier, self.began = config, units, classifier, began
+        self.self_check, self.left_out, self.lines, self.beats = self_check, left_out, lines, 0
+        self.inputs: list[UnitSummary] = []
+        self.progress = RunProgress([unit.source for unit in units])
+
+    def summary(self, underway: list[dict] | None = None) -> RunSummary:
+        """The summary as it stands, with the inputs `underway` counted in its progress."""
+        summary = summarise(list(self.inputs), self.classifier, time.perf_counter() - self.progress.started,
+                            self.config.window_rows)
+        summary.started_at, summary.self_check, summary.planned_inputs = self.began, self.self_check, len(self.units)
+        summary.left_out = self.left_out
+        summary.progress = self.progress.as_dict(summary.inputs, underway or [])
+        return summary
+
+    def beat(self) -> None:
+        """The running summary written (scoring.heartbeat); and, every beat after the first where `lines` (a run of
+        several inputs logging without a terminal), how far the run got in a log line."""
+        underway = UNDERWAY.said()
+        summary = running(self.summary(underway), underway)
+        write_summary(self.config, self.units, summary)
+        if self.lines and self.beats:
+            log.info("%s", self.progress.line(summary.progress, len(summary.inputs)))
+        self.beats += 1
 
 
 def summary_path(config: RunConfig, units: list[WorkUnit]) -> Path:
