@@ -20,7 +20,7 @@ from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx, external_f
 from export.quantize import Quantiser, QuantizeReport, Targets
 from export.rows import calibration_texts, parity_rows, recorded_data, warn_if_few, without_hollow
 from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
-from scorer.data import atomic
+from scorer.data import atomic, snapshot
 from scorer.data.lock import sole_writer
 from scorer.errors import ConfigError, ParityError, ProviderError
 from scorer.inference import selfcheck
@@ -76,6 +76,8 @@ def _export(config: ExportConfig) -> ExportResult:
     """export_model's work, under the export directory's lock."""
     if config.tensorrt:
         _check_tensorrt()
+    snapshot.await_swap(config.checkpoint)  # (a training run may be replacing it now,
+    read_from = snapshot.identity(config.checkpoint)  # or while it is read)
     model = load_classifier(config.checkpoint, attn_implementation="eager", max_length=config.max_length)
     head = model.head_config
     _check_threshold(config, head)
@@ -95,11 +97,7 @@ def _export(config: ExportConfig) -> ExportResult:
         calibration = encoder.encode(calibration_texts(config, trained, recorded, text_column))
     with atomic.atomic_dir(config.output, config.overwrite, MANIFEST) as staging:
         variants, reports, quantiser = _write_variants(model, staging, config, calibration, encoded)
-        for name in TOKENIZER_FILES:
-            if (config.checkpoint / name).is_file():
-                shutil.copy2(config.checkpoint / name, staging / name)
-        if not (staging / TOKENIZER_FILE).is_file():  # a checkpoint with a slow tokenizer's files: the converted one
-            (staging / TOKENIZER_FILE).write_text(tokenizer_json)
+        _copy_tokenizer(config.checkpoint, staging, tokenizer_json)
         log.info("parity against PyTorch on %d rows of %s: %s", len(checked.texts), checked.source,
                  parity.batching(len(checked.texts), head.max_length))
         fp16_options = reports["fp16"].cuda_options if "fp16" in reports else None
@@ -116,6 +114,7 @@ def _export(config: ExportConfig) -> ExportResult:
         manifest.extra.update({name: asdict(report) for name, report in reports.items()})
         manifest.extra["self_check"] = selfcheck.record(staging, variants, encoded, list(INPUT_NAMES))
         manifest.save(staging)
+        snapshot.unchanged(config.checkpoint, read_from, "export")  # (else its weights' record may not be its graphs')
     result = ExportResult(config.output, results, checked.source, reports.get("fp16"))
     if config.tensorrt:
         _build_tensorrt(config.output, head.max_length)
@@ -166,6 +165,15 @@ def memory_available() -> int | None:
         return int(line.split()[1]) * 1024
     except (OSError, StopIteration, ValueError, IndexError):
         return None
+
+
+def _copy_tokenizer(checkpoint: Path, staging: Path, tokenizer_json: str) -> None:
+    """The checkpoint's tokenizer files; for one with a slow tokenizer's files only, the converted tokenizer.json."""
+    for name in TOKENIZER_FILES:
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, staging / name)
+    if not (staging / TOKENIZER_FILE).is_file():
+        (staging / TOKENIZER_FILE).write_text(tokenizer_json)
 
 
 def _check_tensorrt() -> None:

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from scorer.data.inputs import file_listing
+from scorer.data.snapshot import read_whole
 from scorer.errors import ModelError
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import softmax
+from scorer.manifest import verify_checkpoint
 from scorer.text.tokens import TextEncoder
 
 log = logging.getLogger("scorer")
@@ -58,7 +60,7 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
     from scorer.pytorch.loop import logits_of
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = _model(str(checkpoint), device, file_listing(checkpoint))
+    model, tokenizer = read_whole(checkpoint, lambda: _loaded(checkpoint, classifier, device))
     if model.head_config.labels != classifier.labels:
         raise ModelError(f"{checkpoint} has labels {model.head_config.labels}, the export {classifier.labels}; "
                          "pass the --checkpoint this model was exported from")
@@ -66,13 +68,33 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
     as_run = [row for row, text in enumerate(texts) if len(text) > WHOLE_CHARS]
     logits = np.zeros((len(texts), len(classifier.labels)), np.float32)
     if whole:
-        tokenizer = _own_tokenizer(checkpoint, classifier)
         logits[whole] = logits_of(model, tokenizer.encode([texts[row] for row in whole]), device)
     if as_run:
         logits[as_run] = logits_of(model, classifier.encoder.encode([texts[row] for row in as_run]), device)
     probabilities = softmax(logits)
     return (classifier.scores(probabilities), [classifier.labels[i] for i in classifier.decide(probabilities)], device,
             len(as_run))
+
+
+def exported_from(checkpoint: Path, classifier: OnnxClassifier) -> None:
+    """Refuse a checkpoint that is not the one `classifier`'s export was made from (manifest.verify_checkpoint),
+    its weights hashed once for each listing of its files: a run of many inputs checks each, and one retrained since
+    the run started is found as it is loaded again, where its scores were taken for the export's disagreeing."""
+    listing = file_listing(checkpoint) if checkpoint.is_dir() else None  # (None: refused, saying it is missing)
+    key = (str(checkpoint), listing, str(classifier.directory))
+    if key not in _EXPORTED_FROM:
+        verify_checkpoint(checkpoint, classifier.manifest, classifier.directory)
+        _EXPORTED_FROM.clear()
+        _EXPORTED_FROM.add(key)
+
+
+_EXPORTED_FROM: set[tuple] = set()
+
+
+def _loaded(checkpoint: Path, classifier: OnnxClassifier, device: str) -> tuple:
+    """The checkpoint's model and its own tokenizer, where it is still the one the export was made from."""
+    exported_from(checkpoint, classifier)
+    return _model(str(checkpoint), device, file_listing(checkpoint)), _own_tokenizer(checkpoint, classifier)
 
 
 @functools.lru_cache(maxsize=1)

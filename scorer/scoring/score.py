@@ -11,13 +11,14 @@ from dataclasses import replace
 
 from scorer.config import RunConfig
 from scorer.data.lock import OutputLock
+from scorer.data.snapshot import read_whole
 from scorer.errors import ConfigError, OutputTaken, ProviderError, ScorerError, stopped
 from scorer.extras import require_training_stack
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.defaults import DEFAULT_WINDOW_ROWS
 from scorer.inference.session import memory_failure
-from scorer.manifest import verify_checkpoint
 from scorer.scoring.bundle import outcomes
+from scorer.scoring.check import exported_from
 from scorer.scoring.heartbeat import Heartbeat
 from scorer.scoring.parts import drop_orphaned_parts
 from scorer.scoring.single import checkpoint_of
@@ -193,13 +194,18 @@ def _said_in_summary(config: RunConfig, units: list[WorkUnit], began: str, left_
 
 def _start(config: RunConfig, units: list[WorkUnit]) -> tuple[OnnxClassifier, RunConfig, dict | None]:
     """The classifier, checked on this machine before any output (and --check's checkpoint found unchanged), and
-    `config` with the window size of the provider it landed on."""
+    `config` with the window size of the provider it landed on; read again where its directory was replaced while it
+    was read (an export finishing: scorer.data.snapshot)."""
+    return read_whole(config.model, lambda: _opened(config, units), discard=lambda started: started[0].close())
+
+
+def _opened(config: RunConfig, units: list[WorkUnit]) -> tuple[OnnxClassifier, RunConfig, dict | None]:
     classifier, config = open_classifier(config)
     log.info("model %s (%s variant) on %s; %d input file(s)", classifier.model_path, classifier.variant,
              classifier.provider, len(units))
     try:
         if config.check:
-            verify_checkpoint(checkpoint_of(config, classifier), classifier.manifest, classifier.directory)
+            exported_from(checkpoint_of(config, classifier), classifier)
         return classifier, config, _self_check(classifier)
     except BaseException:
         classifier.close()

@@ -1,0 +1,72 @@
+"""A directory read as a whole (an export, a checkpoint), as it was when the reading began.
+
+Export and training replace a directory by renaming a finished one into its place (scorer.data.atomic.atomic_dir), so
+one read while it is replaced has some files of each: a manifest of one export and a graph of the next, say, which
+failed the run with a hash mismatch in the first case and, in the worst, scored with one model's graph under another's
+record. A directory is the same one all through where its identity (device and inode, through a link) is."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from scorer.errors import ModelError, ScorerError
+
+log = logging.getLogger("scorer")
+T = TypeVar("T")
+TRIES = 3  # reads of a directory replaced while it was read, before the run gives up
+# The most a directory being replaced is waited for while it is missing: between atomic_dir's two renames (the old one
+# moved aside, the new one not yet in place) it is missing for microseconds.
+SWAP_SECONDS = 5.0
+
+
+def identity(directory: Path) -> tuple[int, int] | None:
+    """The directory's device and inode (a link's target's), or None where there is none."""
+    try:
+        found = os.stat(directory)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def read_whole(directory: Path, read: Callable[[], T], discard: Callable[[T], None] = lambda _: None) -> T:
+    """`read()` of `directory` (what reads the files in it), done again where the directory was replaced while it ran,
+    so that what it returns comes from one directory; `discard` lets go of a reading that is not kept. A failure of a
+    reading during which the directory stayed the same is raised as it came."""
+    for _ in range(TRIES):
+        await_swap(directory)
+        before = identity(directory)
+        try:
+            result = read()
+        except ScorerError:
+            if identity(directory) == before:
+                raise
+        else:
+            if identity(directory) == before:
+                return result
+            discard(result)
+        log.info("%s was replaced while it was read (an export or training run finishing?); reading it again",
+                 directory)
+    raise ModelError(f"{directory} was replaced {TRIES} times while this run read it; run again once what writes it "
+                     "(an export or training run in a loop?) has stopped")
+
+
+def await_swap(directory: Path) -> None:
+    """Where `directory` is missing while a directory moved aside from its place is beside it (atomic_dir's
+    `.NAME.old-PID`), it is being replaced: wait for the new one, up to SWAP_SECONDS."""
+    real = Path(os.path.realpath(directory))
+    deadline = time.monotonic() + SWAP_SECONDS
+    while identity(real) is None and time.monotonic() < deadline and any(real.parent.glob(f".{real.name}.old-*")):
+        time.sleep(0.01)
+
+
+def unchanged(directory: Path, before: tuple[int, int] | None, what: str) -> None:
+    """Refuse to go on where `directory`, whose identity was `before` when `what` began reading it, has been replaced
+    since: what was read of it may come from two of them."""
+    if identity(directory) != before:
+        raise ModelError(f"{directory} was replaced while {what} read it (a training run finished writing it?), so "
+                         f"what was read may mix two of them; nothing was written: run {what} again")

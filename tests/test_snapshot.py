@@ -1,0 +1,227 @@
+"""A model or checkpoint directory replaced (a finished one renamed into its place, as export and train write them)
+while a run or an export reads it: nothing is made of two of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import scorer.inference.classify
+from scorer.cli import main
+from scorer.manifest import load_manifest
+from tests.test_nightly import sentences
+
+
+def flipped_export(checkpoint: Path, directory: Path) -> Path:
+    """Another model: `checkpoint` with its head's weights negated (its labels the other way round), exported fp32."""
+    from safetensors.torch import load_file, save_file
+
+    flipped = Path(shutil.copytree(checkpoint, directory / "flipped-checkpoint"))
+    head = flipped / "scorer_head.safetensors"
+    save_file({name: -value if value.dim() == 2 else value for name, value in load_file(head).items()}, head)
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(flipped), "--output", str(directory / "flipped"),
+                                       "--variants", "fp32"])
+    assert result.exit_code == 0, result.output
+    return directory / "flipped"
+
+
+def replace_dir(target: Path, new: Path) -> None:
+    """What scorer.data.atomic.atomic_dir does to put a finished directory in place of another."""
+    old = target.with_name(f".{target.name}.old-1")
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old)
+
+
+def test_a_model_directory_replaced_while_the_run_starts_is_read_again_whole(tiny_checkpoint, export_copy, tmp_path,
+                                                                             monkeypatch):
+    """An export finishing as a nightly run started (here as the run opens its graph, after it read the manifest):
+    the run read one export's manifest and the next one's graph, and failed with a hash mismatch (or, between the
+    check and the load, scored one model's graph under the other's record). It reads the new export again, whole."""
+    flipped = flipped_export(tiny_checkpoint, tmp_path)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": sentences(40)}), source)
+    common = ["--variant", "fp32", "--summary", str(tmp_path / "summary.json")]
+    expected = CliRunner().invoke(main, ["run", str(source), "--model", str(flipped),
+                                         "-o", str(tmp_path / "new.parquet"), *common, "--quiet"])
+    assert expected.exit_code == 0, expected.output
+    new_sha = load_manifest(flipped).variants["fp32"].sha256
+    real = scorer.inference.classify.create_session
+
+    def finishing_export(*args, **kwargs):
+        if flipped.exists():  # (the first session the run opens: the export finishes now)
+            replace_dir(export_copy, flipped)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scorer.inference.classify, "create_session", finishing_export)
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(export_copy),
+                                       "-o", str(tmp_path / "out.parquet"), *common])
+    assert result.exit_code == 0, result.output
+    assert f"{export_copy} was replaced while it was read (an export or training run finishing?); reading it again" \
+        in result.output
+    scored, reference = pq.read_table(tmp_path / "out.parquet"), pq.read_table(tmp_path / "new.parquet")
+    assert scored.select(["label", "score"]).equals(reference.select(["label", "score"]))
+    assert json.loads((tmp_path / "summary.json").read_text())["model_sha256"] == new_sha
+
+
+def test_a_model_directory_missing_while_it_is_replaced_is_waited_for(tiny_export, tmp_path):
+    """Between an export's two renames (the old directory moved aside, the new one not yet in place) the model is
+    missing for microseconds; a run starting then failed, exit 4, "does not exist". Where the moved-aside directory
+    is there, the run waits for the new one (here 0.3 s)."""
+    model = tmp_path / "onnx"
+    shutil.copytree(tiny_export, tmp_path / "new")
+    aside = tmp_path / f".{model.name}.old-1"
+    shutil.copytree(tiny_export, aside)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": sentences(5)}), source)
+
+    def finish() -> None:
+        time.sleep(0.3)
+        replace_dir_into_gap(tmp_path / "new", model, aside)
+
+    finishing = threading.Thread(target=finish)
+    finishing.start()
+    try:
+        result = CliRunner().invoke(main, ["run", str(source), "--model", str(model), "--quiet"])
+    finally:
+        finishing.join()
+    assert result.exit_code == 0, result.output
+    # without a directory moved aside beside it, a missing model is refused at once, as before
+    shutil.rmtree(model)
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(model), "--quiet", "--overwrite"])
+    assert result.exit_code == 4 and "does not exist; run `scorer export` first" in result.output
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_directory_replaced_at_every_read_stops_the_run_saying_so(tiny_checkpoint, export_copy, tmp_path,
+                                                                    monkeypatch):
+    """An export rewriting the model in a loop: the run gives up after three reads, exit 4, saying why."""
+    from scorer.data import snapshot
+
+    spare = tmp_path / "spare"
+    shutil.copytree(export_copy, spare)
+    real = scorer.inference.classify.create_session
+
+    def again(*args, **kwargs):
+        shutil.copytree(spare, tmp_path / "next")
+        replace_dir(export_copy, tmp_path / "next")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scorer.inference.classify, "create_session", again)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": sentences(5)}), source)
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(export_copy), "--quiet"])
+    assert result.exit_code == 4, result.output
+    assert f"{export_copy} was replaced {snapshot.TRIES} times while this run read it" in result.output
+    assert not (tmp_path / "in.scored.parquet").exists()
+
+
+def test_an_export_whose_checkpoint_is_replaced_while_it_reads_it_writes_nothing(tiny_checkpoint, tmp_path,
+                                                                                 monkeypatch):
+    """A training run finishing into the checkpoint an export is reading: the export's graphs came from one
+    checkpoint and its record of the checkpoint's weights (what `run --check` trusts) from the next. It is refused,
+    exit 4, and nothing is written."""
+    import export.pipeline
+
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
+    real = export.pipeline.selfcheck.record
+
+    def training_finishes(*args, **kwargs):
+        shutil.copytree(tiny_checkpoint, tmp_path / "retrained")
+        replace_dir(checkpoint, tmp_path / "retrained")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export.pipeline.selfcheck, "record", training_finishes)
+    output = tmp_path / "onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "--output", str(output),
+                                       "--variants", "fp32"])
+    assert result.exit_code == 4, result.output
+    assert f"{checkpoint} was replaced while export read it (a training run finished writing it?)" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_an_export_started_while_training_replaces_its_checkpoint_waits_for_the_new_one(tiny_checkpoint, tmp_path):
+    """A checkpoint missing between a training run's two renames, its old one moved aside beside it: export waits for
+    the new one (here 0.3 s), where it failed, exit 4, "does not exist"."""
+    checkpoint, aside = tmp_path / "checkpoint", tmp_path / ".checkpoint.old-1"
+    shutil.copytree(tiny_checkpoint, tmp_path / "new")
+    shutil.copytree(tiny_checkpoint, aside)
+
+    def finish() -> None:
+        time.sleep(0.3)
+        replace_dir_into_gap(tmp_path / "new", checkpoint, aside)
+
+    finishing = threading.Thread(target=finish)
+    finishing.start()
+    try:
+        result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "--output",
+                                           str(tmp_path / "onnx"), "--variants", "fp32"])
+    finally:
+        finishing.join()
+    assert result.exit_code == 0, result.output
+
+
+def replace_dir_into_gap(new: Path, target: Path, aside: Path) -> None:
+    """atomic_dir's second rename, and the removal of the directory its first moved aside."""
+    os.replace(new, target)
+    shutil.rmtree(aside)
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_a_directory_s_identity_is_its_target_s_and_changes_when_it_is_replaced(tmp_path, linked):
+    from scorer.data.snapshot import identity
+
+    (tmp_path / "v1").mkdir()
+    path = tmp_path / "current" if linked else tmp_path / "v1"
+    if linked:
+        path.symlink_to(tmp_path / "v1")
+    first = identity(path)
+    assert first is not None and identity(path) == first
+    (tmp_path / "v1" / "file").write_text("written in place: the same directory")
+    assert identity(path) == first
+    (tmp_path / "v2").mkdir()
+    replace_dir(tmp_path / "v1", tmp_path / "v2")
+    assert identity(path) not in (None, first)
+    shutil.rmtree(tmp_path / "v1")
+    assert identity(path) is None
+
+
+def test_a_checkpoint_retrained_while_a_checked_run_runs_is_refused_as_such_not_taken_for_a_disagreement(
+        tiny_checkpoint, tiny_export, tmp_path, monkeypatch):
+    """`run --check` against a checkpoint a training run replaced after the run started (which found it the one the
+    export was made from): the new checkpoint's scores were compared with the export's, and the run failed with a
+    parity error, exit 7, as if the export disagreed with PyTorch. It is found not to be the export's checkpoint as it
+    is loaded for the check: exit 4, saying so."""
+    from safetensors.torch import load_file, save_file
+
+    import scorer.scoring.check
+
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": sentences(20)}), source)
+    real = scorer.scoring.check.cross_check
+
+    def retrained(*args, **kwargs):
+        new = Path(shutil.copytree(tiny_checkpoint, tmp_path / "retrained"))
+        head = new / "scorer_head.safetensors"
+        save_file({name: value * 2 for name, value in load_file(head).items()}, head)
+        replace_dir(checkpoint, new)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scorer.scoring.check, "cross_check", retrained)
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(tiny_export), "--check", "10",
+                                       "--checkpoint", str(checkpoint), "--quiet"])
+    assert result.exit_code == 4, result.output
+    assert f"--check: {checkpoint} is not the checkpoint {tiny_export} was exported from (it has another " \
+        "scorer_head.safetensors: retrained or replaced since the export)" in result.output
+    assert not (tmp_path / "in.scored.parquet").exists()
