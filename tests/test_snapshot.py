@@ -42,6 +42,17 @@ def replace_dir(target: Path, new: Path) -> None:
     shutil.rmtree(old)
 
 
+def before_each_call(monkeypatch, owner, name: str, action) -> None:
+    """`owner.name` made to do `action()` before each call (an export or a training run finishing just then)."""
+    real = getattr(owner, name)
+
+    def wrapped(*args, **kwargs):
+        action()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
 def test_a_model_directory_replaced_while_the_run_starts_is_read_again_whole(tiny_checkpoint, export_copy, tmp_path,
                                                                              monkeypatch):
     """An export finishing as a nightly run started (here as the run opens its graph, after it read the manifest):
@@ -55,14 +66,8 @@ def test_a_model_directory_replaced_while_the_run_starts_is_read_again_whole(tin
                                          "-o", str(tmp_path / "new.parquet"), *common, "--quiet"])
     assert expected.exit_code == 0, expected.output
     new_sha = load_manifest(flipped).variants["fp32"].sha256
-    real = scorer.inference.classify.create_session
-
-    def finishing_export(*args, **kwargs):
-        if flipped.exists():  # (the first session the run opens: the export finishes now)
-            replace_dir(export_copy, flipped)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(scorer.inference.classify, "create_session", finishing_export)
+    before_each_call(monkeypatch, scorer.inference.classify, "create_session",  # (the first: the export finishes)
+                     lambda: flipped.exists() and replace_dir(export_copy, flipped))
     result = CliRunner().invoke(main, ["run", str(source), "--model", str(export_copy),
                                        "-o", str(tmp_path / "out.parquet"), *common])
     assert result.exit_code == 0, result.output
@@ -78,22 +83,10 @@ def test_a_model_directory_missing_while_it_is_replaced_is_waited_for(tiny_expor
     missing for microseconds; a run starting then failed, exit 4, "does not exist". Where the moved-aside directory
     is there, the run waits for the new one (here 0.3 s)."""
     model = tmp_path / "onnx"
-    shutil.copytree(tiny_export, tmp_path / "new")
-    aside = tmp_path / f".{model.name}.old-1"
-    shutil.copytree(tiny_export, aside)
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": sentences(5)}), source)
-
-    def finish() -> None:
-        time.sleep(0.3)
-        replace_dir_into_gap(tmp_path / "new", model, aside)
-
-    finishing = threading.Thread(target=finish)
-    finishing.start()
-    try:
-        result = CliRunner().invoke(main, ["run", str(source), "--model", str(model), "--quiet"])
-    finally:
-        finishing.join()
+    result = invoked_mid_swap(Path(shutil.copytree(tiny_export, tmp_path / "new")), model,
+                              ["run", str(source), "--model", str(model), "--quiet"])
     assert result.exit_code == 0, result.output
     # without a directory moved aside beside it, a missing model is refused at once, as before
     shutil.rmtree(model)
@@ -110,14 +103,8 @@ def test_a_directory_replaced_at_every_read_stops_the_run_saying_so(tiny_checkpo
 
     spare = tmp_path / "spare"
     shutil.copytree(export_copy, spare)
-    real = scorer.inference.classify.create_session
-
-    def again(*args, **kwargs):
-        shutil.copytree(spare, tmp_path / "next")
-        replace_dir(export_copy, tmp_path / "next")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(scorer.inference.classify, "create_session", again)
+    before_each_call(monkeypatch, scorer.inference.classify, "create_session",
+                     lambda: replace_dir(export_copy, Path(shutil.copytree(spare, tmp_path / "next"))))
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": sentences(5)}), source)
     result = CliRunner().invoke(main, ["run", str(source), "--model", str(export_copy), "--quiet"])
@@ -134,14 +121,8 @@ def test_an_export_whose_checkpoint_is_replaced_while_it_reads_it_writes_nothing
     import export.pipeline
 
     checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
-    real = export.pipeline.selfcheck.record
-
-    def training_finishes(*args, **kwargs):
-        shutil.copytree(tiny_checkpoint, tmp_path / "retrained")
-        replace_dir(checkpoint, tmp_path / "retrained")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(export.pipeline.selfcheck, "record", training_finishes)
+    before_each_call(monkeypatch, export.pipeline.selfcheck, "record",
+                     lambda: replace_dir(checkpoint, Path(shutil.copytree(tiny_checkpoint, tmp_path / "retrained"))))
     output = tmp_path / "onnx"
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "--output", str(output),
                                        "--variants", "fp32"])
@@ -153,28 +134,30 @@ def test_an_export_whose_checkpoint_is_replaced_while_it_reads_it_writes_nothing
 def test_an_export_started_while_training_replaces_its_checkpoint_waits_for_the_new_one(tiny_checkpoint, tmp_path):
     """A checkpoint missing between a training run's two renames, its old one moved aside beside it: export waits for
     the new one (here 0.3 s), where it failed, exit 4, "does not exist"."""
-    checkpoint, aside = tmp_path / "checkpoint", tmp_path / ".checkpoint.old-1"
-    shutil.copytree(tiny_checkpoint, tmp_path / "new")
-    shutil.copytree(tiny_checkpoint, aside)
+    checkpoint = tmp_path / "checkpoint"
+    result = invoked_mid_swap(Path(shutil.copytree(tiny_checkpoint, tmp_path / "new")), checkpoint,
+                              ["export", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "onnx"),
+                               "--variants", "fp32"])
+    assert result.exit_code == 0, result.output
+
+
+def invoked_mid_swap(new: Path, target: Path, args: list[str]):
+    """`scorer ARGS` started between atomic_dir's two renames putting `new` in place of `target`: the old one moved
+    aside beside it (a copy of `new` here), `new` renamed into place 0.3 s later and the old one removed."""
+    aside = target.with_name(f".{target.name}.old-1")
+    shutil.copytree(new, aside)
 
     def finish() -> None:
         time.sleep(0.3)
-        replace_dir_into_gap(tmp_path / "new", checkpoint, aside)
+        os.replace(new, target)
+        shutil.rmtree(aside)
 
     finishing = threading.Thread(target=finish)
     finishing.start()
     try:
-        result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "--output",
-                                           str(tmp_path / "onnx"), "--variants", "fp32"])
+        return CliRunner().invoke(main, args)
     finally:
         finishing.join()
-    assert result.exit_code == 0, result.output
-
-
-def replace_dir_into_gap(new: Path, target: Path, aside: Path) -> None:
-    """atomic_dir's second rename, and the removal of the directory its first moved aside."""
-    os.replace(new, target)
-    shutil.rmtree(aside)
 
 
 @pytest.mark.parametrize("linked", [False, True])
@@ -209,16 +192,13 @@ def test_a_checkpoint_retrained_while_a_checked_run_runs_is_refused_as_such_not_
     checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": sentences(20)}), source)
-    real = scorer.scoring.check.cross_check
-
-    def retrained(*args, **kwargs):
+    def retrained() -> None:
         new = Path(shutil.copytree(tiny_checkpoint, tmp_path / "retrained"))
         head = new / "scorer_head.safetensors"
         save_file({name: value * 2 for name, value in load_file(head).items()}, head)
         replace_dir(checkpoint, new)
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(scorer.scoring.check, "cross_check", retrained)
+    before_each_call(monkeypatch, scorer.scoring.check, "cross_check", retrained)
     result = CliRunner().invoke(main, ["run", str(source), "--model", str(tiny_export), "--check", "10",
                                        "--checkpoint", str(checkpoint), "--quiet"])
     assert result.exit_code == 4, result.output
