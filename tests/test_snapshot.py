@@ -21,17 +21,26 @@ from scorer.manifest import load_manifest
 from tests.test_nightly import sentences
 
 
-def flipped_export(checkpoint: Path, directory: Path) -> Path:
-    """Another model: `checkpoint` with its head's weights negated (its labels the other way round), exported fp32."""
+@pytest.fixture(scope="module")
+def flipped_built(tiny_checkpoint, tmp_path_factory) -> Path:
+    """Another model: the tiny checkpoint with its head's weights negated (its labels the other way round), exported
+    fp32 once for the module."""
     from safetensors.torch import load_file, save_file
 
-    flipped = Path(shutil.copytree(checkpoint, directory / "flipped-checkpoint"))
+    directory = tmp_path_factory.mktemp("flipped")
+    flipped = Path(shutil.copytree(tiny_checkpoint, directory / "checkpoint"))
     head = flipped / "scorer_head.safetensors"
     save_file({name: -value if value.dim() == 2 else value for name, value in load_file(head).items()}, head)
-    result = CliRunner().invoke(main, ["export", "--checkpoint", str(flipped), "--output", str(directory / "flipped"),
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(flipped), "--output", str(directory / "onnx"),
                                        "--variants", "fp32"])
     assert result.exit_code == 0, result.output
-    return directory / "flipped"
+    return directory / "onnx"
+
+
+@pytest.fixture
+def flipped(flipped_built, tmp_path) -> Path:
+    """A private copy of that export, for a test to rename into another's place."""
+    return Path(shutil.copytree(flipped_built, tmp_path / "flipped"))
 
 
 def replace_dir(target: Path, new: Path) -> None:
@@ -53,12 +62,11 @@ def before_each_call(monkeypatch, owner, name: str, action) -> None:
     monkeypatch.setattr(owner, name, wrapped)
 
 
-def test_a_model_directory_replaced_while_the_run_starts_is_read_again_whole(tiny_checkpoint, export_copy, tmp_path,
+def test_a_model_directory_replaced_while_the_run_starts_is_read_again_whole(flipped, export_copy, tmp_path,
                                                                              monkeypatch):
     """An export finishing as a nightly run started (here as the run opens its graph, after it read the manifest):
     the run read one export's manifest and the next one's graph, and failed with a hash mismatch (or, between the
     check and the load, scored one model's graph under the other's record). It reads the new export again, whole."""
-    flipped = flipped_export(tiny_checkpoint, tmp_path)
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": sentences(40)}), source)
     common = ["--variant", "fp32", "--summary", str(tmp_path / "summary.json")]
@@ -76,6 +84,23 @@ def test_a_model_directory_replaced_while_the_run_starts_is_read_again_whole(tin
     scored, reference = pq.read_table(tmp_path / "out.parquet"), pq.read_table(tmp_path / "new.parquet")
     assert scored.select(["label", "score"]).equals(reference.select(["label", "score"]))
     assert json.loads((tmp_path / "summary.json").read_text())["model_sha256"] == new_sha
+
+
+def test_a_file_gone_with_the_model_directory_replaced_while_it_was_read_is_read_again(flipped, export_copy,
+                                                                                      tmp_path, monkeypatch):
+    """A file of the directory an export moved aside and removed, gone as the run opened it: read again from the new
+    one, where the run stopped with an unexpected error (exit 1)."""
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": sentences(5)}), source)
+
+    def gone() -> None:
+        if flipped.exists():
+            replace_dir(export_copy, flipped)
+            raise FileNotFoundError(2, "No such file or directory", str(export_copy / "model.onnx"))
+
+    before_each_call(monkeypatch, scorer.inference.classify, "create_session", gone)
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(export_copy)])
+    assert result.exit_code == 0 and "was replaced while it was read" in result.output, result.output
 
 
 def test_a_model_directory_missing_while_it_is_replaced_is_waited_for(tiny_export, tmp_path):
@@ -96,8 +121,7 @@ def test_a_model_directory_missing_while_it_is_replaced_is_waited_for(tiny_expor
     assert time.monotonic() - started < 2.0
 
 
-def test_a_directory_replaced_at_every_read_stops_the_run_saying_so(tiny_checkpoint, export_copy, tmp_path,
-                                                                    monkeypatch):
+def test_a_directory_replaced_at_every_read_stops_the_run_saying_so(export_copy, tmp_path, monkeypatch):
     """An export rewriting the model in a loop: the run gives up after three reads, exit 4, saying why."""
     from scorer.data import snapshot
 

@@ -42,7 +42,7 @@ def read_whole(directory: Path, read: Callable[[], T], discard: Callable[[T], No
         before = identity(directory)
         try:
             result = read()
-        except ScorerError:
+        except (ScorerError, OSError):  # (OSError: a file gone with the directory moved aside and removed)
             if identity(directory) == before:
                 raise
         else:
