@@ -623,8 +623,10 @@ def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code and stderr.decode() == f"{said}\n"
-    stopped = json.loads((tmp_path / "last-run.json").read_text())["inputs"][0]
+    last = json.loads((tmp_path / "last-run.json").read_text())
+    stopped = last["inputs"][0]
     assert stopped["state"] == said and stopped["exit_code"] == code and stopped["output"] == str(output)
+    assert last["progress"]["fraction"] < 1.0 and last["progress"]["seconds_left"] != 0.0  # (it did not finish)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == [parts.name]
     assert not output.exists() and list(parts.glob("part-*.parquet"))
     assert run(source, "-o", output, *common).exit_code == 0

@@ -14,6 +14,7 @@ from typing import Any
 log = logging.getLogger("scorer")
 LOG_SECONDS = 60.0  # between two progress lines where stderr is no terminal (Progress)
 MOVED_ON = ("scored", "resumed")  # the states of inputs this run read through (a skipped one it did not read)
+CUT_SHORT = ("interrupted", "terminated", "hung up")  # (scorer.errors.stopped: not finished, their windows kept)
 
 
 class Progress:
@@ -84,7 +85,7 @@ UNDERWAY = Underway()  # (one run per process)
 class RunProgress:
     """How far the whole run got, by its input files' bytes (a measure of each input's work known before it is read,
     for Parquet and compressed CSV alike, where rows are not): the share of them finished, an input underway counted
-    by its rows done, and the time left at the rate of what this run read so far (inputs skipped as up to date, and
+    by its rows done (one a stop cut short, whose summary has no rows, by what was last seen of it), and the time left at the rate of what this run read so far (inputs skipped as up to date, and
     the rows a resumed input had before, took none of it)."""
 
     def __init__(self, sources: list[Path]) -> None:
@@ -99,6 +100,8 @@ class RunProgress:
         """`finished`: the inputs' summaries (scoring.summary.UnitSummary); `underway`: UNDERWAY.said()."""
         done = now = 0.0
         for unit in finished:
+            if unit.state in CUT_SHORT:
+                continue
             size = self.sizes.get(unit.input, 0)
             done += size
             if unit.state in MOVED_ON:
