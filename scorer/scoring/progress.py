@@ -85,8 +85,9 @@ UNDERWAY = Underway()  # (one run per process)
 class RunProgress:
     """How far the whole run got, by its input files' bytes (a measure of each input's work known before it is read,
     for Parquet and compressed CSV alike, where rows are not): the share of them finished, an input underway counted
-    by its rows done (one a stop cut short, whose summary has no rows, by what was last seen of it), and the time left at the rate of what this run read so far (inputs skipped as up to date, and
-    the rows a resumed input had before, took none of it)."""
+    by its rows done (one a stop cut short, whose summary has no rows, by what was last seen of it), and the time
+    left at the rate of what this run read so far (inputs skipped as up to date, and the rows a resumed input had
+    before, took none of it)."""
 
     def __init__(self, sources: list[Path]) -> None:
         self.sizes = {str(source): _size(source) for source in sources}
