@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_json
 from scoring import workload
 
+from scorer.data.csvlint import codec_of
 from scorer.data.delimited import DelimitedWriter
-from scorer.data.write import output_codec
 
 
 def scored_table(rows: int) -> pa.Table:
@@ -54,7 +54,7 @@ def main() -> None:
 
     def scorer_way(path: Path) -> None:
         fmt = "tsv" if ".tsv" in path.name else "csv"
-        writer = DelimitedWriter(path, fmt, table.schema, path, output_codec(path))
+        writer = DelimitedWriter(path, fmt, table.schema, path, codec_of(path))
         for window in windows:
             writer.write_table(window)
         writer.close()

@@ -900,8 +900,9 @@ def test_an_input_without_rows_gives_an_output_without_rows(tiny_export, tmp_pat
 
 
 def test_compressed_csv_and_tsv_are_read_as_they_are_decompressed(tiny_export, tmp_path):
-    """A nightly feed's .csv.gz, .tsv.bz2, .csv.zst: the same rows and scores as the plain file; outputs named
-    without the compression suffix, in a directory and alone."""
+    """A nightly feed's .csv.gz, .tsv.bz2, .csv.zst, and a Windows machine's EXPORT.CSV.GZ (read as text before:
+    pyarrow knows lowercase names only): the same rows and scores as the plain file; outputs named without the
+    compression suffix, in a directory and alone."""
     plain = tmp_path / "plain.csv"
     plain.write_bytes(_many_lines())
     inbox = tmp_path / "inbox"
@@ -910,12 +911,15 @@ def test_compressed_csv_and_tsv_are_read_as_they_are_decompressed(tiny_export, t
     (inbox / "b.tsv.bz2").write_bytes(bz2.compress(plain.read_bytes()))
     with pa.output_stream(str(inbox / "c.csv.zst"), compression="zstd") as stream:
         stream.write(plain.read_bytes())
+    (inbox / "EXPORT.CSV.GZ").write_bytes(gzip.compress(plain.read_bytes()))
     common = ["--model", tiny_export, "--window-rows", "2000", "--variant", "fp32"]
     assert run(plain, *common).exit_code == 0
     reference = pq.read_table(tmp_path / "plain.scored.parquet")
-    assert run(inbox, "--output", tmp_path / "out", *common).exit_code == 0
-    assert files_under(tmp_path / "out") == ["a.parquet", "b.parquet", "c.parquet", "scorer-summary.json"]
-    for name in ("a", "b", "c"):
+    result = run(inbox, "--output", tmp_path / "out", *common)
+    assert result.exit_code == 0, result.output
+    assert files_under(tmp_path / "out") == ["EXPORT.parquet", "a.parquet", "b.parquet", "c.parquet",
+                                             "scorer-summary.json"]
+    for name in ("a", "b", "c", "EXPORT"):
         assert pq.read_table(tmp_path / "out" / f"{name}.parquet").equals(reference)
     assert run(inbox / "a.csv.gz", *common).exit_code == 0
     assert pq.read_table(inbox / "a.scored.parquet").equals(reference)

@@ -26,10 +26,24 @@ _LINE_END = re.compile(rb"[\r\n]")
 _EXCEL_SEP = re.compile(r"(?i)sep=[^\r\n],*")  # ("sep=;" on line 1: the delimiter Excel is to split the lines by)
 
 
+def codec_of(path: Path) -> str | None:
+    """The compression a CSV/TSV file's name says, whatever its case (gzip for .csv.gz and .CSV.GZ, ...), or None."""
+    return next((codec for ending, codec in CODECS.items() if path.name.lower().endswith(ending)), None)
+
+
+def open_raw(path: Path) -> tuple[pa.NativeFile, pa.NativeFile]:
+    """The file opened, and its bytes as read: decompressed where its name says it is compressed (pyarrow's own
+    detection knows lowercase names only, so an EXPORT.CSV.GZ was read as text). The first's position is how far the
+    compressed bytes have been read."""
+    raw = pa.OSFile(str(path))
+    codec = codec_of(path)
+    return raw, pa.CompressedInputStream(raw, codec) if codec else raw
+
+
 def open_binary(path: Path) -> BinaryIO:
     """The file's bytes, decompressed if its name says it is compressed."""
-    if path.suffix.lower() in COMPRESSIONS:
-        return io.BufferedReader(pa.input_stream(str(path), compression="detect"))
+    if codec_of(path):
+        return io.BufferedReader(open_raw(path)[1])
     return open(path, "rb")
 
 
@@ -164,17 +178,18 @@ def unclosed_at_end(path: Path, tail: bytes) -> str | None:
 
 
 class TailKept:
-    """A binary stream that keeps the last bytes read from it (pyarrow reads it as a Python file)."""
+    """A binary stream that keeps the last bytes read from it (pyarrow reads it as a Python file), and counts them."""
 
     KEPT = 1 << 16
 
     def __init__(self, raw) -> None:
-        self.raw, self.tail, self.closed = raw, b"", False
+        self.raw, self.tail, self.closed, self.count = raw, b"", False, 0
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         if data:
             self.tail = (self.tail + data[-self.KEPT:])[-self.KEPT:]
+            self.count += len(data)
         return data
 
     def readable(self) -> bool:

@@ -19,6 +19,7 @@ from scorer.data.csvlint import (
     TailKept,
     locate_problem,
     looks_like_data,
+    open_raw,
     read_header,
     swallowed_rows,
     unclosed_at_end,
@@ -89,6 +90,7 @@ class TableReader:
         self._quotes_checked = False
         self._parquet_rows_read: int | None = None  # Parquet rows read so far (to find a damaged row group)
         self._csv_read = (0, 0, False)  # CSV/TSV rows and bytes read so far, and whether that was the whole file
+        self._inflation = 0.0  # a compressed file's bytes read over its compressed bytes read so far (0: none yet)
         # CSV/TSV data rows (numbered from 1) read so far that repeat the header line, as files joined with their
         # headers (`cat a.csv b.csv`) hold: the first few, and how many in all
         self.header_rows: tuple[list[int], int] = ([], 0)
@@ -160,16 +162,18 @@ class TableReader:
                 yield pa.Table.from_batches(pending).combine_chunks()
 
     def rows_expected(self) -> tuple[int | None, bool]:
-        """The file's rows, and whether that is exact: Parquet's from its footer; an uncompressed CSV/TSV file's
-        estimated from the rows its blocks read so far held (each of a known size: within a few % after the first),
-        exact once it has been read; None where unknown (a compressed file, nothing read yet)."""
+        """The file's rows, and whether that is exact: Parquet's from its footer; a CSV/TSV file's estimated from
+        the rows its blocks read so far held (each of a known size: within a few % after the first) against its size
+        (a compressed one's: its compressed size times how much its bytes read so far grew decompressed), exact once
+        it has been read; None where unknown (nothing read yet)."""
         if self.format == "parquet":
             return self.num_rows, True
         rows, read, whole = self._csv_read
         if whole:
             return rows, True
+        compressed = data_suffix(self.path) not in FORMATS
         try:  # (a file removed or replaced while it is read: no estimate; the run's end check says what happened)
-            size = self.path.stat().st_size if read and data_suffix(self.path) in FORMATS else 0
+            size = round(self.path.stat().st_size * (self._inflation if compressed else 1)) if read else 0
         except OSError:
             size = 0
         return (max(rows, round(rows * size / min(read, size))), False) if size else (None, False)
@@ -204,7 +208,8 @@ class TableReader:
         block, done = _CSV_BLOCK, 0  # rows already yielded, skipped when a larger block reads the file again
         while True:
             seen, read = 0, 0
-            stream = TailKept(pa.input_stream(str(self.path), compression="detect"))
+            raw, opened = open_raw(self.path)
+            stream = TailKept(opened)
             try:  # (read through TailKept, which keeps the file's last bytes for _check_last_line)
                 for batch in pacsv.open_csv(pa.PythonFile(stream, mode="r"),
                                             read_options=pacsv.ReadOptions(block_size=block),
@@ -215,6 +220,8 @@ class TableReader:
                     self._check_quotes(batch)
                     # (a block a batch, all but the last full; said before the batch is handed on)
                     self._csv_read = (seen + batch.num_rows, read + block, False)
+                    if opened is not raw:  # (both counts taken as the reader stands, read-ahead and all)
+                        self._inflation = stream.count / max(raw.tell(), 1)
                     if seen + batch.num_rows > done:
                         fresh = batch.slice(max(0, done - seen))
                         self._note_header_rows(fresh, max(done, seen))
@@ -230,6 +237,7 @@ class TableReader:
                 block *= 4
             finally:
                 stream.close()
+                raw.close()
 
     def _parquet_batches(self, skip_rows: int) -> Iterator[pa.RecordBatch]:
         # Skip whole row groups without reading them, so that a resumed run does not reread finished work; read the

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scorer.data import atomic
-from scorer.data.csvlint import CODECS, COMPRESSIONS
+from scorer.data.csvlint import COMPRESSIONS, codec_of
 from scorer.data.delimited import DelimitedWriter
 from scorer.data.names import as_listed
 from scorer.data.read import data_stem, detect_format
@@ -28,11 +28,6 @@ def output_format(path: Path) -> str:
     except InputError:
         raise OutputError(f"{path}: unknown output type '{path.suffix}'; name the output .parquet, .csv or .tsv (CSV "
                           f"and TSV may be compressed: {', '.join('.csv' + c for c in COMPRESSIONS)}, ...)") from None
-
-
-def output_codec(path: Path) -> str | None:
-    """The compression a CSV/TSV output's name asks for (gzip for .csv.gz, ...), or None."""
-    return next((codec for ending, codec in CODECS.items() if path.name.lower().endswith(ending)), None)
 
 
 def check_text_format(output: Path, schema: pa.Schema | None, source: Path, kept: tuple[str, ...] | None) -> None:
@@ -119,7 +114,7 @@ class OutputSink:
             if self.format == "parquet":
                 meta = {**(schema.metadata or {}), METADATA_KEY: json.dumps(self.metadata).encode()}
                 return pq.ParquetWriter(self.staging, schema.with_metadata(meta), compression="zstd")
-            return DelimitedWriter(self.staging, self.format, schema, self.path, output_codec(self.path))
+            return DelimitedWriter(self.staging, self.format, schema, self.path, codec_of(self.path))
         except OSError as exc:
             raise OutputError(f"cannot write {self.staging} ({exc}); choose another --output") from exc
 
