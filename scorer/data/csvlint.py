@@ -178,18 +178,23 @@ def unclosed_at_end(path: Path, tail: bytes) -> str | None:
 
 
 class TailKept:
-    """A binary stream that keeps the last bytes read from it (pyarrow reads it as a Python file), and counts them."""
+    """A binary stream that keeps the last bytes read from it (pyarrow reads it as a Python file); and, where it
+    reads a compressed file (`compressed`: that file, open_raw's first), how much the bytes read so far grew
+    decompressed, both counted as each read returns (the file's position moves while a read decompresses a block)."""
 
     KEPT = 1 << 16
 
-    def __init__(self, raw) -> None:
-        self.raw, self.tail, self.closed, self.count = raw, b"", False, 0
+    def __init__(self, raw, compressed: pa.NativeFile | None = None) -> None:
+        self.raw, self.tail, self.closed, self.compressed = raw, b"", False, compressed
+        self.count, self.inflation = 0, 0.0
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         if data:
             self.tail = (self.tail + data[-self.KEPT:])[-self.KEPT:]
             self.count += len(data)
+            if self.compressed is not None:
+                self.inflation = self.count / max(self.compressed.tell(), 1)
         return data
 
     def readable(self) -> bool:

@@ -209,7 +209,7 @@ class TableReader:
         while True:
             seen, read = 0, 0
             raw, opened = open_raw(self.path)
-            stream = TailKept(opened)
+            stream = TailKept(opened, raw if opened is not raw else None)
             try:  # (read through TailKept, which keeps the file's last bytes for _check_last_line)
                 for batch in pacsv.open_csv(pa.PythonFile(stream, mode="r"),
                                             read_options=pacsv.ReadOptions(block_size=block),
@@ -220,8 +220,7 @@ class TableReader:
                     self._check_quotes(batch)
                     # (a block a batch, all but the last full; said before the batch is handed on)
                     self._csv_read = (seen + batch.num_rows, read + block, False)
-                    if opened is not raw:  # (both counts taken as the reader stands, read-ahead and all)
-                        self._inflation = stream.count / max(raw.tell(), 1)
+                    self._inflation = stream.inflation
                     if seen + batch.num_rows > done:
                         fresh = batch.slice(max(0, done - seen))
                         self._note_header_rows(fresh, max(done, seen))
