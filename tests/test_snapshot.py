@@ -103,11 +103,12 @@ def test_a_file_gone_with_the_model_directory_replaced_while_it_was_read_is_read
     assert result.exit_code == 0 and "was replaced while it was read" in result.output, result.output
 
 
-def test_a_model_directory_missing_while_it_is_replaced_is_waited_for(tiny_export, tmp_path):
+@pytest.mark.parametrize("name", ["onnx", "model[1]"])  # (a name, not a pattern)
+def test_a_model_directory_missing_while_it_is_replaced_is_waited_for(tiny_export, tmp_path, name):
     """Between an export's two renames (the old directory moved aside, the new one not yet in place) the model is
     missing for microseconds; a run starting then failed, exit 4, "does not exist". Where the moved-aside directory
     is there, the run waits for the new one (here 0.3 s)."""
-    model = tmp_path / "onnx"
+    model = tmp_path / name
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": sentences(5)}), source)
     result = invoked_mid_swap(Path(shutil.copytree(tiny_export, tmp_path / "new")), model,

@@ -60,8 +60,17 @@ def await_swap(directory: Path) -> None:
     `.NAME.old-PID`), it is being replaced: wait for the new one, up to SWAP_SECONDS."""
     real = Path(os.path.realpath(directory))
     deadline = time.monotonic() + SWAP_SECONDS
-    while identity(real) is None and time.monotonic() < deadline and any(real.parent.glob(f".{real.name}.old-*")):
+    while identity(real) is None and time.monotonic() < deadline and _moved_aside(real):
         time.sleep(0.01)
+
+
+def _moved_aside(directory: Path) -> bool:
+    """Whether a directory atomic_dir moved aside from `directory`'s place is beside it (a name, not a pattern:
+    `model[1]` holds no wildcard)."""
+    try:
+        return any(entry.name.startswith(f".{directory.name}.old-") for entry in os.scandir(directory.parent))
+    except OSError:  # (its parent not there, or not readable: nothing is being replaced there)
+        return False
 
 
 def unchanged(directory: Path, before: tuple[int, int] | None, what: str) -> None:
