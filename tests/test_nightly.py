@@ -1307,11 +1307,11 @@ def test_a_csv_inputs_progress_lines_give_its_rows_as_an_estimate_until_it_has_b
                                                                                          monkeypatch):
     """A CSV file does not say how many rows it holds: its progress lines said none, and so no time left. Its rows
     are estimated from the blocks read so far (here blocks of 4 KiB: the file is read in many) and said as such."""
-    import scorer.data.read
+    import scorer.data.csvrows
     import scorer.scoring.progress
 
     monkeypatch.setattr(scorer.scoring.progress, "LOG_SECONDS", 0.0)
-    monkeypatch.setattr(scorer.data.read, "_CSV_BLOCK", 1 << 12)
+    monkeypatch.setattr(scorer.data.csvrows, "BLOCK", 1 << 12)
     source = tmp_path / "in.csv"
     pacsv.write_csv(pa.table({"sentence": sentences(1_000)}), source)
     result = CliRunner().invoke(main, ["run", str(source), "--model", str(tiny_export), "--window-rows", "250",

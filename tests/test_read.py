@@ -205,9 +205,9 @@ def test_what_its_first_bytes_could_be_mistaken_for_is_still_read(tmp_path, name
 
 @pytest.mark.parametrize("suffix", ["csv", "tsv"])
 def test_a_row_larger_than_the_csv_block_is_read_with_every_row_around_it_once(tmp_path, monkeypatch, suffix):
-    import scorer.data.read
+    import scorer.data.csvrows
 
-    monkeypatch.setattr(scorer.data.read, "_CSV_BLOCK", 1 << 12)  # 4 KB blocks: the 20 KB row needs 64 KB ones
+    monkeypatch.setattr(scorer.data.csvrows, "BLOCK", 1 << 12)  # 4 KB blocks: the 20 KB row needs 64 KB ones
     texts = [f"row {i} says little" for i in range(600)] + ["word " * 4000] + [f"after {i}" for i in range(300)]
     path = tmp_path / f"in.{suffix}"
     quote = (lambda t: f'"{t}"') if suffix == "csv" else (lambda t: t)
@@ -218,7 +218,7 @@ def test_a_row_larger_than_the_csv_block_is_read_with_every_row_around_it_once(t
     table = pa.concat_tables(windows)
     assert table.column("sentence").to_pylist() == texts
     assert table.column("id").to_pylist() == [str(i) for i in range(901)]
-    monkeypatch.setattr(scorer.data.read, "_CSV_MAX_BLOCK", 1 << 14)  # a row that even the largest block cannot hold
+    monkeypatch.setattr(scorer.data.csvrows, "MAX_BLOCK", 1 << 14)  # a row that even the largest block cannot hold
     with pytest.raises(InputError, match="straddl"):
         list(TableReader(path).batches(250))
 

@@ -3,35 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from scorer.data.csvlint import (
     COMPRESSIONS,
-    TailKept,
     locate_problem,
     looks_like_data,
-    open_raw,
     read_header,
-    swallowed_rows,
-    unclosed_at_end,
 )
+from scorer.data.csvrows import CsvRows
 from scorer.data.names import as_listed
 from scorer.data.sniff import disguised
 from scorer.errors import InputError, out_of_descriptors, too_many_files
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
-# pyarrow's CSV reader needs every row inside one block: a row larger than the block (one huge cell) is read again
-# from the start with blocks four times larger, up to _CSV_MAX_BLOCK.
-_CSV_BLOCK, _CSV_MAX_BLOCK = 1 << 22, 1 << 30
 _PARQUET_BATCH = 1 << 14
 _SEPARATORS = {"csv": ",", "tsv": "\t"}
 
@@ -87,13 +78,8 @@ class TableReader:
             raise InputError(f"{self.path} {problem}")
         self.columns: list[str] = []
         self._only: list[str] | None = None  # the Parquet columns read (read_only); None: all
-        self._quotes_checked = False
         self._parquet_rows_read: int | None = None  # Parquet rows read so far (to find a damaged row group)
-        self._csv_read = (0, 0, False)  # CSV/TSV rows and bytes read so far, and whether that was the whole file
-        self._inflation = 0.0  # a compressed file's bytes read over its compressed bytes read so far (0: none yet)
-        # CSV/TSV data rows (numbered from 1) read so far that repeat the header line, as files joined with their
-        # headers (`cat a.csv b.csv`) hold: the first few, and how many in all
-        self.header_rows: tuple[list[int], int] = ([], 0)
+        self._csv: CsvRows | None = None  # a CSV/TSV file's rows as read
         with self._errors():
             if self.format == "parquet":
                 # No pre-buffering: it reads a whole row group ahead, which alone can be a gigabyte of text.
@@ -103,6 +89,7 @@ class TableReader:
             else:
                 self.columns = read_header(self.path, self.format)
                 self.num_rows = None
+                self._csv = CsvRows(self.path, self.format, self.columns, compressed=suffix not in FORMATS)
         duplicates = sorted({name for name in self.columns if self.columns.count(name) > 1})
         if duplicates:
             raise InputError(f"{self.path}: column name(s) {', '.join(duplicates)} appear more than once; rename them")
@@ -162,21 +149,19 @@ class TableReader:
                 yield pa.Table.from_batches(pending).combine_chunks()
 
     def rows_expected(self) -> tuple[int | None, bool]:
-        """The file's rows, and whether that is exact: Parquet's from its footer; a CSV/TSV file's estimated from
-        the rows its blocks read so far held (each of a known size: within a few % after the first) against its size
-        (a compressed one's: its compressed size times how much its bytes read so far grew decompressed), exact once
-        it has been read; None where unknown (nothing read yet)."""
-        if self.format == "parquet":
-            return self.num_rows, True
-        rows, read, whole = self._csv_read
-        if whole:
-            return rows, True
-        compressed = data_suffix(self.path) not in FORMATS
-        try:  # (a file removed or replaced while it is read: no estimate; the run's end check says what happened)
-            size = round(self.path.stat().st_size * (self._inflation if compressed else 1)) if read else 0
-        except OSError:
-            size = 0
-        return (max(rows, round(rows * size / min(read, size))), False) if size else (None, False)
+        """The file's rows, and whether that is exact: Parquet's from its footer; a CSV/TSV file's estimated as it
+        is read (csvrows.CsvRows.rows_expected), exact once it has been read."""
+        return (self.num_rows, True) if self._csv is None else self._csv.rows_expected()
+
+    def repeated_header(self) -> str | None:
+        """Which CSV/TSV data rows read so far repeat the header line, said after the file's name; None where none
+        does (and for Parquet)."""
+        return None if self._csv is None else self._csv.repeated_header()
+
+    @property
+    def header_rows(self) -> tuple[list[int], int]:
+        """The CSV/TSV data rows read so far that repeat the header line: the first few, and how many in all."""
+        return ([], 0) if self._csv is None else self._csv.header_rows
 
     def read_all(self) -> pa.Table:
         """The whole file as one table (for training data, which fits in memory)."""
@@ -197,46 +182,12 @@ class TableReader:
         if self.format == "parquet":
             yield from self._parquet_batches(skip_rows)
             return
-        for batch in self._csv_batches():
+        for batch in self._csv.batches():
             if skip_rows >= batch.num_rows:
                 skip_rows -= batch.num_rows
                 continue
             yield batch.slice(skip_rows)
             skip_rows = 0
-
-    def _csv_batches(self) -> Iterator[pa.RecordBatch]:
-        block, done = _CSV_BLOCK, 0  # rows already yielded, skipped when a larger block reads the file again
-        while True:
-            seen, read = 0, 0
-            raw, opened = open_raw(self.path)
-            stream = TailKept(opened, raw if opened is not raw else None)
-            try:  # (read through TailKept, which keeps the file's last bytes for _check_last_line)
-                for batch in pacsv.open_csv(pa.PythonFile(stream, mode="r"),
-                                            read_options=pacsv.ReadOptions(block_size=block),
-                                            parse_options=self._parse_options(),
-                                            convert_options=pacsv.ConvertOptions(
-                                                column_types={name: pa.string() for name in self.columns},
-                                                strings_can_be_null=False)):
-                    self._check_quotes(batch)
-                    # (a block a batch, all but the last full; said before the batch is handed on)
-                    self._csv_read = (seen + batch.num_rows, read + block, False)
-                    self._inflation = stream.inflation
-                    if seen + batch.num_rows > done:
-                        fresh = batch.slice(max(0, done - seen))
-                        self._note_header_rows(fresh, max(done, seen))
-                        yield fresh
-                        done = seen + batch.num_rows
-                    seen, read = seen + batch.num_rows, read + block
-                self._check_last_line(stream.tail)
-                self._csv_read = (seen, read, True)
-                return
-            except pa.ArrowInvalid as exc:
-                if "straddl" not in str(exc) or block >= _CSV_MAX_BLOCK:
-                    raise
-                block *= 4
-            finally:
-                stream.close()
-                raw.close()
 
     def _parquet_batches(self, skip_rows: int) -> Iterator[pa.RecordBatch]:
         # Skip whole row groups without reading them, so that a resumed run does not reread finished work; read the
@@ -257,54 +208,6 @@ class TableReader:
                 continue
             yield batch.slice(skip_rows)
             skip_rows = 0
-
-    def _check_quotes(self, batch: pa.RecordBatch) -> None:
-        """Once a CSV value holds a line break (legal inside quotes, and what a stray quote makes of the rows after
-        it), read the file strictly once: rows swallowed by a stray quote are an error, not a row fewer."""
-        if self.format != "csv" or self._quotes_checked:
-            return
-        if any(pc.any(pc.match_substring_regex(column, "[\r\n]")).as_py() for column in batch.columns):
-            self._quotes_checked = True
-            problem = swallowed_rows(self.path)
-            if problem:
-                raise InputError(problem)
-
-    def repeated_header(self) -> str | None:
-        """Which data rows read so far repeat the header line, said after the file's name; None where none does."""
-        rows, total = self.header_rows
-        if not total:
-            return None
-        more = f" and {total - len(rows)} more" if total > len(rows) else ""
-        return (f"data row(s) {', '.join(map(str, rows))}{more} repeat the header line "
-                f"({','.join(self.columns)[:200]}): files joined with their headers (cat a.csv b.csv)?")
-
-    def _note_header_rows(self, batch: pa.RecordBatch, first: int) -> None:
-        """Note the rows of `batch` (its first the file's data row `first` + 1) whose every field is its column's
-        name: a header line repeated (two or more columns: a one-column file's row may well be its name)."""
-        if len(self.columns) < 2 or not batch.num_rows:
-            return
-        # (the first field without a byte-order mark: `cat` keeps the second file's, as Excel writes its CSV files)
-        fields = [pc.utf8_ltrim(batch.column(0), characters="\ufeff"), *batch.columns[1:]]
-        repeated = functools.reduce(pc.and_, (pc.equal(field, name)
-                                              for field, name in zip(fields, self.columns, strict=True)))
-        count = pc.sum(repeated).as_py() or 0
-        if count:
-            rows, total = self.header_rows
-            found = pc.indices_nonzero(repeated).to_pylist()[: max(0, 5 - len(rows))]
-            self.header_rows = (rows + [first + i + 1 for i in found], total + count)
-
-    def _check_last_line(self, tail: bytes) -> None:
-        """A quote left open at the end of a CSV file whose last line has no line end (csvlint.unclosed_at_end),
-        unless the file has been read strictly already."""
-        if self.format == "csv" and not self._quotes_checked:
-            problem = unclosed_at_end(self.path, tail)
-            if problem:
-                raise InputError(problem)
-
-    def _parse_options(self) -> pacsv.ParseOptions:
-        if self.format == "tsv":
-            return pacsv.ParseOptions(delimiter="\t", quote_char=False)
-        return pacsv.ParseOptions(newlines_in_values=True)
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
