@@ -80,7 +80,15 @@ def exported_from(checkpoint: Path, classifier: OnnxClassifier) -> None:
     """Refuse a checkpoint that is not the one `classifier`'s export was made from (manifest.verify_checkpoint),
     its weights hashed once for each listing of its files: a run of many inputs checks each, and one retrained since
     the run started is found as it is loaded again, where its scores were taken for the export's disagreeing."""
-    listing = file_listing(checkpoint) if checkpoint.is_dir() else None  # (None: refused, saying it is missing)
+    _exported_from(checkpoint, classifier, _listing(checkpoint))
+
+
+def _listing(checkpoint: Path) -> tuple | None:
+    """The checkpoint's files (data.inputs.file_listing); None where it is not there (refused, saying so)."""
+    return file_listing(checkpoint) if checkpoint.is_dir() else None
+
+
+def _exported_from(checkpoint: Path, classifier: OnnxClassifier, listing: tuple | None) -> None:
     key = (str(checkpoint), listing, str(classifier.directory))
     if key not in _EXPORTED_FROM:
         verify_checkpoint(checkpoint, classifier.manifest, classifier.directory)
@@ -92,9 +100,13 @@ _EXPORTED_FROM: set[tuple] = set()
 
 
 def _loaded(checkpoint: Path, classifier: OnnxClassifier, device: str) -> tuple:
-    """The checkpoint's model and its own tokenizer, where it is still the one the export was made from."""
-    exported_from(checkpoint, classifier)
-    return _model(str(checkpoint), device, file_listing(checkpoint)), _own_tokenizer(checkpoint, classifier)
+    """The checkpoint's model and its own tokenizer (as transformers converts a slow tokenizer's files, where it
+    kept only those, truncating to the run's max length), where it is still the one the export was made from; its
+    files listed once for the check and both loads."""
+    files = _listing(checkpoint)
+    _exported_from(checkpoint, classifier, files)
+    return (_model(str(checkpoint), device, files),
+            _tokenizer(str(checkpoint), classifier.manifest.vocab_size, classifier.encoder.max_length, files))
 
 
 @functools.lru_cache(maxsize=1)
@@ -104,13 +116,6 @@ def _model(checkpoint: str, device: str, files: tuple):
     from scorer.pytorch.checkpoints import load_classifier
 
     return load_classifier(Path(checkpoint)).to(device)
-
-
-def _own_tokenizer(checkpoint: Path, classifier: OnnxClassifier) -> TextEncoder:
-    """The checkpoint's tokenizer alone (as transformers converts a slow tokenizer's files, where it kept only
-    those), truncating to the run's max length."""
-    return _tokenizer(str(checkpoint), classifier.manifest.vocab_size, classifier.encoder.max_length,
-                      file_listing(checkpoint))
 
 
 @functools.lru_cache(maxsize=1)
