@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from scorer.data.csvlint import TailKept, open_raw, swallowed_rows, unclosed_at_end
+from scorer.data.csvlint import TailKept, codec_of, open_raw, swallowed_rows, unclosed_at_end
 from scorer.errors import InputError
 
 # pyarrow's CSV reader needs every row inside one block: a row larger than the block (one huge cell) is read again
@@ -22,8 +22,9 @@ BLOCK, MAX_BLOCK = 1 << 22, 1 << 30
 class CsvRows:
     """The rows of `path` (`fmt`: csv or tsv) under `columns` (its header's names), read in blocks."""
 
-    def __init__(self, path: Path, fmt: str, columns: list[str], compressed: bool) -> None:
-        self.path, self.format, self.columns, self.compressed = path, fmt, columns, compressed
+    def __init__(self, path: Path, fmt: str, columns: list[str]) -> None:
+        self.path, self.format, self.columns = path, fmt, columns
+        self.compressed = codec_of(path) is not None
         self.quotes_checked = False
         self.read = (0, 0, False)  # rows and bytes read so far, and whether that was the whole file
         self.inflation = 0.0  # a compressed file's bytes read over its compressed bytes read so far (0: none yet)

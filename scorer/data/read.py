@@ -89,7 +89,7 @@ class TableReader:
             else:
                 self.columns = read_header(self.path, self.format)
                 self.num_rows = None
-                self._csv = CsvRows(self.path, self.format, self.columns, compressed=suffix not in FORMATS)
+                self._csv = CsvRows(self.path, self.format, self.columns)
         duplicates = sorted({name for name in self.columns if self.columns.count(name) > 1})
         if duplicates:
             raise InputError(f"{self.path}: column name(s) {', '.join(duplicates)} appear more than once; rename them")
