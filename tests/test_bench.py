@@ -168,13 +168,15 @@ def test_memory_keeps_every_row_of_a_file_with_a_huge_base64_cell(scoring, bench
 
 def test_long_rows_gives_the_tokenizers_own_ids_for_each_tokenizer_and_huge_cell(bench_dir):
     out = bench_dir / "out" / "long-rows.json"
-    bench("long_rows.py", "--rows", "300", "--cell-mib", "0.05", "--out", out)  # it fails where ids differ
+    # it fails where ids differ; the two kinds with most between them (the word cache; XLM-R's precompiled
+    # normaliser): tests/test_cut.py checks every kind's cut ids
+    bench("long_rows.py", "--rows", "300", "--cell-mib", "0.05", "--kinds", "wordpiece,xlm-r", "--out", out)
     results = json.loads(out.read_text())["results"]
-    kinds = ("wordpiece", "bytelevel", "metaspace", "unigram", "xlm-r")
+    kinds = ("wordpiece", "xlm-r")
     assert {(r["tokenizer"], r["cell"]) for r in results} == {(t, c) for t in kinds
                                                               for c in ("words", "base64", "hex", "cjk")}
     assert all(r["scorer"]["ids"] == r["tokenizer_alone"]["ids"] and r["scorer"]["cut"] for r in results)
-    assert [r["scorer"]["word_cache"] for r in results if r["cell"] == "words"] == [True, False, False, False, False]
+    assert [r["scorer"]["word_cache"] for r in results if r["cell"] == "words"] == [True, False]
     bench("long_rows.py", "--documents", "3", "--kinds", "wordpiece,xlm-r", "--out", out)
     documents = json.loads(out.read_text())["documents"]
     assert [(d["tokenizer"], d["chars"], d["max_length"]) for d in documents] == [

@@ -188,7 +188,17 @@ def test_fp16_attention_is_chosen_by_cuda_timing_or_fused_without_cuda(tiny_expo
     assert [i.type.tensor_type.elem_type for i in inputs] == [onnx.TensorProto.INT32] * 2
 
 
-def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path):
+@pytest.fixture
+def brief_timing(monkeypatch):
+    """choose_attention's timing cut to one full batch's worth of tokens a pass, best of 2 (export times 8, best of
+    3): these tests are about which graphs are timed, left out and kept, not how precisely; a third of the time."""
+    import export.fp16_choice
+
+    monkeypatch.setattr(export.fp16_choice, "_FULL_BATCHES", 1)
+    monkeypatch.setattr(export.fp16_choice, "_PASSES", 2)
+
+
+def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path, brief_timing):
     from export.fp16_choice import choose_attention
 
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(["The cat sat.", "A longer sentence than that."] * 40)
@@ -209,7 +219,7 @@ def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path)
 
 @pytest.mark.parametrize("fault", ["unloadable", "not fused", "wrong logits"])
 def test_an_attention_graph_that_does_not_run_or_runs_wrong_is_left_out_and_said(tiny_export, tmp_path, monkeypatch,
-                                                                                   fault):
+                                                                                   brief_timing, fault):
     import export.fp16_choice as choice
     import export.optimize
 
@@ -524,7 +534,8 @@ def test_scoring_a_packed_fp16_graph_on_a_cpu_says_to_use_cuda_and_writes_nothin
     assert result.exit_code == 0, result.output  # the CPU's own variants are untouched
 
 
-def test_a_kernel_setting_the_provider_cannot_run_is_left_out_and_said(tiny_export, tmp_path, monkeypatch):
+def test_a_kernel_setting_the_provider_cannot_run_is_left_out_and_said(tiny_export, tmp_path, monkeypatch,
+                                                                     brief_timing):
     import export.fp16_choice as choice
 
     # the CPU has no kernels for the packed graph's ops: as on a CUDA build without them, export carries on; and the

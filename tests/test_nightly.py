@@ -26,6 +26,8 @@ from scorer.cli import main
 from scorer.manifest import sha256_file
 from tests.conftest import poison
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def run(*args):
     return CliRunner().invoke(main, ["run", *map(str, args), "--quiet"])
@@ -343,12 +345,14 @@ def _start(args: list[str], hangup=signal.SIG_DFL) -> subprocess.Popen:
         signal.signal(signal.SIGHUP, hangup)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    return subprocess.Popen([sys.executable, "-m", "scorer.cli", "run", *args, "--quiet"],
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "tests.paced", "run", *args, "--quiet"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=signals)
 
 
 def _midway(args: list[str], parts: Path, count: int, hangup=signal.SIG_DFL) -> subprocess.Popen:
-    """A run started in a subprocess, still running once it has finished `count` windows."""
+    """A run started in a subprocess (its windows paced: tests/paced.py), still running once it has finished
+    `count` windows."""
     process = _start(args, hangup)
     deadline = time.time() + 120
     while len(list(parts.glob("part-*.parquet"))) < count and time.time() < deadline and process.poll() is None:
@@ -360,7 +364,7 @@ def _midway(args: list[str], parts: Path, count: int, hangup=signal.SIG_DFL) -> 
 def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
     """kill -9 in the middle of a run; the rerun finishes from the last finished window, no gaps, no repeats."""
     source = tmp_path / "big.parquet"
-    pq.write_table(pa.table({"id": list(range(60_000)), "sentence": [s * 3 for s in sentences(60_000)]}), source)
+    pq.write_table(pa.table({"id": list(range(12_000)), "sentence": [s * 3 for s in sentences(12_000)]}), source)
     common = ["--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32"]
     reference = tmp_path / "reference.parquet"
     assert subprocess.run([sys.executable, "-m", "scorer.cli", "run", str(source), "-o", str(reference), *common,
@@ -372,7 +376,7 @@ def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     finished = len(list(parts.glob("part-*.parquet")))
-    assert not output.exists() and 5 <= finished < 60
+    assert not output.exists() and 5 <= finished < 12
     # Its summary says it never finished (written as it started), not a success a monitor would take it for.
     killed = json.loads(last.read_text())
     assert killed["state"] == "running" and killed["exit_code"] is None and killed["pid"] == process.pid
@@ -384,7 +388,7 @@ def test_killed_run_resumes_to_the_identical_output(tiny_export, tmp_path):
     assert json.loads(last.read_text())["state"] == "finished" and json.loads(last.read_text())["exit_code"] == 0
     summary = json.loads(last.read_text())["inputs"][0]
     assert summary["state"] == "resumed" and summary["resumed_from_row"] == (finished - 1) * 1000
-    assert summary["rows"] == 60_000 and summary["rows_this_run"] == 60_000 - summary["resumed_from_row"]
+    assert summary["rows"] == 12_000 and summary["rows_this_run"] == 12_000 - summary["resumed_from_row"]
     assert pq.read_table(output).equals(pq.read_table(reference))
     assert sha256_file(output) == sha256_file(reference)
     assert not parts.exists()
@@ -397,7 +401,7 @@ def test_a_run_resumed_with_smaller_windows_keeps_the_windows_finished(tiny_expo
     discarded every finished window ("for another input, model or settings") and scored the input from its start.
     The finished windows are kept and the rest scored in windows of the new size: every row once, in order."""
     source = tmp_path / "big.parquet"
-    pq.write_table(pa.table({"id": list(range(30_000)), "sentence": [s * 3 for s in sentences(30_000)]}), source)
+    pq.write_table(pa.table({"id": list(range(10_000)), "sentence": [s * 3 for s in sentences(10_000)]}), source)
     common = ["--model", str(tiny_export), "--variant", "fp32"]
     reference, output = tmp_path / "reference.parquet", tmp_path / "out.parquet"
     assert run(source, "-o", reference, *common).exit_code == 0
@@ -409,9 +413,9 @@ def test_a_run_resumed_with_smaller_windows_keeps_the_windows_finished(tiny_expo
     result = run(source, "-o", output, *common, "--window-rows", "300")
     assert result.exit_code == 0 and "1 resumed" in result.output, result.output
     summary = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]
-    assert summary["resumed_from_row"] == finished * 1000 and summary["rows"] == 30_000
+    assert summary["resumed_from_row"] == finished * 1000 and summary["rows"] == 10_000
     scored, expected = pq.read_table(output), pq.read_table(reference)
-    assert scored.column("id").to_pylist() == list(range(30_000)) and scored.column_names == expected.column_names
+    assert scored.column("id").to_pylist() == list(range(10_000)) and scored.column_names == expected.column_names
     np.testing.assert_allclose(scored.column("score").to_numpy(), expected.column("score").to_numpy(), atol=1e-5)
     assert not parts.exists()
 
@@ -526,24 +530,24 @@ def test_the_run_s_progress_counts_bytes_finished_and_its_rate_only_what_this_ru
 def test_an_input_that_changes_while_it_is_scored_gives_no_output_and_the_rerun_scores_it_whole(tiny_export, tmp_path):
     """A nightly feed still being written: what was read is not what the file holds, so nothing is kept."""
     source = tmp_path / "feed.csv"
-    source.write_text("sentence\n" + "".join(f"{s}\n" for s in sentences(40_000)))
+    source.write_text("sentence\n" + "".join(f"{s}\n" for s in sentences(10_000)))
     output = tmp_path / "feed.parquet"
     common = ["--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32"]
     process = _midway([str(source), "-o", str(output), *common], tmp_path / ".feed.parquet.scorer-parts", 2)
     with source.open("a") as feed:
-        feed.write("".join(f"{s}\n" for s in sentences(10, offset=40_000)))
+        feed.write("".join(f"{s}\n" for s in sentences(10, offset=10_000)))
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 3 and "feed.csv changed while it was scored" in stderr.decode()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feed.csv"]
     assert run(source, "-o", output, *common).exit_code == 0
-    assert pq.read_table(output).num_rows == 40_010
+    assert pq.read_table(output).num_rows == 10_010
 
 
 def test_an_input_removed_while_it_is_scored_is_said_so_in_one_line(tiny_export, tmp_path):
     """An inbox file moved away by another job mid-run: the run's end check failed with "unexpected
     FileNotFoundError" (exit 1); it is bad input now (exit 3), and nothing is left behind."""
     source = tmp_path / "feed.csv"
-    source.write_text("sentence\n" + "".join(f"{s}\n" for s in sentences(40_000)))
+    source.write_text("sentence\n" + "".join(f"{s}\n" for s in sentences(10_000)))
     output = tmp_path / "feed.parquet"
     process = _midway([str(source), "-o", str(output), "--model", str(tiny_export), "--window-rows", "1000",
                        "--variant", "fp32"], tmp_path / ".feed.parquet.scorer-parts", 2)
@@ -590,7 +594,7 @@ def test_finished_windows_removed_while_the_run_writes_them_fail_the_input_not_i
     import shutil
 
     source, out = tmp_path / "feed.parquet", tmp_path / "out"
-    pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(40_000)]}), source)
+    pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(10_000)]}), source)
     parts = out / ".feed.parquet.scorer-parts"
     process = _midway([str(source), "-o", str(out / "feed.parquet"), "--model", str(tiny_export), "--window-rows",
                        "1000", "--variant", "fp32"], parts, 2)
@@ -612,7 +616,7 @@ def test_a_terminated_run_cleans_up_and_resumes(tiny_export, tmp_path, sig, code
     finished windows, and the rerun resumes to the uninterrupted file. With batches in flight on threads (as on
     CUDA), the next window's batches are queued before a window is written."""
     source = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(40_000)]}), source)
+    pq.write_table(pa.table({"sentence": [s * 3 for s in sentences(10_000)]}), source)
     common = ["--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32", "--infer-threads",
               infer_threads]
     reference, output = tmp_path / "reference.parquet", tmp_path / "out.parquet"
@@ -1060,7 +1064,11 @@ def test_a_heartbeat_that_cannot_write_warns_once_and_the_run_goes_on(monkeypatc
 
     with scorer.scoring.heartbeat.Heartbeat(write) as beat:
         assert len(calls) == 1  # (as the block starts)
-        time.sleep(0.2)
+        # Each beat waits 20 times the last write's time at least: a loaded machine's first write (its warning
+        # logged) can take 10 ms, so the beats are waited for, not counted after a fixed sleep.
+        deadline = time.perf_counter() + 30
+        while len(calls) < 5 and time.perf_counter() < deadline:
+            time.sleep(0.01)
     said = [r.getMessage() for r in caplog.records if "running summary" in r.getMessage()]
     assert len(calls) >= 5 and not beat.thread.is_alive()
     assert said == ["the running summary could not be brought up to date ([Errno 28] No space left on device); "
@@ -1241,7 +1249,7 @@ def test_a_killed_run_resumes_a_compressed_csv_output_to_the_same_text(tiny_expo
     """A .csv.gz output grows, compressed, under its temporary name: after kill -9 the rerun resumes from the
     finished windows and writes the text an uninterrupted run writes."""
     source = tmp_path / "big.parquet"
-    pq.write_table(pa.table({"id": list(range(30_000)), "sentence": [s * 3 for s in sentences(30_000)]}), source)
+    pq.write_table(pa.table({"id": list(range(10_000)), "sentence": [s * 3 for s in sentences(10_000)]}), source)
     common = ["--model", str(tiny_export), "--window-rows", "1000", "--variant", "fp32"]
     reference, output = tmp_path / "reference.csv.gz", tmp_path / "out.csv.gz"
     assert run(source, "-o", reference, *common).exit_code == 0
