@@ -110,7 +110,7 @@ def test_an_epoch_resumed_within_counts_its_time_before_the_stop(tiny_encoder, t
                          save_state_every=1e-9)
     step = Trainer._step
 
-    def slow(self, *args):  # (the stopped run's 7 steps take 2.1 s at least; the resumed run, under 1 s)
+    def slow(self, *args):  # (the stopped run's 7 steps take 2.1 s at least)
         time.sleep(0.3)
         return step(self, *args)
 
@@ -121,7 +121,8 @@ def test_an_epoch_resumed_within_counts_its_time_before_the_stop(tiny_encoder, t
     monkeypatch.undo()
     started = time.perf_counter()
     result = train(config, progress=False)
-    assert result.epochs[0].seconds > 2.1 > time.perf_counter() - started
+    # counted from this run alone, the epoch would take less than the whole run took (on a slow machine too)
+    assert result.epochs[0].seconds > max(2.1, time.perf_counter() - started)
 
 
 def test_a_resumed_run_with_patience_stops_early_where_the_run_never_stopped_does(tiny_encoder, tmp_path,
