@@ -38,20 +38,19 @@ def adapted_encoder(directory: Path, epochs: int, seed: int, learning_rate: floa
                     rtd_lr: float = 1e-4, rtd_draw: str = "frequency") -> Path:
     """`scorer train`'s self-supervised stages as it runs them (masked-LM epochs, then replaced-token detection),
     once, on CoLA's training sentences, saved as an encoder directory."""
-    from transformers import AutoModel, AutoTokenizer
-
     from scorer.training.device import resolve_precision
+    from scorer.training.pretrained import load_pretrained
     from scorer.training.train import _adapt
 
     source = packaged_model()
     config = TrainConfig(data=COLA / "train.tsv", model=source, output=directory, mlm_epochs=epochs,
                          mlm_lr=learning_rate, rtd_epochs=rtd_epochs, rtd_lr=rtd_lr, rtd_draw=rtd_draw,
                          batch_size=32, seed=seed)
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
     encoded = TextEncoder.from_dir(source, 64).encode(read_labelled(config.data, "sentence", "label").texts)
     torch.manual_seed(seed)
-    encoder = AutoModel.from_pretrained(str(source), dtype=torch.float32)
-    encoder, losses = _adapt(encoder, config, tokenizer, encoded, "cpu", resolve_precision("auto", "cpu"))
+    tokenizer, encoder, masked_form = load_pretrained(config)  # (as train loads it: the masked-LM form's encoder)
+    encoder, losses = _adapt(encoder, config, tokenizer, encoded, "cpu", resolve_precision("auto", "cpu"),
+                             masked_form=masked_form)
     print(f"losses per epoch: {losses}", flush=True)
     encoder.save_pretrained(directory)
     for name in TOKENIZER_FILES:

@@ -230,3 +230,27 @@ def test_a_checkpoint_retrained_while_a_checked_run_runs_is_refused_as_such_not_
     assert f"--check: {checkpoint} is not the checkpoint {tiny_export} was exported from (it has another " \
         "scorer_head.safetensors: retrained or replaced since the export)" in result.output
     assert not (tmp_path / "in.scored.parquet").exists()
+
+
+@pytest.mark.parametrize("mlm_epochs", ["0", "1"])
+def test_a_model_replaced_while_train_reads_it_is_read_again_whole(tiny_encoder, tmp_path, monkeypatch, mlm_epochs):
+    """`scorer train --model DIR` with DIR replaced as train read it (another training run finishing into it): train
+    took the encoder of one and the tokenizer of the next, here a BERT's embeddings under a RoBERTa's byte-level BPE
+    ids, and trained and saved that without a word. It reads the new one again, whole: encoder (with --mlm-epochs,
+    its masked-LM form) and tokenizer."""
+    import scorer.training.pretrained
+    from tests.test_families import _encoder
+
+    model = Path(shutil.copytree(tiny_encoder, tmp_path / "model"))
+    new = _encoder("roberta-bpe", tmp_path / "new")
+    before_each_call(monkeypatch, scorer.training.pretrained, "pretrained_tokenizer",  # (once its encoder is read)
+                     lambda: new.exists() and replace_dir(model, new))
+    output = tmp_path / "checkpoint"
+    result = CliRunner().invoke(main, ["train", "--model", str(model), "--output", str(output), "--epochs", "1",
+                                       "--rtd-epochs", "0", "--mlm-epochs", mlm_epochs, "--max-length", "32"])
+    assert result.exit_code == 0, result.output
+    assert f"{model} was replaced while it was read (an export or training run finishing?); reading it again" \
+        in result.output
+    assert json.loads((output / "config.json").read_text())["model_type"] == "roberta"
+    saved, read = (json.loads((path / "tokenizer.json").read_text())["model"] for path in (output, model))
+    assert saved["type"] == read["type"] == "BPE" and saved["vocab"] == read["vocab"]

@@ -34,10 +34,12 @@ SWAP_RATE, REPLACE_RATE, DELETE_RATE, INSERT_RATE = 0.075, 0.075, 0.05, 0.05
 _HEADS = ("cls", "lm_head")  # the MLM head's attribute in BERT-like and RoBERTa-like masked-LM models
 
 
-def masked_lm(model_dir, encoded: Encoded, tokenizer, epochs: int, learning_rate: float, batch_size: int,
-              device: str, precision: str, seed: int, stage: Stage | None = None) -> tuple[nn.Module, list[float]]:
-    """The encoder of `model_dir` after `epochs` of masked-LM training on `encoded`, and the loss per epoch."""
-    model, head, encoder = masked_lm_model(model_dir, tokenizer)
+def masked_lm(form: tuple[nn.Module, nn.Module, nn.Module], encoded: Encoded, tokenizer, epochs: int,
+              learning_rate: float, batch_size: int, device: str, precision: str, seed: int,
+              stage: Stage | None = None) -> tuple[nn.Module, list[float]]:
+    """The encoder of a model in its masked-LM `form` (`masked_lm_model`) after `epochs` of masked-LM training on
+    `encoded`, and the loss per epoch."""
+    model, head, encoder = form
     model.to(device).train()
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=device)
 
@@ -55,9 +57,10 @@ def masked_lm(model_dir, encoded: Encoded, tokenizer, epochs: int, learning_rate
     return encoder.eval(), losses
 
 
-def masked_lm_model(model_dir, tokenizer) -> tuple[nn.Module, nn.Module, nn.Module]:
+def masked_lm_model(model_dir) -> tuple[nn.Module, nn.Module, nn.Module]:
     """`model_dir` in its masked-LM form: the whole model, its MLM head and its encoder (which, for BERT, has no
-    pooler: the encoder a run with --mlm-epochs fine-tunes)."""
+    pooler: the encoder a run with --mlm-epochs fine-tunes). Its tokenizer must have a mask token
+    (`check_mask_token`)."""
     quiet_transformers()
     from transformers import AutoModelForMaskedLM
 
@@ -66,9 +69,15 @@ def masked_lm_model(model_dir, tokenizer) -> tuple[nn.Module, nn.Module, nn.Modu
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--mlm-epochs: {model_dir} has no masked-LM form in transformers ({exc})") from exc
     head = next((getattr(model, name) for name in _HEADS if hasattr(model, name)), None)
-    if head is None or tokenizer.mask_token_id is None:
+    if head is None:
         raise ConfigError(f"--mlm-epochs: {model_dir} is not a BERT- or RoBERTa-style masked-LM model")
     return model, head, getattr(model, model.base_model_prefix)
+
+
+def check_mask_token(model_dir, tokenizer) -> None:
+    if tokenizer.mask_token_id is None:
+        raise ConfigError(f"--mlm-epochs: {model_dir} is not a BERT- or RoBERTa-style masked-LM model (its tokenizer "
+                          "has no mask token)")
 
 
 def replaced_token_detection(encoder: nn.Module, encoded: Encoded, special_ids: list[int], epochs: int,

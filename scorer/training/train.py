@@ -26,16 +26,14 @@ from scorer.pytorch.model import (
     SentenceClassifier,
     backend_copy,
     keep_bottom_layers,
-    load_encoder,
-    position_limit,
-    pretrained_tokenizer,
     reinitialize_top_layers,
 )
 from scorer.text.tokens import Encoded, TextEncoder
 from scorer.training import plot
-from scorer.training.adapt import ReplacedTokens, masked_lm, masked_lm_model, replaced_token_detection
+from scorer.training.adapt import ReplacedTokens, masked_lm, replaced_token_detection
 from scorer.training.dataset import TrainingData, check_coverage, load_training_data, refuse_hollow
 from scorer.training.device import device_memory, resolve_device, resolve_precision, seed_everything
+from scorer.training.pretrained import load_pretrained
 from scorer.training.resume import NO_STATE, NoState, RunState, Stage
 
 log = logging.getLogger("scorer")
@@ -90,7 +88,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
 
 def _train(config: TrainConfig, device: str, precision: str, data: TrainingData, progress: bool) -> TrainResult:
-    hf_tokenizer, encoder_model = _load_pretrained(config)
+    hf_tokenizer, encoder_model, masked_form = load_pretrained(config)
     text_encoder = TextEncoder(backend_copy(hf_tokenizer), config.max_length)
     train_set = text_encoder.encode(data.train_texts)
     check_coverage(train_set, hf_tokenizer, config)
@@ -99,8 +97,8 @@ def _train(config: TrainConfig, device: str, precision: str, data: TrainingData,
                    text_encoder.bare_length, config)
     state = RunState(config, device, precision)
     try:
-        result = _stages(config, device, precision, data, progress, state, hf_tokenizer, encoder_model, train_set,
-                         val_set)
+        result = _stages(config, device, precision, data, progress, state, hf_tokenizer, (encoder_model, masked_form),
+                         train_set, val_set)
     except KeyboardInterrupt:
         note = state.stopped_note()
         if note:
@@ -111,9 +109,12 @@ def _train(config: TrainConfig, device: str, precision: str, data: TrainingData,
 
 
 def _stages(config: TrainConfig, device: str, precision: str, data: TrainingData, progress: bool, state: RunState,
-            hf_tokenizer, encoder_model, train_set: Encoded, val_set: Encoded) -> TrainResult:
-    """The self-supervised stages, fine-tuning and the checkpoint, each resumed from `state` where it was saved."""
-    encoder_model, adapt_losses = _adapt(encoder_model, config, hf_tokenizer, train_set, device, precision, state)
+            hf_tokenizer, pretrained: tuple, train_set: Encoded, val_set: Encoded) -> TrainResult:
+    """The self-supervised stages, fine-tuning and the checkpoint, each resumed from `state` where it was saved;
+    `pretrained`: the encoder and its masked-LM form (or None), as `_load_pretrained` read them."""
+    encoder_model, masked_form = pretrained
+    encoder_model, adapt_losses = _adapt(encoder_model, config, hf_tokenizer, train_set, device, precision, state,
+                                         masked_form)
     keep_bottom_layers(encoder_model, config.keep_layers)
     reinitialize_top_layers(encoder_model, config.reinit_layers)
     head = HeadConfig(labels=data.labels, pooling=config.pooling, max_length=config.max_length, dropout=config.dropout)
@@ -227,15 +228,6 @@ def _better(candidate: EpochResult, best: EpochResult, select: str) -> bool:
     return getattr(candidate, key) > getattr(best, key)
 
 
-def _load_pretrained(config: TrainConfig):
-    """The tokenizer and encoder named by --model, with the max length checked against the encoder."""
-    encoder = load_encoder(config.model)
-    limit = position_limit(encoder.config)
-    if config.max_length > limit:
-        raise ConfigError(f"--max-length {config.max_length} is above {config.model}'s position limit {limit}")
-    return pretrained_tokenizer(config.model, encoder.config.vocab_size), encoder
-
-
 def _log_epoch(result: EpochResult) -> None:
     log.info("  Average training loss: %.4f", result.train_loss)
     log.info("  Validation loss: %.4f", result.val_loss)
@@ -245,23 +237,23 @@ def _log_epoch(result: EpochResult) -> None:
 
 
 def _adapt(encoder_model, config: TrainConfig, hf_tokenizer, train_set, device: str, precision: str,
-           state: RunState | NoState = NO_STATE):
-    """The encoder after the optional self-supervised stages on the training sentences: masked-LM epochs, then
-    replaced-token-detection epochs; and each stage's loss per epoch (empty lists for a stage that is off). A stage
-    that a resumed state comes after is not run again: its losses come from the state, and the encoder's weights
-    with the later stage's."""
+           state: RunState | NoState = NO_STATE, masked_form=None):
+    """The encoder after the optional self-supervised stages on the training sentences: masked-LM epochs (on
+    `masked_form`, the model's masked-LM form, whose encoder `encoder_model` is), then replaced-token-detection
+    epochs; and each stage's loss per epoch (empty lists for a stage that is off). A stage that a resumed state
+    comes after is not run again: its losses come from the state, and the encoder's weights with the later
+    stage's."""
     losses: dict[str, list[float]] = {"mlm_losses": [], "rtd_losses": []}
 
     def carried() -> dict:  # what a stage's saved state also holds: the losses of the stages before it
         return {"adapt_losses": {key: list(value) for key, value in losses.items()}}
 
-    if config.mlm_epochs and state.past("masked-LM"):
-        encoder_model = masked_lm_model(config.model, hf_tokenizer)[2]  # (the form a masked-LM stage leaves)
+    if config.mlm_epochs and state.past("masked-LM"):  # (encoder_model is already of the form the stage leaves)
         losses["mlm_losses"] = list(state.loaded["adapt_losses"]["mlm_losses"])
     elif config.mlm_epochs:
         log.info("masked-LM training of the encoder on the %d training sentences, %d epochs", len(train_set),
                  config.mlm_epochs)
-        encoder_model, losses["mlm_losses"] = masked_lm(config.model, train_set, hf_tokenizer, config.mlm_epochs,
+        encoder_model, losses["mlm_losses"] = masked_lm(masked_form, train_set, hf_tokenizer, config.mlm_epochs,
                                                         config.mlm_lr, config.batch_size, device, precision,
                                                         config.seed, state.stage("masked-LM", config.mlm_epochs,
                                                                                  carried))
