@@ -14,9 +14,9 @@ from scorer.training.adapt import check_mask_token, masked_lm_model
 
 
 def load_pretrained(config: TrainConfig):
-    """The tokenizer and encoder named by --model, with the max length checked against the encoder; with
-    --mlm-epochs, the encoder is that of the model's masked-LM form, which comes third (`masked_lm_model`), else
-    None. All from one directory: one replaced while it is read (a training run finishing into it) is read again
+    """The tokenizer, the encoder and (with --mlm-epochs; else None) the masked-LM form (`masked_lm_model`, whose
+    encoder is then the one returned) of the model --model names, the max length checked against the encoder. All
+    from one directory: one replaced while it is read (a training run finishing into it) is read again
     (scorer.data.snapshot), where its encoder could come from one and its tokenizer from the next."""
     return snapshot.read_whole(Path(config.model), functools.partial(_read, config))
 
