@@ -62,11 +62,29 @@ def before_each_call(monkeypatch, owner, name: str, action) -> None:
     monkeypatch.setattr(owner, name, wrapped)
 
 
+def retrained_copy(checkpoint: Path, directory: Path) -> Path:
+    """A copy of `checkpoint` at `directory` with its head's weights doubled: another training run's checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    new = Path(shutil.copytree(checkpoint, directory))
+    head = new / "scorer_head.safetensors"
+    save_file({name: value * 2 for name, value in load_file(head).items()}, head)
+    return new
+
+
+def rewrite_in_place(target: Path, new: Path) -> None:
+    """`new`'s files copied over `target`'s (`cp new/* target/`), then `new` removed."""
+    shutil.copytree(new, target, dirs_exist_ok=True)
+    shutil.rmtree(new)
+
+
+@pytest.mark.parametrize("swap", [replace_dir, rewrite_in_place], ids=["renamed", "in place"])
 def test_a_model_directory_replaced_while_the_run_starts_is_read_again_whole(flipped, export_copy, tmp_path,
-                                                                             monkeypatch):
+                                                                             monkeypatch, swap):
     """An export finishing as a nightly run started (here as the run opens its graph, after it read the manifest):
     the run read one export's manifest and the next one's graph, and failed with a hash mismatch (or, between the
-    check and the load, scored one model's graph under the other's record). It reads the new export again, whole."""
+    check and the load, scored one model's graph under the other's record). It reads the new export again, whole,
+    whether it was renamed into place or its files were copied over the old ones."""
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": sentences(40)}), source)
     common = ["--variant", "fp32", "--summary", str(tmp_path / "summary.json")]
@@ -75,7 +93,7 @@ def test_a_model_directory_replaced_while_the_run_starts_is_read_again_whole(fli
     assert expected.exit_code == 0, expected.output
     new_sha = load_manifest(flipped).variants["fp32"].sha256
     before_each_call(monkeypatch, scorer.inference.classify, "create_session",  # (the first: the export finishes)
-                     lambda: flipped.exists() and replace_dir(export_copy, flipped))
+                     lambda: flipped.exists() and swap(export_copy, flipped))
     result = CliRunner().invoke(main, ["run", str(source), "--model", str(export_copy),
                                        "-o", str(tmp_path / "out.parquet"), *common])
     assert result.exit_code == 0, result.output
@@ -138,16 +156,17 @@ def test_a_directory_replaced_at_every_read_stops_the_run_saying_so(export_copy,
     assert not (tmp_path / "in.scored.parquet").exists()
 
 
+@pytest.mark.parametrize("swap", [replace_dir, rewrite_in_place], ids=["renamed", "in place"])
 def test_an_export_whose_checkpoint_is_replaced_while_it_reads_it_writes_nothing(tiny_checkpoint, tmp_path,
-                                                                                 monkeypatch):
-    """A training run finishing into the checkpoint an export is reading: the export's graphs came from one
-    checkpoint and its record of the checkpoint's weights (what `run --check` trusts) from the next. It is refused,
-    exit 4, and nothing is written."""
+                                                                                 monkeypatch, swap):
+    """A training run finishing into the checkpoint an export is reading (or its files copied over the old ones):
+    the export's graphs came from one checkpoint and its record of the checkpoint's weights (what `run --check`
+    trusts) from the next. It is refused, exit 4, and nothing is written."""
     import export.pipeline
 
     checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
     before_each_call(monkeypatch, export.pipeline.selfcheck, "record",
-                     lambda: replace_dir(checkpoint, Path(shutil.copytree(tiny_checkpoint, tmp_path / "retrained"))))
+                     lambda: swap(checkpoint, retrained_copy(tiny_checkpoint, tmp_path / "retrained")))
     output = tmp_path / "onnx"
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "--output", str(output),
                                        "--variants", "fp32"])
@@ -186,7 +205,7 @@ def invoked_mid_swap(new: Path, target: Path, args: list[str]):
 
 
 @pytest.mark.parametrize("linked", [False, True])
-def test_a_directory_s_identity_is_its_target_s_and_changes_when_it_is_replaced(tmp_path, linked):
+def test_a_directory_s_identity_is_its_target_s_and_changes_when_it_is_replaced_or_written_in_place(tmp_path, linked):
     from scorer.data.snapshot import identity
 
     (tmp_path / "v1").mkdir()
@@ -195,8 +214,11 @@ def test_a_directory_s_identity_is_its_target_s_and_changes_when_it_is_replaced(
         path.symlink_to(tmp_path / "v1")
     first = identity(path)
     assert first is not None and identity(path) == first
-    (tmp_path / "v1" / "file").write_text("written in place: the same directory")
+    (tmp_path / "v1" / ".NAME.scorer-lock").write_text("scorer's own lock or temporary: the same directory")
     assert identity(path) == first
+    (tmp_path / "v1" / "file").write_text("a file written in place: another directory")
+    assert identity(path) not in (None, first)
+    first = identity(path)
     (tmp_path / "v2").mkdir()
     replace_dir(tmp_path / "v1", tmp_path / "v2")
     assert identity(path) not in (None, first)
@@ -210,20 +232,13 @@ def test_a_checkpoint_retrained_while_a_checked_run_runs_is_refused_as_such_not_
     export was made from): the new checkpoint's scores were compared with the export's, and the run failed with a
     parity error, exit 7, as if the export disagreed with PyTorch. It is found not to be the export's checkpoint as it
     is loaded for the check: exit 4, saying so."""
-    from safetensors.torch import load_file, save_file
-
     import scorer.scoring.check
 
     checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"sentence": sentences(20)}), source)
-    def retrained() -> None:
-        new = Path(shutil.copytree(tiny_checkpoint, tmp_path / "retrained"))
-        head = new / "scorer_head.safetensors"
-        save_file({name: value * 2 for name, value in load_file(head).items()}, head)
-        replace_dir(checkpoint, new)
-
-    before_each_call(monkeypatch, scorer.scoring.check, "cross_check", retrained)
+    before_each_call(monkeypatch, scorer.scoring.check, "cross_check",
+                     lambda: replace_dir(checkpoint, retrained_copy(tiny_checkpoint, tmp_path / "retrained")))
     result = CliRunner().invoke(main, ["run", str(source), "--model", str(tiny_export), "--check", "10",
                                        "--checkpoint", str(checkpoint), "--quiet"])
     assert result.exit_code == 4, result.output

@@ -56,12 +56,6 @@ def _listing(spec: str, tell: bool) -> tuple[list[Path], Path | None, dict[str, 
     return [path], None, {}
 
 
-def file_listing(directory: Path) -> tuple:
-    """Each file's name, size and modification time in `directory` (not below it), sorted: a model directory written
-    again in place is not the one read before."""
-    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir() if p.is_file()))
-
-
 def parts_of(spec: str) -> list[Path]:
     """The data files of a set written in parts (`scorer train --data`, `export --data`): those `expand_parts` lists."""
     return expand_parts(spec)[0]

@@ -3,7 +3,9 @@
 Export and training replace a directory by renaming a finished one into its place (scorer.data.atomic.atomic_dir), so
 one read while it is replaced has some files of each: a manifest of one export and a graph of the next, say, which
 failed the run with a hash mismatch in the first case and, in the worst, scored with one model's graph under another's
-record. A directory is the same one all through where its identity (device and inode, through a link) is."""
+record. A directory is the same one all through where its identity is: its device and inode (through a link), and
+its files' names, sizes and modification times, so that files written again in place (`cp new/* model/`, where
+export and train rename) count as another directory too."""
 
 from __future__ import annotations
 
@@ -24,13 +26,22 @@ TRIES = 3  # reads of a directory replaced while it was read, before the run giv
 SWAP_SECONDS = 5.0
 
 
-def identity(directory: Path) -> tuple[int, int] | None:
-    """The directory's device and inode (a link's target's), or None where there is none."""
+def identity(directory: Path) -> tuple | None:
+    """The directory's device and inode (a link's target's) and `file_listing`, or None where there is none (or it
+    cannot be listed)."""
     try:
         found = os.stat(directory)
+        return found.st_dev, found.st_ino, file_listing(Path(directory))
     except OSError:
         return None
-    return found.st_dev, found.st_ino
+
+
+def file_listing(directory: Path) -> tuple:
+    """Each file's name, size and modification time in `directory` (not below it), sorted: a directory written
+    again in place is not the one read before. Hidden files are left out: scorer's own locks and temporaries
+    (`.NAME.scorer-lock`, `.NAME.tmp-*`) come and go beside an output written into a model's directory."""
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()
+                        if p.is_file() and not p.name.startswith(".")))
 
 
 def read_whole(directory: Path, read: Callable[[], T], discard: Callable[[T], None] = lambda _: None) -> T:
@@ -60,7 +71,7 @@ def await_swap(directory: Path) -> None:
     `.NAME.old-PID`), it is being replaced: wait for the new one, up to SWAP_SECONDS."""
     real = Path(os.path.realpath(directory))
     deadline = time.monotonic() + SWAP_SECONDS
-    while identity(real) is None and time.monotonic() < deadline and _moved_aside(real):
+    while not real.exists() and time.monotonic() < deadline and _moved_aside(real):
         time.sleep(0.01)
 
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer.data.inputs import file_listing
-from scorer.data.snapshot import read_whole
+from scorer.data.snapshot import file_listing, read_whole
 from scorer.errors import ModelError
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import softmax
@@ -84,7 +83,7 @@ def exported_from(checkpoint: Path, classifier: OnnxClassifier) -> None:
 
 
 def _listing(checkpoint: Path) -> tuple | None:
-    """The checkpoint's files (data.inputs.file_listing); None where it is not there (refused, saying so)."""
+    """The checkpoint's files (data.snapshot.file_listing); None where it is not there (refused, saying so)."""
     return file_listing(checkpoint) if checkpoint.is_dir() else None
 
 
@@ -112,7 +111,7 @@ def _loaded(checkpoint: Path, classifier: OnnxClassifier, device: str) -> tuple:
 @functools.lru_cache(maxsize=1)
 def _model(checkpoint: str, device: str, files: tuple):
     """The checkpoint loaded once, not once an input: a run checks one checkpoint in each of its inputs (a load took
-    0.06 s for the packaged MiniLM); `files` (data.inputs.file_listing) make one written again in place a new key."""
+    0.06 s for the packaged MiniLM); `files` (data.snapshot.file_listing) make one written again in place a new key."""
     from scorer.pytorch.checkpoints import load_classifier
 
     return load_classifier(Path(checkpoint)).to(device)

@@ -29,7 +29,8 @@ import torch
 import scorer
 from scorer.config import TrainConfig, to_json
 from scorer.data import atomic
-from scorer.data.inputs import expand_inputs, file_listing
+from scorer.data.inputs import expand_inputs
+from scorer.data.snapshot import file_listing
 from scorer.pytorch.epochs import Epoch
 
 log = logging.getLogger("scorer")
