@@ -40,8 +40,9 @@ def file_listing(directory: Path) -> tuple:
     """Each file's name, size and modification time in `directory` (not below it), sorted: a directory written
     again in place is not the one read before. Hidden files are left out: scorer's own locks and temporaries
     (`.NAME.scorer-lock`, `.NAME.tmp-*`) come and go beside an output written into a model's directory."""
-    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()
-                        if p.is_file() and not p.name.startswith(".")))
+    with os.scandir(directory) as entries:
+        files = [(entry.name, entry.stat()) for entry in entries if entry.is_file() and not entry.name.startswith(".")]
+    return tuple(sorted((name, found.st_size, found.st_mtime_ns) for name, found in files))
 
 
 def read_whole(directory: Path, read: Callable[[], T], discard: Callable[[T], None] = lambda _: None) -> T:
@@ -84,7 +85,7 @@ def _moved_aside(directory: Path) -> bool:
         return False
 
 
-def unchanged(directory: Path, before: tuple[int, int] | None, what: str) -> None:
+def unchanged(directory: Path, before: tuple | None, what: str) -> None:
     """Refuse to go on where `directory`, whose identity was `before` when `what` began reading it, has been replaced
     since: what was read of it may come from two of them."""
     if identity(directory) != before:

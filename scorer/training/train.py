@@ -111,7 +111,7 @@ def _train(config: TrainConfig, device: str, precision: str, data: TrainingData,
 def _stages(config: TrainConfig, device: str, precision: str, data: TrainingData, progress: bool, state: RunState,
             hf_tokenizer, pretrained: tuple, train_set: Encoded, val_set: Encoded) -> TrainResult:
     """The self-supervised stages, fine-tuning and the checkpoint, each resumed from `state` where it was saved;
-    `pretrained`: the encoder and its masked-LM form (or None), as `_load_pretrained` read them."""
+    `pretrained`: the encoder and its masked-LM form (or None), as `load_pretrained` read them."""
     encoder_model, masked_form = pretrained
     encoder_model, adapt_losses = _adapt(encoder_model, config, hf_tokenizer, train_set, device, precision, state,
                                          masked_form)
