@@ -136,11 +136,33 @@ def test_an_empty_part_among_several_is_left_out_of_the_run_and_an_empty_file_al
     summary = json.loads((out / "scorer-summary.json").read_text())
     assert summary["planned_inputs"] == 1 and summary["rows"] == 4
     assert summary["left_out"] == {"date=2026-12-01/part-00001.csv": "no bytes", "part-00002.csv": "no bytes"}
+    assert summary["left_out_counts"] == {"no bytes": 2}
     result = run(spark / "part-00002.csv", "--model", tiny_export)
     assert result.exit_code == 3 and "part-00002.csv is empty (no header line)" in result.output, result.output
     (spark / "date=2026-12-01" / "part-00000.csv").write_bytes(b"")
     result = run(spark, "--model", tiny_export, "-o", tmp_path / "out2")
     assert result.exit_code == 3 and f"{spark}: every data file is empty; nothing to read" in result.output
+
+
+def test_the_summary_names_the_first_hundred_files_left_out_and_counts_them_all(tiny_export, tmp_path):
+    """A failed Spark job can leave thousands of attempts' files under _temporary/: the summary, written every beat,
+    names the first 100 in sorted order and counts every one by why, where it listed them all."""
+    inbox = tmp_path / "inbox"
+    (inbox / "_temporary" / "0").mkdir(parents=True)
+    pq.write_table(pa.table({"sentence": sentences(3)}), inbox / "part-00000.parquet")
+    for part in range(1, 4):
+        (inbox / f"part-0000{part}.csv").write_bytes(b"")
+    attempts = [f"_temporary/0/part-{n:05d}.parquet" for n in range(150)]
+    for name in attempts:
+        (inbox / name).write_bytes(b"PAR1")
+    out = tmp_path / "out"
+    assert run(inbox, "--model", tiny_export, "-o", out).exit_code == 0
+    summary = json.loads((out / "scorer-summary.json").read_text())
+    everything = {**dict.fromkeys(attempts, "named with or under a leading '_'"),
+                  **{f"part-0000{part}.csv": "no bytes" for part in range(1, 4)}}
+    assert summary["left_out"] == dict(sorted(everything.items())[:100])
+    assert summary["left_out_counts"] == {"named with or under a leading '_'": 150, "no bytes": 3}
+    assert summary["rows"] == 3
 
 
 def test_two_inputs_that_would_share_an_output_are_refused_before_any_work(tiny_export, tmp_path):

@@ -31,6 +31,7 @@ from scorer.scoring.summary import (
     now,
     running,
     summary_path,
+    with_left_out,
     write_summary,
 )
 from scorer.scoring.units import WorkUnit, plan_run, refuse_overwriting
@@ -84,7 +85,7 @@ def _score_all(config: RunConfig, units: list[WorkUnit], left_out: dict[str, str
     early = config.summary is not None or summary_path(config, units).is_file()
     kept = early or len(units) > 1
     if early:
-        write_summary(config, units, running(bare(config, units, began, left_out=left_out)))
+        write_summary(config, units, running(with_left_out(bare(config, units, began), left_out)))
     with _said_in_summary(config, units, began, left_out):
         classifier, config, self_check = _start(config, units)
     record = RunRecord(config, units, classifier, began, self_check, left_out,

@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ log = logging.getLogger("scorer")
 ROW_KINDS = {TRUNCATED: "truncated", NULL: "unscored (null text)", EMPTY: "unscored (empty text)",
              NOT_TEXT: "unscored (not text)", NON_FINITE: "unscored (non-finite logits)"}
 
+LEFT_OUT_LISTED = 100  # the data files `left_out` names, the first in sorted order; `left_out_counts` counts them all
 LINE_STATES = ("scored", "resumed", "skipped", "taken", "failed")  # (counted in the one-line summary)
 STATE_WORDS = {"taken": "left to other runs"}
 
@@ -106,8 +108,11 @@ class RunSummary:
     error: str | None = None
     planned_inputs: int = 0  # the inputs the run was given (`inputs` lists those it has finished)
     # The data files of a directory INPUT left out, under it, each with why: "named with or under a leading '_'"
-    # (Spark's _temporary/ attempts, its markers) or "no bytes" (an empty part among several).
+    # (Spark's _temporary/ attempts, its markers) or "no bytes" (an empty part among several); the first
+    # LEFT_OUT_LISTED of them, so that a _temporary/ of thousands of attempts' files does not swell every beat's
+    # write, and how many there were of each why (`left_out_counts`: the list was cut where they add up to more).
     left_out: dict[str, str] = field(default_factory=dict)
+    left_out_counts: dict[str, int] = field(default_factory=dict)
     # While the run runs: each input being scored, with its rows done (resumed ones included) of how many (null where
     # the file does not say: CSV), its rows/s and the seconds left; empty once the run has finished.
     underway: list[dict] = field(default_factory=list)
@@ -202,8 +207,8 @@ def failed_start(config: RunConfig, units: list[WorkUnit], error: ScorerError, s
             return
         if not isinstance(earlier, dict) or "scorer_version" not in earlier:
             return
-    summary = bare(config, units, started_at, exit_code=error.exit_code, error=str(error), finished_at=now(),
-                   left_out=left_out)
+    summary = bare(config, units, started_at, exit_code=error.exit_code, error=str(error), finished_at=now())
+    with_left_out(summary, left_out)
     try:
         write_summary(config, units, summary)
     except (ScorerError, OSError) as exc:
@@ -215,6 +220,14 @@ def bare(config: RunConfig, units: list[WorkUnit], started_at: str, **fields) ->
     return RunSummary(inputs=[], rows=0, rows_this_run=0, status_counts={}, seconds=0.0, rows_per_second=0.0,
                       rescued_rows=0, provider=config.provider, variant=config.variant or "", model_sha256="",
                       planned_inputs=len(units), started_at=started_at, **fields)
+
+
+def with_left_out(summary: RunSummary, left_out: dict[str, str]) -> RunSummary:
+    """`summary` with the data files INPUT left out (`left_out`: every one, under INPUT, with why), the first
+    LEFT_OUT_LISTED of them named."""
+    summary.left_out = dict(sorted(left_out.items())[:LEFT_OUT_LISTED])
+    summary.left_out_counts = dict(Counter(left_out.values()))
+    return summary
 
 
 def running(summary: RunSummary, underway: list[dict] | None = None) -> RunSummary:
@@ -241,7 +254,7 @@ class RunRecord:
         summary = summarise(list(self.inputs), self.classifier, time.perf_counter() - self.progress.started,
                             self.config.window_rows)
         summary.started_at, summary.self_check, summary.planned_inputs = self.began, self.self_check, len(self.units)
-        summary.left_out = self.left_out
+        with_left_out(summary, self.left_out)
         summary.progress = self.progress.as_dict(summary.inputs, underway or [])
         return summary
 
