@@ -79,8 +79,7 @@ class Decision:
     def labels(self, logits: np.ndarray) -> np.ndarray:
         if self.threshold is None:
             return logits.argmax(axis=1)
-        with np.errstate(invalid="ignore"):  # (a row of non-finite logits: judged apart, as such)
-            return decided(softmax(logits), self.threshold, self.positive)
+        return decided(softmax(logits), self.threshold, self.positive)  # (a non-finite row: judged apart)
 
     def margins(self, logits: np.ndarray) -> np.ndarray:
         """Each row's distance from the change of label: the gap between its two highest logits, or, with a

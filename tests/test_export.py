@@ -828,7 +828,9 @@ def test_the_gate_holds_a_variant_to_the_probabilities_run_check_allows_it(moved
     assert f"every probability within {TOLERANCE[variant]:g} of PyTorch's" in row.requirement
 
 
-def test_gate_fails_a_variant_with_non_finite_logits_even_where_their_argmax_would_agree():
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # (numpy's "invalid value" on stderr, in an export's output)
+@pytest.mark.parametrize("threshold", [None, 0.7])
+def test_gate_fails_a_variant_with_non_finite_logits_even_where_their_argmax_would_agree(threshold):
     import json
 
     from export.parity import _judge, report, table
@@ -839,7 +841,7 @@ def test_gate_fails_a_variant_with_non_finite_logits_even_where_their_argmax_wou
     reference = np.stack([np.ones(n), np.zeros(n)], axis=1).astype(np.float32)
     batches = parity_batches(n, 8)
     by_batch = [reference[b.rows] for b in batches]
-    config = ExportConfig()
+    config = ExportConfig(threshold=threshold)
     torch_row = _judge("pytorch", "cpu", by_batch, by_batch, batches, targets, [0, 1], config, None)
     broken = reference.copy()
     broken[5] = np.nan  # one row in 400 (0.25%): within --min-agreement were it counted as agreeing

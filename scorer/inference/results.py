@@ -59,8 +59,11 @@ class Scored:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    """Each row's probabilities; NaN for a row of non-finite logits, which its callers judge apart (finite_rows),
+    without numpy's warning on stderr."""
+    with np.errstate(invalid="ignore"):
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def decided(probabilities: np.ndarray, threshold: float | None, positive: int) -> np.ndarray:
