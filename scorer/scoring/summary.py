@@ -222,11 +222,14 @@ def bare(config: RunConfig, units: list[WorkUnit], started_at: str, **fields) ->
                       planned_inputs=len(units), started_at=started_at, **fields)
 
 
+def left_out_listing(left_out: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
+    """The data files INPUT left out (`left_out`: every one, under INPUT, with why) as a summary says them: the first
+    LEFT_OUT_LISTED, and how many there were of each why."""
+    return dict(sorted(left_out.items())[:LEFT_OUT_LISTED]), dict(Counter(left_out.values()))
+
+
 def with_left_out(summary: RunSummary, left_out: dict[str, str]) -> RunSummary:
-    """`summary` with the data files INPUT left out (`left_out`: every one, under INPUT, with why), the first
-    LEFT_OUT_LISTED of them named."""
-    summary.left_out = dict(sorted(left_out.items())[:LEFT_OUT_LISTED])
-    summary.left_out_counts = dict(Counter(left_out.values()))
+    summary.left_out, summary.left_out_counts = left_out_listing(left_out)
     return summary
 
 
@@ -245,7 +248,8 @@ class RunRecord:
     def __init__(self, config: RunConfig, units: list[WorkUnit], classifier: OnnxClassifier, began: str,
                  self_check: dict | None, left_out: dict[str, str], lines: bool) -> None:
         self.config, self.units, self.classifier, self.began = config, units, classifier, began
-        self.self_check, self.left_out, self.lines, self.beats = self_check, left_out, lines, 0
+        self.self_check, self.lines, self.beats = self_check, lines, 0
+        self.left_out = left_out_listing(left_out)  # (once: a summary is written every beat)
         self.inputs: list[UnitSummary] = []
         self.progress = RunProgress([unit.source for unit in units])
 
@@ -254,7 +258,7 @@ class RunRecord:
         summary = summarise(list(self.inputs), self.classifier, time.perf_counter() - self.progress.started,
                             self.config.window_rows)
         summary.started_at, summary.self_check, summary.planned_inputs = self.began, self.self_check, len(self.units)
-        with_left_out(summary, self.left_out)
+        summary.left_out, summary.left_out_counts = self.left_out
         summary.progress = self.progress.as_dict(summary.inputs, underway or [])
         return summary
 
