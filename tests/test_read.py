@@ -497,3 +497,52 @@ def test_a_csv_files_rows_are_estimated_as_it_is_read_and_known_once_read(tmp_pa
     assert compressed.rows_expected() == (300_000, True)
     parquet = write_parquet(tmp_path / "in.parquet", pa.table({"sentence": ["a", "b"]}))
     assert TableReader(parquet).rows_expected() == (2, True)
+
+
+_CELLS = ["a", "b", " ", ",", '"', "\n", "\r\n", "é", "日本", "\U0001F642", "\t", "x y", "\\", "#", ";", "\u00a0", "0",
+          "1.5", "NA", "null", "NaN", "true", "-"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_csv_files_pythons_csv_module_writes_read_back_cell_for_cell(tmp_path, seed):
+    """Against Python's own CSV reader, on files its writer makes: quoted or not, CR LF or LF, embedded line breaks,
+    quotes and separators, a last line with and without its end, compressed or not, read in small windows. Every
+    row comes back, in order, each cell as written (strings never read as nulls, numbers or booleans)."""
+    import csv
+    import io
+    import random
+
+    rng = random.Random(seed)
+    for trial in range(25):
+        names = ["sentence", *(f"c{i}" for i in range(rng.randint(0, 3)))]
+        rows = [["".join(rng.choice(_CELLS) for _ in range(rng.choice([0, 1, 2, 3, 5, 8]))) for _ in names]
+                for _ in range(rng.randint(1, 40))]
+        text = io.StringIO()
+        writer = csv.writer(text, quoting=rng.choice([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]),
+                            lineterminator=rng.choice(["\n", "\r\n"]))
+        writer.writerows([names, *rows])
+        content = text.getvalue() if rng.random() < 0.7 else text.getvalue().rstrip("\r\n")
+        path = tmp_path / f"t{trial}.csv{'.gz' if rng.random() < 0.2 else ''}"
+        path.write_bytes(gzip.compress(content.encode()) if path.suffix == ".gz" else content.encode())
+        expected = list(csv.reader(io.StringIO(content, newline="")))[1:]
+        got = [[row[name] for name in names] for window in TableReader(path).batches(7) for row in window.to_pylist()]
+        assert got == expected, (path, content)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_tsv_files_read_back_line_for_line_as_split_on_tabs(tmp_path, seed):
+    """A TSV file is read literally (no quoting: CoLA's hold unbalanced quotes): each line after the header, split
+    on tabs, is a row, quotes and all; in a one-column file a blank line too (an empty value)."""
+    import random
+
+    rng = random.Random(seed)
+    cells = [c for c in _CELLS if c not in ("\n", "\r\n", "\t")] + ['""', '"a"', "'"]
+    for trial in range(25):
+        names = ["sentence", *(f"c{i}" for i in range(rng.randint(0, 3)))]
+        rows = [["".join(rng.choice(cells) for _ in range(rng.choice([0, 1, 2, 4]))) for _ in names]
+                for _ in range(rng.randint(1, 30))]
+        end = rng.choice(["\n", "\r\n"])
+        path = tmp_path / f"t{trial}.tsv"
+        path.write_bytes((end.join("\t".join(row) for row in [names, *rows]) + end).encode())
+        got = [[row[name] for name in names] for window in TableReader(path).batches(5) for row in window.to_pylist()]
+        assert got == rows, path.read_bytes()

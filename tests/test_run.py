@@ -279,6 +279,32 @@ def test_csv_and_parquet_inputs_give_identical_scores(tiny_export, tmp_path):
     assert a.column("status").to_pylist() == b.column("status").to_pylist()
 
 
+@pytest.mark.parametrize("name,end", [("cells.csv", "\r\n"), ("cells.tsv", "\n"), ("cells.csv.gz", "\n")])
+def test_a_one_column_files_blank_lines_are_rows_kept_empty_and_a_wider_files_hold_no_row(tiny_export, tmp_path,
+                                                                                         name, end):
+    """Excel saves a one-column sheet's empty cells and `cut -f2` a column's empty values as blank lines: in a
+    one-column file each is a row (RFC 4180: a record of one empty field), which pyarrow's reader skipped, so the
+    output lost those rows and every row after them moved up one line against the input's. They are rows now, kept
+    unscored (empty), one output row per line after the header, a blank last line included. In a file of several
+    columns a blank line holds no field at all: no row, as pandas and pyarrow read it, so it is still skipped."""
+    import gzip
+
+    lines = ["sentence", "The cat sat on the mat.", "", "Dogs bark.", "", "", "Birds sing at dawn.", ""]
+    body = end.join(lines) + end
+    source = tmp_path / name
+    source.write_bytes(gzip.compress(body.encode()) if name.endswith(".gz") else body.encode())
+    out = tmp_path / "out.parquet"
+    result = run(source, "--model", tiny_export, "-o", out, "--window-rows", "3")
+    assert result.exit_code == 0, result.output
+    scored = pq.read_table(out)
+    assert scored.column("sentence").to_pylist() == lines[1:]
+    assert scored.column("status").to_pylist() == ["ok", "empty", "ok", "empty", "empty", "ok", "empty"]
+    wide = tmp_path / "wide.csv"
+    wide.write_text("id,sentence\n1,The cat sat on the mat.\n\n2,Dogs bark.\n\n")
+    assert run(wide, "--model", tiny_export, "-o", tmp_path / "wide.parquet").exit_code == 0
+    assert pq.read_table(tmp_path / "wide.parquet").column("id").to_pylist() == ["1", "2"]
+
+
 def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_path):
     data = tmp_path / "dev.csv"
     data.write_text("sentence,label\n" + "".join(f"sentence {i} is here,{i % 2}\n" for i in range(40)) + ",\n")

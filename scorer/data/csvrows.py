@@ -123,6 +123,10 @@ class CsvRows:
                 raise InputError(problem)
 
     def _parse_options(self) -> pacsv.ParseOptions:
+        """A one-column file's blank line is a row, of one empty field (as Excel writes a one-column sheet's empty
+        cell and `cut -f2` an empty value); a wider file's holds no field at all and is no row, as pandas and pyarrow
+        read it."""
+        blank_rows = len(self.columns) == 1
         if self.format == "tsv":
-            return pacsv.ParseOptions(delimiter="\t", quote_char=False)
-        return pacsv.ParseOptions(newlines_in_values=True)
+            return pacsv.ParseOptions(delimiter="\t", quote_char=False, ignore_empty_lines=not blank_rows)
+        return pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=not blank_rows)
