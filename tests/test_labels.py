@@ -74,6 +74,45 @@ def test_the_index_finds_a_label_however_written_and_skips_missing_ones():
     assert LabelIndex(["1", "yes"]).indices([1, "yes"], "f.csv", "label", 1).tolist() == [0, 1]
 
 
+def test_a_boolean_label_is_one_label_whether_a_file_holds_it_as_a_boolean_or_as_text(tiny_export, tmp_path):
+    """Parquet holds a boolean label as a boolean (read as 1 and 0); a CSV file as the text its writer gives it
+    (pandas `True`, Spark `true`, R `TRUE`), which was a name: a model trained on the Parquet file refused that CSV
+    file's labels ("label 'True' ... is not one the model knows (0, 1)"), and one trained on the CSV file labelled
+    rows `False`/`True` where the same data as Parquet gave 0/1. Both read as 1 and 0 now, in training and evaluation
+    alike; a model that learnt them as names (an older export's `False`/`True`) still finds them, written either way."""
+    texts = [f"sentence number {i}" for i in range(12)]
+    flags = [i % 3 == 0 for i in range(12)]
+    pq.write_table(pa.table({"sentence": texts, "label": flags}), tmp_path / "train.parquet")
+    for name, written in (("pandas.csv", ("True", "False")), ("spark.csv", ("true", "false")),
+                          ("r.csv", ("TRUE", "FALSE"))):
+        (tmp_path / name).write_text("sentence,label\n" + "".join(
+            f"{text},{written[0] if flag else written[1]}\n" for text, flag in zip(texts, flags, strict=True)))
+        assert read_labelled(tmp_path / name, "sentence", "label").labels == \
+            read_labelled(tmp_path / "train.parquet", "sentence", "label").labels == [int(f) for f in flags]
+        out = tmp_path / f"{name}.scored.parquet"
+        result = CliRunner().invoke(main, ["run", str(tmp_path / name), "--model", str(tiny_export), "-o", str(out),
+                                           "--quiet"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads((tmp_path / f"{name}.scored.parquet.summary.json").read_text())
+        assert summary["inputs"][0]["evaluation"]["rows"] == 12
+    (tmp_path / "parts").mkdir()  # (one labelled set in parts of both kinds: one kind of label)
+    pq.write_table(pa.table({"sentence": texts[:6], "label": flags[:6]}), tmp_path / "parts" / "a.parquet")
+    (tmp_path / "parts" / "b.csv").write_text("sentence,label\n" + "".join(
+        f"{text},{flag}\n" for text, flag in zip(texts[6:], flags[6:], strict=True)))  # (Python's True, False)
+    assert read_labelled(tmp_path / "parts", "sentence", "label").labels == [int(f) for f in flags]
+    older = LabelIndex(["False", "True"])
+    assert older.indices(["True", "false", 1, True, "0", " TRUE "], "f.csv", "label", 1).tolist() == [1, 0, 1, 1, 0, 1]
+    assert LabelIndex([0, 1]).unknown(["true", "FALSE", "maybe", 2]) == ["2", "maybe"]
+    # Labels that include other names keep true and false as names: a fact-checking set's half-true beside them
+    (tmp_path / "claims.csv").write_text("sentence,label\n" + "".join(
+        f"claim {i},{('true', 'false', 'half-true')[i % 3]}\n" for i in range(12)))
+    assert read_labelled(tmp_path / "claims.csv", "sentence", "label").labels[:3] == ["true", "false", "half-true"]
+    named = LabelIndex(["false", "half-true", "true"])
+    assert named.indices(["true", "false"], "f.csv", "label", 1).tolist() == [2, 0]
+    with pytest.raises(InputError, match="label 1 in column 'label' is not one the model knows"):
+        named.indices([1], "f.csv", "label", 1)
+
+
 def test_a_transformers_models_named_labels_may_be_written_as_their_ids():
     """A model whose config names its labels (id2label) is evaluated on files that write the ids, as CoLA's do;
     a model trained by scorer on named labels is not (its labels' order is only their sort order)."""

@@ -38,6 +38,19 @@ def label_value(value: object) -> int | str | None:
     return text if number is None else number
 
 
+def booleans_as_numbers(values: list[int | str | None]) -> list[int | str | None]:
+    """`label_value`s of one file whose every label is a boolean as CSV writers spell it (pandas True, Spark true, R
+    TRUE) as 1 and 0, as Parquet's booleans read; a file whose labels include other names (true, false and
+    half-true, say) keeps them all as names."""
+    present = [value for value in values if value is not None]
+    if not present or not all(isinstance(value, str) and value.lower() in _BOOLEANS for value in present):
+        return values
+    return [None if value is None else _BOOLEANS[value.lower()] for value in values]
+
+
+_BOOLEANS = {"false": 0, "true": 1}
+
+
 def _whole_number(text: str) -> int | None:
     try:
         return int(text)
@@ -95,6 +108,13 @@ class LabelIndex:
         if ids:
             self._index.update({str(i): i for i in range(len(labels)) if str(i) not in self._index})
         self._mark = unlabelled_mark and str(UNLABELLED) not in self._index
+        # A model of two boolean labels (1 and 0, or False and True learnt as names) finds them written either way:
+        # as a Parquet boolean (1, 0) or as CSV writers spell one (True, false, ...).
+        spelled = {key.lower(): i for key, i in self._index.items()}
+        self._booleans: dict[str, int] = {}
+        for no, yes in (("0", "1"), ("false", "true")):
+            if len(self._index) == 2 and set(spelled) == {no, yes}:
+                self._booleans = {"0": spelled[no], "false": spelled[no], "1": spelled[yes], "true": spelled[yes]}
 
     def _missing(self, key: int | str | None) -> bool:
         return key is None or (self._mark and key == UNLABELLED)
@@ -105,7 +125,7 @@ class LabelIndex:
         key = label_value(value)
         if self._missing(key):
             return -1
-        index = self._index.get(str(key))
+        index = self._find(key)
         if index is None:
             header = " (the column's own name: a header line repeated, as files joined with their headers hold? " \
                 "remove that line)" if str(value).strip() == column else ""
@@ -124,7 +144,11 @@ class LabelIndex:
     def unknown(self, values: list) -> list[str]:
         """The distinct present values that are not the model's labels, as text, sorted."""
         return sorted({str(value) for value in values
-                       if not self._missing(label_value(value)) and str(label_value(value)) not in self._index})
+                       if not self._missing(label_value(value)) and self._find(label_value(value)) is None})
+
+    def _find(self, key: int | str) -> int | None:
+        index = self._index.get(str(key))
+        return self._booleans.get(str(key).lower()) if index is None else index
 
 
 @dataclass(frozen=True)
@@ -168,7 +192,7 @@ def _read_labelled_file(path: Path, text_column: str, label_column: str,
         raise InputError(f"{path}: {repeated} remove those lines (join such files keeping the first one's header "
                          "alone: tail -n +2 on the others)")
     texts = plain_text(table.column(text_column)).to_pylist()
-    values = [label_value(label) for label in table.column(label_column).to_pylist()]
+    values = booleans_as_numbers([label_value(label) for label in table.column(label_column).to_pylist()])
     for row, (text, value) in enumerate(zip(texts, values, strict=True), start=1):
         if not isinstance(text, str) or not text.strip():
             raise InputError(
