@@ -116,6 +116,7 @@ class TrainConfig:
                "name their column")
         _check(self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}")
         _check(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
+        _check(0 <= self.seed < 1 << 32, f"--seed must be between 0 and {(1 << 32) - 1}, not {self.seed}")
         _check(self.learning_rate > 0, f"--learning-rate must be positive, not {self.learning_rate}")
         _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}")
         _check(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), not {self.warmup_ratio}")
@@ -265,7 +266,8 @@ class RunConfig:
         _check_kept(self.keep_columns)
         _check_threshold(self.threshold)
         _check_columns(self.text_column, self.label_column)
-        _check(self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be at least 1")
+        _check(self.max_tokens is None or self.max_tokens >= 1,
+               f"--max-tokens must be at least 1, not {self.max_tokens}")
         _check(self.max_batch_rows >= 1, f"--max-batch-rows must be at least 1, not {self.max_batch_rows}")
         _check(self.window_rows is None or self.window_rows >= 1,
                f"--window-rows must be at least 1, not {self.window_rows}")

@@ -64,8 +64,12 @@ def test_exit_codes_are_in_the_help_and_the_readme():
 def test_bad_option_values_are_config_errors(tmp_path):
     result = CliRunner().invoke(main, ["train", "--epochs", "0", "--output", str(tmp_path / "c")])
     assert result.exit_code == 2 and result.output.strip() == "error: --epochs must be at least 1, not 0"
+    result = CliRunner().invoke(main, ["train", "--seed", "-1", "--output", str(tmp_path / "c")])  # (was exit 1)
+    assert result.exit_code == 2 and result.output.strip() == "error: --seed must be between 0 and 4294967295, not -1"
     result = CliRunner().invoke(main, ["export", "--variants", "fp32,bf16", "--output", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--variants must be one of fp32, fp16, int8, not 'bf16'" in result.output
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "in.csv"), "--max-tokens", "0"])
+    assert result.exit_code == 2 and result.output.strip() == "error: --max-tokens must be at least 1, not 0"
 
 
 @pytest.mark.parametrize("args", [
