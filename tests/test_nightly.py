@@ -1253,6 +1253,37 @@ def test_a_directory_under_the_input_that_cannot_be_read_fails_the_run_rather_th
     assert run(inbox, "--model", tiny_export, "-o", tmp_path / "out").exit_code == 0  # (a hidden one is not searched)
 
 
+def test_links_under_the_input_are_followed_once_and_a_link_to_nothing_is_not_passed_over(tiny_export, tmp_path):
+    """An inbox of links (`today -> /mnt/feed/2026-12-07`, `ln -s /data/feed/*.csv inbox/`): the search passed over a
+    link to a directory, its files unscored and unlisted, and over a link whose target was gone (a mount that is
+    down), and the run ended with exit 0. A linked directory is searched now, once (a link to a directory inside the
+    input, or back up to it, is not searched again); a link to nothing named as a data file is an input that
+    fails, naming its target, after the others are scored (exit 3); any other link to nothing is listed as left
+    out, so that a monitor sees it."""
+    inbox, feed = tmp_path / "inbox", tmp_path / "feed"
+    (inbox / "real").mkdir(parents=True)
+    feed.mkdir()
+    pq.write_table(pa.table({"sentence": sentences(3)}), inbox / "a.parquet")
+    pq.write_table(pa.table({"sentence": sentences(2)}), inbox / "real" / "c.parquet")
+    pq.write_table(pa.table({"sentence": sentences(4)}), feed / "b.parquet")
+    (inbox / "today").symlink_to(feed)  # a directory outside the input
+    (inbox / "alias").symlink_to(inbox / "real")  # inside it: searched as real/ already
+    (inbox / "real" / "up").symlink_to(inbox)  # a loop
+    (inbox / "gone.parquet").symlink_to(tmp_path / "mnt" / "gone.parquet")
+    (inbox / "yesterday").symlink_to(tmp_path / "mnt" / "2026-12-06")
+    out = tmp_path / "out"
+    result = run(inbox, "--model", tiny_export, "-o", out)
+    assert result.exit_code == 3, result.output
+    assert files_under(out) == ["a.parquet", "real/c.parquet", "scorer-summary.json", "today/b.parquet"]
+    summary = json.loads((out / "scorer-summary.json").read_text())
+    assert summary["rows"] == 9 and summary["planned_inputs"] == 4
+    failed = [unit for unit in summary["inputs"] if unit["state"] == "failed"]
+    assert [unit["input"] for unit in failed] == [str(inbox / "gone.parquet")]
+    assert failed[0]["error"] == f"{inbox / 'gone.parquet'} is a link to {tmp_path / 'mnt' / 'gone.parquet'}, " \
+        "which does not exist (a mount that is down, a file moved away?); restore its target, or remove the link"
+    assert summary["left_out"] == {"yesterday": "a link to nothing (a mount that is down, a directory moved away?)"}
+
+
 @pytest.mark.parametrize("option", ["--summary", "--report"])
 def test_a_summary_or_report_that_cannot_be_written_is_refused_before_any_output_naming_its_option(tiny_export,
                                                                                                     tmp_path, option):

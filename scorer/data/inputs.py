@@ -17,6 +17,7 @@ log = logging.getLogger("scorer")
 
 UNDERSCORED = "named with or under a leading '_'"  # why a directory's data file is left out (with EMPTY)
 EMPTY = "no bytes"
+LINK_TO_NOTHING = "a link to nothing (a mount that is down, a directory moved away?)"
 
 
 def expand_inputs(spec: str, tell: bool = True) -> tuple[list[Path], Path | None]:
@@ -39,11 +40,16 @@ def _listing(spec: str, tell: bool) -> tuple[list[Path], Path | None, dict[str, 
         return files, base, {}
     path = Path(spec)
     if path.is_dir():
-        _refuse_unreadable(path)
-        found = sorted(p for p in path.rglob("*") if _is_data_file(p) and not _hidden(p.relative_to(path)))
+        entries = _search(path)
+        found = [p for p in entries if _is_data_file(p)]
         listed = [not _unlisted(p.relative_to(path)) for p in found]
         files = [p for p, kept in zip(found, listed, strict=True) if kept]
         left = [str(p.relative_to(path)) for p, kept in zip(found, listed, strict=True) if not kept]
+        broken = [str(p.relative_to(path)) for p in entries
+                  if _broken(p) and not _is_data_file(p) and not _unlisted(p.relative_to(path))]
+        if broken and tell:
+            log.warning("%s: %d link(s) to nothing, which may have led to inputs: %s", path, len(broken),
+                        ", ".join(broken)[:200])
         why = (f"{UNDERSCORED} ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}), which "
                "scorer leaves out of a directory, as pyarrow and Spark do (Spark's and Hadoop's work in progress, "
                "_temporary, and markers); name one, or a glob, to read it")
@@ -52,7 +58,7 @@ def _listing(spec: str, tell: bool) -> tuple[list[Path], Path | None, dict[str, 
                              f"{path} holds no .parquet, .csv or .tsv file")
         if left and tell:
             log.info("%s: left out %d data file(s) %s", path, len(left), why)
-        return files, path, dict.fromkeys(left, UNDERSCORED)
+        return files, path, {**dict.fromkeys(left, UNDERSCORED), **dict.fromkeys(broken, LINK_TO_NOTHING)}
     return [path], None, {}
 
 
@@ -68,7 +74,7 @@ def expand_parts(spec: str) -> tuple[list[Path], Path | None, dict[str, str]]:
     files, base, left_out = _listing(spec, tell=True)
     if len(files) == 1:
         return files, base, left_out
-    empty = {path for path in files if path.stat().st_size == 0}
+    empty = {path for path in files if _size(path) == 0}
     kept = [path for path in files if path not in empty]
     if empty:
         named = [str(path.relative_to(base)) if base else path.name for path in files if path in empty]
@@ -80,16 +86,34 @@ def expand_parts(spec: str) -> tuple[list[Path], Path | None, dict[str, str]]:
     return kept, base, left_out
 
 
-def _refuse_unreadable(directory: Path) -> None:
-    """A directory under INPUT that this account cannot list hides its inputs: searching it would skip them, and
-    the run would end well with them unscored."""
-    denied: list[OSError] = []
-    for _, names, _ in os.walk(directory, onerror=denied.append):
-        names[:] = [name for name in names if not name.startswith((".", "_"))]  # (they are not searched)
-        if denied:
-            break
-    if denied:
-        raise _unreadable(denied[0], str(directory))
+def _search(directory: Path) -> list[Path]:
+    """Every file and link to nothing under `directory`, sorted, hidden directories left unsearched. Links to
+    directories are followed, each directory searched once: a link to one inside `directory`, or up to it, is
+    searched as its target is. A directory that this account cannot list hides its inputs: searching on would skip
+    them, and the run would end well with them unscored, so it is refused (unless hidden, or under a leading '_')."""
+    root = directory.resolve()
+    searched, found, denied = {root}, [], []
+    for top, names, others in os.walk(directory, followlinks=True, onerror=denied.append):
+        kept = []
+        for name in sorted(names):
+            real = Path(top, name).resolve()
+            inside = real == root or root in real.parents
+            if not name.startswith(".") and real not in searched and not (Path(top, name).is_symlink() and inside):
+                searched.add(real)
+                kept.append(name)
+        names[:] = kept
+        found += [Path(top, name) for name in others]
+    refused = [error for error in denied if not _unlisted(Path(error.filename or directory).relative_to(directory))]
+    if refused:
+        raise _unreadable(refused[0], str(directory))
+    return sorted(path for path in found if not _hidden(path.relative_to(directory)))
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:  # (a link to nothing, or a file gone since it was listed: it fails when opened, saying so)
+        return None
 
 
 def _unreadable(error: OSError, spec: str) -> InputError:
@@ -98,9 +122,15 @@ def _unreadable(error: OSError, spec: str) -> InputError:
 
 
 def _is_data_file(path: Path) -> bool:
+    """A data file's name on a file, or on a link to nothing (an input that fails, naming its target, where it was
+    passed over: a mount that is down)."""
     name = path.name
-    return (path.is_file() and data_suffix(path) is not None and ".scored." not in name
+    return ((path.is_file() or _broken(path)) and data_suffix(path) is not None and ".scored." not in name
             and not name.startswith("."))
+
+
+def _broken(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
 
 
 def _hidden(relative: Path) -> bool:

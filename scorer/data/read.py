@@ -62,6 +62,9 @@ class TableReader:
             raise InputError(f"{self.path} is a pipe or a device, not a file; scorer reads an input more than once (to "
                              "resume it, to see it did not change), so write it to a file first and pass that")
         self.format = detect_format(self.path)
+        if self.path.is_symlink() and not self.path.exists():
+            raise InputError(f"{self.path} is a link to {os.readlink(self.path)}, which does not exist (a mount that "
+                             "is down, a file moved away?); restore its target, or remove the link")
         if not self.path.is_file():
             what = "is a directory" if self.path.is_dir() else "does not exist"
             raise InputError(f"{self.path} {what}; pass an existing .parquet, .csv or .tsv file")
