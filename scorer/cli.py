@@ -196,8 +196,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
 @click.option("--output", "-o", type=PATH, help="Output file, or directory for several inputs "
               "[default: INPUT.scored.parquet].")
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
-              help="Output format when --output is a directory; CSV and TSV compressed where named so (csv.gz, "
-                   "tsv.zst, ...) [default: parquet].")
+              help="Output format when --output is a directory or left out (an --output file's name says its "
+                   "own); CSV and TSV compressed where named so (csv.gz, tsv.zst, ...) [default: parquet].")
 @click.option("--model", type=PATH, help=f"Export directory {shown(RunConfig, 'model')}.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
               help=f"Where the model runs; auto: CUDA where ONNX Runtime can {shown(RunConfig, 'provider')}.")

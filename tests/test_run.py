@@ -706,6 +706,28 @@ def test_csv_and_tsv_outputs_are_compressed_where_their_names_say_so(tiny_export
     assert (tmp_path / "scored" / f"a.{fmt}{ending}").read_bytes().startswith(magic)
 
 
+def test_a_format_that_disagrees_with_the_output_file_named_is_refused_and_one_that_agrees_is_taken(tiny_export,
+                                                                                                    tmp_path):
+    """`-o day.csv --format parquet` wrote day.parquet, and `-o day.csv.gz --format parquet` day.csv.parquet: not
+    the file named, so a nightly job's next step did not find its input. Refused before any work now (exit 2);
+    a --format that says what the name says is taken, and one for the default output names it as before."""
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": ["One cat sat.", "Two dogs ran."]}), source)
+    options = ["--model", tiny_export, "--variant", "fp32"]
+    for name, fmt in (("day.csv", "parquet"), ("day.csv.gz", "parquet"), ("day.parquet", "csv"),
+                      ("day.csv", "csv.gz"), ("day.tsv", "csv")):
+        result = run(source, "-o", tmp_path / name, "--format", fmt, *options)
+        assert result.exit_code == 2 and result.output == (
+            f"error: --format {fmt} disagrees with --output {tmp_path / name}, which names a "
+            f"{name.split('.', 1)[1]} file; drop --format, or name the output day.{fmt}\n"), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+    for name, fmt in (("day.csv.gz", "csv.gz"), ("day.PARQUET", "parquet"), ("day.pq", "parquet")):
+        assert run(source, "-o", tmp_path / name, "--format", fmt, *options).exit_code == 0
+        assert TableReader(tmp_path / name).read_all().num_rows == 2
+    assert run(source, "--format", "tsv", *options).exit_code == 0
+    assert TableReader(tmp_path / "in.scored.tsv").read_all().num_rows == 2
+
+
 @pytest.mark.parametrize("value", ["a tab\there", "a line\nbreak", "a carriage\rreturn"])
 def test_a_value_a_tsv_file_cannot_hold_is_refused_naming_its_column_and_row(tiny_export, tmp_path, value):
     source = tmp_path / "in.parquet"

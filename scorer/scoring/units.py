@@ -12,9 +12,9 @@ from pathlib import Path
 
 from scorer.data.atomic import check_writable, in_the_way, not_a_file, through_link
 from scorer.data.inputs import expand_parts
-from scorer.data.read import data_stem
+from scorer.data.read import data_stem, data_suffix
 from scorer.data.write import default_output
-from scorer.errors import InputError, OutputError
+from scorer.errors import ConfigError, InputError, OutputError
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,13 @@ def plan_run(spec: str, output: Path | None, output_format: str | None = None
     if base is None:
         source = files[0]
         target = output if output is not None and not _is_dir_like(output) else None
-        if target is None:
+        if target is not None:
+            if output_format:
+                _refuse_another_format(target, output_format)
+        else:
             target = default_output(source) if output is None else output / default_output(source).name
-        return [WorkUnit(source, through_link(_with_format(target, output_format) if output_format else target))], \
-            left_out
+            target = _with_format(target, output_format) if output_format else target
+        return [WorkUnit(source, through_link(target))], left_out
     if output is None:
         raise OutputError(f"{spec} names {len(files)} files; pass --output DIR to mirror their scores under it")
     if output.exists() and not output.is_dir():
@@ -89,6 +92,16 @@ def refuse_overwriting(units: list[WorkUnit], written: dict[str, Path | None], k
             raise OutputError(f"{option} {path} would replace {what}; choose another path for it")
         check_writable(path, overwrite=True, option=option.split("'")[0])
         taken[target] = f"{option} {path}"
+
+
+def _refuse_another_format(target: Path, output_format: str) -> None:
+    """Refuse a --format other than the one the --output file's name says (`-o day.csv --format parquet`): the file
+    named would not be the one written."""
+    named = (data_suffix(target) or target.suffix).lower()
+    if (".parquet" if named == ".pq" else named) != "." + output_format:
+        raise ConfigError(f"--format {output_format} disagrees with --output {target}, which names a "
+                          f"{named.lstrip('.')} file; drop --format, or name the output "
+                          f"{data_stem(target)}.{output_format}")
 
 
 def _with_format(path: Path, output_format: str) -> Path:
