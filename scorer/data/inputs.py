@@ -31,6 +31,11 @@ def _listing(spec: str, tell: bool) -> tuple[list[Path], Path | None, dict[str, 
     """expand_inputs's files and base, and the data files a directory left out, each (under it) with why."""
     if any(char in spec for char in _MAGIC) and not Path(spec).exists():  # a file may be named "day[1].csv"
         base = _glob_base(spec)
+        loop = _loop_under(base) if "**" in spec else None
+        if loop is not None:  # (glob follows links to directories: round a loop up to 40 deep, its paths multiplying)
+            raise InputError(f"{spec}: its ** would follow links round a loop, at {loop[0]} (back to {loop[1]}); name "
+                             f"the directory as INPUT instead (its search follows each directory once), or remove the "
+                             f"link")
         for directory in glob.glob(os.path.dirname(spec), recursive=True):  # (the ones the pattern searches)
             if os.path.isdir(directory) and not os.access(directory, os.R_OK | os.X_OK):
                 raise _unreadable(PermissionError(13, "Permission denied", directory), spec)
@@ -107,6 +112,33 @@ def _search(directory: Path) -> list[Path]:
     if refused:
         raise _unreadable(refused[0], str(directory))
     return sorted(path for path in found if not _hidden(path.relative_to(directory)))
+
+
+def _loop_under(base: Path) -> tuple[Path, Path] | None:
+    """Where the directories under `base`, links followed, lead back to one on the way to them (`real/up -> ..`):
+    that directory's path, and where it leads; None where they do not. Hidden directories are not searched, as `**`
+    does not search them."""
+    state: dict[Path, bool] = {}  # each directory reached: False while the search is under it, then True
+
+    def search(directory: Path) -> tuple[Path, Path] | None:
+        state[directory.resolve()] = False
+        try:
+            with os.scandir(directory) as listing:
+                names = sorted(entry.name for entry in listing if not entry.name.startswith(".") and entry.is_dir())
+        except OSError:  # (said where the glob meets it)
+            names = []
+        for name in names:
+            path = Path(directory, name)
+            real = path.resolve()
+            if state.get(real) is False:
+                return path, real
+            found = None if real in state else search(path)
+            if found is not None:
+                return found
+        state[directory.resolve()] = True
+        return None
+
+    return search(base)
 
 
 def _size(path: Path) -> int | None:
