@@ -2,7 +2,7 @@
 
 import os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # ONNX Runtime's Linux builds (1.29 on) send usage telemetry by default, model file names and graph hashes among it;
 # a nightly job over a company's data and models must not, unless its owner says so (ORT_DISABLE_TELEMETRY=0).

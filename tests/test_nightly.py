@@ -1138,6 +1138,37 @@ def test_windows_left_beside_a_complete_output_are_removed_by_the_run_that_skips
     assert not parts.exists() and pq.read_table(output).num_rows == 3_000
 
 
+def test_windows_another_scorer_version_left_are_scored_again_not_resumed(tiny_export, tmp_path, monkeypatch):
+    """A run stopped midway, then scorer upgraded (0.1.0 read a one-column CSV's blank lines as no row, 0.2.0 as
+    rows): resuming skipped as many rows as the old parts held, counted the new way, and spliced the two readings
+    into one output, rows lost and repeated. Windows another version left are discarded and the input scored whole."""
+    from scorer import __version__
+    from scorer.data.write import OutputSink
+    from scorer.scoring.parts import work_dir
+
+    source, output = tmp_path / "in.csv", tmp_path / "out.parquet"
+    lines = [f"{s}\n" if i % 5 else "\n" for i, s in enumerate(sentences(3_000))]  # (every fifth a blank line)
+    source.write_text("sentence\n" + "".join(lines))
+    options = ["-o", output, "--model", tiny_export, "--window-rows", "1000", "--variant", "fp32"]
+
+    def stopped(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OutputSink, "finish", stopped)
+    assert run(source, *options).exit_code != 0
+    monkeypatch.undo()
+    state = work_dir(output) / "state.json"
+    assert len(list(work_dir(output).glob("part-*.parquet"))) == 3
+    state.write_text(state.read_text().replace(f'"scorer": "{__version__}"', '"scorer": "0.1.0"'))
+    for part in sorted(work_dir(output).glob("part-*.parquet"))[1:]:
+        part.unlink()  # (the old version's one window: 1,000 rows of its reading, which has no blank rows)
+    result = CliRunner().invoke(main, ["run", *map(str, [source, *options])])
+    assert result.exit_code == 0 and "discarding unfinished work" in result.output, result.output
+    scored = pq.read_table(output)
+    assert scored.num_rows == 3_000 and scored.column("status").to_pylist().count("empty") == 600
+    assert __version__ != "0.1.0"
+
+
 def test_windows_of_an_input_that_is_gone_are_removed_and_those_that_can_resume_kept(tiny_export, tmp_path,
                                                                                       monkeypatch):
     """An inbox whose files expire: a run stopped midway through b.parquet left its finished windows under --output,
