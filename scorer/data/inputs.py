@@ -93,9 +93,10 @@ def expand_parts(spec: str) -> tuple[list[Path], Path | None, dict[str, str]]:
 
 def _search(directory: Path) -> list[Path]:
     """Every file and link to nothing under `directory`, sorted, hidden directories left unsearched. Links to
-    directories are followed, each directory searched once: a link to one inside `directory`, or up to it, is
-    searched as its target is. A directory that this account cannot list hides its inputs: searching on would skip
-    them, and the run would end well with them unscored, so it is refused (unless hidden, or under a leading '_')."""
+    directories are followed, each directory searched once: a link to one inside `directory`, or up to it, is not
+    searched (its target is, as itself), and of two links to one directory outside, the first is. A directory that
+    this account cannot list hides its inputs: searching on would skip them, and the run would end well with them
+    unscored, so it is refused (unless hidden, or under a leading '_')."""
     root = directory.resolve()
     searched, found, denied = {root}, [], []
     for top, names, others in os.walk(directory, followlinks=True, onerror=denied.append):

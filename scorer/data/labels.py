@@ -16,6 +16,8 @@ from scorer.data.strings import plain_text
 from scorer.errors import InputError
 
 log = logging.getLogger("scorer")
+# A boolean label as CSV writers spell it (pandas True, Spark true, R TRUE, in any case), read as Parquet's are
+_BOOLEANS = {"false": 0, "true": 1}
 
 
 def label_value(value: object) -> int | str | None:
@@ -46,9 +48,6 @@ def booleans_as_numbers(values: list[int | str | None]) -> list[int | str | None
     if not present or not all(isinstance(value, str) and value.lower() in _BOOLEANS for value in present):
         return values
     return [None if value is None else _BOOLEANS[value.lower()] for value in values]
-
-
-_BOOLEANS = {"false": 0, "true": 1}
 
 
 def _whole_number(text: str) -> int | None:
