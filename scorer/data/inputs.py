@@ -50,8 +50,9 @@ def _listing(spec: str, tell: bool) -> tuple[list[Path], Path | None, dict[str, 
         listed = [not _unlisted(p.relative_to(path)) for p in found]
         files = [p for p, kept in zip(found, listed, strict=True) if kept]
         left = [str(p.relative_to(path)) for p, kept in zip(found, listed, strict=True) if not kept]
+        data = set(found)
         broken = [str(p.relative_to(path)) for p in entries
-                  if _broken(p) and not _is_data_file(p) and not _unlisted(p.relative_to(path))]
+                  if p not in data and _broken(p) and not _unlisted(p.relative_to(path))]
         if broken and tell:
             log.warning("%s: %d link(s) to nothing, which may have led to inputs: %s", path, len(broken),
                         ", ".join(broken)[:200])
