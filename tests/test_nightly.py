@@ -1146,6 +1146,7 @@ def test_windows_another_scorer_version_left_are_scored_again_not_resumed(tiny_e
     from scorer.data.write import OutputSink
     from scorer.scoring.parts import work_dir
 
+    assert __version__ != "0.1.0"  # (else the state below would be this version's own)
     source, output = tmp_path / "in.csv", tmp_path / "out.parquet"
     lines = [f"{s}\n" if i % 5 else "\n" for i, s in enumerate(sentences(3_000))]  # (every fifth a blank line)
     source.write_text("sentence\n" + "".join(lines))
@@ -1166,7 +1167,6 @@ def test_windows_another_scorer_version_left_are_scored_again_not_resumed(tiny_e
     assert result.exit_code == 0 and "discarding unfinished work" in result.output, result.output
     scored = pq.read_table(output)
     assert scored.num_rows == 3_000 and scored.column("status").to_pylist().count("empty") == 600
-    assert __version__ != "0.1.0"
 
 
 def test_windows_of_an_input_that_is_gone_are_removed_and_those_that_can_resume_kept(tiny_export, tmp_path,
