@@ -305,6 +305,38 @@ def test_a_one_column_files_blank_lines_are_rows_kept_empty_and_a_wider_files_ho
     assert pq.read_table(tmp_path / "wide.parquet").column("id").to_pylist() == ["1", "2"]
 
 
+def test_a_tsv_file_written_with_csv_quoting_is_read_as_written_and_said(tiny_export, tmp_path, caplog):
+    """pandas writes a TSV file (`to_csv(sep="\\t")`) as a CSV writer does, a value holding a quote wrapped in quotes
+    with its own doubled: `"He said ""hi""."`. A .tsv file is read as written (CoLA's hold stray quotes), so such
+    a value was scored, and trained on, quotes and all, without a word. It still is, and the run and training say
+    so, naming the first such value's row and column and what to write instead; a stray quote (CoLA's) is not such
+    a value and says nothing."""
+    import csv
+
+    from scorer.data.labels import read_labelled
+
+    source = tmp_path / "pandas.tsv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerows([["sentence", "label"], ["The cat sat.", 1], ['He said "hi" to me.', 1],
+                          ['"Stop," she said.', 0], ['Dogs "bark".', 0]])
+    assert 'He said ""hi"" to me.' in source.read_text()
+    said = (f"{source}: 3 value(s) look quoted as a CSV writer quotes them (data row 2, column 'sentence': "
+            "'\"He said \"\"hi\"\" to me.\"'), and a .tsv file is read as written, so they were read with those "
+            "quotes; write the file as CSV (pandas: to_csv without sep) or Parquet, where quotes are read as quotes")
+    assert read_labelled(source, "sentence", "label").texts[1] == '"He said ""hi"" to me."'
+    assert said in caplog.text
+    literal = tmp_path / "literal.tsv"
+    literal.write_text('sentence\tlabel\nHe said " hi .\t1\n" a stray quote .\t0\n"quoted whole"\t1\n')
+    caplog.clear()
+    read_labelled(literal, "sentence", "label")
+    assert "quoted" not in caplog.text
+    result = CliRunner().invoke(main, ["run", str(source), "--model", str(tiny_export), "-o",
+                                       str(tmp_path / "out.parquet")])
+    assert result.exit_code == 0 and said in result.output, result.output
+    assert pq.read_table(tmp_path / "out.parquet").column("sentence")[1].as_py() == '"He said ""hi"" to me."'
+
+
 def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_path):
     data = tmp_path / "dev.csv"
     data.write_text("sentence,label\n" + "".join(f"sentence {i} is here,{i % 2}\n" for i in range(40)) + ",\n")

@@ -17,6 +17,8 @@ from scorer.errors import InputError
 # pyarrow's CSV reader needs every row inside one block: a row larger than the block (one huge cell) is read again
 # from the start with blocks four times larger, up to MAX_BLOCK.
 BLOCK, MAX_BLOCK = 1 << 22, 1 << 30
+# A value as a CSV writer quotes one that holds a quote (`"He said ""hi""."`): wrapped in quotes, its own doubled
+_CSV_QUOTED = r'^"([^"]|"")*""([^"]|"")*"$'
 
 
 class CsvRows:
@@ -31,6 +33,9 @@ class CsvRows:
         # Data rows (numbered from 1) read so far that repeat the header line, as files joined with their headers
         # (`cat a.csv b.csv`) hold: the first few, and how many in all
         self.header_rows: tuple[list[int], int] = ([], 0)
+        # TSV values read so far that look quoted as a CSV writer quotes them: the first (its row and column), and
+        # how many in all
+        self.csv_quoted: tuple[tuple[int, str, str] | None, int] = (None, 0)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The file's rows, a block's at a time."""
@@ -52,6 +57,7 @@ class CsvRows:
                     if seen + batch.num_rows > done:
                         fresh = batch.slice(max(0, done - seen))
                         self._note_header_rows(fresh, max(done, seen))
+                        self._note_csv_quoted(fresh, max(done, seen))
                         yield fresh
                         done = seen + batch.num_rows
                     seen, read = seen + batch.num_rows, read + block
@@ -87,6 +93,33 @@ class CsvRows:
         more = f" and {total - len(rows)} more" if total > len(rows) else ""
         return (f"data row(s) {', '.join(map(str, rows))}{more} repeat the header line "
                 f"({','.join(self.columns)[:200]}): files joined with their headers (cat a.csv b.csv)?")
+
+    def quoted_as_csv(self) -> str | None:
+        """What a TSV file's values read so far that look quoted as a CSV writer quotes them are, said after the
+        file's name; None where none does (and for CSV, which reads quotes as quotes)."""
+        first, total = self.csv_quoted
+        if first is None:
+            return None
+        row, column, value = first
+        return (f"{total} value(s) look quoted as a CSV writer quotes them (data row {row}, column '{column}': "
+                f"{value[:80]!r}), and a .tsv file is read as written, so they were read with those quotes; write the "
+                "file as CSV (pandas: to_csv without sep) or Parquet, where quotes are read as quotes")
+
+    def _note_csv_quoted(self, batch: pa.RecordBatch, first: int) -> None:
+        """Note the values of a TSV `batch` (its first the file's data row `first` + 1) wrapped in quotes with
+        their own doubled, as pandas' to_csv(sep="\\t") writes a value holding a quote: a TSV file is read as
+        written (IANA's format; CoLA's files hold stray quotes), so those quotes are read as part of the text."""
+        if self.format != "tsv" or not batch.num_rows:
+            return
+        for name, column in zip(self.columns, batch.columns, strict=True):
+            quoted = pc.match_substring_regex(column, _CSV_QUOTED)
+            count = pc.sum(quoted).as_py() or 0
+            if count:
+                found, total = self.csv_quoted
+                if found is None:
+                    index = pc.index(quoted, True).as_py()
+                    found = (first + index + 1, name, column[index].as_py())
+                self.csv_quoted = (found, total + count)
 
     def _check_quotes(self, batch: pa.RecordBatch) -> None:
         """Once a CSV value holds a line break (legal inside quotes, and what a stray quote makes of the rows after

@@ -161,6 +161,11 @@ class TableReader:
         does (and for Parquet)."""
         return None if self._csv is None else self._csv.repeated_header()
 
+    def quoted_as_csv(self) -> str | None:
+        """What a TSV file's values read so far that look quoted as a CSV writer quotes them are, said after the
+        file's name; None where none does (and for CSV and Parquet)."""
+        return None if self._csv is None else self._csv.quoted_as_csv()
+
     @property
     def header_rows(self) -> tuple[list[int], int]:
         """The CSV/TSV data rows read so far that repeat the header line: the first few, and how many in all."""
