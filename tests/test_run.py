@@ -307,9 +307,9 @@ def test_a_one_column_files_blank_lines_are_rows_kept_empty_and_a_wider_files_ho
 
 def test_a_tsv_file_written_with_csv_quoting_is_read_as_written_and_said(tiny_export, tmp_path, caplog):
     """pandas writes a TSV file (`to_csv(sep="\\t")`) as a CSV writer does, a value holding a quote wrapped in quotes
-    with its own doubled: `"He said ""hi""."`. A .tsv file is read as written (CoLA's hold stray quotes), so such
+    with its own doubled: `"He said ""hi""."`. A .tsv file is read as written (quotes are text there), so such
     a value was scored, and trained on, quotes and all, without a word. It still is, and the run and training say
-    so, naming the first such value's row and column and what to write instead; a stray quote (CoLA's) is not such
+    so, naming the first such value's row and column and what to write instead; a stray quote is not such
     a value and says nothing."""
     import csv
 

@@ -108,7 +108,7 @@ class CsvRows:
     def _note_csv_quoted(self, batch: pa.RecordBatch, first: int) -> None:
         """Note the values of a TSV `batch` (its first the file's data row `first` + 1) wrapped in quotes with
         their own doubled, as pandas' to_csv(sep="\\t") writes a value holding a quote: a TSV file is read as
-        written (IANA's format; CoLA's files hold stray quotes), so those quotes are read as part of the text."""
+        written (IANA's format, where a quote is a character like any other), so those quotes are read as text."""
         if self.format != "tsv" or not batch.num_rows:
             return
         for name, column in zip(self.columns, batch.columns, strict=True):
