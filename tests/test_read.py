@@ -531,7 +531,7 @@ def test_csv_files_pythons_csv_module_writes_read_back_cell_for_cell(tmp_path, s
 
 @pytest.mark.parametrize("seed", range(2))
 def test_tsv_files_read_back_line_for_line_as_split_on_tabs(tmp_path, seed):
-    """A TSV file is read literally (no quoting: CoLA's hold unbalanced quotes): each line after the header, split
+    """A TSV file is read literally (IANA's format: no quoting, a quote is text): each line after the header, split
     on tabs, is a row, quotes and all; in a one-column file a blank line too (an empty value)."""
     import random
 
