@@ -335,6 +335,16 @@ def test_a_tsv_file_written_with_csv_quoting_is_read_as_written_and_said(tiny_ex
                                        str(tmp_path / "out.parquet")])
     assert result.exit_code == 0 and said in result.output, result.output
     assert pq.read_table(tmp_path / "out.parquet").column("sentence")[1].as_py() == '"He said ""hi"" to me."'
+    # A value holding a tab or a line break, quoted so, splits its row: refused as before, now saying why
+    for value, line, found in (("a\ttab", 3, 3), ("a line\nbreak", 3, 1)):
+        with source.open("w", newline="") as handle:
+            csv.writer(handle, delimiter="\t", lineterminator="\n").writerows(
+                [["sentence", "label"], ["The cat sat.", 1], [value, 0]])
+        result = run(source, "--model", tiny_export, "-o", tmp_path / "split.parquet")
+        assert result.exit_code == 3 and result.output == (
+            f"error: {source} line {line} (expected 2 fields, found {found}): a value there opens a quote, as a CSV "
+            "writer quotes one holding a tab or a line break (pandas: to_csv(sep=\"\\t\")), and a .tsv file is read "
+            "as written, quotes as text; write the file as CSV (to_csv without sep) or Parquet\n"), result.output
 
 
 def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_path):

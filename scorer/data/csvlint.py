@@ -103,6 +103,12 @@ def _first_line(handle, path: Path) -> bytes:
     return bytes(data)
 
 
+# What a TSV row split otherwise than its header, with a value that opens a quote, most likely is
+_TSV_QUOTED = ("a value there opens a quote, as a CSV writer quotes one holding a tab or a line break (pandas: "
+               "to_csv(sep=\"\\t\")), and a .tsv file is read as written, quotes as text; write the file as CSV "
+               "(to_csv without sep) or Parquet")
+
+
 def locate_problem(path: Path, fmt: str, expected: int) -> tuple[str, str | None] | None:
     """Find the first line that is not UTF-8 or has the wrong number of fields (slow path, errors only): where
     (" line 3 (...)", or "" where no line is to blame), and what to do where that is known; None when the file
@@ -120,7 +126,8 @@ def locate_problem(path: Path, fmt: str, expected: int) -> tuple[str, str | None
             for row in rows:
                 if len(row) != expected and row:
                     if rows.line_num == start:
-                        return f" line {start} (expected {expected} fields, found {len(row)})", None
+                        return f" line {start} (expected {expected} fields, found {len(row)})", \
+                            _TSV_QUOTED if fmt == "tsv" and any(field.startswith('"') for field in row) else None
                     if len(row) > expected:
                         return (f" line {start} (expected {expected} fields, found {len(row)} in the record on lines "
                                 f"{start}-{rows.line_num})"), None
