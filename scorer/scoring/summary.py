@@ -108,7 +108,8 @@ class RunSummary:
     error: str | None = None
     planned_inputs: int = 0  # the inputs the run was given (`inputs` lists those it has finished)
     # The data files of a directory INPUT left out, under it, each with why: "named with or under a leading '_'"
-    # (Spark's _temporary/ attempts, its markers) or "no bytes" (an empty part among several); the first
+    # (Spark's _temporary/ attempts, its markers), "no bytes" (an empty part among several) or "a link to nothing
+    # ..." (a link whose target is gone, not named as a data file: scorer.data.inputs.LINK_TO_NOTHING); the first
     # LEFT_OUT_LISTED of them, so that a _temporary/ of thousands of attempts' files does not swell every beat's
     # write, and how many there were of each why (`left_out_counts`: the list was cut where they add up to more).
     left_out: dict[str, str] = field(default_factory=dict)
