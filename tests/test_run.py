@@ -305,7 +305,8 @@ def test_a_one_column_files_blank_lines_are_rows_kept_empty_and_a_wider_files_ho
     assert pq.read_table(tmp_path / "wide.parquet").column("id").to_pylist() == ["1", "2"]
 
 
-def test_a_tsv_file_written_with_csv_quoting_is_read_as_written_and_said(tiny_export, tmp_path, caplog):
+def test_a_tsv_file_written_with_csv_quoting_is_read_as_written_and_said(tiny_export, tiny_checkpoint, tmp_path,
+                                                                         caplog):
     """pandas writes a TSV file (`to_csv(sep="\\t")`) as a CSV writer does, a value holding a quote wrapped in quotes
     with its own doubled: `"He said ""hi""."`. A .tsv file is read as written (quotes are text there), so such
     a value was scored, and trained on, quotes and all, without a word. It still is, and the run and training say
@@ -335,6 +336,10 @@ def test_a_tsv_file_written_with_csv_quoting_is_read_as_written_and_said(tiny_ex
                                        str(tmp_path / "out.parquet")])
     assert result.exit_code == 0 and said in result.output, result.output
     assert pq.read_table(tmp_path / "out.parquet").column("sentence")[1].as_py() == '"He said ""hi"" to me."'
+    # export's parity and calibration rows (--data, --calibration) are read so and said so too
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "onnx"),
+                                       "--data", str(source), "--calibration", str(source), "--variants", "fp32,int8"])
+    assert result.exit_code == 0 and result.output.count(said) == 2, result.output
     # A value holding a tab or a line break, quoted so, splits its row: refused as before, now saying why
     for value, line, found in (("a\ttab", 3, 3), ("a line\nbreak", 3, 1)):
         with source.open("w", newline="") as handle:
