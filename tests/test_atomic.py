@@ -215,3 +215,40 @@ def test_a_file_that_cannot_be_renamed_into_place_leaves_no_temporary_file(tmp_p
     with pytest.raises(PermissionError):
         atomic.write_text(tmp_path / "summary.json", "{}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_what_a_killed_export_left_beside_its_output_is_removed_by_the_next(tiny_checkpoint, tmp_path):
+    """An export writes its graphs into `.NAME.tmp-PID` and renames it into place; killed (-9, a scheduler's timeout)
+    before that, it left the directory behind, and every later export wrote beside it: up to a whole export's bytes
+    a night. The next export or training run into that output removes it, and a directory a killed replace moved
+    aside (`.NAME.old-PID`), under the output's lock (so never a live run's); other names are left alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = tmp_path / "onnx"
+    command = [sys.executable, "-m", "scorer.cli", "export", "--checkpoint", str(tiny_checkpoint), "-o", str(output),
+               "--variants", "fp32,int8", "--overwrite"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any(tmp_path.glob(".onnx.tmp-*/*.onnx")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    assert process.poll() is None, "the export finished before it could be stopped"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    left = tmp_path / f".onnx.tmp-{process.pid}"
+    assert left.is_dir() and not output.exists()
+    assert subprocess.run(command[:-1], capture_output=True).returncode == 0
+    assert not left.exists() and (output / "manifest.json").is_file()
+    # A directory a replace moved aside, killed before removing it, is removed once the output is in place again;
+    # names that are not scorer's (no PID after the tag) are not touched
+    aside, other = tmp_path / ".onnx.old-4194000", tmp_path / ".onnx.tmp-mine"
+    for directory in (aside, other):
+        directory.mkdir()
+        (directory / "model.onnx").write_text("graph")
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"removed {aside}, left by a run killed while it wrote {output}" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".onnx.tmp-mine", "onnx"]

@@ -185,6 +185,34 @@ def atomic_dir(target: Path, overwrite: bool, marker: str) -> Iterator[Path]:
         raise
 
 
+def remove_left_behind(target: Path) -> None:
+    """Remove what runs killed while they wrote the directory `target` left beside it: their temporary directories
+    (`.NAME.tmp-PID`, each up to a whole export's or checkpoint's bytes, which atomic_dir removes only where the run
+    lives to see its block fail) and, where `target` is in place, a directory a replace moved aside (`.NAME.old-PID`:
+    killed between the renames, or while removing it). Called under `target`'s lock, so no live run writes them."""
+    prefixes = (f".{target.name}.tmp-",) + ((f".{target.name}.old-",) if target.is_dir() else ())
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:  # (not there yet, or not readable: nothing of ours lies there)
+        return
+    for entry in entries:
+        pid = next((entry.name[len(prefix):] for prefix in prefixes if entry.name.startswith(prefix)), "")
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if os.path.lexists(path):
+            logging.getLogger("scorer").warning(
+                "%s, left by a run killed while it wrote %s, could not all be removed (files of another account?); "
+                "remove it to free its space", path, target)
+        else:
+            logging.getLogger("scorer").info("removed %s, left by a run killed while it wrote %s", path, target)
+
+
 def _remove_replaced(old: Path, target: Path) -> None:
     """Remove the directory a new one replaced; where that cannot be done (another account's files in it), say where
     it is, since it holds a whole checkpoint's or export's bytes."""

@@ -93,7 +93,8 @@ def sole_writer(output: Path, command: str) -> Iterator[None]:
     """`output`'s lock, held while `scorer COMMAND` (train, export) writes it: a second run into the same output (an
     overlapping cron job) is refused before any work, where the later would fail at its end, its work lost (or, with
     --overwrite, replace the earlier's), and two training runs would replace each other's resume state."""
-    lock = OutputLock(atomic.through_link(output), temporaries=[])
+    target = atomic.through_link(output)
+    lock = OutputLock(target, temporaries=[])
     try:
         lock.__enter__()
     except OutputTaken as exc:
@@ -102,6 +103,8 @@ def sole_writer(output: Path, command: str) -> Iterator[None]:
     except OutputError as exc:  # (a filesystem without locks: its output is written whole and renamed all the same)
         log.warning("%s; the run goes on without the lock, so a second run into the same output is not refused", exc)
         lock = None
+    else:  # (only under the lock: without it, a temporary directory there may be another live run's)
+        atomic.remove_left_behind(target)
     try:
         yield
     finally:
