@@ -67,9 +67,24 @@ def test_directory_is_mirrored_and_a_rerun_skips_finished_outputs(tiny_export, i
     (out / "2026-11-25" / "a.parquet").unlink()
     again = run(inbox, "--model", tiny_export, "--output", out)
     assert again.exit_code == 0, again.output
-    states = [u["state"] for u in json.loads((out / "scorer-summary.json").read_text())["inputs"]]
-    assert states == ["scored", "skipped"]
+    rerun = json.loads((out / "scorer-summary.json").read_text())
+    assert [u["state"] for u in rerun["inputs"]] == ["scored", "skipped"]
     assert (out / "b.parquet").stat().st_mtime_ns == before
+    # The skipped output's entry says what it holds, as the run that wrote it counted it; the run's own counts are
+    # of its work alone (a's 30 rows)
+    first, skipped = summary["inputs"][1], rerun["inputs"][1]
+    assert skipped["status_counts"] == first["status_counts"] and sum(first["status_counts"].values()) == 12
+    assert skipped["predicted_counts"] == first["predicted_counts"] and sum(first["predicted_counts"].values()) == 12
+    assert sum(rerun["status_counts"].values()) == sum(rerun["predicted_counts"].values()) == 30
+    for format in ("csv", "tsv.gz"):  # (a CSV/TSV output's record, beside it, says so too)
+        texts = tmp_path / f"out-{format}"
+        counts = []
+        for _ in range(2):
+            assert run(inbox, "--model", tiny_export, "--output", texts, "--format", format).exit_code == 0
+            counts.append([(u["state"], u["status_counts"], u["predicted_counts"])
+                           for u in json.loads((texts / "scorer-summary.json").read_text())["inputs"]])
+        assert [state for state, *_ in counts[1]] == ["skipped", "skipped"]
+        assert [figures for _, *figures in counts[1]] == [figures for _, *figures in counts[0]]
     forced = run(inbox, "--model", tiny_export, "--output", out, "--overwrite")
     assert forced.exit_code == 0 and (out / "b.parquet").stat().st_mtime_ns != before
 
@@ -495,6 +510,12 @@ def test_a_running_run_keeps_its_summary_up_to_date_and_a_killed_one_is_not_take
     done = json.loads(last.read_text())
     assert done["state"] == "finished" and done["exit_code"] == 0 and done["pid"] == os.getpid()
     assert [u["state"] for u in done["inputs"]].count("skipped") == len(killed["inputs"])
+    finished = {unit["input"]: unit for unit in killed["inputs"]}
+    for unit in done["inputs"]:  # (the outputs the killed run finished report what it counted in them)
+        if unit["state"] == "skipped":
+            assert unit["status_counts"] == finished[unit["input"]]["status_counts"]
+            assert unit["status_counts"]["ok"] == 8_000
+            assert unit["predicted_counts"] == finished[unit["input"]]["predicted_counts"]
     assert done["progress"] == {"bytes_planned": sum(sizes.values()), "bytes_finished": sum(sizes.values()),
                                 "fraction": 1.0, "seconds_left": 0.0}
 

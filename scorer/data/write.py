@@ -19,6 +19,9 @@ from scorer.errors import ConfigError, InputError, OutputError
 from scorer.manifest import sha256_file
 
 METADATA_KEY = b"scorer"
+# What a complete Parquet output holds (scorer.scoring.single.finish_unit: its rows by status and by predicted label),
+# known only once it is written, so in the file's footer alone, not in its schema (which was written first).
+FIGURES_KEY = b"scorer-figures"
 
 
 def output_format(path: Path) -> str:
@@ -65,8 +68,8 @@ def completion_record(output: Path) -> dict | None:
             footer = pq.read_metadata(output)
         except (pa.ArrowInvalid, OSError):
             return None
-        raw = (footer.metadata or {}).get(METADATA_KEY)
-        return {"rows": footer.num_rows, **json.loads(raw)} if raw else None
+        raw, figures = ((footer.metadata or {}).get(key) for key in (METADATA_KEY, FIGURES_KEY))
+        return {"rows": footer.num_rows, **json.loads(raw), **(json.loads(figures) if figures else {})} if raw else None
     try:
         record = json.loads(sidecar(output).read_text())
     except (OSError, json.JSONDecodeError):
@@ -124,11 +127,14 @@ class OutputSink:
             self._writer.close()
             self._writer = None
 
-    def finish(self) -> None:
-        """Complete the file (a CSV/TSV output's record beside it) and move it to its final name."""
+    def finish(self, figures: dict | None = None) -> None:
+        """Complete the file (a CSV/TSV output's record beside it), recording `figures` (what it holds, which a run
+        that finds it up to date reports) with what made it, and move it to its final name."""
+        if figures and self.format == "parquet" and self._writer is not None:
+            self._writer.add_key_value_metadata({FIGURES_KEY: json.dumps(figures).encode()})
         self.close()
         if self.format != "parquet":
-            record = {**self.metadata, "rows": self.rows, "output_sha256": sha256_file(self.staging)}
+            record = {**self.metadata, **(figures or {}), "rows": self.rows, "output_sha256": sha256_file(self.staging)}
             atomic.write_text(sidecar(self.path), json.dumps(record, indent=2) + "\n")
         atomic.sync(self.staging)
         atomic.replace(self.staging, self.path)

@@ -84,7 +84,8 @@ class RunSummary:
     # (threshold_from: "--threshold" or "export").
     threshold: float | None = None
     threshold_from: str | None = None
-    # Scored rows by predicted label over the inputs scored or resumed now (skipped ones are not read again).
+    # Scored rows by predicted label over the inputs scored or resumed now (a skipped one's entry says what its output
+    # holds, as the run that wrote it counted it; not counted here, not being this run's work).
     predicted_counts: dict[str, int] = field(default_factory=dict)
     checking_seconds: float = 0.0  # of `seconds`, spent on --check (PyTorch's start, mostly)
     io_binding: bool = False
@@ -172,6 +173,8 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
     predicted: dict[str, int] = {}
     waits: dict[str, float] = {}
     for unit in units:
+        if unit.state == "skipped":  # (what its output holds, counted by the run that wrote it: not this run's work)
+            continue
         for key, value in unit.status_counts.items():
             counts[key] = counts.get(key, 0) + value
         for key, value in unit.predicted_counts.items():
