@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from scorer.errors import ConfigError
+from scorer.errors import ConfigError, not_utf8
 from scorer.packaged import example_file, packaged_model
 
 # How pytorch.model.SentenceClassifier makes one vector of a sentence. mean: mean of the last layer's token states;
@@ -44,8 +44,14 @@ def _check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
     _check(value in choices, f"{option} must be one of {', '.join(choices)}, not '{value}'")
 
 
-def _check_files(reads: dict[str, object], writes: dict[str, object]) -> None:
-    """Refuse "-" (standard input or output, as many tools take it) where a file or directory is wanted."""
+def _check_files(reads: dict[str, object], writes: dict[str, object], models: dict[str, object]) -> None:
+    """Refuse "-" (standard input or output, as many tools take it) where a data file is read or a file written, and
+    a path (`models` too) whose names are not all UTF-8, which pyarrow, ONNX Runtime and torch cannot open."""
+    for option, value in {**reads, **writes, **models}.items():
+        shown = None if value is None else not_utf8(str(value))
+        _check(shown is None, f"{option} {shown}: the path is not UTF-8 (bytes of another encoding, shown as \\x..), "
+                              "and pyarrow, ONNX Runtime and torch open UTF-8 paths only; rename what is shown so, or "
+                              "pass another path")
     for option, value in reads.items():
         _check(str(value) != "-", f"{option} -: scorer reads files, not standard input; save the rows as a .parquet, "
                                   ".csv or .tsv file and pass its path")
@@ -109,7 +115,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_files({"--data": self.data, "--val-data": self.val_data},
-                     {"--output": self.output})
+                     {"--output": self.output}, {"--model": self.model})
         _check_max_length(self.max_length)
         _check_columns(self.text_column, self.label_column)
         _check(self.label_column != "", "--label-column '' (no labels) is for run and export; training needs labels: "
@@ -181,7 +187,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         _check_files({"--data": self.data, "--calibration": self.calibration},
-                     {"--output": self.output})
+                     {"--output": self.output}, {"--checkpoint": self.checkpoint})
         _check_columns(self.text_column, self.label_column)
         _check(self.opset >= 17, f"--opset must be 17 or newer, not {self.opset}")
         for variant in self.variants or ():
@@ -257,7 +263,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_files({"INPUT": self.input},
-                     {"--output": self.output, "--summary": self.summary, "--report": self.report})
+                     {"--output": self.output, "--summary": self.summary, "--report": self.report},
+                     {"--model": self.model, "--checkpoint": self.checkpoint})
         _check_choice(self.provider, PROVIDERS, "--provider")
         if self.output_format is not None:
             _check_choice(self.output_format, OUTPUT_FORMATS, "--format")

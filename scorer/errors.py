@@ -79,6 +79,17 @@ def too_many_files(path: Path) -> ConfigError:
                        "raise the limit (ulimit -n 4096) and run again")
 
 
+def not_utf8(path: str | os.PathLike) -> str | None:
+    """Where `path`'s name holds bytes that are not UTF-8 (a name written in another encoding, as an old archive or a
+    Windows share leaves one: Python holds them as lone surrogates), the path as a message shows it (`caf\\xe9.csv`);
+    else None. pyarrow and ONNX Runtime open UTF-8 names only."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return None
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none."""
     text = str(exc).strip()

@@ -104,6 +104,30 @@ def test_a_dash_for_standard_input_or_output_is_refused_before_any_work(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args", [
+    [b"run", b"caf\xe9.csv"], [b"run", b"in.csv", b"--output", b"d\xe9j\xe0/out.parquet"],
+    [b"run", b"in.csv", b"--model", b"mod\xe8le"], [b"run", b"in.csv", b"--summary", b"r\xe9sum\xe9.json"],
+    [b"train", b"--data", b"caf\xe9.csv"], [b"train", b"--output", b"ck\xe9"], [b"train", b"--model", b"m\xe9"],
+    [b"export", b"--checkpoint", b"ck\xe9"], [b"export", b"--output", b"onnx\xe9"],
+])
+def test_a_path_that_is_not_utf8_is_refused_before_any_work(tmp_path, args):
+    """A name in another encoding (an old archive's, a Windows share's: bytes Python holds as lone surrogates) made
+    pyarrow, ONNX Runtime or torch fail deep inside with an unexpected UnicodeEncodeError (exit 1), and export with a
+    TypeError whose message held the whole traced graph. It is a configuration error naming the option and the path
+    (its odd bytes shown as \\x..)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable.encode(), b"-m", b"scorer.cli", *args], cwd=tmp_path, capture_output=True)
+    said = result.stderr.decode()
+    option = next((a.decode() for a in args[1:] if a.startswith(b"--")), "INPUT")
+    shown = next(a for a in args if any(c > 127 for c in a)).decode("utf-8", "backslashreplace")
+    assert result.returncode == 2 and said.count("\n") == 1, said
+    assert said.startswith(f"error: {option} {shown}: the path is not UTF-8 (bytes of another encoding, shown as "
+                           "\\x..)"), said
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_help_is_fast_because_torch_is_not_imported():
     import subprocess
     import sys

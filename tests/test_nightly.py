@@ -1458,3 +1458,25 @@ def test_a_summary_or_report_path_that_is_a_directory_is_refused_before_any_work
     assert result.exit_code == 5, result.output
     assert f"{option} {folder} is a directory, and scorer writes a file there" in result.output
     assert [p.name for p in folder.iterdir()] == ["yesterday.json"] and not (tmp_path / "out.parquet").exists()
+
+
+def test_a_file_whose_name_is_not_utf8_fails_alone_and_the_others_are_scored(tiny_export, tmp_path):
+    """A file named in another encoding under the input (`caf\\xe9.csv`, from a Windows share) stopped the whole run
+    with an unexpected UnicodeEncodeError from pyarrow (exit 1), nothing scored; it is now an input that fails,
+    saying to rename it, and the others are scored (exit 3)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    odd = os.fsdecode(bytes(inbox) + b"/caf\xe9.csv")
+    for path in (odd, inbox / "ok.csv"):
+        with open(path, "w") as handle:
+            handle.write("sentence\n" + "".join(f"{s}\n" for s in sentences(5)))
+    out = tmp_path / "out"
+    result = run(inbox, "-o", out, "--model", tiny_export)
+    assert result.exit_code == 3, result.output
+    summary = json.loads((out / "scorer-summary.json").read_text())
+    failed, scored = summary["inputs"]
+    assert (scored["state"], scored["rows"], failed["state"]) == ("scored", 5, "failed")
+    assert failed["error"] == f"{inbox}/caf\\xe9.csv: the file's name is not UTF-8 (bytes of another encoding, shown " \
+        "as \\x..), and pyarrow, which reads it, opens UTF-8 names only; rename it (convmv -f cp1252 -t utf-8 " \
+        "--notest FILE, or mv)"
+    assert sorted(os.listdir(out)) == ["ok.parquet", "scorer-summary.json"]

@@ -20,7 +20,7 @@ from scorer.data.csvlint import (
 from scorer.data.csvrows import CsvRows
 from scorer.data.names import as_listed
 from scorer.data.sniff import disguised
-from scorer.errors import InputError, out_of_descriptors, too_many_files
+from scorer.errors import InputError, not_utf8, out_of_descriptors, too_many_files
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 _PARQUET_BATCH = 1 << 14
@@ -58,6 +58,11 @@ class TableReader:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        shown = not_utf8(self.path)
+        if shown is not None:
+            raise InputError(f"{shown}: the file's name is not UTF-8 (bytes of another encoding, shown as \\x..), and "
+                             "pyarrow, which reads it, opens UTF-8 names only; rename it (convmv -f cp1252 -t utf-8 "
+                             "--notest FILE, or mv)")
         if self.path.exists() and not (self.path.is_file() or self.path.is_dir()):  # (`<(zcat day.csv.gz)`, a FIFO)
             raise InputError(f"{self.path} is a pipe or a device, not a file; scorer reads an input more than once (to "
                              "resume it, to see it did not change), so write it to a file first and pass that")
