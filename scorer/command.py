@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from scorer.errors import HungUp, ScorerError, Terminated, one_line, stopped
+from scorer.errors import HungUp, ScorerError, Terminated, one_line, stopped, unexpected
 
 log = logging.getLogger("scorer")
 
@@ -83,8 +83,7 @@ def command(func: Callable) -> Callable:
                 sys.exit(141)  # (`scorer run ... | head`: the reader went away; said as a SIGPIPE death is, silently)
             if debug:
                 raise
-            click.echo(f"error: unexpected {type(exc).__name__}: {one_line(str(exc))} (rerun with --debug and report "
-                       "it)", err=True)
+            click.echo(f"error: {unexpected(exc)} (rerun with --debug and report it)", err=True)
             sys.exit(1)
 
     return wrapper

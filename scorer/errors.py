@@ -106,6 +106,19 @@ def one_line(text: str) -> str:
     return text.translate(_SHOWN)
 
 
+# The characters of an unexpected error's message said (torch's TypeError for an odd path held the whole traced
+# graph: 600 KB on one line of a nightly log); --debug shows it whole.
+UNEXPECTED_SHOWN = 1_000
+
+
+def unexpected(exc: BaseException) -> str:
+    """A bug's error in one line, as the run says it and its summary records it: its type and message, cut short."""
+    text = one_line(str(exc))
+    if len(text) > UNEXPECTED_SHOWN:
+        text = f"{text[:UNEXPECTED_SHOWN]}... ({len(text):,} characters in all)"
+    return f"unexpected {type(exc).__name__}: {text}"
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (rerun with --debug and report it)",

@@ -373,6 +373,17 @@ def test_a_run_stopped_by_a_bug_says_so_in_the_summary_too(tiny_export, tmp_path
     summary = json.loads(last.read_text())
     assert summary["exit_code"] == 1 and summary["error"] == "unexpected ZeroDivisionError: division by zero"
     assert summary["inputs"][0]["state"] == "failed" and summary["inputs"][0]["exit_code"] == 1
+    # A bug's message is cut short, in the one line said and in the summary (torch's TypeError for a path it could
+    # not take held the whole traced graph: 600 KB on one line of a nightly log)
+    def verbose(*args, **kwargs):
+        raise TypeError("graph(" + "%x : Float(384)\n" * 50_000 + ")")
+
+    monkeypatch.setattr(scorer.scoring.single, "tally", verbose)
+    result = run(source, "--model", tiny_export, "--summary", last)
+    assert result.exit_code == 1 and "unexpected TypeError: graph(%x : Float(384)\\n%x" in result.output
+    assert result.output.count("\n") == 1 and len(result.output) < 1_200, result.output[:300]
+    assert "... (850,007 characters in all) (rerun with --debug and report it)" in result.output
+    assert json.loads(last.read_text())["error"] == result.output.split("error: ")[1].split(" (rerun")[0]
 
 
 def _start(args: list[str], hangup=signal.SIG_DFL) -> subprocess.Popen:

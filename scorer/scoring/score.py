@@ -12,7 +12,7 @@ from dataclasses import replace
 from scorer.config import RunConfig
 from scorer.data.lock import OutputLock
 from scorer.data.snapshot import read_whole
-from scorer.errors import ConfigError, OutputTaken, ProviderError, ScorerError, stopped
+from scorer.errors import ConfigError, OutputTaken, ProviderError, ScorerError, stopped, unexpected
 from scorer.extras import require_training_stack
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.defaults import DEFAULT_WINDOW_ROWS
@@ -178,7 +178,7 @@ def _unit_summary(unit: WorkUnit, result: UnitSummary | BaseException) -> UnitSu
         said, code = stopped(result)
         return UnitSummary(str(unit.source), str(unit.output), said, error=said, exit_code=code)
     return UnitSummary(str(unit.source), str(unit.output), "failed", exit_code=1,
-                       error=f"unexpected {type(result).__name__}: {result}")
+                       error=unexpected(result))
 
 
 @contextlib.contextmanager
