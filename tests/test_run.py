@@ -383,6 +383,14 @@ def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_pa
     assert f"- model: {tiny_export} (" in text and "score: the probability of label 1" in text
     assert f"- scored: {run_record['scored_at']}\n" in text
     assert re.search(r"- PyTorch check: 100.0% of 10 rows agree, max \|Δscore\| [0-9.e-]+\n", text), text
+    # A rerun skips the output, and its summary still says how it evaluated (a run killed before its summary, then run
+    # again, lost that), but for the sampled rows' text, which the output's record does not keep
+    scored = json.loads((tmp_path / "dev.scored.parquet.summary.json").read_text())["inputs"][0]["evaluation"]
+    again = run(data, "--model", tiny_export)
+    skipped = json.loads((tmp_path / "dev.scored.parquet.summary.json").read_text())["inputs"][0]
+    assert again.exit_code == 0 and skipped["state"] == "skipped", again.output
+    assert skipped["evaluation"] == {key: value for key, value in scored.items() if key != "samples"}
+    assert "(1 skipped); 0 written now" in again.output and f"accuracy {scored['accuracy']:.4f}" in again.output
 
 
 def test_a_report_that_cannot_be_written_as_asked_is_refused_before_any_work(tiny_export, parquet_input, tmp_path):

@@ -152,11 +152,11 @@ def _skipped(done: dict | None, opened: OpenUnit, config: RunConfig, locked: boo
                     "--overwrite to score it again", unit.output, config.report)
     if config.check:  # (a nightly run over a growing inbox skips yesterday's files: said in passing)
         log.info("%s: --check does not check a skipped output", unit.output)
-    # (what the output holds, as the run that wrote it counted it: a run killed before its summary, then run again,
-    # still reports it; nothing where an older scorer wrote the output)
+    # (what the output holds, as the run that wrote it counted and evaluated it: a run killed before its summary, then
+    # run again, still reports it; nothing where an older scorer wrote the output)
     return UnitSummary(str(unit.source), str(unit.output), "skipped", rows=done.get("rows", 0),
                        status_counts=done.get("status_counts") or {},
-                       predicted_counts=done.get("predicted_counts") or {},
+                       predicted_counts=done.get("predicted_counts") or {}, evaluation=done.get("evaluation"),
                        columns=result_names(done.get("columns") or {}))
 
 
@@ -232,7 +232,10 @@ def finish_unit(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
                 "; this export records no checkpoint weights (it predates that), so a checkpoint retrained since "
                 "the export would fail the same way: if it was, export it again")
             )
-    sink.finish({"status_counts": figures.status_counts, "predicted_counts": figures.predicted_counts})
+    evaluated = None if figures.evaluation is None else \
+        {key: value for key, value in figures.evaluation.items() if key != "samples"}  # (rows' text: not kept)
+    sink.finish({"status_counts": figures.status_counts, "predicted_counts": figures.predicted_counts,
+                 "evaluation": evaluated})
     if config.report:  # (a report without a row to evaluate says so: the file asked for is there)
         about = {"input": str(unit.source), "output": str(unit.output), "model": str(classifier.directory),
                  "variant": classifier.variant, "provider": classifier.provider,
