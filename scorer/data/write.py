@@ -19,8 +19,8 @@ from scorer.errors import ConfigError, InputError, OutputError
 from scorer.manifest import sha256_file
 
 METADATA_KEY = b"scorer"
-# What a complete Parquet output holds (scorer.scoring.single.finish_unit: its rows by status and by predicted label),
-# known only once it is written, so in the file's footer alone, not in its schema (which was written first).
+# What a complete Parquet output holds (scorer.scoring.single.finish_unit: its rows by status and by predicted label,
+# its evaluation), known only once it is written, so in the file's footer alone, not in its schema (written first).
 FIGURES_KEY = b"scorer-figures"
 
 
