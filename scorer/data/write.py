@@ -130,8 +130,8 @@ class OutputSink:
     def finish(self, figures: dict | None = None) -> None:
         """Complete the file (a CSV/TSV output's record beside it), recording `figures` (what it holds, which a run
         that finds it up to date reports) with what made it, and move it to its final name."""
-        # (pyarrow 17 on; under an older one the output records no figures, as one an older scorer wrote, and a run
-        # that skips it reports none)
+        # (pyarrow 17 on, as pyproject asks; run from the source tree under an older one, as on the GPU test machine,
+        # the output records no figures, as one an older scorer wrote, and a run that skips it reports none)
         if figures and self.format == "parquet" and hasattr(self._writer, "add_key_value_metadata"):
             self._writer.add_key_value_metadata({FIGURES_KEY: json.dumps(figures).encode()})
         self.close()
