@@ -23,6 +23,10 @@ HEAD_WEIGHTS = "scorer_head.safetensors"
 _PADDING_FLOOR = -1e4  # below any hidden state, and an fp16 number: what max pooling sees at padding
 # A cut-off or foreign weights file: safetensors' header errors, torch's size mismatches, a damaged pickle.
 DAMAGED_WEIGHTS = (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError)
+# The files a fast tokenizer is built from: its own, or a slow one's that transformers converts (WordPiece's vocabulary,
+# byte-level BPE's, SentencePiece's models).
+TOKENIZER_SOURCES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
+                     "tokenizer.model")
 # Models whose position ids start after the padding index, so two positions are not usable for tokens.
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
@@ -174,6 +178,9 @@ def pretrained_tokenizer(path: Path | str, vocab_size: int):
     quiet_transformers()
     from transformers import AutoTokenizer
 
+    if not any((Path(path) / name).is_file() for name in TOKENIZER_SOURCES):  # (said alike by transformers 4 and 5)
+        raise ModelError(f"{path}: no tokenizer files (tokenizer.json, or vocab.txt for WordPiece); copy the "
+                         "tokenizer the model was trained with into that directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
     except (OSError, ValueError, TypeError) as exc:
