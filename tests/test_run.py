@@ -402,7 +402,7 @@ def test_labelled_input_is_evaluated_with_report_and_samples(tiny_export, tmp_pa
     again = run(data, "--model", tiny_export)
     skipped = json.loads((tmp_path / "dev.scored.parquet.summary.json").read_text())["inputs"][0]
     assert again.exit_code == 0 and skipped["state"] == "skipped", again.output
-    assert skipped["evaluation"] == {key: value for key, value in scored.items() if key != "samples"}
+    assert skipped["evaluation"] == {**scored, "samples": None}
     assert "(1 skipped); 0 written now" in again.output and f"accuracy {scored['accuracy']:.4f}" in again.output
 
 

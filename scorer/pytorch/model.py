@@ -179,18 +179,21 @@ def pretrained_tokenizer(path: Path | str, vocab_size: int):
     from transformers import AutoTokenizer
 
     if not any((Path(path) / name).is_file() for name in TOKENIZER_SOURCES):  # (said alike by transformers 4 and 5)
-        raise ModelError(f"{path}: no tokenizer files (tokenizer.json, or vocab.txt for WordPiece); copy the "
-                         "tokenizer the model was trained with into that directory")
+        raise _no_tokenizer(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"{path}: no usable fast tokenizer ({first_line(exc)}); copy the model's tokenizer into "
                          "that directory") from exc
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # transformers 5 builds an empty one without files
-        raise ModelError(f"{path}: no tokenizer files (tokenizer.json, or vocab.txt for WordPiece); copy the "
-                         "tokenizer the model was trained with into that directory")
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # (transformers 5 builds an empty one from odd files)
+        raise _no_tokenizer(path)
     check_vocabulary(path, len(tokenizer), vocab_size)
     return tokenizer
+
+
+def _no_tokenizer(path: Path | str) -> ModelError:
+    return ModelError(f"{path}: no tokenizer files (tokenizer.json, or vocab.txt for WordPiece); copy the tokenizer "
+                      "the model was trained with into that directory")
 
 
 def check_vocabulary(path: Path | str, tokens: int, vocab_size: int) -> None:

@@ -232,8 +232,8 @@ def finish_unit(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
                 "; this export records no checkpoint weights (it predates that), so a checkpoint retrained since "
                 "the export would fail the same way: if it was, export it again")
             )
-    evaluated = None if figures.evaluation is None else \
-        {key: value for key, value in figures.evaluation.items() if key != "samples"}  # (rows' text: not kept)
+    # (its sampled rows' text is not kept with the output)
+    evaluated = None if figures.evaluation is None else {**figures.evaluation, "samples": None}
     sink.finish({"status_counts": figures.status_counts, "predicted_counts": figures.predicted_counts,
                  "evaluation": evaluated})
     if config.report:  # (a report without a row to evaluate says so: the file asked for is there)
