@@ -169,9 +169,7 @@ class _DataRows:
             reader = TableReader(path)
             reader.require(text_column, "--text-column")
             table = reader.read_all()
-            quoted = reader.quoted_as_csv()
-            if quoted:  # (read as written, as `scorer run` reads it, and said, as run and train say it)
-                log.warning("%s: %s", path, quoted)
+            reader.warn_if_quoted_as_csv()
             texts += plain_text(table.column(text_column)).to_pylist()
             labels = labels + table.column(label_column).to_pylist() \
                 if labels is not None and label_column in reader.columns else None

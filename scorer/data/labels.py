@@ -190,9 +190,7 @@ def _read_labelled_file(path: Path, text_column: str, label_column: str,
     if repeated:  # (its label would be learnt as a label of its own: the column's name)
         raise InputError(f"{path}: {repeated} remove those lines (join such files keeping the first one's header "
                          "alone: tail -n +2 on the others)")
-    quoted = reader.quoted_as_csv()
-    if quoted:
-        log.warning("%s: %s", path, quoted)
+    reader.warn_if_quoted_as_csv()
     texts = plain_text(table.column(text_column)).to_pylist()
     values = booleans_as_numbers([label_value(label) for label in table.column(label_column).to_pylist()])
     for row, (text, value) in enumerate(zip(texts, values, strict=True), start=1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from scorer.data.names import as_listed
 from scorer.data.sniff import disguised
 from scorer.errors import InputError, not_utf8, out_of_descriptors, too_many_files
 
+log = logging.getLogger("scorer")
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 _PARQUET_BATCH = 1 << 14
 _SEPARATORS = {"csv": ",", "tsv": "\t"}
@@ -166,10 +168,12 @@ class TableReader:
         does (and for Parquet)."""
         return None if self._csv is None else self._csv.repeated_header()
 
-    def quoted_as_csv(self) -> str | None:
-        """What a TSV file's values read so far that look quoted as a CSV writer quotes them are, said after the
-        file's name; None where none does (and for CSV and Parquet)."""
-        return None if self._csv is None else self._csv.quoted_as_csv()
+    def warn_if_quoted_as_csv(self) -> None:
+        """Warn of a TSV file's values read so far that look quoted as a CSV writer quotes them (read as written, as
+        run, train and export read them); nothing for CSV and Parquet."""
+        quoted = None if self._csv is None else self._csv.quoted_as_csv()
+        if quoted:
+            log.warning("%s: %s", self.path, quoted)
 
     @property
     def header_rows(self) -> tuple[list[int], int]:

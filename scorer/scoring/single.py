@@ -214,9 +214,7 @@ def finish_unit(opened: OpenUnit, classifier: OnnxClassifier, config: RunConfig,
     repeated = opened.reader.repeated_header()
     if repeated:
         log.warning("%s: %s they were scored as text like any other row: remove those lines", unit.source, repeated)
-    quoted = opened.reader.quoted_as_csv()
-    if quoted:
-        log.warning("%s: %s", unit.source, quoted)
+    opened.reader.warn_if_quoted_as_csv()
     check = None
     if config.check:
         from scorer.scoring.check import cross_check
