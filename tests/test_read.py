@@ -499,6 +499,34 @@ def test_a_csv_files_rows_are_estimated_as_it_is_read_and_known_once_read(tmp_pa
     assert TableReader(parquet).rows_expected() == (2, True)
 
 
+@pytest.mark.parametrize("suffix", ["csv", "tsv", "csv.gz"])
+def test_a_csv_files_rows_are_exact_when_its_last_window_is_handed_on(tmp_path, monkeypatch, suffix):
+    """The last window of a file whose rows fill its windows exactly was handed on before the reader had looked past
+    the last block, so its rows were still an estimate then: a run's last progress line for that input said "of
+    about" (flaky, by which thread got there first). The last block is now handed on once the end has been seen."""
+    import gzip
+
+    import scorer.data.csvrows
+
+    monkeypatch.setattr(scorer.data.csvrows, "BLOCK", 1 << 12)  # (4 KB blocks: the file is read in many)
+    separator = "\t" if suffix == "tsv" else ","
+    content = f"id{separator}sentence\n" + "".join(f"{i}{separator}row {i} says a little more\n" for i in range(1_000))
+    path = tmp_path / f"in.{suffix}"
+    path.write_bytes(gzip.compress(content.encode()) if suffix.endswith(".gz") else content.encode())
+    for skip in (0, 500):
+        reader, rows = TableReader(path), skip
+        for window in reader.batches(250, skip_rows=skip):
+            rows += window.num_rows
+            if rows == 1_000:  # (the last window, in hand: nothing after it has been asked for)
+                assert reader.rows_expected() == (1_000, True)
+        assert rows == 1_000
+    header_only = tmp_path / f"empty.{suffix}"
+    header = f"id{separator}sentence\n".encode()
+    header_only.write_bytes(gzip.compress(header) if suffix.endswith(".gz") else header)
+    reader = TableReader(header_only)
+    assert list(reader.batches(250)) == [] and reader.rows_expected() == (0, True)
+
+
 _CELLS = ["a", "b", " ", ",", '"', "\n", "\r\n", "é", "日本", "\U0001F642", "\t", "x y", "\\", "#", ";", "\u00a0", "0",
           "1.5", "NA", "null", "NaN", "true", "-"]
 

@@ -21,6 +21,17 @@ BLOCK, MAX_BLOCK = 1 << 22, 1 << 30
 _CSV_QUOTED = r'^"([^"]|"")*""([^"]|"")*"$'
 
 
+def _with_last(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, bool]]:
+    """Each of `batches` with whether it is the last, known by reading the next before handing one on."""
+    held = None
+    for batch in batches:
+        if held is not None:
+            yield held, False
+        held = batch
+    if held is not None:
+        yield held, True
+
+
 class CsvRows:
     """The rows of `path` (`fmt`: csv or tsv) under `columns` (its header's names), read in blocks."""
 
@@ -38,22 +49,24 @@ class CsvRows:
         self.csv_quoted: tuple[tuple[int, str, str] | None, int] = (None, 0)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        """The file's rows, a block's at a time."""
+        """The file's rows, a block's at a time; the last handed on once the file has been read to its end, so that
+        its rows are known exactly by whoever counts them on its way."""
         block, done = BLOCK, 0  # rows already yielded, skipped when a larger block reads the file again
         while True:
-            seen, read = 0, 0
+            seen, read, last = 0, 0, False
             raw, opened = open_raw(self.path)
             stream = TailKept(opened, raw if opened is not raw else None)
             try:  # (read through TailKept, which keeps the file's last bytes for _check_last_line)
-                for batch in pacsv.open_csv(pa.PythonFile(stream, mode="r"),
-                                            read_options=pacsv.ReadOptions(block_size=block),
-                                            parse_options=self._parse_options(),
-                                            convert_options=pacsv.ConvertOptions(
-                                                column_types={name: pa.string() for name in self.columns},
-                                                strings_can_be_null=False)):
+                for batch, last in _with_last(pacsv.open_csv(
+                        pa.PythonFile(stream, mode="r"), read_options=pacsv.ReadOptions(block_size=block),
+                        parse_options=self._parse_options(),
+                        convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in self.columns},
+                                                             strings_can_be_null=False))):
                     self._check_quotes(batch)
+                    if last:
+                        self._check_last_line(stream.tail)
                     # (a block a batch, all but the last full; said before the batch is handed on)
-                    self.read, self.inflation = (seen + batch.num_rows, read + block, False), stream.inflation
+                    self.read, self.inflation = (seen + batch.num_rows, read + block, last), stream.inflation
                     if seen + batch.num_rows > done:
                         fresh = batch.slice(max(0, done - seen))
                         self._note_header_rows(fresh, max(done, seen))
@@ -61,8 +74,9 @@ class CsvRows:
                         yield fresh
                         done = seen + batch.num_rows
                     seen, read = seen + batch.num_rows, read + block
-                self._check_last_line(stream.tail)
-                self.read = (seen, read, True)
+                if not last:  # (no batch at all: a header line alone)
+                    self._check_last_line(stream.tail)
+                    self.read = (0, 0, True)
                 return
             except pa.ArrowInvalid as exc:
                 if "straddl" not in str(exc) or block >= MAX_BLOCK:
