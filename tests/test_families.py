@@ -40,6 +40,18 @@ def _encoder(family: str, directory: Path) -> Path:
                                                max_position_embeddings=128)
     elif family == "roberta":  # positions start after the padding id, so two more than the longest input
         config = transformers.RobertaConfig(vocab_size=30522, max_position_embeddings=130, pad_token_id=0, **SHAPE)
+    elif family == "mpnet":
+        config = transformers.MPNetConfig(vocab_size=30522, max_position_embeddings=130, pad_token_id=0, **SHAPE)
+    elif family == "albert":
+        config = transformers.AlbertConfig(vocab_size=30522, embedding_size=16, max_position_embeddings=128, **SHAPE)
+    elif family in ("deberta", "deberta-v2"):  # (v2 is DeBERTa-v3's model type): relative positions only
+        kind = transformers.DebertaConfig if family == "deberta" else transformers.DebertaV2Config
+        config = kind(vocab_size=30522, max_position_embeddings=128, relative_attention=True,
+                      pos_att_type=["p2c", "c2p"], position_biased_input=False, **SHAPE)
+    elif family == "modernbert":  # (local attention over 16 tokens in every other layer: rows longer than that)
+        config = transformers.ModernBertConfig(vocab_size=30522, max_position_embeddings=128, pad_token_id=0,
+                                               cls_token_id=101, sep_token_id=102, bos_token_id=101, eos_token_id=102,
+                                               local_attention=16, **SHAPE)
     else:
         config = transformers.ElectraConfig(vocab_size=30522, embedding_size=16, max_position_embeddings=128, **SHAPE)
     transformers.AutoModel.from_config(config).save_pretrained(directory)
@@ -62,7 +74,8 @@ def _own_tokenizer(family: str, directory: Path) -> int:
     return tokenizer.get_vocab_size()
 
 
-@pytest.mark.parametrize("family", ["distilbert", "roberta", "electra", "roberta-bpe", "xlm-roberta"])
+@pytest.mark.parametrize("family", ["distilbert", "roberta", "electra", "roberta-bpe", "xlm-roberta", "mpnet",
+                                    "albert", "deberta", "deberta-v2", "modernbert"])
 def test_other_bert_family_encoders_train_export_and_score(family, tmp_path):
     encoder = _encoder(family, tmp_path / family)
     runner = CliRunner()
@@ -89,3 +102,28 @@ def test_other_bert_family_encoders_train_export_and_score(family, tmp_path):
         assert pq.read_table(output).column("status").to_pylist() == ["ok", "null", "ok", "truncated"]
         check = json.loads(output.with_name(output.name + ".summary.json").read_text())["inputs"][0]["check"]
         assert check["passed"] and check["rows"] == 3
+
+
+def test_an_encoder_that_fails_under_bf16_autocast_trains_in_fp32_unless_bf16_was_asked_for(tmp_path, monkeypatch):
+    """DeBERTa v1 in transformers fills its attention mask with float32's lowest value, which bf16 cannot hold: on a
+    CPU with bf16 units (where --precision auto means bf16) training stopped in its first step with "unexpected
+    RuntimeError: value cannot be converted to type c10::BFloat16 without overflow". It now trains in fp32 and says
+    why; with --precision bf16 asked for, it is a configuration error before any step."""
+    import scorer.training.device
+
+    encoder = _encoder("deberta", tmp_path / "deberta")
+    monkeypatch.setattr(scorer.training.device, "cpu_has_bf16", lambda: True)  # (auto: bf16, as on such a CPU)
+    args = ["train", "--epochs", "1", "--rtd-epochs", "0", "--max-length", "48", "--model"]
+    asked = CliRunner().invoke(main, [*args, str(encoder), "--output", str(tmp_path / "bf16"), "--precision", "bf16"])
+    assert asked.exit_code == 2, asked.output
+    assert asked.output.strip().splitlines()[-1] == (
+        "error: --precision bf16: DebertaModel fails under bf16 autocast (value cannot be converted to type "
+        "c10::BFloat16 without overflow); pass --precision fp32")
+    assert not (tmp_path / "bf16").exists()
+    auto = CliRunner().invoke(main, [*args, str(encoder), "--output", str(tmp_path / "auto")])
+    assert auto.exit_code == 0, auto.output
+    assert "DebertaModel fails under bf16 autocast" in auto.output and "training in fp32" in auto.output
+    assert "trained 1 epoch on cpu (fp32)" in auto.output
+    electra = _encoder("electra", tmp_path / "electra")  # (an encoder that runs under bf16 autocast keeps it)
+    kept = CliRunner().invoke(main, [*args, str(electra), "--output", str(tmp_path / "electra-out")])
+    assert kept.exit_code == 0 and "trained 1 epoch on cpu (bf16)" in kept.output, kept.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,11 @@ import numpy as np
 import torch
 
 from scorer.config import TrainConfig
-from scorer.errors import ProviderError, first_line
+from scorer.errors import ConfigError, ProviderError, first_line
+from scorer.pytorch.loop import autocast, to_device
+from scorer.text.tokens import Encoded
+
+log = logging.getLogger("scorer")
 
 
 @contextlib.contextmanager
@@ -52,6 +57,27 @@ def resolve_precision(choice: str, device: str) -> str:
     if choice != "auto":
         return choice
     return "bf16" if device == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def settle_precision(config: TrainConfig, precision: str, encoder: torch.nn.Module, encoded: Encoded,
+                     device: str) -> str:
+    """The precision the steps run in, once the encoder has run two training rows under bf16 autocast where that is
+    the precision: an encoder that fails under it (DeBERTa v1 in transformers, whose attention fills its mask with
+    float32's lowest value, which bf16 cannot hold: transformers issue 35332) trains in fp32 where --precision was
+    auto, and is a configuration error where bf16 was asked for."""
+    if precision != "bf16" or not len(encoded):
+        return precision
+    input_ids, attention_mask = to_device(encoded, np.arange(min(2, len(encoded))), device)
+    try:
+        with torch.no_grad(), autocast(device, precision):
+            encoder.to(device)(input_ids=input_ids, attention_mask=attention_mask)
+    except RuntimeError as exc:
+        failure = f"{type(encoder).__name__} fails under bf16 autocast ({first_line(exc)[:200]})"
+        if config.precision == "bf16":
+            raise ConfigError(f"--precision bf16: {failure}; pass --precision fp32") from exc
+        log.warning("%s: training in fp32", failure)
+        return "fp32"
+    return precision
 
 
 def cpu_has_bf16() -> bool:

@@ -32,7 +32,7 @@ from scorer.text.tokens import Encoded, TextEncoder
 from scorer.training import plot
 from scorer.training.adapt import ReplacedTokens, masked_lm, replaced_token_detection
 from scorer.training.dataset import TrainingData, check_coverage, load_training_data, refuse_hollow
-from scorer.training.device import device_memory, resolve_device, resolve_precision, seed_everything
+from scorer.training.device import device_memory, resolve_device, resolve_precision, seed_everything, settle_precision
 from scorer.training.pretrained import load_pretrained
 from scorer.training.resume import NO_STATE, NoState, RunState, Stage
 
@@ -95,6 +95,7 @@ def _train(config: TrainConfig, device: str, precision: str, data: TrainingData,
     val_set = text_encoder.encode(data.val_texts)
     refuse_hollow(data.train_texts + data.val_texts, np.concatenate([train_set.lengths, val_set.lengths]),
                    text_encoder.bare_length, config)
+    precision = settle_precision(config, precision, encoder_model, train_set, device)
     state = RunState(config, device, precision)
     try:
         result = _stages(config, device, precision, data, progress, state, hf_tokenizer, (encoder_model, masked_form),
@@ -120,8 +121,9 @@ def _stages(config: TrainConfig, device: str, precision: str, data: TrainingData
     head = HeadConfig(labels=data.labels, pooling=config.pooling, max_length=config.max_length, dropout=config.dropout)
     model = SentenceClassifier(encoder_model, head).to(device)
     log.info(
-        "training on %s (%s): %d train rows, %d validation rows (%s), labels %s, %d epochs",
+        "training on %s (%s): %d train rows, %d validation rows (%s), labels %s, %d epoch%s",
         device, precision, len(data.train_texts), len(data.val_texts), data.val_source, data.labels, config.epochs,
+        "" if config.epochs == 1 else "s",
     )
     auxiliary = (ReplacedTokens.build(model.encoder, train_set, hf_tokenizer.all_special_ids, device, config.rtd_draw)
                  if config.rtd_aux else None)
