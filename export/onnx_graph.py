@@ -3,7 +3,9 @@ and check the saved graph."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -23,6 +25,8 @@ DYNAMIC_AXES = {
 }
 # Export at a shape that parity never uses (it checks batch 1, odd lengths and the max length).
 _EXPORT_BATCH, _EXPORT_LENGTH = 2, 16
+# ...and run the graph at others (rows x tokens; None: the max length) before any variant is built from it.
+_OTHER_SHAPES = ((3, 23), (2, 5), (1, None))
 
 
 def export_onnx(model: nn.Module, path: Path, opset: int) -> None:
@@ -51,6 +55,7 @@ def export_onnx(model: nn.Module, path: Path, opset: int) -> None:
         )
     gather_external_data(path)
     check_graph(path)
+    check_other_shapes(path, type(model.encoder).__name__, vocab, model.head_config.max_length)
 
 
 def gather_external_data(path: Path) -> None:
@@ -94,3 +99,54 @@ def check_graph(path: Path) -> None:
         )
     if problems:
         raise ModelError(f"{path}: {'; '.join(problems)}")
+
+
+def check_other_shapes(path: Path, architecture: str, vocab: int, max_length: int) -> None:
+    """The graph runs at batch shapes other than the one it was traced at, and a row's logits do not depend on the
+    padding after it. A forward whose tracing fixed a shape (Longformer's padding to its attention window, Funnel's
+    pooling) fails here, named, where it failed later, building the variants or checking parity, with "unexpected
+    Fail" and ONNX Runtime's whole message (parity's batches, of other shapes still, are run the same way: see
+    export.parity); a model that reads a padded position (XLNet, which classifies by the last token and is padded on
+    the left) would score a row by what it was batched with, and is refused."""
+    import numpy as np
+
+    from scorer.inference.session import batch_runner, create_session
+
+    rng = np.random.default_rng(0)
+    run = batch_runner(create_session(path, "cpu", threads=1), "cpu", False)
+    for rows, length in _OTHER_SHAPES:
+        input_ids = rng.integers(1000 if vocab > 2000 else 1, vocab, (rows, length or max_length), dtype=np.int64)
+        attention_mask = np.ones_like(input_ids)
+        kept = input_ids.shape[1] // 2 + 1
+        attention_mask[-1, kept:] = 0
+        with fixed_shape(architecture, input_ids.shape):
+            padded = run({"input_ids": input_ids, "attention_mask": attention_mask})[-1]
+        with fixed_shape(architecture, (1, kept)):
+            alone = run({"input_ids": input_ids[-1:, :kept], "attention_mask": attention_mask[-1:, :kept]})[0]
+        if not np.allclose(padded, alone, rtol=1e-3, atol=1e-3):
+            raise ModelError(f"{architecture}'s logits for a row of {kept} tokens change when it is padded to "
+                             f"{input_ids.shape[1]} in a batch ({_shown(alone)} alone, {_shown(padded)} padded): "
+                             "the model reads padded positions (as one padded on the left and classifying by its last "
+                             "token does), and scorer pads on the right, so it would score a row by what it was "
+                             "batched with; nothing was written")
+
+
+def _shown(logits) -> str:
+    return "[" + ", ".join(f"{value:.4f}" for value in logits) + "]"
+
+
+@contextlib.contextmanager
+def fixed_shape(architecture: str, shape: tuple[int, int]) -> Iterator[None]:
+    """ONNX Runtime failing to run the exported graph on a batch of `shape` (rows, tokens) as a model error: the
+    graph keeps a shape it was traced at (running out of memory is not that, and is raised as it came)."""
+    from scorer.inference.session import memory_failure, ort_account
+
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime") or memory_failure(exc):
+            raise
+        raise ModelError(f"{architecture}'s ONNX graph, traced by torch.onnx at {_EXPORT_BATCH}x{_EXPORT_LENGTH} "
+                         f"tokens, fails on a batch of {shape[0]}x{shape[1]} ({ort_account(exc)[:300]}): its forward "
+                         "fixes a shape when traced, so it cannot be exported with dynamic batch and sequence axes; "
+                         "nothing was written") from exc

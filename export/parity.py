@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.onnx_graph import fixed_shape
 from scorer.config import ExportConfig
 from scorer.inference.rescue import finite_rows
 from scorer.inference.results import decided, softmax
@@ -99,6 +100,7 @@ class Parity:
         self.encoded, self.targets, self.labels, self.config = encoded, targets, labels, config
         self.decision = Decision(config.tie_margin, config.threshold, positive)
         self.batches = parity_batches(len(encoded), max_length)
+        self.architecture = type(model.encoder).__name__
         self.reference = _torch_logits(model, encoded, self.batches)
         self.torch_row = _judge("pytorch", "torch-cpu", self.reference, self.reference, self.batches, targets, labels,
                                 config, None, self.decision)
@@ -109,7 +111,11 @@ class Parity:
         provider = "cuda" if name == "fp16" and cuda_starts(path) else "cpu"
         options = cuda_options if provider == "cuda" else None
         run = batch_runner(create_session(path, provider, options), provider, io_binding=False)
-        logits = [run(_feed(self.encoded, b.rows, b.pad)) for b in self.batches]
+        logits = []
+        for batch in self.batches:
+            feed = _feed(self.encoded, batch.rows, batch.pad)
+            with fixed_shape(self.architecture, feed["input_ids"].shape):
+                logits.append(run(feed))
         return _judge(name, provider, self.reference, logits, self.batches, self.targets, self.labels, self.config,
                       self.torch_row, self.decision)
 

@@ -160,12 +160,21 @@ def memory_failure(exc: BaseException) -> str | None:
     GPU's memory, say); None for any other exception."""
     if not type(exc).__module__.startswith("onnxruntime"):
         return None
-    text = first_line(exc)
-    if not any(said in text for said in _NO_MEMORY):
+    if not any(said in first_line(exc) for said in _NO_MEMORY):
         return None
+    return _status_message(first_line(exc)).split(" ; ")[0]
+
+
+def ort_account(exc: BaseException) -> str:
+    """ONNX Runtime's message for a failed run without its C++ file, function and template: the node, where it
+    names one, and what went wrong there."""
+    node = re.search(r"running (\w+) node\. Name:'([^']*)'", first_line(exc))
+    return (f"{node[1]} node {node[2]}: " if node else "") + _status_message(first_line(exc))
+
+
+def _status_message(text: str) -> str:
     text = text.rsplit("Status Message: ", 1)[-1]
-    text = re.sub(r"^\S+:\d+ [^)]*\) (\[with [^]]*\] )?", "", text)  # (its C++ file, function and template)
-    return text.split(" ; ")[0].strip()
+    return re.sub(r"^\S+:\d+ [^)]*\) (\[with [^]]*\] )?", "", text).strip()  # (its C++ file, function, template)
 
 
 def batch_runner(session, provider: str, io_binding: bool) -> Callable[[dict[str, np.ndarray]], np.ndarray]:

@@ -262,7 +262,9 @@ def reinitialize_top_layers(encoder: nn.Module, count: int) -> None:
 
 def position_limit(config: object) -> int:
     """The longest token sequence the encoder's position embeddings allow (at most 512)."""
-    limit = int(getattr(config, "max_position_embeddings", 512))
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:  # (none, or XLNet's -1: relative positions alone, no limit)
+        return 512
     if getattr(config, "model_type", "") in _OFFSET_POSITION_MODELS:
         limit -= 2
     return min(limit, 512)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from scorer.config import TrainConfig
-from scorer.errors import ConfigError, ProviderError, first_line
+from scorer.errors import ConfigError, ModelError, ProviderError, first_line
 from scorer.pytorch.loop import autocast, to_device
 from scorer.text.tokens import Encoded
 
@@ -61,23 +61,43 @@ def resolve_precision(choice: str, device: str) -> str:
 
 def settle_precision(config: TrainConfig, precision: str, encoder: torch.nn.Module, encoded: Encoded,
                      device: str) -> str:
-    """The precision the steps run in, once the encoder has run two training rows under bf16 autocast where that is
-    the precision: an encoder that fails under it (DeBERTa v1 in transformers, whose attention fills its mask with
-    float32's lowest value, which bf16 cannot hold: transformers issue 35332) trains in fp32 where --precision was
-    auto, and is a configuration error where bf16 was asked for."""
-    if precision != "bf16" or not len(encoded):
+    """The precision the steps run in, once the encoder has run two training rows (the shortest and the longest,
+    padded as a batch is) before any step. An encoder that fails under bf16 autocast (DeBERTa v1 in transformers,
+    whose attention fills its mask with float32's lowest value, which bf16 cannot hold: transformers issue 35332)
+    trains in fp32 where --precision was auto, and is a configuration error where bf16 was asked for; one that fails
+    in fp32 too (a fixed input length, as Nystromformer's) is a model error, named, before any work."""
+    if not len(encoded):
         return precision
-    input_ids, attention_mask = to_device(encoded, np.arange(min(2, len(encoded))), device)
-    try:
-        with torch.no_grad(), autocast(device, precision):
-            encoder.to(device)(input_ids=input_ids, attention_mask=attention_mask)
-    except RuntimeError as exc:
-        failure = f"{type(encoder).__name__} fails under bf16 autocast ({first_line(exc)[:200]})"
+    rows = np.unique([np.argmin(encoded.lengths), np.argmax(encoded.lengths)])
+    input_ids, attention_mask = to_device(encoded, rows, device)
+    failure = _failure(encoder.to(device), input_ids, attention_mask, device, precision)
+    if failure is None:
+        return precision
+    if precision == "bf16" and _failure(encoder, input_ids, attention_mask, device, "fp32") is None:
+        failure = f"{type(encoder).__name__} fails under bf16 autocast ({failure[failure.index(': ') + 2:]})"
         if config.precision == "bf16":
-            raise ConfigError(f"--precision bf16: {failure}; pass --precision fp32") from exc
+            raise ConfigError(f"--precision bf16: {failure}; pass --precision fp32")
         log.warning("%s: training in fp32", failure)
         return "fp32"
-    return precision
+    raise ModelError(f"{config.model}: {type(encoder).__name__} fails on {len(rows)} training rows padded to "
+                     f"{input_ids.shape[1]} tokens ({failure}); scorer pads each batch to its longest row, so it "
+                     "needs an encoder that takes any length up to its limit (BERT, RoBERTa, DeBERTa and their kin "
+                     "do)")
+
+
+def _failure(encoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, device: str,
+             precision: str) -> str | None:
+    """What the encoder's forward on these rows raised (its type and first line), in eval mode so that no dropout
+    draws from the seeded generators; None where it ran."""
+    training = encoder.training
+    try:
+        with torch.no_grad(), autocast(device, precision):
+            encoder.eval()(input_ids=input_ids, attention_mask=attention_mask)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        return f"{type(exc).__name__}: {first_line(exc)[:200]}"
+    finally:
+        encoder.train(training)
+    return None
 
 
 def cpu_has_bf16() -> bool:
