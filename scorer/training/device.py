@@ -93,6 +93,8 @@ def _failure(encoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: 
     try:
         with torch.no_grad(), autocast(device, precision):
             encoder.eval()(input_ids=input_ids, attention_mask=attention_mask)
+    except torch.cuda.OutOfMemoryError:  # (not the model's doing: device_memory says it)
+        raise
     except (RuntimeError, ValueError, IndexError) as exc:
         return f"{type(exc).__name__}: {first_line(exc)[:200]}"
     finally:
