@@ -18,7 +18,8 @@ from onnx import numpy_helper
 
 _SHARED = {"pt/eps": np.array(1e-8, np.float32), "pt/inv127": np.array(1 / 127, np.float32),
            "pt/one": np.array(1.0, np.float32), "pt/zp": np.array(128, np.uint8),
-           "pt/zp1": np.array([128], np.uint8), "pt/last": np.array([-1], np.int64), "pt/zero": np.array([0], np.int64)}
+           "pt/zp1": np.array([128], np.uint8), "pt/last": np.array([-1], np.int64), "pt/zero": np.array([0], np.int64),
+           "pt/axis1": np.array([1], np.int64)}
 
 
 def per_token_int8(source: Path | onnx.ModelProto, target: Path, exclude: list[str]) -> None:
@@ -26,12 +27,14 @@ def per_token_int8(source: Path | onnx.ModelProto, target: Path, exclude: list[s
     model = onnx.load(str(source)) if isinstance(source, Path) else _copy(source)
     weights = {init.name: init for init in model.graph.initializer}
     extra = [numpy_helper.from_array(value, name) for name, value in _SHARED.items()]
+    opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
     nodes, replaced = [], set()
     for node in model.graph.node:
         if node.op_type != "MatMul" or node.input[1] not in weights or node.name in exclude:
             nodes.append(node)
             continue
-        quantised, initializers = _matmul(node, numpy_helper.to_array(weights[node.input[1]]).astype(np.float32))
+        quantised, initializers = _matmul(node, numpy_helper.to_array(weights[node.input[1]]).astype(np.float32),
+                                          opset)
         nodes += quantised
         extra += initializers
         replaced.add(node.input[1])
@@ -47,8 +50,10 @@ def per_token_int8(source: Path | onnx.ModelProto, target: Path, exclude: list[s
     onnx.save(model, str(target))
 
 
-def _matmul(node: onnx.NodeProto, weight: np.ndarray) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The nodes that replace one MatMul (x of any rank by a 2-D weight), and their initialisers."""
+def _matmul(node: onnx.NodeProto, weight: np.ndarray,
+            opset: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes that replace one MatMul (x of any rank by a 2-D weight), and their initialisers, for a graph of
+    `opset` (from 18 on, ReduceMax takes its axes as an input, not an attribute)."""
     scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127
     p = f"{node.name}/pt_"
     initializers = [numpy_helper.from_array(np.clip(np.round(weight / scale), -127, 127).astype(np.int8), p + "w"),
@@ -61,6 +66,7 @@ def _matmul(node: onnx.NodeProto, weight: np.ndarray) -> tuple[list[onnx.NodePro
         make("Shape", [x], [p + "shape"]), make("Slice", [p + "shape", "pt/zero", "pt/last"], [p + "lead"]),
         make("Concat", [p + "lead", p + "n"], [p + "out_shape"], axis=0),
         make("Reshape", [x, p + "rows_shape"], [p + "x"]), make("Abs", [p + "x"], [p + "abs"]),
+        make("ReduceMax", [p + "abs", "pt/axis1"], [p + "max"], keepdims=0) if opset >= 18 else
         make("ReduceMax", [p + "abs"], [p + "max"], keepdims=0, axes=[1]),
         make("Max", [p + "max", "pt/eps"], [p + "max1"]), make("Mul", [p + "max1", "pt/inv127"], [p + "sx"]),
         make("Shape", [p + "sx"], [p + "count"]), make("Expand", ["pt/zp1", p + "count"], [p + "zps"]),

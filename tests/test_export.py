@@ -52,6 +52,22 @@ def test_export_writes_variants_tokenizer_report_and_manifest(tiny_export):
 
 
 
+def test_an_export_at_a_newer_opset_builds_every_variant_and_passes_parity(tiny_checkpoint, tmp_path):
+    """`--opset 18` (or newer, up to what torch exports) failed building int8: its per-token graph gave ReduceMax
+    its axes as an attribute, which opset 18 made an input ("Unrecognized attribute: axes for operator ReduceMax")."""
+    out = tmp_path / "onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(out), "--opset",
+                                       "18", "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(out)
+    assert manifest.opset == 18 and set(manifest.variants) == {"fp32", "fp16", "int8"}
+    for variant in manifest.variants.values():
+        graph = onnx.load(str(out / variant.file))
+        onnx.checker.check_model(graph)
+        assert next(o.version for o in graph.opset_import if o.domain == "") == 18
+    assert json.loads((out / "parity.json").read_text())["passed"]
+
+
 def test_a_checkpoint_and_its_export_are_readable_as_the_umask_allows(tiny_checkpoint, tiny_export):
     # safetensors writes 0600 whatever the umask: a checkpoint another account (export's, the nightly job's for
     # --check) could not read although every other file of it is readable

@@ -152,12 +152,25 @@ def test_cpu_default_is_int8_only_when_export_measured_it_faster(tiny_export, sp
     assert default_variant("cuda", manifest) == "fp16"
 
 
-def test_per_token_int8_is_close_to_fp32_and_gives_a_row_the_same_scores_in_any_batch(tiny_export, tmp_path,
-                                                                                      schemes):
+@pytest.mark.parametrize("opset", [None, 18, "newest"])
+def test_per_token_int8_is_close_to_fp32_and_gives_a_row_the_same_scores_in_any_batch(tiny_export, tiny_checkpoint,
+                                                                                      tmp_path, schemes, opset):
     """Every weight MatMul becomes per-token int8, the logits stay near fp32's, and a row's logits do not depend on
-    its batch neighbours (dynamic int8 scales each batch as a whole, so there they do)."""
+    its batch neighbours (dynamic int8 scales each batch as a whole, so there they do). For a graph exported with
+    `--opset` 18 or newer too, where ReduceMax takes its axes as an input: the int8 graph was invalid there, and
+    `scorer export --opset 18` failed ("Unrecognized attribute: axes for operator ReduceMax")."""
+    import torch
+
+    from export.onnx_graph import export_onnx
+    from scorer.pytorch.checkpoints import load_classifier
+
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(SENTENCES)
     source, target = tiny_export / "model.onnx", tmp_path / "per-token.onnx"
+    if opset is not None:  # (the graph as exported, before optimisation, at that opset)
+        newest = getattr(torch.onnx._constants, "ONNX_MAX_OPSET", 18)
+        source = tmp_path / "model.onnx"
+        export_onnx(load_classifier(tiny_checkpoint), source, newest if opset == "newest" else opset)
+        assert next(o.version for o in onnx.load(str(source)).opset_import if o.domain == "") >= 18
     per_token_int8(source, target, exclude=[])
     assert _quantized_ops(target) == len(weight_matmuls(onnx.load(str(source)))) > 0
     # the fp32 weights it replaced are gone from the file: what is left of fp32 is the rest (embeddings, norms...)
