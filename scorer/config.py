@@ -203,6 +203,9 @@ class ExportConfig:
         _check(self.int8_tolerance is None or self.int8_tolerance > 0,
                f"--int8-tolerance must be positive, not {self.int8_tolerance}")
         _check_choice(self.fp16_attention, ("auto", *FP16_ATTENTIONS), "--fp16-attention")
+        _check(self.fp16_attention == "auto" or self.variants is None or "fp16" in self.variants,
+               f"--fp16-attention {self.fp16_attention} is for the fp16 variant, which --variants "
+               f"{','.join(self.variants or ())} leaves out; add fp16 to --variants, or drop --fp16-attention")
         _check_threshold(self.threshold)
         if self.max_length is not None:
             _check_max_length(self.max_length)

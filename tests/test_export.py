@@ -634,6 +634,8 @@ def test_export_options_and_parity_data_it_cannot_use_are_refused_before_any_out
     for extra, code, message in (
         (["--variants", "fp64"], 2, "--variants must be one of fp32, fp16, int8, not 'fp64'"),
         (["--opset", "99"], 2, "--opset 99 is newer than torch"),
+        (["--variants", "fp32,int8", "--fp16-attention", "mha"], 2, "--fp16-attention mha is for the fp16 variant, "
+         "which --variants fp32,int8 leaves out; add fp16 to --variants, or drop --fp16-attention"),
         (["--data", str(data), "--label-column", "gold"], 3, f"column 'gold' not found in {data}"),
     ):
         result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "o"),
