@@ -213,3 +213,32 @@ def test_a_graph_that_fails_on_a_parity_batch_is_a_model_error_and_running_out_o
         raise Fail("[ONNXRuntimeError] : 1 : FAIL : Failed to allocate memory for requested buffer of size 99")
     with pytest.raises(KeyError), fixed_shape("TracedModel", (1, 31)):  # (not ONNX Runtime's: a bug, as it came)
         raise KeyError("input_ids")
+
+
+@pytest.mark.parametrize("family", ["albert", "modernbert", "distilbert", "electra"])
+def test_masked_lm_epochs_and_fewer_or_fresh_layers_train_other_families(family, tmp_path):
+    """`--mlm-epochs` refused ALBERT, ModernBERT, DistilBERT and ELECTRA ("not a BERT- or RoBERTa-style masked-LM
+    model": their MLM heads are not one module named cls or lm_head); their masked-LM form is now run whole (ALBERT's
+    head by name). `--keep-layers` on ModernBERT failed saving its config (a layer type per layer: "unexpected
+    StrictDataclassClassValidationError"), and `--reinit-layers` on its bias-free LayerNorms with "unexpected
+    AttributeError"; on ALBERT, whose one layer is applied as each of its layers, `--keep-layers` did nothing and
+    `--reinit-layers` started every layer afresh."""
+    import transformers
+
+    encoder = _encoder(family, tmp_path / family)
+    args = ["train", "--model", str(encoder), "--output", str(tmp_path / "checkpoint"), "--epochs", "1",
+            "--rtd-epochs", "0", "--max-length", "48", "--mlm-epochs", "1", "--keep-layers", "1"]
+    if family == "albert":  # one layer's weights applied as each layer: kept fewer times, never started afresh alone
+        refused = CliRunner().invoke(main, [*args, "--reinit-layers", "1"])
+        assert refused.exit_code == 2 and "masked-LM epoch" not in refused.output, refused.output
+        assert refused.output.strip().splitlines()[-1] == (
+            "error: --reinit-layers: AlbertModel applies one layer's weights as each of its 2 layers, so its top "
+            "layers cannot start afresh alone; drop --reinit-layers")
+    result = CliRunner().invoke(main, [*args, *(["--reinit-layers", "1"] if family != "albert" else [])])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"masked-LM epoch 1 / 1: loss \d+\.\d+", result.output), result.output
+    config = transformers.AutoConfig.from_pretrained(tmp_path / "checkpoint")
+    assert config.num_hidden_layers == 1 and len(getattr(config, "layer_types", None) or [0]) == 1
+    exported = CliRunner().invoke(main, ["export", "--checkpoint", str(tmp_path / "checkpoint"), "--output",
+                                         str(tmp_path / "onnx"), "--variants", "fp32", "--quiet"])
+    assert exported.exit_code == 0, exported.output

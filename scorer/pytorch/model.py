@@ -144,15 +144,21 @@ def load_encoder(path: Path | str, attn_implementation: str | None = None) -> nn
     quiet_transformers()
     from transformers import AutoModel
 
+    check_encoder_dir(path)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    # (BERT's pooler feeds only its own classifier, which scorer's head does not use.)
+    return from_pretrained(AutoModel, path, "encoder", optional=("pooler.",), **kwargs)
+
+
+def check_encoder_dir(path: Path | str) -> None:
+    """`path` is a readable directory that is not an export's (what --model must name), before transformers is
+    asked, whose own message for a path that is not a directory is of a download from the hub."""
     if not Path(path).is_dir():
         raise ModelError(f"{path} is not a directory; pass a local Hugging Face model directory with --model")
     if (Path(path) / MANIFEST).is_file() and not (Path(path) / "config.json").is_file():
         raise ModelError(f"{path} is a `scorer export` directory (ONNX graphs); pass a Hugging Face encoder or a "
                          "training checkpoint with --model")
     check_readable(Path(path))
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    # (BERT's pooler feeds only its own classifier, which scorer's head does not use.)
-    return from_pretrained(AutoModel, path, "encoder", optional=("pooler.",), **kwargs)
 
 
 def from_pretrained(auto_class, path: Path | str, what: str, optional: tuple[str, ...] = (), **kwargs) -> nn.Module:
@@ -226,19 +232,43 @@ def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
     raise ConfigError(f"cannot find the transformer layers of {type(encoder).__name__}")
 
 
+def check_layer_options(encoder: nn.Module, keep: int, reinit: int) -> None:
+    """--keep-layers and --reinit-layers against the encoder, before any stage runs. A model that applies one layer's
+    weights as each of its layers (ALBERT, one group) keeps fewer by applying it fewer times, and cannot start its
+    top layers afresh alone."""
+    groups = getattr(encoder.config, "num_hidden_groups", None)
+    if groups is not None and (keep or reinit):
+        option = "--keep-layers" if keep else "--reinit-layers"
+        if groups != 1:
+            raise ConfigError(f"{option}: {type(encoder).__name__} shares its layers' weights in {groups} groups; "
+                              f"{option} takes a model with one group of shared layers, or with none")
+        if reinit:
+            raise ConfigError(f"--reinit-layers: {type(encoder).__name__} applies one layer's weights as each of its "
+                              f"{encoder.config.num_hidden_layers} layers, so its top layers cannot start afresh "
+                              "alone; drop --reinit-layers")
+    total = encoder.config.num_hidden_layers if groups is not None else len(transformer_layers(encoder))
+    if keep > total:
+        raise ConfigError(f"--keep-layers {keep}: the encoder has only {total} layers")
+    if reinit > (keep or total):
+        raise ConfigError(f"--reinit-layers {reinit}: the encoder has only {keep or total} layers"
+                          + (f" once --keep-layers {keep} has kept the lowest" if keep else ""))
+
+
 def keep_bottom_layers(encoder: nn.Module, count: int) -> None:
-    """Drop all but the lowest `count` layers (0 keeps them all); the saved config records the new depth."""
-    layers = transformer_layers(encoder)
-    if count <= 0 or count == len(layers):
+    """Drop all but the lowest `count` layers (0 keeps them all; check_layer_options first); the saved config records
+    the new depth."""
+    if count <= 0:
         return
-    if count > len(layers):
-        raise ConfigError(f"--keep-layers {count}: the encoder has only {len(layers)} layers")
-    del layers[count:]
-    encoder.config.num_hidden_layers = count
+    if getattr(encoder.config, "num_hidden_groups", None) is None:
+        del transformer_layers(encoder)[count:]
+    if isinstance(getattr(encoder.config, "layer_types", None), list):  # (ModernBERT's: one a layer, checked on save)
+        encoder.config.layer_types = encoder.config.layer_types[:count]
+    encoder.config.num_hidden_layers = count  # (ALBERT's shared layer is applied this many times)
 
 
 def reinitialize_top_layers(encoder: nn.Module, count: int) -> None:
-    """Give the top `count` transformer layers fresh random weights (the model's own init distribution).
+    """Give the top `count` transformer layers fresh random weights (the model's own init distribution;
+    check_layer_options first).
 
     The top layers of a sentence-embedding model are specialised for its contrastive objective; starting them
     afresh can suit another task better (Zhang et al., 2021, "Revisiting few-sample BERT fine-tuning").
@@ -246,8 +276,6 @@ def reinitialize_top_layers(encoder: nn.Module, count: int) -> None:
     if count <= 0:
         return
     layers = transformer_layers(encoder)
-    if count > len(layers):
-        raise ConfigError(f"--reinit-layers {count}: the encoder has only {len(layers)} layers")
     std = getattr(encoder.config, "initializer_range", 0.02)
     with torch.no_grad():
         for module in layers[len(layers) - count :].modules():
@@ -255,9 +283,10 @@ def reinitialize_top_layers(encoder: nn.Module, count: int) -> None:
                 module.weight.normal_(0.0, std)
                 if module.bias is not None:
                     module.bias.zero_()
-            elif isinstance(module, nn.LayerNorm):
+            elif isinstance(module, nn.LayerNorm):  # (ModernBERT's have no bias)
                 module.weight.fill_(1.0)
-                module.bias.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
 
 
 def position_limit(config: object) -> int:

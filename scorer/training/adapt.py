@@ -31,7 +31,9 @@ log = logging.getLogger("scorer")
 MASK_RATE = 0.15  # of the ordinary tokens; of those 80% become [MASK], 10% a random token, 10% stay
 # Replaced-token detection's corruptions, as shares of the ordinary tokens (see _corrupt).
 SWAP_RATE, REPLACE_RATE, DELETE_RATE, INSERT_RATE = 0.075, 0.075, 0.05, 0.05
-_HEADS = ("cls", "lm_head")  # the MLM head's attribute in BERT-like and RoBERTa-like masked-LM models
+# The MLM head's attribute in BERT-like, RoBERTa-like and ALBERT masked-LM models (run on the masked tokens alone);
+# other families' (ModernBERT, DistilBERT, ELECTRA) are run as the whole model's forward
+_HEADS = ("cls", "lm_head", "predictions")
 
 
 def masked_lm(form: tuple[nn.Module, nn.Module, nn.Module], encoded: Encoded, tokenizer, epochs: int,
@@ -49,18 +51,21 @@ def masked_lm(form: tuple[nn.Module, nn.Module, nn.Module], encoded: Encoded, to
         if not len(targets):  # a batch of very short sentences can draw no token to mask
             return None
         with autocast(device, precision):
-            hidden = encoder(input_ids=masked, attention_mask=attention_mask).last_hidden_state
-            logits = head(hidden[chosen])  # the vocabulary projection only where a token was masked
+            if head is None:
+                logits = model(input_ids=masked, attention_mask=attention_mask).logits[chosen]
+            else:
+                hidden = encoder(input_ids=masked, attention_mask=attention_mask).last_hidden_state
+                logits = head(hidden[chosen])  # the vocabulary projection only where a token was masked
         return functional.cross_entropy(logits.float(), targets)
 
     losses = _epochs("masked-LM", model, step, encoded, epochs, learning_rate, batch_size, device, seed, stage)
     return encoder.eval(), losses
 
 
-def masked_lm_model(model_dir) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """`model_dir` in its masked-LM form: the whole model, its MLM head and its encoder (which, for BERT, has no
-    pooler: the encoder a run with --mlm-epochs fine-tunes). Its tokenizer must have a mask token
-    (`check_mask_token`)."""
+def masked_lm_model(model_dir) -> tuple[nn.Module, nn.Module | None, nn.Module]:
+    """`model_dir` in its masked-LM form: the whole model, its MLM head (None where it is not one module: the whole
+    model's forward is run then) and its encoder (which, for BERT, has no pooler: the encoder a run with
+    --mlm-epochs fine-tunes). Its tokenizer must have a mask token (`check_mask_token`)."""
     quiet_transformers()
     from transformers import AutoModelForMaskedLM
 
@@ -69,8 +74,6 @@ def masked_lm_model(model_dir) -> tuple[nn.Module, nn.Module, nn.Module]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--mlm-epochs: {model_dir} has no masked-LM form in transformers ({exc})") from exc
     head = next((getattr(model, name) for name in _HEADS if hasattr(model, name)), None)
-    if head is None:
-        raise ConfigError(f"--mlm-epochs: {model_dir} is not a BERT- or RoBERTa-style masked-LM model")
     return model, head, getattr(model, model.base_model_prefix)
 
 

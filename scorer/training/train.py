@@ -25,6 +25,7 @@ from scorer.pytorch.model import (
     HeadConfig,
     SentenceClassifier,
     backend_copy,
+    check_layer_options,
     keep_bottom_layers,
     reinitialize_top_layers,
 )
@@ -89,6 +90,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
 def _train(config: TrainConfig, device: str, precision: str, data: TrainingData, progress: bool) -> TrainResult:
     hf_tokenizer, encoder_model, masked_form = load_pretrained(config)
+    check_layer_options(encoder_model, config.keep_layers, config.reinit_layers)
     text_encoder = TextEncoder(backend_copy(hf_tokenizer), config.max_length)
     train_set = text_encoder.encode(data.train_texts)
     check_coverage(train_set, hf_tokenizer, config)
