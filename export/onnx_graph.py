@@ -55,7 +55,8 @@ def export_onnx(model: nn.Module, path: Path, opset: int) -> None:
         )
     gather_external_data(path)
     check_graph(path)
-    check_other_shapes(path, type(model.encoder).__name__, vocab, model.head_config.max_length)
+    check_other_shapes(path, type(model.encoder).__name__, vocab, model.head_config.max_length,
+                       getattr(model.encoder.config, "pad_token_id", None) or 0)
 
 
 def gather_external_data(path: Path) -> None:
@@ -101,7 +102,7 @@ def check_graph(path: Path) -> None:
         raise ModelError(f"{path}: {'; '.join(problems)}")
 
 
-def check_other_shapes(path: Path, architecture: str, vocab: int, max_length: int) -> None:
+def check_other_shapes(path: Path, architecture: str, vocab: int, max_length: int, pad_id: int = 0) -> None:
     """The graph runs at batch shapes other than the one it was traced at, and a row's logits do not depend on the
     padding after it. A forward whose tracing fixed a shape (Longformer's padding to its attention window, Funnel's
     pooling) fails here, named, where it failed later, building the variants or checking parity, with "unexpected
@@ -119,6 +120,7 @@ def check_other_shapes(path: Path, architecture: str, vocab: int, max_length: in
         attention_mask = np.ones_like(input_ids)
         kept = input_ids.shape[1] // 2 + 1
         attention_mask[-1, kept:] = 0
+        input_ids[-1, kept:] = pad_id  # (as scorer pads)
         with fixed_shape(architecture, input_ids.shape):
             padded = run({"input_ids": input_ids, "attention_mask": attention_mask})[-1]
         with fixed_shape(architecture, (1, kept)):
