@@ -37,8 +37,16 @@ def _classifier(directory: Path, family: str, names: list[str] | None = None, sl
     import transformers
 
     torch.manual_seed(0)
-    kind = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig}[family]
-    positions = {"max_position_embeddings": 130, "pad_token_id": 0} if family == "roberta" else {}
+    kind = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig,
+            "distilbert": transformers.DistilBertConfig, "deberta-v2": transformers.DebertaV2Config,
+            "modernbert": transformers.ModernBertConfig}[family]
+    positions = {  # (and what else the family needs beside SHAPE, with the packaged WordPiece tokenizer's ids)
+        "roberta": {"max_position_embeddings": 130, "pad_token_id": 0},
+        "distilbert": {"hidden_dim": 64},
+        "deberta-v2": {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_biased_input": False},
+        "modernbert": {"pad_token_id": 0, "cls_token_id": 101, "sep_token_id": 102, "bos_token_id": 101,
+                       "eos_token_id": 102, "local_attention": 16},
+    }.get(family, {})
     labels = names or ["LABEL_0", "LABEL_1"]
     model_config = kind(**{**SHAPE, **config}, **positions, num_labels=len(labels), id2label=dict(enumerate(labels)),
                         label2id={name: i for i, name in enumerate(labels)}, initializer_range=0.3)
@@ -63,7 +71,9 @@ def _transformers_scores(checkpoint: Path, texts: list[str], max_length: int) ->
 
 
 @pytest.mark.parametrize("family, names, slow", [("bert", None, False), ("roberta", ["neg", "neutral", "pos"], False),
-                                                 ("bert", ["unacceptable", "acceptable"], True)])
+                                                 ("bert", ["unacceptable", "acceptable"], True),
+                                                 ("distilbert", None, False), ("deberta-v2", ["no", "yes"], False),
+                                                 ("modernbert", ["neg", "neutral", "pos"], False)])
 def test_a_transformers_classifier_is_exported_and_scored_as_transformers_scores_it(family, names, slow, tmp_path):
     checkpoint = _classifier(tmp_path / "hf", family, names, slow_tokenizer=slow)
     runner = CliRunner()
