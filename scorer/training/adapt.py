@@ -23,7 +23,7 @@ from torch.nn import functional
 from scorer.errors import ConfigError
 from scorer.pytorch.epochs import DeviceRows, Epoch
 from scorer.pytorch.loop import apply_gradients, autocast, linear_scheduler
-from scorer.pytorch.model import quiet_transformers
+from scorer.pytorch.model import check_encoder_dir, quiet_transformers
 from scorer.text.tokens import Encoded
 from scorer.training.resume import Stage
 
@@ -68,6 +68,8 @@ def masked_lm_model(model_dir) -> tuple[nn.Module, nn.Module | None, nn.Module]:
     --mlm-epochs fine-tunes). Its tokenizer must have a mask token (`check_mask_token`)."""
     quiet_transformers()
     from transformers import AutoModelForMaskedLM
+
+    check_encoder_dir(model_dir)  # (before transformers, whose message for a missing one is of a download)
 
     try:
         model = AutoModelForMaskedLM.from_pretrained(str(model_dir), dtype=torch.float32)

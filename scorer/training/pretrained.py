@@ -9,7 +9,7 @@ from pathlib import Path
 from scorer.config import TrainConfig
 from scorer.data import snapshot
 from scorer.errors import ConfigError
-from scorer.pytorch.model import check_encoder_dir, load_encoder, position_limit, pretrained_tokenizer
+from scorer.pytorch.model import load_encoder, position_limit, pretrained_tokenizer
 from scorer.training.adapt import check_mask_token, masked_lm_model
 
 
@@ -22,7 +22,6 @@ def load_pretrained(config: TrainConfig):
 
 
 def _read(config: TrainConfig):
-    check_encoder_dir(config.model)
     form = masked_lm_model(config.model) if config.mlm_epochs else None
     encoder = form[2] if form else load_encoder(config.model)
     limit = position_limit(encoder.config)
