@@ -16,10 +16,10 @@ from scorer.data.lock import OutputLock
 from scorer.data.read import TableReader
 from scorer.data.strings import plain_text
 from scorer.data.write import OutputSink, check_text_format, completion_record
-from scorer.errors import InputError, OutputError, ParityError, ProviderError, ScorerError
+from scorer.errors import InputError, ModelError, OutputError, ParityError, ProviderError, ScorerError
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import NON_FINITE
-from scorer.inference.session import memory_failure
+from scorer.inference.session import memory_failure, ort_account
 from scorer.scoring.evaluate import nothing_evaluated, write_report
 from scorer.scoring.making import how_written, made_alike, record_of, result_names
 from scorer.scoring.parts import PartStore, drop_leftover_parts, fingerprint
@@ -179,8 +179,8 @@ def check_unchanged(opened: OpenUnit) -> None:
 
 
 def failure(exc: BaseException, unit: WorkUnit, classifier: OnnxClassifier, rerun: str) -> ScorerError | None:
-    """What a unit that failed with `exc` says, where that is not `exc` itself: a full disk or a model out of
-    memory, with what to do (`rerun`: how a run after it goes on)."""
+    """What a unit that failed with `exc` says, where that is not `exc` itself: a full disk, a model out of memory
+    (with what to do; `rerun`: how a run after it goes on), or a graph that fails on a batch."""
     no_room = atomic.out_of_room(exc, unit.output, rerun)
     if no_room is not None:
         return no_room
@@ -191,6 +191,12 @@ def failure(exc: BaseException, unit: WorkUnit, classifier: OnnxClassifier, reru
         return ProviderError(
             f"{unit.source}: the model ran out of memory on {classifier.provider} ({said}); free memory there (is "
             f"another process using it?) or lower --max-tokens (now {classifier.max_tokens:,}){in_flight}, {rerun}")
+    if type(exc).__module__.startswith("onnxruntime"):  # (the graph itself failing on a batch: not a bug of ours)
+        error = ModelError if classifier.provider == "cpu" else ProviderError
+        return error(f"{unit.source}: the {classifier.variant} graph of {classifier.directory} failed on "
+                     f"{classifier.provider} ({ort_account(exc)[:300]}); no output was written. A graph that keeps "
+                     "a shape it was traced at fails so: export the model again (export now runs its graph at other "
+                     "shapes first and names such a model), or try another --variant")
     return None
 
 
