@@ -110,10 +110,13 @@ def test_every_row_kept_in_order_with_status_and_null_scores(tiny_export, parque
     assert ("11 truncated, 11 unscored (null text), 22 unscored (empty text); 78 written now" in result.output)
 
 
-def test_a_graph_that_fails_on_a_batch_while_scoring_is_a_model_error_naming_its_node(export_copy, tmp_path):
+@pytest.mark.parametrize("limit, where", [(45, "in.parquet"), (5, "the self-check's small batch")])
+def test_a_graph_that_fails_on_a_batch_while_scoring_is_a_model_error_naming_its_node(export_copy, tmp_path, limit,
+                                                                                       where):
     """A graph that keeps a shape it was traced at (exported before export checked other shapes) fails on the first
-    batch of another: the run said "unexpected Fail" and ONNX Runtime's C++ message (exit 1, "report it"); it is a
-    model error naming the node, with what to do (exit 4), and no output is written."""
+    batch of another, in the self-check or while scoring: the run said "unexpected Fail" and ONNX Runtime's C++
+    message (exit 1, "report it"); it is a model error naming the node, with what to do (exit 4), and no output is
+    written."""
     from onnx import TensorProto, helper
 
     ids = "input_ids"  # (a Reshape that holds for batches under 45 tokens only, as a traced shape would)
@@ -125,12 +128,13 @@ def test_a_graph_that_fails_on_a_batch_while_scoring_is_a_model_error_naming_its
         helper.make_node("Concat", ["t_rows", "t_cols"], ["t_to"], axis=0),
         helper.make_node("Reshape", ["clean_logits", "t_to"], ["logits"], name="traced_reshape", allowzero=1),
     ], [helper.make_tensor(name, TensorProto.INT64, [1], [value])
-        for name, value in (("t_1", 1), ("t_2", 2), ("t_limit", 45), ("t_rows", -1))])
+        for name, value in (("t_1", 1), ("t_2", 2), ("t_limit", limit), ("t_rows", -1))])
     source, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
     pq.write_table(pa.table({"sentence": ["A short one.", "A much longer sentence " * 20]}), source)
     result = run(source, "--model", export_copy, "-o", out, "--variant", "fp32")
     assert result.exit_code == 4, result.output
-    assert re.search(r"error: \S*in.parquet: the fp32 graph of \S+ failed on cpu \(Reshape node traced_reshape: .*"
+    assert re.search(rf"error: \S*{re.escape(where)}: the fp32 graph of \S+ failed on cpu \(Reshape node "
+                     r"traced_reshape: .*"
                      r"requested shape:\{-1,0\}\); no output was written\. A graph that keeps a shape it was traced "
                      r"at fails so: export the model again", result.output), result.output
     assert not out.exists()

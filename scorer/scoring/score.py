@@ -21,7 +21,7 @@ from scorer.scoring.bundle import outcomes
 from scorer.scoring.check import exported_from
 from scorer.scoring.heartbeat import Heartbeat
 from scorer.scoring.parts import drop_orphaned_parts
-from scorer.scoring.single import checkpoint_of
+from scorer.scoring.single import checkpoint_of, graph_failure
 from scorer.scoring.summary import (
     RunRecord,
     RunSummary,
@@ -223,6 +223,8 @@ def _self_check(classifier: OnnxClassifier) -> dict | None:
             raise ProviderError(f"{classifier.directory}: the self-check's small batch ran out of memory on "
                                 f"{classifier.provider} ({said}); free memory there (is another process using it?), "
                                 "then run again") from exc
+        if type(exc).__module__.startswith("onnxruntime"):  # (the graph failing on the batch, as in graph_failure)
+            raise graph_failure(exc, classifier, "the self-check's small batch") from exc
         raise
 
 

@@ -192,12 +192,18 @@ def failure(exc: BaseException, unit: WorkUnit, classifier: OnnxClassifier, reru
             f"{unit.source}: the model ran out of memory on {classifier.provider} ({said}); free memory there (is "
             f"another process using it?) or lower --max-tokens (now {classifier.max_tokens:,}){in_flight}, {rerun}")
     if type(exc).__module__.startswith("onnxruntime"):  # (the graph itself failing on a batch: not a bug of ours)
-        error = ModelError if classifier.provider == "cpu" else ProviderError
-        return error(f"{unit.source}: the {classifier.variant} graph of {classifier.directory} failed on "
-                     f"{classifier.provider} ({ort_account(exc)[:300]}); no output was written. A graph that keeps "
-                     "a shape it was traced at fails so: export the model again (export now runs its graph at other "
-                     "shapes first and names such a model), or try another --variant")
+        return graph_failure(exc, classifier, str(unit.source))
     return None
+
+
+def graph_failure(exc: BaseException, classifier: OnnxClassifier, what: str) -> ScorerError:
+    """ONNX Runtime failing to run the graph on `what`'s batch, other than for memory: a model error on the CPU (a
+    graph that keeps a shape it was traced at, exported before export checked other shapes), a provider's elsewhere."""
+    error = ModelError if classifier.provider == "cpu" else ProviderError
+    return error(f"{what}: the {classifier.variant} graph of {classifier.directory} failed on {classifier.provider} "
+                 f"({ort_account(exc)[:300]}); no output was written. A graph that keeps a shape it was traced at "
+                 "fails so: export the model again (export now runs its graph at other shapes first and names such a "
+                 "model), or try another --variant")
 
 
 def said_done(summary: UnitSummary, classifier: OnnxClassifier) -> None:
