@@ -200,10 +200,11 @@ def graph_failure(exc: BaseException, classifier: OnnxClassifier, what: str) -> 
     """ONNX Runtime failing to run the graph on `what`'s batch, other than for memory: a model error on the CPU (a
     graph that keeps a shape it was traced at, exported before export checked other shapes), a provider's elsewhere."""
     error = ModelError if classifier.provider == "cpu" else ProviderError
+    elsewhere = "another --variant" if classifier.provider == "cpu" else "another --variant, or --provider cpu"
     return error(f"{what}: the {classifier.variant} graph of {classifier.directory} failed on {classifier.provider} "
                  f"({ort_account(exc)[:300]}); no output was written. A graph that keeps a shape it was traced at "
                  "fails so: export the model again (export now runs its graph at other shapes first and names such a "
-                 "model), or try another --variant")
+                 f"model), or try {elsewhere}")
 
 
 def said_done(summary: UnitSummary, classifier: OnnxClassifier) -> None:
