@@ -141,12 +141,12 @@ def _shown(logits) -> str:
 def fixed_shape(architecture: str, shape: tuple[int, int]) -> Iterator[None]:
     """ONNX Runtime failing to run the exported graph on a batch of `shape` (rows, tokens) as a model error: the
     graph keeps a shape it was traced at (running out of memory is not that, and is raised as it came)."""
-    from scorer.inference.session import memory_failure, ort_account
+    from scorer.inference.session import memory_failure, ort_account, raised_by_onnxruntime
 
     try:
         yield
     except Exception as exc:
-        if not type(exc).__module__.startswith("onnxruntime") or memory_failure(exc):
+        if not raised_by_onnxruntime(exc) or memory_failure(exc):
             raise
         raise ModelError(f"{architecture}'s ONNX graph, traced by torch.onnx at {_EXPORT_BATCH}x{_EXPORT_LENGTH} "
                          f"tokens, fails on a batch of {shape[0]}x{shape[1]} ({ort_account(exc)[:300]}): its forward "

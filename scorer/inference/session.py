@@ -158,11 +158,16 @@ _NO_MEMORY = ("Failed to allocate memory", "is smaller than requested bytes", "o
 def memory_failure(exc: BaseException) -> str | None:
     """ONNX Runtime's account, in a few words, of an allocation that failed in a run (another process holding the
     GPU's memory, say); None for any other exception."""
-    if not type(exc).__module__.startswith("onnxruntime"):
+    if not raised_by_onnxruntime(exc):
         return None
     if not any(said in first_line(exc) for said in _NO_MEMORY):
         return None
     return _status_message(first_line(exc)).split(" ; ")[0]
+
+
+def raised_by_onnxruntime(exc: BaseException) -> bool:
+    """Whether `exc` is ONNX Runtime's own (its Fail, RuntimeException, InvalidArgument...: a run that failed)."""
+    return type(exc).__module__.startswith("onnxruntime")
 
 
 def ort_account(exc: BaseException) -> str:

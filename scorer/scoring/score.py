@@ -223,8 +223,9 @@ def _self_check(classifier: OnnxClassifier) -> dict | None:
             raise ProviderError(f"{classifier.directory}: the self-check's small batch ran out of memory on "
                                 f"{classifier.provider} ({said}); free memory there (is another process using it?), "
                                 "then run again") from exc
-        if type(exc).__module__.startswith("onnxruntime"):  # (the graph failing on the batch, as in graph_failure)
-            raise graph_failure(exc, classifier, "the self-check's small batch") from exc
+        failed = graph_failure(exc, classifier, "the self-check's small batch")
+        if failed is not None:
+            raise failed from exc
         raise
 
 

@@ -19,7 +19,7 @@ from scorer.data.write import OutputSink, check_text_format, completion_record
 from scorer.errors import InputError, ModelError, OutputError, ParityError, ProviderError, ScorerError
 from scorer.inference.classify import OnnxClassifier
 from scorer.inference.results import NON_FINITE
-from scorer.inference.session import memory_failure, ort_account
+from scorer.inference.session import memory_failure, ort_account, raised_by_onnxruntime
 from scorer.scoring.evaluate import nothing_evaluated, write_report
 from scorer.scoring.making import how_written, made_alike, record_of, result_names
 from scorer.scoring.parts import PartStore, drop_leftover_parts, fingerprint
@@ -191,14 +191,15 @@ def failure(exc: BaseException, unit: WorkUnit, classifier: OnnxClassifier, reru
         return ProviderError(
             f"{unit.source}: the model ran out of memory on {classifier.provider} ({said}); free memory there (is "
             f"another process using it?) or lower --max-tokens (now {classifier.max_tokens:,}){in_flight}, {rerun}")
-    if type(exc).__module__.startswith("onnxruntime"):  # (the graph itself failing on a batch: not a bug of ours)
-        return graph_failure(exc, classifier, str(unit.source))
-    return None
+    return graph_failure(exc, classifier, str(unit.source))
 
 
-def graph_failure(exc: BaseException, classifier: OnnxClassifier, what: str) -> ScorerError:
-    """ONNX Runtime failing to run the graph on `what`'s batch, other than for memory: a model error on the CPU (a
-    graph that keeps a shape it was traced at, exported before export checked other shapes), a provider's elsewhere."""
+def graph_failure(exc: BaseException, classifier: OnnxClassifier, what: str) -> ScorerError | None:
+    """ONNX Runtime failing to run the graph on `what`'s batch (asked after memory_failure): a model error on the CPU
+    (a graph that keeps a shape it was traced at, exported before export checked other shapes), a provider's
+    elsewhere; None where `exc` is not ONNX Runtime's (a bug of ours, raised as it came)."""
+    if not raised_by_onnxruntime(exc):
+        return None
     error = ModelError if classifier.provider == "cpu" else ProviderError
     elsewhere = "another --variant" if classifier.provider == "cpu" else "another --variant, or --provider cpu"
     return error(f"{what}: the {classifier.variant} graph of {classifier.directory} failed on {classifier.provider} "
