@@ -74,21 +74,22 @@ def settle_precision(config: TrainConfig, precision: str, encoder: torch.nn.Modu
     if failure is None:
         return precision
     if precision == "bf16" and _failure(encoder, input_ids, attention_mask, device, "fp32") is None:
-        failure = f"{type(encoder).__name__} fails under bf16 autocast ({failure[failure.index(': ') + 2:]})"
+        said = f"{type(encoder).__name__} fails under bf16 autocast ({first_line(failure)[:200]})"
         if config.precision == "bf16":
-            raise ConfigError(f"--precision bf16: {failure}; pass --precision fp32")
-        log.warning("%s: training in fp32", failure)
+            raise ConfigError(f"--precision bf16: {said}; pass --precision fp32") from failure
+        log.warning("%s: training in fp32", said)
         return "fp32"
     raise ModelError(f"{config.model}: {type(encoder).__name__} fails on {len(rows)} training rows padded to "
-                     f"{input_ids.shape[1]} tokens ({failure}); scorer pads each batch to its longest row, so it "
+                     f"{input_ids.shape[1]} tokens ({type(failure).__name__}: {first_line(failure)[:200]}); scorer "
+                     "pads each batch to its longest row, so it "
                      "needs an encoder that takes any length up to its limit (BERT, RoBERTa, DeBERTa and their kin "
-                     "do)")
+                     "do)") from failure
 
 
 def _failure(encoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, device: str,
-             precision: str) -> str | None:
-    """What the encoder's forward on these rows raised (its type and first line), in eval mode so that no dropout
-    draws from the seeded generators; None where it ran."""
+             precision: str) -> Exception | None:
+    """What the encoder's forward on these rows raised, in eval mode so that no dropout draws from the seeded
+    generators; None where it ran."""
     training = encoder.training
     try:
         with torch.no_grad(), autocast(device, precision):
@@ -96,7 +97,7 @@ def _failure(encoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: 
     except torch.cuda.OutOfMemoryError:  # (not the model's doing: device_memory says it)
         raise
     except (RuntimeError, ValueError, IndexError) as exc:
-        return f"{type(exc).__name__}: {first_line(exc)[:200]}"
+        return exc
     finally:
         encoder.train(training)
     return None
