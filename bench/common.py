@@ -51,10 +51,12 @@ def machine(device: str = "cpu") -> dict:
     import onnxruntime
     import torch
 
+    from scorer.cores import usable_cores
+
     info = {"platform": platform.platform(), "python": platform.python_version(), "processor": _cpu_name(),
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "providers": onnxruntime.get_available_providers(),
-            "device": device, "date": time.strftime("%Y-%m-%d")}
+            "cores": os.cpu_count(), "usable_cores": usable_cores(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "providers": onnxruntime.get_available_providers(), "device": device, "date": time.strftime("%Y-%m-%d")}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info

@@ -22,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from export.large import held_out_graph, restore_table
+from scorer.cores import usable_cores
 from scorer.errors import ModelError
 
 log = logging.getLogger("scorer")
@@ -102,7 +103,7 @@ def graph_file(directory: Path, attention: str) -> Path:
 
 def build_workers(source_bytes: int, graphs: int) -> int:
     """How many processes build `graphs` fp16 graphs from a source of `source_bytes` at once (1: here, in turn)."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if source_bytes <= _PARALLEL_BYTES or cores < _MIN_CORES:
         return 1
     try:

@@ -20,6 +20,7 @@ from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx, external_f
 from export.quantize import Quantiser, QuantizeReport, Targets
 from export.rows import calibration_texts, parity_rows, recorded_data, warn_if_few, without_hollow
 from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
+from scorer.cores import fit_torch_threads
 from scorer.data import atomic, snapshot
 from scorer.data.lock import sole_writer
 from scorer.errors import ConfigError, ParityError, ProviderError
@@ -69,6 +70,7 @@ def export_model(config: ExportConfig) -> ExportResult:
                                        "--calibration": config.calibration})
     atomic.check_writable(config.output, config.overwrite, marker=MANIFEST)
     with sole_writer(config.output, "export"):
+        fit_torch_threads()
         return _export(config)
 
 

@@ -229,6 +229,9 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
               help=f"Windows tokenised at once, ahead of the model {shown(RunConfig, 'tokenize_threads')}.")
 @click.option("--infer-threads", type=int,
               help=f"Batches in flight on the model at once {shown_by_provider(DEFAULT_INFER_THREADS)}.")
+@click.option("--cpu-threads", type=int,
+              help="ONNX Runtime's threads for the model's CPU work [default: on a CPU, the cores this process may "
+                   "use (its CPU affinity and cgroup quota, not the machine's count); on a GPU, 1].")
 @click.option("--check", type=int,
               help="Cross-check N sampled rows against the PyTorch checkpoint (needs PyTorch: the train extra; 0: off) "
                    f"{shown(RunConfig, 'check')}.")

@@ -246,6 +246,8 @@ class RunConfig:
     # quarter window; 0: every input on its own, for benchmarks that compare the two.
     small_rows: int | None = None
     infer_threads: int | None = None  # None: 2 on CUDA (measured +8% on an H200, twice), 1 elsewhere
+    # ONNX Runtime's intra-op threads; None: on a CPU the cores this process may use (scorer.cores), on a GPU 1.
+    cpu_threads: int | None = None
     # Tokenise through scorer.text.words.WordCache where the tokenizer qualifies (same ids, measured faster); False
     # is the tokenizer alone, for benchmarks that compare the two.
     word_cache: bool = True
@@ -286,6 +288,8 @@ class RunConfig:
         _check(self.piece_chars >= 1, f"piece_chars must be at least 1, not {self.piece_chars}")
         _check(self.infer_threads is None or self.infer_threads >= 1,
                f"--infer-threads must be at least 1, not {self.infer_threads}")
+        _check(self.cpu_threads is None or self.cpu_threads >= 1,
+               f"--cpu-threads must be at least 1, not {self.cpu_threads}")
         _check(self.small_rows is None or self.small_rows >= 0, f"small_rows must be 0 or more, not {self.small_rows}")
         _check(self.tokenize_threads >= 1, f"--tokenize-threads must be at least 1, not {self.tokenize_threads}")
         _check(self.check >= 0, f"--check must be 0 or more, not {self.check}")

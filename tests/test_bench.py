@@ -182,3 +182,18 @@ def test_long_rows_gives_the_tokenizers_own_ids_for_each_tokenizer_and_huge_cell
     assert [(d["tokenizer"], d["chars"], d["max_length"]) for d in documents] == [
         (kind, chars, length) for kind in ("wordpiece", "xlm-r") for chars in (25_000, 60_000, 200_000)
         for length in (128, 512)]
+
+
+def test_cpu_limits_scores_and_trains_under_each_limit_both_ways(tiny_export, bench_dir):
+    out = bench_dir / "out" / "cpu-limits.json"
+    bench("cpu_limits.py", "--export", tiny_export, "--rows", "200", "--repeats", "1", "--steps", "1", "--out", out)
+    limits = json.loads(out.read_text())["limits"]
+    assert [limit["limit"] for limit in limits] == ["affinity: 1 core", "cgroup quota: 1 CPU"]
+    for limit in limits:
+        if "skipped" in limit:  # (no writable cgroup here: said why)
+            assert limit["limit"].startswith("cgroup") and limit["skipped"]
+            continue
+        assert [run["cpu_threads"] for run in limit["scoring"]["machine-count"]] == [os.cpu_count()]
+        assert [run["cpu_threads"] for run in limit["scoring"]["usable-cores"]] == [1]
+        assert [run["torch_threads"] for run in limit["training"]["usable-cores"]] == [1]
+        assert limit["scoring_speedup"] > 0 and limit["training_speedup"] > 0

@@ -64,7 +64,8 @@ class OnnxClassifier:
     def __init__(self, directory: Path, provider: str = "auto", variant: str | None = None,
                  max_tokens: int | None = None, max_batch_rows: int = 4096, provider_options: dict | None = None,
                  io_binding: bool | None = None, infer_threads: int | None = None, word_cache: bool = True,
-                 batch_overhead: int | None = None, threshold: float | None = None) -> None:
+                 batch_overhead: int | None = None, threshold: float | None = None,
+                 cpu_threads: int | None = None) -> None:
         """`threshold`: a two-label model labels a row positive where its score is at least this (None: the one
         recorded at export, else the more probable label)."""
         self.directory = Path(directory)
@@ -83,6 +84,7 @@ class OnnxClassifier:
             raise ModelError(f"{self.directory}: tokenizer.json has {self.encoder.vocab_size} tokens but the "
                                 f"model only {self.manifest.vocab_size}; export again")
         self.provider = resolve_provider(provider)
+        self._threads = cpu_threads
         if self.provider == "tensorrt" and provider_options is None:
             from export import tensorrt
 
@@ -111,7 +113,7 @@ class OnnxClassifier:
         self.infer_threads = infer_threads or DEFAULT_INFER_THREADS[self.provider]
         self._pool = ThreadPoolExecutor(self.infer_threads, "scorer-infer") if self.infer_threads > 1 else None
         self.rescue = Rescue(self.directory, self.manifest, self.provider, self.variant, self.manifest.input_names,
-                             self.max_tokens)
+                             self.max_tokens, cpu_threads)
 
     def _start(self, variant: str | None, provider_options: dict | None) -> None:
         self.variant = variant or default_variant(self.provider, self.manifest)
@@ -125,7 +127,8 @@ class OnnxClassifier:
         if provider_options is None:
             provider_options = default_provider_options(self.provider, self.variant, self.manifest)
         self.provider_options = provider_options or {}
-        self.session = create_session(self.model_path, self.provider, provider_options)
+        self.session = create_session(self.model_path, self.provider, provider_options, self._threads)
+        self.cpu_threads = self.session.get_session_options().intra_op_num_threads
 
     def self_check(self) -> dict | None:
         """The recorded batch through this run's session, against the logits export recorded (selfcheck);

@@ -30,8 +30,9 @@ class Rescue:
     caller leaves them unscored."""
 
     def __init__(self, directory: Path, manifest: Manifest, provider: str, variant: str, input_names: list[str],
-                 max_tokens: int) -> None:
+                 max_tokens: int, threads: int | None = None) -> None:
         self.directory, self.manifest, self.input_names, self.max_tokens = directory, manifest, input_names, max_tokens
+        self.threads = threads  # (ONNX Runtime's CPU threads: the run's --cpu-threads)
         # TensorRT runs the fp32 graph as an fp16 engine: its rows are rescued by the fp32 graph on CUDA.
         self.provider = "cuda" if provider == "tensorrt" else provider
         self.possible = variant != "fp32" or provider == "tensorrt"
@@ -50,8 +51,8 @@ class Rescue:
                                  f"needed now for {len(rows)} row(s) whose logits are not finite, is not the model "
                                  f"this run started with ({exc}); run again once the export is complete") from exc
             log.info("opening %s for the rows whose logits are not finite", path)
-            session = create_session(path, self.provider, default_provider_options(self.provider, "fp32",
-                                                                                    self.manifest))
+            session = create_session(path, self.provider,
+                                     default_provider_options(self.provider, "fp32", self.manifest), self.threads)
             self._run = batch_runner(session, self.provider, io_binding=False)
         for batch in budget_batches(encoded.lengths[rows], self.max_tokens, len(rows)):
             out[batch] = self._run(dict(zip(self.input_names, encoded.pad(rows[batch]), strict=True)))

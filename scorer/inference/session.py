@@ -6,13 +6,13 @@ import contextlib
 import ctypes
 import io
 import logging
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from scorer.cores import usable_cores
 from scorer.errors import ProviderError, first_line
 from scorer.extras import install_command
 
@@ -107,10 +107,11 @@ def cuda_starts(model: Path | bytes) -> bool:
 
 
 def default_threads(provider: str) -> int:
-    """ONNX Runtime intra-op threads: one per core on a CPU. On a GPU the graph's CPU work is a few shape ops: one
-    thread, so that no pool of spinning threads competes with tokenisation for the cores (H100: model stage 99k
-    sentences/s with 1 thread, 92k with 16)."""
-    return (os.cpu_count() or 1) if provider == "cpu" else 1
+    """ONNX Runtime intra-op threads: one per core this process may use on a CPU (scorer.cores: its affinity and
+    cgroup quota, not the machine's count). On a GPU the graph's CPU work is a few shape ops: one thread, so that no
+    pool of spinning threads competes with tokenisation for the cores (H100: model stage 99k sentences/s with 1
+    thread, 92k with 16)."""
+    return usable_cores() if provider == "cpu" else 1
 
 
 def create_session(model: Path | bytes, provider: str, provider_options: dict | None = None,

@@ -56,7 +56,10 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
     """PyTorch's scores and labels for `texts`, the device, and how many texts were tokenised as the run did."""
     import torch
 
+    from scorer.cores import fit_torch_threads
     from scorer.pytorch.loop import logits_of
+
+    fit_torch_threads()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = read_whole(checkpoint, lambda: _loaded(checkpoint, classifier, device))

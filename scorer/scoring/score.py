@@ -43,7 +43,8 @@ def open_classifier(config: RunConfig) -> tuple[OnnxClassifier, RunConfig]:
     """The classifier that `config` asks for, and `config` with the window size of the provider it landed on."""
     classifier = OnnxClassifier(config.model, config.provider, config.variant, config.max_tokens,
                                 config.max_batch_rows, io_binding=config.io_binding,
-                                infer_threads=config.infer_threads, word_cache=config.word_cache,
+                                infer_threads=config.infer_threads, cpu_threads=config.cpu_threads,
+                                word_cache=config.word_cache,
                                 batch_overhead=config.batch_overhead, threshold=config.threshold)
     return classifier, replace(config, window_rows=config.window_rows or DEFAULT_WINDOW_ROWS[classifier.provider])
 

@@ -90,6 +90,9 @@ class RunSummary:
     checking_seconds: float = 0.0  # of `seconds`, spent on --check (PyTorch's start, mostly)
     io_binding: bool = False
     infer_threads: int = 1
+    # ONNX Runtime's intra-op threads, as its session has them: on a CPU the cores this process may use (its affinity
+    # and cgroup CPU quota: scorer.cores), on a GPU 1.
+    cpu_threads: int = 0
     provider_options: dict = field(default_factory=dict)  # as given to ONNX Runtime (CUDA: export's kernel choice)
     # The recorded batch's logits on this machine against export's (scorer.inference.selfcheck); None for older exports.
     self_check: dict | None = None
@@ -188,6 +191,7 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
                       checking_seconds=checking,
                       rescued_rows=sum(u.rescued_rows for u in units), provider=classifier.provider,
                       io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
+                      cpu_threads=classifier.cpu_threads,
                       provider_options=classifier.provider_options,
                       variant=classifier.variant, model_sha256=classifier.model_sha256,
                       score=classifier.score_means, threshold=classifier.threshold,

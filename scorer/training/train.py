@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from scorer.config import TrainConfig, to_json
+from scorer.cores import fit_torch_threads
 from scorer.data import atomic
 from scorer.data.lock import sole_writer
 from scorer.errors import ConfigError
@@ -78,6 +79,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     atomic.check_writable(config.output, config.overwrite, marker=HEAD_CONFIG)
     with sole_writer(config.output, "train"):
         seed_everything(config.seed)
+        fit_torch_threads()
         device = resolve_device(config.device)
         if config.cuda_graphs != "off" and device != "cuda":
             raise ConfigError(f"--cuda-graphs needs a CUDA device, and this run is on {device}: drop --cuda-graphs, "

@@ -1,0 +1,142 @@
+"""Threads are sized by the cores this process may use (its CPU affinity and cgroup CPU quota), not the machine's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scorer.cores import cgroup_cpu_limit, usable_cores
+
+ROOT = Path(__file__).resolve().parents[1]
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+MACHINE = os.cpu_count() or 1
+needs_two_cores = pytest.mark.skipif(MACHINE < 2 or len(os.sched_getaffinity(0)) < 2,
+                                     reason="needs a process allowed two cores or more")
+
+
+def _proc(tmp_path: Path, mounts: list[str], memberships: list[str]) -> Path:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "mountinfo").write_text("".join(f"{line}\n" for line in mounts))
+    (proc / "cgroup").write_text("".join(f"{line}\n" for line in memberships))
+    return proc
+
+
+def _write(directory: Path, **files: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name.replace("_", ".", 1)).write_text(text + "\n")
+
+
+def test_the_cpu_limit_is_the_lowest_quota_from_a_v2_cgroup_up_to_its_mount(tmp_path):
+    """Kubernetes sets a pod's limit on the pod's cgroup and the container's below it: the lower one holds. The mount
+    point has a space in it (mountinfo writes \\040)."""
+    hierarchy = tmp_path / "cgroup fs"
+    escaped = str(hierarchy).replace(" ", "\\040")
+    proc = _proc(tmp_path, ["30 23 0:26 / /proc rw - proc proc rw",
+                            f"41 31 0:38 / {escaped} rw,nosuid - cgroup2 cgroup2 rw"], ["0::/kubepods/pod1/container"])
+    _write(hierarchy, cpu_max="max 100000")
+    _write(hierarchy / "kubepods" / "pod1", cpu_max="150000 100000")
+    _write(hierarchy / "kubepods" / "pod1" / "container", cpu_max="400000 100000")
+    assert cgroup_cpu_limit(proc) == 1.5
+    _write(hierarchy / "kubepods" / "pod1", cpu_max="max 100000")
+    assert cgroup_cpu_limit(proc) == 4.0
+    _write(hierarchy / "kubepods" / "pod1" / "container", cpu_max="max 100000")
+    assert cgroup_cpu_limit(proc) is None
+
+
+def test_the_cpu_limit_of_a_v1_cgroup_is_found_under_a_mount_of_the_containers_own_cgroup(tmp_path):
+    """Docker without a cgroup namespace: /proc/self/cgroup names /docker/ID, and the mount's root is that cgroup, so
+    the quota is at the mount point itself. Only the hierarchy holding the cpu controller counts (not cpuset)."""
+    cpu, cpuset = tmp_path / "cpu,cpuacct", tmp_path / "cpuset"
+    proc = _proc(tmp_path, [f"32 31 0:29 /docker/abc {cpu} rw - cgroup cgroup rw,cpu,cpuacct",
+                            f"34 31 0:31 /docker/abc {cpuset} rw - cgroup cgroup rw,cpuset"],
+                 ["5:cpuset:/docker/abc", "4:cpu,cpuacct:/docker/abc", "0::/"])
+    _write(cpu, cpu_cfs_quota_us="250000", cpu_cfs_period_us="100000")
+    _write(cpuset, cpu_cfs_quota_us="100000", cpu_cfs_period_us="100000")
+    assert cgroup_cpu_limit(proc) == 2.5
+    _write(cpu, cpu_cfs_quota_us="-1")
+    assert cgroup_cpu_limit(proc) is None
+
+
+def test_no_limit_is_read_where_the_files_are_missing_or_unreadable(tmp_path):
+    assert cgroup_cpu_limit(tmp_path / "absent") is None
+    proc = _proc(tmp_path, [f"41 31 0:38 / {tmp_path / 'v2'} rw - cgroup2 cgroup2 rw", "garbage line"],
+                 ["0::/user.slice", "not a membership"])
+    assert cgroup_cpu_limit(proc) is None  # (no cpu.max anywhere)
+    _write(tmp_path / "v2" / "user.slice", cpu_max="nonsense")
+    assert cgroup_cpu_limit(proc) is None
+
+
+def _child(args: list[str], cores: set[int] | None = None, procs: Path | None = None, **env: str) -> str:
+    """What a Python child prints, run on `cores` only or in the cgroup whose `procs` file is given."""
+    def limit() -> None:
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+        if procs is not None:
+            procs.write_text(str(os.getpid()))
+
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=True,
+                          preexec_fn=limit, env={**os.environ, **env})
+    return done.stdout.strip()
+
+
+@needs_two_cores
+def test_scorer_run_gives_onnx_runtime_a_thread_per_core_it_may_use(tiny_export, tmp_path):
+    """taskset -c 0 on a machine of two cores or more: one ONNX Runtime thread, as the summary says, where it was
+    the machine's count; --cpu-threads says otherwise."""
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"sentence": ["the cat sat on the mat", "sat the on cat mat"] * 20}), source)
+
+    def threads(cores: set[int] | None, *options: str) -> int:
+        _child(["-m", "scorer", "run", str(source), "--model", str(tiny_export), "--provider", "cpu", "--output",
+                str(tmp_path / "out.parquet"), "--overwrite", "--quiet", *options], cores)
+        return json.loads((tmp_path / "out.parquet.summary.json").read_text())["cpu_threads"]
+
+    assert threads({0}) == 1
+    assert threads(None) == usable_cores() > 1
+    assert threads({0}, "--cpu-threads", "3") == 3
+
+
+@needs_two_cores
+def test_pytorch_threads_are_lowered_to_the_cores_and_never_raised():
+    code = ("import torch; from scorer.cores import fit_torch_threads; before = torch.get_num_threads(); "
+            "fit_torch_threads(); print(before, torch.get_num_threads())")
+    # (OMP_NUM_THREADS: torch starts with the machine's count, as it does under a cgroup quota)
+    assert _child(["-c", code], OMP_NUM_THREADS=str(MACHINE)) == f"{MACHINE} {usable_cores()}"
+    assert _child(["-c", code], {0}, OMP_NUM_THREADS=str(MACHINE)) == f"{MACHINE} 1"
+    assert _child(["-c", code], OMP_NUM_THREADS="1") == "1 1"
+
+
+@pytest.fixture
+def one_cpu_cgroup():
+    """A real cgroup v1 allowing one CPU's time (needs root and the cpu controller mounted writable)."""
+    directory = CGROUP_V1_CPU / f"scorer-test-{os.getpid()}"
+    try:
+        directory.mkdir()
+        (directory / "cpu.cfs_quota_us").write_text("100000")
+    except OSError as exc:
+        directory.exists() and directory.rmdir()
+        pytest.skip(f"cannot make a cgroup with a CPU quota here: {exc}")
+    yield directory
+    directory.rmdir()
+
+
+@needs_two_cores
+def test_a_cgroup_cpu_quota_lowers_onnx_runtime_and_pytorch_threads(one_cpu_cgroup, tiny_export):
+    """docker --cpus=1 or a Kubernetes limit of 1 CPU on a bigger machine: the process sees every core (affinity and
+    os.cpu_count), and its quota is one CPU's time."""
+    code = ("import os, torch; from scorer.cores import usable_cores, fit_torch_threads; "
+            "from scorer.inference.session import create_session; "
+            f"session = create_session({str(tiny_export / 'model.onnx')!r}, 'cpu'); fit_torch_threads(); "
+            "print(len(os.sched_getaffinity(0)), usable_cores(), "
+            "session.get_session_options().intra_op_num_threads, torch.get_num_threads())")
+    seen, usable, ort_threads, torch_threads = _child(["-c", code], procs=one_cpu_cgroup / "cgroup.procs").split()
+    assert (int(seen), usable, ort_threads, torch_threads) == (len(os.sched_getaffinity(0)), "1", "1", "1")
