@@ -51,7 +51,7 @@ def machine(device: str = "cpu") -> dict:
     import onnxruntime
     import torch
 
-    from scorer.cores import usable_cores
+    from scorer.machine import usable_cores
 
     info = {"platform": platform.platform(), "python": platform.python_version(), "processor": _cpu_name(),
             "cores": os.cpu_count(), "usable_cores": usable_cores(), "torch_threads": torch.get_num_threads(),

@@ -1,6 +1,6 @@
 """Scoring and training in a process limited to fewer cores than the machine has (a CPU affinity, as taskset or a
 batch scheduler sets; a cgroup CPU quota, as docker --cpus or a Kubernetes CPU limit sets): threads sized by the
-cores this process may use (scorer.cores, the default) against threads sized by the machine's count (what scorer
+cores this process may use (scorer.machine, the default) against threads sized by the machine's count (what scorer
 did before: os.cpu_count()), alternated in one run on one machine.
 
     python bench/cpu_limits.py --export runs/cola/onnx
@@ -8,7 +8,7 @@ did before: os.cpu_count()), alternated in one run on one machine.
 Scoring: `scorer run --provider cpu` on --rows CoLA sentences (../shared/data/cola, sampled with repeats), Parquet in
 and out, in a child process under each limit, with `--cpu-threads <machine's cores>` (the baseline) and without.
 Training: --steps bf16-or-fp32 (as `scorer train` picks) steps of the packaged MiniLM at batch 32 on CoLA sentences,
-in a child under each limit, with PyTorch's own thread count (the baseline) and after scorer.cores.fit_torch_threads.
+in a child under each limit, with PyTorch's own thread count (the baseline) and after scorer.machine.fit_torch_threads.
 The cgroup limit needs root and a writable cgroup v1 cpu controller or a cgroup v2 hierarchy with cpu enabled; it is
 skipped, saying why, elsewhere. Writes JSON to --out.
 """
@@ -39,7 +39,7 @@ def train_steps(steps: int, fit: bool) -> None:
     import torch
     from transformers import AutoModel
 
-    from scorer.cores import fit_torch_threads
+    from scorer.machine import fit_torch_threads
     from scorer.packaged import packaged_model
     from scorer.pytorch.loop import autocast
     from scorer.text.tokens import TextEncoder

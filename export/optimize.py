@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -22,8 +21,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from export.large import held_out_graph, restore_table
-from scorer.cores import usable_cores
 from scorer.errors import ModelError
+from scorer.machine import usable_cores, usable_memory
 
 log = logging.getLogger("scorer")
 # ORT's optimizer keeps one core busy for 17-35 s on a bert-base graph (it copies the whole model, weights and all,
@@ -106,9 +105,8 @@ def build_workers(source_bytes: int, graphs: int) -> int:
     cores = usable_cores()
     if source_bytes <= _PARALLEL_BYTES or cores < _MIN_CORES:
         return 1
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not on Linux: no parallel builds
+    available = usable_memory()
+    if available is None:  # (not on Linux: no parallel builds)
         return 1
     return max(1, min(graphs, cores, available // (_MEMORY_PER_SOURCE_BYTE * source_bytes)))
 

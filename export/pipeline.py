@@ -20,12 +20,12 @@ from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx, external_f
 from export.quantize import Quantiser, QuantizeReport, Targets
 from export.rows import calibration_texts, parity_rows, recorded_data, warn_if_few, without_hollow
 from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
-from scorer.cores import fit_torch_threads
 from scorer.data import atomic, snapshot
 from scorer.data.lock import sole_writer
 from scorer.errors import ConfigError, ParityError, ProviderError
 from scorer.inference import selfcheck
 from scorer.inference.session import onnxruntime
+from scorer.machine import fit_torch_threads, usable_memory
 from scorer.manifest import MANIFEST, VARIANT_FILES, Manifest, Variant, sha256_file, weight_files
 from scorer.pytorch.checkpoints import checkpoint_tokenizer, load_classifier
 from scorer.pytorch.model import HeadConfig
@@ -145,7 +145,7 @@ def _buildable(config: ExportConfig, model: nn.Module) -> tuple[str, ...]:
         held = model.encoder.get_input_embeddings().weight.numel() * 4
     others = [variant for variant in wanted if variant != "fp32"]
     graphs = f"{' and '.join(others)} graph" + ("s" if len(others) > 1 else "")
-    available = memory_available()
+    available = usable_memory()
     if others and available is not None and (size - held) * BUILD_MEMORY + HELD_MEMORY * held > available:
         why = (f"building the {graphs} of {config.checkpoint} takes about {BUILD_MEMORY} times its "
                f"{(size - held) / 2**30:.1f} GiB of weights{' besides its word embeddings' if held else ''} in "
@@ -157,16 +157,6 @@ def _buildable(config: ExportConfig, model: nn.Module) -> tuple[str, ...]:
                     f"--variants {','.join(wanted)})", why)
         return ("fp32",)
     return wanted
-
-
-def memory_available() -> int | None:
-    """Bytes of memory available to a new process (Linux's MemAvailable, which counts reclaimable caches); None
-    where it cannot be read."""
-    try:
-        line = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemAvailable"))
-        return int(line.split()[1]) * 1024
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
 
 
 def _copy_tokenizer(checkpoint: Path, staging: Path, tokenizer_json: str) -> None:

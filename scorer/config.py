@@ -246,7 +246,7 @@ class RunConfig:
     # quarter window; 0: every input on its own, for benchmarks that compare the two.
     small_rows: int | None = None
     infer_threads: int | None = None  # None: 2 on CUDA (measured +8% on an H200, twice), 1 elsewhere
-    # ONNX Runtime's intra-op threads; None: on a CPU the cores this process may use (scorer.cores), on a GPU 1.
+    # ONNX Runtime's intra-op threads; None: on a CPU the cores this process may use (scorer.machine), on a GPU 1.
     cpu_threads: int | None = None
     # Tokenise through scorer.text.words.WordCache where the tokenizer qualifies (same ids, measured faster); False
     # is the tokenizer alone, for benchmarks that compare the two.

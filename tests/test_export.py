@@ -432,13 +432,16 @@ def test_fp16_graphs_are_built_in_parallel_only_when_large_with_a_core_and_memor
     import export.optimize as optimize
 
     gib = 1 << 30
-    monkeypatch.setattr(optimize.os, "cpu_count", lambda: 16)
-    monkeypatch.setattr(optimize.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 128 * gib // 4096))
+    monkeypatch.setattr(optimize, "usable_cores", lambda: 16)
+    monkeypatch.setattr(optimize, "usable_memory", lambda: 128 * gib)
     assert optimize.build_workers(415 << 20, 3) == 3  # bert-base on the GPU machine: 16 cores, 128 GiB
     assert optimize.build_workers(1 << 20, 3) == 1  # a small model: a process costs more than it saves
-    monkeypatch.setattr(optimize.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 18 * gib // 4096))
+    monkeypatch.setattr(optimize, "usable_memory", lambda: 18 * gib)
     assert optimize.build_workers(415 << 20, 3) == 2  # memory for two at about 8 GB each
-    monkeypatch.setattr(optimize.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(optimize, "usable_memory", lambda: None)
+    assert optimize.build_workers(415 << 20, 3) == 1  # (memory unknown: one at a time)
+    monkeypatch.setattr(optimize, "usable_memory", lambda: 128 * gib)
+    monkeypatch.setattr(optimize, "usable_cores", lambda: 2)
     assert optimize.build_workers(415 << 20, 3) == 1  # these 2-core machines: no reliable gain measured
 
 

@@ -10,10 +10,10 @@ import scorer
 
 ROOT = Path(scorer.__file__).parent
 # Lower stages never import higher ones. data and text are the bottom; the PyTorch side and ONNX Runtime inference
-# build on them; training and scoring on those. scorer's top-level modules (config, cores, errors, manifest,
+# build on them; training and scoring on those. scorer's top-level modules (config, errors, machine, manifest,
 # metrics, packaged) are shared by all; cli and demo sit above everything.
 RANK = {"data": 0, "text": 0, "pytorch": 1, "inference": 1, "training": 2, "scoring": 2}
-SHARED = {"config", "cores", "errors", "manifest", "metrics", "packaged"}
+SHARED = {"config", "errors", "manifest", "machine", "metrics", "packaged"}
 # What `scorer run` imports must load without the `train` extra (scorer.scoring.check loads PyTorch inside the
 # function that needs it).
 SCORING_SIDE = ("data", "text", "inference", "scoring")

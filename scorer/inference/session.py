@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer.cores import usable_cores
 from scorer.errors import ProviderError, first_line
 from scorer.extras import install_command
+from scorer.machine import usable_cores
 
 log = logging.getLogger("scorer")
 
@@ -107,7 +107,7 @@ def cuda_starts(model: Path | bytes) -> bool:
 
 
 def default_threads(provider: str) -> int:
-    """ONNX Runtime intra-op threads: one per core this process may use on a CPU (scorer.cores: its affinity and
+    """ONNX Runtime intra-op threads: one per core this process may use on a CPU (scorer.machine: its affinity and
     cgroup quota, not the machine's count). On a GPU the graph's CPU work is a few shape ops: one thread, so that no
     pool of spinning threads competes with tokenisation for the cores (H100: model stage 99k sentences/s with 1
     thread, 92k with 16)."""

@@ -56,7 +56,7 @@ def _pytorch_scores(checkpoint: Path, classifier: OnnxClassifier,
     """PyTorch's scores and labels for `texts`, the device, and how many texts were tokenised as the run did."""
     import torch
 
-    from scorer.cores import fit_torch_threads
+    from scorer.machine import fit_torch_threads
     from scorer.pytorch.loop import logits_of
 
     fit_torch_threads()

@@ -91,7 +91,7 @@ class RunSummary:
     io_binding: bool = False
     infer_threads: int = 1
     # ONNX Runtime's intra-op threads, as its session has them: on a CPU the cores this process may use (its affinity
-    # and cgroup CPU quota: scorer.cores), on a GPU 1.
+    # and cgroup CPU quota: scorer.machine), on a GPU 1.
     cpu_threads: int = 0
     provider_options: dict = field(default_factory=dict)  # as given to ONNX Runtime (CUDA: export's kernel choice)
     # The recorded batch's logits on this machine against export's (scorer.inference.selfcheck); None for older exports.

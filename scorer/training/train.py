@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from scorer.config import TrainConfig, to_json
-from scorer.cores import fit_torch_threads
 from scorer.data import atomic
 from scorer.data.lock import sole_writer
 from scorer.errors import ConfigError
 from scorer.inference.results import softmax
+from scorer.machine import fit_torch_threads
 from scorer.metrics import confusion_of, threshold_sweep
 from scorer.pytorch.loop import Trainer, predict
 from scorer.pytorch.model import (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scorer.cores import cgroup_cpu_limit, usable_cores
+from scorer.machine import cgroup_cpu_limit, cgroup_memory_room, usable_cores, usable_memory
 
 ROOT = Path(__file__).resolve().parents[1]
-CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+CGROUP_V1 = Path("/sys/fs/cgroup")
 MACHINE = os.cpu_count() or 1
 needs_two_cores = pytest.mark.skipif(MACHINE < 2 or len(os.sched_getaffinity(0)) < 2,
                                      reason="needs a process allowed two cores or more")
@@ -23,7 +24,7 @@ needs_two_cores = pytest.mark.skipif(MACHINE < 2 or len(os.sched_getaffinity(0))
 
 def _proc(tmp_path: Path, mounts: list[str], memberships: list[str]) -> Path:
     proc = tmp_path / "proc"
-    proc.mkdir()
+    proc.mkdir(parents=True)
     (proc / "mountinfo").write_text("".join(f"{line}\n" for line in mounts))
     (proc / "cgroup").write_text("".join(f"{line}\n" for line in memberships))
     return proc
@@ -75,6 +76,44 @@ def test_no_limit_is_read_where_the_files_are_missing_or_unreadable(tmp_path):
     assert cgroup_cpu_limit(proc) is None
 
 
+def test_the_memory_room_is_the_least_a_limit_leaves_from_the_cgroup_up_counting_inactive_file_cache_as_free(
+        tmp_path):
+    """What the kernel reclaims before it kills (inactive file cache) counts as room; v2's memory.max and v1's
+    memory.limit_in_bytes, whose "no limit" is a number near 2**63."""
+    v2 = tmp_path / "v2"
+    proc = _proc(tmp_path, [f"41 31 0:38 / {v2} rw - cgroup2 cgroup2 rw"], ["0::/pod/container"])
+    _write(v2 / "pod", memory_max=str(8 << 30), memory_current=str(7 << 30), memory_stat="anon 1\ninactive_file 0")
+    _write(v2 / "pod" / "container", memory_max="max", memory_current=str(7 << 30),
+           memory_stat=f"anon {5 << 30}\ninactive_file {2 << 30}")
+    assert cgroup_memory_room(proc) == 1 << 30  # (the pod's limit, less what it uses)
+    _write(v2 / "pod" / "container", memory_max=str(6 << 30))
+    assert cgroup_memory_room(proc) == 1 << 30  # 6 GiB less 7 used plus 2 of inactive cache: also 1
+    _write(v2 / "pod" / "container", memory_max=str(5 << 30))
+    assert cgroup_memory_room(proc) == 0  # 5 less 7 plus 2
+    v1 = tmp_path / "memory"
+    proc = _proc(tmp_path / "one", [f"35 31 0:32 /docker/abc {v1} rw - cgroup cgroup rw,memory"],
+                 ["4:memory:/docker/abc"])
+    _write(v1, memory_limit_in_bytes=str(4 << 30), memory_usage_in_bytes=str(3 << 30),
+           memory_stat=f"cache 10\ntotal_inactive_file {1 << 29}")
+    assert cgroup_memory_room(proc) == (1 << 30) + (1 << 29)
+    _write(v1, memory_limit_in_bytes="9223372036854771712")
+    assert cgroup_memory_room(proc) is None
+
+
+def test_usable_memory_is_the_machines_available_memory_lowered_to_a_cgroups_room(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683772 kB\nMemFree:        1000 kB\nMemAvailable:   2097152 kB\n")
+    v2 = tmp_path / "v2"
+    proc = _proc(tmp_path, [f"41 31 0:38 / {v2} rw - cgroup2 cgroup2 rw"], ["0::/job"])
+    assert usable_memory(proc, meminfo) == 2 << 30  # (no limit)
+    _write(v2 / "job", memory_max=str(3 << 30), memory_current=str(2 << 30), memory_stat="inactive_file 0")
+    assert usable_memory(proc, meminfo) == 1 << 30
+    _write(v2 / "job", memory_max=str(5 << 30))
+    assert usable_memory(proc, meminfo) == 2 << 30  # (the machine has less than the limit leaves)
+    assert usable_memory(proc, tmp_path / "no meminfo") == 3 << 30
+    assert usable_memory(tmp_path / "no proc", tmp_path / "no meminfo") is None
+
+
 def _child(args: list[str], cores: set[int] | None = None, procs: Path | None = None, **env: str) -> str:
     """What a Python child prints, run on `cores` only or in the cgroup whose `procs` file is given."""
     def limit() -> None:
@@ -107,7 +146,7 @@ def test_scorer_run_gives_onnx_runtime_a_thread_per_core_it_may_use(tiny_export,
 
 @needs_two_cores
 def test_pytorch_threads_are_lowered_to_the_cores_and_never_raised():
-    code = ("import torch; from scorer.cores import fit_torch_threads; before = torch.get_num_threads(); "
+    code = ("import torch; from scorer.machine import fit_torch_threads; before = torch.get_num_threads(); "
             "fit_torch_threads(); print(before, torch.get_num_threads())")
     # (OMP_NUM_THREADS: torch starts with the machine's count, as it does under a cgroup quota)
     assert _child(["-c", code], OMP_NUM_THREADS=str(MACHINE)) == f"{MACHINE} {usable_cores()}"
@@ -115,28 +154,53 @@ def test_pytorch_threads_are_lowered_to_the_cores_and_never_raised():
     assert _child(["-c", code], OMP_NUM_THREADS="1") == "1 1"
 
 
-@pytest.fixture
-def one_cpu_cgroup():
-    """A real cgroup v1 allowing one CPU's time (needs root and the cpu controller mounted writable)."""
-    directory = CGROUP_V1_CPU / f"scorer-test-{os.getpid()}"
+@contextlib.contextmanager
+def real_cgroup(controller: str, **settings: str):
+    """A real cgroup v1 of `controller` with `settings` (needs root and the controller mounted writable: skipped
+    elsewhere); yields its cgroup.procs file."""
+    directory = CGROUP_V1 / controller / f"scorer-test-{os.getpid()}"
     try:
         directory.mkdir()
-        (directory / "cpu.cfs_quota_us").write_text("100000")
+        for name, value in settings.items():
+            (directory / name).write_text(value)
     except OSError as exc:
-        directory.exists() and directory.rmdir()
-        pytest.skip(f"cannot make a cgroup with a CPU quota here: {exc}")
-    yield directory
-    directory.rmdir()
+        if directory.exists():
+            directory.rmdir()
+        pytest.skip(f"cannot make a {controller} cgroup here: {exc}")
+    try:
+        yield directory / "cgroup.procs"
+    finally:
+        directory.rmdir()
+
+
+@pytest.fixture
+def one_cpu_cgroup():
+    with real_cgroup("cpu", **{"cpu.cfs_quota_us": "100000", "cpu.cfs_period_us": "100000"}) as procs:
+        yield procs
 
 
 @needs_two_cores
 def test_a_cgroup_cpu_quota_lowers_onnx_runtime_and_pytorch_threads(one_cpu_cgroup, tiny_export):
     """docker --cpus=1 or a Kubernetes limit of 1 CPU on a bigger machine: the process sees every core (affinity and
     os.cpu_count), and its quota is one CPU's time."""
-    code = ("import os, torch; from scorer.cores import usable_cores, fit_torch_threads; "
+    code = ("import os, torch; from scorer.machine import usable_cores, fit_torch_threads; "
             "from scorer.inference.session import create_session; "
             f"session = create_session({str(tiny_export / 'model.onnx')!r}, 'cpu'); fit_torch_threads(); "
             "print(len(os.sched_getaffinity(0)), usable_cores(), "
             "session.get_session_options().intra_op_num_threads, torch.get_num_threads())")
-    seen, usable, ort_threads, torch_threads = _child(["-c", code], procs=one_cpu_cgroup / "cgroup.procs").split()
+    seen, usable, ort_threads, torch_threads = _child(["-c", code], procs=one_cpu_cgroup).split()
     assert (int(seen), usable, ort_threads, torch_threads) == (len(os.sched_getaffinity(0)), "1", "1", "1")
+
+
+def test_a_cgroup_memory_limit_lowers_the_memory_export_plans_with():
+    """A container limited to 1 GiB on a bigger machine: export's memory rule (18 times the weights for the fp16 and
+    int8 builds) and its parallel builds go by what the limit leaves, where they went by the machine's MemAvailable,
+    and the kernel killed the export without a word (a 1.2 GB limit, the CoLA MiniLM: exit 137 before, the fp32
+    graph alone and a warning after, by hand)."""
+    machine = usable_memory()
+    if machine is None or machine < 2 << 30:
+        pytest.skip("needs more than 2 GiB available")
+    code = "from scorer.machine import usable_memory; print(usable_memory())"
+    with real_cgroup("memory", **{"memory.limit_in_bytes": str(1 << 30)}) as procs:
+        room = int(_child(["-c", code], procs=procs))
+    assert 0 < room < 1 << 30 < machine

@@ -1,0 +1,146 @@
+"""What of the machine this process may use: its cores (its CPU affinity, as taskset, a cpuset or a batch scheduler
+sets, and its cgroup's CPU quota, as docker --cpus or a Kubernetes CPU limit sets) and its memory (the machine's
+available memory and its cgroup's memory limit). os.cpu_count() and /proc/meminfo count the machine's: threads
+sized by them on a 64-core host for a job limited to 2 cores spin against each other and are throttled, and work
+sized by them in a container limited to 8 GiB is killed by the kernel without a word."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+_PROC = Path("/proc/self")
+_NO_LIMIT = 1 << 60  # (cgroup v1 writes "no limit" as about 2**63 rounded to pages)
+
+
+@functools.cache
+def usable_cores() -> int:
+    """The cores this process may use (at least 1): found once per process."""
+    cores = _affinity()
+    quota = cgroup_cpu_limit()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def _affinity() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # (not on Linux)
+        return os.cpu_count() or 1
+
+
+def usable_memory(proc: Path = _PROC, meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Bytes a new allocation may take now: the machine's available memory (Linux's MemAvailable, which counts
+    reclaimable caches), lowered to what this process's cgroups' memory limits leave; None where neither is known."""
+    try:
+        line = next(line for line in meminfo.read_text().splitlines() if line.startswith("MemAvailable"))
+        machine = int(line.split()[1]) * 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        machine = None
+    room = cgroup_memory_room(proc)
+    return min(machine, room) if machine is not None and room is not None else machine if room is None else room
+
+
+def cgroup_cpu_limit(proc: Path = _PROC) -> float | None:
+    """The CPUs' worth of time this process's cgroups allow it (the lowest quota from its own cgroup up: cgroup v2's
+    cpu.max, v1's cpu.cfs_quota_us over cpu.cfs_period_us); None where there is no limit or none can be read."""
+    return min(_over_cgroups(proc, "cpu", _cpu_limit_of), default=None)
+
+
+def cgroup_memory_room(proc: Path = _PROC) -> int | None:
+    """Bytes this process's cgroups' memory limits leave (the least from its own cgroup up: the limit less what the
+    cgroup uses, counting its inactive file cache, which the kernel reclaims before it kills, as free); None where
+    there is no limit or none can be read."""
+    return min(_over_cgroups(proc, "memory", _memory_room_of), default=None)
+
+
+def _over_cgroups(proc: Path, controller: str, read: Callable[[Path, int], float | None]) -> list:
+    """What `read` finds in each cgroup directory of `controller` from this process's cgroup up to its hierarchy's
+    mount (cgroup v2, and v1 where a hierarchy holds `controller`)."""
+    try:
+        memberships = (proc / "cgroup").read_text().splitlines()
+        mounts = (proc / "mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for mount_root, mount_point, version in _mounts(mounts, controller):
+        for line in memberships:
+            hierarchy, _, rest = line.partition(":")
+            controllers, _, path = rest.partition(":")
+            if (version == 2 and hierarchy == "0" and controllers == "") or \
+                    (version == 1 and controller in controllers.split(",")):
+                parts = [part for part in _relative(path, mount_root).split("/") if part]
+                for depth in range(len(parts), -1, -1):
+                    value = read(Path(mount_point).joinpath(*parts[:depth]), version)
+                    if value is not None:
+                        found.append(value)
+    return found
+
+
+def _mounts(mounts: list[str], controller: str) -> list[tuple[str, str, int]]:
+    """(root, mount point, version) of each cgroup hierarchy mounted that may hold `controller`, from mountinfo lines
+    ("36 35 0:30 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct")."""
+    found = []
+    for line in mounts:
+        mine, _, theirs = line.partition(" - ")
+        fields, kind = mine.split(), theirs.split()
+        if len(fields) < 5 or not kind:
+            continue
+        root, point = (_unescape(field) for field in fields[3:5])
+        if kind[0] == "cgroup2" or (kind[0] == "cgroup" and len(kind) > 2 and controller in kind[2].split(",")):
+            found.append((root, point, 2 if kind[0] == "cgroup2" else 1))
+    return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes a space, tab, newline or backslash in a path as an octal escape (\\040)."""
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
+
+
+def _relative(path: str, mount_root: str) -> str:
+    """A cgroup's path below its hierarchy's mount: "" where the mount is the process's own cgroup (a container)."""
+    if mount_root != "/" and (path == mount_root or path.startswith(mount_root.rstrip("/") + "/")):
+        path = path[len(mount_root):]
+    return path.strip("/")
+
+
+def _cpu_limit_of(directory: Path, version: int) -> float | None:
+    try:
+        if version == 2:
+            quota, _, period = (directory / "cpu.max").read_text().strip().partition(" ")
+        else:
+            quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+            period = (directory / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1") or int(quota) <= 0:
+            return None
+        return int(quota) / int(period or 100000)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _memory_room_of(directory: Path, version: int) -> int | None:
+    names = ("memory.max", "memory.current", "inactive_file") if version == 2 else \
+        ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+    try:
+        limit = (directory / names[0]).read_text().strip()
+        if limit == "max" or int(limit) >= _NO_LIMIT:
+            return None
+        used = int((directory / names[1]).read_text())
+        stat = dict(line.split() for line in (directory / "memory.stat").read_text().splitlines() if " " in line)
+        return max(0, int(limit) - used + int(stat.get(names[2], 0)))
+    except (OSError, ValueError):
+        return None
+
+
+def fit_torch_threads() -> None:
+    """PyTorch's intra-op threads lowered to the usable cores: it counts affinity but not a cgroup's quota (a 1-CPU
+    quota on 2 cores: a MiniLM training step 1.27x as fast with 1 thread as with 2, bench/RESULTS.md 3.6). Never
+    raised: OMP_NUM_THREADS or torch.set_num_threads set lower stays."""
+    import torch
+
+    if torch.get_num_threads() > usable_cores():
+        torch.set_num_threads(usable_cores())
