@@ -39,8 +39,7 @@ def usable_memory(proc: Path = _PROC, meminfo: Path = Path("/proc/meminfo")) -> 
         machine = int(line.split()[1]) * 1024
     except (OSError, StopIteration, ValueError, IndexError):
         machine = None
-    room = cgroup_memory_room(proc)
-    return min(machine, room) if machine is not None and room is not None else machine if room is None else room
+    return min((known for known in (machine, cgroup_memory_room(proc)) if known is not None), default=None)
 
 
 def cgroup_cpu_limit(proc: Path = _PROC) -> float | None:
@@ -131,7 +130,7 @@ def _memory_room_of(directory: Path, version: int) -> int | None:
             return None
         used = int((directory / names[1]).read_text())
         stat = dict(line.split() for line in (directory / "memory.stat").read_text().splitlines() if " " in line)
-        return max(0, int(limit) - used + int(stat.get(names[2], 0)))
+        return max(0, int(limit) - used + int(stat.get(names[2], stat.get("inactive_file", 0))))
     except (OSError, ValueError):
         return None
 

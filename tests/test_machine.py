@@ -180,9 +180,13 @@ def one_cpu_cgroup():
 
 
 @needs_two_cores
-def test_a_cgroup_cpu_quota_lowers_onnx_runtime_and_pytorch_threads(one_cpu_cgroup, tiny_export):
+def test_a_cgroup_cpu_quota_lowers_onnx_runtime_and_pytorch_threads(one_cpu_cgroup, tiny_export, tiny_encoder,
+                                                                    tmp_path):
     """docker --cpus=1 or a Kubernetes limit of 1 CPU on a bigger machine: the process sees every core (affinity and
-    os.cpu_count), and its quota is one CPU's time."""
+    os.cpu_count), and its quota is one CPU's time; `scorer train` there steps on one thread, as metrics.json says."""
+    _child(["-m", "scorer", "train", "--model", str(tiny_encoder), "--output", str(tmp_path / "c"), "--epochs", "1",
+            "--max-length", "16", "--quiet"], procs=one_cpu_cgroup)
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["cpu_threads"] == 1
     code = ("import os, torch; from scorer.machine import usable_cores, fit_torch_threads; "
             "from scorer.inference.session import create_session; "
             f"session = create_session({str(tiny_export / 'model.onnx')!r}, 'cpu'); fit_torch_threads(); "

@@ -295,6 +295,7 @@ def _write_checkpoint(model, hf_tokenizer, config: TrainConfig, data: TrainingDa
             "stopped_early": bool(result.stopped_early),
             "device": result.device,
             "precision": result.precision,
+            "cpu_threads": torch.get_num_threads(),  # (PyTorch's: the cores this process may use, scorer.machine)
             "train_rows": result.train_rows,
             "val_rows": result.val_rows,
             "val_source": data.val_source,
