@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import resource
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +41,20 @@ def usable_memory(proc: Path = _PROC, meminfo: Path = Path("/proc/meminfo")) -> 
     except (OSError, StopIteration, ValueError, IndexError):
         machine = None
     return min((known for known in (machine, cgroup_memory_room(proc)) if known is not None), default=None)
+
+
+def memory_said() -> str:
+    """What this process may use of memory, in words, for an out-of-memory message: what is available to it, and its
+    address-space limit where one is set (ulimit -v, as some batch schedulers set: a model that loads in 1 GB of
+    memory can need more of address space)."""
+    said = []
+    room = usable_memory()
+    if room is not None:
+        said.append(f"{room / 2**30:.1f} GiB of memory available to this process")
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        said.append(f"its address space limited to {soft / 2**30:.2f} GiB (ulimit -v)")
+    return ", ".join(said)
 
 
 def cgroup_cpu_limit(proc: Path = _PROC) -> float | None:

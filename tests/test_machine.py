@@ -208,3 +208,52 @@ def test_a_cgroup_memory_limit_lowers_the_memory_export_plans_with():
     with real_cgroup("memory", **{"memory.limit_in_bytes": str(1 << 30)}) as procs:
         room = int(_child(["-c", code], procs=procs))
     assert 0 < room < 1 << 30 < machine
+
+
+_LIMIT_ADDRESS_SPACE = (
+    "import re, resource\n"
+    "def limit(margin):\n"
+    "    vm = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
+    "    resource.setrlimit(resource.RLIMIT_AS, (vm + margin, resource.RLIM_INFINITY))\n"
+)
+
+
+def test_onnxruntime_that_cannot_load_is_not_said_to_be_missing(tmp_path):
+    """ulimit -v (an address-space limit, as some batch schedulers set) too small for ONNX Runtime's 36 MB library:
+    "out of memory", with the limit, where scorer said "onnxruntime is not installed: pip install ..."; a broken
+    install (a module of it missing) is said as such; a missing one still is."""
+    code = ("import sys\nfrom scorer.errors import ProviderError\nfrom scorer.inference.session import onnxruntime\n"
+            + _LIMIT_ADDRESS_SPACE + "if sys.argv[1] == 'limited': limit(16 << 20)\n"
+            "if sys.argv[1] == 'missing': sys.modules['onnxruntime'] = None\n"
+            "try:\n    onnxruntime()\nexcept ProviderError as exc:\n    print(exc)\n")
+    said = _child(["-c", code, "limited"])
+    assert said.startswith("onnxruntime could not be loaded: out of memory (") and "failed to map segment" in said
+    assert "its address space limited to" in said and "(ulimit -v)" in said and "not installed" not in said
+    broken = tmp_path / "site" / "onnxruntime"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("from onnxruntime.capi import _pybind_state\n")
+    said = _child(["-c", code, "broken"], PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(ROOT)]))
+    assert said.startswith("onnxruntime is installed but could not be loaded (No module named 'onnxruntime.capi')")
+    assert "reinstall it: pip install" in said
+    assert _child(["-c", code, "missing"]).startswith("onnxruntime is not installed: pip install")
+
+
+def test_a_model_too_big_for_the_memory_left_is_said_to_be_out_of_memory_with_the_limits(tmp_path):
+    """A 64 MB graph in a process whose address space has 32 MB left: ONNX Runtime's std::bad_alloc becomes "ran
+    out of memory loading it", with what this process may use, where it was "could not start on cpu"."""
+    code = ("import sys\nimport numpy as np, onnx\nfrom onnx import TensorProto, helper, numpy_helper\n"
+            "from scorer.errors import ProviderError\nfrom scorer.inference.session import create_session, "
+            "onnxruntime\n" + _LIMIT_ADDRESS_SPACE +
+            "size = 16 << 20\n"
+            "graph = helper.make_graph([helper.make_node('Add', ['x', 'w'], ['y'])], 'g', "
+            "[helper.make_tensor_value_info('x', TensorProto.FLOAT, [size])], "
+            "[helper.make_tensor_value_info('y', TensorProto.FLOAT, [size])], "
+            "[numpy_helper.from_array(np.ones(size, np.float32), 'w')])\n"
+            "onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)]), sys.argv[1])\n"
+            "del graph\nonnxruntime()\nlimit(32 << 20)\n"
+            "try:\n    create_session(sys.argv[1], 'cpu')\n    print('loaded')\nexcept ProviderError as exc:\n"
+            "    print(exc)\n")
+    said = _child(["-c", code, str(tmp_path / "big.onnx")])
+    assert said.startswith(f"{tmp_path / 'big.onnx'}: ONNX Runtime ran out of memory loading it on cpu ("), said
+    assert "of memory available to this process" in said and "(ulimit -v)" in said
+    assert said.endswith("free memory, raise this process's limits, or score it on a machine with more")

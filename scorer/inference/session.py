@@ -14,7 +14,7 @@ import numpy as np
 
 from scorer.errors import ProviderError, first_line
 from scorer.extras import install_command
-from scorer.machine import usable_cores
+from scorer.machine import memory_said, usable_cores
 
 log = logging.getLogger("scorer")
 
@@ -28,10 +28,21 @@ def onnxruntime():
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise ProviderError(
-            f"onnxruntime is not installed: {install_command('cpu')} (the 'gpu' extra on a GPU machine)"
-        ) from exc
+        raise _not_loaded(exc) from exc
     return ort
+
+
+def _not_loaded(exc: ImportError) -> ProviderError:
+    """Why onnxruntime cannot be imported: not installed, out of memory mapping its library (ulimit -v, say), or
+    installed and broken (something it imports missing)."""
+    install = f"{install_command('cpu')} (the 'gpu' extra on a GPU machine)"
+    said = first_line(exc)
+    if isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime":
+        return ProviderError(f"onnxruntime is not installed: {install}")
+    if any(sign in said for sign in ("failed to map segment", "Cannot allocate memory")):
+        return ProviderError(f"onnxruntime could not be loaded: out of memory ({said}; {memory_said()}); free memory "
+                             "or raise this process's limits")
+    return ProviderError(f"onnxruntime is installed but could not be loaded ({said}); reinstall it: {install}")
 
 
 def available() -> list[str]:
@@ -140,7 +151,8 @@ def create_session(model: Path | bytes, provider: str, provider_options: dict | 
                                        providers=chain)
     except Exception as exc:
         name = "the model" if isinstance(model, bytes) else model
-        raise ProviderError(f"{name}: ONNX Runtime could not start on {provider} ({first_line(exc)})") from exc
+        raise _no_memory_to_load(name, provider, exc) or \
+            ProviderError(f"{name}: ONNX Runtime could not start on {provider} ({first_line(exc)})") from exc
     if session.get_providers()[0] != _NAMES[provider]:
         why = f"the CUDA libraries {', '.join(missing)} could not be loaded" if missing else \
             "no usable GPU, or CUDA/cuDNN libraries missing"
@@ -149,6 +161,18 @@ def create_session(model: Path | bytes, provider: str, provider_options: dict | 
             f"({why}); {_INSTALL}"
         )
     return session
+
+
+def _no_memory_to_load(name: object, provider: str, exc: Exception) -> ProviderError | None:
+    """A session that could not be created for want of memory, saying how much this process may use (a container's
+    limit, ulimit -v); None for other failures."""
+    said = memory_failure(exc)
+    if not said:
+        return None
+    said = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : |Load model from .* failed: ?", "", said)
+    return ProviderError(f"{name}: ONNX Runtime ran out of memory loading it on {provider} ({said}; "
+                         f"{memory_said() or 'no limit known'}): free memory, raise this process's limits, or score it "
+                         "on a machine with more")
 
 
 # How ONNX Runtime says an allocation failed: its arena (on any device), CUDA itself, cuBLAS, cuDNN, the C++ runtime.
