@@ -1,5 +1,5 @@
 """What every `scorer` command shares: --quiet/--debug, logging, SIGTERM and SIGHUP as interrupts, one-line errors with
-their exit codes, and option defaults shown from the config dataclasses."""
+their exit codes, Arrow's threads fitted to the cores, and option defaults shown from the config dataclasses."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import click
 
 from scorer.errors import HungUp, ScorerError, Terminated, one_line, stopped, unexpected
+from scorer.machine import fit_arrow_threads
 
 log = logging.getLogger("scorer")
 
@@ -65,6 +66,7 @@ def command(func: Callable) -> Callable:
     def wrapper(*args, quiet: bool, debug: bool, **kwargs):
         _standard_streams()
         _more_open_files()
+        fit_arrow_threads()
         _setup_logging(quiet, debug)
         try:
             with _sigterm_unwinds():

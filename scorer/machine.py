@@ -150,9 +150,19 @@ def _memory_room_of(directory: Path, version: int) -> int | None:
         return None
 
 
+def fit_arrow_threads() -> None:
+    """Arrow's CPU thread pool (Parquet's and CSV's decoding, compute functions) lowered to the usable cores: it
+    counts the affinity but not a cgroup's quota. Never raised (OMP_NUM_THREADS or pyarrow.set_cpu_count set lower
+    stays)."""
+    import pyarrow
+
+    if pyarrow.cpu_count() > usable_cores():
+        pyarrow.set_cpu_count(usable_cores())
+
+
 def fit_torch_threads() -> None:
     """PyTorch's intra-op threads lowered to the usable cores: it counts affinity but not a cgroup's quota (a 1-CPU
-    quota on 2 cores: a MiniLM training step 1.27x as fast with 1 thread as with 2, bench/RESULTS.md 3.6). Never
+    quota on 2 cores: a MiniLM training step 1.23x as fast with 1 thread as with 2, bench/RESULTS.md 3.6). Never
     raised: OMP_NUM_THREADS or torch.set_num_threads set lower stays."""
     import torch
 

@@ -183,9 +183,13 @@ def one_cpu_cgroup():
 def test_a_cgroup_cpu_quota_lowers_onnx_runtime_and_pytorch_threads(one_cpu_cgroup, tiny_export, tiny_encoder,
                                                                     tmp_path):
     """docker --cpus=1 or a Kubernetes limit of 1 CPU on a bigger machine: the process sees every core (affinity and
-    os.cpu_count), and its quota is one CPU's time; `scorer train` there steps on one thread, as metrics.json says."""
-    _child(["-m", "scorer", "train", "--model", str(tiny_encoder), "--output", str(tmp_path / "c"), "--epochs", "1",
-            "--max-length", "16", "--quiet"], procs=one_cpu_cgroup)
+    os.cpu_count), and its quota is one CPU's time; `scorer train` there steps on one thread, as metrics.json says,
+    and a command leaves Arrow's pool (Parquet and CSV decoding) one thread, where Arrow counts only the affinity."""
+    code = ("import sys, pyarrow; from scorer.cli import main; arrow = pyarrow.cpu_count(); "
+            "main(['train', *sys.argv[1:]], standalone_mode=False); print(arrow, pyarrow.cpu_count())")
+    said = _child(["-c", code, "--model", str(tiny_encoder), "--output", str(tmp_path / "c"), "--epochs", "1",
+                   "--max-length", "16", "--quiet"], procs=one_cpu_cgroup)
+    assert said.splitlines()[-1] == f"{len(os.sched_getaffinity(0))} 1"
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["cpu_threads"] == 1
     code = ("import os, torch; from scorer.machine import usable_cores, fit_torch_threads; "
             "from scorer.inference.session import create_session; "
