@@ -1,4 +1,5 @@
-"""Threads are sized by the cores this process may use (its CPU affinity and cgroup CPU quota), not the machine's."""
+"""What of the machine a process may use, not the machine's whole: threads sized by its cores (its CPU affinity and
+cgroup CPU quota), export's plans by its memory (its cgroup's limit), and running out of memory (ulimit -v) said so."""
 
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ from scorer.machine import cgroup_cpu_limit, cgroup_memory_room, usable_cores, u
 ROOT = Path(__file__).resolve().parents[1]
 CGROUP_V1 = Path("/sys/fs/cgroup")
 MACHINE = os.cpu_count() or 1
-needs_two_cores = pytest.mark.skipif(MACHINE < 2 or len(os.sched_getaffinity(0)) < 2,
-                                     reason="needs a process allowed two cores or more")
+needs_two_cores = pytest.mark.skipif(usable_cores() < 2, reason="needs a process allowed two cores or more")
 
 
 def _proc(tmp_path: Path, mounts: list[str], memberships: list[str]) -> Path:
