@@ -1049,6 +1049,7 @@ def test_a_model_out_of_memory_stops_with_exit_6_and_the_rerun_resumes(tiny_expo
                           capture_output=True, text=True)
     assert done.returncode == 6, done.stderr
     assert done.stderr.startswith(f"error: {source}: the model ran out of memory on cpu (Available memory of ")
+    assert "GiB of memory available to this process)" in done.stderr  # (what a container's limit leaves, say)
     assert done.stderr.endswith("lower --max-tokens (now 200,000), then run again: it resumes from its last "
                                 "finished window\n")
     # with batches in flight (CUDA's default), each holding its own memory: that is said too
@@ -1073,7 +1074,8 @@ def test_a_device_too_full_for_the_self_check_stops_before_any_output_with_exit_
     assert done.returncode == 6, done.stderr
     assert done.stderr.startswith(f"error: {tiny_export}: the self-check's small batch ran out of memory on cpu "
                                   "(Available memory of ")
-    assert done.stderr.endswith("free memory there (is another process using it?), then run again\n")
+    assert done.stderr.endswith("GiB of memory available to this process); free memory there (is another process "
+                                "using it?), then run again\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
 
 

@@ -180,14 +180,17 @@ _NO_MEMORY = ("Failed to allocate memory", "is smaller than requested bytes", "o
               "bad allocation", "bad_alloc")
 
 
-def memory_failure(exc: BaseException) -> str | None:
+def memory_failure(exc: BaseException, provider: str | None = None) -> str | None:
     """ONNX Runtime's account, in a few words, of an allocation that failed in a run (another process holding the
-    GPU's memory, say); None for any other exception."""
+    GPU's memory, say), on the CPU (`provider` "cpu") with what this process may use of memory (a container's limit);
+    None for any other exception."""
     if not raised_by_onnxruntime(exc):
         return None
     if not any(said in first_line(exc) for said in _NO_MEMORY):
         return None
-    return _status_message(first_line(exc)).split(" ; ")[0]
+    said = _status_message(first_line(exc)).split(" ; ")[0]
+    limits = memory_said() if provider == "cpu" else ""
+    return f"{said}; {limits}" if limits else said
 
 
 def raised_by_onnxruntime(exc: BaseException) -> bool:

@@ -219,7 +219,7 @@ def _self_check(classifier: OnnxClassifier) -> dict | None:
     try:
         return classifier.self_check()
     except Exception as exc:
-        said = memory_failure(exc)
+        said = memory_failure(exc, classifier.provider)
         if said:
             raise ProviderError(f"{classifier.directory}: the self-check's small batch ran out of memory on "
                                 f"{classifier.provider} ({said}); free memory there (is another process using it?), "

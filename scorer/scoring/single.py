@@ -184,7 +184,7 @@ def failure(exc: BaseException, unit: WorkUnit, classifier: OnnxClassifier, reru
     no_room = atomic.out_of_room(exc, unit.output, rerun)
     if no_room is not None:
         return no_room
-    said = memory_failure(exc)
+    said = memory_failure(exc, classifier.provider)
     if said:
         in_flight = f" or --infer-threads (now {classifier.infer_threads})" \
             if classifier.infer_threads > 1 else ""  # (each batch in flight holds its own memory)
