@@ -84,8 +84,8 @@ def quota_cgroup(cpus: float):
         return
     try:
         directory.mkdir()
-        for name, value in files.items():
-            (directory / name).write_text(value)
+        for file, value in files.items():
+            (directory / file).write_text(value)
     except OSError as exc:
         yield None, f"cannot make a cgroup with a CPU quota here ({exc.strerror}; needs root)"
         return
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/cpu-limits.json"))
     args = parser.parse_args()
     results = {"machine": machine(), "rows": args.rows, "steps": args.steps, "limits": []}
+    print(json.dumps(results["machine"]), flush=True)
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         pq.write_table(pa.table({"sentence": workload("cola", args.rows)}), work / "in.parquet")

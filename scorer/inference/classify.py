@@ -84,20 +84,19 @@ class OnnxClassifier:
             raise ModelError(f"{self.directory}: tokenizer.json has {self.encoder.vocab_size} tokens but the "
                                 f"model only {self.manifest.vocab_size}; export again")
         self.provider = resolve_provider(provider)
-        self._threads = cpu_threads
         if self.provider == "tensorrt" and provider_options is None:
             from export import tensorrt
 
             provider_options = tensorrt.provider_options(self.directory / tensorrt.CACHE_DIR,
                                                          self.manifest.max_length, max_batch_rows)
         try:
-            self._start(variant, provider_options)
+            self._start(variant, provider_options, cpu_threads)
         except ProviderError as exc:
             if provider != "auto" or self.provider == "cpu":
                 raise
             log.warning("CUDA is not usable here (%s); --provider auto continues on the CPU", exc)
             self.provider = "cpu"
-            self._start(variant, None)
+            self._start(variant, None, cpu_threads)
         self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS[self.provider]
         self.max_batch_rows = max_batch_rows
         self.batch_overhead = default_batch_overhead(self.provider, self.variant, self.manifest) \
@@ -115,7 +114,7 @@ class OnnxClassifier:
         self.rescue = Rescue(self.directory, self.manifest, self.provider, self.variant, self.manifest.input_names,
                              self.max_tokens, cpu_threads)
 
-    def _start(self, variant: str | None, provider_options: dict | None) -> None:
+    def _start(self, variant: str | None, provider_options: dict | None, cpu_threads: int | None) -> None:
         self.variant = variant or default_variant(self.provider, self.manifest)
         self.model_path = self.manifest.variant(self.variant, self.directory)
         self.model_sha256 = self.manifest.variants[self.variant].identity  # (the files were just checked against it)
@@ -127,7 +126,7 @@ class OnnxClassifier:
         if provider_options is None:
             provider_options = default_provider_options(self.provider, self.variant, self.manifest)
         self.provider_options = provider_options or {}
-        self.session = create_session(self.model_path, self.provider, provider_options, self._threads)
+        self.session = create_session(self.model_path, self.provider, provider_options, cpu_threads)
         self.cpu_threads = self.session.get_session_options().intra_op_num_threads
 
     def self_check(self) -> dict | None:
