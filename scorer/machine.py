@@ -46,7 +46,7 @@ def usable_memory(proc: Path = _PROC, meminfo: Path = Path("/proc/meminfo")) -> 
 def memory_said() -> str:
     """What this process may use of memory, in words, for an out-of-memory message: what is available to it, and its
     address-space limit where one is set (ulimit -v, as some batch schedulers set: a model that loads in 1 GB of
-    memory can need more of address space)."""
+    memory can need more of address space); "no memory figure known" where neither is."""
     said = []
     room = usable_memory()
     if room is not None:
@@ -54,7 +54,7 @@ def memory_said() -> str:
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
     if soft != resource.RLIM_INFINITY:
         said.append(f"its address space limited to {soft / 2**30:.2f} GiB (ulimit -v)")
-    return ", ".join(said)
+    return ", ".join(said) or "no memory figure known"
 
 
 def cgroup_cpu_limit(proc: Path = _PROC) -> float | None:

@@ -170,9 +170,8 @@ def _no_memory_to_load(name: object, provider: str, exc: Exception) -> ProviderE
     if not said:
         return None
     said = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : |Load model from .* failed: ?", "", said)
-    return ProviderError(f"{name}: ONNX Runtime ran out of memory loading it on {provider} ({said}; "
-                         f"{memory_said() or 'no limit known'}): free memory, raise this process's limits, or score it "
-                         "on a machine with more")
+    return ProviderError(f"{name}: ONNX Runtime ran out of memory loading it on {provider} ({said}; {memory_said()}): "
+                         "free memory, raise this process's limits, or score it on a machine with more")
 
 
 # How ONNX Runtime says an allocation failed: its arena (on any device), CUDA itself, cuBLAS, cuDNN, the C++ runtime.
@@ -189,8 +188,7 @@ def memory_failure(exc: BaseException, provider: str | None = None) -> str | Non
     if not any(said in first_line(exc) for said in _NO_MEMORY):
         return None
     said = _status_message(first_line(exc)).split(" ; ")[0]
-    limits = memory_said() if provider == "cpu" else ""
-    return f"{said}; {limits}" if limits else said
+    return f"{said}; {memory_said()}" if provider == "cpu" else said
 
 
 def raised_by_onnxruntime(exc: BaseException) -> bool:
