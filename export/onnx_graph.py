@@ -37,9 +37,7 @@ def export_onnx(model: nn.Module, path: Path, opset: int) -> None:
     input_ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (_EXPORT_BATCH, _EXPORT_LENGTH), generator=generator)
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, _EXPORT_LENGTH // 2 :] = 0
-    newest = getattr(torch.onnx._constants, "ONNX_MAX_OPSET", None)  # what this torch's exporter can write
-    if newest is not None and opset > newest:
-        raise ConfigError(f"--opset {opset} is newer than torch {torch.__version__} can export (at most {newest})")
+    check_opset(opset)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -57,6 +55,31 @@ def export_onnx(model: nn.Module, path: Path, opset: int) -> None:
     check_graph(path)
     check_other_shapes(path, type(model.encoder).__name__, vocab, model.head_config.max_length,
                        getattr(model.encoder.config, "pad_token_id", None) or 0)
+
+
+def newest_opset() -> int:
+    """The newest opset this environment can both export (torch's exporter) and check (onnx's checker)."""
+    return min(_limits().values())
+
+
+def check_opset(opset: int) -> None:
+    """Refuse, before any work, an opset that torch cannot write or that the installed onnx cannot check: onnx 1.16
+    knows opsets up to 21, and its checker refuses torch's opset-23 graphs for their IR version ("the exported graph
+    fails onnx.checker"), after a whole export."""
+    for name, newest in _limits().items():
+        if opset > newest:
+            verb = "export" if name == "torch" else "check"
+            raise ConfigError(f"--opset {opset} is newer than {name} {_version(name)} can {verb} (at most {newest}): "
+                              f"use --opset {newest_opset()} or older, or upgrade {name}")
+
+
+def _limits() -> dict[str, int]:
+    exporter = getattr(torch.onnx._constants, "ONNX_MAX_OPSET", None)  # (a private constant: absent, onnx's alone)
+    return {**({"torch": exporter} if exporter is not None else {}), "onnx": onnx.defs.onnx_opset_version()}
+
+
+def _version(name: str) -> str:
+    return torch.__version__ if name == "torch" else onnx.__version__
 
 
 def gather_external_data(path: Path) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from export import parity
 from export.fp16_choice import Fp16Report, build_fp16
 from export.large import weights_beside
-from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, export_onnx, external_files
+from export.onnx_graph import INPUT_NAMES, OUTPUT_NAMES, check_opset, export_onnx, external_files
 from export.quantize import Quantiser, QuantizeReport, Targets
 from export.rows import calibration_texts, parity_rows, recorded_data, warn_if_few, without_hollow
 from scorer.config import VARIANTS, ExportConfig, RunConfig, to_json
@@ -78,6 +78,7 @@ def _export(config: ExportConfig) -> ExportResult:
     """export_model's work, under the export directory's lock."""
     if config.tensorrt:
         _check_tensorrt()
+    check_opset(config.opset)  # (before the model is read: export_onnx checks again)
     snapshot.await_swap(config.checkpoint)  # (a training run may be replacing it now,
     read_from = snapshot.identity(config.checkpoint)  # or while it is read)
     model = load_classifier(config.checkpoint, attn_implementation="eager", max_length=config.max_length)

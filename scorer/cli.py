@@ -143,7 +143,8 @@ def train(progress: bool, **options) -> None:
 @click.option("--variants", help="Comma-separated: fp32,fp16,int8 [default: all three where the memory to build "
               "them is there, else fp32].")
 @click.option("--opset", type=int,
-              help=f"ONNX opset, 17 to the newest the installed torch exports {shown(ExportConfig, 'opset')}.")
+              help="ONNX opset, 17 to the newest the installed torch exports and onnx checks "
+                   f"{shown(ExportConfig, 'opset')}.")
 @click.option("--tolerance", type=float,
               help=f"Largest fp32 |Δlogit| the gate allows {shown(ExportConfig, 'tolerance')}.")
 @click.option("--min-agreement", type=float,

@@ -647,6 +647,24 @@ def test_export_options_and_parity_data_it_cannot_use_are_refused_before_any_out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parity.csv"]
 
 
+def test_an_opset_newer_than_the_installed_onnx_checks_is_refused_before_any_work(tiny_checkpoint, tmp_path,
+                                                                                monkeypatch):
+    """onnx 1.16 (the `train` extra's oldest) knows opsets up to 21, and its checker refused torch 2.13's opset-23
+    graph after the whole export: "the exported graph fails onnx.checker (Your model ir_version 11 is higher than the
+    checker's (10).)", exit 4, naming a staging file. Here onnx's limit is lowered to 1.16's."""
+    import onnx
+    import torch
+
+    opset = min(torch.onnx._constants.ONNX_MAX_OPSET, 23)
+    monkeypatch.setattr(onnx.defs, "onnx_opset_version", lambda: opset - 2)
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "o"),
+                                       "--opset", str(opset)])
+    assert result.exit_code == 2 and result.output == (
+        f"error: --opset {opset} is newer than onnx {onnx.__version__} can check (at most {opset - 2}): use --opset "
+        f"{opset - 2} or older, or upgrade onnx\n"), result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_each_command_given_the_directory_of_another_step_says_which_step_it_needs(tiny_encoder, tiny_export,
                                                                                   tmp_path):
     """export --checkpoint <pretrained encoder>, train --model <export>: the slips between the three steps."""

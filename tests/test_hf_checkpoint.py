@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -67,6 +68,8 @@ def _transformers_scores(checkpoint: Path, texts: list[str], max_length: int) ->
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
     with torch.no_grad():
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        taken = inspect.signature(model.forward).parameters  # (transformers 4's DistilBERT takes no token_type_ids,
+        batch = {name: value for name, value in batch.items() if name in taken}  # which its tokenizer gives)
         return model(**batch).logits.softmax(-1).numpy()
 
 

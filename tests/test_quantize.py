@@ -159,17 +159,14 @@ def test_per_token_int8_is_close_to_fp32_and_gives_a_row_the_same_scores_in_any_
     its batch neighbours (dynamic int8 scales each batch as a whole, so there they do). For a graph exported with
     `--opset` 18 or newer too, where ReduceMax takes its axes as an input: the int8 graph was invalid there, and
     `scorer export --opset 18` failed ("Unrecognized attribute: axes for operator ReduceMax")."""
-    import torch
-
-    from export.onnx_graph import export_onnx
+    from export.onnx_graph import export_onnx, newest_opset
     from scorer.pytorch.checkpoints import load_classifier
 
     encoded = TextEncoder.from_dir(tiny_export, 48).encode(SENTENCES)
     source, target = tiny_export / "model.onnx", tmp_path / "per-token.onnx"
     if opset is not None:  # (the graph as exported, before optimisation, at that opset)
-        newest = getattr(torch.onnx._constants, "ONNX_MAX_OPSET", 18)
         source = tmp_path / "model.onnx"
-        export_onnx(load_classifier(tiny_checkpoint), source, newest if opset == "newest" else opset)
+        export_onnx(load_classifier(tiny_checkpoint), source, newest_opset() if opset == "newest" else opset)
         assert next(o.version for o in onnx.load(str(source)).opset_import if o.domain == "") >= 18
     per_token_int8(source, target, exclude=[])
     assert _quantized_ops(target) == len(weight_matmuls(onnx.load(str(source)))) > 0
