@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -154,6 +155,20 @@ def after_logits(export: Path, variant: str, nodes: list, initializers: list) ->
     onnx.save(model, path)
     manifest.variants[variant].sha256 = sha256_file(path)
     manifest.save(export)
+
+
+def make_unchangeable(path: Path) -> bool:
+    """`path` made immutable (chattr +i): not even root may write, remove or add to it, as a run of one account finds
+    what another account left (root, running the tests, would pass any permission check). False where it cannot be:
+    not root, a file system without the flag, or no chattr at all (e2fsprogs: a slim container has none)."""
+    try:
+        return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+def make_changeable(path: Path) -> None:
+    subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
 def poison(export: Path, variant: str, word: str) -> int:

@@ -6,6 +6,7 @@ import pytest
 
 from scorer.data import atomic
 from scorer.errors import OutputError
+from tests.conftest import make_changeable, make_unchangeable
 
 
 def test_a_directory_appears_whole_when_the_block_succeeds_and_not_at_all_when_it_fails(tmp_path):
@@ -164,15 +165,13 @@ def test_a_directory_output_named_by_a_link_replaces_what_it_points_to_and_keeps
 def test_old_contents_that_cannot_be_removed_are_said_with_where_they_lie(tmp_path, caplog):
     """`export --overwrite` by an account that cannot delete the old export's files (another account's) left them in
     a hidden directory beside it without a word: a whole export's bytes. (chattr +i: files root cannot delete.)"""
-    import subprocess
-
     target = tmp_path / "onnx"
     target.mkdir()
     (target / "manifest.json").write_text("old")
     stuck = target / "model.onnx"
     stuck.write_text("old weights")
-    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode:
-        pytest.skip("chattr +i is not available here (needs root and a file system that has it)")
+    if not make_unchangeable(stuck):
+        pytest.skip("chattr +i is not available here (needs root, a file system that has it, and chattr)")
     try:
         with atomic.atomic_dir(target, overwrite=True, marker="manifest.json") as staging:
             (staging / "manifest.json").write_text("new")
@@ -181,7 +180,7 @@ def test_old_contents_that_cannot_be_removed_are_said_with_where_they_lie(tmp_pa
         assert f"{target} was replaced, but its old contents, moved aside to {old[0]}, could not all be removed " \
                "(files of another account?); remove that directory to free its space" in caplog.text
     finally:
-        subprocess.run(["chattr", "-i", str(next(tmp_path.glob(".onnx.old-*/model.onnx")))], check=True)
+        make_changeable(next(tmp_path.glob(".onnx.old-*/model.onnx")))
 
 
 def test_another_account_s_file_in_a_sticky_directory_is_refused_before_the_work(tmp_path, monkeypatch):

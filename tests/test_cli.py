@@ -14,6 +14,7 @@ from scorer.config import ExportConfig, RunConfig, TrainConfig
 from scorer.errors import EXIT_CODES
 from scorer.inference.defaults import DEFAULT_INFER_THREADS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW_ROWS
 from scorer.packaged import example_file
+from tests.conftest import make_changeable, make_unchangeable
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -150,7 +151,7 @@ def test_onnxruntime_telemetry_is_off_unless_its_owner_turns_it_on(tmp_path):
     code = "import os, scorer.cli, onnxruntime; print(os.environ['ORT_DISABLE_TELEMETRY'])"
     home = tmp_path / "home"
     home.mkdir()
-    unwritable = subprocess.run(["chattr", "+i", str(home)], capture_output=True).returncode == 0
+    unwritable = make_unchangeable(home)
     try:
         off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={**env, "HOME": str(home)})
@@ -158,7 +159,7 @@ def test_onnxruntime_telemetry_is_off_unless_its_owner_turns_it_on(tmp_path):
                             env={**env, "ORT_DISABLE_TELEMETRY": "0"})
     finally:
         if unwritable:
-            subprocess.run(["chattr", "-i", str(home)], check=True)
+            make_changeable(home)
     assert off.returncode == 0 and off.stdout.strip() == "1" and "telemetry" not in off.stderr, off.stderr
     assert on.returncode == 0 and on.stdout.strip() == "0", on.stderr
 

@@ -22,6 +22,7 @@ from scorer.errors import ConfigError
 from scorer.scoring.score import open_classifier, score_file
 from scorer.scoring.single import open_unit, score_unit
 from scorer.scoring.units import plan_run
+from tests.conftest import make_changeable, make_unchangeable
 from tests.test_nightly import files_under, run, sentences
 
 
@@ -163,14 +164,12 @@ def test_two_runs_sharing_one_inbox_score_each_input_once(tiny_export, tmp_path)
 
 @contextlib.contextmanager
 def _unchangeable(path: Path) -> Iterator[None]:
-    """`path` made immutable (chattr +i): not even root may write, remove or add to it, as a run of one account
-    finds a file another account left (root, running the tests, would pass any permission check)."""
-    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
-        pytest.skip("chattr +i is not available here (needs root and a file system that has it)")
+    if not make_unchangeable(path):
+        pytest.skip("chattr +i is not available here (needs root, a file system that has it, and chattr)")
     try:
         yield
     finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
+        make_changeable(path)
 
 
 def test_a_lock_file_and_a_temporary_another_account_left_do_not_stop_the_run(tiny_export, tmp_path):

@@ -15,13 +15,22 @@ WIDTH_MULTIPLE to keep the shapes few. Two ways to get the graphs:
   them (pytorch/pytorch#181723): safe here because every step applies its gradients (clip, optimizer step) before
   the next replay and sets them to None before each backward; accumulating gradients over several batches would
   need them copied first.
+
+torch.compile (`--compile`, or the compiled graphs) builds kernels with the machine's compiler: check_compiler
+refuses, before any work, a machine without one or without Python's headers.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import sysconfig
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+from scorer.errors import ConfigError
 
 WIDTH_MULTIPLE = 8
 
@@ -35,6 +44,42 @@ def training_forward(model: torch.nn.Module, mode: str, compile_model: bool) -> 
         return CapturedSteps(model)
     # Dynamic shapes: one compiled graph for every batch length, not one compile per length bucket.
     return torch.compile(model, dynamic=True) if compile_model else model
+
+
+def check_compiler(compile_model: bool, mode: str, device: str) -> None:
+    """torch.compile builds its kernels on this machine as Python extension modules: on the CPU inductor's C++
+    (a C++ compiler), on CUDA Triton's launchers (a C compiler), both with Python's headers. Where one was missing
+    (a slim container, a scoring box), the first training step failed after the data was read: 'unexpected
+    InductorError' (exit 1) and pages of compiler output. Refuse before any work, saying what to install."""
+    if not compile_model and mode != "compiled":
+        return
+    option = "--cuda-graphs compiled" if mode == "compiled" else "--compile"
+    missing = []
+    if device == "cuda" and not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+        missing.append("a C compiler (gcc or clang on PATH, or CC)")  # (as Triton looks for one)
+    if device != "cuda" and not _cxx_compiler():
+        missing.append("a C++ compiler (g++ on PATH, or CXX)")
+    headers = Path(sysconfig.get_paths(scheme="posix_prefix")["include"]) / "Python.h"
+    if not headers.is_file() and not (Path(sysconfig.get_path("include")) / "Python.h").is_file():
+        missing.append(f"Python's headers ({headers})")
+    if missing:
+        raise ConfigError(f"{option} needs what torch.compile builds its kernels with, and this machine lacks "
+                          f"{' and '.join(missing)}: install them (Debian or Ubuntu: apt install "
+                          f"{'gcc' if device == 'cuda' else 'g++'} python3-dev), or train without {option}")
+
+
+def _cxx_compiler() -> bool:
+    """Whether inductor finds a working C++ compiler, by its own search (it runs each candidate's --version)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.exc import InvalidCxxCompiler
+    except ImportError:  # (a torch whose inductor is laid out otherwise: let torch.compile say)
+        return True
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        return False
+    return True
 
 
 def begin_step(mode: str) -> None:

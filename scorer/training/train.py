@@ -20,6 +20,7 @@ from scorer.errors import ConfigError
 from scorer.inference.results import softmax
 from scorer.machine import fit_torch_threads
 from scorer.metrics import confusion_of, threshold_sweep
+from scorer.pytorch.graphs import check_compiler
 from scorer.pytorch.loop import Trainer, predict
 from scorer.pytorch.model import (
     HEAD_CONFIG,
@@ -84,6 +85,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         if config.cuda_graphs != "off" and device != "cuda":
             raise ConfigError(f"--cuda-graphs needs a CUDA device, and this run is on {device}: drop --cuda-graphs, "
                               "or use --device cuda/auto on a machine with a GPU")
+        check_compiler(config.compile, config.cuda_graphs, device)
         precision = resolve_precision(config.precision, device)
         data = load_training_data(config)
         with device_memory(config, device):
