@@ -9,7 +9,7 @@ import platform
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from scorer import __version__
@@ -166,7 +166,7 @@ class RunSummary:
 
 def now() -> str:
     """The time in UTC, ISO 8601, to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: float, window_rows: int
