@@ -1,5 +1,6 @@
 """Each install pyproject offers resolves to wheels, with no build from source, on the oldest Python its
-requires-python allows and on the newest Python released.
+requires-python allows and on the newest Python released, for Linux with glibc 2.28 (manylinux_2_28: the oldest
+the README promises; onnxruntime 1.31 has no wheel for older ones, such as Amazon Linux 2's 2.26).
 
 pyproject said Python 3.10 or newer while onnxruntime, from 1.24 on, ships no wheel for 3.10: on Ubuntu 22.04's
 Python, `pip install ".[cpu]"` failed with "No matching distribution found for onnxruntime>=1.31". pip resolves here
@@ -18,7 +19,7 @@ import tomllib
 from pathlib import Path
 
 NEWEST_PYTHON = "3.14"
-GLIBC_MINORS = (17, 24, 27, 28, 31, 34, 35)  # (pip takes the platform tags given, not the older ones they admit)
+GLIBC_MINORS = (17, 24, 27, 28)  # (pip takes exactly the platform tags given, not the older ones they admit)
 
 
 def main() -> int:
