@@ -4,7 +4,7 @@ the README promises; onnxruntime 1.31 has no wheel for older ones, such as Amazo
 
 pyproject said Python 3.10 or newer while onnxruntime, from 1.24 on, ships no wheel for 3.10: on Ubuntu 22.04's
 Python, `pip install ".[cpu]"` failed with "No matching distribution found for onnxruntime>=1.31". pip resolves here
-as it would on such a machine (`--python-version`, Linux x86-64 wheels), downloading only what it must to decide.
+as it would on such a machine (`--python-version`, `--platform`), downloading only what it must to decide.
 The newest Python is checked for the scoring installs only: resolving PyTorch's wheels for a Python whose PyTorch
 wheel is not on this machine's disk downloads gigabytes. The scoring-only install is checked on ARM (aarch64) too,
 as a Graviton or Ampere nightly box would run it.
