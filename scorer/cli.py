@@ -101,7 +101,7 @@ def main() -> None:
                    f"{shown(TrainConfig, 'precision')}.")
 @click.option("--compile", is_flag=True, default=None,
               help="torch.compile the fine-tuning steps (fewer, fused kernels; the first steps spend a minute "
-                   "compiling) [default: off].")
+                   "compiling; needs a C++ compiler and Python's headers) [default: off].")
 @click.option("--cuda-graphs", type=click.Choice(CUDA_GRAPHS),
               help="On CUDA: replay the fine-tuning steps as CUDA graphs, one per batch shape (widths rounded up to a "
                    "multiple of 8), so the GPU does not wait on Python between kernels; compiled: torch.compile "
