@@ -167,6 +167,11 @@ def make_unchangeable(path: Path) -> bool:
         return False
 
 
+def make_unchangeable_or_skip(path: Path) -> None:
+    if not make_unchangeable(path):
+        pytest.skip("chattr +i is not available here (needs root, a file system that has it, and chattr)")
+
+
 def make_changeable(path: Path) -> None:
     subprocess.run(["chattr", "-i", str(path)], check=True)
 

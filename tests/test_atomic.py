@@ -6,7 +6,7 @@ import pytest
 
 from scorer.data import atomic
 from scorer.errors import OutputError
-from tests.conftest import make_changeable, make_unchangeable
+from tests.conftest import make_changeable, make_unchangeable_or_skip
 
 
 def test_a_directory_appears_whole_when_the_block_succeeds_and_not_at_all_when_it_fails(tmp_path):
@@ -170,8 +170,7 @@ def test_old_contents_that_cannot_be_removed_are_said_with_where_they_lie(tmp_pa
     (target / "manifest.json").write_text("old")
     stuck = target / "model.onnx"
     stuck.write_text("old weights")
-    if not make_unchangeable(stuck):
-        pytest.skip("chattr +i is not available here (needs root, a file system that has it, and chattr)")
+    make_unchangeable_or_skip(stuck)
     try:
         with atomic.atomic_dir(target, overwrite=True, marker="manifest.json") as staging:
             (staging / "manifest.json").write_text("new")

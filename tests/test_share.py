@@ -22,7 +22,7 @@ from scorer.errors import ConfigError
 from scorer.scoring.score import open_classifier, score_file
 from scorer.scoring.single import open_unit, score_unit
 from scorer.scoring.units import plan_run
-from tests.conftest import make_changeable, make_unchangeable
+from tests.conftest import make_changeable, make_unchangeable_or_skip
 from tests.test_nightly import files_under, run, sentences
 
 
@@ -164,8 +164,7 @@ def test_two_runs_sharing_one_inbox_score_each_input_once(tiny_export, tmp_path)
 
 @contextlib.contextmanager
 def _unchangeable(path: Path) -> Iterator[None]:
-    if not make_unchangeable(path):
-        pytest.skip("chattr +i is not available here (needs root, a file system that has it, and chattr)")
+    make_unchangeable_or_skip(path)
     try:
         yield
     finally:
