@@ -21,35 +21,34 @@ root=${ARM_ROOT:-/var/tmp/scorer-arm64}
 python=${PYTHON:-python}
 checkout=$(realpath "$(dirname "$0")/..")
 work=$(mktemp -d)
+cleanup() {
+  for m in proc/cpuinfo proc sys dev; do umount -R -l "$root/$m" 2>/dev/null || true; done
+  rm -rf "$work" "$root/work"
+}
+trap cleanup EXIT
 
 if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
   cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register
 fi
 if [ ! -x "$root/opt/v/bin/python" ]; then
   if [ -e "$root" ]; then echo "$root is there but holds no finished arm64 system: remove it, or set ARM_ROOT" >&2; exit 2; fi
+  echo "building the arm64 system in $root (its log: $root.log)" >&2
   debootstrap --arch=arm64 --foreign --include=python3,python3-venv,ca-certificates bookworm "$root" \
-    http://deb.debian.org/debian > "$work/debootstrap.log"
-  chroot "$root" /debootstrap/debootstrap --second-stage >> "$work/debootstrap.log"
+    http://deb.debian.org/debian > "$root.log" 2>&1
+  chroot "$root" /debootstrap/debootstrap --second-stage >> "$root.log" 2>&1
   # This machine's own certificate authorities (a registry behind a proxy), as the arm64 system's.
   cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
   chroot "$root" update-ca-certificates > /dev/null 2>&1
   chroot "$root" python3 -m venv /opt/v
 fi
 
-cleanup() {
-  for m in proc/cpuinfo proc sys dev; do umount -R -l "$root/$m" 2>/dev/null || true; done
-  rm -rf "$work" "$root/work"
-}
-trap cleanup EXIT
 mount -t proc proc "$root/proc"
 for m in sys dev; do mount --rbind "/$m" "$root/$m"; mount --make-rslave "$root/$m"; done
-python3 - "$work/cpuinfo" <<'EOF'
-import sys
-core = ("BogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid "
-        "asimdrdm lrcpc dcpop asimddp ssbs\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x3\n"
-        "CPU part\t: 0xd0c\nCPU revision\t: 1\n")
-open(sys.argv[1], "w").write("".join(f"processor\t: {i}\n{core}\n" for i in range(2)))
-EOF
+for cpu in 0 1; do
+  printf 'processor\t: %s\nBogoMIPS\t: 243.75\nFeatures\t: %s\nCPU implementer\t: 0x41\nCPU architecture: 8\n' \
+    "$cpu" "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs"
+  printf 'CPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n'
+done > "$work/cpuinfo"
 mount --bind "$work/cpuinfo" "$root/proc/cpuinfo"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 
