@@ -51,25 +51,16 @@ def machine(device: str = "cpu") -> dict:
     import onnxruntime
     import torch
 
-    from scorer.machine import usable_cores
+    from scorer.machine import cpu_identity, usable_cores
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "processor": _cpu_name(),
-            "cores": os.cpu_count(), "usable_cores": usable_cores(), "torch_threads": torch.get_num_threads(),
+    info = {"platform": platform.platform(), "python": platform.python_version(), "processor": cpu_identity()["name"],
+            "cpu_int8_extensions": cpu_identity()["int8"], "cores": os.cpu_count(), "usable_cores": usable_cores(),
+            "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "providers": onnxruntime.get_available_providers(), "device": device, "date": time.strftime("%Y-%m-%d")}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def bench_session(path: Path | bytes, provider: str, options: dict | None = None, threads: int | None = None,

@@ -46,6 +46,7 @@ from export.per_token import per_token_int8
 from export.timing import Batches, best_seconds, logits_of
 from scorer.inference.defaults import MIN_INT8_SPEEDUP as MIN_SPEEDUP
 from scorer.inference.session import create_session
+from scorer.machine import cpu_identity, cpu_said
 from scorer.text.batches import budget_batches
 from scorer.text.tokens import Encoded
 
@@ -71,6 +72,10 @@ class QuantizeReport:
     predicted_max_score_shift: float = 0.0
     speedup: float = 1.0  # fp32 time / int8 time on the calibration sentences, batched as `scorer run` batches
     scheme: str = SCHEME
+    # The last int8 graph timed against fp32 (even one too slow to keep, where the int8 file is then the fp32 graph):
+    # {"speedup": its speed over fp32's, "cpu": the CPU it was timed on (scorer.machine.cpu_of)}; None where no int8
+    # graph was timed (none met the accuracy targets). Another CPU's int8 kernels may run it otherwise.
+    timed: dict | None = None
     # Where the graph the quantiser chose failed the parity gate on the parity rows: what it did there (quantised
     # MatMuls, label agreement, max |Δscore|), and the graphs tried after it, each keeping one more group in fp32,
     # that failed too; where all failed, the int8 file is the fp32 graph.
@@ -184,10 +189,11 @@ class Quantiser:
 
     def _written(self, target: Path, kept: list[str], close: Closeness) -> QuantizeReport:
         """Write the graph that keeps `kept` in fp32 to `target` where it is fast enough, else the fp32 graph."""
-        speedup = 1.0
+        speedup, timed = 1.0, None
         if len(kept) < len(self.every):
             per_token_int8(self.original, target, kept)
             speedup = measure_speedup(self.source, target, self.calibration, self.batches)
+            timed = {"speedup": round(speedup, 3), "cpu": cpu_identity()}
             if speedup < self.min_speedup:  # int8 exists to be faster; a graph that is not only costs accuracy
                 log.info("int8 variant: with %d of %d weight MatMuls quantised it ran at only %.2fx the speed of "
                          "fp32 (needs %.2fx): keeping fp32", len(self.every) - len(kept), len(self.every), speedup,
@@ -199,10 +205,12 @@ class Quantiser:
             log.info("int8 variant: the fp32 graph (no int8 graph met its targets and ran faster)")
         else:
             log.info("int8 variant: %d of %d weight MatMuls quantised (%s); on the parity rows labels predicted to "
-                     "agree %.2f%%, probabilities to move ≤ %.3f; %.2fx the speed of fp32", len(self.every) - len(kept),
-                     len(self.every), SCHEME, 100 * close.predicted, close.predicted_score_shift, speedup)
+                     "agree %.2f%%, probabilities to move ≤ %.3f; %.2fx the speed of fp32 on %s",
+                     len(self.every) - len(kept), len(self.every), SCHEME, 100 * close.predicted,
+                     close.predicted_score_shift, speedup, cpu_said(cpu_identity()))
         return QuantizeReport(len(self.every) - len(kept), kept, len(self.calibration), close.agreement,
-                              close.max_abs_diff, close.gap_p99, close.predicted, close.predicted_score_shift, speedup)
+                              close.max_abs_diff, close.gap_p99, close.predicted, close.predicted_score_shift, speedup,
+                              timed=timed)
 
 
 def quantize_int8(source: Path, target: Path, calibration: Encoded, held_out: Encoded, targets: Targets,

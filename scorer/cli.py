@@ -204,7 +204,8 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
               help=f"Where the model runs; auto: CUDA where ONNX Runtime can {shown(RunConfig, 'provider')}.")
 @click.option("--variant", type=click.Choice(["fp32", "fp16", "int8"]),
               help=f"The ONNX graph to run [default: fp16 on CUDA; on a CPU int8 where export measured it "
-                   f"{MIN_INT8_SPEEDUP:g}× as fast as fp32, else fp32; fp32 for TensorRT].")
+                   f"{MIN_INT8_SPEEDUP:g}× as fast as fp32 (on its CPU: another is warned of), else fp32; fp32 for "
+                   "TensorRT].")
 @click.option("--text-column", help="Column to score [default: the training text column].")
 @click.option("--label-column",
               help="True labels, for accuracy/MCC ('': none) [default: the training one, if present].")

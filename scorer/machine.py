@@ -2,19 +2,25 @@
 sets, and its cgroup's CPU quota, as docker --cpus or a Kubernetes CPU limit sets) and its memory (the machine's
 available memory and its cgroup's memory limit). os.cpu_count() and /proc/meminfo count the machine's: threads
 sized by them on a 64-core host for a job limited to 2 cores spin against each other and are throttled, and work
-sized by them in a container limited to 8 GiB is killed by the kernel without a word."""
+sized by them in a container limited to 8 GiB is killed by the kernel without a word. And which CPU it is, as far
+as int8 matrix kernels care (export's int8-or-fp32 choice is a measurement on one CPU)."""
 
 from __future__ import annotations
 
 import functools
 import math
 import os
+import platform
 import resource
 from collections.abc import Callable
 from pathlib import Path
 
 _PROC = Path("/proc/self")
 _NO_LIMIT = 1 << 60  # (cgroup v1 writes "no limit" as about 2**63 rounded to pages)
+# The CPU extensions ONNX Runtime's int8 matrix kernels (MLAS) choose between: on x86 AVX2, AVX-512 and their VNNI dot
+# products and AMX tiles; on ARM the dot-product and matrix-multiply instructions and SVE. Two CPUs that differ in
+# them run an int8 graph at different speeds against fp32.
+INT8_EXTENSIONS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
 
 
 @functools.cache
@@ -168,3 +174,41 @@ def fit_torch_threads() -> None:
 
     if torch.get_num_threads() > usable_cores():
         torch.set_num_threads(usable_cores())
+
+
+@functools.cache
+def cpu_identity() -> dict:
+    """This machine's CPU (cpu_of: its architecture, name and int8 extensions), read once per process."""
+    return cpu_of(Path("/proc/cpuinfo"), platform.machine(), platform.processor())
+
+
+def cpu_of(cpuinfo: Path, machine: str, processor: str = "") -> dict:
+    """{"machine": x86_64 or aarch64..., "name": the CPU's model name, "int8": the INT8_EXTENSIONS it has (null where
+    its flags cannot be read: not Linux)}. An ARM /proc/cpuinfo names no model, only its implementer and part."""
+    try:
+        fields = [line.partition(":") for line in cpuinfo.read_text().splitlines()]
+    except OSError:
+        fields = []
+    first = {}
+    for key, _, value in fields:
+        first.setdefault(key.strip(), value.strip())
+    name = first.get("model name") or (f"CPU part {first['CPU part']} of implementer {first.get('CPU implementer')}"
+                                       if "CPU part" in first else processor or machine)
+    flags = first.get("flags", first.get("Features"))
+    int8 = None if flags is None else [flag for flag in INT8_EXTENSIONS if flag in flags.split()]
+    return {"machine": machine, "name": name, "int8": int8}
+
+
+def cpu_said(cpu: dict) -> str:
+    """A CPU of cpu_of in words: "AMD EPYC (x86_64: avx2 avx512bw avx512_vnni)"."""
+    extensions = "int8 extensions unknown" if cpu.get("int8") is None else " ".join(cpu["int8"]) or "no int8 extensions"
+    return f"{cpu.get('name')} ({cpu.get('machine')}: {extensions})"
+
+
+def int8_kernels_differ(recorded: dict, here: dict) -> bool:
+    """Whether ONNX Runtime's int8 kernels may run differently on CPU `here` than on `recorded` (both of cpu_of): an
+    other architecture, or other int8 extensions where both are known."""
+    if recorded.get("machine") != here.get("machine"):
+        return True
+    known = recorded.get("int8") is not None and here.get("int8") is not None
+    return known and set(recorded["int8"]) != set(here["int8"])

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from scorer.cli import main
 from scorer.errors import ModelError
+from scorer.machine import cpu_identity
 from scorer.pytorch.checkpoints import label_names
 from scorer.scoring.check import TOLERANCE
 from tests.conftest import tokenizer_source
@@ -147,6 +148,7 @@ def test_an_int8_graph_that_fails_the_parity_gate_gives_way_to_one_keeping_more_
     assert failed["max_score_diff"] > TOLERANCE["int8"] or failed["agreement"] < 0.995
     tried = [failed["quantized"]] + [step["quantized"] for step in steps] + [int8["quantized"]]
     assert tried == sorted(tried, reverse=True) and len(set(tried)) == len(tried) and int8["quantized"] > 0
+    assert int8["timed"] == {"speedup": 2.0, "cpu": cpu_identity()}  # (the graph kept, timed on this machine's CPU)
     report = {v["variant"]: v for v in json.loads((out / "parity.json").read_text())["variants"]}
     assert report["int8"]["passed"] and report["int8"]["max_score_diff"] <= TOLERANCE["int8"]
     assert "MatMulIntegerToFloat" in {node.op_type for node in onnx.load(str(out / "model.int8.onnx")).graph.node}
@@ -167,7 +169,7 @@ def test_where_the_gate_refuses_every_int8_graph_the_int8_file_is_the_fp32_graph
            "passes, pass --calibration with more sentences like those it will score" in said
     manifest = json.loads((out / "manifest.json").read_text())
     int8 = manifest["extra"]["int8"]
-    assert int8["quantized"] == 0 and int8["failed_parity"]["quantized"] > 0
+    assert int8["quantized"] == 0 and int8["failed_parity"]["quantized"] > 0 and int8["timed"] is None
     assert [step["quantized"] for step in int8["stepped_down"]][-1:] != [0]  # only int8 graphs were refused
     assert (out / "model.int8.onnx").read_bytes() == (out / "model.onnx").read_bytes()
     report = {v["variant"]: v for v in json.loads((out / "parity.json").read_text())["variants"]}

@@ -14,7 +14,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scorer.machine import cgroup_cpu_limit, cgroup_memory_room, usable_cores, usable_memory
+from scorer.machine import (
+    cgroup_cpu_limit,
+    cgroup_memory_room,
+    cpu_identity,
+    cpu_of,
+    cpu_said,
+    int8_kernels_differ,
+    usable_cores,
+    usable_memory,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CGROUP_V1 = Path("/sys/fs/cgroup")
@@ -125,6 +134,56 @@ def _child(args: list[str], cores: set[int] | None = None, procs: Path | None = 
     done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=True,
                           preexec_fn=limit, env={**os.environ, **env})
     return done.stdout.strip()
+
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu sse4_1 avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_int8 amx_tile
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu sse4_1 avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_int8 amx_tile
+"""
+# (as an arm64 Linux writes it: no model name; .ci/arm_emulated.sh binds this Neoverse-N1's under qemu)
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x3
+CPU part\t: 0xd0c
+CPU revision\t: 1
+"""
+
+
+def test_the_cpu_is_named_with_the_int8_extensions_its_flags_show_on_x86_and_on_arm(tmp_path):
+    (tmp_path / "x86").write_text(X86_CPUINFO)
+    (tmp_path / "arm").write_text(ARM_CPUINFO)
+    x86 = cpu_of(tmp_path / "x86", "x86_64")
+    assert x86 == {"machine": "x86_64", "name": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz",
+                   "int8": ["avx2", "avx512bw", "avx512_vnni", "amx_int8"]}
+    arm = cpu_of(tmp_path / "arm", "aarch64")
+    assert arm == {"machine": "aarch64", "name": "CPU part 0xd0c of implementer 0x41", "int8": ["asimddp"]}
+    assert cpu_said(arm) == "CPU part 0xd0c of implementer 0x41 (aarch64: asimddp)"
+    # not Linux (no /proc/cpuinfo): the platform's name for it, its extensions unknown
+    elsewhere = cpu_of(tmp_path / "nowhere", "arm64", "arm")
+    assert elsewhere == {"machine": "arm64", "name": "arm", "int8": None}
+    assert cpu_said(elsewhere) == "arm (arm64: int8 extensions unknown)"
+    assert cpu_of(tmp_path / "nowhere", "x86_64")["name"] == "x86_64"
+    here = cpu_identity()
+    assert here["machine"] and here["name"] and (here["int8"] is None or isinstance(here["int8"], list))
+
+
+def test_int8_kernels_differ_between_architectures_and_between_int8_extensions_where_both_are_known(tmp_path):
+    (tmp_path / "x86").write_text(X86_CPUINFO)
+    (tmp_path / "arm").write_text(ARM_CPUINFO)
+    x86, arm = cpu_of(tmp_path / "x86", "x86_64"), cpu_of(tmp_path / "arm", "aarch64")
+    older = {**x86, "name": "an older Xeon", "int8": ["avx2", "avx512bw", "avx512_vnni"]}  # (no AMX)
+    assert int8_kernels_differ(x86, arm) and int8_kernels_differ(arm, x86) and int8_kernels_differ(x86, older)
+    assert not int8_kernels_differ(x86, {**x86, "name": "another name, the same extensions"})
+    assert not int8_kernels_differ(x86, {**x86, "int8": None})  # (unknown on one side: the architecture decides)
+    assert int8_kernels_differ(x86, {"machine": "aarch64", "name": "?", "int8": None})
 
 
 @needs_two_cores

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 
 from export.int8_prediction import predicted_agreement, predicted_score_shift, top_two_gap
 from export.per_token import per_token_int8
 from export.quantize import Quantiser, Targets, groups_of, quantize_int8, weight_matmuls
 from export.timing import logits_of
-from scorer.inference.defaults import default_variant
+from scorer.cli import main
+from scorer.inference.defaults import chosen_variant, default_variant
 from scorer.inference.session import create_session
+from scorer.machine import cpu_identity, cpu_said
 from scorer.manifest import load_manifest
 from scorer.text.batches import budget_batches
 from scorer.text.tokens import TextEncoder
@@ -111,6 +115,8 @@ def test_int8_meets_its_targets(tiny_export, tmp_path, agreement, tolerance):
     else:  # a loose target quantises every weight MatMul: the int8 path itself is exercised
         assert report.quantized == len(weight_matmuls(onnx.load(str(tiny_export / "model.onnx")))) > 0
         assert report.speedup > 0  # measured against fp32, not assumed
+        # and on which CPU: another CPU's int8 kernels may run it otherwise
+        assert report.timed == {"speedup": round(report.speedup, 3), "cpu": cpu_identity()}
 
 
 @pytest.mark.parametrize(("tolerance", "min_speedup"), [(1e-9, 0), (None, 1e9)])
@@ -121,6 +127,10 @@ def test_int8_is_the_fp32_graph_when_it_is_not_close_enough_or_not_faster(tiny_e
                            encoder.encode(HELD_OUT), Targets(0.5, 0.05, 1.0, tolerance), min_speedup)
     assert report.quantized == 0 and report.speedup == 1.0
     assert (tmp_path / "int8.onnx").read_bytes() == (tiny_export / "model.onnx").read_bytes()
+    if tolerance is None:  # timed, too slow: what it measured, and where, is kept
+        assert 0 < report.timed["speedup"] < min_speedup and report.timed["cpu"] == cpu_identity()
+    else:  # no graph met the targets: none was timed
+        assert report.timed is None
 
 
 def test_where_the_gate_refuses_an_int8_graph_the_next_keeps_one_more_group_in_fp32_down_to_fp32(tiny_export,
@@ -150,6 +160,69 @@ def test_cpu_default_is_int8_only_when_export_measured_it_faster(tiny_export, sp
     manifest.extra["int8"] = {} if speedup is None else {"speedup": speedup}  # None: a manifest from before
     assert default_variant("cpu", manifest) == expected
     assert default_variant("cuda", manifest) == "fp16"
+
+
+ARM = {"machine": "aarch64", "name": "CPU part 0xd0c of implementer 0x41", "int8": ["asimddp"]}
+X86 = {"machine": "x86_64", "name": "AMD EPYC", "int8": ["avx2", "avx512bw", "avx512_vnni"]}
+
+
+@pytest.mark.parametrize(("int8", "here", "expected", "why", "caution"), [
+    ({"quantized": 36, "speedup": 1.43, "timed": {"speedup": 1.43, "cpu": X86}}, X86, "int8",
+     "export timed int8 at 1.43x fp32's speed on AMD EPYC (x86_64: avx2 avx512bw avx512_vnni)", None),
+    ({"quantized": 36, "speedup": 1.43, "timed": {"speedup": 1.43, "cpu": X86}}, ARM, "int8",
+     "export timed int8 at 1.43x fp32's speed on AMD EPYC", "this machine's CPU, CPU part 0xd0c of implementer 0x41 "
+     "(aarch64: asimddp), has other int8 kernels than the one export timed int8 on, so int8 may not be the faster "
+     "here: `--variant fp32` scores with fp32"),
+    ({"quantized": 0, "speedup": 1.0, "timed": {"speedup": 1.05, "cpu": X86}}, X86, "fp32",
+     "export timed int8 at 1.05x fp32's speed on AMD EPYC (x86_64: avx2 avx512bw avx512_vnni) (needs 1.2x; its int8 "
+     "file is the fp32 graph)", None),
+    ({"quantized": 0, "speedup": 1.0, "timed": {"speedup": 1.05, "cpu": X86}}, ARM, "fp32", "(needs 1.2x",
+     "so int8 may be the faster here: export on a machine like this one to time it here"),
+    ({"quantized": 0, "speedup": 1.0, "timed": None}, ARM, "fp32",
+     "no int8 graph met export's accuracy targets: its int8 file is the fp32 graph", None),
+    ({"quantized": 30, "speedup": 1.1}, X86, "fp32", "export timed int8 at 1.10x fp32's speed (needs 1.2x)", None),
+    ({}, ARM, "int8", "int8 on a CPU (export recorded no timing)", None),  # (an export from before any of them)
+])
+def test_the_cpu_variant_is_chosen_by_exports_timing_and_said_with_a_caution_where_this_cpu_differs(
+        tiny_export, int8, here, expected, why, caution):
+    manifest = load_manifest(tiny_export)
+    manifest.extra["int8"] = int8
+    variant, said, cautioned = chosen_variant("cpu", manifest, here)
+    assert variant == expected and why in said
+    assert cautioned == caution if caution is None else caution in cautioned
+    assert chosen_variant("cuda", manifest, here) == ("fp16", "fp16 on CUDA", None)
+    assert chosen_variant("tensorrt", manifest, here)[0] == "fp32"
+    manifest.variants["int8"].parity_passed = False
+    assert chosen_variant("cpu", manifest, here) == ("fp32", "the export has no int8 graph that passed its parity "
+                                                             "gate", None)
+
+
+def test_scorer_run_says_where_the_int8_choice_was_timed_and_warns_where_this_cpu_differs(export_copy, tmp_path):
+    manifest = json.loads((export_copy / "manifest.json").read_text())
+    timed = {"speedup": 1.6, "cpu": ARM if cpu_identity()["machine"] != "aarch64" else X86}
+    manifest["extra"]["int8"].update({"quantized": 4, "speedup": 1.6, "timed": timed})
+    (export_copy / "manifest.json").write_text(json.dumps(manifest))
+    source = tmp_path / "in.csv"
+    source.write_text("sentence\nthe cat sat on the mat\nsat the on cat mat\n")
+
+    def run(*options: str) -> tuple[str, dict]:
+        result = CliRunner().invoke(main, ["run", str(source), "--model", str(export_copy), "--provider", "cpu",
+                                           "--overwrite", *options])
+        assert result.exit_code == 0, result.output
+        return result.output, json.loads((tmp_path / "in.scored.parquet.summary.json").read_text())
+
+    said, summary = run()
+    assert summary["variant"] == "int8"
+    assert summary["variant_from"].startswith(f"export timed int8 at 1.60x fp32's speed on {cpu_said(timed['cpu'])}; "
+                                              f"this machine's CPU, {cpu_said(cpu_identity())}, has other int8")
+    assert f"{export_copy}: export timed int8 at 1.60x" in said and "`--variant fp32` scores with fp32" in said
+    said, summary = run("--variant", "fp32")  # told: no caution
+    assert summary["variant"] == "fp32" and summary["variant_from"] == "--variant" and "int8 kernels" not in said
+    timed["cpu"] = cpu_identity()  # timed on a CPU like this one: said, no caution
+    (export_copy / "manifest.json").write_text(json.dumps(manifest))
+    said, summary = run()
+    assert summary["variant_from"] == f"export timed int8 at 1.60x fp32's speed on {cpu_said(cpu_identity())}"
+    assert "int8 kernels" not in said
 
 
 @pytest.mark.parametrize("opset", [None, 18, "newest"])

@@ -22,10 +22,10 @@ from scorer.inference import selfcheck
 from scorer.inference.defaults import (
     DEFAULT_INFER_THREADS,
     DEFAULT_MAX_TOKENS,
+    chosen_variant,
     default_batch_overhead,
     default_io_binding,
     default_provider_options,
-    default_variant,
 )
 from scorer.inference.rescue import Rescue
 from scorer.inference.results import (
@@ -115,7 +115,11 @@ class OnnxClassifier:
                              self.max_tokens, cpu_threads)
 
     def _start(self, variant: str | None, provider_options: dict | None, cpu_threads: int | None) -> None:
-        self.variant = variant or default_variant(self.provider, self.manifest)
+        self.variant, self.variant_from, caution = (variant, "--variant", None) if variant else \
+            chosen_variant(self.provider, self.manifest)
+        if caution:
+            log.warning("%s: %s, and %s", self.directory, self.variant_from, caution)
+            self.variant_from += f"; {caution}"
         self.model_path = self.manifest.variant(self.variant, self.directory)
         self.model_sha256 = self.manifest.variants[self.variant].identity  # (the files were just checked against it)
         fp16 = self.manifest.extra.get("fp16") or {}

@@ -3,6 +3,7 @@ run mode and kernel options that export measured for a graph and recorded in its
 
 from __future__ import annotations
 
+from scorer.machine import cpu_identity, cpu_said, int8_kernels_differ
 from scorer.manifest import Manifest
 
 # Tokens per batch (rows x padded length): large enough to fill a GPU, small enough for CPU caches.
@@ -27,20 +28,45 @@ MIN_INT8_SPEEDUP = 1.2
 
 
 def default_variant(provider: str, manifest: Manifest) -> str:
-    """fp16 on CUDA, int8 on a CPU, when that variant exists and passed parity; fp32 otherwise.
+    """fp16 on CUDA, int8 on a CPU, when that variant exists and passed parity; fp32 otherwise (chosen_variant)."""
+    return chosen_variant(provider, manifest)[0]
 
-    int8 is the CPU default only when export measured it faster than fp32 (partly quantised graphs may not be).
+
+def chosen_variant(provider: str, manifest: Manifest, here: dict | None = None) -> tuple[str, str, str | None]:
+    """The variant `scorer run` takes where it is not told, why in words, and a caution where the why was measured
+    on a CPU whose int8 kernels differ from those of CPU `here` (default: this machine's, scorer.machine).
+
+    fp16 on CUDA, int8 on a CPU, when that variant exists and passed parity; fp32 otherwise. int8 is the CPU default
+    only when export timed it faster than fp32 (partly quantised graphs may not be), on the export machine's CPU.
     TensorRT takes the plain fp32 graph and builds its own fp16 engine (it cannot run ORT's fused ops).
     """
     if provider == "tensorrt":
-        return "fp32"
+        return "fp32", "TensorRT builds its own fp16 engine from the fp32 graph", None
     preferred = "fp16" if provider == "cuda" else "int8"
     entry = manifest.variants.get(preferred)
     if entry is None or entry.parity_passed is False:
-        return "fp32"
-    if preferred == "int8" and manifest.extra.get("int8", {}).get("speedup", MIN_INT8_SPEEDUP) < MIN_INT8_SPEEDUP:
-        return "fp32"
-    return preferred
+        return "fp32", f"the export has no {preferred} graph that passed its parity gate", None
+    if preferred == "fp16":
+        return "fp16", "fp16 on CUDA", None
+    int8 = manifest.extra.get("int8") or {}
+    timed = int8.get("timed") or {}
+    if "speedup" not in timed:
+        if int8.get("quantized") == 0:
+            return "fp32", "no int8 graph met export's accuracy targets: its int8 file is the fp32 graph", None
+        if int8.get("speedup", MIN_INT8_SPEEDUP) < MIN_INT8_SPEEDUP:
+            return "fp32", f"export timed int8 at {int8['speedup']:.2f}x fp32's speed (needs {MIN_INT8_SPEEDUP}x)", None
+        return "int8", "int8 on a CPU (export recorded no timing)", None
+    on = f" on {cpu_said(timed['cpu'])}" if timed.get("cpu") else ""
+    variant = "int8" if int8.get("speedup", 1.0) >= MIN_INT8_SPEEDUP else "fp32"
+    why = f"export timed int8 at {timed['speedup']:.2f}x fp32's speed{on}" + \
+        ("" if variant == "int8" else f" (needs {MIN_INT8_SPEEDUP}x; its int8 file is the fp32 graph)")
+    here = cpu_identity() if here is None else here
+    if not timed.get("cpu") or not int8_kernels_differ(timed["cpu"], here):
+        return variant, why, None
+    caution = f"this machine's CPU, {cpu_said(here)}, has other int8 kernels than the one export timed int8 on, " + \
+        ("so int8 may not be the faster here: `--variant fp32` scores with fp32; time both on a sample" if
+         variant == "int8" else "so int8 may be the faster here: export on a machine like this one to time it here")
+    return variant, why, caution
 
 
 def _measured(provider: str, variant: str, manifest: Manifest) -> dict:

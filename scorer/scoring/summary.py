@@ -79,6 +79,9 @@ class RunSummary:
     provider: str
     variant: str
     model_sha256: str
+    # Why that variant: "--variant", or why `scorer run` took it (scorer.inference.defaults.chosen_variant: on a CPU,
+    # export's timing of int8 against fp32 and the CPU it was timed on, with a caution where this machine's differs).
+    variant_from: str = ""
     score: str = ""  # what the score column holds: "the probability of label 1"
     # The positive label where score >= this (None: the more probable), from --threshold or the export's
     # (threshold_from: "--threshold" or "export").
@@ -193,7 +196,8 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
                       io_binding=classifier.io_binding, infer_threads=classifier.infer_threads,
                       cpu_threads=classifier.cpu_threads,
                       provider_options=classifier.provider_options,
-                      variant=classifier.variant, model_sha256=classifier.model_sha256,
+                      variant=classifier.variant, variant_from=classifier.variant_from,
+                      model_sha256=classifier.model_sha256,
                       score=classifier.score_means, threshold=classifier.threshold,
                       threshold_from=classifier.threshold_from, predicted_counts=predicted,
                       batching={**asdict(classifier.tally), "window_rows": window_rows}, waits=waits)
@@ -226,7 +230,8 @@ def failed_start(config: RunConfig, units: list[WorkUnit], error: ScorerError, s
 def bare(config: RunConfig, units: list[WorkUnit], started_at: str, **fields) -> RunSummary:
     """A summary without any input's figures: of a run that stopped before any, or has not yet started its model."""
     return RunSummary(inputs=[], rows=0, rows_this_run=0, status_counts={}, seconds=0.0, rows_per_second=0.0,
-                      rescued_rows=0, provider=config.provider, variant=config.variant or "", model_sha256="",
+                      rescued_rows=0, provider=config.provider, variant=config.variant or "",
+                      variant_from="--variant" if config.variant else "", model_sha256="",
                       planned_inputs=len(units), started_at=started_at, **fields)
 
 
