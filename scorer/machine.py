@@ -20,7 +20,13 @@ _NO_LIMIT = 1 << 60  # (cgroup v1 writes "no limit" as about 2**63 rounded to pa
 # The CPU extensions ONNX Runtime's int8 matrix kernels (MLAS) choose between: on x86 AVX2, AVX-512 and their VNNI dot
 # products and AMX tiles; on ARM the dot-product and matrix-multiply instructions and SVE. Two CPUs that differ in
 # them run an int8 graph at different speeds against fp32.
-INT8_EXTENSIONS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+INT8_EXTENSIONS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve", "svei8mm")
+# An ARM /proc/cpuinfo names no model, only its implementer and part (as Linux's arch/arm64 cputype.h and lscpu
+# know them): the cloud's ARM cores by name (Graviton 2-4 and Grace are Neoverse cores), others by their codes.
+ARM_IMPLEMENTERS = {"0x41": "ARM", "0xc0": "Ampere", "0x61": "Apple", "0x4e": "NVIDIA", "0x51": "Qualcomm",
+                    "0x48": "HiSilicon"}
+ARM_PARTS = {("0x41", "0xd0c"): "Neoverse-N1", ("0x41", "0xd40"): "Neoverse-V1", ("0x41", "0xd49"): "Neoverse-N2",
+             ("0x41", "0xd4f"): "Neoverse-V2", ("0xc0", "0xac3"): "Ampere-1", ("0xc0", "0xac4"): "Ampere-1a"}
 
 
 @functools.cache
@@ -184,7 +190,7 @@ def cpu_identity() -> dict:
 
 def cpu_of(cpuinfo: Path, machine: str, processor: str = "") -> dict:
     """{"machine": x86_64 or aarch64..., "name": the CPU's model name, "int8": the INT8_EXTENSIONS it has (null where
-    its flags cannot be read: not Linux)}. An ARM /proc/cpuinfo names no model, only its implementer and part."""
+    its flags cannot be read: not Linux)}."""
     try:
         fields = [line.partition(":") for line in cpuinfo.read_text().splitlines()]
     except OSError:
@@ -192,11 +198,19 @@ def cpu_of(cpuinfo: Path, machine: str, processor: str = "") -> dict:
     first = {}
     for key, _, value in fields:
         first.setdefault(key.strip(), value.strip())
-    name = first.get("model name") or (f"CPU part {first['CPU part']} of implementer {first.get('CPU implementer')}"
+    name = first.get("model name") or (_arm_name(first.get("CPU implementer", "?"), first["CPU part"])
                                        if "CPU part" in first else processor or machine)
     flags = first.get("flags", first.get("Features"))
     int8 = None if flags is None else [flag for flag in INT8_EXTENSIONS if flag in flags.split()]
     return {"machine": machine, "name": name, "int8": int8}
+
+
+def _arm_name(implementer: str, part: str) -> str:
+    maker = ARM_IMPLEMENTERS.get(implementer.lower())
+    core = ARM_PARTS.get((implementer.lower(), part.lower()))
+    if maker is None:
+        return f"CPU part {part} of implementer {implementer}"
+    return f"{maker} {core}" if core else f"{maker} CPU part {part}"
 
 
 def cpu_said(cpu: dict) -> str:

@@ -164,8 +164,12 @@ def test_the_cpu_is_named_with_the_int8_extensions_its_flags_show_on_x86_and_on_
     assert x86 == {"machine": "x86_64", "name": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz",
                    "int8": ["avx2", "avx512bw", "avx512_vnni", "amx_int8"]}
     arm = cpu_of(tmp_path / "arm", "aarch64")
-    assert arm == {"machine": "aarch64", "name": "CPU part 0xd0c of implementer 0x41", "int8": ["asimddp"]}
-    assert cpu_said(arm) == "CPU part 0xd0c of implementer 0x41 (aarch64: asimddp)"
+    assert arm == {"machine": "aarch64", "name": "ARM Neoverse-N1", "int8": ["asimddp"]}
+    assert cpu_said(arm) == "ARM Neoverse-N1 (aarch64: asimddp)"
+    (tmp_path / "newer").write_text(ARM_CPUINFO.replace("0xd0c", "0xd8e"))  # (a part not named here: its code)
+    assert cpu_of(tmp_path / "newer", "aarch64")["name"] == "ARM CPU part 0xd8e"
+    (tmp_path / "other").write_text(ARM_CPUINFO.replace("0x41", "0x6d"))
+    assert cpu_of(tmp_path / "other", "aarch64")["name"] == "CPU part 0xd0c of implementer 0x6d"
     # not Linux (no /proc/cpuinfo): the platform's name for it, its extensions unknown
     elsewhere = cpu_of(tmp_path / "nowhere", "arm64", "arm")
     assert elsewhere == {"machine": "arm64", "name": "arm", "int8": None}

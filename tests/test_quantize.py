@@ -162,7 +162,7 @@ def test_cpu_default_is_int8_only_when_export_measured_it_faster(tiny_export, sp
     assert default_variant("cuda", manifest) == "fp16"
 
 
-ARM = {"machine": "aarch64", "name": "CPU part 0xd0c of implementer 0x41", "int8": ["asimddp"]}
+ARM = {"machine": "aarch64", "name": "ARM Neoverse-N1", "int8": ["asimddp"]}
 X86 = {"machine": "x86_64", "name": "AMD EPYC", "int8": ["avx2", "avx512bw", "avx512_vnni"]}
 
 
@@ -170,8 +170,8 @@ X86 = {"machine": "x86_64", "name": "AMD EPYC", "int8": ["avx2", "avx512bw", "av
     ({"quantized": 36, "speedup": 1.43, "timed": {"speedup": 1.43, "cpu": X86}}, X86, "int8",
      "export timed int8 at 1.43x fp32's speed on AMD EPYC (x86_64: avx2 avx512bw avx512_vnni)", None),
     ({"quantized": 36, "speedup": 1.43, "timed": {"speedup": 1.43, "cpu": X86}}, ARM, "int8",
-     "export timed int8 at 1.43x fp32's speed on AMD EPYC", "this machine's CPU, CPU part 0xd0c of implementer 0x41 "
-     "(aarch64: asimddp), has other int8 kernels than the one export timed int8 on, so int8 may not be the faster "
+     "export timed int8 at 1.43x fp32's speed on AMD EPYC", "this machine's CPU, ARM Neoverse-N1 (aarch64: "
+     "asimddp), has other int8 kernels than the one export timed int8 on, so int8 may not be the faster "
      "here: `--variant fp32` scores with fp32"),
     ({"quantized": 0, "speedup": 1.0, "timed": {"speedup": 1.05, "cpu": X86}}, X86, "fp32",
      "export timed int8 at 1.05x fp32's speed on AMD EPYC (x86_64: avx2 avx512bw avx512_vnni) (needs 1.2x; its int8 "
