@@ -34,6 +34,7 @@ from scorer.errors import ModelError, first_line
 from scorer.inference.defaults import DEFAULT_BATCH_OVERHEAD, DEFAULT_MAX_TOKENS
 from scorer.inference.selfcheck import TOLERANCE, allowed
 from scorer.inference.session import batch_runner, create_session, cuda_starts
+from scorer.machine import gpu_identity
 from scorer.text.batches import budget_batches
 from scorer.text.tokens import Encoded
 
@@ -82,6 +83,9 @@ class Fp16Report:
     cuda_options: dict[str, str] | None = None
     kernels: str | None = None
     not_timed: str | None = None  # why the graph was built without timing: asked for, or no working CUDA
+    # The GPU the candidates were timed on (scorer.machine.gpu_of: "NVIDIA H100 80GB HBM3"); None: not timed on CUDA,
+    # or the driver listed none. Another GPU may find other kernels or run modes faster (`scorer run` warns).
+    gpu: str | None = None
 
     def summary(self) -> str:
         """One line for the user: the graph kept, and how (or whether) it was chosen."""
@@ -90,7 +94,7 @@ class Fp16Report:
         left_out = f"; left out: {', '.join(self.failed)}" if self.failed else ""
         return (f"fp16 graph: {self.attention} attention, {self.kernels} kernels, "
                 f"{'IO-bound' if self.io_binding else 'plain'} runs: the fastest of {len(self.seconds or ())} ways "
-                f"timed on {self.measured_on}{left_out}")
+                f"timed on {self.gpu or self.measured_on}{left_out}")
 
 
 def build_fp16(source: Path, target: Path, num_heads: int, hidden_size: int, attention: str,
@@ -142,7 +146,7 @@ def choose_attention(source: Path, target: Path, num_heads: int, hidden_size: in
              ", ".join(f"{key} {value:.3f}s" for key, value in seconds.items()))
     return Fp16Report(attention, candidates.fused[attention], seconds, provider, best.endswith("io_binding"),
                       failed or None, None if per_run is None else round(per_run), KERNELS[kernels].cuda_options,
-                      kernels)
+                      kernels, gpu=gpu_identity() if provider == "cuda" else None)
 
 
 def kernel_settings(attention: str, provider: str) -> list[str]:

@@ -2,8 +2,9 @@
 sets, and its cgroup's CPU quota, as docker --cpus or a Kubernetes CPU limit sets) and its memory (the machine's
 available memory and its cgroup's memory limit). os.cpu_count() and /proc/meminfo count the machine's: threads
 sized by them on a 64-core host for a job limited to 2 cores spin against each other and are throttled, and work
-sized by them in a container limited to 8 GiB is killed by the kernel without a word. And which CPU it is, as far
-as int8 matrix kernels care (export's int8-or-fp32 choice is a measurement on one CPU)."""
+sized by them in a container limited to 8 GiB is killed by the kernel without a word. And which CPU and GPU it has,
+as far as export's timings care: its int8-or-fp32 choice is a measurement on one CPU, its fp16 graph's kernels and
+run mode one on one GPU."""
 
 from __future__ import annotations
 
@@ -203,6 +204,28 @@ def cpu_of(cpuinfo: Path, machine: str, processor: str = "") -> dict:
     flags = first.get("flags", first.get("Features"))
     int8 = None if flags is None else [flag for flag in INT8_EXTENSIONS if flag in flags.split()]
     return {"machine": machine, "name": name, "int8": int8}
+
+
+@functools.cache
+def gpu_identity() -> str | None:
+    """This machine's NVIDIA GPU model (gpu_of), read once per process."""
+    return gpu_of(Path("/proc/driver/nvidia/gpus"))
+
+
+def gpu_of(gpus: Path) -> str | None:
+    """The model of the NVIDIA GPUs the driver lists ("NVIDIA H100 80GB HBM3": each GPU's `information` file under
+    /proc/driver/nvidia/gpus, there wherever the driver is loaded, torch or not), their models joined with " + " where
+    they differ; None where none is listed."""
+    models = set()
+    try:
+        for information in gpus.glob("*/information"):
+            for line in information.read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() == "Model" and value.strip():
+                    models.add(value.strip())
+    except OSError:
+        return None
+    return " + ".join(sorted(models)) or None
 
 
 def _arm_name(implementer: str, part: str) -> str:

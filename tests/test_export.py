@@ -224,6 +224,7 @@ def test_attention_choice_keeps_the_graph_it_timed_faster(tiny_export, tmp_path,
     fastest = min(report.seconds, key=report.seconds.get)
     assert report.attention == fastest.split()[0] and report.io_binding == fastest.endswith("io_binding")
     assert report.measured_on == "cpu" and (report.batch_overhead is None or 0 <= report.batch_overhead <= 32768)
+    assert report.gpu is None  # (timed on no GPU)
     assert report.cuda_options == {} and report.failed is None  # cuDNN's kernels are tried on CUDA only
     assert report.summary().startswith(f"fp16 graph: {report.attention} attention, {report.kernels} kernels, ")
     assert "the fastest of 10 ways timed on cpu" in report.summary()

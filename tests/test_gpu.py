@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import main
+from scorer.machine import gpu_identity
 from scorer.manifest import load_manifest
 
 TEXTS = ["The cat sat on the mat.", "Cat the mat on sat.", "A much longer sentence about nothing at all " * 3,
@@ -97,6 +98,8 @@ def test_export_on_cuda_times_every_fp16_attention_both_ways_and_keeps_the_faste
                   for kernels in ("", " cudnn", " efficient", " packed")}
     candidates = (candidates | {"unfused"}) - set(fp16["failed"] or ())
     assert fp16["measured_on"] == "cuda" and {"fused", "unfused"} <= candidates
+    # and on which GPU, as the driver lists it (scorer run compares its own with it)
+    assert fp16["gpu"] == gpu_identity() and fp16["gpu"].startswith("NVIDIA ")
     assert set(fp16["seconds"]) == {name + mode for name in candidates for mode in ("", " io_binding")}
     fastest = min(fp16["seconds"], key=fp16["seconds"].get)
     assert fp16["attention"] == fastest.split()[0] and fp16["io_binding"] == fastest.endswith("io_binding")

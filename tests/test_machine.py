@@ -20,6 +20,7 @@ from scorer.machine import (
     cpu_identity,
     cpu_of,
     cpu_said,
+    gpu_of,
     int8_kernels_differ,
     usable_cores,
     usable_memory,
@@ -188,6 +189,19 @@ def test_int8_kernels_differ_between_architectures_and_between_int8_extensions_w
     assert not int8_kernels_differ(x86, {**x86, "name": "another name, the same extensions"})
     assert not int8_kernels_differ(x86, {**x86, "int8": None})  # (unknown on one side: the architecture decides)
     assert int8_kernels_differ(x86, {"machine": "aarch64", "name": "?", "int8": None})
+
+
+def test_the_gpu_is_the_model_the_nvidia_driver_lists_for_each_gpu(tmp_path):
+    gpus = tmp_path / "gpus"
+    assert gpu_of(gpus) is None  # (no driver: nothing listed)
+    for bus, model in [("0000:00:05.0", "NVIDIA H100 80GB HBM3"), ("0000:00:06.0", "NVIDIA H100 80GB HBM3")]:
+        (gpus / bus).mkdir(parents=True)
+        (gpus / bus / "information").write_text(f"Model: \t\t {model}\nIRQ:   \t\t 42\nGPU UUID: \t GPU-0\n"
+                                                "Bus Location: \t {bus}\n")
+    assert gpu_of(gpus) == "NVIDIA H100 80GB HBM3"
+    (gpus / "0000:00:07.0").mkdir()
+    (gpus / "0000:00:07.0" / "information").write_text("Model: \t\t NVIDIA A10G\n")
+    assert gpu_of(gpus) == "NVIDIA A10G + NVIDIA H100 80GB HBM3"  # (unlike GPUs: both, never one for all)
 
 
 @needs_two_cores

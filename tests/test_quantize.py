@@ -15,7 +15,7 @@ from export.per_token import per_token_int8
 from export.quantize import Quantiser, Targets, groups_of, quantize_int8, weight_matmuls
 from export.timing import logits_of
 from scorer.cli import main
-from scorer.inference.defaults import chosen_variant, default_variant
+from scorer.inference.defaults import chosen_variant, default_variant, fp16_timing_caution
 from scorer.inference.session import create_session
 from scorer.machine import cpu_identity, cpu_said
 from scorer.manifest import load_manifest
@@ -212,17 +212,35 @@ def test_scorer_run_says_where_the_int8_choice_was_timed_and_warns_where_this_cp
         return result.output, json.loads((tmp_path / "in.scored.parquet.summary.json").read_text())
 
     said, summary = run()
-    assert summary["variant"] == "int8"
-    assert summary["variant_from"].startswith(f"export timed int8 at 1.60x fp32's speed on {cpu_said(timed['cpu'])}; "
-                                              f"this machine's CPU, {cpu_said(cpu_identity())}, has other int8")
-    assert f"{export_copy}: export timed int8 at 1.60x" in said and "`--variant fp32` scores with fp32" in said
+    why = f"export timed int8 at 1.60x fp32's speed on {cpu_said(timed['cpu'])}"
+    assert summary["variant"] == "int8" and summary["variant_from"] == why
+    [caution] = summary["cautions"]
+    assert caution.startswith(f"{why}, and this machine's CPU, {cpu_said(cpu_identity())}, has other int8 kernels")
+    assert f"{export_copy}: {caution}" in said and "`--variant fp32` scores with fp32" in said
     said, summary = run("--variant", "fp32")  # told: no caution
-    assert summary["variant"] == "fp32" and summary["variant_from"] == "--variant" and "int8 kernels" not in said
+    assert summary["variant"] == "fp32" and summary["variant_from"] == "--variant" and summary["cautions"] == []
+    assert "int8 kernels" not in said
     timed["cpu"] = cpu_identity()  # timed on a CPU like this one: said, no caution
     (export_copy / "manifest.json").write_text(json.dumps(manifest))
     said, summary = run()
     assert summary["variant_from"] == f"export timed int8 at 1.60x fp32's speed on {cpu_said(cpu_identity())}"
-    assert "int8 kernels" not in said
+    assert summary["cautions"] == [] and "int8 kernels" not in said
+
+
+def test_a_run_on_another_gpu_than_exports_fp16_timing_was_made_on_is_cautioned(tiny_export):
+    manifest = load_manifest(tiny_export)
+    manifest.extra["fp16"] = {"measured_on": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "io_binding": True,
+                              "cuda_options": {"sdpa_kernel": "24"}, "kernels": "cudnn"}
+    caution = fp16_timing_caution("cuda", "fp16", manifest, "NVIDIA A10G")
+    assert caution == ("export timed the fp16 graph's attention, kernels and run mode on NVIDIA H100 80GB HBM3, and "
+                       "this machine's GPU is NVIDIA A10G: they may not be the fastest here; export on a machine like "
+                       "this one to time them here")
+    assert fp16_timing_caution("cuda", "fp16", manifest, "NVIDIA H100 80GB HBM3") is None  # the same GPU
+    assert fp16_timing_caution("cuda", "fp16", manifest, None) is None  # this GPU unknown: nothing to say
+    assert fp16_timing_caution("cuda", "fp32", manifest, "NVIDIA A10G") is None  # (fp32 takes nothing timed)
+    assert fp16_timing_caution("tensorrt", "fp32", manifest, "NVIDIA A10G") is None
+    del manifest.extra["fp16"]["gpu"]  # an export from before the GPU was recorded
+    assert fp16_timing_caution("cuda", "fp16", manifest, "NVIDIA A10G") is None
 
 
 @pytest.mark.parametrize("opset", [None, 18, "newest"])

@@ -26,6 +26,7 @@ from scorer.inference.defaults import (
     default_batch_overhead,
     default_io_binding,
     default_provider_options,
+    fp16_timing_caution,
 )
 from scorer.inference.rescue import Rescue
 from scorer.inference.results import (
@@ -42,6 +43,7 @@ from scorer.inference.results import (
     scored,
 )
 from scorer.inference.session import batch_runner, create_session, resolve_provider
+from scorer.machine import gpu_identity
 from scorer.manifest import load_manifest
 from scorer.text.batches import Batch, BatchTally, WindowBatcher
 from scorer.text.tokens import Encoded, TextEncoder, is_text
@@ -117,21 +119,24 @@ class OnnxClassifier:
     def _start(self, variant: str | None, provider_options: dict | None, cpu_threads: int | None) -> None:
         self.variant, self.variant_from, caution = (variant, "--variant", None) if variant else \
             chosen_variant(self.provider, self.manifest)
-        if caution:
-            log.warning("%s: %s, and %s", self.directory, self.variant_from, caution)
-            self.variant_from += f"; {caution}"
         self.model_path = self.manifest.variant(self.variant, self.directory)
         self.model_sha256 = self.manifest.variants[self.variant].identity  # (the files were just checked against it)
         fp16 = self.manifest.extra.get("fp16") or {}
         if self.variant == "fp16" and self.provider == "cpu" and fp16.get("kernels") == "packed":
             raise ProviderError(f"{self.model_path}: this fp16 graph removes padding with ONNX Runtime ops that only "
-                                f"CUDA has (export chose it on {fp16.get('measured_on')}); score it with --provider "
-                                "cuda, or with --variant fp32 or int8 on a CPU")
+                                f"CUDA has (export chose it on {fp16.get('gpu') or fp16.get('measured_on')}); score "
+                                "it with --provider cuda, or with --variant fp32 or int8 on a CPU")
         if provider_options is None:
             provider_options = default_provider_options(self.provider, self.variant, self.manifest)
         self.provider_options = provider_options or {}
         self.session = create_session(self.model_path, self.provider, provider_options, cpu_threads)
         self.cpu_threads = self.session.get_session_options().intra_op_num_threads
+        # What this machine makes doubtful of export's timings (made on another CPU or GPU): warned of, summarised.
+        self.cautions = [said for said in (caution and f"{self.variant_from}, and {caution}",
+                                           fp16_timing_caution(self.provider, self.variant, self.manifest,
+                                                               gpu_identity())) if said]
+        for said in self.cautions:
+            log.warning("%s: %s", self.directory, said)
 
     def self_check(self) -> dict | None:
         """The recorded batch through this run's session, against the logits export recorded (selfcheck);

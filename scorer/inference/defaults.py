@@ -75,6 +75,17 @@ def _measured(provider: str, variant: str, manifest: Manifest) -> dict:
     return fp16 if variant == "fp16" and provider == "cuda" == fp16.get("measured_on") else {}
 
 
+def fp16_timing_caution(provider: str, variant: str, manifest: Manifest, here: str | None) -> str | None:
+    """Where a run takes what export timed for the fp16 graph on CUDA (the graph's attention, its kernels, run mode
+    and batch cost) and export timed it on another GPU model than `here` (this machine's, scorer.machine.gpu_of):
+    a caution saying so; None otherwise."""
+    timed_on = _measured(provider, variant, manifest).get("gpu")
+    if not timed_on or here is None or timed_on == here:
+        return None
+    return (f"export timed the fp16 graph's attention, kernels and run mode on {timed_on}, and this machine's GPU is "
+            f"{here}: they may not be the fastest here; export on a machine like this one to time them here")
+
+
 def default_io_binding(provider: str, variant: str, manifest: Manifest) -> bool:
     """IO binding where export timed it faster for this graph on this provider; plain runs everywhere else."""
     return bool(_measured(provider, variant, manifest).get("io_binding"))

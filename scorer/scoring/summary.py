@@ -80,8 +80,11 @@ class RunSummary:
     variant: str
     model_sha256: str
     # Why that variant: "--variant", or why `scorer run` took it (scorer.inference.defaults.chosen_variant: on a CPU,
-    # export's timing of int8 against fp32 and the CPU it was timed on, with a caution where this machine's differs).
+    # export's timing of int8 against fp32 and the CPU it was timed on).
     variant_from: str = ""
+    # What the run warned of about export's timings: made on a CPU whose int8 kernels differ from this machine's, or
+    # on another GPU model than this machine's, so that its choices may not be the fastest here.
+    cautions: list[str] = field(default_factory=list)
     score: str = ""  # what the score column holds: "the probability of label 1"
     # The positive label where score >= this (None: the more probable), from --threshold or the export's
     # (threshold_from: "--threshold" or "export").
@@ -197,6 +200,7 @@ def summarise(units: list[UnitSummary], classifier: OnnxClassifier, seconds: flo
                       cpu_threads=classifier.cpu_threads,
                       provider_options=classifier.provider_options,
                       variant=classifier.variant, variant_from=classifier.variant_from,
+                      cautions=classifier.cautions,
                       model_sha256=classifier.model_sha256,
                       score=classifier.score_means, threshold=classifier.threshold,
                       threshold_from=classifier.threshold_from, predicted_counts=predicted,
