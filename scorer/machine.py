@@ -186,12 +186,13 @@ def fit_torch_threads() -> None:
 @functools.cache
 def cpu_identity() -> dict:
     """This machine's CPU (cpu_of: its architecture, name and int8 extensions), read once per process."""
-    return cpu_of(Path("/proc/cpuinfo"), platform.machine(), platform.processor())
+    return cpu_of(Path("/proc/cpuinfo"), platform.machine())
 
 
-def cpu_of(cpuinfo: Path, machine: str, processor: str = "") -> dict:
+def cpu_of(cpuinfo: Path, machine: str, processor: Callable[[], str] = platform.processor) -> dict:
     """{"machine": x86_64 or aarch64..., "name": the CPU's model name, "int8": the INT8_EXTENSIONS it has (null where
-    its flags cannot be read: not Linux)}."""
+    its flags cannot be read: not Linux)}. `processor` names it where `cpuinfo` does not (asked only then: on Linux
+    Python runs `uname -p` for it)."""
     try:
         fields = [line.partition(":") for line in cpuinfo.read_text().splitlines()]
     except OSError:
@@ -200,7 +201,7 @@ def cpu_of(cpuinfo: Path, machine: str, processor: str = "") -> dict:
     for key, _, value in fields:
         first.setdefault(key.strip(), value.strip())
     name = first.get("model name") or (_arm_name(first.get("CPU implementer", "?"), first["CPU part"])
-                                       if "CPU part" in first else processor or machine)
+                                       if "CPU part" in first else processor() or machine)
     flags = first.get("flags", first.get("Features"))
     int8 = None if flags is None else [flag for flag in INT8_EXTENSIONS if flag in flags.split()]
     return {"machine": machine, "name": name, "int8": int8}
