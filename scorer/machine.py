@@ -13,6 +13,8 @@ import math
 import os
 import platform
 import resource
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -209,14 +211,14 @@ def cpu_of(cpuinfo: Path, machine: str, processor: Callable[[], str] = platform.
 
 @functools.cache
 def gpu_identity() -> str | None:
-    """This machine's NVIDIA GPU model (gpu_of), read once per process."""
+    """This machine's NVIDIA GPU model (gpu_of), found once per process."""
     return gpu_of(Path("/proc/driver/nvidia/gpus"))
 
 
-def gpu_of(gpus: Path) -> str | None:
-    """The model of the NVIDIA GPUs the driver lists ("NVIDIA H100 80GB HBM3": each GPU's `information` file under
-    /proc/driver/nvidia/gpus, there wherever the driver is loaded, torch or not), their models joined with " + " where
-    they differ; None where none is listed."""
+def gpu_of(gpus: Path, smi: str = "nvidia-smi") -> str | None:
+    """The model of the NVIDIA GPUs the driver lists ("NVIDIA H100 80GB HBM3"), their models joined with " + " where
+    they differ; None where none is listed. From each GPU's `information` file under `gpus` (/proc/driver/nvidia/gpus,
+    there wherever the driver is loaded, torch or not), else from `nvidia-smi` where it is on PATH."""
     models = set()
     try:
         for information in gpus.glob("*/information"):
@@ -225,7 +227,14 @@ def gpu_of(gpus: Path) -> str | None:
                 if key.strip() == "Model" and value.strip():
                     models.add(value.strip())
     except OSError:
-        return None
+        pass
+    if not models and shutil.which(smi):
+        try:
+            listed = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                    text=True, timeout=20, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            listed = ""
+        models = {line.strip() for line in listed.splitlines() if line.strip()}
     return " + ".join(sorted(models)) or None
 
 

@@ -202,6 +202,16 @@ def test_the_gpu_is_the_model_the_nvidia_driver_lists_for_each_gpu(tmp_path):
     (gpus / "0000:00:07.0").mkdir()
     (gpus / "0000:00:07.0" / "information").write_text("Model: \t\t NVIDIA A10G\n")
     assert gpu_of(gpus) == "NVIDIA A10G + NVIDIA H100 80GB HBM3"  # (unlike GPUs: both, never one for all)
+    # no listing there (a container that hides it): nvidia-smi's, where it is on PATH (a script that answers as it)
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\n[ "$*" = "--query-gpu=name --format=csv,noheader" ] || exit 9\n'
+                   'printf "NVIDIA H200\\nNVIDIA H200\\n"\n')
+    smi.chmod(0o755)
+    assert gpu_of(tmp_path / "hidden", str(smi)) == "NVIDIA H200"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\n"
+                   "exit 9\n")
+    assert gpu_of(tmp_path / "hidden", str(smi)) is None
+    assert gpu_of(tmp_path / "hidden", str(tmp_path / "not-there")) is None
 
 
 @needs_two_cores

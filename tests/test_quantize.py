@@ -231,16 +231,16 @@ def test_a_run_on_another_gpu_than_exports_fp16_timing_was_made_on_is_cautioned(
     manifest = load_manifest(tiny_export)
     manifest.extra["fp16"] = {"measured_on": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "io_binding": True,
                               "cuda_options": {"sdpa_kernel": "24"}, "kernels": "cudnn"}
-    caution = fp16_timing_caution("cuda", "fp16", manifest, "NVIDIA A10G")
+    caution = fp16_timing_caution("cuda", "fp16", manifest, lambda: "NVIDIA A10G")
     assert caution == ("export timed the fp16 graph's attention, kernels and run mode on NVIDIA H100 80GB HBM3, and "
                        "this machine's GPU is NVIDIA A10G: they may not be the fastest here; export on a machine like "
                        "this one to time them here")
-    assert fp16_timing_caution("cuda", "fp16", manifest, "NVIDIA H100 80GB HBM3") is None  # the same GPU
-    assert fp16_timing_caution("cuda", "fp16", manifest, None) is None  # this GPU unknown: nothing to say
-    assert fp16_timing_caution("cuda", "fp32", manifest, "NVIDIA A10G") is None  # (fp32 takes nothing timed)
-    assert fp16_timing_caution("tensorrt", "fp32", manifest, "NVIDIA A10G") is None
+    assert fp16_timing_caution("cuda", "fp16", manifest, lambda: "NVIDIA H100 80GB HBM3") is None  # the same GPU
+    assert fp16_timing_caution("cuda", "fp16", manifest, lambda: None) is None  # this GPU unknown: nothing to say
+    assert fp16_timing_caution("cuda", "fp32", manifest, lambda: "NVIDIA A10G") is None  # (fp32 takes nothing timed)
+    assert fp16_timing_caution("tensorrt", "fp32", manifest, lambda: "NVIDIA A10G") is None
     del manifest.extra["fp16"]["gpu"]  # an export from before the GPU was recorded
-    assert fp16_timing_caution("cuda", "fp16", manifest, "NVIDIA A10G") is None
+    assert fp16_timing_caution("cuda", "fp16", manifest, lambda: "NVIDIA A10G") is None
 
 
 @pytest.mark.parametrize("opset", [None, 18, "newest"])

@@ -43,7 +43,6 @@ from scorer.inference.results import (
     scored,
 )
 from scorer.inference.session import batch_runner, create_session, resolve_provider
-from scorer.machine import gpu_identity
 from scorer.manifest import load_manifest
 from scorer.text.batches import Batch, BatchTally, WindowBatcher
 from scorer.text.tokens import Encoded, TextEncoder, is_text
@@ -133,8 +132,8 @@ class OnnxClassifier:
         self.cpu_threads = self.session.get_session_options().intra_op_num_threads
         # What this machine makes doubtful of export's timings (made on another CPU or GPU): warned of, summarised.
         self.cautions = [said for said in (caution and f"{self.variant_from}, and {caution}",
-                                           fp16_timing_caution(self.provider, self.variant, self.manifest,
-                                                               gpu_identity())) if said]
+                                           fp16_timing_caution(self.provider, self.variant, self.manifest))
+                         if said]
         for said in self.cautions:
             log.warning("%s: %s", self.directory, said)
 

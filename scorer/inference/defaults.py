@@ -3,7 +3,9 @@ run mode and kernel options that export measured for a graph and recorded in its
 
 from __future__ import annotations
 
-from scorer.machine import cpu_identity, cpu_said, int8_kernels_differ
+from collections.abc import Callable
+
+from scorer.machine import cpu_identity, cpu_said, gpu_identity, int8_kernels_differ
 from scorer.manifest import Manifest
 
 # Tokens per batch (rows x padded length): large enough to fill a GPU, small enough for CPU caches.
@@ -75,12 +77,14 @@ def _measured(provider: str, variant: str, manifest: Manifest) -> dict:
     return fp16 if variant == "fp16" and provider == "cuda" == fp16.get("measured_on") else {}
 
 
-def fp16_timing_caution(provider: str, variant: str, manifest: Manifest, here: str | None) -> str | None:
+def fp16_timing_caution(provider: str, variant: str, manifest: Manifest,
+                        gpu: Callable[[], str | None] = gpu_identity) -> str | None:
     """Where a run takes what export timed for the fp16 graph on CUDA (the graph's attention, its kernels, run mode
-    and batch cost) and export timed it on another GPU model than `here` (this machine's, scorer.machine.gpu_of):
-    a caution saying so; None otherwise."""
+    and batch cost) and export timed it on another GPU model than this machine's (`gpu()`, asked only then:
+    scorer.machine.gpu_of), a caution saying so; None otherwise."""
     timed_on = _measured(provider, variant, manifest).get("gpu")
-    if not timed_on or here is None or timed_on == here:
+    here = gpu() if timed_on else None
+    if here is None or timed_on == here:
         return None
     return (f"export timed the fp16 graph's attention, kernels and run mode on {timed_on}, and this machine's GPU is "
             f"{here}: they may not be the fastest here; export on a machine like this one to time them here")
