@@ -196,8 +196,8 @@ class Quantiser:
             timed = {"speedup": round(speedup, 3), "cpu": cpu_identity()}
             if speedup < self.min_speedup:  # int8 exists to be faster; a graph that is not only costs accuracy
                 log.info("int8 variant: with %d of %d weight MatMuls quantised it ran at only %.2fx the speed of "
-                         "fp32 (needs %.2fx): keeping fp32", len(self.every) - len(kept), len(self.every), speedup,
-                         self.min_speedup)
+                         "fp32 on %s (needs %.2fx): keeping fp32", len(self.every) - len(kept), len(self.every),
+                         speedup, cpu_said(cpu_identity()), self.min_speedup)
                 kept, close, speedup = self.every, EXACT, 1.0
         if len(kept) == len(self.every):  # nothing quantised: the plain fp32 graph
             shutil.copyfile(self.source, target)
