@@ -59,9 +59,11 @@ step() {
   echo "== $name: exit $? after $((SECONDS - started))s" | tee -a "$log"
 }
 
+# (and the GPU and CPU as scorer names them in an export's manifest: scorer.machine)
 step env 40 python3 -c "import torch, onnxruntime as o; o.preload_dlls(); print(torch.cuda.get_device_name(), \
 torch.__version__, o.__version__, o.get_available_providers()); import subprocess; \
-print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)"
+print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout); from scorer import machine; \
+print('scorer.machine:', machine.gpu_identity(), machine.cpu_identity())"
 # The whole of `scorer run` on CoLA sentences with its defaults (plain runs, <=4,096-row batches, one ORT intra-op
 # thread, the word cache, two batches in flight, 65,536-row windows, scorer.text.batches' padding rule), the baselines
 # beside it, run 4's batching (16,384-row windows cut by the budget alone: 16% padding), one batch in flight, and
