@@ -28,6 +28,8 @@ INT8_EXTENSIONS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "a
 # know them): the cloud's ARM cores by name (Graviton 2-4 and Grace are Neoverse cores), others by their codes.
 ARM_IMPLEMENTERS = {"0x41": "ARM", "0xc0": "Ampere", "0x61": "Apple", "0x4e": "NVIDIA", "0x51": "Qualcomm",
                     "0x48": "HiSilicon"}
+# One name per architecture: Windows says AMD64 for x86_64, macOS arm64 for aarch64.
+ARCHITECTURES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 ARM_PARTS = {("0x41", "0xd0c"): "Neoverse-N1", ("0x41", "0xd40"): "Neoverse-V1", ("0x41", "0xd49"): "Neoverse-N2",
              ("0x41", "0xd4f"): "Neoverse-V2", ("0xc0", "0xac3"): "Ampere-1", ("0xc0", "0xac4"): "Ampere-1a"}
 
@@ -206,7 +208,7 @@ def cpu_of(cpuinfo: Path, machine: str, processor: Callable[[], str] = platform.
                                        if "CPU part" in first else processor() or machine)
     flags = first.get("flags", first.get("Features"))
     int8 = None if flags is None else [flag for flag in INT8_EXTENSIONS if flag in flags.split()]
-    return {"machine": machine, "name": name, "int8": int8}
+    return {"machine": ARCHITECTURES.get(machine.lower(), machine), "name": name, "int8": int8}
 
 
 @functools.cache
