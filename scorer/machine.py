@@ -197,18 +197,36 @@ def cpu_of(cpuinfo: Path, machine: str, processor: Callable[[], str] = platform.
     """{"machine": x86_64 or aarch64..., "name": the CPU's model name, "int8": the INT8_EXTENSIONS it has (null where
     its flags cannot be read: not Linux)}. `processor` names it where `cpuinfo` does not (asked only then: on Linux
     Python runs `uname -p` for it)."""
-    try:
-        fields = [line.partition(":") for line in cpuinfo.read_text().splitlines()]
-    except OSError:
-        fields = []
-    first = {}
-    for key, _, value in fields:
-        first.setdefault(key.strip(), value.strip())
+    first = _first_fields(cpuinfo)
     name = first.get("model name") or (_arm_name(first.get("CPU implementer", "?"), first["CPU part"])
                                        if "CPU part" in first else processor() or machine)
-    flags = first.get("flags", first.get("Features"))
-    int8 = None if flags is None else [flag for flag in INT8_EXTENSIONS if flag in flags.split()]
+    flags = _flags(first)
+    int8 = None if flags is None else [flag for flag in INT8_EXTENSIONS if flag in flags]
     return {"machine": ARCHITECTURES.get(machine.lower(), machine), "name": name, "int8": int8}
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str] | None:
+    """This machine's CPU flags as /proc/cpuinfo lists them (x86's `flags`, ARM's `Features`); None where it cannot
+    be read (not Linux)."""
+    return _flags(_first_fields(Path("/proc/cpuinfo")))
+
+
+def _first_fields(cpuinfo: Path) -> dict[str, str]:
+    """Each field of `cpuinfo` as its first processor gives it."""
+    first: dict[str, str] = {}
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            first.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return first
+
+
+def _flags(fields: dict[str, str]) -> frozenset[str] | None:
+    flags = fields.get("flags", fields.get("Features"))
+    return None if flags is None else frozenset(flags.split())
 
 
 @functools.cache

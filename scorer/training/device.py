@@ -6,13 +6,13 @@ import contextlib
 import logging
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from scorer.config import TrainConfig
 from scorer.errors import ConfigError, ModelError, ProviderError, first_line
+from scorer.machine import cpu_flags
 from scorer.pytorch.loop import autocast, to_device
 from scorer.text.tokens import Encoded
 
@@ -104,8 +104,4 @@ def _failure(encoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: 
 
 
 def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+    return bool({"amx_bf16", "avx512_bf16"} & (cpu_flags() or frozenset()))
