@@ -24,12 +24,12 @@ _NO_LIMIT = 1 << 60  # (cgroup v1 writes "no limit" as about 2**63 rounded to pa
 # products and AMX tiles; on ARM the dot-product and matrix-multiply instructions and SVE. Two CPUs that differ in
 # them run an int8 graph at different speeds against fp32.
 INT8_EXTENSIONS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve", "svei8mm")
+# One name per architecture: Windows says AMD64 for x86_64, macOS arm64 for aarch64.
+ARCHITECTURES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 # An ARM /proc/cpuinfo names no model, only its implementer and part (as Linux's arch/arm64 cputype.h and lscpu
 # know them): the cloud's ARM cores by name (Graviton 2-4 and Grace are Neoverse cores), others by their codes.
 ARM_IMPLEMENTERS = {"0x41": "ARM", "0xc0": "Ampere", "0x61": "Apple", "0x4e": "NVIDIA", "0x51": "Qualcomm",
                     "0x48": "HiSilicon"}
-# One name per architecture: Windows says AMD64 for x86_64, macOS arm64 for aarch64.
-ARCHITECTURES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 ARM_PARTS = {("0x41", "0xd0c"): "Neoverse-N1", ("0x41", "0xd40"): "Neoverse-V1", ("0x41", "0xd49"): "Neoverse-N2",
              ("0x41", "0xd4f"): "Neoverse-V2", ("0xc0", "0xac3"): "Ampere-1", ("0xc0", "0xac4"): "Ampere-1a"}
 

@@ -15,7 +15,7 @@ from export.per_token import per_token_int8
 from export.quantize import Quantiser, Targets, groups_of, quantize_int8, weight_matmuls
 from export.timing import logits_of
 from scorer.cli import main
-from scorer.inference.defaults import chosen_variant, default_variant, fp16_timing_caution
+from scorer.inference.defaults import chosen_variant, fp16_timing_caution
 from scorer.inference.session import create_session
 from scorer.machine import cpu_identity, cpu_said
 from scorer.manifest import load_manifest
@@ -158,8 +158,8 @@ def test_where_the_gate_refuses_an_int8_graph_the_next_keeps_one_more_group_in_f
 def test_cpu_default_is_int8_only_when_export_measured_it_faster(tiny_export, speedup, expected):
     manifest = load_manifest(tiny_export)
     manifest.extra["int8"] = {} if speedup is None else {"speedup": speedup}  # None: a manifest from before
-    assert default_variant("cpu", manifest) == expected
-    assert default_variant("cuda", manifest) == "fp16"
+    assert chosen_variant("cpu", manifest)[0] == expected
+    assert chosen_variant("cuda", manifest)[0] == "fp16"
 
 
 ARM = {"machine": "aarch64", "name": "ARM Neoverse-N1", "int8": ["asimddp"]}

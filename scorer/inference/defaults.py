@@ -29,11 +29,6 @@ DEFAULT_INFER_THREADS = {"cpu": 1, "cuda": 2, "tensorrt": 1}
 MIN_INT8_SPEEDUP = 1.2
 
 
-def default_variant(provider: str, manifest: Manifest) -> str:
-    """fp16 on CUDA, int8 on a CPU, when that variant exists and passed parity; fp32 otherwise (chosen_variant)."""
-    return chosen_variant(provider, manifest)[0]
-
-
 def chosen_variant(provider: str, manifest: Manifest, here: dict | None = None) -> tuple[str, str, str | None]:
     """The variant `scorer run` takes where it is not told, why in words, and a caution where the why was measured
     on a CPU whose int8 kernels differ from those of CPU `here` (default: this machine's, scorer.machine).
