@@ -197,7 +197,7 @@ class Quantiser:
             if speedup < self.min_speedup:  # int8 exists to be faster; a graph that is not only costs accuracy
                 log.info("int8 variant: with %d of %d weight MatMuls quantised it ran at only %.2fx the speed of "
                          "fp32 on %s (needs %.2fx): keeping fp32", len(self.every) - len(kept), len(self.every),
-                         speedup, cpu_said(cpu_identity()), self.min_speedup)
+                         speedup, cpu_said(timed["cpu"]), self.min_speedup)
                 kept, close, speedup = self.every, EXACT, 1.0
         if len(kept) == len(self.every):  # nothing quantised: the plain fp32 graph
             shutil.copyfile(self.source, target)
@@ -207,7 +207,7 @@ class Quantiser:
             log.info("int8 variant: %d of %d weight MatMuls quantised (%s); on the parity rows labels predicted to "
                      "agree %.2f%%, probabilities to move ≤ %.3f; %.2fx the speed of fp32 on %s",
                      len(self.every) - len(kept), len(self.every), SCHEME, 100 * close.predicted,
-                     close.predicted_score_shift, speedup, cpu_said(cpu_identity()))
+                     close.predicted_score_shift, speedup, cpu_said(timed["cpu"]))
         return QuantizeReport(len(self.every) - len(kept), kept, len(self.calibration), close.agreement,
                               close.max_abs_diff, close.gap_p99, close.predicted, close.predicted_score_shift, speedup,
                               timed=timed)
