@@ -27,5 +27,8 @@ def require_training_stack(what: str) -> None:
     """Refuse `what` before any work where the training stack is not installed (a scoring-only install)."""
     missing = [name for name in TRAINING_STACK if importlib.util.find_spec(name) is None]
     if missing:
+        # (pip's default PyTorch on Linux is the CUDA build, gigabytes a CPU machine does not need)
+        first = "; without a GPU, PyTorch's CPU build first: pip install torch --index-url " \
+            "https://download.pytorch.org/whl/cpu" if "torch" in missing else ""
         raise ConfigError(f"{what} needs {', '.join(missing)}, which this install lacks (scoring alone needs none of "
-                          f"them); install the 'train' extra: {install_command('train')}")
+                          f"them); install the 'train' extra: {install_command('train')}{first}")

