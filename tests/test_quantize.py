@@ -217,8 +217,12 @@ def test_scorer_run_says_where_the_int8_choice_was_timed_and_warns_where_this_cp
     [caution] = summary["cautions"]
     assert caution.startswith(f"{why}, and this machine's CPU, {cpu_said(cpu_identity())}, has other int8 kernels")
     assert f"{export_copy}: {caution}" in said and "`--variant fp32` scores with fp32" in said
+    # What it says to do, as this test does it: the same input scored with each variant, their speeds summarised.
+    assert "(`scorer run SAMPLE --overwrite --variant int8`, then `--variant fp32`: each summary's rows_per_second)" \
+        in caution and summary["rows_per_second"] > 0
     said, summary = run("--variant", "fp32")  # told: no caution
     assert summary["variant"] == "fp32" and summary["variant_from"] == "--variant" and summary["cautions"] == []
+    assert summary["rows_per_second"] > 0
     assert "int8 kernels" not in said
     timed["cpu"] = cpu_identity()  # timed on a CPU like this one: said, no caution
     (export_copy / "manifest.json").write_text(json.dumps(manifest))

@@ -61,8 +61,9 @@ def chosen_variant(provider: str, manifest: Manifest, here: dict | None = None) 
     if not timed.get("cpu") or not int8_kernels_differ(timed["cpu"], here):
         return variant, why, None
     caution = f"this machine's CPU, {cpu_said(here)}, has other int8 kernels than the one export timed int8 on, " + \
-        ("so int8 may not be the faster here: `--variant fp32` scores with fp32; time both on a sample of "
-         "the rows (`scorer run SAMPLE --variant int8`, then `--variant fp32`: each summary's rows_per_second)" if
+        ("so int8 may not be the faster here: `--variant fp32` scores with fp32; time both on a few thousand "
+         "rows (`scorer run SAMPLE --overwrite --variant int8`, then `--variant fp32`: each summary's "
+         "rows_per_second)" if
          variant == "int8" else "so int8 may be the faster here: export on a machine like this one to time it here")
     return variant, why, caution
 
