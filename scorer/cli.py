@@ -121,9 +121,10 @@ def train(progress: bool, **options) -> None:
     again.
     """
     require_training_stack("scorer train")
+    config = build(TrainConfig, **options)  # (a bad option is refused before PyTorch's second of importing)
     from scorer.training.train import train as run_training
 
-    result = run_training(build(TrainConfig, **options), progress=progress)
+    result = run_training(config, progress=progress)
     best = result.best
     epochs = f"{len(result.epochs)} epoch{'s' if len(result.epochs) != 1 else ''}"
     if result.stopped_early:
@@ -178,12 +179,12 @@ def train(progress: bool, **options) -> None:
 def export_command(progress: bool, variants: str | None, **options) -> None:
     """Export the checkpoint to ONNX (fp32, fp16, int8), check parity with PyTorch, write a manifest."""
     require_training_stack("scorer export")
+    if variants is not None:
+        options["variants"] = tuple(v.strip() for v in variants.split(",") if v.strip())
+    config = build(ExportConfig, **options)  # (a bad option is refused before PyTorch's second of importing)
     from export import parity
     from export.pipeline import export_model
 
-    if variants is not None:
-        options["variants"] = tuple(v.strip() for v in variants.split(",") if v.strip())
-    config = build(ExportConfig, **options)
     result = export_model(config)
     click.echo(result.shown())
     labelled = "" if config.threshold is None else \
