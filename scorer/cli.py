@@ -121,7 +121,7 @@ def train(progress: bool, **options) -> None:
     again.
     """
     require_training_stack("scorer train")
-    config = build(TrainConfig, **options)  # (a bad option is refused before PyTorch's second of importing)
+    config = build(TrainConfig, **options)  # (a bad option is refused before PyTorch's 2 s of importing)
     from scorer.training.train import train as run_training
 
     result = run_training(config, progress=progress)
@@ -181,7 +181,7 @@ def export_command(progress: bool, variants: str | None, **options) -> None:
     require_training_stack("scorer export")
     if variants is not None:
         options["variants"] = tuple(v.strip() for v in variants.split(",") if v.strip())
-    config = build(ExportConfig, **options)  # (a bad option is refused before PyTorch's second of importing)
+    config = build(ExportConfig, **options)  # (a bad option is refused before PyTorch's 2 s of importing)
     from export import parity
     from export.pipeline import export_model
 
