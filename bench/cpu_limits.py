@@ -7,10 +7,10 @@ did before: os.cpu_count()), alternated in one run on one machine.
 
 Scoring: `scorer run --provider cpu` on --rows CoLA sentences (../shared/data/cola, sampled with repeats), Parquet in
 and out, in a child process under each limit, with `--cpu-threads <machine's cores>` (the baseline) and without.
-Training: --steps bf16-or-fp32 (as `scorer train` picks) steps of the packaged MiniLM at batch 32 on CoLA sentences,
-in a child under each limit, with PyTorch's own thread count (the baseline) and after scorer.machine.fit_torch_threads.
-The cgroup limit needs root and a writable cgroup v1 cpu controller or a cgroup v2 hierarchy with cpu enabled; it is
-skipped, saying why, elsewhere. Writes JSON to --out.
+Training: --steps bf16-or-fp32 (as `scorer train` picks) steps of --model (default the packaged MiniLM) at batch 32
+on CoLA sentences, in a child under each limit, with PyTorch's own thread count (the baseline) and after
+scorer.machine.fit_torch_threads. The cgroup limit needs root and a writable cgroup v1 cpu controller or a cgroup v2
+hierarchy with cpu enabled; it is skipped, saying why, elsewhere. Writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 
 
-def train_steps(steps: int, fit: bool) -> None:
-    """(In the child.) Time `steps` MiniLM training steps; print the threads and milliseconds a step as JSON."""
+def train_steps(steps: int, fit: bool, model_dir: Path) -> None:
+    """(In the child.) Time `steps` training steps of the encoder in `model_dir` (3 warm-up steps first, fewer when
+    fewer are timed); print the threads and milliseconds a step as JSON."""
     import torch
     from transformers import AutoModel
 
     from scorer.machine import fit_torch_threads
-    from scorer.packaged import packaged_model
     from scorer.pytorch.loop import autocast
     from scorer.text.tokens import TextEncoder
     from scorer.training.device import resolve_precision
@@ -48,10 +48,10 @@ def train_steps(steps: int, fit: bool) -> None:
     if fit:
         fit_torch_threads()
     torch.manual_seed(0)
-    model = AutoModel.from_pretrained(str(packaged_model()))
+    model = AutoModel.from_pretrained(str(model_dir))
     optimizer = torch.optim.AdamW(model.parameters(), 2e-5)
     precision = resolve_precision("auto", "cpu")
-    encoded = TextEncoder.from_dir(packaged_model(), 64).encode(workload("cola", 32))
+    encoded = TextEncoder.from_dir(model_dir, 64).encode(workload("cola", 32))
     input_ids, attention_mask = (torch.from_numpy(a) for a in encoded.pad(list(range(32))))
 
     def step() -> None:
@@ -61,7 +61,7 @@ def train_steps(steps: int, fit: bool) -> None:
         optimizer.step()
         optimizer.zero_grad()
 
-    for _ in range(3):
+    for _ in range(min(3, steps)):
         step()
     started = time.perf_counter()
     for _ in range(steps):
@@ -126,7 +126,8 @@ def measure(limit: str, cores: set[int] | None, procs: Path | None, args, work: 
         for way in training:
             if args.steps:
                 fit = "1" if way == "usable-cores" else "0"
-                done = child([sys.executable, __file__, "--child-train", str(args.steps), fit], cores, procs)
+                done = child([sys.executable, __file__, "--child-train", str(args.steps), fit, str(args.model)],
+                             cores, procs)
                 training[way].append(json.loads(done.stdout.strip().splitlines()[-1]))
     best = {way: max(r["rows_per_second"] for r in runs) for way, runs in scoring.items()}
     result = {"limit": limit, "scoring": scoring, "scoring_speedup": best["usable-cores"] / best["machine-count"]}
@@ -138,17 +139,22 @@ def measure(limit: str, cores: set[int] | None, procs: Path | None, args, work: 
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child-train":
-        train_steps(int(sys.argv[2]), sys.argv[3] == "1")
+    if len(sys.argv) == 5 and sys.argv[1] == "--child-train":
+        train_steps(int(sys.argv[2]), sys.argv[3] == "1", Path(sys.argv[4]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, required=True, help="an export directory (the CoLA model, say)")
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=15, help="training steps timed per child (0: no training)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="the encoder trained, a Hugging Face model directory (default: the packaged MiniLM)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/cpu-limits.json"))
     args = parser.parse_args()
-    results = {"machine": machine(), "rows": args.rows, "steps": args.steps, "limits": []}
+    if args.model is None:
+        from scorer.packaged import packaged_model
+        args.model = packaged_model()
+    results = {"machine": machine(), "rows": args.rows, "steps": args.steps, "model": str(args.model), "limits": []}
     print(json.dumps(results["machine"]), flush=True)
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)

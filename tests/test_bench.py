@@ -184,10 +184,13 @@ def test_long_rows_gives_the_tokenizers_own_ids_for_each_tokenizer_and_huge_cell
         for length in (128, 512)]
 
 
-def test_cpu_limits_scores_and_trains_under_each_limit_both_ways(tiny_export, bench_dir):
+def test_cpu_limits_scores_and_trains_under_each_limit_both_ways(tiny_export, tiny_encoder, bench_dir):
     out = bench_dir / "out" / "cpu-limits.json"
-    bench("cpu_limits.py", "--export", tiny_export, "--rows", "200", "--repeats", "1", "--steps", "1", "--out", out)
-    limits = json.loads(out.read_text())["limits"]
+    bench("cpu_limits.py", "--export", tiny_export, "--rows", "200", "--repeats", "1", "--steps", "1",
+          "--model", tiny_encoder, "--out", out)
+    result = json.loads(out.read_text())
+    assert result["model"] == str(tiny_encoder)
+    limits = result["limits"]
     assert [limit["limit"] for limit in limits] == ["affinity: 1 core", "cgroup quota: 1 CPU"]
     for limit in limits:
         if "skipped" in limit:  # (no writable cgroup here: said why)
