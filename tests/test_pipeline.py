@@ -1,5 +1,5 @@
-"""The main job end to end: `scorer train`, `scorer export`, `scorer run` with no options in an empty directory,
-and the same pipeline on the real CoLA data (skipped when ../shared/data/cola is absent)."""
+"""The main job end to end: `scorer train` (one epoch), `scorer export`, `scorer run` with their defaults in an empty
+directory, and the same pipeline on the real CoLA data (skipped when ../shared/data/cola is absent)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.conftest import COLA
 
 
 @pytest.mark.slow
-def test_three_commands_with_no_options_in_an_empty_directory(tmp_path, monkeypatch):
+def test_three_commands_with_their_defaults_in_an_empty_directory(tmp_path, monkeypatch):
     """The packaged MiniLM and packaged examples; artefacts land under ./scorer-artifacts. Training is cut to one
     fine-tuning epoch, its only options: the whole default recipe on the packaged MiniLM (16 epochs, 30-45 s on two
     cores) is the quick start's `scorer demo`, which `.ci/run` runs before this suite."""
